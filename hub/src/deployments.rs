@@ -1,0 +1,164 @@
+//! Deployments: `applyConfigurationContent` on one edge device, at-scale deployments chosen by
+//! target condition and priority, and the rules that turn `modulesContent` into module twins'
+//! desired properties.
+
+use edgetwin_wire::condition::Condition;
+use edgetwin_wire::rest::{Configuration, ConfigurationContent};
+use edgetwin_wire::twin::Properties;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::registry;
+use crate::store::{IdentityKey, Transaction};
+use crate::twins::{self, DesiredChange};
+
+/// Replaces the desired properties of every module named in `content.modulesContent` on
+/// `device_id`. Module twins not named are untouched; modules without an identity are skipped,
+/// as IoT Hub leaves their creation to the edge runtime.
+pub fn apply_content(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    content: &ConfigurationContent,
+) -> Result<Vec<DesiredChange>, ApiError> {
+    let device = tx
+        .device(device_id)?
+        .ok_or_else(|| registry::device_not_found(device_id))?;
+    if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
+        return Err(ApiError::invalid(format!(
+            "device '{device_id}' is not an IoT Edge device; modulesContent applies to edge devices only"
+        )));
+    }
+    let modules = content.modules_content.as_ref().ok_or_else(|| {
+        ApiError::new(
+            edgetwin_wire::rest::ErrorCode::InvalidConfigurationContent,
+            "The content provided for configuration is invalid: modulesContent is missing",
+        )
+    })?;
+    let mut changes = Vec::new();
+    for (module_id, section) in modules {
+        let desired = desired_of(module_id, section)?;
+        if tx.module(device_id, module_id)?.is_none() {
+            tracing::info!(
+                device_id,
+                module_id,
+                "deployment names a module without an identity: skipped"
+            );
+            continue;
+        }
+        changes.push(twins::replace_desired(
+            tx,
+            &IdentityKey::module(device_id, module_id),
+            desired,
+        )?);
+    }
+    Ok(changes)
+}
+
+/// The desired properties in a `modulesContent` entry: `{"properties.desired": {...}}`.
+fn desired_of(module_id: &str, section: &Value) -> Result<Properties, ApiError> {
+    let invalid = |what: &str| {
+        ApiError::new(
+            edgetwin_wire::rest::ErrorCode::InvalidConfigurationContent,
+            format!("The content provided for configuration is invalid: modulesContent.{module_id} {what}"),
+        )
+    };
+    match section.get("properties.desired") {
+        Some(Value::Object(desired)) => Ok(desired.clone()),
+        Some(_) => Err(invalid("'properties.desired' must be an object")),
+        None => Err(invalid("has no 'properties.desired'")),
+    }
+}
+
+/// Re-evaluates every at-scale deployment against every edge device: per device the matching
+/// deployment with the highest priority (ties: the newest) is applied, the other matches are
+/// marked `Targeted`. A device that matches nothing keeps its modules. Updates each
+/// configuration's `targetedCount` and `appliedCount`.
+pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
+    let mut configurations: Vec<(Configuration, Condition)> = tx
+        .configurations(usize::MAX >> 1)?
+        .into_iter()
+        .filter(|c| {
+            c.content
+                .as_ref()
+                .is_some_and(|c| c.modules_content.is_some())
+        })
+        .filter_map(|c| {
+            let condition = Condition::parse(c.target_condition.as_deref()?).ok()?;
+            Some((c, condition))
+        })
+        .collect();
+    let mut counts = vec![(0i64, 0i64); configurations.len()];
+    let mut changes = Vec::new();
+    for (device_id, mut twin) in tx.device_twins()? {
+        let Some(device) = tx.device(&device_id)? else {
+            continue;
+        };
+        if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
+            continue;
+        }
+        let document = json!({
+            "deviceId": device_id,
+            "status": device.status,
+            "capabilities": device.capabilities,
+            "tags": twin.tags,
+            "properties": { "desired": twin.desired, "reported": twin.reported },
+        });
+        let matching: Vec<usize> = (0..configurations.len())
+            .filter(|&i| configurations[i].1.matches(&document))
+            .collect();
+        let winner = matching.iter().copied().max_by(|&a, &b| {
+            let key = |i: usize| {
+                (
+                    configurations[i].0.priority.unwrap_or(0),
+                    configurations[i].0.created_time_utc.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        let mut statuses = Properties::new();
+        for &i in &matching {
+            let status = if Some(i) == winner {
+                "Applied"
+            } else {
+                "Targeted"
+            };
+            statuses.insert(configurations[i].0.id.clone(), json!({ "status": status }));
+            counts[i].0 += 1;
+            if Some(i) == winner {
+                counts[i].1 += 1;
+            }
+        }
+        if winner.is_none() || statuses == twin.configurations {
+            continue;
+        }
+        if let Some(i) = winner {
+            let applied_before = twin
+                .configurations
+                .get(&configurations[i].0.id)
+                .is_some_and(|s| s["status"] == "Applied");
+            if !applied_before {
+                let content = configurations[i].0.content.clone().unwrap_or_default();
+                changes.extend(apply_content(tx, &device_id, &content)?);
+            }
+        }
+        twin.configurations = statuses;
+        tx.put_twin(&IdentityKey::device(&device_id), &twin)?;
+    }
+    for ((configuration, _), (targeted, applied)) in configurations.iter_mut().zip(counts) {
+        let mut metrics = configuration.system_metrics.clone().unwrap_or_default();
+        let results = json!({ "targetedCount": targeted, "appliedCount": applied });
+        if metrics.results.get("targetedCount") != results.get("targetedCount")
+            || metrics.results.get("appliedCount") != results.get("appliedCount")
+        {
+            metrics
+                .results
+                .insert("targetedCount".into(), results["targetedCount"].clone());
+            metrics
+                .results
+                .insert("appliedCount".into(), results["appliedCount"].clone());
+            configuration.system_metrics = Some(metrics);
+            tx.put_configuration(configuration)?;
+        }
+    }
+    Ok(changes)
+}

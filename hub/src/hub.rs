@@ -1,0 +1,259 @@
+//! The hub's shared state, handed as `Arc<Hub>` to every listener: the store, live connections,
+//! methods in flight, the message log and the shared access policies. Operations that span
+//! storage and live connections (twin changes that notify devices, method calls) live here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
+use edgetwin_wire::sas::SasToken;
+use edgetwin_wire::topic::{self, Feature};
+use edgetwin_wire::twin;
+
+use crate::error::ApiError;
+use crate::ids;
+use crate::live::{LiveConnections, Outgoing, Undelivered};
+use crate::messages::MessageLog;
+use crate::methods::{MethodResponse, PendingMethods};
+use crate::store::{IdentityKey, PolicyRecord, Store, StoreError, Transaction};
+use crate::twins::DesiredChange;
+use crate::workload::WorkloadSockets;
+
+/// Longest direct-method timeout IoT Hub accepts, in seconds.
+pub const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
+
+/// Everything the listeners share.
+pub struct Hub {
+    /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
+    pub host_name: String,
+    /// Durable state; the mutex also orders twin changes with their notifications.
+    store: Mutex<Store>,
+    /// Live MQTT connections.
+    pub live: LiveConnections,
+    /// Direct methods waiting for a response.
+    pub methods: PendingMethods,
+    /// Telemetry and module outputs.
+    pub messages: MessageLog,
+    /// Shared access policies (loaded at start).
+    pub policies: Vec<PolicyRecord>,
+    /// The CA certificate (PEM), served as the workload trust bundle.
+    pub ca_pem: String,
+    /// Where the workload sockets of edge devices live.
+    pub workload_dir: PathBuf,
+    /// The workload sockets being served.
+    pub workload: WorkloadSockets,
+}
+
+impl Hub {
+    /// Opens the store in `data_dir`, creating the default shared access policies on first start.
+    pub fn open(
+        data_dir: &Path,
+        host_name: String,
+        ca_pem: String,
+        workload: WorkloadSockets,
+    ) -> Result<Self, StoreError> {
+        let mut store = Store::open(&data_dir.join("hub.db"))?;
+        let policies = store.transaction(|tx| {
+            let mut policies = tx.policies()?;
+            if policies.is_empty() {
+                for (name, permissions) in edgetwin_wire::rest::default_policies() {
+                    let policy = PolicyRecord {
+                        name: name.to_owned(),
+                        primary_key: ids::new_key(),
+                        secondary_key: ids::new_key(),
+                        permissions: permissions.iter().map(|p| p.name().to_owned()).collect(),
+                    };
+                    tx.put_policy(&policy)?;
+                    policies.push(policy);
+                }
+            }
+            Ok::<_, StoreError>(policies)
+        })?;
+        Ok(Self {
+            host_name,
+            store: Mutex::new(store),
+            live: LiveConnections::default(),
+            methods: PendingMethods::default(),
+            messages: MessageLog::default(),
+            policies,
+            ca_pem,
+            workload_dir: workload.dir().to_owned(),
+            workload,
+        })
+    }
+
+    /// Runs `f` in one store transaction.
+    pub fn transact<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.store().transaction(f)
+    }
+
+    /// Runs `f` in one store transaction, then, still in order with other changes, tells
+    /// subscribed clients about the desired-property changes it made.
+    pub fn transact_and_notify<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<DesiredChange>), ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut store = self.store();
+        let (value, changes) = store.transaction(f)?;
+        for change in changes {
+            self.notify_desired(&change);
+        }
+        Ok(value)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify_desired(&self, change: &DesiredChange) {
+        let body = twin::desired_notification(&change.patch, change.version);
+        let message = Outgoing {
+            topic: topic::desired_patch_topic(change.version),
+            payload: Bytes::from(body.to_string()),
+            at_least_once: true,
+        };
+        let client_id = change.key.client_id();
+        if self
+            .live
+            .send(&client_id, Some(Feature::DesiredPatches), message)
+            .is_ok()
+        {
+            tracing::debug!(client_id, version = change.version, "desired patch sent");
+        }
+    }
+
+    /// The policy a service token authenticates, if its signature, expiry and host are right.
+    pub fn authenticate_service(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<&PolicyRecord, ApiError> {
+        let unauthorized = |why: &str| {
+            tracing::info!(reason = why, "service request refused");
+            ApiError::new(ErrorCode::IotHubUnauthorizedAccess, "Unauthorized")
+        };
+        let token =
+            SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
+                .map_err(|_| unauthorized("malformed SharedAccessSignature"))?;
+        let scope = token.scope().map_err(|_| unauthorized("malformed sr"))?;
+        if !host_matches(scope.host(), &self.host_name) {
+            return Err(unauthorized("sr names another hub"));
+        }
+        if token.is_expired(ids::now_unix(), 0) {
+            return Err(unauthorized("token expired"));
+        }
+        let name = token
+            .key_name
+            .as_deref()
+            .ok_or_else(|| unauthorized("no skn"))?;
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| unauthorized("unknown policy"))?;
+        if !(token.verify(&policy.primary_key) || token.verify(&policy.secondary_key)) {
+            return Err(unauthorized("bad signature"));
+        }
+        Ok(policy)
+    }
+
+    /// Calls a direct method on a connected, subscribed client and waits for its answer.
+    pub async fn invoke_method(
+        &self,
+        key: &IdentityKey,
+        request: CloudToDeviceMethod,
+    ) -> Result<CloudToDeviceMethodResult, ApiError> {
+        if !topic::is_valid_method_name(&request.method_name) {
+            return Err(ApiError::invalid(format!(
+                "methodName '{}' is not a valid method name",
+                request.method_name
+            )));
+        }
+        let timeout = request.response_timeout_in_seconds.unwrap_or(30);
+        if !(5..=MAX_METHOD_TIMEOUT_SECS).contains(&timeout) {
+            return Err(ApiError::invalid(format!(
+                "responseTimeoutInSeconds {timeout} must be between 5 and {MAX_METHOD_TIMEOUT_SECS}"
+            )));
+        }
+        let client_id = key.client_id();
+        let payload = match request.payload {
+            None => Bytes::new(),
+            Some(value) => Bytes::from(value.to_string()),
+        };
+        let (rid, response) = self.methods.start(&client_id);
+        let message = Outgoing {
+            topic: topic::method_request_topic(&request.method_name, &rid),
+            payload,
+            at_least_once: false,
+        };
+        if let Err(why) = self.live.send(&client_id, Some(Feature::Methods), message) {
+            self.methods.abandon(&client_id, &rid);
+            let text = match why {
+                Undelivered::NotListening => {
+                    "the device is not online or does not listen for methods"
+                }
+                Undelivered::Overloaded => "the device is not keeping up and was disconnected",
+            };
+            return Err(ApiError::new(ErrorCode::DeviceNotOnline, text));
+        }
+        match tokio::time::timeout(Duration::from_secs(timeout), response).await {
+            Ok(Ok(MethodResponse { status, payload })) => Ok(CloudToDeviceMethodResult {
+                status,
+                payload: if payload.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&payload).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&payload).into())
+                    })
+                },
+            }),
+            Ok(Err(_)) | Err(_) => {
+                self.methods.abandon(&client_id, &rid);
+                Err(ApiError::new(
+                    ErrorCode::GatewayTimeout,
+                    format!(
+                        "the device did not answer '{}' within {timeout} s",
+                        request.method_name
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Whether a permission list holds `permission`.
+pub fn grants(policy: &PolicyRecord, permission: Permission) -> bool {
+    policy.permissions.iter().any(|p| p == permission.name())
+}
+
+/// Whether a host from a token (maybe with `:port`) names this hub (case-insensitive).
+pub fn host_matches(token_host: &str, hub_host: &str) -> bool {
+    let strip = |h: &str| {
+        h.rsplit_once(':')
+            .map_or(h, |(host, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    host
+                } else {
+                    h
+                }
+            })
+            .to_ascii_lowercase()
+    };
+    strip(token_host) == strip(hub_host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hosts_match_with_or_without_port_and_case() {
+        assert!(host_matches("LocalHost:8443", "localhost"));
+        assert!(host_matches("localhost", "localhost"));
+        assert!(!host_matches("other", "localhost"));
+    }
+}

@@ -1,0 +1,218 @@
+//! `edgetwin-hub`: a local Azure IoT Hub on one machine. Device MQTT 3.1.1 over TLS, the service
+//! REST API over HTTPS, the IoT Edge workload API on unix sockets, and durable state in SQLite —
+//! faithful enough that Microsoft's SDKs run against it unchanged.
+//!
+//! Start it with [`start`]; the returned [`RunningHub`] tells where everything listens.
+
+mod certs;
+mod deployments;
+mod error;
+mod hub;
+mod ids;
+mod live;
+mod messages;
+mod methods;
+mod mqtt;
+mod registry;
+mod rest;
+mod store;
+mod twins;
+mod workload;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edgetwin_wire::connection_string::ConnectionString;
+use edgetwin_wire::Secret;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+pub use certs::CertError;
+pub use store::StoreError;
+
+/// How to run the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Directory for the database, certificates and workload sockets.
+    pub data_dir: PathBuf,
+    /// The IoT Hub host name clients use (connection strings, SAS `sr`, TLS name).
+    pub host_name: String,
+    /// More names the server certificate must cover (besides localhost, 127.0.0.1, ::1).
+    pub extra_names: Vec<String>,
+    /// Address the listeners bind to.
+    pub bind: IpAddr,
+    /// MQTT over TLS port (IoT Hub: 8883; 0 picks a free port).
+    pub mqtt_port: u16,
+    /// HTTPS service API port (0 picks a free port).
+    pub rest_port: u16,
+}
+
+impl HubConfig {
+    /// Defaults: `localhost`, loopback, MQTT on 8883, REST on 8443.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            host_name: "localhost".into(),
+            extra_names: Vec::new(),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            mqtt_port: 8883,
+            rest_port: 8443,
+        }
+    }
+}
+
+/// Where a running hub listens and how to reach it; written to `hub.json` in the data directory.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubInfo {
+    /// IoT Hub host name.
+    pub host_name: String,
+    /// `iothubowner` connection string for the service API.
+    pub service_connection_string: Secret,
+    /// Every shared access policy's primary key, by name.
+    pub policies: std::collections::BTreeMap<String, Secret>,
+    /// The CA certificate clients must trust.
+    pub ca_certificate: PathBuf,
+    /// MQTT port.
+    pub mqtt_port: u16,
+    /// REST port.
+    pub rest_port: u16,
+    /// REST base URL.
+    pub rest_url: String,
+    /// Directory of the workload sockets (`{deviceId}.sock`).
+    pub workload_dir: PathBuf,
+}
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Certificates could not be created or loaded.
+    #[error(transparent)]
+    Certificates(#[from] CertError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A port could not be bound, or the data directory written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A hub serving in the background.
+pub struct RunningHub {
+    /// Where it listens.
+    pub info: HubInfo,
+    /// Turns true to stop every listener.
+    shutdown: watch::Sender<bool>,
+    /// The listener tasks.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningHub {
+    /// Stops accepting, closes every connection and waits for the listeners to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Opens the data directory and starts the MQTT, REST and workload listeners.
+pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
+    let io = |what: String| move |source| HubError::Io { what, source };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io(format!("create {}", config.data_dir.display())))?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .map_err(io(format!("resolve {}", config.data_dir.display())))?;
+    let mut names = vec![config.host_name.clone()];
+    names.extend(config.extra_names.iter().cloned());
+    let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let workload_dir = data_dir.join("workload");
+    let workload = workload::WorkloadSockets::new(workload_dir.clone(), shutdown.clone());
+    let hub = Arc::new(hub::Hub::open(
+        &data_dir,
+        config.host_name.clone(),
+        tls.ca_pem.clone(),
+        workload,
+    )?);
+
+    let edge_devices = hub
+        .transact(|tx| Ok(tx.devices(usize::MAX >> 1)?))
+        .map_err(|e| HubError::Io {
+            what: "list edge devices".into(),
+            source: std::io::Error::other(e.message),
+        })?;
+    for device in edge_devices
+        .iter()
+        .filter(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge))
+    {
+        hub.workload.ensure(&hub, &device.device_id);
+    }
+
+    let bind = |port: u16, what: &'static str| {
+        let addr = SocketAddr::new(config.bind, port);
+        async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("bind {what} on {addr}")))
+        }
+    };
+    let mqtt_listener = bind(config.mqtt_port, "MQTT").await?;
+    let rest_listener = bind(config.rest_port, "REST").await?;
+    let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
+    let (mqtt_port, rest_port) = (local_port(&mqtt_listener), local_port(&rest_listener));
+    let acceptor = TlsAcceptor::from(tls.server_config.clone());
+
+    let owner = hub
+        .policies
+        .iter()
+        .find(|p| p.name == "iothubowner")
+        .map(|p| p.primary_key.clone())
+        .unwrap_or_else(|| Secret::new(""));
+    let service_host = format!("{}:{rest_port}", config.host_name);
+    let info = HubInfo {
+        host_name: config.host_name.clone(),
+        service_connection_string: ConnectionString::service(&service_host, "iothubowner", &owner)
+            .to_secret_string(),
+        policies: hub
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.primary_key.clone()))
+            .collect(),
+        ca_certificate: tls.ca_path.clone(),
+        mqtt_port,
+        rest_port,
+        rest_url: format!("https://{service_host}"),
+        workload_dir,
+    };
+    // hub.json holds the keys on purpose (mode 0600, beside the database that holds them too).
+    let info_json = serde_json::to_string_pretty(&info).unwrap_or_default();
+    certs::write_private(&data_dir.join("hub.json"), &info_json)?;
+
+    let tasks = vec![
+        tokio::spawn(mqtt::serve(
+            mqtt_listener,
+            acceptor.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(rest::serve(rest_listener, acceptor, hub, shutdown)),
+    ];
+    Ok(RunningHub {
+        info,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}

@@ -1,0 +1,230 @@
+//! Live MQTT connections: who is connected, what each subscribed to, and the channel that carries
+//! server-to-client publishes to the task owning the socket. One live connection per client id; a
+//! new CONNECT kicks the previous one, as IoT Hub does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use edgetwin_wire::topic::Feature;
+use tokio::sync::{mpsc, Notify};
+
+/// Capacity of each connection's outgoing queue; a client that falls this far behind is dropped
+/// (it resynchronises its twin when it reconnects).
+pub const OUTGOING_QUEUE: usize = 256;
+
+/// A message the hub sends to a connected client.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Whether to send at QoS 1 (else 0).
+    pub at_least_once: bool,
+}
+
+/// Handle to one live connection.
+struct LiveConnection {
+    /// Distinguishes this connection from a later one with the same client id.
+    id: u64,
+    /// Server-to-client publishes.
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Features the client subscribed to.
+    features: HashSet<Feature>,
+    /// Told when the connection must close (new connection, slow consumer, device deleted).
+    kick: Arc<Notify>,
+}
+
+/// What a connection task gets when it registers.
+pub struct Registration {
+    /// Its id, for `unregister` and `set_features`.
+    pub id: u64,
+    /// Where its outgoing publishes arrive.
+    pub outgoing: mpsc::Receiver<Outgoing>,
+    /// Notified when it must close.
+    pub kick: Arc<Notify>,
+}
+
+/// Why a publish could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// The client is not connected, or not subscribed to the feature.
+    NotListening,
+    /// The client's queue was full; it has been disconnected.
+    Overloaded,
+}
+
+/// Every live connection, by client id.
+#[derive(Default)]
+pub struct LiveConnections {
+    /// client id -> connection.
+    by_client: Mutex<HashMap<String, LiveConnection>>,
+    /// Source of connection ids.
+    next_id: AtomicU64,
+}
+
+impl LiveConnections {
+    /// Registers a new connection for `client_id`, kicking any previous one.
+    pub fn register(&self, client_id: &str, features: HashSet<Feature>) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
+        let kick = Arc::new(Notify::new());
+        let previous = self.lock().insert(
+            client_id.to_owned(),
+            LiveConnection {
+                id,
+                outgoing: tx,
+                features,
+                kick: kick.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            tracing::info!(client_id, "new connection replaces the previous one");
+            previous.kick.notify_one();
+        }
+        Registration {
+            id,
+            outgoing: rx,
+            kick,
+        }
+    }
+
+    /// Removes a connection (only if it is still the current one for its client id).
+    pub fn unregister(&self, client_id: &str, id: u64) {
+        let mut map = self.lock();
+        if map.get(client_id).is_some_and(|c| c.id == id) {
+            map.remove(client_id);
+        }
+    }
+
+    /// Replaces the subscribed features of a connection.
+    pub fn set_features(&self, client_id: &str, id: u64, features: HashSet<Feature>) {
+        if let Some(connection) = self.lock().get_mut(client_id).filter(|c| c.id == id) {
+            connection.features = features;
+        }
+    }
+
+    /// Whether `client_id` is connected.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
+    /// Client ids of every live connection.
+    pub fn client_ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Queues `message` for `client_id` if it is connected and subscribed to `feature` (`None`:
+    /// deliver regardless of subscriptions, as twin responses are).
+    pub fn send(
+        &self,
+        client_id: &str,
+        feature: Option<Feature>,
+        message: Outgoing,
+    ) -> Result<(), Undelivered> {
+        let mut map = self.lock();
+        let Some(connection) = map.get(client_id) else {
+            return Err(Undelivered::NotListening);
+        };
+        if feature.is_some_and(|f| !connection.features.contains(&f)) {
+            return Err(Undelivered::NotListening);
+        }
+        if connection.outgoing.try_send(message).is_err() {
+            tracing::warn!(
+                client_id,
+                "outgoing queue full or closed: disconnecting the client"
+            );
+            connection.kick.notify_one();
+            map.remove(client_id);
+            return Err(Undelivered::Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Disconnects `client_id` if connected.
+    pub fn kick(&self, client_id: &str) {
+        if let Some(connection) = self.lock().remove(client_id) {
+            connection.kick.notify_one();
+        }
+    }
+
+    /// Disconnects every client whose id is `device_id` or starts with `device_id/`.
+    pub fn kick_device(&self, device_id: &str) {
+        let prefix = format!("{device_id}/");
+        let mut map = self.lock();
+        map.retain(|client_id, connection| {
+            let belongs = client_id == device_id || client_id.starts_with(&prefix);
+            if belongs {
+                connection.kick.notify_one();
+            }
+            !belongs
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveConnection>> {
+        self.by_client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Outgoing {
+        Outgoing {
+            topic: "t".into(),
+            payload: Bytes::new(),
+            at_least_once: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_kicks_the_first_and_a_late_unregister_keeps_the_second() {
+        let live = LiveConnections::default();
+        let first = live.register("d1", HashSet::new());
+        let second = live.register("d1", HashSet::new());
+        tokio::time::timeout(std::time::Duration::from_secs(1), first.kick.notified())
+            .await
+            .expect("first connection kicked");
+        live.unregister("d1", first.id);
+        assert!(live.is_connected("d1"));
+        live.unregister("d1", second.id);
+        assert!(!live.is_connected("d1"));
+    }
+
+    #[test]
+    fn publishes_reach_only_clients_subscribed_to_the_feature() {
+        let live = LiveConnections::default();
+        let mut reg = live.register("d1", HashSet::from([Feature::DesiredPatches]));
+        assert_eq!(
+            live.send("d1", Some(Feature::Methods), message()),
+            Err(Undelivered::NotListening)
+        );
+        assert_eq!(
+            live.send("d1", Some(Feature::DesiredPatches), message()),
+            Ok(())
+        );
+        assert_eq!(
+            live.send("d2", None, message()),
+            Err(Undelivered::NotListening)
+        );
+        assert!(reg.outgoing.try_recv().is_ok());
+        assert!(reg.outgoing.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_disconnected_instead_of_growing_memory() {
+        let live = LiveConnections::default();
+        let _reg = live.register("d1", HashSet::new());
+        for _ in 0..OUTGOING_QUEUE {
+            live.send("d1", None, message()).unwrap();
+        }
+        assert_eq!(
+            live.send("d1", None, message()),
+            Err(Undelivered::Overloaded)
+        );
+        assert!(!live.is_connected("d1"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Configuration routes: `/configurations[/{id}]` (create, get, list, delete).
+
+use std::sync::Arc;
+
+use edgetwin_wire::condition::Condition;
+use edgetwin_wire::rest::{Configuration, ErrorCode, Permission};
+use hyper::Method;
+
+use super::{not_found, Reply, Request};
+use crate::deployments;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::ids;
+
+/// Routes configuration requests.
+pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+    match (segments, &request.method) {
+        (["configurations"], &Method::GET) => {
+            request.require(Permission::RegistryRead)?;
+            Reply::ok(hub.transact(|tx| Ok(tx.configurations(request.top())?))?)
+        }
+        (["configurations", id], &Method::GET) => {
+            request.require(Permission::RegistryRead)?;
+            let configuration =
+                hub.transact(|tx| tx.configuration(id)?.ok_or_else(|| not_found_error(id)))?;
+            let etag = configuration.etag.clone();
+            Ok(Reply::ok(configuration)?.with_etag(etag))
+        }
+        (["configurations", id], &Method::PUT) => {
+            request.require(Permission::RegistryWrite)?;
+            let input: Configuration = request.json()?;
+            let configuration =
+                hub.transact(|tx| put(tx, id, input, request.if_match.as_deref()))?;
+            let etag = configuration.etag.clone();
+            Ok(Reply::ok(configuration)?.with_etag(etag))
+        }
+        (["configurations", id], &Method::DELETE) => {
+            request.require(Permission::RegistryWrite)?;
+            hub.transact_and_notify(|tx| {
+                let existing = tx.configuration(id)?.ok_or_else(|| not_found_error(id))?;
+                if let Some(value) = request.if_match.as_deref() {
+                    if !ids::if_match_accepts(value, existing.etag.as_deref().unwrap_or_default()) {
+                        return Err(ApiError::new(
+                            ErrorCode::PreconditionFailed,
+                            "the If-Match etag does not match",
+                        ));
+                    }
+                }
+                tx.delete_configuration(id)?;
+                Ok(((), deployments::evaluate(tx)?))
+            })?;
+            Reply::no_content()
+        }
+        _ => Err(not_found(request)),
+    }
+}
+
+fn not_found_error(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ConfigurationNotFound,
+        format!("Configuration '{id}' not found"),
+    )
+}
+
+/// Validates a configuration id: at most 128 lower-case characters without spaces or `&^[]{}\|"<>/`.
+fn validate_id(id: &str) -> Result<(), ApiError> {
+    let bad = |c: char| c.is_whitespace() || c.is_ascii_uppercase() || "&^[]{}\\|\"<>/".contains(c);
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::invalid(format!(
+            "configuration id '{id}' must be 1 to 128 characters"
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| bad(*c)) {
+        return Err(ApiError::invalid(format!(
+            "configuration id '{id}' contains '{c}'; ids are lower case without spaces or &^[]{{}}\\|\"<>/"
+        )));
+    }
+    Ok(())
+}
+
+fn put(
+    tx: &crate::store::Transaction<'_>,
+    id: &str,
+    mut input: Configuration,
+    if_match: Option<&str>,
+) -> Result<Configuration, ApiError> {
+    validate_id(id)?;
+    let now = ids::now_iso();
+    let existing = tx.configuration(id)?;
+    let configuration = match (existing, if_match) {
+        (Some(_), None) => {
+            return Err(ApiError::new(
+                ErrorCode::ConfigurationAlreadyExists,
+                format!("Configuration '{id}' already exists"),
+            ))
+        }
+        (None, _) => {
+            if let Some(condition) = input
+                .target_condition
+                .as_deref()
+                .filter(|c| !c.trim().is_empty())
+            {
+                Condition::parse(condition).map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::InvalidConfigurationTargetCondition,
+                        format!("targetCondition: {e}"),
+                    )
+                })?;
+            }
+            if input.priority.is_some_and(|p| p < 0) {
+                return Err(ApiError::invalid("priority must not be negative"));
+            }
+            input.id = id.to_owned();
+            input.schema_version = input.schema_version.or(Some("2.0".into()));
+            input.created_time_utc = Some(now.clone());
+            input.last_updated_time_utc = Some(now);
+            input.priority = input.priority.or(Some(0));
+            input.etag = Some(ids::counter_etag(tx.next_counter("etag")?));
+            input
+        }
+        (Some(mut existing), Some(value)) => {
+            if !ids::if_match_accepts(value, existing.etag.as_deref().unwrap_or_default()) {
+                return Err(ApiError::new(
+                    ErrorCode::PreconditionFailed,
+                    "the If-Match etag does not match",
+                ));
+            }
+            if input.content.is_some() && input.content != existing.content {
+                return Err(ApiError::new(
+                    ErrorCode::CannotModifyImmutableConfigurationContent,
+                    "the content of a configuration cannot change; create a new configuration",
+                ));
+            }
+            existing.target_condition = input.target_condition.or(existing.target_condition);
+            existing.priority = input.priority.or(existing.priority);
+            existing.labels = input.labels.or(existing.labels);
+            existing.metrics = input.metrics.or(existing.metrics);
+            existing.last_updated_time_utc = Some(now);
+            existing.etag = Some(ids::counter_etag(tx.next_counter("etag")?));
+            existing
+        }
+    };
+    tx.put_configuration(&configuration)?;
+    Ok(configuration)
+}

@@ -1,0 +1,318 @@
+//! The service REST API over HTTPS (api-version 2021-04-12 and newer): one listener, a request
+//! type with the path split and percent-decoded per segment, and a dispatcher to the route files.
+
+mod configurations;
+mod local;
+mod registry;
+mod twins;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgetwin_wire::rest::{self as model, ErrorCode, Permission};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::ApiError;
+use crate::hub::{grants, Hub};
+use crate::ids;
+use crate::store::PolicyRecord;
+
+/// Largest request body accepted (bulk requests of 100 devices with twins fit easily).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// A parsed service request.
+pub struct Request {
+    /// HTTP method.
+    pub method: Method,
+    /// Path segments, each percent-decoded after splitting on `/`.
+    pub segments: Vec<String>,
+    /// Query parameters, decoded.
+    pub query: HashMap<String, String>,
+    /// The `If-Match` header, raw.
+    pub if_match: Option<String>,
+    /// The body.
+    pub body: Bytes,
+    /// The authenticated policy.
+    pub policy: PolicyRecord,
+}
+
+impl Request {
+    /// Refuses the request unless the caller's policy grants `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if grants(&self.policy, permission) {
+            return Ok(());
+        }
+        tracing::info!(policy = %self.policy.name, permission = permission.name(), "permission missing");
+        Err(ApiError::new(
+            ErrorCode::IotHubUnauthorizedAccess,
+            format!(
+                "Unauthorized: the shared access policy '{}' does not grant {}",
+                self.policy.name,
+                permission.name()
+            ),
+        ))
+    }
+
+    /// The body decoded as `T`; a bad body names what is wrong.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::IotHubFormatError,
+                format!("the request body is not valid: {e}"),
+            )
+        })
+    }
+
+    /// A numeric query parameter `top` clamped to 1..=1000 (default 1000).
+    pub fn top(&self) -> usize {
+        self.query
+            .get("top")
+            .and_then(|t| t.parse::<usize>().ok())
+            .filter(|t| (1..=1000).contains(t))
+            .unwrap_or(1000)
+    }
+}
+
+/// What a route answers.
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// JSON body (none for 204).
+    pub body: Option<Value>,
+    /// The entity's etag, sent as `ETag`.
+    pub etag: Option<String>,
+}
+
+impl Reply {
+    /// 200 with a JSON body.
+    pub fn ok(body: impl serde::Serialize) -> Result<Reply, ApiError> {
+        Ok(Reply {
+            status: StatusCode::OK,
+            body: Some(
+                serde_json::to_value(body)
+                    .map_err(|e| ApiError::new(ErrorCode::ServerError, e.to_string()))?,
+            ),
+            etag: None,
+        })
+    }
+
+    /// 204, no body.
+    pub fn no_content() -> Result<Reply, ApiError> {
+        Ok(Reply {
+            status: StatusCode::NO_CONTENT,
+            body: None,
+            etag: None,
+        })
+    }
+
+    /// Adds an `ETag`.
+    pub fn with_etag(mut self, etag: Option<String>) -> Self {
+        self.etag = etag;
+        self
+    }
+}
+
+/// Accepts HTTPS connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    hub: Arc<Hub>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((socket, peer)) = accepted else { continue };
+                let (tls, hub) = (tls.clone(), hub.clone());
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(15), tls.accept(socket)).await else {
+                        tracing::info!(%peer, "REST TLS handshake failed");
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |request| {
+                        let hub = hub.clone();
+                        async move { Ok::<_, Infallible>(handle(hub, request).await) }
+                    });
+                    if let Err(error) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, %error, "REST connection ended");
+                    }
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Splits a raw path on `/` and percent-decodes each segment.
+pub fn path_segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// Parses a query string into decoded pairs (first occurrence wins).
+pub fn query_pairs(query: &str) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut pairs = HashMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        pairs.entry(decode(k)).or_insert_with(|| decode(v));
+    }
+    pairs
+}
+
+async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let reply = match parse(&hub, request).await {
+        Ok(request) => dispatch(&hub, request).await,
+        Err(error) => Err(error),
+    };
+    let response = match reply {
+        Ok(reply) => reply,
+        Err(error) => {
+            if error.code == ErrorCode::ServerError {
+                tracing::error!(%method, path, message = %error.message, "request failed");
+            } else {
+                tracing::debug!(%method, path, code = error.code.name(), message = %error.message, "request refused");
+            }
+            return error_response(&error);
+        }
+    };
+    let mut builder = hyper::Response::builder()
+        .status(response.status)
+        .header("x-ms-request-id", ids::tracking_id());
+    if let Some(etag) = response.etag {
+        builder = builder.header("ETag", format!("\"{etag}\""));
+    }
+    let body = match response.body {
+        Some(body) => {
+            builder = builder.header("Content-Type", "application/json; charset=utf-8");
+            Bytes::from(body.to_string())
+        }
+        None => Bytes::new(),
+    };
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
+}
+
+fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
+    let body = model::error_body(
+        error.code,
+        &error.message,
+        &ids::tracking_id(),
+        &ids::now_error_timestamp(),
+    );
+    hyper::Response::builder()
+        .status(error.code.http_status())
+        .header("Content-Type", "application/json; charset=utf-8")
+        .header("iothub-errorcode", error.code.name())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
+}
+
+async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, ApiError> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let query = query_pairs(request.uri().query().unwrap_or(""));
+    if query.get("api-version").is_none_or(|v| v.is_empty()) {
+        return Err(ApiError::invalid(
+            "api-version is missing from the query string",
+        ));
+    }
+    let policy = hub
+        .authenticate_service(header("authorization").as_deref())?
+        .clone();
+    let if_match = header("if-match");
+    let method = request.method().clone();
+    let segments = path_segments(request.uri().path());
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::MessageTooLarge,
+                format!("request body exceeds {MAX_BODY} bytes"),
+            )
+        })?
+        .to_bytes();
+    Ok(Request {
+        method,
+        segments,
+        query,
+        if_match,
+        body,
+        policy,
+    })
+}
+
+async fn dispatch(hub: &Arc<Hub>, request: Request) -> Result<Reply, ApiError> {
+    let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
+    match segments.first().copied() {
+        Some("devices") | Some("statistics") => registry::route(hub, &request, &segments),
+        Some("twins") => twins::route(hub, &request, &segments).await,
+        Some("configurations") => configurations::route(hub, &request, &segments),
+        Some("edgetwin") => local::route(hub, &request, &segments),
+        _ => Err(not_found(&request)),
+    }
+}
+
+/// The answer for a path or method this hub does not serve.
+pub fn not_found(request: &Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::ArgumentInvalid,
+        format!(
+            "{} /{} is not an IoT Hub operation this hub serves",
+            request.method,
+            request.segments.join("/")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_decoded_after_splitting_so_an_encoded_slash_stays_in_the_id() {
+        assert_eq!(
+            path_segments("/twins/d%2F1/modules/%24edgeAgent"),
+            vec!["twins", "d/1", "modules", "$edgeAgent"]
+        );
+    }
+
+    #[test]
+    fn query_pairs_decode_and_keep_the_first_duplicate() {
+        let pairs = query_pairs("api-version=2021-04-12&top=5&top=6&x=a%20b");
+        assert_eq!(pairs["top"], "5");
+        assert_eq!(pairs["x"], "a b");
+    }
+}

@@ -1,0 +1,439 @@
+//! Durable state in SQLite (WAL, `synchronous=FULL`): identities, twins, configurations, shared access
+//! policies and persistent MQTT sessions. Every method that changes state commits before it
+//! returns, so whatever the hub acknowledges survives `kill -9` and power loss.
+//!
+//! Records are stored as JSON documents of the wire models; the store knows nothing of REST or
+//! MQTT, only of keys and documents.
+
+use std::path::Path;
+
+use edgetwin_wire::rest::{Configuration, Device, Module};
+use edgetwin_wire::twin::Properties;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Errors from the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored document did not decode (the database was edited by hand or is corrupt).
+    #[error("stored document {what} is not valid: {source}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+/// Which identity a row belongs to: a device, or a module of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    /// The device id.
+    pub device_id: String,
+    /// The module id, `None` for the device itself.
+    pub module_id: Option<String>,
+}
+
+impl IdentityKey {
+    /// The key of a device.
+    pub fn device(device_id: &str) -> Self {
+        Self {
+            device_id: device_id.to_owned(),
+            module_id: None,
+        }
+    }
+
+    /// The key of a module.
+    pub fn module(device_id: &str, module_id: &str) -> Self {
+        Self {
+            device_id: device_id.to_owned(),
+            module_id: Some(module_id.to_owned()),
+        }
+    }
+
+    /// The MQTT client id of this identity (`d` or `d/m`).
+    pub fn client_id(&self) -> String {
+        edgetwin_wire::topic::client_id(&self.device_id, self.module_id.as_deref())
+    }
+
+    fn module_column(&self) -> &str {
+        self.module_id.as_deref().unwrap_or("")
+    }
+}
+
+/// The twin of a device or module as the hub keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TwinRecord {
+    /// Back-end tags (never visible to the device).
+    pub tags: Properties,
+    /// Desired properties without `$version`/`$metadata`.
+    pub desired: Properties,
+    /// `properties.desired.$version`.
+    pub desired_version: i64,
+    /// Reported properties without `$version`/`$metadata`.
+    pub reported: Properties,
+    /// `properties.reported.$version`.
+    pub reported_version: i64,
+    /// The twin's `version`, bumped on every change; the etag derives from it.
+    pub version: i64,
+    /// When desired last changed (ISO 8601).
+    pub desired_updated: String,
+    /// When reported last changed (ISO 8601).
+    pub reported_updated: String,
+    /// When tags last changed (ISO 8601).
+    pub tags_updated: String,
+    /// Deployments targeting this twin: configuration id -> `{"status": "Applied"|"Targeted"}`.
+    pub configurations: Properties,
+}
+
+/// A shared access policy of the hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Policy name, the token's `skn`.
+    pub name: String,
+    /// Primary key (base64).
+    pub primary_key: edgetwin_wire::Secret,
+    /// Secondary key (base64).
+    pub secondary_key: edgetwin_wire::Secret,
+    /// Permission names (`RegistryRead`, ...).
+    pub permissions: Vec<String>,
+}
+
+/// The database.
+pub struct Store {
+    /// The one connection; the hub serialises access through a mutex.
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identities (
+    device_id TEXT NOT NULL, module_id TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (device_id, module_id));
+CREATE TABLE IF NOT EXISTS twins (
+    device_id TEXT NOT NULL, module_id TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (device_id, module_id));
+CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Runs `f` inside one transaction: all of its writes land, or none.
+    pub fn transaction<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self.conn.transaction().map_err(StoreError::from)?;
+        let result = f(&Transaction { tx: &tx })?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(result)
+    }
+}
+
+/// Reads and writes inside one transaction.
+pub struct Transaction<'a> {
+    /// The open SQLite transaction.
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+impl Transaction<'_> {
+    fn get_doc<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self
+            .tx
+            .query_row(sql, params, |row| row.get(0))
+            .optional()?;
+        text.map(|t| decode(&t, what)).transpose()
+    }
+
+    fn list_docs<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |row| row.get::<_, String>(0))?;
+        rows.map(|text| decode(&text?, || sql.to_owned())).collect()
+    }
+
+    /// The device identity `device_id`.
+    pub fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
+        self.get_doc(
+            "SELECT record FROM identities WHERE device_id = ?1 AND module_id = ''",
+            params![device_id],
+            || format!("device {device_id}"),
+        )
+    }
+
+    /// Up to `top` device identities, ordered by id.
+    pub fn devices(&self, top: usize) -> Result<Vec<Device>, StoreError> {
+        self.list_docs(
+            "SELECT record FROM identities WHERE module_id = '' ORDER BY device_id LIMIT ?1",
+            params![top as i64],
+        )
+    }
+
+    /// Stores a device identity (insert or replace).
+    pub fn put_device(&self, device: &Device) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO identities (device_id, module_id, record) VALUES (?1, '', ?2)",
+            params![device.device_id, encode(device)],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a device with its modules, twins and session.
+    pub fn delete_device(&self, device_id: &str) -> Result<(), StoreError> {
+        for table in ["identities", "twins"] {
+            self.tx.execute(
+                &format!("DELETE FROM {table} WHERE device_id = ?1"),
+                params![device_id],
+            )?;
+        }
+        self.tx.execute(
+            "DELETE FROM sessions WHERE client_id = ?1 OR client_id LIKE ?2 ESCAPE '\\'",
+            params![device_id, format!("{}/%", escape_like(device_id))],
+        )?;
+        Ok(())
+    }
+
+    /// The module identity `device_id/module_id`.
+    pub fn module(&self, device_id: &str, module_id: &str) -> Result<Option<Module>, StoreError> {
+        self.get_doc(
+            "SELECT record FROM identities WHERE device_id = ?1 AND module_id = ?2",
+            params![device_id, module_id],
+            || format!("module {device_id}/{module_id}"),
+        )
+    }
+
+    /// The module identities of a device, ordered by id.
+    pub fn modules(&self, device_id: &str) -> Result<Vec<Module>, StoreError> {
+        self.list_docs(
+            "SELECT record FROM identities WHERE device_id = ?1 AND module_id <> '' ORDER BY module_id",
+            params![device_id],
+        )
+    }
+
+    /// Stores a module identity (insert or replace).
+    pub fn put_module(&self, module: &Module) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO identities (device_id, module_id, record) VALUES (?1, ?2, ?3)",
+            params![module.device_id, module.module_id, encode(module)],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a module with its twin and session.
+    pub fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), StoreError> {
+        for table in ["identities", "twins"] {
+            self.tx.execute(
+                &format!("DELETE FROM {table} WHERE device_id = ?1 AND module_id = ?2"),
+                params![device_id, module_id],
+            )?;
+        }
+        self.delete_session(&IdentityKey::module(device_id, module_id).client_id())
+    }
+
+    /// The twin of an identity.
+    pub fn twin(&self, key: &IdentityKey) -> Result<Option<TwinRecord>, StoreError> {
+        self.get_doc(
+            "SELECT record FROM twins WHERE device_id = ?1 AND module_id = ?2",
+            params![key.device_id, key.module_column()],
+            || format!("twin {}", key.client_id()),
+        )
+    }
+
+    /// Stores the twin of an identity.
+    pub fn put_twin(&self, key: &IdentityKey, twin: &TwinRecord) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO twins (device_id, module_id, record) VALUES (?1, ?2, ?3)",
+            params![key.device_id, key.module_column(), encode(twin)],
+        )?;
+        Ok(())
+    }
+
+    /// Every device twin with its device id (for target conditions and queries).
+    pub fn device_twins(&self) -> Result<Vec<(String, TwinRecord)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT device_id, record FROM twins WHERE module_id = '' ORDER BY device_id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (id, text) = row?;
+            let twin = decode(&text, || format!("twin {id}"))?;
+            Ok((id, twin))
+        })
+        .collect()
+    }
+
+    /// A configuration by id.
+    pub fn configuration(&self, id: &str) -> Result<Option<Configuration>, StoreError> {
+        self.get_doc(
+            "SELECT record FROM configurations WHERE id = ?1",
+            params![id],
+            || format!("configuration {id}"),
+        )
+    }
+
+    /// Up to `top` configurations, ordered by id.
+    pub fn configurations(&self, top: usize) -> Result<Vec<Configuration>, StoreError> {
+        self.list_docs(
+            "SELECT record FROM configurations ORDER BY id LIMIT ?1",
+            params![top as i64],
+        )
+    }
+
+    /// Stores a configuration.
+    pub fn put_configuration(&self, configuration: &Configuration) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO configurations (id, record) VALUES (?1, ?2)",
+            params![configuration.id, encode(configuration)],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a configuration.
+    pub fn delete_configuration(&self, id: &str) -> Result<(), StoreError> {
+        self.tx
+            .execute("DELETE FROM configurations WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every shared access policy.
+    pub fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        self.list_docs("SELECT record FROM policies ORDER BY name", [])
+    }
+
+    /// Stores a shared access policy.
+    pub fn put_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO policies (name, record) VALUES (?1, ?2)",
+            params![policy.name, encode(policy)],
+        )?;
+        Ok(())
+    }
+
+    /// The subscription filters persisted for an MQTT client id.
+    pub fn session(&self, client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.get_doc(
+            "SELECT filters FROM sessions WHERE client_id = ?1",
+            params![client_id],
+            || format!("session {client_id}"),
+        )
+    }
+
+    /// Persists the subscription filters of an MQTT client id.
+    pub fn put_session(&self, client_id: &str, filters: &[String]) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO sessions (client_id, filters) VALUES (?1, ?2)",
+            params![client_id, encode(&filters)],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the session of an MQTT client id.
+    pub fn delete_session(&self, client_id: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "DELETE FROM sessions WHERE client_id = ?1",
+            params![client_id],
+        )?;
+        Ok(())
+    }
+
+    /// Increments and returns the named counter (generation ids, etags).
+    pub fn next_counter(&self, name: &str) -> Result<i64, StoreError> {
+        self.tx.execute(
+            "INSERT INTO counters (name, value) VALUES (?1, 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            params![name],
+        )?;
+        Ok(self.tx.query_row(
+            "SELECT value FROM counters WHERE name = ?1",
+            params![name],
+            |row| row.get(0),
+        )?)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("wire models always serialise")
+}
+
+fn decode<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> String) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: what(),
+        source,
+    })
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("edgetwin-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        (Store::open(&dir.join("hub.db")).unwrap(), dir)
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing_behind() {
+        let (mut store, dir) = temp_store("rollback");
+        let key = IdentityKey::device("d1");
+        let result: Result<(), StoreError> = store.transaction(|tx| {
+            tx.put_twin(&key, &TwinRecord::default())?;
+            Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+        });
+        assert!(result.is_err());
+        let twin = store.transaction(|tx| tx.twin(&key)).unwrap();
+        assert_eq!(twin, None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn deleting_a_device_removes_its_module_sessions_but_not_a_device_whose_id_shares_the_prefix() {
+        let (mut store, dir) = temp_store("sessions");
+        store
+            .transaction(|tx| {
+                tx.put_session("d_1/m", &["a".into()])?;
+                tx.put_session("dx1/m", &["b".into()])?;
+                tx.delete_device("d_1")
+            })
+            .unwrap();
+        let (gone, kept) = store
+            .transaction(|tx| Ok::<_, StoreError>((tx.session("d_1/m")?, tx.session("dx1/m")?)))
+            .unwrap();
+        assert_eq!(gone, None);
+        assert_eq!(kept, Some(vec!["b".to_owned()]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

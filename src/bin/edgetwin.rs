@@ -1,0 +1,139 @@
+//! `edgetwin`: the operator CLI. `edgetwin hub` runs a local IoT Hub.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build, test and ship Azure IoT Edge modules in Rust.
+#[derive(Parser)]
+#[command(name = "edgetwin", version, about)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local IoT Hub: device MQTT over TLS, the service REST API and the Edge workload API,
+    /// with state kept in the data directory.
+    Hub(HubArgs),
+}
+
+/// Options of `edgetwin hub`.
+#[derive(clap::Args)]
+struct HubArgs {
+    /// Directory for the database, certificates and workload sockets.
+    #[arg(long, env = "EDGETWIN_HUB_DATA_DIR", default_value = ".edgetwin/hub")]
+    data_dir: PathBuf,
+    /// IoT Hub host name used in connection strings and certificates.
+    #[arg(long, env = "EDGETWIN_HUB_HOST_NAME", default_value = "localhost")]
+    host_name: String,
+    /// Another name (DNS or IP) the TLS certificate must cover; repeatable.
+    #[arg(long = "san")]
+    extra_names: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// MQTT over TLS port (the Python device SDK only dials 8883).
+    #[arg(long, default_value_t = 8883)]
+    mqtt_port: u16,
+    /// HTTPS service API port (0: any free port).
+    #[arg(long, default_value_t = 8443)]
+    rest_port: u16,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Hub(args) => runtime.block_on(run_hub(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_hub(args: HubArgs) -> Result<(), String> {
+    let config = edgetwin_hub::HubConfig {
+        data_dir: args.data_dir,
+        host_name: args.host_name,
+        extra_names: args.extra_names,
+        bind: args.bind,
+        mqtt_port: args.mqtt_port,
+        rest_port: args.rest_port,
+    };
+    let hub = edgetwin_hub::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = &hub.info;
+    println!("edgetwin hub is running");
+    println!("  IoT Hub host name:   {}", info.host_name);
+    println!(
+        "  MQTT (TLS):          {}:{}",
+        info.host_name, info.mqtt_port
+    );
+    println!("  service REST API:    {}", info.rest_url);
+    println!("  CA certificate:      {}", info.ca_certificate.display());
+    println!(
+        "  workload sockets:    {}/<deviceId>.sock",
+        info.workload_dir.display()
+    );
+    println!("  service connection string (iothubowner):");
+    println!("    {}", info.service_connection_string.expose());
+    println!("Point clients at it:");
+    println!(
+        "  export IOTHUB_CONNECTION_STRING='{}'",
+        info.service_connection_string.expose()
+    );
+    println!(
+        "  export REQUESTS_CA_BUNDLE='{}'",
+        info.ca_certificate.display()
+    );
+    println!(
+        "  module environment (IOTEDGE_*): GET {}/edgetwin/devices/<d>/modules/<m>/edgeEnvironment",
+        info.rest_url
+    );
+    println!("Stop with Ctrl-C.");
+    wait_for_signal().await;
+    eprintln!("stopping");
+    hub.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(stream) => { stream.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

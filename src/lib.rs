@@ -1,0 +1,4 @@
+//! edgetwin: build, test and ship Azure IoT Edge modules in Rust.
+//!
+//! This package holds the operator CLI (`edgetwin`). The wire contract lives in `edgetwin-wire`,
+//! the local IoT Hub in `edgetwin-hub` (behind the default `hub` feature).

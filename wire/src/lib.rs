@@ -1,0 +1,26 @@
+//! `edgetwin-wire`: the pure, I/O-free wire contract shared by edgetwin's module client,
+//! provisioning job and local IoT Hub emulator.
+//!
+//! Everything in this crate is deterministic string/JSON manipulation: connection strings,
+//! SAS tokens, MQTT topic names and usernames, twin documents and their validation rules,
+//! the service REST models and error envelopes, and the IoT Edge module environment.
+//! Nothing here opens sockets, reads files, reads the clock or reads the process environment.
+
+#![deny(missing_docs)]
+
+pub mod condition;
+pub mod connection_string;
+pub mod edge;
+pub mod rest;
+pub mod sas;
+pub mod secret;
+pub mod topic;
+pub mod twin;
+
+pub use secret::Secret;
+
+/// The service (REST) api-version the Python `azure-iot-hub` 2.x SDK is pinned to.
+pub const SERVICE_API_VERSION: &str = "2021-04-12";
+
+/// The api-version used in the MQTT CONNECT username by device/module clients (direct-MQTT docs).
+pub const DEVICE_API_VERSION: &str = "2021-04-12";
