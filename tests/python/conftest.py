@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -128,7 +129,9 @@ class Hub:
         log = open(self.log_path, "ab")
         log.write(f"\n===== starting: {' '.join(cmd)} at {time.ctime()} =====\n".encode())
         log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = dict(os.environ, NO_COLOR="1")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -188,7 +191,8 @@ class Hub:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no hub log)"
-        return "----- hub log (tail) -----\n" + "\n".join(lines[-n:])
+        text = "\n".join(lines[-n:])
+        return "----- hub log (tail) -----\n" + re.sub(r"\x1b\[[0-9;]*m", "", text)
 
     # -- facts from hub.json ------------------------------------------------
     @property
@@ -262,6 +266,11 @@ def _tcp_open(host, port):
 # pytest wiring
 
 _CURRENT_HUB = None
+
+
+def pytest_configure(config):
+    # azure-iot-device 2.14 builds SSLContext(PROTOCOL_TLSv1_2) on purpose (TLS 1.2 only).
+    config.addinivalue_line("filterwarnings", "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning")
 
 
 @pytest.fixture(scope="session")
@@ -412,7 +421,14 @@ def clients(hub):
 
     yield Factory()
     for c in made:
-        run_with_timeout(c.shutdown, timeout=10)
+        run_with_timeout(lambda c=c: _quiet_shutdown(c), timeout=10)
+
+
+def _quiet_shutdown(client):
+    try:
+        client.shutdown()
+    except Exception:
+        pass  # already disconnected / refused clients may complain
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,15 @@ from conftest import (
 )
 
 
+def assert_twin_request_rejected_with_400(call):
+    """The sync SDK wraps the twin ServiceError ("... status 400") in ClientError."""
+    with pytest.raises((ServiceError, ClientError)) as err:
+        call()
+    exc = err.value
+    causes = [exc, exc.__cause__]
+    assert any(isinstance(e, ServiceError) and "status 400" in str(e) for e in causes), repr(causes)
+
+
 def random_key():
     return base64.b64encode(os.urandom(32)).decode()
 
@@ -51,11 +60,15 @@ def test_secondary_key_is_accepted(hub, clients, make_module):
     assert_module_client_works(clients, secondary)
 
 
-def test_unknown_device_is_refused(hub, clients):
+def test_unknown_device_is_refused(hub, clients, raw_mqtt, make_device):
+    known = clients.device(make_device())
+    known.connect()  # positive control: a registered device gets in
     ghost = Identity(hub, unique_id("ghost"), None, random_key(), None)
     c = clients.device(ghost, connection_retry=False)
     with pytest.raises(ClientError):
         c.connect()
+    assert raw_mqtt(ghost).connect() == 5
+    assert known.connected
 
 
 def test_disabled_device_is_refused_until_enabled_again(hub, clients, registry_manager, make_device):
@@ -80,8 +93,16 @@ def test_raw_client_with_valid_sas_is_accepted(raw_mqtt, make_module):
     assert c.connect() == 0
 
 
+def assert_valid_sas_connects(raw_mqtt, identity):
+    """Positive control: the same identity with a good token gets CONNACK 0."""
+    good = raw_mqtt(identity)
+    assert good.connect() == 0
+    good.close()
+
+
 def test_expired_sas_is_refused_with_connack_not_authorized(raw_mqtt, make_module):
     mod = make_module()
+    assert_valid_sas_connects(raw_mqtt, mod)
     expired = mod.sas(expiry=int(time.time()) - 3600)  # well beyond any clock-skew allowance
     c = raw_mqtt(mod, password=expired)
     assert c.connect() == 5
@@ -89,6 +110,7 @@ def test_expired_sas_is_refused_with_connack_not_authorized(raw_mqtt, make_modul
 
 def test_sas_of_another_device_is_refused(hub, raw_mqtt, make_device):
     a, b = make_device(), make_device()
+    assert_valid_sas_connects(raw_mqtt, b)
     token_for_a = device_sas(hub.host, a.device_id, a.primary_key)
     c = raw_mqtt(b, password=token_for_a)
     assert c.connect() == 5
@@ -96,6 +118,7 @@ def test_sas_of_another_device_is_refused(hub, raw_mqtt, make_device):
 
 def test_sas_with_tampered_signature_is_refused(raw_mqtt, make_module):
     mod = make_module()
+    assert_valid_sas_connects(raw_mqtt, mod)
     token = mod.sas()
     se = token.rsplit("&se=", 1)[1]
     tampered = token.replace(f"&se={se}", f"&se={int(se) + 60}")  # signature no longer matches
@@ -204,9 +227,7 @@ def test_reported_patch_over_32kb_is_rejected_and_twin_unchanged(clients, regist
     client.patch_twin_reported_properties({"small": 1})  # positive control
     before = registry_manager.get_module_twin(mod.device_id, mod.module_id).properties.reported
     big = {f"k{i}": "x" * 3500 for i in range(10)}  # 10 * (2 + 3500) bytes > 32 KB, each string < 4 KB
-    with pytest.raises(ServiceError) as err:
-        client.patch_twin_reported_properties(big)
-    assert "400" in str(err.value)
+    assert_twin_request_rejected_with_400(lambda: client.patch_twin_reported_properties(big))
     after = registry_manager.get_module_twin(mod.device_id, mod.module_id).properties.reported
     assert after["$version"] == before["$version"]
     assert not any(k.startswith("k") for k in after if k != "$version")
@@ -214,7 +235,9 @@ def test_reported_patch_over_32kb_is_rejected_and_twin_unchanged(clients, regist
 
 
 def _nested(depth):
-    """`depth` nested objects, as in the docs' depth-10 example (one..ten + a leaf)."""
+    """`depth` nested objects ending in a leaf. Microsoft's device-twin guide ("Tags and
+    properties format") calls tags.one.two...ten.{"property": "value"} valid at the
+    maximum depth of 10; _nested(10) has exactly that shape."""
     doc = {"leaf": "value"}
     for i in range(depth, 0, -1):
         doc = {f"l{i}": doc}
@@ -235,9 +258,7 @@ def test_reported_patch_nested_eleven_deep_is_400(clients, registry_manager, mak
     client = clients.module(mod)
     client.connect()
     v0 = client.get_twin()["reported"]["$version"]
-    with pytest.raises(ServiceError) as err:
-        client.patch_twin_reported_properties(_nested(11))
-    assert "400" in str(err.value)
+    assert_twin_request_rejected_with_400(lambda: client.patch_twin_reported_properties(_nested(11)))
     reported = registry_manager.get_module_twin(mod.device_id, mod.module_id).properties.reported
     assert "l1" not in reported and reported["$version"] == v0
 
@@ -247,8 +268,7 @@ def test_reported_patch_with_forbidden_key_characters_is_400(clients, make_modul
     client = clients.module(mod)
     client.connect()
     for bad_key in ("has.dot", "$dollar", "has space"):
-        with pytest.raises(ServiceError):
-            client.patch_twin_reported_properties({bad_key: 1})
+        assert_twin_request_rejected_with_400(lambda: client.patch_twin_reported_properties({bad_key: 1}))
 
 
 # --- service permissions ---------------------------------------------------------------------------
