@@ -29,8 +29,10 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
         (["configurations", id], &Method::PUT) => {
             request.require(Permission::RegistryWrite)?;
             let input: Configuration = request.json()?;
-            let configuration =
-                hub.transact(|tx| put(tx, id, input, request.if_match.as_deref()))?;
+            let configuration = hub.transact_and_notify(|tx| {
+                let configuration = put(tx, id, input, request.if_match.as_deref())?;
+                Ok((configuration, deployments::evaluate(tx)?))
+            })?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }

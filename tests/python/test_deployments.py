@@ -1,0 +1,147 @@
+"""Deployments, judged by azure-iot-hub 2.7 (IoTHubConfigurationManager): a manifest applied to one
+edge device, and at-scale deployments chosen by target condition and priority."""
+
+import pytest
+import requests
+from azure.iot.hub import IoTHubConfigurationManager
+from azure.iot.hub.models import Configuration, ConfigurationContent, Twin
+from msrest.exceptions import HttpOperationError
+
+from conftest import http_status, unique_id
+
+
+def _manifest(interval, image="localhost:5000/edgetwin:0.1.0-amd64"):
+    return {
+        "$edgeAgent": {"properties.desired": {
+            "schemaVersion": "1.1",
+            "runtime": {"type": "docker", "settings": {}},
+            "systemModules": {},
+            "modules": {"edgetwin": {"type": "docker", "status": "running", "restartPolicy": "always",
+                                     "settings": {"image": image}}},
+        }},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.2", "routes": {},
+                                             "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}},
+        "edgetwin": {"properties.desired": {"telemetryInterval": interval}},
+    }
+
+
+@pytest.fixture
+def configurations(hub):
+    manager = IoTHubConfigurationManager.from_connection_string(hub.service_connection_string)
+    created = []
+    yield manager, created
+    for config_id in created:
+        try:
+            manager.delete_configuration(config_id)
+        except Exception:
+            pass
+
+
+def _edge_device_with_module(registry_manager, make_device, tags=None):
+    device = make_device(edge=True, prefix="gw")
+    registry_manager.create_module_with_sas(device.device_id, "edgetwin", None, None, None)
+    if tags:
+        registry_manager.update_twin(device.device_id, Twin(tags=tags), "*")
+    return device
+
+
+def _desired(registry_manager, device_id, module_id):
+    return registry_manager.get_module_twin(device_id, module_id).properties.desired
+
+
+def test_a_manifest_applied_to_one_device_replaces_the_desired_properties_of_its_modules(
+        registry_manager, configurations, make_device):
+    manager, _ = configurations
+    device = _edge_device_with_module(registry_manager, make_device)
+    registry_manager.update_module_twin(
+        device.device_id, "edgetwin", Twin(properties={"desired": {"stale": True}}), "*")
+    manager.apply_configuration_on_edge_device(
+        device.device_id, ConfigurationContent(modules_content=_manifest(122)))
+    desired = _desired(registry_manager, device.device_id, "edgetwin")
+    assert desired["telemetryInterval"] == 122
+    assert "stale" not in desired, "apply replaces the whole desired section"
+    agent = _desired(registry_manager, device.device_id, "$edgeAgent")
+    assert agent["modules"]["edgetwin"]["settings"]["image"].endswith("0.1.0-amd64")
+
+
+def test_applying_to_a_device_that_is_not_an_edge_device_is_refused(
+        registry_manager, configurations, make_device):
+    manager, _ = configurations
+    device = make_device(edge=False)
+    with pytest.raises(HttpOperationError) as err:
+        manager.apply_configuration_on_edge_device(
+            device.device_id, ConfigurationContent(modules_content=_manifest(5)))
+    assert http_status(err.value) == 400
+
+
+def test_an_at_scale_deployment_reaches_matching_devices_only_and_priority_decides(
+        hub, registry_manager, configurations, make_device):
+    manager, created = configurations
+    ring = unique_id("ring").lower()
+    canary = _edge_device_with_module(registry_manager, make_device, {"ring": ring, "canary": True})
+    regular = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    outsider = _edge_device_with_module(registry_manager, make_device, {"ring": "other"})
+
+    base_id, canary_id = unique_id("base").lower(), unique_id("canary").lower()
+    for config_id, condition, priority, interval in [
+            (base_id, f"tags.ring='{ring}'", 10, 60),
+            (canary_id, f"tags.ring='{ring}' AND tags.canary=true", 20, 5)]:
+        manager.create_configuration(Configuration(
+            id=config_id, target_condition=condition, priority=priority,
+            content=ConfigurationContent(modules_content=_manifest(interval))))
+        created.append(config_id)
+
+    assert _desired(registry_manager, canary.device_id, "edgetwin")["telemetryInterval"] == 5
+    assert _desired(registry_manager, regular.device_id, "edgetwin")["telemetryInterval"] == 60
+    assert "telemetryInterval" not in _desired(registry_manager, outsider.device_id, "edgetwin")
+
+    # the SDK's Twin model drops `configurations`, so read the raw twin
+    raw = requests.get(f"{hub.rest_url}/twins/{canary.device_id}", params={"api-version": "2021-04-12"},
+                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
+    statuses = raw.json()["configurations"]
+    assert statuses[canary_id]["status"] == "Applied"
+    assert statuses[base_id]["status"] == "Targeted"
+
+    config = manager.get_configuration(base_id)
+    assert config.system_metrics.results["targetedCount"] == 2
+    assert config.system_metrics.results["appliedCount"] == 1
+
+
+def test_a_device_whose_tags_start_matching_gets_the_deployment(
+        registry_manager, configurations, make_device):
+    manager, created = configurations
+    ring = unique_id("late").lower()
+    config_id = unique_id("dep").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition=f"tags.ring='{ring}'", priority=1,
+        content=ConfigurationContent(modules_content=_manifest(33))))
+    created.append(config_id)
+    device = _edge_device_with_module(registry_manager, make_device)
+    assert "telemetryInterval" not in _desired(registry_manager, device.device_id, "edgetwin")
+    registry_manager.update_twin(device.device_id, Twin(tags={"ring": ring}), "*")
+    assert _desired(registry_manager, device.device_id, "edgetwin")["telemetryInterval"] == 33
+
+
+def test_configurations_are_listed_and_duplicates_and_bad_conditions_refused(configurations):
+    manager, created = configurations
+    config_id = unique_id("cfg").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition="tags.x='y'", priority=0,
+        content=ConfigurationContent(modules_content=_manifest(1))))
+    created.append(config_id)
+    assert config_id in {c.id for c in manager.get_configurations(100)}
+    with pytest.raises(HttpOperationError) as err:
+        manager.create_configuration(Configuration(
+            id=config_id, target_condition="tags.x='y'",
+            content=ConfigurationContent(modules_content=_manifest(1))))
+    assert http_status(err.value) == 409
+    with pytest.raises(HttpOperationError) as err:
+        manager.create_configuration(Configuration(
+            id=unique_id("bad").lower(), target_condition="tags.x = ",
+            content=ConfigurationContent(modules_content=_manifest(1))))
+    assert http_status(err.value) == 400
+    manager.delete_configuration(config_id)
+    created.remove(config_id)
+    with pytest.raises(HttpOperationError) as err:
+        manager.get_configuration(config_id)
+    assert http_status(err.value) == 404
