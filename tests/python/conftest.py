@@ -436,7 +436,8 @@ def _quiet_shutdown(client):
 
 
 class RawMqtt:
-    def __init__(self, hub, identity, password=None, client_id=None, username=None):
+    def __init__(self, hub, identity, password=None, client_id=None, username=None,
+                 clean_session=False):
         import paho.mqtt.client as mqtt
 
         self.hub = hub
@@ -444,7 +445,7 @@ class RawMqtt:
         cid = client_id or (
             f"{identity.device_id}/{identity.module_id}" if identity.module_id else identity.device_id
         )
-        self.client = mqtt.Client(client_id=cid, clean_session=False, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(client_id=cid, clean_session=clean_session, protocol=mqtt.MQTTv311)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # like the SDK: TLS 1.2, verify CA + host
         ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_verify_locations(cafile=hub.ca_path)
