@@ -13,6 +13,7 @@ use edgetwin_wire::topic::{self, Feature};
 use edgetwin_wire::twin;
 
 use crate::error::ApiError;
+use crate::faults::Faults;
 use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
@@ -44,6 +45,8 @@ pub struct Hub {
     pub workload_dir: PathBuf,
     /// The workload sockets being served.
     pub workload: WorkloadSockets,
+    /// Faults injected through `/edgetwin/faults`.
+    pub faults: Faults,
 }
 
 impl Hub {
@@ -81,6 +84,7 @@ impl Hub {
             ca_pem,
             workload_dir: workload.dir().to_owned(),
             workload,
+            faults: Faults::default(),
         })
     }
 

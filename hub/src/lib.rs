@@ -7,6 +7,7 @@
 mod certs;
 mod deployments;
 mod error;
+mod faults;
 mod hub;
 mod ids;
 mod live;

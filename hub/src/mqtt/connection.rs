@@ -120,6 +120,14 @@ where
             "only MQTT 3.1.1 is supported".into(),
         ));
     }
+    if hub.faults.refuses_connects() {
+        write_packet(
+            &mut writer,
+            Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false)),
+        )
+        .await?;
+        return Ok(());
+    }
     let Authenticated { key, expiry } = match authenticate(&hub, &connect) {
         Ok(ok) => ok,
         Err(code) => {
@@ -153,7 +161,9 @@ where
             0 => None,
             secs => Some(Duration::from_millis(u64::from(secs) * 1500).min(MAX_KEEP_ALIVE)),
         };
-        let expires_in = Duration::from_secs(expiry.saturating_sub(ids::now_unix()));
+        let expires_in = hub
+            .faults
+            .connection_life(Duration::from_secs(expiry.saturating_sub(ids::now_unix())));
         let token_expiry = tokio::time::sleep(expires_in);
         tokio::pin!(token_expiry);
         loop {
@@ -311,6 +321,14 @@ impl Session {
             Inbound::Telemetry { output, properties } => {
                 self.on_telemetry(output, properties, &publish.payload)
             }
+            Inbound::TwinGet { rid } | Inbound::ReportedPatch { rid: Some(rid) }
+                if self.throttled(&inbound_operation(&publish.topic)) =>
+            {
+                replies.push(self.twin_error(
+                    &rid,
+                    &ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)"),
+                ));
+            }
             Inbound::TwinGet { rid } => {
                 let result = self.hub.transact(|tx| twins::device_view(tx, &self.key));
                 replies.push(match result {
@@ -345,6 +363,10 @@ impl Session {
         Ok(replies)
     }
 
+    fn throttled(&self, operation: &str) -> bool {
+        self.hub.faults.take_throttle(operation).is_some()
+    }
+
     fn on_telemetry(
         &self,
         output: Option<String>,
@@ -374,10 +396,7 @@ impl Session {
     }
 
     fn twin_error(&mut self, rid: &str, error: &ApiError) -> Packet {
-        let status = match error.code {
-            ErrorCode::ServerError => 500,
-            _ => error.code.http_status(),
-        };
+        let status = error.code.http_status();
         let body = serde_json::json!({
             "errorCode": error.code.number(),
             "trackingId": ids::tracking_id(),
@@ -408,6 +427,15 @@ impl Session {
         }
         Packet::Publish(publish)
     }
+}
+
+/// The fault-injection name of a twin operation: `MQTT twin/GET` or `MQTT twin/PATCH`.
+fn inbound_operation(topic: &str) -> String {
+    let operation = topic
+        .strip_prefix("$iothub/twin/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
+    format!("MQTT twin/{operation}")
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

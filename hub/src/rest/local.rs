@@ -1,7 +1,8 @@
-//! edgetwin's own routes under `/edgetwin/` (not part of IoT Hub): the Edge environment of a module
-//! and the telemetry log. They use the same service authentication as the IoT Hub routes.
+//! edgetwin's own routes under `/edgetwin/` (not part of IoT Hub): the Edge environment of a module,
+//! the telemetry log, and fault injection. They use the same service authentication as the IoT Hub routes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgetwin_wire::edge::{EdgeEnvironment, WorkloadUri, WORKLOAD_API_VERSION};
 use edgetwin_wire::rest::Permission;
@@ -9,6 +10,7 @@ use hyper::Method;
 
 use super::{not_found, Reply, Request};
 use crate::error::ApiError;
+use crate::faults::{Delay, Throttle};
 use crate::hub::Hub;
 use crate::messages::MessageFilter;
 use crate::registry;
@@ -41,6 +43,66 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
                     .unwrap_or(0),
             };
             Reply::ok(hub.messages.list(&filter))
+        }
+        ["edgetwin", "faults", ..] => faults(hub, request, &segments[2..]),
+        _ => Err(not_found(request)),
+    }
+}
+
+/// `/edgetwin/faults[/kind]`: GET shows, DELETE lifts all, POST adds one (iothubowner only).
+fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, ApiError> {
+    request.require(Permission::RegistryWrite)?;
+    request.require(Permission::ServiceConnect)?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Seconds {
+        seconds: u64,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Disconnect {
+        client_id: Option<String>,
+    }
+    match (&request.method, kind) {
+        (&Method::GET, []) => Reply::ok(hub.faults.report()),
+        (&Method::DELETE, []) => {
+            hub.faults.clear();
+            Reply::no_content()
+        }
+        (&Method::POST, ["disconnect"]) => {
+            let body: Disconnect = if request.body.is_empty() {
+                Disconnect { client_id: None }
+            } else {
+                request.json()?
+            };
+            let targets = match body.client_id {
+                Some(client_id) => vec![client_id],
+                None => hub.live.client_ids(),
+            };
+            for client_id in &targets {
+                hub.live.kick(client_id);
+            }
+            Reply::ok(serde_json::json!({ "disconnected": targets }))
+        }
+        (&Method::POST, ["refuseConnects"]) => {
+            let body: Seconds = request.json()?;
+            hub.faults
+                .refuse_connects_for(Duration::from_secs(body.seconds));
+            Reply::ok(hub.faults.report())
+        }
+        (&Method::POST, ["tokenLifetime"]) => {
+            let body: Seconds = request.json()?;
+            hub.faults
+                .set_token_lifetime((body.seconds > 0).then(|| Duration::from_secs(body.seconds)));
+            Reply::ok(hub.faults.report())
+        }
+        (&Method::POST, ["throttle"]) => {
+            hub.faults.add_throttle(request.json::<Throttle>()?);
+            Reply::ok(hub.faults.report())
+        }
+        (&Method::POST, ["delay"]) => {
+            hub.faults.add_delay(request.json::<Delay>()?);
+            Reply::ok(hub.faults.report())
         }
         _ => Err(not_found(request)),
     }

@@ -187,7 +187,18 @@ async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Resp
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let reply = match parse(&hub, request).await {
-        Ok(request) => dispatch(&hub, request).await,
+        Ok(request) => {
+            let operation = format!("{} /{}", request.method, request.segments.join("/"));
+            if !operation.contains(" /edgetwin/faults") {
+                if let Some(delay) = hub.faults.delay_for(&operation) {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(retry_after) = hub.faults.take_throttle(&operation) {
+                    return throttled_response(retry_after);
+                }
+            }
+            dispatch(&hub, request).await
+        }
         Err(error) => Err(error),
     };
     let response = match reply {
@@ -217,6 +228,18 @@ async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Resp
     builder
         .body(Full::new(body))
         .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
+}
+
+/// 429 ThrottlingException with `Retry-After`, for an injected throttle.
+fn throttled_response(retry_after: u32) -> hyper::Response<Full<Bytes>> {
+    let error = ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)");
+    let mut response = error_response(&error);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&retry_after.to_string()) {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
