@@ -16,6 +16,7 @@ mod methods;
 mod mqtt;
 mod registry;
 mod rest;
+mod routing;
 mod store;
 mod twins;
 mod workload;

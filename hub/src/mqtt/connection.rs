@@ -21,6 +21,7 @@ use crate::ids;
 use crate::live::Outgoing;
 use crate::messages::Message;
 use crate::methods::MethodResponse;
+use crate::routing::{self, RoutedMessage};
 use crate::store::IdentityKey;
 use crate::twins;
 
@@ -373,6 +374,18 @@ impl Session {
         properties: topic::PropertyBag,
         payload: &Bytes,
     ) {
+        if self.key.module_id.is_some() {
+            routing::route(
+                &self.hub,
+                &RoutedMessage {
+                    device_id: &self.key.device_id,
+                    module_id: self.key.module_id.as_deref(),
+                    output: output.as_deref(),
+                    properties: &properties,
+                    payload,
+                },
+            );
+        }
         let properties: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
         self.hub.messages.push(Message {
             sequence: 0,
