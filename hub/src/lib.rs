@@ -51,6 +51,8 @@ pub struct HubConfig {
     pub mqtt_port: u16,
     /// HTTPS service API port (0 picks a free port).
     pub rest_port: u16,
+    /// MQTT over WebSockets port (IoT Hub: 443; `None` serves no WebSockets).
+    pub websocket_port: Option<u16>,
 }
 
 impl HubConfig {
@@ -63,6 +65,7 @@ impl HubConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mqtt_port: 8883,
             rest_port: 8443,
+            websocket_port: None,
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct HubInfo {
     pub mqtt_port: u16,
     /// REST port.
     pub rest_port: u16,
+    /// MQTT over WebSockets port, if served.
+    pub websocket_port: Option<u16>,
     /// REST base URL.
     pub rest_url: String,
     /// Directory of the workload sockets (`{deviceId}.sock`).
@@ -175,6 +180,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let rest_listener = bind(config.rest_port, "REST").await?;
     let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
     let (mqtt_port, rest_port) = (local_port(&mqtt_listener), local_port(&rest_listener));
+    let websocket_listener = match config.websocket_port {
+        Some(port) => Some(bind(port, "MQTT over WebSockets").await?),
+        None => None,
+    };
+    let websocket_port = websocket_listener.as_ref().map(local_port);
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
 
     let owner = hub
@@ -196,6 +206,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         ca_certificate: tls.ca_path.clone(),
         mqtt_port,
         rest_port,
+        websocket_port,
         rest_url: format!("https://{service_host}"),
         workload_dir,
     };
@@ -203,15 +214,28 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let info_json = serde_json::to_string_pretty(&info).unwrap_or_default();
     certs::write_private(&data_dir.join("hub.json"), &info_json)?;
 
-    let tasks = vec![
-        tokio::spawn(mqtt::serve(
-            mqtt_listener,
+    let mut tasks = vec![tokio::spawn(mqtt::serve(
+        mqtt_listener,
+        acceptor.clone(),
+        mqtt::Transport::Tls,
+        hub.clone(),
+        shutdown.clone(),
+    ))];
+    if let Some(listener) = websocket_listener {
+        tasks.push(tokio::spawn(mqtt::serve(
+            listener,
             acceptor.clone(),
+            mqtt::Transport::WebSocket,
             hub.clone(),
             shutdown.clone(),
-        )),
-        tokio::spawn(rest::serve(rest_listener, acceptor, hub, shutdown)),
-    ];
+        )));
+    }
+    tasks.push(tokio::spawn(rest::serve(
+        rest_listener,
+        acceptor,
+        hub,
+        shutdown,
+    )));
     Ok(RunningHub {
         info,
         shutdown: shutdown_tx,

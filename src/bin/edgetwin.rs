@@ -21,6 +21,11 @@ enum Command {
     /// Run a local IoT Hub: device MQTT over TLS, the service REST API and the Edge workload API,
     /// with state kept in the data directory.
     Hub(HubArgs),
+    /// Create device and module identities (idempotent), print their connection strings, and
+    /// apply a deployment manifest to one device or at scale; `--count`/`--devices-from` for fleets.
+    Provision(edgetwin::provision::cli::ProvisionArgs),
+    /// Read or update a device or module twin through the service API.
+    Twin(edgetwin::provision::cli::TwinArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -44,6 +49,9 @@ struct HubArgs {
     /// HTTPS service API port (0: any free port).
     #[arg(long, default_value_t = 8443)]
     rest_port: u16,
+    /// Also serve MQTT over WebSockets on this port (the Python SDK dials 443 with websockets=True).
+    #[arg(long)]
+    websocket_port: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +75,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Hub(args) => runtime.block_on(run_hub(args)),
+        Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
+        Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +95,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         bind: args.bind,
         mqtt_port: args.mqtt_port,
         rest_port: args.rest_port,
+        websocket_port: args.websocket_port,
     };
     let hub = edgetwin_hub::start(config)
         .await
@@ -96,6 +107,12 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         "  MQTT (TLS):          {}:{}",
         info.host_name, info.mqtt_port
     );
+    if let Some(port) = info.websocket_port {
+        println!(
+            "  MQTT (WebSockets):   wss://{}:{port}/$iothub/websocket",
+            info.host_name
+        );
+    }
     println!("  service REST API:    {}", info.rest_url);
     println!("  CA certificate:      {}", info.ca_certificate.display());
     println!(

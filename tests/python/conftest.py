@@ -32,6 +32,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "edgetwin"
 API_VERSION = "2021-04-12"
 MQTT_PORT = 8883
+WEBSOCKET_PORT = 443
 START_TIMEOUT = 30.0
 
 
@@ -125,6 +126,8 @@ class Hub:
             "--host-name", "localhost",
             "--mqtt-port", str(MQTT_PORT),
             "--rest-port", str(self._rest_port),
+            # the SDK dials MQTT over WebSockets on 443 only (needs root or CAP_NET_BIND_SERVICE)
+            "--websocket-port", str(WEBSOCKET_PORT),
         ]
         log = open(self.log_path, "ab")
         log.write(f"\n===== starting: {' '.join(cmd)} at {time.ctime()} =====\n".encode())
@@ -152,7 +155,7 @@ class Hub:
             time.sleep(0.05)
         self._rest_port = int(self.info["restPort"])
         # hub.json means ready; still make sure both listeners accept TCP.
-        for port in (MQTT_PORT, self._rest_port):
+        for port in (MQTT_PORT, WEBSOCKET_PORT, self._rest_port):
             wait_until(lambda p=port: _tcp_open("127.0.0.1", p), timeout=10,
                        message=f"port {port} to accept connections")
         return self
@@ -180,8 +183,9 @@ class Hub:
         else:
             self.stop()
         # MQTT port must be free again before the new process binds it.
-        wait_until(lambda: not _tcp_open("127.0.0.1", MQTT_PORT), timeout=10,
-                   message="old hub's MQTT port to close")
+        for port in (MQTT_PORT, WEBSOCKET_PORT):
+            wait_until(lambda p=port: not _tcp_open("127.0.0.1", p), timeout=10,
+                       message=f"old hub's port {port} to close")
         self.start()
         assert self.info["restPort"] == old["restPort"], "restart must keep the REST port"
         return self

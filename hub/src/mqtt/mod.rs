@@ -1,23 +1,37 @@
-//! Device-side MQTT 3.1.1 over TLS: the listener and its connections.
+//! Device-side MQTT 3.1.1 over TLS, directly (port 8883) or inside WebSockets
+//! (`/$iothub/websocket`, port 443): the listeners and their connections.
 
 mod auth;
 mod connection;
+mod websocket;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::hub::Hub;
 
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a client has to finish the TLS (and WebSocket) handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How MQTT is carried on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// MQTT straight over TLS.
+    Tls,
+    /// MQTT in WebSocket binary messages over TLS.
+    WebSocket,
+}
 
 /// Accepts MQTT connections until `shutdown` turns true; each connection runs in its own task.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
+    transport: Transport,
     hub: Arc<Hub>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -28,35 +42,59 @@ pub async fn serve(
                     Ok(ok) => ok,
                     Err(error) => {
                         tracing::warn!(%error, "MQTT accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = socket.set_nodelay(true);
                 let (tls, hub, mut shutdown) = (tls.clone(), hub.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::info!(%peer, %error, "MQTT TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%peer, "MQTT TLS handshake timed out");
-                            return;
-                        }
-                    };
                     tokio::select! {
-                        result = connection::serve(hub, stream) => {
-                            if let Err(error) = result {
-                                tracing::info!(%peer, %error, "MQTT connection closed");
-                            }
-                        }
+                        () = serve_socket(socket, peer, tls, transport, hub) => {}
                         _ = shutdown.changed() => {}
                     }
                 });
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+async fn serve_socket(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    transport: Transport,
+    hub: Arc<Hub>,
+) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "MQTT TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "MQTT TLS handshake timed out");
+            return;
+        }
+    };
+    let result = match transport {
+        Transport::Tls => connection::serve(hub, stream).await,
+        Transport::WebSocket => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, websocket::accept(stream)).await {
+                Ok(Ok(stream)) => connection::serve(hub, stream).await,
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "WebSocket upgrade refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "WebSocket upgrade timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::info!(%peer, %error, "MQTT connection closed");
     }
 }
