@@ -3,7 +3,7 @@
 //! storage and live connections (twin changes that notify devices, method calls) live here.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
 use crate::methods::{MethodResponse, PendingMethods};
+use crate::reported::ReportedWriter;
 use crate::store::{IdentityKey, PolicyRecord, Store, StoreError, Transaction};
 use crate::twins::DesiredChange;
 use crate::workload::WorkloadSockets;
@@ -30,7 +31,9 @@ pub struct Hub {
     /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
     pub host_name: String,
     /// Durable state; the mutex also orders twin changes with their notifications.
-    store: Mutex<Store>,
+    store: Arc<Mutex<Store>>,
+    /// Group commit of reported patches.
+    pub reported: ReportedWriter,
     /// Live MQTT connections.
     pub live: LiveConnections,
     /// Direct methods waiting for a response.
@@ -74,9 +77,11 @@ impl Hub {
             }
             Ok::<_, StoreError>(policies)
         })?;
+        let store = Arc::new(Mutex::new(store));
         Ok(Self {
             host_name,
-            store: Mutex::new(store),
+            reported: ReportedWriter::start(store.clone()),
+            store,
             live: LiveConnections::default(),
             methods: PendingMethods::default(),
             messages: MessageLog::default(),

@@ -15,6 +15,7 @@ mod messages;
 mod methods;
 mod mqtt;
 mod registry;
+mod reported;
 mod rest;
 mod routing;
 mod store;

@@ -143,6 +143,29 @@ impl Store {
         tx.commit().map_err(StoreError::from)?;
         Ok(result)
     }
+
+    /// Group commit: runs `f` on every item inside one transaction, each item under its own
+    /// savepoint so that a failing item is rolled back alone, then commits once. The results come
+    /// back in order; if the commit itself fails, the error is returned and nothing is stored.
+    pub fn each_in_one_transaction<I, T, E: From<StoreError>>(
+        &mut self,
+        items: impl IntoIterator<Item = I>,
+        mut f: impl FnMut(&Transaction<'_>, I) -> Result<T, E>,
+    ) -> Result<Vec<Result<T, E>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut results = Vec::new();
+        for item in items {
+            tx.execute_batch("SAVEPOINT item")?;
+            let result = f(&Transaction { tx: &tx }, item);
+            if result.is_err() {
+                tx.execute_batch("ROLLBACK TO item")?;
+            }
+            tx.execute_batch("RELEASE item")?;
+            results.push(result);
+        }
+        tx.commit()?;
+        Ok(results)
+    }
 }
 
 /// Reads and writes inside one transaction.
@@ -416,6 +439,31 @@ mod tests {
         assert!(result.is_err());
         let twin = store.transaction(|tx| tx.twin(&key)).unwrap();
         assert_eq!(twin, None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failing_item_of_a_group_commit_is_rolled_back_alone() {
+        let (mut store, dir) = temp_store("group");
+        let results = store
+            .each_in_one_transaction(["a", "fail", "c"], |tx, id| {
+                tx.put_twin(&IdentityKey::device(id), &TwinRecord::default())?;
+                if id == "fail" {
+                    return Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows));
+                }
+                Ok(id)
+            })
+            .unwrap();
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+        let stored = store
+            .transaction(|tx| {
+                Ok::<_, StoreError>(
+                    ["a", "fail", "c"]
+                        .map(|id| tx.twin(&IdentityKey::device(id)).unwrap().is_some()),
+                )
+            })
+            .unwrap();
+        assert_eq!(stored, [true, false, true]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

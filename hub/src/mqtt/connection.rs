@@ -179,7 +179,7 @@ where
                     None => return Ok(()),
                     Some(Packet::Disconnect) => return Ok(()),
                     Some(packet) => {
-                        for reply in session.handle(packet)? {
+                        for reply in session.handle(packet).await? {
                             write_packet(&mut writer, reply).await?;
                         }
                     }
@@ -247,9 +247,9 @@ struct Session {
 }
 
 impl Session {
-    fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
+    async fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::Subscribe(subscribe) => {
                 let codes = subscribe
                     .filters
@@ -305,7 +305,7 @@ impl Session {
         Ok(())
     }
 
-    fn on_publish(&mut self, publish: Publish) -> Result<Vec<Packet>, ConnectionEnd> {
+    async fn on_publish(&mut self, publish: Publish) -> Result<Vec<Packet>, ConnectionEnd> {
         if publish.qos == QoS::ExactlyOnce {
             return Err(ConnectionEnd::Violation(
                 "QoS 2 is not supported by IoT Hub".into(),
@@ -340,7 +340,9 @@ impl Session {
             Inbound::ReportedPatch { rid } => {
                 let result = self
                     .hub
-                    .transact(|tx| twins::patch_reported(tx, &self.key, &publish.payload));
+                    .reported
+                    .patch(self.key.clone(), publish.payload.clone())
+                    .await;
                 if let Some(rid) = rid {
                     replies.push(match result {
                         Ok(version) => self.twin_response(204, &rid, Some(version), Bytes::new()),

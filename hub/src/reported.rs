@@ -1,0 +1,102 @@
+//! Group commit for reported-property patches, the hub's hottest write: patches from every
+//! connection queue here, a writer applies everything queued in one SQLite transaction (one
+//! savepoint per patch, one fsync per batch) and only then answers each with its new `$version`.
+//! Durability is unchanged — nothing is acknowledged before it is on disk — while the fsync cost
+//! is shared by the whole batch.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use edgetwin_wire::rest::ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::store::{IdentityKey, Store};
+use crate::twins;
+
+/// Most patches applied in one transaction.
+const MAX_BATCH: usize = 512;
+/// Patches that may wait for the writer before senders wait for room.
+const QUEUE: usize = 4096;
+
+/// A patch waiting for the writer.
+struct Pending {
+    /// Whose reported properties.
+    key: IdentityKey,
+    /// The patch as the device sent it.
+    body: Bytes,
+    /// Where the outcome goes.
+    reply: oneshot::Sender<Result<i64, ApiError>>,
+}
+
+/// The queue in front of the writer task.
+pub struct ReportedWriter {
+    /// Sends patches to the writer.
+    queue: mpsc::Sender<Pending>,
+}
+
+impl ReportedWriter {
+    /// Starts the writer task over `store`.
+    pub fn start(store: Arc<Mutex<Store>>) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, rx));
+        Self { queue }
+    }
+
+    /// Applies a reported patch durably; returns the new `reported.$version`.
+    pub async fn patch(&self, key: IdentityKey, body: Bytes) -> Result<i64, ApiError> {
+        let unavailable =
+            || ApiError::new(ErrorCode::ServiceUnavailable, "the hub is shutting down");
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Pending { key, body, reply })
+            .await
+            .map_err(|_| unavailable())?;
+        outcome.await.map_err(|_| unavailable())?
+    }
+}
+
+async fn run(store: Arc<Mutex<Store>>, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            let (work, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|p| ((p.key, p.body), p.reply))
+                .unzip();
+            let results = store.each_in_one_transaction(work, |tx, (key, body)| {
+                twins::patch_reported(tx, &key, &body)
+            });
+            (results, replies)
+        })
+        .await;
+        let Ok((results, replies)) = applied else {
+            tracing::error!("reported-patch writer panicked");
+            continue;
+        };
+        match results {
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "group commit of reported patches failed");
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::new(
+                        ErrorCode::ServerError,
+                        "internal storage error",
+                    )));
+                }
+            }
+        }
+    }
+}
