@@ -1,0 +1,24 @@
+//! The module client: identity, an MQTT session over rumqttc that keeps the module twin in
+//! sync across reconnects and token renewals, direct methods and module outputs.
+//!
+//! Protocol state is kept in plain structs ([`backoff`], [`rid`], [`desired`], [`reported`])
+//! with unit tests; [`session`] is the only place that touches the network.
+
+pub mod backoff;
+pub mod desired;
+pub mod error;
+pub mod identity;
+pub mod reported;
+pub mod rid;
+pub mod session;
+pub mod workload;
+
+pub use desired::DesiredUpdate;
+pub use error::{ClientError, IdentityError};
+pub use identity::{Identity, IdentitySource};
+pub use session::{spawn, ClientHandle, Event, SessionConfig, SessionState};
+
+/// The `DeviceClientType` sent in the CONNECT username (and the workload API user agent).
+pub fn client_type() -> String {
+    format!("edgetwin-module/{}", env!("CARGO_PKG_VERSION"))
+}

@@ -1,0 +1,247 @@
+//! The module application: desired settings applied and acknowledged, reported state, the
+//! telemetry loop, alerts and direct methods, and orderly shutdown on SIGTERM/SIGINT.
+
+use std::time::Duration;
+
+use edgetwin_wire::twin::Properties;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tracing::{info, warn};
+
+use super::config::ModuleConfig;
+use super::metrics::{self, Sample};
+use super::settings::{self, Settings};
+use crate::client::{self, ClientHandle, DesiredUpdate, Event, Identity};
+
+/// The telemetry output.
+pub const TELEMETRY_OUTPUT: &str = "telemetry";
+/// The alerts output.
+pub const ALERTS_OUTPUT: &str = "alerts";
+
+/// Why the module could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// Configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+}
+
+/// RFC 3339 UTC now.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn props(value: Value) -> Properties {
+    match value {
+        Value::Object(map) => map,
+        _ => Properties::new(),
+    }
+}
+
+/// The running application's state.
+struct App {
+    /// The session.
+    client: ClientHandle,
+    /// Start-up configuration.
+    config: ModuleConfig,
+    /// Settings before any twin value (defaults, file, environment).
+    defaults: Settings,
+    /// Settings in force.
+    settings: Settings,
+    /// Desired version last applied.
+    desired_version: Option<i64>,
+    /// Thresholds crossed by the last sample.
+    crossed: Vec<&'static str>,
+    /// Identity source name (for `getConfig`).
+    identity_source: &'static str,
+}
+
+fn ticker(seconds: u64) -> Interval {
+    let period = Duration::from_secs(seconds.max(1));
+    let mut ticker = interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Runs the module until SIGTERM or SIGINT; connection problems are retried, never fatal.
+pub async fn run(config: ModuleConfig, identity: Identity) -> Result<(), ModuleError> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(ModuleError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ModuleError::Signals)?;
+    let defaults = config.initial_settings()?;
+    let identity_source = identity.source().name();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        identity = identity_source,
+        device = identity.device_id(),
+        module = identity.module_id().unwrap_or_default(),
+        "edgetwin-module starting"
+    );
+    let (client, mut events, session) = client::spawn(identity, config.session());
+    let mut app = App {
+        client,
+        settings: defaults.clone(),
+        defaults,
+        config,
+        desired_version: None,
+        crossed: Vec::new(),
+        identity_source,
+    };
+    app.client
+        .report(props(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "startTime": now_rfc3339(),
+            "identitySource": identity_source,
+            "health": {"status": "ok", "crossed": []},
+        })))
+        .await;
+    let mut telemetry = ticker(app.settings.telemetry_interval);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    if app.on_event(event).await {
+                        telemetry = ticker(app.settings.telemetry_interval);
+                    }
+                }
+                None => break,
+            },
+            _ = telemetry.tick() => {
+                app.send_telemetry().await;
+            }
+            _ = terminate.recv() => { info!("SIGTERM received"); break; }
+            _ = interrupt.recv() => { info!("SIGINT received"); break; }
+        }
+    }
+    let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+    let flushed = tokio::time::timeout(grace + Duration::from_secs(1), app.client.shutdown(grace))
+        .await
+        .unwrap_or(false);
+    session.abort();
+    if flushed {
+        info!("reported properties flushed; stopped");
+    } else {
+        warn!("stopped with reported properties not delivered");
+    }
+    Ok(())
+}
+
+impl App {
+    /// Handles a session event; true if the telemetry interval changed.
+    async fn on_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Connected => info!("connected to the hub"),
+            Event::Disconnected { reason } => info!(%reason, "disconnected"),
+            Event::ReportedAcked { .. } => {}
+            Event::Desired(update) => return self.on_desired(update).await,
+            Event::Method { name, rid, payload } => {
+                let (status, body) = self.on_method(&name, payload).await;
+                info!(method = %name, status, "direct method");
+                self.client
+                    .respond(rid, status, serde_json::to_vec(&body).unwrap_or_default())
+                    .await;
+            }
+        }
+        false
+    }
+
+    async fn on_desired(&mut self, update: DesiredUpdate) -> bool {
+        let applied = settings::apply(
+            &self.settings,
+            &self.defaults,
+            &update.desired,
+            update.patch.as_ref(),
+            update.version,
+        );
+        for name in &applied.rejected {
+            warn!(
+                property = name,
+                version = update.version,
+                "invalid desired value refused"
+            );
+        }
+        let interval_changed =
+            applied.settings.telemetry_interval != self.settings.telemetry_interval;
+        self.settings = applied.settings;
+        self.desired_version = Some(update.version);
+        info!(
+            version = update.version,
+            telemetry_interval = self.settings.telemetry_interval,
+            "desired properties applied"
+        );
+        if !applied.reported.is_empty() {
+            self.client.report(applied.reported).await;
+        }
+        interval_changed
+    }
+
+    async fn on_method(&mut self, name: &str, _payload: Value) -> (i32, Value) {
+        match name {
+            "ping" => (200, json!({"pong": true, "time": now_rfc3339()})),
+            "sampleNow" => (200, self.send_telemetry().await),
+            "getConfig" => (
+                200,
+                json!({
+                    "settings": self.settings.to_json(),
+                    "desiredVersion": self.desired_version,
+                    "identitySource": self.identity_source,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "mqttPort": self.config.mqtt_port,
+                    "sasTtlSecs": self.config.sas_ttl_secs,
+                }),
+            ),
+            _ => (404, json!({"message": format!("unknown method `{name}`")})),
+        }
+    }
+
+    /// Samples, sends telemetry (and alerts), reports the time and health; returns the body.
+    async fn send_telemetry(&mut self) -> Value {
+        let disk_path = self.config.disk_path.clone();
+        let sample = tokio::task::spawn_blocking(move || metrics::sample(&disk_path))
+            .await
+            .unwrap_or_else(|_| Sample::default());
+        let timestamp = now_rfc3339();
+        let body = sample.telemetry(&self.settings.metrics, &timestamp);
+        self.client
+            .send_output(
+                TELEMETRY_OUTPUT,
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+            .await;
+        let crossed = sample.crossed(&self.settings.thresholds);
+        for (name, value, threshold) in &crossed {
+            if !self.crossed.contains(name) {
+                warn!(
+                    threshold = name,
+                    value,
+                    limit = threshold,
+                    "threshold crossed"
+                );
+                let alert = json!({
+                    "alert": name, "value": value, "threshold": threshold, "timestamp": timestamp,
+                });
+                self.client
+                    .send_output(
+                        ALERTS_OUTPUT,
+                        serde_json::to_vec(&alert).unwrap_or_default(),
+                    )
+                    .await;
+            }
+        }
+        let names: Vec<&'static str> = crossed.iter().map(|c| c.0).collect();
+        let mut patch = json!({"lastTelemetryTime": timestamp});
+        if names != self.crossed {
+            let status = if names.is_empty() { "ok" } else { "alert" };
+            patch["health"] = json!({"status": status, "crossed": names});
+            self.crossed = names;
+        }
+        self.client.report(props(patch)).await;
+        body
+    }
+}
