@@ -21,6 +21,11 @@ enum Command {
     /// Run a local IoT Hub: device MQTT over TLS, the service REST API and the Edge workload API,
     /// with state kept in the data directory.
     Hub(HubArgs),
+    /// Create device and module identities (idempotent), print their connection strings, and
+    /// apply a deployment manifest to one device or at scale; `--count`/`--devices-from` for fleets.
+    Provision(edgetwin::provision::cli::ProvisionArgs),
+    /// Read or update a device or module twin through the service API.
+    Twin(edgetwin::provision::cli::TwinArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Hub(args) => runtime.block_on(run_hub(args)),
+        Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
+        Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,480 @@
+//! The arguments of `edgetwin provision` and `edgetwin twin`, and their runners. The binary only
+//! wires these in; output goes to stdout, progress and notes to stderr.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Map, Value};
+
+use super::client::{ClientOptions, ServiceClient};
+use super::deploy::{self, AtScale};
+use super::error::ProvisionError;
+use super::fleet::{self, FleetOptions};
+use super::identities::{self, Identity};
+use super::pacing::S1_REGISTRY_OPS_PER_MINUTE;
+use super::settings;
+use super::twin;
+
+/// How the job reaches the hub.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HubArgs {
+    /// Service (shared access policy) connection string. Default: IOTHUB_CONNECTION_STRING from
+    /// the environment, then from ./.env (as iotedgedev reads it).
+    #[arg(long, value_name = "STRING")]
+    pub connection_string: Option<String>,
+    /// PEM file with the CA that signs the hub's certificate, trusted besides the system roots.
+    /// Default: EDGETWIN_CA_FILE, then REQUESTS_CA_BUNDLE (as the Python SDK users set it).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Text for people or JSON for scripts.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// Options of `edgetwin provision`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProvisionArgs {
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// The device to create (kept if it exists).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["count", "devices_from"])]
+    pub device: Option<String>,
+    /// The module identity to create on the device(s) (kept if it exists).
+    #[arg(long, value_name = "ID")]
+    pub module: Option<String>,
+    /// Create IoT Edge devices (`--edge false` for plain devices).
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub edge: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Write connection strings to this file (mode 0600) instead of printing them: `.env`
+    /// lines for one device, JSON lines for a fleet.
+    #[arg(long, value_name = "PATH")]
+    pub secrets_file: Option<PathBuf>,
+    /// Tags to merge into the device twin, a JSON object (one device).
+    #[arg(long, value_name = "JSON", requires = "device")]
+    pub tags: Option<String>,
+    /// Deployment manifest (config/deployment.<platform>.json) to apply to the device, or to
+    /// deploy at scale with --target-condition and --deployment-id.
+    #[arg(long, value_name = "FILE")]
+    pub deployment: Option<PathBuf>,
+    /// Target condition of an at-scale deployment, e.g. "tags.environment='prod'".
+    #[arg(long, value_name = "CONDITION", requires_all = ["deployment", "deployment_id"])]
+    pub target_condition: Option<String>,
+    /// Priority of the at-scale deployment (higher wins).
+    #[arg(long, default_value_t = 0, requires = "target_condition")]
+    pub priority: i32,
+    /// Id of the at-scale deployment (lower case).
+    #[arg(long, value_name = "ID", requires = "target_condition")]
+    pub deployment_id: Option<String>,
+    /// Create a fleet of N devices named PREFIX1..PREFIXN.
+    #[arg(long, value_name = "N", conflicts_with = "devices_from")]
+    pub count: Option<usize>,
+    /// Device id prefix for --count.
+    #[arg(long, default_value = "edge-", value_name = "PREFIX")]
+    pub prefix: String,
+    /// Create the devices listed in FILE: JSON lines {"deviceId":..,"tags":{..}} or CSV with a
+    /// deviceId column and tag columns.
+    #[arg(long, value_name = "FILE")]
+    pub devices_from: Option<PathBuf>,
+    /// Identity-registry requests per minute for fleets (default: IoT Hub S1, one unit); 0 = no pacing.
+    #[arg(long, default_value_t = S1_REGISTRY_OPS_PER_MINUTE, value_name = "PER_MINUTE")]
+    pub rate: f64,
+}
+
+/// Options of `edgetwin twin`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TwinArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TwinCommand,
+}
+
+/// `twin get` / `twin update`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum TwinCommand {
+    /// Print a device or module twin.
+    Get(TwinTarget),
+    /// Merge desired properties and/or tags into a twin; print it before and after.
+    Update(TwinUpdateArgs),
+}
+
+/// Which twin.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TwinTarget {
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// Device id.
+    #[arg(long, value_name = "ID")]
+    pub device: String,
+    /// Module id (module twin); without it, the device twin.
+    #[arg(long, value_name = "ID")]
+    pub module: Option<String>,
+}
+
+/// Options of `twin update`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TwinUpdateArgs {
+    /// Which twin.
+    #[command(flatten)]
+    pub target: TwinTarget,
+    /// Desired properties to merge, a JSON object (`null` removes a key).
+    #[arg(long, value_name = "JSON")]
+    pub desired: Option<String>,
+    /// Tags to merge, a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub tags: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Builds the client from the flags, the environment and `./.env`.
+pub fn connect(args: &HubArgs) -> Result<ServiceClient, ProvisionError> {
+    let dotenv = std::fs::read_to_string(".env").ok();
+    let (connection_string, _) = settings::resolve_connection_string(
+        args.connection_string.as_deref(),
+        &env_var,
+        dotenv.as_deref(),
+    )?;
+    let options = ClientOptions {
+        ca_file: settings::resolve_ca_file(args.ca_file.clone(), &env_var),
+        ..ClientOptions::default()
+    };
+    ServiceClient::new(&connection_string, options)
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn identity_json(identity: &Identity, with_secret: bool) -> Value {
+    let mut m = Map::new();
+    m.insert("deviceId".into(), identity.device_id.clone().into());
+    if let Some(module) = &identity.module_id {
+        m.insert("moduleId".into(), module.clone().into());
+    }
+    m.insert("status".into(), identity.presence.as_str().into());
+    if with_secret {
+        m.insert(
+            "connectionString".into(),
+            identity.connection_string.expose().into(),
+        );
+    }
+    if let Some(note) = &identity.note {
+        m.insert("note".into(), note.clone().into());
+    }
+    Value::Object(m)
+}
+
+/// Runs `edgetwin provision`.
+pub async fn run_provision(args: ProvisionArgs) -> Result<(), String> {
+    provision(args).await.map_err(|e| e.to_string())
+}
+
+async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
+    let content = args
+        .deployment
+        .as_deref()
+        .map(deploy::load_deployment)
+        .transpose()?;
+    let tags = args
+        .tags
+        .as_deref()
+        .map(|t| twin::parse_object(t, "--tags"))
+        .transpose()?;
+    let fleet_devices = match (&args.devices_from, args.count) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ProvisionError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Some(fleet::parse_devices_file(
+                &text,
+                &path.display().to_string(),
+            )?)
+        }
+        (None, Some(count)) => Some(fleet::from_count(&args.prefix, count)),
+        (None, None) => None,
+    };
+    if args.device.is_none() && fleet_devices.is_none() && args.target_condition.is_none() {
+        return Err(ProvisionError::Input(
+            "nothing to do: give --device, --count or --devices-from (or --deployment with \
+             --target-condition and --deployment-id)"
+                .into(),
+        ));
+    }
+    if fleet_devices.is_some() && content.is_some() && args.target_condition.is_none() {
+        return Err(ProvisionError::Input(
+            "a deployment for a fleet is an at-scale deployment: add --target-condition and \
+             --deployment-id"
+                .into(),
+        ));
+    }
+    if args.module.is_some() && args.device.is_none() && fleet_devices.is_none() {
+        return Err(ProvisionError::Input(
+            "--module needs --device, --count or --devices-from".into(),
+        ));
+    }
+    let client = connect(&args.hub)?;
+    let json_out = args.output == OutputFormat::Json;
+    let mut report = Map::new();
+    report.insert(
+        "hostName".into(),
+        settings::device_host_name(client.host()).into(),
+    );
+
+    if let Some(device_id) = &args.device {
+        let mut identities = vec![identities::ensure_device(&client, device_id, args.edge).await?];
+        if let Some(module_id) = &args.module {
+            identities.push(identities::ensure_module(&client, device_id, module_id).await?);
+        }
+        if let Some(tags) = tags {
+            client
+                .patch_twin(device_id, None, &twin::twin_patch(None, Some(tags)))
+                .await?;
+        }
+        let print_secrets = args.secrets_file.is_none();
+        if let Some(path) = &args.secrets_file {
+            let mut text = String::new();
+            for identity in &identities {
+                let name = if identity.module_id.is_some() {
+                    "MODULE_CONNECTION_STRING"
+                } else {
+                    "DEVICE_CONNECTION_STRING"
+                };
+                text.push_str(&format!(
+                    "{name}=\"{}\"\n",
+                    identity.connection_string.expose()
+                ));
+            }
+            fleet::write_private(path, &text)?;
+        }
+        for identity in &identities {
+            if let Some(note) = &identity.note {
+                eprintln!("note: {note}");
+            }
+        }
+        if json_out {
+            report.insert(
+                "device".into(),
+                identity_json(&identities[0], print_secrets),
+            );
+            if let Some(module) = identities.get(1) {
+                report.insert("module".into(), identity_json(module, print_secrets));
+            }
+        } else {
+            for identity in &identities {
+                match &identity.module_id {
+                    None => println!(
+                        "device {}: {}",
+                        identity.device_id,
+                        identity.presence.as_str()
+                    ),
+                    Some(m) => println!(
+                        "module {}/{m}: {}",
+                        identity.device_id,
+                        identity.presence.as_str()
+                    ),
+                }
+            }
+            match &args.secrets_file {
+                Some(path) => println!("connection strings written to {}", path.display()),
+                None => {
+                    for identity in &identities {
+                        let name = if identity.module_id.is_some() {
+                            "MODULE_CONNECTION_STRING"
+                        } else {
+                            "DEVICE_CONNECTION_STRING"
+                        };
+                        println!("{name}={}", identity.connection_string.expose());
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some(devices) = &fleet_devices {
+        let options = FleetOptions {
+            module_id: args.module.clone(),
+            edge: args.edge,
+            rate_per_minute: args.rate,
+            secrets_file: args.secrets_file.clone(),
+            progress: !json_out,
+        };
+        let summary = fleet::run(&client, devices, &options).await?;
+        let failures: Vec<Value> = summary
+            .failures
+            .iter()
+            .map(|f| json!({"deviceId": f.device_id, "moduleId": f.module_id, "errorCode": f.code, "message": f.message}))
+            .collect();
+        if json_out {
+            report.insert(
+                "fleet".into(),
+                json!({
+                    "devices": summary.devices,
+                    "devicesCreated": summary.devices_created,
+                    "devicesExisting": summary.devices_existing,
+                    "modulesCreated": summary.modules_created,
+                    "modulesExisting": summary.modules_existing,
+                    "failed": failures,
+                    "bulkRequests": summary.bulk_requests,
+                    "httpAttempts": summary.http_attempts,
+                    "seconds": summary.elapsed.as_secs_f64(),
+                }),
+            );
+        } else {
+            for f in &summary.failures {
+                let what = match &f.module_id {
+                    Some(m) => format!("module {}/{m}", f.device_id),
+                    None => format!("device {}", f.device_id),
+                };
+                println!("failed {what}: {} {}", f.code, f.message);
+            }
+            println!(
+                "fleet: {} devices: {} created, {} existing; modules: {} created, {} existing; \
+                 {} failed; {} bulk requests in {:.1}s",
+                summary.devices,
+                summary.devices_created,
+                summary.devices_existing,
+                summary.modules_created,
+                summary.modules_existing,
+                summary.failures.len(),
+                summary.bulk_requests,
+                summary.elapsed.as_secs_f64()
+            );
+            if let Some(path) = &args.secrets_file {
+                println!("connection strings written to {}", path.display());
+            }
+        }
+        if !summary.failures.is_empty() {
+            if json_out {
+                print_json(&Value::Object(report));
+            }
+            return Err(ProvisionError::Input(format!(
+                "{} identities could not be created (re-run to retry; existing ones are kept)",
+                summary.failures.len()
+            )));
+        }
+    }
+
+    if let Some(content) = &content {
+        match (&args.target_condition, &args.deployment_id) {
+            (Some(condition), Some(id)) => {
+                let spec = AtScale {
+                    id: id.clone(),
+                    target_condition: condition.clone(),
+                    priority: args.priority,
+                };
+                let outcome = deploy::deploy_at_scale(&client, &spec, content).await?;
+                if json_out {
+                    report.insert(
+                        "deployment".into(),
+                        json!({"id": id, "targetCondition": condition, "priority": args.priority, "status": outcome.as_str()}),
+                    );
+                } else {
+                    println!(
+                        "deployment {id} (target {condition}, priority {}): {}",
+                        args.priority,
+                        outcome.as_str()
+                    );
+                }
+            }
+            _ => {
+                let Some(device_id) = &args.device else {
+                    return Err(ProvisionError::Input(
+                        "--deployment needs --device, or --target-condition and --deployment-id"
+                            .into(),
+                    ));
+                };
+                deploy::apply_to_device(&client, device_id, content).await?;
+                if json_out {
+                    report.insert(
+                        "deployment".into(),
+                        json!({"deviceId": device_id, "status": "applied"}),
+                    );
+                } else {
+                    println!("deployment applied to device {device_id}");
+                }
+            }
+        }
+    }
+    if json_out {
+        print_json(&Value::Object(report));
+    }
+    Ok(())
+}
+
+/// Runs `edgetwin twin`.
+pub async fn run_twin(args: TwinArgs) -> Result<(), String> {
+    twin_command(args).await.map_err(|e| e.to_string())
+}
+
+async fn twin_command(args: TwinArgs) -> Result<(), ProvisionError> {
+    match args.command {
+        TwinCommand::Get(target) => {
+            let client = connect(&target.hub)?;
+            let twin = client
+                .get_twin(&target.device, target.module.as_deref())
+                .await?;
+            print_json(&twin);
+        }
+        TwinCommand::Update(update) => {
+            let desired = update
+                .desired
+                .as_deref()
+                .map(|d| twin::parse_object(d, "--desired"))
+                .transpose()?;
+            let tags = update
+                .tags
+                .as_deref()
+                .map(|t| twin::parse_object(t, "--tags"))
+                .transpose()?;
+            let target = &update.target;
+            let client = connect(&target.hub)?;
+            let change = twin::update(
+                &client,
+                &target.device,
+                target.module.as_deref(),
+                desired,
+                tags,
+            )
+            .await?;
+            match update.output {
+                OutputFormat::Json => {
+                    print_json(&json!({"before": change.before, "after": change.after}))
+                }
+                OutputFormat::Text => {
+                    println!("twin before:");
+                    print_json(&change.before);
+                    println!("twin after:");
+                    print_json(&change.after);
+                }
+            }
+        }
+    }
+    Ok(())
+}

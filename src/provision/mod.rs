@@ -1,0 +1,25 @@
+//! The provisioning job: the IoT Hub service REST client and what `edgetwin provision` and
+//! `edgetwin twin` do with it.
+//!
+//! - [`client`]: HTTPS, service SAS tokens, retries, IoT Hub error envelopes (the only I/O).
+//! - [`backoff`], [`pacing`], [`settings`]: pure policy (retry waits, request pacing, where the
+//!   connection string and CA come from), unit-tested.
+//! - [`identities`]: idempotent device and module creation, connection strings.
+//! - [`deploy`]: a deployment manifest applied to one device or as an at-scale configuration.
+//! - [`fleet`]: many edge devices through bulk `POST /devices`, paced and resumable.
+//! - [`twin`]: `twin get` / `twin update`.
+//! - [`cli`]: the clap arguments and the command runners used by the `edgetwin` binary.
+
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod deploy;
+pub mod error;
+pub mod fleet;
+pub mod identities;
+pub mod pacing;
+pub mod settings;
+pub mod twin;
+
+pub use client::{ClientOptions, ServiceClient};
+pub use error::{ProvisionError, ServiceError};

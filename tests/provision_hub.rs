@@ -1,0 +1,495 @@
+//! `edgetwin provision` and `edgetwin twin` run as processes against a real `edgetwin hub`
+//! started in a temporary directory with ports 0.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use edgetwin::provision::{ClientOptions, ServiceClient};
+use edgetwin_wire::connection_string::ConnectionString;
+use serde_json::Value;
+
+const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
+
+/// A hub process and its data directory, stopped and removed on drop.
+struct Hub {
+    child: Child,
+    dir: PathBuf,
+    info: Value,
+}
+
+impl Hub {
+    fn start(name: &str) -> Hub {
+        let dir = std::env::temp_dir().join(format!(
+            "edgetwin-provision-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(EDGETWIN)
+            .args(["hub", "--data-dir"])
+            .arg(dir.join("hub"))
+            .args(["--mqtt-port", "0", "--rest-port", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start edgetwin hub");
+        let info_path = dir.join("hub").join("hub.json");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let info = loop {
+            if let Ok(text) = std::fs::read_to_string(&info_path) {
+                if let Ok(info) = serde_json::from_str::<Value>(&text) {
+                    break info;
+                }
+            }
+            assert!(Instant::now() < deadline, "hub.json did not appear");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Hub { child, dir, info }
+    }
+
+    fn service_string(&self) -> String {
+        self.info["serviceConnectionString"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn policy_string(&self, policy: &str) -> String {
+        format!(
+            "HostName=localhost:{};SharedAccessKeyName={policy};SharedAccessKey={}",
+            self.info["restPort"],
+            self.info["policies"][policy].as_str().unwrap()
+        )
+    }
+
+    fn ca(&self) -> PathBuf {
+        PathBuf::from(self.info["caCertificate"].as_str().unwrap())
+    }
+
+    /// Runs `edgetwin ARGS` in the hub's directory with the owner connection string in the
+    /// environment, as an operator would after `export IOTHUB_CONNECTION_STRING=...`.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(EDGETWIN)
+            .args(args)
+            .current_dir(&self.dir)
+            .env("IOTHUB_CONNECTION_STRING", self.service_string())
+            .env("EDGETWIN_CA_FILE", self.ca())
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run edgetwin")
+    }
+
+    fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "edgetwin {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn run_json(&self, args: &[&str]) -> Value {
+        let stdout = self.run_ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    /// An in-process service client with the owner policy.
+    fn client(&self) -> ServiceClient {
+        let cs: ConnectionString = self.service_string().parse().unwrap();
+        let options = ClientOptions {
+            ca_file: Some(self.ca()),
+            ..ClientOptions::default()
+        };
+        ServiceClient::new(&cs, options).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn key_of(connection_string: &str) -> String {
+    let cs: ConnectionString = connection_string.parse().unwrap();
+    cs.shared_access_key.unwrap().expose().to_owned()
+}
+
+#[test]
+fn provisioning_twice_keeps_the_identities_and_keys_and_says_existing() {
+    let hub = Hub::start("twice");
+    let args = [
+        "provision",
+        "--device",
+        "gw-1",
+        "--module",
+        "edgetwin",
+        "--output",
+        "json",
+    ];
+    let first = hub.run_json(&args);
+    let second = hub.run_json(&args);
+    assert_eq!(first["device"]["status"], "created");
+    assert_eq!(first["module"]["status"], "created");
+    assert_eq!(second["device"]["status"], "existing");
+    assert_eq!(second["module"]["status"], "existing");
+    for who in ["device", "module"] {
+        assert_eq!(
+            first[who]["connectionString"], second[who]["connectionString"],
+            "{who} key changed"
+        );
+    }
+    // Device strings use the hub host name without the REST port.
+    let module = first["module"]["connectionString"].as_str().unwrap();
+    assert!(module.starts_with("HostName=localhost;DeviceId=gw-1;ModuleId=edgetwin;"));
+
+    let text = hub.run_ok(&["provision", "--device", "gw-1", "--module", "edgetwin"]);
+    assert!(text.contains("device gw-1: existing"), "{text}");
+    assert!(text.contains("module gw-1/edgetwin: existing"), "{text}");
+}
+
+#[test]
+fn the_printed_module_connection_string_holds_the_key_the_hub_checks() {
+    let hub = Hub::start("modulekey");
+    let out = hub.run_json(&[
+        "provision",
+        "--device",
+        "gw-2",
+        "--module",
+        "edgetwin",
+        "--output",
+        "json",
+    ]);
+    let printed = key_of(out["module"]["connectionString"].as_str().unwrap());
+    let client = hub.client();
+    let record = runtime()
+        .block_on(client.get_module("gw-2", "edgetwin"))
+        .unwrap()
+        .expect("module exists");
+    let stored = record
+        .authentication
+        .unwrap()
+        .symmetric_key
+        .unwrap()
+        .primary_key
+        .unwrap();
+    assert_eq!(printed, stored.expose());
+    let device = runtime()
+        .block_on(client.get_device("gw-2"))
+        .unwrap()
+        .unwrap();
+    assert!(device.capabilities.unwrap().iot_edge);
+}
+
+#[test]
+fn secrets_go_to_a_private_file_and_not_to_stdout() {
+    let hub = Hub::start("secrets");
+    let file = hub.path("secrets.env");
+    let stdout = hub.run_ok(&[
+        "provision",
+        "--device",
+        "gw-3",
+        "--module",
+        "edgetwin",
+        "--secrets-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!stdout.contains("SharedAccessKey"), "{stdout}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("DEVICE_CONNECTION_STRING=\"HostName=localhost;DeviceId=gw-3;"));
+    assert!(text.contains(
+        "MODULE_CONNECTION_STRING=\"HostName=localhost;DeviceId=gw-3;ModuleId=edgetwin;"
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn twin_update_changes_the_module_twin_desired_properties() {
+    let hub = Hub::start("twin");
+    hub.run_ok(&["provision", "--device", "gw-4", "--module", "edgetwin"]);
+    let change = hub.run_json(&[
+        "twin",
+        "update",
+        "--device",
+        "gw-4",
+        "--module",
+        "edgetwin",
+        "--desired",
+        r#"{"telemetryInterval":122}"#,
+        "--output",
+        "json",
+    ]);
+    assert!(change["before"]["properties"]["desired"]
+        .get("telemetryInterval")
+        .is_none());
+    assert_eq!(
+        change["after"]["properties"]["desired"]["telemetryInterval"],
+        122
+    );
+    let twin: Value = serde_json::from_str(
+        &hub.run_ok(&["twin", "get", "--device", "gw-4", "--module", "edgetwin"]),
+    )
+    .unwrap();
+    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
+    assert_eq!(twin["moduleId"], "edgetwin");
+
+    let text = hub.run_ok(&[
+        "twin",
+        "update",
+        "--device",
+        "gw-4",
+        "--tags",
+        r#"{"ring":"canary"}"#,
+    ]);
+    assert!(
+        text.contains("twin before:") && text.contains("twin after:"),
+        "{text}"
+    );
+    let twin: Value =
+        serde_json::from_str(&hub.run_ok(&["twin", "get", "--device", "gw-4"])).unwrap();
+    assert_eq!(twin["tags"]["ring"], "canary");
+}
+
+#[test]
+fn a_read_only_policy_gets_a_message_naming_the_missing_permission() {
+    let hub = Hub::start("policy");
+    let out = hub.run(&[
+        "provision",
+        "--connection-string",
+        &hub.policy_string("registryRead"),
+        "--device",
+        "gw-5",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("RegistryWrite"), "{stderr}");
+    assert!(stderr.contains("registryRead"), "{stderr}");
+    assert!(
+        !stderr.contains(hub.info["policies"]["registryRead"].as_str().unwrap()),
+        "the key leaked: {stderr}"
+    );
+}
+
+#[test]
+fn a_missing_connection_string_is_explained() {
+    let out = Command::new(EDGETWIN)
+        .args(["provision", "--device", "x"])
+        .current_dir(std::env::temp_dir())
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("IOTHUB_CONNECTION_STRING"), "{stderr}");
+}
+
+fn write_deployment(path: &Path, interval: u32) {
+    let manifest = serde_json::json!({
+        "modulesContent": {
+            "$edgeAgent": {"properties.desired": {
+                "schemaVersion": "1.1",
+                "runtime": {"type": "docker", "settings": {"minDockerVersion": "v1.25"}},
+                "systemModules": {},
+                "modules": {}
+            }},
+            "$edgeHub": {"properties.desired": {
+                "schemaVersion": "1.1",
+                "routes": {"up": "FROM /messages/* INTO $upstream"},
+                "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}
+            }},
+            "edgetwin": {"properties.desired": {"telemetryInterval": interval}}
+        }
+    });
+    std::fs::write(path, manifest.to_string()).unwrap();
+}
+
+#[test]
+fn a_deployment_applied_to_one_device_sets_its_module_twins() {
+    let hub = Hub::start("apply");
+    let manifest = hub.path("deployment.amd64.json");
+    write_deployment(&manifest, 33);
+    let text = hub.run_ok(&[
+        "provision",
+        "--device",
+        "gw-6",
+        "--module",
+        "edgetwin",
+        "--deployment",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(text.contains("deployment applied to device gw-6"), "{text}");
+    let twin: Value = serde_json::from_str(
+        &hub.run_ok(&["twin", "get", "--device", "gw-6", "--module", "edgetwin"]),
+    )
+    .unwrap();
+    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 33);
+}
+
+#[test]
+fn an_at_scale_deployment_reaches_the_devices_whose_tags_match_and_not_the_others() {
+    let hub = Hub::start("atscale");
+    let devices = hub.path("devices.csv");
+    std::fs::write(
+        &devices,
+        "deviceId,environment,location.building\nprod-1,prod,43\nprod-2,prod,44\ntest-1,test,43\n",
+    )
+    .unwrap();
+    let out = hub.run_json(&[
+        "provision",
+        "--devices-from",
+        devices.to_str().unwrap(),
+        "--module",
+        "edgetwin",
+        "--rate",
+        "0",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out["fleet"]["devicesCreated"], 3);
+    let manifest = hub.path("deployment.json");
+    write_deployment(&manifest, 44);
+    let deploy = [
+        "provision",
+        "--deployment",
+        manifest.to_str().unwrap(),
+        "--target-condition",
+        "tags.environment='prod'",
+        "--deployment-id",
+        "edgetwin-prod",
+        "--priority",
+        "10",
+    ];
+    let text = hub.run_ok(&deploy);
+    assert!(
+        text.contains("edgetwin-prod") && text.contains("created"),
+        "{text}"
+    );
+    let again = hub.run_ok(&deploy);
+    assert!(again.contains("existing"), "{again}");
+
+    let interval = |device: &str| {
+        let twin: Value = serde_json::from_str(
+            &hub.run_ok(&["twin", "get", "--device", device, "--module", "edgetwin"]),
+        )
+        .unwrap();
+        twin["properties"]["desired"]["telemetryInterval"].clone()
+    };
+    assert_eq!(interval("prod-1"), 44);
+    assert_eq!(interval("prod-2"), 44);
+    assert_eq!(interval("test-1"), Value::Null);
+}
+
+#[test]
+fn a_fleet_of_250_devices_takes_3_bulk_requests_and_a_rerun_finds_them_all() {
+    let hub = Hub::start("fleet");
+    let args = [
+        "provision",
+        "--count",
+        "250",
+        "--prefix",
+        "gw-",
+        "--rate",
+        "0",
+        "--output",
+        "json",
+    ];
+    let first = hub.run_json(&args);
+    assert_eq!(first["fleet"]["devicesCreated"], 250);
+    assert_eq!(first["fleet"]["bulkRequests"], 3);
+    let second = hub.run_json(&args);
+    assert_eq!(second["fleet"]["devicesCreated"], 0);
+    assert_eq!(second["fleet"]["devicesExisting"], 250);
+    assert_eq!(second["fleet"]["bulkRequests"], 3);
+
+    // Resuming with a module: devices exist, modules are created, connection strings written.
+    let secrets = hub.path("fleet.jsonl");
+    let text = hub.run_ok(&[
+        "provision",
+        "--count",
+        "250",
+        "--prefix",
+        "gw-",
+        "--module",
+        "edgetwin",
+        "--rate",
+        "0",
+        "--secrets-file",
+        secrets.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("250 devices: 0 created, 250 existing; modules: 250 created, 0 existing"),
+        "{text}"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&secrets)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 250);
+    let last = &lines[249];
+    assert_eq!(last["deviceId"], "gw-250");
+    let module_key = key_of(last["moduleConnectionString"].as_str().unwrap());
+    let record = runtime()
+        .block_on(hub.client().get_module("gw-250", "edgetwin"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record
+            .authentication
+            .unwrap()
+            .symmetric_key
+            .unwrap()
+            .primary_key
+            .unwrap()
+            .expose(),
+        module_key
+    );
+}
+
+#[test]
+fn the_connection_string_and_ca_are_read_from_dotenv_and_requests_ca_bundle() {
+    let hub = Hub::start("dotenv");
+    std::fs::write(
+        hub.path(".env"),
+        format!(
+            "# written by iotedgedev\nIOTHUB_CONNECTION_STRING=\"{}\"\nDEVICE_CONNECTION_STRING=\"\"\n",
+            hub.service_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(EDGETWIN)
+        .args(["provision", "--device", "gw-7"])
+        .current_dir(&hub.dir)
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("EDGETWIN_CA_FILE")
+        .env("REQUESTS_CA_BUNDLE", hub.ca())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("device gw-7: created"), "{stdout}");
+}
