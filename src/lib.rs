@@ -4,5 +4,6 @@
 //! the local IoT Hub in `edgetwin-hub` (behind the default `hub` feature).
 
 pub mod client;
+pub mod manifest;
 pub mod module;
 pub mod provision;

@@ -26,6 +26,8 @@ enum Command {
     Provision(edgetwin::provision::cli::ProvisionArgs),
     /// Read or update a device or module twin through the service API.
     Twin(edgetwin::provision::cli::TwinArgs),
+    /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
+    Manifest(edgetwin::manifest::cli::ManifestArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Hub(args) => runtime.block_on(run_hub(args)),
         Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
         Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
+        Command::Manifest(args) => edgetwin::manifest::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
