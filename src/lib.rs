@@ -7,3 +7,5 @@ pub mod client;
 pub mod manifest;
 pub mod module;
 pub mod provision;
+#[cfg(feature = "hub")]
+pub mod quickstart;
