@@ -5,6 +5,7 @@
 //! not store messages for offline modules (edgeHub does).
 
 use bytes::Bytes;
+use edgetwin_wire::condition::Condition;
 use edgetwin_wire::route::{Route, Sink};
 use edgetwin_wire::topic::{self, Feature, PropertyBag};
 use serde_json::{Map, Value};
@@ -28,8 +29,12 @@ pub struct RoutedMessage<'a> {
     pub payload: &'a Bytes,
 }
 
-/// The routes of an edge device's `$edgeHub`; routes that do not parse are skipped with a warning.
-fn routes(tx: &Transaction<'_>, device_id: &str) -> Result<Vec<Route>, ApiError> {
+/// A route ready to run: the parsed route and its compiled WHERE clause.
+type RunnableRoute = (Route, Option<Condition>);
+
+/// The routes of an edge device's `$edgeHub`. Routes that do not parse, or whose WHERE clause uses
+/// more of edgeHub's query language than the hub evaluates, are skipped with a warning.
+fn routes(tx: &Transaction<'_>, device_id: &str) -> Result<Vec<RunnableRoute>, ApiError> {
     let Some(twin) = tx.twin(&IdentityKey::module(device_id, "$edgeHub"))? else {
         return Ok(Vec::new());
     };
@@ -40,11 +45,15 @@ fn routes(tx: &Transaction<'_>, device_id: &str) -> Result<Vec<Route>, ApiError>
         .iter()
         .filter_map(|(name, value)| {
             let text = value.as_str().or_else(|| value.get("route")?.as_str())?;
-            Route::parse(text)
-                .inspect_err(
-                    |error| tracing::warn!(device_id, route = name, %error, "skipping route"),
-                )
-                .ok()
+            let skip = |error: &dyn std::fmt::Display| {
+                tracing::warn!(device_id, route = name, %error, "skipping route");
+            };
+            let route = Route::parse(text).inspect_err(|e| skip(e)).ok()?;
+            let condition = match route.compiled_condition() {
+                None => None,
+                Some(compiled) => Some(compiled.inspect_err(|e| skip(e)).ok()?),
+            };
+            Some((route, condition))
         })
         .collect())
 }
@@ -82,15 +91,12 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
     };
     let document = condition_document(message);
     let mut delivered = 0;
-    for route in routes {
+    for (route, condition) in routes {
         let Sink::ModuleInput { module, input } = &route.sink else {
             continue;
         };
         if !route.takes(message.module_id, message.output)
-            || route
-                .condition
-                .as_ref()
-                .is_some_and(|c| !c.matches(&document))
+            || condition.as_ref().is_some_and(|c| !c.matches(&document))
         {
             continue;
         }

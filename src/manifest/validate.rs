@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use edgetwin_wire::route::{Route, Sink};
+
 use super::create_options::{self, CHUNK_CHARS, MAX_CHUNKS};
 use super::error::ManifestError;
 use super::layout::{self, KeyPath};
@@ -78,132 +80,6 @@ fn is_valid_env_name(name: &str) -> bool {
         && !name
             .chars()
             .any(|c| "+#$.".contains(c) || c.is_whitespace())
-}
-
-/// A parsed route: `FROM <source> [WHERE <condition>] INTO <sink>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// The source path.
-    pub source: String,
-    /// The condition, if any.
-    pub condition: Option<String>,
-    /// The sink.
-    pub sink: Sink,
-}
-
-/// A route sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sink {
-    /// `$upstream`: IoT Hub.
-    Upstream,
-    /// `BrokeredEndpoint("/modules/{module}/inputs/{input}")`.
-    ModuleInput {
-        /// Target module.
-        module: String,
-        /// Its input.
-        input: String,
-    },
-}
-
-fn find_keyword(text: &str, keyword: &str, last: bool) -> Option<usize> {
-    let lower = text.to_ascii_lowercase();
-    let bytes = lower.as_bytes();
-    let mut hits = lower.match_indices(keyword).map(|(i, _)| i).filter(|&i| {
-        let before = i == 0 || bytes[i - 1].is_ascii_whitespace();
-        let end = i + keyword.len();
-        let after = end == bytes.len() || bytes[end].is_ascii_whitespace();
-        before && after
-    });
-    if last {
-        hits.last()
-    } else {
-        hits.next()
-    }
-}
-
-fn is_segment(s: &str) -> bool {
-    !s.is_empty() && !s.contains(|c: char| c == '/' || c == '*' || c.is_whitespace())
-}
-
-fn valid_source(source: &str) -> bool {
-    if matches!(
-        source,
-        "/*" | "/messages/*" | "/messages/modules/*" | "/twinChangeNotifications"
-    ) {
-        return true;
-    }
-    let Some(rest) = source.strip_prefix("/messages/modules/") else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts.as_slice() {
-        [m, "*"] => is_segment(m),
-        [m, "outputs", "*"] => is_segment(m),
-        [m, "outputs", o] => is_segment(m) && is_segment(o),
-        _ => false,
-    }
-}
-
-/// Parses a route string, or says what is wrong with it.
-pub fn parse_route(route: &str) -> Result<Route, String> {
-    let text = route.trim();
-    if find_keyword(text, "from", false) != Some(0) {
-        return Err("a route must start with FROM".into());
-    }
-    let into = find_keyword(text, "into", true).ok_or("a route needs INTO <sink>")?;
-    let head = text[4..into].trim();
-    let sink_text = text[into + 4..].trim();
-    let (source, condition) = match find_keyword(head, "where", false) {
-        Some(w) => {
-            let condition = head[w + 5..].trim();
-            if condition.is_empty() {
-                return Err("WHERE needs a condition".into());
-            }
-            (head[..w].trim(), Some(condition.to_string()))
-        }
-        None => (head, None),
-    };
-    if source.is_empty() {
-        return Err("FROM needs a source".into());
-    }
-    if !valid_source(source) {
-        return Err(format!(
-            "unknown source {source:?} (expected /*, /messages/*, /messages/modules/*, /messages/modules/<m>/*, /messages/modules/<m>/outputs/* or /messages/modules/<m>/outputs/<o>)"
-        ));
-    }
-    let sink = if sink_text == "$upstream" {
-        Sink::Upstream
-    } else {
-        let inner = sink_text
-            .strip_prefix("BrokeredEndpoint")
-            .map(str::trim_start)
-            .and_then(|s| s.strip_prefix('('))
-            .and_then(|s| s.strip_suffix(')'))
-            .map(str::trim)
-            .and_then(|s| s.strip_prefix('"'))
-            .and_then(|s| s.strip_suffix('"'));
-        let parts: Option<Vec<&str>> = inner
-            .and_then(|s| s.strip_prefix("/modules/"))
-            .map(|s| s.split('/').collect());
-        match parts.as_deref() {
-            Some([module, "inputs", input]) if is_segment(module) && is_segment(input) => {
-                Sink::ModuleInput {
-                    module: module.to_string(),
-                    input: input.to_string(),
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "unknown sink {sink_text:?} (expected $upstream or BrokeredEndpoint(\"/modules/<m>/inputs/<i>\"))"
-                ))
-            }
-        }
-    };
-    Ok(Route {
-        source: source.to_string(),
-        condition,
-        sink,
-    })
 }
 
 struct Validator {
@@ -786,7 +662,7 @@ impl Validator {
                         continue;
                     }
                 };
-                match parse_route(text) {
+                match Route::parse(text) {
                     Ok(route) => {
                         if let (Some(deployed), Sink::ModuleInput { module, .. }) =
                             (deployed, &route.sink)
@@ -824,32 +700,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes() {
-        let r = parse_route("FROM /messages/modules/edgetwin/outputs/telemetry INTO $upstream")
-            .unwrap();
-        assert_eq!(r.sink, Sink::Upstream);
-        let r = parse_route(
-            "from /messages/modules/a/outputs/* where $body.x > 1 into BrokeredEndpoint(\"/modules/b/inputs/in1\")",
+    fn routes_are_checked_with_the_shared_route_grammar() {
+        let broken = Route::parse("FROM /messages/* INTO $downstream").unwrap_err();
+        assert!(broken.to_string().contains("$downstream"));
+        assert!(Route::parse(
+            "FROM /messages/modules/a/outputs/* WHERE $body.x > 1 INTO $upstream"
         )
-        .unwrap();
-        assert_eq!(r.condition.as_deref(), Some("$body.x > 1"));
-        assert_eq!(
-            r.sink,
-            Sink::ModuleInput {
-                module: "b".into(),
-                input: "in1".into()
-            }
-        );
-        assert!(parse_route("FROM /* INTO $upstream").is_ok());
-        assert!(parse_route("/messages/* INTO $upstream").is_err());
-        assert!(parse_route("FROM /messages/* $upstream").is_err());
-        assert!(parse_route("FROM /messages/* INTO $downstream").is_err());
-        assert!(parse_route("FROM /foo INTO $upstream").is_err());
-        assert!(parse_route("FROM /messages/* WHERE INTO $upstream").is_err());
-        assert!(
-            parse_route("FROM /messages/* INTO BrokeredEndpoint(\"/modules/b/outputs/x\")")
-                .is_err()
-        );
+        .is_ok());
     }
 
     #[test]

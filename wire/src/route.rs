@@ -2,8 +2,11 @@
 //! and shared by the manifest validator and the local hub's router.
 //!
 //! Sources: `/*`, `/messages/*`, `/messages/modules/*`, `/messages/modules/{m}/*`,
-//! `/messages/modules/{m}/outputs/*`, `/messages/modules/{m}/outputs/{o}`. Sinks: `$upstream` and
-//! `BrokeredEndpoint("/modules/{m}/inputs/{i}")`. Keywords are case-insensitive.
+//! `/messages/modules/{m}/outputs/*`, `/messages/modules/{m}/outputs/{o}` and
+//! `/twinChangeNotifications`. Sinks: `$upstream` and `BrokeredEndpoint("/modules/{m}/inputs/{i}")`.
+//! Keywords are case-insensitive. The WHERE clause is kept as text: edgeHub's message query
+//! language is larger than [`Condition`], so a route is valid whatever its condition says, and
+//! [`Route::compiled_condition`] compiles the subset this crate evaluates.
 
 use crate::condition::{Condition, ConditionError};
 
@@ -19,9 +22,9 @@ pub enum RouteError {
     /// The sink is not `$upstream` or `BrokeredEndpoint(\"/modules/{{m}}/inputs/{{i}}\")`.
     #[error("unknown route sink '{0}'; use $upstream or BrokeredEndpoint(\"/modules/<module>/inputs/<input>\")")]
     Sink(String),
-    /// The WHERE clause does not parse.
-    #[error("route condition: {0}")]
-    Condition(#[from] ConditionError),
+    /// `WHERE` with nothing after it.
+    #[error("WHERE needs a condition")]
+    EmptyCondition,
 }
 
 /// Which messages a route takes.
@@ -40,6 +43,8 @@ pub enum Source {
         /// The output, `None` for any.
         output: Option<String>,
     },
+    /// `/twinChangeNotifications`: twin changes, not messages.
+    TwinChangeNotifications,
 }
 
 /// Where a route delivers.
@@ -61,8 +66,8 @@ pub enum Sink {
 pub struct Route {
     /// Which messages.
     pub source: Source,
-    /// Optional WHERE clause over message properties.
-    pub condition: Option<Condition>,
+    /// The WHERE clause, as written.
+    pub condition: Option<String>,
     /// Where they go.
     pub sink: Sink,
 }
@@ -87,11 +92,14 @@ impl Route {
         let body = &text[4..];
         let (into_start, into_end) = find_keyword(body, "INTO").ok_or(RouteError::Shape)?;
         let (head, sink) = (&body[..into_start], body[into_end..].trim());
-        let (source, condition) = match find_keyword(head, "WHERE") {
-            Some((start, end)) => (
-                head[..start].trim(),
-                Some(Condition::parse(head[end..].trim())?),
-            ),
+        let (source, condition) = match find_keyword(&format!("{head} "), "WHERE") {
+            Some((start, end)) => {
+                let condition = head.get(end..).unwrap_or("").trim();
+                if condition.is_empty() {
+                    return Err(RouteError::EmptyCondition);
+                }
+                (head[..start].trim(), Some(condition.to_owned()))
+            }
             None => (head.trim(), None),
         };
         Ok(Route {
@@ -99,6 +107,12 @@ impl Route {
             condition,
             sink: parse_sink(sink)?,
         })
+    }
+
+    /// The WHERE clause compiled for evaluation, if there is one; an error if it uses more of
+    /// edgeHub's query language than [`Condition`] supports.
+    pub fn compiled_condition(&self) -> Option<Result<Condition, ConditionError>> {
+        self.condition.as_deref().map(Condition::parse)
     }
 
     /// Whether a message from `module` (`None`: the device itself) on `output` is taken.
@@ -125,6 +139,7 @@ fn parse_source(source: &str) -> Result<Source, RouteError> {
     let named = |s: &str| !s.is_empty() && s != "*";
     match segments.as_slice() {
         ["", "*"] | ["", "messages", "*"] => Ok(Source::All),
+        ["", "twinChangeNotifications"] => Ok(Source::TwinChangeNotifications),
         ["", "messages", "modules", "*"] => Ok(Source::AllModules),
         ["", "messages", "modules", m, "*"] if named(m) => Ok(Source::Module((*m).to_owned())),
         ["", "messages", "modules", m, "outputs", o] if named(m) && !o.is_empty() => {
@@ -226,9 +241,21 @@ mod tests {
             Route::parse(r#"FROM /* INTO BrokeredEndpoint("/modules/m/outputs/x")"#),
             Err(RouteError::Sink(_))
         ));
-        assert!(matches!(
-            Route::parse("FROM /* WHERE a = INTO $upstream"),
-            Err(RouteError::Condition(_))
-        ));
+        assert_eq!(
+            Route::parse("FROM /* WHERE INTO $upstream"),
+            Err(RouteError::EmptyCondition)
+        );
+        let unsupported =
+            Route::parse("FROM /* WHERE STARTS_WITH($connectionModuleId, 'a') INTO $upstream")
+                .unwrap();
+        assert!(
+            unsupported.compiled_condition().unwrap().is_err(),
+            "valid for edgeHub, not evaluable here"
+        );
+        assert!(
+            !Route::parse("FROM /twinChangeNotifications INTO $upstream")
+                .unwrap()
+                .takes(Some("m"), None)
+        );
     }
 }
