@@ -262,6 +262,21 @@ impl Hub {
         body["properties"]["desired"]["$version"].as_i64().unwrap()
     }
 
+    /// Sets a fault through `/edgetwin/faults/{kind}`.
+    async fn fault(&self, kind: &str, body: Value) -> Value {
+        let (status, answer) = self
+            .rest("POST", &format!("/edgetwin/faults/{kind}"), Some(body))
+            .await;
+        assert_eq!(status, 200, "fault {kind}: {answer}");
+        answer
+    }
+
+    async fn faults(&self) -> Value {
+        let (status, answer) = self.rest("GET", "/edgetwin/faults", None).await;
+        assert_eq!(status, 200, "faults: {answer}");
+        answer
+    }
+
     async fn reported(&self) -> Value {
         let (status, body) = self
             .rest("GET", &format!("/twins/{DEVICE}/modules/{MODULE}"), None)
@@ -323,12 +338,73 @@ fn start_module_with(
         .env("EDGETWIN_BACKOFF_BASE_MS", "100")
         .env("EDGETWIN_BACKOFF_MAX_SECS", "1")
         .env("RUST_LOG", "debug,rumqttc=info")
+        .env("EDGETWIN_METRICS_PORT", "0")
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start the module");
     Proc { child, log }
+}
+
+/// The module's MQTT client id on the hub.
+fn module_client_id() -> String {
+    format!("{DEVICE}/{MODULE}")
+}
+
+/// A TCP port free right now on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Scrapes `GET /metrics` on `port`: sample name (with labels) to value.
+async fn scrape(port: u16) -> BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name value");
+            (name.to_owned(), value.parse::<f64>().expect("a number"))
+        })
+        .collect()
+}
+
+/// Scrapes until `check` holds (10 s).
+async fn wait_metrics(
+    port: u16,
+    what: &str,
+    module: &Proc,
+    check: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(port).await;
+        if check(&metrics) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for metrics: {what}; {metrics:?}\n{}",
+            module.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn ack_of(reported: &Value, name: &str) -> (i64, i64) {
@@ -433,7 +509,7 @@ async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_desired_change_made_while_the_hub_was_restarted_is_applied_after_reconnect() {
+async fn the_hub_killed_and_restarted_is_recovered_from_and_a_change_made_meanwhile_is_applied() {
     let dir = TempDir::new("module-restart");
     let hub = start_hub(&dir.0, 0, 0);
     let env = hub.provision().await;
@@ -445,25 +521,34 @@ async fn a_desired_change_made_while_the_hub_was_restarted_is_applied_after_reco
     })
     .await;
 
-    // Stop the hub: the module loses its connection and retries (it must not exit).
+    // SIGKILL the hub: no DISCONNECT, no flush. The module notices, retries and must not exit.
     let Hub { mut proc, .. } = hub;
-    proc.signal(libc::SIGTERM);
+    proc.signal(libc::SIGKILL);
     assert!(
         proc.wait_exit(Duration::from_secs(10)).is_some(),
-        "hub did not stop"
+        "hub did not die"
     );
     drop(proc);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !module.log().contains("connection failed") {
+        assert!(
+            Instant::now() < deadline,
+            "the module did not notice: {}",
+            module.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a few failed attempts
     assert!(module.running(), "module exited: {}", module.log());
 
-    // Restart on the same ports and data, change desired right away (very likely before the
-    // module is back, so only the GET after CONNACK can bring the change).
+    // Restart on the same ports and data and change desired at once: the module is still
+    // backing off, so only its twin GET after CONNACK can bring the change.
     let hub = start_hub(&dir.0, mqtt_port, rest_port);
     let v2 = hub
         .patch_desired(json!({"telemetryInterval": 45, "metrics": ["load", "uptime"]}))
         .await;
     let reported = hub
-        .wait_reported("ack after reconnect", &module, |r| {
+        .wait_reported("ack after the hub came back", &module, |r| {
             ack_of(r, "telemetryInterval") == (200, v2) && ack_of(r, "metrics") == (200, v2)
         })
         .await;
@@ -481,75 +566,327 @@ async fn a_desired_change_made_while_the_hub_was_restarted_is_applied_after_reco
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_renewals_every_few_seconds_lose_no_desired_patch_and_no_reported_update() {
-    let dir = TempDir::new("module-renew");
+async fn a_desired_change_made_while_the_connection_is_dropped_and_refused_is_applied_when_it_comes_back(
+) {
+    let dir = TempDir::new("module-faults");
     let hub = start_hub(&dir.0, 0, 0);
     let env = hub.provision().await;
-    let v0 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
-    // A 2-second token is renewed every 1.6 s by a controlled reconnect.
+    let v1 = hub.patch_desired(json!({"telemetryInterval": 30})).await;
+    let metrics_port = free_port();
     let mut module = start_module_with(
         &dir.0,
         &env,
         hub.mqtt_port(),
-        &[("EDGETWIN_SAS_TTL_SECS", "2")],
+        &[("EDGETWIN_METRICS_PORT", &metrics_port.to_string())],
+    );
+    hub.wait_reported("first ack", &module, |r| {
+        ack_of(r, "telemetryInterval") == (200, v1)
+    })
+    .await;
+    wait_metrics(metrics_port, "live at v1", &module, |m| {
+        m["edgetwin_module_connected"] == 1.0
+            && m["edgetwin_module_desired_version"] == v1 as f64
+            && m["edgetwin_module_reconnects_total"] == 0.0
+    })
+    .await;
+
+    // Cut the connection and refuse new ones for 3 s; change desired meanwhile.
+    hub.fault("refuseConnects", json!({"seconds": 3})).await;
+    let cut = Instant::now();
+    let answer = hub
+        .fault("disconnect", json!({"clientId": module_client_id()}))
+        .await;
+    assert_eq!(answer["disconnected"], json!([module_client_id()]));
+    let v2 = hub.patch_desired(json!({"telemetryInterval": 45})).await;
+    // The comeback's first twin GET is throttled too: it must be retried.
+    hub.fault(
+        "throttle",
+        json!({"operation": "MQTT twin/GET", "count": 1, "retryAfterSeconds": 1}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ack_of(&hub.reported().await, "telemetryInterval"),
+        (200, v1),
+        "acknowledged while cut off?"
+    );
+    assert!(
+        module.log().contains("connection failed"),
+        "{}",
+        module.log()
+    );
+    let metrics = scrape(metrics_port).await;
+    assert_eq!(metrics["edgetwin_module_connected"], 0.0, "{metrics:?}");
+    assert!(module.running(), "module exited: {}", module.log());
+
+    // Back: applied and acknowledged.
+    let reported = hub
+        .wait_reported("ack after the connection came back", &module, |r| {
+            ack_of(r, "telemetryInterval") == (200, v2)
+        })
+        .await;
+    assert!(cut.elapsed() >= Duration::from_millis(2900), "too early");
+    assert_eq!(reported["telemetryInterval"]["value"], 45);
+    let log = module.log();
+    assert!(log.contains("twin GET failed; retrying"), "{log}");
+    assert_eq!(hub.faults().await["throttles"], json!([]));
+    let metrics = wait_metrics(metrics_port, "live at v2", &module, |m| {
+        m["edgetwin_module_connected"] == 1.0 && m["edgetwin_module_desired_version"] == v2 as f64
+    })
+    .await;
+    assert!(
+        metrics["edgetwin_module_reconnects_total"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics["edgetwin_module_disconnects_total{reason=\"lost\"}"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics["edgetwin_module_session_state{state=\"live\"}"],
+        1.0
+    );
+    assert!(
+        metrics["edgetwin_module_reported_patch_latency_seconds_count"] >= 2.0,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics["edgetwin_module_reported_patch_latency_seconds_bucket{le=\"+Inf\"}"],
+        metrics["edgetwin_module_reported_patch_latency_seconds_count"]
+    );
+
+    module.signal(libc::SIGTERM);
+    assert_eq!(module.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_reported_update() {
+    const RENEWALS: usize = 10;
+    let dir = TempDir::new("module-renew");
+    let hub = start_hub(&dir.0, 0, 0);
+    let env = hub.provision().await;
+    let v0 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
+    // The hub closes any connection 5 s after CONNECT whatever the token says; the module's
+    // tokens live 5 s and are renewed at 80 %, every 4 s, by a controlled reconnect.
+    hub.fault("tokenLifetime", json!({"seconds": 5})).await;
+    let metrics_port = free_port();
+    let mut module = start_module_with(
+        &dir.0,
+        &env,
+        hub.mqtt_port(),
+        &[
+            ("EDGETWIN_SAS_TTL_SECS", "5"),
+            ("EDGETWIN_METRICS_PORT", &metrics_port.to_string()),
+        ],
     );
     hub.wait_reported("first ack", &module, |r| {
         ack_of(r, "telemetryInterval") == (200, v0)
     })
     .await;
+    let renewals = |m: &Proc| m.log().matches("reconnecting with a renewed token").count();
     let started = Instant::now();
-    let mut value = 1;
-    while started.elapsed() < Duration::from_secs(4) {
-        value = 3 - value; // 2, 1, 2, ...: short intervals keep telemetry flowing
-        hub.patch_desired(json!({"telemetryInterval": value})).await;
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    let telemetry_before = hub.telemetry().await.len();
+
+    // Desired patches flow the whole time, one after another: each one must be acknowledged
+    // with its own version and value, whichever connection it lands on.
+    let mut versions = Vec::new();
+    let mut telemetry_times = std::collections::BTreeSet::new();
+    let mut i = 0;
+    while renewals(&module) < RENEWALS {
+        assert!(
+            started.elapsed() < Duration::from_secs(55),
+            "only {} renewals:\n{}",
+            renewals(&module),
+            module.log()
+        );
+        i += 1;
+        let celsius = 100 + i % 50;
+        let v = hub
+            .patch_desired(json!({"thresholds": {"cpuTemperature": celsius}}))
+            .await;
+        let reported = hub
+            .wait_reported("a threshold patch acknowledged", &module, |r| {
+                ack_of(r, "thresholds") == (200, v)
+            })
+            .await;
+        assert_eq!(
+            reported["thresholds"]["value"]["cpuTemperature"],
+            json!(f64::from(celsius))
+        );
+        if let Some(t) = reported["lastTelemetryTime"].as_str() {
+            telemetry_times.insert(t.to_owned());
+        }
+        versions.push(v);
     }
-    value = 1;
-    let last = hub.patch_desired(json!({"telemetryInterval": value})).await;
-    let reported = hub
-        .wait_reported("the last patch acknowledged", &module, |r| {
-            ack_of(r, "telemetryInterval") == (200, last)
-        })
-        .await;
-    assert_eq!(reported["telemetryInterval"]["value"], value);
+    let elapsed = started.elapsed();
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1),
+        "desired versions are not consecutive: {versions:?}"
+    );
+
+    // Stop telemetry; the last reported lastTelemetryTime is the last telemetry sent.
+    let v_end = hub.patch_desired(json!({"telemetryInterval": 3600})).await;
+    hub.wait_reported("interval 3600", &module, |r| {
+        ack_of(r, "telemetryInterval") == (200, v_end)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let messages = loop {
+        let messages = hub.telemetry().await;
+        let last = messages
+            .last()
+            .and_then(|m| serde_json::from_str::<Value>(m["body"].as_str()?).ok())
+            .map(|b| b["timestamp"].clone());
+        if last.is_some() && last.as_ref() == Some(&hub.reported().await["lastTelemetryTime"]) {
+            break messages;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last telemetry {last:?} is not the reported lastTelemetryTime\n{}",
+            module.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sent = messages.len() - telemetry_before;
+    let secs = elapsed.as_secs() as usize;
+    assert!(
+        sent + 3 >= secs,
+        "telemetry stalled: {sent} messages in {secs} s"
+    );
+    assert!(
+        telemetry_times.len() + 4 >= secs,
+        "reported lastTelemetryTime moved only {} times in {secs} s",
+        telemetry_times.len()
+    );
+
+    // Evidence from both sides: every renewal was a controlled reconnect before expiry.
     let log = module.log();
-    let renewals = log.matches("reconnecting with a renewed token").count();
-    assert!(renewals >= 2, "expected renewals, got {renewals}:\n{log}");
     assert!(
         !log.contains("connection failed"),
-        "a renewal failed:\n{log}"
+        "a connection was lost:\n{log}"
     );
-    // Reported updates made across renewals arrived: lastTelemetryTime keeps moving.
-    let mut seen = hub
-        .wait_reported("lastTelemetryTime", &module, |r| {
-            r["lastTelemetryTime"].is_string()
-        })
-        .await["lastTelemetryTime"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let renewals = |m: &Proc| m.log().matches("reconnecting with a renewed token").count();
-    let before = renewals(&module);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut updates = 0;
-    while renewals(&module) < before + 2 {
-        assert!(Instant::now() < deadline, "no renewals:\n{}", module.log());
-        let r = hub.reported().await;
-        if let Some(t) = r["lastTelemetryTime"].as_str() {
-            if t > seen.as_str() {
-                seen = t.to_owned();
-                updates += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let hub_log = hub.proc.log();
+    let connects = hub_log
+        .lines()
+        .filter(|l| l.contains("client connected") && l.contains(&module_client_id()))
+        .count();
     assert!(
-        updates >= 2,
-        "reported updates stalled across renewals ({updates}):\n{}",
-        module.log()
+        connects > RENEWALS,
+        "hub saw {connects} connects:\n{hub_log}"
+    );
+    assert!(
+        !hub_log.contains("SAS token expired"),
+        "the hub had to close an expired connection:\n{hub_log}"
+    );
+    let metrics = scrape(metrics_port).await;
+    assert!(
+        metrics["edgetwin_module_disconnects_total{reason=\"tokenRenewal\"}"] >= RENEWALS as f64,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics["edgetwin_module_disconnects_total{reason=\"lost\"}"],
+        0.0
+    );
+    eprintln!(
+        "{} renewals in {elapsed:?}; {} desired patches acknowledged one by one; \
+         {sent} telemetry messages; {} distinct lastTelemetryTime seen",
+        renewals(&module),
+        versions.len(),
+        telemetry_times.len()
     );
     module.signal(libc::SIGTERM);
     assert_eq!(module.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_reported_patch_is_retried_and_lands() {
+    let dir = TempDir::new("module-throttle");
+    let hub = start_hub(&dir.0, 0, 0);
+    let env = hub.provision().await;
+    // No telemetry during the test: the only reported patch is the acknowledgement.
+    let v1 = hub.patch_desired(json!({"telemetryInterval": 3600})).await;
+    let mut module = start_module(&dir.0, &env, hub.mqtt_port());
+    hub.wait_reported("first ack", &module, |r| {
+        ack_of(r, "telemetryInterval") == (200, v1)
+    })
+    .await;
+    hub.fault(
+        "throttle",
+        json!({"operation": "MQTT twin/PATCH", "count": 2, "retryAfterSeconds": 1}),
+    )
+    .await;
+    let v2 = hub
+        .patch_desired(json!({"thresholds": {"diskPercent": 97}}))
+        .await;
+    let reported = hub
+        .wait_reported("the throttled ack", &module, |r| {
+            ack_of(r, "thresholds") == (200, v2)
+        })
+        .await;
+    assert_eq!(reported["thresholds"]["value"]["diskPercent"], json!(97.0));
+    let log = module.log();
+    assert_eq!(
+        log.matches("reported patch throttled or failed; will retry")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(hub.faults().await["throttles"], json!([]));
+    assert!(module.running(), "{log}");
+    module.signal(libc::SIGTERM);
+    assert_eq!(module.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_cut_off_waits_for_the_hub_flushes_the_pending_reported_update_and_exits_0() {
+    let dir = TempDir::new("module-sigterm");
+    let hub = start_hub(&dir.0, 0, 0);
+    let env = hub.provision().await;
+    let v1 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
+    let mut module = start_module(&dir.0, &env, hub.mqtt_port());
+    hub.wait_reported("first ack and telemetry", &module, |r| {
+        ack_of(r, "telemetryInterval") == (200, v1) && r["lastTelemetryTime"].is_string()
+    })
+    .await;
+
+    // Cut off for 3 s. Telemetry ticks meanwhile leave a lastTelemetryTime update pending.
+    hub.fault("refuseConnects", json!({"seconds": 3})).await;
+    let cut = Instant::now();
+    hub.fault("disconnect", json!({"clientId": module_client_id()}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let stale = hub.reported().await["lastTelemetryTime"].clone();
+    assert!(
+        module.log().contains("connection failed"),
+        "{}",
+        module.log()
+    );
+
+    // SIGTERM now: the module must wait for the hub (within its 8 s grace), deliver, exit 0.
+    module.signal(libc::SIGTERM);
+    let code = module.wait_exit(Duration::from_secs(12));
+    assert_eq!(code, Some(0), "{}", module.log());
+    assert!(
+        cut.elapsed() >= Duration::from_millis(2900),
+        "exited before the hub accepted connections again: {}",
+        module.log()
+    );
+    let log = module.log();
+    assert!(
+        log.contains("reported properties flushed; stopped"),
+        "{log}"
+    );
+    let reported = hub.reported().await;
+    let flushed = reported["lastTelemetryTime"].as_str().unwrap_or_default();
+    assert!(
+        flushed > stale.as_str().unwrap_or_default(),
+        "pending update lost: {flushed} vs {stale}\n{log}"
+    );
+    // The telemetry buffered while cut off went out too, and the last one is the one reported.
+    let messages = hub.telemetry().await;
+    let last: Value =
+        serde_json::from_str(messages.last().unwrap()["body"].as_str().unwrap()).unwrap();
+    assert_eq!(last["timestamp"], json!(flushed), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

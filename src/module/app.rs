@@ -1,6 +1,8 @@
 //! The module application: desired settings applied and acknowledged, reported state, the
 //! telemetry loop, alerts and direct methods, and orderly shutdown on SIGTERM/SIGINT.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgetwin_wire::twin::Properties;
@@ -12,6 +14,7 @@ use tracing::{info, warn};
 
 use super::config::ModuleConfig;
 use super::metrics::{self, Sample};
+use super::prometheus::{self, Stats};
 use super::settings::{self, Settings};
 use crate::client::{self, ClientHandle, DesiredUpdate, Event, Identity};
 
@@ -61,6 +64,8 @@ struct App {
     crossed: Vec<&'static str>,
     /// Identity source name (for `getConfig`).
     identity_source: &'static str,
+    /// Counters for the Prometheus endpoint.
+    stats: Arc<Stats>,
 }
 
 fn ticker(seconds: u64) -> Interval {
@@ -84,6 +89,23 @@ pub async fn run(config: ModuleConfig, identity: Identity) -> Result<(), ModuleE
         "edgetwin-module starting"
     );
     let (client, mut events, session) = client::spawn(identity, config.session());
+    let stats = Stats::new();
+    let exporter = if config.metrics_port == 0 {
+        None
+    } else {
+        match prometheus::bind(config.metrics_port).await {
+            Ok(listener) => Some(tokio::spawn(prometheus::serve(
+                listener,
+                stats.clone(),
+                client.state_watch(),
+            ))),
+            Err(error) => {
+                // Metrics are an aid, not the job: run without them rather than crash-loop.
+                warn!(port = config.metrics_port, %error, "cannot serve Prometheus metrics");
+                None
+            }
+        }
+    };
     let mut app = App {
         client,
         settings: defaults.clone(),
@@ -92,6 +114,7 @@ pub async fn run(config: ModuleConfig, identity: Identity) -> Result<(), ModuleE
         desired_version: None,
         crossed: Vec::new(),
         identity_source,
+        stats,
     };
     app.client
         .report(props(json!({
@@ -124,6 +147,9 @@ pub async fn run(config: ModuleConfig, identity: Identity) -> Result<(), ModuleE
         .await
         .unwrap_or(false);
     session.abort();
+    if let Some(exporter) = exporter {
+        exporter.abort();
+    }
     if flushed {
         info!("reported properties flushed; stopped");
     } else {
@@ -136,9 +162,28 @@ impl App {
     /// Handles a session event; true if the telemetry interval changed.
     async fn on_event(&mut self, event: Event) -> bool {
         match event {
-            Event::Connected => info!("connected to the hub"),
-            Event::Disconnected { reason } => info!(%reason, "disconnected"),
-            Event::ReportedAcked { .. } => {}
+            Event::Connected => {
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                info!("connected to the hub");
+            }
+            Event::Disconnected { reason, renewal } => {
+                let counter = if renewal {
+                    &self.stats.renewals
+                } else {
+                    &self.stats.losses
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                info!(%reason, "disconnected");
+            }
+            Event::ReportedAcked { latency } => {
+                if self.stats.reported_acked() == 0 {
+                    info!(
+                        latency_ms = latency.as_millis() as u64,
+                        "first reported patch acknowledged: in sync"
+                    );
+                }
+                self.stats.observe_reported_latency(latency);
+            }
             Event::Desired(update) => return self.on_desired(update).await,
             Event::Method { name, rid, payload } => {
                 let (status, body) = self.on_method(&name, payload).await;
@@ -170,6 +215,9 @@ impl App {
             applied.settings.telemetry_interval != self.settings.telemetry_interval;
         self.settings = applied.settings;
         self.desired_version = Some(update.version);
+        self.stats
+            .desired_version
+            .store(update.version, Ordering::Relaxed);
         info!(
             version = update.version,
             telemetry_interval = self.settings.telemetry_interval,
@@ -214,6 +262,7 @@ impl App {
                 serde_json::to_vec(&body).unwrap_or_default(),
             )
             .await;
+        self.stats.telemetry_sent.fetch_add(1, Ordering::Relaxed);
         let crossed = sample.crossed(&self.settings.thresholds);
         for (name, value, threshold) in &crossed {
             if !self.crossed.contains(name) {
@@ -232,6 +281,7 @@ impl App {
                         serde_json::to_vec(&alert).unwrap_or_default(),
                     )
                     .await;
+                self.stats.alerts_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
         let names: Vec<&'static str> = crossed.iter().map(|c| c.0).collect();

@@ -1,7 +1,7 @@
 //! Start-up configuration in layers (the `config` crate): built-in defaults, then an optional
 //! TOML file named by `EDGETWIN_CONFIG`, then `EDGETWIN_*` environment variables
 //! (`EDGETWIN_MQTT_PORT`, `EDGETWIN_TELEMETRY_INTERVAL`, `EDGETWIN_THRESHOLDS__MEMORY_PERCENT`,
-//! `EDGETWIN_METRICS=load,memory`...). The twin's desired properties come last, at run time.
+//! `EDGETWIN_METRICS=load,memory`, `EDGETWIN_METRICS_PORT`...). The twin's desired properties come last, at run time.
 
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct ModuleConfig {
     pub thresholds: ThresholdConfig,
     /// Filesystem whose usage is reported as `disk`.
     pub disk_path: String,
+    /// Port of the Prometheus `/metrics` endpoint (9600 as edgeHub and edgeAgent; 0 = off).
+    pub metrics_port: u16,
 }
 
 /// Default alert thresholds.
@@ -75,7 +77,8 @@ impl ModuleConfig {
             .set_default("thresholds.cpu_temperature", 80.0)?
             .set_default("thresholds.memory_percent", 90.0)?
             .set_default("thresholds.disk_percent", 90.0)?
-            .set_default("disk_path", "/")?;
+            .set_default("disk_path", "/")?
+            .set_default("metrics_port", 9600)?;
         if let Some(file) = lookup(CONFIG_FILE_VARIABLE).filter(|f| !f.is_empty()) {
             builder = builder
                 .add_source(config::File::new(&file, config::FileFormat::Toml).required(true));
@@ -92,6 +95,7 @@ impl ModuleConfig {
             "THRESHOLDS__MEMORY_PERCENT",
             "THRESHOLDS__DISK_PERCENT",
             "DISK_PATH",
+            "METRICS_PORT",
         ]
         .iter()
         .filter_map(|name| {
@@ -175,6 +179,7 @@ mod tests {
         assert_eq!(c.telemetry_interval, 10);
         assert_eq!(c.metrics.len(), 5);
         assert_eq!(c.thresholds.memory_percent, 90.0);
+        assert_eq!(c.metrics_port, 9600);
     }
 
     #[test]
@@ -183,9 +188,11 @@ mod tests {
             ("EDGETWIN_MQTT_PORT", "18883"),
             ("EDGETWIN_METRICS", "load,uptime"),
             ("EDGETWIN_THRESHOLDS__MEMORY_PERCENT", "75"),
+            ("EDGETWIN_METRICS_PORT", "0"),
         ]))
         .unwrap();
         assert_eq!(c.mqtt_port, 18883);
+        assert_eq!(c.metrics_port, 0);
         assert_eq!(c.metrics, vec!["load", "uptime"]);
         assert_eq!(c.thresholds.memory_percent, 75.0);
     }
