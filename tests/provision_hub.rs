@@ -493,3 +493,382 @@ fn the_connection_string_and_ca_are_read_from_dotenv_and_requests_ca_bundle() {
     );
     assert!(stdout.contains("device gw-7: created"), "{stdout}");
 }
+
+/// A solution directory holding copies of the repository's `deployment.template.json` and
+/// `modules/edgetwin/module.json` (so generation never writes into the repository).
+fn copy_solution(hub: &Hub, name: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = hub.path(name);
+    std::fs::create_dir_all(dir.join("modules/edgetwin")).unwrap();
+    std::fs::copy(
+        repo.join("deployment.template.json"),
+        dir.join("deployment.template.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo.join("modules/edgetwin/module.json"),
+        dir.join("modules/edgetwin/module.json"),
+    )
+    .unwrap();
+    dir
+}
+
+/// The image tag genconfig gives the edgetwin module for `platform`, from module.json.
+fn image_tag(solution: &Path, platform: &str) -> String {
+    let module: Value = serde_json::from_str(
+        &std::fs::read_to_string(solution.join("modules/edgetwin/module.json")).unwrap(),
+    )
+    .unwrap();
+    format!(
+        "{}:{}-{platform}",
+        module["image"]["repository"].as_str().unwrap(),
+        module["image"]["tag"]["version"].as_str().unwrap()
+    )
+}
+
+fn twin_of(hub: &Hub, device: &str, module: Option<&str>) -> Value {
+    let mut args = vec!["twin", "get", "--device", device];
+    if let Some(module) = module {
+        args.extend(["--module", module]);
+    }
+    serde_json::from_str(&hub.run_ok(&args)).unwrap()
+}
+
+#[test]
+fn provision_generates_validates_and_applies_the_repositorys_deployment_template() {
+    let hub = Hub::start("manifest");
+    let solution = copy_solution(&hub, "solution");
+    let dir = solution.to_str().unwrap();
+    let out = hub.run_json(&[
+        "provision",
+        "--device",
+        "gw-m1",
+        "--module",
+        "edgetwin",
+        "--manifest-template",
+        "deployment.template.json",
+        "--platform",
+        "arm64v8",
+        "--dir",
+        dir,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out["manifest"]["platform"], "arm64v8");
+    assert_eq!(out["manifest"]["valid"], true);
+    assert_eq!(out["deployment"]["status"], "applied");
+    assert!(solution.join("config/deployment.arm64v8.json").is_file());
+
+    let agent = twin_of(&hub, "gw-m1", Some("$edgeAgent"));
+    let module = &agent["properties"]["desired"]["modules"]["edgetwin"];
+    assert_eq!(
+        module["settings"]["image"],
+        image_tag(&solution, "arm64v8"),
+        "{agent}"
+    );
+    // createOptions reach the agent as a minified string, as iotedgedev writes them.
+    assert!(module["settings"]["createOptions"]
+        .as_str()
+        .unwrap()
+        .contains("\"9600/tcp\""));
+    let twin = twin_of(&hub, "gw-m1", Some("edgetwin"));
+    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
+
+    // --dir alone finds the solution's template; the platform defaults to amd64.
+    let text = hub.run_ok(&[
+        "provision",
+        "--device",
+        "gw-m2",
+        "--module",
+        "edgetwin",
+        "--dir",
+        dir,
+    ]);
+    assert!(
+        text.contains("(amd64, from deployment.template.json): valid"),
+        "{text}"
+    );
+    assert!(
+        text.contains("deployment applied to device gw-m2"),
+        "{text}"
+    );
+    let agent = twin_of(&hub, "gw-m2", Some("$edgeAgent"));
+    assert_eq!(
+        agent["properties"]["desired"]["modules"]["edgetwin"]["settings"]["image"],
+        image_tag(&solution, "amd64")
+    );
+    let twin = twin_of(&hub, "gw-m2", Some("edgetwin"));
+    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
+
+    // At scale: the generated manifest becomes a configuration.
+    let text = hub.run_ok(&[
+        "provision",
+        "--dir",
+        dir,
+        "--target-condition",
+        "tags.ring='canary'",
+        "--deployment-id",
+        "edgetwin-canary",
+    ]);
+    assert!(text.contains("deployment edgetwin-canary"), "{text}");
+    assert!(text.contains("created"), "{text}");
+}
+
+#[test]
+fn an_invalid_generated_manifest_is_refused_naming_json_paths_and_nothing_is_provisioned() {
+    let hub = Hub::start("badmanifest");
+    let solution = copy_solution(&hub, "solution");
+    let path = solution.join("deployment.template.json");
+    let mut template: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    template["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["broken"] =
+        "FROM nowhere INTO $upstream".into();
+    template["modulesContent"]["$edgeAgent"]["properties.desired"]["schemaVersion"] = "9.9".into();
+    std::fs::write(&path, template.to_string()).unwrap();
+    let out = hub.run(&[
+        "provision",
+        "--device",
+        "gw-bad",
+        "--module",
+        "edgetwin",
+        "--manifest-template",
+        "deployment.template.json",
+        "--platform",
+        "amd64",
+        "--dir",
+        solution.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("modulesContent.$edgeHub.properties.desired.routes.broken"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("modulesContent.$edgeAgent.properties.desired.schemaVersion"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was provisioned"), "{stderr}");
+    let device = runtime()
+        .block_on(hub.client().get_device("gw-bad"))
+        .unwrap();
+    assert!(
+        device.is_none(),
+        "the device was created despite the invalid manifest"
+    );
+
+    // A template that cannot be generated at all is refused too, with its JSON path.
+    let mut broken = template.clone();
+    broken["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["edgetwin"]
+        ["settings"]["image"] = 5.into();
+    std::fs::write(&path, broken.to_string()).unwrap();
+    let out = hub.run(&[
+        "provision",
+        "--device",
+        "gw-bad",
+        "--dir",
+        solution.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("settings.image"), "{stderr}");
+}
+
+/// The module process, killed on drop; its stderr goes to `log`.
+struct ModuleProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ModuleProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ModuleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_twin(
+    hub: &Hub,
+    device: &str,
+    module: &mut ModuleProcess,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let twin = twin_of(hub, device, Some("edgetwin"));
+        if check(&twin["properties"]["reported"]) {
+            return twin;
+        }
+        if let Ok(Some(status)) = module.child.try_wait() {
+            panic!(
+                "the module exited ({status}) waiting for {what}:\n{}",
+                module.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; twin: {twin}\nmodule log:\n{}",
+            module.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_printed_module_connection_string_connects_the_module_and_twin_update_reaches_it() {
+    let hub = Hub::start("moduleconnect");
+    let text = hub.run_ok(&["provision", "--device", "gw-c", "--module", "edgetwin"]);
+    let connection_string = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MODULE_CONNECTION_STRING="))
+        .unwrap_or_else(|| panic!("no module connection string printed: {text}"))
+        .to_owned();
+    let log = hub.path("module.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_edgetwin-module"))
+        .env_clear()
+        .env("EDGETWIN_CONNECTION_STRING", &connection_string)
+        .env("EDGETWIN_CA_FILE", hub.ca())
+        .env("EDGETWIN_MQTT_PORT", hub.info["mqttPort"].to_string())
+        .env("EDGETWIN_METRICS_PORT", "0")
+        .env("EDGETWIN_BACKOFF_BASE_MS", "100")
+        .env("EDGETWIN_BACKOFF_MAX_SECS", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start edgetwin-module");
+    let mut module = ModuleProcess { child, log };
+
+    let twin = wait_for_twin(
+        &hub,
+        "gw-c",
+        &mut module,
+        "the module's first report",
+        |r| r["identitySource"] == "connectionString",
+    );
+    assert_eq!(twin["connectionState"], "Connected", "{twin}");
+
+    let change = hub.run_json(&[
+        "twin",
+        "update",
+        "--device",
+        "gw-c",
+        "--module",
+        "edgetwin",
+        "--desired",
+        r#"{"telemetryInterval":122}"#,
+        "--output",
+        "json",
+    ]);
+    let version = change["after"]["properties"]["desired"]["$version"]
+        .as_i64()
+        .unwrap();
+    let twin = wait_for_twin(&hub, "gw-c", &mut module, "the 122 acknowledgement", |r| {
+        r["telemetryInterval"]["ac"] == 200 && r["telemetryInterval"]["av"] == version
+    });
+    assert_eq!(
+        twin["properties"]["reported"]["telemetryInterval"]["value"],
+        122
+    );
+    assert!(
+        !module.log().contains(key_of(&connection_string).as_str()),
+        "the key leaked to the module log"
+    );
+}
+
+#[test]
+fn a_rerun_with_devices_from_applies_the_files_tags_to_existing_devices() {
+    let hub = Hub::start("retag");
+    let untagged = hub.path("devices.csv");
+    std::fs::write(&untagged, "deviceId\nre-1\nre-2\nre-3\n").unwrap();
+    let fleet = |file: &Path| {
+        hub.run_json(&[
+            "provision",
+            "--devices-from",
+            file.to_str().unwrap(),
+            "--module",
+            "edgetwin",
+            "--rate",
+            "0",
+            "--output",
+            "json",
+        ])
+    };
+    let first = fleet(&untagged);
+    assert_eq!(first["fleet"]["devicesCreated"], 3);
+    assert_eq!(first["fleet"]["tagsUpdated"], 0);
+
+    let manifest = hub.path("deployment.json");
+    write_deployment(&manifest, 55);
+    hub.run_ok(&[
+        "provision",
+        "--deployment",
+        manifest.to_str().unwrap(),
+        "--target-condition",
+        "tags.ring='canary'",
+        "--deployment-id",
+        "canary",
+    ]);
+    let interval = |device: &str| {
+        twin_of(&hub, device, Some("edgetwin"))["properties"]["desired"]["telemetryInterval"]
+            .clone()
+    };
+    assert_eq!(interval("re-1"), Value::Null);
+
+    // The edited file tags the existing devices; the deployment now selects two of them.
+    let tagged = hub.path("devices.jsonl");
+    std::fs::write(
+        &tagged,
+        "{\"deviceId\":\"re-1\",\"tags\":{\"ring\":\"canary\",\"site\":{\"building\":43}}}\n\
+         {\"deviceId\":\"re-2\",\"tags\":{\"ring\":\"canary\"}}\n\
+         {\"deviceId\":\"re-3\",\"tags\":{\"ring\":\"stable\"}}\n",
+    )
+    .unwrap();
+    // Tags set by someone else are kept: the file's tags are merged.
+    hub.run_ok(&[
+        "twin",
+        "update",
+        "--device",
+        "re-1",
+        "--tags",
+        r#"{"owner":"ops"}"#,
+    ]);
+    let second = fleet(&tagged);
+    assert_eq!(second["fleet"]["devicesExisting"], 3);
+    assert_eq!(second["fleet"]["modulesExisting"], 3);
+    assert_eq!(second["fleet"]["tagsUpdated"], 3);
+    let tags = twin_of(&hub, "re-1", None)["tags"].clone();
+    assert_eq!(
+        tags,
+        serde_json::json!({"owner":"ops","ring":"canary","site":{"building":43}})
+    );
+    assert_eq!(interval("re-1"), 55);
+    assert_eq!(interval("re-2"), 55);
+    assert_eq!(interval("re-3"), Value::Null);
+
+    // Moving a device between rings is one edited line and a re-run.
+    std::fs::write(
+        &untagged,
+        "deviceId,ring\nre-1,canary\nre-2,canary\nre-3,canary\n",
+    )
+    .unwrap();
+    let text = hub.run_ok(&[
+        "provision",
+        "--devices-from",
+        untagged.to_str().unwrap(),
+        "--rate",
+        "0",
+    ]);
+    assert!(
+        text.contains("tags updated on 3 existing devices"),
+        "{text}"
+    );
+    assert_eq!(interval("re-3"), 55);
+}

@@ -10,6 +10,7 @@ use super::deploy::{self, AtScale};
 use super::error::ProvisionError;
 use super::fleet::{self, FleetOptions};
 use super::identities::{self, Identity};
+use super::manifest::{self, ManifestRequest};
 use super::pacing::S1_REGISTRY_OPS_PER_MINUTE;
 use super::settings;
 use super::twin;
@@ -69,19 +70,9 @@ pub struct ProvisionArgs {
     /// Tags to merge into the device twin, a JSON object (one device).
     #[arg(long, value_name = "JSON", requires = "device")]
     pub tags: Option<String>,
-    /// Deployment manifest (config/deployment.<platform>.json) to apply to the device, or to
-    /// deploy at scale with --target-condition and --deployment-id.
-    #[arg(long, value_name = "FILE")]
-    pub deployment: Option<PathBuf>,
-    /// Target condition of an at-scale deployment, e.g. "tags.environment='prod'".
-    #[arg(long, value_name = "CONDITION", requires_all = ["deployment", "deployment_id"])]
-    pub target_condition: Option<String>,
-    /// Priority of the at-scale deployment (higher wins).
-    #[arg(long, default_value_t = 0, requires = "target_condition")]
-    pub priority: i32,
-    /// Id of the at-scale deployment (lower case).
-    #[arg(long, value_name = "ID", requires = "target_condition")]
-    pub deployment_id: Option<String>,
+    /// What to deploy, and where (boxed: the flags are many and rarely all used).
+    #[command(flatten)]
+    pub deploy: Box<DeployArgs>,
     /// Create a fleet of N devices named PREFIX1..PREFIXN.
     #[arg(long, value_name = "N", conflicts_with = "devices_from")]
     pub count: Option<usize>,
@@ -92,9 +83,41 @@ pub struct ProvisionArgs {
     /// deviceId column and tag columns.
     #[arg(long, value_name = "FILE")]
     pub devices_from: Option<PathBuf>,
-    /// Identity-registry requests per minute for fleets (default: IoT Hub S1, one unit); 0 = no pacing.
+    /// Identity-registry requests per minute for fleets (default: IoT Hub S1, one unit); 0 = no
+    /// pacing. Tag updates of existing devices are paced to S1's twin-update quota unless 0.
     #[arg(long, default_value_t = S1_REGISTRY_OPS_PER_MINUTE, value_name = "PER_MINUTE")]
     pub rate: f64,
+}
+
+/// The deployment flags of `edgetwin provision`: a manifest file or one generated from the
+/// solution's template, applied to `--device` or at scale.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// Deployment manifest (config/deployment.<platform>.json) to apply to the device, or to
+    /// deploy at scale with --target-condition and --deployment-id.
+    #[arg(long, value_name = "FILE")]
+    pub deployment: Option<PathBuf>,
+    /// Generate the deployment manifest from this template (relative to --dir) as `edgetwin
+    /// manifest gen` does, refuse it if validation fails, and apply it like --deployment.
+    #[arg(long, value_name = "FILE", conflicts_with = "deployment")]
+    pub manifest_template: Option<PathBuf>,
+    /// Platform of the generated manifest: amd64, arm64v8, arm32v7 (any platform key of
+    /// module.json) [default: $DEFAULT_PLATFORM or amd64]. Implies the manifest step.
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "deployment")]
+    pub platform: Option<String>,
+    /// The solution directory (deployment.template.json, modules/, .env) [default: the current
+    /// directory]. Given without --deployment, a template found there is generated and applied.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Target condition of an at-scale deployment, e.g. "tags.environment='prod'".
+    #[arg(long, value_name = "CONDITION", requires = "deployment_id")]
+    pub target_condition: Option<String>,
+    /// Priority of the at-scale deployment (higher wins).
+    #[arg(long, default_value_t = 0, requires = "target_condition")]
+    pub priority: i32,
+    /// Id of the at-scale deployment (lower case).
+    #[arg(long, value_name = "ID", requires = "target_condition")]
+    pub deployment_id: Option<String>,
 }
 
 /// Options of `edgetwin twin`.
@@ -196,11 +219,21 @@ pub async fn run_provision(args: ProvisionArgs) -> Result<(), String> {
 }
 
 async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
-    let content = args
-        .deployment
-        .as_deref()
-        .map(deploy::load_deployment)
-        .transpose()?;
+    // The manifest is generated and validated before anything is sent to the hub.
+    let request = ManifestRequest {
+        dir: args.deploy.dir.clone(),
+        template: args.deploy.manifest_template.clone(),
+        platform: args.deploy.platform.clone(),
+        deployment_given: args.deploy.deployment.is_some(),
+    };
+    let cwd = std::env::current_dir().map_err(|source| ProvisionError::Io {
+        path: ".".into(),
+        source,
+    })?;
+    let generate = manifest::plan(&request, &cwd, &manifest::default_template, &|p| {
+        p.is_file()
+    });
+    let deploying = generate.is_some() || args.deploy.deployment.is_some();
     let tags = args
         .tags
         .as_deref()
@@ -220,17 +253,24 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
         (None, Some(count)) => Some(fleet::from_count(&args.prefix, count)),
         (None, None) => None,
     };
-    if args.device.is_none() && fleet_devices.is_none() && args.target_condition.is_none() {
+    if args.device.is_none() && fleet_devices.is_none() && args.deploy.target_condition.is_none() {
         return Err(ProvisionError::Input(
             "nothing to do: give --device, --count or --devices-from (or --deployment with \
              --target-condition and --deployment-id)"
                 .into(),
         ));
     }
-    if fleet_devices.is_some() && content.is_some() && args.target_condition.is_none() {
+    if fleet_devices.is_some() && deploying && args.deploy.target_condition.is_none() {
         return Err(ProvisionError::Input(
             "a deployment for a fleet is an at-scale deployment: add --target-condition and \
              --deployment-id"
+                .into(),
+        ));
+    }
+    if args.deploy.target_condition.is_some() && !deploying {
+        return Err(ProvisionError::Input(
+            "--target-condition deploys a manifest: give --deployment, or --manifest-template \
+             (or --dir with the solution's deployment.template.json)"
                 .into(),
         ));
     }
@@ -239,6 +279,18 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
             "--module needs --device, --count or --devices-from".into(),
         ));
     }
+    let generated = generate
+        .map(|options| manifest::generate(&options))
+        .transpose()?;
+    let content = match &generated {
+        Some(generated) => Some(generated.content.clone()),
+        None => args
+            .deploy
+            .deployment
+            .as_deref()
+            .map(deploy::load_deployment)
+            .transpose()?,
+    };
     let client = connect(&args.hub)?;
     let json_out = args.output == OutputFormat::Json;
     let mut report = Map::new();
@@ -246,6 +298,26 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
         "hostName".into(),
         settings::device_host_name(client.host()).into(),
     );
+    if let Some(generated) = &generated {
+        if json_out {
+            report.insert(
+                "manifest".into(),
+                json!({
+                    "template": generated.template.display().to_string(),
+                    "platform": generated.platform,
+                    "path": generated.path.display().to_string(),
+                    "valid": true,
+                }),
+            );
+        } else {
+            println!(
+                "manifest {} ({}, from {}): valid",
+                generated.path.display(),
+                generated.platform,
+                generated.template.display()
+            );
+        }
+    }
 
     if let Some(device_id) = &args.device {
         let mut identities = vec![identities::ensure_device(&client, device_id, args.edge).await?];
@@ -340,6 +412,7 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
                     "devicesExisting": summary.devices_existing,
                     "modulesCreated": summary.modules_created,
                     "modulesExisting": summary.modules_existing,
+                    "tagsUpdated": summary.tags_updated,
                     "failed": failures,
                     "bulkRequests": summary.bulk_requests,
                     "httpAttempts": summary.http_attempts,
@@ -354,8 +427,16 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
                 };
                 println!("failed {what}: {} {}", f.code, f.message);
             }
+            let retagged = if summary.tags_updated > 0 {
+                format!(
+                    "; tags updated on {} existing devices",
+                    summary.tags_updated
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "fleet: {} devices: {} created, {} existing; modules: {} created, {} existing; \
+                "fleet: {} devices: {} created, {} existing; modules: {} created, {} existing{retagged}; \
                  {} failed; {} bulk requests in {:.1}s",
                 summary.devices,
                 summary.devices_created,
@@ -382,23 +463,23 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
     }
 
     if let Some(content) = &content {
-        match (&args.target_condition, &args.deployment_id) {
+        match (&args.deploy.target_condition, &args.deploy.deployment_id) {
             (Some(condition), Some(id)) => {
                 let spec = AtScale {
                     id: id.clone(),
                     target_condition: condition.clone(),
-                    priority: args.priority,
+                    priority: args.deploy.priority,
                 };
                 let outcome = deploy::deploy_at_scale(&client, &spec, content).await?;
                 if json_out {
                     report.insert(
                         "deployment".into(),
-                        json!({"id": id, "targetCondition": condition, "priority": args.priority, "status": outcome.as_str()}),
+                        json!({"id": id, "targetCondition": condition, "priority": args.deploy.priority, "status": outcome.as_str()}),
                     );
                 } else {
                     println!(
                         "deployment {id} (target {condition}, priority {}): {}",
-                        args.priority,
+                        args.deploy.priority,
                         outcome.as_str()
                     );
                 }

@@ -1,7 +1,9 @@
 //! Fleets: many edge devices, each with the module identity, through bulk `POST /devices`
 //! (100 items per request, a device and its module always in the same request), paced to the
 //! hub's identity-registry quota. Resumable: identities that exist are counted as existing and
-//! kept, so a re-run after an interruption finishes the job.
+//! kept, so a re-run after an interruption finishes the job. Tags from a devices file are set on
+//! new devices by the create item and merged into existing devices' twins, so a re-run with an
+//! edited file re-tags the fleet for target conditions.
 //!
 //! Keys of created identities are generated here (32 random bytes, as IoT Hub generates them) so
 //! their connection strings are known without reading every identity back; keys of existing
@@ -25,8 +27,9 @@ use serde_json::{Map, Value};
 use super::client::ServiceClient;
 use super::error::ProvisionError;
 use super::identities::primary_key;
-use super::pacing::Pacer;
+use super::pacing::{Pacer, S1_TWIN_UPDATES_PER_SECOND};
 use super::settings::device_host_name;
+use super::twin::twin_patch;
 
 /// Most items in one bulk request (IoT Hub's limit).
 pub const MAX_BULK_ITEMS: usize = 100;
@@ -268,6 +271,8 @@ pub struct FleetSummary {
     pub modules_created: usize,
     /// Modules that already existed.
     pub modules_existing: usize,
+    /// Existing devices whose twin tags were updated from the devices file.
+    pub tags_updated: usize,
     /// Items that failed for another reason.
     pub failures: Vec<Failure>,
     /// Bulk requests sent (retries not counted).
@@ -288,6 +293,16 @@ enum ItemOutcome {
 
 fn is_already_exists(code: &str) -> bool {
     matches!(code, "DeviceAlreadyExists" | "ModuleAlreadyExistsOnDevice")
+}
+
+/// Twin updates per minute for tag updates: IoT Hub S1's twin-update quota when registry pacing
+/// is on (`rate > 0`), none when it is off.
+pub fn twin_update_rate(registry_rate_per_minute: f64) -> f64 {
+    if registry_rate_per_minute.is_finite() && registry_rate_per_minute > 0.0 {
+        S1_TWIN_UPDATES_PER_SECOND * 60.0
+    } else {
+        0.0
+    }
 }
 
 /// Options of a fleet run.
@@ -325,6 +340,7 @@ pub async fn run(
     let started = Instant::now();
     let attempts_before = client.attempts();
     let mut pacer = Pacer::per_minute(options.rate_per_minute);
+    let mut twin_pacer = Pacer::per_minute(twin_update_rate(options.rate_per_minute));
     let batches = plan_batches(
         devices,
         options.module_id.as_deref(),
@@ -350,6 +366,7 @@ pub async fn run(
             .into_iter()
             .map(|e| ((e.device_id, e.module_id), (e.error_code, e.error_status)))
             .collect();
+        let mut retag: Vec<(&str, &Map<String, Value>)> = Vec::new();
         for planned in batch {
             let key = (planned.item.id.clone(), planned.item.module_id.clone());
             let outcome = match errors.get(&key) {
@@ -373,6 +390,11 @@ pub async fn run(
                 (ItemOutcome::Existing, true) => summary.modules_existing += 1,
                 (ItemOutcome::Failed, _) => {}
             }
+            if let (ItemOutcome::Existing, false, Some(tags)) =
+                (outcome, is_module, planned.item.tags.as_ref())
+            {
+                retag.push((planned.item.id.as_str(), tags));
+            }
             match outcome {
                 ItemOutcome::Created => {
                     created_keys.insert(key, planned.key.clone());
@@ -382,6 +404,22 @@ pub async fn run(
             }
             if !is_module {
                 done += 1;
+            }
+        }
+        // A create item's tags only reach new devices: existing ones get a twin PATCH (merge),
+        // so a re-run with an edited devices file lets target conditions select them.
+        for (device_id, tags) in retag {
+            tokio::time::sleep(twin_pacer.reserve(Instant::now())).await;
+            let patch = twin_patch(None, Some(tags.clone()));
+            match client.patch_twin(device_id, None, &patch).await {
+                Ok(_) => summary.tags_updated += 1,
+                Err(ProvisionError::Service(e)) => summary.failures.push(Failure {
+                    device_id: device_id.to_owned(),
+                    module_id: None,
+                    code: e.code.clone().unwrap_or_else(|| e.status.to_string()),
+                    message: format!("updating the twin tags: {}", e.message),
+                }),
+                Err(e) => return Err(e),
             }
         }
         show_progress(progress, done, devices.len());
@@ -563,5 +601,12 @@ mod tests {
         let key = new_key();
         assert_eq!(key.expose().len(), 44);
         assert_ne!(key, new_key());
+    }
+
+    #[test]
+    fn tag_updates_follow_the_twin_quota_only_when_pacing_is_on() {
+        assert_eq!(twin_update_rate(100.0), 3000.0);
+        assert_eq!(twin_update_rate(0.0), 0.0);
+        assert_eq!(twin_update_rate(f64::NAN), 0.0);
     }
 }

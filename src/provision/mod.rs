@@ -6,6 +6,7 @@
 //!   connection string and CA come from), unit-tested.
 //! - [`identities`]: idempotent device and module creation, connection strings.
 //! - [`deploy`]: a deployment manifest applied to one device or as an at-scale configuration.
+//! - [`manifest`]: the manifest step (generate with [`crate::manifest`], refuse if invalid).
 //! - [`fleet`]: many edge devices through bulk `POST /devices`, paced and resumable.
 //! - [`twin`]: `twin get` / `twin update`.
 //! - [`cli`]: the clap arguments and the command runners used by the `edgetwin` binary.
@@ -17,6 +18,7 @@ pub mod deploy;
 pub mod error;
 pub mod fleet;
 pub mod identities;
+pub mod manifest;
 pub mod pacing;
 pub mod settings;
 pub mod twin;

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 /// IoT Hub S1 (and Free, B1) identity-registry quota: 100 operations per minute per unit.
 pub const S1_REGISTRY_OPS_PER_MINUTE: f64 = 100.0;
 
+/// IoT Hub S1 (and Free) twin-update quota: 50 device and module twin updates per second.
+pub const S1_TWIN_UPDATES_PER_SECOND: f64 = 50.0;
+
 /// Spaces requests evenly at a fixed rate; the first request goes at once.
 #[derive(Debug, Clone)]
 pub struct Pacer {

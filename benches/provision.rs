@@ -1,0 +1,333 @@
+//! Provisioning benchmark (not a timed test): 1,000 IoT Edge devices with a module identity each,
+//! against a fresh local hub (`edgetwin hub`, ports 0) per measurement, done three ways:
+//!
+//! - `edgetwin provision --count N --prefix bench- --module edgetwin --rate 0` (bulk
+//!   `POST /devices`, a device and its module in the same request, pacing off);
+//! - Microsoft's Python service SDK (azure-iot-hub, `IoTHubRegistryManager`) the straightforward
+//!   way: `create_device_with_sas` + `create_module_with_sas` per device;
+//! - the same SDK with `bulk_create_or_update_devices`, 100 items per request (its
+//!   `ExportImportDevice` has `module_id`, so modules go in bulk too).
+//!
+//! The Python side is `tests/python/bench_provision.py`, run with `.venv/bin/python` (override
+//! with `EDGETWIN_BENCH_PYTHON`); `REQUESTS_CA_BUNDLE` points at the hub's CA. Everything runs as
+//! processes, so wall times include process start-up (the in-process provisioning time is shown
+//! too). Run it with the release build when the machine is idle:
+//!
+//! ```text
+//! cargo bench --bench provision                  # N=1000, 3 runs of each
+//! cargo bench --bench provision -- --count 200 --runs 1 --no-python
+//! ```
+//!
+//! It prints a markdown table, the commands, and the load average before and after.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
+const MODULE: &str = "edgetwin";
+const PREFIX: &str = "bench-";
+
+struct Options {
+    count: usize,
+    runs: usize,
+    python: Option<PathBuf>,
+}
+
+fn options() -> Options {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut options = Options {
+        count: 1000,
+        runs: 3,
+        python: Some(
+            std::env::var_os("EDGETWIN_BENCH_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo.join(".venv/bin/python")),
+        ),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| -> usize {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--count" => options.count = value("--count"),
+            "--runs" => options.runs = value("--runs").max(1),
+            "--no-python" => options.python = None,
+            // cargo bench passes --bench; other harness flags do not apply.
+            _ => {}
+        }
+    }
+    options
+}
+
+/// A fresh hub in a temporary directory, stopped and removed on drop.
+struct Hub {
+    child: Child,
+    dir: PathBuf,
+    info: Value,
+}
+
+impl Hub {
+    fn start() -> Hub {
+        let dir = std::env::temp_dir().join(format!(
+            "edgetwin-bench-provision-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(EDGETWIN)
+            .args(["hub", "--data-dir"])
+            .arg(dir.join("hub"))
+            .args(["--mqtt-port", "0", "--rest-port", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start edgetwin hub");
+        let info_path = dir.join("hub/hub.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let info = loop {
+            if let Some(info) = std::fs::read_to_string(&info_path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            {
+                break info;
+            }
+            assert!(Instant::now() < deadline, "hub.json did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Hub { child, dir, info }
+    }
+
+    fn connection_string(&self) -> &str {
+        self.info["serviceConnectionString"].as_str().unwrap()
+    }
+
+    fn ca(&self) -> &str {
+        self.info["caCertificate"].as_str().unwrap()
+    }
+
+    /// `edgetwin twin get` of the last device's module: the work really happened.
+    fn check_last_module(&self, count: usize) {
+        let out = Command::new(EDGETWIN)
+            .args(["twin", "get", "--device", &format!("{PREFIX}{count}")])
+            .args(["--module", MODULE])
+            .env("IOTHUB_CONNECTION_STRING", self.connection_string())
+            .env("EDGETWIN_CA_FILE", self.ca())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the last module is missing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One timed run.
+struct Sample {
+    wall: f64,
+    inner: f64,
+    requests: u64,
+}
+
+/// A way of provisioning: its label, the command shown, and how to run it on a hub.
+struct Method {
+    tool: &'static str,
+    how: &'static str,
+    command: String,
+    run: Box<dyn Fn(&Hub) -> Sample>,
+}
+
+fn run_timed(command: &mut Command) -> (f64, String) {
+    let started = Instant::now();
+    let out = command.output().expect("run the provisioning command");
+    let wall = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (wall, stdout)
+}
+
+fn edgetwin_method(count: usize) -> Method {
+    let count_text = count.to_string();
+    let args: Vec<String> = [
+        "provision",
+        "--count",
+        &count_text,
+        "--prefix",
+        PREFIX,
+        "--module",
+        MODULE,
+        "--rate",
+        "0",
+        "--output",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Method {
+        tool: "edgetwin provision (Rust)",
+        how: "bulk POST /devices, device + module per request (100 items)",
+        command: format!("edgetwin {}", args.join(" ")),
+        run: Box::new(move |hub: &Hub| {
+            let (wall, stdout) = run_timed(
+                Command::new(EDGETWIN)
+                    .args(&args)
+                    .env("IOTHUB_CONNECTION_STRING", hub.connection_string())
+                    .env("EDGETWIN_CA_FILE", hub.ca()),
+            );
+            let report: Value = serde_json::from_str(&stdout).unwrap();
+            let fleet = &report["fleet"];
+            assert_eq!(fleet["devicesCreated"], count, "{report}");
+            assert_eq!(fleet["modulesCreated"], count, "{report}");
+            Sample {
+                wall,
+                inner: fleet["seconds"].as_f64().unwrap_or(f64::NAN),
+                requests: fleet["httpAttempts"].as_u64().unwrap_or(0),
+            }
+        }),
+    }
+}
+
+fn python_method(python: &Path, mode: &'static str, count: usize) -> Method {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/bench_provision.py");
+    let how = match mode {
+        "straightforward" => "IoTHubRegistryManager: create_device_with_sas + create_module_with_sas per device",
+        _ => "IoTHubRegistryManager: bulk_create_or_update_devices, device + module per request (100 items)",
+    };
+    let python = python.to_path_buf();
+    Method {
+        tool: "azure-iot-hub 2.7 (Python)",
+        how,
+        command: format!(
+            "python tests/python/bench_provision.py --mode {mode} --count {count} --prefix {PREFIX} --module {MODULE}"
+        ),
+        run: Box::new(move |hub: &Hub| {
+            let (wall, stdout) = run_timed(
+                Command::new(&python)
+                    .arg(&script)
+                    .args(["--mode", mode, "--count", &count.to_string()])
+                    .args(["--prefix", PREFIX, "--module", MODULE])
+                    .env("IOTHUB_CONNECTION_STRING", hub.connection_string())
+                    .env("REQUESTS_CA_BUNDLE", hub.ca()),
+            );
+            let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+            Sample {
+                wall,
+                inner: line["seconds"].as_f64().unwrap_or(f64::NAN),
+                requests: line["requests"].as_u64().unwrap_or(0),
+            }
+        }),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn main() {
+    let options = options();
+    let mut methods = vec![edgetwin_method(options.count)];
+    match &options.python {
+        Some(python) if python.exists() => {
+            methods.push(python_method(python, "straightforward", options.count));
+            methods.push(python_method(python, "bulk", options.count));
+        }
+        Some(python) => eprintln!(
+            "note: {} not found: Python rows skipped (set EDGETWIN_BENCH_PYTHON)",
+            python.display()
+        ),
+        None => {}
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load_before = load_average();
+    eprintln!(
+        "provisioning {} edge devices + {} modules, {} run(s) per method, a fresh hub per run; load average {load_before}",
+        options.count, options.count, options.runs
+    );
+    let mut rows = Vec::new();
+    for method in &methods {
+        let mut samples = Vec::new();
+        for run in 1..=options.runs {
+            let hub = Hub::start();
+            let sample = (method.run)(&hub);
+            hub.check_last_module(options.count);
+            eprintln!(
+                "  {} / {}: run {run}: {:.2}s wall, {:.2}s provisioning, {} requests (load {})",
+                method.tool,
+                method.how,
+                sample.wall,
+                sample.inner,
+                sample.requests,
+                load_average()
+            );
+            samples.push(sample);
+        }
+        rows.push((method, samples));
+    }
+    let load_after = load_average();
+
+    println!();
+    println!(
+        "Provisioning {n} IoT Edge devices with a module identity each ({m} identities) against a fresh local `edgetwin hub` per run (release build, pacing off); median of {runs} run(s), min–max in brackets.",
+        n = options.count,
+        m = 2 * options.count,
+        runs = options.runs
+    );
+    println!();
+    println!(
+        "| tool | how | HTTP requests | wall time, process (s) | provisioning (s) | identities/s |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (method, samples) in &rows {
+        let walls: Vec<f64> = samples.iter().map(|s| s.wall).collect();
+        let inners: Vec<f64> = samples.iter().map(|s| s.inner).collect();
+        let (min, max) = walls
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), w| (lo.min(*w), hi.max(*w)));
+        let wall = median(walls);
+        println!(
+            "| {} | {} | {} | {wall:.2} [{min:.2}–{max:.2}] | {:.2} | {:.0} |",
+            method.tool,
+            method.how,
+            samples[0].requests,
+            median(inners),
+            (2 * options.count) as f64 / wall
+        );
+    }
+    println!();
+    println!("Commands (IOTHUB_CONNECTION_STRING = the hub's owner policy; EDGETWIN_CA_FILE / REQUESTS_CA_BUNDLE = its CA):");
+    println!();
+    for (method, _) in &rows {
+        println!("    {}", method.command);
+    }
+    println!();
+    println!(
+        "Machine: {cores} core(s); load average (1, 5, 15 min) before {load_before}, after {load_after}. Hub: `edgetwin hub --data-dir <tmp> --mqtt-port 0 --rest-port 0`, same binary."
+    );
+}
