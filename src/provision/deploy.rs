@@ -83,18 +83,8 @@ pub fn load_deployment(path: &Path) -> Result<ConfigurationContent, ProvisionErr
 /// Checks a deployment (configuration) id as IoT Hub does: 1 to 128 characters, lower case, no
 /// spaces and none of `& ^ [ ] { } \ | " < > /`.
 pub fn check_deployment_id(id: &str) -> Result<(), ProvisionError> {
-    let bad = |c: char| c.is_whitespace() || c.is_uppercase() || "&^[]{}\\|\"<>/".contains(c);
-    if id.is_empty() || id.chars().count() > 128 {
-        return Err(ProvisionError::Input(format!(
-            "--deployment-id '{id}' must be 1 to 128 characters"
-        )));
-    }
-    if let Some(c) = id.chars().find(|c| bad(*c)) {
-        return Err(ProvisionError::Input(format!(
-            "--deployment-id '{id}' contains '{c}': deployment ids are lower case, without spaces or &^[]{{}}\\|\"<>/"
-        )));
-    }
-    Ok(())
+    edgetwin_wire::ids::check_configuration_id(id)
+        .map_err(|why| ProvisionError::Input(format!("--deployment-id '{id}' {why}")))
 }
 
 /// Applies `content` to one edge device (its `$edgeAgent`, `$edgeHub` and module twins).

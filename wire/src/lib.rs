@@ -11,6 +11,7 @@
 pub mod condition;
 pub mod connection_string;
 pub mod edge;
+pub mod ids;
 pub mod rest;
 pub mod route;
 pub mod sas;

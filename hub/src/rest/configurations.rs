@@ -66,18 +66,8 @@ fn not_found_error(id: &str) -> ApiError {
 
 /// Validates a configuration id: at most 128 lower-case characters without spaces or `&^[]{}\|"<>/`.
 fn validate_id(id: &str) -> Result<(), ApiError> {
-    let bad = |c: char| c.is_whitespace() || c.is_ascii_uppercase() || "&^[]{}\\|\"<>/".contains(c);
-    if id.is_empty() || id.len() > 128 {
-        return Err(ApiError::invalid(format!(
-            "configuration id '{id}' must be 1 to 128 characters"
-        )));
-    }
-    if let Some(c) = id.chars().find(|c| bad(*c)) {
-        return Err(ApiError::invalid(format!(
-            "configuration id '{id}' contains '{c}'; ids are lower case without spaces or &^[]{{}}\\|\"<>/"
-        )));
-    }
-    Ok(())
+    edgetwin_wire::ids::check_configuration_id(id)
+        .map_err(|why| ApiError::invalid(format!("configuration id '{id}' {why}")))
 }
 
 fn put(

@@ -1,0 +1,62 @@
+//! IoT Hub's rules for ids: device and module ids, and configuration (deployment) ids.
+
+/// Why an id is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Empty, or longer than 128 characters.
+    #[error("must be 1 to 128 characters long")]
+    Length,
+    /// A character IoT Hub does not allow.
+    #[error("contains '{0}', which IoT Hub does not allow")]
+    Character(char),
+}
+
+fn check(id: &str, allowed: impl Fn(char) -> bool) -> Result<(), IdError> {
+    if id.is_empty() || id.chars().count() > 128 {
+        return Err(IdError::Length);
+    }
+    match id.chars().find(|c| !allowed(*c)) {
+        Some(c) => Err(IdError::Character(c)),
+        None => Ok(()),
+    }
+}
+
+/// A device or module id: 1-128 ASCII letters, digits and `- : . + % _ # * ? ! ( ) , = @ ; $ '`.
+pub fn check_identity_id(id: &str) -> Result<(), IdError> {
+    check(id, |c| {
+        c.is_ascii_alphanumeric() || "-:.+%_#*?!(),=@;$'".contains(c)
+    })
+}
+
+/// A configuration or deployment id: 1-128 characters, lower case, no white space and none of
+/// `& ^ [ ] { } \ | " < > /`.
+pub fn check_configuration_id(id: &str) -> Result<(), IdError> {
+    check(id, |c| {
+        !(c.is_whitespace() || c.is_uppercase() || "&^[]{}\\|\"<>/".contains(c))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_ids_follow_iot_hub_rules() {
+        assert_eq!(check_identity_id("gw-01:a.b+c%_#*?!(),=@;$'"), Ok(()));
+        assert_eq!(check_identity_id(""), Err(IdError::Length));
+        assert_eq!(check_identity_id(&"a".repeat(129)), Err(IdError::Length));
+        assert_eq!(check_identity_id("has space"), Err(IdError::Character(' ')));
+        assert_eq!(check_identity_id("é"), Err(IdError::Character('é')));
+    }
+
+    #[test]
+    fn configuration_ids_are_lower_case_without_special_characters() {
+        assert_eq!(check_configuration_id("prod-base_2"), Ok(()));
+        assert_eq!(check_configuration_id("Prod"), Err(IdError::Character('P')));
+        assert_eq!(check_configuration_id("a/b"), Err(IdError::Character('/')));
+        assert_eq!(
+            check_configuration_id(&"x".repeat(129)),
+            Err(IdError::Length)
+        );
+    }
+}
