@@ -45,15 +45,44 @@ impl ReportedWriter {
 
     /// Applies a reported patch durably; returns the new `reported.$version`.
     pub async fn patch(&self, key: IdentityKey, body: Bytes) -> Result<i64, ApiError> {
-        let unavailable =
-            || ApiError::new(ErrorCode::ServiceUnavailable, "the hub is shutting down");
+        self.submit(key, body).await?.outcome().await
+    }
+
+    /// Queues a reported patch (waiting only for room in the queue) and returns the handle to
+    /// its outcome, so that a connection can keep reading while the patch waits for its commit.
+    /// Patches are applied in the order they are submitted.
+    pub async fn submit(&self, key: IdentityKey, body: Bytes) -> Result<Committing, ApiError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Pending { key, body, reply })
             .await
             .map_err(|_| unavailable())?;
-        outcome.await.map_err(|_| unavailable())?
+        Ok(Committing(outcome))
     }
+}
+
+/// A submitted reported patch waiting for its group commit.
+pub struct Committing(oneshot::Receiver<Result<i64, ApiError>>);
+
+impl Committing {
+    /// Waits for the commit; the new `reported.$version`. Cancel-safe: awaiting it again after
+    /// a cancelled wait still yields the outcome.
+    pub async fn outcome(&mut self) -> Result<i64, ApiError> {
+        (&mut self.0).await.map_err(|_| unavailable())?
+    }
+
+    /// The outcome if the commit is already done, without waiting.
+    pub fn try_outcome(&mut self) -> Option<Result<i64, ApiError>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(unavailable())),
+        }
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(ErrorCode::ServiceUnavailable, "the hub is shutting down")
 }
 
 async fn run(store: Arc<Mutex<Store>>, mut rx: mpsc::Receiver<Pending>) {

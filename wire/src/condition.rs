@@ -175,8 +175,10 @@ impl Parser<'_> {
     fn keyword(&mut self, keyword: &str) -> bool {
         self.skip_space();
         let rest = self.rest();
-        let matches = rest.len() >= keyword.len()
-            && rest[..keyword.len()].eq_ignore_ascii_case(keyword)
+        // `get`, not indexing: the byte after a keyword's length may be inside a multi-byte char.
+        let matches = rest
+            .get(..keyword.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(keyword))
             && !rest[keyword.len()..]
                 .chars()
                 .next()
@@ -392,6 +394,22 @@ mod tests {
             "properties": { "reported": { "fw": "1.2.0" } },
             "capabilities": { "iotEdge": true },
         })
+    }
+
+    #[test]
+    fn a_multi_byte_char_where_a_keyword_could_end_is_an_error_not_a_panic() {
+        // Found by the condition_route fuzz target: `keyword` sliced `rest[..3]` inside `؏`.
+        let text = "NOT (properties\u{64d}\u{60f}rod';;;;;;;;;;;;;; AND deviceId IN ['d1','d2']gs.nested.x.y)";
+        assert!(Condition::parse(text).is_err());
+        for text in [
+            "é",
+            "tags.a = 'x' Aé",
+            "tags.a = 'x' ANé",
+            "NOé",
+            "tags.a Ié ['x']",
+        ] {
+            assert!(Condition::parse(text).is_err(), "{text}");
+        }
     }
 
     #[test]

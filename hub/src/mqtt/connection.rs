@@ -2,7 +2,7 @@
 //! from the hub, the keep-alive deadline and the token's expiry. Everything on `$iothub/` is
 //! scoped to the connection's identity.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use crate::ids;
 use crate::live::Outgoing;
 use crate::messages::Message;
 use crate::methods::MethodResponse;
+use crate::reported::Committing;
 use crate::routing::{self, RoutedMessage};
 use crate::store::IdentityKey;
 use crate::twins;
@@ -33,6 +34,9 @@ pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest keep-alive the hub honours (Azure's load-balancer idle limit).
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
+/// Reported patches of one connection that may wait for their group commit at once; past this
+/// the connection stops reading until the oldest is answered.
+const MAX_PIPELINED: usize = 64;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +82,20 @@ async fn write_packet<W: AsyncWrite + Unpin>(
     writer: &mut W,
     packet: Packet,
 ) -> Result<(), ConnectionEnd> {
-    let mut out = BytesMut::with_capacity(packet.size() + 8);
-    packet
-        .write(&mut out, usize::MAX)
-        .map_err(|e| ConnectionEnd::Violation(format!("cannot encode packet: {e}")))?;
+    write_packets(writer, vec![packet]).await
+}
+
+/// Writes packets with one write and one flush.
+async fn write_packets<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packets: Vec<Packet>,
+) -> Result<(), ConnectionEnd> {
+    let mut out = BytesMut::with_capacity(packets.iter().map(|p| p.size() + 8).sum());
+    for packet in packets {
+        packet
+            .write(&mut out, usize::MAX)
+            .map_err(|e| ConnectionEnd::Violation(format!("cannot encode packet: {e}")))?;
+    }
     writer.write_all(&out).await?;
     writer.flush().await?;
     Ok(())
@@ -167,6 +181,11 @@ where
             .connection_life(Duration::from_secs(expiry.saturating_sub(ids::now_unix())));
         let token_expiry = tokio::time::sleep(expires_in);
         tokio::pin!(token_expiry);
+        // Reported patches submitted to the group commit and not yet answered, oldest first.
+        // Only reported patches are pipelined; any other packet first waits for these to be
+        // answered, so every reply goes out in the order of the packets, and a twin GET sees
+        // every patch sent before it.
+        let mut pipelined: VecDeque<InFlight> = VecDeque::new();
         loop {
             let quiet = async {
                 match keep_alive {
@@ -175,15 +194,31 @@ where
                 }
             };
             tokio::select! {
-                packet = reader.next() => match packet? {
-                    None => return Ok(()),
-                    Some(Packet::Disconnect) => return Ok(()),
+                packet = reader.next(), if pipelined.len() < MAX_PIPELINED => match packet? {
+                    None | Some(Packet::Disconnect) => {
+                        session.answer_all(&mut pipelined, &mut writer).await?;
+                        return Ok(());
+                    }
+                    Some(Packet::Publish(publish)) if session.is_reported_patch(&publish) => {
+                        pipelined.push_back(session.submit_reported(publish).await?);
+                    }
                     Some(packet) => {
+                        session.answer_all(&mut pipelined, &mut writer).await?;
                         for reply in session.handle(packet).await? {
                             write_packet(&mut writer, reply).await?;
                         }
                     }
                 },
+                result = next_outcome(&mut pipelined), if !pipelined.is_empty() => {
+                    // Answer this patch and every later one already committed, in one write.
+                    let mut replies = Vec::new();
+                    let mut result = Some(result);
+                    while let Some(result) = result.take().or_else(|| ready_outcome(&mut pipelined)) {
+                        let Some(done) = pipelined.pop_front() else { break };
+                        replies.extend(session.answer_reported(done, result));
+                    }
+                    write_packets(&mut writer, replies).await?;
+                }
                 Some(message) = registration.outgoing.recv() => {
                     let packet = session.outgoing_publish(message);
                     write_packet(&mut writer, packet).await?;
@@ -246,7 +281,127 @@ struct Session {
     next_pkid: u16,
 }
 
+/// A reported patch read from the client and not yet answered.
+struct InFlight {
+    /// The PUBLISH packet id to acknowledge (QoS 1).
+    puback: Option<u16>,
+    /// The request id to answer on `$iothub/twin/res/`, if the client gave one.
+    rid: Option<String>,
+    /// The patch's way to its outcome.
+    outcome: Outcome,
+}
+
+/// How a pipelined reported patch ends.
+enum Outcome {
+    /// Waiting for the group commit.
+    Committing(Committing),
+    /// Already decided (throttled by an injected fault, or the writer is gone).
+    Decided(Option<Result<i64, ApiError>>),
+}
+
+/// The outcome of the oldest pipelined patch (pending forever if there is none).
+async fn next_outcome(pipelined: &mut VecDeque<InFlight>) -> Result<i64, ApiError> {
+    match pipelined.front_mut().map(|f| &mut f.outcome) {
+        Some(Outcome::Committing(committing)) => committing.outcome().await,
+        Some(Outcome::Decided(decided)) => decided.take().unwrap_or_else(|| {
+            Err(ApiError::new(
+                ErrorCode::ServerError,
+                "outcome already taken",
+            ))
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+/// The outcome of the oldest pipelined patch if it is already decided.
+fn ready_outcome(pipelined: &mut VecDeque<InFlight>) -> Option<Result<i64, ApiError>> {
+    match &mut pipelined.front_mut()?.outcome {
+        Outcome::Committing(committing) => committing.try_outcome(),
+        Outcome::Decided(decided) => decided.take(),
+    }
+}
+
 impl Session {
+    /// Whether `publish` is a reported patch that can be pipelined (QoS 0 or 1, own twin).
+    fn is_reported_patch(&self, publish: &Publish) -> bool {
+        publish.qos != QoS::ExactlyOnce
+            && matches!(
+                topic::parse_inbound(
+                    &publish.topic,
+                    &self.key.device_id,
+                    self.key.module_id.as_deref()
+                ),
+                Ok(Inbound::ReportedPatch { .. })
+            )
+    }
+
+    /// Hands a reported patch to the group commit without waiting for the commit.
+    async fn submit_reported(&mut self, publish: Publish) -> Result<InFlight, ConnectionEnd> {
+        let rid = match topic::parse_inbound(
+            &publish.topic,
+            &self.key.device_id,
+            self.key.module_id.as_deref(),
+        ) {
+            Ok(Inbound::ReportedPatch { rid }) => rid,
+            _ => return Err(ConnectionEnd::Violation("not a reported patch".into())),
+        };
+        let puback = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
+        let outcome = if rid.is_some() && self.throttled(&inbound_operation(&publish.topic)) {
+            Outcome::Decided(Some(Err(ApiError::new(
+                ErrorCode::ThrottlingException,
+                "throttled (injected fault)",
+            ))))
+        } else {
+            match self
+                .hub
+                .reported
+                .submit(self.key.clone(), publish.payload)
+                .await
+            {
+                Ok(committing) => Outcome::Committing(committing),
+                Err(error) => Outcome::Decided(Some(Err(error))),
+            }
+        };
+        Ok(InFlight {
+            puback,
+            rid,
+            outcome,
+        })
+    }
+
+    /// The replies to a reported patch once it is decided: PUBACK (QoS 1), then the twin
+    /// response (if it had a `$rid`).
+    fn answer_reported(&mut self, done: InFlight, result: Result<i64, ApiError>) -> Vec<Packet> {
+        let mut replies = Vec::new();
+        if let Some(pkid) = done.puback {
+            replies.push(Packet::PubAck(PubAck::new(pkid)));
+        }
+        if let Some(rid) = done.rid {
+            replies.push(match result {
+                Ok(version) => self.twin_response(204, &rid, Some(version), Bytes::new()),
+                Err(error) => self.twin_error(&rid, &error),
+            });
+        }
+        replies
+    }
+
+    /// Waits for every pipelined patch, oldest first, and writes its replies.
+    async fn answer_all<W: AsyncWrite + Unpin>(
+        &mut self,
+        pipelined: &mut VecDeque<InFlight>,
+        writer: &mut W,
+    ) -> Result<(), ConnectionEnd> {
+        while !pipelined.is_empty() {
+            let result = next_outcome(pipelined).await;
+            if let Some(done) = pipelined.pop_front() {
+                for reply in self.answer_reported(done, result) {
+                    write_packet(writer, reply).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish).await,
@@ -463,5 +618,140 @@ fn packet_name(packet: &Packet) -> &'static str {
         Packet::UnsubAck(_) => "UNSUBACK",
         Packet::PingResp => "PINGRESP",
         _ => "packet",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgetwin_wire::rest::{AuthenticationMechanism, Device, SymmetricKey};
+    use edgetwin_wire::Secret;
+    use rumqttc::mqttbytes::v4::Connect;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    async fn next<R: AsyncRead + Unpin>(reader: &mut PacketReader<R>) -> Packet {
+        tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .expect("a packet")
+    }
+
+    fn encode(packets: Vec<Packet>) -> BytesMut {
+        let mut out = BytesMut::new();
+        for packet in packets {
+            packet.write(&mut out, usize::MAX).unwrap();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn pipelined_reported_patches_are_answered_in_order_and_a_later_get_sees_them_all() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-pipeline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), shutdown);
+        let hub = Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload).unwrap());
+        let key = Secret::new(KEY);
+        hub.transact(|tx| {
+            crate::registry::create_device(
+                tx,
+                "d1",
+                Device {
+                    authentication: Some(AuthenticationMechanism {
+                        auth_type: Some("sas".into()),
+                        symmetric_key: Some(SymmetricKey {
+                            primary_key: Some(key.clone()),
+                            secondary_key: Some(key.clone()),
+                        }),
+                        x509_thumbprint: None,
+                    }),
+                    ..Device::default()
+                },
+            )
+        })
+        .unwrap();
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let serving = tokio::spawn(serve(hub.clone(), server));
+
+        // CONNECT, 40 reported patches (QoS 1, then QoS 0, all with $rid), then a twin GET:
+        // all in one write, so the hub has them all before it answers any.
+        let token = edgetwin_wire::sas::generate_token(
+            &key,
+            "localhost/devices/d1",
+            ids::now_unix() + 3600,
+            None,
+        )
+        .unwrap();
+        let mut connect = Connect::new("d1");
+        connect.set_login("localhost/d1/?api-version=2021-04-12", token.expose());
+        let mut packets = vec![Packet::Connect(connect)];
+        for i in 1..=40u16 {
+            let qos = if i <= 20 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let mut publish = Publish::new(
+                topic::reported_patch_topic(&i.to_string()),
+                qos,
+                format!(r#"{{"n":{i},"k{i}":true}}"#),
+            );
+            publish.pkid = if qos == QoS::AtLeastOnce { i } else { 0 };
+            packets.push(Packet::Publish(publish));
+        }
+        packets.push(Packet::Publish(Publish::new(
+            topic::twin_get_topic("get"),
+            QoS::AtMostOnce,
+            Vec::new(),
+        )));
+        let (read_half, mut write_half) = tokio::io::split(client);
+        write_half.write_all(&encode(packets)).await.unwrap();
+        let mut reader = PacketReader {
+            reader: read_half,
+            buffer: BytesMut::new(),
+        };
+        assert!(
+            matches!(next(&mut reader).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Success)
+        );
+        let mut last_version = 0;
+        for i in 1..=40u16 {
+            if i <= 20 {
+                assert!(
+                    matches!(next(&mut reader).await, Packet::PubAck(a) if a.pkid == i),
+                    "PUBACK {i}"
+                );
+            }
+            let Packet::Publish(response) = next(&mut reader).await else {
+                panic!("twin response {i}")
+            };
+            let prefix = format!("$iothub/twin/res/204/?$rid={i}&$version=");
+            let version: i64 = response
+                .topic
+                .strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("{} is not the answer to {i}", response.topic))
+                .parse()
+                .unwrap();
+            assert!(version > last_version);
+            last_version = version;
+        }
+        let Packet::Publish(get) = next(&mut reader).await else {
+            panic!("GET response")
+        };
+        assert!(
+            get.topic.starts_with("$iothub/twin/res/200/?$rid=get"),
+            "{}",
+            get.topic
+        );
+        let view: serde_json::Value = serde_json::from_slice(&get.payload).unwrap();
+        assert_eq!(view["reported"]["n"], 40);
+        assert_eq!(view["reported"]["k1"], true);
+        assert_eq!(view["reported"]["$version"], last_version);
+        drop(write_half);
+        drop(reader);
+        let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
