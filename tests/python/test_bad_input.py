@@ -319,3 +319,19 @@ def test_service_twin_patch_with_invalid_key_is_400(registry_manager, make_modul
         registry_manager.update_module_twin(
             mod.device_id, mod.module_id, Twin(properties=TwinProperties(desired={"bad.key": 1})))
     assert http_status(err.value) == 400
+
+
+def test_rest_body_that_is_not_json_is_400_naming_the_problem_and_nothing_is_created(hub, registry_manager):
+    import requests
+    device_id = unique_id("badjson")
+    r = requests.put(f"{hub.rest_url}/devices/{device_id}", params={"api-version": "2021-04-12"},
+                     data=b'{"deviceId": ', headers={"Authorization": hub.service_token(),
+                                                     "Content-Type": "application/json"},
+                     verify=hub.ca_path, timeout=10)
+    assert r.status_code == 400
+    assert r.headers["iothub-errorcode"] == "IotHubFormatError"
+    assert "not valid" in r.json()["Message"]
+    with pytest.raises(HttpOperationError) as err:
+        registry_manager.get_device(device_id)
+    assert http_status(err.value) == 404
+    registry_manager.get_devices(1)  # the hub keeps serving
