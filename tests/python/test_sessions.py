@@ -118,3 +118,26 @@ def test_a_method_nobody_answers_times_out_with_504(hub, make_module, raw_mqtt):
     assert r.headers["iothub-errorcode"] == "GatewayTimeout"
     assert time.monotonic() - started >= 4.5
     client.wait_message(lambda t, p: t.startswith("$iothub/methods/POST/ping/?$rid="))
+
+
+def test_keep_alive_counts_what_the_client_sends_not_what_the_hub_sends_it(hub, make_module):
+    module = make_module()
+    sock = tls_socket(hub)
+    username = f"{hub.host}/{module.device_id}/{module.module_id}/?api-version=2021-04-12"
+    sock.sendall(_connect_packet(f"{module.device_id}/{module.module_id}", username, module.sas(), 1))
+    assert sock.recv(4) == b"\x20\x02\x00\x00"
+    topic = _mqtt_string(DESIRED)
+    sock.sendall(bytes([0x82, 2 + len(topic) + 1]) + b"\x00\x01" + topic + b"\x01")
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    closed = False
+    while time.monotonic() - started < 5 and not closed:
+        _patch_desired(hub, module.device_id, module.module_id, {"tick": time.monotonic()})
+        try:
+            closed = sock.recv(65536) == b""
+        except TimeoutError:
+            pass
+        except OSError:
+            closed = True
+    assert closed, "desired patches sent by the hub kept a silent client alive"
+    assert time.monotonic() - started < 3

@@ -186,15 +186,17 @@ where
         // answered, so every reply goes out in the order of the packets, and a twin GET sees
         // every patch sent before it.
         let mut pipelined: VecDeque<InFlight> = VecDeque::new();
+        // Keep-alive counts only what the client sends, not what the hub sends it.
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let quiet = async {
                 match keep_alive {
-                    Some(limit) => tokio::time::sleep(limit).await,
+                    Some(limit) => tokio::time::sleep_until(last_heard + limit).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                packet = reader.next(), if pipelined.len() < MAX_PIPELINED => match packet? {
+                packet = reader.next(), if pipelined.len() < MAX_PIPELINED => match packet.inspect(|_| last_heard = tokio::time::Instant::now())? {
                     None | Some(Packet::Disconnect) => {
                         session.answer_all(&mut pipelined, &mut writer).await?;
                         return Ok(());
