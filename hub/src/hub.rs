@@ -98,7 +98,7 @@ impl Hub {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        self.store().transaction(f)
+        off_the_async_worker(|| self.store().transaction(f))
     }
 
     /// Runs `f` in one store transaction, then, still in order with other changes, tells
@@ -107,12 +107,14 @@ impl Hub {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<DesiredChange>), ApiError>,
     ) -> Result<T, ApiError> {
-        let mut store = self.store();
-        let (value, changes) = store.transaction(f)?;
-        for change in changes {
-            self.notify_desired(&change);
-        }
-        Ok(value)
+        off_the_async_worker(|| {
+            let mut store = self.store();
+            let (value, changes) = store.transaction(f)?;
+            for change in changes {
+                self.notify_desired(&change);
+            }
+            Ok(value)
+        })
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -231,6 +233,17 @@ impl Hub {
                 ))
             }
         }
+    }
+}
+
+/// Runs blocking store work (SQLite, fsync) so that, on a multi-threaded runtime, the worker's
+/// other tasks move to another thread meanwhile instead of waiting behind the disk.
+fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
