@@ -117,6 +117,31 @@ impl Hub {
         })
     }
 
+    /// Runs `f` on every item in one transaction (a savepoint each: a failing item is rolled back
+    /// alone) with one commit, then tells subscribed clients about the desired changes, in order.
+    /// The outer error is a failed commit, in which case nothing was stored.
+    pub fn transact_each_and_notify<I, T>(
+        &self,
+        items: impl IntoIterator<Item = I>,
+        mut f: impl FnMut(&Transaction<'_>, I) -> Result<(T, Vec<DesiredChange>), ApiError>,
+    ) -> Result<Vec<Result<T, ApiError>>, ApiError> {
+        off_the_async_worker(|| {
+            let mut store = self.store();
+            let results = store.each_in_one_transaction(items, |tx, item| f(tx, item))?;
+            Ok(results
+                .into_iter()
+                .map(|result| {
+                    result.map(|(value, changes)| {
+                        for change in &changes {
+                            self.notify_desired(change);
+                        }
+                        value
+                    })
+                })
+                .collect())
+        })
+    }
+
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -212,13 +212,21 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
         .filter(|i| i.module_id.is_none() && i.capabilities.as_ref().is_some_and(|c| c.iot_edge))
         .map(|i| i.id.clone())
         .collect();
-    for item in items {
-        let (id, module_id) = (item.id.clone(), item.module_id.clone());
-        let operation = item.import_mode.clone();
-        let result = hub.transact_and_notify(|tx| bulk_item(tx, item));
+    let labels: Vec<_> = items
+        .iter()
+        .map(|item| {
+            (
+                item.id.clone(),
+                item.module_id.clone(),
+                item.import_mode.clone(),
+            )
+        })
+        .collect();
+    let results = hub.transact_each_and_notify(items, bulk_item)?;
+    for ((device_id, module_id, operation), result) in labels.into_iter().zip(results) {
         if let Err(error) = result {
             errors.push(DeviceRegistryOperationError {
-                device_id: id,
+                device_id,
                 error_code: error.code.name().to_owned(),
                 error_status: error.message,
                 module_id,
