@@ -20,13 +20,16 @@
 //!
 //! It prints a markdown table, the commands, and the load average before and after.
 
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
+use support::{load_average, Hub, HubOptions, TempDir};
 const MODULE: &str = "edgetwin";
 const PREFIX: &str = "bench-";
 
@@ -65,82 +68,29 @@ fn options() -> Options {
     options
 }
 
-/// A fresh hub in a temporary directory, stopped and removed on drop.
-struct Hub {
-    child: Child,
-    dir: PathBuf,
-    info: Value,
+/// A fresh hub on `dir` (30 s to start).
+fn start_hub(dir: &TempDir) -> Hub {
+    let options = HubOptions {
+        rust_log: Some("warn"),
+        timeout: Duration::from_secs(30),
+        ..HubOptions::default()
+    };
+    Hub::start(dir.path(), options)
 }
 
-impl Hub {
-    fn start() -> Hub {
-        let dir = std::env::temp_dir().join(format!(
-            "edgetwin-bench-provision-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(EDGETWIN)
-            .args(["hub", "--data-dir"])
-            .arg(dir.join("hub"))
-            .args(["--mqtt-port", "0", "--rest-port", "0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start edgetwin hub");
-        let info_path = dir.join("hub/hub.json");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let info = loop {
-            if let Some(info) = std::fs::read_to_string(&info_path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            {
-                break info;
-            }
-            assert!(Instant::now() < deadline, "hub.json did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Hub { child, dir, info }
-    }
-
-    fn connection_string(&self) -> &str {
-        self.info["serviceConnectionString"].as_str().unwrap()
-    }
-
-    fn ca(&self) -> &str {
-        self.info["caCertificate"].as_str().unwrap()
-    }
-
-    /// `edgetwin twin get` of the last device's module: the work really happened.
-    fn check_last_module(&self, count: usize) {
-        let out = Command::new(EDGETWIN)
-            .args(["twin", "get", "--device", &format!("{PREFIX}{count}")])
-            .args(["--module", MODULE])
-            .env("IOTHUB_CONNECTION_STRING", self.connection_string())
-            .env("EDGETWIN_CA_FILE", self.ca())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the last module is missing: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+/// `edgetwin twin get` of the last device's module: the work really happened.
+fn check_last_module(hub: &Hub, count: usize) {
+    let out = hub
+        .edgetwin()
+        .args(["twin", "get", "--device", &format!("{PREFIX}{count}")])
+        .args(["--module", MODULE])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the last module is missing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One timed run.
@@ -162,13 +112,8 @@ fn run_timed(command: &mut Command) -> (f64, String) {
     let started = Instant::now();
     let out = command.output().expect("run the provisioning command");
     let wall = started.elapsed().as_secs_f64();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{command:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (wall, stdout)
+    let what = format!("{:?} {:?}", command.get_program(), command.get_args());
+    (wall, support::stdout_of_success(&what, &out))
 }
 
 fn edgetwin_method(count: usize) -> Method {
@@ -194,12 +139,7 @@ fn edgetwin_method(count: usize) -> Method {
         how: "bulk POST /devices, device + module per request (100 items)",
         command: format!("edgetwin {}", args.join(" ")),
         run: Box::new(move |hub: &Hub| {
-            let (wall, stdout) = run_timed(
-                Command::new(EDGETWIN)
-                    .args(&args)
-                    .env("IOTHUB_CONNECTION_STRING", hub.connection_string())
-                    .env("EDGETWIN_CA_FILE", hub.ca()),
-            );
+            let (wall, stdout) = run_timed(hub.edgetwin().args(&args));
             let report: Value = serde_json::from_str(&stdout).unwrap();
             let fleet = &report["fleet"];
             assert_eq!(fleet["devicesCreated"], count, "{report}");
@@ -232,7 +172,7 @@ fn python_method(python: &Path, mode: &'static str, count: usize) -> Method {
                     .arg(&script)
                     .args(["--mode", mode, "--count", &count.to_string()])
                     .args(["--prefix", PREFIX, "--module", MODULE])
-                    .env("IOTHUB_CONNECTION_STRING", hub.connection_string())
+                    .env("IOTHUB_CONNECTION_STRING", hub.service_connection_string())
                     .env("REQUESTS_CA_BUNDLE", hub.ca()),
             );
             let line: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -274,9 +214,10 @@ fn main() {
     for method in &methods {
         let mut samples = Vec::new();
         for run in 1..=options.runs {
-            let hub = Hub::start();
+            let dir = TempDir::new("bench-provision");
+            let hub = start_hub(&dir);
             let sample = (method.run)(&hub);
-            hub.check_last_module(options.count);
+            check_last_module(&hub, options.count);
             eprintln!(
                 "  {} / {}: run {run}: {:.2}s wall, {:.2}s provisioning, {} requests (load {})",
                 method.tool,

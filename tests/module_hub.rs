@@ -2,233 +2,54 @@
 //! identity through the hub's workload API, desired settings acknowledged, invalid values
 //! refused, telemetry delivered, recovery after a hub restart, and SIGTERM exiting 0.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[allow(dead_code)]
+mod support;
 
-use bytes::Bytes;
-use edgetwin_wire::sas::generate_token;
-use edgetwin_wire::Secret;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
+use support::{
+    module_connection_string, poll, Hub, HubOptions, Proc, TempDir, EDGETWIN_MODULE, FAST_BACKOFF,
+};
 
 const DEVICE: &str = "gw";
 const MODULE: &str = "health";
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
+/// How long the module may take to exit after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("edgetwin-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn signal(&self, signal: i32) {
-        // SAFETY: sending a signal to our own child process by its id.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A running hub and how to reach it.
-struct Hub {
-    proc: Proc,
-    info: Value,
-    tls: Arc<rustls::ClientConfig>,
-}
-
+/// `edgetwin hub` on `dir` with these ports (0: any).
 fn start_hub(dir: &Path, mqtt_port: u16, rest_port: u16) -> Hub {
-    let info_path = dir.join("hub.json");
-    let _ = std::fs::remove_file(&info_path);
-    let log = dir.join(format!("hub-{}.log", Instant::now().elapsed().as_nanos()));
-    let child = Command::new(env!("CARGO_BIN_EXE_edgetwin"))
-        .args(["hub", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--mqtt-port", &mqtt_port.to_string()])
-        .args(["--rest-port", &rest_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start the hub");
-    let mut proc = Proc { child, log };
-    let info_path = dir.join("data").join("hub.json");
-    let _ = std::fs::remove_file(&info_path);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let info: Value = loop {
-        assert!(proc.running(), "hub exited: {}", proc.log());
-        assert!(
-            Instant::now() < deadline,
-            "hub did not start: {}",
-            proc.log()
-        );
-        if let Ok(text) = std::fs::read_to_string(&info_path) {
-            if let Ok(info) = serde_json::from_str::<Value>(&text) {
-                if info["mqttPort"].as_u64().unwrap_or(0) != 0 {
-                    break info;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let ca = std::fs::read(info["caCertificate"].as_str().unwrap()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Hub {
-        proc,
-        info,
-        tls: Arc::new(tls),
-    }
+    Hub::start(
+        dir,
+        HubOptions {
+            mqtt_port,
+            rest_port,
+            ..HubOptions::default()
+        },
+    )
 }
 
+/// A hub in a new scratch directory, with the edge device and the module created; the module's
+/// `IOTEDGE_*` environment from [`Hub::provision`].
+async fn provisioned_hub(tag: &str) -> (TempDir, Hub, BTreeMap<String, String>) {
+    let dir = TempDir::new(tag);
+    let hub = start_hub(dir.path(), 0, 0);
+    let env = hub.provision().await;
+    (dir, hub, env)
+}
+
+/// The calls these tests make on DEVICE/MODULE, through the hub's REST API.
 impl Hub {
-    fn mqtt_port(&self) -> u16 {
-        self.info["mqttPort"].as_u64().unwrap() as u16
-    }
-
-    fn rest_port(&self) -> u16 {
-        self.info["restPort"].as_u64().unwrap() as u16
-    }
-
-    /// One REST call with a fresh service SAS; returns status and JSON body (`null` if empty).
-    async fn rest(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let host = self.info["hostName"].as_str().unwrap();
-        let port = self.rest_port();
-        let key = Secret::new(self.info["policies"]["iothubowner"].as_str().unwrap());
-        let expiry = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 600;
-        let token =
-            generate_token(&key, &format!("{host}:{port}"), expiry, Some("iothubowner")).unwrap();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
-        let stream = connector.connect(name, tcp).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{path}{sep}api-version=2021-04-12"))
-            .header("Host", format!("{host}:{port}"))
-            .header("Authorization", token.expose())
-            .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
-    }
-
-    /// Creates the edge device and the module; returns the module's IOTEDGE_* environment.
+    /// Creates the edge device and the module; returns the module's IOTEDGE_* environment
+    /// (and its key, as `__MODULE_KEY`).
     async fn provision(&self) -> BTreeMap<String, String> {
-        let (status, body) = self
-            .rest(
-                "PUT",
-                &format!("/devices/{DEVICE}"),
-                Some(json!({"deviceId": DEVICE, "capabilities": {"iotEdge": true}})),
-            )
-            .await;
-        assert!(status < 300, "create device: {status} {body}");
-        let (status, body) = self
-            .rest(
-                "PUT",
-                &format!("/devices/{DEVICE}/modules/{MODULE}"),
-                Some(json!({"moduleId": MODULE, "deviceId": DEVICE})),
-            )
-            .await;
-        assert!(status < 300, "create module: {status} {body}");
-        let key = body["authentication"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .expect("module key")
-            .to_owned();
-        let (status, body) = self
-            .rest(
-                "GET",
-                &format!("/edgetwin/devices/{DEVICE}/modules/{MODULE}/edgeEnvironment"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "edge environment: {body}");
-        let mut env: BTreeMap<String, String> = body
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect();
+        self.rest.create_edge_device(DEVICE).await;
+        let key = self.rest.create_module(DEVICE, MODULE).await;
+        let mut env = self.rest.edge_environment(DEVICE, MODULE).await;
         env.insert("__MODULE_KEY".into(), key);
         env
     }
@@ -236,7 +57,8 @@ impl Hub {
     /// Calls a direct method on the module; returns the method's status and payload.
     async fn invoke(&self, method: &str) -> (i64, Value) {
         let (status, body) = self
-            .rest(
+            .rest
+            .call(
                 "POST",
                 &format!("/twins/{DEVICE}/modules/{MODULE}/methods"),
                 Some(json!({"methodName": method, "payload": null, "responseTimeoutInSeconds": 5})),
@@ -251,72 +73,65 @@ impl Hub {
 
     /// Patches desired properties; returns the new desired `$version`.
     async fn patch_desired(&self, desired: Value) -> i64 {
-        let (status, body) = self
-            .rest(
-                "PATCH",
-                &format!("/twins/{DEVICE}/modules/{MODULE}"),
-                Some(json!({"properties": {"desired": desired}})),
-            )
-            .await;
-        assert_eq!(status, 200, "patch twin: {body}");
-        body["properties"]["desired"]["$version"].as_i64().unwrap()
+        let desired = self.rest.patch_desired(DEVICE, MODULE, desired).await;
+        desired["$version"].as_i64().unwrap()
     }
 
     /// Sets a fault through `/edgetwin/faults/{kind}`.
     async fn fault(&self, kind: &str, body: Value) -> Value {
         let (status, answer) = self
-            .rest("POST", &format!("/edgetwin/faults/{kind}"), Some(body))
+            .rest
+            .call("POST", &format!("/edgetwin/faults/{kind}"), Some(body))
             .await;
         assert_eq!(status, 200, "fault {kind}: {answer}");
         answer
     }
 
     async fn faults(&self) -> Value {
-        let (status, answer) = self.rest("GET", "/edgetwin/faults", None).await;
+        let (status, answer) = self.rest.call("GET", "/edgetwin/faults", None).await;
         assert_eq!(status, 200, "faults: {answer}");
         answer
     }
 
     async fn reported(&self) -> Value {
-        let (status, body) = self
-            .rest("GET", &format!("/twins/{DEVICE}/modules/{MODULE}"), None)
-            .await;
-        assert_eq!(status, 200, "get twin: {body}");
-        body["properties"]["reported"].clone()
+        self.rest.reported(DEVICE, MODULE).await
     }
 
     async fn telemetry(&self) -> Vec<Value> {
-        let (status, body) = self
-            .rest(
-                "GET",
-                &format!("/edgetwin/messages?deviceId={DEVICE}&moduleId={MODULE}&output=telemetry"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "messages: {body}");
-        body.as_array().cloned().unwrap_or_default()
+        self.rest.telemetry(DEVICE, MODULE).await
     }
 
-    /// Polls the reported twin until `check` holds.
+    /// Polls the reported twin until `check` holds (10 s).
     async fn wait_reported(
         &self,
         what: &str,
         module: &Proc,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reported = self.reported().await;
-            if check(&reported) {
-                return reported;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; reported: {reported}\nmodule log:\n{}",
-                module.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                let reported = self.reported().await;
+                if check(&reported) {
+                    return Ok(reported);
+                }
+                Err(move || {
+                    format!(
+                        "timed out waiting for {what}; reported: {reported}\nmodule log:\n{}",
+                        module.log()
+                    )
+                })
+            },
+        )
+        .await
+    }
+
+    /// Polls the reported twin until the module acknowledges `name` at desired `version` with
+    /// 200 (10 s).
+    async fn wait_ack(&self, what: &str, module: &Proc, name: &str, version: i64) -> Value {
+        self.wait_reported(what, module, |r| ack_of(r, name) == (200, version))
+            .await
     }
 }
 
@@ -324,27 +139,24 @@ fn start_module(dir: &Path, env: &BTreeMap<String, String>, mqtt_port: u16) -> P
     start_module_with(dir, env, mqtt_port, &[])
 }
 
+/// `edgetwin-module` with the edge environment `env` (but for our `__` keys), a fast backoff,
+/// debug logs to `dir/module.log`, and `extra` variables.
 fn start_module_with(
     dir: &Path,
     env: &BTreeMap<String, String>,
     mqtt_port: u16,
     extra: &[(&str, &str)],
 ) -> Proc {
-    let log = dir.join("module.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_edgetwin-module"))
-        .env_clear()
-        .envs(env.iter().filter(|(k, _)| !k.starts_with("__")))
-        .env("EDGETWIN_MQTT_PORT", mqtt_port.to_string())
-        .env("EDGETWIN_BACKOFF_BASE_MS", "100")
-        .env("EDGETWIN_BACKOFF_MAX_SECS", "1")
-        .env("RUST_LOG", "debug,rumqttc=info")
-        .env("EDGETWIN_METRICS_PORT", "0")
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start the module");
-    Proc { child, log }
+    let mut vars: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("__"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    vars.extend(FAST_BACKOFF);
+    vars.push(("RUST_LOG", "debug,rumqttc=info"));
+    vars.extend_from_slice(extra);
+    let bin = Path::new(EDGETWIN_MODULE);
+    support::start_module(bin, dir.join("module.log"), mqtt_port, &vars)
 }
 
 /// The module's MQTT client id on the hub.
@@ -392,19 +204,38 @@ async fn wait_metrics(
     module: &Proc,
     check: impl Fn(&BTreeMap<String, f64>) -> bool,
 ) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = scrape(port).await;
-        if check(&metrics) {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for metrics: {what}; {metrics:?}\n{}",
-            module.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let metrics = scrape(port).await;
+            if check(&metrics) {
+                return Ok(metrics);
+            }
+            Err(move || {
+                format!(
+                    "timed out waiting for metrics: {what}; {metrics:?}\n{}",
+                    module.log()
+                )
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until `module`'s log contains `text` (10 s).
+async fn wait_log(module: &Proc, text: &str, what: &str) {
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            if module.log().contains(text) {
+                return Ok(());
+            }
+            Err(|| format!("{what}: {}", module.log()))
+        },
+    )
+    .await
 }
 
 fn ack_of(reported: &Value, name: &str) -> (i64, i64) {
@@ -418,17 +249,13 @@ fn ack_of(reported: &Value, name: &str) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_and_exits_0_on_sigterm(
 ) {
-    let dir = TempDir::new("module-twin");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-twin").await;
     let v1 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
-    let mut module = start_module(&dir.0, &env, hub.mqtt_port());
+    let mut module = start_module(dir.path(), &env, hub.mqtt_port());
 
     // The desired value set before start is applied from the full twin and acknowledged.
     let reported = hub
-        .wait_reported("interval 1 acknowledged", &module, |r| {
-            ack_of(r, "telemetryInterval") == (200, v1)
-        })
+        .wait_ack("interval 1 acknowledged", &module, "telemetryInterval", v1)
         .await;
     assert_eq!(reported["telemetryInterval"]["value"], 1);
     assert_eq!(reported["identitySource"], "edgeWorkload");
@@ -436,19 +263,19 @@ async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_an
     assert!(reported["version"].is_string());
 
     // Telemetry arrives on the `telemetry` output at the interval.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let messages = loop {
-        let messages = hub.telemetry().await;
-        if messages.len() >= 2 {
-            break messages;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "telemetry did not arrive: {messages:?}\n{}",
-            module.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let messages = poll(
+        Duration::from_secs(8),
+        Duration::from_millis(100),
+        || async {
+            let messages = hub.telemetry().await;
+            if messages.len() >= 2 {
+                return Ok(messages);
+            }
+            let module = &module;
+            Err(move || format!("telemetry did not arrive: {messages:?}\n{}", module.log()))
+        },
+    )
+    .await;
     let body: Value = serde_json::from_str(messages[0]["body"].as_str().unwrap()).unwrap();
     assert!(body["timestamp"].is_string(), "{body}");
     assert!(body["uptime"].is_number(), "{body}");
@@ -461,9 +288,12 @@ async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_an
     // A change through the REST API is acknowledged with the new desired version.
     let v2 = hub.patch_desired(json!({"telemetryInterval": 122})).await;
     let reported = hub
-        .wait_reported("interval 122 acknowledged", &module, |r| {
-            ack_of(r, "telemetryInterval") == (200, v2)
-        })
+        .wait_ack(
+            "interval 122 acknowledged",
+            &module,
+            "telemetryInterval",
+            v2,
+        )
         .await;
     assert_eq!(reported["telemetryInterval"]["value"], 122);
 
@@ -490,17 +320,21 @@ async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_an
     let (status, payload) = hub.invoke("sampleNow").await;
     assert_eq!(status, 200);
     assert!(payload["timestamp"].is_string(), "{payload}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while hub.telemetry().await.len() <= before {
-        assert!(Instant::now() < deadline, "sampleNow sent no telemetry");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            if hub.telemetry().await.len() > before {
+                return Ok(());
+            }
+            Err(|| "sampleNow sent no telemetry".to_owned())
+        },
+    )
+    .await;
     assert_eq!(hub.invoke("bogus").await.0, 404);
 
     // SIGTERM flushes and exits 0.
-    module.signal(libc::SIGTERM);
-    let code = module.wait_exit(Duration::from_secs(10));
-    assert_eq!(code, Some(0), "module log:\n{}", module.log());
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
     let log = module.log();
     assert!(
         log.lines().any(|l| l.starts_with("<6> ")),
@@ -510,16 +344,12 @@ async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_killed_and_restarted_is_recovered_from_and_a_change_made_meanwhile_is_applied() {
-    let dir = TempDir::new("module-restart");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-restart").await;
     let (mqtt_port, rest_port) = (hub.mqtt_port(), hub.rest_port());
     let v1 = hub.patch_desired(json!({"telemetryInterval": 30})).await;
-    let mut module = start_module(&dir.0, &env, mqtt_port);
-    hub.wait_reported("first ack", &module, |r| {
-        ack_of(r, "telemetryInterval") == (200, v1)
-    })
-    .await;
+    let mut module = start_module(dir.path(), &env, mqtt_port);
+    hub.wait_ack("first ack", &module, "telemetryInterval", v1)
+        .await;
 
     // SIGKILL the hub: no DISCONNECT, no flush. The module notices, retries and must not exit.
     let Hub { mut proc, .. } = hub;
@@ -529,21 +359,13 @@ async fn the_hub_killed_and_restarted_is_recovered_from_and_a_change_made_meanwh
         "hub did not die"
     );
     drop(proc);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !module.log().contains("connection failed") {
-        assert!(
-            Instant::now() < deadline,
-            "the module did not notice: {}",
-            module.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log(&module, "connection failed", "the module did not notice").await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // a few failed attempts
     assert!(module.running(), "module exited: {}", module.log());
 
     // Restart on the same ports and data and change desired at once: the module is still
     // backing off, so only its twin GET after CONNACK can bring the change.
-    let hub = start_hub(&dir.0, mqtt_port, rest_port);
+    let hub = start_hub(dir.path(), mqtt_port, rest_port);
     let v2 = hub
         .patch_desired(json!({"telemetryInterval": 45, "metrics": ["load", "uptime"]}))
         .await;
@@ -556,33 +378,23 @@ async fn the_hub_killed_and_restarted_is_recovered_from_and_a_change_made_meanwh
     assert_eq!(reported["metrics"]["value"], json!(["load", "uptime"]));
     assert!(module.running());
 
-    module.signal(libc::SIGTERM);
-    assert_eq!(
-        module.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        module.log()
-    );
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desired_change_made_while_the_connection_is_dropped_and_refused_is_applied_when_it_comes_back(
 ) {
-    let dir = TempDir::new("module-faults");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-faults").await;
     let v1 = hub.patch_desired(json!({"telemetryInterval": 30})).await;
     let metrics_port = free_port();
     let mut module = start_module_with(
-        &dir.0,
+        dir.path(),
         &env,
         hub.mqtt_port(),
         &[("EDGETWIN_METRICS_PORT", &metrics_port.to_string())],
     );
-    hub.wait_reported("first ack", &module, |r| {
-        ack_of(r, "telemetryInterval") == (200, v1)
-    })
-    .await;
+    hub.wait_ack("first ack", &module, "telemetryInterval", v1)
+        .await;
     wait_metrics(metrics_port, "live at v1", &module, |m| {
         m["edgetwin_module_connected"] == 1.0
             && m["edgetwin_module_desired_version"] == v1 as f64
@@ -621,9 +433,12 @@ async fn a_desired_change_made_while_the_connection_is_dropped_and_refused_is_ap
 
     // Back: applied and acknowledged.
     let reported = hub
-        .wait_reported("ack after the connection came back", &module, |r| {
-            ack_of(r, "telemetryInterval") == (200, v2)
-        })
+        .wait_ack(
+            "ack after the connection came back",
+            &module,
+            "telemetryInterval",
+            v2,
+        )
         .await;
     assert!(cut.elapsed() >= Duration::from_millis(2900), "too early");
     assert_eq!(reported["telemetryInterval"]["value"], 45);
@@ -655,23 +470,20 @@ async fn a_desired_change_made_while_the_connection_is_dropped_and_refused_is_ap
         metrics["edgetwin_module_reported_patch_latency_seconds_count"]
     );
 
-    module.signal(libc::SIGTERM);
-    assert_eq!(module.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_reported_update() {
     const RENEWALS: usize = 10;
-    let dir = TempDir::new("module-renew");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-renew").await;
     let v0 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
     // The hub closes any connection 5 s after CONNECT whatever the token says; the module's
     // tokens live 5 s and are renewed at 80 %, every 4 s, by a controlled reconnect.
     hub.fault("tokenLifetime", json!({"seconds": 5})).await;
     let metrics_port = free_port();
     let mut module = start_module_with(
-        &dir.0,
+        dir.path(),
         &env,
         hub.mqtt_port(),
         &[
@@ -679,10 +491,8 @@ async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_
             ("EDGETWIN_METRICS_PORT", &metrics_port.to_string()),
         ],
     );
-    hub.wait_reported("first ack", &module, |r| {
-        ack_of(r, "telemetryInterval") == (200, v0)
-    })
-    .await;
+    hub.wait_ack("first ack", &module, "telemetryInterval", v0)
+        .await;
     let renewals = |m: &Proc| m.log().matches("reconnecting with a renewed token").count();
     let started = Instant::now();
     let telemetry_before = hub.telemetry().await.len();
@@ -705,9 +515,7 @@ async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_
             .patch_desired(json!({"thresholds": {"cpuTemperature": celsius}}))
             .await;
         let reported = hub
-            .wait_reported("a threshold patch acknowledged", &module, |r| {
-                ack_of(r, "thresholds") == (200, v)
-            })
+            .wait_ack("a threshold patch acknowledged", &module, "thresholds", v)
             .await;
         assert_eq!(
             reported["thresholds"]["value"]["cpuTemperature"],
@@ -726,27 +534,30 @@ async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_
 
     // Stop telemetry; the last reported lastTelemetryTime is the last telemetry sent.
     let v_end = hub.patch_desired(json!({"telemetryInterval": 3600})).await;
-    hub.wait_reported("interval 3600", &module, |r| {
-        ack_of(r, "telemetryInterval") == (200, v_end)
-    })
+    hub.wait_ack("interval 3600", &module, "telemetryInterval", v_end)
+        .await;
+    let messages = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            let messages = hub.telemetry().await;
+            let last = messages
+                .last()
+                .and_then(|m| serde_json::from_str::<Value>(m["body"].as_str()?).ok())
+                .map(|b| b["timestamp"].clone());
+            if last.is_some() && last.as_ref() == Some(&hub.reported().await["lastTelemetryTime"]) {
+                return Ok(messages);
+            }
+            let module = &module;
+            Err(move || {
+                format!(
+                    "last telemetry {last:?} is not the reported lastTelemetryTime\n{}",
+                    module.log()
+                )
+            })
+        },
+    )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let messages = loop {
-        let messages = hub.telemetry().await;
-        let last = messages
-            .last()
-            .and_then(|m| serde_json::from_str::<Value>(m["body"].as_str()?).ok())
-            .map(|b| b["timestamp"].clone());
-        if last.is_some() && last.as_ref() == Some(&hub.reported().await["lastTelemetryTime"]) {
-            break messages;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "last telemetry {last:?} is not the reported lastTelemetryTime\n{}",
-            module.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     let sent = messages.len() - telemetry_before;
     let secs = elapsed.as_secs() as usize;
     assert!(
@@ -794,22 +605,17 @@ async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_
         versions.len(),
         telemetry_times.len()
     );
-    module.signal(libc::SIGTERM);
-    assert_eq!(module.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_reported_patch_is_retried_and_lands() {
-    let dir = TempDir::new("module-throttle");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-throttle").await;
     // No telemetry during the test: the only reported patch is the acknowledgement.
     let v1 = hub.patch_desired(json!({"telemetryInterval": 3600})).await;
-    let mut module = start_module(&dir.0, &env, hub.mqtt_port());
-    hub.wait_reported("first ack", &module, |r| {
-        ack_of(r, "telemetryInterval") == (200, v1)
-    })
-    .await;
+    let mut module = start_module(dir.path(), &env, hub.mqtt_port());
+    hub.wait_ack("first ack", &module, "telemetryInterval", v1)
+        .await;
     hub.fault(
         "throttle",
         json!({"operation": "MQTT twin/PATCH", "count": 2, "retryAfterSeconds": 1}),
@@ -819,9 +625,7 @@ async fn a_throttled_reported_patch_is_retried_and_lands() {
         .patch_desired(json!({"thresholds": {"diskPercent": 97}}))
         .await;
     let reported = hub
-        .wait_reported("the throttled ack", &module, |r| {
-            ack_of(r, "thresholds") == (200, v2)
-        })
+        .wait_ack("the throttled ack", &module, "thresholds", v2)
         .await;
     assert_eq!(reported["thresholds"]["value"]["diskPercent"], json!(97.0));
     let log = module.log();
@@ -833,17 +637,14 @@ async fn a_throttled_reported_patch_is_retried_and_lands() {
     );
     assert_eq!(hub.faults().await["throttles"], json!([]));
     assert!(module.running(), "{log}");
-    module.signal(libc::SIGTERM);
-    assert_eq!(module.wait_exit(Duration::from_secs(10)), Some(0), "{log}");
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_cut_off_waits_for_the_hub_flushes_the_pending_reported_update_and_exits_0() {
-    let dir = TempDir::new("module-sigterm");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-sigterm").await;
     let v1 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
-    let mut module = start_module(&dir.0, &env, hub.mqtt_port());
+    let mut module = start_module(dir.path(), &env, hub.mqtt_port());
     hub.wait_reported("first ack and telemetry", &module, |r| {
         ack_of(r, "telemetryInterval") == (200, v1) && r["lastTelemetryTime"].is_string()
     })
@@ -891,19 +692,14 @@ async fn sigterm_while_cut_off_waits_for_the_hub_flushes_the_pending_reported_up
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_connection_string_and_ca_file_work_without_the_workload_api() {
-    let dir = TempDir::new("module-cs");
-    let hub = start_hub(&dir.0, 0, 0);
-    let env = hub.provision().await;
+    let (dir, hub, env) = provisioned_hub("module-cs").await;
     let v1 = hub.patch_desired(json!({"telemetryInterval": 122})).await;
-    let host = hub.info["hostName"].as_str().unwrap();
-    let connection_string = format!(
-        "HostName={host};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={}",
-        env["__MODULE_KEY"]
-    );
+    let connection_string =
+        module_connection_string(hub.host_name(), DEVICE, MODULE, &env["__MODULE_KEY"]);
     let ca = hub.info["caCertificate"].as_str().unwrap();
     let only_cs = BTreeMap::new();
     let mut module = start_module_with(
-        &dir.0,
+        dir.path(),
         &only_cs,
         hub.mqtt_port(),
         &[
@@ -912,29 +708,26 @@ async fn a_module_connection_string_and_ca_file_work_without_the_workload_api() 
         ],
     );
     let reported = hub
-        .wait_reported("ack through a connection string", &module, |r| {
-            ack_of(r, "telemetryInterval") == (200, v1)
-        })
+        .wait_ack(
+            "ack through a connection string",
+            &module,
+            "telemetryInterval",
+            v1,
+        )
         .await;
     assert_eq!(reported["identitySource"], "connectionString");
     assert!(
         !module.log().contains(&env["__MODULE_KEY"]),
         "key leaked to the log"
     );
-    module.signal(libc::SIGTERM);
-    assert_eq!(
-        module.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        module.log()
-    );
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
 #[test]
 fn a_missing_edge_variable_is_one_clear_error_naming_it() {
     let dir = TempDir::new("module-env");
-    let log = dir.0.join("module.log");
-    let status = Command::new(env!("CARGO_BIN_EXE_edgetwin-module"))
+    let log = dir.join("module.log");
+    let status = Command::new(EDGETWIN_MODULE)
         .env_clear()
         .env("IOTEDGE_IOTHUBHOSTNAME", "localhost")
         .env("IOTEDGE_DEVICEID", DEVICE)

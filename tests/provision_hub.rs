@@ -1,81 +1,64 @@
 //! `edgetwin provision` and `edgetwin twin` run as processes against a real `edgetwin hub`
 //! started in a temporary directory with ports 0.
 
+#[allow(dead_code)]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use edgetwin::provision::{ClientOptions, ServiceClient};
 use edgetwin_wire::connection_string::ConnectionString;
 use serde_json::Value;
+use support::{poll_blocking, HubOptions, Proc, TempDir, EDGETWIN, EDGETWIN_MODULE, FAST_BACKOFF};
 
-const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
-
-/// A hub process and its data directory, stopped and removed on drop.
+/// A hub process and its scratch directory, stopped and removed on drop.
 struct Hub {
-    child: Child,
-    dir: PathBuf,
-    info: Value,
+    // Declared first: the hub stops before its directory goes.
+    hub: support::Hub,
+    dir: TempDir,
 }
 
 impl Hub {
     fn start(name: &str) -> Hub {
-        let dir = std::env::temp_dir().join(format!(
-            "edgetwin-provision-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(EDGETWIN)
-            .args(["hub", "--data-dir"])
-            .arg(dir.join("hub"))
-            .args(["--mqtt-port", "0", "--rest-port", "0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start edgetwin hub");
-        let info_path = dir.join("hub").join("hub.json");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let info = loop {
-            if let Ok(text) = std::fs::read_to_string(&info_path) {
-                if let Ok(info) = serde_json::from_str::<Value>(&text) {
-                    break info;
-                }
-            }
-            assert!(Instant::now() < deadline, "hub.json did not appear");
-            std::thread::sleep(Duration::from_millis(50));
+        let dir = TempDir::new(&format!("provision-{name}"));
+        let options = HubOptions {
+            rust_log: Some("warn"),
+            timeout: Duration::from_secs(20),
+            ..HubOptions::default()
         };
-        Hub { child, dir, info }
+        let hub = support::Hub::start(dir.path(), options);
+        Hub { hub, dir }
     }
 
     fn service_string(&self) -> String {
-        self.info["serviceConnectionString"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.hub.service_connection_string().to_owned()
     }
 
     fn policy_string(&self, policy: &str) -> String {
         format!(
             "HostName=localhost:{};SharedAccessKeyName={policy};SharedAccessKey={}",
-            self.info["restPort"],
-            self.info["policies"][policy].as_str().unwrap()
+            self.hub.rest_port(),
+            self.policy_key(policy)
         )
     }
 
+    fn policy_key(&self, policy: &str) -> &str {
+        self.hub.info["policies"][policy].as_str().unwrap()
+    }
+
     fn ca(&self) -> PathBuf {
-        PathBuf::from(self.info["caCertificate"].as_str().unwrap())
+        self.hub.ca()
     }
 
     /// Runs `edgetwin ARGS` in the hub's directory with the owner connection string in the
     /// environment, as an operator would after `export IOTHUB_CONNECTION_STRING=...`.
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(EDGETWIN)
+        self.hub
+            .edgetwin()
             .args(args)
-            .current_dir(&self.dir)
-            .env("IOTHUB_CONNECTION_STRING", self.service_string())
-            .env("EDGETWIN_CA_FILE", self.ca())
+            .current_dir(self.dir.path())
             .env_remove("REQUESTS_CA_BUNDLE")
             .env("RUST_LOG", "warn")
             .output()
@@ -83,19 +66,67 @@ impl Hub {
     }
 
     fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "edgetwin {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        support::stdout_of_success(&format!("edgetwin {args:?}"), &self.run(args))
+    }
+
+    /// Runs `edgetwin ARGS` expecting it to fail; returns its stderr.
+    fn run_err(&self, args: &[&str]) -> String {
+        support::stderr_of_failure(&format!("edgetwin {args:?}"), &self.run(args))
     }
 
     fn run_json(&self, args: &[&str]) -> Value {
         let stdout = self.run_ok(args);
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    /// `edgetwin provision --device DEVICE --module edgetwin --output json`.
+    fn provision_json(&self, device: &str) -> Value {
+        self.run_json(&provision_module(device, &["--output", "json"]))
+    }
+
+    /// `edgetwin provision --devices-from FILE --module edgetwin --rate 0 --output json`.
+    fn provision_fleet_json(&self, file: &Path) -> Value {
+        self.run_json(&[
+            "provision",
+            "--devices-from",
+            file.to_str().unwrap(),
+            "--module",
+            "edgetwin",
+            "--rate",
+            "0",
+            "--output",
+            "json",
+        ])
+    }
+
+    /// `edgetwin twin update` of the device's edgetwin module with `desired`, as JSON.
+    fn update_desired_json(&self, device: &str, desired: &str) -> Value {
+        self.run_json(&[
+            "twin",
+            "update",
+            "--device",
+            device,
+            "--module",
+            "edgetwin",
+            "--desired",
+            desired,
+            "--output",
+            "json",
+        ])
+    }
+
+    /// `edgetwin twin get` of the device, or of its `module`.
+    fn twin(&self, device: &str, module: Option<&str>) -> Value {
+        let mut args = vec!["twin", "get", "--device", device];
+        if let Some(module) = module {
+            args.extend(["--module", module]);
+        }
+        serde_json::from_str(&self.run_ok(&args)).unwrap()
+    }
+
+    /// The desired `telemetryInterval` of the device's edgetwin module (`null` if unset).
+    fn desired_interval(&self, device: &str) -> Value {
+        self.twin(device, Some("edgetwin"))["properties"]["desired"]["telemetryInterval"].clone()
     }
 
     /// An in-process service client with the owner policy.
@@ -108,17 +139,39 @@ impl Hub {
         ServiceClient::new(&cs, options).unwrap()
     }
 
+    /// The primary key the hub holds for `device/edgetwin`, read in process.
+    fn stored_module_key(&self, device: &str) -> String {
+        let record = runtime()
+            .block_on(self.client().get_module(device, "edgetwin"))
+            .unwrap()
+            .expect("module exists");
+        let key = record
+            .authentication
+            .unwrap()
+            .symmetric_key
+            .unwrap()
+            .primary_key
+            .unwrap();
+        key.expose().to_owned()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// Writes `text` to `name` in the hub's directory; returns its path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
 }
 
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `provision --device DEVICE --module edgetwin` and `extra` arguments.
+fn provision_module<'a>(device: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["provision", "--device", device, "--module", "edgetwin"];
+    args.extend_from_slice(extra);
+    args
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -136,17 +189,8 @@ fn key_of(connection_string: &str) -> String {
 #[test]
 fn provisioning_twice_keeps_the_identities_and_keys_and_says_existing() {
     let hub = Hub::start("twice");
-    let args = [
-        "provision",
-        "--device",
-        "gw-1",
-        "--module",
-        "edgetwin",
-        "--output",
-        "json",
-    ];
-    let first = hub.run_json(&args);
-    let second = hub.run_json(&args);
+    let first = hub.provision_json("gw-1");
+    let second = hub.provision_json("gw-1");
     assert_eq!(first["device"]["status"], "created");
     assert_eq!(first["module"]["status"], "created");
     assert_eq!(second["device"]["status"], "existing");
@@ -169,31 +213,11 @@ fn provisioning_twice_keeps_the_identities_and_keys_and_says_existing() {
 #[test]
 fn the_printed_module_connection_string_holds_the_key_the_hub_checks() {
     let hub = Hub::start("modulekey");
-    let out = hub.run_json(&[
-        "provision",
-        "--device",
-        "gw-2",
-        "--module",
-        "edgetwin",
-        "--output",
-        "json",
-    ]);
+    let out = hub.provision_json("gw-2");
     let printed = key_of(out["module"]["connectionString"].as_str().unwrap());
-    let client = hub.client();
-    let record = runtime()
-        .block_on(client.get_module("gw-2", "edgetwin"))
-        .unwrap()
-        .expect("module exists");
-    let stored = record
-        .authentication
-        .unwrap()
-        .symmetric_key
-        .unwrap()
-        .primary_key
-        .unwrap();
-    assert_eq!(printed, stored.expose());
+    assert_eq!(printed, hub.stored_module_key("gw-2"));
     let device = runtime()
-        .block_on(client.get_device("gw-2"))
+        .block_on(hub.client().get_device("gw-2"))
         .unwrap()
         .unwrap();
     assert!(device.capabilities.unwrap().iot_edge);
@@ -203,15 +227,10 @@ fn the_printed_module_connection_string_holds_the_key_the_hub_checks() {
 fn secrets_go_to_a_private_file_and_not_to_stdout() {
     let hub = Hub::start("secrets");
     let file = hub.path("secrets.env");
-    let stdout = hub.run_ok(&[
-        "provision",
-        "--device",
+    let stdout = hub.run_ok(&provision_module(
         "gw-3",
-        "--module",
-        "edgetwin",
-        "--secrets-file",
-        file.to_str().unwrap(),
-    ]);
+        &["--secrets-file", file.to_str().unwrap()],
+    ));
     assert!(!stdout.contains("SharedAccessKey"), "{stdout}");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("DEVICE_CONNECTION_STRING=\"HostName=localhost;DeviceId=gw-3;"));
@@ -227,18 +246,7 @@ fn secrets_go_to_a_private_file_and_not_to_stdout() {
 fn twin_update_changes_the_module_twin_desired_properties() {
     let hub = Hub::start("twin");
     hub.run_ok(&["provision", "--device", "gw-4", "--module", "edgetwin"]);
-    let change = hub.run_json(&[
-        "twin",
-        "update",
-        "--device",
-        "gw-4",
-        "--module",
-        "edgetwin",
-        "--desired",
-        r#"{"telemetryInterval":122}"#,
-        "--output",
-        "json",
-    ]);
+    let change = hub.update_desired_json("gw-4", r#"{"telemetryInterval":122}"#);
     assert!(change["before"]["properties"]["desired"]
         .get("telemetryInterval")
         .is_none());
@@ -246,10 +254,7 @@ fn twin_update_changes_the_module_twin_desired_properties() {
         change["after"]["properties"]["desired"]["telemetryInterval"],
         122
     );
-    let twin: Value = serde_json::from_str(
-        &hub.run_ok(&["twin", "get", "--device", "gw-4", "--module", "edgetwin"]),
-    )
-    .unwrap();
+    let twin = hub.twin("gw-4", Some("edgetwin"));
     assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
     assert_eq!(twin["moduleId"], "edgetwin");
 
@@ -265,27 +270,23 @@ fn twin_update_changes_the_module_twin_desired_properties() {
         text.contains("twin before:") && text.contains("twin after:"),
         "{text}"
     );
-    let twin: Value =
-        serde_json::from_str(&hub.run_ok(&["twin", "get", "--device", "gw-4"])).unwrap();
-    assert_eq!(twin["tags"]["ring"], "canary");
+    assert_eq!(hub.twin("gw-4", None)["tags"]["ring"], "canary");
 }
 
 #[test]
 fn a_read_only_policy_gets_a_message_naming_the_missing_permission() {
     let hub = Hub::start("policy");
-    let out = hub.run(&[
+    let stderr = hub.run_err(&[
         "provision",
         "--connection-string",
         &hub.policy_string("registryRead"),
         "--device",
         "gw-5",
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("RegistryWrite"), "{stderr}");
     assert!(stderr.contains("registryRead"), "{stderr}");
     assert!(
-        !stderr.contains(hub.info["policies"]["registryRead"].as_str().unwrap()),
+        !stderr.contains(hub.policy_key("registryRead")),
         "the key leaked: {stderr}"
     );
 }
@@ -298,8 +299,7 @@ fn a_missing_connection_string_is_explained() {
         .env_remove("IOTHUB_CONNECTION_STRING")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = support::stderr_of_failure("edgetwin provision", &out);
     assert!(stderr.contains("IOTHUB_CONNECTION_STRING"), "{stderr}");
 }
 
@@ -328,43 +328,22 @@ fn a_deployment_applied_to_one_device_sets_its_module_twins() {
     let hub = Hub::start("apply");
     let manifest = hub.path("deployment.amd64.json");
     write_deployment(&manifest, 33);
-    let text = hub.run_ok(&[
-        "provision",
-        "--device",
+    let text = hub.run_ok(&provision_module(
         "gw-6",
-        "--module",
-        "edgetwin",
-        "--deployment",
-        manifest.to_str().unwrap(),
-    ]);
+        &["--deployment", manifest.to_str().unwrap()],
+    ));
     assert!(text.contains("deployment applied to device gw-6"), "{text}");
-    let twin: Value = serde_json::from_str(
-        &hub.run_ok(&["twin", "get", "--device", "gw-6", "--module", "edgetwin"]),
-    )
-    .unwrap();
-    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 33);
+    assert_eq!(hub.desired_interval("gw-6"), 33);
 }
 
 #[test]
 fn an_at_scale_deployment_reaches_the_devices_whose_tags_match_and_not_the_others() {
     let hub = Hub::start("atscale");
-    let devices = hub.path("devices.csv");
-    std::fs::write(
-        &devices,
+    let devices = hub.write(
+        "devices.csv",
         "deviceId,environment,location.building\nprod-1,prod,43\nprod-2,prod,44\ntest-1,test,43\n",
-    )
-    .unwrap();
-    let out = hub.run_json(&[
-        "provision",
-        "--devices-from",
-        devices.to_str().unwrap(),
-        "--module",
-        "edgetwin",
-        "--rate",
-        "0",
-        "--output",
-        "json",
-    ]);
+    );
+    let out = hub.provision_fleet_json(&devices);
     assert_eq!(out["fleet"]["devicesCreated"], 3);
     let manifest = hub.path("deployment.json");
     write_deployment(&manifest, 44);
@@ -387,32 +366,29 @@ fn an_at_scale_deployment_reaches_the_devices_whose_tags_match_and_not_the_other
     let again = hub.run_ok(&deploy);
     assert!(again.contains("existing"), "{again}");
 
-    let interval = |device: &str| {
-        let twin: Value = serde_json::from_str(
-            &hub.run_ok(&["twin", "get", "--device", device, "--module", "edgetwin"]),
-        )
-        .unwrap();
-        twin["properties"]["desired"]["telemetryInterval"].clone()
-    };
-    assert_eq!(interval("prod-1"), 44);
-    assert_eq!(interval("prod-2"), 44);
-    assert_eq!(interval("test-1"), Value::Null);
+    assert_eq!(hub.desired_interval("prod-1"), 44);
+    assert_eq!(hub.desired_interval("prod-2"), 44);
+    assert_eq!(hub.desired_interval("test-1"), Value::Null);
 }
 
 #[test]
 fn a_fleet_of_250_devices_takes_3_bulk_requests_and_a_rerun_finds_them_all() {
     let hub = Hub::start("fleet");
-    let args = [
-        "provision",
-        "--count",
-        "250",
-        "--prefix",
-        "gw-",
-        "--rate",
-        "0",
-        "--output",
-        "json",
-    ];
+    // `provision` of gw-1 ... gw-250, unpaced, with `extra` arguments.
+    let fleet = |extra: &[&'static str]| {
+        let mut args = vec![
+            "provision",
+            "--count",
+            "250",
+            "--prefix",
+            "gw-",
+            "--rate",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let args = fleet(&["--output", "json"]);
     let first = hub.run_json(&args);
     assert_eq!(first["fleet"]["devicesCreated"], 250);
     assert_eq!(first["fleet"]["bulkRequests"], 3);
@@ -423,19 +399,9 @@ fn a_fleet_of_250_devices_takes_3_bulk_requests_and_a_rerun_finds_them_all() {
 
     // Resuming with a module: devices exist, modules are created, connection strings written.
     let secrets = hub.path("fleet.jsonl");
-    let text = hub.run_ok(&[
-        "provision",
-        "--count",
-        "250",
-        "--prefix",
-        "gw-",
-        "--module",
-        "edgetwin",
-        "--rate",
-        "0",
-        "--secrets-file",
-        secrets.to_str().unwrap(),
-    ]);
+    let mut args = fleet(&["--module", "edgetwin", "--secrets-file"]);
+    args.push(secrets.to_str().unwrap());
+    let text = hub.run_ok(&args);
     assert!(
         text.contains("250 devices: 0 created, 250 existing; modules: 250 created, 0 existing"),
         "{text}"
@@ -449,48 +415,28 @@ fn a_fleet_of_250_devices_takes_3_bulk_requests_and_a_rerun_finds_them_all() {
     let last = &lines[249];
     assert_eq!(last["deviceId"], "gw-250");
     let module_key = key_of(last["moduleConnectionString"].as_str().unwrap());
-    let record = runtime()
-        .block_on(hub.client().get_module("gw-250", "edgetwin"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        record
-            .authentication
-            .unwrap()
-            .symmetric_key
-            .unwrap()
-            .primary_key
-            .unwrap()
-            .expose(),
-        module_key
-    );
+    assert_eq!(hub.stored_module_key("gw-250"), module_key);
 }
 
 #[test]
 fn the_connection_string_and_ca_are_read_from_dotenv_and_requests_ca_bundle() {
     let hub = Hub::start("dotenv");
-    std::fs::write(
-        hub.path(".env"),
-        format!(
+    hub.write(
+        ".env",
+        &format!(
             "# written by iotedgedev\nIOTHUB_CONNECTION_STRING=\"{}\"\nDEVICE_CONNECTION_STRING=\"\"\n",
             hub.service_string()
         ),
-    )
-    .unwrap();
+    );
     let out = Command::new(EDGETWIN)
         .args(["provision", "--device", "gw-7"])
-        .current_dir(&hub.dir)
+        .current_dir(hub.dir.path())
         .env_remove("IOTHUB_CONNECTION_STRING")
         .env_remove("EDGETWIN_CA_FILE")
         .env("REQUESTS_CA_BUNDLE", hub.ca())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = support::stdout_of_success("edgetwin provision", &out);
     assert!(stdout.contains("device gw-7: created"), "{stdout}");
 }
 
@@ -526,40 +472,30 @@ fn image_tag(solution: &Path, platform: &str) -> String {
     )
 }
 
-fn twin_of(hub: &Hub, device: &str, module: Option<&str>) -> Value {
-    let mut args = vec!["twin", "get", "--device", device];
-    if let Some(module) = module {
-        args.extend(["--module", module]);
-    }
-    serde_json::from_str(&hub.run_ok(&args)).unwrap()
-}
-
 #[test]
 fn provision_generates_validates_and_applies_the_repositorys_deployment_template() {
     let hub = Hub::start("manifest");
     let solution = copy_solution(&hub, "solution");
     let dir = solution.to_str().unwrap();
-    let out = hub.run_json(&[
-        "provision",
-        "--device",
+    let out = hub.run_json(&provision_module(
         "gw-m1",
-        "--module",
-        "edgetwin",
-        "--manifest-template",
-        "deployment.template.json",
-        "--platform",
-        "arm64v8",
-        "--dir",
-        dir,
-        "--output",
-        "json",
-    ]);
+        &[
+            "--manifest-template",
+            "deployment.template.json",
+            "--platform",
+            "arm64v8",
+            "--dir",
+            dir,
+            "--output",
+            "json",
+        ],
+    ));
     assert_eq!(out["manifest"]["platform"], "arm64v8");
     assert_eq!(out["manifest"]["valid"], true);
     assert_eq!(out["deployment"]["status"], "applied");
     assert!(solution.join("config/deployment.arm64v8.json").is_file());
 
-    let agent = twin_of(&hub, "gw-m1", Some("$edgeAgent"));
+    let agent = hub.twin("gw-m1", Some("$edgeAgent"));
     let module = &agent["properties"]["desired"]["modules"]["edgetwin"];
     assert_eq!(
         module["settings"]["image"],
@@ -571,19 +507,10 @@ fn provision_generates_validates_and_applies_the_repositorys_deployment_template
         .as_str()
         .unwrap()
         .contains("\"9600/tcp\""));
-    let twin = twin_of(&hub, "gw-m1", Some("edgetwin"));
-    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
+    assert_eq!(hub.desired_interval("gw-m1"), 122);
 
     // --dir alone finds the solution's template; the platform defaults to amd64.
-    let text = hub.run_ok(&[
-        "provision",
-        "--device",
-        "gw-m2",
-        "--module",
-        "edgetwin",
-        "--dir",
-        dir,
-    ]);
+    let text = hub.run_ok(&provision_module("gw-m2", &["--dir", dir]));
     assert!(
         text.contains("(amd64, from deployment.template.json): valid"),
         "{text}"
@@ -592,13 +519,12 @@ fn provision_generates_validates_and_applies_the_repositorys_deployment_template
         text.contains("deployment applied to device gw-m2"),
         "{text}"
     );
-    let agent = twin_of(&hub, "gw-m2", Some("$edgeAgent"));
+    let agent = hub.twin("gw-m2", Some("$edgeAgent"));
     assert_eq!(
         agent["properties"]["desired"]["modules"]["edgetwin"]["settings"]["image"],
         image_tag(&solution, "amd64")
     );
-    let twin = twin_of(&hub, "gw-m2", Some("edgetwin"));
-    assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
+    assert_eq!(hub.desired_interval("gw-m2"), 122);
 
     // At scale: the generated manifest becomes a configuration.
     let text = hub.run_ok(&[
@@ -625,21 +551,17 @@ fn an_invalid_generated_manifest_is_refused_naming_json_paths_and_nothing_is_pro
         "FROM nowhere INTO $upstream".into();
     template["modulesContent"]["$edgeAgent"]["properties.desired"]["schemaVersion"] = "9.9".into();
     std::fs::write(&path, template.to_string()).unwrap();
-    let out = hub.run(&[
-        "provision",
-        "--device",
+    let stderr = hub.run_err(&provision_module(
         "gw-bad",
-        "--module",
-        "edgetwin",
-        "--manifest-template",
-        "deployment.template.json",
-        "--platform",
-        "amd64",
-        "--dir",
-        solution.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        &[
+            "--manifest-template",
+            "deployment.template.json",
+            "--platform",
+            "amd64",
+            "--dir",
+            solution.to_str().unwrap(),
+        ],
+    ));
     assert!(
         stderr.contains("modulesContent.$edgeHub.properties.desired.routes.broken"),
         "{stderr}"
@@ -662,49 +584,29 @@ fn an_invalid_generated_manifest_is_refused_naming_json_paths_and_nothing_is_pro
     broken["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["edgetwin"]
         ["settings"]["image"] = 5.into();
     std::fs::write(&path, broken.to_string()).unwrap();
-    let out = hub.run(&[
+    let stderr = hub.run_err(&[
         "provision",
         "--device",
         "gw-bad",
         "--dir",
         solution.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("settings.image"), "{stderr}");
 }
 
-/// The module process, killed on drop; its stderr goes to `log`.
-struct ModuleProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ModuleProcess {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ModuleProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Polls the device's edgetwin module twin until `check` holds for its reported properties
+/// (20 s); panics at once if the module exits.
 fn wait_for_twin(
     hub: &Hub,
     device: &str,
-    module: &mut ModuleProcess,
+    module: &mut Proc,
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let twin = twin_of(hub, device, Some("edgetwin"));
+    poll_blocking(Duration::from_secs(20), Duration::from_millis(100), || {
+        let twin = hub.twin(device, Some("edgetwin"));
         if check(&twin["properties"]["reported"]) {
-            return twin;
+            return Ok(twin);
         }
         if let Ok(Some(status)) = module.child.try_wait() {
             panic!(
@@ -712,13 +614,9 @@ fn wait_for_twin(
                 module.log()
             );
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; twin: {twin}\nmodule log:\n{}",
-            module.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let log = module.log();
+        Err(move || format!("timed out waiting for {what}; twin: {twin}\nmodule log:\n{log}"))
+    })
 }
 
 #[test]
@@ -730,21 +628,15 @@ fn the_printed_module_connection_string_connects_the_module_and_twin_update_reac
         .find_map(|l| l.strip_prefix("MODULE_CONNECTION_STRING="))
         .unwrap_or_else(|| panic!("no module connection string printed: {text}"))
         .to_owned();
-    let log = hub.path("module.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_edgetwin-module"))
-        .env_clear()
-        .env("EDGETWIN_CONNECTION_STRING", &connection_string)
-        .env("EDGETWIN_CA_FILE", hub.ca())
-        .env("EDGETWIN_MQTT_PORT", hub.info["mqttPort"].to_string())
-        .env("EDGETWIN_METRICS_PORT", "0")
-        .env("EDGETWIN_BACKOFF_BASE_MS", "100")
-        .env("EDGETWIN_BACKOFF_MAX_SECS", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start edgetwin-module");
-    let mut module = ModuleProcess { child, log };
+    let ca = hub.ca();
+    let mut vars = vec![
+        ("EDGETWIN_CONNECTION_STRING", connection_string.as_str()),
+        ("EDGETWIN_CA_FILE", ca.to_str().unwrap()),
+    ];
+    vars.extend(FAST_BACKOFF);
+    vars.push(("RUST_LOG", "info"));
+    let bin = Path::new(EDGETWIN_MODULE);
+    let mut module = support::start_module(bin, hub.path("module.log"), hub.hub.mqtt_port(), &vars);
 
     let twin = wait_for_twin(
         &hub,
@@ -755,18 +647,7 @@ fn the_printed_module_connection_string_connects_the_module_and_twin_update_reac
     );
     assert_eq!(twin["connectionState"], "Connected", "{twin}");
 
-    let change = hub.run_json(&[
-        "twin",
-        "update",
-        "--device",
-        "gw-c",
-        "--module",
-        "edgetwin",
-        "--desired",
-        r#"{"telemetryInterval":122}"#,
-        "--output",
-        "json",
-    ]);
+    let change = hub.update_desired_json("gw-c", r#"{"telemetryInterval":122}"#);
     let version = change["after"]["properties"]["desired"]["$version"]
         .as_i64()
         .unwrap();
@@ -786,22 +667,8 @@ fn the_printed_module_connection_string_connects_the_module_and_twin_update_reac
 #[test]
 fn a_rerun_with_devices_from_applies_the_files_tags_to_existing_devices() {
     let hub = Hub::start("retag");
-    let untagged = hub.path("devices.csv");
-    std::fs::write(&untagged, "deviceId\nre-1\nre-2\nre-3\n").unwrap();
-    let fleet = |file: &Path| {
-        hub.run_json(&[
-            "provision",
-            "--devices-from",
-            file.to_str().unwrap(),
-            "--module",
-            "edgetwin",
-            "--rate",
-            "0",
-            "--output",
-            "json",
-        ])
-    };
-    let first = fleet(&untagged);
+    let untagged = hub.write("devices.csv", "deviceId\nre-1\nre-2\nre-3\n");
+    let first = hub.provision_fleet_json(&untagged);
     assert_eq!(first["fleet"]["devicesCreated"], 3);
     assert_eq!(first["fleet"]["tagsUpdated"], 0);
 
@@ -816,21 +683,15 @@ fn a_rerun_with_devices_from_applies_the_files_tags_to_existing_devices() {
         "--deployment-id",
         "canary",
     ]);
-    let interval = |device: &str| {
-        twin_of(&hub, device, Some("edgetwin"))["properties"]["desired"]["telemetryInterval"]
-            .clone()
-    };
-    assert_eq!(interval("re-1"), Value::Null);
+    assert_eq!(hub.desired_interval("re-1"), Value::Null);
 
     // The edited file tags the existing devices; the deployment now selects two of them.
-    let tagged = hub.path("devices.jsonl");
-    std::fs::write(
-        &tagged,
+    let tagged = hub.write(
+        "devices.jsonl",
         "{\"deviceId\":\"re-1\",\"tags\":{\"ring\":\"canary\",\"site\":{\"building\":43}}}\n\
          {\"deviceId\":\"re-2\",\"tags\":{\"ring\":\"canary\"}}\n\
          {\"deviceId\":\"re-3\",\"tags\":{\"ring\":\"stable\"}}\n",
-    )
-    .unwrap();
+    );
     // Tags set by someone else are kept: the file's tags are merged.
     hub.run_ok(&[
         "twin",
@@ -840,25 +701,24 @@ fn a_rerun_with_devices_from_applies_the_files_tags_to_existing_devices() {
         "--tags",
         r#"{"owner":"ops"}"#,
     ]);
-    let second = fleet(&tagged);
+    let second = hub.provision_fleet_json(&tagged);
     assert_eq!(second["fleet"]["devicesExisting"], 3);
     assert_eq!(second["fleet"]["modulesExisting"], 3);
     assert_eq!(second["fleet"]["tagsUpdated"], 3);
-    let tags = twin_of(&hub, "re-1", None)["tags"].clone();
+    let tags = hub.twin("re-1", None)["tags"].clone();
     assert_eq!(
         tags,
         serde_json::json!({"owner":"ops","ring":"canary","site":{"building":43}})
     );
-    assert_eq!(interval("re-1"), 55);
-    assert_eq!(interval("re-2"), 55);
-    assert_eq!(interval("re-3"), Value::Null);
+    assert_eq!(hub.desired_interval("re-1"), 55);
+    assert_eq!(hub.desired_interval("re-2"), 55);
+    assert_eq!(hub.desired_interval("re-3"), Value::Null);
 
     // Moving a device between rings is one edited line and a re-run.
-    std::fs::write(
-        &untagged,
+    hub.write(
+        "devices.csv",
         "deviceId,ring\nre-1,canary\nre-2,canary\nre-3,canary\n",
-    )
-    .unwrap();
+    );
     let text = hub.run_ok(&[
         "provision",
         "--devices-from",
@@ -870,5 +730,5 @@ fn a_rerun_with_devices_from_applies_the_files_tags_to_existing_devices() {
         text.contains("tags updated on 3 existing devices"),
         "{text}"
     );
-    assert_eq!(interval("re-3"), 55);
+    assert_eq!(hub.desired_interval("re-3"), 55);
 }

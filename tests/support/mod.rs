@@ -1,0 +1,561 @@
+//! Scaffolding shared by the end-to-end tests (`#[allow(dead_code)] mod support;`) and the
+//! benches (`#[allow(dead_code)] #[path = "../tests/support/mod.rs"] mod support;`): scratch
+//! directories, child processes, `edgetwin hub` started on a scratch directory and its
+//! `hub.json`, the service REST API signed with a SAS token, `edgetwin-module` started with its
+//! environment, and polling with a deadline.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use edgetwin_wire::sas::generate_token;
+use edgetwin_wire::Secret;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// The `edgetwin` binary of this build (hub, provision, twin, quickstart).
+pub const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
+
+/// The `edgetwin-module` binary of this build.
+pub const EDGETWIN_MODULE: &str = env!("CARGO_BIN_EXE_edgetwin-module");
+
+/// Reconnect backoff short enough for tests (100 ms base, 1 s cap), as `edgetwin-module`
+/// environment variables.
+pub const FAST_BACKOFF: [(&str, &str); 2] = [
+    ("EDGETWIN_BACKOFF_BASE_MS", "100"),
+    ("EDGETWIN_BACKOFF_MAX_SECS", "1"),
+];
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`, or `?`.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Calls `attempt` every `every` until it gives `Ok`; once `timeout` has passed since the first
+/// call, panics with the message made by the last `Err` (a closure, so that an expensive message
+/// such as a process log is only read when it is needed).
+pub async fn poll<T, E, F, Fut>(timeout: Duration, every: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: FnOnce() -> String,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(why) => assert!(Instant::now() < deadline, "{}", why()),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`poll`] for a blocking `attempt`, sleeping the thread between calls.
+pub fn poll_blocking<T, E, F>(timeout: Duration, every: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Result<T, E>,
+    E: FnOnce() -> String,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(done) => return done,
+            Err(why) => assert!(Instant::now() < deadline, "{}", why()),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// A scratch directory under the system temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `edgetwin-{tag}-{pid}-{random}`, empty.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "edgetwin-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Leaves the directory on disk and returns its path.
+    pub fn keep(self) -> PathBuf {
+        let mut this = ManuallyDrop::new(self);
+        std::mem::take(&mut this.0)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process whose stderr goes to a log file; killed on drop if it still runs.
+pub struct Proc {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `command` with stdout discarded and stderr written to `log`.
+    pub fn spawn(command: &mut Command, log: PathBuf) -> Proc {
+        Self::spawn_with_stdout(command, Stdio::null(), log)
+    }
+
+    /// Spawns `command` with the given stdout and stderr written to `log`.
+    pub fn spawn_with_stdout(command: &mut Command, stdout: Stdio, log: PathBuf) -> Proc {
+        let stderr =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let child = command
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()));
+        Proc { child, log }
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, `libc::SIGKILL`, ...) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process by its id.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code (-1 for a signal), or `None`
+    /// if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends SIGTERM and asserts that the process exits 0 within `timeout`.
+    pub fn assert_sigterm_exits_0(&mut self, timeout: Duration) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(timeout);
+        assert_eq!(code, Some(0), "exit on SIGTERM; log:\n{}", self.log());
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// `VmRSS` and `VmHWM` in KiB, from `/proc/<pid>/status` (0 when unknown).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The text of a log file, empty if there is none.
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The stdout of a finished command, after asserting that it succeeded (`what` names it in the
+/// failure message, with its stdout and stderr).
+pub fn stdout_of_success(what: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The stderr of a finished command, after asserting that it failed (`what` names it in the
+/// failure message, with its stdout).
+pub fn stderr_of_failure(what: &str, out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "{what} succeeded\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// How to start `edgetwin hub`.
+pub struct HubOptions<'a> {
+    /// 0 for any free port.
+    pub mqtt_port: u16,
+    /// 0 for any free port.
+    pub rest_port: u16,
+    /// The hub's `RUST_LOG`; `None` inherits ours.
+    pub rust_log: Option<&'a str>,
+    /// How long the hub may take to write `hub.json`.
+    pub timeout: Duration,
+    /// Whether [`Hub::rest`] keeps one connection alive across calls.
+    pub keep_alive: bool,
+}
+
+impl Default for HubOptions<'_> {
+    fn default() -> Self {
+        HubOptions {
+            mqtt_port: 0,
+            rest_port: 0,
+            rust_log: None,
+            timeout: Duration::from_secs(10),
+            keep_alive: false,
+        }
+    }
+}
+
+/// A running `edgetwin hub` (killed on drop), what its `hub.json` says, and its REST API.
+pub struct Hub {
+    pub proc: Proc,
+    /// `hub.json`: ports, host name, CA certificate path, policies and their keys.
+    pub info: Value,
+    /// The service REST API as `iothubowner`.
+    pub rest: Rest,
+}
+
+impl Hub {
+    /// Starts `edgetwin hub` with its data in `dir/hub` (kept across restarts) and its stderr in
+    /// `dir/hub.log` (`hub-1.log`, ... for later starts), and waits for its `hub.json` (a stale
+    /// one is removed first) to name the MQTT port, the requested one if any. Panics if the hub
+    /// exits or does not get there within `options.timeout`.
+    pub fn start(dir: &Path, options: HubOptions) -> Hub {
+        let data = dir.join("hub");
+        let info_path = data.join("hub.json");
+        let _ = std::fs::remove_file(&info_path);
+        let log = (0..)
+            .map(|n| match n {
+                0 => dir.join("hub.log"),
+                n => dir.join(format!("hub-{n}.log")),
+            })
+            .find(|log| !log.exists())
+            .unwrap();
+        let mut command = Command::new(EDGETWIN);
+        command
+            .args(["hub", "--data-dir"])
+            .arg(&data)
+            .args(["--mqtt-port", &options.mqtt_port.to_string()])
+            .args(["--rest-port", &options.rest_port.to_string()]);
+        if let Some(filter) = options.rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let mut proc = Proc::spawn(&mut command, log.clone());
+        let log = &log;
+        let every = Duration::from_millis(20);
+        let info = poll_blocking(options.timeout, every, || {
+            assert!(proc.running(), "the hub exited: {}", proc.log());
+            let info = std::fs::read_to_string(&info_path)
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .filter(|info| {
+                    let port = info["mqttPort"].as_u64().unwrap_or(0);
+                    port != 0 && (options.mqtt_port == 0 || port == u64::from(options.mqtt_port))
+                });
+            info.ok_or(move || format!("the hub did not start: {}", read_log(log)))
+        });
+        let rest = Rest::new(&info, options.keep_alive);
+        Hub { proc, info, rest }
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.info["mqttPort"].as_u64().unwrap() as u16
+    }
+
+    pub fn rest_port(&self) -> u16 {
+        self.info["restPort"].as_u64().unwrap() as u16
+    }
+
+    /// The host name its certificates are made for.
+    pub fn host_name(&self) -> &str {
+        self.info["hostName"].as_str().unwrap()
+    }
+
+    /// Its CA certificate file.
+    pub fn ca(&self) -> PathBuf {
+        PathBuf::from(self.info["caCertificate"].as_str().unwrap())
+    }
+
+    /// The owner (`iothubowner`) connection string.
+    pub fn service_connection_string(&self) -> &str {
+        self.info["serviceConnectionString"].as_str().unwrap()
+    }
+
+    /// `edgetwin` with the owner connection string and the CA in its environment, as an
+    /// operator runs it after `export IOTHUB_CONNECTION_STRING=...`.
+    pub fn edgetwin(&self) -> Command {
+        let mut command = Command::new(EDGETWIN);
+        command
+            .env("IOTHUB_CONNECTION_STRING", self.service_connection_string())
+            .env("EDGETWIN_CA_FILE", self.ca());
+        command
+    }
+}
+
+/// A TLS client configuration trusting only the CA certificate in `ca_file`.
+pub fn tls_trusting(ca_file: &Path) -> Arc<rustls::ClientConfig> {
+    let ca = std::fs::read(ca_file).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(tls)
+}
+
+/// `HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...`.
+pub fn module_connection_string(host: &str, device: &str, module: &str, key: &str) -> String {
+    format!("HostName={host};DeviceId={device};ModuleId={module};SharedAccessKey={key}")
+}
+
+/// The hub's service REST API as the `iothubowner` policy: every call signed with a fresh SAS
+/// token, over TLS trusting the hub's CA; either a new connection per call or one kept alive
+/// (and re-opened once when it broke).
+pub struct Rest {
+    host: String,
+    port: u16,
+    key: Secret,
+    tls: Arc<rustls::ClientConfig>,
+    keep_alive: bool,
+    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+impl Rest {
+    /// For the hub that wrote `info` (its `hub.json`).
+    pub fn new(info: &Value, keep_alive: bool) -> Rest {
+        Rest {
+            host: info["hostName"].as_str().unwrap().to_owned(),
+            port: info["restPort"].as_u64().unwrap() as u16,
+            key: Secret::new(info["policies"]["iothubowner"].as_str().unwrap()),
+            tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
+            keep_alive,
+            sender: Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|e| format!("connect to the REST API: {e}"))?;
+        tcp.set_nodelay(true).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).unwrap();
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// One call (`api-version` added to `path`); returns the status and the JSON body (`null`
+    /// when empty or not JSON).
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let expiry = unix_now() as u64 + 3600;
+        let resource = format!("{}:{}", self.host, self.port);
+        let token = generate_token(&self.key, &resource, expiry, Some("iothubowner")).unwrap();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut failure = String::new();
+        for _ in 0..if self.keep_alive { 2 } else { 1 } {
+            let kept = self.sender.lock().unwrap().take();
+            let mut sender = match kept {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => match self.connect().await {
+                    Ok(sender) => sender,
+                    Err(e) => {
+                        failure = e;
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = sender.ready().await {
+                failure = e.to_string();
+                continue;
+            }
+            let request = hyper::Request::builder()
+                .method(method)
+                .uri(format!("{path}{sep}api-version=2021-04-12"))
+                .header("Host", &resource)
+                .header("Authorization", token.expose())
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap();
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    failure = e.to_string();
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            if self.keep_alive {
+                *self.sender.lock().unwrap() = Some(sender);
+            }
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return (status, value);
+        }
+        panic!("{method} {path} failed: {failure}");
+    }
+
+    /// Creates the IoT Edge device `device`.
+    pub async fn create_edge_device(&self, device: &str) {
+        let (status, body) = self
+            .call(
+                "PUT",
+                &format!("/devices/{device}"),
+                Some(json!({"deviceId": device, "capabilities": {"iotEdge": true}})),
+            )
+            .await;
+        assert!(status < 300, "create device: {status} {body}");
+    }
+
+    /// Creates the module identity `device/module`; returns its primary key.
+    pub async fn create_module(&self, device: &str, module: &str) -> String {
+        let (status, body) = self
+            .call(
+                "PUT",
+                &format!("/devices/{device}/modules/{module}"),
+                Some(json!({"moduleId": module, "deviceId": device})),
+            )
+            .await;
+        assert!(status < 300, "create module: {status} {body}");
+        body["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .expect("module key")
+            .to_owned()
+    }
+
+    /// The `IOTEDGE_*` environment the hub gives the module, as IoT Edge would.
+    pub async fn edge_environment(&self, device: &str, module: &str) -> BTreeMap<String, String> {
+        let (status, body) = self
+            .call(
+                "GET",
+                &format!("/edgetwin/devices/{device}/modules/{module}/edgeEnvironment"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "edge environment: {body}");
+        body.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// Patches the module twin's desired properties; returns the new desired section (with
+    /// `$version` and `$metadata`).
+    pub async fn patch_desired(&self, device: &str, module: &str, desired: Value) -> Value {
+        let (status, body) = self
+            .call(
+                "PATCH",
+                &format!("/twins/{device}/modules/{module}"),
+                Some(json!({"properties": {"desired": desired}})),
+            )
+            .await;
+        assert_eq!(status, 200, "patch twin: {body}");
+        body["properties"]["desired"].clone()
+    }
+
+    /// The module twin's reported properties.
+    pub async fn reported(&self, device: &str, module: &str) -> Value {
+        let (status, body) = self
+            .call("GET", &format!("/twins/{device}/modules/{module}"), None)
+            .await;
+        assert_eq!(status, 200, "get twin: {body}");
+        body["properties"]["reported"].clone()
+    }
+
+    /// The messages the module sent on its `telemetry` output, oldest first.
+    pub async fn telemetry(&self, device: &str, module: &str) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                "GET",
+                &format!("/edgetwin/messages?deviceId={device}&moduleId={module}&output=telemetry"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "messages: {body}");
+        body.as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Starts `bin` (an `edgetwin-module`) with an empty environment but for `EDGETWIN_MQTT_PORT`,
+/// `EDGETWIN_METRICS_PORT=0` and `vars` (which come later, so they win); stdout discarded,
+/// stderr written to `log`.
+pub fn start_module(bin: &Path, log: PathBuf, mqtt_port: u16, vars: &[(&str, &str)]) -> Proc {
+    Proc::spawn(
+        Command::new(bin)
+            .env_clear()
+            .env("EDGETWIN_MQTT_PORT", mqtt_port.to_string())
+            .env("EDGETWIN_METRICS_PORT", "0")
+            .envs(vars.iter().copied()),
+        log,
+    )
+}
