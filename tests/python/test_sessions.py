@@ -82,12 +82,18 @@ def test_a_qos2_publish_closes_the_connection(make_module, raw_mqtt):
     assert client.wait_disconnect(timeout=5) != 0
 
 
-def test_a_client_silent_past_its_keep_alive_is_disconnected(hub, make_module):
-    module = make_module()
+def _connected_socket(hub, module, keep_alive):
+    """A raw TLS socket that has sent CONNECT with `keep_alive` seconds and got CONNACK 0."""
     sock = tls_socket(hub)
     username = f"{hub.host}/{module.device_id}/{module.module_id}/?api-version=2021-04-12"
-    sock.sendall(_connect_packet(f"{module.device_id}/{module.module_id}", username, module.sas(), 1))
+    sock.sendall(_connect_packet(f"{module.device_id}/{module.module_id}", username, module.sas(), keep_alive))
     assert sock.recv(4) == b"\x20\x02\x00\x00"
+    return sock
+
+
+def test_a_client_silent_past_its_keep_alive_is_disconnected(hub, make_module):
+    module = make_module()
+    sock = _connected_socket(hub, module, 1)
     started = time.monotonic()
     closed, _ = read_until_closed(sock, timeout=5)
     assert closed, "the hub kept a silent connection open past 1.5 x keep-alive"
@@ -122,10 +128,7 @@ def test_a_method_nobody_answers_times_out_with_504(hub, make_module, raw_mqtt):
 
 def test_keep_alive_counts_what_the_client_sends_not_what_the_hub_sends_it(hub, make_module):
     module = make_module()
-    sock = tls_socket(hub)
-    username = f"{hub.host}/{module.device_id}/{module.module_id}/?api-version=2021-04-12"
-    sock.sendall(_connect_packet(f"{module.device_id}/{module.module_id}", username, module.sas(), 1))
-    assert sock.recv(4) == b"\x20\x02\x00\x00"
+    sock = _connected_socket(hub, module, 1)
     topic = _mqtt_string(DESIRED)
     sock.sendall(bytes([0x82, 2 + len(topic) + 1]) + b"\x00\x01" + topic + b"\x01")
     started = time.monotonic()
