@@ -732,3 +732,31 @@ fn a_rerun_with_devices_from_applies_the_files_tags_to_existing_devices() {
     );
     assert_eq!(hub.desired_interval("re-3"), 55);
 }
+
+#[test]
+fn a_hub_answering_429_with_retry_after_is_retried_and_the_job_finishes() {
+    let hub = Hub::start("throttled");
+    let rest = support::Rest::new(&hub.hub.info, false);
+    let runtime = runtime();
+    let throttle =
+        serde_json::json!({"operation": "PUT /devices/", "count": 2, "retryAfterSeconds": 1});
+    let (status, _) =
+        runtime.block_on(rest.call("POST", "/edgetwin/faults/throttle", Some(throttle)));
+    assert_eq!(status, 200);
+
+    let started = std::time::Instant::now();
+    let result = hub.provision_json("gw-429");
+    assert_eq!(result["device"]["status"], "created");
+    assert_eq!(result["module"]["status"], "created");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two 429s with Retry-After: 1 must cost at least 2 s, took {:?}",
+        started.elapsed()
+    );
+    let (_, faults) = runtime.block_on(rest.call("GET", "/edgetwin/faults", None));
+    assert_eq!(
+        faults["throttles"],
+        serde_json::json!([]),
+        "both throttled answers were used"
+    );
+}
