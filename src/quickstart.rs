@@ -5,7 +5,6 @@
 //! `telemetryInterval` to 122 (UpdateModuleTwin), waits for the module's acknowledgement, and shows
 //! the telemetry it sends.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -220,21 +219,7 @@ async fn walkthrough(
         3,
         "edgetwin-module started as myFirstModule, identity from the hub's workload API",
     );
-    let environment: BTreeMap<String, String> = client
-        .call_json(&Call::new(
-            Method::GET,
-            &[
-                "edgetwin",
-                "devices",
-                DEVICE_ID,
-                "modules",
-                MODULE_ID,
-                "edgeEnvironment",
-            ],
-            Permission::RegistryRead,
-            "read the module's Edge environment".into(),
-        ))
-        .await?;
+    let environment = client.edge_environment(DEVICE_ID, MODULE_ID).await?;
     for (name, value) in &environment {
         println!("      {name}={value}");
     }

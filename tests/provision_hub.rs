@@ -760,3 +760,33 @@ fn a_hub_answering_429_with_retry_after_is_retried_and_the_job_finishes() {
         "both throttled answers were used"
     );
 }
+
+#[test]
+fn edge_env_prints_the_modules_iotedge_variables_as_shell_exports() {
+    let hub = Hub::start("edge-env");
+    hub.provision_json("gw-env");
+    let text = hub.run_ok(&["edge-env", "--device", "gw-env", "--module", "edgetwin"]);
+    let rest = support::Rest::new(&hub.hub.info, false);
+    let expected = runtime().block_on(rest.edge_environment("gw-env", "edgetwin"));
+    assert_eq!(expected.len(), 8, "{expected:?}");
+    for (name, value) in &expected {
+        assert!(
+            text.contains(&format!("export {name}='{value}'\n")),
+            "{name} missing in:\n{text}"
+        );
+    }
+    let shell = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{text}\necho \"$IOTEDGE_DEVICEID/$IOTEDGE_MODULEID\""),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&shell.stdout).trim(),
+        "gw-env/edgetwin"
+    );
+
+    let error = hub.run_err(&["edge-env", "--device", "nobody", "--module", "edgetwin"]);
+    assert!(error.contains("nobody"), "{error}");
+}

@@ -27,6 +27,9 @@ enum Command {
     /// Create device and module identities (idempotent), print their connection strings, and
     /// apply a deployment manifest to one device or at scale; `--count`/`--devices-from` for fleets.
     Provision(edgetwin::provision::cli::ProvisionArgs),
+    /// Print the IOTEDGE_* variables a module of an edge device uses with a local `edgetwin hub`,
+    /// as shell export lines.
+    EdgeEnv(edgetwin::provision::cli::EdgeEnvArgs),
     /// Read or update a device or module twin through the service API.
     Twin(edgetwin::provision::cli::TwinArgs),
     /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Hub(args) => runtime.block_on(run_hub(args)),
         Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
         Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
+        Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
     };
     match result {
@@ -145,8 +149,8 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         info.ca_certificate.display()
     );
     println!(
-        "  module environment (IOTEDGE_*): GET {}/edgetwin/devices/<d>/modules/<m>/edgeEnvironment",
-        info.rest_url
+        "  a module's IOTEDGE_* environment: eval \"$(edgetwin edge-env --device <d> --module <m> --ca-file {})\"",
+        info.ca_certificate.display()
     );
     println!("Stop with Ctrl-C.");
     wait_for_signal().await;

@@ -28,6 +28,20 @@ pub struct HubArgs {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Options of `edge-env`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EdgeEnvArgs {
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// Edge device id.
+    #[arg(long, value_name = "ID")]
+    pub device: String,
+    /// Module id.
+    #[arg(long, value_name = "ID")]
+    pub module: String,
+}
+
 /// Text for people or JSON for scripts.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
@@ -558,4 +572,37 @@ async fn twin_command(args: TwinArgs) -> Result<(), ProvisionError> {
         }
     }
     Ok(())
+}
+
+/// `edgetwin edge-env`: prints the `IOTEDGE_*` variables a module of an edge device gets from a
+/// local `edgetwin hub`, as shell `export` lines (`eval "$(edgetwin edge-env ...)"`).
+pub async fn run_edge_env(args: EdgeEnvArgs) -> Result<(), String> {
+    let client = connect(&args.hub).map_err(|e| e.to_string())?;
+    let environment = client
+        .edge_environment(&args.device, &args.module)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (name, value) in environment {
+        println!("export {name}={}", shell_quote(&value));
+    }
+    Ok(())
+}
+
+/// `value` in single quotes, safe for any POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_quotes_and_spaces() {
+        assert_eq!(
+            shell_quote("unix:///tmp/a b.sock"),
+            "'unix:///tmp/a b.sock'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
 }

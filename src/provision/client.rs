@@ -571,6 +571,29 @@ impl ServiceClient {
         }
     }
 
+    /// The `IOTEDGE_*` environment a module of an edge device gets from a local `edgetwin hub`
+    /// (`GET /edgetwin/devices/{d}/modules/{m}/edgeEnvironment`; not an IoT Hub operation).
+    pub async fn edge_environment(
+        &self,
+        device_id: &str,
+        module_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ProvisionError> {
+        let call = Call::new(
+            Method::GET,
+            &[
+                "edgetwin",
+                "devices",
+                device_id,
+                "modules",
+                module_id,
+                "edgeEnvironment",
+            ],
+            Permission::RegistryRead,
+            format!("read the Edge environment of module '{device_id}/{module_id}'"),
+        );
+        self.call_json(&call).await
+    }
+
     /// `GET /twins/{id}[/modules/{mid}]`, the whole twin as JSON.
     pub async fn get_twin(
         &self,
