@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgetwin_wire::connection_string::ConnectionString;
-use edgetwin_wire::rest::Permission;
+use edgetwin_wire::rest::{CloudToDeviceMethod, Permission};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -308,7 +308,12 @@ async fn walkthrough(
                 Permission::ServiceConnect,
                 "invoke sampleNow".into(),
             )
-            .json(&json!({ "methodName": "sampleNow", "payload": {}, "responseTimeoutInSeconds": 10 })),
+            .json(&CloudToDeviceMethod {
+                method_name: "sampleNow".into(),
+                payload: Some(json!({})),
+                response_timeout_in_seconds: Some(10),
+                ..CloudToDeviceMethod::default()
+            }),
         )
         .await?;
     println!("      sampleNow answered status {}", answer["status"]);

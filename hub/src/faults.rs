@@ -24,7 +24,8 @@ pub struct Throttle {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Delay {
-    /// Operation prefix, as for [`Throttle`]; empty matches everything.
+    /// REST operation prefix (`GET /devices`, ...; delays apply to REST requests only); empty
+    /// matches every request.
     #[serde(default)]
     pub operation: String,
     /// The delay.

@@ -123,11 +123,11 @@ impl Hub {
     pub fn transact_each_and_notify<I, T>(
         &self,
         items: impl IntoIterator<Item = I>,
-        mut f: impl FnMut(&Transaction<'_>, I) -> Result<(T, Vec<DesiredChange>), ApiError>,
+        f: impl FnMut(&Transaction<'_>, I) -> Result<(T, Vec<DesiredChange>), ApiError>,
     ) -> Result<Vec<Result<T, ApiError>>, ApiError> {
         off_the_async_worker(|| {
             let mut store = self.store();
-            let results = store.each_in_one_transaction(items, |tx, item| f(tx, item))?;
+            let results = store.each_in_one_transaction(items, f)?;
             Ok(results
                 .into_iter()
                 .map(|result| {

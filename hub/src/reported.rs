@@ -43,11 +43,6 @@ impl ReportedWriter {
         Self { queue }
     }
 
-    /// Applies a reported patch durably; returns the new `reported.$version`.
-    pub async fn patch(&self, key: IdentityKey, body: Bytes) -> Result<i64, ApiError> {
-        self.submit(key, body).await?.outcome().await
-    }
-
     /// Queues a reported patch (waiting only for room in the queue) and returns the handle to
     /// its outcome, so that a connection can keep reading while the patch waits for its commit.
     /// Patches are applied in the order they are submitted.

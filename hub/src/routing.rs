@@ -90,6 +90,17 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
         }
     };
     let document = condition_document(message);
+    // What every delivered copy carries: the properties without the output name, plus the sender.
+    let mut properties = PropertyBag::new();
+    for (key, value) in &message.properties.0 {
+        if key != topic::OUTPUT_NAME_PROPERTY {
+            properties.0.push((key.clone(), value.clone()));
+        }
+    }
+    properties.insert("$.cdid", message.device_id);
+    if let Some(sender) = message.module_id {
+        properties.insert("$.cmid", sender);
+    }
     let mut delivered = 0;
     for (route, condition) in routes {
         let Sink::ModuleInput { module, input } = &route.sink else {
@@ -99,16 +110,6 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
             || condition.as_ref().is_some_and(|c| !c.matches(&document))
         {
             continue;
-        }
-        let mut properties = PropertyBag::new();
-        for (key, value) in &message.properties.0 {
-            if key != "$.on" {
-                properties.0.push((key.clone(), value.clone()));
-            }
-        }
-        properties.insert("$.cdid", message.device_id);
-        if let Some(sender) = message.module_id {
-            properties.insert("$.cmid", sender);
         }
         let target = IdentityKey::module(message.device_id, module).client_id();
         let outgoing = Outgoing {

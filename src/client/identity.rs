@@ -77,15 +77,16 @@ impl Identity {
     /// then `EDGETWIN_CONNECTION_STRING` (with optional `EDGETWIN_CA_FILE`).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, IdentityError> {
         let present = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let edge_hub = present(EDGE_HUB_CONNECTION_STRING);
         match EdgeEnvironment::from_lookup(&lookup) {
             Ok(Some(env)) => return Ok(Identity::Edge(env)),
             Ok(None) => {}
             // Like the Python SDK: an incomplete IOTEDGE_* set falls back to the simulator
             // string when one is given; otherwise the missing variable is the error.
-            Err(e) if present(EDGE_HUB_CONNECTION_STRING).is_none() => return Err(e.into()),
+            Err(e) if edge_hub.is_none() => return Err(e.into()),
             Err(_) => {}
         }
-        if let Some(text) = present(EDGE_HUB_CONNECTION_STRING) {
+        if let Some(text) = edge_hub {
             let connection = parse_module_string(EDGE_HUB_CONNECTION_STRING, &text)?;
             let ca_file =
                 present(EDGE_MODULE_CA_FILE).ok_or(IdentityError::Missing(EDGE_MODULE_CA_FILE))?;
@@ -264,7 +265,12 @@ mod tests {
 
     #[test]
     fn the_edge_environment_comes_first() {
-        let id = Identity::from_lookup(env(&EDGE)).unwrap();
+        let mut all = EDGE.to_vec();
+        all.push((
+            CONNECTION_STRING,
+            "HostName=h.net;DeviceId=d;ModuleId=m;SharedAccessKey=a2V5",
+        ));
+        let id = Identity::from_lookup(env(&all)).unwrap();
         assert_eq!(id.source(), IdentitySource::EdgeWorkload);
         assert_eq!(id.hub_host(), "hub.example.net");
         assert_eq!(id.connect_host(), "localhost");

@@ -173,6 +173,15 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    /// A queue whose only patch was sent with request id `rid`.
+    fn in_flight(rid: &str, patch: Properties, now: Instant) -> ReportedQueue {
+        let mut q = ReportedQueue::new();
+        q.push(patch, now);
+        let p = q.take_sendable(now).unwrap();
+        q.sent(rid.into(), p, now);
+        q
+    }
+
     #[test]
     fn coalescing_keeps_nulls_and_merges_objects() {
         let mut a = props(json!({"x": {"a": 1, "b": 2}, "y": 1, "z": null}));
@@ -186,10 +195,7 @@ mod tests {
     #[test]
     fn one_patch_in_flight_and_later_updates_coalesce_behind_it() {
         let now = Instant::now();
-        let mut q = ReportedQueue::new();
-        q.push(props(json!({"a": 1})), now);
-        let p = q.take_sendable(now).unwrap();
-        q.sent("1".into(), p, now);
+        let mut q = in_flight("1", props(json!({"a": 1})), now);
         q.push(props(json!({"b": 1})), now);
         q.push(props(json!({"b": 2, "c": 1})), now);
         assert!(q.take_sendable(now).is_none(), "one in flight at a time");
@@ -203,10 +209,7 @@ mod tests {
     #[test]
     fn a_patch_lost_with_the_connection_is_sent_again_before_newer_ones() {
         let now = Instant::now();
-        let mut q = ReportedQueue::new();
-        q.push(props(json!({"a": 1, "b": 1})), now);
-        let p = q.take_sendable(now).unwrap();
-        q.sent("1".into(), p, now);
+        let mut q = in_flight("1", props(json!({"a": 1, "b": 1})), now);
         q.push(props(json!({"b": 2})), now);
         q.requeue_in_flight();
         assert_eq!(q.on_answer("1", 204, now), ReportedAnswer::Unknown);
@@ -216,10 +219,7 @@ mod tests {
     #[test]
     fn throttled_patches_are_retried_after_a_pause() {
         let now = Instant::now();
-        let mut q = ReportedQueue::new();
-        q.push(props(json!({"a": 1})), now);
-        let p = q.take_sendable(now).unwrap();
-        q.sent("7".into(), p, now);
+        let mut q = in_flight("7", props(json!({"a": 1})), now);
         assert_eq!(q.on_answer("7", 429, now), ReportedAnswer::Retry);
         assert!(q.take_sendable(now).is_none());
         let later = now + Duration::from_secs(2);
@@ -229,10 +229,7 @@ mod tests {
     #[test]
     fn rejected_patches_are_dropped() {
         let now = Instant::now();
-        let mut q = ReportedQueue::new();
-        q.push(props(json!({"a": 1})), now);
-        let p = q.take_sendable(now).unwrap();
-        q.sent("7".into(), p, now);
+        let mut q = in_flight("7", props(json!({"a": 1})), now);
         assert_eq!(q.on_answer("7", 400, now), ReportedAnswer::Rejected);
         assert!(q.is_idle());
     }
@@ -240,10 +237,7 @@ mod tests {
     #[test]
     fn timeouts_are_detected_on_the_in_flight_patch() {
         let now = Instant::now();
-        let mut q = ReportedQueue::new();
-        q.push(props(json!({"a": 1})), now);
-        let p = q.take_sendable(now).unwrap();
-        q.sent("1".into(), p, now);
+        let q = in_flight("1", props(json!({"a": 1})), now);
         assert!(!q.in_flight_timed_out(now, Duration::from_secs(30)));
         assert!(q.in_flight_timed_out(now + Duration::from_secs(30), Duration::from_secs(30)));
     }

@@ -453,10 +453,10 @@ impl Session {
         )
         .await
         .map_err(|_| ClientError::Timeout("fetching credentials"))??;
-        let device = self.identity.device_id().to_owned();
-        let module = self.identity.module_id().map(str::to_owned);
+        let device = self.identity.device_id();
+        let module = self.identity.module_id();
         let mut options = MqttOptions::new(
-            client_id(&device, module.as_deref()),
+            client_id(device, module),
             self.identity.connect_host(),
             self.config.mqtt_port,
         );
@@ -464,8 +464,8 @@ impl Session {
             .set_credentials(
                 username(
                     self.identity.hub_host(),
-                    &device,
-                    module.as_deref(),
+                    device,
+                    module,
                     DEVICE_API_VERSION,
                     &super::client_type(),
                 ),

@@ -10,6 +10,7 @@ use edgetwin_wire::edge::{
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::error::WorkloadError;
@@ -21,11 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn trust_bundle(env: &EdgeEnvironment) -> Result<String, WorkloadError> {
     let path = format!("/trust-bundle?api-version={}", env.api_version);
     let body = call(&env.workload_uri, "GET", &path, None).await?;
-    let bundle: TrustBundleResponse =
-        serde_json::from_slice(&body).map_err(|source| WorkloadError::Body {
-            path: path.clone(),
-            source,
-        })?;
+    let bundle: TrustBundleResponse = decode(&path, &body)?;
     Ok(bundle.certificate)
 }
 
@@ -39,12 +36,16 @@ pub async fn sign_token(env: &EdgeEnvironment, expiry: u64) -> Result<String, Wo
         source,
     })?;
     let answer = call(&env.workload_uri, "POST", &path, Some(body)).await?;
-    let signed: SignResponse =
-        serde_json::from_slice(&answer).map_err(|source| WorkloadError::Body {
-            path: path.clone(),
-            source,
-        })?;
+    let signed: SignResponse = decode(&path, &answer)?;
     Ok(signed.digest)
+}
+
+/// Parses the JSON answer of `path`.
+fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, WorkloadError> {
+    serde_json::from_slice(body).map_err(|source| WorkloadError::Body {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// One request on a fresh connection; returns the body of a 2xx answer.
@@ -54,24 +55,22 @@ async fn call(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Bytes, WorkloadError> {
+    let connect_error = |source| WorkloadError::Connect {
+        uri: uri.to_string(),
+        source,
+    };
     let work = async {
         match uri {
             WorkloadUri::Unix(socket) => {
                 let stream = tokio::net::UnixStream::connect(socket)
                     .await
-                    .map_err(|source| WorkloadError::Connect {
-                        uri: uri.to_string(),
-                        source,
-                    })?;
+                    .map_err(connect_error)?;
                 exchange(stream, "localhost", method, path, body).await
             }
             WorkloadUri::Http { host, port } => {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
-                    .map_err(|source| WorkloadError::Connect {
-                        uri: uri.to_string(),
-                        source,
-                    })?;
+                    .map_err(connect_error)?;
                 exchange(stream, host, method, path, body).await
             }
         }

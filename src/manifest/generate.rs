@@ -113,12 +113,18 @@ pub fn genconfig(options: &GenOptions, env: Env) -> Result<Generated, ManifestEr
         .clone()
         .unwrap_or_else(|| env.get_stripped("DEFAULT_PLATFORM").to_string());
     // At start-up iotedgedev parses the default template to name the default manifest.
-    if !env.contains("DEPLOYMENT_CONFIG_FILE") && dir.join(&default_template).is_file() {
-        load_expanded(dir, &default_template, &env)?;
-    }
+    let default_doc =
+        if !env.contains("DEPLOYMENT_CONFIG_FILE") && dir.join(&default_template).is_file() {
+            Some(load_expanded(dir, &default_template, &env)?)
+        } else {
+            None
+        };
 
-    // Steps 3–4.
-    let mut doc = load_expanded(dir, &template, &env)?;
+    // Steps 3–4 (the default template is not read a second time).
+    let mut doc = match default_doc {
+        Some(doc) if template == default_template => doc,
+        _ => load_expanded(dir, &template, &env)?,
+    };
     let root = doc
         .as_object()
         .ok_or_else(|| template_error(&template, &[], "the template must be a JSON object"))?;
@@ -133,28 +139,18 @@ pub fn genconfig(options: &GenOptions, env: Env) -> Result<Generated, ManifestEr
         &content_path,
         &["$edgeAgent".into(), "properties".into(), "desired".into()],
     );
-    let users = match layout::user_modules(content) {
-        Some(m) => m,
-        None if layered => Vec::new(),
-        None => {
-            return Err(template_error(
-                &template,
-                &concat(&agent_desired, &["modules".into()]),
-                "missing (required in a non-layered deployment)",
-            ))
-        }
+    // A layered deployment may leave out either list; a full one must have both.
+    let required = |found: Option<Vec<(String, KeyPath)>>, key: &str| match found {
+        Some(m) => Ok(m),
+        None if layered => Ok(Vec::new()),
+        None => Err(template_error(
+            &template,
+            &concat(&agent_desired, &[key.into()]),
+            "missing (required in a non-layered deployment)",
+        )),
     };
-    let systems = match layout::system_modules(content) {
-        Some(m) => m,
-        None if layered => Vec::new(),
-        None => {
-            return Err(template_error(
-                &template,
-                &concat(&agent_desired, &["systemModules".into()]),
-                "missing (required in a non-layered deployment)",
-            ))
-        }
-    };
+    let users = required(layout::user_modules(content), "modules")?;
+    let systems = required(layout::system_modules(content), "systemModules")?;
     let absolute = |p: &KeyPath| concat(&content_path, p);
 
     // Step 6: placeholders from module projects.

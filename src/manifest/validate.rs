@@ -107,6 +107,29 @@ impl Validator {
         });
     }
 
+    /// The value at `key` of `obj`; reports it missing if `required`.
+    fn field<'a>(
+        &mut self,
+        obj: &'a Object,
+        path: &[String],
+        key: &str,
+        required: bool,
+    ) -> Option<&'a Value> {
+        let value = obj.get(key);
+        if value.is_none() && required {
+            self.err(&push(path, key), "required but missing");
+        }
+        value
+    }
+
+    /// Reports the value at `key` as not being `expected` (`"an object"`, ...).
+    fn mistyped(&mut self, path: &[String], key: &str, expected: &str, found: &Value) {
+        self.err(
+            &push(path, key),
+            format!("must be {expected}, not {}", found.type_name()),
+        );
+    }
+
     /// The object at `key` of `obj`; reports missing (if `required`) or mistyped values.
     fn object<'a>(
         &mut self,
@@ -115,19 +138,10 @@ impl Validator {
         key: &str,
         required: bool,
     ) -> Option<&'a Object> {
-        match obj.get(key) {
-            Some(Value::Object(o)) => Some(o),
-            Some(other) => {
-                self.err(
-                    &push(path, key),
-                    format!("must be an object, not {}", other.type_name()),
-                );
-                None
-            }
-            None => {
-                if required {
-                    self.err(&push(path, key), "required but missing");
-                }
+        match self.field(obj, path, key, required)? {
+            Value::Object(o) => Some(o),
+            other => {
+                self.mistyped(path, key, "an object", other);
                 None
             }
         }
@@ -140,19 +154,10 @@ impl Validator {
         key: &str,
         required: bool,
     ) -> Option<&'a str> {
-        match obj.get(key) {
-            Some(Value::Str(s)) => Some(s),
-            Some(other) => {
-                self.err(
-                    &push(path, key),
-                    format!("must be a string, not {}", other.type_name()),
-                );
-                None
-            }
-            None => {
-                if required {
-                    self.err(&push(path, key), "required but missing");
-                }
+        match self.field(obj, path, key, required)? {
+            Value::Str(s) => Some(s),
+            other => {
+                self.mistyped(path, key, "a string", other);
                 None
             }
         }
@@ -185,8 +190,8 @@ impl Validator {
         required: bool,
         max: u64,
     ) -> Option<u64> {
-        match obj.get(key) {
-            Some(Value::Int(i)) => match i.parse::<u64>() {
+        match self.field(obj, path, key, required)? {
+            Value::Int(i) => match i.parse::<u64>() {
                 Ok(n) if n <= max => Some(n),
                 _ => {
                     self.err(
@@ -196,17 +201,8 @@ impl Validator {
                     None
                 }
             },
-            Some(other) => {
-                self.err(
-                    &push(path, key),
-                    format!("must be an integer, not {}", other.type_name()),
-                );
-                None
-            }
-            None => {
-                if required {
-                    self.err(&push(path, key), "required but missing");
-                }
+            other => {
+                self.mistyped(path, key, "an integer", other);
                 None
             }
         }

@@ -248,6 +248,13 @@ impl App {
         }
     }
 
+    /// Sends a JSON document to a module output.
+    async fn send_json(&self, output: &str, body: &Value) {
+        self.client
+            .send_output(output, serde_json::to_vec(body).unwrap_or_default())
+            .await;
+    }
+
     /// Samples, sends telemetry (and alerts), reports the time and health; returns the body.
     async fn send_telemetry(&mut self) -> Value {
         let disk_path = self.config.disk_path.clone();
@@ -256,12 +263,7 @@ impl App {
             .unwrap_or_else(|_| Sample::default());
         let timestamp = now_rfc3339();
         let body = sample.telemetry(&self.settings.metrics, &timestamp);
-        self.client
-            .send_output(
-                TELEMETRY_OUTPUT,
-                serde_json::to_vec(&body).unwrap_or_default(),
-            )
-            .await;
+        self.send_json(TELEMETRY_OUTPUT, &body).await;
         self.stats.telemetry_sent.fetch_add(1, Ordering::Relaxed);
         let crossed = sample.crossed(&self.settings.thresholds);
         for (name, value, threshold) in &crossed {
@@ -275,12 +277,7 @@ impl App {
                 let alert = json!({
                     "alert": name, "value": value, "threshold": threshold, "timestamp": timestamp,
                 });
-                self.client
-                    .send_output(
-                        ALERTS_OUTPUT,
-                        serde_json::to_vec(&alert).unwrap_or_default(),
-                    )
-                    .await;
+                self.send_json(ALERTS_OUTPUT, &alert).await;
                 self.stats.alerts_sent.fetch_add(1, Ordering::Relaxed);
             }
         }

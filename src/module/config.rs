@@ -31,22 +31,11 @@ pub struct ModuleConfig {
     /// Default metrics.
     pub metrics: Vec<String>,
     /// Default thresholds.
-    pub thresholds: ThresholdConfig,
+    pub thresholds: Thresholds,
     /// Filesystem whose usage is reported as `disk`.
     pub disk_path: String,
     /// Port of the Prometheus `/metrics` endpoint (9600 as edgeHub and edgeAgent; 0 = off).
     pub metrics_port: u16,
-}
-
-/// Default alert thresholds.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ThresholdConfig {
-    /// CPU temperature in °C.
-    pub cpu_temperature: f64,
-    /// Memory use in percent.
-    pub memory_percent: f64,
-    /// Disk use in percent.
-    pub disk_percent: f64,
 }
 
 /// Why the configuration is unusable.
@@ -135,11 +124,7 @@ impl ModuleConfig {
         let settings = Settings {
             telemetry_interval: self.telemetry_interval,
             metrics,
-            thresholds: Thresholds {
-                cpu_temperature: self.thresholds.cpu_temperature,
-                memory_percent: self.thresholds.memory_percent,
-                disk_percent: self.thresholds.disk_percent,
-            },
+            thresholds: self.thresholds,
         };
         settings
             .validate()

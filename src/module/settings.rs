@@ -49,8 +49,8 @@ impl Metric {
     }
 }
 
-/// Alert thresholds.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Alert thresholds (also the `thresholds` table of the start-up configuration).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
 pub struct Thresholds {
     /// CPU temperature, °C.
     pub cpu_temperature: f64,

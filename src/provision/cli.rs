@@ -347,13 +347,9 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
         if let Some(path) = &args.secrets_file {
             let mut text = String::new();
             for identity in &identities {
-                let name = if identity.module_id.is_some() {
-                    "MODULE_CONNECTION_STRING"
-                } else {
-                    "DEVICE_CONNECTION_STRING"
-                };
                 text.push_str(&format!(
-                    "{name}=\"{}\"\n",
+                    "{}=\"{}\"\n",
+                    identity.env_name(),
                     identity.connection_string.expose()
                 ));
             }
@@ -391,12 +387,11 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
                 Some(path) => println!("connection strings written to {}", path.display()),
                 None => {
                     for identity in &identities {
-                        let name = if identity.module_id.is_some() {
-                            "MODULE_CONNECTION_STRING"
-                        } else {
-                            "DEVICE_CONNECTION_STRING"
-                        };
-                        println!("{name}={}", identity.connection_string.expose());
+                        println!(
+                            "{}={}",
+                            identity.env_name(),
+                            identity.connection_string.expose()
+                        );
                     }
                 }
             }

@@ -469,12 +469,18 @@ impl ServiceClient {
         }
     }
 
-    /// Sends `call` and decodes a 2xx JSON answer; other answers become errors.
-    pub async fn call_json<T: DeserializeOwned>(&self, call: &Call) -> Result<T, ProvisionError> {
+    /// Sends `call` and expects a 2xx answer; other answers become errors.
+    async fn execute_ok(&self, call: &Call) -> Result<RawResponse, ProvisionError> {
         let raw = self.execute(call).await?;
         if !(200..300).contains(&raw.status) {
             return Err(self.service_error(call, &raw).into());
         }
+        Ok(raw)
+    }
+
+    /// Sends `call` and decodes a 2xx JSON answer; other answers become errors.
+    pub async fn call_json<T: DeserializeOwned>(&self, call: &Call) -> Result<T, ProvisionError> {
+        let raw = self.execute_ok(call).await?;
         serde_json::from_slice(&raw.body).map_err(|e| ProvisionError::Protocol {
             operation: call.operation.clone(),
             detail: e.to_string(),
@@ -483,11 +489,7 @@ impl ServiceClient {
 
     /// Sends `call` and expects a 2xx answer whose body is ignored.
     pub async fn call_empty(&self, call: &Call) -> Result<(), ProvisionError> {
-        let raw = self.execute(call).await?;
-        if !(200..300).contains(&raw.status) {
-            return Err(self.service_error(call, &raw).into());
-        }
-        Ok(())
+        self.execute_ok(call).await.map(drop)
     }
 
     /// Like [`call_json`](Self::call_json), but `None` on a 404 with one of `absent_codes`.

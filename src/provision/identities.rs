@@ -45,6 +45,18 @@ pub struct Identity {
     pub note: Option<String>,
 }
 
+impl Identity {
+    /// The variable its connection string is printed or written under:
+    /// `DEVICE_CONNECTION_STRING` or `MODULE_CONNECTION_STRING`.
+    pub fn env_name(&self) -> &'static str {
+        if self.module_id.is_some() {
+            "MODULE_CONNECTION_STRING"
+        } else {
+            "DEVICE_CONNECTION_STRING"
+        }
+    }
+}
+
 /// The primary key of a SAS identity, or why there is none.
 pub fn primary_key(
     authentication: Option<&AuthenticationMechanism>,

@@ -39,48 +39,16 @@ impl Source {
     }
 }
 
-/// Parses `.env` text the way python-dotenv (used by iotedgedev) does for the cases that occur in
-/// practice: `KEY=VALUE` lines, optional `export `, `#` comments, single- or double-quoted values
-/// (quotes removed, `\"` and `\\` unescaped in double quotes), and ` #` comments after unquoted
-/// values. Later lines win.
+/// Parses `.env` text the way python-dotenv (used by iotedgedev) does, with the parser `manifest
+/// gen` uses ([`crate::manifest::env::parse_dotenv`]): keys without `=` are dropped and later
+/// lines win.
 pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    for (key, value) in crate::manifest::env::parse_dotenv(text) {
+        if let Some(value) = value {
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
         }
-        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().to_owned();
-        let value = value.trim();
-        let value = if let Some(inner) = value.strip_prefix('"') {
-            let mut out = String::new();
-            let mut chars = inner.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => break,
-                    '\\' => match chars.next() {
-                        Some('n') => out.push('\n'),
-                        Some(other) => out.push(other),
-                        None => {}
-                    },
-                    other => out.push(other),
-                }
-            }
-            out
-        } else if let Some(inner) = value.strip_prefix('\'') {
-            inner.split('\'').next().unwrap_or_default().to_owned()
-        } else {
-            match value.find(" #") {
-                Some(at) => value[..at].trim_end().to_owned(),
-                None => value.to_owned(),
-            }
-        };
-        pairs.retain(|(k, _)| *k != key);
-        pairs.push((key, value));
     }
     pairs
 }

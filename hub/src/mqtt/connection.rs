@@ -201,12 +201,22 @@ where
                         session.answer_all(&mut pipelined, &mut writer).await?;
                         return Ok(());
                     }
-                    Some(Packet::Publish(publish)) if session.is_reported_patch(&publish) => {
-                        pipelined.push_back(session.submit_reported(publish).await?);
-                    }
+                    // The topic is parsed once: reported patches join the pipeline, any other
+                    // PUBLISH waits for it to drain.
+                    Some(Packet::Publish(publish)) => match session.parse_publish(&publish) {
+                        Ok(Inbound::ReportedPatch { rid }) => {
+                            pipelined.push_back(session.submit_reported(publish, rid).await?);
+                        }
+                        inbound => {
+                            session.answer_all(&mut pipelined, &mut writer).await?;
+                            for reply in session.on_publish(publish, inbound?)? {
+                                write_packet(&mut writer, reply).await?;
+                            }
+                        }
+                    },
                     Some(packet) => {
                         session.answer_all(&mut pipelined, &mut writer).await?;
-                        for reply in session.handle(packet).await? {
+                        for reply in session.handle(packet)? {
                             write_packet(&mut writer, reply).await?;
                         }
                     }
@@ -324,29 +334,28 @@ fn ready_outcome(pipelined: &mut VecDeque<InFlight>) -> Option<Result<i64, ApiEr
 }
 
 impl Session {
-    /// Whether `publish` is a reported patch that can be pipelined (QoS 0 or 1, own twin).
-    fn is_reported_patch(&self, publish: &Publish) -> bool {
-        publish.qos != QoS::ExactlyOnce
-            && matches!(
-                topic::parse_inbound(
-                    &publish.topic,
-                    &self.key.device_id,
-                    self.key.module_id.as_deref()
-                ),
-                Ok(Inbound::ReportedPatch { .. })
-            )
-    }
-
-    /// Hands a reported patch to the group commit without waiting for the commit.
-    async fn submit_reported(&mut self, publish: Publish) -> Result<InFlight, ConnectionEnd> {
-        let rid = match topic::parse_inbound(
+    /// What a PUBLISH from the client asks for (QoS 0 or 1, on its own identity's topics).
+    fn parse_publish(&self, publish: &Publish) -> Result<Inbound, ConnectionEnd> {
+        if publish.qos == QoS::ExactlyOnce {
+            return Err(ConnectionEnd::Violation(
+                "QoS 2 is not supported by IoT Hub".into(),
+            ));
+        }
+        topic::parse_inbound(
             &publish.topic,
             &self.key.device_id,
             self.key.module_id.as_deref(),
-        ) {
-            Ok(Inbound::ReportedPatch { rid }) => rid,
-            _ => return Err(ConnectionEnd::Violation("not a reported patch".into())),
-        };
+        )
+        .map_err(|e| ConnectionEnd::Violation(format!("publish to unsupported topic: {e}")))
+    }
+
+    /// Hands a reported patch (`rid`: its `$rid`, if any) to the group commit without waiting
+    /// for the commit.
+    async fn submit_reported(
+        &mut self,
+        publish: Publish,
+        rid: Option<String>,
+    ) -> Result<InFlight, ConnectionEnd> {
         let puback = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
         let outcome = if rid.is_some() && self.throttled(&inbound_operation(&publish.topic)) {
             Outcome::Decided(Some(Err(ApiError::new(
@@ -404,9 +413,9 @@ impl Session {
         Ok(())
     }
 
-    async fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
+    /// Any packet but PUBLISH (see [`Self::on_publish`]) and DISCONNECT.
+    fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::Subscribe(subscribe) => {
                 let codes = subscribe
                     .filters
@@ -462,26 +471,18 @@ impl Session {
         Ok(())
     }
 
-    async fn on_publish(&mut self, publish: Publish) -> Result<Vec<Packet>, ConnectionEnd> {
-        if publish.qos == QoS::ExactlyOnce {
-            return Err(ConnectionEnd::Violation(
-                "QoS 2 is not supported by IoT Hub".into(),
-            ));
-        }
-        let inbound = topic::parse_inbound(
-            &publish.topic,
-            &self.key.device_id,
-            self.key.module_id.as_deref(),
-        )
-        .map_err(|e| ConnectionEnd::Violation(format!("publish to unsupported topic: {e}")))?;
+    /// A PUBLISH other than a reported patch (those are pipelined: [`Self::submit_reported`]).
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        inbound: Inbound,
+    ) -> Result<Vec<Packet>, ConnectionEnd> {
         let mut replies = Vec::new();
         match inbound {
             Inbound::Telemetry { output, properties } => {
                 self.on_telemetry(output, properties, &publish.payload)
             }
-            Inbound::TwinGet { rid } | Inbound::ReportedPatch { rid: Some(rid) }
-                if self.throttled(&inbound_operation(&publish.topic)) =>
-            {
+            Inbound::TwinGet { rid } if self.throttled(&inbound_operation(&publish.topic)) => {
                 replies.push(self.twin_error(
                     &rid,
                     &ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)"),
@@ -494,18 +495,10 @@ impl Session {
                     Err(error) => self.twin_error(&rid, &error),
                 });
             }
-            Inbound::ReportedPatch { rid } => {
-                let result = self
-                    .hub
-                    .reported
-                    .patch(self.key.clone(), publish.payload.clone())
-                    .await;
-                if let Some(rid) = rid {
-                    replies.push(match result {
-                        Ok(version) => self.twin_response(204, &rid, Some(version), Bytes::new()),
-                        Err(error) => self.twin_error(&rid, &error),
-                    });
-                }
+            Inbound::ReportedPatch { .. } => {
+                return Err(ConnectionEnd::Violation(
+                    "reported patch outside the group-commit pipeline".into(),
+                ));
             }
             Inbound::MethodResponse { status, rid } => {
                 let response = MethodResponse {
