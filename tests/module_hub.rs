@@ -22,12 +22,12 @@ const MODULE: &str = "health";
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `edgetwin hub` on `dir` with these ports (0: any).
-fn start_hub(dir: &Path, mqtt_port: u16, rest_port: u16) -> Hub {
+fn start_hub(dir: &Path, mqtt_port: u16, https_port: u16) -> Hub {
     Hub::start(
         dir,
         HubOptions {
             mqtt_port,
-            rest_port,
+            https_port,
             ..HubOptions::default()
         },
     )
@@ -345,7 +345,7 @@ async fn module_applies_desired_settings_refuses_invalid_ones_sends_telemetry_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_killed_and_restarted_is_recovered_from_and_a_change_made_meanwhile_is_applied() {
     let (dir, hub, env) = provisioned_hub("module-restart").await;
-    let (mqtt_port, rest_port) = (hub.mqtt_port(), hub.rest_port());
+    let (mqtt_port, https_port) = (hub.mqtt_port(), hub.https_port());
     let v1 = hub.patch_desired(json!({"telemetryInterval": 30})).await;
     let mut module = start_module(dir.path(), &env, mqtt_port);
     hub.wait_ack("first ack", &module, "telemetryInterval", v1)
@@ -365,7 +365,7 @@ async fn the_hub_killed_and_restarted_is_recovered_from_and_a_change_made_meanwh
 
     // Restart on the same ports and data and change desired at once: the module is still
     // backing off, so only its twin GET after CONNACK can bring the change.
-    let hub = start_hub(dir.path(), mqtt_port, rest_port);
+    let hub = start_hub(dir.path(), mqtt_port, https_port);
     let v2 = hub
         .patch_desired(json!({"telemetryInterval": 45, "metrics": ["load", "uptime"]}))
         .await;

@@ -39,7 +39,7 @@ impl Hub {
     fn policy_string(&self, policy: &str) -> String {
         format!(
             "HostName=localhost:{};SharedAccessKeyName={policy};SharedAccessKey={}",
-            self.hub.rest_port(),
+            self.hub.https_port(),
             self.policy_key(policy)
         )
     }

@@ -108,7 +108,7 @@ fn serve_hub(dir: PathBuf) -> Result<()> {
     runtime.block_on(async move {
         let mut config = edgetwin_hub::HubConfig::new(dir);
         config.mqtt_port = 0;
-        config.rest_port = 0;
+        config.https_port = 0;
         let hub = edgetwin_hub::start(config).await?;
         println!("ready");
         std::io::stdout().flush()?;
@@ -517,7 +517,7 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
     let load_before = load();
     let hub = HubProcess::start()?;
     let mqtt_addr: SocketAddr = format!("127.0.0.1:{}", hub.info["mqttPort"]).parse()?;
-    let rest_addr: SocketAddr = format!("127.0.0.1:{}", hub.info["restPort"]).parse()?;
+    let rest_addr: SocketAddr = format!("127.0.0.1:{}", hub.info["httpsPort"]).parse()?;
     let tls = tls_connector(Path::new(
         hub.info["caCertificate"]
             .as_str()

@@ -50,14 +50,16 @@ pub struct HubConfig {
     pub bind: IpAddr,
     /// MQTT over TLS port (IoT Hub: 8883; 0 picks a free port).
     pub mqtt_port: u16,
-    /// HTTPS service API port (0 picks a free port).
-    pub rest_port: u16,
-    /// MQTT over WebSockets port (IoT Hub: 443; `None` serves no WebSockets).
-    pub websocket_port: Option<u16>,
+    /// HTTPS port serving the service REST API and MQTT over WebSockets (IoT Hub: 443; 0 picks a
+    /// free port). Connection strings carry it unless it is 443, as IoT Hub's never carry one.
+    pub https_port: u16,
 }
 
+/// IoT Hub's HTTPS port, which connection strings leave implicit.
+pub const IOT_HUB_HTTPS_PORT: u16 = 443;
+
 impl HubConfig {
-    /// Defaults: `localhost`, loopback, MQTT on 8883, REST on 8443.
+    /// Defaults as IoT Hub has them: `localhost`, loopback, MQTT on 8883, HTTPS on 443.
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
@@ -65,9 +67,18 @@ impl HubConfig {
             extra_names: Vec::new(),
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mqtt_port: 8883,
-            rest_port: 8443,
-            websocket_port: None,
+            https_port: IOT_HUB_HTTPS_PORT,
         }
+    }
+}
+
+/// The service host name of connection strings: the host name alone on IoT Hub's port 443, so
+/// that every SDK works with it unchanged, `host:port` on any other port.
+pub fn service_host(host_name: &str, https_port: u16) -> String {
+    if https_port == IOT_HUB_HTTPS_PORT {
+        host_name.to_owned()
+    } else {
+        format!("{host_name}:{https_port}")
     }
 }
 
@@ -85,10 +96,8 @@ pub struct HubInfo {
     pub ca_certificate: PathBuf,
     /// MQTT port.
     pub mqtt_port: u16,
-    /// REST port.
-    pub rest_port: u16,
-    /// MQTT over WebSockets port, if served.
-    pub websocket_port: Option<u16>,
+    /// HTTPS port: the REST API and MQTT over WebSockets (`/$iothub/websocket`).
+    pub https_port: u16,
     /// REST base URL.
     pub rest_url: String,
     /// Directory of the workload sockets (`{deviceId}.sock`).
@@ -104,6 +113,20 @@ pub enum HubError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A port below 1024 could not be bound without the privilege to.
+    #[error(
+        "cannot bind {what} on {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE; run as \
+         root, grant it with `sudo setcap cap_net_bind_service=+ep <path to edgetwin>`, or choose \
+         another port with {flag} (connection strings then carry that port)"
+    )]
+    PrivilegedPort {
+        /// What the port serves.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The flag that picks another port.
+        flag: &'static str,
+    },
     /// A port could not be bound, or the data directory written.
     #[error("{what}: {source}")]
     Io {
@@ -169,23 +192,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         hub.workload.ensure(&hub, &device.device_id);
     }
 
-    let bind = |port: u16, what: &'static str| {
-        let addr = SocketAddr::new(config.bind, port);
-        async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("bind {what} on {addr}")))
-        }
-    };
-    let mqtt_listener = bind(config.mqtt_port, "MQTT").await?;
-    let rest_listener = bind(config.rest_port, "REST").await?;
+    let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
+    let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;
     let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
-    let (mqtt_port, rest_port) = (local_port(&mqtt_listener), local_port(&rest_listener));
-    let websocket_listener = match config.websocket_port {
-        Some(port) => Some(bind(port, "MQTT over WebSockets").await?),
-        None => None,
-    };
-    let websocket_port = websocket_listener.as_ref().map(local_port);
+    let (mqtt_port, https_port) = (local_port(&mqtt_listener), local_port(&https_listener));
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
 
     let owner = hub
@@ -194,7 +204,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .find(|p| p.name == "iothubowner")
         .map(|p| p.primary_key.clone())
         .unwrap_or_else(|| Secret::new(""));
-    let service_host = format!("{}:{rest_port}", config.host_name);
+    let service_host = service_host(&config.host_name, https_port);
     let info = HubInfo {
         host_name: config.host_name.clone(),
         service_connection_string: ConnectionString::service(&service_host, "iothubowner", &owner)
@@ -206,8 +216,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             .collect(),
         ca_certificate: tls.ca_path.clone(),
         mqtt_port,
-        rest_port,
-        websocket_port,
+        https_port,
         rest_url: format!("https://{service_host}"),
         workload_dir,
     };
@@ -215,31 +224,49 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let info_json = serde_json::to_string_pretty(&info).unwrap_or_default();
     certs::write_private(&data_dir.join("hub.json"), &info_json)?;
 
-    let mut tasks = vec![tokio::spawn(mqtt::serve(
-        mqtt_listener,
-        acceptor.clone(),
-        mqtt::Transport::Tls,
-        hub.clone(),
-        shutdown.clone(),
-    ))];
-    if let Some(listener) = websocket_listener {
-        tasks.push(tokio::spawn(mqtt::serve(
-            listener,
+    let tasks = vec![
+        tokio::spawn(mqtt::serve(
+            mqtt_listener,
             acceptor.clone(),
-            mqtt::Transport::WebSocket,
             hub.clone(),
             shutdown.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(rest::serve(
-        rest_listener,
-        acceptor,
-        hub,
-        shutdown,
-    )));
+        )),
+        tokio::spawn(rest::serve(https_listener, acceptor, hub, shutdown)),
+    ];
     Ok(RunningHub {
         info,
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// Binds a listener; a refused privileged port says how to get it or which flag picks another.
+async fn bind(
+    ip: IpAddr,
+    port: u16,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, HubError> {
+    let addr = SocketAddr::new(ip, port);
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied && port < 1024 {
+            HubError::PrivilegedPort { what, addr, flag }
+        } else {
+            HubError::Io {
+                what: format!("bind {what} on {addr}"),
+                source,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_name_no_port_on_443_as_iot_hub_does() {
+        assert_eq!(service_host("hub.local", 443), "hub.local");
+        assert_eq!(service_host("localhost", 8443), "localhost:8443");
+    }
 }

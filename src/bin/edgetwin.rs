@@ -54,12 +54,10 @@ struct HubArgs {
     /// MQTT over TLS port (the Python device SDK only dials 8883).
     #[arg(long, default_value_t = 8883)]
     mqtt_port: u16,
-    /// HTTPS service API port (0: any free port).
-    #[arg(long, default_value_t = 8443)]
-    rest_port: u16,
-    /// Also serve MQTT over WebSockets on this port (the Python SDK dials 443 with websockets=True).
-    #[arg(long)]
-    websocket_port: Option<u16>,
+    /// HTTPS port for the service REST API and MQTT over WebSockets, as IoT Hub's 443 (the SDKs
+    /// dial 443; any other port appears in the connection strings; 0: any free port).
+    #[arg(long, alias = "rest-port", default_value_t = edgetwin_hub::IOT_HUB_HTTPS_PORT)]
+    https_port: u16,
 }
 
 fn main() -> ExitCode {
@@ -112,8 +110,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         extra_names: args.extra_names,
         bind: args.bind,
         mqtt_port: args.mqtt_port,
-        rest_port: args.rest_port,
-        websocket_port: args.websocket_port,
+        https_port: args.https_port,
     };
     let hub = edgetwin_hub::start(config)
         .await
@@ -125,13 +122,11 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         "  MQTT (TLS):          {}:{}",
         info.host_name, info.mqtt_port
     );
-    if let Some(port) = info.websocket_port {
-        println!(
-            "  MQTT (WebSockets):   wss://{}:{port}/$iothub/websocket",
-            info.host_name
-        );
-    }
     println!("  service REST API:    {}", info.rest_url);
+    println!(
+        "  MQTT (WebSockets):   wss://{}:{}/$iothub/websocket",
+        info.host_name, info.https_port
+    );
     println!("  CA certificate:      {}", info.ca_certificate.display());
     println!(
         "  workload sockets:    {}/<deviceId>.sock",

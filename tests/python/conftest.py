@@ -32,7 +32,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "edgetwin"
 API_VERSION = "2021-04-12"
 MQTT_PORT = 8883
-WEBSOCKET_PORT = 443
+# IoT Hub's HTTPS port: the REST API and MQTT over WebSockets, implicit in connection strings
+HTTPS_PORT = 443
 START_TIMEOUT = 30.0
 
 
@@ -113,7 +114,6 @@ class Hub:
         self.log_path = pathlib.Path(log_path)
         self.proc = None
         self.info = None
-        self._rest_port = 0
 
     # -- lifecycle ----------------------------------------------------------
     def start(self):
@@ -125,9 +125,9 @@ class Hub:
             "--data-dir", str(self.data_dir),
             "--host-name", "localhost",
             "--mqtt-port", str(MQTT_PORT),
-            "--rest-port", str(self._rest_port),
-            # the SDK dials MQTT over WebSockets on 443 only (needs root or CAP_NET_BIND_SERVICE)
-            "--websocket-port", str(WEBSOCKET_PORT),
+            # as IoT Hub: REST and MQTT over WebSockets on 443, which the SDKs dial and which
+            # connection strings leave implicit (needs root or CAP_NET_BIND_SERVICE)
+            "--https-port", str(HTTPS_PORT),
         ]
         log = open(self.log_path, "ab")
         log.write(f"\n===== starting: {' '.join(cmd)} at {time.ctime()} =====\n".encode())
@@ -153,9 +153,9 @@ class Hub:
                 self.stop()
                 raise RuntimeError("hub did not write hub.json in time\n" + self.log_tail())
             time.sleep(0.05)
-        self._rest_port = int(self.info["restPort"])
+        assert self.info["httpsPort"] == HTTPS_PORT
         # hub.json means ready; still make sure both listeners accept TCP.
-        for port in (MQTT_PORT, WEBSOCKET_PORT, self._rest_port):
+        for port in (MQTT_PORT, HTTPS_PORT):
             wait_until(lambda p=port: _tcp_open("127.0.0.1", p), timeout=10,
                        message=f"port {port} to accept connections")
         return self
@@ -183,11 +183,12 @@ class Hub:
         else:
             self.stop()
         # MQTT port must be free again before the new process binds it.
-        for port in (MQTT_PORT, WEBSOCKET_PORT):
+        for port in (MQTT_PORT, HTTPS_PORT):
             wait_until(lambda p=port: not _tcp_open("127.0.0.1", p), timeout=10,
                        message=f"old hub's port {port} to close")
         self.start()
-        assert self.info["restPort"] == old["restPort"], "restart must keep the REST port"
+        assert self.info["serviceConnectionString"] == old["serviceConnectionString"], \
+            "restart must keep the keys and the connection string"
         return self
 
     def log_tail(self, n=60):
@@ -220,7 +221,7 @@ class Hub:
         return self.info["serviceConnectionString"]
 
     @property
-    def service_host(self):  # HostName of the service connection string (host:port)
+    def service_host(self):  # HostName of the service connection string (no port on 443)
         return parse_connection_string(self.service_connection_string)["HostName"]
 
     def policy_connection_string(self, policy):

@@ -239,7 +239,7 @@ pub struct HubOptions<'a> {
     /// 0 for any free port.
     pub mqtt_port: u16,
     /// 0 for any free port.
-    pub rest_port: u16,
+    pub https_port: u16,
     /// The hub's `RUST_LOG`; `None` inherits ours.
     pub rust_log: Option<&'a str>,
     /// How long the hub may take to write `hub.json`.
@@ -252,7 +252,7 @@ impl Default for HubOptions<'_> {
     fn default() -> Self {
         HubOptions {
             mqtt_port: 0,
-            rest_port: 0,
+            https_port: 0,
             rust_log: None,
             timeout: Duration::from_secs(10),
             keep_alive: false,
@@ -290,7 +290,7 @@ impl Hub {
             .args(["hub", "--data-dir"])
             .arg(&data)
             .args(["--mqtt-port", &options.mqtt_port.to_string()])
-            .args(["--rest-port", &options.rest_port.to_string()]);
+            .args(["--https-port", &options.https_port.to_string()]);
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
         }
@@ -316,8 +316,8 @@ impl Hub {
         self.info["mqttPort"].as_u64().unwrap() as u16
     }
 
-    pub fn rest_port(&self) -> u16 {
-        self.info["restPort"].as_u64().unwrap() as u16
+    pub fn https_port(&self) -> u16 {
+        self.info["httpsPort"].as_u64().unwrap() as u16
     }
 
     /// The host name its certificates are made for.
@@ -385,7 +385,7 @@ impl Rest {
     pub fn new(info: &Value, keep_alive: bool) -> Rest {
         Rest {
             host: info["hostName"].as_str().unwrap().to_owned(),
-            port: info["restPort"].as_u64().unwrap() as u16,
+            port: info["httpsPort"].as_u64().unwrap() as u16,
             key: Secret::new(info["policies"]["iothubowner"].as_str().unwrap()),
             tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
             keep_alive,

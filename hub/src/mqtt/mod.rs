@@ -1,9 +1,11 @@
-//! Device-side MQTT 3.1.1 over TLS, directly (port 8883) or inside WebSockets
-//! (`/$iothub/websocket`, port 443): the listeners and their connections.
+//! Device-side MQTT 3.1.1 over TLS, directly (port 8883, this listener) or inside WebSockets
+//! (`/$iothub/websocket` on the HTTPS port, upgraded by the REST server): the connections.
 
 mod auth;
 mod connection;
 mod websocket;
+
+pub use websocket::{upgrade as upgrade_websocket, WEBSOCKET_PATH};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,23 +17,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::hub::Hub;
 
-/// How long a client has to finish the TLS (and WebSocket) handshake.
+/// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How MQTT is carried on a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// MQTT straight over TLS.
-    Tls,
-    /// MQTT in WebSocket binary messages over TLS.
-    WebSocket,
-}
 
 /// Accepts MQTT connections until `shutdown` turns true; each connection runs in its own task.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
-    transport: Transport,
     hub: Arc<Hub>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -50,7 +42,7 @@ pub async fn serve(
                 let (tls, hub, mut shutdown) = (tls.clone(), hub.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     tokio::select! {
-                        () = serve_socket(socket, peer, tls, transport, hub) => {}
+                        () = serve_socket(socket, peer, tls, hub) => {}
                         _ = shutdown.changed() => {}
                     }
                 });
@@ -60,13 +52,7 @@ pub async fn serve(
     }
 }
 
-async fn serve_socket(
-    socket: TcpStream,
-    peer: SocketAddr,
-    tls: TlsAcceptor,
-    transport: Transport,
-    hub: Arc<Hub>,
-) {
+async fn serve_socket(socket: TcpStream, peer: SocketAddr, tls: TlsAcceptor, hub: Arc<Hub>) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -78,22 +64,7 @@ async fn serve_socket(
             return;
         }
     };
-    let result = match transport {
-        Transport::Tls => connection::serve(hub, stream).await,
-        Transport::WebSocket => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, websocket::accept(stream)).await {
-                Ok(Ok(stream)) => connection::serve(hub, stream).await,
-                Ok(Err(error)) => {
-                    tracing::info!(%peer, %error, "WebSocket upgrade refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "WebSocket upgrade timed out");
-                    return;
-                }
-            }
-        }
-    };
+    let result = connection::serve(hub, stream).await;
     if let Err(error) = result {
         tracing::info!(%peer, %error, "MQTT connection closed");
     }

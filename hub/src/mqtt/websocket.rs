@@ -1,45 +1,152 @@
-//! MQTT over WebSockets, as the SDKs dial it (`websockets=True`): TLS, then an HTTP upgrade on
-//! `/$iothub/websocket` with subprotocol `mqtt`, then MQTT frames inside binary messages.
+//! MQTT over WebSockets, as the SDKs dial it (`websockets=True`): on the hub's HTTPS port, as on
+//! IoT Hub's 443, a `GET /$iothub/websocket` with `Upgrade: websocket` and subprotocol `mqtt` is
+//! upgraded and MQTT frames then travel inside binary messages. Every other request on that port
+//! is the service REST API.
 
-use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::sync::Arc;
+
+use async_tungstenite::tokio::TokioAdapter;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::WebSocketStream;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use ws_stream_tungstenite::WsStream;
+
+use crate::hub::Hub;
 
 /// The only path IoT Hub serves MQTT over WebSockets on.
 pub const WEBSOCKET_PATH: &str = "/$iothub/websocket";
 
-/// Completes the WebSocket upgrade and returns a byte stream carrying MQTT.
-// The handshake callback's `Result<Response, ErrorResponse>` is fixed by tungstenite's `Callback`.
-#[allow(clippy::result_large_err)]
-pub async fn accept<S>(stream: S) -> Result<impl AsyncRead + AsyncWrite + Unpin, std::io::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let check = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        if request.uri().path() != WEBSOCKET_PATH {
-            let mut refusal = ErrorResponse::new(Some(format!(
-                "MQTT over WebSockets is served on {WEBSOCKET_PATH}"
-            )));
-            *refusal.status_mut() = StatusCode::NOT_FOUND;
-            return Err(refusal);
-        }
-        let offers_mqtt = request
+/// Why a request to [`WEBSOCKET_PATH`] cannot be upgraded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpgradeRefused(pub &'static str);
+
+/// The `Sec-WebSocket-Accept` for a valid MQTT-over-WebSockets upgrade request, or why it is not
+/// one (RFC 6455 §4.2.1: GET, `Upgrade: websocket`, `Connection: upgrade`, version 13, a key).
+pub fn accept_key<B>(request: &hyper::Request<B>) -> Result<String, UpgradeRefused> {
+    let header = |name| {
+        request
             .headers()
-            .get_all("Sec-WebSocket-Protocol")
+            .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
-        if offers_mqtt {
-            response
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
-        }
-        Ok(response)
+            .map(str::trim)
+            .collect::<Vec<_>>()
     };
-    let socket = async_tungstenite::tokio::accept_hdr_async(stream, check)
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(WsStream::new(socket))
+    let has = |name, token: &str| header(name).iter().any(|v| v.eq_ignore_ascii_case(token));
+    if request.method() != hyper::Method::GET {
+        return Err(UpgradeRefused("a WebSocket upgrade must be a GET"));
+    }
+    if !has(UPGRADE, "websocket") || !has(CONNECTION, "upgrade") {
+        return Err(UpgradeRefused(
+            "MQTT over WebSockets needs `Upgrade: websocket` and `Connection: Upgrade`",
+        ));
+    }
+    if !has(hyper::header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err(UpgradeRefused("Sec-WebSocket-Version must be 13"));
+    }
+    let key = request
+        .headers()
+        .get(hyper::header::SEC_WEBSOCKET_KEY)
+        .ok_or(UpgradeRefused("Sec-WebSocket-Key is missing"))?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Answers an upgrade request: `101 Switching Protocols` (subprotocol `mqtt` when offered), and
+/// in the background serves MQTT over the upgraded connection until it ends or `shutdown`.
+pub fn upgrade(
+    hub: Arc<Hub>,
+    mut request: hyper::Request<hyper::body::Incoming>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<hyper::Response<Full<Bytes>>, UpgradeRefused> {
+    let accept = accept_key(&request)?;
+    let offers_mqtt = request
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
+    let upgrading = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match upgrading.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::info!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let socket = WebSocketStream::from_raw_socket(
+            TokioAdapter::new(TokioIo::new(upgraded)),
+            Role::Server,
+            None,
+        )
+        .await;
+        tokio::select! {
+            result = super::connection::serve(hub, WsStream::new(socket)) => {
+                if let Err(error) = result {
+                    tracing::info!(%error, "MQTT over WebSockets connection closed");
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    });
+    let mut response = hyper::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "Upgrade")
+        .header(SEC_WEBSOCKET_ACCEPT, accept);
+    if offers_mqtt {
+        response = response.header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt"));
+    }
+    Ok(response
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> hyper::Request<()> {
+        let mut builder = hyper::Request::get(WEBSOCKET_PATH);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_valid_upgrade_gets_the_rfc_6455_accept_key() {
+        let r = request(&[
+            ("Upgrade", "websocket"),
+            ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert_eq!(accept_key(&r).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn a_plain_get_on_the_websocket_path_is_refused_with_the_reason() {
+        let refused = accept_key(&request(&[])).unwrap_err();
+        assert!(refused.0.contains("Upgrade: websocket"), "{refused:?}");
+        let no_key = request(&[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+        ]);
+        assert_eq!(
+            accept_key(&no_key).unwrap_err(),
+            UpgradeRefused("Sec-WebSocket-Key is missing")
+        );
+    }
 }

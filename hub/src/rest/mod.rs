@@ -1,5 +1,7 @@
 //! The service REST API over HTTPS (api-version 2021-04-12 and newer): one listener, a request
 //! type with the path split and percent-decoded per segment, and a dispatcher to the route files.
+//! As on IoT Hub's port 443, the same listener upgrades `GET /$iothub/websocket` to MQTT over
+//! WebSockets.
 
 mod configurations;
 mod local;
@@ -133,18 +135,25 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((socket, peer)) = accepted else { continue };
-                let (tls, hub) = (tls.clone(), hub.clone());
+                let _ = socket.set_nodelay(true);
+                let (tls, hub, websocket_shutdown) = (tls.clone(), hub.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(15), tls.accept(socket)).await else {
                         tracing::info!(%peer, "REST TLS handshake failed");
                         return;
                     };
-                    let service = hyper::service::service_fn(move |request| {
-                        let hub = hub.clone();
-                        async move { Ok::<_, Infallible>(handle(hub, request).await) }
+                    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                        let (hub, shutdown) = (hub.clone(), websocket_shutdown.clone());
+                        async move {
+                            if request.uri().path() == crate::mqtt::WEBSOCKET_PATH {
+                                return Ok::<_, Infallible>(websocket(hub, request, shutdown));
+                            }
+                            Ok::<_, Infallible>(handle(hub, request).await)
+                        }
                     });
                     if let Err(error) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await
                     {
                         tracing::debug!(%peer, %error, "REST connection ended");
@@ -181,6 +190,18 @@ pub fn query_pairs(query: &str) -> HashMap<String, String> {
         pairs.entry(decode(k)).or_insert_with(|| decode(v));
     }
     pairs
+}
+
+/// Upgrades to MQTT over WebSockets, or answers 400 naming what the upgrade request lacks.
+fn websocket(
+    hub: Arc<Hub>,
+    request: hyper::Request<Incoming>,
+    shutdown: watch::Receiver<bool>,
+) -> hyper::Response<Full<Bytes>> {
+    crate::mqtt::upgrade_websocket(hub, request, shutdown).unwrap_or_else(|refused| {
+        tracing::info!(reason = refused.0, "WebSocket upgrade refused");
+        error_response(&ApiError::invalid(refused.0))
+    })
 }
 
 async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
