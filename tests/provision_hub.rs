@@ -419,6 +419,32 @@ fn a_fleet_of_250_devices_takes_3_bulk_requests_and_a_rerun_finds_them_all() {
 }
 
 #[test]
+fn a_new_fleet_with_modules_sends_each_chunks_modules_after_its_devices_as_iot_hub_requires() {
+    let hub = Hub::start("fleet-modules");
+    let args = [
+        "provision",
+        "--count",
+        "250",
+        "--prefix",
+        "gw-",
+        "--module",
+        "m",
+        "--rate",
+        "0",
+        "--output",
+        "json",
+    ];
+    let first = hub.run_json(&args);
+    assert_eq!(first["fleet"]["devicesCreated"], 250, "{first}");
+    assert_eq!(first["fleet"]["modulesCreated"], 250, "{first}");
+    assert_eq!(first["fleet"]["failed"], serde_json::json!([]), "{first}");
+    // 3 chunks of devices, each followed by its modules: the hub refuses a module whose device
+    // the same request creates
+    assert_eq!(first["fleet"]["bulkRequests"], 6, "{first}");
+    assert_eq!(hub.twin("gw-250", Some("m"))["moduleId"], "m");
+}
+
+#[test]
 fn the_connection_string_and_ca_are_read_from_dotenv_and_requests_ca_bundle() {
     let hub = Hub::start("dotenv");
     hub.write(

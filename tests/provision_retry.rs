@@ -175,7 +175,7 @@ async fn a_bulk_post_is_retried_through_server_errors() {
     .await;
     let item = ExportImportDevice {
         id: "d1".into(),
-        import_mode: Some("create".into()),
+        import_mode: Some(edgetwin_wire::rest::ImportMode::Create),
         ..ExportImportDevice::default()
     };
     let result = client(&server, fast()).bulk(&[item]).await.unwrap();

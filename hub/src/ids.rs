@@ -76,9 +76,21 @@ pub const NEVER: &str = "0001-01-01T00:00:00";
 
 /// Whether `if_match` (a raw `If-Match` header value) matches `etag`: `*` in any quoting matches
 /// everything, otherwise the value without `W/` and quotes must equal the etag.
+///
+/// IoT Hub ignores an etag that is not in double quotes (RFC 7232's form), so an unquoted one
+/// matches everything here too: the SDKs only began quoting in 2019–2021 after users found their
+/// concurrency checks did nothing (azure-iot-sdk-node #606 and PR #613, azure-iot-sdk-java #574,
+/// azure-iot-sdk-python #716 and PR #754). A test that relies on one passes nowhere.
 pub fn if_match_accepts(if_match: &str, etag: &str) -> bool {
     let value = if_match.trim();
     let value = value.strip_prefix("W/").unwrap_or(value);
+    if value != "*" && !(value.len() >= 2 && value.starts_with('"') && value.ends_with('"')) {
+        tracing::debug!(
+            if_match,
+            "If-Match etag without double quotes ignored, as IoT Hub ignores it"
+        );
+        return true;
+    }
     let value = value.trim_matches('"');
     value == "*" || value == etag
 }
@@ -93,8 +105,14 @@ mod tests {
         assert!(if_match_accepts("*", "MQ=="));
         assert!(if_match_accepts("\"MQ==\"", "MQ=="));
         assert!(if_match_accepts("W/\"MQ==\"", "MQ=="));
-        assert!(if_match_accepts("MQ==", "MQ=="));
         assert!(!if_match_accepts("\"Mg==\"", "MQ=="));
+    }
+
+    #[test]
+    fn an_unquoted_etag_is_ignored_as_iot_hub_ignores_it() {
+        assert!(if_match_accepts("MQ==", "MQ=="));
+        assert!(if_match_accepts("Mg==", "MQ=="));
+        assert!(if_match_accepts("\"Mg==", "MQ=="));
     }
 
     #[test]

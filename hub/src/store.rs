@@ -358,7 +358,7 @@ impl Transaction<'_> {
     }
 
     /// The subscription filters persisted for an MQTT client id.
-    pub fn session(&self, client_id: &str) -> Result<Option<Vec<String>>, StoreError> {
+    pub fn session(&self, client_id: &str) -> Result<Option<Vec<SessionFilter>>, StoreError> {
         self.get_doc(
             "SELECT filters FROM sessions WHERE client_id = ?1",
             params![client_id],
@@ -367,7 +367,11 @@ impl Transaction<'_> {
     }
 
     /// Persists the subscription filters of an MQTT client id.
-    pub fn put_session(&self, client_id: &str, filters: &[String]) -> Result<(), StoreError> {
+    pub fn put_session(
+        &self,
+        client_id: &str,
+        filters: &[SessionFilter],
+    ) -> Result<(), StoreError> {
         self.tx.execute(
             "INSERT OR REPLACE INTO sessions (client_id, filters) VALUES (?1, ?2)",
             params![client_id, encode(&filters)],
@@ -396,6 +400,34 @@ impl Transaction<'_> {
             params![name],
             |row| row.get(0),
         )?)
+    }
+}
+
+/// A subscription of a persistent MQTT session and the QoS it was granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredFilter")]
+pub struct SessionFilter {
+    /// The topic filter.
+    pub filter: String,
+    /// The granted QoS (0 or 1).
+    pub qos: u8,
+}
+
+/// How a filter is stored: `{"filter":…,"qos":…}`, or a bare string (QoS 1) as hubs before the
+/// QoS was kept wrote it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredFilter {
+    WithQos { filter: String, qos: u8 },
+    Bare(String),
+}
+
+impl From<StoredFilter> for SessionFilter {
+    fn from(stored: StoredFilter) -> Self {
+        match stored {
+            StoredFilter::WithQos { filter, qos } => SessionFilter { filter, qos },
+            StoredFilter::Bare(filter) => SessionFilter { filter, qos: 1 },
+        }
     }
 }
 
@@ -472,8 +504,8 @@ mod tests {
         let (mut store, dir) = temp_store("sessions");
         store
             .transaction(|tx| {
-                tx.put_session("d_1/m", &["a".into()])?;
-                tx.put_session("dx1/m", &["b".into()])?;
+                tx.put_session("d_1/m", &[filter("a")])?;
+                tx.put_session("dx1/m", &[filter("b")])?;
                 tx.delete_device("d_1")
             })
             .unwrap();
@@ -481,7 +513,22 @@ mod tests {
             .transaction(|tx| Ok::<_, StoreError>((tx.session("d_1/m")?, tx.session("dx1/m")?)))
             .unwrap();
         assert_eq!(gone, None);
-        assert_eq!(kept, Some(vec!["b".to_owned()]));
+        assert_eq!(kept, Some(vec![filter("b")]));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn filter(f: &str) -> SessionFilter {
+        SessionFilter {
+            filter: f.into(),
+            qos: 0,
+        }
+    }
+
+    #[test]
+    fn sessions_stored_before_the_qos_was_kept_read_as_qos_1() {
+        let old: Vec<SessionFilter> =
+            serde_json::from_str(r#"["$iothub/twin/res/#",{"filter":"x","qos":0}]"#).unwrap();
+        assert_eq!(old[0].qos, 1);
+        assert_eq!(old[1], filter("x"));
     }
 }

@@ -1,6 +1,7 @@
 //! Fleets: many edge devices, each with the module identity, through bulk `POST /devices`
-//! (100 items per request, a device and its module always in the same request), paced to the
-//! hub's identity-registry quota. Resumable: identities that exist are counted as existing and
+//! (100 items per request), paced to the hub's identity-registry quota. IoT Hub adds a module only
+//! to a device registered before the request, so each chunk of 100 devices is one request and
+//! their modules the next one. Resumable: identities that exist are counted as existing and
 //! kept, so a re-run after an interruption finishes the job. Tags from a devices file are set on
 //! new devices by the create item and merged into existing devices' twins, so a re-run with an
 //! edited file re-tags the fleet for target conditions.
@@ -18,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use edgetwin_wire::connection_string::ConnectionString;
 use edgetwin_wire::rest::{
-    AuthenticationMechanism, DeviceCapabilities, ExportImportDevice, SymmetricKey,
+    AuthenticationMechanism, DeviceCapabilities, ExportImportDevice, ImportMode, SymmetricKey,
 };
 use edgetwin_wire::Secret;
 use rand::RngCore;
@@ -198,26 +199,34 @@ pub struct PlannedItem {
     pub key: Secret,
 }
 
-/// Groups the fleet into bulk requests of at most [`MAX_BULK_ITEMS`] items, each device followed
-/// by its module (never split across requests). Pure apart from `keys`.
+/// Up to [`MAX_BULK_ITEMS`] devices and their modules: the devices go in one bulk request, the
+/// modules in the next, since IoT Hub refuses a module whose device the same request creates.
+#[derive(Debug, Clone, Default)]
+pub struct PlannedChunk {
+    /// Device items.
+    pub devices: Vec<PlannedItem>,
+    /// Module items, one per device when a module is asked for.
+    pub modules: Vec<PlannedItem>,
+}
+
+/// Groups the fleet into chunks of at most [`MAX_BULK_ITEMS`] devices, each chunk's modules
+/// planned for the request after its devices. Pure apart from `keys`.
 pub fn plan_batches(
     devices: &[FleetDevice],
     module_id: Option<&str>,
     edge: bool,
     keys: &mut dyn FnMut() -> Secret,
-) -> Vec<Vec<PlannedItem>> {
-    let per_device = if module_id.is_some() { 2 } else { 1 };
-    let devices_per_batch = MAX_BULK_ITEMS / per_device;
+) -> Vec<PlannedChunk> {
     devices
-        .chunks(devices_per_batch)
+        .chunks(MAX_BULK_ITEMS)
         .map(|chunk| {
-            let mut batch = Vec::with_capacity(chunk.len() * per_device);
+            let mut planned = PlannedChunk::default();
             for device in chunk {
                 let key = keys();
-                batch.push(PlannedItem {
+                planned.devices.push(PlannedItem {
                     item: ExportImportDevice {
                         id: device.id.clone(),
-                        import_mode: Some("create".into()),
+                        import_mode: Some(ImportMode::Create),
                         status: Some("enabled".into()),
                         authentication: Some(sas(&key)),
                         capabilities: Some(DeviceCapabilities { iot_edge: edge }),
@@ -228,11 +237,11 @@ pub fn plan_batches(
                 });
                 if let Some(module_id) = module_id {
                     let key = keys();
-                    batch.push(PlannedItem {
+                    planned.modules.push(PlannedItem {
                         item: ExportImportDevice {
                             id: device.id.clone(),
                             module_id: Some(module_id.to_owned()),
-                            import_mode: Some("create".into()),
+                            import_mode: Some(ImportMode::Create),
                             authentication: Some(sas(&key)),
                             ..ExportImportDevice::default()
                         },
@@ -240,7 +249,7 @@ pub fn plan_batches(
                     });
                 }
             }
-            batch
+            planned
         })
         .collect()
 }
@@ -331,6 +340,78 @@ fn show_progress(enabled: bool, done: usize, total: usize) {
     }
 }
 
+/// What the bulk requests of a run have created or found so far.
+#[derive(Default)]
+struct Outcomes {
+    /// (device, module) -> primary key, for created identities.
+    created_keys: HashMap<(String, Option<String>), Secret>,
+    /// Identities that already existed (their keys are read back for a secrets file).
+    existing: Vec<(String, Option<String>)>,
+    /// Existing devices whose tags the devices file sets.
+    retag: Vec<(String, Map<String, Value>)>,
+}
+
+impl Outcomes {
+    /// Sends one bulk request and records each item's outcome; returns the ids of the devices
+    /// that failed.
+    async fn send(
+        &mut self,
+        client: &ServiceClient,
+        batch: &[PlannedItem],
+        summary: &mut FleetSummary,
+    ) -> Result<std::collections::HashSet<String>, ProvisionError> {
+        let items: Vec<ExportImportDevice> = batch.iter().map(|p| p.item.clone()).collect();
+        let result = client.bulk(&items).await?;
+        summary.bulk_requests += 1;
+        let errors: HashMap<(String, Option<String>), (String, String)> = result
+            .errors
+            .into_iter()
+            .map(|e| ((e.device_id, e.module_id), (e.error_code, e.error_status)))
+            .collect();
+        let mut failed_devices = std::collections::HashSet::new();
+        for planned in batch {
+            let key = (planned.item.id.clone(), planned.item.module_id.clone());
+            let is_module = key.1.is_some();
+            let outcome = match errors.get(&key) {
+                None => ItemOutcome::Created,
+                Some((code, _)) if is_already_exists(code) => ItemOutcome::Existing,
+                Some((code, message)) => {
+                    summary.failures.push(Failure {
+                        device_id: key.0.clone(),
+                        module_id: key.1.clone(),
+                        code: code.clone(),
+                        message: message.clone(),
+                    });
+                    if !is_module {
+                        failed_devices.insert(key.0.clone());
+                    }
+                    ItemOutcome::Failed
+                }
+            };
+            match (outcome, is_module) {
+                (ItemOutcome::Created, false) => summary.devices_created += 1,
+                (ItemOutcome::Created, true) => summary.modules_created += 1,
+                (ItemOutcome::Existing, false) => summary.devices_existing += 1,
+                (ItemOutcome::Existing, true) => summary.modules_existing += 1,
+                (ItemOutcome::Failed, _) => {}
+            }
+            match outcome {
+                ItemOutcome::Created => {
+                    self.created_keys.insert(key, planned.key.clone());
+                }
+                ItemOutcome::Existing => {
+                    if let (false, Some(tags)) = (is_module, planned.item.tags.as_ref()) {
+                        self.retag.push((key.0.clone(), tags.clone()));
+                    }
+                    self.existing.push(key);
+                }
+                ItemOutcome::Failed => {}
+            }
+        }
+        Ok(failed_devices)
+    }
+}
+
 /// Creates the fleet. Identities that exist are kept and counted as existing.
 pub async fn run(
     client: &ServiceClient,
@@ -352,69 +433,31 @@ pub async fn run(
         devices: devices.len(),
         ..FleetSummary::default()
     };
-    // (device, module) -> primary key, for created identities.
-    let mut created_keys: HashMap<(String, Option<String>), Secret> = HashMap::new();
-    let mut existing: Vec<(String, Option<String>)> = Vec::new();
+    let mut outcomes = Outcomes::default();
     let mut done = 0;
-    for batch in &batches {
+    for chunk in &batches {
         tokio::time::sleep(pacer.reserve(Instant::now())).await;
-        let items: Vec<ExportImportDevice> = batch.iter().map(|p| p.item.clone()).collect();
-        let result = client.bulk(&items).await?;
-        summary.bulk_requests += 1;
-        let errors: HashMap<(String, Option<String>), (String, String)> = result
-            .errors
-            .into_iter()
-            .map(|e| ((e.device_id, e.module_id), (e.error_code, e.error_status)))
+        let failed_devices = outcomes.send(client, &chunk.devices, &mut summary).await?;
+        // A module of a device that could not be created would only fail with DeviceNotFound.
+        let modules: Vec<PlannedItem> = chunk
+            .modules
+            .iter()
+            .filter(|m| !failed_devices.contains(&m.item.id))
+            .cloned()
             .collect();
-        let mut retag: Vec<(&str, &Map<String, Value>)> = Vec::new();
-        for planned in batch {
-            let key = (planned.item.id.clone(), planned.item.module_id.clone());
-            let outcome = match errors.get(&key) {
-                None => ItemOutcome::Created,
-                Some((code, _)) if is_already_exists(code) => ItemOutcome::Existing,
-                Some((code, message)) => {
-                    summary.failures.push(Failure {
-                        device_id: key.0.clone(),
-                        module_id: key.1.clone(),
-                        code: code.clone(),
-                        message: message.clone(),
-                    });
-                    ItemOutcome::Failed
-                }
-            };
-            let is_module = key.1.is_some();
-            match (outcome, is_module) {
-                (ItemOutcome::Created, false) => summary.devices_created += 1,
-                (ItemOutcome::Created, true) => summary.modules_created += 1,
-                (ItemOutcome::Existing, false) => summary.devices_existing += 1,
-                (ItemOutcome::Existing, true) => summary.modules_existing += 1,
-                (ItemOutcome::Failed, _) => {}
-            }
-            if let (ItemOutcome::Existing, false, Some(tags)) =
-                (outcome, is_module, planned.item.tags.as_ref())
-            {
-                retag.push((planned.item.id.as_str(), tags));
-            }
-            match outcome {
-                ItemOutcome::Created => {
-                    created_keys.insert(key, planned.key.clone());
-                }
-                ItemOutcome::Existing => existing.push(key),
-                ItemOutcome::Failed => {}
-            }
-            if !is_module {
-                done += 1;
-            }
+        if !modules.is_empty() {
+            tokio::time::sleep(pacer.reserve(Instant::now())).await;
+            outcomes.send(client, &modules, &mut summary).await?;
         }
         // A create item's tags only reach new devices: existing ones get a twin PATCH (merge),
         // so a re-run with an edited devices file lets target conditions select them.
-        for (device_id, tags) in retag {
+        for (device_id, tags) in std::mem::take(&mut outcomes.retag) {
             tokio::time::sleep(twin_pacer.reserve(Instant::now())).await;
-            let patch = twin_patch(None, Some(tags.clone()));
-            match client.patch_twin(device_id, None, &patch).await {
+            let patch = twin_patch(None, Some(tags));
+            match client.patch_twin(&device_id, None, &patch).await {
                 Ok(_) => summary.tags_updated += 1,
                 Err(ProvisionError::Service(e)) => summary.failures.push(Failure {
-                    device_id: device_id.to_owned(),
+                    device_id,
                     module_id: None,
                     code: e.code.clone().unwrap_or_else(|| e.status.to_string()),
                     message: format!("updating the twin tags: {}", e.message),
@@ -422,8 +465,14 @@ pub async fn run(
                 Err(e) => return Err(e),
             }
         }
+        done += chunk.devices.len();
         show_progress(progress, done, devices.len());
     }
+    let Outcomes {
+        mut created_keys,
+        existing,
+        ..
+    } = outcomes;
     if let Some(path) = &options.secrets_file {
         // Existing identities' keys are read back (paced too); nothing is rotated.
         for (device_id, module_id) in existing {
@@ -526,32 +575,35 @@ mod tests {
     #[test]
     fn two_hundred_fifty_devices_without_modules_take_three_requests() {
         let devices = from_count("gw-", 250);
-        let batches = plan_batches(&devices, None, true, &mut fixed_keys());
+        let chunks = plan_batches(&devices, None, true, &mut fixed_keys());
         assert_eq!(
-            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            chunks.iter().map(|c| c.devices.len()).collect::<Vec<_>>(),
             vec![100, 100, 50]
         );
-        assert_eq!(batches[0][0].item.id, "gw-1");
-        assert_eq!(batches[2][49].item.id, "gw-250");
+        assert!(chunks.iter().all(|c| c.modules.is_empty()));
+        assert_eq!(chunks[0].devices[0].item.id, "gw-1");
+        assert_eq!(chunks[2].devices[49].item.id, "gw-250");
     }
 
     #[test]
-    fn a_device_and_its_module_stay_in_the_same_request() {
-        let devices = from_count("gw-", 51);
-        let batches = plan_batches(&devices, Some("edgetwin"), true, &mut fixed_keys());
-        assert_eq!(
-            batches.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![100, 2]
-        );
-        for batch in &batches {
-            for pair in batch.chunks(2) {
-                assert_eq!(pair[0].item.id, pair[1].item.id);
-                assert_eq!(pair[0].item.module_id, None);
-                assert_eq!(pair[1].item.module_id.as_deref(), Some("edgetwin"));
-            }
+    fn modules_go_in_the_request_after_their_devices_never_in_the_same_one() {
+        let devices = from_count("gw-", 101);
+        let chunks = plan_batches(&devices, Some("edgetwin"), true, &mut fixed_keys());
+        assert_eq!(chunks.len(), 2);
+        for chunk in &chunks {
+            assert!(chunk.devices.iter().all(|d| d.item.module_id.is_none()));
+            let device_ids: Vec<&str> = chunk.devices.iter().map(|d| d.item.id.as_str()).collect();
+            let module_devices: Vec<&str> =
+                chunk.modules.iter().map(|m| m.item.id.as_str()).collect();
+            assert_eq!(device_ids, module_devices);
+            assert!(chunk
+                .modules
+                .iter()
+                .all(|m| m.item.module_id.as_deref() == Some("edgetwin")));
         }
-        let device = &batches[0][0].item;
-        assert_eq!(device.import_mode.as_deref(), Some("create"));
+        assert_eq!(chunks[1].devices.len(), 1);
+        let device = &chunks[0].devices[0].item;
+        assert_eq!(device.import_mode, Some(ImportMode::Create));
         assert_eq!(
             device.capabilities,
             Some(DeviceCapabilities { iot_edge: true })

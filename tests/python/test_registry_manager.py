@@ -3,6 +3,7 @@
 import base64
 
 import pytest
+import requests
 from azure.iot.hub.models import CloudToDeviceMethod, ExportImportDevice, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
@@ -116,6 +117,27 @@ def test_twin_update_with_current_etag_succeeds_and_stale_etag_is_412(registry_m
     assert registry_manager.get_module_twin(mod.device_id, mod.module_id).properties.desired["k"] == 1
 
 
+def test_an_unquoted_stale_etag_is_ignored_as_iot_hub_ignores_it(hub, make_module):
+    # IoT Hub only honours RFC 7232 quoted etags; the SDKs quote since azure-iot-sdk-node #606 and
+    # azure-iot-sdk-python #716 because unquoted ones silently did nothing.
+    mod = make_module()
+    url = f"{hub.rest_url}/twins/{mod.device_id}/modules/{mod.module_id}"
+    auth = {"Authorization": hub.service_token()}
+    api = {"api-version": "2021-04-12"}
+
+    def patch(etag, value):
+        return requests.patch(url, params=api, json={"properties": {"desired": {"k": value}}},
+                              headers={**auth, "If-Match": etag}, verify=hub.ca_path, timeout=10)
+
+    stale = requests.get(url, params=api, headers=auth, verify=hub.ca_path, timeout=10).json()["etag"]
+    assert patch(f'"{stale}"', 1).status_code == 200
+    assert patch(f'"{stale}"', 2).status_code == 412
+    assert patch(stale, 3).status_code == 200
+    assert patch("certainly-not-the-etag", 4).status_code == 200
+    got = requests.get(url, params=api, headers=auth, verify=hub.ca_path, timeout=10).json()
+    assert got["properties"]["desired"]["k"] == 4
+
+
 def test_device_twin_tags_are_stored(registry_manager, make_device):
     dev = make_device()
     t = registry_manager.update_twin(dev.device_id, Twin(tags={"env": "prod", "site": {"bldg": "43"}}))
@@ -206,3 +228,34 @@ def test_method_on_unknown_device_is_404(registry_manager):
         registry_manager.invoke_device_method(
             unique_id("ghost"), CloudToDeviceMethod(method_name="ping", response_timeout_in_seconds=5))
     assert http_status(err.value) == 404
+
+
+def test_device_scope_is_immutable_on_edge_devices_and_names_a_parent_on_leaf_devices(
+        hub, make_device):
+    # IoT Hub's Device.deviceScope: "auto-generated and immutable for edge devices and modifiable
+    # in leaf devices to create child/parent relationship"
+    gateway, leaf = make_device(edge=True), make_device()
+    api, auth = {"api-version": "2021-04-12"}, {"Authorization": hub.service_token(), "If-Match": "*"}
+
+    def get(device_id):
+        return requests.get(f"{hub.rest_url}/devices/{device_id}", params=api, headers=auth,
+                            verify=hub.ca_path, timeout=10).json()
+
+    def put(device, scope):
+        body = dict(device, deviceScope=scope)
+        return requests.put(f"{hub.rest_url}/devices/{device['deviceId']}", params=api, json=body,
+                            headers=auth, verify=hub.ca_path, timeout=10)
+
+    edge = get(gateway.device_id)
+    scope = edge["deviceScope"]
+    assert scope.startswith(f"ms-azure-iot-edge://{gateway.device_id}-")
+    refused = put(edge, "ms-azure-iot-edge://other-1")
+    assert refused.status_code == 400 and "cannot be changed" in refused.json()["Message"]
+    assert get(gateway.device_id)["deviceScope"] == scope
+
+    child = get(leaf.device_id)
+    assert put(child, "ms-azure-iot-edge://nobody-123").status_code == 400
+    ok = put(child, scope)
+    assert ok.status_code == 200, ok.text
+    assert get(leaf.device_id)["deviceScope"] == scope
+    assert get(leaf.device_id)["parentScopes"] == [scope]

@@ -290,10 +290,9 @@ pub struct ExportImportDevice {
     /// Identity etag (JSON `eTag`).
     #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
     pub e_tag: Option<String>,
-    /// `create`, `update`, `updateIfMatchETag`, `delete`, `deleteIfMatchETag`, `updateTwin`,
-    /// `updateTwinIfMatchETag`.
+    /// What to do with the item; IoT Hub's default is `createOrUpdate`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub import_mode: Option<String>,
+    pub import_mode: Option<ImportMode>,
     /// `enabled` | `disabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -321,6 +320,103 @@ pub struct ExportImportDevice {
     /// Parent scopes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_scopes: Option<Vec<String>>,
+}
+
+/// The `importMode` of a bulk item (the service SDKs' `ImportMode`). IoT Hub reads it without
+/// regard to case: Node's `azure-iothub` sends `Update` and `DeleteIfMatchETag`, Python's
+/// `azure-iot-hub` and the REST reference `create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportMode {
+    /// Create, or overwrite an existing identity whatever its etag.
+    CreateOrUpdate,
+    /// Create; an existing identity is an error.
+    Create,
+    /// Overwrite an existing identity whatever its etag; a missing one is an error.
+    Update,
+    /// Overwrite an existing identity whose etag is `eTag`.
+    UpdateIfMatchETag,
+    /// Create, or overwrite an existing identity whose etag is `eTag`.
+    CreateOrUpdateIfMatchETag,
+    /// Delete whatever the etag.
+    Delete,
+    /// Delete if the etag is `eTag`.
+    DeleteIfMatchETag,
+    /// Merge `tags` and desired properties into the existing twin.
+    UpdateTwin,
+    /// Merge into the existing twin if its etag is `twinETag`.
+    UpdateTwinIfMatchETag,
+}
+
+impl ImportMode {
+    /// Every mode, in the service SDKs' order.
+    pub const ALL: [ImportMode; 9] = [
+        ImportMode::CreateOrUpdate,
+        ImportMode::Create,
+        ImportMode::Update,
+        ImportMode::UpdateIfMatchETag,
+        ImportMode::CreateOrUpdateIfMatchETag,
+        ImportMode::Delete,
+        ImportMode::DeleteIfMatchETag,
+        ImportMode::UpdateTwin,
+        ImportMode::UpdateTwinIfMatchETag,
+    ];
+
+    /// The wire name, as the REST reference writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportMode::CreateOrUpdate => "createOrUpdate",
+            ImportMode::Create => "create",
+            ImportMode::Update => "update",
+            ImportMode::UpdateIfMatchETag => "updateIfMatchETag",
+            ImportMode::CreateOrUpdateIfMatchETag => "createOrUpdateIfMatchETag",
+            ImportMode::Delete => "delete",
+            ImportMode::DeleteIfMatchETag => "deleteIfMatchETag",
+            ImportMode::UpdateTwin => "updateTwin",
+            ImportMode::UpdateTwinIfMatchETag => "updateTwinIfMatchETag",
+        }
+    }
+
+    /// The mode named `name` in any case.
+    pub fn parse(name: &str) -> Option<ImportMode> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether the item's `eTag` must match the identity's.
+    pub fn checks_etag(self) -> bool {
+        matches!(
+            self,
+            ImportMode::UpdateIfMatchETag
+                | ImportMode::CreateOrUpdateIfMatchETag
+                | ImportMode::DeleteIfMatchETag
+        )
+    }
+}
+
+impl std::fmt::Display for ImportMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for ImportMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ImportMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        ImportMode::parse(&name).ok_or_else(|| {
+            let known: Vec<&str> = ImportMode::ALL.iter().map(|m| m.name()).collect();
+            serde::de::Error::custom(format!(
+                "importMode '{name}' is not one of {}",
+                known.join(", ")
+            ))
+        })
+    }
 }
 
 /// Result of a bulk registry operation (200 when successful, 400 otherwise).
@@ -860,12 +956,43 @@ mod tests {
             id: "d1".into(),
             e_tag: Some("x".into()),
             twin_e_tag: Some("y".into()),
-            import_mode: Some("create".into()),
+            import_mode: Some(ImportMode::Create),
             ..Default::default()
         };
         assert_eq!(
             serde_json::to_value(&item).unwrap(),
             json!({"id": "d1", "eTag": "x", "importMode": "create", "twinETag": "y"})
+        );
+    }
+
+    #[test]
+    fn import_modes_are_read_in_any_case_and_written_as_the_rest_reference_does() {
+        for (sent, mode) in [
+            ("create", ImportMode::Create),
+            ("Update", ImportMode::Update),
+            ("DeleteIfMatchETag", ImportMode::DeleteIfMatchETag),
+            (
+                "createorupdateifmatchetag",
+                ImportMode::CreateOrUpdateIfMatchETag,
+            ),
+        ] {
+            let item: ExportImportDevice =
+                serde_json::from_value(json!({"id": "d", "importMode": sent})).unwrap();
+            assert_eq!(item.import_mode, Some(mode));
+        }
+        assert_eq!(
+            serde_json::to_value(ImportMode::UpdateTwinIfMatchETag).unwrap(),
+            json!("updateTwinIfMatchETag")
+        );
+        let error = serde_json::from_value::<ExportImportDevice>(
+            json!({"id": "d", "importMode": "upsert"}),
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("importMode 'upsert' is not one of create"),
+            "{error}"
         );
     }
 

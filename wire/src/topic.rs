@@ -457,6 +457,24 @@ pub fn classify_filter(filter: &str, device_id: &str, module_id: Option<&str>) -
     }
 }
 
+/// The subscription a hub-to-client topic is delivered through, so the hub can publish it at no
+/// more than the QoS that subscription was granted (MQTT 3.1.1 §3.8.4).
+pub fn feature_of_outgoing(topic: &str) -> Option<Feature> {
+    if topic.starts_with(TWIN_RES) {
+        Some(Feature::TwinResponses)
+    } else if topic.starts_with(DESIRED_PATCH) {
+        Some(Feature::DesiredPatches)
+    } else if topic.starts_with(METHOD_POST) {
+        Some(Feature::Methods)
+    } else if topic.contains("/messages/devicebound/") {
+        Some(Feature::CloudToDevice)
+    } else if topic.contains("/inputs/") {
+        Some(Feature::ModuleInputs)
+    } else {
+        None
+    }
+}
+
 /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]`.
 pub fn twin_response_topic(status: u16, rid: &str, version: Option<i64>) -> String {
     match version {

@@ -23,7 +23,7 @@ use crate::messages::Message;
 use crate::methods::MethodResponse;
 use crate::reported::Committing;
 use crate::routing::{self, RoutedMessage};
-use crate::store::IdentityKey;
+use crate::store::{IdentityKey, SessionFilter};
 use crate::twins;
 
 use super::auth::{authenticate, Authenticated};
@@ -153,7 +153,7 @@ where
     let client_id = key.client_id();
     let stored = restore_session(&hub, &client_id, connect.clean_session)?;
     let session_present = stored.is_some();
-    let filters: Vec<String> = stored.unwrap_or_default();
+    let filters: Vec<SessionFilter> = stored.unwrap_or_default();
     let features = features_of(&filters, &key);
     let mut registration = hub.live.register(&client_id, features);
     tracing::info!(
@@ -256,7 +256,7 @@ fn restore_session(
     hub: &Hub,
     client_id: &str,
     clean: bool,
-) -> Result<Option<Vec<String>>, ConnectionEnd> {
+) -> Result<Option<Vec<SessionFilter>>, ConnectionEnd> {
     hub.transact(|tx| {
         if clean {
             tx.delete_session(client_id)?;
@@ -268,10 +268,10 @@ fn restore_session(
     .map_err(|e| ConnectionEnd::Violation(format!("session store: {e}")))
 }
 
-fn features_of(filters: &[String], key: &IdentityKey) -> HashSet<Feature> {
+fn features_of(filters: &[SessionFilter], key: &IdentityKey) -> HashSet<Feature> {
     filters
         .iter()
-        .filter_map(|f| topic::classify_filter(f, &key.device_id, key.module_id.as_deref()))
+        .filter_map(|f| topic::classify_filter(&f.filter, &key.device_id, key.module_id.as_deref()))
         .collect()
 }
 
@@ -287,8 +287,8 @@ struct Session {
     connection_id: u64,
     /// CleanSession=0: subscriptions are persisted.
     persistent: bool,
-    /// Accepted subscription filters.
-    filters: Vec<String>,
+    /// Accepted subscription filters with their granted QoS.
+    filters: Vec<SessionFilter>,
     /// Last packet id used for a QoS 1 publish to the client.
     next_pkid: u16,
 }
@@ -426,7 +426,8 @@ impl Session {
                 Ok(vec![Packet::SubAck(SubAck::new(subscribe.pkid, codes))])
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.filters.retain(|f| !unsubscribe.topics.contains(f));
+                self.filters
+                    .retain(|f| !unsubscribe.topics.contains(&f.filter));
                 self.save_filters()?;
                 Ok(vec![Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))])
             }
@@ -447,13 +448,36 @@ impl Session {
             tracing::info!(client_id = %self.client_id, filter, "refusing unknown subscription");
             return SubscribeReasonCode::Failure;
         }
-        if !self.filters.iter().any(|f| f == filter) {
-            self.filters.push(filter.to_owned());
-        }
-        SubscribeReasonCode::Success(if qos == QoS::AtMostOnce {
+        // IoT Hub grants QoS 0 or 1 (it has no QoS 2); a repeated filter takes the new QoS
+        let granted = if qos == QoS::AtMostOnce {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
+        };
+        let qos = u8::from(granted == QoS::AtLeastOnce);
+        match self.filters.iter_mut().find(|f| f.filter == filter) {
+            Some(existing) => existing.qos = qos,
+            None => self.filters.push(SessionFilter {
+                filter: filter.to_owned(),
+                qos,
+            }),
+        }
+        SubscribeReasonCode::Success(granted)
+    }
+
+    /// Whether a message on `topic` may go at QoS 1: only if a subscription it is delivered
+    /// through was granted QoS 1 (MQTT 3.1.1 §3.8.4: never above the granted QoS).
+    fn granted_at_least_once(&self, topic: &str) -> bool {
+        let Some(feature) = topic::feature_of_outgoing(topic) else {
+            return false;
+        };
+        self.filters.iter().any(|f| {
+            f.qos == 1
+                && topic::classify_filter(
+                    &f.filter,
+                    &self.key.device_id,
+                    self.key.module_id.as_deref(),
+                ) == Some(feature)
         })
     }
 
@@ -577,6 +601,7 @@ impl Session {
     }
 
     fn publish(&mut self, topic: String, payload: Bytes, at_least_once: bool) -> Packet {
+        let at_least_once = at_least_once && self.granted_at_least_once(&topic);
         let mut publish = Publish::from_bytes(
             topic,
             if at_least_once {
@@ -642,7 +667,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pipelined_reported_patches_are_answered_in_order_and_a_later_get_sees_them_all() {
+    async fn pipelined_reported_patches_are_answered_in_order_at_the_granted_qos_and_a_later_get_sees_them_all(
+    ) {
         let dir = std::env::temp_dir().join(format!("edgetwin-pipeline-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -682,7 +708,10 @@ mod tests {
         .unwrap();
         let mut connect = Connect::new("d1");
         connect.set_login("localhost/d1/?api-version=2021-04-12", token.expose());
-        let mut packets = vec![Packet::Connect(connect)];
+        // twin responses subscribed at QoS 0: the hub must not publish them above it (§3.8.4)
+        let subscribe =
+            rumqttc::mqttbytes::v4::Subscribe::new("$iothub/twin/res/#", QoS::AtMostOnce);
+        let mut packets = vec![Packet::Connect(connect), Packet::Subscribe(subscribe)];
         for i in 1..=40u16 {
             let qos = if i <= 20 {
                 QoS::AtLeastOnce
@@ -711,6 +740,7 @@ mod tests {
         assert!(
             matches!(next(&mut reader).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Success)
         );
+        assert!(matches!(next(&mut reader).await, Packet::SubAck(_)));
         let mut last_version = 0;
         for i in 1..=40u16 {
             if i <= 20 {
@@ -722,6 +752,11 @@ mod tests {
             let Packet::Publish(response) = next(&mut reader).await else {
                 panic!("twin response {i}")
             };
+            assert_eq!(
+                (response.qos, response.pkid),
+                (QoS::AtMostOnce, 0),
+                "answer {i} at the granted QoS 0"
+            );
             let prefix = format!("$iothub/twin/res/204/?$rid={i}&$version=");
             let version: i64 = response
                 .topic

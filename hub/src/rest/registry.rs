@@ -1,11 +1,12 @@
 //! Identity routes: `/devices[/{id}[/modules[/{mid}]]]`, bulk `POST /devices`,
 //! `POST /devices/{id}/applyConfigurationContent` and `/statistics/*`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use edgetwin_wire::rest::{
     BulkRegistryOperationResult, ConfigurationContent, Device, DeviceCapabilities,
-    DeviceRegistryOperationError, ErrorCode, ExportImportDevice, Module, Permission,
+    DeviceRegistryOperationError, ErrorCode, ExportImportDevice, ImportMode, Module, Permission,
 };
 use hyper::Method;
 use serde_json::json;
@@ -206,6 +207,17 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             ));
         }
     }
+    // IoT Hub adds a module only to a device registered before the request: a device and its
+    // modules in one request fail the modules with DeviceNotFound.
+    let registered_before: HashSet<String> = hub.transact(|tx| {
+        let mut registered = HashSet::new();
+        for item in items.iter().filter(|i| i.module_id.is_some()) {
+            if tx.device(&item.id)?.is_some() {
+                registered.insert(item.id.clone());
+            }
+        }
+        Ok(registered)
+    })?;
     let mut errors = Vec::new();
     let edge_ids: Vec<String> = items
         .iter()
@@ -218,11 +230,17 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             (
                 item.id.clone(),
                 item.module_id.clone(),
-                item.import_mode.clone(),
+                Some(
+                    item.import_mode
+                        .unwrap_or(ImportMode::CreateOrUpdate)
+                        .name()
+                        .to_owned(),
+                ),
             )
         })
         .collect();
-    let results = hub.transact_each_and_notify(items, bulk_item)?;
+    let results =
+        hub.transact_each_and_notify(items, |tx, item| bulk_item(tx, item, &registered_before))?;
     for ((device_id, module_id, operation), result) in labels.into_iter().zip(results) {
         if let Err(error) = result {
             errors.push(DeviceRegistryOperationError {
@@ -251,98 +269,173 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     Ok(reply)
 }
 
+/// The `If-Match` a bulk item's etag stands for: its exact value (the body's etags are compared
+/// as they are, quoted or not), or `*` for the modes that ignore etags.
+fn item_if_match(checks: bool, etag: &Option<String>, field: &str) -> Result<String, ApiError> {
+    if !checks {
+        return Ok("*".into());
+    }
+    match etag.as_deref().map(|e| e.trim_matches('"')) {
+        Some(etag) if !etag.is_empty() => Ok(format!("\"{etag}\"")),
+        _ => Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            format!("{field} is required by this importMode"),
+        )),
+    }
+}
+
+/// Applies one bulk item inside the request's transaction.
 fn bulk_item(
     tx: &crate::store::Transaction<'_>,
     item: ExportImportDevice,
+    registered_before: &HashSet<String>,
 ) -> Result<((), Vec<twins::DesiredChange>), ApiError> {
-    let mode = item
-        .import_mode
-        .clone()
-        .unwrap_or_else(|| "createOrUpdate".into());
+    let mode = item.import_mode.unwrap_or(ImportMode::CreateOrUpdate);
     let id = item.id.clone();
-    let if_match = |etag: &Option<String>| etag.clone().unwrap_or_else(|| "*".into());
-    if let Some(module_id) = item.module_id.clone() {
-        let module = Module {
-            module_id: module_id.clone(),
-            device_id: id.clone(),
-            authentication: item.authentication.clone(),
-            ..Module::default()
-        };
-        match mode.as_str() {
-            "create" => registry::create_module(tx, &id, &module_id, module).map(drop)?,
-            "update" | "updateIfMatchETag" => {
-                registry::update_module(tx, &id, &module_id, module, Some(&if_match(&item.e_tag)))
-                    .map(drop)?
-            }
-            "delete" | "deleteIfMatchETag" => {
-                registry::delete_module(tx, &id, &module_id, Some(&if_match(&item.e_tag)))?
-            }
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "importMode '{other}' is not supported for modules"
-                )))
-            }
-        }
-        return Ok(((), Vec::new()));
+    if item.module_id.is_some() && !registered_before.contains(&id) {
+        return Err(ApiError::new(
+            ErrorCode::DeviceNotFound,
+            format!(
+                "device '{id}' must be registered before a request adds its modules; send the \
+                 device in an earlier request"
+            ),
+        ));
     }
-    let device = Device {
-        device_id: id.clone(),
-        status: item.status.clone(),
-        status_reason: item.status_reason.clone(),
-        authentication: item.authentication.clone(),
-        capabilities: item
-            .capabilities
-            .or(Some(DeviceCapabilities { iot_edge: false })),
-        device_scope: item.device_scope.clone(),
-        parent_scopes: item.parent_scopes.clone(),
-        ..Device::default()
-    };
-    match mode.as_str() {
-        "create" => registry::create_device(tx, &id, device).map(drop)?,
-        "createOrUpdate" => match tx.device(&id)? {
-            None => registry::create_device(tx, &id, device).map(drop)?,
-            Some(_) => registry::update_device(tx, &id, device, Some("*")).map(drop)?,
-        },
-        "update" | "updateIfMatchETag" => {
-            registry::update_device(tx, &id, device, Some(&if_match(&item.e_tag))).map(drop)?
+    let identity = BulkIdentity::of(&item);
+    let twin_mode = matches!(
+        mode,
+        ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag
+    );
+    let if_match = item_if_match(mode.checks_etag(), &item.e_tag, "eTag")?;
+    match mode {
+        ImportMode::Create => identity.create(tx)?,
+        ImportMode::CreateOrUpdate | ImportMode::CreateOrUpdateIfMatchETag => {
+            if identity.exists(tx)? {
+                identity.update(tx, &if_match)?;
+            } else {
+                identity.create(tx)?;
+            }
         }
-        "delete" | "deleteIfMatchETag" => {
-            return registry::delete_device(tx, &id, Some(&if_match(&item.e_tag)))
-                .map(|()| ((), Vec::new()))
+        ImportMode::Update | ImportMode::UpdateIfMatchETag => identity.update(tx, &if_match)?,
+        ImportMode::Delete | ImportMode::DeleteIfMatchETag => {
+            identity.delete(tx, &if_match)?;
+            return Ok(((), Vec::new()));
         }
-        "updateTwin" | "updateTwinIfMatchETag" => {}
-        other => {
-            return Err(ApiError::invalid(format!(
-                "importMode '{other}' is not a known import mode"
-            )))
+        ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag => {
+            if !identity.exists(tx)? {
+                return Err(identity.not_found());
+            }
         }
     }
-    if item.tags.is_none()
-        && item
-            .properties
-            .as_ref()
-            .and_then(|p| p.desired.as_ref())
-            .is_none()
-    {
+    let desired = item.properties.and_then(|p| p.desired);
+    if item.tags.is_none() && desired.is_none() {
         return Ok(((), Vec::new()));
     }
     let twin = edgetwin_wire::rest::Twin {
         tags: item.tags,
-        properties: item
-            .properties
-            .map(|p| edgetwin_wire::rest::TwinProperties {
-                desired: p.desired,
-                reported: None,
-            }),
+        properties: Some(edgetwin_wire::rest::TwinProperties {
+            desired,
+            reported: None,
+        }),
         ..edgetwin_wire::rest::Twin::default()
     };
-    let if_match = (mode == "updateTwinIfMatchETag").then(|| if_match(&item.twin_e_tag));
+    let twin_if_match = item_if_match(
+        mode == ImportMode::UpdateTwinIfMatchETag,
+        &item.twin_e_tag,
+        "twinETag",
+    )?;
     let change = twins::update_from_service(
         tx,
-        &IdentityKey::device(&id),
+        &identity.key(),
         twin,
         UpdateMode::Merge,
-        if_match.as_deref(),
+        twin_mode.then_some(twin_if_match.as_str()),
     )?;
     Ok(((), change.into_iter().collect()))
+}
+
+/// The identity a bulk item names: a device or one of its modules, with what the item sets.
+enum BulkIdentity {
+    /// A device item (no `moduleId`).
+    Device(Device),
+    /// A module item.
+    Module(Module),
+}
+
+impl BulkIdentity {
+    fn of(item: &ExportImportDevice) -> Self {
+        match &item.module_id {
+            Some(module_id) => BulkIdentity::Module(Module {
+                module_id: module_id.clone(),
+                device_id: item.id.clone(),
+                authentication: item.authentication.clone(),
+                ..Module::default()
+            }),
+            None => BulkIdentity::Device(Device {
+                device_id: item.id.clone(),
+                status: item.status.clone(),
+                status_reason: item.status_reason.clone(),
+                authentication: item.authentication.clone(),
+                capabilities: item
+                    .capabilities
+                    .or(Some(DeviceCapabilities { iot_edge: false })),
+                device_scope: item.device_scope.clone(),
+                parent_scopes: item.parent_scopes.clone(),
+                ..Device::default()
+            }),
+        }
+    }
+
+    fn key(&self) -> IdentityKey {
+        match self {
+            BulkIdentity::Device(d) => IdentityKey::device(&d.device_id),
+            BulkIdentity::Module(m) => IdentityKey::module(&m.device_id, &m.module_id),
+        }
+    }
+
+    fn not_found(&self) -> ApiError {
+        match self {
+            BulkIdentity::Device(d) => registry::device_not_found(&d.device_id),
+            BulkIdentity::Module(m) => registry::module_not_found(&m.device_id, &m.module_id),
+        }
+    }
+
+    fn exists(&self, tx: &crate::store::Transaction<'_>) -> Result<bool, ApiError> {
+        Ok(match self {
+            BulkIdentity::Device(d) => tx.device(&d.device_id)?.is_some(),
+            BulkIdentity::Module(m) => tx.module(&m.device_id, &m.module_id)?.is_some(),
+        })
+    }
+
+    fn create(&self, tx: &crate::store::Transaction<'_>) -> Result<(), ApiError> {
+        match self {
+            BulkIdentity::Device(d) => {
+                registry::create_device(tx, &d.device_id, d.clone()).map(drop)
+            }
+            BulkIdentity::Module(m) => {
+                registry::create_module(tx, &m.device_id, &m.module_id, m.clone()).map(drop)
+            }
+        }
+    }
+
+    fn update(&self, tx: &crate::store::Transaction<'_>, if_match: &str) -> Result<(), ApiError> {
+        match self {
+            BulkIdentity::Device(d) => {
+                registry::update_device(tx, &d.device_id, d.clone(), Some(if_match)).map(drop)
+            }
+            BulkIdentity::Module(m) => {
+                registry::update_module(tx, &m.device_id, &m.module_id, m.clone(), Some(if_match))
+                    .map(drop)
+            }
+        }
+    }
+
+    fn delete(&self, tx: &crate::store::Transaction<'_>, if_match: &str) -> Result<(), ApiError> {
+        match self {
+            BulkIdentity::Device(d) => registry::delete_device(tx, &d.device_id, Some(if_match)),
+            BulkIdentity::Module(m) => {
+                registry::delete_module(tx, &m.device_id, &m.module_id, Some(if_match))
+            }
+        }
+    }
 }
