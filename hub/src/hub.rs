@@ -216,10 +216,14 @@ impl Hub {
             )));
         }
         let client_id = key.client_id();
-        let payload = match request.payload {
-            None => Bytes::new(),
-            Some(value) => Bytes::from(value.to_string()),
-        };
+        // IoT Hub hands the device the payload's JSON text: `null` when there is none (the Node
+        // device SDK answers 400 to an empty body, which is not JSON)
+        let payload = Bytes::from(
+            request
+                .payload
+                .unwrap_or(serde_json::Value::Null)
+                .to_string(),
+        );
         let (rid, response) = self.methods.start(&client_id);
         let message = Outgoing {
             topic: topic::method_request_topic(&request.method_name, &rid),

@@ -1,0 +1,117 @@
+// The device side judged by azure-iot-device with azure-iot-device-mqtt, unchanged: Client over
+// MQTT and MQTT over WebSockets, ModuleClient from a connection string and from the IoT Edge
+// environment (workload API), twins, desired patches, direct methods invoked through
+// azure-iothub's Client, and module outputs.
+'use strict';
+
+const { test, after } = require('node:test');
+const assert = require('node:assert/strict');
+const https = require('node:https');
+const { Client, ModuleClient } = require('azure-iot-device');
+const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
+const { Message } = require('azure-iot-common');
+const service = require('azure-iothub');
+const { info, serviceConnectionString, uniqueId, waitFor, registryWithCleanup, identityConnectionString } = require('./hub');
+
+const fixture = registryWithCleanup();
+const { registry } = fixture;
+const serviceClient = service.Client.fromConnectionString(serviceConnectionString);
+const opened = [];
+after(async () => {
+  for (const client of opened) {
+    try { await client.close(); } catch (_) { /* closed */ }
+  }
+  await fixture.cleanup();
+});
+
+async function open(client) {
+  opened.push(client);
+  await client.open();
+  return client;
+}
+
+/** GET on the hub's REST API with the iothubowner key (the edgetwin routes the SDKs lack). */
+function hubGet(path) {
+  const { SharedAccessSignature } = require('azure-iothub');
+  const sas = SharedAccessSignature.create('localhost', 'iothubowner', info.policies.iothubowner,
+    Math.floor(Date.now() / 1000) + 600).toString();
+  return new Promise((resolve, reject) => {
+    https.get({ host: 'localhost', port: 443, path, headers: { Authorization: sas } }, (res) => {
+      let body = '';
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(body)) : reject(new Error(`${res.statusCode} ${body}`))));
+    }).on('error', reject);
+  });
+}
+
+for (const [name, Transport] of [['Mqtt', Mqtt], ['MqttWs', MqttWs]]) {
+  test(`a device Client over ${name} gets its twin, reports, receives a desired patch and answers a method`, async () => {
+    const device = await fixture.device(`node-${name.toLowerCase()}`);
+    const client = await open(Client.fromConnectionString(identityConnectionString(device), Transport));
+    const twin = await client.getTwin();
+    assert.equal(typeof twin.properties.desired.$version, 'number');
+    await new Promise((resolve, reject) => twin.properties.reported.update({ transport: name }, (e) => (e ? reject(e) : resolve())));
+    const { responseBody: serviceTwin } = await registry.getTwin(device.deviceId);
+    assert.equal(serviceTwin.properties.reported.transport, name);
+
+    const patches = [];
+    twin.on('properties.desired', (patch) => patches.push(patch));
+    await registry.updateTwin(device.deviceId, { properties: { desired: { telemetryInterval: 122 } } }, '*');
+    await waitFor(() => patches.find((p) => p.telemetryInterval === 122), 'the desired patch');
+
+    client.onDeviceMethod('ping', (request, response) => {
+      response.send(200, { pong: request.payload.n }, () => {});
+    });
+    await waitFor(async () => {
+      const { result } = await serviceClient.invokeDeviceMethod(device.deviceId,
+        { methodName: 'ping', payload: { n: 7 }, responseTimeoutInSeconds: 5 });
+      return result.status === 200 && result.payload.pong === 7;
+    }, 'the method answer');
+  });
+}
+
+test('a ModuleClient sends to an output and answers a module method invoked by the service', async () => {
+  const device = await fixture.device('node-edge', true);
+  const moduleId = uniqueId('m');
+  const { responseBody: module } = await registry.addModule({ deviceId: device.deviceId, moduleId });
+  const client = await open(ModuleClient.fromConnectionString(identityConnectionString(module), Mqtt));
+  const message = new Message(JSON.stringify({ seq: 1 }));
+  message.properties.add('kind', 'node-test');
+  await client.sendOutputEvent('telemetry', message);
+  const log = await waitFor(async () => {
+    const messages = await hubGet(`/edgetwin/messages?api-version=2021-04-12&deviceId=${device.deviceId}&moduleId=${moduleId}&output=telemetry`);
+    return messages.length ? messages : null;
+  }, 'the output in the hub message log');
+  assert.equal(JSON.parse(log[0].body).seq, 1);
+  assert.equal(log[0].properties.kind, 'node-test');
+
+  client.onMethod('getConfig', (request, response) => response.send(200, { moduleId }, () => {}));
+  await waitFor(async () => {
+    const { result } = await serviceClient.invokeDeviceMethod(device.deviceId, moduleId,
+      { methodName: 'getConfig', payload: null, responseTimeoutInSeconds: 5 });
+    assert.equal(result.status, 200, JSON.stringify(result));
+    return result.payload.moduleId === moduleId;
+  }, 'the module method answer');
+});
+
+test('ModuleClient.fromEnvironment signs through the workload API and reports to its twin', async () => {
+  const device = await fixture.device('node-env', true);
+  const moduleId = uniqueId('m');
+  await registry.addModule({ deviceId: device.deviceId, moduleId });
+  const environment = await hubGet(`/edgetwin/devices/${device.deviceId}/modules/${moduleId}/edgeEnvironment?api-version=2021-04-12`);
+  const saved = { ...process.env };
+  Object.assign(process.env, environment);
+  delete process.env.EdgeHubConnectionString;
+  delete process.env.IotHubConnectionString;
+  let client;
+  try {
+    client = await ModuleClient.fromEnvironment(Mqtt);
+  } finally {
+    process.env = saved;
+  }
+  await open(client);
+  const twin = await client.getTwin();
+  await new Promise((resolve, reject) => twin.properties.reported.update({ fromEnvironment: true }, (e) => (e ? reject(e) : resolve())));
+  const { responseBody: serviceTwin } = await registry.getModuleTwin(device.deviceId, moduleId);
+  assert.equal(serviceTwin.properties.reported.fromEnvironment, true);
+});
