@@ -8,6 +8,7 @@ use edgetwin_wire::twin::Properties;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::layers;
 use crate::registry;
 use crate::store::{IdentityKey, Transaction};
 use crate::twins::{self, DesiredChange};
@@ -54,6 +55,15 @@ pub fn apply_content(
     Ok(changes)
 }
 
+/// Whether a configuration is a layered deployment (`properties.desired.<path>` entries).
+fn is_layered(configuration: &Configuration) -> bool {
+    configuration
+        .content
+        .as_ref()
+        .and_then(|c| c.modules_content.as_ref())
+        .is_some_and(|m| layers::kind(m) == Ok(layers::Kind::Layered))
+}
+
 /// The desired properties in a `modulesContent` entry: `{"properties.desired": {...}}`.
 fn desired_of(module_id: &str, section: &Value) -> Result<Properties, ApiError> {
     let invalid = |what: &str| {
@@ -70,9 +80,10 @@ fn desired_of(module_id: &str, section: &Value) -> Result<Properties, ApiError> 
 }
 
 /// Re-evaluates every at-scale deployment against every edge device: per device the matching
-/// deployment with the highest priority (ties: the newest) is applied, the other matches are
-/// marked `Targeted`. A device that matches nothing keeps its modules. Updates each
-/// configuration's `targetedCount` and `appliedCount`.
+/// base deployment with the highest priority (ties: the newest) is applied with the matching
+/// layered deployments of a higher priority merged over it ([`crate::layers`]); the other
+/// matches are marked `Targeted`. A device that matches no base deployment keeps its modules.
+/// Updates each configuration's `targetedCount` and `appliedCount`.
 pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
     let mut configurations: Vec<(Configuration, Condition)> = tx
         .configurations(usize::MAX >> 1)?
@@ -87,6 +98,7 @@ pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
             Some((c, condition))
         })
         .collect();
+    let layered: Vec<bool> = configurations.iter().map(|(c, _)| is_layered(c)).collect();
     let mut counts = vec![(0i64, 0i64); configurations.len()];
     let mut changes = Vec::new();
     for (device_id, mut twin) in tx.device_twins()? {
@@ -106,40 +118,63 @@ pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
         let matching: Vec<usize> = (0..configurations.len())
             .filter(|&i| configurations[i].1.matches(&document))
             .collect();
-        let winner = matching.iter().copied().max_by(|&a, &b| {
-            let key = |i: usize| {
-                (
-                    configurations[i].0.priority.unwrap_or(0),
-                    configurations[i].0.created_time_utc.clone(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+        let rank = |i: usize| {
+            (
+                configurations[i].0.priority.unwrap_or(0),
+                configurations[i].0.created_time_utc.clone(),
+            )
+        };
+        let base = matching
+            .iter()
+            .copied()
+            .filter(|&i| !layered[i])
+            .max_by_key(|&i| rank(i));
+        // layers above the base, lowest first, so the highest priority is merged last and wins
+        let mut layers: Vec<usize> = match base {
+            Some(b) => matching
+                .iter()
+                .copied()
+                .filter(|&i| layered[i] && rank(i).0 > rank(b).0)
+                .collect(),
+            None => Vec::new(),
+        };
+        layers.sort_by_key(|&i| rank(i));
+        let applied: Vec<usize> = base.into_iter().chain(layers.iter().copied()).collect();
         let mut statuses = Properties::new();
         for &i in &matching {
-            let status = if Some(i) == winner {
+            let status = if applied.contains(&i) {
                 "Applied"
             } else {
                 "Targeted"
             };
             statuses.insert(configurations[i].0.id.clone(), json!({ "status": status }));
             counts[i].0 += 1;
-            if Some(i) == winner {
+            if applied.contains(&i) {
                 counts[i].1 += 1;
             }
         }
-        if winner.is_none() || statuses == twin.configurations {
+        if base.is_none() || statuses == twin.configurations {
             continue;
         }
-        if let Some(i) = winner {
-            let applied_before = twin
-                .configurations
+        let applied_before = applied.iter().all(|&i| {
+            twin.configurations
                 .get(&configurations[i].0.id)
-                .is_some_and(|s| s["status"] == "Applied");
-            if !applied_before {
-                let content = configurations[i].0.content.clone().unwrap_or_default();
-                changes.extend(apply_content(tx, &device_id, &content)?);
-            }
+                .is_some_and(|s| s["status"] == "Applied")
+        }) && twin
+            .configurations
+            .values()
+            .filter(|s| s["status"] == "Applied")
+            .count()
+            == applied.len();
+        if !applied_before {
+            let content_of = |i: usize| configurations[i].0.content.clone().unwrap_or_default();
+            let layer_contents: Vec<ConfigurationContent> =
+                layers.iter().map(|&i| content_of(i)).collect();
+            let content = layers::compose(
+                &content_of(applied[0]),
+                &layer_contents.iter().collect::<Vec<_>>(),
+            );
+            changes.extend(apply_content(tx, &device_id, &content)?);
         }
         twin.configurations = statuses;
         tx.put_twin(&IdentityKey::device(&device_id), &twin)?;

@@ -10,6 +10,7 @@ mod error;
 mod faults;
 mod hub;
 mod ids;
+mod layers;
 mod live;
 mod messages;
 mod methods;

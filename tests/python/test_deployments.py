@@ -145,3 +145,57 @@ def test_configurations_are_listed_and_duplicates_and_bad_conditions_refused(con
     with pytest.raises(HttpOperationError) as err:
         manager.get_configuration(config_id)
     assert http_status(err.value) == 404
+
+
+def test_layered_deployments_merge_over_the_base_by_priority_and_need_a_base(
+        hub, registry_manager, configurations, make_device):
+    manager, created = configurations
+    ring = unique_id("ring").lower()
+    device = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    lonely = _edge_device_with_module(registry_manager, make_device, {"ring": ring + "-nobase"})
+
+    def create(config_id, condition, priority, modules_content):
+        manager.create_configuration(Configuration(
+            id=config_id, target_condition=condition, priority=priority,
+            content=ConfigurationContent(modules_content=modules_content)))
+        created.append(config_id)
+
+    base_id, low_id, high_id = (unique_id(n).lower() for n in ("base", "low", "high"))
+    create(base_id, f"tags.ring='{ring}'", 10, _manifest(60))
+    create(low_id, f"tags.ring='{ring}' OR tags.ring='{ring}-nobase'", 20, {
+        "$edgeHub": {"properties.desired.routes.low": "FROM /messages/* INTO $upstream"},
+        "edgetwin": {"properties.desired.telemetryInterval": 30, "properties.desired.metrics.load": True},
+    })
+    create(high_id, f"tags.ring='{ring}'", 30, {
+        "edgetwin": {"properties.desired.telemetryInterval": 122},
+    })
+
+    desired = _desired(registry_manager, device.device_id, "edgetwin")
+    assert desired["telemetryInterval"] == 122  # the highest priority layer wins
+    assert desired["metrics"] == {"load": True}  # the lower layer still adds its paths
+    edge_hub = _desired(registry_manager, device.device_id, "$edgeHub")
+    assert edge_hub["routes"] == {"low": "FROM /messages/* INTO $upstream"}
+    assert edge_hub["storeAndForwardConfiguration"] == {"timeToLiveSecs": 7200}  # from the base
+
+    raw = requests.get(f"{hub.rest_url}/twins/{device.device_id}", params={"api-version": "2021-04-12"},
+                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
+    statuses = raw.json()["configurations"]
+    assert {k: statuses[k]["status"] for k in (base_id, low_id, high_id)} == {
+        base_id: "Applied", low_id: "Applied", high_id: "Applied"}
+    # without a base deployment a layer is only targeted
+    assert "telemetryInterval" not in _desired(registry_manager, lonely.device_id, "edgetwin")
+    assert manager.get_configuration(low_id).system_metrics.results == {
+        "targetedCount": 2, "appliedCount": 1}
+
+
+def test_a_deployment_that_mixes_base_and_layered_entries_is_refused(configurations):
+    manager, created = configurations
+    config_id = unique_id("mixed").lower()
+    with pytest.raises(HttpOperationError) as err:
+        manager.create_configuration(Configuration(
+            id=config_id, target_condition="tags.x='y'", priority=1,
+            content=ConfigurationContent(modules_content={
+                "$edgeHub": {"properties.desired": {"routes": {}}},
+                "edgetwin": {"properties.desired.telemetryInterval": 1}})))
+    created.append(config_id)
+    assert http_status(err.value) == 400

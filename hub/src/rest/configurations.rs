@@ -99,6 +99,18 @@ fn put(
                     )
                 })?;
             }
+            if let Some(modules) = input
+                .content
+                .as_ref()
+                .and_then(|c| c.modules_content.as_ref())
+            {
+                crate::layers::kind(modules).map_err(|why| {
+                    ApiError::new(
+                        ErrorCode::InvalidConfigurationContent,
+                        format!("The content provided for configuration is invalid: {why}"),
+                    )
+                })?;
+            }
             if input.priority.is_some_and(|p| p < 0) {
                 return Err(ApiError::invalid("priority must not be negative"));
             }
