@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 use super::ast::{Aggregate, Projected, Projection, Query, Select};
 use super::eval::{holds, json_number, lookup};
 
+/// Response header naming the [`ItemType`] of the rows.
+pub const ITEM_TYPE_HEADER: &str = "x-ms-item-type";
+
 /// What the rows of a result are, sent as `x-ms-item-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemType {

@@ -6,6 +6,12 @@
 
 use base64::Engine as _;
 
+/// Request header: the page size asked for.
+pub const MAX_ITEM_COUNT_HEADER: &str = "x-ms-max-item-count";
+
+/// Request and response header: the token of the next page.
+pub const CONTINUATION_HEADER: &str = "x-ms-continuation";
+
 /// Page size when the request does not ask for one.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
