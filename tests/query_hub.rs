@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -66,15 +67,19 @@ impl Fleet {
         Fleet { hub, _dir: dir }
     }
 
-    /// `edgetwin query QUERY --output json ARGS`: all rows.
-    fn query(&self, query: &str, args: &[&str]) -> Vec<Value> {
-        let out = self
-            .hub
+    /// `edgetwin query QUERY ARGS`.
+    fn run(&self, query: &str, args: &[&str]) -> Output {
+        self.hub
             .edgetwin()
-            .args(["query", query, "--output", "json"])
+            .args(["query", query])
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `edgetwin query QUERY --output json ARGS`: all rows.
+    fn query(&self, query: &str, args: &[&str]) -> Vec<Value> {
+        let out = self.run(query, &[&["--output", "json"], args].concat());
         let stdout = stdout_of_success(&format!("edgetwin query {query}"), &out);
         serde_json::from_str::<Vec<Value>>(&stdout).unwrap()
     }
@@ -196,12 +201,7 @@ fn module_twins_are_queried_from_devices_modules() {
 #[test]
 fn a_small_page_size_takes_several_pages_and_still_returns_every_row_once() {
     let fleet = Fleet::start("paging");
-    let out = fleet
-        .hub
-        .edgetwin()
-        .args(["query", "SELECT deviceId FROM devices", "--page-size", "2"])
-        .output()
-        .unwrap();
+    let out = fleet.run("SELECT deviceId FROM devices", &["--page-size", "2"]);
     let stdout = stdout_of_success("edgetwin query --page-size 2", &out);
     let rows: Vec<Value> = stdout
         .lines()
@@ -228,30 +228,17 @@ fn a_small_page_size_takes_several_pages_and_still_returns_every_row_once() {
 #[test]
 fn an_invalid_query_is_a_400_saying_where_and_other_devices_keep_being_served() {
     let fleet = Fleet::start("errors");
-    let out = fleet
-        .hub
-        .edgetwin()
-        .args([
-            "query",
-            "SELECT * FROM devices WHERE tags.location.region = ",
-        ])
-        .output()
-        .unwrap();
+    let out = fleet.run("SELECT * FROM devices WHERE tags.location.region = ", &[]);
     let stderr = stderr_of_failure("a query without its constant", &out);
     assert!(stderr.contains("400"), "{stderr}");
     assert!(stderr.contains("ArgumentInvalid"), "{stderr}");
     assert!(stderr.contains("The query is invalid"), "{stderr}");
     assert!(stderr.contains("character 51"), "{stderr}");
 
-    let out = fleet
-        .hub
-        .edgetwin()
-        .args([
-            "query",
-            "SELECT * FROM devices WHERE STARTS_WITH(deviceId, 'd')",
-        ])
-        .output()
-        .unwrap();
+    let out = fleet.run(
+        "SELECT * FROM devices WHERE STARTS_WITH(deviceId, 'd')",
+        &[],
+    );
     let stderr = stderr_of_failure("STARTS_WITH in a twin query", &out);
     assert!(
         stderr.contains("unknown function 'STARTS_WITH'"),
@@ -274,17 +261,10 @@ fn queries_need_registry_read() {
             fleet.hub.info["policies"][name].as_str().unwrap()
         )
     };
-    let out = fleet
-        .hub
-        .edgetwin()
-        .args([
-            "query",
-            "SELECT * FROM devices",
-            "--connection-string",
-            &policy("service"),
-        ])
-        .output()
-        .unwrap();
+    let out = fleet.run(
+        "SELECT * FROM devices",
+        &["--connection-string", &policy("service")],
+    );
     let stderr = stderr_of_failure("a query with the service policy", &out);
     assert!(stderr.contains("RegistryRead"), "{stderr}");
     let reader = fleet.query(

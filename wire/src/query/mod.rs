@@ -249,6 +249,22 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for deep in [
+            "(".repeat(4000),
+            "NOT ".repeat(2000),
+            "- ".repeat(4000),
+            "[".repeat(4000),
+        ] {
+            let text = format!("SELECT * FROM devices WHERE {deep}");
+            assert!(
+                parse_query(&text).unwrap_err().reason.contains("nested"),
+                "{deep:.8}"
+            );
+        }
+    }
+
+    #[test]
     fn keywords_are_case_insensitive_and_configuration_ids_may_be_bracketed() {
         let query = parse_query(
             "select deviceId from DEVICES.modules where moduleId = '$edgeAgent' and configurations.[[my-deploy.v1]].status = 'Applied'",

@@ -14,6 +14,10 @@ use super::lexer::{tokenize, Spanned, Token};
 /// IoT Hub's limit on the length of a query expression, in characters.
 pub const MAX_QUERY_CHARS: usize = 8192;
 
+/// Deepest nesting of parentheses, `NOT`, `-` and arrays: the parser and the evaluator recurse,
+/// and 8192 characters of `(` must not exhaust a thread's stack.
+pub const MAX_DEPTH: usize = 64;
+
 /// Words that cannot start a property path.
 const RESERVED: [&str; 15] = [
     "SELECT", "TOP", "FROM", "WHERE", "GROUP", "BY", "AS", "AND", "OR", "NOT", "IN", "NIN", "TRUE",
@@ -42,6 +46,8 @@ struct Parser {
     tokens: Vec<Spanned>,
     /// Index of the next token.
     next: usize,
+    /// Current nesting, bounded by [`MAX_DEPTH`].
+    depth: usize,
 }
 
 impl Parser {
@@ -56,6 +62,7 @@ impl Parser {
         Ok(Self {
             tokens: tokenize(text)?,
             next: 0,
+            depth: 0,
         })
     }
 
@@ -86,41 +93,30 @@ impl Parser {
         }
     }
 
-    /// Consumes `keyword` (case-insensitive) if it comes next.
-    fn keyword(&mut self, keyword: &str) -> bool {
-        let found =
-            matches!(&self.peek().token, Token::Ident(word) if word.eq_ignore_ascii_case(keyword));
+    /// Consumes `word` if it comes next: a keyword (case-insensitive) or a symbol.
+    fn eat(&mut self, word: &str) -> bool {
+        let found = match &self.peek().token {
+            Token::Ident(ident) => ident.eq_ignore_ascii_case(word),
+            Token::Symbol(symbol) => *symbol == word,
+            _ => false,
+        };
         if found {
             self.next += 1;
         }
         found
     }
 
-    fn expect_keyword(&mut self, keyword: &str) -> Result<(), QueryError> {
-        if self.keyword(keyword) {
+    /// Consumes `word`, or fails saying it was expected.
+    fn expect(&mut self, word: &str) -> Result<(), QueryError> {
+        if self.eat(word) {
             return Ok(());
         }
-        Err(self.error(format!("expected {keyword}")))
-    }
-
-    fn symbol(&mut self, symbol: &str) -> bool {
-        let found = matches!(self.peek().token, Token::Symbol(s) if s == symbol);
-        if found {
-            self.next += 1;
-        }
-        found
-    }
-
-    fn expect_symbol(&mut self, symbol: &str) -> Result<(), QueryError> {
-        if self.symbol(symbol) {
-            return Ok(());
-        }
-        Err(self.error(format!("expected '{symbol}'")))
+        Err(self.error(format!("expected '{word}'")))
     }
 
     fn query(&mut self) -> Result<Query, QueryError> {
-        self.expect_keyword("SELECT")?;
-        let top = if self.keyword("TOP") {
+        self.expect("SELECT")?;
+        let top = if self.eat("TOP") {
             match self.advance().token {
                 Token::Number(n) if n.as_u64().is_some() => {
                     Some(usize::try_from(n.as_u64().unwrap_or(0)).unwrap_or(usize::MAX))
@@ -131,24 +127,24 @@ impl Parser {
             None
         };
         let select_at = self.offset();
-        let select = if self.symbol("*") {
+        let select = if self.eat("*") {
             Select::All
         } else {
             let mut items = vec![self.projection()?];
-            while self.symbol(",") {
+            while self.eat(",") {
                 items.push(self.projection()?);
             }
             Select::Items(items)
         };
-        self.expect_keyword("FROM")?;
+        self.expect("FROM")?;
         let from = self.collection()?;
-        let filter = if self.keyword("WHERE") {
+        let filter = if self.eat("WHERE") {
             Some(self.or()?)
         } else {
             None
         };
-        let group_by = if self.keyword("GROUP") {
-            self.expect_keyword("BY")?;
+        let group_by = if self.eat("GROUP") {
+            self.expect("BY")?;
             Some(self.path()?)
         } else {
             None
@@ -213,12 +209,12 @@ impl Parser {
                     Aggregate::Count => None,
                     _ => Some(self.path()?),
                 };
-                self.expect_symbol(")")?;
+                self.expect(")")?;
                 Projected::Aggregate(kind, path)
             }
             None => Projected::Path(self.path()?),
         };
-        let alias = if self.keyword("AS") {
+        let alias = if self.eat("AS") {
             match self.advance().token {
                 Token::Ident(alias) => Some(alias),
                 _ => return Err(self.error_before("AS takes a name")),
@@ -234,7 +230,7 @@ impl Parser {
             Token::Ident(name) if !RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&name)) => name,
             _ => return Err(self.error_before("expected a property path")),
         }];
-        while self.symbol(".") {
+        while self.eat(".") {
             match self.advance().token {
                 Token::Ident(name) | Token::Segment(name) => segments.push(name),
                 _ => return Err(self.error_before("expected a property name after '.'")),
@@ -243,25 +239,31 @@ impl Parser {
         Ok(Path(segments))
     }
 
-    pub(super) fn or(&mut self) -> Result<Expr, QueryError> {
-        let mut left = self.and()?;
-        while self.keyword("OR") {
-            left = Expr::Binary(Box::new(left), BinaryOp::Or, Box::new(self.and()?));
+    /// Runs `f` one nesting level deeper; too deep is an error rather than a stack overflow.
+    fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, QueryError>,
+    ) -> Result<T, QueryError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(format!("nested more than {MAX_DEPTH} levels deep")));
         }
-        Ok(left)
+        self.depth += 1;
+        let result = f(self);
+        self.depth -= 1;
+        result
+    }
+
+    fn or(&mut self) -> Result<Expr, QueryError> {
+        self.nested(|p| p.level(&[("OR", BinaryOp::Or)], Self::and))
     }
 
     fn and(&mut self) -> Result<Expr, QueryError> {
-        let mut left = self.not()?;
-        while self.keyword("AND") {
-            left = Expr::Binary(Box::new(left), BinaryOp::And, Box::new(self.not()?));
-        }
-        Ok(left)
+        self.level(&[("AND", BinaryOp::And)], Self::not)
     }
 
     fn not(&mut self) -> Result<Expr, QueryError> {
-        if self.keyword("NOT") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+        if self.eat("NOT") {
+            return Ok(Expr::Not(Box::new(self.nested(Self::not)?)));
         }
         self.comparison()
     }
@@ -269,7 +271,7 @@ impl Parser {
     fn comparison(&mut self) -> Result<Expr, QueryError> {
         let left = self.additive()?;
         for (keyword, negated) in [("IN", false), ("NIN", true)] {
-            if self.keyword(keyword) {
+            if self.eat(keyword) {
                 let at = self.offset();
                 let Value::Array(list) = self.constant()? else {
                     return Err(QueryError::new(
@@ -294,7 +296,7 @@ impl Parser {
             (">=", BinaryOp::Ge),
         ]
         .into_iter()
-        .find(|(symbol, _)| self.symbol(symbol));
+        .find(|(symbol, _)| self.eat(symbol));
         match op {
             Some((_, op)) => Ok(Expr::Binary(Box::new(left), op, Box::new(self.additive()?))),
             None => Ok(left),
@@ -302,38 +304,42 @@ impl Parser {
     }
 
     fn additive(&mut self) -> Result<Expr, QueryError> {
-        let mut left = self.multiplicative()?;
-        loop {
-            let op = if self.symbol("+") {
-                BinaryOp::Add
-            } else if self.symbol("-") {
-                BinaryOp::Sub
-            } else {
-                return Ok(left);
-            };
-            left = Expr::Binary(Box::new(left), op, Box::new(self.multiplicative()?));
-        }
+        self.level(
+            &[("+", BinaryOp::Add), ("-", BinaryOp::Sub)],
+            Self::multiplicative,
+        )
     }
 
     fn multiplicative(&mut self) -> Result<Expr, QueryError> {
-        let mut left = self.unary()?;
-        loop {
-            let op = if self.symbol("*") {
-                BinaryOp::Mul
-            } else if self.symbol("/") {
-                BinaryOp::Div
-            } else if self.symbol("%") {
-                BinaryOp::Mod
-            } else {
-                return Ok(left);
-            };
-            left = Expr::Binary(Box::new(left), op, Box::new(self.unary()?));
+        let ops = [
+            ("*", BinaryOp::Mul),
+            ("/", BinaryOp::Div),
+            ("%", BinaryOp::Mod),
+        ];
+        self.level(&ops, Self::unary)
+    }
+
+    /// One left-associative precedence level: `next (op next)*` for the operators in `ops`
+    /// (keywords such as `AND`, or symbols).
+    fn level(
+        &mut self,
+        ops: &[(&str, BinaryOp)],
+        next: fn(&mut Self) -> Result<Expr, QueryError>,
+    ) -> Result<Expr, QueryError> {
+        let mut left = next(self)?;
+        while let Some(op) = ops
+            .iter()
+            .find(|(word, _)| self.eat(word))
+            .map(|(_, op)| *op)
+        {
+            left = Expr::Binary(Box::new(left), op, Box::new(next(self)?));
         }
+        Ok(left)
     }
 
     fn unary(&mut self) -> Result<Expr, QueryError> {
-        if self.symbol("-") {
-            return Ok(Expr::Negate(Box::new(self.unary()?)));
+        if self.eat("-") {
+            return Ok(Expr::Negate(Box::new(self.nested(Self::unary)?)));
         }
         self.primary()
     }
@@ -344,7 +350,7 @@ impl Parser {
             Token::Symbol("(") => {
                 self.next += 1;
                 let inner = self.or()?;
-                self.expect_symbol(")")?;
+                self.expect(")")?;
                 Ok(inner)
             }
             Token::Ident(word) if word.eq_ignore_ascii_case("undefined") => {
@@ -379,17 +385,17 @@ impl Parser {
         };
         self.next += 2;
         let mut args = Vec::new();
-        if !self.symbol(")") {
+        if !self.eat(")") {
             loop {
                 args.push(if function == Function::IsDefined {
                     Expr::Path(self.path()?)
                 } else {
                     self.or()?
                 });
-                if self.symbol(")") {
+                if self.eat(")") {
                     break;
                 }
-                self.expect_symbol(",")?;
+                self.expect(",")?;
             }
         }
         if args.len() != arity {
@@ -427,15 +433,15 @@ impl Parser {
             }
             Token::Symbol("[") => {
                 let mut values = Vec::new();
-                if self.symbol("]") {
+                if self.eat("]") {
                     return Ok(Value::Array(values));
                 }
                 loop {
-                    values.push(self.constant()?);
-                    if self.symbol("]") {
+                    values.push(self.nested(Self::constant)?);
+                    if self.eat("]") {
                         return Ok(Value::Array(values));
                     }
-                    self.expect_symbol(",")?;
+                    self.expect(",")?;
                 }
             }
             _ => Err(QueryError::new(
