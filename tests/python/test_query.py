@@ -178,12 +178,15 @@ def test_an_invalid_query_or_continuation_token_is_a_400(registry_manager, fleet
         "SELECT * FROM devices WHERE tags.location.region = ",
         "SELECT * FROM devices WHERE STARTS_WITH(deviceId, 'a')",
         "SELECT * FORM devices",
-        "",
     ]:
         with pytest.raises(HttpOperationError) as err:
             query(registry_manager, text)
         assert http_status(err.value) == 400, text
         assert "The query is invalid" in err.value.response.text, text
+    with pytest.raises(HttpOperationError) as err:
+        query(registry_manager, "")
+    assert http_status(err.value) == 400
+    assert err.value.response.headers["iothub-errorcode"] == "ArgumentNull"
     with pytest.raises(HttpOperationError) as err:
         query(registry_manager, f"SELECT * FROM devices WHERE tags.run = '{run}'", "bm90IGEgdG9rZW4=")
     assert http_status(err.value) == 400

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use edgetwin_wire::query::exec::ITEM_TYPE_HEADER;
 use edgetwin_wire::query::page::{self, CONTINUATION_HEADER, MAX_ITEM_COUNT_HEADER};
 use edgetwin_wire::query::{parse_query, Collection};
-use edgetwin_wire::rest::{Permission, QuerySpecification};
+use edgetwin_wire::rest::{ErrorCode, Permission, QuerySpecification};
 use serde_json::Value;
 
 use super::{Reply, Request};
@@ -23,8 +23,19 @@ use crate::twins;
 /// Runs the query of the body and answers one page of its rows.
 pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     request.require(Permission::RegistryRead)?;
-    let specification: QuerySpecification = request.json()?;
+    // Without a query IoT Hub answers `ErrorCode:ArgumentNull;BadRequest`
+    // (Azure/azure-iot-sdks#941).
+    let specification: QuerySpecification = match request.body.is_empty() {
+        true => QuerySpecification::default(),
+        false => request.json()?,
+    };
     let text = specification.query;
+    if text.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::ArgumentNull,
+            "BadRequest: the body has no query; send {\"query\": \"SELECT ...\"}",
+        ));
+    }
     let query = parse_query(&text).map_err(|e| {
         // IoT Hub's own wording for a query it cannot run (MicrosoftDocs/azure-docs#110329),
         // then where and what.
@@ -65,9 +76,10 @@ fn collection(hub: &Hub, tx: &Transaction<'_>, from: Collection) -> Result<Vec<V
         for key in keys {
             let connected = hub.live.is_connected(&key.client_id());
             let view = twins::service_view(tx, &key, connected)?;
-            twins.push(serde_json::to_value(view).map_err(|e| {
-                ApiError::new(edgetwin_wire::rest::ErrorCode::ServerError, e.to_string())
-            })?);
+            twins.push(
+                serde_json::to_value(view)
+                    .map_err(|e| ApiError::new(ErrorCode::ServerError, e.to_string()))?,
+            );
         }
     }
     Ok(twins)
