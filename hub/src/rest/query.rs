@@ -2,14 +2,15 @@
 //! module twins of the store, one page per request (`x-ms-max-item-count`, `x-ms-continuation`),
 //! with the rows' kind in `x-ms-item-type`.
 //!
-//! The twins are read in one store transaction (a plain read, no write) and the query runs
-//! after the store is released, so a large query does not hold up twin updates while it
-//! filters and groups.
+//! A page is read in one store transaction (a plain read, no write): the keys of the collection,
+//! then twin after twin from the continuation's key on, only as many as the page needs, so
+//! paging through N twins reads each about once instead of N/page times. Grouped and aggregate
+//! queries read every twin of the collection.
 
 use std::sync::Arc;
 
 use edgetwin_wire::query::exec::ITEM_TYPE_HEADER;
-use edgetwin_wire::query::page::{self, CONTINUATION_HEADER, MAX_ITEM_COUNT_HEADER};
+use edgetwin_wire::query::page::{self, Cursor, CONTINUATION_HEADER, MAX_ITEM_COUNT_HEADER};
 use edgetwin_wire::query::{parse_query, Collection};
 use edgetwin_wire::rest::{ErrorCode, Permission, QuerySpecification};
 use serde_json::Value;
@@ -25,9 +26,10 @@ pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     request.require(Permission::RegistryRead)?;
     // Without a query IoT Hub answers `ErrorCode:ArgumentNull;BadRequest`
     // (Azure/azure-iot-sdks#941).
-    let specification: QuerySpecification = match request.body.is_empty() {
-        true => QuerySpecification::default(),
-        false => request.json()?,
+    let specification: QuerySpecification = if request.body.is_empty() {
+        QuerySpecification::default()
+    } else {
+        request.json()?
     };
     let text = specification.query;
     if text.trim().is_empty() {
@@ -44,43 +46,69 @@ pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
              error {e}"
         ))
     })?;
-    let twins = hub.transact(|tx| collection(hub, tx, query.from))?;
-    let rows = query.run(&twins);
     let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
-    let size = page::page_size(header(MAX_ITEM_COUNT_HEADER));
-    let (rows, next) = page::page(rows, &text, header(CONTINUATION_HEADER), size)
+    let cursor = Cursor::decode(header(CONTINUATION_HEADER), &text)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mut reply = Reply::ok(rows)?;
+    let size = page::page_size(header(MAX_ITEM_COUNT_HEADER));
+    let page = hub.transact(|tx| {
+        let documents = keys(tx, query.from, cursor.after.as_deref())?
+            .into_iter()
+            .map(|(order, key)| Ok((order, view(hub, tx, &key)?)));
+        query.page(documents, &cursor, size)
+    })?;
+    let mut reply = Reply::ok(page.rows)?;
     reply
         .headers
         .push((ITEM_TYPE_HEADER, query.item_type().name().to_owned()));
-    reply
-        .headers
-        .extend(next.map(|token| (CONTINUATION_HEADER, token)));
+    reply.headers.extend(
+        page.next
+            .map(|next| (CONTINUATION_HEADER, next.encode(&text))),
+    );
     Ok(reply)
 }
 
-/// Every twin of the collection as the service API shows it, ordered by device then module id.
-fn collection(hub: &Hub, tx: &Transaction<'_>, from: Collection) -> Result<Vec<Value>, ApiError> {
-    let mut twins = Vec::new();
+/// The identities of the collection after `after`, ordered by device then module id, each with
+/// its key in that order (`[deviceId]` or `[deviceId, moduleId]`). Devices before the cursor's
+/// are skipped without listing their modules.
+fn keys(
+    tx: &Transaction<'_>,
+    from: Collection,
+    after: Option<&[String]>,
+) -> Result<Vec<(Vec<String>, IdentityKey)>, ApiError> {
+    let past = |order: &[String]| after.is_none_or(|after| order > after);
+    let mut keys = Vec::new();
     // `devices(n)` is a LIMIT; this one is no limit at all.
     for device in tx.devices(i64::MAX as usize)? {
-        let keys = match from {
-            Collection::Devices => vec![IdentityKey::device(&device.device_id)],
-            Collection::Modules => tx
-                .modules(&device.device_id)?
-                .iter()
-                .map(|m| IdentityKey::module(&m.device_id, &m.module_id))
-                .collect(),
-        };
-        for key in keys {
-            let connected = hub.live.is_connected(&key.client_id());
-            let view = twins::service_view(tx, &key, connected)?;
-            twins.push(
-                serde_json::to_value(view)
-                    .map_err(|e| ApiError::new(ErrorCode::ServerError, e.to_string()))?,
-            );
+        let id = device.device_id;
+        match from {
+            Collection::Devices => {
+                let order = vec![id.clone()];
+                if past(&order) {
+                    keys.push((order, IdentityKey::device(&id)));
+                }
+            }
+            Collection::Modules => {
+                if after
+                    .and_then(|after| after.first())
+                    .is_some_and(|first| id < *first)
+                {
+                    continue;
+                }
+                for module in tx.modules(&id)? {
+                    let order = vec![id.clone(), module.module_id.clone()];
+                    if past(&order) {
+                        keys.push((order, IdentityKey::module(&id, &module.module_id)));
+                    }
+                }
+            }
         }
     }
-    Ok(twins)
+    Ok(keys)
+}
+
+/// The twin as the service API shows it, as JSON.
+fn view(hub: &Hub, tx: &Transaction<'_>, key: &IdentityKey) -> Result<Value, ApiError> {
+    let connected = hub.live.is_connected(&key.client_id());
+    let twin = twins::service_view(tx, key, connected)?;
+    serde_json::to_value(twin).map_err(|e| ApiError::new(ErrorCode::ServerError, e.to_string()))
 }

@@ -2,11 +2,22 @@
 //! One pass over the documents, then one pass over the groups.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 use serde_json::{Map, Value};
 
 use super::ast::{Aggregate, Projected, Projection, Query, Select};
 use super::eval::{holds, json_number, lookup};
+use super::page::Cursor;
+
+/// One page of a query's rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The rows.
+    pub rows: Vec<Value>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
 
 /// Response header naming the [`ItemType`] of the rows.
 pub const ITEM_TYPE_HEADER: &str = "x-ms-item-type";
@@ -39,25 +50,71 @@ impl Query {
         }
     }
 
-    /// The result rows over `documents` (all of the FROM collection, in a stable order).
+    /// Every result row over `documents` (all of the FROM collection, in a stable order).
     pub fn run(&self, documents: &[Value]) -> Vec<Value> {
-        let selected = documents.iter().filter(|d| {
-            self.filter
-                .as_ref()
-                .is_none_or(|condition| holds(condition, d))
-        });
-        let mut rows: Vec<Value> = match &self.select {
-            Select::All => selected.cloned().collect(),
-            Select::Items(items) if self.is_aggregate() => groups(self, selected)
-                .into_iter()
-                .map(|group| aggregate_row(items, &group))
-                .collect(),
-            Select::Items(items) => selected.map(|d| project(items, d)).collect(),
-        };
-        if let Some(top) = self.top {
-            rows.truncate(top);
+        let keyed = documents
+            .iter()
+            .map(|d| Ok::<_, Infallible>((Vec::new(), d.clone())));
+        match self.page(keyed, &Cursor::default(), usize::MAX) {
+            Ok(page) => page.rows,
+            Err(never) => match never {},
         }
-        rows
+    }
+
+    /// One page of at most `size` rows from `cursor` on. `documents` yields each document of
+    /// the FROM collection with its key, in key order, starting after `cursor.after` (the
+    /// caller skips what came before without reading it) and is read only as far as the page
+    /// needs; a grouped or aggregate query reads them all and pages its rows by offset.
+    pub fn page<E>(
+        &self,
+        documents: impl Iterator<Item = Result<(Vec<String>, Value), E>>,
+        cursor: &Cursor,
+        size: usize,
+    ) -> Result<Page, E> {
+        let remaining = self
+            .top
+            .map_or(usize::MAX, |top| top.saturating_sub(cursor.returned));
+        let limit = size.min(remaining);
+        let matching = documents.filter(|item| match (item, &self.filter) {
+            (Ok((_, document)), Some(condition)) => holds(condition, document),
+            _ => true,
+        });
+        let (rows, after, more) = match &self.select {
+            Select::Items(items) if self.is_aggregate() => {
+                let documents = matching
+                    .map(|item| item.map(|(_, d)| d))
+                    .collect::<Result<Vec<_>, E>>()?;
+                let mut rows: Vec<Value> = groups(self, documents.iter())
+                    .into_iter()
+                    .skip(cursor.returned)
+                    .map(|group| aggregate_row(items, &group))
+                    .collect();
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                (rows, None, more)
+            }
+            select => {
+                let (mut rows, mut after, mut more) = (Vec::new(), None, false);
+                for item in matching {
+                    let (key, document) = item?;
+                    if rows.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    rows.push(match select {
+                        Select::Items(items) => project(items, &document),
+                        Select::All => document,
+                    });
+                    after = Some(key);
+                }
+                (rows, after, more)
+            }
+        };
+        let next = (more && rows.len() < remaining).then(|| Cursor {
+            returned: cursor.returned + rows.len(),
+            after,
+        });
+        Ok(Page { rows, next })
     }
 
     fn is_aggregate(&self) -> bool {
@@ -150,4 +207,85 @@ fn aggregate_row(items: &[Projection], group: &[&Value]) -> Value {
         row.insert(name, value);
     }
     Value::Object(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use serde_json::json;
+
+    use super::super::parse_query;
+    use super::*;
+
+    /// Ten devices `d0`..`d9` keyed by id, starting after `after`; counts the documents read.
+    fn devices<'a>(
+        after: Option<&'a [String]>,
+        read: &'a Cell<usize>,
+    ) -> impl Iterator<Item = Result<(Vec<String>, Value), ()>> + 'a {
+        (0..10)
+            .map(|n| {
+                (
+                    vec![format!("d{n}")],
+                    json!({ "deviceId": format!("d{n}"), "n": n }),
+                )
+            })
+            .filter(move |(key, _)| after.is_none_or(|after| key.as_slice() > after))
+            .map(move |item| {
+                read.set(read.get() + 1);
+                Ok(item)
+            })
+    }
+
+    fn all_pages(text: &str, size: usize) -> (Vec<Value>, Vec<usize>) {
+        let query = parse_query(text).unwrap();
+        let (mut rows, mut reads, mut cursor) = (Vec::new(), Vec::new(), Cursor::default());
+        loop {
+            let read = Cell::new(0);
+            let page = query
+                .page(devices(cursor.after.as_deref(), &read), &cursor, size)
+                .unwrap();
+            rows.extend(page.rows);
+            reads.push(read.get());
+            match page.next {
+                Some(next) => cursor = next,
+                None => return (rows, reads),
+            }
+        }
+    }
+
+    #[test]
+    fn pages_resume_after_the_last_key_and_read_only_what_the_page_needs() {
+        let (rows, reads) = all_pages("SELECT deviceId FROM devices WHERE n % 2 = 0", 2);
+        let ids: Vec<&str> = rows
+            .iter()
+            .map(|r| r["deviceId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["d0", "d2", "d4", "d6", "d8"]);
+        // Page 1 reads d0..d4 (d4 only to learn that more rows match), page 2 reads d3..d8,
+        // page 3 reads d7..d9 and finds nothing more: never the documents before the cursor.
+        assert_eq!(reads, [5, 6, 3]);
+    }
+
+    #[test]
+    fn top_ends_the_paging_even_when_more_documents_match() {
+        let (rows, _) = all_pages("SELECT TOP 3 * FROM devices", 2);
+        assert_eq!(rows.len(), 3);
+        let (rows, reads) = all_pages("SELECT TOP 2 * FROM devices", 2);
+        assert_eq!((rows.len(), reads.len()), (2, 1));
+    }
+
+    #[test]
+    fn grouped_rows_are_paged_by_offset() {
+        let (rows, _) = all_pages("SELECT n AS n, COUNT() AS c FROM devices GROUP BY n", 3);
+        let ns: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+        assert_eq!(ns, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_store_error_while_reading_is_the_pages_error() {
+        let query = parse_query("SELECT * FROM devices").unwrap();
+        let failing = [Ok((vec!["a".to_owned()], json!({}))), Err("disk")].into_iter();
+        assert_eq!(query.page(failing, &Cursor::default(), 10), Err("disk"));
+    }
 }

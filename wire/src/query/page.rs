@@ -1,8 +1,8 @@
 //! Paging of query results: `x-ms-max-item-count` asks for a page size, `x-ms-continuation`
 //! carries an opaque token to the next page and comes back only while more rows remain.
 //!
-//! The token names the position of the next row and a fingerprint of the query text, so a
-//! token is refused with another query or when it was not issued by a hub at all.
+//! The token is a [`Cursor`] with a fingerprint of the query text, so a token is refused with
+//! another query or when it was not issued by a hub at all.
 
 use base64::Engine as _;
 
@@ -25,50 +25,61 @@ pub const MAX_PAGE_SIZE: usize = 100;
 #[error("x-ms-continuation is not a continuation token of this query")]
 pub struct BadContinuation;
 
+/// Where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Rows already returned (for TOP, and the offset into grouped results).
+    pub returned: usize,
+    /// The key of the last document returned by a query whose rows follow its documents in
+    /// key order: the next page starts after it, without reading what came before.
+    pub after: Option<Vec<String>>,
+}
+
+impl Cursor {
+    /// The cursor of a continuation token of `query_text`; the start without a token.
+    pub fn decode(token: Option<&str>, query_text: &str) -> Result<Cursor, BadContinuation> {
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(Cursor::default());
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .map_err(|_| BadContinuation)?;
+        let text = String::from_utf8(bytes).map_err(|_| BadContinuation)?;
+        let mut parts = text.splitn(3, ':');
+        let (Some(returned), Some(print), Some(after)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(BadContinuation);
+        };
+        if print != format!("{:016x}", fingerprint(query_text)) {
+            return Err(BadContinuation);
+        }
+        Ok(Cursor {
+            returned: returned.parse().map_err(|_| BadContinuation)?,
+            after: match after {
+                "" => None,
+                key => Some(serde_json::from_str(key).map_err(|_| BadContinuation)?),
+            },
+        })
+    }
+
+    /// The continuation token of this cursor for `query_text`.
+    pub fn encode(&self, query_text: &str) -> String {
+        let after = self
+            .after
+            .as_ref()
+            .map(|key| serde_json::Value::from(key.clone()).to_string())
+            .unwrap_or_default();
+        let token = format!("{}:{:016x}:{after}", self.returned, fingerprint(query_text));
+        base64::engine::general_purpose::STANDARD.encode(token)
+    }
+}
+
 /// The page size for an `x-ms-max-item-count` header value.
 pub fn page_size(header: Option<&str>) -> usize {
     header
         .and_then(|h| h.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE))
-}
-
-/// One page of `rows` for `query_text`, starting where `continuation` says (the first row
-/// without one), and the token of the next page if rows remain.
-pub fn page<T>(
-    mut rows: Vec<T>,
-    query_text: &str,
-    continuation: Option<&str>,
-    size: usize,
-) -> Result<(Vec<T>, Option<String>), BadContinuation> {
-    let start = match continuation.filter(|c| !c.is_empty()) {
-        Some(token) => decode(token, query_text)?,
-        None => 0,
-    };
-    if start > rows.len() {
-        return Err(BadContinuation);
-    }
-    let end = start.saturating_add(size).min(rows.len());
-    let next = (end < rows.len()).then(|| encode(end, query_text));
-    rows.truncate(end);
-    Ok((rows.split_off(start), next))
-}
-
-fn encode(offset: usize, query_text: &str) -> String {
-    let token = format!("{offset}:{:016x}", fingerprint(query_text));
-    base64::engine::general_purpose::STANDARD.encode(token)
-}
-
-fn decode(token: &str, query_text: &str) -> Result<usize, BadContinuation> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
-        .map_err(|_| BadContinuation)?;
-    let text = String::from_utf8(bytes).map_err(|_| BadContinuation)?;
-    let (offset, print) = text.split_once(':').ok_or(BadContinuation)?;
-    if print != format!("{:016x}", fingerprint(query_text)) {
-        return Err(BadContinuation);
-    }
-    offset.parse().map_err(|_| BadContinuation)
 }
 
 /// FNV-1a over the query text: stable across runs and builds, unlike `DefaultHasher`.
@@ -94,44 +105,33 @@ mod tests {
     }
 
     #[test]
-    fn following_the_tokens_returns_every_row_once_and_the_last_page_has_no_token() {
-        let rows: Vec<u32> = (0..5).collect();
-        let mut seen = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let (page, next) = page(rows.clone(), QUERY, token.as_deref(), 2).unwrap();
-            assert!(page.len() <= 2);
-            seen.extend(page);
-            match next {
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
-        assert_eq!(seen, rows);
-        assert_eq!(page(rows, QUERY, None, 5).unwrap().1, None);
+    fn a_cursor_survives_its_token_and_no_token_is_the_start() {
+        let cursor = Cursor {
+            returned: 7,
+            after: Some(vec!["d:1".into(), "$edgeAgent".into()]),
+        };
+        let token = cursor.encode(QUERY);
+        assert_eq!(Cursor::decode(Some(&token), QUERY), Ok(cursor));
+        let plain = Cursor {
+            returned: 3,
+            after: None,
+        };
+        assert_eq!(Cursor::decode(Some(&plain.encode(QUERY)), QUERY), Ok(plain));
+        assert_eq!(Cursor::decode(None, QUERY), Ok(Cursor::default()));
+        assert_eq!(Cursor::decode(Some(""), QUERY), Ok(Cursor::default()));
     }
 
     #[test]
     fn a_token_of_another_query_or_not_a_token_at_all_is_refused() {
-        let (_, token) = page(vec![1, 2, 3], QUERY, None, 1).unwrap();
-        let token = token.unwrap();
-        assert!(page(vec![1, 2, 3], QUERY, Some(&token), 1).is_ok());
-        assert_eq!(
-            page(
-                vec![1, 2, 3],
-                "SELECT * FROM devices.modules",
-                Some(&token),
-                1
-            ),
-            Err(BadContinuation)
-        );
-        assert_eq!(
-            page(vec![1], QUERY, Some("not base64!"), 1),
-            Err(BadContinuation)
-        );
-        assert_eq!(
-            page(vec![1], QUERY, Some(&encode(7, QUERY)), 1),
-            Err(BadContinuation)
-        );
+        let token = Cursor::default().encode(QUERY);
+        let other = "SELECT * FROM devices.modules";
+        assert_eq!(Cursor::decode(Some(&token), other), Err(BadContinuation));
+        for bad in ["not base64!", "bm90IGEgdG9rZW4=", "Mzo6"] {
+            assert_eq!(
+                Cursor::decode(Some(bad), QUERY),
+                Err(BadContinuation),
+                "{bad}"
+            );
+        }
     }
 }
