@@ -1,8 +1,9 @@
-//! Deployment target conditions and edgeHub routes: parse, and evaluate what parses against a
-//! small twin document.
+//! Deployment target conditions, twin queries and edgeHub routes: parse, and evaluate what
+//! parses against a small twin document.
 #![no_main]
 
 use edgetwin_wire::condition::Condition;
+use edgetwin_wire::query::parse_query;
 use edgetwin_wire::route::Route;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
@@ -21,6 +22,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(condition) = Condition::parse(text) {
         let _ = condition.matches(&twin);
         let _ = condition.matches(&json!(null));
+    }
+    for query in [text.to_owned(), format!("SELECT * FROM devices WHERE {text}")] {
+        if let Ok(query) = parse_query(&query) {
+            let _ = query.run(&[twin.clone(), json!(null), json!({"deviceId": "d2"})]);
+        }
     }
     if let Ok(route) = Route::parse(text) {
         let _ = route.takes(None, None);

@@ -32,6 +32,8 @@ enum Command {
     EdgeEnv(edgetwin::provision::cli::EdgeEnvArgs),
     /// Read or update a device or module twin through the service API.
     Twin(edgetwin::provision::cli::TwinArgs),
+    /// Run an IoT Hub query over device or module twins (every page) and print the rows.
+    Query(edgetwin::provision::cli::QueryArgs),
     /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
     Manifest(edgetwin::manifest::cli::ManifestArgs),
 }
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Hub(args) => runtime.block_on(run_hub(args)),
         Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
         Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
+        Command::Query(args) => runtime.block_on(edgetwin::provision::cli::run_query(args)),
         Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
     };

@@ -12,6 +12,7 @@ use super::fleet::{self, FleetOptions};
 use super::identities::{self, Identity};
 use super::manifest::{self, ManifestRequest};
 use super::pacing::S1_REGISTRY_OPS_PER_MINUTE;
+use super::query;
 use super::settings;
 use super::twin;
 
@@ -178,6 +179,22 @@ pub struct TwinUpdateArgs {
     #[arg(long, value_name = "JSON")]
     pub tags: Option<String>,
     /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Options of `edgetwin query`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueryArgs {
+    /// The query, e.g. "SELECT * FROM devices WHERE tags.environment = 'prod'".
+    pub query: String,
+    /// Hub connection.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// Rows asked for per request (`x-ms-max-item-count`); every page is fetched either way.
+    #[arg(long, value_name = "N")]
+    pub page_size: Option<usize>,
+    /// Output format: text prints one row per line, json one array of all rows.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
@@ -564,6 +581,29 @@ async fn twin_command(args: TwinArgs) -> Result<(), ProvisionError> {
                     print_json(&change.after);
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `edgetwin query`: runs the query, follows every continuation, prints the rows.
+pub async fn run_query(args: QueryArgs) -> Result<(), String> {
+    let client = connect(&args.hub).map_err(|e| e.to_string())?;
+    let result = query::run(&client, &args.query, args.page_size)
+        .await
+        .map_err(|e| e.to_string())?;
+    match args.output {
+        OutputFormat::Json => print_json(&Value::Array(result.items)),
+        OutputFormat::Text => {
+            for item in &result.items {
+                println!("{item}");
+            }
+            eprintln!(
+                "{} row(s) of type {} in {} page(s)",
+                result.items.len(),
+                result.item_type.as_deref().unwrap_or("unknown"),
+                result.pages
+            );
         }
     }
     Ok(())

@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edgetwin_wire::connection_string::ConnectionString;
+use edgetwin_wire::query::exec::ITEM_TYPE_HEADER;
+use edgetwin_wire::query::page;
 use edgetwin_wire::rest::{
     parse_error_body, BulkRegistryOperationResult, Configuration, ConfigurationContent, Device,
-    ExportImportDevice, Module, Permission, ERROR_CODE_HEADER,
+    ExportImportDevice, Module, Permission, QuerySpecification, ERROR_CODE_HEADER,
 };
 use edgetwin_wire::{sas, Secret, SERVICE_API_VERSION};
 use http_body_util::{BodyExt, Full, Limited};
@@ -80,6 +82,8 @@ pub struct Call {
     pub body: Option<Bytes>,
     /// `If-Match` value.
     pub if_match: Option<String>,
+    /// Further request headers (`x-ms-max-item-count`, `x-ms-continuation` of queries).
+    pub headers: Vec<(&'static str, String)>,
     /// What the job is doing, for messages: `create device 'gw-1'`.
     pub operation: String,
     /// The policy permission the operation needs, named in the message of a 401.
@@ -99,6 +103,7 @@ impl Call {
             segments: segments.iter().map(|s| (*s).to_owned()).collect(),
             body: None,
             if_match: None,
+            headers: Vec::new(),
             operation,
             permission,
         }
@@ -121,6 +126,17 @@ impl Call {
     }
 }
 
+/// One page of a query's answer.
+#[derive(Debug, Clone)]
+pub struct QueryPage {
+    /// The rows.
+    pub items: Vec<Value>,
+    /// `x-ms-item-type`: `twin` for whole twins, `raw` for projections and aggregates.
+    pub item_type: Option<String>,
+    /// `x-ms-continuation`: the token of the next page, `None` on the last one.
+    pub continuation: Option<String>,
+}
+
 /// An answer from the hub, after retries.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
@@ -130,6 +146,8 @@ pub struct RawResponse {
     pub body: Bytes,
     /// The `iothub-errorcode` header.
     pub error_code: Option<String>,
+    /// Every response header (queries answer `x-ms-item-type` and `x-ms-continuation`).
+    pub headers: hyper::HeaderMap,
 }
 
 /// A service (shared access policy) client for one hub.
@@ -341,6 +359,9 @@ impl ServiceClient {
         if let Some(if_match) = &call.if_match {
             builder = builder.header(hyper::header::IF_MATCH, if_match);
         }
+        for (name, value) in &call.headers {
+            builder = builder.header(*name, value);
+        }
         let request = builder
             .body(Full::new(call.body.clone().unwrap_or_default()))
             .map_err(|e| ProvisionError::Input(format!("{}: bad request: {e}", call.operation)))?;
@@ -371,6 +392,7 @@ impl ServiceClient {
         };
         let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
         let error_code = header(ERROR_CODE_HEADER);
+        let headers = response.headers().clone();
         let body = match Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
@@ -384,6 +406,7 @@ impl ServiceClient {
                 status,
                 body,
                 error_code,
+                headers,
             },
             retry_after,
         ))
@@ -629,6 +652,44 @@ impl ServiceClient {
         self.call_json(&call).await
     }
 
+    /// `POST /devices/query`: one page of the query's rows, from `continuation` (the first page
+    /// without one), at most `max_item_count` rows if given.
+    pub async fn query_page(
+        &self,
+        query: &str,
+        continuation: Option<&str>,
+        max_item_count: Option<usize>,
+    ) -> Result<QueryPage, ProvisionError> {
+        let mut call = Call::new(
+            Method::POST,
+            &["devices", "query"],
+            Permission::RegistryRead,
+            "run the query".into(),
+        )
+        .json(&QuerySpecification {
+            query: query.to_owned(),
+        });
+        call.headers
+            .extend(max_item_count.map(|n| (page::MAX_ITEM_COUNT_HEADER, n.to_string())));
+        call.headers
+            .extend(continuation.map(|token| (page::CONTINUATION_HEADER, token.to_owned())));
+        let raw = self.execute_ok(&call).await?;
+        let header = |name: &str| {
+            raw.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(QueryPage {
+            items: serde_json::from_slice(&raw.body).map_err(|e| ProvisionError::Protocol {
+                operation: call.operation.clone(),
+                detail: e.to_string(),
+            })?,
+            item_type: header(ITEM_TYPE_HEADER),
+            continuation: header(page::CONTINUATION_HEADER).filter(|t| !t.is_empty()),
+        })
+    }
+
     /// `POST /devices/{id}/applyConfigurationContent` (204).
     pub async fn apply_configuration_content(
         &self,
@@ -782,6 +843,7 @@ mod tests {
                 br#"{"Message":"ErrorCode:IotHubUnauthorizedAccess;Unauthorized","ExceptionMessage":"x"}"#,
             ),
             error_code: Some("IotHubUnauthorizedAccess".into()),
+            headers: hyper::HeaderMap::new(),
         };
         let text = client.service_error(&call, &raw).to_string();
         assert!(text.contains("RegistryWrite"), "{text}");

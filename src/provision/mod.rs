@@ -9,6 +9,7 @@
 //! - [`manifest`]: the manifest step (generate with [`crate::manifest`], refuse if invalid).
 //! - [`fleet`]: many edge devices through bulk `POST /devices`, paced and resumable.
 //! - [`twin`]: `twin get` / `twin update`.
+//! - [`query`]: `edgetwin query`, every page of an IoT Hub query.
 //! - [`cli`]: the clap arguments and the command runners used by the `edgetwin` binary.
 
 pub mod backoff;
@@ -20,6 +21,7 @@ pub mod fleet;
 pub mod identities;
 pub mod manifest;
 pub mod pacing;
+pub mod query;
 pub mod settings;
 pub mod twin;
 

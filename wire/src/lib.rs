@@ -12,6 +12,7 @@ pub mod condition;
 pub mod connection_string;
 pub mod edge;
 pub mod ids;
+pub mod query;
 pub mod rest;
 pub mod route;
 pub mod sas;

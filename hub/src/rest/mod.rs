@@ -5,6 +5,7 @@
 
 mod configurations;
 mod local;
+mod query;
 mod registry;
 mod twins;
 
@@ -42,6 +43,8 @@ pub struct Request {
     pub query: HashMap<String, String>,
     /// The `If-Match` header, raw.
     pub if_match: Option<String>,
+    /// Every request header (query paging reads `x-ms-max-item-count`, `x-ms-continuation`).
+    pub headers: hyper::HeaderMap,
     /// The body.
     pub body: Bytes,
     /// The authenticated policy.
@@ -93,6 +96,8 @@ pub struct Reply {
     pub body: Option<Value>,
     /// The entity's etag, sent as `ETag`.
     pub etag: Option<String>,
+    /// Further response headers (`x-ms-item-type`, `x-ms-continuation` of queries).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -105,6 +110,7 @@ impl Reply {
                     .map_err(|e| ApiError::new(ErrorCode::ServerError, e.to_string()))?,
             ),
             etag: None,
+            headers: Vec::new(),
         })
     }
 
@@ -114,6 +120,7 @@ impl Reply {
             status: StatusCode::NO_CONTENT,
             body: None,
             etag: None,
+            headers: Vec::new(),
         })
     }
 
@@ -239,6 +246,9 @@ async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Resp
     if let Some(etag) = response.etag {
         builder = builder.header("ETag", format!("\"{etag}\""));
     }
+    for (name, value) in response.headers {
+        builder = builder.header(name, value);
+    }
     let body = match response.body {
         Some(body) => {
             builder = builder.header("Content-Type", "application/json; charset=utf-8");
@@ -296,6 +306,7 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
         .authenticate_service(header("authorization").as_deref())?
         .clone();
     let if_match = header("if-match");
+    let headers = request.headers().clone();
     let method = request.method().clone();
     let segments = path_segments(request.uri().path());
     let body = Limited::new(request.into_body(), MAX_BODY)
@@ -313,6 +324,7 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
         segments,
         query,
         if_match,
+        headers,
         body,
         policy,
     })
@@ -321,6 +333,9 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
 async fn dispatch(hub: &Arc<Hub>, request: Request) -> Result<Reply, ApiError> {
     let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
     match segments.first().copied() {
+        Some("devices") if segments == ["devices", "query"] && request.method == Method::POST => {
+            query::route(hub, &request)
+        }
         Some("devices") | Some("statistics") => registry::route(hub, &request, &segments),
         Some("twins") => twins::route(hub, &request, &segments).await,
         Some("configurations") => configurations::route(hub, &request, &segments),
