@@ -2,7 +2,7 @@
 //! methods in flight, the message log and the shared access policies. Operations that span
 //! storage and live connections (twin changes that notify devices, method calls) live here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,8 +44,6 @@ pub struct Hub {
     pub policies: Vec<PolicyRecord>,
     /// The CA certificate (PEM), served as the workload trust bundle.
     pub ca_pem: String,
-    /// Where the workload sockets of edge devices live.
-    pub workload_dir: PathBuf,
     /// The workload sockets being served.
     pub workload: WorkloadSockets,
     /// Faults injected through `/edgetwin/faults`.
@@ -87,7 +85,6 @@ impl Hub {
             messages: MessageLog::default(),
             policies,
             ca_pem,
-            workload_dir: workload.dir().to_owned(),
             workload,
             faults: Faults::default(),
         })

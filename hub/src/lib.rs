@@ -91,7 +91,8 @@ pub struct HubInfo {
     pub websocket_port: Option<u16>,
     /// REST base URL.
     pub rest_url: String,
-    /// Directory of the workload sockets (`{deviceId}.sock`).
+    /// Directory of the workload sockets (one per edge device in use; a module's
+    /// `edgeEnvironment` names its socket).
     pub workload_dir: PathBuf,
 }
 
@@ -157,16 +158,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     )?);
 
     let edge_devices = hub
-        .transact(|tx| Ok(tx.devices(usize::MAX >> 1)?))
+        .transact(|tx| Ok(tx.edge_devices_with_modules()?))
         .map_err(|e| HubError::Io {
             what: "list edge devices".into(),
             source: std::io::Error::other(e.message),
         })?;
-    for device in edge_devices
-        .iter()
-        .filter(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge))
-    {
-        hub.workload.ensure(&hub, &device.device_id);
+    for device_id in &edge_devices {
+        hub.workload.ensure_or_log(&hub, device_id);
     }
 
     let bind = |port: u16, what: &'static str| {

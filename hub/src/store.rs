@@ -256,6 +256,20 @@ impl Transaction<'_> {
         )
     }
 
+    /// The edge devices that have a module identity besides `$edgeAgent` and `$edgeHub`: those
+    /// whose workload socket something may use.
+    pub fn edge_devices_with_modules(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT DISTINCT m.device_id FROM identities m JOIN identities d
+               ON d.device_id = m.device_id AND d.module_id = ''
+             WHERE m.module_id NOT IN ('', '$edgeAgent', '$edgeHub')
+               AND json_extract(d.record, '$.capabilities.iotEdge') = 1
+             ORDER BY m.device_id",
+        )?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Stores a module identity (insert or replace).
     pub fn put_module(&self, module: &Module) -> Result<(), StoreError> {
         self.tx.execute(

@@ -134,7 +134,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
     println!("  service REST API:    {}", info.rest_url);
     println!("  CA certificate:      {}", info.ca_certificate.display());
     println!(
-        "  workload sockets:    {}/<deviceId>.sock",
+        "  workload sockets:    {} (one per edge device in use; see edge-env)",
         info.workload_dir.display()
     );
     println!("  service connection string (iothubowner):");

@@ -1,0 +1,265 @@
+//! The hub against hostile and unlucky input, end to end over real sockets (issue 14): ids that
+//! look like paths never reach the file system, workload sockets exist only while an edge device
+//! can use them, and the workload API signs only what it is asked for.
+
+#[allow(dead_code)]
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use support::{poll, Hub, HubOptions, TempDir};
+
+/// One HTTP/1.1 request over a unix socket; returns the status and the JSON body (`null` if none).
+fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut stream =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// The socket path in a module's `IOTEDGE_WORKLOADURI`.
+fn socket_of(hub: &Hub, env: &std::collections::BTreeMap<String, String>) -> PathBuf {
+    let uri = &env["IOTEDGE_WORKLOADURI"];
+    let path = PathBuf::from(uri.strip_prefix("unix://").expect("a unix:// workload URI"));
+    assert!(
+        path.starts_with(hub.info["workloadDir"].as_str().unwrap()),
+        "{uri} is not in the workload directory"
+    );
+    path
+}
+
+/// The entries of a directory, sorted (empty if it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// How many sockets the process `pid` holds open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn bulk_edge_ids_that_look_like_paths_are_refused_and_touch_nothing_outside_the_data_directory(
+) {
+    let dir = TempDir::new("bulk-paths");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let victim = dir.join("victim.sock");
+    std::fs::write(&victim, "keep me").unwrap();
+    let before = entries(dir.path());
+    let sockets_before = open_sockets(hub.proc.child.id());
+    let items: Vec<Value> = ["../victim", "../../escaped/x", "a/b", "..", "../new-dir/y"]
+        .iter()
+        .map(|id| json!({"id": id, "importMode": "create", "capabilities": {"iotEdge": true}}))
+        .collect();
+    let (status, body) = hub.rest.call("POST", "/devices", Some(json!(items))).await;
+    assert_eq!(status, 400, "{body}");
+    let refused: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        refused,
+        ["../victim", "../../escaped/x", "a/b", "../new-dir/y"]
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(entries(dir.path()), before);
+    assert!(!dir.path().parent().unwrap().join("escaped").exists());
+    assert!(entries(Path::new(hub.info["workloadDir"].as_str().unwrap())).is_empty());
+    let pid = hub.proc.child.id();
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async move {
+            let now = open_sockets(pid);
+            (now <= sockets_before)
+                .then_some(())
+                .ok_or(move || format!("the hub holds {now} sockets, {sockets_before} before"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it_until_it_is_deleted(
+) {
+    let dir = TempDir::new("socket-demand");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
+    for n in 0..20 {
+        hub.rest.create_edge_device(&format!("idle-{n}")).await;
+    }
+    assert!(
+        entries(&workload_dir).is_empty(),
+        "edge devices without modules got sockets: {:?}",
+        entries(&workload_dir)
+    );
+
+    hub.rest.create_edge_device("gw").await;
+    let env = hub.rest.edge_environment("gw", "$edgeAgent").await;
+    let socket = socket_of(&hub, &env);
+    let (status, bundle) =
+        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{bundle}");
+    assert!(bundle["certificate"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+
+    hub.rest.create_edge_device("gw2").await;
+    hub.rest.create_module("gw2", "filter").await;
+    assert_eq!(
+        entries(&workload_dir).len(),
+        2,
+        "a new module gets its socket"
+    );
+
+    let (status, body) = hub.rest.call("DELETE", "/devices/gw", None).await;
+    assert_eq!(status, 204, "{body}");
+    assert!(!socket.exists(), "the deleted device's socket file stays");
+    assert!(UnixStream::connect(&socket).is_err());
+    let (status, body) = hub
+        .rest
+        .call(
+            "POST",
+            "/devices",
+            Some(json!([{"id": "gw2", "importMode": "delete"}])),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        entries(&workload_dir).is_empty(),
+        "{:?}",
+        entries(&workload_dir)
+    );
+}
+
+#[tokio::test]
+async fn a_128_character_edge_device_id_gets_a_socket_its_environment_points_at() {
+    let dir = TempDir::new("long-id");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let id = "g".repeat(128);
+    hub.rest.create_edge_device(&id).await;
+    hub.rest.create_module(&id, "m").await;
+    let env = hub.rest.edge_environment(&id, "m").await;
+    let socket = socket_of(&hub, &env);
+    let (status, body) =
+        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn an_edge_device_with_a_module_has_its_socket_again_after_a_restart() {
+    let dir = TempDir::new("socket-restart");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "m").await;
+    let env = hub.rest.edge_environment("gw", "m").await;
+    drop(hub);
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let socket = socket_of(&hub, &env);
+    let (status, body) =
+        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn the_workload_api_signs_with_the_key_and_incarnation_asked_for_or_refuses() {
+    let dir = TempDir::new("sign-rules");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    let primary = hub.rest.create_module("gw", "m").await;
+    let (_, module) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
+    let secondary = module["authentication"]["symmetricKey"]["secondaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let env = hub.rest.edge_environment("gw", "m").await;
+    let socket = socket_of(&hub, &env);
+    let generation = &env["IOTEDGE_MODULEGENERATIONID"];
+    let data = "aGVsbG8="; // "hello"
+    let sign = |generation: &str, key_id: &str, algo: &str| {
+        workload_call(
+            &socket,
+            "POST",
+            &format!("/modules/m/genid/{generation}/sign?api-version=2022-08-03"),
+            Some(json!({"keyId": key_id, "algo": algo, "data": data})),
+        )
+    };
+    let expected = |key: &str| {
+        let key = edgetwin_wire::sas::decode_key(key).unwrap();
+        edgetwin_wire::sas::sign_bytes(&key, b"hello")
+    };
+
+    let (status, body) = sign(generation, "primary", "HMACSHA256");
+    assert_eq!(
+        (status, body["digest"].as_str()),
+        (200, Some(expected(&primary).as_str()))
+    );
+    let (status, body) = sign(generation, "secondary", "HMACSHA256");
+    assert_eq!(
+        (status, body["digest"].as_str()),
+        (200, Some(expected(&secondary).as_str()))
+    );
+    let (status, body) = sign(generation, "tertiary", "HMACSHA256");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("keyId 'tertiary'"));
+    let (status, body) = sign(generation, "primary", "HMACSHA1");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("algo 'HMACSHA1'"));
+    let (status, body) = sign("1", "primary", "HMACSHA256");
+    assert_eq!(status, 404, "{body}");
+
+    let (status, _) = hub.rest.call("DELETE", "/devices/gw/modules/m", None).await;
+    assert_eq!(status, 204);
+    hub.rest.create_module("gw", "m").await;
+    let (status, body) = sign(generation, "primary", "HMACSHA256");
+    assert_eq!(
+        status, 404,
+        "a re-created module's old generation still signs: {body}"
+    );
+}
