@@ -263,3 +263,82 @@ async fn the_workload_api_signs_with_the_key_and_incarnation_asked_for_or_refuse
         "a re-created module's old generation still signs: {body}"
     );
 }
+
+/// A TLS connection to the hub's REST port.
+async fn rest_tls(hub: &Hub) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", hub.rest_port()))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(support::tls_trusting(&hub.ca()));
+    let name = rustls::pki_types::ServerName::try_from(hub.host_name().to_owned()).unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Sends `bytes` one per second until the hub closes the connection; the seconds it took.
+async fn trickle_until_closed<S>(mut stream: S, bytes: &[u8]) -> u64
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    for byte in bytes.iter().cycle() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = answer {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never closed");
+    }
+    started.elapsed().as_secs()
+}
+
+#[tokio::test]
+async fn https_clients_that_send_nothing_or_trickle_headers_or_a_body_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("slow-rest");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let silent_tcp = async {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", hub.rest_port()))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf)).await;
+        started.elapsed().as_secs()
+    };
+    let silent_tls = async {
+        let mut tls = rest_tls(&hub).await;
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut buf)).await;
+        started.elapsed().as_secs()
+    };
+    let trickled_headers = async {
+        let tls = rest_tls(&hub).await;
+        trickle_until_closed(tls, b"GET /devices?api-version=2021-04-12 HTTP/1.1\r\nX: ").await
+    };
+    let trickled_body = async {
+        let mut tls = rest_tls(&hub).await;
+        tls.write_all(
+            b"PUT /devices/d?api-version=2021-04-12 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        trickle_until_closed(tls, b"{").await
+    };
+    let (tcp, tls, headers, body) =
+        tokio::join!(silent_tcp, silent_tls, trickled_headers, trickled_body);
+    for (what, secs) in [
+        ("silent TCP", tcp),
+        ("silent TLS", tls),
+        ("trickled headers", headers),
+        ("trickled body", body),
+    ] {
+        assert!(secs <= 45, "{what} stayed open {secs} s");
+    }
+    let (status, _) = hub.rest.call("GET", "/devices", None).await;
+    assert_eq!(status, 200, "the hub still serves others");
+}

@@ -10,6 +10,7 @@ mod error;
 mod faults;
 mod hub;
 mod ids;
+mod listener;
 mod live;
 mod messages;
 mod methods;
@@ -25,6 +26,7 @@ mod workload;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgetwin_wire::connection_string::ConnectionString;
 use edgetwin_wire::Secret;
@@ -36,6 +38,12 @@ use tokio_rustls::TlsAcceptor;
 
 pub use certs::CertError;
 pub use store::StoreError;
+
+/// How long a write may wait for a peer that does not read, unless configured.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// File descriptors kept free of connections for the database, certificates, logs and the
+/// workload sockets.
+const RESERVED_FILES: u64 = 512;
 
 /// How to run the hub.
 #[derive(Debug, Clone)]
@@ -54,6 +62,10 @@ pub struct HubConfig {
     pub rest_port: u16,
     /// MQTT over WebSockets port (IoT Hub: 443; `None` serves no WebSockets).
     pub websocket_port: Option<u16>,
+    /// Most connections each TCP listener holds; `None` derives it from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Longest a write may wait for a peer that does not read before it is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl HubConfig {
@@ -67,6 +79,8 @@ impl HubConfig {
             mqtt_port: 8883,
             rest_port: 8443,
             websocket_port: None,
+            max_connections: None,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -121,17 +135,43 @@ pub struct RunningHub {
     pub info: HubInfo,
     /// Turns true to stop every listener.
     shutdown: watch::Sender<bool>,
-    /// The listener tasks.
+    /// The listener tasks; each ends once its connections have.
     tasks: Vec<JoinHandle<()>>,
+    /// The shared state, for the workload sockets to stop.
+    hub: Arc<hub::Hub>,
 }
 
 impl RunningHub {
-    /// Stops accepting, closes every connection and waits for the listeners to end.
+    /// Stops accepting, closes every connection and waits for every connection task to end.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.hub.workload.stop_all().await;
+    }
+}
+
+/// The connection limits of each TCP listener: the configured cap, or an even share of the
+/// open-file limit (raised to its hard limit first) among `listeners`.
+fn tcp_limits(config: &HubConfig, listeners: u64) -> listener::Limits {
+    let max_connections = config.max_connections.unwrap_or_else(|| {
+        let files = match listener::raise_open_file_limit() {
+            Ok(files) => {
+                tracing::info!(open_files = files, "open-file limit");
+                files
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+                1024
+            }
+        };
+        let share = files.saturating_sub(RESERVED_FILES).max(listeners * 16) / listeners;
+        usize::try_from(share).unwrap_or(usize::MAX)
+    });
+    listener::Limits {
+        max_connections,
+        write_timeout: config.write_timeout,
     }
 }
 
@@ -149,7 +189,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let workload_dir = data_dir.join("workload");
-    let workload = workload::WorkloadSockets::new(workload_dir.clone(), shutdown.clone());
+    let workload = workload::WorkloadSockets::new(workload_dir.clone());
     let hub = Arc::new(hub::Hub::open(
         &data_dir,
         config.host_name.clone(),
@@ -185,6 +225,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
     let websocket_port = websocket_listener.as_ref().map(local_port);
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
+    let limits = tcp_limits(&config, 2 + u64::from(websocket_listener.is_some()));
 
     let owner = hub
         .policies
@@ -218,6 +259,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         acceptor.clone(),
         mqtt::Transport::Tls,
         hub.clone(),
+        limits,
         shutdown.clone(),
     ))];
     if let Some(listener) = websocket_listener {
@@ -226,18 +268,21 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             acceptor.clone(),
             mqtt::Transport::WebSocket,
             hub.clone(),
+            limits,
             shutdown.clone(),
         )));
     }
     tasks.push(tokio::spawn(rest::serve(
         rest_listener,
         acceptor,
-        hub,
+        hub.clone(),
+        limits,
         shutdown,
     )));
     Ok(RunningHub {
         info,
         shutdown: shutdown_tx,
         tasks,
+        hub,
     })
 }

@@ -25,14 +25,16 @@ use edgetwin_wire::edge::{
     SignRequest, SignResponse, TrustBundleResponse, WorkloadErrorBody, WORKLOAD_API_VERSIONS,
 };
 use edgetwin_wire::ids::IdError;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::hub::Hub;
+use crate::listener::{self, Limits};
 use crate::store::IdentityKey;
 
 /// Longest unix socket path, in bytes, that binds everywhere (`sun_path` is 108 bytes on Linux and
@@ -77,8 +79,10 @@ pub enum SocketError {
 struct Served {
     /// Where the socket file is.
     path: PathBuf,
-    /// Dropped to stop the listener (its task waits for the channel to close).
-    _stop: watch::Sender<()>,
+    /// Turns true (or is dropped) to stop the listener and its connections.
+    stop: watch::Sender<bool>,
+    /// The listener task, which ends once its connections have.
+    task: JoinHandle<()>,
 }
 
 /// The workload sockets being served, one per edge device that has asked for one.
@@ -87,17 +91,14 @@ pub struct WorkloadSockets {
     dir: PathBuf,
     /// Devices whose socket is listening.
     serving: Mutex<HashMap<String, Served>>,
-    /// Stops every listener.
-    shutdown: watch::Receiver<bool>,
 }
 
 impl WorkloadSockets {
-    /// Sockets under `dir`, stopped by `shutdown`.
-    pub fn new(dir: PathBuf, shutdown: watch::Receiver<bool>) -> Self {
+    /// Sockets under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
             serving: Mutex::new(HashMap::new()),
-            shutdown,
         }
     }
 
@@ -127,22 +128,20 @@ impl WorkloadSockets {
             path: path.clone(),
             source,
         })?;
-        let (stop, stopped) = watch::channel(());
-        serving.insert(
-            device_id.to_owned(),
-            Served {
-                path: path.clone(),
-                _stop: stop,
-            },
-        );
-        tracing::info!(device_id, path = %path.display(), "workload API listening");
-        tokio::spawn(serve(
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(
             listener,
             Arc::downgrade(hub),
             device_id.to_owned(),
-            self.shutdown.clone(),
             stopped,
         ));
+        let served = Served {
+            path: path.clone(),
+            stop,
+            task,
+        };
+        serving.insert(device_id.to_owned(), served);
+        tracing::info!(device_id, path = %path.display(), "workload API listening");
         Ok(path)
     }
 
@@ -164,6 +163,21 @@ impl WorkloadSockets {
         if let Some(served) = removed {
             let _ = std::fs::remove_file(&served.path);
             tracing::info!(device_id, "workload socket removed");
+        }
+    }
+
+    /// Stops every socket and waits for their connections to end (the hub is stopping).
+    pub async fn stop_all(&self) {
+        let all: Vec<Served> = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, served)| served)
+            .collect();
+        for served in all {
+            let _ = served.stop.send(true);
+            let _ = served.task.await;
         }
     }
 }
@@ -191,32 +205,31 @@ fn bind(dir: &Path, path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Connections one workload socket holds at once, and how long a write may wait for the reader.
+const LIMITS: Limits = Limits {
+    max_connections: 64,
+    write_timeout: std::time::Duration::from_secs(10),
+};
+
 async fn serve(
     listener: UnixListener,
     hub: Weak<Hub>,
     device_id: String,
-    mut shutdown: watch::Receiver<bool>,
-    mut stopped: watch::Receiver<()>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+    listener::serve(listener, "workload", LIMITS, stop, move |stream, _, _| {
+        let (hub, device_id) = (hub.clone(), device_id.clone());
+        async move {
+            let service = hyper::service::service_fn(move |request| {
                 let (hub, device_id) = (hub.clone(), device_id.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let (hub, device_id) = (hub.clone(), device_id.clone());
-                        async move { Ok::<_, Infallible>(handle(hub, &device_id, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            _ = shutdown.changed() => return,
-            _ = stopped.changed() => return,
+                async move { Ok::<_, Infallible>(handle(hub, &device_id, request).await) }
+            });
+            let _ = crate::rest::http1_server()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
-    }
+    })
+    .await;
 }
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -275,7 +288,7 @@ async fn handle(
         ),
         (Method::POST, ["modules", module_id, "genid", generation_id, "sign"]) => {
             let (module_id, generation_id) = ((*module_id).to_owned(), (*generation_id).to_owned());
-            let Ok(body) = Limited::new(request.into_body(), 64 * 1024).collect().await else {
+            let Some(body) = crate::rest::read_body(request.into_body(), 64 * 1024).await else {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "invalid parameter: body too large or unreadable",
@@ -287,13 +300,7 @@ async fn handle(
                     "missing request body (Content-Type is not JSON)",
                 );
             }
-            sign(
-                &hub,
-                device_id,
-                &module_id,
-                &generation_id,
-                &body.to_bytes(),
-            )
+            sign(&hub, device_id, &module_id, &generation_id, &body)
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
@@ -376,7 +383,7 @@ mod tests {
     use super::*;
 
     fn sockets(dir: &str) -> WorkloadSockets {
-        WorkloadSockets::new(PathBuf::from(dir), watch::channel(false).1)
+        WorkloadSockets::new(PathBuf::from(dir))
     }
 
     #[test]

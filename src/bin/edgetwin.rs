@@ -114,6 +114,8 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         mqtt_port: args.mqtt_port,
         rest_port: args.rest_port,
         websocket_port: args.websocket_port,
+        max_connections: None,
+        write_timeout: edgetwin_hub::DEFAULT_WRITE_TIMEOUT,
     };
     let hub = edgetwin_hub::start(config)
         .await

@@ -101,8 +101,13 @@ async fn write_packets<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Serves one client until it disconnects, misbehaves, is replaced or its token expires.
-pub async fn serve<S>(hub: Arc<Hub>, stream: S) -> Result<(), ConnectionEnd>
+/// Serves one client until it disconnects, misbehaves, is replaced or its token expires;
+/// `authenticated` is called once its CONNECT is accepted.
+pub async fn serve<S>(
+    hub: Arc<Hub>,
+    stream: S,
+    authenticated: impl FnOnce(),
+) -> Result<(), ConnectionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,6 +155,7 @@ where
             return Ok(());
         }
     };
+    authenticated();
     let client_id = key.client_id();
     let stored = restore_session(&hub, &client_id, connect.clean_session)?;
     let session_present = stored.is_some();
@@ -646,8 +652,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edgetwin-pipeline-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), shutdown);
+        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
         let hub = Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload).unwrap());
         let key = Secret::new(KEY);
         hub.transact(|tx| {
@@ -669,7 +674,7 @@ mod tests {
         })
         .unwrap();
         let (client, server) = tokio::io::duplex(1 << 20);
-        let serving = tokio::spawn(serve(hub.clone(), server));
+        let serving = tokio::spawn(serve(hub.clone(), server, || {}));
 
         // CONNECT, 40 reported patches (QoS 1, then QoS 0, all with $rid), then a twin GET:
         // all in one write, so the hub has them all before it answers any.

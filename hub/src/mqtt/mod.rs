@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::hub::Hub;
+use crate::listener::{self, Admission, Deadlines, Limits};
 
 /// How long a client has to finish the TLS (and WebSocket) handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,45 +28,38 @@ pub enum Transport {
     WebSocket,
 }
 
-/// Accepts MQTT connections until `shutdown` turns true; each connection runs in its own task.
+/// Accepts MQTT connections until `shutdown` turns true, each in its own task, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
     transport: Transport,
     hub: Arc<Hub>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(ok) => ok,
-                    Err(error) => {
-                        tracing::warn!(%error, "MQTT accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = socket.set_nodelay(true);
-                let (tls, hub, mut shutdown) = (tls.clone(), hub.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = serve_socket(socket, peer, tls, transport, hub) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                });
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
+    let name = match transport {
+        Transport::Tls => "MQTT",
+        Transport::WebSocket => "MQTT over WebSockets",
+    };
+    listener::serve(
+        listener,
+        name,
+        limits,
+        shutdown,
+        move |socket, peer, admission| {
+            serve_socket(socket, peer, tls.clone(), transport, hub.clone(), admission)
+        },
+    )
+    .await;
 }
 
 async fn serve_socket(
-    socket: TcpStream,
+    socket: Deadlines<TcpStream>,
     peer: SocketAddr,
     tls: TlsAcceptor,
     transport: Transport,
     hub: Arc<Hub>,
+    admission: Admission,
 ) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
         Ok(Ok(stream)) => stream,
@@ -79,10 +73,10 @@ async fn serve_socket(
         }
     };
     let result = match transport {
-        Transport::Tls => connection::serve(hub, stream).await,
+        Transport::Tls => connection::serve(hub, stream, || admission.established()).await,
         Transport::WebSocket => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, websocket::accept(stream)).await {
-                Ok(Ok(stream)) => connection::serve(hub, stream).await,
+                Ok(Ok(stream)) => connection::serve(hub, stream, || admission.established()).await,
                 Ok(Err(error)) => {
                     tracing::info!(%peer, %error, "WebSocket upgrade refused");
                     return;

@@ -9,6 +9,7 @@ mod twins;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use edgetwin_wire::rest::{self as model, ErrorCode, Permission};
@@ -25,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::error::ApiError;
 use crate::hub::{grants, Hub};
 use crate::ids;
+use crate::listener::{self, Limits};
 use crate::store::PolicyRecord;
 
 /// Largest request body accepted (bulk requests of 100 devices with twins fit easily).
@@ -122,37 +124,69 @@ impl Reply {
     }
 }
 
-/// Accepts HTTPS connections until `shutdown` turns true.
+/// How long a client may take to send a request's headers (and, once idle between requests, to
+/// start the next one).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Accepts HTTPS connections until `shutdown` turns true, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
     hub: Arc<Hub>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((socket, peer)) = accepted else { continue };
-                let (tls, hub) = (tls.clone(), hub.clone());
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(15), tls.accept(socket)).await else {
-                        tracing::info!(%peer, "REST TLS handshake failed");
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |request| {
-                        let hub = hub.clone();
-                        async move { Ok::<_, Infallible>(handle(hub, request).await) }
-                    });
-                    if let Err(error) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, %error, "REST connection ended");
-                    }
+    listener::serve(
+        listener,
+        "REST",
+        limits,
+        shutdown,
+        move |socket, peer, _| {
+            let (tls, hub) = (tls.clone(), hub.clone());
+            async move {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
+                else {
+                    tracing::info!(%peer, "REST TLS handshake failed");
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    let hub = hub.clone();
+                    async move { Ok::<_, Infallible>(handle(hub, request).await) }
                 });
+                if let Err(error) = http1_server()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "REST connection ended");
+                }
             }
-            _ = shutdown.changed() => return,
-        }
+        },
+    )
+    .await;
+}
+
+/// HTTP/1.1 server settings for REST and the workload API: headers must arrive within
+/// [`HEADER_TIMEOUT`].
+pub fn http1_server() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+}
+
+/// The body of `request`, at most `limit` bytes, within [`BODY_TIMEOUT`]; `None` if too large,
+/// unreadable or too slow.
+pub async fn read_body(body: Incoming, limit: usize) -> Option<Bytes> {
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => Some(collected.to_bytes()),
+        _ => None,
     }
 }
 
@@ -277,16 +311,17 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
     let if_match = header("if-match");
     let method = request.method().clone();
     let segments = path_segments(request.uri().path());
-    let body = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
+    let body = read_body(request.into_body(), MAX_BODY)
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::MessageTooLarge,
-                format!("request body exceeds {MAX_BODY} bytes"),
+                format!(
+                    "request body exceeds {MAX_BODY} bytes or took over {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             )
-        })?
-        .to_bytes();
+        })?;
     Ok(Request {
         method,
         segments,
