@@ -342,3 +342,75 @@ async fn https_clients_that_send_nothing_or_trickle_headers_or_a_body_are_discon
     let (status, _) = hub.rest.call("GET", "/devices", None).await;
     assert_eq!(status, 200, "the hub still serves others");
 }
+
+/// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs; `closed_output` pipes its stdout
+/// and stderr to us and closes our ends, else they go to `dir/module.log`.
+async fn module_of(hub: &Hub, dir: &Path, closed_output: bool) -> support::Proc {
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "m").await;
+    let env = hub.rest.edge_environment("gw", "m").await;
+    let mut command = std::process::Command::new(support::EDGETWIN_MODULE);
+    command
+        .env_clear()
+        .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string())
+        .env("EDGETWIN_METRICS_PORT", "0")
+        .env("RUST_LOG", "debug")
+        .envs(&env)
+        .envs(support::FAST_BACKOFF);
+    if closed_output {
+        let mut module = support::Proc::spawn_piped(&mut command);
+        module.close_output();
+        module
+    } else {
+        support::Proc::spawn(&mut command, dir.join("module.log"))
+    }
+}
+
+/// Waits until `gw/m` is connected and has reported something, and then is still connected.
+async fn module_connects_and_reports(hub: &Hub, module: &mut support::Proc) {
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let (_, identity) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
+            let reported = hub.rest.reported("gw", "m").await;
+            let reported_something = reported
+                .as_object()
+                .is_some_and(|r| r.keys().any(|k| !k.starts_with('$')));
+            (identity["connectionState"] == "Connected" && reported_something)
+                .then_some(())
+                .ok_or(move || format!("not connected and reporting: {identity} {reported}"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(module.running(), "the module exited");
+    let (_, identity) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
+    assert_eq!(identity["connectionState"], "Connected");
+}
+
+#[tokio::test]
+async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_writes() {
+    let dir = TempDir::new("hub-closed-log");
+    let options = HubOptions {
+        rust_log: Some("debug"),
+        closed_output: true,
+        ..HubOptions::default()
+    };
+    let hub = Hub::start(dir.path(), options);
+    let mut module = module_of(&hub, dir.path(), false).await;
+    module_connects_and_reports(&hub, &mut module).await;
+    let desired = hub
+        .rest
+        .patch_desired("gw", "m", json!({"telemetryInterval": 7}))
+        .await;
+    assert!(desired["$version"].as_i64().unwrap() >= 2);
+}
+
+#[tokio::test]
+async fn a_module_whose_log_reader_went_away_keeps_running() {
+    let dir = TempDir::new("module-closed-log");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let mut module = module_of(&hub, dir.path(), true).await;
+    module_connects_and_reports(&hub, &mut module).await;
+}

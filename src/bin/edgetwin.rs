@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(edgetwin::log_writer::Lossy::stderr())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,6 +105,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `println!` that ignores a closed or full stdout instead of panicking: the hub keeps serving
+/// whoever reads its banner.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 async fn run_hub(args: HubArgs) -> Result<(), String> {
     let config = edgetwin_hub::HubConfig {
         data_dir: args.data_dir,
@@ -121,42 +130,43 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let info = &hub.info;
-    println!("edgetwin hub is running");
-    println!("  IoT Hub host name:   {}", info.host_name);
-    println!(
+    out!("edgetwin hub is running");
+    out!("  IoT Hub host name:   {}", info.host_name);
+    out!(
         "  MQTT (TLS):          {}:{}",
-        info.host_name, info.mqtt_port
+        info.host_name,
+        info.mqtt_port
     );
     if let Some(port) = info.websocket_port {
-        println!(
+        out!(
             "  MQTT (WebSockets):   wss://{}:{port}/$iothub/websocket",
             info.host_name
         );
     }
-    println!("  service REST API:    {}", info.rest_url);
-    println!("  CA certificate:      {}", info.ca_certificate.display());
-    println!(
+    out!("  service REST API:    {}", info.rest_url);
+    out!("  CA certificate:      {}", info.ca_certificate.display());
+    out!(
         "  workload sockets:    {} (one per edge device in use; see edge-env)",
         info.workload_dir.display()
     );
-    println!("  service connection string (iothubowner):");
-    println!("    {}", info.service_connection_string.expose());
-    println!("Point clients at it:");
-    println!(
+    out!("  service connection string (iothubowner):");
+    out!("    {}", info.service_connection_string.expose());
+    out!("Point clients at it:");
+    out!(
         "  export IOTHUB_CONNECTION_STRING='{}'",
         info.service_connection_string.expose()
     );
-    println!(
+    out!(
         "  export REQUESTS_CA_BUNDLE='{}'",
         info.ca_certificate.display()
     );
-    println!(
+    out!(
         "  a module's IOTEDGE_* environment: eval \"$(edgetwin edge-env --device <d> --module <m> --ca-file {})\"",
         info.ca_certificate.display()
     );
-    println!("Stop with Ctrl-C.");
+    out!("Stop with Ctrl-C.");
     wait_for_signal().await;
-    eprintln!("stopping");
+    tracing::info!("stopping");
     hub.stop().await;
     Ok(())
 }
