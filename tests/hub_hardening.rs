@@ -414,3 +414,51 @@ async fn a_module_whose_log_reader_went_away_keeps_running() {
     let mut module = module_of(&hub, dir.path(), true).await;
     module_connects_and_reports(&hub, &mut module).await;
 }
+
+#[tokio::test]
+async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
+    let dir = TempDir::new("sr-prefix");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for id in ["d1", "d10", "d2"] {
+        let (status, body) = hub
+            .rest
+            .call(
+                "PUT",
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let host = hub.host_name().to_owned();
+    let scoped = support::Rest::scoped(&hub.info, &format!("{host}/devices/d1"));
+    let (status, body) = scoped.call("GET", "/devices/d1", None).await;
+    assert_eq!(status, 200, "{body}");
+    for (method, path) in [
+        ("GET", "/devices/d2"),
+        ("GET", "/devices/d10"),
+        ("GET", "/devices"),
+        ("DELETE", "/devices/d2"),
+        ("GET", "/edgetwin/faults"),
+        ("DELETE", "/edgetwin/faults"),
+    ] {
+        let (status, body) = scoped.call(method, path, None).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+    }
+    let (status, _) = hub.rest.call("GET", "/devices/d2", None).await;
+    assert_eq!(status, 200, "d2 was deleted through a token for d1");
+}
+
+#[tokio::test]
+async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("private-files");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    let data = dir.join("hub");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for name in ["hub.db", "hub.db-wal", "hub.db-shm", "hub.json"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+}

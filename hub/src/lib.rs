@@ -184,6 +184,12 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .data_dir
         .canonicalize()
         .map_err(io(format!("resolve {}", config.data_dir.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The database and hub.json hold every key: only the hub's user may enter.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("make {} private", data_dir.display())))?;
+    }
     let mut names = vec![config.host_name.clone()];
     names.extend(config.extra_names.iter().cloned());
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;

@@ -409,6 +409,8 @@ pub struct Rest {
     tls: Arc<rustls::ClientConfig>,
     keep_alive: bool,
     sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// The tokens' `sr`; `None` for the whole hub (`host:port`).
+    sr: Option<String>,
 }
 
 impl Rest {
@@ -421,6 +423,15 @@ impl Rest {
             tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
             keep_alive,
             sender: Mutex::new(None),
+            sr: None,
+        }
+    }
+
+    /// The same API with tokens whose `sr` is `sr` (a URI prefix such as `host/devices/d1`).
+    pub fn scoped(info: &Value, sr: &str) -> Rest {
+        Rest {
+            sr: Some(sr.to_owned()),
+            ..Rest::new(info, false)
         }
     }
 
@@ -449,7 +460,8 @@ impl Rest {
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let expiry = unix_now() as u64 + 3600;
         let resource = format!("{}:{}", self.host, self.port);
-        let token = generate_token(&self.key, &resource, expiry, Some("iothubowner")).unwrap();
+        let sr = self.sr.as_deref().unwrap_or(&resource);
+        let token = generate_token(&self.key, sr, expiry, Some("iothubowner")).unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut failure = String::new();

@@ -305,12 +305,12 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
             "api-version is missing from the query string",
         ));
     }
+    let segments = path_segments(request.uri().path());
     let policy = hub
-        .authenticate_service(header("authorization").as_deref())?
+        .authenticate_service(header("authorization").as_deref(), &segments)?
         .clone();
     let if_match = header("if-match");
     let method = request.method().clone();
-    let segments = path_segments(request.uri().path());
     let body = read_body(request.into_body(), MAX_BODY)
         .await
         .ok_or_else(|| {
