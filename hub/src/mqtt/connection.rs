@@ -545,13 +545,15 @@ impl Session {
             );
         }
         let properties: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
+        let (body, body_base64) = Message::body_of(payload);
         self.hub.messages.push(Message {
             sequence: 0,
             device_id: self.key.device_id.clone(),
             module_id: self.key.module_id.clone(),
             output,
             properties,
-            body: String::from_utf8_lossy(payload).into_owned(),
+            body,
+            body_base64,
             enqueued_time_utc: ids::now_iso(),
         });
     }
