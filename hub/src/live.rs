@@ -126,10 +126,7 @@ impl LiveConnections {
         }
         Registration {
             id,
-            outgoing: OutgoingQueue {
-                rx,
-                queued_bytes,
-            },
+            outgoing: OutgoingQueue { rx, queued_bytes },
             kick,
         }
     }

@@ -57,11 +57,7 @@ impl Message {
     /// What the message counts against the byte caps.
     fn size(&self) -> usize {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let properties: usize = self
-            .properties
-            .iter()
-            .map(|(k, v)| k.len() + text(v))
-            .sum();
+        let properties: usize = self.properties.iter().map(|(k, v)| k.len() + text(v)).sum();
         text(&self.body) + text(&self.body_base64) + properties + 128
     }
 }
@@ -202,7 +198,10 @@ mod tests {
         let (body, body_base64) = Message::body_of(&payload);
         assert_eq!(body, None);
         assert_eq!(body_base64.as_deref(), Some("/wD+YQ=="));
-        assert_eq!(Message::body_of(b"{\"t\":1}").0.as_deref(), Some("{\"t\":1}"));
+        assert_eq!(
+            Message::body_of(b"{\"t\":1}").0.as_deref(),
+            Some("{\"t\":1}")
+        );
     }
 
     #[test]
