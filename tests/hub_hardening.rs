@@ -462,3 +462,138 @@ async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
         assert_eq!(mode(&data.join(name)), 0o600, "{name}");
     }
 }
+
+/// `edgetwin hub` on `dir/hub` with `args`, expected to refuse to start: its exit code and log.
+fn hub_refusing(dir: &Path, args: &[&str]) -> (i32, String) {
+    let log = dir.join("refused.log");
+    let mut command = std::process::Command::new(support::EDGETWIN);
+    command
+        .args(["hub", "--data-dir"])
+        .arg(dir.join("hub"))
+        .args(["--mqtt-port", "0", "--rest-port", "0"])
+        .args(args);
+    let mut proc = support::Proc::spawn(&mut command, log.clone());
+    let code = proc.wait_exit(Duration::from_secs(10));
+    (code.expect("the hub started"), support::read_log(&log))
+}
+
+/// Runs `sql` on the stopped hub's database in `dir/hub`.
+fn edit_database(dir: &Path, sql: &str) {
+    let db = rusqlite::Connection::open(dir.join("hub/hub.db")).unwrap();
+    db.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn a_hub_that_lost_its_database_refuses_to_start_fresh_unless_told_to_reset() {
+    let dir = TempDir::new("lost-db");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let keys = hub.info["policies"].clone();
+    drop(hub);
+    for file in ["hub.db", "hub.db-wal", "hub.db-shm"] {
+        let _ = std::fs::remove_file(dir.join("hub").join(file));
+    }
+    let info_before = std::fs::read_to_string(dir.join("hub/hub.json")).unwrap();
+    let (code, log) = hub_refusing(dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(log.contains("--reset") && log.contains("hub.db"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hub/hub.json")).unwrap(),
+        info_before,
+        "hub.json was overwritten"
+    );
+    let (code, _) = hub_refusing(dir.path(), &[]);
+    assert_ne!(
+        code, 0,
+        "an empty database left by the refusal is refused too"
+    );
+
+    let mut command = std::process::Command::new(support::EDGETWIN);
+    command
+        .args([
+            "hub",
+            "--reset",
+            "--mqtt-port",
+            "0",
+            "--rest-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.join("hub"));
+    let _ = std::fs::remove_file(dir.join("hub/hub.json"));
+    let mut reset = support::Proc::spawn(&mut command, dir.join("reset.log"));
+    let info: Value =
+        support::poll_blocking(Duration::from_secs(10), Duration::from_millis(50), || {
+            assert!(reset.running(), "--reset did not start: {}", reset.log());
+            std::fs::read_to_string(dir.join("hub/hub.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .ok_or(|| "no hub.json".to_owned())
+        });
+    assert_ne!(info["policies"], keys, "--reset makes new keys");
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_named_by_its_identity_and_other_writes_keep_working() {
+    let dir = TempDir::new("damaged-row");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for id in ["d1", "d2"] {
+        let (status, body) = hub
+            .rest
+            .call(
+                "PUT",
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    drop(hub);
+    edit_database(
+        dir.path(),
+        "UPDATE twins SET record = '{not json' WHERE device_id = 'd1';
+         UPDATE identities SET record = '{not json' WHERE device_id = 'd1' AND module_id = '';",
+    );
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, body) = hub
+        .rest
+        .call("PUT", "/devices/d3", Some(json!({"deviceId": "d3"})))
+        .await;
+    assert_eq!(status, 200, "an unrelated write failed: {body}");
+    let (status, body) = hub
+        .rest
+        .call("PATCH", "/twins/d2", Some(json!({"tags": {"a": 1}})))
+        .await;
+    assert_eq!(status, 200, "an unrelated twin write failed: {body}");
+    for path in ["/devices/d1", "/devices", "/twins/d1"] {
+        let (status, body) = hub.rest.call("GET", path, None).await;
+        assert_eq!(status, 500, "{path}: {body}");
+        let message = body["Message"].as_str().unwrap_or_default().to_owned() + &body.to_string();
+        assert!(
+            message.contains("device d1") || message.contains("twin d1"),
+            "{path} does not name the record: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_database_page_stops_the_start_with_what_the_check_found() {
+    use std::io::{Seek, SeekFrom};
+    let dir = TempDir::new("damaged-page");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for n in 0..50 {
+        hub.rest.create_edge_device(&format!("gw-{n}")).await;
+    }
+    drop(hub);
+    edit_database(dir.path(), "PRAGMA wal_checkpoint(TRUNCATE);");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("hub/hub.db"))
+        .unwrap();
+    let page = 4096;
+    file.seek(SeekFrom::Start(3 * page)).unwrap();
+    file.write_all(&vec![0xA5; page as usize]).unwrap();
+    drop(file);
+    let (code, log) = hub_refusing(dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(log.contains("is damaged"), "{log}");
+}

@@ -51,16 +51,22 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `data_dir`, creating the default shared access policies on first start.
+    /// Opens the store in `data_dir`, creating the default shared access policies on first start
+    /// if `fresh_allowed` (otherwise a database without policies is refused: it was lost).
     pub fn open(
         data_dir: &Path,
         host_name: String,
         ca_pem: String,
         workload: WorkloadSockets,
+        fresh_allowed: bool,
     ) -> Result<Self, StoreError> {
-        let mut store = Store::open(&data_dir.join("hub.db"))?;
+        let path = data_dir.join("hub.db");
+        let mut store = Store::open(&path)?;
         let policies = store.transaction(|tx| {
             let mut policies = tx.policies()?;
+            if policies.is_empty() && !fresh_allowed {
+                return Err(StoreError::Lost { path });
+            }
             if policies.is_empty() {
                 for (name, permissions) in edgetwin_wire::rest::default_policies() {
                     let policy = PolicyRecord {

@@ -66,6 +66,9 @@ pub struct HubConfig {
     pub max_connections: Option<usize>,
     /// Longest a write may wait for a peer that does not read before it is disconnected.
     pub write_timeout: Duration,
+    /// Start a new hub (new keys) even though `hub.json` says one ran here and its database is
+    /// missing or empty.
+    pub reset: bool,
 }
 
 impl HubConfig {
@@ -81,6 +84,7 @@ impl HubConfig {
             websocket_port: None,
             max_connections: None,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            reset: false,
         }
     }
 }
@@ -196,11 +200,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let workload_dir = data_dir.join("workload");
     let workload = workload::WorkloadSockets::new(workload_dir.clone());
+    let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
     let hub = Arc::new(hub::Hub::open(
         &data_dir,
         config.host_name.clone(),
         tls.ca_pem.clone(),
         workload,
+        fresh_allowed,
     )?);
 
     let edge_devices = hub

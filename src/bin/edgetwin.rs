@@ -60,6 +60,9 @@ struct HubArgs {
     /// Also serve MQTT over WebSockets on this port (the Python SDK dials 443 with websockets=True).
     #[arg(long)]
     websocket_port: Option<u16>,
+    /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
+    #[arg(long)]
+    reset: bool,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +128,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         websocket_port: args.websocket_port,
         max_connections: None,
         write_timeout: edgetwin_hub::DEFAULT_WRITE_TIMEOUT,
+        reset: args.reset,
     };
     let hub = edgetwin_hub::start(config)
         .await

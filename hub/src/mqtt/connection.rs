@@ -666,7 +666,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
-        let hub = Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload).unwrap());
+        let hub =
+            Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload, true).unwrap());
         let key = Secret::new(KEY);
         hub.transact(|tx| {
             crate::registry::create_device(
