@@ -269,6 +269,6 @@ fn main() {
     }
     println!();
     println!(
-        "Machine: {cores} core(s); load average (1, 5, 15 min) before {load_before}, after {load_after}. Hub: `edgetwin hub --data-dir <tmp> --mqtt-port 0 --rest-port 0`, same binary."
+        "Machine: {cores} core(s); load average (1, 5, 15 min) before {load_before}, after {load_after}. Hub: `edgetwin hub --data-dir <tmp> --mqtt-port 0 --https-port 0`, same binary."
     );
 }

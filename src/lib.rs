@@ -4,6 +4,7 @@
 //! the local IoT Hub in `edgetwin-hub` (behind the default `hub` feature).
 
 pub mod client;
+pub mod log_writer;
 pub mod manifest;
 pub mod module;
 pub mod provision;

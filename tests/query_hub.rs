@@ -257,7 +257,7 @@ fn queries_need_registry_read() {
     let policy = |name: &str| {
         format!(
             "HostName=localhost:{};SharedAccessKeyName={name};SharedAccessKey={}",
-            fleet.hub.rest_port(),
+            fleet.hub.https_port(),
             fleet.hub.info["policies"][name].as_str().unwrap()
         )
     };

@@ -33,6 +33,10 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         tracing::error!(error = %error, "store failure");
-        Self::new(ErrorCode::ServerError, "internal storage error")
+        let message = match &error {
+            StoreError::Corrupt { what, .. } => format!("the stored record of {what} is damaged"),
+            _ => "internal storage error".to_owned(),
+        };
+        Self::new(ErrorCode::ServerError, message)
     }
 }

@@ -2,7 +2,7 @@
 //! methods in flight, the message log and the shared access policies. Operations that span
 //! storage and live connections (twin changes that notify devices, method calls) live here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,8 +44,6 @@ pub struct Hub {
     pub policies: Vec<PolicyRecord>,
     /// The CA certificate (PEM), served as the workload trust bundle.
     pub ca_pem: String,
-    /// Where the workload sockets of edge devices live.
-    pub workload_dir: PathBuf,
     /// The workload sockets being served.
     pub workload: WorkloadSockets,
     /// Faults injected through `/edgetwin/faults`.
@@ -53,16 +51,22 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the store in `data_dir`, creating the default shared access policies on first start.
+    /// Opens the store in `data_dir`, creating the default shared access policies on first start
+    /// if `fresh_allowed` (otherwise a database without policies is refused: it was lost).
     pub fn open(
         data_dir: &Path,
         host_name: String,
         ca_pem: String,
         workload: WorkloadSockets,
+        fresh_allowed: bool,
     ) -> Result<Self, StoreError> {
-        let mut store = Store::open(&data_dir.join("hub.db"))?;
+        let path = data_dir.join("hub.db");
+        let mut store = Store::open(&path)?;
         let policies = store.transaction(|tx| {
             let mut policies = tx.policies()?;
+            if policies.is_empty() && !fresh_allowed {
+                return Err(StoreError::Lost { path });
+            }
             if policies.is_empty() {
                 for (name, permissions) in edgetwin_wire::rest::default_policies() {
                     let policy = PolicyRecord {
@@ -87,7 +91,6 @@ impl Hub {
             messages: MessageLog::default(),
             policies,
             ca_pem,
-            workload_dir: workload.dir().to_owned(),
             workload,
             faults: Faults::default(),
         })
@@ -163,10 +166,12 @@ impl Hub {
         }
     }
 
-    /// The policy a service token authenticates, if its signature, expiry and host are right.
+    /// The policy a service token authenticates, if its signature, expiry and host are right and
+    /// its `sr` (a URI prefix) covers the request's path `segments`.
     pub fn authenticate_service(
         &self,
         authorization: Option<&str>,
+        segments: &[String],
     ) -> Result<&PolicyRecord, ApiError> {
         let unauthorized = |why: &str| {
             tracing::info!(reason = why, "service request refused");
@@ -178,6 +183,9 @@ impl Hub {
         let scope = token.scope().map_err(|_| unauthorized("malformed sr"))?;
         if !host_matches(scope.host(), &self.host_name) {
             return Err(unauthorized("sr names another hub"));
+        }
+        if !resource_covers(&token.resource, segments) {
+            return Err(unauthorized("sr does not cover the requested path"));
         }
         if token.is_expired(ids::now_unix(), 0) {
             return Err(unauthorized("token expired"));
@@ -281,6 +289,22 @@ pub fn grants(policy: &PolicyRecord, permission: Permission) -> bool {
     policy.permissions.iter().any(|p| p == permission.name())
 }
 
+/// Whether a token's decoded `sr` (`host[/segment...]`) is a prefix, segment by segment and
+/// ignoring case, of a request's path `segments`: `{hub}/devices/d1` covers `/devices/d1/modules/m`
+/// but not `/devices/d10` or `/twins/d1`.
+pub fn resource_covers(resource: &str, segments: &[String]) -> bool {
+    let scope: Vec<&str> = resource
+        .split('/')
+        .skip(1)
+        .filter(|s| !s.is_empty())
+        .collect();
+    scope.len() <= segments.len()
+        && scope
+            .iter()
+            .zip(segments)
+            .all(|(want, got)| want.eq_ignore_ascii_case(got))
+}
+
 /// Whether a host from a token (maybe with `:port`) names this hub (case-insensitive).
 pub fn host_matches(token_host: &str, hub_host: &str) -> bool {
     let strip = |h: &str| {
@@ -300,6 +324,22 @@ pub fn host_matches(token_host: &str, hub_host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sr_path_limits_a_service_token_to_the_paths_under_it() {
+        let path = |p: &str| p.split('/').map(str::to_owned).collect::<Vec<_>>();
+        assert!(resource_covers("h", &path("devices/d2")));
+        assert!(resource_covers("h/", &path("faults")));
+        assert!(resource_covers("h/devices/d1", &path("devices/d1")));
+        assert!(resource_covers(
+            "h/devices/D1",
+            &path("devices/d1/modules/m")
+        ));
+        assert!(!resource_covers("h/devices/d1", &path("devices/d10")));
+        assert!(!resource_covers("h/devices/d1", &path("devices/d2")));
+        assert!(!resource_covers("h/devices/d1", &path("devices")));
+        assert!(!resource_covers("h/devices/d1", &path("edgetwin/faults")));
+    }
 
     #[test]
     fn token_hosts_match_with_or_without_port_and_case() {

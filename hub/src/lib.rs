@@ -11,6 +11,7 @@ mod faults;
 mod hub;
 mod ids;
 mod layers;
+mod listener;
 mod live;
 mod messages;
 mod methods;
@@ -26,6 +27,7 @@ mod workload;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgetwin_wire::connection_string::ConnectionString;
 use edgetwin_wire::Secret;
@@ -37,6 +39,12 @@ use tokio_rustls::TlsAcceptor;
 
 pub use certs::CertError;
 pub use store::StoreError;
+
+/// How long a write may wait for a peer that does not read, unless configured.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// File descriptors kept free of connections for the database, certificates, logs and the
+/// workload sockets.
+const RESERVED_FILES: u64 = 512;
 
 /// How to run the hub.
 #[derive(Debug, Clone)]
@@ -54,6 +62,13 @@ pub struct HubConfig {
     /// HTTPS port serving the service REST API and MQTT over WebSockets (IoT Hub: 443; 0 picks a
     /// free port). Connection strings carry it unless it is 443, as IoT Hub's never carry one.
     pub https_port: u16,
+    /// Most connections each TCP listener holds; `None` derives it from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Longest a write may wait for a peer that does not read before it is disconnected.
+    pub write_timeout: Duration,
+    /// Start a new hub (new keys) even though `hub.json` says one ran here and its database is
+    /// missing or empty.
+    pub reset: bool,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -69,6 +84,9 @@ impl HubConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mqtt_port: 8883,
             https_port: IOT_HUB_HTTPS_PORT,
+            max_connections: None,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            reset: false,
         }
     }
 }
@@ -101,7 +119,8 @@ pub struct HubInfo {
     pub https_port: u16,
     /// REST base URL.
     pub rest_url: String,
-    /// Directory of the workload sockets (`{deviceId}.sock`).
+    /// Directory of the workload sockets (one per edge device in use; a module's
+    /// `edgeEnvironment` names its socket).
     pub workload_dir: PathBuf,
 }
 
@@ -144,17 +163,43 @@ pub struct RunningHub {
     pub info: HubInfo,
     /// Turns true to stop every listener.
     shutdown: watch::Sender<bool>,
-    /// The listener tasks.
+    /// The listener tasks; each ends once its connections have.
     tasks: Vec<JoinHandle<()>>,
+    /// The shared state, for the workload sockets to stop.
+    hub: Arc<hub::Hub>,
 }
 
 impl RunningHub {
-    /// Stops accepting, closes every connection and waits for the listeners to end.
+    /// Stops accepting, closes every connection and waits for every connection task to end.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.hub.workload.stop_all().await;
+    }
+}
+
+/// The connection limits of each TCP listener: the configured cap, or an even share of the
+/// open-file limit (raised to its hard limit first) among `listeners`.
+fn tcp_limits(config: &HubConfig, listeners: u64) -> listener::Limits {
+    let max_connections = config.max_connections.unwrap_or_else(|| {
+        let files = match listener::raise_open_file_limit() {
+            Ok(files) => {
+                tracing::info!(open_files = files, "open-file limit");
+                files
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+                1024
+            }
+        };
+        let share = files.saturating_sub(RESERVED_FILES).max(listeners * 16) / listeners;
+        usize::try_from(share).unwrap_or(usize::MAX)
+    });
+    listener::Limits {
+        max_connections,
+        write_timeout: config.write_timeout,
     }
 }
 
@@ -167,30 +212,35 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .data_dir
         .canonicalize()
         .map_err(io(format!("resolve {}", config.data_dir.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The database and hub.json hold every key: only the hub's user may enter.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("make {} private", data_dir.display())))?;
+    }
     let mut names = vec![config.host_name.clone()];
     names.extend(config.extra_names.iter().cloned());
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let workload_dir = data_dir.join("workload");
-    let workload = workload::WorkloadSockets::new(workload_dir.clone(), shutdown.clone());
+    let workload = workload::WorkloadSockets::new(workload_dir.clone());
+    let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
     let hub = Arc::new(hub::Hub::open(
         &data_dir,
         config.host_name.clone(),
         tls.ca_pem.clone(),
         workload,
+        fresh_allowed,
     )?);
 
     let edge_devices = hub
-        .transact(|tx| Ok(tx.devices(usize::MAX >> 1)?))
+        .transact(|tx| Ok(tx.edge_devices_with_modules()?))
         .map_err(|e| HubError::Io {
             what: "list edge devices".into(),
             source: std::io::Error::other(e.message),
         })?;
-    for device in edge_devices
-        .iter()
-        .filter(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge))
-    {
-        hub.workload.ensure(&hub, &device.device_id);
+    for device_id in &edge_devices {
+        hub.workload.ensure_or_log(&hub, device_id);
     }
 
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
@@ -198,6 +248,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
     let (mqtt_port, https_port) = (local_port(&mqtt_listener), local_port(&https_listener));
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
+    let limits = tcp_limits(&config, 2);
 
     let owner = hub
         .policies
@@ -230,14 +281,22 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             mqtt_listener,
             acceptor.clone(),
             hub.clone(),
+            limits,
             shutdown.clone(),
         )),
-        tokio::spawn(rest::serve(https_listener, acceptor, hub, shutdown)),
+        tokio::spawn(rest::serve(
+            https_listener,
+            acceptor,
+            hub.clone(),
+            limits,
+            shutdown,
+        )),
     ];
     Ok(RunningHub {
         info,
         shutdown: shutdown_tx,
         tasks,
+        hub,
     })
 }
 

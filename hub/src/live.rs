@@ -3,7 +3,7 @@
 //! new CONNECT kicks the previous one, as IoT Hub does.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,6 +13,10 @@ use tokio::sync::{mpsc, Notify};
 /// Capacity of each connection's outgoing queue; a client that falls this far behind is dropped
 /// (it resynchronises its twin when it reconnects).
 pub const OUTGOING_QUEUE: usize = 256;
+
+/// Most bytes (topics and payloads) waiting in one connection's outgoing queue; a client that
+/// lets more pile up is dropped, so a device that stops reading costs at most this much.
+pub const OUTGOING_BYTES: usize = 1024 * 1024;
 
 /// A message the hub sends to a connected client.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ struct LiveConnection {
     id: u64,
     /// Server-to-client publishes.
     outgoing: mpsc::Sender<Outgoing>,
+    /// Bytes waiting in `outgoing` (shared with the connection's [`OutgoingQueue`]).
+    queued_bytes: Arc<AtomicUsize>,
     /// Features the client subscribed to.
     features: HashSet<Feature>,
     /// Told when the connection must close (new connection, slow consumer, device deleted).
@@ -42,9 +48,41 @@ pub struct Registration {
     /// Its id, for `unregister` and `set_features`.
     pub id: u64,
     /// Where its outgoing publishes arrive.
-    pub outgoing: mpsc::Receiver<Outgoing>,
+    pub outgoing: OutgoingQueue,
     /// Notified when it must close.
     pub kick: Arc<Notify>,
+}
+
+/// The receiving end of a connection's outgoing publishes, which keeps the byte count.
+pub struct OutgoingQueue {
+    /// The publishes.
+    rx: mpsc::Receiver<Outgoing>,
+    /// Bytes waiting, decreased as messages are taken.
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl OutgoingQueue {
+    /// The next publish, `None` once the hub dropped the connection's sender.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let message = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(size_of(&message), Ordering::Relaxed);
+        Some(message)
+    }
+
+    /// The next publish if one is waiting.
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let message = self.rx.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(size_of(&message), Ordering::Relaxed);
+        Some(message)
+    }
+}
+
+/// What a queued message counts against [`OUTGOING_BYTES`].
+fn size_of(message: &Outgoing) -> usize {
+    message.topic.len() + message.payload.len()
 }
 
 /// Why a publish could not be delivered.
@@ -70,12 +108,14 @@ impl LiveConnections {
     pub fn register(&self, client_id: &str, features: HashSet<Feature>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let kick = Arc::new(Notify::new());
         let previous = self.lock().insert(
             client_id.to_owned(),
             LiveConnection {
                 id,
                 outgoing: tx,
+                queued_bytes: queued_bytes.clone(),
                 features,
                 kick: kick.clone(),
             },
@@ -86,7 +126,7 @@ impl LiveConnections {
         }
         Registration {
             id,
-            outgoing: rx,
+            outgoing: OutgoingQueue { rx, queued_bytes },
             kick,
         }
     }
@@ -131,9 +171,12 @@ impl LiveConnections {
         if feature.is_some_and(|f| !connection.features.contains(&f)) {
             return Err(Undelivered::NotListening);
         }
-        if connection.outgoing.try_send(message).is_err() {
+        let size = size_of(&message);
+        let queued = connection.queued_bytes.fetch_add(size, Ordering::Relaxed) + size;
+        if queued > OUTGOING_BYTES || connection.outgoing.try_send(message).is_err() {
             tracing::warn!(
                 client_id,
+                queued_bytes = queued,
                 "outgoing queue full or closed: disconnecting the client"
             );
             connection.kick.notify_one();
@@ -210,8 +253,8 @@ mod tests {
             live.send("d2", None, message()),
             Err(Undelivered::NotListening)
         );
-        assert!(reg.outgoing.try_recv().is_ok());
-        assert!(reg.outgoing.try_recv().is_err());
+        assert!(reg.outgoing.try_recv().is_some());
+        assert!(reg.outgoing.try_recv().is_none());
     }
 
     #[test]
@@ -225,6 +268,26 @@ mod tests {
             live.send("d1", None, message()),
             Err(Undelivered::Overloaded)
         );
+        assert!(!live.is_connected("d1"));
+    }
+
+    #[test]
+    fn a_client_is_disconnected_once_its_unread_messages_exceed_the_byte_budget() {
+        let live = LiveConnections::default();
+        let mut reg = live.register("d1", HashSet::new());
+        let big = || Outgoing {
+            payload: Bytes::from(vec![b'x'; 100 * 1024]),
+            ..message()
+        };
+        for _ in 0..3 {
+            live.send("d1", None, big()).unwrap();
+            assert!(reg.outgoing.try_recv().is_some(), "read as it comes");
+        }
+        let fits = OUTGOING_BYTES / (100 * 1024 + 1);
+        for _ in 0..fits {
+            live.send("d1", None, big()).unwrap();
+        }
+        assert_eq!(live.send("d1", None, big()), Err(Undelivered::Overloaded));
         assert!(!live.is_connected("d1"));
     }
 }

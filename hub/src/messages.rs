@@ -1,4 +1,7 @@
-//! The bounded, inspectable log of device-to-cloud messages (telemetry and module outputs).
+//! The bounded, inspectable log of device-to-cloud messages (telemetry and module outputs),
+//! capped by count and by bytes; a read returns at most [`MAX_READ_MESSAGES`] messages and about
+//! [`MAX_READ_BYTES`] of bodies (page on with `after`), so readers cannot make the hub copy the
+//! whole log at once.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -7,6 +10,12 @@ use serde::Serialize;
 
 /// How many messages the log keeps; older ones are dropped first.
 pub const MESSAGE_LOG_CAPACITY: usize = 10_000;
+/// How many bytes of bodies and properties the log keeps; older messages are dropped first.
+pub const MESSAGE_LOG_BYTES: usize = 64 * 1024 * 1024;
+/// Most messages one read returns.
+pub const MAX_READ_MESSAGES: usize = 1000;
+/// Bytes of bodies and properties after which a read stops adding messages.
+pub const MAX_READ_BYTES: usize = 4 * 1024 * 1024;
 
 /// One message as it arrived.
 #[derive(Debug, Clone, Serialize)]
@@ -22,10 +31,35 @@ pub struct Message {
     pub output: Option<String>,
     /// System (`$.x`) and application properties.
     pub properties: BTreeMap<String, Option<String>>,
-    /// The body as UTF-8 text (invalid sequences replaced).
-    pub body: String,
+    /// The body, if it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body in base64, if it is not UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
     /// When the hub accepted it.
     pub enqueued_time_utc: String,
+}
+
+impl Message {
+    /// `body` and `body_base64` for a payload: text when it is UTF-8, else base64 (never mangled).
+    pub fn body_of(payload: &[u8]) -> (Option<String>, Option<String>) {
+        use base64::Engine as _;
+        match std::str::from_utf8(payload) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ),
+        }
+    }
+
+    /// What the message counts against the byte caps.
+    fn size(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let properties: usize = self.properties.iter().map(|(k, v)| k.len() + text(v)).sum();
+        text(&self.body) + text(&self.body_base64) + properties + 128
+    }
 }
 
 /// Which messages a reader wants.
@@ -41,39 +75,62 @@ pub struct MessageFilter {
     pub after: u64,
 }
 
+/// The messages held and what they cost.
+#[derive(Default)]
+struct Held {
+    /// Messages, oldest first.
+    messages: VecDeque<Message>,
+    /// The last sequence number given.
+    sequence: u64,
+    /// Sum of [`Message::size`] over `messages`.
+    bytes: usize,
+}
+
 /// The log.
 #[derive(Default)]
 pub struct MessageLog {
-    /// Messages, oldest first, and the last sequence number given.
-    inner: Mutex<(VecDeque<Message>, u64)>,
+    /// What is held.
+    inner: Mutex<Held>,
 }
 
 impl MessageLog {
-    /// Appends a message, dropping the oldest beyond capacity; returns its sequence number.
+    /// Appends a message, dropping the oldest beyond the count and byte caps; returns its
+    /// sequence number.
     pub fn push(&self, mut message: Message) -> u64 {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.1 += 1;
-        message.sequence = inner.1;
-        if inner.0.len() == MESSAGE_LOG_CAPACITY {
-            inner.0.pop_front();
+        let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        held.sequence += 1;
+        message.sequence = held.sequence;
+        held.bytes += message.size();
+        held.messages.push_back(message);
+        while held.messages.len() > MESSAGE_LOG_CAPACITY || held.bytes > MESSAGE_LOG_BYTES {
+            match held.messages.pop_front() {
+                Some(old) => held.bytes -= old.size(),
+                None => break,
+            }
         }
-        inner.0.push_back(message);
-        inner.1
+        held.sequence
     }
 
-    /// The messages matching `filter`, oldest first.
+    /// The oldest messages matching `filter`, at most [`MAX_READ_MESSAGES`] and about
+    /// [`MAX_READ_BYTES`] (always at least one if any match).
     pub fn list(&self, filter: &MessageFilter) -> Vec<Message> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let matches = |wanted: &Option<String>, value: Option<&str>| {
             wanted.as_deref().is_none_or(|w| Some(w) == value)
         };
-        inner
-            .0
+        let mut bytes = 0;
+        held.messages
             .iter()
             .filter(|m| m.sequence > filter.after)
             .filter(|m| matches(&filter.device_id, Some(&m.device_id)))
             .filter(|m| matches(&filter.module_id, m.module_id.as_deref()))
             .filter(|m| matches(&filter.output, m.output.as_deref()))
+            .take(MAX_READ_MESSAGES)
+            .take_while(|m| {
+                let fits = bytes == 0 || bytes + m.size() <= MAX_READ_BYTES;
+                bytes += m.size();
+                fits
+            })
             .cloned()
             .collect()
     }
@@ -90,9 +147,61 @@ mod tests {
             module_id: None,
             output: None,
             properties: BTreeMap::new(),
-            body: String::new(),
+            body: Some(String::new()),
+            body_base64: None,
             enqueued_time_utc: String::new(),
         }
+    }
+
+    fn sized(kib: usize) -> Message {
+        let (body, body_base64) = Message::body_of(&vec![b'x'; kib * 1024]);
+        Message {
+            body,
+            body_base64,
+            ..message("d")
+        }
+    }
+
+    #[test]
+    fn the_log_is_capped_by_bytes_as_well_as_by_count() {
+        let log = MessageLog::default();
+        let count = MESSAGE_LOG_BYTES / (250 * 1024) + 50;
+        for _ in 0..count {
+            log.push(sized(250));
+        }
+        let held = log.inner.lock().unwrap();
+        assert!(held.bytes <= MESSAGE_LOG_BYTES, "{} bytes held", held.bytes);
+        assert!(held.messages.len() < count);
+        assert_eq!(held.messages.back().unwrap().sequence, count as u64);
+    }
+
+    #[test]
+    fn a_read_returns_a_bounded_page_and_the_next_one_follows_with_after() {
+        let log = MessageLog::default();
+        for _ in 0..40 {
+            log.push(sized(250));
+        }
+        let first = log.list(&MessageFilter::default());
+        let bytes: usize = first.iter().map(Message::size).sum();
+        assert!(bytes <= MAX_READ_BYTES && !first.is_empty());
+        assert!(first.len() < 40);
+        let next = log.list(&MessageFilter {
+            after: first.last().unwrap().sequence,
+            ..MessageFilter::default()
+        });
+        assert_eq!(next[0].sequence, first.last().unwrap().sequence + 1);
+    }
+
+    #[test]
+    fn binary_bodies_come_back_in_base64_unchanged() {
+        let payload = [0xff, 0x00, 0xfe, b'a'];
+        let (body, body_base64) = Message::body_of(&payload);
+        assert_eq!(body, None);
+        assert_eq!(body_base64.as_deref(), Some("/wD+YQ=="));
+        assert_eq!(
+            Message::body_of(b"{\"t\":1}").0.as_deref(),
+            Some("{\"t\":1}")
+        );
     }
 
     #[test]
@@ -101,9 +210,9 @@ mod tests {
         for _ in 0..MESSAGE_LOG_CAPACITY + 5 {
             log.push(message("d"));
         }
-        let all = log.list(&MessageFilter::default());
-        assert_eq!(all.len(), MESSAGE_LOG_CAPACITY);
-        assert_eq!(all[0].sequence, 6);
+        let held = log.inner.lock().unwrap();
+        assert_eq!(held.messages.len(), MESSAGE_LOG_CAPACITY);
+        assert_eq!(held.messages[0].sequence, 6);
     }
 
     #[test]

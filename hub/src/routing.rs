@@ -80,6 +80,24 @@ fn condition_document(message: &RoutedMessage<'_>) -> Value {
     Value::Object(document)
 }
 
+/// What every delivered copy carries: the sender's properties without the output name and without
+/// any `$.cdid`/`$.cmid` of its own (every copy of them: a sender cannot name another sender),
+/// then the hub's `$.cdid` and, from a module, `$.cmid`.
+fn delivered_properties(message: &RoutedMessage<'_>) -> PropertyBag {
+    const SENDER: [&str; 2] = ["$.cdid", "$.cmid"];
+    let mut properties = PropertyBag::new();
+    for (key, value) in &message.properties.0 {
+        if key != topic::OUTPUT_NAME_PROPERTY && !SENDER.contains(&key.as_str()) {
+            properties.0.push((key.clone(), value.clone()));
+        }
+    }
+    properties.insert("$.cdid", message.device_id);
+    if let Some(sender) = message.module_id {
+        properties.insert("$.cmid", sender);
+    }
+    properties
+}
+
 /// Delivers `message` to every module input its device's routes name; returns how many.
 pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
     let routes = match hub.transact(|tx| routes(tx, message.device_id)) {
@@ -90,17 +108,7 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
         }
     };
     let document = condition_document(message);
-    // What every delivered copy carries: the properties without the output name, plus the sender.
-    let mut properties = PropertyBag::new();
-    for (key, value) in &message.properties.0 {
-        if key != topic::OUTPUT_NAME_PROPERTY {
-            properties.0.push((key.clone(), value.clone()));
-        }
-    }
-    properties.insert("$.cdid", message.device_id);
-    if let Some(sender) = message.module_id {
-        properties.insert("$.cmid", sender);
-    }
+    let properties = delivered_properties(message);
     let mut delivered = 0;
     for (route, condition) in routes {
         let Sink::ModuleInput { module, input } = &route.sink else {
@@ -131,4 +139,44 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
         }
     }
     delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_cannot_spoof_the_connection_ids_by_repeating_them() {
+        let properties =
+            PropertyBag::parse("%24.cmid=evil&a=1&%24.cmid=evil2&%24.cdid=other&%24.cdid=x")
+                .unwrap();
+        let payload = Bytes::new();
+        let message = RoutedMessage {
+            device_id: "gw",
+            module_id: Some("filter"),
+            output: Some("out"),
+            properties: &properties,
+            payload: &payload,
+        };
+        let delivered = delivered_properties(&message);
+        let values = |key: &str| -> Vec<Option<String>> {
+            delivered
+                .0
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(values("$.cmid"), [Some("filter".to_owned())]);
+        assert_eq!(values("$.cdid"), [Some("gw".to_owned())]);
+        assert_eq!(values("a"), [Some("1".to_owned())]);
+        let from_device = RoutedMessage {
+            module_id: None,
+            ..message
+        };
+        assert!(delivered_properties(&from_device)
+            .0
+            .iter()
+            .all(|(k, _)| k != "$.cmid"));
+    }
 }

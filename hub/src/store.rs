@@ -18,6 +18,28 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// `PRAGMA quick_check` found the database damaged.
+    #[error("database {} is damaged ({problems}); restore it from a backup or recover it with sqlite3's .recover", .path.display())]
+    Damaged {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What the check reported (at most five problems).
+        problems: String,
+    },
+    /// The database is missing or empty although the hub has run here before (`hub.json`).
+    #[error("database {} is missing or empty, but hub.json says this hub has run here before; starting fresh would replace every key: restore the database, or start with --reset to make a new hub", .path.display())]
+    Lost {
+        /// The database file.
+        path: std::path::PathBuf,
+    },
+    /// A database file could not be created or made private.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A stored document did not decode (the database was edited by hand or is corrupt).
     #[error("stored document {what} is not valid: {source}")]
     Corrupt {
@@ -124,11 +146,22 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        make_private(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check(5)")?
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        if problems != ["ok"] {
+            return Err(StoreError::Damaged {
+                path: path.to_owned(),
+                problems: problems.join("; "),
+            });
+        }
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn })
     }
@@ -168,6 +201,32 @@ impl Store {
     }
 }
 
+/// Creates the database file mode 0600 if it is missing and makes it and its `-wal` and `-shm`
+/// files 0600 if they exist (SQLite gives the files it creates the database file's mode).
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Reads and writes inside one transaction.
 pub struct Transaction<'a> {
     /// The open SQLite transaction.
@@ -188,14 +247,23 @@ impl Transaction<'_> {
         text.map(|t| decode(&t, what)).transpose()
     }
 
+    /// Decodes the rows of `sql`, which selects a record's key, then the record; a record that
+    /// does not decode is named as `{kind} {key}`.
     fn list_docs<T: DeserializeOwned>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
+        kind: &str,
     ) -> Result<Vec<T>, StoreError> {
         let mut stmt = self.tx.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, |row| row.get::<_, String>(0))?;
-        rows.map(|text| decode(&text?, || sql.to_owned())).collect()
+        let rows = stmt.query_map(params, |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (key, text) = row?;
+            decode(&text, || format!("{kind} {key}"))
+        })
+        .collect()
     }
 
     /// The device identity `device_id`.
@@ -210,8 +278,9 @@ impl Transaction<'_> {
     /// Up to `top` device identities, ordered by id.
     pub fn devices(&self, top: usize) -> Result<Vec<Device>, StoreError> {
         self.list_docs(
-            "SELECT record FROM identities WHERE module_id = '' ORDER BY device_id LIMIT ?1",
+            "SELECT device_id, record FROM identities WHERE module_id = '' ORDER BY device_id LIMIT ?1",
             params![top as i64],
+            "device",
         )
     }
 
@@ -251,9 +320,26 @@ impl Transaction<'_> {
     /// The module identities of a device, ordered by id.
     pub fn modules(&self, device_id: &str) -> Result<Vec<Module>, StoreError> {
         self.list_docs(
-            "SELECT record FROM identities WHERE device_id = ?1 AND module_id <> '' ORDER BY module_id",
+            "SELECT device_id || '/' || module_id, record FROM identities
+             WHERE device_id = ?1 AND module_id <> '' ORDER BY module_id",
             params![device_id],
+            "module",
         )
+    }
+
+    /// The edge devices that have a module identity besides `$edgeAgent` and `$edgeHub`: those
+    /// whose workload socket something may use.
+    pub fn edge_devices_with_modules(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT DISTINCT m.device_id FROM identities m JOIN identities d
+               ON d.device_id = m.device_id AND d.module_id = ''
+             WHERE m.module_id NOT IN ('', '$edgeAgent', '$edgeHub')
+               AND CASE WHEN json_valid(d.record)
+                   THEN json_extract(d.record, '$.capabilities.iotEdge') END = 1
+             ORDER BY m.device_id",
+        )?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Stores a module identity (insert or replace).
@@ -294,7 +380,9 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Every device twin with its device id (for target conditions and queries).
+    /// Every device twin with its device id (for target conditions and queries). A twin that does
+    /// not decode is logged by its device id and left out, so that one damaged row does not fail
+    /// every write that evaluates deployments.
     pub fn device_twins(&self) -> Result<Vec<(String, TwinRecord)>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT device_id, record FROM twins WHERE module_id = '' ORDER BY device_id",
@@ -302,12 +390,15 @@ impl Transaction<'_> {
         let rows = stmt.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
         })?;
-        rows.map(|row| {
+        let mut twins = Vec::new();
+        for row in rows {
             let (id, text) = row?;
-            let twin = decode(&text, || format!("twin {id}"))?;
-            Ok((id, twin))
-        })
-        .collect()
+            match decode(&text, || format!("twin {id}")) {
+                Ok(twin) => twins.push((id, twin)),
+                Err(error) => tracing::error!(%error, "left out of deployment targeting"),
+            }
+        }
+        Ok(twins)
     }
 
     /// A configuration by id.
@@ -322,8 +413,9 @@ impl Transaction<'_> {
     /// Up to `top` configurations, ordered by id.
     pub fn configurations(&self, top: usize) -> Result<Vec<Configuration>, StoreError> {
         self.list_docs(
-            "SELECT record FROM configurations ORDER BY id LIMIT ?1",
+            "SELECT id, record FROM configurations ORDER BY id LIMIT ?1",
             params![top as i64],
+            "configuration",
         )
     }
 
@@ -345,7 +437,11 @@ impl Transaction<'_> {
 
     /// Every shared access policy.
     pub fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
-        self.list_docs("SELECT record FROM policies ORDER BY name", [])
+        self.list_docs(
+            "SELECT name, record FROM policies ORDER BY name",
+            [],
+            "policy",
+        )
     }
 
     /// Stores a shared access policy.

@@ -1,12 +1,19 @@
 //! The IoT Edge workload API, as aziot-edged serves it to modules: one unix socket per edge device
-//! (`{workload_dir}/{deviceId}.sock`) answering `GET /trust-bundle` and
-//! `POST /modules/{m}/genid/{g}/sign`. A module started with `IOTEDGE_WORKLOADURI` pointing at the
-//! socket gets its SAS tokens signed with its key, which it never holds.
+//! answering `GET /trust-bundle` and `POST /modules/{m}/genid/{g}/sign`. A module started with
+//! `IOTEDGE_WORKLOADURI` pointing at the socket gets its SAS tokens signed with its key, which it
+//! never holds.
+//!
+//! Sockets exist on demand: one is created when a module's Edge environment is asked for or a
+//! module identity is added to the edge device, and it stops listening and is removed with the
+//! device, so a registry of 100,000 edge devices does not hold 100,000 file descriptors. The file
+//! name is derived from a hash of the device id ([`socket_file_name`]): an id never becomes a path,
+//! and the name has the same short length for every id (a unix socket path is at most
+//! [`MAX_SOCKET_PATH`] bytes).
 //!
 //! Unlike aziot-edged, the hub cannot tell containers apart by PID: any process that can open the
 //! socket may sign for any module of that device. The socket is created mode 0600.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -17,105 +24,212 @@ use bytes::Bytes;
 use edgetwin_wire::edge::{
     SignRequest, SignResponse, TrustBundleResponse, WorkloadErrorBody, WORKLOAD_API_VERSIONS,
 };
-use http_body_util::{BodyExt, Full, Limited};
+use edgetwin_wire::ids::IdError;
+use http_body_util::Full;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::hub::Hub;
+use crate::listener::{self, Limits};
 use crate::store::IdentityKey;
 
-/// The socket of an edge device's workload API.
-pub fn socket_path(workload_dir: &Path, device_id: &str) -> PathBuf {
-    workload_dir.join(format!("{device_id}.sock"))
+/// Longest unix socket path, in bytes, that binds everywhere (`sun_path` is 108 bytes on Linux and
+/// 104 on macOS, both with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 103;
+
+/// The file name of an edge device's socket: 32 hex digits of the SHA-256 of the id, then `.sock`.
+pub fn socket_file_name(device_id: &str) -> String {
+    let digest = Sha256::digest(device_id.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.sock")
 }
 
-/// The workload sockets being served, one per edge device.
+/// Why a workload socket could not be made to listen.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The device id is not one IoT Hub allows (no socket is named after it).
+    #[error("device id '{device_id}' {source}")]
+    InvalidId {
+        /// The refused id.
+        device_id: String,
+        /// What is wrong with it.
+        source: IdError,
+    },
+    /// The data directory is so deep that the socket path does not fit a unix socket address.
+    #[error("workload socket path {} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; use a shorter --data-dir", .path.display(), .path.as_os_str().len())]
+    PathTooLong {
+        /// The path that does not fit.
+        path: PathBuf,
+    },
+    /// Creating or binding the socket failed.
+    #[error("cannot create workload socket {}: {source}", .path.display())]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A socket being served; dropping it stops its listener.
+struct Served {
+    /// Where the socket file is.
+    path: PathBuf,
+    /// Turns true (or is dropped) to stop the listener and its connections.
+    stop: watch::Sender<bool>,
+    /// The listener task, which ends once its connections have.
+    task: JoinHandle<()>,
+}
+
+/// The workload sockets being served, one per edge device that has asked for one.
 pub struct WorkloadSockets {
     /// Where sockets are created.
     dir: PathBuf,
     /// Devices whose socket is listening.
-    serving: Mutex<HashSet<String>>,
-    /// Stops every listener.
-    shutdown: watch::Receiver<bool>,
+    serving: Mutex<HashMap<String, Served>>,
 }
 
 impl WorkloadSockets {
-    /// Sockets under `dir`, stopped by `shutdown`.
-    pub fn new(dir: PathBuf, shutdown: watch::Receiver<bool>) -> Self {
+    /// Sockets under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            serving: Mutex::new(HashSet::new()),
-            shutdown,
+            serving: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The directory holding the sockets.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Starts serving the socket of `device_id` unless it already is.
-    pub fn ensure(&self, hub: &Arc<Hub>, device_id: &str) {
-        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
-        if serving.contains(device_id) {
-            return;
-        }
-        let path = socket_path(&self.dir, device_id);
-        let _ = std::fs::remove_file(&path);
-        let listener = match bind(&path) {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "cannot create workload socket");
-                return;
+    /// The socket path of `device_id`, once the id is known to be one IoT Hub allows.
+    pub fn path_of(&self, device_id: &str) -> Result<PathBuf, SocketError> {
+        edgetwin_wire::ids::check_identity_id(device_id).map_err(|source| {
+            SocketError::InvalidId {
+                device_id: device_id.to_owned(),
+                source,
             }
-        };
-        serving.insert(device_id.to_owned());
-        tracing::info!(device_id, path = %path.display(), "workload API listening");
-        tokio::spawn(serve(
+        })?;
+        let path = self.dir.join(socket_file_name(device_id));
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(SocketError::PathTooLong { path });
+        }
+        Ok(path)
+    }
+
+    /// Starts serving the socket of `device_id` unless it already is, and returns its path.
+    pub fn ensure(&self, hub: &Arc<Hub>, device_id: &str) -> Result<PathBuf, SocketError> {
+        let path = self.path_of(device_id)?;
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if serving.contains_key(device_id) {
+            return Ok(path);
+        }
+        let listener = bind(&self.dir, &path).map_err(|source| SocketError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(
             listener,
             Arc::downgrade(hub),
             device_id.to_owned(),
-            self.shutdown.clone(),
+            stopped,
         ));
+        let served = Served {
+            path: path.clone(),
+            stop,
+            task,
+        };
+        serving.insert(device_id.to_owned(), served);
+        tracing::info!(device_id, path = %path.display(), "workload API listening");
+        Ok(path)
+    }
+
+    /// Starts serving the socket of `device_id`, logging (not returning) a failure: for callers
+    /// whose own operation succeeded whether or not a socket could be made.
+    pub fn ensure_or_log(&self, hub: &Arc<Hub>, device_id: &str) {
+        if let Err(error) = self.ensure(hub, device_id) {
+            tracing::error!(device_id, %error, "no workload socket");
+        }
+    }
+
+    /// Stops serving the socket of `device_id` (a deleted device) and removes its file.
+    pub fn remove(&self, device_id: &str) {
+        let removed = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(device_id);
+        if let Some(served) = removed {
+            let _ = std::fs::remove_file(&served.path);
+            tracing::info!(device_id, "workload socket removed");
+        }
+    }
+
+    /// Stops every socket and waits for their connections to end (the hub is stopping).
+    pub async fn stop_all(&self) {
+        let all: Vec<Served> = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, served)| served)
+            .collect();
+        for served in all {
+            let _ = served.stop.send(true);
+            let _ = served.task.await;
+        }
     }
 }
 
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+/// Binds `path` (a name [`socket_file_name`] made, inside `dir`), replacing a stale socket file
+/// left by an earlier run.
+fn bind(dir: &Path, path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ))
+        }
+        Err(_) => {}
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
+/// Connections one workload socket holds at once, and how long a write may wait for the reader.
+const LIMITS: Limits = Limits {
+    max_connections: 64,
+    write_timeout: std::time::Duration::from_secs(10),
+};
+
 async fn serve(
     listener: UnixListener,
     hub: Weak<Hub>,
     device_id: String,
-    mut shutdown: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+    listener::serve(listener, "workload", LIMITS, stop, move |stream, _, _| {
+        let (hub, device_id) = (hub.clone(), device_id.clone());
+        async move {
+            let service = hyper::service::service_fn(move |request| {
                 let (hub, device_id) = (hub.clone(), device_id.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let (hub, device_id) = (hub.clone(), device_id.clone());
-                        async move { Ok::<_, Infallible>(handle(hub, &device_id, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            _ = shutdown.changed() => return,
+                async move { Ok::<_, Infallible>(handle(hub, &device_id, request).await) }
+            });
+            let _ = crate::rest::http1_server()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
-    }
+    })
+    .await;
 }
 
 type Response = hyper::Response<Full<Bytes>>;
@@ -172,9 +286,9 @@ async fn handle(
                 certificate: hub.ca_pem.clone(),
             },
         ),
-        (Method::POST, ["modules", module_id, "genid", _, "sign"]) => {
-            let module_id = (*module_id).to_owned();
-            let Ok(body) = Limited::new(request.into_body(), 64 * 1024).collect().await else {
+        (Method::POST, ["modules", module_id, "genid", generation_id, "sign"]) => {
+            let (module_id, generation_id) = ((*module_id).to_owned(), (*generation_id).to_owned());
+            let Some(body) = crate::rest::read_body(request.into_body(), 64 * 1024).await else {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "invalid parameter: body too large or unreadable",
@@ -186,13 +300,17 @@ async fn handle(
                     "missing request body (Content-Type is not JSON)",
                 );
             }
-            sign(&hub, device_id, &module_id, &body.to_bytes())
+            sign(&hub, device_id, &module_id, &generation_id, &body)
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
 
-fn sign(hub: &Hub, device_id: &str, module_id: &str, body: &[u8]) -> Response {
+/// Signs `data` with the key `keyId` names, for the module incarnation `generation_id` names.
+/// aziot-edged signs with the primary key whatever the body says; the hub refuses what it would
+/// not do as asked (a `keyId` other than `primary`/`secondary`, an `algo` other than
+/// `HMACSHA256`) and a generation id that is not the module's current one.
+fn sign(hub: &Hub, device_id: &str, module_id: &str, generation_id: &str, body: &[u8]) -> Response {
     let request: SignRequest = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(e) => {
@@ -202,6 +320,25 @@ fn sign(hub: &Hub, device_id: &str, module_id: &str, body: &[u8]) -> Response {
             )
         }
     };
+    let key_index = match request.key_id.as_str() {
+        "primary" => 0,
+        "secondary" => 1,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid parameter: keyId '{other}' is neither 'primary' nor 'secondary'"),
+            )
+        }
+    };
+    if request.algo != "HMACSHA256" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid parameter: algo '{}' is not HMACSHA256",
+                request.algo
+            ),
+        );
+    }
     let Ok(data) = BASE64.decode(request.data.as_bytes()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -209,14 +346,29 @@ fn sign(hub: &Hub, device_id: &str, module_id: &str, body: &[u8]) -> Response {
         );
     };
     let key = IdentityKey::module(device_id, module_id);
-    let keys = hub.transact(|tx| crate::registry::connect_keys(tx, &key));
-    let Some(primary) = keys.ok().flatten().and_then(|k| k.into_iter().next()) else {
+    let keys = hub.transact(|tx| {
+        let current = tx
+            .module(device_id, module_id)?
+            .and_then(|m| m.generation_id)
+            .is_some_and(|g| g == generation_id);
+        if !current {
+            return Ok(None);
+        }
+        crate::registry::connect_keys(tx, &key)
+    });
+    let Some(secret) = keys
+        .ok()
+        .flatten()
+        .and_then(|k| k.into_iter().nth(key_index))
+    else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("module {module_id} not found on device {device_id}"),
+            format!(
+                "module {module_id} with generation id {generation_id} not found on device {device_id}"
+            ),
         );
     };
-    let Ok(key_bytes) = edgetwin_wire::sas::decode_key(primary.expose()) else {
+    let Ok(key_bytes) = edgetwin_wire::sas::decode_key(secret.expose()) else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the module's key is not valid base64",
@@ -224,4 +376,41 @@ fn sign(hub: &Hub, device_id: &str, module_id: &str, body: &[u8]) -> Response {
     };
     let digest = edgetwin_wire::sas::sign_bytes(&key_bytes, &data);
     json_response(StatusCode::OK, &SignResponse { digest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sockets(dir: &str) -> WorkloadSockets {
+        WorkloadSockets::new(PathBuf::from(dir))
+    }
+
+    #[test]
+    fn socket_names_are_the_same_short_length_for_every_id_and_differ_between_ids() {
+        let short = socket_file_name("a");
+        let long = socket_file_name(&"g".repeat(128));
+        assert_eq!(short.len(), 37);
+        assert_eq!(long.len(), 37);
+        assert_ne!(short, long);
+        assert!(short.ends_with(".sock"));
+    }
+
+    #[test]
+    fn an_id_that_is_not_an_iot_hub_id_never_becomes_a_path() {
+        let error = sockets("/data/workload").path_of("../x").unwrap_err();
+        assert!(matches!(error, SocketError::InvalidId { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "device id '../x' contains '/', which IoT Hub does not allow"
+        );
+    }
+
+    #[test]
+    fn a_data_directory_too_deep_for_a_socket_path_is_named_in_the_error() {
+        let deep = format!("/{}", "d".repeat(80));
+        let error = sockets(&deep).path_of("gw").unwrap_err();
+        assert!(error.to_string().contains(&deep), "{error}");
+        assert!(error.to_string().contains("--data-dir"), "{error}");
+    }
 }

@@ -60,6 +60,9 @@ struct HubArgs {
     /// dial 443; any other port appears in the connection strings; 0: any free port).
     #[arg(long, alias = "rest-port", default_value_t = edgetwin_hub::IOT_HUB_HTTPS_PORT)]
     https_port: u16,
+    /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
+    #[arg(long)]
+    reset: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,7 +77,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(edgetwin::log_writer::Lossy::stderr())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,6 +109,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `println!` that ignores a closed or full stdout instead of panicking: the hub keeps serving
+/// whoever reads its banner.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 async fn run_hub(args: HubArgs) -> Result<(), String> {
     let config = edgetwin_hub::HubConfig {
         data_dir: args.data_dir,
@@ -114,45 +126,50 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         bind: args.bind,
         mqtt_port: args.mqtt_port,
         https_port: args.https_port,
+        max_connections: None,
+        write_timeout: edgetwin_hub::DEFAULT_WRITE_TIMEOUT,
+        reset: args.reset,
     };
     let hub = edgetwin_hub::start(config)
         .await
         .map_err(|e| e.to_string())?;
     let info = &hub.info;
-    println!("edgetwin hub is running");
-    println!("  IoT Hub host name:   {}", info.host_name);
-    println!(
+    out!("edgetwin hub is running");
+    out!("  IoT Hub host name:   {}", info.host_name);
+    out!(
         "  MQTT (TLS):          {}:{}",
-        info.host_name, info.mqtt_port
+        info.host_name,
+        info.mqtt_port
     );
-    println!("  service REST API:    {}", info.rest_url);
-    println!(
+    out!("  service REST API:    {}", info.rest_url);
+    out!(
         "  MQTT (WebSockets):   wss://{}:{}/$iothub/websocket",
-        info.host_name, info.https_port
+        info.host_name,
+        info.https_port
     );
-    println!("  CA certificate:      {}", info.ca_certificate.display());
-    println!(
-        "  workload sockets:    {}/<deviceId>.sock",
+    out!("  CA certificate:      {}", info.ca_certificate.display());
+    out!(
+        "  workload sockets:    {} (one per edge device in use; see edge-env)",
         info.workload_dir.display()
     );
-    println!("  service connection string (iothubowner):");
-    println!("    {}", info.service_connection_string.expose());
-    println!("Point clients at it:");
-    println!(
+    out!("  service connection string (iothubowner):");
+    out!("    {}", info.service_connection_string.expose());
+    out!("Point clients at it:");
+    out!(
         "  export IOTHUB_CONNECTION_STRING='{}'",
         info.service_connection_string.expose()
     );
-    println!(
+    out!(
         "  export REQUESTS_CA_BUNDLE='{}'",
         info.ca_certificate.display()
     );
-    println!(
+    out!(
         "  a module's IOTEDGE_* environment: eval \"$(edgetwin edge-env --device <d> --module <m> --ca-file {})\"",
         info.ca_certificate.display()
     );
-    println!("Stop with Ctrl-C.");
+    out!("Stop with Ctrl-C.");
     wait_for_signal().await;
-    eprintln!("stopping");
+    tracing::info!("stopping");
     hub.stop().await;
     Ok(())
 }

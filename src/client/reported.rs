@@ -1,6 +1,7 @@
 //! Reported-property delivery: patches are queued, coalesced and re-sent until the hub
 //! acknowledges them (204), across disconnects and token renewals. Pure state, no I/O.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use edgetwin_wire::twin::Properties;
@@ -38,8 +39,12 @@ pub enum ReportedAnswer {
         /// Time from the oldest queued update to the acknowledgement.
         latency: Duration,
     },
-    /// 4xx other than 429: the hub refuses this patch; retrying cannot help. Dropped.
+    /// 4xx other than 429: the hub refuses this patch of one property; retrying cannot help.
+    /// Dropped.
     Rejected,
+    /// 4xx other than 429 for a patch of several properties: each is sent again on its own, so
+    /// that only the one the hub refuses is dropped.
+    Isolating,
     /// 429 or 5xx: put back and retried after a pause.
     Retry,
     /// The rid is not the one in flight (late answer from an old connection).
@@ -57,6 +62,8 @@ pub struct ReportedQueue {
     in_flight: Option<InFlight>,
     /// Not before this instant (after a 429/5xx).
     retry_at: Option<Instant>,
+    /// One-property patches split from a refused patch, sent one by one before `pending`.
+    isolated: VecDeque<Properties>,
 }
 
 impl ReportedQueue {
@@ -83,7 +90,7 @@ impl ReportedQueue {
             return None;
         }
         self.retry_at = None;
-        self.pending.take()
+        self.isolated.pop_front().or_else(|| self.pending.take())
     }
 
     /// Records that `patch` went out with request id `rid`.
@@ -129,8 +136,17 @@ impl ReportedQueue {
                 self.retry_at = Some(now + Duration::from_secs(1));
                 ReportedAnswer::Retry
             }
+            _ if flight.patch.len() > 1 => {
+                self.isolated.extend(
+                    flight
+                        .patch
+                        .into_iter()
+                        .map(|(key, value)| Properties::from_iter([(key, value)])),
+                );
+                ReportedAnswer::Isolating
+            }
             _ => {
-                if self.pending.is_none() {
+                if self.pending.is_none() && self.isolated.is_empty() {
                     self.pending_since = None;
                 }
                 ReportedAnswer::Rejected
@@ -155,7 +171,7 @@ impl ReportedQueue {
 
     /// True if nothing is pending or in flight.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_none() && self.in_flight.is_none()
+        self.pending.is_none() && self.in_flight.is_none() && self.isolated.is_empty()
     }
 
     /// True if a patch waits for its answer.
@@ -232,6 +248,26 @@ mod tests {
         let mut q = in_flight("7", props(json!({"a": 1})), now);
         assert_eq!(q.on_answer("7", 400, now), ReportedAnswer::Rejected);
         assert!(q.is_idle());
+    }
+
+    #[test]
+    fn a_refused_merged_patch_is_split_so_only_the_bad_property_is_dropped() {
+        let now = Instant::now();
+        let mut q = in_flight("1", props(json!({"good": 1, "bad": "x"})), now);
+        q.push(props(json!({"later": true})), now);
+        assert_eq!(q.on_answer("1", 400, now), ReportedAnswer::Isolating);
+        let first = q.take_sendable(now).unwrap();
+        assert_eq!(first, props(json!({"good": 1})));
+        q.sent("2".into(), first, now);
+        assert!(matches!(
+            q.on_answer("2", 204, now),
+            ReportedAnswer::Acked { .. }
+        ));
+        let second = q.take_sendable(now).unwrap();
+        assert_eq!(second, props(json!({"bad": "x"})));
+        q.sent("3".into(), second, now);
+        assert_eq!(q.on_answer("3", 400, now), ReportedAnswer::Rejected);
+        assert_eq!(q.take_sendable(now), Some(props(json!({"later": true}))));
     }
 
     #[test]

@@ -634,6 +634,11 @@ impl Session {
                             ReportedAnswer::Retry => {
                                 warn!(status, "reported patch throttled or failed; will retry")
                             }
+                            ReportedAnswer::Isolating => warn!(
+                                status,
+                                body = %String::from_utf8_lossy(payload),
+                                "the hub rejected a reported patch; re-sending its properties one by one"
+                            ),
                             ReportedAnswer::Unknown => {}
                         }
                         self.flush_reported(link)?;

@@ -74,7 +74,8 @@ pub fn filter_directive(rust_log: Option<&str>, runtime_log_level: Option<&str>)
     }
 }
 
-/// Installs the global subscriber (stderr, as docker logs expect).
+/// Installs the global subscriber (stderr, as docker logs expect; a line that cannot be written
+/// is dropped and counted, never a reason to stop).
 pub fn init(lookup: impl Fn(&str) -> Option<String>) {
     let directive = filter_directive(
         lookup("RUST_LOG").as_deref(),
@@ -86,7 +87,7 @@ pub fn init(lookup: impl Fn(&str) -> Option<String>) {
         .with_ansi(false)
         .event_format(SyslogFormat)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_writer::Lossy::stderr())
         .try_init();
 }
 

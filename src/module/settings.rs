@@ -190,6 +190,24 @@ fn parse_thresholds(value: &Value, defaults: &Thresholds) -> Result<Thresholds, 
     Ok(t)
 }
 
+/// `text` cut (at a character boundary, marked with `…`) to the longest string IoT Hub accepts
+/// as a twin value, so that a reason echoing a huge desired value cannot make the hub refuse the
+/// acknowledgement.
+fn fit_description(mut text: String) -> String {
+    const ELLIPSIS: &str = "…";
+    let limit = edgetwin_wire::twin::MAX_STRING_BYTES;
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(ELLIPSIS);
+    text
+}
+
 /// The outcome of applying a desired update.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
@@ -251,7 +269,8 @@ pub fn apply(
             }
             Err(reason) => {
                 rejected.push(name);
-                json!({"value": next.value_of(name), "ac": 400, "av": version, "ad": reason})
+                let ad = fit_description(reason);
+                json!({"value": next.value_of(name), "ac": 400, "av": version, "ad": ad})
             }
         };
         reported.insert(name.to_owned(), ack);
@@ -281,6 +300,23 @@ mod tests {
 
     fn props(v: Value) -> Properties {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_reason_echoing_a_huge_desired_value_fits_in_what_iot_hub_accepts() {
+        let key = "é".repeat(5000);
+        let d = props(json!({"thresholds": {key: 1}, "telemetryInterval": 30}));
+        let a = apply(&defaults(), &defaults(), &d, Some(&d), 3);
+        let ad = a.reported["thresholds"]["ad"].as_str().unwrap();
+        assert!(
+            ad.len() <= edgetwin_wire::twin::MAX_STRING_BYTES,
+            "{}",
+            ad.len()
+        );
+        assert!(ad.starts_with("unknown threshold") && ad.ends_with('…'));
+        assert_eq!(a.reported["telemetryInterval"]["ac"], 200);
+        edgetwin_wire::twin::validate_patch(edgetwin_wire::twin::Section::Reported, &a.reported)
+            .expect("the acknowledgement is a patch IoT Hub accepts");
     }
 
     #[test]

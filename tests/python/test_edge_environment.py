@@ -55,7 +55,8 @@ def workload(sock_path, method, path, body=None, headers=None):
 
 
 def expected_env(hub, mod):
-    sock = os.path.join(hub.info["workloadDir"], f"{mod.device_id}.sock")
+    name = hashlib.sha256(mod.device_id.encode()).hexdigest()[:32]
+    sock = os.path.join(hub.info["workloadDir"], f"{name}.sock")
     return {
         "IOTEDGE_IOTHUBHOSTNAME": "localhost",
         "IOTEDGE_DEVICEID": mod.device_id,

@@ -144,6 +144,26 @@ impl Proc {
         Proc { child, log }
     }
 
+    /// Spawns `command` with stdout and stderr piped to us; [`Proc::close_output`] closes our
+    /// ends, as a log reader that went away does.
+    pub fn spawn_piped(command: &mut Command) -> Proc {
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()));
+        Proc {
+            child,
+            log: PathBuf::from("/dev/null"),
+        }
+    }
+
+    /// Closes our ends of the process's stdout and stderr pipes (see [`Proc::spawn_piped`]).
+    pub fn close_output(&mut self) {
+        drop(self.child.stdout.take());
+        drop(self.child.stderr.take());
+    }
+
     /// Sends `signal` (`libc::SIGTERM`, `libc::SIGKILL`, ...) to the process.
     pub fn signal(&self, signal: i32) {
         // SAFETY: sending a signal to our own child process by its id.
@@ -246,6 +266,9 @@ pub struct HubOptions<'a> {
     pub timeout: Duration,
     /// Whether [`Hub::rest`] keeps one connection alive across calls.
     pub keep_alive: bool,
+    /// Whether the hub's stdout and stderr are pipes whose reader goes away once it started
+    /// (its log is then lost).
+    pub closed_output: bool,
 }
 
 impl Default for HubOptions<'_> {
@@ -256,6 +279,7 @@ impl Default for HubOptions<'_> {
             rust_log: None,
             timeout: Duration::from_secs(10),
             keep_alive: false,
+            closed_output: false,
         }
     }
 }
@@ -294,7 +318,11 @@ impl Hub {
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
         }
-        let mut proc = Proc::spawn(&mut command, log.clone());
+        let mut proc = if options.closed_output {
+            Proc::spawn_piped(&mut command)
+        } else {
+            Proc::spawn(&mut command, log.clone())
+        };
         let log = &log;
         let every = Duration::from_millis(20);
         let info = poll_blocking(options.timeout, every, || {
@@ -308,6 +336,9 @@ impl Hub {
                 });
             info.ok_or(move || format!("the hub did not start: {}", read_log(log)))
         });
+        if options.closed_output {
+            proc.close_output();
+        }
         let rest = Rest::new(&info, options.keep_alive);
         Hub { proc, info, rest }
     }
@@ -378,6 +409,8 @@ pub struct Rest {
     tls: Arc<rustls::ClientConfig>,
     keep_alive: bool,
     sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// The tokens' `sr`; `None` for the whole hub (`host:port`).
+    sr: Option<String>,
 }
 
 impl Rest {
@@ -390,6 +423,15 @@ impl Rest {
             tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
             keep_alive,
             sender: Mutex::new(None),
+            sr: None,
+        }
+    }
+
+    /// The same API with tokens whose `sr` is `sr` (a URI prefix such as `host/devices/d1`).
+    pub fn scoped(info: &Value, sr: &str) -> Rest {
+        Rest {
+            sr: Some(sr.to_owned()),
+            ..Rest::new(info, false)
         }
     }
 
@@ -418,7 +460,8 @@ impl Rest {
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let expiry = unix_now() as u64 + 3600;
         let resource = format!("{}:{}", self.host, self.port);
-        let token = generate_token(&self.key, &resource, expiry, Some("iothubowner")).unwrap();
+        let sr = self.sr.as_deref().unwrap_or(&resource);
+        let token = generate_token(&self.key, sr, expiry, Some("iothubowner")).unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut failure = String::new();

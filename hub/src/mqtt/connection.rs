@@ -34,6 +34,9 @@ pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest keep-alive the hub honours (Azure's load-balancer idle limit).
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
+/// Most distinct subscription filters one session holds: IoT Hub serves five kinds of topic, and
+/// the SDKs subscribe to one filter each.
+const MAX_FILTERS: usize = 16;
 /// Reported patches of one connection that may wait for their group commit at once; past this
 /// the connection stops reading until the oldest is answered.
 const MAX_PIPELINED: usize = 64;
@@ -101,8 +104,13 @@ async fn write_packets<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Serves one client until it disconnects, misbehaves, is replaced or its token expires.
-pub async fn serve<S>(hub: Arc<Hub>, stream: S) -> Result<(), ConnectionEnd>
+/// Serves one client until it disconnects, misbehaves, is replaced or its token expires;
+/// `authenticated` is called once its CONNECT is accepted.
+pub async fn serve<S>(
+    hub: Arc<Hub>,
+    stream: S,
+    authenticated: impl FnOnce(),
+) -> Result<(), ConnectionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,6 +158,7 @@ where
             return Ok(());
         }
     };
+    authenticated();
     let client_id = key.client_id();
     let stored = restore_session(&hub, &client_id, connect.clean_session)?;
     let session_present = stored.is_some();
@@ -417,12 +426,15 @@ impl Session {
     fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
         match packet {
             Packet::Subscribe(subscribe) => {
+                let before = self.filters.clone();
                 let codes = subscribe
                     .filters
                     .iter()
                     .map(|f| self.subscribe(&f.path, f.qos))
                     .collect();
-                self.save_filters()?;
+                if self.filters != before {
+                    self.save_filters()?;
+                }
                 Ok(vec![Packet::SubAck(SubAck::new(subscribe.pkid, codes))])
             }
             Packet::Unsubscribe(unsubscribe) => {
@@ -446,6 +458,10 @@ impl Session {
             .is_none()
         {
             tracing::info!(client_id = %self.client_id, filter, "refusing unknown subscription");
+            return SubscribeReasonCode::Failure;
+        }
+        if self.filters.len() >= MAX_FILTERS && !self.filters.iter().any(|f| f.filter == filter) {
+            tracing::info!(client_id = %self.client_id, filter, "refusing subscription: too many filters");
             return SubscribeReasonCode::Failure;
         }
         // IoT Hub grants QoS 0 or 1 (it has no QoS 2); a repeated filter takes the new QoS
@@ -563,13 +579,15 @@ impl Session {
             );
         }
         let properties: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
+        let (body, body_base64) = Message::body_of(payload);
         self.hub.messages.push(Message {
             sequence: 0,
             device_id: self.key.device_id.clone(),
             module_id: self.key.module_id.clone(),
             output,
             properties,
-            body: String::from_utf8_lossy(payload).into_owned(),
+            body,
+            body_base64,
             enqueued_time_utc: ids::now_iso(),
         });
     }
@@ -666,15 +684,15 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn pipelined_reported_patches_are_answered_in_order_at_the_granted_qos_and_a_later_get_sees_them_all(
-    ) {
-        let dir = std::env::temp_dir().join(format!("edgetwin-pipeline-{}", std::process::id()));
+    /// A hub in a fresh directory named after `tag` (returned, for the caller to remove), with
+    /// device `d1` whose keys are [`KEY`], and a CONNECT for it.
+    fn hub_with_device(tag: &str) -> (Arc<Hub>, Connect, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("edgetwin-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), shutdown);
-        let hub = Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload).unwrap());
+        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
+        let hub =
+            Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload, true).unwrap());
         let key = Secret::new(KEY);
         hub.transact(|tx| {
             crate::registry::create_device(
@@ -694,11 +712,6 @@ mod tests {
             )
         })
         .unwrap();
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let serving = tokio::spawn(serve(hub.clone(), server));
-
-        // CONNECT, 40 reported patches (QoS 1, then QoS 0, all with $rid), then a twin GET:
-        // all in one write, so the hub has them all before it answers any.
         let token = edgetwin_wire::sas::generate_token(
             &key,
             "localhost/devices/d1",
@@ -708,6 +721,58 @@ mod tests {
         .unwrap();
         let mut connect = Connect::new("d1");
         connect.set_login("localhost/d1/?api-version=2021-04-12", token.expose());
+        (hub, connect, dir)
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_a_bounded_number_of_subscription_filters() {
+        let (hub, connect, dir) = hub_with_device("filters");
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let _serving = tokio::spawn(serve(hub, server, || {}));
+        let filters: Vec<_> = (0..MAX_FILTERS + 4)
+            .map(|i| {
+                rumqttc::mqttbytes::v4::SubscribeFilter::new(
+                    format!("$iothub/methods/POST/m{i}"),
+                    QoS::AtMostOnce,
+                )
+            })
+            .collect();
+        let subscribe = rumqttc::mqttbytes::v4::Subscribe::new_many(filters);
+        let (read_half, mut write_half) = tokio::io::split(client);
+        write_half
+            .write_all(&encode(vec![
+                Packet::Connect(connect),
+                Packet::Subscribe(subscribe),
+            ]))
+            .await
+            .unwrap();
+        let mut reader = PacketReader {
+            reader: read_half,
+            buffer: BytesMut::new(),
+        };
+        assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
+        let Packet::SubAck(suback) = next(&mut reader).await else {
+            panic!("no SUBACK")
+        };
+        let refused = suback
+            .return_codes
+            .iter()
+            .filter(|c| **c == SubscribeReasonCode::Failure)
+            .count();
+        assert_eq!(refused, 4);
+        assert_eq!(suback.return_codes.len(), MAX_FILTERS + 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn pipelined_reported_patches_are_answered_in_order_at_the_granted_qos_and_a_later_get_sees_them_all(
+    ) {
+        let (hub, connect, dir) = hub_with_device("pipeline");
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let serving = tokio::spawn(serve(hub.clone(), server, || {}));
+
+        // CONNECT, 40 reported patches (QoS 1, then QoS 0, all with $rid), then a twin GET:
+        // all in one write, so the hub has them all before it answers any.
         // twin responses subscribed at QoS 0: the hub must not publish them above it (§3.8.4)
         let subscribe =
             rumqttc::mqttbytes::v4::Subscribe::new("$iothub/twin/res/#", QoS::AtMostOnce);

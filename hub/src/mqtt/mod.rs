@@ -16,43 +16,38 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::hub::Hub;
+use crate::listener::{self, Admission, Deadlines, Limits};
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Accepts MQTT connections until `shutdown` turns true; each connection runs in its own task.
+/// Accepts MQTT connections until `shutdown` turns true, each in its own task, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
     hub: Arc<Hub>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(ok) => ok,
-                    Err(error) => {
-                        tracing::warn!(%error, "MQTT accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = socket.set_nodelay(true);
-                let (tls, hub, mut shutdown) = (tls.clone(), hub.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = serve_socket(socket, peer, tls, hub) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                });
-            }
-            _ = shutdown.changed() => return,
-        }
-    }
+    listener::serve(
+        listener,
+        "MQTT",
+        limits,
+        shutdown,
+        move |socket, peer, admission| {
+            serve_socket(socket, peer, tls.clone(), hub.clone(), admission)
+        },
+    )
+    .await;
 }
 
-async fn serve_socket(socket: TcpStream, peer: SocketAddr, tls: TlsAcceptor, hub: Arc<Hub>) {
+async fn serve_socket(
+    socket: Deadlines<TcpStream>,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    hub: Arc<Hub>,
+    admission: Admission,
+) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -64,7 +59,7 @@ async fn serve_socket(socket: TcpStream, peer: SocketAddr, tls: TlsAcceptor, hub
             return;
         }
     };
-    let result = connection::serve(hub, stream).await;
+    let result = connection::serve(hub, stream, || admission.established()).await;
     if let Err(error) = result {
         tracing::info!(%peer, %error, "MQTT connection closed");
     }

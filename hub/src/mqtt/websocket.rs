@@ -16,7 +16,6 @@ use hyper::header::{
 };
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 use ws_stream_tungstenite::WsStream;
 
 use crate::hub::Hub;
@@ -60,13 +59,20 @@ pub fn accept_key<B>(request: &hyper::Request<B>) -> Result<String, UpgradeRefus
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// Answers an upgrade request: `101 Switching Protocols` (subprotocol `mqtt` when offered), and
-/// in the background serves MQTT over the upgraded connection until it ends or `shutdown`.
+/// Answers an upgrade request with `101 Switching Protocols` (subprotocol `mqtt` when offered),
+/// and returns the MQTT session to run over the upgraded connection once the response is out.
+/// `authenticated` runs once its CONNECT is accepted.
 pub fn upgrade(
     hub: Arc<Hub>,
     mut request: hyper::Request<hyper::body::Incoming>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<hyper::Response<Full<Bytes>>, UpgradeRefused> {
+    authenticated: impl FnOnce() + Send + 'static,
+) -> Result<
+    (
+        hyper::Response<Full<Bytes>>,
+        impl std::future::Future<Output = ()> + Send,
+    ),
+    UpgradeRefused,
+> {
     let accept = accept_key(&request)?;
     let offers_mqtt = request
         .headers()
@@ -76,7 +82,7 @@ pub fn upgrade(
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
     let upgrading = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
+    let session = async move {
         let upgraded = match upgrading.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -90,15 +96,12 @@ pub fn upgrade(
             None,
         )
         .await;
-        tokio::select! {
-            result = super::connection::serve(hub, WsStream::new(socket)) => {
-                if let Err(error) = result {
-                    tracing::info!(%error, "MQTT over WebSockets connection closed");
-                }
-            }
-            _ = shutdown.changed() => {}
+        if let Err(error) =
+            super::connection::serve(hub, WsStream::new(socket), authenticated).await
+        {
+            tracing::info!(%error, "MQTT over WebSockets connection closed");
         }
-    });
+    };
     let mut response = hyper::Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(UPGRADE, "websocket")
@@ -107,9 +110,10 @@ pub fn upgrade(
     if offers_mqtt {
         response = response.header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt"));
     }
-    Ok(response
+    let response = response
         .body(Full::new(Bytes::new()))
-        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()))))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())));
+    Ok((response, session))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgetwin_wire::edge::{EdgeEnvironment, WorkloadUri, WORKLOAD_API_VERSION};
-use edgetwin_wire::rest::Permission;
+use edgetwin_wire::rest::{ErrorCode, Permission};
 use hyper::Method;
 
 use super::{not_found, Reply, Request};
@@ -110,7 +110,7 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
 
 /// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub.
 pub fn edge_environment(
-    hub: &Hub,
+    hub: &Arc<Hub>,
     device_id: &str,
     module_id: &str,
 ) -> Result<EdgeEnvironment, ApiError> {
@@ -126,13 +126,17 @@ pub fn edge_environment(
         tx.module(device_id, module_id)?
             .ok_or_else(|| registry::module_not_found(device_id, module_id))
     })?;
+    let socket = hub.workload.ensure(hub, device_id).map_err(|error| {
+        tracing::error!(device_id, %error, "no workload socket");
+        ApiError::new(ErrorCode::ServerError, error.to_string())
+    })?;
     Ok(EdgeEnvironment {
         iothub_host_name: hub.host_name.clone(),
         device_id: device_id.to_owned(),
         module_id: module_id.to_owned(),
         gateway_host_name: hub.host_name.clone(),
         generation_id: module.generation_id.unwrap_or_default(),
-        workload_uri: WorkloadUri::Unix(crate::workload::socket_path(&hub.workload_dir, device_id)),
+        workload_uri: WorkloadUri::Unix(socket),
         api_version: WORKLOAD_API_VERSION.to_owned(),
         auth_scheme: "sasToken".to_owned(),
     })

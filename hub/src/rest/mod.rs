@@ -12,6 +12,7 @@ mod twins;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use edgetwin_wire::rest::{self as model, ErrorCode, Permission};
@@ -28,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::error::ApiError;
 use crate::hub::{grants, Hub};
 use crate::ids;
+use crate::listener::{self, Admission, Limits};
 use crate::store::PolicyRecord;
 
 /// Largest request body accepted (bulk requests of 100 devices with twins fit easily).
@@ -131,44 +133,110 @@ impl Reply {
     }
 }
 
-/// Accepts HTTPS connections until `shutdown` turns true.
+/// How long a client may take to send a request's headers (and, once idle between requests, to
+/// start the next one).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Accepts HTTPS connections until `shutdown` turns true, within `limits`. A connection upgraded
+/// to MQTT over WebSockets goes on within the same connection task, so the listener's cap,
+/// eviction of unauthenticated peers and `stop()` cover it too.
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
     hub: Arc<Hub>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((socket, peer)) = accepted else { continue };
-                let _ = socket.set_nodelay(true);
-                let (tls, hub, websocket_shutdown) = (tls.clone(), hub.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(15), tls.accept(socket)).await else {
-                        tracing::info!(%peer, "REST TLS handshake failed");
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                        let (hub, shutdown) = (hub.clone(), websocket_shutdown.clone());
+    listener::serve(
+        listener,
+        "HTTPS",
+        limits,
+        shutdown,
+        move |socket, peer, admission| {
+            let (tls, hub) = (tls.clone(), hub.clone());
+            async move {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
+                else {
+                    tracing::info!(%peer, "HTTPS TLS handshake failed");
+                    return;
+                };
+                let upgraded: UpgradedSlot = Arc::default();
+                let slot = upgraded.clone();
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                        let (hub, slot, admission) = (hub.clone(), slot.clone(), admission.clone());
                         async move {
                             if request.uri().path() == crate::mqtt::WEBSOCKET_PATH {
-                                return Ok::<_, Infallible>(websocket(hub, request, shutdown));
+                                return Ok::<_, Infallible>(websocket(
+                                    hub, request, admission, &slot,
+                                ));
                             }
                             Ok::<_, Infallible>(handle(hub, request).await)
                         }
                     });
-                    if let Err(error) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await
-                    {
-                        tracing::debug!(%peer, %error, "REST connection ended");
-                    }
-                });
+                if let Err(error) = http1_server()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "HTTPS connection ended");
+                }
+                let mqtt = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(mqtt) = mqtt {
+                    mqtt.await;
+                }
             }
-            _ = shutdown.changed() => return,
+        },
+    )
+    .await;
+}
+
+/// Where an upgrade leaves the MQTT connection it starts, for the connection task to run.
+type UpgradedSlot =
+    Arc<std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>>;
+
+/// Upgrades to MQTT over WebSockets (the MQTT session is left in `slot`), or answers 400 naming
+/// what the upgrade request lacks.
+fn websocket(
+    hub: Arc<Hub>,
+    request: hyper::Request<Incoming>,
+    admission: Admission,
+    slot: &UpgradedSlot,
+) -> hyper::Response<Full<Bytes>> {
+    match crate::mqtt::upgrade_websocket(hub, request, move || admission.established()) {
+        Ok((response, mqtt)) => {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(mqtt));
+            response
         }
+        Err(refused) => {
+            tracing::info!(reason = refused.0, "WebSocket upgrade refused");
+            error_response(&ApiError::invalid(refused.0))
+        }
+    }
+}
+
+/// HTTP/1.1 server settings for REST and the workload API: headers must arrive within
+/// [`HEADER_TIMEOUT`].
+pub fn http1_server() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+}
+
+/// The body of `request`, at most `limit` bytes, within [`BODY_TIMEOUT`]; `None` if too large,
+/// unreadable or too slow.
+pub async fn read_body(body: Incoming, limit: usize) -> Option<Bytes> {
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => Some(collected.to_bytes()),
+        _ => None,
     }
 }
 
@@ -197,18 +265,6 @@ pub fn query_pairs(query: &str) -> HashMap<String, String> {
         pairs.entry(decode(k)).or_insert_with(|| decode(v));
     }
     pairs
-}
-
-/// Upgrades to MQTT over WebSockets, or answers 400 naming what the upgrade request lacks.
-fn websocket(
-    hub: Arc<Hub>,
-    request: hyper::Request<Incoming>,
-    shutdown: watch::Receiver<bool>,
-) -> hyper::Response<Full<Bytes>> {
-    crate::mqtt::upgrade_websocket(hub, request, shutdown).unwrap_or_else(|refused| {
-        tracing::info!(reason = refused.0, "WebSocket upgrade refused");
-        error_response(&ApiError::invalid(refused.0))
-    })
 }
 
 async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
@@ -302,23 +358,24 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
             "api-version is missing from the query string",
         ));
     }
+    let segments = path_segments(request.uri().path());
     let policy = hub
-        .authenticate_service(header("authorization").as_deref())?
+        .authenticate_service(header("authorization").as_deref(), &segments)?
         .clone();
     let if_match = header("if-match");
     let headers = request.headers().clone();
     let method = request.method().clone();
-    let segments = path_segments(request.uri().path());
-    let body = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
+    let body = read_body(request.into_body(), MAX_BODY)
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::MessageTooLarge,
-                format!("request body exceeds {MAX_BODY} bytes"),
+                format!(
+                    "request body exceeds {MAX_BODY} bytes or took over {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             )
-        })?
-        .to_bytes();
+        })?;
     Ok(Request {
         method,
         segments,

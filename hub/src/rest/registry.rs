@@ -88,6 +88,18 @@ fn is_edge(device: &Device) -> bool {
     device.capabilities.as_ref().is_some_and(|c| c.iot_edge)
 }
 
+/// A module identity was added to `device_id`: an edge device's workload socket is now wanted.
+fn module_added(hub: &Arc<Hub>, device_id: &str) {
+    let edge = hub
+        .transact(|tx| Ok(tx.device(device_id)?))
+        .ok()
+        .flatten()
+        .is_some_and(|device| is_edge(&device));
+    if edge {
+        hub.workload.ensure_or_log(hub, device_id);
+    }
+}
+
 fn set_connection_state(hub: &Hub, state: &mut Option<String>, client_id: &str) {
     let connected = hub.live.is_connected(client_id);
     *state = Some(
@@ -129,15 +141,13 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
             if device.status.as_deref() == Some("disabled") {
                 hub.live.kick_device(id);
             }
-            if is_edge(&device) {
-                hub.workload.ensure(hub, id);
-            }
             device
         }
         Method::DELETE => {
             request.require(Permission::RegistryWrite)?;
             hub.transact(|tx| registry::delete_device(tx, id, if_match))?;
             hub.live.kick_device(id);
+            hub.workload.remove(id);
             return Reply::no_content();
         }
         _ => return Err(not_found(request)),
@@ -166,10 +176,14 @@ fn module(
         Method::PUT => {
             request.require(Permission::RegistryWrite)?;
             let input: Module = request.json()?;
-            hub.transact(|tx| match if_match {
+            let module = hub.transact(|tx| match if_match {
                 None => registry::create_module(tx, device_id, module_id, input),
                 Some(_) => registry::update_module(tx, device_id, module_id, input, if_match),
-            })?
+            })?;
+            if if_match.is_none() {
+                module_added(hub, device_id);
+            }
+            module
         }
         Method::DELETE => {
             request.require(Permission::RegistryWrite)?;
@@ -219,11 +233,6 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
         Ok(registered)
     })?;
     let mut errors = Vec::new();
-    let edge_ids: Vec<String> = items
-        .iter()
-        .filter(|i| i.module_id.is_none() && i.capabilities.as_ref().is_some_and(|c| c.iot_edge))
-        .map(|i| i.id.clone())
-        .collect();
     let labels: Vec<_> = items
         .iter()
         .map(|item| {
@@ -242,18 +251,23 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     let results =
         hub.transact_each_and_notify(items, |tx, item| bulk_item(tx, item, &registered_before))?;
     for ((device_id, module_id, operation), result) in labels.into_iter().zip(results) {
-        if let Err(error) = result {
-            errors.push(DeviceRegistryOperationError {
+        match result {
+            Err(error) => errors.push(DeviceRegistryOperationError {
                 device_id,
                 error_code: error.code.name().to_owned(),
                 error_status: error.message,
                 module_id,
                 operation,
-            });
+            }),
+            Ok(()) => match (module_id.is_some(), operation.as_deref()) {
+                (true, Some("create")) => module_added(hub, &device_id),
+                (false, Some("delete" | "deleteIfMatchETag")) => {
+                    hub.live.kick_device(&device_id);
+                    hub.workload.remove(&device_id);
+                }
+                _ => {}
+            },
         }
-    }
-    for id in edge_ids {
-        hub.workload.ensure(hub, &id);
     }
     hub.transact_and_notify(|tx| Ok(((), deployments::evaluate(tx)?)))?;
     let result = BulkRegistryOperationResult {

@@ -1,0 +1,599 @@
+//! The hub against hostile and unlucky input, end to end over real sockets (issue 14): ids that
+//! look like paths never reach the file system, workload sockets exist only while an edge device
+//! can use them, and the workload API signs only what it is asked for.
+
+#[allow(dead_code)]
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use support::{poll, Hub, HubOptions, TempDir};
+
+/// One HTTP/1.1 request over a unix socket; returns the status and the JSON body (`null` if none).
+fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut stream =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// The socket path in a module's `IOTEDGE_WORKLOADURI`.
+fn socket_of(hub: &Hub, env: &std::collections::BTreeMap<String, String>) -> PathBuf {
+    let uri = &env["IOTEDGE_WORKLOADURI"];
+    let path = PathBuf::from(uri.strip_prefix("unix://").expect("a unix:// workload URI"));
+    assert!(
+        path.starts_with(hub.info["workloadDir"].as_str().unwrap()),
+        "{uri} is not in the workload directory"
+    );
+    path
+}
+
+/// The entries of a directory, sorted (empty if it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// How many sockets the process `pid` holds open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn bulk_edge_ids_that_look_like_paths_are_refused_and_touch_nothing_outside_the_data_directory(
+) {
+    let dir = TempDir::new("bulk-paths");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let victim = dir.join("victim.sock");
+    std::fs::write(&victim, "keep me").unwrap();
+    let before = entries(dir.path());
+    let sockets_before = open_sockets(hub.proc.child.id());
+    let items: Vec<Value> = ["../victim", "../../escaped/x", "a/b", "..", "../new-dir/y"]
+        .iter()
+        .map(|id| json!({"id": id, "importMode": "create", "capabilities": {"iotEdge": true}}))
+        .collect();
+    let (status, body) = hub.rest.call("POST", "/devices", Some(json!(items))).await;
+    assert_eq!(status, 400, "{body}");
+    let refused: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        refused,
+        ["../victim", "../../escaped/x", "a/b", "../new-dir/y"]
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(entries(dir.path()), before);
+    assert!(!dir.path().parent().unwrap().join("escaped").exists());
+    assert!(entries(Path::new(hub.info["workloadDir"].as_str().unwrap())).is_empty());
+    let pid = hub.proc.child.id();
+    poll(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async move {
+            let now = open_sockets(pid);
+            (now <= sockets_before)
+                .then_some(())
+                .ok_or(move || format!("the hub holds {now} sockets, {sockets_before} before"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it_until_it_is_deleted(
+) {
+    let dir = TempDir::new("socket-demand");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
+    for n in 0..20 {
+        hub.rest.create_edge_device(&format!("idle-{n}")).await;
+    }
+    assert!(
+        entries(&workload_dir).is_empty(),
+        "edge devices without modules got sockets: {:?}",
+        entries(&workload_dir)
+    );
+
+    hub.rest.create_edge_device("gw").await;
+    let env = hub.rest.edge_environment("gw", "$edgeAgent").await;
+    let socket = socket_of(&hub, &env);
+    let (status, bundle) =
+        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{bundle}");
+    assert!(bundle["certificate"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+
+    hub.rest.create_edge_device("gw2").await;
+    hub.rest.create_module("gw2", "filter").await;
+    assert_eq!(
+        entries(&workload_dir).len(),
+        2,
+        "a new module gets its socket"
+    );
+
+    let (status, body) = hub.rest.call("DELETE", "/devices/gw", None).await;
+    assert_eq!(status, 204, "{body}");
+    assert!(!socket.exists(), "the deleted device's socket file stays");
+    assert!(UnixStream::connect(&socket).is_err());
+    let (status, body) = hub
+        .rest
+        .call(
+            "POST",
+            "/devices",
+            Some(json!([{"id": "gw2", "importMode": "delete"}])),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        entries(&workload_dir).is_empty(),
+        "{:?}",
+        entries(&workload_dir)
+    );
+}
+
+#[tokio::test]
+async fn a_128_character_edge_device_id_gets_a_socket_its_environment_points_at() {
+    let dir = TempDir::new("long-id");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let id = "g".repeat(128);
+    hub.rest.create_edge_device(&id).await;
+    hub.rest.create_module(&id, "m").await;
+    let env = hub.rest.edge_environment(&id, "m").await;
+    let socket = socket_of(&hub, &env);
+    let (status, body) =
+        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn an_edge_device_with_a_module_has_its_socket_again_after_a_restart() {
+    let dir = TempDir::new("socket-restart");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "m").await;
+    let env = hub.rest.edge_environment("gw", "m").await;
+    drop(hub);
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let socket = socket_of(&hub, &env);
+    let (status, body) =
+        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn the_workload_api_signs_with_the_key_and_incarnation_asked_for_or_refuses() {
+    let dir = TempDir::new("sign-rules");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    let primary = hub.rest.create_module("gw", "m").await;
+    let (_, module) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
+    let secondary = module["authentication"]["symmetricKey"]["secondaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let env = hub.rest.edge_environment("gw", "m").await;
+    let socket = socket_of(&hub, &env);
+    let generation = &env["IOTEDGE_MODULEGENERATIONID"];
+    let data = "aGVsbG8="; // "hello"
+    let sign = |generation: &str, key_id: &str, algo: &str| {
+        workload_call(
+            &socket,
+            "POST",
+            &format!("/modules/m/genid/{generation}/sign?api-version=2022-08-03"),
+            Some(json!({"keyId": key_id, "algo": algo, "data": data})),
+        )
+    };
+    let expected = |key: &str| {
+        let key = edgetwin_wire::sas::decode_key(key).unwrap();
+        edgetwin_wire::sas::sign_bytes(&key, b"hello")
+    };
+
+    let (status, body) = sign(generation, "primary", "HMACSHA256");
+    assert_eq!(
+        (status, body["digest"].as_str()),
+        (200, Some(expected(&primary).as_str()))
+    );
+    let (status, body) = sign(generation, "secondary", "HMACSHA256");
+    assert_eq!(
+        (status, body["digest"].as_str()),
+        (200, Some(expected(&secondary).as_str()))
+    );
+    let (status, body) = sign(generation, "tertiary", "HMACSHA256");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("keyId 'tertiary'"));
+    let (status, body) = sign(generation, "primary", "HMACSHA1");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("algo 'HMACSHA1'"));
+    let (status, body) = sign("1", "primary", "HMACSHA256");
+    assert_eq!(status, 404, "{body}");
+
+    let (status, _) = hub.rest.call("DELETE", "/devices/gw/modules/m", None).await;
+    assert_eq!(status, 204);
+    hub.rest.create_module("gw", "m").await;
+    let (status, body) = sign(generation, "primary", "HMACSHA256");
+    assert_eq!(
+        status, 404,
+        "a re-created module's old generation still signs: {body}"
+    );
+}
+
+/// A TLS connection to the hub's REST port.
+async fn rest_tls(hub: &Hub) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", hub.https_port()))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(support::tls_trusting(&hub.ca()));
+    let name = rustls::pki_types::ServerName::try_from(hub.host_name().to_owned()).unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Sends `bytes` one per second until the hub closes the connection; the seconds it took.
+async fn trickle_until_closed<S>(mut stream: S, bytes: &[u8]) -> u64
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    for byte in bytes.iter().cycle() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = answer {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never closed");
+    }
+    started.elapsed().as_secs()
+}
+
+#[tokio::test]
+async fn https_clients_that_send_nothing_or_trickle_headers_or_a_body_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("slow-rest");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let silent_tcp = async {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", hub.https_port()))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf)).await;
+        started.elapsed().as_secs()
+    };
+    let silent_tls = async {
+        let mut tls = rest_tls(&hub).await;
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut buf)).await;
+        started.elapsed().as_secs()
+    };
+    let trickled_headers = async {
+        let tls = rest_tls(&hub).await;
+        trickle_until_closed(tls, b"GET /devices?api-version=2021-04-12 HTTP/1.1\r\nX: ").await
+    };
+    let trickled_body = async {
+        let mut tls = rest_tls(&hub).await;
+        tls.write_all(
+            b"PUT /devices/d?api-version=2021-04-12 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        trickle_until_closed(tls, b"{").await
+    };
+    let (tcp, tls, headers, body) =
+        tokio::join!(silent_tcp, silent_tls, trickled_headers, trickled_body);
+    for (what, secs) in [
+        ("silent TCP", tcp),
+        ("silent TLS", tls),
+        ("trickled headers", headers),
+        ("trickled body", body),
+    ] {
+        assert!(secs <= 45, "{what} stayed open {secs} s");
+    }
+    let (status, _) = hub.rest.call("GET", "/devices", None).await;
+    assert_eq!(status, 200, "the hub still serves others");
+}
+
+/// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs; `closed_output` pipes its stdout
+/// and stderr to us and closes our ends, else they go to `dir/module.log`.
+async fn module_of(hub: &Hub, dir: &Path, closed_output: bool) -> support::Proc {
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "m").await;
+    let env = hub.rest.edge_environment("gw", "m").await;
+    let mut command = std::process::Command::new(support::EDGETWIN_MODULE);
+    command
+        .env_clear()
+        .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string())
+        .env("EDGETWIN_METRICS_PORT", "0")
+        .env("RUST_LOG", "debug")
+        .envs(&env)
+        .envs(support::FAST_BACKOFF);
+    if closed_output {
+        let mut module = support::Proc::spawn_piped(&mut command);
+        module.close_output();
+        module
+    } else {
+        support::Proc::spawn(&mut command, dir.join("module.log"))
+    }
+}
+
+/// Waits until `gw/m` is connected and has reported something, and then is still connected.
+async fn module_connects_and_reports(hub: &Hub, module: &mut support::Proc) {
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let (_, identity) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
+            let reported = hub.rest.reported("gw", "m").await;
+            let reported_something = reported
+                .as_object()
+                .is_some_and(|r| r.keys().any(|k| !k.starts_with('$')));
+            (identity["connectionState"] == "Connected" && reported_something)
+                .then_some(())
+                .ok_or(move || format!("not connected and reporting: {identity} {reported}"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(module.running(), "the module exited");
+    let (_, identity) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
+    assert_eq!(identity["connectionState"], "Connected");
+}
+
+#[tokio::test]
+async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_writes() {
+    let dir = TempDir::new("hub-closed-log");
+    let options = HubOptions {
+        rust_log: Some("debug"),
+        closed_output: true,
+        ..HubOptions::default()
+    };
+    let hub = Hub::start(dir.path(), options);
+    let mut module = module_of(&hub, dir.path(), false).await;
+    module_connects_and_reports(&hub, &mut module).await;
+    let desired = hub
+        .rest
+        .patch_desired("gw", "m", json!({"telemetryInterval": 7}))
+        .await;
+    assert!(desired["$version"].as_i64().unwrap() >= 2);
+}
+
+#[tokio::test]
+async fn a_module_whose_log_reader_went_away_keeps_running() {
+    let dir = TempDir::new("module-closed-log");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let mut module = module_of(&hub, dir.path(), true).await;
+    module_connects_and_reports(&hub, &mut module).await;
+}
+
+#[tokio::test]
+async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
+    let dir = TempDir::new("sr-prefix");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for id in ["d1", "d10", "d2"] {
+        let (status, body) = hub
+            .rest
+            .call(
+                "PUT",
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let host = hub.host_name().to_owned();
+    let scoped = support::Rest::scoped(&hub.info, &format!("{host}/devices/d1"));
+    let (status, body) = scoped.call("GET", "/devices/d1", None).await;
+    assert_eq!(status, 200, "{body}");
+    for (method, path) in [
+        ("GET", "/devices/d2"),
+        ("GET", "/devices/d10"),
+        ("GET", "/devices"),
+        ("DELETE", "/devices/d2"),
+        ("GET", "/edgetwin/faults"),
+        ("DELETE", "/edgetwin/faults"),
+    ] {
+        let (status, body) = scoped.call(method, path, None).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+    }
+    let (status, _) = hub.rest.call("GET", "/devices/d2", None).await;
+    assert_eq!(status, 200, "d2 was deleted through a token for d1");
+}
+
+#[tokio::test]
+async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("private-files");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    let data = dir.join("hub");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for name in ["hub.db", "hub.db-wal", "hub.db-shm", "hub.json"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+}
+
+/// `edgetwin hub` on `dir/hub` with `args`, expected to refuse to start: its exit code and log.
+fn hub_refusing(dir: &Path, args: &[&str]) -> (i32, String) {
+    let log = dir.join("refused.log");
+    let mut command = std::process::Command::new(support::EDGETWIN);
+    command
+        .args(["hub", "--data-dir"])
+        .arg(dir.join("hub"))
+        .args(["--mqtt-port", "0", "--rest-port", "0"])
+        .args(args);
+    let mut proc = support::Proc::spawn(&mut command, log.clone());
+    let code = proc.wait_exit(Duration::from_secs(10));
+    (code.expect("the hub started"), support::read_log(&log))
+}
+
+/// Runs `sql` on the stopped hub's database in `dir/hub`.
+fn edit_database(dir: &Path, sql: &str) {
+    let db = rusqlite::Connection::open(dir.join("hub/hub.db")).unwrap();
+    db.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn a_hub_that_lost_its_database_refuses_to_start_fresh_unless_told_to_reset() {
+    let dir = TempDir::new("lost-db");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let keys = hub.info["policies"].clone();
+    drop(hub);
+    for file in ["hub.db", "hub.db-wal", "hub.db-shm"] {
+        let _ = std::fs::remove_file(dir.join("hub").join(file));
+    }
+    let info_before = std::fs::read_to_string(dir.join("hub/hub.json")).unwrap();
+    let (code, log) = hub_refusing(dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(log.contains("--reset") && log.contains("hub.db"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hub/hub.json")).unwrap(),
+        info_before,
+        "hub.json was overwritten"
+    );
+    let (code, _) = hub_refusing(dir.path(), &[]);
+    assert_ne!(
+        code, 0,
+        "an empty database left by the refusal is refused too"
+    );
+
+    let mut command = std::process::Command::new(support::EDGETWIN);
+    command
+        .args([
+            "hub",
+            "--reset",
+            "--mqtt-port",
+            "0",
+            "--rest-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.join("hub"));
+    let _ = std::fs::remove_file(dir.join("hub/hub.json"));
+    let mut reset = support::Proc::spawn(&mut command, dir.join("reset.log"));
+    let info: Value =
+        support::poll_blocking(Duration::from_secs(10), Duration::from_millis(50), || {
+            assert!(reset.running(), "--reset did not start: {}", reset.log());
+            std::fs::read_to_string(dir.join("hub/hub.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .ok_or(|| "no hub.json".to_owned())
+        });
+    assert_ne!(info["policies"], keys, "--reset makes new keys");
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_named_by_its_identity_and_other_writes_keep_working() {
+    let dir = TempDir::new("damaged-row");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for id in ["d1", "d2"] {
+        let (status, body) = hub
+            .rest
+            .call(
+                "PUT",
+                &format!("/devices/{id}"),
+                Some(json!({"deviceId": id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    drop(hub);
+    edit_database(
+        dir.path(),
+        "UPDATE twins SET record = '{not json' WHERE device_id = 'd1';
+         UPDATE identities SET record = '{not json' WHERE device_id = 'd1' AND module_id = '';",
+    );
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, body) = hub
+        .rest
+        .call("PUT", "/devices/d3", Some(json!({"deviceId": "d3"})))
+        .await;
+    assert_eq!(status, 200, "an unrelated write failed: {body}");
+    let (status, body) = hub
+        .rest
+        .call("PATCH", "/twins/d2", Some(json!({"tags": {"a": 1}})))
+        .await;
+    assert_eq!(status, 200, "an unrelated twin write failed: {body}");
+    for path in ["/devices/d1", "/devices", "/twins/d1"] {
+        let (status, body) = hub.rest.call("GET", path, None).await;
+        assert_eq!(status, 500, "{path}: {body}");
+        let message = body["Message"].as_str().unwrap_or_default().to_owned() + &body.to_string();
+        assert!(
+            message.contains("device d1") || message.contains("twin d1"),
+            "{path} does not name the record: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_database_page_stops_the_start_with_what_the_check_found() {
+    use std::io::{Seek, SeekFrom};
+    let dir = TempDir::new("damaged-page");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for n in 0..50 {
+        hub.rest.create_edge_device(&format!("gw-{n}")).await;
+    }
+    drop(hub);
+    edit_database(dir.path(), "PRAGMA wal_checkpoint(TRUNCATE);");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("hub/hub.db"))
+        .unwrap();
+    let page = 4096;
+    file.seek(SeekFrom::Start(3 * page)).unwrap();
+    file.write_all(&vec![0xA5; page as usize]).unwrap();
+    drop(file);
+    let (code, log) = hub_refusing(dir.path(), &[]);
+    assert_ne!(code, 0);
+    assert!(log.contains("is damaged"), "{log}");
+}
