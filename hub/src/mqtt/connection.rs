@@ -397,7 +397,7 @@ impl Session {
             replies.push(Packet::PubAck(PubAck::new(pkid)));
         }
         if let Some(rid) = done.rid {
-            replies.push(match result {
+            replies.extend(match result {
                 Ok(version) => self.twin_response(204, &rid, Some(version), Bytes::new()),
                 Err(error) => self.twin_error(&rid, &error),
             });
@@ -523,14 +523,14 @@ impl Session {
                 self.on_telemetry(output, properties, &publish.payload)
             }
             Inbound::TwinGet { rid } if self.throttled(&inbound_operation(&publish.topic)) => {
-                replies.push(self.twin_error(
+                replies.extend(self.twin_error(
                     &rid,
                     &ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)"),
                 ));
             }
             Inbound::TwinGet { rid } => {
                 let result = self.hub.transact(|tx| twins::device_view(tx, &self.key));
-                replies.push(match result {
+                replies.extend(match result {
                     Ok(view) => self.twin_response(200, &rid, None, Bytes::from(view.to_string())),
                     Err(error) => self.twin_error(&rid, &error),
                 });
@@ -592,17 +592,34 @@ impl Session {
         });
     }
 
+    /// The answer to a twin request, if the client can receive it: IoT Hub answers only a client
+    /// subscribed to `$iothub/twin/res/#` (the request is still carried out).
     fn twin_response(
         &mut self,
         status: u16,
         rid: &str,
         version: Option<i64>,
         body: Bytes,
-    ) -> Packet {
-        self.publish(topic::twin_response_topic(status, rid, version), body, true)
+    ) -> Option<Packet> {
+        let subscribed = self.filters.iter().any(|f| {
+            topic::classify_filter(
+                &f.filter,
+                &self.key.device_id,
+                self.key.module_id.as_deref(),
+            ) == Some(Feature::TwinResponses)
+        });
+        if !subscribed {
+            tracing::debug!(
+                client_id = %self.client_id,
+                rid,
+                "twin response not sent: not subscribed to $iothub/twin/res/#, as IoT Hub sends none"
+            );
+            return None;
+        }
+        Some(self.publish(topic::twin_response_topic(status, rid, version), body, true))
     }
 
-    fn twin_error(&mut self, rid: &str, error: &ApiError) -> Packet {
+    fn twin_error(&mut self, rid: &str, error: &ApiError) -> Option<Packet> {
         let status = error.code.http_status();
         let body = serde_json::json!({
             "errorCode": error.code.number(),
@@ -722,6 +739,51 @@ mod tests {
         let mut connect = Connect::new("d1");
         connect.set_login("localhost/d1/?api-version=2021-04-12", token.expose());
         (hub, connect, dir)
+    }
+
+    #[tokio::test]
+    async fn a_twin_get_is_answered_only_once_the_client_subscribed_to_twin_responses() {
+        let (hub, connect, dir) = hub_with_device("twin-res");
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let _serving = tokio::spawn(serve(hub, server, || {}));
+        let get = |rid: &str| {
+            Packet::Publish(Publish::new(
+                topic::twin_get_topic(rid),
+                QoS::AtMostOnce,
+                Vec::new(),
+            ))
+        };
+        let subscribe =
+            rumqttc::mqttbytes::v4::Subscribe::new("$iothub/twin/res/#", QoS::AtLeastOnce);
+        let (read_half, mut write_half) = tokio::io::split(client);
+        write_half
+            .write_all(&encode(vec![
+                Packet::Connect(connect),
+                get("unsubscribed"),
+                Packet::PingReq,
+                Packet::Subscribe(subscribe),
+                get("subscribed"),
+            ]))
+            .await
+            .unwrap();
+        let mut reader = PacketReader {
+            reader: read_half,
+            buffer: BytesMut::new(),
+        };
+        assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
+        assert!(matches!(next(&mut reader).await, Packet::PingResp));
+        assert!(matches!(next(&mut reader).await, Packet::SubAck(_)));
+        let Packet::Publish(answer) = next(&mut reader).await else {
+            panic!("no twin response after subscribing")
+        };
+        assert!(
+            answer
+                .topic
+                .starts_with("$iothub/twin/res/200/?$rid=subscribed"),
+            "{}",
+            answer.topic
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
