@@ -188,6 +188,16 @@ def test_layered_deployments_merge_over_the_base_by_priority_and_need_a_base(
         "targetedCount": 2, "appliedCount": 1}
 
 
+def test_a_configuration_without_schema_version_gets_1_0_as_the_sdks_send_it(configurations):
+    manager, created = configurations
+    config_id = unique_id("schema").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition="tags.x='y'", priority=1,
+        content=ConfigurationContent(modules_content=_manifest(1))))
+    created.append(config_id)
+    assert manager.get_configuration(config_id).schema_version == "1.0"
+
+
 def test_a_deployment_that_mixes_base_and_layered_entries_is_refused(configurations):
     manager, created = configurations
     config_id = unique_id("mixed").lower()

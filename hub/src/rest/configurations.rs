@@ -115,7 +115,9 @@ fn put(
                 return Err(ApiError::invalid("priority must not be negative"));
             }
             input.id = id.to_owned();
-            input.schema_version = input.schema_version.or(Some("2.0".into()));
+            // a configuration's own schema, which the SDKs send as "1.0" (azure-iothub's
+            // addConfiguration fills it in when missing: SRS_NODE_IOTHUB_REGISTRY_18_009)
+            input.schema_version = input.schema_version.or(Some("1.0".into()));
             input.created_time_utc = Some(now.clone());
             input.last_updated_time_utc = Some(now);
             input.priority = input.priority.or(Some(0));

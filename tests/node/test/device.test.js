@@ -56,6 +56,9 @@ for (const [name, Transport] of [['Mqtt', Mqtt], ['MqttWs', MqttWs]]) {
 
     const patches = [];
     twin.on('properties.desired', (patch) => patches.push(patch));
+    // the listener subscribes in the background; a twin GET sent after it is answered after the
+    // hub has the subscription (one connection, in order), so the patch below cannot be missed
+    await twin.get();
     await registry.updateTwin(device.deviceId, { properties: { desired: { telemetryInterval: 122 } } }, '*');
     await waitFor(() => patches.find((p) => p.telemetryInterval === 122), 'the desired patch');
 
