@@ -1,0 +1,120 @@
+"""Every line of the README's "Known differences from IoT Hub", as a test: what the hub does not
+serve is refused or absent in a way a client can see, and where it behaves otherwise than IoT Hub
+it does so as the README says. A difference that goes away makes its test fail."""
+
+import queue
+import socket
+
+import pytest
+import requests
+from azure.iot.device import Message
+from azure.iot.hub import IoTHubConfigurationManager
+from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpecification
+from msrest.exceptions import HttpOperationError
+
+from conftest import http_status, unique_id
+from test_routes import _apply_routes, _module
+
+API = {"api-version": "2021-04-12"}
+
+
+def test_x509_identities_are_refused_naming_the_authentication_type(registry_manager):
+    with pytest.raises(HttpOperationError) as err:
+        registry_manager.create_device_with_x509(unique_id("x509"), "A" * 40, "B" * 40, "enabled")
+    assert http_status(err.value) == 400
+    assert "selfSigned" in err.value.response.text and "only sas" in err.value.response.text
+
+
+def test_amqp_and_so_cloud_to_device_messages_are_not_served():
+    # the service SDKs send cloud-to-device messages over AMQP (5671), which nothing serves here
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 5671), timeout=2).close()
+
+
+def test_jobs_and_queries_of_devices_jobs_are_not_served(hub, registry_manager):
+    r = requests.get(f"{hub.rest_url}/jobs/v2/query", params=API,
+                     headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
+    assert r.status_code in (400, 404), r.text
+    with pytest.raises(HttpOperationError) as err:
+        registry_manager.query_iot_hub(QuerySpecification(query="SELECT * FROM devices.jobs"))
+    assert http_status(err.value) == 400
+    assert "devices.jobs is not served" in err.value.response.text
+
+
+def test_custom_deployment_metrics_are_kept_but_not_evaluated(hub):
+    manager = IoTHubConfigurationManager.from_connection_string(hub.service_connection_string)
+    config_id = unique_id("metrics").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition="tags.none='none'", priority=1,
+        content=ConfigurationContent(modules_content={
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.2", "routes": {}}}}),
+        metrics={"queries": {"reporting": "SELECT deviceId FROM devices.modules WHERE moduleId='m'"}}))
+    try:
+        got = manager.get_configuration(config_id)
+        assert got.metrics.queries == {"reporting": "SELECT deviceId FROM devices.modules WHERE moduleId='m'"}
+        assert "reporting" not in (got.metrics.results or {})
+    finally:
+        manager.delete_configuration(config_id)
+
+
+def test_a_query_sees_a_change_at_once(registry_manager, make_device):
+    from azure.iot.hub.models import Twin
+    device = make_device()
+    marker = unique_id("now")
+    registry_manager.update_twin(device.device_id, Twin(tags={"marker": marker}), "*")
+    result = registry_manager.query_iot_hub(
+        QuerySpecification(query=f"SELECT * FROM devices WHERE tags.marker = '{marker}'"))
+    assert [t.device_id for t in result.items] == [device.device_id]
+
+
+def test_a_message_routed_to_an_offline_module_is_dropped(hub, registry_manager, make_device, clients):
+    device = make_device(edge=True, prefix="gw")
+    sensor = _module(hub, registry_manager, device.device_id, "sensor")
+    sink = _module(hub, registry_manager, device.device_id, "sink")
+    _apply_routes(hub, device.device_id, {
+        "r": 'FROM /messages/modules/sensor/outputs/* INTO BrokeredEndpoint("/modules/sink/inputs/in")'})
+    sender = clients.module(sensor)
+    sender.connect()
+    sender.send_message_to_output(Message("while sink is offline"), "out")
+    received = queue.Queue()
+    receiver = clients.module(sink)
+    receiver.on_message_received = received.put
+    receiver.connect()
+    sender.send_message_to_output(Message("while sink is online"), "out")
+    assert received.get(timeout=10).data == b"while sink is online"
+    with pytest.raises(queue.Empty):
+        received.get(timeout=1.0)
+
+
+def test_deployments_are_evaluated_at_once_not_every_five_minutes(hub, registry_manager, make_device):
+    from azure.iot.hub.models import Twin
+    device = make_device(edge=True, prefix="gw")
+    ring = unique_id("ring").lower()
+    manager = IoTHubConfigurationManager.from_connection_string(hub.service_connection_string)
+    config_id = unique_id("now").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition=f"tags.ring='{ring}'", priority=1,
+        content=ConfigurationContent(modules_content={
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.2", "routes": {"x": "FROM /* INTO $upstream"}}}})))
+    try:
+        registry_manager.update_twin(device.device_id, Twin(tags={"ring": ring}), "*")
+        routes = registry_manager.get_module_twin(device.device_id, "$edgeHub").properties.desired["routes"]
+        assert routes == {"x": "FROM /* INTO $upstream"}
+    finally:
+        manager.delete_configuration(config_id)
+
+
+def test_the_default_policies_carry_iot_hubs_names(hub):
+    assert set(hub.info["policies"]) == {"iothubowner", "service", "device", "registryRead",
+                                         "registryReadWrite"}
+
+
+def test_the_message_log_lives_in_memory_and_starts_empty_after_a_restart(hub, make_module, clients):
+    module = make_module()
+    client = clients.module(module)
+    client.connect()
+    client.send_message_to_output(Message("before the restart"), "out")
+    assert [m["output"] for m in hub.messages(module.device_id, module.module_id)] == ["out"]
+    client.shutdown()
+    hub.restart(kill=False)
+    assert hub.messages(module.device_id, module.module_id) == []
