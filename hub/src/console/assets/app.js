@@ -360,15 +360,17 @@ async function twinPage(device, module) {
   });
 }
 
-// Numeric top-level fields of a JSON body, or none.
+// Numeric fields of a JSON body by dotted path (`load.1m`), or none.
 function numbers(text) {
-  try {
-    const value = JSON.parse(text);
-    if (!value || typeof value !== 'object') return {};
-    return Object.fromEntries(Object.entries(value).filter(([, v]) => typeof v === 'number' && isFinite(v)));
-  } catch (_) {
-    return {};
+  const found = {};
+  function walk(value, prefix) {
+    if (typeof value === 'number' && isFinite(value)) found[prefix] = value;
+    else if (value && typeof value === 'object' && !Array.isArray(value)) {
+      for (const [key, inner] of Object.entries(value)) walk(inner, prefix ? prefix + '.' + key : key);
+    }
   }
+  try { walk(JSON.parse(text), ''); } catch (_) { /* not JSON: nothing to chart */ }
+  return found;
 }
 
 function chart(series) {
