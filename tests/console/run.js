@@ -193,6 +193,11 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     const state = page.locator(`[data-client-id="${DEVICE}/${MODULE}"]`);
     await until('the module to show as connected: ' + tail('module.log'),
       async () => (await state.textContent()) === 'Connected');
+    const drop = page.getByRole('button', { name: `Drop the connection of ${DEVICE} / ${MODULE}` });
+    await drop.focus();
+    await page.waitForTimeout(3500);
+    assert.ok(await drop.evaluate((button) => button === document.activeElement),
+      'the keyboard focus survives the page\'s polling');
     await shoot(page, 'device');
   });
 

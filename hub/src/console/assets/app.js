@@ -57,7 +57,8 @@ async function api(method, path, body, headers) {
   const text = await response.text();
   let parsed = null;
   try { parsed = text ? JSON.parse(text) : null; } catch (_) { parsed = text; }
-  return { ok: response.ok, status: response.status, body: parsed, etag: response.headers.get('etag') };
+  return { ok: response.ok, status: response.status, body: parsed, etag: response.headers.get('etag'),
+    more: Boolean(response.headers.get('x-ms-continuation')) };
 }
 
 function enc(id) {
@@ -75,6 +76,15 @@ function clientId(device, module) {
 
 function label(device, module) {
   return module ? device + ' / ' + module : device;
+}
+
+// Replaces the children of `parent` only if what they show changed, so that polling does not
+// take the keyboard focus away from a link or button the user is on.
+function replaceIfChanged(parent, shown, build) {
+  const key = JSON.stringify(shown);
+  if (parent.dataset.shown === key) return;
+  parent.dataset.shown = key;
+  parent.replaceChildren(...build());
 }
 
 function every(ms, fn) {
@@ -144,7 +154,8 @@ function showError(box, text) {
 async function devicesPage() {
   const body = h('tbody', {});
   const error = alertBox('devices-error');
-  page('Devices', error,
+  const more = h('p', { class: 'muted', hidden: true }, 'Showing the first page of devices (100) only.');
+  page('Devices', error, more,
     h('div', { class: 'table-wrap' }, h('table', {},
       h('caption', { class: 'muted' }, 'Every device of the hub; connection state is live.'),
       h('thead', {}, h('tr', {}, ['Device', 'Connection', 'IoT Edge', 'Deployments', 'Status']
@@ -155,17 +166,17 @@ async function devicesPage() {
     const reply = await api('POST', '/devices/query', { query: 'SELECT * FROM devices' });
     if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
     showError(error, '');
-    const rows = reply.body.map((twin) => {
-      const configurations = Object.entries(twin.configurations || {})
-        .map(([id, s]) => id + ': ' + s.status).join(', ');
-      return h('tr', {},
-        h('th', { scope: 'row' }, h('a', { href: '#/device/' + enc(twin.deviceId) }, twin.deviceId)),
-        stateCell(twin.deviceId, null, twin.connectionState || 'Disconnected'),
-        h('td', {}, twin.capabilities && twin.capabilities.iotEdge ? 'yes' : 'no'),
-        h('td', {}, configurations || '—'),
-        h('td', {}, twin.status || ''));
-    });
-    body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: 5 }, 'No devices yet.'))]));
+    more.hidden = !reply.more;
+    const shown = reply.body.map((twin) => [twin.deviceId, twin.connectionState || 'Disconnected',
+      Boolean(twin.capabilities && twin.capabilities.iotEdge),
+      Object.entries(twin.configurations || {}).map(([id, s]) => id + ': ' + s.status).join(', '),
+      twin.status || '']);
+    replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, state, edge, configurations, status]) => h('tr', {},
+      h('th', { scope: 'row' }, h('a', { href: '#/device/' + enc(id) }, id)),
+      stateCell(id, null, state),
+      h('td', {}, edge ? 'yes' : 'no'),
+      h('td', {}, configurations || '—'),
+      h('td', {}, status))) : [h('tr', {}, h('td', { colspan: 5 }, 'No devices yet.'))]));
   });
 }
 
@@ -206,18 +217,21 @@ async function devicePage(device) {
     ]);
     if (!d.ok) return showError(error, errorText(d.body, d.status));
     showError(error, '');
-    summary.replaceChildren(h('tr', {},
+    const state = d.body.connectionState || 'Disconnected';
+    const edge = Boolean(d.body.capabilities && d.body.capabilities.iotEdge);
+    replaceIfChanged(summary, [state, edge], () => [h('tr', {},
       h('th', { scope: 'row' }, device),
-      stateCell(device, null, d.body.connectionState || 'Disconnected'),
-      h('td', {}, d.body.capabilities && d.body.capabilities.iotEdge ? 'yes' : 'no'),
+      stateCell(device, null, state),
+      h('td', {}, edge ? 'yes' : 'no'),
       identityLinks(device, null),
-      h('td', {}, dropButton(device, null, status))));
+      h('td', {}, dropButton(device, null, status)))]);
     if (!m.ok) return showError(error, errorText(m.body, m.status));
-    modules.replaceChildren(...m.body.map((module) => h('tr', {},
-      h('th', { scope: 'row' }, module.moduleId),
-      stateCell(device, module.moduleId, module.connectionState || 'Disconnected'),
-      identityLinks(device, module.moduleId),
-      h('td', {}, dropButton(device, module.moduleId, status)))));
+    const shown = m.body.map((module) => [module.moduleId, module.connectionState || 'Disconnected']);
+    replaceIfChanged(modules, shown, () => shown.map(([id, moduleState]) => h('tr', {},
+      h('th', { scope: 'row' }, id),
+      stateCell(device, id, moduleState),
+      identityLinks(device, id),
+      h('td', {}, dropButton(device, id, status)))));
   });
 }
 
@@ -500,14 +514,15 @@ async function deploymentsPage() {
     const reply = await api('GET', '/configurations');
     if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
     const results = (c) => (c.systemMetrics && c.systemMetrics.results) || {};
-    body.replaceChildren(...(reply.body.length ? reply.body.map((c) => h('tr', {},
-      h('th', { scope: 'row' }, c.id),
-      h('td', {}, c.priority),
-      h('td', {}, h('code', {}, c.targetCondition || '')),
-      h('td', {}, results(c).targetedCount ?? 0),
-      h('td', {}, results(c).appliedCount ?? 0),
-      h('td', {}, c.content && c.content.modulesContent ? 'modules' : 'other')))
-      : [h('tr', {}, h('td', { colspan: 6 }, 'No deployments.'))]));
+    const shown = reply.body.map((c) => [c.id, c.priority, c.targetCondition || '', results(c).targetedCount ?? 0,
+      results(c).appliedCount ?? 0, c.content && c.content.modulesContent ? 'modules' : 'other']);
+    replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, priority, condition, targeted, applied, kind]) => h('tr', {},
+      h('th', { scope: 'row' }, id),
+      h('td', {}, priority),
+      h('td', {}, h('code', {}, condition)),
+      h('td', {}, targeted),
+      h('td', {}, applied),
+      h('td', {}, kind))) : [h('tr', {}, h('td', { colspan: 6 }, 'No deployments.'))]));
   });
 }
 
