@@ -84,7 +84,7 @@ async fn produce(hub: &Hub, mut request: StreamRequest, tx: &mpsc::Sender<Bytes>
     loop {
         let event = tokio::select! {
             () = tx.closed() => return,
-            changed = logged.changed() => {
+            changed = logged.changed(), if request.messages.is_some() => {
                 if changed.is_err() {
                     return;
                 }

@@ -103,12 +103,18 @@ pub async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::
     response
 }
 
+/// A request's signed-in session.
+struct SignedIn {
+    /// The session id (the cookie's value).
+    id: Secret,
+    /// The session.
+    session: Session,
+    /// Its shared access policy, whose permissions the console has.
+    policy: PolicyRecord,
+}
+
 /// The signed-in session of the request's cookie, with its policy.
-fn session_of(
-    hub: &Hub,
-    headers: &hyper::HeaderMap,
-    now: u64,
-) -> Option<(Secret, Session, PolicyRecord)> {
+fn session_of(hub: &Hub, headers: &hyper::HeaderMap, now: u64) -> Option<SignedIn> {
     let id = headers
         .get_all(hyper::header::COOKIE)
         .iter()
@@ -120,13 +126,15 @@ fn session_of(
         .iter()
         .find(|p| p.name == session.policy)?
         .clone();
-    Some((Secret::new(id), session, policy))
+    Some(SignedIn {
+        id: Secret::new(id),
+        session,
+        policy,
+    })
 }
 
 /// The session, or 401.
-fn signed_in(
-    session: Option<(Secret, Session, PolicyRecord)>,
-) -> Result<(Secret, Session, PolicyRecord), ApiError> {
+fn signed_in(session: Option<SignedIn>) -> Result<SignedIn, ApiError> {
     session.ok_or_else(|| {
         ApiError::new(
             ErrorCode::IotHubUnauthorizedAccess,
@@ -140,7 +148,7 @@ fn signed_in(
 fn page(
     hub: &Hub,
     request: &hyper::Request<Incoming>,
-    session: Option<(Secret, Session, PolicyRecord)>,
+    session: Option<SignedIn>,
     now: u64,
 ) -> Result<hyper::Response<Body>, ApiError> {
     let query = query_pairs(request.uri().query().unwrap_or(""));
@@ -220,9 +228,9 @@ async fn sign_in(
 fn sign_out(
     hub: &Hub,
     request: &hyper::Request<Incoming>,
-    session: Option<(Secret, Session, PolicyRecord)>,
+    session: Option<SignedIn>,
 ) -> Result<hyper::Response<Body>, ApiError> {
-    let (id, session, _) = signed_in(session)?;
+    let SignedIn { id, session, .. } = signed_in(session)?;
     check_csrf(request, &session)?;
     hub.console.sessions.end(id.expose());
     let mut response = empty(StatusCode::NO_CONTENT);
@@ -231,11 +239,10 @@ fn sign_out(
 }
 
 /// `GET /console/session`: the policy, its permissions and the CSRF token, for the front end.
-fn describe(
-    hub: &Hub,
-    session: Option<(Secret, Session, PolicyRecord)>,
-) -> Result<hyper::Response<Body>, ApiError> {
-    let (_, session, policy) = signed_in(session)?;
+fn describe(hub: &Hub, session: Option<SignedIn>) -> Result<hyper::Response<Body>, ApiError> {
+    let SignedIn {
+        session, policy, ..
+    } = signed_in(session)?;
     let body = serde_json::json!({
         "hostName": hub.host_name,
         "policy": policy.name,
@@ -249,9 +256,11 @@ fn describe(
 async fn proxy(
     hub: &Arc<Hub>,
     mut request: hyper::Request<Incoming>,
-    session: Option<(Secret, Session, PolicyRecord)>,
+    session: Option<SignedIn>,
 ) -> Result<hyper::Response<Body>, ApiError> {
-    let (_, session, policy) = signed_in(session)?;
+    let SignedIn {
+        session, policy, ..
+    } = signed_in(session)?;
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         check_csrf(&request, &session)?;
     }
@@ -275,9 +284,9 @@ async fn proxy(
 fn stream(
     hub: &Arc<Hub>,
     request: &hyper::Request<Incoming>,
-    session: Option<(Secret, Session, PolicyRecord)>,
+    session: Option<SignedIn>,
 ) -> Result<hyper::Response<Body>, ApiError> {
-    let (_, _, policy) = signed_in(session)?;
+    let SignedIn { policy, .. } = signed_in(session)?;
     let query = query_pairs(request.uri().query().unwrap_or(""));
     let resume = request
         .headers()
