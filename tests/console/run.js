@@ -81,7 +81,19 @@ function rest(info) {
   });
 }
 
+// Every form control has a label and every button and link a name, on the page as it is now.
+async function checkLabels(page, name) {
+  const unnamed = await page.evaluate(() => [
+    ...[...document.querySelectorAll('input, textarea, select')].filter((el) => el.labels.length === 0)
+      .map((el) => el.outerHTML.slice(0, 80)),
+    ...[...document.querySelectorAll('button, a')].filter((el) => !(el.getAttribute('aria-label') || el.textContent.trim()))
+      .map((el) => el.outerHTML.slice(0, 80)),
+  ]);
+  assert.deepEqual(unnamed, [], `${name}: controls without a label or name`);
+}
+
 async function shoot(page, name) {
+  await checkLabels(page, name);
   fs.mkdirSync(shots, { recursive: true });
   for (const width of WIDTHS) {
     await page.setViewportSize({ width, height: width === 360 ? 740 : 800 });
