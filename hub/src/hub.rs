@@ -12,6 +12,7 @@ use edgetwin_wire::sas::SasToken;
 use edgetwin_wire::topic::{self, Feature};
 use edgetwin_wire::twin;
 
+use crate::console::Console;
 use crate::error::ApiError;
 use crate::faults::Faults;
 use crate::ids;
@@ -48,6 +49,8 @@ pub struct Hub {
     pub workload: WorkloadSockets,
     /// Faults injected through `/edgetwin/faults`.
     pub faults: Faults,
+    /// The web console's sessions and event streams.
+    pub console: Console,
 }
 
 impl Hub {
@@ -93,6 +96,7 @@ impl Hub {
             ca_pem,
             workload,
             faults: Faults::default(),
+            console: Console::default(),
         })
     }
 

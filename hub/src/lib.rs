@@ -5,6 +5,7 @@
 //! Start it with [`start`]; the returned [`RunningHub`] tells where everything listens.
 
 mod certs;
+mod console;
 mod deployments;
 mod error;
 mod faults;
@@ -119,6 +120,9 @@ pub struct HubInfo {
     pub https_port: u16,
     /// REST base URL.
     pub rest_url: String,
+    /// The link that opens the web console signed in as `iothubowner` (valid while this hub
+    /// runs; a secret).
+    pub console_url: Secret,
     /// Directory of the workload sockets (one per edge device in use; a module's
     /// `edgeEnvironment` names its socket).
     pub workload_dir: PathBuf,
@@ -270,6 +274,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         mqtt_port,
         https_port,
         rest_url: format!("https://{service_host}"),
+        console_url: Secret::new(format!(
+            "https://{service_host}{}",
+            hub.console.sign_in_path().expose()
+        )),
         workload_dir,
     };
     // hub.json holds the keys on purpose (mode 0600, beside the database that holds them too).

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use edgetwin_wire::topic::Feature;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Capacity of each connection's outgoing queue; a client that falls this far behind is dropped
 /// (it resynchronises its twin when it reconnects).
@@ -101,6 +101,8 @@ pub struct LiveConnections {
     by_client: Mutex<HashMap<String, LiveConnection>>,
     /// Source of connection ids.
     next_id: AtomicU64,
+    /// Counts connects and disconnects, for live readers (the console) to wait on.
+    changes: watch::Sender<u64>,
 }
 
 impl LiveConnections {
@@ -124,6 +126,7 @@ impl LiveConnections {
             tracing::info!(client_id, "new connection replaces the previous one");
             previous.kick.notify_one();
         }
+        self.changes.send_modify(|n| *n += 1);
         Registration {
             id,
             outgoing: OutgoingQueue { rx, queued_bytes },
@@ -136,6 +139,8 @@ impl LiveConnections {
         let mut map = self.lock();
         if map.get(client_id).is_some_and(|c| c.id == id) {
             map.remove(client_id);
+            drop(map);
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -149,6 +154,11 @@ impl LiveConnections {
     /// Whether `client_id` is connected.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.lock().contains_key(client_id)
+    }
+
+    /// A receiver that changes whenever a client connects or disconnects.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Client ids of every live connection.
@@ -235,6 +245,21 @@ mod tests {
         assert!(live.is_connected("d1"));
         live.unregister("d1", second.id);
         assert!(!live.is_connected("d1"));
+    }
+
+    #[test]
+    fn subscribers_are_told_of_connects_and_of_disconnects_of_the_current_connection_only() {
+        let live = LiveConnections::default();
+        let mut changes = live.subscribe();
+        let first = live.register("d1", HashSet::new());
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        let second = live.register("d1", HashSet::new());
+        changes.mark_unchanged();
+        live.unregister("d1", first.id);
+        assert!(!changes.has_changed().unwrap());
+        live.unregister("d1", second.id);
+        assert!(changes.has_changed().unwrap());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 /// How many messages the log keeps; older ones are dropped first.
 pub const MESSAGE_LOG_CAPACITY: usize = 10_000;
@@ -87,13 +88,33 @@ struct Held {
 }
 
 /// The log.
-#[derive(Default)]
 pub struct MessageLog {
     /// What is held.
     inner: Mutex<Held>,
+    /// The last sequence number given, for live readers to wait on.
+    latest: watch::Sender<u64>,
+}
+
+impl Default for MessageLog {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            latest: watch::Sender::new(0),
+        }
+    }
 }
 
 impl MessageLog {
+    /// The last sequence number given (0 before the first message).
+    pub fn latest(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
+    /// A receiver that changes whenever a message is appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
     /// Appends a message, dropping the oldest beyond the count and byte caps; returns its
     /// sequence number.
     pub fn push(&self, mut message: Message) -> u64 {
@@ -108,7 +129,10 @@ impl MessageLog {
                 None => break,
             }
         }
-        held.sequence
+        let sequence = held.sequence;
+        drop(held);
+        self.latest.send_replace(sequence);
+        sequence
     }
 
     /// The oldest messages matching `filter`, at most [`MAX_READ_MESSAGES`] and about
@@ -213,6 +237,17 @@ mod tests {
         let held = log.inner.lock().unwrap();
         assert_eq!(held.messages.len(), MESSAGE_LOG_CAPACITY);
         assert_eq!(held.messages[0].sequence, 6);
+    }
+
+    #[test]
+    fn a_subscriber_is_told_of_each_appended_message() {
+        let log = MessageLog::default();
+        let mut subscriber = log.subscribe();
+        assert!(!subscriber.has_changed().unwrap());
+        let sequence = log.push(message("d"));
+        assert!(subscriber.has_changed().unwrap());
+        assert_eq!(*subscriber.borrow_and_update(), sequence);
+        assert_eq!(log.latest(), sequence);
     }
 
     #[test]

@@ -143,6 +143,10 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
     );
     out!("  service REST API:    {}", info.rest_url);
     out!(
+        "  web console:         {} (signs in as iothubowner; valid while this hub runs)",
+        info.console_url.expose()
+    );
+    out!(
         "  MQTT (WebSockets):   wss://{}:{}/$iothub/websocket",
         info.host_name,
         info.https_port

@@ -435,7 +435,8 @@ impl Rest {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    /// A new HTTPS connection to the hub (for requests of the caller's own making).
+    pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .map_err(|e| format!("connect to the REST API: {e}"))?;

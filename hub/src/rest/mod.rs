@@ -59,15 +59,7 @@ impl Request {
         if grants(&self.policy, permission) {
             return Ok(());
         }
-        tracing::info!(policy = %self.policy.name, permission = permission.name(), "permission missing");
-        Err(ApiError::new(
-            ErrorCode::IotHubUnauthorizedAccess,
-            format!(
-                "Unauthorized: the shared access policy '{}' does not grant {}",
-                self.policy.name,
-                permission.name()
-            ),
-        ))
+        Err(permission_missing(&self.policy, permission))
     }
 
     /// The body decoded as `T`; a bad body names what is wrong.
@@ -88,6 +80,19 @@ impl Request {
             .filter(|t| (1..=1000).contains(t))
             .unwrap_or(1000)
     }
+}
+
+/// IoT Hub's refusal of a request whose policy lacks `permission` (logged).
+pub fn permission_missing(policy: &PolicyRecord, permission: Permission) -> ApiError {
+    tracing::info!(policy = %policy.name, permission = permission.name(), "permission missing");
+    ApiError::new(
+        ErrorCode::IotHubUnauthorizedAccess,
+        format!(
+            "Unauthorized: the shared access policy '{}' does not grant {}",
+            policy.name,
+            permission.name()
+        ),
+    )
 }
 
 /// What a route answers.
@@ -171,12 +176,15 @@ pub async fn serve(
                     hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                         let (hub, slot, admission) = (hub.clone(), slot.clone(), admission.clone());
                         async move {
-                            if request.uri().path() == crate::mqtt::WEBSOCKET_PATH {
-                                return Ok::<_, Infallible>(websocket(
-                                    hub, request, admission, &slot,
-                                ));
+                            let path = request.uri().path();
+                            if path == crate::mqtt::WEBSOCKET_PATH {
+                                let response = websocket(hub, request, admission, &slot);
+                                return Ok::<_, Infallible>(response.map(BodyExt::boxed));
                             }
-                            Ok::<_, Infallible>(handle(hub, request).await)
+                            if crate::console::serves(path) {
+                                return Ok(crate::console::handle(hub, request).await);
+                            }
+                            Ok(handle(hub, request).await.map(BodyExt::boxed))
                         }
                     });
                 if let Err(error) = http1_server()
@@ -268,9 +276,23 @@ pub fn query_pairs(query: &str) -> HashMap<String, String> {
 }
 
 async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let authenticate = |headers: &hyper::HeaderMap, segments: &[String]| {
+        let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+        hub.authenticate_service(authorization, segments).cloned()
+    };
+    serve_request(&hub, request, authenticate).await
+}
+
+/// Answers one REST request as the policy `authenticate` finds for its headers and path (the
+/// service token for REST clients; the console passes its session's policy).
+pub async fn serve_request(
+    hub: &Arc<Hub>,
+    request: hyper::Request<Incoming>,
+    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
+) -> hyper::Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let reply = match parse(&hub, request).await {
+    let reply = match parse(request, authenticate).await {
         Ok(request) => {
             let operation = format!("{} /{}", request.method, request.segments.join("/"));
             if !operation.contains(" /edgetwin/faults") {
@@ -281,7 +303,7 @@ async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Resp
                     return throttled_response(retry_after);
                 }
             }
-            dispatch(&hub, request).await
+            dispatch(hub, request).await
         }
         Err(error) => Err(error),
     };
@@ -329,7 +351,8 @@ fn throttled_response(retry_after: u32) -> hyper::Response<Full<Bytes>> {
     response
 }
 
-fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
+/// The IoT Hub error response for `error`.
+pub fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
     let body = model::error_body(
         error.code,
         &error.message,
@@ -344,7 +367,10 @@ fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
         .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
 }
 
-async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, ApiError> {
+async fn parse(
+    request: hyper::Request<Incoming>,
+    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
+) -> Result<Request, ApiError> {
     let header = |name: &str| {
         request
             .headers()
@@ -359,9 +385,7 @@ async fn parse(hub: &Hub, request: hyper::Request<Incoming>) -> Result<Request, 
         ));
     }
     let segments = path_segments(request.uri().path());
-    let policy = hub
-        .authenticate_service(header("authorization").as_deref(), &segments)?
-        .clone();
+    let policy = authenticate(request.headers(), &segments)?;
     let if_match = header("if-match");
     let headers = request.headers().clone();
     let method = request.method().clone();

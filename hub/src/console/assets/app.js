@@ -1,0 +1,625 @@
+// The console's front end: hash routes, one render function per page, data from the hub's own
+// REST API (/console/api/..., answered as the session's policy) and live events from
+// /console/events (server-sent events). No framework, no inline script or style (strict CSP).
+'use strict';
+
+const API_VERSION = '2021-04-12';
+const view = document.getElementById('view');
+let session = null;
+// What the current page must undo when the route changes (timers, event streams).
+let cleanups = [];
+
+// ---- helpers -------------------------------------------------------------------------------
+
+// Builds an element: h('a', {href: '#'}, 'text', child...). `on*` attributes become listeners.
+function h(tag, attrs, ...children) {
+  const svg = ['svg', 'polyline', 'line', 'text'].includes(tag);
+  const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (key === 'text') el.textContent = value;
+    else el.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function json(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+function can(permission) {
+  return session && session.permissions.includes(permission);
+}
+
+// The hub's error text without IoT Hub's `ErrorCode:X;` prefix.
+function errorText(body, status) {
+  const message = body && (body.Message || body.message);
+  if (!message) return 'HTTP ' + status;
+  return String(message).replace(/^ErrorCode:([A-Za-z]+);/, '$1: ');
+}
+
+// Calls the REST API; resolves to {ok, status, body, etag}.
+async function api(method, path, body, headers) {
+  const url = '/console/api' + path + (path.includes('?') ? '&' : '?') + 'api-version=' + API_VERSION;
+  const init = { method, credentials: 'same-origin', headers: Object.assign({}, headers) };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers['content-type'] = 'application/json';
+  }
+  if (method !== 'GET') init.headers['x-console-csrf'] = session.csrfToken;
+  const response = await fetch(url, init);
+  if (response.status === 401 && !session) location.assign('/console/');
+  const text = await response.text();
+  let parsed = null;
+  try { parsed = text ? JSON.parse(text) : null; } catch (_) { parsed = text; }
+  return { ok: response.ok, status: response.status, body: parsed, etag: response.headers.get('etag'),
+    more: Boolean(response.headers.get('x-ms-continuation')) };
+}
+
+function enc(id) {
+  return encodeURIComponent(id);
+}
+
+// `/twins/d` or `/twins/d/modules/m`.
+function twinPath(device, module) {
+  return '/twins/' + enc(device) + (module ? '/modules/' + enc(module) : '');
+}
+
+function clientId(device, module) {
+  return module ? device + '/' + module : device;
+}
+
+function label(device, module) {
+  return module ? device + ' / ' + module : device;
+}
+
+// Replaces the children of `parent` only if what they show changed, so that polling does not
+// take the keyboard focus away from a link or button the user is on.
+function replaceIfChanged(parent, shown, build) {
+  const key = JSON.stringify(shown);
+  if (parent.dataset.shown === key) return;
+  parent.dataset.shown = key;
+  parent.replaceChildren(...build());
+}
+
+function every(ms, fn) {
+  fn();
+  const timer = setInterval(fn, ms);
+  cleanups.push(() => clearInterval(timer));
+}
+
+// Opens the live stream; `handlers` maps event names to functions of the parsed data.
+function listen(query, handlers) {
+  const source = new EventSource('/console/events' + (query ? '?' + query : ''));
+  for (const [name, handler] of Object.entries(handlers)) {
+    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+  }
+  cleanups.push(() => source.close());
+  return source;
+}
+
+// Live connection state: cells with data-client-id follow the `connections` events.
+function followConnections() {
+  if (!can('RegistryRead')) return;
+  listen('', {
+    connections(ids) {
+      const connected = new Set(ids);
+      for (const cell of view.querySelectorAll('[data-client-id]')) {
+        setState(cell, connected.has(cell.dataset.clientId) ? 'Connected' : 'Disconnected');
+      }
+    },
+  });
+}
+
+function setState(cell, state) {
+  if (cell.textContent === state) return;
+  cell.textContent = state;
+  cell.className = 'state-' + state;
+  cell.dataset.changed = new Date().toISOString();
+}
+
+function stateCell(device, module, state) {
+  return h('td', { 'data-client-id': clientId(device, module), class: 'state-' + state }, state);
+}
+
+function page(title, ...children) {
+  document.title = title + ' · edgetwin hub console';
+  view.replaceChildren(h('h1', {}, title), ...children);
+}
+
+function table(caption, headings, rows) {
+  return h('div', { class: 'table-wrap' },
+    h('table', {},
+      h('caption', { class: 'muted' }, caption),
+      h('thead', {}, h('tr', {}, headings.map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, rows)));
+}
+
+function alertBox(id) {
+  return h('p', { id, class: 'error', role: 'alert', hidden: true });
+}
+
+function showError(box, text) {
+  box.textContent = text || '';
+  box.hidden = !text;
+}
+
+// ---- pages ---------------------------------------------------------------------------------
+
+async function devicesPage() {
+  const body = h('tbody', {});
+  const error = alertBox('devices-error');
+  const more = h('p', { class: 'muted', hidden: true }, 'Showing the first page of devices (100) only.');
+  page('Devices', error, more,
+    h('div', { class: 'table-wrap' }, h('table', {},
+      h('caption', { class: 'muted' }, 'Every device of the hub; connection state is live.'),
+      h('thead', {}, h('tr', {}, ['Device', 'Connection', 'IoT Edge', 'Deployments', 'Status']
+        .map((t) => h('th', { scope: 'col' }, t)))),
+      body)));
+  followConnections();
+  every(3000, async () => {
+    const reply = await api('POST', '/devices/query', { query: 'SELECT * FROM devices' });
+    if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
+    showError(error, '');
+    more.hidden = !reply.more;
+    const shown = reply.body.map((twin) => [twin.deviceId, twin.connectionState || 'Disconnected',
+      Boolean(twin.capabilities && twin.capabilities.iotEdge),
+      Object.entries(twin.configurations || {}).map(([id, s]) => id + ': ' + s.status).join(', '),
+      twin.status || '']);
+    replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, state, edge, configurations, status]) => h('tr', {},
+      h('th', { scope: 'row' }, h('a', { href: '#/device/' + enc(id) }, id)),
+      stateCell(id, null, state),
+      h('td', {}, edge ? 'yes' : 'no'),
+      h('td', {}, configurations || '—'),
+      h('td', {}, status))) : [h('tr', {}, h('td', { colspan: 5 }, 'No devices yet.'))]));
+  });
+}
+
+function identityLinks(device, module) {
+  const base = enc(device) + (module ? '/' + enc(module) : '');
+  return h('td', { class: 'actions' },
+    h('a', { href: '#/twin/' + base }, 'Twin'), ' · ',
+    h('a', { href: '#/telemetry/' + base }, 'Telemetry'), ' · ',
+    h('a', { href: '#/methods/' + base }, 'Methods'));
+}
+
+function dropButton(device, module, status) {
+  return h('button', {
+    type: 'button', class: 'secondary', disabled: !(can('RegistryWrite') && can('ServiceConnect')),
+    'aria-label': 'Drop the connection of ' + label(device, module),
+    async onclick() {
+      const reply = await api('POST', '/edgetwin/faults/disconnect', { clientId: clientId(device, module) });
+      status.textContent = reply.ok ? 'Dropped the connection of ' + label(device, module) + '.'
+        : errorText(reply.body, reply.status);
+    },
+  }, 'Drop connection');
+}
+
+async function devicePage(device) {
+  const status = h('p', { role: 'status' });
+  const error = alertBox('device-error');
+  const summary = h('tbody', {});
+  const modules = h('tbody', {});
+  page('Device ' + device, error, status,
+    table('The device', ['Device', 'Connection', 'IoT Edge', 'Open', 'Fault'], [summary]),
+    h('h2', {}, 'Modules'),
+    table('Its modules; connection state is live.', ['Module', 'Connection', 'Open', 'Fault'], [modules]));
+  followConnections();
+  every(3000, async () => {
+    const [d, m] = await Promise.all([
+      api('GET', '/devices/' + enc(device)),
+      api('GET', '/devices/' + enc(device) + '/modules'),
+    ]);
+    if (!d.ok) return showError(error, errorText(d.body, d.status));
+    showError(error, '');
+    const state = d.body.connectionState || 'Disconnected';
+    const edge = Boolean(d.body.capabilities && d.body.capabilities.iotEdge);
+    replaceIfChanged(summary, [state, edge], () => [h('tr', {},
+      h('th', { scope: 'row' }, device),
+      stateCell(device, null, state),
+      h('td', {}, edge ? 'yes' : 'no'),
+      identityLinks(device, null),
+      h('td', {}, dropButton(device, null, status)))]);
+    if (!m.ok) return showError(error, errorText(m.body, m.status));
+    const shown = m.body.map((module) => [module.moduleId, module.connectionState || 'Disconnected']);
+    replaceIfChanged(modules, shown, () => shown.map(([id, moduleState]) => h('tr', {},
+      h('th', { scope: 'row' }, id),
+      stateCell(device, id, moduleState),
+      identityLinks(device, id),
+      h('td', {}, dropButton(device, id, status)))));
+  });
+}
+
+// Desired or reported properties without `$metadata` and `$version`.
+function plain(properties) {
+  const copy = Object.assign({}, properties || {});
+  delete copy.$metadata;
+  delete copy.$version;
+  return copy;
+}
+
+// The JSON merge patch that turns `from` into `to` (null removes).
+function mergePatch(from, to) {
+  const patch = {};
+  for (const key of Object.keys(from)) if (!(key in to)) patch[key] = null;
+  for (const [key, value] of Object.entries(to)) {
+    const old = from[key];
+    const objects = [old, value].every((v) => v && typeof v === 'object' && !Array.isArray(v));
+    if (objects) {
+      const inner = mergePatch(old, value);
+      if (Object.keys(inner).length) patch[key] = inner;
+    } else if (JSON.stringify(old) !== JSON.stringify(value)) {
+      patch[key] = value;
+    }
+  }
+  return patch;
+}
+
+// Leaf paths that differ between two documents, as [kind, path, old, new].
+function diff(from, to, prefix) {
+  const out = [];
+  const keys = new Set([...Object.keys(from || {}), ...Object.keys(to || {})]);
+  for (const key of keys) {
+    if (key === '$metadata') continue;
+    const path = prefix ? prefix + '.' + key : key;
+    const a = from ? from[key] : undefined;
+    const b = to ? to[key] : undefined;
+    const objects = [a, b].every((v) => v && typeof v === 'object' && !Array.isArray(v));
+    if (objects) out.push(...diff(a, b, path));
+    else if (a === undefined) out.push(['add', path, a, b]);
+    else if (b === undefined) out.push(['remove', path, a, b]);
+    else if (JSON.stringify(a) !== JSON.stringify(b)) out.push(['change', path, a, b]);
+  }
+  return out;
+}
+
+function jsonEditor(id, text, value) {
+  return [h('label', { for: id }, text),
+    h('textarea', { id, rows: 8, spellcheck: 'false', 'aria-describedby': 'twin-error' }, json(value))];
+}
+
+async function twinPage(device, module) {
+  const path = twinPath(device, module);
+  const error = alertBox('twin-error');
+  const status = h('p', { role: 'status' });
+  const version = h('p', {});
+  const desired = h('pre', { id: 'twin-desired', tabindex: 0, 'aria-label': 'Desired properties' });
+  const reported = h('pre', { id: 'twin-reported', tabindex: 0, 'aria-label': 'Reported properties' });
+  const metadata = h('pre', { tabindex: 0, 'aria-label': 'Metadata' });
+  const changes = h('ul', { id: 'twin-diff' }, h('li', { class: 'muted' }, 'No change seen yet.'));
+  const editor = h('form', { novalidate: true });
+  let current = null;
+  page('Twin of ' + label(device, module),
+    version,
+    h('div', { class: 'columns' },
+      h('section', { 'aria-labelledby': 'desired-title' }, h('h2', { id: 'desired-title' }, 'Desired'), desired),
+      h('section', { 'aria-labelledby': 'reported-title' }, h('h2', { id: 'reported-title' }, 'Reported'), reported)),
+    h('details', {}, h('summary', {}, '$metadata (desired and reported)'), metadata),
+    h('h2', {}, 'Last change'), changes,
+    h('h2', {}, 'Edit desired properties and tags'), editor);
+
+  function fillEditor(twin) {
+    editor.replaceChildren(
+      ...jsonEditor('edit-desired', 'Desired properties (JSON)', plain(twin.properties.desired)),
+      ...jsonEditor('edit-tags', 'Tags (JSON)', twin.tags || {}),
+      error, status,
+      h('button', { type: 'submit', disabled: !can('ServiceConnect') }, 'Save'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => fillEditor(current) }, 'Reset'));
+  }
+
+  editor.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const fields = [['edit-desired', 'desired properties'], ['edit-tags', 'tags']];
+    const values = {};
+    for (const [id, what] of fields) {
+      const area = document.getElementById(id);
+      area.setAttribute('aria-invalid', 'false');
+      try {
+        values[id] = JSON.parse(area.value);
+        if (!values[id] || typeof values[id] !== 'object' || Array.isArray(values[id])) throw new Error('must be a JSON object');
+      } catch (e) {
+        area.setAttribute('aria-invalid', 'true');
+        area.focus();
+        return showError(error, what + ': ' + e.message);
+      }
+    }
+    const patch = {};
+    const desiredPatch = mergePatch(plain(current.properties.desired), values['edit-desired']);
+    const tagsPatch = mergePatch(current.tags || {}, values['edit-tags']);
+    if (Object.keys(desiredPatch).length) patch.properties = { desired: desiredPatch };
+    if (Object.keys(tagsPatch).length) patch.tags = tagsPatch;
+    if (!Object.keys(patch).length) return showError(error, 'Nothing changed.');
+    const reply = await api('PATCH', path, patch, { 'if-match': current.etag ? '"' + current.etag + '"' : '*' });
+    if (!reply.ok) {
+      document.getElementById('edit-desired').setAttribute('aria-invalid', 'true');
+      return showError(error, errorText(reply.body, reply.status));
+    }
+    showError(error, '');
+    status.textContent = 'Saved: desired $version ' + reply.body.properties.desired.$version + '.';
+    show(reply.body);
+    fillEditor(reply.body);
+  });
+
+  function show(twin) {
+    if (current && JSON.stringify(current) === JSON.stringify(twin)) return;
+    if (current) {
+      const lines = diff({ properties: current.properties, tags: current.tags },
+        { properties: twin.properties, tags: twin.tags }, '');
+      if (lines.length) {
+        changes.replaceChildren(...lines.map(([kind, p, a, b]) => h('li', { class: 'diff-' + kind },
+          kind === 'add' ? '+ ' + p + ': ' + JSON.stringify(b)
+            : kind === 'remove' ? '− ' + p + ' (was ' + JSON.stringify(a) + ')'
+              : '~ ' + p + ': ' + JSON.stringify(a) + ' → ' + JSON.stringify(b))));
+      }
+    }
+    current = twin;
+    version.textContent = 'desired $version ' + twin.properties.desired.$version + ' · reported $version '
+      + twin.properties.reported.$version + ' · etag ' + twin.etag + ' · ' + (twin.connectionState || '');
+    desired.textContent = json(plain(twin.properties.desired));
+    reported.textContent = json(plain(twin.properties.reported));
+    metadata.textContent = json({ desired: twin.properties.desired.$metadata, reported: twin.properties.reported.$metadata });
+  }
+
+  every(2000, async () => {
+    const reply = await api('GET', path);
+    if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
+    const first = !current;
+    show(reply.body);
+    if (first) fillEditor(reply.body);
+  });
+}
+
+// Numeric fields of a JSON body by dotted path (`load.1m`), or none.
+function numbers(text) {
+  const found = {};
+  function walk(value, prefix) {
+    if (typeof value === 'number' && isFinite(value)) found[prefix] = value;
+    else if (value && typeof value === 'object' && !Array.isArray(value)) {
+      for (const [key, inner] of Object.entries(value)) walk(inner, prefix ? prefix + '.' + key : key);
+    }
+  }
+  try { walk(JSON.parse(text), ''); } catch (_) { /* not JSON: nothing to chart */ }
+  return found;
+}
+
+function chart(series) {
+  const width = 600;
+  const height = 160;
+  const names = Object.keys(series).slice(0, 4);
+  const svg = h('svg', { class: 'chart', viewBox: '0 0 ' + width + ' ' + height, role: 'img',
+    'aria-label': 'Numeric fields over time: ' + (names.join(', ') || 'none yet') });
+  names.forEach((name, i) => {
+    const points = series[name];
+    const min = Math.min(...points);
+    const max = Math.max(...points);
+    const span = max - min || 1;
+    const step = points.length > 1 ? width / (points.length - 1) : 0;
+    const coords = points.map((v, j) => (j * step).toFixed(1) + ',' + (height - 8 - ((v - min) / span) * (height - 16)).toFixed(1));
+    svg.append(h('polyline', { class: 'series-' + i, points: coords.join(' ') }));
+  });
+  const legend = h('ul', { class: 'legend' }, names.map((name, i) => {
+    const points = series[name];
+    return h('li', { class: 'series-' + i }, name + ': last ' + points[points.length - 1]
+      + ' (min ' + Math.min(...points) + ', max ' + Math.max(...points) + ')');
+  }));
+  return [svg, legend];
+}
+
+async function telemetryPage(device, module) {
+  const list = h('ol', { class: 'log', id: 'telemetry-log', role: 'log', 'aria-label': 'Messages, newest first' });
+  const figure = h('figure', {});
+  const waiting = h('p', { role: 'status', class: 'muted' }, 'Waiting for messages…');
+  const series = {};
+  let paused = false;
+  let held = [];
+  const pause = h('button', {
+    type: 'button', 'aria-pressed': 'false',
+    onclick() {
+      paused = !paused;
+      pause.setAttribute('aria-pressed', String(paused));
+      pause.textContent = paused ? 'Resume' : 'Pause';
+      if (!paused) { held.forEach(add); held = []; }
+      waiting.textContent = paused ? 'Paused.' : 'Live.';
+    },
+  }, 'Pause');
+  page('Telemetry of ' + label(device, module),
+    h('p', { class: 'muted' }, 'Device-to-cloud messages and module outputs as the hub receives them.'),
+    h('div', { class: 'actions' }, pause), waiting,
+    h('h2', {}, 'Numeric fields'), figure,
+    h('h2', {}, 'Messages'), list);
+  figure.replaceChildren(...chart(series));
+
+  function add(message) {
+    const text = message.body !== undefined ? message.body : '(binary, base64) ' + message.bodyBase64;
+    for (const [name, value] of Object.entries(numbers(message.body || ''))) {
+      (series[name] = series[name] || []).push(value);
+      if (series[name].length > 60) series[name].shift();
+    }
+    figure.replaceChildren(...chart(series));
+    const properties = Object.entries(message.properties || {}).map(([k, v]) => k + '=' + v).join(', ');
+    list.prepend(h('li', {},
+      h('div', {}, h('strong', {}, message.enqueuedTimeUtc), ' · ',
+        (message.moduleId ? message.moduleId : message.deviceId) + (message.output ? ' → ' + message.output : '')),
+      h('div', { class: 'muted' }, properties || 'no properties'),
+      h('pre', {}, text)));
+    while (list.children.length > 200) list.lastChild.remove();
+    waiting.textContent = 'Live: ' + list.children.length + ' shown.';
+  }
+
+  const query = 'deviceId=' + enc(device) + (module ? '&moduleId=' + enc(module) : '');
+  listen(query, {
+    message(message) {
+      if (paused) {
+        held.push(message);
+        waiting.textContent = 'Paused: ' + held.length + ' waiting.';
+      } else {
+        add(message);
+      }
+    },
+  });
+}
+
+async function methodsPage(device, module) {
+  const error = alertBox('method-error');
+  const result = h('output', { id: 'method-result', 'aria-live': 'polite' });
+  const form = h('form', { class: 'stack', novalidate: true },
+    h('label', { for: 'method-name' }, 'Method name'),
+    h('input', { id: 'method-name', value: 'ping', required: true, autocomplete: 'off' }),
+    h('label', { for: 'method-payload' }, 'Payload (JSON)'),
+    h('textarea', { id: 'method-payload', rows: 4, spellcheck: 'false' }, '{}'),
+    h('label', { for: 'method-timeout' }, 'Response timeout (seconds, 5–300)'),
+    h('input', { id: 'method-timeout', type: 'number', min: 5, max: 300, value: 30 }),
+    error,
+    h('button', { type: 'submit', disabled: !can('ServiceConnect') }, 'Invoke'));
+  page('Direct methods of ' + label(device, module), form, h('h2', {}, 'Result'), result);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const payloadArea = document.getElementById('method-payload');
+    let payload;
+    try {
+      payload = JSON.parse(payloadArea.value || 'null');
+      payloadArea.setAttribute('aria-invalid', 'false');
+    } catch (e) {
+      payloadArea.setAttribute('aria-invalid', 'true');
+      return showError(error, 'payload: ' + e.message);
+    }
+    showError(error, '');
+    result.textContent = 'Invoking…';
+    const body = {
+      methodName: document.getElementById('method-name').value,
+      payload,
+      responseTimeoutInSeconds: Number(document.getElementById('method-timeout').value),
+    };
+    const reply = await api('POST', twinPath(device, module) + '/methods', body);
+    if (!reply.ok) {
+      result.textContent = '';
+      return showError(error, errorText(reply.body, reply.status));
+    }
+    result.replaceChildren(h('p', {}, 'status ' + reply.body.status), h('pre', {}, json(reply.body.payload)));
+  });
+}
+
+async function deploymentsPage() {
+  const error = alertBox('deployments-error');
+  const body = h('tbody', {});
+  page('Deployments', error,
+    table('Configurations: how many devices each targets and has applied.',
+      ['Id', 'Priority', 'Target condition', 'Targeted', 'Applied', 'Kind'], [body]));
+  every(5000, async () => {
+    const reply = await api('GET', '/configurations');
+    if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
+    const results = (c) => (c.systemMetrics && c.systemMetrics.results) || {};
+    const shown = reply.body.map((c) => [c.id, c.priority, c.targetCondition || '', results(c).targetedCount ?? 0,
+      results(c).appliedCount ?? 0, c.content && c.content.modulesContent ? 'modules' : 'other']);
+    replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, priority, condition, targeted, applied, kind]) => h('tr', {},
+      h('th', { scope: 'row' }, id),
+      h('td', {}, priority),
+      h('td', {}, h('code', {}, condition)),
+      h('td', {}, targeted),
+      h('td', {}, applied),
+      h('td', {}, kind))) : [h('tr', {}, h('td', { colspan: 6 }, 'No deployments.'))]));
+  });
+}
+
+async function faultsPage() {
+  const error = alertBox('faults-error');
+  const report = h('pre', { id: 'faults-report', tabindex: 0, 'aria-label': 'Faults in force' });
+  const allowed = can('RegistryWrite') && can('ServiceConnect');
+  async function send(method, path, body) {
+    const reply = await api(method, '/edgetwin/faults' + path, body);
+    showError(error, reply.ok ? '' : errorText(reply.body, reply.status));
+    refresh();
+  }
+  async function refresh() {
+    const reply = await api('GET', '/edgetwin/faults');
+    if (reply.ok) report.textContent = json(reply.body);
+    else showError(error, errorText(reply.body, reply.status));
+  }
+  function numberForm(id, text, value, button, submit) {
+    const form = h('form', { class: 'inline', novalidate: true },
+      h('div', {}, h('label', { for: id }, text), h('input', { id, type: 'number', min: 0, value })),
+      h('div', {}, h('button', { type: 'submit', disabled: !allowed }, button)));
+    form.addEventListener('submit', (event) => { event.preventDefault(); submit(Number(document.getElementById(id).value)); });
+    return form;
+  }
+  const throttle = h('form', { class: 'inline', novalidate: true },
+    h('div', {}, h('label', { for: 'throttle-operation' }, 'Operation prefix'),
+      h('input', { id: 'throttle-operation', value: 'MQTT twin/PATCH' })),
+    h('div', {}, h('label', { for: 'throttle-count' }, 'Requests'), h('input', { id: 'throttle-count', type: 'number', min: 1, value: 3 })),
+    h('div', {}, h('label', { for: 'throttle-retry' }, 'Retry-After (s)'), h('input', { id: 'throttle-retry', type: 'number', min: 0, value: 1 })),
+    h('div', {}, h('button', { type: 'submit', disabled: !allowed }, 'Throttle')));
+  throttle.addEventListener('submit', (event) => {
+    event.preventDefault();
+    send('POST', '/throttle', {
+      operation: document.getElementById('throttle-operation').value,
+      count: Number(document.getElementById('throttle-count').value),
+      retryAfterSeconds: Number(document.getElementById('throttle-retry').value),
+    });
+  });
+  page('Faults', error,
+    h('p', { class: 'muted' }, 'Make the hub misbehave on purpose. Drop one connection from a device page.'),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', disabled: !allowed, onclick: () => send('POST', '/disconnect') }, 'Drop every connection'),
+      h('button', { type: 'button', class: 'secondary', disabled: !allowed, onclick: () => send('DELETE', '') }, 'Clear all faults')),
+    h('h2', {}, 'Refuse connects'),
+    numberForm('refuse-seconds', 'Refuse CONNECT for (seconds)', 10, 'Refuse connects', (seconds) => send('POST', '/refuseConnects', { seconds })),
+    h('h2', {}, 'Token lifetime'),
+    numberForm('token-seconds', 'Cap new connections\' life at (seconds, 0 lifts)', 30, 'Set token lifetime', (seconds) => send('POST', '/tokenLifetime', { seconds })),
+    h('h2', {}, 'Throttle'), throttle,
+    h('h2', {}, 'In force'), report);
+  refresh();
+}
+
+// ---- routing -------------------------------------------------------------------------------
+
+const routes = [
+  [/^#\/devices$/, devicesPage],
+  [/^#\/device\/([^/]+)$/, devicePage],
+  [/^#\/twin\/([^/]+)(?:\/([^/]+))?$/, twinPage],
+  [/^#\/telemetry\/([^/]+)(?:\/([^/]+))?$/, telemetryPage],
+  [/^#\/methods\/([^/]+)(?:\/([^/]+))?$/, methodsPage],
+  [/^#\/deployments$/, deploymentsPage],
+  [/^#\/faults$/, faultsPage],
+];
+
+function route() {
+  cleanups.forEach((undo) => undo());
+  cleanups = [];
+  const hash = location.hash || '#/devices';
+  for (const [pattern, render] of routes) {
+    const match = hash.match(pattern);
+    if (match) {
+      render(...match.slice(1).map((part) => (part === undefined ? undefined : decodeURIComponent(part))));
+      for (const link of document.querySelectorAll('nav a')) {
+        link.toggleAttribute('aria-current', hash.startsWith(link.getAttribute('href')));
+      }
+      view.focus();
+      return;
+    }
+  }
+  page('Not found', h('p', {}, 'No console page at ' + hash + '. '), h('a', { href: '#/devices' }, 'Devices'));
+}
+
+async function start() {
+  const response = await fetch('/console/session', { credentials: 'same-origin' });
+  if (!response.ok) {
+    location.assign('/console/');
+    return;
+  }
+  session = await response.json();
+  document.getElementById('who').textContent = session.hostName + ' · ' + session.policy
+    + ' (' + session.permissions.join(', ') + ')';
+  document.getElementById('sign-out').addEventListener('click', async () => {
+    await fetch('/console/signout', { method: 'POST', credentials: 'same-origin', headers: { 'x-console-csrf': session.csrfToken } });
+    location.assign('/console/');
+  });
+  window.addEventListener('hashchange', route);
+  route();
+}
+
+start();

@@ -1,0 +1,413 @@
+//! The web console at `/console` on the hub's HTTPS port: a sign-in (the printed link or a service
+//! connection string), the front end built into the binary, the hub's own REST API under
+//! `/console/api/...` answered as the session's shared access policy (so IoT Hub's validation and
+//! permissions apply unchanged), and a server-sent event stream of messages and connection state.
+//! Mutating requests need the `SameSite=Strict` session cookie and the session's CSRF token in
+//! the [`auth::CSRF_HEADER`] header.
+
+mod assets;
+mod auth;
+mod events;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgetwin_wire::rest::{ErrorCode, Permission};
+use edgetwin_wire::Secret;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, StatusCode};
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+use crate::hub::{grants, Hub};
+use crate::ids;
+use crate::messages::MessageFilter;
+use crate::rest::{error_response, query_pairs, read_body, serve_request};
+use crate::store::PolicyRecord;
+use assets::Asset;
+use auth::{Session, Sessions, Started};
+
+/// Where the console is served.
+pub const PREFIX: &str = "/console";
+/// Largest sign-in body (a connection string fits many times over).
+const MAX_SIGN_IN_BODY: usize = 8 * 1024;
+
+/// A console response body: a whole body, or an event stream.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The console's state in the hub: who is signed in and the event streams open.
+pub struct Console {
+    /// The link token and the sessions.
+    sessions: Sessions,
+    /// One permit per open event stream.
+    streams: Arc<Semaphore>,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            sessions: Sessions::new(auth::random_token()),
+            streams: Arc::new(Semaphore::new(events::MAX_STREAMS)),
+        }
+    }
+}
+
+impl Console {
+    /// The path and query of the link that signs a browser in (a secret: it holds the token).
+    pub fn sign_in_path(&self) -> Secret {
+        Secret::new(format!(
+            "{PREFIX}/?token={}",
+            self.sessions.link_token().expose()
+        ))
+    }
+}
+
+/// Whether `path` belongs to the console.
+pub fn serves(path: &str) -> bool {
+    path == PREFIX || path.starts_with("/console/")
+}
+
+/// Answers a request under [`PREFIX`].
+pub async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    let now = ids::now_unix();
+    let name = request.uri().path()[PREFIX.len()..]
+        .trim_start_matches('/')
+        .to_owned();
+    let session = session_of(&hub, request.headers(), now);
+    let method = request.method().clone();
+    let mut response = match (&method, name.as_str()) {
+        (&Method::GET, "") => page(&hub, &request, session, now),
+        (&Method::POST, "signin") => sign_in(&hub, request, now).await,
+        (_, "api") => Err(ApiError::invalid("/console/api needs a REST path after it")),
+        (_, api) if api.starts_with("api/") => proxy(&hub, request, session).await,
+        (&Method::POST, "signout") => sign_out(&hub, &request, session),
+        (&Method::GET, "session") => describe(&hub, session),
+        (&Method::GET, "events") => stream(&hub, &request, session),
+        (&Method::GET, file) => assets::file(file)
+            .map(asset)
+            .ok_or_else(|| not_found(&name)),
+        _ => Err(not_found(&name)),
+    }
+    .unwrap_or_else(|error| {
+        tracing::debug!(%method, path = name, code = error.code.name(), "console request refused");
+        error_response(&error).map(BodyExt::boxed)
+    });
+    for (header, value) in assets::SECURITY_HEADERS {
+        response
+            .headers_mut()
+            .insert(header, hyper::header::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// A request's signed-in session.
+struct SignedIn {
+    /// The session id (the cookie's value).
+    id: Secret,
+    /// The session.
+    session: Session,
+    /// Its shared access policy, whose permissions the console has.
+    policy: PolicyRecord,
+}
+
+/// The signed-in session of the request's cookie, with its policy.
+fn session_of(hub: &Hub, headers: &hyper::HeaderMap, now: u64) -> Option<SignedIn> {
+    let id = headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| auth::cookie(v, auth::COOKIE))?;
+    let session = hub.console.sessions.get(id, now)?;
+    let policy = hub
+        .policies
+        .iter()
+        .find(|p| p.name == session.policy)?
+        .clone();
+    Some(SignedIn {
+        id: Secret::new(id),
+        session,
+        policy,
+    })
+}
+
+/// The session, or 401.
+fn signed_in(session: Option<SignedIn>) -> Result<SignedIn, ApiError> {
+    session.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::IotHubUnauthorizedAccess,
+            "not signed in to the console (or the session expired): sign in again",
+        )
+    })
+}
+
+/// `GET /console/`: the link's token signs in and redirects to a clean URL; then the console for
+/// a signed-in browser, the sign-in page for any other.
+fn page(
+    hub: &Hub,
+    request: &hyper::Request<Incoming>,
+    session: Option<SignedIn>,
+    now: u64,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let query = query_pairs(request.uri().query().unwrap_or(""));
+    if let Some(token) = query.get("token") {
+        return Ok(match hub.console.sessions.sign_in_with_link(token, now) {
+            Ok(started) => signed_in_redirect(&started),
+            Err(error) => {
+                tracing::info!("console sign-in link refused");
+                redirect(&format!("{PREFIX}/#{}", urlencode(&error.to_string())))
+            }
+        });
+    }
+    Ok(asset(if session.is_some() {
+        assets::APP
+    } else {
+        assets::SIGN_IN
+    }))
+}
+
+/// `POST /console/signin` with `{"connectionString": ...}` (JSON, so that a cross-site form
+/// cannot send it): starts a session with that string's policy.
+async fn sign_in(
+    hub: &Hub,
+    request: hyper::Request<Incoming>,
+    now: u64,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    if !header("content-type").starts_with("application/json")
+        || !matches!(header("sec-fetch-site").as_str(), "" | "same-origin")
+    {
+        return Err(ApiError::invalid(
+            "sign in from the console's own sign-in page (a JSON body from the same origin)",
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SignIn {
+        connection_string: Secret,
+    }
+    let body = read_body(request.into_body(), MAX_SIGN_IN_BODY)
+        .await
+        .ok_or_else(|| ApiError::invalid("the sign-in body is too large or too slow"))?;
+    let SignIn { connection_string } = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::invalid("the sign-in body must be {\"connectionString\": \"...\"}")
+    })?;
+    let started = hub
+        .console
+        .sessions
+        .sign_in_with_connection_string(
+            connection_string.expose(),
+            &hub.host_name,
+            &hub.policies,
+            now,
+        )
+        .map_err(|error| {
+            tracing::info!(reason = %error, "console sign-in refused");
+            let code = match error {
+                auth::SignInError::Unauthorized => ErrorCode::IotHubUnauthorizedAccess,
+                _ => ErrorCode::ArgumentInvalid,
+            };
+            ApiError::new(code, error.to_string())
+        })?;
+    tracing::info!(policy = started.session.policy, "console signed in");
+    let mut response = empty(StatusCode::NO_CONTENT);
+    set_cookie(&mut response, &auth::set_cookie(&started.id));
+    Ok(response)
+}
+
+/// `POST /console/signout`.
+fn sign_out(
+    hub: &Hub,
+    request: &hyper::Request<Incoming>,
+    session: Option<SignedIn>,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let SignedIn { id, session, .. } = signed_in(session)?;
+    check_csrf(request, &session)?;
+    hub.console.sessions.end(id.expose());
+    let mut response = empty(StatusCode::NO_CONTENT);
+    set_cookie(&mut response, &auth::clear_cookie());
+    Ok(response)
+}
+
+/// `GET /console/session`: the policy, its permissions and the CSRF token, for the front end.
+fn describe(hub: &Hub, session: Option<SignedIn>) -> Result<hyper::Response<Body>, ApiError> {
+    let SignedIn {
+        session, policy, ..
+    } = signed_in(session)?;
+    let body = serde_json::json!({
+        "hostName": hub.host_name,
+        "policy": policy.name,
+        "permissions": policy.permissions,
+        "csrfToken": session.csrf.expose(),
+    });
+    Ok(json(&body))
+}
+
+/// `/console/api/{REST path}`: the hub's REST API as the session's policy.
+async fn proxy(
+    hub: &Arc<Hub>,
+    mut request: hyper::Request<Incoming>,
+    session: Option<SignedIn>,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let SignedIn {
+        session, policy, ..
+    } = signed_in(session)?;
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        check_csrf(&request, &session)?;
+    }
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("")
+        .strip_prefix("/console/api")
+        .unwrap_or("")
+        .to_owned();
+    *request.uri_mut() = path_and_query
+        .parse()
+        .map_err(|_| ApiError::invalid("the REST path after /console/api is not a valid URI"))?;
+    let response = serve_request(hub, request, move |_, _| Ok(policy)).await;
+    Ok(response.map(BodyExt::boxed))
+}
+
+/// `GET /console/events?deviceId=&moduleId=`: messages (with `ServiceConnect`) and connection
+/// state (with `RegistryRead`) as server-sent events.
+fn stream(
+    hub: &Arc<Hub>,
+    request: &hyper::Request<Incoming>,
+    session: Option<SignedIn>,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let SignedIn { policy, .. } = signed_in(session)?;
+    let query = query_pairs(request.uri().query().unwrap_or(""));
+    let resume = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.get("after").map(String::as_str))
+        .map(|after| {
+            after
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid(format!("after '{after}' is not a sequence number")))
+        })
+        .transpose()?;
+    let messages = query.get("deviceId").map(|device_id| MessageFilter {
+        device_id: Some(device_id.clone()),
+        module_id: query.get("moduleId").cloned(),
+        output: None,
+        after: resume.unwrap_or_else(|| hub.messages.latest()),
+    });
+    if messages.is_some() && !grants(&policy, Permission::ServiceConnect) {
+        return Err(crate::rest::permission_missing(
+            &policy,
+            Permission::ServiceConnect,
+        ));
+    }
+    let connections = grants(&policy, Permission::RegistryRead);
+    let permit = hub
+        .console
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::ThrottlingException,
+                format!(
+                    "{} console event streams are open already; close a tab",
+                    events::MAX_STREAMS
+                ),
+            )
+        })?;
+    let body = events::start(
+        hub.clone(),
+        events::StreamRequest {
+            messages,
+            connections,
+        },
+        permit,
+    );
+    Ok(hyper::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(body))
+        .unwrap_or_else(|_| empty(StatusCode::INTERNAL_SERVER_ERROR)))
+}
+
+/// Refuses a mutating request without the session's CSRF token.
+fn check_csrf(request: &hyper::Request<Incoming>, session: &Session) -> Result<(), ApiError> {
+    let header = request
+        .headers()
+        .get(auth::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if auth::csrf_matches(session, header) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::IotHubUnauthorizedAccess,
+        format!(
+            "the {} header is missing or not this session's",
+            auth::CSRF_HEADER
+        ),
+    ))
+}
+
+fn signed_in_redirect(started: &Started) -> hyper::Response<Body> {
+    tracing::info!(policy = started.session.policy, "console signed in by link");
+    let mut response = redirect(&format!("{PREFIX}/"));
+    set_cookie(&mut response, &auth::set_cookie(&started.id));
+    response
+}
+
+fn set_cookie(response: &mut hyper::Response<Body>, value: &str) {
+    if let Ok(value) = hyper::header::HeaderValue::from_str(value) {
+        response
+            .headers_mut()
+            .insert(hyper::header::SET_COOKIE, value);
+    }
+}
+
+fn redirect(location: &str) -> hyper::Response<Body> {
+    let mut response = empty(StatusCode::SEE_OTHER);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(location) {
+        response
+            .headers_mut()
+            .insert(hyper::header::LOCATION, value);
+    }
+    response
+}
+
+fn asset(asset: Asset) -> hyper::Response<Body> {
+    hyper::Response::builder()
+        .header("content-type", asset.content_type)
+        .body(Full::new(Bytes::from_static(asset.body.as_bytes())).boxed())
+        .unwrap_or_else(|_| empty(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
+fn json(body: &serde_json::Value) -> hyper::Response<Body> {
+    hyper::Response::builder()
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap_or_else(|_| empty(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
+fn empty(status: StatusCode) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::invalid(format!("/console/{name} is not a console page"))
+}
+
+/// Percent-encodes `text` for a URL fragment.
+fn urlencode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
