@@ -188,6 +188,11 @@ fn module_twins_are_queried_from_devices_modules() {
             ("edge1", "scanner")
         ]
     );
+    // Paged two at a time, the continuation resumes after (device, module): the same three.
+    assert_eq!(
+        fleet.query("SELECT * FROM devices.modules", &["--page-size", "2"]),
+        modules
+    );
     let scanning = fleet.query(
         "SELECT deviceId, moduleId FROM devices.modules WHERE properties.desired.mode = 'scanning' AND deviceId IN ['edge1', 'd1']",
         &[],
