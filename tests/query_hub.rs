@@ -259,12 +259,12 @@ fn an_invalid_query_is_a_400_saying_where_and_other_devices_keep_being_served() 
 #[test]
 fn queries_need_registry_read() {
     let fleet = Fleet::start("policy");
+    // The owner's connection string with another policy's name and key.
     let policy = |name: &str| {
-        format!(
-            "HostName=localhost:{};SharedAccessKeyName={name};SharedAccessKey={}",
-            fleet.hub.rest_port(),
-            fleet.hub.info["policies"][name].as_str().unwrap()
-        )
+        let owner = fleet.hub.service_connection_string();
+        let host = owner.split(';').next().unwrap();
+        let key = fleet.hub.info["policies"][name].as_str().unwrap();
+        format!("{host};SharedAccessKeyName={name};SharedAccessKey={key}")
     };
     let out = fleet.run(
         "SELECT * FROM devices",
