@@ -109,6 +109,8 @@ fn the_documented_device_twin_queries_return_what_iot_hub_documents() {
         "cloudToDeviceMessageCount",
         "authenticationType",
         "x509Thumbprint",
+        "modelId",
+        "capabilities",
         "version",
         "tags",
         "properties",
