@@ -114,6 +114,8 @@ def test_count_and_group_by_return_raw_rows(registry_manager, fleet):
     assert result.type == "raw"
     # The SDK deserializes every row as a Twin; a raw row's keys land in additional_properties.
     assert [row.additional_properties for row in result.items] == [{"totalNumberOfDevices": 6}]
+    result = query(registry_manager, f"select count() from devices where tags.run = '{run}'")
+    assert [row.additional_properties for row in result.items] == [{"$1": 6}]
 
     result = query(
         registry_manager,
