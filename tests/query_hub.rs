@@ -109,6 +109,8 @@ fn the_documented_device_twin_queries_return_what_iot_hub_documents() {
         "cloudToDeviceMessageCount",
         "authenticationType",
         "x509Thumbprint",
+        "modelId",
+        "capabilities",
         "version",
         "tags",
         "properties",
@@ -188,6 +190,11 @@ fn module_twins_are_queried_from_devices_modules() {
             ("edge1", "scanner")
         ]
     );
+    // Paged two at a time, the continuation resumes after (device, module): the same three.
+    assert_eq!(
+        fleet.query("SELECT * FROM devices.modules", &["--page-size", "2"]),
+        modules
+    );
     let scanning = fleet.query(
         "SELECT deviceId, moduleId FROM devices.modules WHERE properties.desired.mode = 'scanning' AND deviceId IN ['edge1', 'd1']",
         &[],
@@ -254,12 +261,12 @@ fn an_invalid_query_is_a_400_saying_where_and_other_devices_keep_being_served() 
 #[test]
 fn queries_need_registry_read() {
     let fleet = Fleet::start("policy");
+    // The owner's connection string with another policy's name and key.
     let policy = |name: &str| {
-        format!(
-            "HostName=localhost:{};SharedAccessKeyName={name};SharedAccessKey={}",
-            fleet.hub.https_port(),
-            fleet.hub.info["policies"][name].as_str().unwrap()
-        )
+        let owner = fleet.hub.service_connection_string();
+        let host = owner.split(';').next().unwrap();
+        let key = fleet.hub.info["policies"][name].as_str().unwrap();
+        format!("{host};SharedAccessKeyName={name};SharedAccessKey={key}")
     };
     let out = fleet.run(
         "SELECT * FROM devices",

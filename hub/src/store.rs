@@ -401,6 +401,34 @@ impl Transaction<'_> {
         Ok(twins)
     }
 
+    /// Up to `limit` identity keys after `after` in (device id, module id) order: devices only,
+    /// or modules only (`modules`). Keys alone, no documents: queries page through them.
+    pub fn identity_keys(
+        &self,
+        modules: bool,
+        after: Option<&IdentityKey>,
+        limit: usize,
+    ) -> Result<Vec<IdentityKey>, StoreError> {
+        let sql = if modules {
+            "SELECT device_id, module_id FROM identities WHERE module_id <> ''
+             AND (device_id, module_id) > (?1, ?2) ORDER BY device_id, module_id LIMIT ?3"
+        } else {
+            "SELECT device_id, module_id FROM identities WHERE module_id = ''
+             AND (device_id, module_id) > (?1, ?2) ORDER BY device_id LIMIT ?3"
+        };
+        let (device, module) =
+            after.map_or(("", ""), |k| (k.device_id.as_str(), k.module_column()));
+        let mut stmt = self.tx.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![device, module, limit as i64], |row| {
+            let (device_id, module_id): (String, String) = (row.get(0)?, row.get(1)?);
+            Ok(IdentityKey {
+                device_id,
+                module_id: Some(module_id).filter(|m| !m.is_empty()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A configuration by id.
     pub fn configuration(&self, id: &str) -> Result<Option<Configuration>, StoreError> {
         self.get_doc(

@@ -7,7 +7,7 @@ import pytest
 from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
-from conftest import http_status, unique_id
+from conftest import http_status, unique_id, wait_until
 
 # (region, reported telemetryConfig status, sendFrequencyInSecs, connectivity) per device, as in
 # the page: three report Success, two Pending, one Error; four are in the US.
@@ -114,6 +114,8 @@ def test_count_and_group_by_return_raw_rows(registry_manager, fleet):
     assert result.type == "raw"
     # The SDK deserializes every row as a Twin; a raw row's keys land in additional_properties.
     assert [row.additional_properties for row in result.items] == [{"totalNumberOfDevices": 6}]
+    result = query(registry_manager, f"select count() from devices where tags.run = '{run}'")
+    assert [row.additional_properties for row in result.items] == [{"$1": 6}]
 
     result = query(
         registry_manager,
@@ -141,6 +143,23 @@ def test_a_projection_keeps_the_twins_own_property_names(registry_manager, fleet
     assert [t.device_id for t in result.items] == ids[:6]
     assert all(t.last_activity_time is not None for t in result.items)
     assert all(t.tags is None and t.properties is None for t in result.items)
+
+
+def test_connection_state_follows_the_device_client(hub, registry_manager, fleet):
+    from azure.iot.device import IoTHubDeviceClient
+
+    run, ids = fleet
+    text = f"SELECT * FROM devices WHERE connectionState = 'Connected' AND tags.run = '{run}'"
+    assert device_ids(query(registry_manager, text)) == []
+    key = registry_manager.get_device(ids[2]).authentication.symmetric_key.primary_key
+    cs = f"HostName={hub.host};DeviceId={ids[2]};SharedAccessKey={key}"
+    client = IoTHubDeviceClient.create_from_connection_string(cs, server_verification_cert=hub.ca_pem)
+    client.connect()
+    try:
+        assert device_ids(query(registry_manager, text)) == [ids[2]]
+    finally:
+        client.shutdown()
+    wait_until(lambda: device_ids(query(registry_manager, text)) == [], message="disconnected")
 
 
 def test_module_twin_queries_read_devices_modules(registry_manager, fleet):

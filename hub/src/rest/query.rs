@@ -2,15 +2,17 @@
 //! module twins of the store, one page per request (`x-ms-max-item-count`, `x-ms-continuation`),
 //! with the rows' kind in `x-ms-item-type`.
 //!
-//! A page is read in one store transaction (a plain read, no write): the keys of the collection,
-//! then twin after twin from the continuation's key on, only as many as the page needs, so
-//! paging through N twins reads each about once instead of N/page times. Grouped and aggregate
-//! queries read every twin of the collection.
+//! A page is read in one store transaction (a plain read, no write): identity keys from the
+//! continuation's key on, a chunk at a time, and the twins behind them, only as many as the page
+//! needs, so paging through N twins reads each about once. Grouped and aggregate queries read
+//! every twin of the collection.
 
 use std::sync::Arc;
 
 use edgetwin_wire::query::exec::ITEM_TYPE_HEADER;
-use edgetwin_wire::query::page::{self, Cursor, CONTINUATION_HEADER, MAX_ITEM_COUNT_HEADER};
+use edgetwin_wire::query::page::{
+    self, BadContinuation, Cursor, CONTINUATION_HEADER, MAX_ITEM_COUNT_HEADER,
+};
 use edgetwin_wire::query::{parse_query, Collection};
 use edgetwin_wire::rest::{ErrorCode, Permission, QuerySpecification};
 use serde_json::Value;
@@ -50,10 +52,16 @@ pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     let cursor = Cursor::decode(header(CONTINUATION_HEADER), &text)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let size = page::page_size(header(MAX_ITEM_COUNT_HEADER));
+    let after = cursor
+        .after
+        .as_deref()
+        .map(|order| key_of(query.from, order))
+        .transpose()?;
     let page = hub.transact(|tx| {
-        let documents = keys(tx, query.from, cursor.after.as_deref())?
-            .into_iter()
-            .map(|(order, key)| Ok((order, view(hub, tx, &key)?)));
+        let documents = Keys::new(tx, query.from, after).map(|key| {
+            let key = key?;
+            Ok((order_of(&key), view(hub, tx, &key)?))
+        });
         query.page(documents, &cursor, size)
     })?;
     let mut reply = Reply::ok(page.rows)?;
@@ -67,43 +75,75 @@ pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     Ok(reply)
 }
 
-/// The identities of the collection after `after`, ordered by device then module id, each with
-/// its key in that order (`[deviceId]` or `[deviceId, moduleId]`). Devices before the cursor's
-/// are skipped without listing their modules.
-fn keys(
-    tx: &Transaction<'_>,
-    from: Collection,
-    after: Option<&[String]>,
-) -> Result<Vec<(Vec<String>, IdentityKey)>, ApiError> {
-    let past = |order: &[String]| after.is_none_or(|after| order > after);
-    let mut keys = Vec::new();
-    // `devices(n)` is a LIMIT; this one is no limit at all.
-    for device in tx.devices(i64::MAX as usize)? {
-        let id = device.device_id;
-        match from {
-            Collection::Devices => {
-                let order = vec![id.clone()];
-                if past(&order) {
-                    keys.push((order, IdentityKey::device(&id)));
+/// How many keys one store read fetches while a page is filled.
+const KEYS_PER_READ: usize = 256;
+
+/// The identity keys of a collection in order from a key on, read from the store a chunk at a
+/// time as the page consumes them.
+struct Keys<'t> {
+    /// The open read transaction.
+    tx: &'t Transaction<'t>,
+    /// Module twins or device twins.
+    modules: bool,
+    /// The last key handed out (or the cursor's); the next read starts after it.
+    after: Option<IdentityKey>,
+    /// Keys read and not yet handed out.
+    buffer: std::vec::IntoIter<IdentityKey>,
+    /// The store has no keys left after `after`.
+    exhausted: bool,
+}
+
+impl<'t> Keys<'t> {
+    fn new(tx: &'t Transaction<'t>, from: Collection, after: Option<IdentityKey>) -> Self {
+        Self {
+            tx,
+            modules: from == Collection::Modules,
+            after,
+            buffer: Vec::new().into_iter(),
+            exhausted: false,
+        }
+    }
+}
+
+impl Iterator for Keys<'_> {
+    type Item = Result<IdentityKey, ApiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.len() == 0 && !self.exhausted {
+            match self
+                .tx
+                .identity_keys(self.modules, self.after.as_ref(), KEYS_PER_READ)
+            {
+                Ok(keys) => {
+                    self.exhausted = keys.len() < KEYS_PER_READ;
+                    self.buffer = keys.into_iter();
                 }
-            }
-            Collection::Modules => {
-                if after
-                    .and_then(|after| after.first())
-                    .is_some_and(|first| id < *first)
-                {
-                    continue;
-                }
-                for module in tx.modules(&id)? {
-                    let order = vec![id.clone(), module.module_id.clone()];
-                    if past(&order) {
-                        keys.push((order, IdentityKey::module(&id, &module.module_id)));
-                    }
+                Err(e) => {
+                    self.exhausted = true;
+                    return Some(Err(e.into()));
                 }
             }
         }
+        let key = self.buffer.next()?;
+        self.after = Some(key.clone());
+        Some(Ok(key))
     }
-    Ok(keys)
+}
+
+/// A twin's place in the collection's order, as continuation tokens carry it.
+fn order_of(key: &IdentityKey) -> Vec<String> {
+    std::iter::once(key.device_id.clone())
+        .chain(key.module_id.clone())
+        .collect()
+}
+
+/// The identity a continuation token's position names.
+fn key_of(from: Collection, order: &[String]) -> Result<IdentityKey, ApiError> {
+    match (from, order) {
+        (Collection::Devices, [device]) => Ok(IdentityKey::device(device)),
+        (Collection::Modules, [device, module]) => Ok(IdentityKey::module(device, module)),
+        _ => Err(ApiError::invalid(BadContinuation.to_string())),
+    }
 }
 
 /// The twin as the service API shows it, as JSON.

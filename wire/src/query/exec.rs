@@ -164,9 +164,12 @@ fn project(items: &[Projection], document: &Value) -> Value {
     Value::Object(row)
 }
 
-/// One row of a grouped or aggregate query.
+/// One row of a grouped or aggregate query. An aggregate without `AS` is named `$1`, `$2`, ...
+/// in the order of such aggregates, as IoT Hub's engine names them (`select count() from
+/// devices` answers `[{"$1": n}]`).
 fn aggregate_row(items: &[Projection], group: &[&Value]) -> Value {
     let mut row = Map::new();
+    let mut unnamed = 0;
     for item in items {
         let (name, value) = match &item.value {
             Projected::Path(path) => match group.first().and_then(|d| lookup(d, path)) {
@@ -198,8 +201,12 @@ fn aggregate_row(items: &[Projection], group: &[&Value]) -> Value {
                         .reduce(f64::max)
                         .and_then(json_number),
                 };
+                let name = item.alias.clone().unwrap_or_else(|| {
+                    unnamed += 1;
+                    format!("${unnamed}")
+                });
                 match value {
-                    Some(value) => (item.alias.clone().unwrap_or_default(), value),
+                    Some(value) => (name, value),
                     None => continue,
                 }
             }

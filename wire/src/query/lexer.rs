@@ -65,9 +65,7 @@ pub fn tokenize(text: &str) -> Result<Vec<Spanned>, QueryError> {
         } else if c.is_ascii_digit() {
             number(rest, pos)?
         } else if c.is_ascii_alphabetic() || c == '_' || c == '$' {
-            let len = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(rest.len());
+            let len = identifier_length(rest);
             (Token::Ident(rest[..len].to_owned()), len)
         } else if let Some(symbol) = SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
             (Token::Symbol(symbol), symbol.len())
@@ -82,6 +80,23 @@ pub fn tokenize(text: &str) -> Result<Vec<Spanned>, QueryError> {
         offset: text.len(),
     });
     Ok(tokens)
+}
+
+/// The length of the name at the start of `rest`. A `-` between two name characters belongs
+/// to the name (twin keys may hold `-`, and target conditions such as `tags.site-id='x'` have
+/// always meant that key); with a space on either side it subtracts.
+fn identifier_length(rest: &str) -> usize {
+    let bytes = rest.as_bytes();
+    let name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    let mut len = 0;
+    while let Some(&b) = bytes.get(len) {
+        let hyphen_inside = b == b'-' && len > 0 && bytes.get(len + 1).is_some_and(|&n| name(n));
+        if !(name(b) || hyphen_inside) {
+            break;
+        }
+        len += 1;
+    }
+    len
 }
 
 /// A quoted string at the start of `rest` (which starts at `offset`): the value and its length.
@@ -201,6 +216,14 @@ mod tests {
             Token::Number(serde_json::Number::from_f64(0.25).unwrap())
         );
         assert_eq!(kinds("3-1")[1], Token::Symbol("-"));
+    }
+
+    #[test]
+    fn a_hyphen_between_name_characters_is_part_of_the_name_and_spaced_it_subtracts() {
+        assert_eq!(kinds("tags.site-id")[2], Token::Ident("site-id".into()));
+        assert_eq!(kinds("a - b")[1], Token::Symbol("-"));
+        assert_eq!(kinds("a-")[1], Token::Symbol("-"));
+        assert_eq!(kinds("a--b")[1], Token::Symbol("-"));
         assert!(tokenize("1.2.3").is_err());
     }
 

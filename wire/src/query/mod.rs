@@ -151,6 +151,15 @@ mod tests {
     }
 
     #[test]
+    fn aggregates_without_a_name_are_numbered_dollar_one_dollar_two() {
+        assert_eq!(run("SELECT COUNT() FROM devices"), [json!({ "$1": 7 })]);
+        assert_eq!(
+            run("SELECT COUNT(), MAX(tags.missing), SUM(properties.desired.telemetryConfig.sendFrequencyInSecs) FROM devices WHERE tags.location.region = 'EU'"),
+            [json!({ "$1": 2, "$3": 600 })]
+        );
+    }
+
+    #[test]
     fn group_by_counts_the_devices_in_each_telemetry_configuration_status() {
         let rows = run(
             "SELECT properties.reported.telemetryConfig.status AS status,
@@ -224,7 +233,6 @@ mod tests {
             ("SELECT * FORM devices", 9),
             ("SELECT * FROM things", 14),
             ("SELECT * FROM devices.jobs", 14),
-            ("SELECT COUNT() FROM devices", 7),
             ("SELECT deviceId, COUNT() AS n FROM devices", 7),
             (
                 "SELECT tags.a AS a, COUNT() AS n FROM devices GROUP BY tags.b",

@@ -465,8 +465,8 @@ fn negative(n: &serde_json::Number) -> Option<serde_json::Number> {
     serde_json::Number::from_f64(-n.as_f64()?)
 }
 
-/// Rules of the SELECT list: aggregates need an alias; without GROUP BY a list is either all
-/// aggregates or all properties; with GROUP BY the properties must be the grouped one.
+/// Rules of the SELECT list: without GROUP BY a list is either all aggregates or all
+/// properties; with GROUP BY the properties must be the grouped one.
 fn check_select(select: &Select, group_by: Option<&Path>) -> Result<(), String> {
     let Select::Items(items) = select else {
         return match group_by {
@@ -480,12 +480,6 @@ fn check_select(select: &Select, group_by: Option<&Path>) -> Result<(), String> 
         .iter()
         .filter(|p| matches!(p.value, Projected::Aggregate(..)))
         .count();
-    if items
-        .iter()
-        .any(|p| matches!(p.value, Projected::Aggregate(..)) && p.alias.is_none())
-    {
-        return Err("an aggregate needs a name: COUNT() AS <name>".into());
-    }
     for item in items {
         if let Projected::Path(path) = &item.value {
             match group_by {
