@@ -419,7 +419,8 @@ fn a_fleet_of_250_devices_takes_3_bulk_requests_and_a_rerun_finds_them_all() {
 }
 
 #[test]
-fn a_new_fleet_with_modules_sends_each_chunks_modules_after_its_devices_as_iot_hub_requires() {
+fn a_new_tagged_fleet_with_modules_sends_each_chunks_modules_after_its_devices_as_iot_hub_requires()
+{
     let hub = Hub::start("fleet-modules");
     let args = [
         "provision",
@@ -429,6 +430,8 @@ fn a_new_fleet_with_modules_sends_each_chunks_modules_after_its_devices_as_iot_h
         "gw-",
         "--module",
         "m",
+        "--tags",
+        r#"{"ring":"canary"}"#,
         "--rate",
         "0",
         "--output",
@@ -442,6 +445,9 @@ fn a_new_fleet_with_modules_sends_each_chunks_modules_after_its_devices_as_iot_h
     // the same request creates
     assert_eq!(first["fleet"]["bulkRequests"], 6, "{first}");
     assert_eq!(hub.twin("gw-250", Some("m"))["moduleId"], "m");
+    // --tags reaches every device of the fleet, as the README's fleet example relies on
+    assert_eq!(hub.twin("gw-250", None)["tags"]["ring"], "canary");
+    assert_eq!(hub.twin("gw-1", None)["tags"]["ring"], "canary");
 }
 
 #[test]

@@ -82,8 +82,9 @@ pub struct ProvisionArgs {
     /// lines for one device, JSON lines for a fleet.
     #[arg(long, value_name = "PATH")]
     pub secrets_file: Option<PathBuf>,
-    /// Tags to merge into the device twin, a JSON object (one device).
-    #[arg(long, value_name = "JSON", requires = "device")]
+    /// Tags to merge into the device twin, a JSON object: of one device, or of every device of a
+    /// fleet (a devices file's own tags win over these).
+    #[arg(long, value_name = "JSON")]
     pub tags: Option<String>,
     /// What to deploy, and where (boxed: the flags are many and rarely all used).
     #[command(flatten)]
@@ -283,6 +284,10 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
         }
         (None, Some(count)) => Some(fleet::from_count(&args.prefix, count)),
         (None, None) => None,
+    };
+    let fleet_devices = match (fleet_devices, &tags) {
+        (Some(devices), Some(tags)) => Some(fleet::with_common_tags(devices, tags)),
+        (devices, _) => devices,
     };
     if args.device.is_none() && fleet_devices.is_none() && args.deploy.target_condition.is_none() {
         return Err(ProvisionError::Input(

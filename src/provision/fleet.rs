@@ -54,6 +54,19 @@ pub fn from_count(prefix: &str, count: usize) -> Vec<FleetDevice> {
         .collect()
 }
 
+/// The fleet with `tags` on every device, under each device's own tags (which win a shared key).
+pub fn with_common_tags(devices: Vec<FleetDevice>, tags: &Map<String, Value>) -> Vec<FleetDevice> {
+    devices
+        .into_iter()
+        .map(|mut device| {
+            let mut merged = tags.clone();
+            merged.extend(device.tags.take().unwrap_or_default());
+            device.tags = Some(merged);
+            device
+        })
+        .collect()
+}
+
 /// Splits one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote).
 fn csv_fields(line: &str) -> Vec<String> {
     let mut fields = Vec::new();
@@ -607,6 +620,23 @@ mod tests {
         assert_eq!(
             device.capabilities,
             Some(DeviceCapabilities { iot_edge: true })
+        );
+    }
+
+    #[test]
+    fn common_tags_reach_every_device_and_a_devices_own_tags_win() {
+        let common = serde_json::json!({"ring": "canary", "site": "a"});
+        let common = common.as_object().unwrap();
+        let mut devices = from_count("gw-", 2);
+        devices[1].tags = serde_json::json!({"site": "b"}).as_object().cloned();
+        let tagged = with_common_tags(devices, common);
+        assert_eq!(
+            Value::Object(tagged[0].tags.clone().unwrap()),
+            serde_json::json!({"ring": "canary", "site": "a"})
+        );
+        assert_eq!(
+            Value::Object(tagged[1].tags.clone().unwrap()),
+            serde_json::json!({"ring": "canary", "site": "b"})
         );
     }
 
