@@ -34,6 +34,8 @@ enum Command {
     Twin(edgetwin::provision::cli::TwinArgs),
     /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
     Manifest(edgetwin::manifest::cli::ManifestArgs),
+    /// Build and push the solution's module images as `iotedgedev solution build`/`push` do.
+    Solution(edgetwin::solution::cli::SolutionArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
         Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
+        Command::Solution(args) => edgetwin::solution::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
