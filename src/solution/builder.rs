@@ -11,7 +11,8 @@ pub enum Builder {
     DockerBuildx,
     /// `podman build`.
     Podman,
-    /// `buildah bud` (daemonless; Debian's 1.28 leaves `$BUILDPLATFORM` empty, so it is passed).
+    /// `buildah bud` (daemonless; Debian's 1.28 leaves `$BUILDPLATFORM` empty, so it is passed,
+    /// and drops the `v8` of `linux/arm64/v8`, so it is set again after the build).
     Buildah,
 }
 
@@ -62,9 +63,8 @@ impl Builder {
                 format!("BUILDPLATFORM={build_platform}"),
             ],
         };
+        args.extend(["--platform".into(), image.platform.into()]);
         args.extend([
-            "--platform".into(),
-            image.platform.into(),
             "-f".into(),
             image.dockerfile.display().to_string(),
             "-t".into(),
@@ -76,6 +76,33 @@ impl Builder {
         }
         args.push(image.context.display().to_string());
         args
+    }
+
+    /// After a build: buildah writes `linux/arm64` images without the `v8` variant docker
+    /// gives them, so the image's config gets its platform's variant again (one squashed layer,
+    /// as before), through a working container named after the module and `run` (this process's
+    /// id). Nothing to do for the others or for platforms without a variant.
+    pub fn after_build(self, image: &ImageBuild, run: u32) -> Vec<Vec<String>> {
+        let variant = image.platform.split('/').nth(2);
+        let (Self::Buildah, Some(variant)) = (self, variant) else {
+            return Vec::new();
+        };
+        let container = format!("edgetwin-variant-{}-{run}", image.module);
+        let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        vec![
+            args(&[
+                "from",
+                "--quiet",
+                "--pull-never",
+                "--name",
+                &container,
+                &image.tag,
+            ]),
+            args(&["config", "--variant", variant, &container]),
+            args(&[
+                "commit", "--quiet", "--squash", "--rm", &container, &image.tag,
+            ]),
+        ]
     }
 
     /// Pushes a built `tag` to the registry it names; `None` after a buildx build that pushed.
@@ -174,6 +201,29 @@ mod tests {
                 .join(" "),
             "push r/m:1-amd64"
         );
+    }
+
+    #[test]
+    fn buildah_images_get_their_platform_variant_back_after_the_build() {
+        let steps: Vec<String> = Builder::Buildah
+            .after_build(&image(), 7)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "from --quiet --pull-never --name edgetwin-variant-edgetwin-7 localhost:5000/edgetwin:0.1.0-arm32v7",
+                "config --variant v7 edgetwin-variant-edgetwin-7",
+                "commit --quiet --squash --rm edgetwin-variant-edgetwin-7 localhost:5000/edgetwin:0.1.0-arm32v7",
+            ]
+        );
+        let amd64 = ImageBuild {
+            platform: "linux/amd64",
+            ..image()
+        };
+        assert!(Builder::Buildah.after_build(&amd64, 7).is_empty());
+        assert!(Builder::Podman.after_build(&image(), 7).is_empty());
     }
 
     #[test]

@@ -110,6 +110,10 @@ fn run_steps(options: &SolutionOptions, build: bool, push: bool) -> Result<(), S
             );
             let args = builder.build(image, build_platform(), &options.build_options, push);
             execute(builder, &args, &format!("building {}", image.tag), None)?;
+            for args in builder.after_build(image, std::process::id()) {
+                let what = format!("setting the platform of {}", image.tag);
+                execute(builder, &args, &what, None)?;
+            }
         }
         let pushed_by_build = build && builder == Builder::DockerBuildx;
         if let Some(args) = builder.push(&image.tag, pushed_by_build).filter(|_| push) {
