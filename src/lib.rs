@@ -10,3 +10,4 @@ pub mod module;
 pub mod provision;
 #[cfg(feature = "hub")]
 pub mod quickstart;
+pub mod solution;

@@ -298,24 +298,19 @@ async fn walkthrough(
 
     step(
         6,
-        "Telemetry on output 'telemetry' (sent now through the direct method sampleNow)",
+        "Direct methods: ping, then sampleNow, which sends telemetry on output 'telemetry'",
     );
-    let answer: Value = client
-        .call_json(
-            &Call::new(
-                Method::POST,
-                &["twins", DEVICE_ID, "modules", MODULE_ID, "methods"],
-                Permission::ServiceConnect,
-                "invoke sampleNow".into(),
-            )
-            .json(&CloudToDeviceMethod {
-                method_name: "sampleNow".into(),
-                payload: Some(json!({})),
-                response_timeout_in_seconds: Some(10),
-                ..CloudToDeviceMethod::default()
-            }),
-        )
-        .await?;
+    let pong = invoke(&client, "ping").await?;
+    println!(
+        "      ping answered status {}: {}",
+        pong["status"], pong["payload"]
+    );
+    if pong["status"] != 200 || pong["payload"]["pong"] != true {
+        return Err(QuickstartError::Module(format!(
+            "ping was not answered: {pong}"
+        )));
+    }
+    let answer = invoke(&client, "sampleNow").await?;
     println!("      sampleNow answered status {}", answer["status"]);
     let messages = wait_for("the telemetry message", || async {
         let all: Vec<Value> = client
@@ -347,4 +342,21 @@ async fn walkthrough(
         println!("{}", indent(&body));
     }
     Ok(process.into_inner())
+}
+
+/// Invokes the direct method `name` on the quickstart's module, with an empty payload.
+async fn invoke(client: &ServiceClient, name: &str) -> Result<Value, QuickstartError> {
+    let call = Call::new(
+        Method::POST,
+        &["twins", DEVICE_ID, "modules", MODULE_ID, "methods"],
+        Permission::ServiceConnect,
+        format!("invoke {name}"),
+    )
+    .json(&CloudToDeviceMethod {
+        method_name: name.into(),
+        payload: Some(json!({})),
+        response_timeout_in_seconds: Some(10),
+        ..CloudToDeviceMethod::default()
+    });
+    Ok(client.call_json(&call).await?)
 }

@@ -32,6 +32,7 @@ fn the_quickstart_shows_the_seed_flow_and_leaves_nothing_running() {
         "identity from edgeWorkload",
         "\"telemetryInterval\": 122",
         "\"ac\": 200",
+        "ping answered status 200: {\"pong\":true",
         "sampleNow answered status 200",
         "\"uptime\"",
         "the module exited 0 on SIGTERM",

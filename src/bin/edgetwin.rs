@@ -36,6 +36,8 @@ enum Command {
     Query(edgetwin::provision::cli::QueryArgs),
     /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
     Manifest(edgetwin::manifest::cli::ManifestArgs),
+    /// Build and push the solution's module images as `iotedgedev solution build`/`push` do.
+    Solution(edgetwin::solution::cli::SolutionArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Command::Query(args) => runtime.block_on(edgetwin::provision::cli::run_query(args)),
         Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
+        Command::Solution(args) => edgetwin::solution::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,6 +123,68 @@ impl ModuleProject {
         ))
     }
 
+    /// The module's folder (where module.json is).
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    fn image_str(&self, path: &[&str]) -> Option<&str> {
+        let (last, parents) = path.split_last()?;
+        let mut object = self.image()?;
+        for key in parents {
+            object = object.get(key)?.as_object()?;
+        }
+        object.get(last)?.as_str()
+    }
+
+    /// The Dockerfile of `platform` (`image.tag.platforms.<platform>`, relative to the module's
+    /// folder), as iotedgedev's `get_dockerfile_by_platform` finds it.
+    pub fn dockerfile(&self, platform: &str) -> Result<PathBuf, ManifestError> {
+        self.image_str(&["tag", "platforms", platform])
+            .map(|file| self.dir().join(file))
+            .ok_or_else(|| {
+                self.field_error(
+                    &format!("image.tag.platforms.{platform}"),
+                    "no Dockerfile is defined for this platform",
+                )
+            })
+    }
+
+    /// The build context (`image.contextPath`, default `.`, relative to the module's folder).
+    pub fn context_path(&self) -> PathBuf {
+        self.dir()
+            .join(self.image_str(&["contextPath"]).unwrap_or("."))
+    }
+
+    /// `image.buildOptions`: extra builder arguments, each entry split at whitespace.
+    pub fn build_options(&self) -> Result<Vec<String>, ManifestError> {
+        match self.image().and_then(|i| i.get("buildOptions")) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(options)) => options
+                .iter()
+                .enumerate()
+                .map(|(i, option)| {
+                    option.as_str().ok_or_else(|| {
+                        self.field_error(
+                            &format!("image.buildOptions[{i}]"),
+                            &format!("must be a string, not {}", option.type_name()),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|options| {
+                    options
+                        .iter()
+                        .flat_map(|o| o.split_whitespace().map(str::to_owned))
+                        .collect()
+                }),
+            Some(other) => Err(self.field_error(
+                "image.buildOptions",
+                &format!("must be an array, not {}", other.type_name()),
+            )),
+        }
+    }
+
     /// Registers this module's placeholders under `base` (`MODULES.<folder>` or
     /// `MODULEDIR<path>`) for the selected `platform`.
     pub fn register(
@@ -154,8 +216,18 @@ pub fn scan_modules_dir(
     container_tag: &str,
     map: &mut PlaceholderMap,
 ) -> Result<(), ManifestError> {
+    for (name, dir) in module_folders(modules_dir)? {
+        let module = ModuleProject::load(&dir, env)?;
+        module.register(&format!("MODULES.{name}"), platform, container_tag, map)?;
+    }
+    Ok(())
+}
+
+/// The folders of `<modules_dir>/*` that hold a module.json, by name (none if the directory is
+/// missing).
+pub fn module_folders(modules_dir: &Path) -> Result<Vec<(String, PathBuf)>, ManifestError> {
     if !modules_dir.is_dir() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let entries = std::fs::read_dir(modules_dir).map_err(|source| ManifestError::Io {
         file: modules_dir.to_path_buf(),
@@ -167,11 +239,7 @@ pub fn scan_modules_dir(
         .filter(|(_, p)| p.join("module.json").exists())
         .collect();
     folders.sort();
-    for (name, dir) in folders {
-        let module = ModuleProject::load(&dir, env)?;
-        module.register(&format!("MODULES.{name}"), platform, container_tag, map)?;
-    }
-    Ok(())
+    Ok(folders)
 }
 
 /// The path inside `${MODULEDIR<path>...}` as Python's

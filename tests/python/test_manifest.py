@@ -199,7 +199,7 @@ def desired(manifest, *path):
 # equal to iotedgedev
 
 
-@pytest.mark.parametrize("platform", ["amd64", "arm64v8"])
+@pytest.mark.parametrize("platform", ["amd64", "arm64v8", "arm32v7"])
 def test_repository_template_matches_iotedgedev(tmp_path, platform):
     output = f"config/deployment.{platform}.json"
     manifest, rs = assert_same_manifest(tmp_path, repo_solution(), output, platform=platform)
