@@ -597,3 +597,33 @@ async fn a_damaged_database_page_stops_the_start_with_what_the_check_found() {
     assert_ne!(code, 0);
     assert!(log.contains("is damaged"), "{log}");
 }
+
+#[test]
+fn provision_refuses_an_id_that_would_make_a_connection_string_name_another_identity() {
+    for args in [
+        &["provision", "--device", "x;ModuleId=evil"][..],
+        &[
+            "provision",
+            "--device",
+            "x",
+            "--module",
+            "m;SharedAccessKey=k",
+        ],
+        &["edge-env", "--device", "gw=1", "--module", "m"],
+    ] {
+        let out = std::process::Command::new(support::EDGETWIN)
+            .args(args)
+            .env(
+                "IOTHUB_CONNECTION_STRING",
+                "HostName=h;SharedAccessKeyName=n;SharedAccessKey=a2V5",
+            )
+            .output()
+            .unwrap();
+        let stderr = support::stderr_of_failure("provision", &out);
+        assert!(
+            stderr.contains("which a connection string cannot carry"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("DeviceId="));
+    }
+}

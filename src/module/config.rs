@@ -15,6 +15,7 @@ pub const CONFIG_FILE_VARIABLE: &str = "EDGETWIN_CONFIG";
 
 /// The module's start-up configuration.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModuleConfig {
     /// MQTT/TLS port of edgeHub or IoT Hub.
     pub mqtt_port: u16,
@@ -196,6 +197,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.mqtt_port, 2000);
         assert_eq!(c.telemetry_interval, 30);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named_instead_of_ignored() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-config-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("module.toml");
+        std::fs::write(&file, "telemetry_interval_secs = 30\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let error = ModuleConfig::load(lookup(&[(CONFIG_FILE_VARIABLE, &path)])).unwrap_err();
+        assert!(
+            error.to_string().contains("telemetry_interval_secs"),
+            "{error}"
+        );
+        std::fs::write(&file, "[thresholds]\ncpu_temp = 1\n").unwrap();
+        let error = ModuleConfig::load(lookup(&[(CONFIG_FILE_VARIABLE, &path)])).unwrap_err();
+        assert!(error.to_string().contains("cpu_temp"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
