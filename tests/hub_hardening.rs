@@ -627,3 +627,45 @@ fn provision_refuses_an_id_that_would_make_a_connection_string_name_another_iden
         assert!(!String::from_utf8_lossy(&out.stdout).contains("DeviceId="));
     }
 }
+
+#[tokio::test]
+async fn bodies_and_values_iot_hub_refuses_are_refused_and_the_hub_keeps_serving() {
+    let dir = TempDir::new("low-items");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, body) = hub
+        .rest
+        .call("PUT", "/devices/arr", Some(json!(["arr", null, "enabled"])))
+        .await;
+    assert_eq!(status, 400, "an array created a device: {body}");
+    let (status, _) = hub.rest.call("GET", "/devices/arr", None).await;
+    assert_eq!(status, 404);
+
+    for fault in ["refuseConnects", "tokenLifetime"] {
+        let (status, body) = hub
+            .rest
+            .call(
+                "POST",
+                &format!("/edgetwin/faults/{fault}"),
+                Some(json!({"seconds": u64::MAX})),
+            )
+            .await;
+        assert_eq!(status, 400, "{fault}: {body}");
+        assert!(body.to_string().contains("seconds"), "{body}");
+    }
+
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "m").await;
+    let big = "x".repeat(128 * 1024);
+    let (status, body) = hub
+        .rest
+        .call(
+            "POST",
+            "/twins/gw/modules/m/methods",
+            Some(json!({"methodName": "echo", "payload": big, "responseTimeoutInSeconds": 5})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("131072"), "{body}");
+    let (status, _) = hub.rest.call("GET", "/devices/gw", None).await;
+    assert_eq!(status, 200);
+}

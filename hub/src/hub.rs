@@ -23,6 +23,9 @@ use crate::store::{IdentityKey, PolicyRecord, Store, StoreError, Transaction};
 use crate::twins::DesiredChange;
 use crate::workload::WorkloadSockets;
 
+/// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
+pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
+
 /// Longest direct-method timeout IoT Hub accepts, in seconds.
 pub const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
 
@@ -228,6 +231,13 @@ impl Hub {
             None => Bytes::new(),
             Some(value) => Bytes::from(value.to_string()),
         };
+        if payload.len() > MAX_METHOD_PAYLOAD {
+            return Err(ApiError::invalid(format!(
+                "the payload of '{}' is {} bytes; IoT Hub allows {MAX_METHOD_PAYLOAD}",
+                request.method_name,
+                payload.len()
+            )));
+        }
         let (rid, response) = self.methods.start(&client_id);
         let message = Outgoing {
             topic: topic::method_request_topic(&request.method_name, &rid),

@@ -69,8 +69,11 @@ struct PacketReader<R> {
 impl<R: AsyncRead + Unpin> PacketReader<R> {
     async fn next(&mut self) -> Result<Option<Packet>, ConnectionEnd> {
         loop {
+            if let Some(&first) = self.buffer.first() {
+                super::frame::check_fixed_header(first).map_err(ConnectionEnd::Violation)?;
+            }
             match Packet::read(&mut self.buffer, MAX_PACKET_SIZE) {
-                Ok(packet) => return Ok(Some(packet)),
+                Ok(packet) => return super::frame::check_packet(packet).map(Some),
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
                 Err(e) => return Err(ConnectionEnd::Malformed(e)),
             }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod connection;
+mod frame;
 mod websocket;
 
 use std::net::SocketAddr;

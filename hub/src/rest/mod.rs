@@ -65,8 +65,21 @@ impl Request {
         ))
     }
 
-    /// The body decoded as `T`; a bad body names what is wrong.
+    /// The body, a JSON object, decoded as `T`; a bad body names what is wrong. (serde would
+    /// also read a struct from a JSON array; IoT Hub takes only objects.)
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let trimmed = self.body.trim_ascii_start();
+        if trimmed.first() == Some(&b'[') {
+            return Err(ApiError::new(
+                ErrorCode::IotHubFormatError,
+                "the request body is not valid: a JSON object is expected, not an array",
+            ));
+        }
+        self.json_any()
+    }
+
+    /// The body decoded as `T`, which may be a list (bulk requests).
+    pub fn json_any<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             ApiError::new(
                 ErrorCode::IotHubFormatError,

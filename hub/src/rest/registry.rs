@@ -201,7 +201,7 @@ fn module(
 /// any failed (the others still land), as IoT Hub does.
 fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     request.require(Permission::RegistryWrite)?;
-    let items: Vec<ExportImportDevice> = request.json()?;
+    let items: Vec<ExportImportDevice> = request.json_any()?;
     if items.len() > MAX_BULK_ITEMS {
         return Err(ApiError::new(
             ErrorCode::TooManyDevices,
