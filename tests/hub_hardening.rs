@@ -669,3 +669,35 @@ async fn bodies_and_values_iot_hub_refuses_are_refused_and_the_hub_keeps_serving
     let (status, _) = hub.rest.call("GET", "/devices/gw", None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_kill_9() {
+    let dir = TempDir::new("kill-9");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    let mut acknowledged = Vec::new();
+    for n in 0..30 {
+        let (status, body) = hub
+            .rest
+            .call(
+                "PATCH",
+                "/twins/gw",
+                Some(json!({"tags": {format!("t{n}"): n}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        acknowledged.push(n);
+    }
+    hub.proc.signal(libc::SIGKILL);
+    drop(hub);
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, twin) = hub.rest.call("GET", "/twins/gw", None).await;
+    assert_eq!(status, 200, "{twin}");
+    for n in acknowledged {
+        assert_eq!(
+            twin["tags"][format!("t{n}")],
+            n,
+            "tag t{n} was lost: {twin}"
+        );
+    }
+}
