@@ -8,6 +8,8 @@ mod certs;
 mod deployments;
 mod error;
 mod faults;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod hub;
 mod ids;
 mod listener;
@@ -146,13 +148,15 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
-    /// Stops accepting, closes every connection and waits for every connection task to end.
+    /// Stops accepting, closes every connection, waits for every connection task to end, then
+    /// for the reported-patch writer to commit what is queued.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
         self.hub.workload.stop_all().await;
+        self.hub.reported.drain().await;
     }
 }
 
@@ -297,4 +301,33 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         tasks,
         hub,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_closes_every_connection_and_returns_once_their_tasks_ended() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = HubConfig::new(dir.clone());
+        config.mqtt_port = 0;
+        config.rest_port = 0;
+        let hub = start(config).await.unwrap();
+        let connect = |port| tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let mut mqtt = connect(hub.info.mqtt_port).await.unwrap();
+        let mut rest = connect(hub.info.rest_port).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(10), hub.stop())
+            .await
+            .expect("stop() did not return");
+        for stream in [&mut mqtt, &mut rest] {
+            let mut buf = [0u8; 8];
+            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0) | Err(_))), "still open: {read:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

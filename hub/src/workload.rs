@@ -252,7 +252,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
-async fn handle(
+pub(crate) async fn handle(
     hub: Weak<Hub>,
     device_id: &str,
     request: hyper::Request<hyper::body::Incoming>,

@@ -230,7 +230,10 @@ pub fn query_pairs(query: &str) -> HashMap<String, String> {
     pairs
 }
 
-async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+pub(crate) async fn handle(
+    hub: Arc<Hub>,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let reply = match parse(&hub, request).await {
