@@ -97,6 +97,17 @@ fn flood_child(spec: &str) {
     });
 }
 
+/// The sum over the flood children of the number on each one's next line, after `label`.
+fn sum_of(lines: &mut [impl Iterator<Item = std::io::Result<String>>], label: &str) -> usize {
+    lines
+        .iter_mut()
+        .map(|l| {
+            let line = l.next().expect("a flood child ended").unwrap();
+            line.strip_prefix(label).unwrap().parse::<usize>().unwrap()
+        })
+        .sum()
+}
+
 /// User + system CPU seconds of process `pid` so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -218,16 +229,7 @@ fn main() {
         .iter_mut()
         .map(|c| std::io::BufReader::new(c.stdout.take().unwrap()).lines())
         .collect();
-    let opened: usize = lines
-        .iter_mut()
-        .map(|l| {
-            let line = l.next().unwrap().unwrap();
-            line.strip_prefix("open ")
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
+    let opened = sum_of(&mut lines, "open ");
     let flood_secs = started.elapsed().as_secs_f64();
     let during = runtime.block_on(device_connect(&hub, "well-behaved", &key));
     std::thread::sleep(Duration::from_secs(5));
@@ -236,16 +238,7 @@ fn main() {
     for child in &mut children {
         drop(child.stdin.take());
     }
-    let closed: usize = lines
-        .iter_mut()
-        .map(|l| {
-            let line = l.next().unwrap().unwrap();
-            line.strip_prefix("closed ")
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
+    let closed = sum_of(&mut lines, "closed ");
     for mut child in children {
         let _ = child.wait();
     }

@@ -40,6 +40,44 @@ fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -
     (status, json)
 }
 
+/// Asserts that `socket` answers `GET /trust-bundle` with a certificate.
+fn serves_trust_bundle(socket: &Path) {
+    let (status, bundle) =
+        workload_call(socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{bundle}");
+    assert!(bundle["certificate"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+}
+
+/// A hub in a new scratch directory named after `tag`, with edge device `device` and its module
+/// `m`; that module's `IOTEDGE_*` environment.
+async fn hub_with_module(
+    tag: &str,
+    device: &str,
+) -> (TempDir, Hub, std::collections::BTreeMap<String, String>) {
+    let dir = TempDir::new(tag);
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device(device).await;
+    hub.rest.create_module(device, "m").await;
+    let env = hub.rest.edge_environment(device, "m").await;
+    (dir, hub, env)
+}
+
+/// Creates the (plain) device `id` on `hub`.
+async fn create_device(hub: &Hub, id: &str) {
+    let (status, body) = hub
+        .rest
+        .call(
+            "PUT",
+            &format!("/devices/{id}"),
+            Some(json!({"deviceId": id})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The socket path in a module's `IOTEDGE_WORKLOADURI`.
 fn socket_of(hub: &Hub, env: &std::collections::BTreeMap<String, String>) -> PathBuf {
     let uri = &env["IOTEDGE_WORKLOADURI"];
@@ -136,13 +174,7 @@ async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it
     hub.rest.create_edge_device("gw").await;
     let env = hub.rest.edge_environment("gw", "$edgeAgent").await;
     let socket = socket_of(&hub, &env);
-    let (status, bundle) =
-        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
-    assert_eq!(status, 200, "{bundle}");
-    assert!(bundle["certificate"]
-        .as_str()
-        .unwrap()
-        .contains("BEGIN CERTIFICATE"));
+    serves_trust_bundle(&socket);
 
     hub.rest.create_edge_device("gw2").await;
     hub.rest.create_module("gw2", "filter").await;
@@ -174,45 +206,31 @@ async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it
 
 #[tokio::test]
 async fn a_128_character_edge_device_id_gets_a_socket_its_environment_points_at() {
-    let dir = TempDir::new("long-id");
-    let hub = Hub::start(dir.path(), HubOptions::default());
-    let id = "g".repeat(128);
-    hub.rest.create_edge_device(&id).await;
-    hub.rest.create_module(&id, "m").await;
-    let env = hub.rest.edge_environment(&id, "m").await;
+    let (_dir, hub, env) = hub_with_module("long-id", &"g".repeat(128)).await;
     let socket = socket_of(&hub, &env);
-    let (status, body) =
-        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
-    assert_eq!(status, 200, "{body}");
+    serves_trust_bundle(&socket);
 }
 
 #[tokio::test]
 async fn an_edge_device_with_a_module_has_its_socket_again_after_a_restart() {
-    let dir = TempDir::new("socket-restart");
-    let hub = Hub::start(dir.path(), HubOptions::default());
-    hub.rest.create_edge_device("gw").await;
-    hub.rest.create_module("gw", "m").await;
-    let env = hub.rest.edge_environment("gw", "m").await;
+    let (dir, hub, env) = hub_with_module("socket-restart", "gw").await;
     drop(hub);
     let hub = Hub::start(dir.path(), HubOptions::default());
     let socket = socket_of(&hub, &env);
-    let (status, body) =
-        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
-    assert_eq!(status, 200, "{body}");
+    serves_trust_bundle(&socket);
 }
 
 #[tokio::test]
 async fn the_workload_api_signs_with_the_key_and_incarnation_asked_for_or_refuses() {
-    let dir = TempDir::new("sign-rules");
-    let hub = Hub::start(dir.path(), HubOptions::default());
-    hub.rest.create_edge_device("gw").await;
-    let primary = hub.rest.create_module("gw", "m").await;
+    let (_dir, hub, env) = hub_with_module("sign-rules", "gw").await;
     let (_, module) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
-    let secondary = module["authentication"]["symmetricKey"]["secondaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let env = hub.rest.edge_environment("gw", "m").await;
+    let key = |which: &str| {
+        module["authentication"]["symmetricKey"][which]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (primary, secondary) = (key("primaryKey"), key("secondaryKey"));
     let socket = socket_of(&hub, &env);
     let generation = &env["IOTEDGE_MODULEGENERATIONID"];
     let data = "aGVsbG8="; // "hello"
@@ -420,15 +438,7 @@ async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
     let dir = TempDir::new("sr-prefix");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["d1", "d10", "d2"] {
-        let (status, body) = hub
-            .rest
-            .call(
-                "PUT",
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        create_device(&hub, id).await;
     }
     let host = hub.host_name().to_owned();
     let scoped = support::Rest::scoped(&hub.info, &format!("{host}/devices/d1"));
@@ -537,15 +547,7 @@ async fn a_damaged_record_is_named_by_its_identity_and_other_writes_keep_working
     let dir = TempDir::new("damaged-row");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["d1", "d2"] {
-        let (status, body) = hub
-            .rest
-            .call(
-                "PUT",
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        create_device(&hub, id).await;
     }
     drop(hub);
     edit_database(
