@@ -703,3 +703,39 @@ async fn every_acknowledged_write_survives_kill_9() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_edge_device_told_to_run_modules_gets_its_socket_and_keeps_it_across_a_restart() {
+    let dir = TempDir::new("socket-configured");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
+    hub.rest.create_edge_device("gw").await;
+    let content = json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"modules": {"m": {"type": "docker"}}}},
+        "$edgeHub": {"properties.desired": {"routes": {}}},
+    }});
+    let (status, body) = hub
+        .rest
+        .call(
+            "POST",
+            "/devices/gw/applyConfigurationContent",
+            Some(content),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        entries(&workload_dir).len(),
+        1,
+        "no socket once modules are configured"
+    );
+    drop(hub);
+    for entry in entries(&workload_dir) {
+        std::fs::remove_file(workload_dir.join(entry)).unwrap();
+    }
+    let _hub = Hub::start(dir.path(), HubOptions::default());
+    assert_eq!(
+        entries(&workload_dir).len(),
+        1,
+        "no socket after the restart"
+    );
+}

@@ -77,6 +77,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
             hub.transact_and_notify(|tx| Ok(((), deployments::apply_content(tx, id, &content)?)))?;
+            hub.workload.ensure_or_log(hub, id);
             Reply::no_content()
         }
         _ => Err(not_found(request)),
