@@ -24,31 +24,15 @@ mod support;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet};
 use support::{Hub, HubOptions, TempDir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Connections one flood child opens.
 const FLOOD_PER_CHILD: usize = 5000;
 /// Set in a flood child: `port,count,ca-file,host`.
 const CHILD_VARIABLE: &str = "EDGETWIN_IDLE_FLOOD_CHILD";
-
-/// A TLS connection to `port` trusting `tls`, for `host`.
-async fn tls_connect(
-    port: u16,
-    tls: Arc<rustls::ClientConfig>,
-    host: String,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
-    tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-}
 
 /// A flood child: opens `count` TLS connections (64 at a time), prints how many completed, then
 /// holds them until its stdin closes, and prints how many the hub had closed by then.
@@ -70,7 +54,7 @@ fn flood_child(spec: &str) {
         let mut started = 0;
         while streams.len() + batch.len() < count || !batch.is_empty() {
             while started < count && batch.len() < 64 {
-                batch.spawn(tls_connect(port, tls.clone(), host.clone()));
+                batch.spawn(support::tls_connect(port, tls.clone(), host.clone()));
                 started += 1;
             }
             match batch.join_next().await {
@@ -123,49 +107,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// CONNECT → CONNACK time of device `id` with `key` over a fresh TLS connection.
-async fn device_connect(hub: &Hub, id: &str, key: &str) -> Duration {
-    let host = hub.host_name().to_owned();
-    let token = edgetwin_wire::sas::generate_token(
-        &edgetwin_wire::Secret::new(key),
-        &format!("{host}/devices/{id}"),
-        support::unix_now() as u64 + 3600,
-        None,
-    )
-    .unwrap();
-    let started = Instant::now();
-    let mut stream = tls_connect(
-        hub.mqtt_port(),
-        support::tls_trusting(&hub.ca()),
-        host.clone(),
-    )
-    .await
-    .expect("the device cannot even open TLS");
-    let mut connect = Connect::new(id);
-    connect.set_login(
-        format!("{host}/{id}/?api-version=2021-04-12"),
-        token.expose(),
-    );
-    let mut out = BytesMut::new();
-    Packet::Connect(connect)
-        .write(&mut out, usize::MAX)
-        .unwrap();
-    stream.write_all(&out).await.unwrap();
-    let mut buffer = BytesMut::new();
-    loop {
-        match Packet::read(&mut buffer, 1024) {
-            Ok(Packet::ConnAck(ack)) => {
-                assert_eq!(ack.code, ConnectReturnCode::Success);
-                return started.elapsed();
-            }
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => {
-                assert_ne!(stream.read_buf(&mut buffer).await.unwrap(), 0, "closed");
-            }
-        }
-    }
-}
-
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_VARIABLE) {
         flood_child(&spec);
@@ -200,7 +141,9 @@ fn main() {
             .unwrap()
             .to_owned()
     });
-    let baseline = runtime.block_on(device_connect(&hub, "well-behaved", &key));
+    let baseline = runtime
+        .block_on(support::mqtt_device(&hub, "well-behaved", &key, &[]))
+        .1;
     let pid = hub.proc.child.id();
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
@@ -231,7 +174,9 @@ fn main() {
         .collect();
     let opened = sum_of(&mut lines, "open ");
     let flood_secs = started.elapsed().as_secs_f64();
-    let during = runtime.block_on(device_connect(&hub, "well-behaved", &key));
+    let during = runtime
+        .block_on(support::mqtt_device(&hub, "well-behaved", &key, &[]))
+        .1;
     std::thread::sleep(Duration::from_secs(5));
     let wall = started.elapsed().as_secs_f64();
     let cores = (cpu_seconds(pid) - cpu_before) / wall;

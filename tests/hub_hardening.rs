@@ -113,6 +113,17 @@ fn open_sockets(pid: u32) -> usize {
         .count()
 }
 
+/// Waits up to `timeout` for process `pid` to hold no more than `count` sockets.
+async fn sockets_fall_back_to(pid: u32, count: usize, timeout: Duration) {
+    poll(timeout, Duration::from_millis(50), || async move {
+        let now = open_sockets(pid);
+        (now <= count)
+            .then_some(())
+            .ok_or(move || format!("the hub holds {now} sockets, {count} before"))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn bulk_edge_ids_that_look_like_paths_are_refused_and_touch_nothing_outside_the_data_directory(
 ) {
@@ -142,18 +153,7 @@ async fn bulk_edge_ids_that_look_like_paths_are_refused_and_touch_nothing_outsid
     assert_eq!(entries(dir.path()), before);
     assert!(!dir.path().parent().unwrap().join("escaped").exists());
     assert!(entries(Path::new(hub.info["workloadDir"].as_str().unwrap())).is_empty());
-    let pid = hub.proc.child.id();
-    poll(
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || async move {
-            let now = open_sockets(pid);
-            (now <= sockets_before)
-                .then_some(())
-                .ok_or(move || format!("the hub holds {now} sockets, {sockets_before} before"))
-        },
-    )
-    .await;
+    sockets_fall_back_to(hub.proc.child.id(), sockets_before, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -738,4 +738,37 @@ async fn an_edge_device_told_to_run_modules_gets_its_socket_and_keeps_it_across_
         1,
         "no socket after the restart"
     );
+}
+
+#[tokio::test]
+async fn a_device_that_stops_reading_is_disconnected_and_its_queue_freed() {
+    let dir = TempDir::new("not-reading");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, device) = hub
+        .rest
+        .call("PUT", "/devices/slow", Some(json!({"deviceId": "slow"})))
+        .await;
+    assert_eq!(status, 200, "{device}");
+    let key = device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = hub.proc.child.id();
+    let sockets_before = open_sockets(pid);
+    let filters = ["$iothub/twin/PATCH/properties/desired/#"];
+    let (_never_read, _) = support::mqtt_device(&hub, "slow", &key, &filters).await;
+    let started = std::time::Instant::now();
+    for n in 0..300 {
+        let desired: serde_json::Map<String, Value> = (0..6)
+            .map(|i| (format!("p{i}"), json!(format!("{n}{}", "x".repeat(3500)))))
+            .collect();
+        let patch = json!({"properties": {"desired": desired}});
+        let (status, body) = hub.rest.call("PATCH", "/twins/slow", Some(patch)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Its connection is closed on the hub's side (the write timeout), though it never read.
+    sockets_fall_back_to(pid, sockets_before, Duration::from_secs(45)).await;
+    let (_, device) = hub.rest.call("GET", "/devices/slow", None).await;
+    assert_eq!(device["connectionState"], "Disconnected");
+    assert!(started.elapsed() < Duration::from_secs(60));
 }

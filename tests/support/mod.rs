@@ -377,6 +377,90 @@ impl Hub {
     }
 }
 
+/// A TLS connection to `port` on loopback trusting `tls`, for the server name `host`.
+pub async fn tls_connect(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    host: String,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+}
+
+/// A raw MQTT connection of device `id` (SAS `key`) to `hub`, after a successful CONNACK, with
+/// `subscriptions` subscribed (their SUBACK read); and how long CONNECT → CONNACK took.
+pub async fn mqtt_device(
+    hub: &Hub,
+    id: &str,
+    key: &str,
+    subscriptions: &[&str],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Duration,
+) {
+    use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Subscribe};
+    use tokio::io::AsyncWriteExt;
+    let host = hub.host_name().to_owned();
+    let token = generate_token(
+        &Secret::new(key),
+        &format!("{host}/devices/{id}"),
+        unix_now() as u64 + 3600,
+        None,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host.clone())
+        .await
+        .expect("TLS to the MQTT port");
+    let mut connect = Connect::new(id);
+    connect.set_login(
+        format!("{host}/{id}/?api-version=2021-04-12"),
+        token.expose(),
+    );
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    match read_packet(&mut stream, &mut buffer).await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+    let took = started.elapsed();
+    for filter in subscriptions {
+        let mut out = bytes::BytesMut::new();
+        let subscribe = Subscribe::new(*filter, rumqttc::mqttbytes::QoS::AtLeastOnce);
+        Packet::Subscribe(subscribe)
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        stream.write_all(&out).await.unwrap();
+        let suback = read_packet(&mut stream, &mut buffer).await;
+        assert!(
+            matches!(suback, Packet::SubAck(_)),
+            "no SUBACK for {filter}"
+        );
+    }
+    (stream, took)
+}
+
+/// The next MQTT packet from `stream`, reading into `buffer` as needed; panics if it closes.
+async fn read_packet(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buffer: &mut bytes::BytesMut,
+) -> rumqttc::mqttbytes::v4::Packet {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match rumqttc::mqttbytes::v4::Packet::read(buffer, 1 << 20) {
+            Ok(packet) => return packet,
+            Err(_) => assert_ne!(stream.read_buf(buffer).await.unwrap(), 0, "closed"),
+        }
+    }
+}
+
 /// A TLS client configuration trusting only the CA certificate in `ca_file`.
 pub fn tls_trusting(ca_file: &Path) -> Arc<rustls::ClientConfig> {
     let ca = std::fs::read(ca_file).unwrap();
