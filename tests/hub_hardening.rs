@@ -704,30 +704,53 @@ async fn every_acknowledged_write_survives_kill_9() {
     }
 }
 
+/// Configuration content that tells `$edgeAgent` to run a module `m`.
+fn content_of_modules() -> Value {
+    json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"modules": {"m": {"type": "docker"}}}},
+        "$edgeHub": {"properties.desired": {"routes": {}}},
+    }})
+}
+
 #[tokio::test]
 async fn an_edge_device_told_to_run_modules_gets_its_socket_and_keeps_it_across_a_restart() {
     let dir = TempDir::new("socket-configured");
     let hub = Hub::start(dir.path(), HubOptions::default());
     let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
     hub.rest.create_edge_device("gw").await;
-    let content = json!({"modulesContent": {
-        "$edgeAgent": {"properties.desired": {"modules": {"m": {"type": "docker"}}}},
-        "$edgeHub": {"properties.desired": {"routes": {}}},
-    }});
+    let apply = "/devices/gw/applyConfigurationContent";
     let (status, body) = hub
         .rest
-        .call(
-            "POST",
-            "/devices/gw/applyConfigurationContent",
-            Some(content),
-        )
+        .call("POST", apply, Some(content_of_modules()))
         .await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(
         entries(&workload_dir).len(),
         1,
-        "no socket once modules are configured"
+        "no socket for applied content"
     );
+
+    hub.rest.create_edge_device("gw2").await;
+    let tags = json!({"tags": {"env": "prod"}});
+    let (status, body) = hub.rest.call("PATCH", "/twins/gw2", Some(tags)).await;
+    assert_eq!(status, 200, "{body}");
+    let deployment = json!({
+        "id": "prod",
+        "content": content_of_modules(),
+        "targetCondition": "tags.env='prod'",
+        "priority": 1,
+    });
+    let (status, body) = hub
+        .rest
+        .call("PUT", "/configurations/prod", Some(deployment))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        entries(&workload_dir).len(),
+        2,
+        "no socket for a deployment's target"
+    );
+
     drop(hub);
     for entry in entries(&workload_dir) {
         std::fs::remove_file(workload_dir.join(entry)).unwrap();
@@ -735,8 +758,8 @@ async fn an_edge_device_told_to_run_modules_gets_its_socket_and_keeps_it_across_
     let _hub = Hub::start(dir.path(), HubOptions::default());
     assert_eq!(
         entries(&workload_dir).len(),
-        1,
-        "no socket after the restart"
+        2,
+        "no sockets after the restart"
     );
 }
 

@@ -48,9 +48,11 @@ fn fixture() -> &'static Fixture {
             crate::registry::create_module(tx, "gw", "m", Module::default())
         })
         .expect("fixture identities");
+        let hub = Arc::new(hub);
+        hub.workload.attach(&hub);
         Fixture {
             runtime,
-            hub: Arc::new(hub),
+            hub,
             _dir: dir,
         }
     })

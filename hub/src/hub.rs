@@ -153,6 +153,13 @@ impl Hub {
     }
 
     fn notify_desired(&self, change: &DesiredChange) {
+        // An `$edgeAgent` told to run modules (a deployment, applyConfigurationContent): those
+        // modules will want the device's workload socket.
+        if change.key.module_id.as_deref() == Some("$edgeAgent")
+            && change.patch.get("modules").is_some_and(|m| !m.is_null())
+        {
+            self.workload.ensure_or_log(&change.key.device_id);
+        }
         let body = twin::desired_notification(&change.patch, change.version);
         let message = Outgoing {
             topic: topic::desired_patch_topic(change.version),

@@ -212,6 +212,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         workload,
         fresh_allowed,
     )?);
+    hub.workload.attach(&hub);
 
     let edge_devices = hub
         .transact(|tx| Ok(tx.edge_devices_with_modules()?))
@@ -220,7 +221,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             source: std::io::Error::other(e.message),
         })?;
     for device_id in &edge_devices {
-        hub.workload.ensure_or_log(&hub, device_id);
+        hub.workload.ensure_or_log(device_id);
     }
 
     let bind = |port: u16, what: &'static str| {

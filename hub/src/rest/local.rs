@@ -119,7 +119,7 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
 
 /// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub.
 pub fn edge_environment(
-    hub: &Arc<Hub>,
+    hub: &Hub,
     device_id: &str,
     module_id: &str,
 ) -> Result<EdgeEnvironment, ApiError> {
@@ -135,7 +135,7 @@ pub fn edge_environment(
         tx.module(device_id, module_id)?
             .ok_or_else(|| registry::module_not_found(device_id, module_id))
     })?;
-    let socket = hub.workload.ensure(hub, device_id).map_err(|error| {
+    let socket = hub.workload.ensure(device_id).map_err(|error| {
         tracing::error!(device_id, %error, "no workload socket");
         ApiError::new(ErrorCode::ServerError, error.to_string())
     })?;

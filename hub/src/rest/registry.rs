@@ -77,7 +77,6 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
             hub.transact_and_notify(|tx| Ok(((), deployments::apply_content(tx, id, &content)?)))?;
-            hub.workload.ensure_or_log(hub, id);
             Reply::no_content()
         }
         _ => Err(not_found(request)),
@@ -96,7 +95,7 @@ fn module_added(hub: &Arc<Hub>, device_id: &str) {
         .flatten()
         .is_some_and(|device| is_edge(&device));
     if edge {
-        hub.workload.ensure_or_log(hub, device_id);
+        hub.workload.ensure_or_log(device_id);
     }
 }
 
