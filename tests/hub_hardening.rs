@@ -361,9 +361,18 @@ async fn https_clients_that_send_nothing_or_trickle_headers_or_a_body_are_discon
     assert_eq!(status, 200, "the hub still serves others");
 }
 
-/// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs; `closed_output` pipes its stdout
-/// and stderr to us and closes our ends, else they go to `dir/module.log`.
-async fn module_of(hub: &Hub, dir: &Path, closed_output: bool) -> support::Proc {
+/// Where a module under test writes its stdout and stderr.
+enum ModuleOutput {
+    /// `dir/module.log`.
+    File,
+    /// Pipes whose reader (us) went away.
+    ClosedPipe,
+    /// `/dev/full`: every write fails as on a full disk.
+    FullDisk,
+}
+
+/// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs written to `output`.
+async fn module_of(hub: &Hub, dir: &Path, output: ModuleOutput) -> support::Proc {
     hub.rest.create_edge_device("gw").await;
     hub.rest.create_module("gw", "m").await;
     let env = hub.rest.edge_environment("gw", "m").await;
@@ -375,12 +384,14 @@ async fn module_of(hub: &Hub, dir: &Path, closed_output: bool) -> support::Proc 
         .env("RUST_LOG", "debug")
         .envs(&env)
         .envs(support::FAST_BACKOFF);
-    if closed_output {
-        let mut module = support::Proc::spawn_piped(&mut command);
-        module.close_output();
-        module
-    } else {
-        support::Proc::spawn(&mut command, dir.join("module.log"))
+    match output {
+        ModuleOutput::File => support::Proc::spawn(&mut command, dir.join("module.log")),
+        ModuleOutput::ClosedPipe => {
+            let mut module = support::Proc::spawn_piped(&mut command);
+            module.close_output();
+            module
+        }
+        ModuleOutput::FullDisk => support::Proc::spawn(&mut command, "/dev/full".into()),
     }
 }
 
@@ -416,7 +427,7 @@ async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_wri
         ..HubOptions::default()
     };
     let hub = Hub::start(dir.path(), options);
-    let mut module = module_of(&hub, dir.path(), false).await;
+    let mut module = module_of(&hub, dir.path(), ModuleOutput::File).await;
     module_connects_and_reports(&hub, &mut module).await;
     let desired = hub
         .rest
@@ -429,7 +440,15 @@ async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_wri
 async fn a_module_whose_log_reader_went_away_keeps_running() {
     let dir = TempDir::new("module-closed-log");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    let mut module = module_of(&hub, dir.path(), true).await;
+    let mut module = module_of(&hub, dir.path(), ModuleOutput::ClosedPipe).await;
+    module_connects_and_reports(&hub, &mut module).await;
+}
+
+#[tokio::test]
+async fn a_module_logging_to_a_full_disk_keeps_running() {
+    let dir = TempDir::new("module-full-disk");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let mut module = module_of(&hub, dir.path(), ModuleOutput::FullDisk).await;
     module_connects_and_reports(&hub, &mut module).await;
 }
 
