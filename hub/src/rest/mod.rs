@@ -158,7 +158,7 @@ pub async fn serve(
         "REST",
         limits,
         shutdown,
-        move |socket, peer, _| {
+        move |socket, peer, admission| {
             let (tls, hub) = (tls.clone(), hub.clone());
             async move {
                 let Ok(Ok(stream)) =
@@ -168,8 +168,15 @@ pub async fn serve(
                     return;
                 };
                 let service = hyper::service::service_fn(move |request| {
-                    let hub = hub.clone();
-                    async move { Ok::<_, Infallible>(handle(hub, request).await) }
+                    let (hub, admission) = (hub.clone(), admission.clone());
+                    async move {
+                        let response = handle(hub, request).await;
+                        // A client that authenticated is kept when the listener is full.
+                        if response.extensions().get::<Authenticated>().is_some() {
+                            admission.established();
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 if let Err(error) = http1_server()
                     .serve_connection(TokioIo::new(stream), service)
@@ -230,14 +237,33 @@ pub fn query_pairs(query: &str) -> HashMap<String, String> {
     pairs
 }
 
+/// Marks the response to a request that passed authentication (a response extension).
+#[derive(Clone, Copy, Debug)]
+struct Authenticated;
+
+/// Answers one request; the response carries [`Authenticated`] if the caller authenticated.
 pub(crate) async fn handle(
     hub: Arc<Hub>,
     request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let mut authenticated = false;
+    let mut response = respond(hub, request, &mut authenticated).await;
+    if authenticated {
+        response.extensions_mut().insert(Authenticated);
+    }
+    response
+}
+
+async fn respond(
+    hub: Arc<Hub>,
+    request: hyper::Request<Incoming>,
+    authenticated: &mut bool,
 ) -> hyper::Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let reply = match parse(&hub, request).await {
         Ok(request) => {
+            *authenticated = true;
             let operation = format!("{} /{}", request.method, request.segments.join("/"));
             if !operation.contains(" /edgetwin/faults") {
                 if let Some(delay) = hub.faults.delay_for(&operation) {
