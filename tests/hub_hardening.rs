@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use support::{poll, Hub, HubOptions, TempDir};
+use support::{poll, Hub, HubOptions, LogOutput, TempDir};
 
 /// One HTTP/1.1 request over a unix socket; returns the status and the JSON body (`null` if none).
 fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -361,18 +361,8 @@ async fn https_clients_that_send_nothing_or_trickle_headers_or_a_body_are_discon
     assert_eq!(status, 200, "the hub still serves others");
 }
 
-/// Where a module under test writes its stdout and stderr.
-enum ModuleOutput {
-    /// `dir/module.log`.
-    File,
-    /// Pipes whose reader (us) went away.
-    ClosedPipe,
-    /// `/dev/full`: every write fails as on a full disk.
-    FullDisk,
-}
-
 /// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs written to `output`.
-async fn module_of(hub: &Hub, dir: &Path, output: ModuleOutput) -> support::Proc {
+async fn module_of(hub: &Hub, dir: &Path, output: LogOutput) -> support::Proc {
     hub.rest.create_edge_device("gw").await;
     hub.rest.create_module("gw", "m").await;
     let env = hub.rest.edge_environment("gw", "m").await;
@@ -384,15 +374,11 @@ async fn module_of(hub: &Hub, dir: &Path, output: ModuleOutput) -> support::Proc
         .env("RUST_LOG", "debug")
         .envs(&env)
         .envs(support::FAST_BACKOFF);
-    match output {
-        ModuleOutput::File => support::Proc::spawn(&mut command, dir.join("module.log")),
-        ModuleOutput::ClosedPipe => {
-            let mut module = support::Proc::spawn_piped(&mut command);
-            module.close_output();
-            module
-        }
-        ModuleOutput::FullDisk => support::Proc::spawn(&mut command, "/dev/full".into()),
+    let mut module = output.spawn(&mut command, dir.join("module.log"));
+    if output == LogOutput::ClosedPipe {
+        module.close_output();
     }
+    module
 }
 
 /// Waits until `gw/m` is connected and has reported something, and then is still connected.
@@ -423,11 +409,11 @@ async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_wri
     let dir = TempDir::new("hub-closed-log");
     let options = HubOptions {
         rust_log: Some("debug"),
-        closed_output: true,
+        output: LogOutput::ClosedPipe,
         ..HubOptions::default()
     };
     let hub = Hub::start(dir.path(), options);
-    let mut module = module_of(&hub, dir.path(), ModuleOutput::File).await;
+    let mut module = module_of(&hub, dir.path(), LogOutput::File).await;
     module_connects_and_reports(&hub, &mut module).await;
     let desired = hub
         .rest
@@ -437,10 +423,25 @@ async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_wri
 }
 
 #[tokio::test]
+async fn a_hub_logging_to_a_full_disk_still_connects_devices_and_commits_writes() {
+    let dir = TempDir::new("hub-full-disk");
+    let options = HubOptions {
+        rust_log: Some("debug"),
+        output: LogOutput::FullDisk,
+        ..HubOptions::default()
+    };
+    let hub = Hub::start(dir.path(), options);
+    let mut module = module_of(&hub, dir.path(), LogOutput::File).await;
+    module_connects_and_reports(&hub, &mut module).await;
+    let reported = hub.rest.reported("gw", "m").await;
+    assert!(reported["$version"].as_i64().unwrap() >= 2, "{reported}");
+}
+
+#[tokio::test]
 async fn a_module_whose_log_reader_went_away_keeps_running() {
     let dir = TempDir::new("module-closed-log");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    let mut module = module_of(&hub, dir.path(), ModuleOutput::ClosedPipe).await;
+    let mut module = module_of(&hub, dir.path(), LogOutput::ClosedPipe).await;
     module_connects_and_reports(&hub, &mut module).await;
 }
 
@@ -448,7 +449,7 @@ async fn a_module_whose_log_reader_went_away_keeps_running() {
 async fn a_module_logging_to_a_full_disk_keeps_running() {
     let dir = TempDir::new("module-full-disk");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    let mut module = module_of(&hub, dir.path(), ModuleOutput::FullDisk).await;
+    let mut module = module_of(&hub, dir.path(), LogOutput::FullDisk).await;
     module_connects_and_reports(&hub, &mut module).await;
 }
 

@@ -266,9 +266,30 @@ pub struct HubOptions<'a> {
     pub timeout: Duration,
     /// Whether [`Hub::rest`] keeps one connection alive across calls.
     pub keep_alive: bool,
-    /// Whether the hub's stdout and stderr are pipes whose reader goes away once it started
-    /// (its log is then lost).
-    pub closed_output: bool,
+    /// Where the hub's stderr goes (its log).
+    pub output: LogOutput,
+}
+
+/// Where a process under test writes its log (stderr; stdout too for the unlucky cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// A log file in the test's directory.
+    File,
+    /// Pipes whose reader (the test) goes away once the process started.
+    ClosedPipe,
+    /// `/dev/full`: every write fails as on a full disk.
+    FullDisk,
+}
+
+impl LogOutput {
+    /// Spawns `command` writing to this output (`log` for [`LogOutput::File`]).
+    pub fn spawn(self, command: &mut Command, log: PathBuf) -> Proc {
+        match self {
+            LogOutput::File => Proc::spawn(command, log),
+            LogOutput::ClosedPipe => Proc::spawn_piped(command),
+            LogOutput::FullDisk => Proc::spawn(command, PathBuf::from("/dev/full")),
+        }
+    }
 }
 
 impl Default for HubOptions<'_> {
@@ -279,7 +300,7 @@ impl Default for HubOptions<'_> {
             rust_log: None,
             timeout: Duration::from_secs(10),
             keep_alive: false,
-            closed_output: false,
+            output: LogOutput::File,
         }
     }
 }
@@ -318,11 +339,7 @@ impl Hub {
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
         }
-        let mut proc = if options.closed_output {
-            Proc::spawn_piped(&mut command)
-        } else {
-            Proc::spawn(&mut command, log.clone())
-        };
+        let mut proc = options.output.spawn(&mut command, log.clone());
         let log = &log;
         let every = Duration::from_millis(20);
         let info = poll_blocking(options.timeout, every, || {
@@ -336,7 +353,7 @@ impl Hub {
                 });
             info.ok_or(move || format!("the hub did not start: {}", read_log(log)))
         });
-        if options.closed_output {
+        if options.output == LogOutput::ClosedPipe {
             proc.close_output();
         }
         let rest = Rest::new(&info, options.keep_alive);
