@@ -160,25 +160,25 @@ impl RunningHub {
     }
 }
 
-/// The connection limits of each TCP listener: the configured cap, or an even share of the
-/// open-file limit (raised to its hard limit first) among `listeners`.
-fn tcp_limits(config: &HubConfig, listeners: u64) -> listener::Limits {
-    let max_connections = config.max_connections.unwrap_or_else(|| {
-        let files = match listener::raise_open_file_limit() {
-            Ok(files) => {
-                tracing::info!(open_files = files, "open-file limit");
-                files
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
-                1024
-            }
-        };
-        let share = files.saturating_sub(RESERVED_FILES).max(listeners * 16) / listeners;
-        usize::try_from(share).unwrap_or(usize::MAX)
-    });
+/// Raises the open-file limit to its hard limit (logging what it got), then the connection limits
+/// of each TCP listener: the configured cap, or the open-file limit less what the hub keeps for
+/// itself. Listeners that together run out of descriptors back off their accepts, and idle peers
+/// are timed out, so one full listener never starves the process.
+fn tcp_limits(config: &HubConfig) -> listener::Limits {
+    let files = match listener::raise_open_file_limit() {
+        Ok(files) => {
+            tracing::info!(open_files = files, "open-file limit");
+            files
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let from_files =
+        usize::try_from(files.saturating_sub(RESERVED_FILES).max(64)).unwrap_or(usize::MAX);
     listener::Limits {
-        max_connections,
+        max_connections: config.max_connections.unwrap_or(from_files),
         write_timeout: config.write_timeout,
     }
 }
@@ -242,7 +242,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     };
     let websocket_port = websocket_listener.as_ref().map(local_port);
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
-    let limits = tcp_limits(&config, 2 + u64::from(websocket_listener.is_some()));
+    let limits = tcp_limits(&config);
 
     let owner = hub
         .policies
