@@ -145,3 +145,42 @@ async fn run(store: Arc<Mutex<Store>>, mut rx: mpsc::Receiver<Pending>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TwinRecord;
+
+    #[tokio::test]
+    async fn drain_commits_and_answers_everything_queued_then_refuses_more() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-drain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&dir.join("hub.db")).unwrap();
+        let key = IdentityKey::device("d1");
+        store
+            .transaction(|tx| tx.put_twin(&key, &TwinRecord::default()))
+            .unwrap();
+        let store = Arc::new(Mutex::new(store));
+        let writer = ReportedWriter::start(store.clone());
+        let mut waiting = Vec::new();
+        for n in 0..50 {
+            let body = Bytes::from(format!(r#"{{"n":{n}}}"#));
+            waiting.push(writer.submit(key.clone(), body).await.unwrap());
+        }
+        writer.drain().await;
+        for committing in &mut waiting {
+            assert!(committing.try_outcome().is_some_and(|r| r.is_ok()));
+        }
+        let twin = store
+            .lock()
+            .unwrap()
+            .transaction(|tx| tx.twin(&key))
+            .unwrap()
+            .unwrap();
+        assert_eq!(twin.reported["n"], 49);
+        let refused = writer.submit(key, Bytes::from("{}")).await;
+        assert!(refused.is_err(), "a drained writer took a patch");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
