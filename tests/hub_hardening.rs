@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use support::{poll, Hub, HubOptions, TempDir};
+use support::{poll, Hub, HubOptions, LogOutput, TempDir};
 
 /// One HTTP/1.1 request over a unix socket; returns the status and the JSON body (`null` if none).
 fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -38,6 +38,44 @@ fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -
         .and_then(|(_, b)| serde_json::from_str(b).ok())
         .unwrap_or(Value::Null);
     (status, json)
+}
+
+/// Asserts that `socket` answers `GET /trust-bundle` with a certificate.
+fn serves_trust_bundle(socket: &Path) {
+    let (status, bundle) =
+        workload_call(socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
+    assert_eq!(status, 200, "{bundle}");
+    assert!(bundle["certificate"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+}
+
+/// A hub in a new scratch directory named after `tag`, with edge device `device` and its module
+/// `m`; that module's `IOTEDGE_*` environment.
+async fn hub_with_module(
+    tag: &str,
+    device: &str,
+) -> (TempDir, Hub, std::collections::BTreeMap<String, String>) {
+    let dir = TempDir::new(tag);
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device(device).await;
+    hub.rest.create_module(device, "m").await;
+    let env = hub.rest.edge_environment(device, "m").await;
+    (dir, hub, env)
+}
+
+/// Creates the (plain) device `id` on `hub`.
+async fn create_device(hub: &Hub, id: &str) {
+    let (status, body) = hub
+        .rest
+        .call(
+            "PUT",
+            &format!("/devices/{id}"),
+            Some(json!({"deviceId": id})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The socket path in a module's `IOTEDGE_WORKLOADURI`.
@@ -75,6 +113,17 @@ fn open_sockets(pid: u32) -> usize {
         .count()
 }
 
+/// Waits up to `timeout` for process `pid` to hold no more than `count` sockets.
+async fn sockets_fall_back_to(pid: u32, count: usize, timeout: Duration) {
+    poll(timeout, Duration::from_millis(50), || async move {
+        let now = open_sockets(pid);
+        (now <= count)
+            .then_some(())
+            .ok_or(move || format!("the hub holds {now} sockets, {count} before"))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn bulk_edge_ids_that_look_like_paths_are_refused_and_touch_nothing_outside_the_data_directory(
 ) {
@@ -104,18 +153,7 @@ async fn bulk_edge_ids_that_look_like_paths_are_refused_and_touch_nothing_outsid
     assert_eq!(entries(dir.path()), before);
     assert!(!dir.path().parent().unwrap().join("escaped").exists());
     assert!(entries(Path::new(hub.info["workloadDir"].as_str().unwrap())).is_empty());
-    let pid = hub.proc.child.id();
-    poll(
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || async move {
-            let now = open_sockets(pid);
-            (now <= sockets_before)
-                .then_some(())
-                .ok_or(move || format!("the hub holds {now} sockets, {sockets_before} before"))
-        },
-    )
-    .await;
+    sockets_fall_back_to(hub.proc.child.id(), sockets_before, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -136,13 +174,7 @@ async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it
     hub.rest.create_edge_device("gw").await;
     let env = hub.rest.edge_environment("gw", "$edgeAgent").await;
     let socket = socket_of(&hub, &env);
-    let (status, bundle) =
-        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
-    assert_eq!(status, 200, "{bundle}");
-    assert!(bundle["certificate"]
-        .as_str()
-        .unwrap()
-        .contains("BEGIN CERTIFICATE"));
+    serves_trust_bundle(&socket);
 
     hub.rest.create_edge_device("gw2").await;
     hub.rest.create_module("gw2", "filter").await;
@@ -174,45 +206,31 @@ async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it
 
 #[tokio::test]
 async fn a_128_character_edge_device_id_gets_a_socket_its_environment_points_at() {
-    let dir = TempDir::new("long-id");
-    let hub = Hub::start(dir.path(), HubOptions::default());
-    let id = "g".repeat(128);
-    hub.rest.create_edge_device(&id).await;
-    hub.rest.create_module(&id, "m").await;
-    let env = hub.rest.edge_environment(&id, "m").await;
+    let (_dir, hub, env) = hub_with_module("long-id", &"g".repeat(128)).await;
     let socket = socket_of(&hub, &env);
-    let (status, body) =
-        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
-    assert_eq!(status, 200, "{body}");
+    serves_trust_bundle(&socket);
 }
 
 #[tokio::test]
 async fn an_edge_device_with_a_module_has_its_socket_again_after_a_restart() {
-    let dir = TempDir::new("socket-restart");
-    let hub = Hub::start(dir.path(), HubOptions::default());
-    hub.rest.create_edge_device("gw").await;
-    hub.rest.create_module("gw", "m").await;
-    let env = hub.rest.edge_environment("gw", "m").await;
+    let (dir, hub, env) = hub_with_module("socket-restart", "gw").await;
     drop(hub);
     let hub = Hub::start(dir.path(), HubOptions::default());
     let socket = socket_of(&hub, &env);
-    let (status, body) =
-        workload_call(&socket, "GET", "/trust-bundle?api-version=2022-08-03", None);
-    assert_eq!(status, 200, "{body}");
+    serves_trust_bundle(&socket);
 }
 
 #[tokio::test]
 async fn the_workload_api_signs_with_the_key_and_incarnation_asked_for_or_refuses() {
-    let dir = TempDir::new("sign-rules");
-    let hub = Hub::start(dir.path(), HubOptions::default());
-    hub.rest.create_edge_device("gw").await;
-    let primary = hub.rest.create_module("gw", "m").await;
+    let (_dir, hub, env) = hub_with_module("sign-rules", "gw").await;
     let (_, module) = hub.rest.call("GET", "/devices/gw/modules/m", None).await;
-    let secondary = module["authentication"]["symmetricKey"]["secondaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let env = hub.rest.edge_environment("gw", "m").await;
+    let key = |which: &str| {
+        module["authentication"]["symmetricKey"][which]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (primary, secondary) = (key("primaryKey"), key("secondaryKey"));
     let socket = socket_of(&hub, &env);
     let generation = &env["IOTEDGE_MODULEGENERATIONID"];
     let data = "aGVsbG8="; // "hello"
@@ -343,9 +361,8 @@ async fn https_clients_that_send_nothing_or_trickle_headers_or_a_body_are_discon
     assert_eq!(status, 200, "the hub still serves others");
 }
 
-/// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs; `closed_output` pipes its stdout
-/// and stderr to us and closes our ends, else they go to `dir/module.log`.
-async fn module_of(hub: &Hub, dir: &Path, closed_output: bool) -> support::Proc {
+/// Starts `edgetwin-module` for `gw/m` of `hub` with debug logs written to `output`.
+async fn module_of(hub: &Hub, dir: &Path, output: LogOutput) -> support::Proc {
     hub.rest.create_edge_device("gw").await;
     hub.rest.create_module("gw", "m").await;
     let env = hub.rest.edge_environment("gw", "m").await;
@@ -357,13 +374,11 @@ async fn module_of(hub: &Hub, dir: &Path, closed_output: bool) -> support::Proc 
         .env("RUST_LOG", "debug")
         .envs(&env)
         .envs(support::FAST_BACKOFF);
-    if closed_output {
-        let mut module = support::Proc::spawn_piped(&mut command);
+    let mut module = output.spawn(&mut command, dir.join("module.log"));
+    if output == LogOutput::ClosedPipe {
         module.close_output();
-        module
-    } else {
-        support::Proc::spawn(&mut command, dir.join("module.log"))
     }
+    module
 }
 
 /// Waits until `gw/m` is connected and has reported something, and then is still connected.
@@ -394,11 +409,11 @@ async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_wri
     let dir = TempDir::new("hub-closed-log");
     let options = HubOptions {
         rust_log: Some("debug"),
-        closed_output: true,
+        output: LogOutput::ClosedPipe,
         ..HubOptions::default()
     };
     let hub = Hub::start(dir.path(), options);
-    let mut module = module_of(&hub, dir.path(), false).await;
+    let mut module = module_of(&hub, dir.path(), LogOutput::File).await;
     module_connects_and_reports(&hub, &mut module).await;
     let desired = hub
         .rest
@@ -408,10 +423,33 @@ async fn a_hub_whose_log_reader_went_away_still_connects_devices_and_commits_wri
 }
 
 #[tokio::test]
+async fn a_hub_logging_to_a_full_disk_still_connects_devices_and_commits_writes() {
+    let dir = TempDir::new("hub-full-disk");
+    let options = HubOptions {
+        rust_log: Some("debug"),
+        output: LogOutput::FullDisk,
+        ..HubOptions::default()
+    };
+    let hub = Hub::start(dir.path(), options);
+    let mut module = module_of(&hub, dir.path(), LogOutput::File).await;
+    module_connects_and_reports(&hub, &mut module).await;
+    let reported = hub.rest.reported("gw", "m").await;
+    assert!(reported["$version"].as_i64().unwrap() >= 2, "{reported}");
+}
+
+#[tokio::test]
 async fn a_module_whose_log_reader_went_away_keeps_running() {
     let dir = TempDir::new("module-closed-log");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    let mut module = module_of(&hub, dir.path(), true).await;
+    let mut module = module_of(&hub, dir.path(), LogOutput::ClosedPipe).await;
+    module_connects_and_reports(&hub, &mut module).await;
+}
+
+#[tokio::test]
+async fn a_module_logging_to_a_full_disk_keeps_running() {
+    let dir = TempDir::new("module-full-disk");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let mut module = module_of(&hub, dir.path(), LogOutput::FullDisk).await;
     module_connects_and_reports(&hub, &mut module).await;
 }
 
@@ -420,15 +458,7 @@ async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
     let dir = TempDir::new("sr-prefix");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["d1", "d10", "d2"] {
-        let (status, body) = hub
-            .rest
-            .call(
-                "PUT",
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        create_device(&hub, id).await;
     }
     let host = hub.host_name().to_owned();
     let scoped = support::Rest::scoped(&hub.info, &format!("{host}/devices/d1"));
@@ -537,15 +567,7 @@ async fn a_damaged_record_is_named_by_its_identity_and_other_writes_keep_working
     let dir = TempDir::new("damaged-row");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["d1", "d2"] {
-        let (status, body) = hub
-            .rest
-            .call(
-                "PUT",
-                &format!("/devices/{id}"),
-                Some(json!({"deviceId": id})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        create_device(&hub, id).await;
     }
     drop(hub);
     edit_database(
@@ -596,4 +618,200 @@ async fn a_damaged_database_page_stops_the_start_with_what_the_check_found() {
     let (code, log) = hub_refusing(dir.path(), &[]);
     assert_ne!(code, 0);
     assert!(log.contains("is damaged"), "{log}");
+}
+
+#[test]
+fn provision_refuses_an_id_that_would_make_a_connection_string_name_another_identity() {
+    for args in [
+        &["provision", "--device", "x;ModuleId=evil"][..],
+        &[
+            "provision",
+            "--device",
+            "x",
+            "--module",
+            "m;SharedAccessKey=k",
+        ],
+        &["edge-env", "--device", "gw=1", "--module", "m"],
+    ] {
+        let out = std::process::Command::new(support::EDGETWIN)
+            .args(args)
+            .env(
+                "IOTHUB_CONNECTION_STRING",
+                "HostName=h;SharedAccessKeyName=n;SharedAccessKey=a2V5",
+            )
+            .output()
+            .unwrap();
+        let stderr = support::stderr_of_failure("provision", &out);
+        assert!(
+            stderr.contains("which a connection string cannot carry"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("DeviceId="));
+    }
+}
+
+#[tokio::test]
+async fn bodies_and_values_iot_hub_refuses_are_refused_and_the_hub_keeps_serving() {
+    let dir = TempDir::new("low-items");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, body) = hub
+        .rest
+        .call("PUT", "/devices/arr", Some(json!(["arr", null, "enabled"])))
+        .await;
+    assert_eq!(status, 400, "an array created a device: {body}");
+    let (status, _) = hub.rest.call("GET", "/devices/arr", None).await;
+    assert_eq!(status, 404);
+
+    for fault in ["refuseConnects", "tokenLifetime"] {
+        let (status, body) = hub
+            .rest
+            .call(
+                "POST",
+                &format!("/edgetwin/faults/{fault}"),
+                Some(json!({"seconds": u64::MAX})),
+            )
+            .await;
+        assert_eq!(status, 400, "{fault}: {body}");
+        assert!(body.to_string().contains("seconds"), "{body}");
+    }
+
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "m").await;
+    let big = "x".repeat(128 * 1024);
+    let (status, body) = hub
+        .rest
+        .call(
+            "POST",
+            "/twins/gw/modules/m/methods",
+            Some(json!({"methodName": "echo", "payload": big, "responseTimeoutInSeconds": 5})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("131072"), "{body}");
+    let (status, _) = hub.rest.call("GET", "/devices/gw", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_kill_9() {
+    let dir = TempDir::new("kill-9");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    hub.rest.create_edge_device("gw").await;
+    let mut acknowledged = Vec::new();
+    for n in 0..30 {
+        let (status, body) = hub
+            .rest
+            .call(
+                "PATCH",
+                "/twins/gw",
+                Some(json!({"tags": {format!("t{n}"): n}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        acknowledged.push(n);
+    }
+    hub.proc.signal(libc::SIGKILL);
+    drop(hub);
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, twin) = hub.rest.call("GET", "/twins/gw", None).await;
+    assert_eq!(status, 200, "{twin}");
+    for n in acknowledged {
+        assert_eq!(
+            twin["tags"][format!("t{n}")],
+            n,
+            "tag t{n} was lost: {twin}"
+        );
+    }
+}
+
+/// Configuration content that tells `$edgeAgent` to run a module `m`.
+fn content_of_modules() -> Value {
+    json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {"modules": {"m": {"type": "docker"}}}},
+        "$edgeHub": {"properties.desired": {"routes": {}}},
+    }})
+}
+
+#[tokio::test]
+async fn an_edge_device_told_to_run_modules_gets_its_socket_and_keeps_it_across_a_restart() {
+    let dir = TempDir::new("socket-configured");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
+    hub.rest.create_edge_device("gw").await;
+    let apply = "/devices/gw/applyConfigurationContent";
+    let (status, body) = hub
+        .rest
+        .call("POST", apply, Some(content_of_modules()))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        entries(&workload_dir).len(),
+        1,
+        "no socket for applied content"
+    );
+
+    hub.rest.create_edge_device("gw2").await;
+    let tags = json!({"tags": {"env": "prod"}});
+    let (status, body) = hub.rest.call("PATCH", "/twins/gw2", Some(tags)).await;
+    assert_eq!(status, 200, "{body}");
+    let deployment = json!({
+        "id": "prod",
+        "content": content_of_modules(),
+        "targetCondition": "tags.env='prod'",
+        "priority": 1,
+    });
+    let (status, body) = hub
+        .rest
+        .call("PUT", "/configurations/prod", Some(deployment))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        entries(&workload_dir).len(),
+        2,
+        "no socket for a deployment's target"
+    );
+
+    drop(hub);
+    for entry in entries(&workload_dir) {
+        std::fs::remove_file(workload_dir.join(entry)).unwrap();
+    }
+    let _hub = Hub::start(dir.path(), HubOptions::default());
+    assert_eq!(
+        entries(&workload_dir).len(),
+        2,
+        "no sockets after the restart"
+    );
+}
+
+#[tokio::test]
+async fn a_device_that_stops_reading_is_disconnected_and_its_queue_freed() {
+    let dir = TempDir::new("not-reading");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, device) = hub
+        .rest
+        .call("PUT", "/devices/slow", Some(json!({"deviceId": "slow"})))
+        .await;
+    assert_eq!(status, 200, "{device}");
+    let key = device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = hub.proc.child.id();
+    let sockets_before = open_sockets(pid);
+    let filters = ["$iothub/twin/PATCH/properties/desired/#"];
+    let (_never_read, _) = support::mqtt_device(&hub, "slow", &key, &filters).await;
+    let started = std::time::Instant::now();
+    for n in 0..300 {
+        let desired: serde_json::Map<String, Value> = (0..6)
+            .map(|i| (format!("p{i}"), json!(format!("{n}{}", "x".repeat(3500)))))
+            .collect();
+        let patch = json!({"properties": {"desired": desired}});
+        let (status, body) = hub.rest.call("PATCH", "/twins/slow", Some(patch)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Its connection is closed on the hub's side (the write timeout), though it never read.
+    sockets_fall_back_to(pid, sockets_before, Duration::from_secs(45)).await;
+    let (_, device) = hub.rest.call("GET", "/devices/slow", None).await;
+    assert_eq!(device["connectionState"], "Disconnected");
+    assert!(started.elapsed() < Duration::from_secs(60));
 }

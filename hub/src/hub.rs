@@ -24,6 +24,9 @@ use crate::store::{IdentityKey, PolicyRecord, Store, StoreError, Transaction};
 use crate::twins::DesiredChange;
 use crate::workload::WorkloadSockets;
 
+/// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
+pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
+
 /// Longest direct-method timeout IoT Hub accepts, in seconds.
 pub const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
 
@@ -154,6 +157,13 @@ impl Hub {
     }
 
     fn notify_desired(&self, change: &DesiredChange) {
+        // An `$edgeAgent` told to run modules (a deployment, applyConfigurationContent): those
+        // modules will want the device's workload socket.
+        if change.key.module_id.as_deref() == Some("$edgeAgent")
+            && change.patch.get("modules").is_some_and(|m| !m.is_null())
+        {
+            self.workload.ensure_or_log(&change.key.device_id);
+        }
         let body = twin::desired_notification(&change.patch, change.version);
         let message = Outgoing {
             topic: topic::desired_patch_topic(change.version),
@@ -236,6 +246,13 @@ impl Hub {
                 .unwrap_or(serde_json::Value::Null)
                 .to_string(),
         );
+        if payload.len() > MAX_METHOD_PAYLOAD {
+            return Err(ApiError::invalid(format!(
+                "the payload of '{}' is {} bytes; IoT Hub allows {MAX_METHOD_PAYLOAD}",
+                request.method_name,
+                payload.len()
+            )));
+        }
         let (rid, response) = self.methods.start(&client_id);
         let message = Outgoing {
             topic: topic::method_request_topic(&request.method_name, &rid),

@@ -9,6 +9,8 @@ mod console;
 mod deployments;
 mod error;
 mod faults;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod hub;
 mod ids;
 mod layers;
@@ -174,35 +176,37 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
-    /// Stops accepting, closes every connection and waits for every connection task to end.
+    /// Stops accepting, closes every connection, waits for every connection task to end, then
+    /// for the reported-patch writer to commit what is queued.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
         self.hub.workload.stop_all().await;
+        self.hub.reported.drain().await;
     }
 }
 
-/// The connection limits of each TCP listener: the configured cap, or an even share of the
-/// open-file limit (raised to its hard limit first) among `listeners`.
-fn tcp_limits(config: &HubConfig, listeners: u64) -> listener::Limits {
-    let max_connections = config.max_connections.unwrap_or_else(|| {
-        let files = match listener::raise_open_file_limit() {
-            Ok(files) => {
-                tracing::info!(open_files = files, "open-file limit");
-                files
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
-                1024
-            }
-        };
-        let share = files.saturating_sub(RESERVED_FILES).max(listeners * 16) / listeners;
-        usize::try_from(share).unwrap_or(usize::MAX)
-    });
+/// Raises the open-file limit to its hard limit (logging what it got), then the connection limits
+/// of each TCP listener: the configured cap, or the open-file limit less what the hub keeps for
+/// itself. Listeners that together run out of descriptors back off their accepts, and idle peers
+/// are timed out, so one full listener never starves the process.
+fn tcp_limits(config: &HubConfig) -> listener::Limits {
+    let files = match listener::raise_open_file_limit() {
+        Ok(files) => {
+            tracing::info!(open_files = files, "open-file limit");
+            files
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let from_files =
+        usize::try_from(files.saturating_sub(RESERVED_FILES).max(64)).unwrap_or(usize::MAX);
     listener::Limits {
-        max_connections,
+        max_connections: config.max_connections.unwrap_or(from_files),
         write_timeout: config.write_timeout,
     }
 }
@@ -236,6 +240,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         workload,
         fresh_allowed,
     )?);
+    hub.workload.attach(&hub);
 
     let edge_devices = hub
         .transact(|tx| Ok(tx.edge_devices_with_modules()?))
@@ -244,7 +249,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             source: std::io::Error::other(e.message),
         })?;
     for device_id in &edge_devices {
-        hub.workload.ensure_or_log(&hub, device_id);
+        hub.workload.ensure_or_log(device_id);
     }
 
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
@@ -252,7 +257,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
     let (mqtt_port, https_port) = (local_port(&mqtt_listener), local_port(&https_listener));
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
-    let limits = tcp_limits(&config, 2);
+    let limits = tcp_limits(&config);
 
     let owner = hub
         .policies
@@ -331,10 +336,34 @@ async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn connection_strings_name_no_port_on_443_as_iot_hub_does() {
         assert_eq!(service_host("hub.local", 443), "hub.local");
         assert_eq!(service_host("localhost", 8443), "localhost:8443");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_closes_every_connection_and_returns_once_their_tasks_ended() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = HubConfig::new(dir.clone());
+        config.mqtt_port = 0;
+        config.https_port = 0;
+        let hub = start(config).await.unwrap();
+        let connect = |port| tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let mut mqtt = connect(hub.info.mqtt_port).await.unwrap();
+        let mut rest = connect(hub.info.https_port).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(10), hub.stop())
+            .await
+            .expect("stop() did not return");
+        for stream in [&mut mqtt, &mut rest] {
+            let mut buf = [0u8; 8];
+            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0) | Err(_))), "still open: {read:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

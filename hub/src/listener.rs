@@ -321,6 +321,14 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// At most `max_connections`, with a one-second write timeout.
+    fn limits(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            write_timeout: SECOND,
+        }
+    }
+
     /// A listener on port 0 whose handler echoes until the peer sends `auth`, then marks the
     /// connection established and keeps echoing.
     async fn echo_listener(
@@ -374,11 +382,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_listener_closes_the_oldest_unauthenticated_connection_to_let_a_new_one_in() {
-        let limits = Limits {
-            max_connections: 3,
-            write_timeout: SECOND,
-        };
-        let (addr, _stop, _task) = echo_listener(limits).await;
+        let (addr, _stop, _task) = echo_listener(limits(3)).await;
         let mut device = TcpStream::connect(addr).await.unwrap();
         assert!(echoes(&mut device, b"auth").await);
         let mut idle_old = TcpStream::connect(addr).await.unwrap();
@@ -437,11 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn serve_returns_only_after_every_connection_task_ended() {
-        let limits = Limits {
-            max_connections: 10,
-            write_timeout: SECOND,
-        };
-        let (addr, stop, task) = echo_listener(limits).await;
+        let (addr, stop, task) = echo_listener(limits(10)).await;
         let mut a = TcpStream::connect(addr).await.unwrap();
         let mut b = TcpStream::connect(addr).await.unwrap();
         assert!(echoes(&mut a, b"auth").await && echoes(&mut b, b"x").await);
@@ -469,14 +469,10 @@ mod tests {
     async fn failed_accepts_are_backed_off_instead_of_spun_on() {
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (stop, shutdown) = watch::channel(false);
-        let limits = Limits {
-            max_connections: 10,
-            write_timeout: SECOND,
-        };
         let task = tokio::spawn(serve(
             Exhausted(attempts.clone()),
             "test",
-            limits,
+            limits(10),
             shutdown,
             |_, _, _| async {},
         ));

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use edgetwin_wire::rest::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
 use crate::store::{IdentityKey, Store};
@@ -31,16 +32,30 @@ struct Pending {
 
 /// The queue in front of the writer task.
 pub struct ReportedWriter {
-    /// Sends patches to the writer.
-    queue: mpsc::Sender<Pending>,
+    /// Sends patches to the writer; taken (closed) by [`ReportedWriter::drain`].
+    queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// The writer task, awaited by [`ReportedWriter::drain`].
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ReportedWriter {
     /// Starts the writer task over `store`.
     pub fn start(store: Arc<Mutex<Store>>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, rx));
-        Self { queue }
+        let task = tokio::spawn(run(store, rx));
+        Self {
+            queue: Mutex::new(Some(queue)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Stops taking patches and waits until every queued one is committed and answered.
+    pub async fn drain(&self) {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// Queues a reported patch (waiting only for room in the queue) and returns the handle to
@@ -48,7 +63,13 @@ impl ReportedWriter {
     /// Patches are applied in the order they are submitted.
     pub async fn submit(&self, key: IdentityKey, body: Bytes) -> Result<Committing, ApiError> {
         let (reply, outcome) = oneshot::channel();
-        self.queue
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(unavailable)?;
+        queue
             .send(Pending { key, body, reply })
             .await
             .map_err(|_| unavailable())?;
@@ -122,5 +143,44 @@ async fn run(store: Arc<Mutex<Store>>, mut rx: mpsc::Receiver<Pending>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TwinRecord;
+
+    #[tokio::test]
+    async fn drain_commits_and_answers_everything_queued_then_refuses_more() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-drain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&dir.join("hub.db")).unwrap();
+        let key = IdentityKey::device("d1");
+        store
+            .transaction(|tx| tx.put_twin(&key, &TwinRecord::default()))
+            .unwrap();
+        let store = Arc::new(Mutex::new(store));
+        let writer = ReportedWriter::start(store.clone());
+        let mut waiting = Vec::new();
+        for n in 0..50 {
+            let body = Bytes::from(format!(r#"{{"n":{n}}}"#));
+            waiting.push(writer.submit(key.clone(), body).await.unwrap());
+        }
+        writer.drain().await;
+        for committing in &mut waiting {
+            assert!(committing.try_outcome().is_some_and(|r| r.is_ok()));
+        }
+        let twin = store
+            .lock()
+            .unwrap()
+            .transaction(|tx| tx.twin(&key))
+            .unwrap()
+            .unwrap();
+        assert_eq!(twin.reported["n"], 49);
+        let refused = writer.submit(key, Bytes::from("{}")).await;
+        assert!(refused.is_err(), "a drained writer took a patch");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -327,16 +327,21 @@ impl Transaction<'_> {
         )
     }
 
-    /// The edge devices that have a module identity besides `$edgeAgent` and `$edgeHub`: those
-    /// whose workload socket something may use.
+    /// The edge devices whose workload socket something may use: those with a module identity
+    /// besides `$edgeAgent` and `$edgeHub`, or whose `$edgeAgent` was told to run modules.
     pub fn edge_devices_with_modules(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT DISTINCT m.device_id FROM identities m JOIN identities d
+            "SELECT m.device_id FROM identities m JOIN identities d
                ON d.device_id = m.device_id AND d.module_id = ''
              WHERE m.module_id NOT IN ('', '$edgeAgent', '$edgeHub')
                AND CASE WHEN json_valid(d.record)
                    THEN json_extract(d.record, '$.capabilities.iotEdge') END = 1
-             ORDER BY m.device_id",
+             UNION
+             SELECT device_id FROM twins
+             WHERE module_id = '$edgeAgent'
+               AND CASE WHEN json_valid(record)
+                   THEN json_extract(record, '$.desired.modules') END IS NOT NULL
+             ORDER BY 1",
         )?;
         let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -91,6 +91,8 @@ pub struct WorkloadSockets {
     dir: PathBuf,
     /// Devices whose socket is listening.
     serving: Mutex<HashMap<String, Served>>,
+    /// The hub the sockets serve, set once it exists ([`WorkloadSockets::attach`]).
+    hub: std::sync::OnceLock<Weak<Hub>>,
 }
 
 impl WorkloadSockets {
@@ -99,7 +101,13 @@ impl WorkloadSockets {
         Self {
             dir,
             serving: Mutex::new(HashMap::new()),
+            hub: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells the sockets which hub they serve (the hub owns them, so this comes after it is made).
+    pub fn attach(&self, hub: &Arc<Hub>) {
+        let _ = self.hub.set(Arc::downgrade(hub));
     }
 
     /// The socket path of `device_id`, once the id is known to be one IoT Hub allows.
@@ -118,7 +126,7 @@ impl WorkloadSockets {
     }
 
     /// Starts serving the socket of `device_id` unless it already is, and returns its path.
-    pub fn ensure(&self, hub: &Arc<Hub>, device_id: &str) -> Result<PathBuf, SocketError> {
+    pub fn ensure(&self, device_id: &str) -> Result<PathBuf, SocketError> {
         let path = self.path_of(device_id)?;
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         if serving.contains_key(device_id) {
@@ -129,12 +137,8 @@ impl WorkloadSockets {
             source,
         })?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(
-            listener,
-            Arc::downgrade(hub),
-            device_id.to_owned(),
-            stopped,
-        ));
+        let hub = self.hub.get().cloned().unwrap_or_default();
+        let task = tokio::spawn(serve(listener, hub, device_id.to_owned(), stopped));
         let served = Served {
             path: path.clone(),
             stop,
@@ -147,8 +151,8 @@ impl WorkloadSockets {
 
     /// Starts serving the socket of `device_id`, logging (not returning) a failure: for callers
     /// whose own operation succeeded whether or not a socket could be made.
-    pub fn ensure_or_log(&self, hub: &Arc<Hub>, device_id: &str) {
-        if let Err(error) = self.ensure(hub, device_id) {
+    pub fn ensure_or_log(&self, device_id: &str) {
+        if let Err(error) = self.ensure(device_id) {
             tracing::error!(device_id, %error, "no workload socket");
         }
     }
@@ -252,7 +256,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     )
 }
 
-async fn handle(
+pub(crate) async fn handle(
     hub: Weak<Hub>,
     device_id: &str,
     request: hyper::Request<hyper::body::Incoming>,

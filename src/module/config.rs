@@ -15,6 +15,7 @@ pub const CONFIG_FILE_VARIABLE: &str = "EDGETWIN_CONFIG";
 
 /// The module's start-up configuration.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModuleConfig {
     /// MQTT/TLS port of edgeHub or IoT Hub.
     pub mqtt_port: u16,
@@ -182,13 +183,20 @@ mod tests {
         assert_eq!(c.thresholds.memory_percent, 75.0);
     }
 
-    #[test]
-    fn the_file_sits_between_defaults_and_environment() {
-        let dir = std::env::temp_dir().join(format!("edgetwin-config-{}", std::process::id()));
+    /// A scratch directory named after `tag` holding `module.toml` with `text`; the directory
+    /// (for the caller to remove) and the file's path.
+    fn config_file(tag: &str, text: &str) -> (std::path::PathBuf, String) {
+        let dir =
+            std::env::temp_dir().join(format!("edgetwin-config-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("module.toml");
-        std::fs::write(&file, "mqtt_port = 1000\ntelemetry_interval = 30\n").unwrap();
-        let path = file.to_string_lossy().into_owned();
+        std::fs::write(&file, text).unwrap();
+        (dir, file.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn the_file_sits_between_defaults_and_environment() {
+        let (dir, path) = config_file("order", "mqtt_port = 1000\ntelemetry_interval = 30\n");
         let c = ModuleConfig::load(lookup(&[
             (CONFIG_FILE_VARIABLE, &path),
             ("EDGETWIN_MQTT_PORT", "2000"),
@@ -196,6 +204,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.mqtt_port, 2000);
         assert_eq!(c.telemetry_interval, 30);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_named_instead_of_ignored() {
+        let (dir, path) = config_file("typo", "telemetry_interval_secs = 30\n");
+        let error = ModuleConfig::load(lookup(&[(CONFIG_FILE_VARIABLE, &path)])).unwrap_err();
+        assert!(
+            error.to_string().contains("telemetry_interval_secs"),
+            "{error}"
+        );
+        std::fs::write(&path, "[thresholds]\ncpu_temp = 1\n").unwrap();
+        let error = ModuleConfig::load(lookup(&[(CONFIG_FILE_VARIABLE, &path)])).unwrap_err();
+        assert!(error.to_string().contains("cpu_temp"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -51,6 +51,7 @@ impl Metric {
 
 /// Alert thresholds (also the `thresholds` table of the start-up configuration).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// CPU temperature, °C.
     pub cpu_temperature: f64,

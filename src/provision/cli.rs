@@ -36,11 +36,18 @@ pub struct EdgeEnvArgs {
     #[command(flatten)]
     pub hub: HubArgs,
     /// Edge device id.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = identity_id)]
     pub device: String,
     /// Module id.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = identity_id)]
     pub module: String,
+}
+
+/// Parses a `--device`/`--module` value: an IoT Hub id that a connection string can carry.
+fn identity_id(id: &str) -> Result<String, String> {
+    edgetwin_wire::ids::check_connection_string_id(id)
+        .map(|()| id.to_owned())
+        .map_err(|why| format!("'{id}' {why}"))
 }
 
 /// Text for people or JSON for scripts.
@@ -60,10 +67,10 @@ pub struct ProvisionArgs {
     #[command(flatten)]
     pub hub: HubArgs,
     /// The device to create (kept if it exists).
-    #[arg(long, value_name = "ID", conflicts_with_all = ["count", "devices_from"])]
+    #[arg(long, value_name = "ID", value_parser = identity_id, conflicts_with_all = ["count", "devices_from"])]
     pub device: Option<String>,
     /// The module identity to create on the device(s) (kept if it exists).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = identity_id)]
     pub module: Option<String>,
     /// Create IoT Edge devices (`--edge false` for plain devices).
     #[arg(
@@ -93,7 +100,7 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "N", conflicts_with = "devices_from")]
     pub count: Option<usize>,
     /// Device id prefix for --count.
-    #[arg(long, default_value = "edge-", value_name = "PREFIX")]
+    #[arg(long, default_value = "edge-", value_name = "PREFIX", value_parser = identity_id)]
     pub prefix: String,
     /// Create the devices listed in FILE: JSON lines {"deviceId":..,"tags":{..}} or CSV with a
     /// deviceId column and tag columns.
@@ -160,10 +167,10 @@ pub struct TwinTarget {
     #[command(flatten)]
     pub hub: HubArgs,
     /// Device id.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = identity_id)]
     pub device: String,
     /// Module id (module twin); without it, the device twin.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = identity_id)]
     pub module: Option<String>,
 }
 

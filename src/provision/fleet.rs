@@ -175,6 +175,11 @@ pub fn parse_devices_file(text: &str, origin: &str) -> Result<Vec<FleetDevice>, 
             });
         }
     }
+    for device in &devices {
+        edgetwin_wire::ids::check_connection_string_id(&device.id).map_err(|why| {
+            ProvisionError::Input(format!("{origin}: deviceId '{}' {why}", device.id))
+        })?;
+    }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = devices.iter().find(|d| !seen.insert(d.id.as_str())) {
         return Err(ProvisionError::Input(format!(

@@ -266,9 +266,30 @@ pub struct HubOptions<'a> {
     pub timeout: Duration,
     /// Whether [`Hub::rest`] keeps one connection alive across calls.
     pub keep_alive: bool,
-    /// Whether the hub's stdout and stderr are pipes whose reader goes away once it started
-    /// (its log is then lost).
-    pub closed_output: bool,
+    /// Where the hub's stderr goes (its log).
+    pub output: LogOutput,
+}
+
+/// Where a process under test writes its log (stderr; stdout too for the unlucky cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// A log file in the test's directory.
+    File,
+    /// Pipes whose reader (the test) goes away once the process started.
+    ClosedPipe,
+    /// `/dev/full`: every write fails as on a full disk.
+    FullDisk,
+}
+
+impl LogOutput {
+    /// Spawns `command` writing to this output (`log` for [`LogOutput::File`]).
+    pub fn spawn(self, command: &mut Command, log: PathBuf) -> Proc {
+        match self {
+            LogOutput::File => Proc::spawn(command, log),
+            LogOutput::ClosedPipe => Proc::spawn_piped(command),
+            LogOutput::FullDisk => Proc::spawn(command, PathBuf::from("/dev/full")),
+        }
+    }
 }
 
 impl Default for HubOptions<'_> {
@@ -279,7 +300,7 @@ impl Default for HubOptions<'_> {
             rust_log: None,
             timeout: Duration::from_secs(10),
             keep_alive: false,
-            closed_output: false,
+            output: LogOutput::File,
         }
     }
 }
@@ -318,11 +339,7 @@ impl Hub {
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
         }
-        let mut proc = if options.closed_output {
-            Proc::spawn_piped(&mut command)
-        } else {
-            Proc::spawn(&mut command, log.clone())
-        };
+        let mut proc = options.output.spawn(&mut command, log.clone());
         let log = &log;
         let every = Duration::from_millis(20);
         let info = poll_blocking(options.timeout, every, || {
@@ -336,7 +353,7 @@ impl Hub {
                 });
             info.ok_or(move || format!("the hub did not start: {}", read_log(log)))
         });
-        if options.closed_output {
+        if options.output == LogOutput::ClosedPipe {
             proc.close_output();
         }
         let rest = Rest::new(&info, options.keep_alive);
@@ -374,6 +391,90 @@ impl Hub {
             .env("IOTHUB_CONNECTION_STRING", self.service_connection_string())
             .env("EDGETWIN_CA_FILE", self.ca());
         command
+    }
+}
+
+/// A TLS connection to `port` on loopback trusting `tls`, for the server name `host`.
+pub async fn tls_connect(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    host: String,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+}
+
+/// A raw MQTT connection of device `id` (SAS `key`) to `hub`, after a successful CONNACK, with
+/// `subscriptions` subscribed (their SUBACK read); and how long CONNECT → CONNACK took.
+pub async fn mqtt_device(
+    hub: &Hub,
+    id: &str,
+    key: &str,
+    subscriptions: &[&str],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Duration,
+) {
+    use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Subscribe};
+    use tokio::io::AsyncWriteExt;
+    let host = hub.host_name().to_owned();
+    let token = generate_token(
+        &Secret::new(key),
+        &format!("{host}/devices/{id}"),
+        unix_now() as u64 + 3600,
+        None,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host.clone())
+        .await
+        .expect("TLS to the MQTT port");
+    let mut connect = Connect::new(id);
+    connect.set_login(
+        format!("{host}/{id}/?api-version=2021-04-12"),
+        token.expose(),
+    );
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    match read_packet(&mut stream, &mut buffer).await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+    let took = started.elapsed();
+    for filter in subscriptions {
+        let mut out = bytes::BytesMut::new();
+        let subscribe = Subscribe::new(*filter, rumqttc::mqttbytes::QoS::AtLeastOnce);
+        Packet::Subscribe(subscribe)
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        stream.write_all(&out).await.unwrap();
+        let suback = read_packet(&mut stream, &mut buffer).await;
+        assert!(
+            matches!(suback, Packet::SubAck(_)),
+            "no SUBACK for {filter}"
+        );
+    }
+    (stream, took)
+}
+
+/// The next MQTT packet from `stream`, reading into `buffer` as needed; panics if it closes.
+async fn read_packet(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buffer: &mut bytes::BytesMut,
+) -> rumqttc::mqttbytes::v4::Packet {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match rumqttc::mqttbytes::v4::Packet::read(buffer, 1 << 20) {
+            Ok(packet) => return packet,
+            Err(_) => assert_ne!(stream.read_buf(buffer).await.unwrap(), 0, "closed"),
+        }
     }
 }
 

@@ -9,6 +9,10 @@ pub enum IdError {
     /// A character IoT Hub does not allow.
     #[error("contains '{0}', which IoT Hub does not allow")]
     Character(char),
+    /// A character IoT Hub allows but a connection string cannot carry (`;` or `=`, its
+    /// delimiters): the string would name another identity.
+    #[error("contains '{0}', which a connection string cannot carry")]
+    Delimiter(char),
 }
 
 fn check(id: &str, allowed: impl Fn(char) -> bool) -> Result<(), IdError> {
@@ -26,6 +30,16 @@ pub fn check_identity_id(id: &str) -> Result<(), IdError> {
     check(id, |c| {
         c.is_ascii_alphanumeric() || "-:.+%_#*?!(),=@;$'".contains(c)
     })
+}
+
+/// A device or module id that can appear in a connection string: an identity id without `;`
+/// or `=` (`DeviceId=x;ModuleId=evil` would name module `evil` of device `x`).
+pub fn check_connection_string_id(id: &str) -> Result<(), IdError> {
+    check_identity_id(id)?;
+    match id.chars().find(|c| matches!(c, ';' | '=')) {
+        Some(c) => Err(IdError::Delimiter(c)),
+        None => Ok(()),
+    }
 }
 
 /// A configuration or deployment id: 1-128 characters, lower case, no white space and none of
@@ -47,6 +61,23 @@ mod tests {
         assert_eq!(check_identity_id(&"a".repeat(129)), Err(IdError::Length));
         assert_eq!(check_identity_id("has space"), Err(IdError::Character(' ')));
         assert_eq!(check_identity_id("é"), Err(IdError::Character('é')));
+    }
+
+    #[test]
+    fn ids_in_connection_strings_cannot_carry_its_delimiters() {
+        assert_eq!(check_connection_string_id("gw-01:a.b"), Ok(()));
+        assert_eq!(
+            check_connection_string_id("x;ModuleId=evil"),
+            Err(IdError::Delimiter(';'))
+        );
+        assert_eq!(
+            check_connection_string_id("a=b"),
+            Err(IdError::Delimiter('='))
+        );
+        assert_eq!(
+            check_connection_string_id("a/b"),
+            Err(IdError::Character('/'))
+        );
     }
 
     #[test]

@@ -69,6 +69,9 @@ struct PacketReader<R> {
 impl<R: AsyncRead + Unpin> PacketReader<R> {
     async fn next(&mut self) -> Result<Option<Packet>, ConnectionEnd> {
         loop {
+            if let Some(&first) = self.buffer.first() {
+                super::frame::check_fixed_header(first).map_err(ConnectionEnd::Violation)?;
+            }
             match Packet::read(&mut self.buffer, MAX_PACKET_SIZE) {
                 Ok(packet) => return Ok(Some(packet)),
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
@@ -350,6 +353,11 @@ impl Session {
                 "QoS 2 is not supported by IoT Hub".into(),
             ));
         }
+        super::frame::check_publish_topic(
+            &publish.topic,
+            &self.key.device_id,
+            self.key.module_id.as_deref(),
+        )?;
         topic::parse_inbound(
             &publish.topic,
             &self.key.device_id,

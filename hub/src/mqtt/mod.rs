@@ -3,6 +3,7 @@
 
 mod auth;
 mod connection;
+mod frame;
 mod websocket;
 
 pub use websocket::{upgrade as upgrade_websocket, WEBSOCKET_PATH};

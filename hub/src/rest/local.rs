@@ -58,6 +58,17 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
     struct Seconds {
         seconds: u64,
     }
+    /// Longest fault duration accepted (a year): later instants do not fit the clock.
+    const MAX_FAULT_SECONDS: u64 = 365 * 24 * 3600;
+    let seconds = |request: &Request| -> Result<Duration, ApiError> {
+        let Seconds { seconds } = request.json()?;
+        if seconds > MAX_FAULT_SECONDS {
+            return Err(ApiError::invalid(format!(
+                "seconds {seconds} is more than {MAX_FAULT_SECONDS}"
+            )));
+        }
+        Ok(Duration::from_secs(seconds))
+    };
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Disconnect {
@@ -85,15 +96,13 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
             Reply::ok(serde_json::json!({ "disconnected": targets }))
         }
         (&Method::POST, ["refuseConnects"]) => {
-            let body: Seconds = request.json()?;
-            hub.faults
-                .refuse_connects_for(Duration::from_secs(body.seconds));
+            hub.faults.refuse_connects_for(seconds(request)?);
             Reply::ok(hub.faults.report())
         }
         (&Method::POST, ["tokenLifetime"]) => {
-            let body: Seconds = request.json()?;
+            let lifetime = seconds(request)?;
             hub.faults
-                .set_token_lifetime((body.seconds > 0).then(|| Duration::from_secs(body.seconds)));
+                .set_token_lifetime((!lifetime.is_zero()).then_some(lifetime));
             Reply::ok(hub.faults.report())
         }
         (&Method::POST, ["throttle"]) => {
@@ -110,7 +119,7 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
 
 /// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub.
 pub fn edge_environment(
-    hub: &Arc<Hub>,
+    hub: &Hub,
     device_id: &str,
     module_id: &str,
 ) -> Result<EdgeEnvironment, ApiError> {
@@ -126,7 +135,7 @@ pub fn edge_environment(
         tx.module(device_id, module_id)?
             .ok_or_else(|| registry::module_not_found(device_id, module_id))
     })?;
-    let socket = hub.workload.ensure(hub, device_id).map_err(|error| {
+    let socket = hub.workload.ensure(device_id).map_err(|error| {
         tracing::error!(device_id, %error, "no workload socket");
         ApiError::new(ErrorCode::ServerError, error.to_string())
     })?;

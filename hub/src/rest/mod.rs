@@ -62,8 +62,21 @@ impl Request {
         Err(permission_missing(&self.policy, permission))
     }
 
-    /// The body decoded as `T`; a bad body names what is wrong.
+    /// The body, a JSON object, decoded as `T`; a bad body names what is wrong. (serde would
+    /// also read a struct from a JSON array; IoT Hub takes only objects.)
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let trimmed = self.body.trim_ascii_start();
+        if trimmed.first() == Some(&b'[') {
+            return Err(ApiError::new(
+                ErrorCode::IotHubFormatError,
+                "the request body is not valid: a JSON object is expected, not an array",
+            ));
+        }
+        self.json_any()
+    }
+
+    /// The body decoded as `T`, which may be a list (bulk requests).
+    pub fn json_any<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             ApiError::new(
                 ErrorCode::IotHubFormatError,
@@ -184,7 +197,12 @@ pub async fn serve(
                             if crate::console::serves(path) {
                                 return Ok(crate::console::handle(hub, request).await);
                             }
-                            Ok(handle(hub, request).await.map(BodyExt::boxed))
+                            let response = handle(hub, request).await;
+                            // A client that authenticated is kept when the listener is full.
+                            if response.extensions().get::<Authenticated>().is_some() {
+                                admission.established();
+                            }
+                            Ok(response.map(BodyExt::boxed))
                         }
                     });
                 if let Err(error) = http1_server()
@@ -275,7 +293,10 @@ pub fn query_pairs(query: &str) -> HashMap<String, String> {
     pairs
 }
 
-async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+pub(crate) async fn handle(
+    hub: Arc<Hub>,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
     let authenticate = |headers: &hyper::HeaderMap, segments: &[String]| {
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
         hub.authenticate_service(authorization, segments).cloned()
@@ -283,17 +304,37 @@ async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Resp
     serve_request(&hub, request, authenticate).await
 }
 
+/// Marks the response to a request that passed authentication (a response extension).
+#[derive(Clone, Copy, Debug)]
+struct Authenticated;
+
 /// Answers one REST request as the policy `authenticate` finds for its headers and path (the
-/// service token for REST clients; the console passes its session's policy).
+/// service token for REST clients; the console passes its session's policy). The response
+/// carries [`Authenticated`] if the caller authenticated.
 pub async fn serve_request(
     hub: &Arc<Hub>,
     request: hyper::Request<Incoming>,
     authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
 ) -> hyper::Response<Full<Bytes>> {
+    let mut authenticated = false;
+    let mut response = respond(hub, request, authenticate, &mut authenticated).await;
+    if authenticated {
+        response.extensions_mut().insert(Authenticated);
+    }
+    response
+}
+
+async fn respond(
+    hub: &Arc<Hub>,
+    request: hyper::Request<Incoming>,
+    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
+    authenticated: &mut bool,
+) -> hyper::Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let reply = match parse(request, authenticate).await {
         Ok(request) => {
+            *authenticated = true;
             let operation = format!("{} /{}", request.method, request.segments.join("/"));
             if !operation.contains(" /edgetwin/faults") {
                 if let Some(delay) = hub.faults.delay_for(&operation) {

@@ -96,7 +96,7 @@ fn module_added(hub: &Arc<Hub>, device_id: &str) {
         .flatten()
         .is_some_and(|device| is_edge(&device));
     if edge {
-        hub.workload.ensure_or_log(hub, device_id);
+        hub.workload.ensure_or_log(device_id);
     }
 }
 
@@ -202,7 +202,7 @@ fn module(
 /// any failed (the others still land), as IoT Hub does.
 fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     request.require(Permission::RegistryWrite)?;
-    let items: Vec<ExportImportDevice> = request.json()?;
+    let items: Vec<ExportImportDevice> = request.json_any()?;
     if items.len() > MAX_BULK_ITEMS {
         return Err(ApiError::new(
             ErrorCode::TooManyDevices,

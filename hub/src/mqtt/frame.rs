@@ -1,0 +1,81 @@
+//! MQTT 3.1.1 rules the packet parser (rumqttc's) does not enforce and a server must: the fixed
+//! header's reserved flag bits (§2.2.2) and no `#` wildcard in a PUBLISH topic (§3.3.2.1; `+` is
+//! left alone: SDKs may send it form-encoded in property bags). A client that breaks them is
+//! disconnected, as the specification requires.
+
+use super::connection::ConnectionEnd;
+
+/// Checks the first byte of a packet: a known type with the flags its type requires.
+pub fn check_fixed_header(first: u8) -> Result<(), String> {
+    let (kind, flags) = (first >> 4, first & 0x0f);
+    let required = match kind {
+        3 => {
+            return if flags & 0b0110 == 0b0110 {
+                Err("PUBLISH with QoS 3".into())
+            } else {
+                Ok(())
+            }
+        }
+        6 | 8 | 10 => 0b0010,
+        1 | 2 | 4 | 5 | 7 | 9 | 11..=14 => 0,
+        _ => return Err(format!("reserved packet type {kind}")),
+    };
+    if flags == required {
+        Ok(())
+    } else {
+        Err(format!(
+            "packet type {kind} with flags {flags:#06b} (must be {required:#06b})"
+        ))
+    }
+}
+
+/// Refuses a PUBLISH topic that holds the wildcard `#` outside the connected identity's own
+/// `devices/{d}/[modules/{m}/]` prefix: `#` is a legal id character (a device `a#b` publishes to
+/// `devices/a#b/messages/events/`), so only the rest of the topic is checked.
+pub fn check_publish_topic(
+    topic: &str,
+    device_id: &str,
+    module_id: Option<&str>,
+) -> Result<(), ConnectionEnd> {
+    let own = match module_id {
+        Some(module_id) => format!("devices/{device_id}/modules/{module_id}/"),
+        None => format!("devices/{device_id}/"),
+    };
+    let rest = topic.strip_prefix(own.as_str()).unwrap_or(topic);
+    if rest.contains('#') {
+        return Err(ConnectionEnd::Violation(format!(
+            "PUBLISH topic '{topic}' contains the wildcard #"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_flag_bits_must_be_as_the_packet_type_requires() {
+        assert!(check_fixed_header(0x10).is_ok(), "CONNECT");
+        assert!(check_fixed_header(0x82).is_ok(), "SUBSCRIBE");
+        assert!(
+            check_fixed_header(0x80).is_err(),
+            "SUBSCRIBE without its 0010"
+        );
+        assert!(check_fixed_header(0xC1).is_err(), "PINGREQ with a flag");
+        assert!(check_fixed_header(0x3B).is_ok(), "PUBLISH DUP QoS 1 RETAIN");
+        assert!(check_fixed_header(0x36).is_err(), "PUBLISH QoS 3");
+        assert!(check_fixed_header(0x00).is_err() && check_fixed_header(0xF0).is_err());
+    }
+
+    #[test]
+    fn a_publish_topic_with_a_wildcard_is_a_violation_but_an_id_with_hash_is_not() {
+        let check = |topic: &str, module| check_publish_topic(topic, "a#b", module).is_ok();
+        assert!(check("devices/a#b/messages/events/", None));
+        assert!(check("devices/a#b/modules/m/messages/events/", Some("m")));
+        assert!(!check("devices/a#b/messages/events/#", None));
+        assert!(!check("devices/other#/messages/events/", None));
+        assert!(!check("$iothub/twin/PATCH/properties/reported/#", None));
+        assert!(check("$iothub/twin/GET/?$rid=1", None));
+    }
+}
