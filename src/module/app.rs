@@ -16,7 +16,7 @@ use super::config::ModuleConfig;
 use super::metrics::{self, Sample};
 use super::prometheus::{self, Stats};
 use super::settings::{self, Settings};
-use crate::client::{self, ClientHandle, DesiredUpdate, Event, Identity};
+use edgetwin_client::{self as client, ClientHandle, DesiredUpdate, Event, Identity};
 
 /// The telemetry output.
 pub const TELEMETRY_OUTPUT: &str = "telemetry";

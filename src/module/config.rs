@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::settings::{Metric, Settings, Thresholds};
-use crate::client::SessionConfig;
+use edgetwin_client::SessionConfig;
 
 /// The variable naming the optional configuration file.
 pub const CONFIG_FILE_VARIABLE: &str = "EDGETWIN_CONFIG";

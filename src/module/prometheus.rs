@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::client::SessionState;
+use edgetwin_client::SessionState;
 
 /// Upper bounds (seconds) of the reported-patch latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [

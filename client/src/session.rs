@@ -467,7 +467,7 @@ impl Session {
                     device,
                     module,
                     DEVICE_API_VERSION,
-                    &super::client_type(),
+                    &crate::client_type(),
                 ),
                 credentials.token.expose(),
             )

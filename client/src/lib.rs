@@ -20,5 +20,5 @@ pub use session::{spawn, ClientHandle, Event, SessionConfig, SessionState};
 
 /// The `DeviceClientType` sent in the CONNECT username (and the workload API user agent).
 pub fn client_type() -> String {
-    format!("edgetwin-module/{}", env!("CARGO_PKG_VERSION"))
+    format!("edgetwin-client/{}", env!("CARGO_PKG_VERSION"))
 }
