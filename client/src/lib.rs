@@ -8,15 +8,22 @@ pub mod backoff;
 pub mod desired;
 pub mod error;
 pub mod identity;
+pub mod message;
 pub mod reported;
 pub mod rid;
 pub mod session;
+pub mod state;
 pub mod workload;
 
 pub use desired::DesiredUpdate;
 pub use error::{ClientError, IdentityError};
 pub use identity::{Identity, IdentitySource};
-pub use session::{spawn, ClientHandle, Event, SessionConfig, SessionState};
+pub use message::Message;
+pub use session::{
+    spawn, ClientHandle, ConnectionChange, Event, MethodCall, Overflow, SendError, SessionConfig,
+    SessionState,
+};
+pub use state::DisconnectReason;
 
 /// The `DeviceClientType` sent in the CONNECT username (and the workload API user agent).
 pub fn client_type() -> String {

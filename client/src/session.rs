@@ -1,48 +1,45 @@
-//! The MQTT session: one task owns the rumqttc event loop and walks the connection states
-//! (connecting, subscribing, syncing the twin, live, renewing the token, backing off).
+//! The driver: one task runs the pure [`crate::state::Session`] over rumqttc, with one async fn
+//! per phase (connecting, connected, backing off), each listening for application commands
+//! (shutdown among them) and the timer.
 //!
 //! A new rumqttc `EventLoop` is built for every connection so that each CONNECT carries a fresh
-//! SAS token and a freshly fetched trust bundle. Everything the application asked for survives
-//! reconnects: reported patches stay queued until answered with 2xx, outputs wait in a bounded
-//! outbox, and the desired state is reconciled by a full twin GET after every CONNACK.
+//! SAS token and a freshly fetched trust bundle. Nothing is lost with it: the state machine
+//! keeps every output until its PUBACK and at most [`crate::state::MAX_IN_FLIGHT`] publishes
+//! are handed to rumqttc at a time.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgetwin_wire::topic::{
-    client_id, method_response_topic, parse_outbound, reported_patch_topic, telemetry_topic,
-    twin_get_topic, username, Outbound, PropertyBag, OUTPUT_NAME_PROPERTY,
-};
+use edgetwin_wire::topic::{client_id, username};
 use edgetwin_wire::twin::Properties;
 use edgetwin_wire::DEVICE_API_VERSION;
 use rumqttc::{
     AsyncClient, EventLoop, Incoming, MqttOptions, Outgoing, QoS, SubscribeFilter,
-    TlsConfiguration, Transport,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
-use super::desired::{DesiredState, DesiredUpdate, PatchOutcome};
-use super::error::ClientError;
-use super::identity::Identity;
-use super::reported::{ReportedAnswer, ReportedQueue};
-use super::rid::{RequestKind, RidTable};
+use crate::desired::DesiredUpdate;
+use crate::error::ClientError;
+use crate::identity::Identity;
+use crate::message::Message;
+use crate::state::{Action, Command, DisconnectReason, Notice, Phase, Session, Tag, Timing};
 
 /// Largest packet accepted from the hub: a full twin (2 × 32 KiB of properties plus metadata)
 /// and 128 KiB method payloads fit with room to spare.
 const MAX_INCOMING_PACKET: usize = 512 * 1024;
 /// Largest packet sent: IoT Hub's 256 KiB message limit plus topic and header.
 const MAX_OUTGOING_PACKET: usize = 264 * 1024;
-/// Outputs kept while disconnected; the oldest is dropped beyond this.
-const OUTBOX_CAPACITY: usize = 128;
-/// Unanswered twin requests per connection.
-const MAX_OUTSTANDING: usize = 32;
 /// How often timers (renewal, request timeouts, retries) are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// How long a token renewal waits for in-flight work before disconnecting anyway.
+/// How long a token renewal waits for unacknowledged publishes before disconnecting anyway.
 const RENEW_DRAIN: Duration = Duration::from_secs(5);
+/// Commands waiting for the session task.
+const COMMAND_QUEUE: usize = 1024;
 
 /// Session tuning.
 #[derive(Clone, Debug)]
@@ -63,6 +60,22 @@ pub struct SessionConfig {
     pub request_timeout: Duration,
     /// CONNECT (including credentials) timeout.
     pub connect_timeout: Duration,
+    /// Outputs kept while disconnected or unacknowledged.
+    pub outbox_capacity: usize,
+    /// What [`ClientHandle::send_output`] does when the outbox is full.
+    pub overflow: Overflow,
+    /// The `DeviceClientType` sent in the CONNECT username and as workload API user agent.
+    pub client_type: String,
+}
+
+/// What a full outbox does with one more output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse it: [`SendError::Full`] hands it back.
+    Reject,
+    /// Accept it and drop the oldest queued output (counted in
+    /// [`ClientHandle::outputs_dropped`]).
+    DropOldest,
 }
 
 impl Default for SessionConfig {
@@ -76,11 +89,29 @@ impl Default for SessionConfig {
             backoff_cap: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(15),
+            outbox_capacity: 1024,
+            overflow: Overflow::Reject,
+            client_type: crate::client_type(),
         }
     }
 }
 
-/// Where the session is.
+impl SessionConfig {
+    fn timing(&self) -> Timing {
+        Timing {
+            renew_after: self.sas_ttl.mul_f64(self.renew_fraction.clamp(0.1, 0.95)),
+            renew_drain: RENEW_DRAIN,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            outbox_capacity: self.outbox_capacity,
+            close_grace: self.request_timeout,
+        }
+    }
+}
+
+/// Where the session is (a copy of the phase without its data, for metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionState {
     /// Fetching credentials and waiting for CONNACK.
@@ -89,13 +120,13 @@ pub enum SessionState {
     Subscribing,
     /// Waiting for the full twin.
     SyncingTwin,
-    /// In sync; reported patches flow.
+    /// In sync; reported patches and outputs flow.
     Live,
     /// Draining in-flight work before reconnecting with a fresh token.
     RenewingToken,
     /// Waiting before the next attempt.
     BackingOff,
-    /// Done (after shutdown).
+    /// Done, or disconnecting to be done.
     Stopped,
 }
 
@@ -114,108 +145,201 @@ impl SessionState {
     }
 }
 
-/// What the application asks of the session.
+impl From<&Phase> for SessionState {
+    fn from(phase: &Phase) -> Self {
+        match phase {
+            Phase::Connecting { .. } => SessionState::Connecting,
+            Phase::Subscribing { .. } => SessionState::Subscribing,
+            Phase::SyncingTwin { .. } => SessionState::SyncingTwin,
+            Phase::Live { .. } => SessionState::Live,
+            Phase::Renewing { .. } | Phase::Disconnecting { renewal: true } => {
+                SessionState::RenewingToken
+            }
+            Phase::BackingOff { .. } => SessionState::BackingOff,
+            Phase::Disconnecting { renewal: false } | Phase::Stopped => SessionState::Stopped,
+        }
+    }
+}
+
+/// A connection came or went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionChange {
+    /// CONNACK received; the twin is being synchronised.
+    Connected,
+    /// The connection ended.
+    Disconnected(DisconnectReason),
+}
+
+/// A direct method call; answer it with [`MethodCall::respond`] (IoT Hub waits up to the
+/// caller's response timeout).
 #[derive(Debug)]
-pub enum Command {
-    /// Queue a reported-properties patch (sent until acknowledged).
-    Report(Properties),
-    /// Send a message to a module output.
-    Output {
-        /// Output name (`$.on`).
-        output: String,
-        /// Body (JSON).
-        body: Vec<u8>,
-    },
-    /// Answer a direct method.
-    MethodResponse {
-        /// The request's `$rid`.
-        rid: String,
-        /// Status code.
-        status: i32,
-        /// Body (JSON).
-        body: Vec<u8>,
-    },
-    /// Flush pending reported properties and disconnect, giving up at `deadline`.
-    Shutdown {
-        /// When to stop waiting for the hub.
-        deadline: Instant,
-        /// Told when the session is done; `true` if everything was delivered.
-        done: oneshot::Sender<bool>,
-    },
+pub struct MethodCall {
+    /// Method name.
+    name: String,
+    /// Payload (JSON; `null` if empty).
+    payload: Value,
+    /// The `$rid` to answer.
+    rid: String,
+    /// The session's command queue; weak, so an unanswered call never keeps the session alive.
+    responder: mpsc::WeakSender<Request>,
+}
+
+impl MethodCall {
+    /// The method name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The request payload (`null` if empty, a JSON string if the body was not JSON).
+    pub fn payload(&self) -> &Value {
+        &self.payload
+    }
+
+    /// Answers the call with `status` (200 for success, by convention) and a JSON `body`.
+    pub async fn respond(self, status: i32, body: &Value) {
+        let Some(commands) = self.responder.upgrade() else {
+            return;
+        };
+        let command = Command::MethodResponse {
+            rid: self.rid,
+            status,
+            body: serde_json::to_vec(body).unwrap_or_default(),
+        };
+        let _ = commands.send(Request::Core(command)).await;
+    }
 }
 
 /// What the session tells the application.
 #[derive(Debug)]
 pub enum Event {
-    /// CONNACK received.
-    Connected,
-    /// The connection ended (renewal, error or shutdown).
-    Disconnected {
-        /// Why (safe to log).
-        reason: String,
-        /// True for a controlled reconnect with a renewed token.
-        renewal: bool,
-    },
-    /// The desired state changed.
+    /// The connection came or went.
+    Connection(ConnectionChange),
+    /// The desired state changed: the reconciled document, the patch (if any) and its version.
     Desired(DesiredUpdate),
-    /// A direct method call; answer with [`Command::MethodResponse`].
-    Method {
-        /// Method name.
-        name: String,
-        /// Request id to answer.
-        rid: String,
-        /// Payload (JSON; `null` if empty).
-        payload: Value,
+    /// A direct method call.
+    Method(MethodCall),
+    /// A message arrived on a module input (routed by edgeHub or the hub).
+    Input {
+        /// The input name.
+        input: String,
+        /// The message.
+        message: Message,
     },
     /// A reported patch was acknowledged.
     ReportedAcked {
         /// From queueing the oldest coalesced update to the acknowledgement.
         latency: Duration,
+        /// The twin's new reported `$version`, if the hub said.
+        version: Option<i64>,
     },
 }
 
+/// Why an output was not accepted; the message is handed back.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The outbox holds [`SessionConfig::outbox_capacity`] outputs already.
+    #[error("the outbox is full")]
+    Full(Box<Message>),
+    /// The session has stopped.
+    #[error("the session has stopped")]
+    Closed(Box<Message>),
+}
+
+impl SendError {
+    /// The message that was not sent.
+    pub fn into_message(self) -> Message {
+        match self {
+            SendError::Full(message) | SendError::Closed(message) => *message,
+        }
+    }
+}
+
+/// Output counters shared by the handle and the session task.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Outputs accepted by [`ClientHandle::send_output`].
+    accepted: AtomicU64,
+    /// Outputs acknowledged by the hub or dropped.
+    settled: AtomicU64,
+    /// Outputs dropped because the outbox was full.
+    dropped: AtomicU64,
+}
+
+/// A request to the session task.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// For the state machine.
+    Core(Command),
+    /// Shutdown, with whom to tell when done.
+    Shutdown(Instant, oneshot::Sender<bool>),
+}
+
 /// The application's side of a running session.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClientHandle {
     /// Requests to the session task.
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Request>,
     /// The session's current state.
     state: watch::Receiver<SessionState>,
+    /// Output accounting.
+    counters: Arc<Counters>,
+    /// Outbox bound.
+    capacity: u64,
+    /// What a full outbox does.
+    overflow: Overflow,
 }
 
 impl ClientHandle {
-    /// Queues a reported patch.
+    /// Queues a reported patch; it is coalesced with others and re-sent until acknowledged.
     pub async fn report(&self, patch: Properties) {
-        let _ = self.commands.send(Command::Report(patch)).await;
-    }
-
-    /// Sends `body` to output `output` (buffered while disconnected).
-    pub async fn send_output(&self, output: &str, body: Vec<u8>) {
         let _ = self
             .commands
-            .send(Command::Output {
-                output: output.to_owned(),
-                body,
-            })
+            .send(Request::Core(Command::Report(patch)))
             .await;
     }
 
-    /// Answers a direct method.
-    pub async fn respond(&self, rid: String, status: i32, body: Vec<u8>) {
-        let _ = self
+    /// Sends `message` to module output `output` (or, for a device client, as telemetry when
+    /// `output` is empty). Kept until the hub acknowledges it, across reconnects.
+    pub fn send_output(&self, output: &str, message: Message) -> Result<(), SendError> {
+        let pending = self.counters.accepted.load(Ordering::Relaxed)
+            - self.counters.settled.load(Ordering::Relaxed);
+        if self.overflow == Overflow::Reject && pending >= self.capacity {
+            return Err(SendError::Full(Box::new(message)));
+        }
+        let output = (!output.is_empty()).then(|| output.to_owned());
+        match self
             .commands
-            .send(Command::MethodResponse { rid, status, body })
-            .await;
+            .try_send(Request::Core(Command::Output { output, message }))
+        {
+            Ok(()) => {
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(Request::Core(Command::Output {
+                message,
+                ..
+            }))) => Err(SendError::Full(Box::new(message))),
+            Err(mpsc::error::TrySendError::Closed(Request::Core(Command::Output {
+                message,
+                ..
+            }))) => Err(SendError::Closed(Box::new(message))),
+            Err(_) => unreachable!("the request sent is an output"),
+        }
     }
 
-    /// Flushes pending reported properties (until `grace` has passed), disconnects and stops
-    /// the session. Returns `true` if nothing was left undelivered.
+    /// Outputs dropped because the outbox was full ([`Overflow::DropOldest`]).
+    pub fn outputs_dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Flushes pending reported properties and outputs (until `grace` has passed),
+    /// disconnects and stops the session. Returns `true` if nothing was left undelivered.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         let (done, wait) = oneshot::channel();
         let deadline = Instant::now() + grace;
         if self
             .commands
-            .send(Command::Shutdown { deadline, done })
+            .send(Request::Shutdown(deadline, done))
             .await
             .is_err()
         {
@@ -236,7 +360,7 @@ impl ClientHandle {
     }
 }
 
-/// Starts the session task.
+/// Starts the session task: the handle, the event stream and the task.
 pub fn spawn(
     identity: Identity,
     config: SessionConfig,
@@ -245,88 +369,67 @@ pub fn spawn(
     mpsc::Receiver<Event>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (command_tx, commands) = mpsc::channel(1024);
+    let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (events, event_rx) = mpsc::channel(64);
     let (state_tx, state) = watch::channel(SessionState::Connecting);
-    let backoff = Backoff::new(config.backoff_base, config.backoff_cap);
-    let session = Session {
+    let counters = Arc::new(Counters::default());
+    let core = Session::new(config.timing(), identity.device_id(), identity.module_id());
+    let handle = ClientHandle {
+        commands: command_tx.clone(),
+        state,
+        counters: counters.clone(),
+        capacity: config.outbox_capacity as u64,
+        overflow: config.overflow,
+    };
+    let driver = Driver {
+        core,
         identity,
         config,
         commands,
+        responder: command_tx.downgrade(),
         commands_open: true,
         events,
         state: state_tx,
-        rids: RidTable::new(MAX_OUTSTANDING),
-        desired: DesiredState::new(),
-        reported: ReportedQueue::new(),
-        outbox: VecDeque::new(),
-        backoff,
-        shutdown: None,
-        get_retry_at: None,
+        counters,
+        done: None,
     };
-    let task = tokio::spawn(session.run());
-    (
-        ClientHandle {
-            commands: command_tx,
-            state,
-        },
-        event_rx,
-        task,
-    )
+    (handle, event_rx, tokio::spawn(driver.run()))
 }
 
-/// How one connection ended.
-enum Outcome {
-    /// Token renewal: reconnect right away.
-    Renew,
-    /// Shutdown completed.
-    Stopped,
-    /// The connection failed; back off.
-    Lost(ClientError),
+/// One connection's I/O.
+struct Link {
+    /// The request side.
+    client: AsyncClient,
+    /// The network side.
+    eventloop: EventLoop,
+    /// Tags handed to rumqttc whose packet id is not known yet, in order.
+    unnumbered: VecDeque<Tag>,
+    /// Tags by packet id, until PUBACK.
+    by_pkid: HashMap<u16, Tag>,
 }
 
-/// The session task's state.
-struct Session {
+/// The session task.
+struct Driver {
+    /// The protocol state.
+    core: Session,
     /// Who we are.
     identity: Identity,
     /// Tuning.
     config: SessionConfig,
     /// Requests from the application.
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Request>,
+    /// Given to method calls so that they can answer.
+    responder: mpsc::WeakSender<Request>,
     /// False once every handle is dropped.
     commands_open: bool,
     /// Notifications to the application.
     events: mpsc::Sender<Event>,
     /// Published state.
     state: watch::Sender<SessionState>,
-    /// Twin request correlation.
-    rids: RidTable,
-    /// Desired reconciliation.
-    desired: DesiredState,
-    /// Reported patches until acknowledged.
-    reported: ReportedQueue,
-    /// Outputs waiting for a connection.
-    outbox: VecDeque<(String, Vec<u8>)>,
-    /// Reconnect pacing.
-    backoff: Backoff,
-    /// Set by [`Command::Shutdown`].
-    shutdown: Option<(Instant, oneshot::Sender<bool>)>,
-    /// When to retry a twin GET that failed with 429/5xx.
-    get_retry_at: Option<Instant>,
-}
-
-/// Per-connection bookkeeping.
-struct Link {
-    /// The request side of this connection's event loop.
-    client: AsyncClient,
-    /// QoS 1 publishes not yet acknowledged.
-    unacked: usize,
-    /// When to renew the token.
-    renew_at: Instant,
-    /// When draining for renewal began.
-    draining_since: Option<Instant>,
-    /// DISCONNECT requested.
-    disconnecting: bool,
+    /// Output accounting shared with the handles.
+    counters: Arc<Counters>,
+    /// Told when the session stops.
+    done: Option<oneshot::Sender<bool>>,
 }
 
 /// Now in whole Unix seconds, rounded up: a token made with `expiry = now + ttl` is then valid
@@ -339,539 +442,324 @@ fn now_unix_ceil() -> u64 {
         .unwrap_or_default()
 }
 
-impl Session {
-    fn set_state(&self, state: SessionState) {
-        if *self.state.borrow() != state {
-            debug!(state = state.name(), "session state");
+/// Fetches credentials, opens the connection and waits for a successful CONNACK.
+async fn open(identity: Identity, config: SessionConfig) -> Result<Link, ClientError> {
+    let credentials = identity
+        .credentials(now_unix_ceil(), config.sas_ttl)
+        .await?;
+    let device = identity.device_id();
+    let module = identity.module_id();
+    let mut options = MqttOptions::new(
+        client_id(device, module),
+        identity.connect_host(),
+        config.mqtt_port,
+    );
+    options
+        .set_credentials(
+            username(
+                identity.hub_host(),
+                device,
+                module,
+                DEVICE_API_VERSION,
+                &config.client_type,
+            ),
+            credentials.token.expose(),
+        )
+        .set_clean_session(false)
+        .set_keep_alive(config.keep_alive)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            credentials.tls,
+        )));
+    let (client, mut eventloop) = AsyncClient::new(options, 2 * crate::state::MAX_IN_FLIGHT);
+    eventloop
+        .network_options
+        .set_connection_timeout(config.connect_timeout.as_secs().max(1));
+    // Without it, a reported patch sent right after the PUBACK of a desired patch waits
+    // for the hub's delayed ACK (Nagle): ~40 ms on every acknowledgement.
+    eventloop.network_options.set_tcp_nodelay(true);
+    loop {
+        if let rumqttc::Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await? {
+            return Ok(Link {
+                client,
+                eventloop,
+                unnumbered: VecDeque::new(),
+                by_pkid: HashMap::new(),
+            });
         }
-        let _ = self.state.send(state);
     }
+}
 
-    fn state(&self) -> SessionState {
-        *self.state.borrow()
-    }
-
-    async fn emit(&self, event: Event) {
-        let _ = self.events.send(event).await;
-    }
-
-    /// Shutdown requested and either everything is delivered or the deadline passed.
-    fn should_stop(&self) -> bool {
-        match &self.shutdown {
-            Some((deadline, _)) => self.reported.is_idle() || Instant::now() >= *deadline,
-            None => !self.commands_open && self.reported.is_idle(),
-        }
-    }
-
+impl Driver {
     async fn run(mut self) {
+        let actions = self.core.start(Instant::now());
+        self.perform(actions, None).await;
+        let mut link = None;
         loop {
-            if self.should_stop() {
-                break;
-            }
-            self.set_state(SessionState::Connecting);
-            let attempt = self.connect().await;
-            let outcome = match attempt {
-                Ok((client, eventloop)) => {
-                    self.backoff.reset();
-                    info!(
-                        host = self.identity.connect_host(),
-                        port = self.config.mqtt_port,
-                        "connected"
-                    );
-                    self.emit(Event::Connected).await;
-                    let outcome = self.serve(client, eventloop).await;
-                    self.rids.clear();
-                    self.reported.requeue_in_flight();
-                    let reason = match &outcome {
-                        Outcome::Renew => "token renewal".to_owned(),
-                        Outcome::Stopped => "shutdown".to_owned(),
-                        Outcome::Lost(e) => e.to_string(),
-                    };
-                    let renewal = matches!(outcome, Outcome::Renew);
-                    self.emit(Event::Disconnected { reason, renewal }).await;
-                    outcome
+            link = match self.core.phase().clone() {
+                Phase::Stopped => break,
+                Phase::Connecting { .. } => self.connecting().await,
+                Phase::BackingOff { until } => {
+                    self.backing_off(until).await;
+                    None
                 }
-                Err(error) => Outcome::Lost(error),
+                _ => match link {
+                    Some(link) => self.connected(link).await,
+                    None => {
+                        // Unreachable by construction: connected phases begin with a link.
+                        let actions = self.core.on_lost(
+                            Instant::now(),
+                            DisconnectReason::Lost("no connection".to_owned()),
+                            rand::random(),
+                        );
+                        self.perform(actions, None).await;
+                        None
+                    }
+                },
             };
-            match outcome {
-                Outcome::Renew => {
-                    info!("reconnecting with a renewed token");
-                    continue;
-                }
-                Outcome::Stopped => break,
-                Outcome::Lost(error) => {
-                    warn!(error = %error, attempt = self.backoff.attempts() + 1, "connection failed");
-                }
-            }
-            if self.should_stop() {
-                break;
-            }
-            let delay = self.backoff.next_delay(rand::random::<f64>());
-            self.set_state(SessionState::BackingOff);
-            debug!(delay_ms = delay.as_millis() as u64, "backing off");
-            self.idle(delay).await;
         }
-        self.set_state(SessionState::Stopped);
-        let delivered = self.reported.is_idle();
+        let delivered = self.core.reported_idle() && self.core.outputs_pending() == 0;
         if !delivered {
-            warn!("stopping with reported properties not acknowledged");
+            warn!("stopping with reported properties or outputs not acknowledged");
         }
-        if let Some((_, done)) = self.shutdown.take() {
+        if let Some(done) = self.done.take() {
             let _ = done.send(delivered);
         }
     }
 
-    /// Waits `delay` while still taking commands; returns early when a shutdown deadline passes.
-    async fn idle(&mut self, delay: Duration) {
-        let until = tokio::time::Instant::now() + delay;
-        loop {
-            let deadline = self
-                .shutdown
-                .as_ref()
-                .map(|(d, _)| tokio::time::Instant::from_std(*d));
-            let wake = deadline.map_or(until, |d| d.min(until));
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => return,
-                command = self.commands.recv(), if self.commands_open => match command {
-                    Some(command) => self.on_command(None, command),
-                    None => self.commands_open = false,
-                },
+    /// Publishes the phase and the output counters.
+    fn publish_state(&self) {
+        let state = SessionState::from(self.core.phase());
+        if *self.state.borrow() != state {
+            debug!(state = state.name(), "session state");
+        }
+        let _ = self.state.send(state);
+        self.counters.settled.store(
+            self.core.outputs_delivered() + self.core.outputs_dropped(),
+            Ordering::Relaxed,
+        );
+        self.counters
+            .dropped
+            .store(self.core.outputs_dropped(), Ordering::Relaxed);
+    }
+
+    /// Carries out the state machine's actions on `link` (if connected).
+    async fn perform(&mut self, actions: Vec<Action>, mut link: Option<&mut Link>) {
+        for action in actions {
+            match action {
+                Action::Connect | Action::Stop | Action::Drop => {}
+                Action::Subscribe(filters) => {
+                    if let Some(link) = link.as_deref_mut() {
+                        let filters = filters
+                            .into_iter()
+                            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
+                        if let Err(error) = link.client.try_subscribe_many(filters) {
+                            warn!(%error, "subscribe not queued");
+                        }
+                    }
+                }
+                Action::Publish {
+                    tag,
+                    topic,
+                    payload,
+                } => {
+                    if let Some(link) = link.as_deref_mut() {
+                        match link
+                            .client
+                            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                        {
+                            Ok(()) => link.unnumbered.push_back(tag),
+                            Err(error) => warn!(%error, "publish not queued"),
+                        }
+                    }
+                }
+                Action::Disconnect => {
+                    if let Some(link) = link.as_deref_mut() {
+                        if let Err(error) = link.client.try_disconnect() {
+                            warn!(%error, "disconnect not queued");
+                        }
+                    }
+                }
+                Action::Notify(notice) => self.notify(notice).await,
             }
-            if self.should_stop() {
+        }
+        self.publish_state();
+    }
+
+    async fn notify(&mut self, notice: Notice) {
+        let event = match notice {
+            Notice::Connected => {
+                info!(
+                    host = self.identity.connect_host(),
+                    port = self.config.mqtt_port,
+                    "connected"
+                );
+                Event::Connection(ConnectionChange::Connected)
+            }
+            Notice::Disconnected(reason) => {
+                info!(%reason, "disconnected");
+                Event::Connection(ConnectionChange::Disconnected(reason))
+            }
+            Notice::Desired(update) => Event::Desired(update),
+            Notice::Method(request) => Event::Method(MethodCall {
+                name: request.name,
+                payload: request.payload,
+                rid: request.rid,
+                responder: self.responder.clone(),
+            }),
+            Notice::Input { input, message } => Event::Input { input, message },
+            Notice::ReportedAcked { latency, version } => {
+                debug!(
+                    latency_ms = latency.as_millis() as u64,
+                    ?version,
+                    "reported acknowledged"
+                );
+                Event::ReportedAcked { latency, version }
+            }
+            Notice::OutputDropped => {
+                warn!("outbox full; dropped the oldest output");
+                return;
+            }
+        };
+        let _ = self.events.send(event).await;
+    }
+
+    /// Turns a request into state machine input.
+    fn command(&mut self, request: Option<Request>) -> Command {
+        match request {
+            Some(Request::Core(command)) => command,
+            Some(Request::Shutdown(deadline, done)) => {
+                self.done = Some(done);
+                Command::Shutdown { deadline }
+            }
+            None => {
+                self.commands_open = false;
+                Command::Close
+            }
+        }
+    }
+
+    /// Connecting: credentials and CONNACK, while still taking commands and ticks (a shutdown
+    /// during connect stops at its deadline).
+    async fn connecting(&mut self) -> Option<Link> {
+        let attempt = open(self.identity.clone(), self.config.clone());
+        tokio::pin!(attempt);
+        let mut tick = ticker();
+        loop {
+            let actions = tokio::select! {
+                result = &mut attempt => {
+                    let now = Instant::now();
+                    let mut link = match result {
+                        Ok(link) => link,
+                        Err(error) => {
+                            let reason = DisconnectReason::Lost(error.to_string());
+                            let actions = self.core.on_lost(now, reason, rand::random());
+                            self.perform(actions, None).await;
+                            return None;
+                        }
+                    };
+                    let actions = self.core.on_connack(now);
+                    self.perform(actions, Some(&mut link)).await;
+                    return Some(link);
+                }
+                request = self.commands.recv(), if self.commands_open => {
+                    let command = self.command(request);
+                    self.core.on_command(Instant::now(), command)
+                }
+                _ = tick.tick() => self.core.on_tick(Instant::now()),
+            };
+            self.perform(actions, None).await;
+            if !matches!(self.core.phase(), Phase::Connecting { .. }) {
+                return None;
+            }
+        }
+    }
+
+    /// Backing off until `until`, still taking commands.
+    async fn backing_off(&mut self, until: Instant) {
+        let mut tick = ticker();
+        debug!(
+            delay_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            "backing off"
+        );
+        loop {
+            let actions = tokio::select! {
+                request = self.commands.recv(), if self.commands_open => {
+                    let command = self.command(request);
+                    self.core.on_command(Instant::now(), command)
+                }
+                _ = tick.tick() => self.core.on_tick(Instant::now()),
+            };
+            self.perform(actions, None).await;
+            if !matches!(self.core.phase(), Phase::BackingOff { .. }) {
                 return;
             }
         }
     }
 
-    /// Fetches credentials and waits for a successful CONNACK.
-    async fn connect(&mut self) -> Result<(AsyncClient, EventLoop), ClientError> {
-        let timeout = self.config.connect_timeout;
-        let credentials = tokio::time::timeout(
-            timeout,
-            self.identity
-                .credentials(now_unix_ceil(), self.config.sas_ttl),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout("fetching credentials"))??;
-        let device = self.identity.device_id();
-        let module = self.identity.module_id();
-        let mut options = MqttOptions::new(
-            client_id(device, module),
-            self.identity.connect_host(),
-            self.config.mqtt_port,
-        );
-        options
-            .set_credentials(
-                username(
-                    self.identity.hub_host(),
-                    device,
-                    module,
-                    DEVICE_API_VERSION,
-                    &crate::client_type(),
-                ),
-                credentials.token.expose(),
-            )
-            .set_clean_session(false)
-            .set_keep_alive(self.config.keep_alive)
-            .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                credentials.tls,
-            )));
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
-        eventloop
-            .network_options
-            .set_connection_timeout(timeout.as_secs().max(1));
-        // Without it, a reported patch sent right after the PUBACK of a desired patch waits
-        // for the hub's delayed ACK (Nagle): ~40 ms on every acknowledgement.
-        eventloop.network_options.set_tcp_nodelay(true);
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Connected (subscribing, syncing, live, renewing, disconnecting): one event loop.
+    async fn connected(&mut self, mut link: Link) -> Option<Link> {
+        let mut tick = ticker();
         loop {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Err(_) => return Err(ClientError::Timeout("CONNACK")),
-                Ok(Err(error)) => return Err(error.into()),
-                Ok(Ok(rumqttc::Event::Incoming(Incoming::ConnAck(_)))) => {
-                    return Ok((client, eventloop))
+            let actions = tokio::select! {
+                polled = link.eventloop.poll() => self.on_mqtt(&mut link, polled),
+                request = self.commands.recv(), if self.commands_open => {
+                    let command = self.command(request);
+                    self.core.on_command(Instant::now(), command)
                 }
-                Ok(Ok(_)) => {}
+                _ = tick.tick() => self.core.on_tick(Instant::now()),
+            };
+            self.perform(actions, Some(&mut link)).await;
+            if !self.core.phase().is_connected() {
+                return None;
             }
         }
     }
 
-    /// Runs one connection until it ends.
-    async fn serve(&mut self, client: AsyncClient, mut eventloop: EventLoop) -> Outcome {
-        let renew_after = self
-            .config
-            .sas_ttl
-            .mul_f64(self.config.renew_fraction.clamp(0.1, 0.95));
-        let mut link = Link {
-            client,
-            unacked: 0,
-            renew_at: Instant::now() + renew_after,
-            draining_since: None,
-            disconnecting: false,
-        };
-        self.set_state(SessionState::Subscribing);
-        let filters = [
-            "$iothub/twin/res/#",
-            "$iothub/twin/PATCH/properties/desired/#",
-            "$iothub/methods/POST/#",
-        ]
-        .map(|f| SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
-        if let Err(error) = link.client.try_subscribe_many(filters) {
-            return Outcome::Lost(error.into());
-        }
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                polled = eventloop.poll() => match polled {
-                    Ok(event) => {
-                        if let Some(outcome) = self.on_mqtt(&mut link, event).await {
-                            return outcome;
-                        }
-                    }
-                    Err(error) => return Outcome::Lost(error.into()),
-                },
-                command = self.commands.recv(), if self.commands_open => match command {
-                    Some(command) => self.on_command(Some(&mut link), command),
-                    None => self.commands_open = false,
-                },
-                _ = tick.tick() => {
-                    if let Err(error) = self.on_tick(&mut link) {
-                        return Outcome::Lost(error);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Handles one MQTT event; `Some` ends the connection.
-    async fn on_mqtt(&mut self, link: &mut Link, event: rumqttc::Event) -> Option<Outcome> {
-        match event {
-            rumqttc::Event::Incoming(Incoming::SubAck(ack)) => {
+    /// One rumqttc event as state machine input.
+    fn on_mqtt(
+        &mut self,
+        link: &mut Link,
+        polled: Result<rumqttc::Event, rumqttc::ConnectionError>,
+    ) -> Vec<Action> {
+        let now = Instant::now();
+        match polled {
+            Ok(rumqttc::Event::Incoming(Incoming::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|code| matches!(code, SubscribeReasonCode::Success(_)));
                 debug!(codes = ?ack.return_codes, "subscribed");
-                if self.state() == SessionState::Subscribing {
-                    self.set_state(SessionState::SyncingTwin);
-                    if let Err(error) = self.request_twin(link) {
-                        return Some(Outcome::Lost(error));
-                    }
+                self.core.on_suback(now, granted, rand::random())
+            }
+            Ok(rumqttc::Event::Incoming(Incoming::PubAck(ack))) => {
+                match link.by_pkid.remove(&ack.pkid) {
+                    Some(tag) => self.core.on_puback(now, tag),
+                    None => Vec::new(),
                 }
             }
-            rumqttc::Event::Incoming(Incoming::PubAck(_)) => {
-                link.unacked = link.unacked.saturating_sub(1);
+            Ok(rumqttc::Event::Incoming(Incoming::Publish(publish))) => {
+                self.core.on_publish(now, &publish.topic, &publish.payload)
             }
-            rumqttc::Event::Incoming(Incoming::Publish(publish)) => {
-                if let Err(error) = self
-                    .on_publish(link, &publish.topic, &publish.payload)
-                    .await
-                {
-                    return Some(Outcome::Lost(error));
+            Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if let Some(tag) = link.unnumbered.pop_front() {
+                    link.by_pkid.insert(pkid, tag);
                 }
+                Vec::new()
             }
-            rumqttc::Event::Outgoing(Outgoing::Disconnect) => {
-                return Some(if self.shutdown.is_some() || !self.commands_open {
-                    Outcome::Stopped
-                } else {
-                    Outcome::Renew
-                });
-            }
-            _ => {}
-        }
-        None
-    }
-
-    /// Sends a twin GET unless one is already outstanding.
-    fn request_twin(&mut self, link: &mut Link) -> Result<(), ClientError> {
-        if self.rids.has(RequestKind::TwinGet) {
-            return Ok(());
-        }
-        let Ok(rid) = self.rids.issue(RequestKind::TwinGet, Instant::now()) else {
-            return Ok(());
-        };
-        self.get_retry_at = None;
-        link.client
-            .try_publish(twin_get_topic(&rid), QoS::AtLeastOnce, false, " ")?;
-        link.unacked += 1;
-        Ok(())
-    }
-
-    async fn on_publish(
-        &mut self,
-        link: &mut Link,
-        topic: &str,
-        payload: &[u8],
-    ) -> Result<(), ClientError> {
-        let parsed = match parse_outbound(topic) {
-            Ok(parsed) => parsed,
+            Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => self.core.on_disconnected(now),
+            Ok(_) => Vec::new(),
             Err(error) => {
-                warn!(%topic, %error, "ignoring a message on an unexpected topic");
-                return Ok(());
-            }
-        };
-        let now = Instant::now();
-        match parsed {
-            Outbound::TwinResponse { status, rid, .. } => {
-                let Some(done) = self.rids.complete(&rid, now) else {
-                    debug!(%rid, "twin response for no outstanding request");
-                    return Ok(());
-                };
-                match done.kind {
-                    RequestKind::TwinGet => self.on_twin(link, status, payload).await?,
-                    RequestKind::ReportedPatch => {
-                        match self.reported.on_answer(&rid, status, now) {
-                            ReportedAnswer::Acked { latency } => {
-                                debug!(
-                                    latency_ms = latency.as_millis() as u64,
-                                    "reported acknowledged"
-                                );
-                                self.emit(Event::ReportedAcked { latency }).await;
-                            }
-                            ReportedAnswer::Rejected => warn!(
-                                status,
-                                body = %String::from_utf8_lossy(payload),
-                                "the hub rejected a reported patch; dropped"
-                            ),
-                            ReportedAnswer::Retry => {
-                                warn!(status, "reported patch throttled or failed; will retry")
-                            }
-                            ReportedAnswer::Isolating => warn!(
-                                status,
-                                body = %String::from_utf8_lossy(payload),
-                                "the hub rejected a reported patch; re-sending its properties one by one"
-                            ),
-                            ReportedAnswer::Unknown => {}
-                        }
-                        self.flush_reported(link)?;
-                    }
-                }
-            }
-            Outbound::DesiredPatch { version } => {
-                let patch = match serde_json::from_slice::<Value>(payload) {
-                    Ok(Value::Object(patch)) => patch,
-                    _ => {
-                        warn!("desired patch body is not a JSON object; resyncing");
-                        return self.request_twin(link);
-                    }
-                };
-                match self.desired.on_patch(patch, version) {
-                    PatchOutcome::Applied(update) => {
-                        info!(version = update.version, "desired patch applied");
-                        self.emit(Event::Desired(update)).await;
-                    }
-                    PatchOutcome::Ignored => debug!(?version, "desired patch already covered"),
-                    PatchOutcome::Resync => {
-                        info!(?version, last = ?self.desired.version(), "desired version gap; getting the full twin");
-                        self.request_twin(link)?;
-                    }
-                }
-            }
-            Outbound::MethodRequest { method, rid } => {
-                let payload = if payload.iter().all(u8::is_ascii_whitespace) {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(payload).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(payload).into_owned())
-                    })
-                };
-                self.emit(Event::Method {
-                    name: method,
-                    rid,
-                    payload,
-                })
-                .await;
+                let reason = DisconnectReason::Lost(ClientError::from(error).to_string());
+                self.core.on_lost(now, reason, rand::random())
             }
         }
-        Ok(())
     }
+}
 
-    async fn on_twin(
-        &mut self,
-        link: &mut Link,
-        status: u16,
-        payload: &[u8],
-    ) -> Result<(), ClientError> {
-        if status != 200 {
-            warn!(status, "twin GET failed; retrying");
-            self.get_retry_at = Some(Instant::now() + Duration::from_secs(1));
-            return Ok(());
-        }
-        let desired = match serde_json::from_slice::<Value>(payload) {
-            Ok(Value::Object(mut twin)) => match twin.remove("desired") {
-                Some(Value::Object(desired)) => desired,
-                _ => Properties::new(),
-            },
-            _ => {
-                warn!("twin GET body is not a JSON object; retrying");
-                self.get_retry_at = Some(Instant::now() + Duration::from_secs(1));
-                return Ok(());
-            }
-        };
-        match self.desired.on_full(desired) {
-            Some(update) => {
-                info!(
-                    version = update.version,
-                    "desired properties synchronised from the full twin"
-                );
-                self.emit(Event::Desired(update)).await;
-            }
-            None => debug!(version = ?self.desired.version(), "twin unchanged"),
-        }
-        if self.desired.behind() {
-            self.request_twin(link)?;
-        }
-        if self.state() == SessionState::SyncingTwin {
-            self.set_state(SessionState::Live);
-        }
-        self.flush_outbox(link);
-        self.flush_reported(link)
-    }
-
-    /// Sends the next reported patch if the connection allows it.
-    fn flush_reported(&mut self, link: &mut Link) -> Result<(), ClientError> {
-        if self.state() != SessionState::Live || link.disconnecting {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let Some(patch) = self.reported.take_sendable(now) else {
-            return Ok(());
-        };
-        let rid = match self.rids.issue(RequestKind::ReportedPatch, now) {
-            Ok(rid) => rid,
-            Err(_) => {
-                self.reported.restore(patch);
-                return Ok(());
-            }
-        };
-        let body = serde_json::to_vec(&patch).unwrap_or_default();
-        match link
-            .client
-            .try_publish(reported_patch_topic(&rid), QoS::AtLeastOnce, false, body)
-        {
-            Ok(()) => {
-                link.unacked += 1;
-                self.reported.sent(rid, patch, now);
-                Ok(())
-            }
-            Err(error) => {
-                self.rids.complete(&rid, now);
-                self.reported.restore(patch);
-                Err(error.into())
-            }
-        }
-    }
-
-    /// Sends buffered outputs while the connection is up and not draining.
-    fn flush_outbox(&mut self, link: &mut Link) {
-        if link.disconnecting || link.draining_since.is_some() {
-            return;
-        }
-        while let Some((output, body)) = self.outbox.pop_front() {
-            let mut bag = PropertyBag::new();
-            bag.insert(OUTPUT_NAME_PROPERTY, output.as_str());
-            bag.insert("$.ct", "application/json");
-            bag.insert("$.ce", "utf-8");
-            let topic = telemetry_topic(self.identity.device_id(), self.identity.module_id(), &bag);
-            match link
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, false, body)
-            {
-                Ok(()) => link.unacked += 1,
-                Err(error) => {
-                    warn!(%error, "output not queued; keeping it for later");
-                    if let rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p)) = error {
-                        self.outbox.push_front((output, p.payload.to_vec()));
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_command(&mut self, link: Option<&mut Link>, command: Command) {
-        match command {
-            Command::Report(patch) => {
-                self.reported.push(patch, Instant::now());
-                if let Some(link) = link {
-                    if let Err(error) = self.flush_reported(link) {
-                        warn!(%error, "reported patch not sent yet");
-                    }
-                }
-            }
-            Command::Output { output, body } => {
-                if self.outbox.len() >= OUTBOX_CAPACITY {
-                    warn!(output = %output, "outbox full; dropping the oldest message");
-                    self.outbox.pop_front();
-                }
-                self.outbox.push_back((output, body));
-                if let Some(link) = link {
-                    if self.state() == SessionState::Live {
-                        self.flush_outbox(link);
-                    }
-                }
-            }
-            Command::MethodResponse { rid, status, body } => match link {
-                Some(link) if !link.disconnecting => {
-                    if let Err(error) = link.client.try_publish(
-                        method_response_topic(status, &rid),
-                        QoS::AtLeastOnce,
-                        false,
-                        body,
-                    ) {
-                        warn!(%error, %rid, "method response not sent");
-                    } else {
-                        link.unacked += 1;
-                    }
-                }
-                _ => warn!(%rid, "method response dropped: not connected"),
-            },
-            Command::Shutdown { deadline, done } => {
-                info!("shutdown requested; flushing reported properties");
-                self.shutdown = Some((deadline, done));
-            }
-        }
-    }
-
-    /// Timers: request timeouts, GET retries, token renewal and draining.
-    fn on_tick(&mut self, link: &mut Link) -> Result<(), ClientError> {
-        let now = Instant::now();
-        for (rid, kind) in self.rids.expire(now, self.config.request_timeout) {
-            warn!(%rid, ?kind, "twin request timed out");
-            match kind {
-                RequestKind::TwinGet => self.get_retry_at = Some(now),
-                RequestKind::ReportedPatch => self.reported.requeue_in_flight(),
-            }
-        }
-        if self.get_retry_at.is_some_and(|t| now >= t) && !link.disconnecting {
-            self.request_twin(link)?;
-        }
-        self.flush_reported(link)?;
-        if self.state() == SessionState::Live {
-            self.flush_outbox(link);
-        }
-        if link.disconnecting {
-            return Ok(());
-        }
-        let stopping = self.shutdown.is_some() || !self.commands_open;
-        if stopping {
-            let past_deadline = self.shutdown.as_ref().is_some_and(|(d, _)| now >= *d);
-            if (self.reported.is_idle() && link.unacked == 0) || past_deadline {
-                link.client.try_disconnect()?;
-                link.disconnecting = true;
-            }
-            return Ok(());
-        }
-        if now >= link.renew_at {
-            let since = *link.draining_since.get_or_insert_with(|| {
-                self.set_state(SessionState::RenewingToken);
-                info!("renewing the SAS token: draining before reconnecting");
-                now
-            });
-            let drained = !self.reported.has_in_flight() && link.unacked == 0;
-            if drained || now.saturating_duration_since(since) >= RENEW_DRAIN {
-                link.client.try_disconnect()?;
-                link.disconnecting = true;
-            }
-        }
-        Ok(())
-    }
+/// The timer of every phase.
+fn ticker() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
