@@ -108,6 +108,20 @@ impl Identity {
         Err(IdentityError::None)
     }
 
+    /// A device or module identity from a connection string (`HostName=...;DeviceId=...;
+    /// [ModuleId=...;]SharedAccessKey=...` or `SharedAccessSignature=...`), trusting the CA
+    /// certificates in the PEM file `ca_file`.
+    pub fn from_connection_string(
+        text: &str,
+        ca_file: impl Into<PathBuf>,
+    ) -> Result<Self, IdentityError> {
+        Ok(Identity::ConnectionString {
+            connection: parse_module_string("connection string", text)?,
+            ca_file: ca_file.into(),
+            source: IdentitySource::ConnectionString,
+        })
+    }
+
     /// Where the identity came from.
     pub fn source(&self) -> IdentitySource {
         match self {
