@@ -602,6 +602,30 @@ async fn ten_renewals_of_a_5_second_token_in_a_row_lose_no_desired_patch_and_no_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_seconds_of_telemetry_every_second_move_the_reported_version_only_with_state_changes(
+) {
+    let (dir, hub, env) = provisioned_hub("module-twin-cost").await;
+    let v1 = hub.patch_desired(json!({"telemetryInterval": 1})).await;
+    let mut module = start_module(dir.path(), &env, hub.mqtt_port());
+    hub.wait_ack("interval 1 acknowledged", &module, "telemetryInterval", v1)
+        .await;
+    let before = hub.reported().await["$version"].as_i64().unwrap();
+    let telemetry_before = hub.telemetry().await.len();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = hub.reported().await["$version"].as_i64().unwrap();
+    let sent = hub.telemetry().await.len() - telemetry_before;
+    assert!(sent >= 18, "only {sent} telemetry messages in 20 s");
+    // Reported updates are twin updates, metered and throttled by IoT Hub: a health change may
+    // move the version (at most a handful), a telemetry message never does.
+    assert!(
+        after - before <= 3,
+        "reported $version went {before} -> {after} over {sent} telemetry messages"
+    );
+    eprintln!("{sent} telemetry messages in 20 s; reported $version {before} -> {after}");
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_reported_patch_is_retried_and_lands() {
     let (dir, hub, env) = provisioned_hub("module-throttle").await;
     // No telemetry during the test: the only reported patch is the acknowledgement.
