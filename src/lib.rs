@@ -9,3 +9,4 @@ pub mod module;
 pub mod provision;
 #[cfg(feature = "hub")]
 pub mod quickstart;
+pub mod scaffold;

@@ -12,6 +12,9 @@ use crate::identity::Identity;
 use crate::message::Message;
 use crate::session::{spawn, ClientHandle, Event, SendError, SessionConfig, SessionState};
 
+/// The variable that overrides the MQTT port in [`ModuleClient::from_environment`].
+pub const MQTT_PORT: &str = "EDGETWIN_MQTT_PORT";
+
 /// A session, its events and its task.
 #[derive(Debug)]
 struct Core {
@@ -76,9 +79,18 @@ impl ModuleClient {
     /// Connects with the identity in the process environment: the IoT Edge `IOTEDGE_*`
     /// variables (workload API), else `EdgeHubConnectionString` with
     /// `EdgeModuleCACertificateFile` (the Edge simulator), else `EDGETWIN_CONNECTION_STRING`
-    /// (with `EDGETWIN_CA_FILE`). Must be called inside a Tokio runtime.
+    /// (with `EDGETWIN_CA_FILE`). The MQTT port is 8883 (edgeHub's and IoT Hub's) unless
+    /// `EDGETWIN_MQTT_PORT` says otherwise. Must be called inside a Tokio runtime.
     pub fn from_environment() -> Result<Self, IdentityError> {
-        Self::from_lookup(|name| std::env::var(name).ok(), SessionConfig::default())
+        let lookup = |name: &str| std::env::var(name).ok();
+        let mut config = SessionConfig::default();
+        if let Some(port) = lookup(MQTT_PORT).filter(|p| !p.trim().is_empty()) {
+            config.mqtt_port = port.trim().parse().map_err(|_| IdentityError::Unusable {
+                variable: MQTT_PORT,
+                reason: "not a port number (1-65535)",
+            })?;
+        }
+        Self::from_lookup(lookup, config)
     }
 
     /// As [`ModuleClient::from_environment`], reading variables through `lookup` and tuned by

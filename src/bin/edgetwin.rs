@@ -36,6 +36,9 @@ enum Command {
     Query(edgetwin::provision::cli::QueryArgs),
     /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
     Manifest(edgetwin::manifest::cli::ManifestArgs),
+    /// Create an IoT Edge solution (iotedgedev's layout) with a Rust module on edgetwin-client,
+    /// or add a module (`--module NAME`) to the solution in the current directory.
+    New(edgetwin::scaffold::NewArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Query(args) => runtime.block_on(edgetwin::provision::cli::run_query(args)),
         Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
+        Command::New(args) => edgetwin::scaffold::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
