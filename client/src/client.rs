@@ -15,27 +15,50 @@ use crate::session::{spawn, ClientHandle, Event, SendError, SessionConfig, Sessi
 /// The variable that overrides the MQTT port in [`ModuleClient::from_environment`].
 pub const MQTT_PORT: &str = "EDGETWIN_MQTT_PORT";
 
-/// A session, its events and its task.
+/// A running session and its event stream: what [`ModuleClient`] and [`DeviceClient`] share
+/// (both dereference to it).
 #[derive(Debug)]
-struct Core {
+pub struct Connection {
     /// Commands to the session.
     handle: ClientHandle,
     /// What the session tells the application.
     events: mpsc::Receiver<Event>,
-    /// The session task, ended by [`Core::shutdown`].
+    /// The session task, ended by [`Connection::shutdown`].
     task: JoinHandle<()>,
 }
 
-impl Core {
+impl Connection {
     fn new(identity: Identity, config: SessionConfig) -> Self {
         let (handle, events, task) = spawn(identity, config);
-        Core {
+        Connection {
             handle,
             events,
             task,
         }
     }
 
+    /// The next event; `None` once the session has stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// A cloneable handle to report, send and observe from other tasks.
+    pub fn handle(&self) -> ClientHandle {
+        self.handle.clone()
+    }
+
+    /// Queues a reported-properties patch (coalesced, re-sent until acknowledged).
+    pub async fn report(&self, patch: Properties) {
+        self.handle.report(patch).await;
+    }
+
+    /// Where the session is.
+    pub fn state(&self) -> SessionState {
+        self.handle.state()
+    }
+
+    /// Delivers what is pending (within `grace`), disconnects and stops. `true` if nothing was
+    /// left undelivered.
     async fn shutdown(self, grace: Duration) -> bool {
         let delivered =
             tokio::time::timeout(grace + Duration::from_secs(1), self.handle.shutdown(grace))
@@ -50,7 +73,7 @@ impl Core {
 /// twin kept in sync across reconnects and token renewals, direct methods, input messages and
 /// outputs that survive disconnects.
 ///
-/// Events come from [`ModuleClient::next_event`]; [`ModuleClient::handle`] gives a cloneable
+/// Events come from [`Connection::next_event`]; [`Connection::handle`] gives a cloneable
 /// handle for other tasks.
 ///
 /// ```no_run
@@ -72,7 +95,7 @@ impl Core {
 #[derive(Debug)]
 pub struct ModuleClient {
     /// The session.
-    core: Core,
+    connection: Connection,
 }
 
 impl ModuleClient {
@@ -105,39 +128,19 @@ impl ModuleClient {
     /// Connects as `identity`.
     pub fn new(identity: Identity, config: SessionConfig) -> Self {
         ModuleClient {
-            core: Core::new(identity, config),
+            connection: Connection::new(identity, config),
         }
-    }
-
-    /// The next event; `None` once the session has stopped.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        self.core.events.recv().await
-    }
-
-    /// A cloneable handle to report, send and observe from other tasks.
-    pub fn handle(&self) -> ClientHandle {
-        self.core.handle.clone()
-    }
-
-    /// Queues a reported-properties patch (coalesced, re-sent until acknowledged).
-    pub async fn report(&self, patch: Properties) {
-        self.core.handle.report(patch).await;
     }
 
     /// Sends `message` on output `output`; kept until the hub acknowledges it.
     pub fn send_output(&self, output: &str, message: Message) -> Result<(), SendError> {
-        self.core.handle.send_output(output, message)
-    }
-
-    /// Where the session is.
-    pub fn state(&self) -> SessionState {
-        self.core.handle.state()
+        self.connection.handle.send_output(output, message)
     }
 
     /// Delivers what is pending (within `grace`), disconnects and stops. `true` if nothing was
     /// left undelivered.
     pub async fn shutdown(self, grace: Duration) -> bool {
-        self.core.shutdown(grace).await
+        self.connection.shutdown(grace).await
     }
 }
 
@@ -160,7 +163,7 @@ impl ModuleClient {
 #[derive(Debug)]
 pub struct DeviceClient {
     /// The session.
-    core: Core,
+    connection: Connection,
 }
 
 impl DeviceClient {
@@ -173,33 +176,46 @@ impl DeviceClient {
     ) -> Result<Self, IdentityError> {
         let identity = Identity::from_connection_string(connection_string, ca_file)?;
         Ok(DeviceClient {
-            core: Core::new(identity, config),
+            connection: Connection::new(identity, config),
         })
-    }
-
-    /// The next event; `None` once the session has stopped.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        self.core.events.recv().await
-    }
-
-    /// A cloneable handle to report, send and observe from other tasks.
-    pub fn handle(&self) -> ClientHandle {
-        self.core.handle.clone()
-    }
-
-    /// Queues a reported-properties patch (coalesced, re-sent until acknowledged).
-    pub async fn report(&self, patch: Properties) {
-        self.core.handle.report(patch).await;
     }
 
     /// Sends device-to-cloud telemetry; kept until the hub acknowledges it.
     pub fn send_event(&self, message: Message) -> Result<(), SendError> {
-        self.core.handle.send_output("", message)
+        self.connection.handle.send_output("", message)
     }
 
     /// Delivers what is pending (within `grace`), disconnects and stops. `true` if nothing was
     /// left undelivered.
     pub async fn shutdown(self, grace: Duration) -> bool {
-        self.core.shutdown(grace).await
+        self.connection.shutdown(grace).await
+    }
+}
+
+impl std::ops::Deref for ModuleClient {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for ModuleClient {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+}
+
+impl std::ops::Deref for DeviceClient {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for DeviceClient {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.connection
     }
 }

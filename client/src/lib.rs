@@ -49,16 +49,15 @@ pub mod session;
 pub mod state;
 pub mod workload;
 
-pub use client::{DeviceClient, ModuleClient};
+pub use client::{Connection, DeviceClient, ModuleClient};
 pub use desired::DesiredUpdate;
 pub use error::{ClientError, IdentityError};
 pub use identity::{Identity, IdentitySource};
 pub use message::Message;
 pub use session::{
-    spawn, ClientHandle, ConnectionChange, Event, MethodCall, Overflow, SendError, SessionConfig,
-    SessionState,
+    spawn, ClientHandle, Event, MethodCall, Overflow, SendError, SessionConfig, SessionState,
 };
-pub use state::DisconnectReason;
+pub use state::{ConnectionChange, DisconnectReason};
 
 /// The default `DeviceClientType` sent in the CONNECT username (and the workload API user
 /// agent); [`SessionConfig::client_type`] overrides the former.

@@ -23,11 +23,12 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::desired::DesiredUpdate;
 use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::message::Message;
-use crate::state::{Action, Command, DisconnectReason, Notice, Phase, Session, Tag, Timing};
+use crate::state::{
+    Action, Command, ConnectionChange, DisconnectReason, Notice, Phase, Session, Tag, Timing,
+};
 
 /// Largest packet accepted from the hub: a full twin (2 × 32 KiB of properties plus metadata)
 /// and 128 KiB method payloads fit with room to spare.
@@ -161,15 +162,6 @@ impl From<&Phase> for SessionState {
     }
 }
 
-/// A connection came or went.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConnectionChange {
-    /// CONNACK received; the twin is being synchronised.
-    Connected,
-    /// The connection ended.
-    Disconnected(DisconnectReason),
-}
-
 /// A direct method call; answer it with [`MethodCall::respond`] (IoT Hub waits up to the
 /// caller's response timeout).
 #[derive(Debug)]
@@ -210,29 +202,7 @@ impl MethodCall {
 }
 
 /// What the session tells the application.
-#[derive(Debug)]
-pub enum Event {
-    /// The connection came or went.
-    Connection(ConnectionChange),
-    /// The desired state changed: the reconciled document, the patch (if any) and its version.
-    Desired(DesiredUpdate),
-    /// A direct method call.
-    Method(MethodCall),
-    /// A message arrived on a module input (routed by edgeHub or the hub).
-    Input {
-        /// The input name.
-        input: String,
-        /// The message.
-        message: Message,
-    },
-    /// A reported patch was acknowledged.
-    ReportedAcked {
-        /// From queueing the oldest coalesced update to the acknowledgement.
-        latency: Duration,
-        /// The twin's new reported `$version`, if the hub said.
-        version: Option<i64>,
-    },
-}
+pub type Event = crate::state::Event<MethodCall>;
 
 /// Why an output was not accepted; the message is handed back.
 #[derive(Debug, thiserror::Error)]
@@ -588,17 +558,16 @@ impl Driver {
 
     async fn notify(&mut self, notice: Notice) {
         let event = match notice {
-            Notice::Connected => {
-                info!(
-                    host = self.identity.connect_host(),
-                    port = self.config.mqtt_port,
-                    "connected"
-                );
-                Event::Connection(ConnectionChange::Connected)
-            }
-            Notice::Disconnected(reason) => {
-                info!(%reason, "disconnected");
-                Event::Connection(ConnectionChange::Disconnected(reason))
+            Notice::Connection(change) => {
+                match &change {
+                    ConnectionChange::Connected => info!(
+                        host = self.identity.connect_host(),
+                        port = self.config.mqtt_port,
+                        "connected"
+                    ),
+                    ConnectionChange::Disconnected(reason) => info!(%reason, "disconnected"),
+                }
+                Event::Connection(change)
             }
             Notice::Desired(update) => Event::Desired(update),
             Notice::Method(request) => Event::Method(MethodCall {
@@ -618,7 +587,7 @@ impl Driver {
             }
             Notice::OutputDropped => {
                 warn!("outbox full; dropped the oldest output");
-                return;
+                Event::OutputDropped
             }
         };
         let _ = self.events.send(event).await;

@@ -100,20 +100,6 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// A short name for logs and metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Connecting { .. } => "connecting",
-            Phase::Subscribing { .. } => "subscribing",
-            Phase::SyncingTwin { .. } => "syncingTwin",
-            Phase::Live { .. } => "live",
-            Phase::Renewing { .. } => "renewingToken",
-            Phase::Disconnecting { .. } => "disconnecting",
-            Phase::BackingOff { .. } => "backingOff",
-            Phase::Stopped => "stopped",
-        }
-    }
-
     /// True while a connection is up (CONNACK received, not yet closed).
     pub fn is_connected(&self) -> bool {
         matches!(
@@ -165,18 +151,26 @@ pub struct MethodRequest {
     pub payload: Value,
 }
 
-/// What the state machine tells the application.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Notice {
-    /// CONNACK received.
+/// A connection came or went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionChange {
+    /// CONNACK received; the twin is being synchronised.
     Connected,
     /// The connection ended.
     Disconnected(DisconnectReason),
-    /// The desired state changed.
+}
+
+/// What the session tells the application; `M` is how a method call is carried (the state
+/// machine's [`MethodRequest`], or the application's [`crate::MethodCall`] that can answer).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event<M> {
+    /// The connection came or went.
+    Connection(ConnectionChange),
+    /// The desired state changed: the reconciled document, the patch (if any) and its version.
     Desired(DesiredUpdate),
     /// A direct method call.
-    Method(MethodRequest),
-    /// A message arrived on a module input.
+    Method(M),
+    /// A message arrived on a module input (routed by edgeHub or the hub).
     Input {
         /// The input name.
         input: String,
@@ -187,11 +181,19 @@ pub enum Notice {
     ReportedAcked {
         /// From queueing the oldest coalesced update to the acknowledgement.
         latency: Duration,
-        /// The reported `$version` the hub answered with, if it said.
+        /// The twin's new reported `$version`, if the hub said.
         version: Option<i64>,
     },
-    /// The outbox was full; the oldest output was dropped.
+    /// The outbox was full: its oldest output was dropped ([`crate::Overflow::DropOldest`]).
     OutputDropped,
+}
+
+/// What the state machine tells the application.
+pub type Notice = Event<MethodRequest>;
+
+/// The notice of a connection that ended.
+fn disconnected(reason: DisconnectReason) -> Notice {
+    Event::Connection(ConnectionChange::Disconnected(reason))
 }
 
 /// What the driver must do.
@@ -396,7 +398,7 @@ impl Session {
             renew_at: now + self.timing.renew_after,
         };
         vec![
-            Action::Notify(Notice::Connected),
+            Action::Notify(Notice::Connection(ConnectionChange::Connected)),
             Action::Subscribe(self.filters()),
         ]
     }
@@ -441,7 +443,7 @@ impl Session {
         warn!(%reason, attempt = self.backoff.attempts() + 1, "connection failed");
         let mut actions = Vec::new();
         if was_connected {
-            actions.push(Action::Notify(Notice::Disconnected(reason)));
+            actions.push(Action::Notify(disconnected(reason)));
         }
         if self.should_stop(now) {
             return self.stop(actions);
@@ -463,7 +465,7 @@ impl Session {
         } else {
             DisconnectReason::Shutdown
         };
-        let mut actions = vec![Action::Notify(Notice::Disconnected(reason))];
+        let mut actions = vec![Action::Notify(disconnected(reason))];
         if renewal && !self.should_stop(now) {
             info!("reconnecting with a renewed token");
             actions.extend(self.connecting(now));
@@ -966,7 +968,10 @@ mod tests {
         let mut s = session();
         s.start(now);
         let actions = s.on_connack(now);
-        assert_eq!(actions[0], Action::Notify(Notice::Connected));
+        assert_eq!(
+            actions[0],
+            Action::Notify(Notice::Connection(ConnectionChange::Connected))
+        );
         let Action::Subscribe(filters) = &actions[1] else {
             panic!("{actions:?}")
         };
@@ -1015,7 +1020,7 @@ mod tests {
         assert_eq!(actions[0], Action::Drop);
         assert_eq!(
             notices(&actions),
-            vec![Notice::Disconnected(DisconnectReason::SubscriptionRefused)]
+            vec![disconnected(DisconnectReason::SubscriptionRefused)]
         );
         assert!(publishes(&actions).is_empty(), "no twin GET: {actions:?}");
         let Phase::BackingOff { until } = *s.phase() else {
@@ -1080,7 +1085,7 @@ mod tests {
         let actions = s.on_lost(now, DisconnectReason::Lost("reset".into()), 0.0);
         assert_eq!(
             notices(&actions),
-            vec![Notice::Disconnected(DisconnectReason::Lost("reset".into()))]
+            vec![disconnected(DisconnectReason::Lost("reset".into()))]
         );
         assert_eq!(s.outputs_pending(), 2);
         // A fourth one while disconnected queues behind them.
@@ -1153,7 +1158,7 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::Notify(Notice::Disconnected(DisconnectReason::TokenRenewal)),
+                Action::Notify(disconnected(DisconnectReason::TokenRenewal)),
                 Action::Connect
             ]
         );
@@ -1279,7 +1284,7 @@ mod tests {
         assert_eq!(
             s.on_disconnected(now),
             vec![
-                Action::Notify(Notice::Disconnected(DisconnectReason::Shutdown)),
+                Action::Notify(disconnected(DisconnectReason::Shutdown)),
                 Action::Stop
             ]
         );

@@ -204,6 +204,9 @@ impl App {
                 info!(method = %call.name(), status, "direct method");
                 call.respond(status, &body).await;
             }
+            Event::OutputDropped => {
+                self.stats.outputs_dropped.fetch_add(1, Ordering::Relaxed);
+            }
             Event::Input { input, .. } => {
                 debug!(%input, "input message ignored: this module reads no inputs");
             }
@@ -308,9 +311,6 @@ impl App {
         self.stats
             .last_telemetry_time
             .store(unix_now(), Ordering::Relaxed);
-        self.stats
-            .outputs_dropped
-            .store(self.client.outputs_dropped(), Ordering::Relaxed);
         self.last_telemetry_time = Some(timestamp);
         let names: Vec<&'static str> = crossed.iter().map(|c| c.0).collect();
         if names != self.crossed {

@@ -56,7 +56,7 @@ pub struct Stats {
     pub telemetry_sent: AtomicU64,
     /// Alerts handed to the session.
     pub alerts_sent: AtomicU64,
-    /// Outputs dropped because the outbox was full (copied from the session).
+    /// Outputs dropped because the outbox was full.
     pub outputs_dropped: AtomicU64,
     /// When the last telemetry message was sampled, Unix seconds (0 before the first). A
     /// metric and a method answer, never a twin update: IoT Hub meters and throttles those.
