@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::error::IdentityError;
 use crate::identity::Identity;
 use crate::message::Message;
-use crate::session::{spawn, ClientHandle, Event, SendError, SessionConfig, SessionState};
+use crate::session::{spawn, ClientHandle, Event, Receipt, SendError, SessionConfig, SessionState};
 
 /// The variable that overrides the MQTT port in [`ModuleClient::from_environment`].
 pub const MQTT_PORT: &str = "EDGETWIN_MQTT_PORT";
@@ -47,9 +47,10 @@ impl Connection {
         self.handle.clone()
     }
 
-    /// Queues a reported-properties patch (coalesced, re-sent until acknowledged).
-    pub async fn report(&self, patch: Properties) {
-        self.handle.report(patch).await;
+    /// Queues a reported-properties patch (coalesced, re-sent until acknowledged); the receipt
+    /// tells the new reported `$version` once the hub has answered.
+    pub async fn report(&self, patch: Properties) -> Receipt {
+        self.handle.report(patch).await
     }
 
     /// Where the session is.

@@ -55,7 +55,8 @@ pub use error::{ClientError, IdentityError};
 pub use identity::{Identity, IdentitySource};
 pub use message::Message;
 pub use session::{
-    spawn, ClientHandle, Event, MethodCall, Overflow, SendError, SessionConfig, SessionState,
+    spawn, ClientHandle, Event, MethodCall, Overflow, Receipt, ReportError, SendError,
+    SessionConfig, SessionState,
 };
 pub use state::{ConnectionChange, DisconnectReason};
 

@@ -27,7 +27,8 @@ use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::message::Message;
 use crate::state::{
-    Action, Command, ConnectionChange, DisconnectReason, Notice, Phase, Session, Tag, Timing,
+    Action, Command, ConnectionChange, DisconnectReason, Notice, Phase, ReceiptId, Session,
+    Settled, Tag, Timing,
 };
 
 /// Largest packet accepted from the hub: a full twin (2 × 32 KiB of properties plus metadata)
@@ -242,6 +243,36 @@ pub(crate) enum Request {
     Core(Command),
     /// Shutdown, with whom to tell when done.
     Shutdown(Instant, oneshot::Sender<bool>),
+    /// A reported patch and whom to tell how it went.
+    Report(Properties, oneshot::Sender<Settled>),
+}
+
+/// Why a reported patch was not delivered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    /// The hub refused it (or one of its properties) with this status; retrying cannot help.
+    #[error("the hub refused the reported patch with status {0}")]
+    Refused(u16),
+    /// The session stopped before the hub answered.
+    #[error("the session stopped before the hub answered the reported patch")]
+    Stopped,
+}
+
+/// The answer to one [`ClientHandle::report`], for callers that need it (most do not: the
+/// patch is re-sent until answered whether or not anyone waits).
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Settled>);
+
+impl Receipt {
+    /// Waits for the hub's answer: the twin's new reported `$version` (`None` if the hub did
+    /// not say). Patches queued together are answered together.
+    pub async fn delivered(self) -> Result<Option<i64>, ReportError> {
+        match self.0.await {
+            Ok(Ok(version)) => Ok(version),
+            Ok(Err(status)) => Err(ReportError::Refused(status)),
+            Err(_) => Err(ReportError::Stopped),
+        }
+    }
 }
 
 /// The application's side of a running session.
@@ -261,11 +292,11 @@ pub struct ClientHandle {
 
 impl ClientHandle {
     /// Queues a reported patch; it is coalesced with others and re-sent until acknowledged.
-    pub async fn report(&self, patch: Properties) {
-        let _ = self
-            .commands
-            .send(Request::Core(Command::Report(patch)))
-            .await;
+    /// The receipt tells the new reported `$version` once the hub has answered.
+    pub async fn report(&self, patch: Properties) -> Receipt {
+        let (settled, receipt) = oneshot::channel();
+        let _ = self.commands.send(Request::Report(patch, settled)).await;
+        Receipt(receipt)
     }
 
     /// Sends `message` to module output `output` (or, for a device client, as telemetry when
@@ -362,6 +393,8 @@ pub fn spawn(
         state: state_tx,
         counters,
         done: None,
+        receipts: HashMap::new(),
+        next_receipt: 0,
     };
     (handle, event_rx, tokio::spawn(driver.run()))
 }
@@ -400,6 +433,10 @@ struct Driver {
     counters: Arc<Counters>,
     /// Told when the session stops.
     done: Option<oneshot::Sender<bool>>,
+    /// Who waits for which reported patch.
+    receipts: HashMap<ReceiptId, oneshot::Sender<Settled>>,
+    /// The next receipt id.
+    next_receipt: ReceiptId,
 }
 
 /// Now in whole Unix seconds, rounded up: a token made with `expiry = now + ttl` is then valid
@@ -551,6 +588,13 @@ impl Driver {
                     }
                 }
                 Action::Notify(notice) => self.notify(notice).await,
+                Action::Settle { receipts, outcome } => {
+                    for id in receipts {
+                        if let Some(settled) = self.receipts.remove(&id) {
+                            let _ = settled.send(outcome);
+                        }
+                    }
+                }
             }
         }
         self.publish_state();
@@ -600,6 +644,12 @@ impl Driver {
             Some(Request::Shutdown(deadline, done)) => {
                 self.done = Some(done);
                 Command::Shutdown { deadline }
+            }
+            Some(Request::Report(patch, settled)) => {
+                let id = self.next_receipt;
+                self.next_receipt += 1;
+                self.receipts.insert(id, settled);
+                Command::Report(patch, Some(id))
             }
             None => {
                 self.commands_open = false;

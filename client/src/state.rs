@@ -36,6 +36,13 @@ const GET_RETRY: Duration = Duration::from_secs(1);
 /// A publish's identity, assigned here; the driver maps it to the packet id.
 pub type Tag = u64;
 
+/// A reported patch's receipt, chosen by the driver.
+pub type ReceiptId = u64;
+
+/// How the hub answered a reported patch: the new reported `$version` (if it said) or the
+/// status it refused the patch (or one of its properties) with.
+pub type Settled = Result<Option<i64>, u16>;
+
 /// Timing and limits of a session.
 #[derive(Clone, Debug)]
 pub struct Timing {
@@ -218,6 +225,14 @@ pub enum Action {
     Drop,
     /// Tell the application.
     Notify(Notice),
+    /// These reported patches are answered: the new reported `$version` (if the hub said) or
+    /// the status of the refusal.
+    Settle {
+        /// The receipts settled.
+        receipts: Vec<ReceiptId>,
+        /// How.
+        outcome: Settled,
+    },
     /// The session is over.
     Stop,
 }
@@ -225,8 +240,9 @@ pub enum Action {
 /// What the application asks of the session.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    /// Queue a reported-properties patch (sent until acknowledged).
-    Report(Properties),
+    /// Queue a reported-properties patch (sent until acknowledged), settling `receipt` (if any)
+    /// with [`Action::Settle`] once the hub has answered it.
+    Report(Properties, Option<ReceiptId>),
     /// Send a message to a module output (or, with no name, device telemetry).
     Output {
         /// Output name (`$.on`); `None` for a device's telemetry.
@@ -287,6 +303,13 @@ pub struct Session {
     desired: DesiredState,
     /// Reported patches until acknowledged.
     reported: ReportedQueue,
+    /// Receipts of the patches coalesced into the pending one.
+    receipts_pending: Vec<ReceiptId>,
+    /// Receipts of the patch in flight (or of the refused patch whose properties are being
+    /// re-sent one by one).
+    receipts_in_flight: Vec<ReceiptId>,
+    /// A property of the refused patch being re-sent one by one was refused too: its status.
+    isolation_refused: Option<u16>,
     /// Outputs not yet sent on this connection, oldest first.
     outbox: VecDeque<Output>,
     /// Publishes sent on this connection and not yet acknowledged, by tag (in send order).
@@ -317,6 +340,9 @@ impl Session {
             rids: RidTable::new(MAX_OUTSTANDING),
             desired: DesiredState::new(),
             reported: ReportedQueue::new(),
+            receipts_pending: Vec::new(),
+            receipts_in_flight: Vec::new(),
+            isolation_refused: None,
             outbox: VecDeque::new(),
             unacked: BTreeMap::new(),
             next_tag: 0,
@@ -490,8 +516,18 @@ impl Session {
             }
         }
         self.rids.clear();
-        self.reported.requeue_in_flight();
+        self.requeue_reported();
         self.get_retry_at = None;
+    }
+
+    /// The reported patch in flight goes back in front of the pending ones, with its receipts.
+    fn requeue_reported(&mut self) {
+        if self.reported.has_in_flight() && !self.reported.is_isolating() {
+            let mut receipts = std::mem::take(&mut self.receipts_in_flight);
+            receipts.append(&mut self.receipts_pending);
+            self.receipts_pending = receipts;
+        }
+        self.reported.requeue_in_flight();
     }
 
     /// Shutdown is due: everything delivered, or its deadline passed.
@@ -583,15 +619,25 @@ impl Session {
             RequestKind::ReportedPatch => {
                 match self.reported.on_answer(rid, status, now) {
                     ReportedAnswer::Acked { latency } => {
-                        actions.push(Action::Notify(Notice::ReportedAcked { latency, version }))
+                        actions.push(Action::Notify(Notice::ReportedAcked { latency, version }));
+                        self.settle_in_flight(Ok(version), actions);
                     }
-                    ReportedAnswer::Rejected => warn!(
-                        status,
-                        body = %String::from_utf8_lossy(payload),
-                        "the hub rejected a reported patch; dropped"
-                    ),
+                    ReportedAnswer::Rejected => {
+                        warn!(
+                            status,
+                            body = %String::from_utf8_lossy(payload),
+                            "the hub rejected a reported patch; dropped"
+                        );
+                        self.isolation_refused.get_or_insert(status);
+                        self.settle_in_flight(Ok(version), actions);
+                    }
                     ReportedAnswer::Retry => {
-                        warn!(status, "reported patch throttled or failed; will retry")
+                        warn!(status, "reported patch throttled or failed; will retry");
+                        if !self.reported.is_isolating() {
+                            let mut receipts = std::mem::take(&mut self.receipts_in_flight);
+                            receipts.append(&mut self.receipts_pending);
+                            self.receipts_pending = receipts;
+                        }
                     }
                     ReportedAnswer::Isolating => warn!(
                         status,
@@ -603,6 +649,22 @@ impl Session {
                 self.flush(now, actions);
                 self.check_drained(now, actions);
             }
+        }
+    }
+
+    /// Settles the receipts of the patch in flight once nothing of it is left to send: with
+    /// `outcome`, unless one of its properties was refused.
+    fn settle_in_flight(&mut self, outcome: Settled, actions: &mut Vec<Action>) {
+        if self.reported.is_isolating() {
+            return;
+        }
+        let outcome = match self.isolation_refused.take() {
+            Some(status) => Err(status),
+            None => outcome,
+        };
+        let receipts = std::mem::take(&mut self.receipts_in_flight);
+        if !receipts.is_empty() {
+            actions.push(Action::Settle { receipts, outcome });
         }
     }
 
@@ -697,9 +759,13 @@ impl Session {
             return;
         }
         if self.window_open() {
+            let isolating = self.reported.is_isolating();
             if let Some(patch) = self.reported.take_sendable(now) {
                 match self.rids.issue(RequestKind::ReportedPatch, now) {
                     Ok(rid) => {
+                        if !isolating {
+                            self.receipts_in_flight = std::mem::take(&mut self.receipts_pending);
+                        }
                         let body = serde_json::to_vec(&patch).unwrap_or_default();
                         actions.push(self.publish(reported_patch_topic(&rid), body, Sent::Other));
                         self.reported.sent(rid, patch, now);
@@ -721,8 +787,9 @@ impl Session {
     pub fn on_command(&mut self, now: Instant, command: Command) -> Vec<Action> {
         let mut actions = Vec::new();
         match command {
-            Command::Report(patch) => {
+            Command::Report(patch, receipt) => {
                 self.reported.push(patch, now);
+                self.receipts_pending.extend(receipt);
                 self.flush(now, &mut actions);
             }
             Command::Output { output, message } => {
@@ -807,7 +874,7 @@ impl Session {
             warn!(%rid, ?kind, "twin request timed out");
             match kind {
                 RequestKind::TwinGet => self.get_retry_at = Some(now),
-                RequestKind::ReportedPatch => self.reported.requeue_in_flight(),
+                RequestKind::ReportedPatch => self.requeue_reported(),
             }
         }
         if self.get_retry_at.is_some_and(|t| now >= t) {
@@ -1188,7 +1255,7 @@ mod tests {
         let now = Instant::now();
         let mut s = session();
         s.start(now);
-        s.on_command(now, Command::Report(Properties::new()));
+        s.on_command(now, Command::Report(Properties::new(), None));
         let actions = s.on_command(
             now,
             Command::Shutdown {
@@ -1262,7 +1329,7 @@ mod tests {
         let (mut s, now) = live();
         let report = publishes(&s.on_command(
             now,
-            Command::Report(json!({"a": 1}).as_object().unwrap().clone()),
+            Command::Report(json!({"a": 1}).as_object().unwrap().clone(), None),
         ));
         let out = publishes(&s.on_command(now, output(1)));
         let actions = s.on_command(
@@ -1371,7 +1438,7 @@ mod tests {
         let mut s = session();
         s.start(now);
         let patch = json!({"health": "ok"}).as_object().unwrap().clone();
-        assert!(publishes(&s.on_command(now, Command::Report(patch))).is_empty());
+        assert!(publishes(&s.on_command(now, Command::Report(patch, None))).is_empty());
         let actions = go_live(&mut s, now, json!({"$version": 1}));
         let sent = publishes(&actions);
         assert!(sent[0]
@@ -1385,5 +1452,78 @@ mod tests {
         s.on_tick(until);
         let again = publishes(&go_live(&mut s, until, json!({"$version": 1})));
         assert_eq!(again[0].2, sent[0].2);
+    }
+
+    fn report(s: &mut Session, now: Instant, patch: Value, receipt: ReceiptId) -> Vec<Action> {
+        let patch = patch.as_object().unwrap().clone();
+        s.on_command(now, Command::Report(patch, Some(receipt)))
+    }
+
+    fn settled(actions: &[Action]) -> Vec<(Vec<ReceiptId>, Settled)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Settle { receipts, outcome } => Some((receipts.clone(), *outcome)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn receipts_of_coalesced_reports_settle_together_with_the_new_reported_version() {
+        let (mut s, now) = live();
+        let first = publishes(&report(&mut s, now, json!({"a": 1}), 1));
+        // Two more while the first is in flight: coalesced into the next patch.
+        report(&mut s, now, json!({"b": 2}), 2);
+        report(&mut s, now, json!({"c": 3}), 3);
+        let answer = twin_response_topic(204, &rid_of(&first[0].1), Some(5));
+        let actions = s.on_publish(now, &answer, b"");
+        assert_eq!(settled(&actions), vec![(vec![1], Ok(Some(5)))]);
+        let second = publishes(&actions);
+        let answer = twin_response_topic(204, &rid_of(&second[0].1), Some(6));
+        let actions = s.on_publish(now, &answer, b"");
+        assert_eq!(settled(&actions), vec![(vec![2, 3], Ok(Some(6)))]);
+    }
+
+    #[test]
+    fn a_receipt_survives_a_drop_and_settles_when_the_patch_lands_on_the_next_connection() {
+        let (mut s, now) = live();
+        report(&mut s, now, json!({"a": 1}), 9);
+        s.on_lost(now, DisconnectReason::Lost("x".into()), 0.0);
+        let Phase::BackingOff { until } = *s.phase() else {
+            panic!()
+        };
+        s.on_tick(until);
+        let sent = publishes(&go_live(&mut s, until, json!({"$version": 1})));
+        let answer = twin_response_topic(204, &rid_of(&sent[0].1), Some(2));
+        assert_eq!(
+            settled(&s.on_publish(until, &answer, b"")),
+            vec![(vec![9], Ok(Some(2)))]
+        );
+    }
+
+    #[test]
+    fn a_refused_report_settles_its_receipt_with_the_status() {
+        let (mut s, now) = live();
+        let sent = publishes(&report(&mut s, now, json!({"bad": 1}), 4));
+        let answer = twin_response_topic(400, &rid_of(&sent[0].1), None);
+        assert_eq!(
+            settled(&s.on_publish(now, &answer, b"{}")),
+            vec![(vec![4], Err(400))]
+        );
+    }
+
+    #[test]
+    fn a_throttled_report_keeps_its_receipt_until_the_retry_lands() {
+        let (mut s, now) = live();
+        let sent = publishes(&report(&mut s, now, json!({"a": 1}), 7));
+        let answer = twin_response_topic(429, &rid_of(&sent[0].1), None);
+        assert!(settled(&s.on_publish(now, &answer, b"")).is_empty());
+        let retry = publishes(&s.on_tick(now + SECOND));
+        let answer = twin_response_topic(204, &rid_of(&retry[0].1), Some(3));
+        assert_eq!(
+            settled(&s.on_publish(now + SECOND, &answer, b"")),
+            vec![(vec![7], Ok(Some(3)))]
+        );
     }
 }

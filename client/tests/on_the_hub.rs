@@ -196,7 +196,8 @@ async fn an_output_routed_by_edge_hub_arrives_on_the_other_module_input_with_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn desired_changes_arrive_in_order_reports_land_and_methods_are_answered() {
+async fn desired_changes_arrive_in_order_a_report_receipt_tells_the_new_version_and_methods_are_answered(
+) {
     let hub = TestHub::start().await.unwrap();
     let mut client = module(&hub, "twin").await;
     let first = wait_for(&mut client, Duration::from_secs(10), |e| match e {
@@ -218,12 +219,13 @@ async fn desired_changes_arrive_in_order_reports_land_and_methods_are_answered()
     assert_eq!(update.desired["limit"], json!(3));
 
     let ack = json!({"limit": {"value": 3, "ac": 200, "av": version}});
-    client.report(ack.as_object().unwrap().clone()).await;
+    let receipt = client.report(ack.as_object().unwrap().clone()).await;
     let reported_version = wait_for(&mut client, Duration::from_secs(10), |e| match e {
         Event::ReportedAcked { version, .. } => Some(version),
         _ => None,
     })
     .await;
+    assert_eq!(receipt.delivered().await, Ok(reported_version));
     let reported = hub.reported(DEVICE, "twin").await.unwrap();
     assert_eq!(reported["limit"]["av"], json!(version));
     assert_eq!(reported_version, reported["$version"].as_i64());
