@@ -1009,11 +1009,15 @@ mod tests {
 
     fn live() -> (Session, Instant) {
         let now = Instant::now();
+        (live_at(now), now)
+    }
+
+    fn live_at(now: Instant) -> Session {
         let mut s = session();
         s.start(now);
         go_live(&mut s, now, json!({"$version": 1}));
         assert!(matches!(s.phase(), Phase::Live { .. }));
-        (s, now)
+        s
     }
 
     #[test]
@@ -1525,5 +1529,94 @@ mod tests {
             settled(&s.on_publish(now + SECOND, &answer, b"")),
             vec![(vec![7], Ok(Some(3)))]
         );
+    }
+
+    /// A session in each connected phase, at `now`.
+    fn in_every_connected_phase() -> Vec<(Session, Instant)> {
+        let now = Instant::now();
+        let mut subscribing = session();
+        subscribing.start(now);
+        subscribing.on_connack(now);
+        let mut syncing = session();
+        syncing.start(now);
+        syncing.on_connack(now);
+        syncing.on_suback(now, true, 0.5);
+        let live = live_at(now);
+        let mut renewing = live_at(now);
+        renewing.on_command(now, output(1));
+        renewing.on_tick(now + 100 * SECOND);
+        let mut disconnecting = live_at(now);
+        disconnecting.on_command(now, Command::Shutdown { deadline: now });
+        vec![
+            (subscribing, now),
+            (syncing, now),
+            (live, now),
+            (renewing, now + 100 * SECOND),
+            (disconnecting, now),
+        ]
+    }
+
+    #[test]
+    fn every_connected_phase_goes_to_backing_off_when_the_connection_is_lost() {
+        for (mut s, now) in in_every_connected_phase() {
+            let before = s.phase().clone();
+            assert!(before.is_connected(), "{before:?}");
+            if before == (Phase::Disconnecting { renewal: false }) {
+                // Shutting down with nothing pending: the loss ends the session.
+                let actions = s.on_lost(now, DisconnectReason::Lost("x".into()), 0.5);
+                assert_eq!(actions.last(), Some(&Action::Stop), "{before:?}");
+                continue;
+            }
+            let actions = s.on_lost(now, DisconnectReason::Lost("x".into()), 0.5);
+            assert_eq!(
+                notices(&actions),
+                vec![disconnected(DisconnectReason::Lost("x".into()))],
+                "{before:?}"
+            );
+            assert!(matches!(s.phase(), Phase::BackingOff { .. }), "{before:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_due_while_subscribing_or_syncing_is_renewed_too() {
+        for (mut s, now) in in_every_connected_phase().into_iter().take(2) {
+            let before = s.phase().clone();
+            s.on_tick(now + 100 * SECOND);
+            // Subscribing has nothing unacknowledged; syncing drains its twin GET first.
+            s.on_tick(now + 105 * SECOND);
+            assert_eq!(
+                s.phase(),
+                &Phase::Disconnecting { renewal: true },
+                "{before:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_while_backing_off_stops_at_its_deadline_with_work_pending() {
+        let now = Instant::now();
+        let mut s = session();
+        s.start(now);
+        s.on_command(now, output(1));
+        s.on_lost(now, DisconnectReason::Lost("x".into()), 1.0);
+        s.on_command(
+            now,
+            Command::Shutdown {
+                deadline: now + SECOND / 2,
+            },
+        );
+        assert!(matches!(s.phase(), Phase::BackingOff { .. }));
+        assert_eq!(s.on_tick(now + SECOND / 2), vec![Action::Stop]);
+        assert_eq!(s.phase(), &Phase::Stopped);
+        assert!(s.on_tick(now + SECOND).is_empty(), "stopped stays stopped");
+    }
+
+    #[test]
+    fn late_inputs_for_another_phase_are_ignored() {
+        let (mut s, now) = live();
+        assert!(s.on_connack(now).is_empty());
+        assert!(s.on_suback(now, false, 0.5).is_empty());
+        assert!(s.on_disconnected(now).is_empty());
+        assert!(matches!(s.phase(), Phase::Live { .. }));
     }
 }
