@@ -658,6 +658,17 @@ impl Driver {
         }
     }
 
+    /// The next application command or timer tick, as state machine input.
+    async fn next_input(&mut self, tick: &mut tokio::time::Interval) -> Vec<Action> {
+        tokio::select! {
+            request = self.commands.recv(), if self.commands_open => {
+                let command = self.command(request);
+                self.core.on_command(Instant::now(), command)
+            }
+            _ = tick.tick() => self.core.on_tick(Instant::now()),
+        }
+    }
+
     /// Connecting: credentials and CONNACK, while still taking commands and ticks (a shutdown
     /// during connect stops at its deadline).
     async fn connecting(&mut self) -> Option<Link> {
@@ -681,11 +692,7 @@ impl Driver {
                     self.perform(actions, Some(&mut link)).await;
                     return Some(link);
                 }
-                request = self.commands.recv(), if self.commands_open => {
-                    let command = self.command(request);
-                    self.core.on_command(Instant::now(), command)
-                }
-                _ = tick.tick() => self.core.on_tick(Instant::now()),
+                actions = self.next_input(&mut tick) => actions,
             };
             self.perform(actions, None).await;
             if !matches!(self.core.phase(), Phase::Connecting { .. }) {
@@ -702,13 +709,7 @@ impl Driver {
             "backing off"
         );
         loop {
-            let actions = tokio::select! {
-                request = self.commands.recv(), if self.commands_open => {
-                    let command = self.command(request);
-                    self.core.on_command(Instant::now(), command)
-                }
-                _ = tick.tick() => self.core.on_tick(Instant::now()),
-            };
+            let actions = self.next_input(&mut tick).await;
             self.perform(actions, None).await;
             if !matches!(self.core.phase(), Phase::BackingOff { .. }) {
                 return;
@@ -722,11 +723,7 @@ impl Driver {
         loop {
             let actions = tokio::select! {
                 polled = link.eventloop.poll() => self.on_mqtt(&mut link, polled),
-                request = self.commands.recv(), if self.commands_open => {
-                    let command = self.command(request);
-                    self.core.on_command(Instant::now(), command)
-                }
-                _ = tick.tick() => self.core.on_tick(Instant::now()),
+                actions = self.next_input(&mut tick) => actions,
             };
             self.perform(actions, Some(&mut link)).await;
             if !self.core.phase().is_connected() {
