@@ -3,11 +3,11 @@
 //! This package holds the operator CLI (`edgetwin`). The wire contract lives in `edgetwin-wire`,
 //! the local IoT Hub in `edgetwin-hub` (behind the default `hub` feature).
 
-pub mod client;
 pub mod log_writer;
 pub mod manifest;
 pub mod module;
 pub mod provision;
 #[cfg(feature = "hub")]
 pub mod quickstart;
+pub mod scaffold;
 pub mod solution;

@@ -24,6 +24,7 @@ mod reported;
 mod rest;
 mod routing;
 mod store;
+mod test_hub;
 mod twins;
 mod workload;
 
@@ -42,6 +43,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use certs::CertError;
 pub use store::StoreError;
+pub use test_hub::{TestHub, TestHubError};
 
 /// How long a write may wait for a peer that does not read, unless configured.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);

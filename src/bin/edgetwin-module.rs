@@ -6,8 +6,8 @@
 
 use std::process::ExitCode;
 
-use edgetwin::client::Identity;
 use edgetwin::module::{self, ModuleConfig};
+use edgetwin_client::Identity;
 
 fn main() -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();

@@ -38,6 +38,9 @@ enum Command {
     Manifest(edgetwin::manifest::cli::ManifestArgs),
     /// Build and push the solution's module images as `iotedgedev solution build`/`push` do.
     Solution(edgetwin::solution::cli::SolutionArgs),
+    /// Create an IoT Edge solution (iotedgedev's layout) with a Rust module on edgetwin-client,
+    /// or add a module (`--module NAME`) to the solution in the current directory.
+    New(edgetwin::scaffold::NewArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
         Command::Solution(args) => edgetwin::solution::cli::run(args),
+        Command::New(args) => edgetwin::scaffold::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,13 +10,16 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::config::ModuleConfig;
 use super::metrics::{self, Sample};
 use super::prometheus::{self, Stats};
 use super::settings::{self, Settings};
-use crate::client::{self, ClientHandle, DesiredUpdate, Event, Identity};
+use edgetwin_client::{
+    self as client, ClientHandle, ConnectionChange, DesiredUpdate, DisconnectReason, Event,
+    Identity, Message,
+};
 
 /// The telemetry output.
 pub const TELEMETRY_OUTPUT: &str = "telemetry";
@@ -38,6 +41,14 @@ pub enum ModuleError {
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Now in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
         .unwrap_or_default()
 }
 
@@ -66,6 +77,8 @@ struct App {
     identity_source: &'static str,
     /// Counters for the Prometheus endpoint.
     stats: Arc<Stats>,
+    /// When the last telemetry was sampled (RFC 3339), for the `ping` answer.
+    last_telemetry_time: Option<String>,
 }
 
 fn ticker(seconds: u64) -> Interval {
@@ -115,6 +128,7 @@ pub async fn run(config: ModuleConfig, identity: Identity) -> Result<(), ModuleE
         crossed: Vec::new(),
         identity_source,
         stats,
+        last_telemetry_time: None,
     };
     app.client
         .report(props(json!({
@@ -151,9 +165,9 @@ pub async fn run(config: ModuleConfig, identity: Identity) -> Result<(), ModuleE
         exporter.abort();
     }
     if flushed {
-        info!("reported properties flushed; stopped");
+        info!("reported properties and outputs flushed; stopped");
     } else {
-        warn!("stopped with reported properties not delivered");
+        warn!("stopped with reported properties or outputs not delivered");
     }
     Ok(())
 }
@@ -162,12 +176,12 @@ impl App {
     /// Handles a session event; true if the telemetry interval changed.
     async fn on_event(&mut self, event: Event) -> bool {
         match event {
-            Event::Connected => {
+            Event::Connection(ConnectionChange::Connected) => {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 info!("connected to the hub");
             }
-            Event::Disconnected { reason, renewal } => {
-                let counter = if renewal {
+            Event::Connection(ConnectionChange::Disconnected(reason)) => {
+                let counter = if reason == DisconnectReason::TokenRenewal {
                     &self.stats.renewals
                 } else {
                     &self.stats.losses
@@ -175,7 +189,7 @@ impl App {
                 counter.fetch_add(1, Ordering::Relaxed);
                 info!(%reason, "disconnected");
             }
-            Event::ReportedAcked { latency } => {
+            Event::ReportedAcked { latency, .. } => {
                 if self.stats.reported_acked() == 0 {
                     info!(
                         latency_ms = latency.as_millis() as u64,
@@ -185,12 +199,16 @@ impl App {
                 self.stats.observe_reported_latency(latency);
             }
             Event::Desired(update) => return self.on_desired(update).await,
-            Event::Method { name, rid, payload } => {
-                let (status, body) = self.on_method(&name, payload).await;
-                info!(method = %name, status, "direct method");
-                self.client
-                    .respond(rid, status, serde_json::to_vec(&body).unwrap_or_default())
-                    .await;
+            Event::Method(call) => {
+                let (status, body) = self.on_method(call.name(), call.payload()).await;
+                info!(method = %call.name(), status, "direct method");
+                call.respond(status, &body).await;
+            }
+            Event::OutputDropped => {
+                self.stats.outputs_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Input { input, .. } => {
+                debug!(%input, "input message ignored: this module reads no inputs");
             }
         }
         false
@@ -229,9 +247,17 @@ impl App {
         interval_changed
     }
 
-    async fn on_method(&mut self, name: &str, _payload: Value) -> (i32, Value) {
+    async fn on_method(&mut self, name: &str, _payload: &Value) -> (i32, Value) {
         match name {
-            "ping" => (200, json!({"pong": true, "time": now_rfc3339()})),
+            "ping" => (
+                200,
+                json!({
+                    "pong": true,
+                    "time": now_rfc3339(),
+                    "lastTelemetryTime": self.last_telemetry_time,
+                    "telemetrySent": self.stats.telemetry_sent.load(Ordering::Relaxed),
+                }),
+            ),
             "sampleNow" => (200, self.send_telemetry().await),
             "getConfig" => (
                 200,
@@ -248,14 +274,15 @@ impl App {
         }
     }
 
-    /// Sends a JSON document to a module output.
-    async fn send_json(&self, output: &str, body: &Value) {
-        self.client
-            .send_output(output, serde_json::to_vec(body).unwrap_or_default())
-            .await;
+    /// Sends a JSON document to a module output (the session drops the oldest output when
+    /// its outbox is full; only a stopped session refuses).
+    fn send_json(&self, output: &str, body: &Value) {
+        if let Err(error) = self.client.send_output(output, Message::json(body)) {
+            warn!(%output, %error, "output not sent");
+        }
     }
 
-    /// Samples, sends telemetry (and alerts), reports the time and health; returns the body.
+    /// Samples, sends telemetry (and alerts), reports health when it changes; returns the body.
     async fn send_telemetry(&mut self) -> Value {
         let disk_path = self.config.disk_path.clone();
         let sample = tokio::task::spawn_blocking(move || metrics::sample(&disk_path))
@@ -263,7 +290,7 @@ impl App {
             .unwrap_or_else(|_| Sample::default());
         let timestamp = now_rfc3339();
         let body = sample.telemetry(&self.settings.metrics, &timestamp);
-        self.send_json(TELEMETRY_OUTPUT, &body).await;
+        self.send_json(TELEMETRY_OUTPUT, &body);
         self.stats.telemetry_sent.fetch_add(1, Ordering::Relaxed);
         let crossed = sample.crossed(&self.settings.thresholds);
         for (name, value, threshold) in &crossed {
@@ -277,18 +304,21 @@ impl App {
                 let alert = json!({
                     "alert": name, "value": value, "threshold": threshold, "timestamp": timestamp,
                 });
-                self.send_json(ALERTS_OUTPUT, &alert).await;
+                self.send_json(ALERTS_OUTPUT, &alert);
                 self.stats.alerts_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.stats
+            .last_telemetry_time
+            .store(unix_now(), Ordering::Relaxed);
+        self.last_telemetry_time = Some(timestamp);
         let names: Vec<&'static str> = crossed.iter().map(|c| c.0).collect();
-        let mut patch = json!({"lastTelemetryTime": timestamp});
         if names != self.crossed {
             let status = if names.is_empty() { "ok" } else { "alert" };
-            patch["health"] = json!({"status": status, "crossed": names});
+            let patch = json!({"health": {"status": status, "crossed": names}});
             self.crossed = names;
+            self.client.report(props(patch)).await;
         }
-        self.client.report(props(patch)).await;
         body
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::settings::{Metric, Settings, Thresholds};
-use crate::client::SessionConfig;
+use edgetwin_client::{Overflow, SessionConfig};
 
 /// The variable naming the optional configuration file.
 pub const CONFIG_FILE_VARIABLE: &str = "EDGETWIN_CONFIG";
@@ -37,6 +37,9 @@ pub struct ModuleConfig {
     pub disk_path: String,
     /// Port of the Prometheus `/metrics` endpoint (9600 as edgeHub and edgeAgent; 0 = off).
     pub metrics_port: u16,
+    /// Outputs kept while disconnected or unacknowledged; beyond it the oldest is dropped
+    /// (counted in `edgetwin_module_outputs_dropped_total`).
+    pub outbox_capacity: usize,
 }
 
 /// Why the configuration is unusable.
@@ -68,7 +71,8 @@ impl ModuleConfig {
             .set_default("thresholds.memory_percent", 90.0)?
             .set_default("thresholds.disk_percent", 90.0)?
             .set_default("disk_path", "/")?
-            .set_default("metrics_port", 9600)?;
+            .set_default("metrics_port", 9600)?
+            .set_default("outbox_capacity", 1024)?;
         if let Some(file) = lookup(CONFIG_FILE_VARIABLE).filter(|f| !f.is_empty()) {
             builder = builder
                 .add_source(config::File::new(&file, config::FileFormat::Toml).required(true));
@@ -86,6 +90,7 @@ impl ModuleConfig {
             "THRESHOLDS__DISK_PERCENT",
             "DISK_PATH",
             "METRICS_PORT",
+            "OUTBOX_CAPACITY",
         ]
         .iter()
         .filter_map(|name| {
@@ -104,6 +109,11 @@ impl ModuleConfig {
         );
         let loaded: ModuleConfig = builder.build()?.try_deserialize()?;
         loaded.initial_settings()?;
+        if loaded.outbox_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox_capacity must be at least 1".into(),
+            ));
+        }
         if loaded.sas_ttl_secs < 2 {
             return Err(ConfigError::Invalid(
                 "sas_ttl_secs must be at least 2".into(),
@@ -140,6 +150,9 @@ impl ModuleConfig {
             sas_ttl: Duration::from_secs(self.sas_ttl_secs),
             backoff_base: Duration::from_millis(self.backoff_base_ms.max(1)),
             backoff_cap: Duration::from_secs(self.backoff_max_secs.max(1)),
+            outbox_capacity: self.outbox_capacity,
+            overflow: Overflow::DropOldest,
+            client_type: format!("edgetwin-module/{}", env!("CARGO_PKG_VERSION")),
             ..SessionConfig::default()
         }
     }

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::client::SessionState;
+use edgetwin_client::SessionState;
 
 /// Upper bounds (seconds) of the reported-patch latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -56,6 +56,11 @@ pub struct Stats {
     pub telemetry_sent: AtomicU64,
     /// Alerts handed to the session.
     pub alerts_sent: AtomicU64,
+    /// Outputs dropped because the outbox was full.
+    pub outputs_dropped: AtomicU64,
+    /// When the last telemetry message was sampled, Unix seconds (0 before the first). A
+    /// metric and a method answer, never a twin update: IoT Hub meters and throttles those.
+    pub last_telemetry_time: AtomicU64,
     /// Reported-patch latency histogram: cumulative counts per bucket of [`LATENCY_BUCKETS`].
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     /// Acknowledged reported patches.
@@ -232,6 +237,28 @@ pub fn render(stats: &Stats, state: SessionState) -> String {
     );
     metric(
         &mut out,
+        "edgetwin_module_outputs_dropped_total",
+        "counter",
+        "Outputs dropped, oldest first, because the outbox was full while disconnected.",
+    );
+    let _ = writeln!(
+        out,
+        "edgetwin_module_outputs_dropped_total {}",
+        load(&stats.outputs_dropped)
+    );
+    metric(
+        &mut out,
+        "edgetwin_module_last_telemetry_time_seconds",
+        "gauge",
+        "When the last telemetry message was sampled, Unix seconds (0 before the first).",
+    );
+    let _ = writeln!(
+        out,
+        "edgetwin_module_last_telemetry_time_seconds {}",
+        load(&stats.last_telemetry_time)
+    );
+    metric(
+        &mut out,
         "edgetwin_module_start_time_seconds",
         "gauge",
         "Process start, Unix seconds.",
@@ -351,6 +378,10 @@ mod tests {
         stats.renewals.store(2, Ordering::Relaxed);
         stats.desired_version.store(7, Ordering::Relaxed);
         stats.telemetry_sent.store(5, Ordering::Relaxed);
+        stats.outputs_dropped.store(4, Ordering::Relaxed);
+        stats
+            .last_telemetry_time
+            .store(1_700_000_000, Ordering::Relaxed);
         stats.observe_reported_latency(Duration::from_millis(3));
         stats.observe_reported_latency(Duration::from_millis(300));
         let text = render(&stats, SessionState::Live);
@@ -362,6 +393,8 @@ mod tests {
             "edgetwin_module_reconnects_total 2",
             "edgetwin_module_disconnects_total{reason=\"tokenRenewal\"} 2",
             "edgetwin_module_desired_version 7",
+            "edgetwin_module_outputs_dropped_total 4",
+            "edgetwin_module_last_telemetry_time_seconds 1700000000",
             "edgetwin_module_reported_patch_latency_seconds_bucket{le=\"0.0025\"} 0",
             "edgetwin_module_reported_patch_latency_seconds_bucket{le=\"0.005\"} 1",
             "edgetwin_module_reported_patch_latency_seconds_bucket{le=\"0.5\"} 2",

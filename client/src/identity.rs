@@ -108,6 +108,27 @@ impl Identity {
         Err(IdentityError::None)
     }
 
+    /// A device or module identity from a connection string (`HostName=...;DeviceId=...;
+    /// [ModuleId=...;]SharedAccessKey=...` or `SharedAccessSignature=...`), trusting the CA
+    /// certificates in the PEM file `ca_file`.
+    pub fn from_connection_string(
+        text: &str,
+        ca_file: impl Into<PathBuf>,
+    ) -> Result<Self, IdentityError> {
+        let connection = parse_module_string("", text).map_err(|error| match error {
+            IdentityError::ConnectionString { source, .. } => {
+                IdentityError::Argument(source.to_string())
+            }
+            IdentityError::Unusable { reason, .. } => IdentityError::Argument(reason.to_owned()),
+            other => other,
+        })?;
+        Ok(Identity::ConnectionString {
+            connection,
+            ca_file: ca_file.into(),
+            source: IdentitySource::ConnectionString,
+        })
+    }
+
     /// Where the identity came from.
     pub fn source(&self) -> IdentitySource {
         match self {
@@ -343,5 +364,26 @@ mod tests {
     #[test]
     fn tls_config_needs_a_certificate() {
         assert!(tls_config("not a pem").is_err());
+    }
+
+    #[test]
+    fn a_bad_connection_string_argument_is_named_as_such_without_its_key() {
+        let error =
+            Identity::from_connection_string("HostName=h;SharedAccessKey=c2VjcmV0", "ca.pem")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.starts_with("the connection string is unusable"),
+            "{error}"
+        );
+        assert!(!error.contains("c2VjcmV0"), "{error}");
+        let policy = "HostName=h;SharedAccessKeyName=owner;SharedAccessKey=c2VjcmV0";
+        let error = Identity::from_connection_string(policy, "ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("service (policy) connection string"),
+            "{error}"
+        );
     }
 }

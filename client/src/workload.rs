@@ -106,7 +106,7 @@ where
         .method(method)
         .uri(path)
         .header("Host", host)
-        .header("User-Agent", super::client_type());
+        .header("User-Agent", crate::client_type());
     if body.is_some() {
         request = request.header("Content-Type", "application/json");
     }

@@ -169,6 +169,11 @@ impl ReportedQueue {
             .is_some_and(|f| now.saturating_duration_since(f.sent_at) >= timeout)
     }
 
+    /// True while the properties of a refused patch are being re-sent one by one.
+    pub fn is_isolating(&self) -> bool {
+        !self.isolated.is_empty()
+    }
+
     /// True if nothing is pending or in flight.
     pub fn is_idle(&self) -> bool {
         self.pending.is_none() && self.in_flight.is_none() && self.isolated.is_empty()

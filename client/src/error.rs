@@ -28,6 +28,10 @@ pub enum IdentityError {
         /// Why.
         reason: &'static str,
     },
+    /// A connection string given as an argument is malformed or unusable (the message never
+    /// contains its key).
+    #[error("the connection string is unusable: {0}")]
+    Argument(String),
     /// A variable required by another is not set.
     #[error("environment variable `{0}` is not set")]
     Missing(&'static str),

@@ -1,0 +1,127 @@
+//! `edgetwin new demo` in a scratch directory: the generated solution's own `cargo test` and
+//! `cargo build` pass, `edgetwin manifest gen` works in it, `edgetwin new --module` adds a second
+//! module, and the built module, unchanged, acknowledges a desired property and answers `ping`
+//! against a real `edgetwin hub` process.
+//!
+//! The nested cargo shares a target directory of its own under this workspace's (`target/new-
+//! solution`), kept across runs, so only the first run compiles the dependencies.
+
+#[allow(dead_code)]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{poll, stdout_of_success, Hub, HubOptions, Proc, TempDir, EDGETWIN};
+
+/// Where the nested cargo builds.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/new-solution")
+}
+
+fn cargo(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .unwrap();
+    stdout_of_success(&format!("cargo {}", args.join(" ")), &out)
+}
+
+fn edgetwin(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(EDGETWIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    stdout_of_success(&format!("edgetwin {}", args.join(" ")), &out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_the_hub() {
+    let scratch = TempDir::new("new-solution");
+    edgetwin(scratch.path(), &["new", "demo", "--module", "echo"]);
+    let demo = scratch.path().join("demo");
+    for file in [
+        "deployment.template.json",
+        ".env",
+        "modules/echo/module.json",
+        "modules/echo/Dockerfile.amd64",
+        "modules/echo/Dockerfile.arm64v8",
+        "modules/echo/Dockerfile.arm32v7",
+    ] {
+        assert!(demo.join(file).is_file(), "{file} missing");
+    }
+    edgetwin(&demo, &["new", "--module", "second"]);
+
+    let tested = cargo(&demo, &["test", "--offline"]);
+    assert!(
+        tested.contains(
+            "a_desired_property_is_acknowledged_an_input_is_echoed_and_ping_counts_it ... ok"
+        ),
+        "{tested}"
+    );
+    cargo(&demo, &["build", "--offline"]);
+    edgetwin(&demo, &["manifest", "gen", "-P", "arm64v8"]);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(demo.join("config/deployment.arm64v8.json")).unwrap(),
+    )
+    .unwrap();
+    let modules = &manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"];
+    assert_eq!(
+        modules["echo"]["settings"]["image"],
+        "localhost:5000/echo:0.1.0-arm64v8"
+    );
+    assert!(modules["second"].is_object(), "{modules}");
+
+    // The binary as built, with the environment IoT Edge would give it.
+    let hub = Hub::start(
+        scratch.path(),
+        HubOptions {
+            mqtt_port: 0,
+            https_port: 0,
+            ..HubOptions::default()
+        },
+    );
+    hub.rest.create_edge_device("gw").await;
+    hub.rest.create_module("gw", "echo").await;
+    let env = hub.rest.edge_environment("gw", "echo").await;
+    let mut command = Command::new(target_dir().join("debug/echo"));
+    command
+        .env_clear()
+        .envs(&env)
+        .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string());
+    let mut module = Proc::spawn(&mut command, scratch.join("echo.log"));
+    let desired = hub
+        .rest
+        .patch_desired("gw", "echo", json!({"level": 3}))
+        .await;
+    let version = desired["$version"].clone();
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let reported = hub.rest.reported("gw", "echo").await;
+            if reported["level"]["av"] == version && reported["level"]["ac"] == 200 {
+                return Ok(());
+            }
+            let log = module.log();
+            Err(move || format!("not acknowledged: {reported}\n{log}"))
+        },
+    )
+    .await;
+    let (status, body) = hub
+        .rest
+        .call(
+            "POST",
+            "/twins/gw/modules/echo/methods",
+            Some(json!({"methodName": "ping", "payload": null, "responseTimeoutInSeconds": 10})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], json!({"pong": true, "echoed": 0}));
+    module.assert_sigterm_exits_0(Duration::from_secs(10));
+}
