@@ -709,6 +709,26 @@ mod tests {
         out
     }
 
+    /// The two ends of a scripted client: the hub's answers, and the write half that keeps the
+    /// connection open until dropped.
+    type Scripted = (
+        PacketReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    );
+
+    /// Serves a client that sends `packets` in one write.
+    async fn scripted(hub: Arc<Hub>, packets: Vec<Packet>) -> Scripted {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(hub, server, || {}));
+        let (read_half, mut write_half) = tokio::io::split(client);
+        write_half.write_all(&encode(packets)).await.unwrap();
+        let reader = PacketReader {
+            reader: read_half,
+            buffer: BytesMut::new(),
+        };
+        (reader, write_half)
+    }
+
     /// A hub in a fresh directory named after `tag` (returned, for the caller to remove), with
     /// device `d1` whose keys are [`KEY`], and a CONNECT for it.
     fn hub_with_device(tag: &str) -> (Arc<Hub>, Connect, std::path::PathBuf) {
@@ -752,8 +772,6 @@ mod tests {
     #[tokio::test]
     async fn a_twin_get_is_answered_only_once_the_client_subscribed_to_twin_responses() {
         let (hub, connect, dir) = hub_with_device("twin-res");
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let _serving = tokio::spawn(serve(hub, server, || {}));
         let get = |rid: &str| {
             Packet::Publish(Publish::new(
                 topic::twin_get_topic(rid),
@@ -763,21 +781,17 @@ mod tests {
         };
         let subscribe =
             rumqttc::mqttbytes::v4::Subscribe::new("$iothub/twin/res/#", QoS::AtLeastOnce);
-        let (read_half, mut write_half) = tokio::io::split(client);
-        write_half
-            .write_all(&encode(vec![
+        let (mut reader, _writer) = scripted(
+            hub,
+            vec![
                 Packet::Connect(connect),
                 get("unsubscribed"),
                 Packet::PingReq,
                 Packet::Subscribe(subscribe),
                 get("subscribed"),
-            ]))
-            .await
-            .unwrap();
-        let mut reader = PacketReader {
-            reader: read_half,
-            buffer: BytesMut::new(),
-        };
+            ],
+        )
+        .await;
         assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
         assert!(matches!(next(&mut reader).await, Packet::PingResp));
         assert!(matches!(next(&mut reader).await, Packet::SubAck(_)));
@@ -797,8 +811,6 @@ mod tests {
     #[tokio::test]
     async fn a_session_holds_a_bounded_number_of_subscription_filters() {
         let (hub, connect, dir) = hub_with_device("filters");
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let _serving = tokio::spawn(serve(hub, server, || {}));
         let filters: Vec<_> = (0..MAX_FILTERS + 4)
             .map(|i| {
                 rumqttc::mqttbytes::v4::SubscribeFilter::new(
@@ -808,18 +820,11 @@ mod tests {
             })
             .collect();
         let subscribe = rumqttc::mqttbytes::v4::Subscribe::new_many(filters);
-        let (read_half, mut write_half) = tokio::io::split(client);
-        write_half
-            .write_all(&encode(vec![
-                Packet::Connect(connect),
-                Packet::Subscribe(subscribe),
-            ]))
-            .await
-            .unwrap();
-        let mut reader = PacketReader {
-            reader: read_half,
-            buffer: BytesMut::new(),
-        };
+        let (mut reader, _writer) = scripted(
+            hub,
+            vec![Packet::Connect(connect), Packet::Subscribe(subscribe)],
+        )
+        .await;
         assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
         let Packet::SubAck(suback) = next(&mut reader).await else {
             panic!("no SUBACK")
