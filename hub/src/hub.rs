@@ -81,6 +81,12 @@ impl Hub {
             }
             Ok::<_, StoreError>(policies)
         })?;
+        if store.targeting_created() {
+            // a database from before incremental evaluation: fill the targeting rows once
+            if let Err(error) = store.transaction(crate::deployments::evaluate_all) {
+                tracing::error!(%error, "evaluating deployments at start failed");
+            }
+        }
         let store = Arc::new(Mutex::new(store));
         Ok(Self {
             host_name,

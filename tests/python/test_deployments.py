@@ -122,6 +122,30 @@ def test_a_device_whose_tags_start_matching_gets_the_deployment(
     assert _desired(registry_manager, device.device_id, "edgetwin")["telemetryInterval"] == 33
 
 
+def test_the_counts_follow_devices_that_join_leave_or_are_deleted_without_a_configuration_change(
+        registry_manager, configurations, make_device):
+    manager, created = configurations
+    ring = unique_id("count").lower()
+    config_id = unique_id("dep").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition=f"tags.ring='{ring}'", priority=1,
+        content=ConfigurationContent(modules_content=_manifest(8))))
+    created.append(config_id)
+
+    def counts():
+        results = manager.get_configuration(config_id).system_metrics.results
+        return results["targetedCount"], results["appliedCount"]
+
+    assert counts() == (0, 0)
+    first = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    second = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    assert counts() == (2, 2)
+    registry_manager.update_twin(first.device_id, Twin(tags={"ring": "elsewhere"}), "*")
+    assert counts() == (1, 1)
+    registry_manager.delete_device(second.device_id)
+    assert counts() == (0, 0)
+
+
 def test_configurations_are_listed_and_duplicates_and_bad_conditions_refused(configurations):
     manager, created = configurations
     config_id = unique_id("cfg").lower()

@@ -136,7 +136,7 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
                     None => registry::create_device(tx, id, input)?,
                     Some(_) => registry::update_device(tx, id, input, if_match)?,
                 };
-                Ok((device, deployments::evaluate(tx)?))
+                Ok((device, deployments::evaluate_devices(tx, [id])?))
             })?;
             if device.status.as_deref() == Some("disabled") {
                 hub.live.kick_device(id);
@@ -248,6 +248,7 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             )
         })
         .collect();
+    let devices: std::collections::BTreeSet<String> = items.iter().map(|i| i.id.clone()).collect();
     let results =
         hub.transact_each_and_notify(items, |tx, item| bulk_item(tx, item, &registered_before))?;
     for ((device_id, module_id, operation), result) in labels.into_iter().zip(results) {
@@ -269,7 +270,10 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             },
         }
     }
-    hub.transact_and_notify(|tx| Ok(((), deployments::evaluate(tx)?)))?;
+    hub.transact_and_notify(|tx| {
+        let devices = devices.iter().map(String::as_str);
+        Ok(((), deployments::evaluate_devices(tx, devices)?))
+    })?;
     let result = BulkRegistryOperationResult {
         is_successful: errors.is_empty(),
         errors,

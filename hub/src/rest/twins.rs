@@ -53,7 +53,7 @@ fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, Ap
                     twins::update_from_service(tx, &key, input, mode, request.if_match.as_deref())?;
                 let mut changes: Vec<_> = change.into_iter().collect();
                 if key.module_id.is_none() {
-                    changes.extend(deployments::evaluate(tx)?);
+                    changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
                 }
                 Ok((twins::service_view(tx, &key, connected)?, changes))
             })?
