@@ -196,10 +196,7 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let tx = self.conn.transaction().map_err(StoreError::from)?;
-        let result = f(&Transaction { tx: &tx })?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(result)
+        in_transaction(&mut self.conn, f)
     }
 
     /// Group commit: runs `f` on every item inside one transaction, each item under its own
@@ -223,6 +220,66 @@ impl Store {
         }
         tx.commit()?;
         Ok(results)
+    }
+}
+
+fn in_transaction<T, E: From<StoreError>>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn.transaction().map_err(StoreError::from)?;
+    let result = f(&Transaction { tx: &tx })?;
+    tx.commit().map_err(StoreError::from)?;
+    Ok(result)
+}
+
+/// Read-only connections to the database, so that reads (CONNECT authentication, twin GETs,
+/// listings, queries) see the last commit without waiting for the writer and its fsync: in WAL
+/// mode readers and the one writer do not block each other.
+pub struct Readers {
+    /// The connections; a read takes the first free one.
+    connections: Vec<std::sync::Mutex<Connection>>,
+    /// Where a read that finds none free waits: round robin.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    /// Opens `count` read-only connections to the database at `path`, which [`Store::open`]
+    /// has created.
+    pub fn open(path: &Path, count: usize) -> Result<Self, StoreError> {
+        let connections = (0..count.max(1))
+            .map(|_| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                Ok(std::sync::Mutex::new(conn))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Self {
+            connections,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot); a write in `f` fails.
+    pub fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self
+            .connections
+            .iter()
+            .find_map(|c| c.try_lock().ok())
+            .unwrap_or_else(|| {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.connections[i % self.connections.len()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            });
+        in_transaction(&mut conn, f)
     }
 }
 
@@ -656,6 +713,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(stored, [true, false, true]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_reader_sees_each_commit_and_cannot_write() {
+        let (mut store, dir) = temp_store("readers");
+        let readers = Readers::open(&dir.join("hub.db"), 2).unwrap();
+        let key = IdentityKey::device("d1");
+        let read = || readers.read(|tx| tx.twin(&key)).unwrap();
+        assert_eq!(read(), None);
+        store
+            .transaction(|tx| tx.put_twin(&key, &TwinRecord::default()))
+            .unwrap();
+        assert_eq!(read(), Some(TwinRecord::default()));
+        let write =
+            readers.read(|tx| tx.put_twin(&IdentityKey::device("d2"), &TwinRecord::default()));
+        assert!(write.is_err(), "a read-only connection refuses writes");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

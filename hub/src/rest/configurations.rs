@@ -17,12 +17,12 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
     match (segments, &request.method) {
         (["configurations"], &Method::GET) => {
             request.require(Permission::RegistryRead)?;
-            Reply::ok(hub.transact(|tx| Ok(tx.configurations(request.top())?))?)
+            Reply::ok(hub.read(|tx| Ok(tx.configurations(request.top())?))?)
         }
         (["configurations", id], &Method::GET) => {
             request.require(Permission::RegistryRead)?;
             let configuration =
-                hub.transact(|tx| tx.configuration(id)?.ok_or_else(|| not_found_error(id)))?;
+                hub.read(|tx| tx.configuration(id)?.ok_or_else(|| not_found_error(id)))?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }

@@ -50,7 +50,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     let cursor = Cursor::decode(header(CONTINUATION_HEADER), &text)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let size = page::page_size(header(MAX_ITEM_COUNT_HEADER));
-    let page = hub.transact(|tx| {
+    let page = hub.read(|tx| {
         let documents = keys(tx, query.from, cursor.after.as_deref())?
             .into_iter()
             .map(|(order, key)| Ok((order, view(hub, tx, &key)?)));

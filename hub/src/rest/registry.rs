@@ -28,7 +28,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
     match segments {
         ["statistics", "devices"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let devices = hub.transact(|tx| Ok(tx.devices(usize::MAX >> 1)?))?;
+            let devices = hub.read(|tx| Ok(tx.devices(usize::MAX >> 1)?))?;
             let enabled = devices
                 .iter()
                 .filter(|d| d.status.as_deref() == Some("enabled"))
@@ -51,7 +51,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
         }
         ["devices"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let mut devices = hub.transact(|tx| Ok(tx.devices(request.top())?))?;
+            let mut devices = hub.read(|tx| Ok(tx.devices(request.top())?))?;
             for device in &mut devices {
                 set_connection_state(hub, &mut device.connection_state, &device.device_id);
             }
@@ -61,7 +61,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
         ["devices", id] => device(hub, request, id),
         ["devices", id, "modules"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let modules = hub.transact(|tx| {
+            let modules = hub.read(|tx| {
                 tx.device(id)?
                     .ok_or_else(|| registry::device_not_found(id))?;
                 Ok(tx.modules(id)?)
@@ -91,7 +91,7 @@ fn is_edge(device: &Device) -> bool {
 /// A module identity was added to `device_id`: an edge device's workload socket is now wanted.
 fn module_added(hub: &Arc<Hub>, device_id: &str) {
     let edge = hub
-        .transact(|tx| Ok(tx.device(device_id)?))
+        .read(|tx| Ok(tx.device(device_id)?))
         .ok()
         .flatten()
         .is_some_and(|device| is_edge(&device));
@@ -124,7 +124,7 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
         Method::GET => {
             request.require(Permission::RegistryRead)?;
             let mut device =
-                hub.transact(|tx| tx.device(id)?.ok_or_else(|| registry::device_not_found(id)))?;
+                hub.read(|tx| tx.device(id)?.ok_or_else(|| registry::device_not_found(id)))?;
             set_connection_state(hub, &mut device.connection_state, id);
             device
         }
@@ -223,7 +223,7 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     }
     // IoT Hub adds a module only to a device registered before the request: a device and its
     // modules in one request fail the modules with DeviceNotFound.
-    let registered_before: HashSet<String> = hub.transact(|tx| {
+    let registered_before: HashSet<String> = hub.read(|tx| {
         let mut registered = HashSet::new();
         for item in items.iter().filter(|i| i.module_id.is_some()) {
             if tx.device(&item.id)?.is_some() {

@@ -45,7 +45,7 @@ fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, Ap
     };
     let connected = hub.live.is_connected(&key.client_id());
     let view = match mode {
-        None => hub.transact(|tx| twins::service_view(tx, &key, connected))?,
+        None => hub.read(|tx| twins::service_view(tx, &key, connected))?,
         Some(mode) => {
             let input: Twin = request.json()?;
             hub.transact_and_notify(|tx| {
