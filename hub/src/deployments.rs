@@ -90,7 +90,7 @@ impl Deployments {
     /// Loads the at-scale deployments stored in `tx`.
     pub fn load(tx: &Transaction<'_>) -> Result<Self, ApiError> {
         let configurations = tx
-            .configurations(usize::MAX >> 1)?
+            .stored_configurations(usize::MAX >> 1)?
             .into_iter()
             .filter(|c| {
                 c.content

@@ -476,14 +476,20 @@ impl Transaction<'_> {
 
     /// Up to `top` configurations, ordered by id, with live counts as [`Self::configuration`].
     pub fn configurations(&self, top: usize) -> Result<Vec<Configuration>, StoreError> {
+        self.stored_configurations(top)?
+            .into_iter()
+            .map(|c| self.with_counts(c))
+            .collect()
+    }
+
+    /// Up to `top` configurations as stored, without counting their targeting rows: for
+    /// evaluation, which must not cost O(fleet) per write.
+    pub fn stored_configurations(&self, top: usize) -> Result<Vec<Configuration>, StoreError> {
         self.list_docs(
             "SELECT id, record FROM configurations ORDER BY id LIMIT ?1",
             params![top as i64],
             "configuration",
-        )?
-        .into_iter()
-        .map(|c| self.with_counts(c))
-        .collect()
+        )
     }
 
     /// `configuration` with its targeting counts, if it is a deployment that has them.

@@ -260,14 +260,17 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
                 module_id,
                 operation,
             }),
-            Ok(()) => match (module_id.is_some(), operation.as_deref()) {
-                (true, Some("create")) => module_added(hub, &device_id),
-                (false, Some("delete" | "deleteIfMatchETag")) => {
+            // Modules imported in bulk open no workload socket (a fleet imported in bulk would
+            // hold one file descriptor per edge device); theirs opens when a module's Edge
+            // environment is asked for, or at the hub's next start.
+            Ok(()) => {
+                if module_id.is_none()
+                    && matches!(operation.as_deref(), Some("delete" | "deleteIfMatchETag"))
+                {
                     hub.live.kick_device(&device_id);
                     hub.workload.remove(&device_id);
                 }
-                _ => {}
-            },
+            }
         }
     }
     hub.transact_and_notify(|tx| {
