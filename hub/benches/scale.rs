@@ -1,16 +1,18 @@
 //! Scale benchmark of the local hub (not a timed test): how many authenticated TLS MQTT
 //! connections it holds and in how much memory, how fast one at-scale deployment reaches every
-//! one of them, and how many reported patches per second it acknowledges with SQLite durability.
+//! one of them, how many reported patches per second it acknowledges with SQLite durability, and
+//! how registry writes and CONNECTs fare as the registry grows to 100,000 edge devices.
 //!
 //! ```text
-//! cargo bench -p edgetwin-hub --bench scale -- --connections 10000
+//! cargo bench -p edgetwin-hub --bench scale -- --connections 10000 --registry 1000,10000,100000
 //! ```
 //!
-//! The hub runs in a child process (this same binary, `--serve-hub DIR`) so that its memory can
-//! be read from `/proc/<pid>/status`. The benchmark then
-//! 1. creates `connections / modules-per-device` edge devices tagged `fleet=bench`, each with
-//!    `modules-per-device` modules, plus `reported-connections` plain devices, with bulk
-//!    `POST /devices` of 100 items (all with one known SAS key, so tokens are signed here);
+//! Each phase runs a hub in a child process (this same binary, `--serve-hub DIR`) so that its
+//! memory can be read from `/proc/<pid>/status`. The connection phase
+//! 1. creates `connections / modules-per-device` edge devices tagged `fleet=bench`, then their
+//!    `modules-per-device` modules (IoT Hub adds modules only to devices registered in an earlier
+//!    request), plus `reported-connections` plain devices, with bulk `POST /devices` of 100
+//!    items (all with one known SAS key, so tokens are signed here);
 //! 2. opens one TLS MQTT connection per module (MQTT packets encoded directly with
 //!    `rumqttc::mqttbytes::v4`, no client library per connection), each subscribed to
 //!    `$iothub/twin/PATCH/properties/desired/#`;
@@ -19,8 +21,12 @@
 //! 4. with all those connections still held, opens `reported-connections` more connections that
 //!    each keep `in-flight` reported patches pipelined and counts the `204` responses per second.
 //!
-//! It prints a markdown table. Options: `--connections N` (10000), `--modules-per-device M` (5),
-//! `--reported-connections C` (100), `--in-flight K` (32), `--reported-secs S` (10).
+//! The registry phase is described in [`registry`].
+//!
+//! It prints a markdown table. Options: `--connections N` (10000; 0 skips the connection phase),
+//! `--modules-per-device M` (1), `--reported-connections C` (100), `--in-flight K` (32),
+//! `--reported-secs S` (10), `--registry SIZES` (`1000,10000,100000`; empty skips the registry
+//! phase), `--samples S` (200 timed writes and CONNECTs per measure).
 
 #[path = "scale/registry.rs"]
 mod registry;
