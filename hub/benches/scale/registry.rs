@@ -67,41 +67,25 @@ pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
         for deployed in [false, true] {
             let mut evaluation = String::new();
             if deployed {
-                let t = Instant::now();
-                call_ok(
-                    &mut rest,
-                    "PUT",
-                    &format!("/configurations/{DEPLOYMENT}"),
-                    &deployment(),
-                )
-                .await?;
-                evaluation = format!("; deployment created in {:.2} s", t.elapsed().as_secs_f64());
+                let path = format!("/configurations/{DEPLOYMENT}");
+                let took = timed(&mut rest, "PUT", &path, &deployment()).await?;
+                evaluation = format!("; deployment created in {:.2} s", took.as_secs_f64());
             }
             let mut patches = Vec::with_capacity(options.samples);
             let mut creates = Vec::with_capacity(options.samples);
             for i in 0..options.samples {
                 let id = device_id(i * 7919 % fleet.max(1));
                 let body = json!({ "tags": { "fleet": "registry", "sample": i } });
-                let t = Instant::now();
-                call_ok(&mut rest, "PATCH", &format!("/twins/{id}"), &body).await?;
-                patches.push(t.elapsed());
+                patches.push(timed(&mut rest, "PATCH", &format!("/twins/{id}"), &body).await?);
                 let id = format!("new-{created:06}");
                 created += 1;
                 let body = json!({ "deviceId": id, "capabilities": { "iotEdge": true } });
-                let t = Instant::now();
-                call_ok(&mut rest, "PUT", &format!("/devices/{id}"), &body).await?;
-                creates.push(t.elapsed());
+                creates.push(timed(&mut rest, "PUT", &format!("/devices/{id}"), &body).await?);
             }
             if deployed {
-                let t = Instant::now();
-                call_ok(
-                    &mut rest,
-                    "DELETE",
-                    &format!("/configurations/{DEPLOYMENT}"),
-                    &Value::Null,
-                )
-                .await?;
-                evaluation.push_str(&format!(", deleted in {:.2} s", t.elapsed().as_secs_f64()));
+                let path = format!("/configurations/{DEPLOYMENT}");
+                let took = timed(&mut rest, "DELETE", &path, &Value::Null).await?;
+                evaluation.push_str(&format!(", deleted in {:.2} s", took.as_secs_f64()));
             }
             let with = if deployed { "with" } else { "without" };
             for (what, times) in [
@@ -230,6 +214,13 @@ async fn call_ok(rest: &mut Rest, method: &str, path: &str, body: &Value) -> Res
         return Err(format!("{method} {path} failed: {status} {reply}").into());
     }
     Ok(())
+}
+
+/// How long a successful `call_ok` took.
+async fn timed(rest: &mut Rest, method: &str, path: &str, body: &Value) -> Result<Duration> {
+    let t = Instant::now();
+    call_ok(rest, method, path, body).await?;
+    Ok(t.elapsed())
 }
 
 fn ms(d: Duration) -> f64 {
