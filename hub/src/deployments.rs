@@ -234,3 +234,74 @@ pub fn evaluate_all(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use edgetwin_wire::rest::{Device, DeviceCapabilities};
+
+    use super::*;
+    use crate::store::{Store, TwinRecord};
+
+    fn on_ring(tx: &Transaction<'_>, device_id: &str, ring: &str) -> Result<(), ApiError> {
+        let mut twin = tx
+            .twin(&IdentityKey::device(device_id))?
+            .unwrap_or_default();
+        twin.tags.insert("ring".into(), json!(ring));
+        Ok(tx.put_twin(&IdentityKey::device(device_id), &twin)?)
+    }
+
+    fn counts(tx: &Transaction<'_>) -> Result<(Value, Value), ApiError> {
+        let configuration = tx.configuration("ring-a")?.expect("stored");
+        let results = configuration.system_metrics.expect("evaluated").results;
+        Ok((
+            results[crate::store::TARGETED_COUNT].clone(),
+            results[crate::store::APPLIED_COUNT].clone(),
+        ))
+    }
+
+    #[test]
+    fn a_device_write_moves_only_that_devices_counts_and_a_deleted_device_leaves_them() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-deploy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&dir.join("hub.db")).unwrap();
+        let step = |store: &mut Store, f: &dyn Fn(&Transaction<'_>) -> Result<(), ApiError>| {
+            store.transaction(|tx| f(tx)).unwrap();
+        };
+        step(&mut store, &|tx| {
+            for id in ["d1", "d2", "d3"] {
+                tx.put_device(&Device {
+                    device_id: id.into(),
+                    capabilities: Some(DeviceCapabilities { iot_edge: true }),
+                    ..Device::default()
+                })?;
+                tx.put_twin(&IdentityKey::device(id), &TwinRecord::default())?;
+                on_ring(tx, id, "a")?;
+            }
+            let modules = json!({ "$edgeAgent": { "properties.desired": { "v": 1 } } });
+            tx.put_configuration(&Configuration {
+                id: "ring-a".into(),
+                target_condition: Some("tags.ring = 'a'".into()),
+                content: Some(ConfigurationContent {
+                    modules_content: modules.as_object().cloned(),
+                    ..ConfigurationContent::default()
+                }),
+                ..Configuration::default()
+            })?;
+            evaluate_all(tx)?;
+            assert_eq!(counts(tx)?, (json!(3), json!(3)));
+            Ok(())
+        });
+        step(&mut store, &|tx| {
+            on_ring(tx, "d1", "b")?;
+            // d2 leaves the ring too, but is not re-evaluated: only d1 was written
+            on_ring(tx, "d2", "b")?;
+            evaluate_devices(tx, ["d1"])?;
+            assert_eq!(counts(tx)?, (json!(2), json!(2)));
+            tx.delete_device("d3")?;
+            assert_eq!(counts(tx)?, (json!(1), json!(1)));
+            Ok(())
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -723,6 +723,23 @@ mod tests {
     }
 
     #[test]
+    fn only_a_database_without_targeting_rows_asks_for_a_full_evaluation() {
+        let (store, dir) = temp_store("targeting");
+        assert!(store.targeting_created(), "a fresh database");
+        drop(store);
+        let reopened = Store::open(&dir.join("hub.db")).unwrap();
+        assert!(!reopened.targeting_created());
+        reopened.conn.execute_batch("DROP TABLE targeting").unwrap();
+        drop(reopened);
+        let older = Store::open(&dir.join("hub.db")).unwrap();
+        assert!(
+            older.targeting_created(),
+            "a database from before the table"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_reader_sees_each_commit_and_cannot_write() {
         let (mut store, dir) = temp_store("readers");
         let readers = Readers::open(&dir.join("hub.db"), 2).unwrap();
