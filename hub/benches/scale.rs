@@ -1,16 +1,18 @@
 //! Scale benchmark of the local hub (not a timed test): how many authenticated TLS MQTT
 //! connections it holds and in how much memory, how fast one at-scale deployment reaches every
-//! one of them, and how many reported patches per second it acknowledges with SQLite durability.
+//! one of them, how many reported patches per second it acknowledges with SQLite durability, and
+//! how registry writes and CONNECTs fare as the registry grows to 100,000 edge devices.
 //!
 //! ```text
-//! cargo bench -p edgetwin-hub --bench scale -- --connections 10000
+//! cargo bench -p edgetwin-hub --bench scale -- --connections 10000 --registry 1000,10000,100000
 //! ```
 //!
-//! The hub runs in a child process (this same binary, `--serve-hub DIR`) so that its memory can
-//! be read from `/proc/<pid>/status`. The benchmark then
-//! 1. creates `connections / modules-per-device` edge devices tagged `fleet=bench`, each with
-//!    `modules-per-device` modules, plus `reported-connections` plain devices, with bulk
-//!    `POST /devices` of 100 items (all with one known SAS key, so tokens are signed here);
+//! Each phase runs a hub in a child process (this same binary, `--serve-hub DIR`) so that its
+//! memory can be read from `/proc/<pid>/status`. The connection phase
+//! 1. creates `connections / modules-per-device` edge devices tagged `fleet=bench`, then their
+//!    `modules-per-device` modules (IoT Hub adds modules only to devices registered in an earlier
+//!    request), plus `reported-connections` plain devices, with bulk `POST /devices` of 100
+//!    items (all with one known SAS key, so tokens are signed here);
 //! 2. opens one TLS MQTT connection per module (MQTT packets encoded directly with
 //!    `rumqttc::mqttbytes::v4`, no client library per connection), each subscribed to
 //!    `$iothub/twin/PATCH/properties/desired/#`;
@@ -19,8 +21,15 @@
 //! 4. with all those connections still held, opens `reported-connections` more connections that
 //!    each keep `in-flight` reported patches pipelined and counts the `204` responses per second.
 //!
-//! It prints a markdown table. Options: `--connections N` (10000), `--modules-per-device M` (5),
-//! `--reported-connections C` (100), `--in-flight K` (32), `--reported-secs S` (10).
+//! The registry phase is described in [`registry`].
+//!
+//! It prints a markdown table. Options: `--connections N` (10000; 0 skips the connection phase),
+//! `--modules-per-device M` (1), `--reported-connections C` (100), `--in-flight K` (32),
+//! `--reported-secs S` (10), `--registry SIZES` (`1000,10000,100000`; empty skips the registry
+//! phase), `--samples S` (200 timed writes and CONNECTs per measure).
+
+#[path = "scale/registry.rs"]
+mod registry;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -61,6 +70,10 @@ struct Options {
     reported_connections: usize,
     in_flight: usize,
     reported_secs: u64,
+    /// Fleet sizes (edge devices) at which the registry phase measures write latency.
+    registry: Vec<usize>,
+    /// Writes (and CONNECTs) timed per measure in the registry phase.
+    samples: usize,
 }
 
 fn main() -> Result<()> {
@@ -71,10 +84,12 @@ fn main() -> Result<()> {
     }
     let mut options = Options {
         connections: 10_000,
-        modules_per_device: 5,
+        modules_per_device: 1,
         reported_connections: 100,
         in_flight: 32,
         reported_secs: 10,
+        registry: vec![1_000, 10_000, 100_000],
+        samples: 200,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -90,6 +105,15 @@ fn main() -> Result<()> {
             "--reported-connections" => options.reported_connections = value()?,
             "--in-flight" => options.in_flight = value()?.max(1),
             "--reported-secs" => options.reported_secs = value()? as u64,
+            "--samples" => options.samples = value()?.max(1),
+            "--registry" => {
+                let list = it.next().ok_or("--registry needs a value")?;
+                options.registry = list
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             "--bench" => {} // cargo bench passes it to harness = false benches
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -97,7 +121,19 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(options, args))
+    runtime.block_on(async {
+        let mut rows = Vec::new();
+        let started = Instant::now();
+        let load_before = load_average();
+        if options.connections > 0 {
+            connection_phase(&options, &mut rows).await?;
+        }
+        if !options.registry.is_empty() {
+            registry::phase(&options, &mut rows).await?;
+        }
+        print_table(&args, started, &load_before, rows);
+        Ok(())
+    })
 }
 
 /// The child process: a hub on a fresh data directory with ports 0, until stdin closes.
@@ -109,6 +145,9 @@ fn serve_hub(dir: PathBuf) -> Result<()> {
         let mut config = edgetwin_hub::HubConfig::new(dir);
         config.mqtt_port = 0;
         config.https_port = 0;
+        // the default splits the open-file limit evenly between the MQTT and HTTPS listeners;
+        // the benchmark holds 10,000 + 100 MQTT connections and a handful of HTTPS ones
+        config.max_connections = Some(16_000);
         let hub = edgetwin_hub::start(config).await?;
         println!("ready");
         std::io::stdout().flush()?;
@@ -131,8 +170,10 @@ struct HubProcess {
 }
 
 impl HubProcess {
-    fn start() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("edgetwin-scale-{}", std::process::id()));
+    /// Starts a hub on a fresh data directory named after `phase`.
+    fn start(phase: &str) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("edgetwin-scale-{phase}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--serve-hub")
@@ -365,7 +406,9 @@ async fn bulk_create(rest: &mut Rest, items: Vec<Value>) -> Result<()> {
             .call("POST", "/devices", &Value::from(chunk.to_vec()))
             .await?;
         if status != 200 {
-            return Err(format!("bulk create failed: {status} {body}").into());
+            let mut body = body.to_string();
+            body.truncate(400);
+            return Err(format!("bulk create failed: {status} {body}…").into());
         }
     }
     Ok(())
@@ -506,28 +549,57 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run(options: Options, args: Vec<String>) -> Result<()> {
-    let started = Instant::now();
-    let mut rows: Vec<(String, String, String)> = Vec::new();
-    let load = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
-    let load_before = load();
-    let hub = HubProcess::start()?;
-    let mqtt_addr: SocketAddr = format!("127.0.0.1:{}", hub.info["mqttPort"]).parse()?;
-    let rest_addr: SocketAddr = format!("127.0.0.1:{}", hub.info["httpsPort"]).parse()?;
-    let tls = tls_connector(Path::new(
-        hub.info["caCertificate"]
+/// A table row: what was measured, the result, details.
+type Row = (String, String, String);
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A hub process and how to reach it.
+struct Target {
+    hub: HubProcess,
+    mqtt_addr: SocketAddr,
+    rest_addr: SocketAddr,
+    tls: TlsConnector,
+    owner_key: String,
+}
+
+impl Target {
+    fn start(phase: &str) -> Result<Self> {
+        let hub = HubProcess::start(phase)?;
+        let mqtt_addr = format!("127.0.0.1:{}", hub.info["mqttPort"]).parse()?;
+        let rest_addr = format!("127.0.0.1:{}", hub.info["httpsPort"]).parse()?;
+        let tls = tls_connector(Path::new(
+            hub.info["caCertificate"]
+                .as_str()
+                .ok_or("no caCertificate")?,
+        ))?;
+        let owner_key = hub.info["policies"]["iothubowner"]
             .as_str()
-            .ok_or("no caCertificate")?,
-    ))?;
-    let owner_key = hub.info["policies"]["iothubowner"]
-        .as_str()
-        .ok_or("no iothubowner key")?
-        .to_owned();
-    let mut rest = Rest::connect(&tls, rest_addr, &owner_key).await?;
+            .ok_or("no iothubowner key")?
+            .to_owned();
+        Ok(Self {
+            hub,
+            mqtt_addr,
+            rest_addr,
+            tls,
+            owner_key,
+        })
+    }
+
+    async fn rest(&self) -> Result<Rest> {
+        Rest::connect(&self.tls, self.rest_addr, &self.owner_key).await
+    }
+}
+
+/// Connections held, deployment fan-out and reported-patch throughput (steps 1–4 above).
+async fn connection_phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
+    let target = Target::start("connections")?;
+    let (hub, mqtt_addr, tls) = (&target.hub, target.mqtt_addr, target.tls.clone());
+    let mut rest = target.rest().await?;
     let (rss0, _) = hub.memory();
     eprintln!("hub started: {rss0:.1} MiB");
 
@@ -535,7 +607,8 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
     let per = options.modules_per_device;
     let devices = options.connections.div_ceil(per);
     let mut identities = Vec::with_capacity(options.connections);
-    let mut items = Vec::new();
+    // IoT Hub adds modules only to devices registered in an earlier request: devices go first
+    let (mut items, mut module_items) = (Vec::new(), Vec::new());
     for d in 0..devices {
         let device_id = format!("scale-{d:05}");
         items.push(json!({
@@ -547,7 +620,7 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
                 break;
             }
             let module_id = format!("m{m}");
-            items.push(json!({
+            module_items.push(json!({
                 "id": device_id, "moduleId": module_id, "importMode": "create", "authentication": auth(),
             }));
             identities.push(Identity {
@@ -566,8 +639,9 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
         items.push(json!({ "id": r.device_id, "importMode": "create", "authentication": auth() }));
     }
     let t = Instant::now();
-    let item_count = items.len();
+    let item_count = items.len() + module_items.len();
     bulk_create(&mut rest, items).await?;
+    bulk_create(&mut rest, module_items).await?;
     let create_time = t.elapsed();
     eprintln!("created {item_count} identities in {create_time:.1?}");
     rows.push((
@@ -748,7 +822,10 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
         format!("hub VmRSS {rss_end:.0} MiB, VmHWM {hwm_end:.0} MiB"),
     ));
     held.stop.store(true, Ordering::Relaxed);
+    Ok(())
+}
 
+fn print_table(args: &[String], started: Instant, load_before: &str, rows: Vec<Row>) {
     println!();
     println!(
         "Command: `cargo bench -p edgetwin-hub --bench scale -- {}`  ",
@@ -761,7 +838,7 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
     println!(
         "Machine: {} cores; load average before {load_before}, after {}; total {:.0} s",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load(),
+        load_average(),
         started.elapsed().as_secs_f64()
     );
     println!();
@@ -770,6 +847,4 @@ async fn run(options: Options, args: Vec<String>) -> Result<()> {
     for (what, result, detail) in rows {
         println!("| {what} | {result} | {detail} |");
     }
-    drop(hub);
-    Ok(())
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::layers;
 use crate::registry;
-use crate::store::{IdentityKey, Transaction};
+use crate::store::{IdentityKey, Transaction, APPLIED_COUNT, TARGETED_COUNT};
 use crate::twins::{self, DesiredChange};
 
 /// Replaces the desired properties of every module named in `content.modulesContent` on
@@ -79,35 +79,52 @@ fn desired_of(module_id: &str, section: &Value) -> Result<Properties, ApiError> 
     }
 }
 
-/// Re-evaluates every at-scale deployment against every edge device: per device the matching
-/// base deployment with the highest priority (ties: the newest) is applied with the matching
-/// layered deployments of a higher priority merged over it ([`crate::layers`]); the other
-/// matches are marked `Targeted`. A device that matches no base deployment keeps its modules.
-/// Updates each configuration's `targetedCount` and `appliedCount`.
-pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
-    let mut configurations: Vec<(Configuration, Condition)> = tx
-        .configurations(usize::MAX >> 1)?
-        .into_iter()
-        .filter(|c| {
-            c.content
-                .as_ref()
-                .is_some_and(|c| c.modules_content.is_some())
-        })
-        .filter_map(|c| {
-            let condition = Condition::parse(c.target_condition.as_deref()?).ok()?;
-            Some((c, condition))
-        })
-        .collect();
-    let layered: Vec<bool> = configurations.iter().map(|(c, _)| is_layered(c)).collect();
-    let mut counts = vec![(0i64, 0i64); configurations.len()];
-    let mut changes = Vec::new();
-    for (device_id, mut twin) in tx.device_twins()? {
-        let Some(device) = tx.device(&device_id)? else {
-            continue;
+/// The at-scale deployments devices are evaluated against, loaded and parsed once per
+/// transaction: those with `modulesContent` and a target condition that parses.
+pub struct Deployments {
+    /// Each deployment with its parsed target condition and whether it is layered.
+    configurations: Vec<(Configuration, Condition, bool)>,
+}
+
+impl Deployments {
+    /// Loads the at-scale deployments stored in `tx`.
+    pub fn load(tx: &Transaction<'_>) -> Result<Self, ApiError> {
+        let configurations = tx
+            .stored_configurations(usize::MAX >> 1)?
+            .into_iter()
+            .filter(|c| {
+                c.content
+                    .as_ref()
+                    .is_some_and(|c| c.modules_content.is_some())
+            })
+            .filter_map(|c| {
+                let condition = Condition::parse(c.target_condition.as_deref()?).ok()?;
+                let layered = is_layered(&c);
+                Some((c, condition, layered))
+            })
+            .collect();
+        Ok(Self { configurations })
+    }
+
+    /// Re-evaluates the deployments against one device: the matching base deployment with the
+    /// highest priority (ties: the newest) is applied with the matching layered deployments of a
+    /// higher priority merged over it ([`crate::layers`]); the other matches are marked
+    /// `Targeted`. A device that matches no base deployment keeps its modules. The device's
+    /// targeting rows, from which `targetedCount` and `appliedCount` are counted, are replaced.
+    pub fn evaluate_device(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+    ) -> Result<Vec<DesiredChange>, ApiError> {
+        let configurations = &self.configurations;
+        let device = tx
+            .device(device_id)?
+            .filter(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge));
+        let (Some(device), Some(mut twin)) = (device, tx.twin(&IdentityKey::device(device_id))?)
+        else {
+            tx.set_targeting(device_id, &[])?;
+            return Ok(Vec::new());
         };
-        if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
-            continue;
-        }
         let document = json!({
             "deviceId": device_id,
             "status": device.status,
@@ -127,34 +144,30 @@ pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
         let base = matching
             .iter()
             .copied()
-            .filter(|&i| !layered[i])
+            .filter(|&i| !configurations[i].2)
             .max_by_key(|&i| rank(i));
         // layers above the base, lowest first, so the highest priority is merged last and wins
         let mut layers: Vec<usize> = match base {
             Some(b) => matching
                 .iter()
                 .copied()
-                .filter(|&i| layered[i] && rank(i).0 > rank(b).0)
+                .filter(|&i| configurations[i].2 && rank(i).0 > rank(b).0)
                 .collect(),
             None => Vec::new(),
         };
         layers.sort_by_key(|&i| rank(i));
         let applied: Vec<usize> = base.into_iter().chain(layers.iter().copied()).collect();
         let mut statuses = Properties::new();
+        let mut targeting = Vec::new();
         for &i in &matching {
-            let status = if applied.contains(&i) {
-                "Applied"
-            } else {
-                "Targeted"
-            };
+            let is_applied = applied.contains(&i);
+            let status = if is_applied { "Applied" } else { "Targeted" };
             statuses.insert(configurations[i].0.id.clone(), json!({ "status": status }));
-            counts[i].0 += 1;
-            if applied.contains(&i) {
-                counts[i].1 += 1;
-            }
+            targeting.push((configurations[i].0.id.as_str(), is_applied));
         }
+        tx.set_targeting(device_id, &targeting)?;
         if base.is_none() || statuses == twin.configurations {
-            continue;
+            return Ok(Vec::new());
         }
         let applied_before = applied.iter().all(|&i| {
             twin.configurations
@@ -166,6 +179,7 @@ pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
             .filter(|s| s["status"] == "Applied")
             .count()
             == applied.len();
+        let mut changes = Vec::new();
         if !applied_before {
             let content_of = |i: usize| configurations[i].0.content.clone().unwrap_or_default();
             let layer_contents: Vec<ConfigurationContent> =
@@ -174,26 +188,120 @@ pub fn evaluate(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
                 &content_of(applied[0]),
                 &layer_contents.iter().collect::<Vec<_>>(),
             );
-            changes.extend(apply_content(tx, &device_id, &content)?);
+            changes = apply_content(tx, device_id, &content)?;
         }
         twin.configurations = statuses;
-        tx.put_twin(&IdentityKey::device(&device_id), &twin)?;
+        tx.put_twin(&IdentityKey::device(device_id), &twin)?;
+        Ok(changes)
     }
-    for ((configuration, _), (targeted, applied)) in configurations.iter_mut().zip(counts) {
+}
+
+/// Re-evaluates the deployments against the devices `device_ids` only, after writes to them
+/// (see [`Deployments::evaluate_device`]).
+pub fn evaluate_devices<'a>(
+    tx: &Transaction<'_>,
+    device_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<DesiredChange>, ApiError> {
+    let deployments = Deployments::load(tx)?;
+    let mut changes = Vec::new();
+    for device_id in device_ids {
+        changes.extend(deployments.evaluate_device(tx, device_id)?);
+    }
+    Ok(changes)
+}
+
+/// Re-evaluates every at-scale deployment against every device, after a configuration changed,
+/// and gives each deployment its `targetedCount` and `appliedCount` (kept current from then on by
+/// the targeting rows, see [`Transaction::configuration`]).
+pub fn evaluate_all(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
+    let deployments = Deployments::load(tx)?;
+    let mut changes = Vec::new();
+    for device_id in tx.device_ids()? {
+        changes.extend(deployments.evaluate_device(tx, &device_id)?);
+    }
+    for (configuration, _, _) in &deployments.configurations {
         let mut metrics = configuration.system_metrics.clone().unwrap_or_default();
-        let results = json!({ "targetedCount": targeted, "appliedCount": applied });
-        if metrics.results.get("targetedCount") != results.get("targetedCount")
-            || metrics.results.get("appliedCount") != results.get("appliedCount")
-        {
+        if !metrics.results.contains_key(TARGETED_COUNT) {
+            let (targeted, applied) = tx.targeting_counts(&configuration.id)?;
             metrics
                 .results
-                .insert("targetedCount".into(), results["targetedCount"].clone());
-            metrics
-                .results
-                .insert("appliedCount".into(), results["appliedCount"].clone());
+                .insert(TARGETED_COUNT.into(), targeted.into());
+            metrics.results.insert(APPLIED_COUNT.into(), applied.into());
+            let mut configuration = configuration.clone();
             configuration.system_metrics = Some(metrics);
-            tx.put_configuration(configuration)?;
+            tx.put_configuration(&configuration)?;
         }
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use edgetwin_wire::rest::{Device, DeviceCapabilities};
+
+    use super::*;
+    use crate::store::{Store, TwinRecord};
+
+    fn on_ring(tx: &Transaction<'_>, device_id: &str, ring: &str) -> Result<(), ApiError> {
+        let mut twin = tx
+            .twin(&IdentityKey::device(device_id))?
+            .unwrap_or_default();
+        twin.tags.insert("ring".into(), json!(ring));
+        Ok(tx.put_twin(&IdentityKey::device(device_id), &twin)?)
+    }
+
+    fn counts(tx: &Transaction<'_>) -> Result<(Value, Value), ApiError> {
+        let configuration = tx.configuration("ring-a")?.expect("stored");
+        let results = configuration.system_metrics.expect("evaluated").results;
+        Ok((
+            results[crate::store::TARGETED_COUNT].clone(),
+            results[crate::store::APPLIED_COUNT].clone(),
+        ))
+    }
+
+    #[test]
+    fn a_device_write_moves_only_that_devices_counts_and_a_deleted_device_leaves_them() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-deploy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&dir.join("hub.db")).unwrap();
+        let step = |store: &mut Store, f: &dyn Fn(&Transaction<'_>) -> Result<(), ApiError>| {
+            store.transaction(|tx| f(tx)).unwrap();
+        };
+        step(&mut store, &|tx| {
+            for id in ["d1", "d2", "d3"] {
+                tx.put_device(&Device {
+                    device_id: id.into(),
+                    capabilities: Some(DeviceCapabilities { iot_edge: true }),
+                    ..Device::default()
+                })?;
+                tx.put_twin(&IdentityKey::device(id), &TwinRecord::default())?;
+                on_ring(tx, id, "a")?;
+            }
+            let modules = json!({ "$edgeAgent": { "properties.desired": { "v": 1 } } });
+            tx.put_configuration(&Configuration {
+                id: "ring-a".into(),
+                target_condition: Some("tags.ring = 'a'".into()),
+                content: Some(ConfigurationContent {
+                    modules_content: modules.as_object().cloned(),
+                    ..ConfigurationContent::default()
+                }),
+                ..Configuration::default()
+            })?;
+            evaluate_all(tx)?;
+            assert_eq!(counts(tx)?, (json!(3), json!(3)));
+            Ok(())
+        });
+        step(&mut store, &|tx| {
+            on_ring(tx, "d1", "b")?;
+            // d2 leaves the ring too, but is not re-evaluated: only d1 was written
+            on_ring(tx, "d2", "b")?;
+            evaluate_devices(tx, ["d1"])?;
+            assert_eq!(counts(tx)?, (json!(2), json!(2)));
+            tx.delete_device("d3")?;
+            assert_eq!(counts(tx)?, (json!(1), json!(1)));
+            Ok(())
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

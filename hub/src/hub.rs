@@ -20,7 +20,7 @@ use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
 use crate::methods::{MethodResponse, PendingMethods};
 use crate::reported::ReportedWriter;
-use crate::store::{IdentityKey, PolicyRecord, Store, StoreError, Transaction};
+use crate::store::{IdentityKey, PolicyRecord, Readers, Store, StoreError, Transaction};
 use crate::twins::DesiredChange;
 use crate::workload::WorkloadSockets;
 
@@ -30,12 +30,17 @@ pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
 /// Longest direct-method timeout IoT Hub accepts, in seconds.
 pub const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
 
+/// Read-only connections: reads from concurrent connections rarely wait for one another.
+const READERS: usize = 4;
+
 /// Everything the listeners share.
 pub struct Hub {
     /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
     pub host_name: String,
     /// Durable state; the mutex also orders twin changes with their notifications.
     store: Arc<Mutex<Store>>,
+    /// Read-only connections for reads, which never wait behind a write and its fsync.
+    readers: Readers,
     /// Group commit of reported patches.
     pub reported: ReportedWriter,
     /// Live MQTT connections.
@@ -71,7 +76,7 @@ impl Hub {
         let policies = store.transaction(|tx| {
             let mut policies = tx.policies()?;
             if policies.is_empty() && !fresh_allowed {
-                return Err(StoreError::Lost { path });
+                return Err(StoreError::Lost { path: path.clone() });
             }
             if policies.is_empty() {
                 for (name, permissions) in edgetwin_wire::rest::default_policies() {
@@ -87,8 +92,15 @@ impl Hub {
             }
             Ok::<_, StoreError>(policies)
         })?;
+        if store.targeting_created() {
+            // a database from before incremental evaluation: fill the targeting rows once
+            if let Err(error) = store.transaction(crate::deployments::evaluate_all) {
+                tracing::error!(%error, "evaluating deployments at start failed");
+            }
+        }
         let store = Arc::new(Mutex::new(store));
         Ok(Self {
+            readers: Readers::open(&path, READERS)?,
             host_name,
             reported: ReportedWriter::start(store.clone()),
             store,
@@ -103,7 +115,16 @@ impl Hub {
         })
     }
 
-    /// Runs `f` in one store transaction.
+    /// Runs `f` in one read transaction on a read-only connection: it never waits for the
+    /// writer, and sees every change committed before it started.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        off_the_async_worker(|| self.readers.read(f))
+    }
+
+    /// Runs `f` in one store transaction on the write connection.
     pub fn transact<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,

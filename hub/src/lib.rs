@@ -245,7 +245,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     hub.workload.attach(&hub);
 
     let edge_devices = hub
-        .transact(|tx| Ok(tx.edge_devices_with_modules()?))
+        .read(|tx| Ok(tx.edge_devices_with_modules()?))
         .map_err(|e| HubError::Io {
             what: "list edge devices".into(),
             source: std::io::Error::other(e.message),

@@ -100,7 +100,7 @@ fn delivered_properties(message: &RoutedMessage<'_>) -> PropertyBag {
 
 /// Delivers `message` to every module input its device's routes name; returns how many.
 pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
-    let routes = match hub.transact(|tx| routes(tx, message.device_id)) {
+    let routes = match hub.read(|tx| routes(tx, message.device_id)) {
         Ok(routes) => routes,
         Err(error) => {
             tracing::warn!(device_id = message.device_id, message = %error.message, "cannot read routes");

@@ -128,6 +128,8 @@ pub struct PolicyRecord {
 pub struct Store {
     /// The one connection; the hub serialises access through a mutex.
     conn: Connection,
+    /// Whether this open created the targeting table, which a full evaluation must then fill.
+    targeting_created: bool,
 }
 
 const SCHEMA: &str = "
@@ -141,7 +143,16 @@ CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, record TEXT NOT 
 CREATE TABLE IF NOT EXISTS policies (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS targeting (
+    configuration_id TEXT NOT NULL, device_id TEXT NOT NULL, applied INTEGER NOT NULL,
+    PRIMARY KEY (configuration_id, device_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS targeting_by_device ON targeting (device_id);
 ";
+
+/// The system metric counting the edge devices a deployment's target condition matches.
+pub const TARGETED_COUNT: &str = "targetedCount";
+/// The system metric counting the edge devices a deployment is applied to.
+pub const APPLIED_COUNT: &str = "appliedCount";
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -162,8 +173,22 @@ impl Store {
                 problems: problems.join("; "),
             });
         }
+        let targeting_created = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'targeting'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? == 0;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            targeting_created,
+        })
+    }
+
+    /// Whether the targeting table is new in this database (a fresh one, or one written before
+    /// deployments were evaluated incrementally), so that deployments must be evaluated in full.
+    pub fn targeting_created(&self) -> bool {
+        self.targeting_created
     }
 
     /// Runs `f` inside one transaction: all of its writes land, or none.
@@ -171,10 +196,7 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let tx = self.conn.transaction().map_err(StoreError::from)?;
-        let result = f(&Transaction { tx: &tx })?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(result)
+        in_transaction(&mut self.conn, f)
     }
 
     /// Group commit: runs `f` on every item inside one transaction, each item under its own
@@ -198,6 +220,66 @@ impl Store {
         }
         tx.commit()?;
         Ok(results)
+    }
+}
+
+fn in_transaction<T, E: From<StoreError>>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn.transaction().map_err(StoreError::from)?;
+    let result = f(&Transaction { tx: &tx })?;
+    tx.commit().map_err(StoreError::from)?;
+    Ok(result)
+}
+
+/// Read-only connections to the database, so that reads (CONNECT authentication, twin GETs,
+/// listings, queries) see the last commit without waiting for the writer and its fsync: in WAL
+/// mode readers and the one writer do not block each other.
+pub struct Readers {
+    /// The connections; a read takes the first free one.
+    connections: Vec<std::sync::Mutex<Connection>>,
+    /// Where a read that finds none free waits: round robin.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    /// Opens `count` read-only connections to the database at `path`, which [`Store::open`]
+    /// has created.
+    pub fn open(path: &Path, count: usize) -> Result<Self, StoreError> {
+        let connections = (0..count.max(1))
+            .map(|_| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                Ok(std::sync::Mutex::new(conn))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Self {
+            connections,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot); a write in `f` fails.
+    pub fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self
+            .connections
+            .iter()
+            .find_map(|c| c.try_lock().ok())
+            .unwrap_or_else(|| {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.connections[i % self.connections.len()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            });
+        in_transaction(&mut conn, f)
     }
 }
 
@@ -295,7 +377,7 @@ impl Transaction<'_> {
 
     /// Deletes a device with its modules, twins and session.
     pub fn delete_device(&self, device_id: &str) -> Result<(), StoreError> {
-        for table in ["identities", "twins"] {
+        for table in ["identities", "twins", "targeting"] {
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE device_id = ?1"),
                 params![device_id],
@@ -385,27 +467,6 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Every device twin with its device id (for target conditions and queries). A twin that does
-    /// not decode is logged by its device id and left out, so that one damaged row does not fail
-    /// every write that evaluates deployments.
-    pub fn device_twins(&self) -> Result<Vec<(String, TwinRecord)>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT device_id, record FROM twins WHERE module_id = '' ORDER BY device_id",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut twins = Vec::new();
-        for row in rows {
-            let (id, text) = row?;
-            match decode(&text, || format!("twin {id}")) {
-                Ok(twin) => twins.push((id, twin)),
-                Err(error) => tracing::error!(%error, "left out of deployment targeting"),
-            }
-        }
-        Ok(twins)
-    }
-
     /// Up to `limit` identity keys after `after` in (device id, module id) order: devices only,
     /// or modules only (`modules`). Keys alone, no documents: queries page through them.
     pub fn identity_keys(
@@ -435,21 +496,83 @@ impl Transaction<'_> {
     }
 
     /// A configuration by id.
+    /// A deployment's `targetedCount` and `appliedCount` are the live counts of its targeting rows.
     pub fn configuration(&self, id: &str) -> Result<Option<Configuration>, StoreError> {
         self.get_doc(
             "SELECT record FROM configurations WHERE id = ?1",
             params![id],
             || format!("configuration {id}"),
-        )
+        )?
+        .map(|c| self.with_counts(c))
+        .transpose()
     }
 
-    /// Up to `top` configurations, ordered by id.
+    /// Up to `top` configurations, ordered by id, with live counts as [`Self::configuration`].
     pub fn configurations(&self, top: usize) -> Result<Vec<Configuration>, StoreError> {
+        self.stored_configurations(top)?
+            .into_iter()
+            .map(|c| self.with_counts(c))
+            .collect()
+    }
+
+    /// Up to `top` configurations as stored, without counting their targeting rows: for
+    /// evaluation, which must not cost O(fleet) per write.
+    pub fn stored_configurations(&self, top: usize) -> Result<Vec<Configuration>, StoreError> {
         self.list_docs(
             "SELECT id, record FROM configurations ORDER BY id LIMIT ?1",
             params![top as i64],
             "configuration",
         )
+    }
+
+    /// `configuration` with its targeting counts, if it is a deployment that has them.
+    fn with_counts(&self, mut configuration: Configuration) -> Result<Configuration, StoreError> {
+        if let Some(metrics) = configuration.system_metrics.as_mut() {
+            if metrics.results.contains_key(TARGETED_COUNT) {
+                let (targeted, applied) = self.targeting_counts(&configuration.id)?;
+                metrics
+                    .results
+                    .insert(TARGETED_COUNT.into(), targeted.into());
+                metrics.results.insert(APPLIED_COUNT.into(), applied.into());
+            }
+        }
+        Ok(configuration)
+    }
+
+    /// How many devices a deployment targets and how many of them it is applied to.
+    pub fn targeting_counts(&self, configuration_id: &str) -> Result<(i64, i64), StoreError> {
+        Ok(self.tx.query_row(
+            "SELECT count(*), coalesce(sum(applied), 0) FROM targeting WHERE configuration_id = ?1",
+            params![configuration_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?)
+    }
+
+    /// Replaces the deployments a device is targeted by: (configuration id, applied) pairs.
+    pub fn set_targeting(
+        &self,
+        device_id: &str,
+        targets: &[(&str, bool)],
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM targeting WHERE device_id = ?1")?
+            .execute(params![device_id])?;
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO targeting (configuration_id, device_id, applied) VALUES (?1, ?2, ?3)",
+        )?;
+        for (configuration_id, applied) in targets {
+            insert.execute(params![configuration_id, device_id, applied])?;
+        }
+        Ok(())
+    }
+
+    /// Every device id, ordered.
+    pub fn device_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT device_id FROM identities WHERE module_id = '' ORDER BY device_id",
+        )?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Stores a configuration.
@@ -465,6 +588,10 @@ impl Transaction<'_> {
     pub fn delete_configuration(&self, id: &str) -> Result<(), StoreError> {
         self.tx
             .execute("DELETE FROM configurations WHERE id = ?1", params![id])?;
+        self.tx.execute(
+            "DELETE FROM targeting WHERE configuration_id = ?1",
+            params![id],
+        )?;
         Ok(())
     }
 
@@ -625,6 +752,40 @@ mod tests {
             })
             .unwrap();
         assert_eq!(stored, [true, false, true]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_database_without_targeting_rows_asks_for_a_full_evaluation() {
+        let (store, dir) = temp_store("targeting");
+        assert!(store.targeting_created(), "a fresh database");
+        drop(store);
+        let reopened = Store::open(&dir.join("hub.db")).unwrap();
+        assert!(!reopened.targeting_created());
+        reopened.conn.execute_batch("DROP TABLE targeting").unwrap();
+        drop(reopened);
+        let older = Store::open(&dir.join("hub.db")).unwrap();
+        assert!(
+            older.targeting_created(),
+            "a database from before the table"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_reader_sees_each_commit_and_cannot_write() {
+        let (mut store, dir) = temp_store("readers");
+        let readers = Readers::open(&dir.join("hub.db"), 2).unwrap();
+        let key = IdentityKey::device("d1");
+        let read = || readers.read(|tx| tx.twin(&key)).unwrap();
+        assert_eq!(read(), None);
+        store
+            .transaction(|tx| tx.put_twin(&key, &TwinRecord::default()))
+            .unwrap();
+        assert_eq!(read(), Some(TwinRecord::default()));
+        let write =
+            readers.read(|tx| tx.put_twin(&IdentityKey::device("d2"), &TwinRecord::default()));
+        assert!(write.is_err(), "a read-only connection refuses writes");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

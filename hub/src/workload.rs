@@ -350,7 +350,7 @@ fn sign(hub: &Hub, device_id: &str, module_id: &str, generation_id: &str, body: 
         );
     };
     let key = IdentityKey::module(device_id, module_id);
-    let keys = hub.transact(|tx| {
+    let keys = hub.read(|tx| {
         let current = tx
             .module(device_id, module_id)?
             .and_then(|m| m.generation_id)

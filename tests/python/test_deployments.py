@@ -107,19 +107,44 @@ def test_an_at_scale_deployment_reaches_matching_devices_only_and_priority_decid
     assert config.system_metrics.results["appliedCount"] == 1
 
 
-def test_a_device_whose_tags_start_matching_gets_the_deployment(
-        registry_manager, configurations, make_device):
+def _deployment_on_a_ring(configurations, prefix, interval):
+    """A deployment targeting `tags.ring` = a new ring; returns (ring, configuration id)."""
     manager, created = configurations
-    ring = unique_id("late").lower()
+    ring = unique_id(prefix).lower()
     config_id = unique_id("dep").lower()
     manager.create_configuration(Configuration(
         id=config_id, target_condition=f"tags.ring='{ring}'", priority=1,
-        content=ConfigurationContent(modules_content=_manifest(33))))
+        content=ConfigurationContent(modules_content=_manifest(interval))))
     created.append(config_id)
+    return ring, config_id
+
+
+def test_a_device_whose_tags_start_matching_gets_the_deployment(
+        registry_manager, configurations, make_device):
+    ring, _ = _deployment_on_a_ring(configurations, "late", 33)
     device = _edge_device_with_module(registry_manager, make_device)
     assert "telemetryInterval" not in _desired(registry_manager, device.device_id, "edgetwin")
     registry_manager.update_twin(device.device_id, Twin(tags={"ring": ring}), "*")
     assert _desired(registry_manager, device.device_id, "edgetwin")["telemetryInterval"] == 33
+
+
+def test_the_counts_follow_devices_that_join_leave_or_are_deleted_without_a_configuration_change(
+        registry_manager, configurations, make_device):
+    manager, _ = configurations
+    ring, config_id = _deployment_on_a_ring(configurations, "count", 8)
+
+    def counts():
+        results = manager.get_configuration(config_id).system_metrics.results
+        return results["targetedCount"], results["appliedCount"]
+
+    assert counts() == (0, 0)
+    first = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    second = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    assert counts() == (2, 2)
+    registry_manager.update_twin(first.device_id, Twin(tags={"ring": "elsewhere"}), "*")
+    assert counts() == (1, 1)
+    registry_manager.delete_device(second.device_id)
+    assert counts() == (0, 0)
 
 
 def test_configurations_are_listed_and_duplicates_and_bad_conditions_refused(configurations):

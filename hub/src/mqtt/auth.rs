@@ -76,7 +76,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
                 .find(|p| &p.name == policy_name && grants(p, Permission::DeviceConnect))
                 .ok_or_else(|| refuse("policy unknown or without DeviceConnect"))?;
             if hub
-                .transact(|tx| registry::connect_keys(tx, &key))
+                .read(|tx| registry::connect_keys(tx, &key))
                 .ok()
                 .flatten()
                 .is_none()
@@ -86,7 +86,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
             vec![policy.primary_key.clone(), policy.secondary_key.clone()]
         }
         None => hub
-            .transact(|tx| registry::connect_keys(tx, &key))
+            .read(|tx| registry::connect_keys(tx, &key))
             .map_err(|_| ConnectReturnCode::ServiceUnavailable)?
             .ok_or_else(|| refuse("identity unknown, disabled or without SAS keys"))?,
     };

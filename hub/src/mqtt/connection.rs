@@ -269,15 +269,17 @@ fn restore_session(
     client_id: &str,
     clean: bool,
 ) -> Result<Option<Vec<SessionFilter>>, ConnectionEnd> {
-    hub.transact(|tx| {
-        if clean {
-            tx.delete_session(client_id)?;
-            Ok(None)
-        } else {
-            Ok(tx.session(client_id)?)
-        }
-    })
-    .map_err(|e| ConnectionEnd::Violation(format!("session store: {e}")))
+    let error = |e: ApiError| ConnectionEnd::Violation(format!("session store: {e}"));
+    // read first, so that a clean CONNECT without a stored session never waits for the writer
+    let stored = hub.read(|tx| Ok(tx.session(client_id)?)).map_err(error)?;
+    if !clean {
+        return Ok(stored);
+    }
+    if stored.is_some() {
+        hub.transact(|tx| Ok(tx.delete_session(client_id)?))
+            .map_err(error)?;
+    }
+    Ok(None)
 }
 
 fn features_of(filters: &[SessionFilter], key: &IdentityKey) -> HashSet<Feature> {
@@ -537,7 +539,7 @@ impl Session {
                 ));
             }
             Inbound::TwinGet { rid } => {
-                let result = self.hub.transact(|tx| twins::device_view(tx, &self.key));
+                let result = self.hub.read(|tx| twins::device_view(tx, &self.key));
                 replies.extend(match result {
                     Ok(view) => self.twin_response(200, &rid, None, Bytes::from(view.to_string())),
                     Err(error) => self.twin_error(&rid, &error),

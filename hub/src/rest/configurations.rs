@@ -17,12 +17,12 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
     match (segments, &request.method) {
         (["configurations"], &Method::GET) => {
             request.require(Permission::RegistryRead)?;
-            Reply::ok(hub.transact(|tx| Ok(tx.configurations(request.top())?))?)
+            Reply::ok(hub.read(|tx| Ok(tx.configurations(request.top())?))?)
         }
         (["configurations", id], &Method::GET) => {
             request.require(Permission::RegistryRead)?;
             let configuration =
-                hub.transact(|tx| tx.configuration(id)?.ok_or_else(|| not_found_error(id)))?;
+                hub.read(|tx| tx.configuration(id)?.ok_or_else(|| not_found_error(id)))?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }
@@ -31,7 +31,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
             let input: Configuration = request.json()?;
             let configuration = hub.transact_and_notify(|tx| {
                 let configuration = put(tx, id, input, request.if_match.as_deref())?;
-                Ok((configuration, deployments::evaluate(tx)?))
+                Ok((configuration, deployments::evaluate_all(tx)?))
             })?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
@@ -49,7 +49,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
                     }
                 }
                 tx.delete_configuration(id)?;
-                Ok(((), deployments::evaluate(tx)?))
+                Ok(((), deployments::evaluate_all(tx)?))
             })?;
             Reply::no_content()
         }

@@ -123,7 +123,7 @@ pub fn edge_environment(
     device_id: &str,
     module_id: &str,
 ) -> Result<EdgeEnvironment, ApiError> {
-    let module = hub.transact(|tx| {
+    let module = hub.read(|tx| {
         let device = tx
             .device(device_id)?
             .ok_or_else(|| registry::device_not_found(device_id))?;

@@ -57,7 +57,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
         .as_deref()
         .map(|order| key_of(query.from, order))
         .transpose()?;
-    let page = hub.transact(|tx| {
+    let page = hub.read(|tx| {
         let documents = Keys::new(tx, query.from, after).map(|key| {
             let key = key?;
             Ok((order_of(&key), view(hub, tx, &key)?))

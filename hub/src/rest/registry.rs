@@ -28,7 +28,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
     match segments {
         ["statistics", "devices"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let devices = hub.transact(|tx| Ok(tx.devices(usize::MAX >> 1)?))?;
+            let devices = hub.read(|tx| Ok(tx.devices(usize::MAX >> 1)?))?;
             let enabled = devices
                 .iter()
                 .filter(|d| d.status.as_deref() == Some("enabled"))
@@ -51,7 +51,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
         }
         ["devices"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let mut devices = hub.transact(|tx| Ok(tx.devices(request.top())?))?;
+            let mut devices = hub.read(|tx| Ok(tx.devices(request.top())?))?;
             for device in &mut devices {
                 set_connection_state(hub, &mut device.connection_state, &device.device_id);
             }
@@ -61,7 +61,7 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
         ["devices", id] => device(hub, request, id),
         ["devices", id, "modules"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let modules = hub.transact(|tx| {
+            let modules = hub.read(|tx| {
                 tx.device(id)?
                     .ok_or_else(|| registry::device_not_found(id))?;
                 Ok(tx.modules(id)?)
@@ -91,7 +91,7 @@ fn is_edge(device: &Device) -> bool {
 /// A module identity was added to `device_id`: an edge device's workload socket is now wanted.
 fn module_added(hub: &Arc<Hub>, device_id: &str) {
     let edge = hub
-        .transact(|tx| Ok(tx.device(device_id)?))
+        .read(|tx| Ok(tx.device(device_id)?))
         .ok()
         .flatten()
         .is_some_and(|device| is_edge(&device));
@@ -124,7 +124,7 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
         Method::GET => {
             request.require(Permission::RegistryRead)?;
             let mut device =
-                hub.transact(|tx| tx.device(id)?.ok_or_else(|| registry::device_not_found(id)))?;
+                hub.read(|tx| tx.device(id)?.ok_or_else(|| registry::device_not_found(id)))?;
             set_connection_state(hub, &mut device.connection_state, id);
             device
         }
@@ -136,7 +136,7 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
                     None => registry::create_device(tx, id, input)?,
                     Some(_) => registry::update_device(tx, id, input, if_match)?,
                 };
-                Ok((device, deployments::evaluate(tx)?))
+                Ok((device, deployments::evaluate_devices(tx, [id])?))
             })?;
             if device.status.as_deref() == Some("disabled") {
                 hub.live.kick_device(id);
@@ -223,7 +223,7 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     }
     // IoT Hub adds a module only to a device registered before the request: a device and its
     // modules in one request fail the modules with DeviceNotFound.
-    let registered_before: HashSet<String> = hub.transact(|tx| {
+    let registered_before: HashSet<String> = hub.read(|tx| {
         let mut registered = HashSet::new();
         for item in items.iter().filter(|i| i.module_id.is_some()) {
             if tx.device(&item.id)?.is_some() {
@@ -248,6 +248,7 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             )
         })
         .collect();
+    let devices: std::collections::BTreeSet<String> = items.iter().map(|i| i.id.clone()).collect();
     let results =
         hub.transact_each_and_notify(items, |tx, item| bulk_item(tx, item, &registered_before))?;
     for ((device_id, module_id, operation), result) in labels.into_iter().zip(results) {
@@ -259,17 +260,23 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
                 module_id,
                 operation,
             }),
-            Ok(()) => match (module_id.is_some(), operation.as_deref()) {
-                (true, Some("create")) => module_added(hub, &device_id),
-                (false, Some("delete" | "deleteIfMatchETag")) => {
+            // Modules imported in bulk open no workload socket (a fleet imported in bulk would
+            // hold one file descriptor per edge device); theirs opens when a module's Edge
+            // environment is asked for, or at the hub's next start.
+            Ok(()) => {
+                if module_id.is_none()
+                    && matches!(operation.as_deref(), Some("delete" | "deleteIfMatchETag"))
+                {
                     hub.live.kick_device(&device_id);
                     hub.workload.remove(&device_id);
                 }
-                _ => {}
-            },
+            }
         }
     }
-    hub.transact_and_notify(|tx| Ok(((), deployments::evaluate(tx)?)))?;
+    hub.transact_and_notify(|tx| {
+        let devices = devices.iter().map(String::as_str);
+        Ok(((), deployments::evaluate_devices(tx, devices)?))
+    })?;
     let result = BulkRegistryOperationResult {
         is_successful: errors.is_empty(),
         errors,

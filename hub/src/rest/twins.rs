@@ -45,7 +45,7 @@ fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, Ap
     };
     let connected = hub.live.is_connected(&key.client_id());
     let view = match mode {
-        None => hub.transact(|tx| twins::service_view(tx, &key, connected))?,
+        None => hub.read(|tx| twins::service_view(tx, &key, connected))?,
         Some(mode) => {
             let input: Twin = request.json()?;
             hub.transact_and_notify(|tx| {
@@ -53,7 +53,7 @@ fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, Ap
                     twins::update_from_service(tx, &key, input, mode, request.if_match.as_deref())?;
                 let mut changes: Vec<_> = change.into_iter().collect();
                 if key.module_id.is_none() {
-                    changes.extend(deployments::evaluate(tx)?);
+                    changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
                 }
                 Ok((twins::service_view(tx, &key, connected)?, changes))
             })?

@@ -1,0 +1,228 @@
+//! The registry phase: write latency as the fleet grows, with and without a deployment, and
+//! CONNECT latency while writes run.
+//!
+//! On one fresh hub, for each fleet size in `--registry` (ascending): edge devices tagged
+//! `fleet=registry` are added with bulk `POST /devices` of 100 until the fleet has that size;
+//! then `--samples` twin tag PATCHes (on devices spread over the fleet) and as many single edge
+//! device creates (`PUT /devices/{id}`) are timed one after another, first without a deployment,
+//! then with one at-scale deployment targeting the whole fleet (created, and deleted again
+//! afterwards, each timed: those evaluate every device once). At the largest size the hub's
+//! memory is read, and CONNECT → CONNACK of a plain device is timed alone and while two service
+//! connections PATCH twins as fast as the hub answers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
+use serde_json::{json, Value};
+
+use super::{auth, bulk_create, percentile, Identity, Mqtt, Options, Rest, Result, Row, Target};
+
+/// Plain devices that CONNECT is timed with.
+const PROBES: usize = 100;
+/// Service connections that keep writing while CONNECT is timed under load.
+const WRITERS: usize = 2;
+const DEPLOYMENT: &str = "registry-deployment";
+
+fn device_id(n: usize) -> String {
+    format!("reg-{n:06}")
+}
+
+/// Runs the registry phase and appends its rows.
+pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
+    let target = Target::start("registry")?;
+    let mut rest = target.rest().await?;
+    let probes: Vec<Identity> = (0..PROBES)
+        .map(|i| Identity {
+            device_id: format!("probe-{i:03}"),
+            module_id: None,
+        })
+        .collect();
+    let items = probes
+        .iter()
+        .map(|p| json!({ "id": p.device_id, "importMode": "create", "authentication": auth() }))
+        .collect();
+    bulk_create(&mut rest, items).await?;
+    let mut sizes = options.registry.clone();
+    sizes.sort_unstable();
+    let (mut fleet, mut created) = (0, 0);
+    for &size in &sizes {
+        let t = Instant::now();
+        let grown = size.saturating_sub(fleet);
+        let items = (fleet..size.max(fleet))
+            .map(|n| {
+                json!({
+                    "id": device_id(n), "importMode": "create", "authentication": auth(),
+                    "capabilities": { "iotEdge": true }, "tags": { "fleet": "registry" },
+                })
+            })
+            .collect();
+        bulk_create(&mut rest, items).await?;
+        fleet = fleet.max(size);
+        eprintln!(
+            "registry: {fleet} edge devices (+{grown} in {:.1?})",
+            t.elapsed()
+        );
+        for deployed in [false, true] {
+            let mut evaluation = String::new();
+            if deployed {
+                let path = format!("/configurations/{DEPLOYMENT}");
+                let took = timed(&mut rest, "PUT", &path, &deployment()).await?;
+                evaluation = format!("; deployment created in {:.2} s", took.as_secs_f64());
+            }
+            let mut patches = Vec::with_capacity(options.samples);
+            let mut creates = Vec::with_capacity(options.samples);
+            for i in 0..options.samples {
+                let id = device_id(i * 7919 % fleet.max(1));
+                let body = json!({ "tags": { "fleet": "registry", "sample": i } });
+                patches.push(timed(&mut rest, "PATCH", &format!("/twins/{id}"), &body).await?);
+                let id = format!("new-{created:06}");
+                created += 1;
+                let body = json!({ "deviceId": id, "capabilities": { "iotEdge": true } });
+                creates.push(timed(&mut rest, "PUT", &format!("/devices/{id}"), &body).await?);
+            }
+            if deployed {
+                let path = format!("/configurations/{DEPLOYMENT}");
+                let took = timed(&mut rest, "DELETE", &path, &Value::Null).await?;
+                evaluation.push_str(&format!(", deleted in {:.2} s", took.as_secs_f64()));
+            }
+            let with = if deployed { "with" } else { "without" };
+            for (what, times) in [
+                ("twin tag PATCH", &mut patches),
+                ("device create (PUT)", &mut creates),
+            ] {
+                times.sort();
+                rows.push((
+                    format!("{what} at {fleet} edge devices, {with} a deployment"),
+                    format!(
+                        "p50 {:.1} ms, p99 {:.1} ms",
+                        ms(percentile(times, 0.5)),
+                        ms(percentile(times, 0.99))
+                    ),
+                    format!("{} writes one after another{evaluation}", times.len()),
+                ));
+            }
+        }
+    }
+    let (rss, hwm) = target.hub.memory();
+    rows.push((
+        format!(
+            "hub memory at {} registered devices",
+            fleet + created + PROBES
+        ),
+        format!("VmRSS {rss:.0} MiB, VmHWM {hwm:.0} MiB"),
+        format!("{} fds", target.hub.fds()),
+    ));
+    connect_latency(&target, &probes, options.samples, fleet, rows).await
+}
+
+/// CONNECT → CONNACK times of the probe devices, alone and under a concurrent write load.
+async fn connect_latency(
+    target: &Target,
+    probes: &[Identity],
+    samples: usize,
+    fleet: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let idle = connects(target, probes, samples).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut rest = target.rest().await?;
+        let (stop, writes) = (stop.clone(), writes.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!({ "tags": { "fleet": "registry", "load": i } });
+                call_ok(
+                    &mut rest,
+                    "PATCH",
+                    &format!("/twins/{}", device_id(i % fleet.max(1))),
+                    &body,
+                )
+                .await?;
+                writes.fetch_add(1, Ordering::Relaxed);
+                i += WRITERS * 101;
+            }
+            Ok::<_, super::Error>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (w0, t0) = (writes.load(Ordering::Relaxed), Instant::now());
+    let loaded = connects(target, probes, samples).await?;
+    let rate = (writes.load(Ordering::Relaxed) - w0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await??;
+    }
+    for (when, times) in [("alone", idle), ("while twin PATCHes run", loaded)] {
+        rows.push((
+            format!("CONNECT → CONNACK at {fleet} edge devices, {when}"),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms",
+                ms(percentile(&times, 0.5)),
+                ms(percentile(&times, 0.99))
+            ),
+            if when == "alone" {
+                format!("{} connects one after another", times.len())
+            } else {
+                format!(
+                    "{} connects; {WRITERS} service connections wrote {rate:.0} PATCHes/s meanwhile",
+                    times.len()
+                )
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Times `count` CONNECT → CONNACK exchanges (after TLS), cycling through `probes`; sorted.
+async fn connects(target: &Target, probes: &[Identity], count: usize) -> Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        let identity = &probes[i % probes.len()];
+        let mut mqtt = Mqtt::new(super::tls_connect(&target.tls, target.mqtt_addr).await?);
+        let connect = identity.connect_packet()?;
+        let t = Instant::now();
+        mqtt.send(connect).await?;
+        match mqtt.next().await? {
+            Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {}
+            other => return Err(format!("CONNECT refused: {other:?}").into()),
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn deployment() -> Value {
+    json!({
+        "id": DEPLOYMENT,
+        "targetCondition": "tags.fleet='registry'",
+        "priority": 1,
+        "content": { "modulesContent": {
+            "$edgeAgent": { "properties.desired": { "schemaVersion": "1.1" } },
+        } },
+    })
+}
+
+async fn call_ok(rest: &mut Rest, method: &str, path: &str, body: &Value) -> Result<()> {
+    let (status, reply) = rest.call(method, path, body).await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("{method} {path} failed: {status} {reply}").into());
+    }
+    Ok(())
+}
+
+/// How long a successful `call_ok` took.
+async fn timed(rest: &mut Rest, method: &str, path: &str, body: &Value) -> Result<Duration> {
+    let t = Instant::now();
+    call_ok(rest, method, path, body).await?;
+    Ok(t.elapsed())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
