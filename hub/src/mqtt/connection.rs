@@ -2,7 +2,7 @@
 //! from the hub, the keep-alive deadline and the token's expiry. Everything on `$iothub/` is
 //! scoped to the connection's identity.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,8 +166,10 @@ where
     let stored = restore_session(&hub, &client_id, connect.clean_session)?;
     let session_present = stored.is_some();
     let filters: Vec<SessionFilter> = stored.unwrap_or_default();
-    let features = features_of(&filters, &key);
-    let mut registration = hub.live.register(&client_id, features);
+    let grants = grants_of(&filters, &key);
+    let mut registration = hub
+        .live
+        .register(&client_id, grants.keys().copied().collect());
     tracing::info!(
         client_id,
         clean_session = connect.clean_session,
@@ -180,6 +182,7 @@ where
         connection_id: registration.id,
         persistent: !connect.clean_session,
         filters,
+        grants,
         next_pkid: 0,
     };
     let result = async {
@@ -282,11 +285,18 @@ fn restore_session(
     Ok(None)
 }
 
-fn features_of(filters: &[SessionFilter], key: &IdentityKey) -> HashSet<Feature> {
-    filters
-        .iter()
-        .filter_map(|f| topic::classify_filter(&f.filter, &key.device_id, key.module_id.as_deref()))
-        .collect()
+/// The highest QoS granted for each feature the filters subscribe to.
+fn grants_of(filters: &[SessionFilter], key: &IdentityKey) -> HashMap<Feature, u8> {
+    let mut grants = HashMap::new();
+    for f in filters {
+        if let Some(feature) =
+            topic::classify_filter(&f.filter, &key.device_id, key.module_id.as_deref())
+        {
+            let qos = grants.entry(feature).or_insert(f.qos);
+            *qos = (*qos).max(f.qos);
+        }
+    }
+    grants
 }
 
 /// The state of one connected client.
@@ -303,6 +313,9 @@ struct Session {
     persistent: bool,
     /// Accepted subscription filters with their granted QoS.
     filters: Vec<SessionFilter>,
+    /// `filters` by feature with the highest QoS granted, kept so that publishing does not
+    /// classify filters again.
+    grants: HashMap<Feature, u8>,
     /// Last packet id used for a QoS 1 publish to the client.
     next_pkid: u16,
 }
@@ -494,24 +507,15 @@ impl Session {
     /// Whether a message on `topic` may go at QoS 1: only if a subscription it is delivered
     /// through was granted QoS 1 (MQTT 3.1.1 §3.8.4: never above the granted QoS).
     fn granted_at_least_once(&self, topic: &str) -> bool {
-        let Some(feature) = topic::feature_of_outgoing(topic) else {
-            return false;
-        };
-        self.filters.iter().any(|f| {
-            f.qos == 1
-                && topic::classify_filter(
-                    &f.filter,
-                    &self.key.device_id,
-                    self.key.module_id.as_deref(),
-                ) == Some(feature)
-        })
+        topic::feature_of_outgoing(topic).and_then(|f| self.grants.get(&f)) == Some(&1)
     }
 
-    fn save_filters(&self) -> Result<(), ConnectionEnd> {
+    fn save_filters(&mut self) -> Result<(), ConnectionEnd> {
+        self.grants = grants_of(&self.filters, &self.key);
         self.hub.live.set_features(
             &self.client_id,
             self.connection_id,
-            features_of(&self.filters, &self.key),
+            self.grants.keys().copied().collect(),
         );
         if self.persistent {
             self.hub
@@ -611,14 +615,7 @@ impl Session {
         version: Option<i64>,
         body: Bytes,
     ) -> Option<Packet> {
-        let subscribed = self.filters.iter().any(|f| {
-            topic::classify_filter(
-                &f.filter,
-                &self.key.device_id,
-                self.key.module_id.as_deref(),
-            ) == Some(Feature::TwinResponses)
-        });
-        if !subscribed {
+        if !self.grants.contains_key(&Feature::TwinResponses) {
             tracing::debug!(
                 client_id = %self.client_id,
                 rid,

@@ -30,17 +30,7 @@ pub struct UpgradeRefused(pub &'static str);
 /// The `Sec-WebSocket-Accept` for a valid MQTT-over-WebSockets upgrade request, or why it is not
 /// one (RFC 6455 §4.2.1: GET, `Upgrade: websocket`, `Connection: upgrade`, version 13, a key).
 pub fn accept_key<B>(request: &hyper::Request<B>) -> Result<String, UpgradeRefused> {
-    let header = |name| {
-        request
-            .headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect::<Vec<_>>()
-    };
-    let has = |name, token: &str| header(name).iter().any(|v| v.eq_ignore_ascii_case(token));
+    let has = |name, token| lists_token(request, name, token);
     if request.method() != hyper::Method::GET {
         return Err(UpgradeRefused("a WebSocket upgrade must be a GET"));
     }
@@ -59,6 +49,21 @@ pub fn accept_key<B>(request: &hyper::Request<B>) -> Result<String, UpgradeRefus
     Ok(derive_accept_key(key.as_bytes()))
 }
 
+/// Whether the comma-separated header `name` lists `token` (case-insensitive).
+fn lists_token<B>(
+    request: &hyper::Request<B>,
+    name: hyper::header::HeaderName,
+    token: &str,
+) -> bool {
+    request
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
 /// Answers an upgrade request with `101 Switching Protocols` (subprotocol `mqtt` when offered),
 /// and returns the MQTT session to run over the upgraded connection once the response is out.
 /// `authenticated` runs once its CONNECT is accepted.
@@ -74,13 +79,7 @@ pub fn upgrade(
     UpgradeRefused,
 > {
     let accept = accept_key(&request)?;
-    let offers_mqtt = request
-        .headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
+    let offers_mqtt = lists_token(&request, SEC_WEBSOCKET_PROTOCOL, "mqtt");
     let upgrading = hyper::upgrade::on(&mut request);
     let session = async move {
         let upgraded = match upgrading.await {
