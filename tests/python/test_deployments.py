@@ -45,6 +45,17 @@ def _edge_device_with_module(registry_manager, make_device, tags=None):
     return device
 
 
+def _create(configurations, prefix, condition, priority, modules_content):
+    """Creates a configuration (deleted after the test) and returns its id."""
+    manager, created = configurations
+    config_id = unique_id(prefix).lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition=condition, priority=priority,
+        content=ConfigurationContent(modules_content=modules_content)))
+    created.append(config_id)
+    return config_id
+
+
 def _desired(registry_manager, device_id, module_id):
     return registry_manager.get_module_twin(device_id, module_id).properties.desired
 
@@ -174,24 +185,17 @@ def test_configurations_are_listed_and_duplicates_and_bad_conditions_refused(con
 
 def test_layered_deployments_merge_over_the_base_by_priority_and_need_a_base(
         hub, registry_manager, configurations, make_device):
-    manager, created = configurations
+    manager, _ = configurations
     ring = unique_id("ring").lower()
     device = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
     lonely = _edge_device_with_module(registry_manager, make_device, {"ring": ring + "-nobase"})
 
-    def create(config_id, condition, priority, modules_content):
-        manager.create_configuration(Configuration(
-            id=config_id, target_condition=condition, priority=priority,
-            content=ConfigurationContent(modules_content=modules_content)))
-        created.append(config_id)
-
-    base_id, low_id, high_id = (unique_id(n).lower() for n in ("base", "low", "high"))
-    create(base_id, f"tags.ring='{ring}'", 10, _manifest(60))
-    create(low_id, f"tags.ring='{ring}' OR tags.ring='{ring}-nobase'", 20, {
+    base_id = _create(configurations, "base", f"tags.ring='{ring}'", 10, _manifest(60))
+    low_id = _create(configurations, "low", f"tags.ring='{ring}' OR tags.ring='{ring}-nobase'", 20, {
         "$edgeHub": {"properties.desired.routes.low": "FROM /messages/* INTO $upstream"},
         "edgetwin": {"properties.desired.telemetryInterval": 30, "properties.desired.metrics.load": True},
     })
-    create(high_id, f"tags.ring='{ring}'", 30, {
+    high_id = _create(configurations, "high", f"tags.ring='{ring}'", 30, {
         "edgetwin": {"properties.desired.telemetryInterval": 122},
     })
 
@@ -214,12 +218,8 @@ def test_layered_deployments_merge_over_the_base_by_priority_and_need_a_base(
 
 
 def test_a_configuration_without_schema_version_gets_1_0_as_the_sdks_send_it(configurations):
-    manager, created = configurations
-    config_id = unique_id("schema").lower()
-    manager.create_configuration(Configuration(
-        id=config_id, target_condition="tags.x='y'", priority=1,
-        content=ConfigurationContent(modules_content=_manifest(1))))
-    created.append(config_id)
+    manager, _ = configurations
+    config_id = _create(configurations, "schema", "tags.x='y'", 1, _manifest(1))
     assert manager.get_configuration(config_id).schema_version == "1.0"
 
 
