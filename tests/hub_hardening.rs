@@ -500,7 +500,7 @@ fn hub_refusing(dir: &Path, args: &[&str]) -> (i32, String) {
     command
         .args(["hub", "--data-dir"])
         .arg(dir.join("hub"))
-        .args(["--mqtt-port", "0", "--rest-port", "0"])
+        .args(["--mqtt-port", "0", "--https-port", "0"])
         .args(args);
     let mut proc = support::Proc::spawn(&mut command, log.clone());
     let code = proc.wait_exit(Duration::from_secs(10));
@@ -544,20 +544,21 @@ async fn a_hub_that_lost_its_database_refuses_to_start_fresh_unless_told_to_rese
             "--reset",
             "--mqtt-port",
             "0",
-            "--rest-port",
+            "--https-port",
             "0",
             "--data-dir",
         ])
         .arg(dir.join("hub"));
-    let _ = std::fs::remove_file(dir.join("hub/hub.json"));
     let mut reset = support::Proc::spawn(&mut command, dir.join("reset.log"));
     let info: Value =
         support::poll_blocking(Duration::from_secs(10), Duration::from_millis(50), || {
             assert!(reset.running(), "--reset did not start: {}", reset.log());
+            // hub.json stays from the refused start: wait for the one with the new keys
             std::fs::read_to_string(dir.join("hub/hub.json"))
                 .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .ok_or(|| "no hub.json".to_owned())
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .filter(|info| info["policies"] != keys)
+                .ok_or(|| "no hub.json with new keys".to_owned())
         });
     assert_ne!(info["policies"], keys, "--reset makes new keys");
 }

@@ -31,7 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .as_f64()
                     .is_some_and(|t| t > threshold)
                 {
-                    client.send_output("output1", message)?;
+                    if let Err(full) = client.send_output("output1", message) {
+                        eprintln!("dropped: {full}");
+                    }
                 }
             }
             _ => {}

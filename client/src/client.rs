@@ -85,7 +85,9 @@ impl Connection {
 /// while let Some(event) = client.next_event().await {
 ///     match event {
 ///         Event::Input { input, message } if input == "input1" => {
-///             client.send_output("output1", message)?;
+///             if let Err(full) = client.send_output("output1", message) {
+///                 eprintln!("dropped: {full}");
+///             }
 ///         }
 ///         Event::Method(call) => call.respond(200, &serde_json::json!({})).await,
 ///         _ => {}

@@ -66,7 +66,7 @@ pub struct SessionConfig {
     pub outbox_capacity: usize,
     /// What [`ClientHandle::send_output`] does when the outbox is full.
     pub overflow: Overflow,
-    /// The `DeviceClientType` sent in the CONNECT username and as workload API user agent.
+    /// The `DeviceClientType` sent in the CONNECT username.
     pub client_type: String,
 }
 
@@ -302,20 +302,22 @@ impl ClientHandle {
     /// Sends `message` to module output `output` (or, for a device client, as telemetry when
     /// `output` is empty). Kept until the hub acknowledges it, across reconnects.
     pub fn send_output(&self, output: &str, message: Message) -> Result<(), SendError> {
-        let pending = self.counters.accepted.load(Ordering::Relaxed)
-            - self.counters.settled.load(Ordering::Relaxed);
+        // reserve the slot first, so that two handles cannot both take the last one
+        let accepted_before = self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let pending = accepted_before.saturating_sub(self.counters.settled.load(Ordering::Relaxed));
         if self.overflow == Overflow::Reject && pending >= self.capacity {
+            self.counters.accepted.fetch_sub(1, Ordering::Relaxed);
             return Err(SendError::Full(Box::new(message)));
         }
         let output = (!output.is_empty()).then(|| output.to_owned());
-        match self
+        let sent = self
             .commands
-            .try_send(Request::Core(Command::Output { output, message }))
-        {
-            Ok(()) => {
-                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            .try_send(Request::Core(Command::Output { output, message }));
+        if sent.is_err() {
+            self.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Request::Core(Command::Output {
                 message,
                 ..
@@ -537,10 +539,15 @@ impl Driver {
     /// Publishes the phase and the output counters.
     fn publish_state(&self) {
         let state = SessionState::from(self.core.phase());
-        if *self.state.borrow() != state {
-            debug!(state = state.name(), "session state");
-        }
-        let _ = self.state.send(state);
+        // receivers wake only on a change: this runs after every tick
+        self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            if changed {
+                debug!(state = state.name(), "session state");
+                *current = state;
+            }
+            changed
+        });
         self.counters.settled.store(
             self.core.outputs_delivered() + self.core.outputs_dropped(),
             Ordering::Relaxed,

@@ -145,9 +145,6 @@ fn serve_hub(dir: PathBuf) -> Result<()> {
         let mut config = edgetwin_hub::HubConfig::new(dir);
         config.mqtt_port = 0;
         config.https_port = 0;
-        // the default splits the open-file limit evenly between the MQTT and HTTPS listeners;
-        // the benchmark holds 10,000 + 100 MQTT connections and a handful of HTTPS ones
-        config.max_connections = Some(16_000);
         let hub = edgetwin_hub::start(config).await?;
         println!("ready");
         std::io::stdout().flush()?;

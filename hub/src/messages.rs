@@ -151,8 +151,9 @@ impl MessageLog {
             .filter(|m| matches(&filter.output, m.output.as_deref()))
             .take(MAX_READ_MESSAGES)
             .take_while(|m| {
-                let fits = bytes == 0 || bytes + m.size() <= MAX_READ_BYTES;
-                bytes += m.size();
+                let size = m.size();
+                let fits = bytes == 0 || bytes + size <= MAX_READ_BYTES;
+                bytes += size;
                 fits
             })
             .cloned()

@@ -717,6 +717,25 @@ mod tests {
     }
 
     #[test]
+    fn the_store_writes_ahead_and_syncs_every_commit_so_an_acknowledged_write_survives_a_crash() {
+        let (store, dir) = temp_store("durability");
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let synchronous: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            (mode.as_str(), synchronous),
+            ("wal", 2),
+            "WAL with synchronous=FULL"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_failed_transaction_leaves_nothing_behind() {
         let (mut store, dir) = temp_store("rollback");
         let key = IdentityKey::device("d1");

@@ -44,8 +44,16 @@ pub struct EdgeEnvArgs {
 }
 
 /// Parses a `--device`/`--module` value: an IoT Hub id that a connection string can carry.
+/// An id that goes into a connection string: an IoT Hub id without `;` or `=`.
 fn identity_id(id: &str) -> Result<String, String> {
     edgetwin_wire::ids::check_connection_string_id(id)
+        .map(|()| id.to_owned())
+        .map_err(|why| format!("'{id}' {why}"))
+}
+
+/// An id that only goes into a REST path: any IoT Hub id (`;` and `=` included).
+fn registry_id(id: &str) -> Result<String, String> {
+    edgetwin_wire::ids::check_identity_id(id)
         .map(|()| id.to_owned())
         .map_err(|why| format!("'{id}' {why}"))
 }
@@ -167,10 +175,10 @@ pub struct TwinTarget {
     #[command(flatten)]
     pub hub: HubArgs,
     /// Device id.
-    #[arg(long, value_name = "ID", value_parser = identity_id)]
+    #[arg(long, value_name = "ID", value_parser = registry_id)]
     pub device: String,
     /// Module id (module twin); without it, the device twin.
-    #[arg(long, value_name = "ID", value_parser = identity_id)]
+    #[arg(long, value_name = "ID", value_parser = registry_id)]
     pub module: Option<String>,
 }
 
@@ -301,6 +309,11 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
             "nothing to do: give --device, --count or --devices-from (or --deployment with \
              --target-condition and --deployment-id)"
                 .into(),
+        ));
+    }
+    if tags.is_some() && args.device.is_none() && fleet_devices.is_none() {
+        return Err(ProvisionError::Input(
+            "--tags needs the devices to tag: --device, --count or --devices-from".into(),
         ));
     }
     if fleet_devices.is_some() && deploying && args.deploy.target_condition.is_none() {

@@ -115,8 +115,7 @@ fn run_steps(options: &SolutionOptions, build: bool, push: bool) -> Result<(), S
                 execute(builder, &args, &what, None)?;
             }
         }
-        let pushed_by_build = build && builder == Builder::DockerBuildx;
-        if let Some(args) = builder.push(&image.tag, pushed_by_build).filter(|_| push) {
+        if let Some(args) = builder.push(&image.tag, build).filter(|_| push) {
             println!("pushing {}", image.tag);
             execute(builder, &args, &format!("pushing {}", image.tag), None)?;
         }

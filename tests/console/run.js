@@ -174,9 +174,14 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     });
     assert.equal(refused.status, 401);
     assert.match(refused.body, /does not grant RegistryWrite/);
-    const forged = await page.evaluate(async () => (await fetch('/console/api/devices/intruder?api-version=2021-04-12', {
-      method: 'DELETE', headers: { 'if-match': '*' } })).status);
-    assert.equal(forged, 401, 'a mutating request without the CSRF header is refused');
+    const forged = await page.evaluate(async () => {
+      const response = await fetch('/console/api/devices/intruder?api-version=2021-04-12', {
+        method: 'DELETE', headers: { 'if-match': '*' } });
+      return { status: response.status, body: await response.text() };
+    });
+    assert.equal(forged.status, 401, 'a mutating request without the CSRF header is refused');
+    // refused for the missing header, before the session's permissions are even asked
+    assert.match(forged.body, /x-console-csrf/i);
     await page.goto(origin + '/console/#/faults');
     assert.ok(await page.getByRole('button', { name: 'Drop every connection' }).isDisabled());
     await page.getByRole('button', { name: 'Sign out' }).click();

@@ -110,3 +110,14 @@ def test_an_unknown_import_mode_refuses_the_request_and_names_it(hub, registry_m
     assert r.status_code == 400, r.text
     assert "importMode 'upsert'" in r.json()["Message"]
     assert device_id not in {d.device_id for d in registry_manager.get_devices()}
+
+
+def test_create_or_update_if_match_etag_creates_a_missing_device_without_an_etag(bulk, registry_manager):
+    # the etag condition applies only to a device that exists (ImportMode.CreateOrUpdateIfMatchETag)
+    device_id = unique_id("bulk")
+    created = bulk([ExportImportDevice(id=device_id, import_mode="createOrUpdateIfMatchETag")])
+    assert created.is_successful is True, created.errors
+    stale = bulk([ExportImportDevice(id=device_id, import_mode="createOrUpdateIfMatchETag",
+                                     e_tag="c3RhbGU=", status="disabled")])
+    assert _errors(stale) == {(device_id, None): "PreconditionFailed"}
+    assert registry_manager.get_device(device_id).status == "enabled"

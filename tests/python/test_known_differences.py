@@ -25,8 +25,10 @@ def test_x509_identities_are_refused_naming_the_authentication_type(registry_man
     assert "selfSigned" in err.value.response.text and "only sas" in err.value.response.text
 
 
-def test_amqp_and_so_cloud_to_device_messages_are_not_served():
-    # the service SDKs send cloud-to-device messages over AMQP (5671), which nothing serves here
+def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):
+    # the service SDKs send cloud-to-device messages over AMQP (5671), which the running hub
+    # does not serve
+    assert hub.proc.poll() is None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 5671), timeout=2).close()
 

@@ -239,33 +239,28 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             (
                 item.id.clone(),
                 item.module_id.clone(),
-                Some(
-                    item.import_mode
-                        .unwrap_or(ImportMode::CreateOrUpdate)
-                        .name()
-                        .to_owned(),
-                ),
+                item.import_mode.unwrap_or(ImportMode::CreateOrUpdate),
             )
         })
         .collect();
     let devices: std::collections::BTreeSet<String> = items.iter().map(|i| i.id.clone()).collect();
     let results =
         hub.transact_each_and_notify(items, |tx, item| bulk_item(tx, item, &registered_before))?;
-    for ((device_id, module_id, operation), result) in labels.into_iter().zip(results) {
+    for ((device_id, module_id, mode), result) in labels.into_iter().zip(results) {
         match result {
             Err(error) => errors.push(DeviceRegistryOperationError {
                 device_id,
                 error_code: error.code.name().to_owned(),
                 error_status: error.message,
                 module_id,
-                operation,
+                operation: Some(mode.name().to_owned()),
             }),
             // Modules imported in bulk open no workload socket (a fleet imported in bulk would
             // hold one file descriptor per edge device); theirs opens when a module's Edge
             // environment is asked for, or at the hub's next start.
             Ok(()) => {
                 if module_id.is_none()
-                    && matches!(operation.as_deref(), Some("delete" | "deleteIfMatchETag"))
+                    && matches!(mode, ImportMode::Delete | ImportMode::DeleteIfMatchETag)
                 {
                     hub.live.kick_device(&device_id);
                     hub.workload.remove(&device_id);
@@ -327,19 +322,21 @@ fn bulk_item(
         mode,
         ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag
     );
-    let if_match = item_if_match(mode.checks_etag(), &item.e_tag, "eTag")?;
+    // the etag applies only to an identity that exists: createOrUpdateIfMatchETag creates a
+    // missing one without it
+    let if_match = || item_if_match(mode.checks_etag(), &item.e_tag, "eTag");
     match mode {
         ImportMode::Create => identity.create(tx)?,
         ImportMode::CreateOrUpdate | ImportMode::CreateOrUpdateIfMatchETag => {
             if identity.exists(tx)? {
-                identity.update(tx, &if_match)?;
+                identity.update(tx, &if_match()?)?;
             } else {
                 identity.create(tx)?;
             }
         }
-        ImportMode::Update | ImportMode::UpdateIfMatchETag => identity.update(tx, &if_match)?,
+        ImportMode::Update | ImportMode::UpdateIfMatchETag => identity.update(tx, &if_match()?)?,
         ImportMode::Delete | ImportMode::DeleteIfMatchETag => {
-            identity.delete(tx, &if_match)?;
+            identity.delete(tx, &if_match()?)?;
             return Ok(((), Vec::new()));
         }
         ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag => {

@@ -14,15 +14,19 @@ use serde_json::Value;
 use super::ast::{BinaryOp, Expr, Function, Path};
 
 /// Finds `path` in `document`: the value and the key it was found under (the document's own
-/// spelling of the last segment).
+/// spelling of the last segment). The twin's own top-level properties match in any case (IoT
+/// Hub's `SELECT DeviceId, LastActivityTime` returns `deviceId`, `lastActivityTime`); below them
+/// (tags, desired and reported properties) names are case-sensitive, as twin keys are.
 pub fn lookup<'a>(document: &'a Value, path: &Path) -> Option<(&'a str, &'a Value)> {
     let mut node = document;
     let mut key = "";
-    for segment in &path.0 {
+    for (depth, segment) in path.0.iter().enumerate() {
         let object = node.as_object()?;
-        let (k, v) = object
-            .get_key_value(segment.as_str())
-            .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)))?;
+        let (k, v) = object.get_key_value(segment.as_str()).or_else(|| {
+            (depth == 0)
+                .then(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(segment)))
+                .flatten()
+        })?;
         key = k;
         node = v;
     }
@@ -181,6 +185,13 @@ mod tests {
         let path = Path(vec!["DeviceID".into()]);
         assert_eq!(lookup(&twin(), &path), Some(("deviceId", &json!("gw-1"))));
         assert!(check("DEVICEID = 'gw-1'"));
+    }
+
+    #[test]
+    fn names_below_the_twins_own_properties_are_case_sensitive_as_twin_keys_are() {
+        assert!(check("TAGS.ring = 2"));
+        assert!(!check("tags.RING = 2"));
+        assert!(!check("properties.Desired.interval = 30"));
     }
 
     #[test]
