@@ -205,6 +205,35 @@ async fn an_edge_device_has_a_workload_socket_only_from_when_a_module_can_use_it
 }
 
 #[tokio::test]
+async fn an_edge_fleet_imported_in_bulk_gets_no_sockets_until_asked_not_even_after_a_restart() {
+    let dir = TempDir::new("socket-bulk");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
+    let devices: Vec<Value> = (0..50)
+        .map(|n| json!({"id": format!("edge-{n}"), "importMode": "create", "capabilities": {"iotEdge": true}}))
+        .collect();
+    let modules: Vec<Value> = (0..50)
+        .map(|n| json!({"id": format!("edge-{n}"), "moduleId": "m", "importMode": "create"}))
+        .collect();
+    for items in [devices, modules] {
+        let (status, body) = hub.rest.call("POST", "/devices", Some(json!(items))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let env = hub.rest.edge_environment("edge-7", "m").await;
+    assert_eq!(entries(&workload_dir).len(), 1, "only the asked-for socket");
+    drop(hub);
+
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    assert_eq!(
+        entries(&workload_dir).len(),
+        1,
+        "a restart opened sockets for the fleet: {:?}",
+        entries(&workload_dir)
+    );
+    serves_trust_bundle(&socket_of(&hub, &env));
+}
+
+#[tokio::test]
 async fn a_128_character_edge_device_id_gets_a_socket_its_environment_points_at() {
     let (_dir, hub, env) = hub_with_module("long-id", &"g".repeat(128)).await;
     let socket = socket_of(&hub, &env);

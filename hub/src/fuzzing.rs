@@ -37,17 +37,20 @@ fn fixture() -> &'static Fixture {
             .expect("runtime");
         let workload = WorkloadSockets::new(dir.join("workload"));
         let hub = runtime.block_on(async {
-            Hub::open(&dir, "localhost".into(), "CA".into(), workload, true).expect("hub")
+            let hub =
+                Hub::open(&dir, "localhost".into(), "CA".into(), workload, true).expect("hub");
+            hub.write(|tx| {
+                let edge = Device {
+                    capabilities: Some(DeviceCapabilities { iot_edge: true }),
+                    ..Device::default()
+                };
+                crate::registry::create_device(tx, "gw", edge)?;
+                crate::registry::create_module(tx, "gw", "m", Module::default())
+            })
+            .await
+            .expect("fixture identities");
+            hub
         });
-        hub.transact(|tx| {
-            let edge = Device {
-                capabilities: Some(DeviceCapabilities { iot_edge: true }),
-                ..Device::default()
-            };
-            crate::registry::create_device(tx, "gw", edge)?;
-            crate::registry::create_module(tx, "gw", "m", Module::default())
-        })
-        .expect("fixture identities");
         let hub = Arc::new(hub);
         hub.workload.attach(&hub);
         Fixture {

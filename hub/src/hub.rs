@@ -3,7 +3,7 @@
 //! storage and live connections (twin changes that notify devices, method calls) live here.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,10 +19,10 @@ use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
 use crate::methods::{MethodResponse, PendingMethods};
-use crate::reported::ReportedWriter;
 use crate::store::{IdentityKey, PolicyRecord, Readers, Store, StoreError, Transaction};
-use crate::twins::DesiredChange;
+use crate::twins::{self, DesiredChange};
 use crate::workload::WorkloadSockets;
+use crate::writer::{Committing, Writer, Written};
 
 /// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
 pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
@@ -37,14 +37,13 @@ const READERS: usize = 4;
 pub struct Hub {
     /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
     pub host_name: String,
-    /// Durable state; the mutex also orders twin changes with their notifications.
-    store: Arc<Mutex<Store>>,
+    /// The one writer of the store, which also tells clients about desired changes in commit
+    /// order.
+    writer: Writer,
     /// Read-only connections for reads, which never wait behind a write and its fsync.
     readers: Readers,
-    /// Group commit of reported patches.
-    pub reported: ReportedWriter,
     /// Live MQTT connections.
-    pub live: LiveConnections,
+    pub live: Arc<LiveConnections>,
     /// Direct methods waiting for a response.
     pub methods: PendingMethods,
     /// Telemetry and module outputs.
@@ -54,7 +53,7 @@ pub struct Hub {
     /// The CA certificate (PEM), served as the workload trust bundle.
     pub ca_pem: String,
     /// The workload sockets being served.
-    pub workload: WorkloadSockets,
+    pub workload: Arc<WorkloadSockets>,
     /// Faults injected through `/edgetwin/faults`.
     pub faults: Faults,
     /// The web console's sessions and event streams.
@@ -98,13 +97,17 @@ impl Hub {
                 tracing::error!(%error, "evaluating deployments at start failed");
             }
         }
-        let store = Arc::new(Mutex::new(store));
+        let live = Arc::new(LiveConnections::default());
+        let workload = Arc::new(workload);
+        let hook = {
+            let (live, workload) = (live.clone(), workload.clone());
+            move |change: &DesiredChange| notify_desired(&live, &workload, change)
+        };
         Ok(Self {
             readers: Readers::open(&path, READERS)?,
+            writer: Writer::start(store, hook),
             host_name,
-            reported: ReportedWriter::start(store.clone()),
-            store,
-            live: LiveConnections::default(),
+            live,
             methods: PendingMethods::default(),
             messages: MessageLog::default(),
             policies,
@@ -124,81 +127,48 @@ impl Hub {
         off_the_async_worker(|| self.readers.read(f))
     }
 
-    /// Runs `f` in one store transaction on the write connection.
-    pub fn transact<T>(
+    /// Runs `f` in a transaction of the writer and waits for its commit.
+    pub async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        off_the_async_worker(|| self.store().transaction(f))
+        self.writer.write(move |tx| Ok((f(tx)?, Vec::new()))).await
     }
 
-    /// Runs `f` in one store transaction, then, still in order with other changes, tells
-    /// subscribed clients about the desired-property changes it made.
-    pub fn transact_and_notify<T>(
+    /// Runs `f` in a transaction of the writer and waits for its commit, after which (in commit
+    /// order with every other change) subscribed clients are told about the desired-property
+    /// changes it made.
+    pub async fn write_and_notify<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<DesiredChange>), ApiError>,
+        f: impl FnOnce(&Transaction<'_>) -> Written<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        off_the_async_worker(|| {
-            let mut store = self.store();
-            let (value, changes) = store.transaction(f)?;
-            for change in changes {
-                self.notify_desired(&change);
-            }
-            Ok(value)
-        })
+        self.writer
+            .write(move |tx| {
+                let (value, changes) = f(tx)?;
+                for change in changes.iter().filter(|c| wants_workload_socket(c)) {
+                    tx.want_workload_socket(&change.key.device_id)?;
+                }
+                Ok((value, changes))
+            })
+            .await
     }
 
-    /// Runs `f` on every item in one transaction (a savepoint each: a failing item is rolled back
-    /// alone) with one commit, then tells subscribed clients about the desired changes, in order.
-    /// The outer error is a failed commit, in which case nothing was stored.
-    pub fn transact_each_and_notify<I, T>(
+    /// Queues a reported-properties patch from `key`'s device or module for the next group
+    /// commit (waiting only for room in the queue) and returns the handle to its new
+    /// `reported.$version`, so that a connection can keep reading meanwhile.
+    pub async fn submit_reported(
         &self,
-        items: impl IntoIterator<Item = I>,
-        f: impl FnMut(&Transaction<'_>, I) -> Result<(T, Vec<DesiredChange>), ApiError>,
-    ) -> Result<Vec<Result<T, ApiError>>, ApiError> {
-        off_the_async_worker(|| {
-            let mut store = self.store();
-            let results = store.each_in_one_transaction(items, f)?;
-            Ok(results
-                .into_iter()
-                .map(|result| {
-                    result.map(|(value, changes)| {
-                        for change in &changes {
-                            self.notify_desired(change);
-                        }
-                        value
-                    })
-                })
-                .collect())
-        })
+        key: IdentityKey,
+        body: Bytes,
+    ) -> Result<Committing<i64>, ApiError> {
+        self.writer
+            .submit(move |tx| Ok((twins::patch_reported(tx, &key, &body)?, Vec::new())))
+            .await
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn notify_desired(&self, change: &DesiredChange) {
-        // An `$edgeAgent` told to run modules (a deployment, applyConfigurationContent): those
-        // modules will want the device's workload socket.
-        if change.key.module_id.as_deref() == Some("$edgeAgent")
-            && change.patch.get("modules").is_some_and(|m| !m.is_null())
-        {
-            self.workload.ensure_or_log(&change.key.device_id);
-        }
-        let body = twin::desired_notification(&change.patch, change.version);
-        let message = Outgoing {
-            topic: topic::desired_patch_topic(change.version),
-            payload: Bytes::from(body.to_string()),
-            at_least_once: true,
-        };
-        let client_id = change.key.client_id();
-        if self
-            .live
-            .send(&client_id, Some(Feature::DesiredPatches), message)
-            .is_ok()
-        {
-            tracing::debug!(client_id, version = change.version, "desired patch sent");
-        }
+    /// Stops taking writes and waits until every queued one is committed and answered.
+    pub async fn drain_writes(&self) {
+        self.writer.drain().await;
     }
 
     /// The policy a service token authenticates, if its signature, expiry and host are right and
@@ -315,8 +285,36 @@ impl Hub {
     }
 }
 
-/// Runs blocking store work (SQLite, fsync) so that, on a multi-threaded runtime, the worker's
-/// other tasks move to another thread meanwhile instead of waiting behind the disk.
+/// Whether a desired change tells an `$edgeAgent` to run modules (a deployment,
+/// applyConfigurationContent): those modules will want the device's workload socket.
+fn wants_workload_socket(change: &DesiredChange) -> bool {
+    change.key.module_id.as_deref() == Some("$edgeAgent")
+        && change.patch.get("modules").is_some_and(|m| !m.is_null())
+}
+
+/// Tells the client whose twin changed about a committed desired change (run by the writer),
+/// and serves the workload socket the change made wanted.
+fn notify_desired(live: &LiveConnections, workload: &WorkloadSockets, change: &DesiredChange) {
+    if wants_workload_socket(change) {
+        workload.ensure_or_log(&change.key.device_id);
+    }
+    let body = twin::desired_notification(&change.patch, change.version);
+    let message = Outgoing {
+        topic: topic::desired_patch_topic(change.version),
+        payload: Bytes::from(body.to_string()),
+        at_least_once: true,
+    };
+    let client_id = change.key.client_id();
+    if live
+        .send(&client_id, Some(Feature::DesiredPatches), message)
+        .is_ok()
+    {
+        tracing::debug!(client_id, version = change.version, "desired patch sent");
+    }
+}
+
+/// Runs blocking store reads so that, on a multi-threaded runtime, the worker's other tasks
+/// move to another thread meanwhile instead of waiting behind it.
 fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {

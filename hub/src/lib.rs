@@ -20,13 +20,13 @@ mod messages;
 mod methods;
 mod mqtt;
 mod registry;
-mod reported;
 mod rest;
 mod routing;
 mod store;
 mod test_hub;
 mod twins;
 mod workload;
+mod writer;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -186,7 +186,7 @@ impl RunningHub {
             let _ = task.await;
         }
         self.hub.workload.stop_all().await;
-        self.hub.reported.drain().await;
+        self.hub.drain_writes().await;
     }
 }
 
@@ -245,9 +245,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     hub.workload.attach(&hub);
 
     let edge_devices = hub
-        .read(|tx| Ok(tx.edge_devices_with_modules()?))
+        .read(|tx| Ok(tx.workload_socket_devices()?))
         .map_err(|e| HubError::Io {
-            what: "list edge devices".into(),
+            what: "list the workload sockets to serve".into(),
             source: std::io::Error::other(e.message),
         })?;
     for device_id in &edge_devices {

@@ -132,6 +132,15 @@ pub struct Store {
     targeting_created: bool,
 }
 
+/// Whether `name` is a table of the database.
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![name],
+        |row| row.get::<_, i64>(0),
+    )? > 0)
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
     device_id TEXT NOT NULL, module_id TEXT NOT NULL, record TEXT NOT NULL,
@@ -147,6 +156,22 @@ CREATE TABLE IF NOT EXISTS targeting (
     configuration_id TEXT NOT NULL, device_id TEXT NOT NULL, applied INTEGER NOT NULL,
     PRIMARY KEY (configuration_id, device_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targeting_by_device ON targeting (device_id);
+CREATE TABLE IF NOT EXISTS workload_sockets (device_id TEXT PRIMARY KEY) WITHOUT ROWID;
+";
+
+/// Fills `workload_sockets` in a database written before it existed, with the edge devices that
+/// hub gave a socket at its start: those with a module besides `$edgeAgent` and `$edgeHub`, or
+/// whose `$edgeAgent` was told to run modules.
+const WORKLOAD_SOCKETS_BEFORE: &str = "
+INSERT OR IGNORE INTO workload_sockets (device_id)
+SELECT m.device_id FROM identities m JOIN identities d
+  ON d.device_id = m.device_id AND d.module_id = ''
+WHERE m.module_id NOT IN ('', '$edgeAgent', '$edgeHub')
+  AND CASE WHEN json_valid(d.record) THEN json_extract(d.record, '$.capabilities.iotEdge') END = 1
+UNION
+SELECT device_id FROM twins
+WHERE module_id = '$edgeAgent'
+  AND CASE WHEN json_valid(record) THEN json_extract(record, '$.desired.modules') END IS NOT NULL;
 ";
 
 /// The system metric counting the edge devices a deployment's target condition matches.
@@ -173,12 +198,13 @@ impl Store {
                 problems: problems.join("; "),
             });
         }
-        let targeting_created = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'targeting'",
-            [],
-            |row| row.get::<_, i64>(0),
-        )? == 0;
+        let targeting_created = !has_table(&conn, "targeting")?;
+        let workload_sockets_created = !has_table(&conn, "workload_sockets")?;
         conn.execute_batch(SCHEMA)?;
+        if workload_sockets_created {
+            // a database from before the sockets were recorded: the devices that had one then
+            conn.execute_batch(WORKLOAD_SOCKETS_BEFORE)?;
+        }
         Ok(Self {
             conn,
             targeting_created,
@@ -205,19 +231,10 @@ impl Store {
     pub fn each_in_one_transaction<I, T, E: From<StoreError>>(
         &mut self,
         items: impl IntoIterator<Item = I>,
-        mut f: impl FnMut(&Transaction<'_>, I) -> Result<T, E>,
+        f: impl FnMut(&Transaction<'_>, I) -> Result<T, E>,
     ) -> Result<Vec<Result<T, E>>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut results = Vec::new();
-        for item in items {
-            tx.execute_batch("SAVEPOINT item")?;
-            let result = f(&Transaction { tx: &tx }, item);
-            if result.is_err() {
-                tx.execute_batch("ROLLBACK TO item")?;
-            }
-            tx.execute_batch("RELEASE item")?;
-            results.push(result);
-        }
+        let results = Transaction { tx: &tx }.each(items, f)?;
         tx.commit()?;
         Ok(results)
     }
@@ -316,6 +333,27 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
+    /// Runs `f` on every item, each under its own savepoint (nested in any enclosing one), so
+    /// that a failing item is rolled back alone; the results come back in order. The error is
+    /// a savepoint that could not be taken or rolled back, after which nothing should commit.
+    pub fn each<I, T, E: From<StoreError>>(
+        &self,
+        items: impl IntoIterator<Item = I>,
+        mut f: impl FnMut(&Transaction<'_>, I) -> Result<T, E>,
+    ) -> Result<Vec<Result<T, E>>, StoreError> {
+        let mut results = Vec::new();
+        for item in items {
+            self.tx.execute_batch("SAVEPOINT item")?;
+            let result = f(self, item);
+            if result.is_err() {
+                self.tx.execute_batch("ROLLBACK TO item")?;
+            }
+            self.tx.execute_batch("RELEASE item")?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
     fn get_doc<T: DeserializeOwned>(
         &self,
         sql: &str,
@@ -377,7 +415,7 @@ impl Transaction<'_> {
 
     /// Deletes a device with its modules, twins and session.
     pub fn delete_device(&self, device_id: &str) -> Result<(), StoreError> {
-        for table in ["identities", "twins", "targeting"] {
+        for table in ["identities", "twins", "targeting", "workload_sockets"] {
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE device_id = ?1"),
                 params![device_id],
@@ -409,24 +447,23 @@ impl Transaction<'_> {
         )
     }
 
-    /// The edge devices whose workload socket something may use: those with a module identity
-    /// besides `$edgeAgent` and `$edgeHub`, or whose `$edgeAgent` was told to run modules.
-    pub fn edge_devices_with_modules(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT m.device_id FROM identities m JOIN identities d
-               ON d.device_id = m.device_id AND d.module_id = ''
-             WHERE m.module_id NOT IN ('', '$edgeAgent', '$edgeHub')
-               AND CASE WHEN json_valid(d.record)
-                   THEN json_extract(d.record, '$.capabilities.iotEdge') END = 1
-             UNION
-             SELECT device_id FROM twins
-             WHERE module_id = '$edgeAgent'
-               AND CASE WHEN json_valid(record)
-                   THEN json_extract(record, '$.desired.modules') END IS NOT NULL
-             ORDER BY 1",
-        )?;
+    /// The edge devices whose workload socket was wanted (and whose socket the hub therefore
+    /// serves from its start on), ordered.
+    pub fn workload_socket_devices(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT device_id FROM workload_sockets ORDER BY device_id")?;
         let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `device_id`'s workload socket is wanted: served until the device is deleted,
+    /// across restarts.
+    pub fn want_workload_socket(&self, device_id: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO workload_sockets (device_id) VALUES (?1)")?
+            .execute(params![device_id])?;
+        Ok(())
     }
 
     /// Stores a module identity (insert or replace).
@@ -787,6 +824,68 @@ mod tests {
         assert!(
             older.targeting_created(),
             "a database from before the table"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_from_before_socket_records_keeps_the_sockets_its_hub_served_and_no_more() {
+        let (mut store, dir) = temp_store("socket-records");
+        let edge = Device {
+            capabilities: Some(edgetwin_wire::rest::DeviceCapabilities { iot_edge: true }),
+            ..Device::default()
+        };
+        let module = |device_id: &str, module_id: &str| Module {
+            device_id: device_id.into(),
+            module_id: module_id.into(),
+            ..Module::default()
+        };
+        store
+            .transaction(|tx| {
+                for id in ["with-module", "system-only", "configured"] {
+                    tx.put_device(&Device {
+                        device_id: id.into(),
+                        ..edge.clone()
+                    })?;
+                    tx.put_module(&module(id, "$edgeAgent"))?;
+                }
+                tx.put_device(&Device {
+                    device_id: "leaf".into(),
+                    ..Device::default()
+                })?;
+                tx.put_module(&module("leaf", "m"))?;
+                tx.put_module(&module("with-module", "m"))?;
+                let mut agent = TwinRecord::default();
+                agent
+                    .desired
+                    .insert("modules".into(), serde_json::json!({}));
+                tx.put_twin(&IdentityKey::module("configured", "$edgeAgent"), &agent)
+            })
+            .unwrap();
+        store
+            .conn
+            .execute_batch("DROP TABLE workload_sockets")
+            .unwrap();
+        drop(store);
+        let mut reopened = Store::open(&dir.join("hub.db")).unwrap();
+        let recorded = reopened
+            .transaction(|tx| tx.workload_socket_devices())
+            .unwrap();
+        assert_eq!(recorded, ["configured", "with-module"]);
+        reopened
+            .transaction(|tx| {
+                tx.want_workload_socket("leaf")?;
+                tx.delete_device("with-module")
+            })
+            .unwrap();
+        drop(reopened);
+        let again = Store::open(&dir.join("hub.db"))
+            .unwrap()
+            .transaction(|tx| tx.workload_socket_devices());
+        assert_eq!(
+            again.unwrap(),
+            ["configured", "leaf"],
+            "recorded once, forgotten with the device"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

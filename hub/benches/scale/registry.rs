@@ -7,8 +7,9 @@
 //! device creates (`PUT /devices/{id}`) are timed one after another, first without a deployment,
 //! then with one at-scale deployment targeting the whole fleet (created, and deleted again
 //! afterwards, each timed: those evaluate every device once). At the largest size the hub's
-//! memory is read, and CONNECT → CONNACK of a plain device is timed alone and while two service
-//! connections PATCH twins as fast as the hub answers.
+//! memory is read, and CONNECT → CONNACK of a plain device is timed alone, while two service
+//! connections PATCH twins as fast as the hub answers, and while they GET twins as fast instead
+//! (the same CPU and TLS work without a write: what sharing two cores costs CONNECT by itself).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,7 +118,20 @@ pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
     connect_latency(&target, &probes, options.samples, fleet, rows).await
 }
 
-/// CONNECT → CONNACK times of the probe devices, alone and under a concurrent write load.
+/// What the service connections keep doing while CONNECTs are timed.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// Nothing: CONNECT alone.
+    None,
+    /// Twin tag PATCHes, as fast as the hub answers: writes, each fsynced.
+    Writes,
+    /// Twin GETs, as fast as the hub answers: the same requests' CPU and TLS without a write,
+    /// to tell what the writes themselves cost CONNECT from what sharing two cores costs.
+    Reads,
+}
+
+/// CONNECT → CONNACK times of the probe devices alone, while twin PATCHes run and while twin
+/// GETs run.
 async fn connect_latency(
     target: &Target,
     probes: &[Identity],
@@ -125,39 +139,19 @@ async fn connect_latency(
     fleet: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let idle = connects(target, probes, samples).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut rest = target.rest().await?;
-        let (stop, writes) = (stop.clone(), writes.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = w;
-            while !stop.load(Ordering::Relaxed) {
-                let body = json!({ "tags": { "fleet": "registry", "load": i } });
-                call_ok(
-                    &mut rest,
-                    "PATCH",
-                    &format!("/twins/{}", device_id(i % fleet.max(1))),
-                    &body,
-                )
-                .await?;
-                writes.fetch_add(1, Ordering::Relaxed);
-                i += WRITERS * 101;
-            }
-            Ok::<_, super::Error>(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (w0, t0) = (writes.load(Ordering::Relaxed), Instant::now());
-    let loaded = connects(target, probes, samples).await?;
-    let rate = (writes.load(Ordering::Relaxed) - w0) as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await??;
-    }
-    for (when, times) in [("alone", idle), ("while twin PATCHes run", loaded)] {
+    for load in [Load::None, Load::Writes, Load::Reads] {
+        let (times, rate) = connects_under(target, probes, samples, fleet, load).await?;
+        let (when, detail) = match load {
+            Load::None => ("alone", format!("{samples} connects one after another")),
+            Load::Writes => (
+                "while twin PATCHes run",
+                format!("{samples} connects; {WRITERS} service connections wrote {rate:.0} PATCHes/s meanwhile"),
+            ),
+            Load::Reads => (
+                "while twin GETs run",
+                format!("{samples} connects; {WRITERS} service connections read {rate:.0} twins/s meanwhile"),
+            ),
+        };
         rows.push((
             format!("CONNECT → CONNACK at {fleet} edge devices, {when}"),
             format!(
@@ -165,17 +159,58 @@ async fn connect_latency(
                 ms(percentile(&times, 0.5)),
                 ms(percentile(&times, 0.99))
             ),
-            if when == "alone" {
-                format!("{} connects one after another", times.len())
-            } else {
-                format!(
-                    "{} connects; {WRITERS} service connections wrote {rate:.0} PATCHes/s meanwhile",
-                    times.len()
-                )
-            },
+            detail,
         ));
     }
     Ok(())
+}
+
+/// `samples` CONNECT → CONNACK times (sorted) while `WRITERS` service connections keep up
+/// `load`, and the load's requests per second.
+async fn connects_under(
+    target: &Target,
+    probes: &[Identity],
+    samples: usize,
+    fleet: usize,
+    load: Load,
+) -> Result<(Vec<Duration>, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut services = Vec::new();
+    for w in 0..WRITERS {
+        if load == Load::None {
+            break;
+        }
+        let mut rest = target.rest().await?;
+        let (stop, done) = (stop.clone(), done.clone());
+        services.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let path = format!("/twins/{}", device_id(i % fleet.max(1)));
+                match load {
+                    Load::Writes => {
+                        let body = json!({ "tags": { "fleet": "registry", "load": i } });
+                        call_ok(&mut rest, "PATCH", &path, &body).await?
+                    }
+                    _ => call_ok(&mut rest, "GET", &path, &Value::Null).await?,
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                i += WRITERS * 101;
+            }
+            Ok::<_, super::Error>(())
+        }));
+    }
+    if load != Load::None {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (d0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let times = connects(target, probes, samples).await?;
+    let rate = (done.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for service in services {
+        service.await??;
+    }
+    Ok((times, rate))
 }
 
 /// Times `count` CONNECT → CONNACK exchanges (after TLS), cycling through `probes`; sorted.

@@ -21,10 +21,10 @@ use crate::ids;
 use crate::live::Outgoing;
 use crate::messages::Message;
 use crate::methods::MethodResponse;
-use crate::reported::Committing;
 use crate::routing::{self, RoutedMessage};
 use crate::store::{IdentityKey, SessionFilter};
 use crate::twins;
+use crate::writer::Committing;
 
 use super::auth::{authenticate, Authenticated};
 
@@ -163,7 +163,7 @@ where
     };
     authenticated();
     let client_id = key.client_id();
-    let stored = restore_session(&hub, &client_id, connect.clean_session)?;
+    let stored = restore_session(&hub, &client_id, connect.clean_session).await?;
     let session_present = stored.is_some();
     let filters: Vec<SessionFilter> = stored.unwrap_or_default();
     let grants = grants_of(&filters, &key);
@@ -231,7 +231,7 @@ where
                     },
                     Some(packet) => {
                         session.answer_all(&mut pipelined, &mut writer).await?;
-                        for reply in session.handle(packet)? {
+                        for reply in session.handle(packet).await? {
                             write_packet(&mut writer, reply).await?;
                         }
                     }
@@ -267,7 +267,7 @@ where
     result
 }
 
-fn restore_session(
+async fn restore_session(
     hub: &Hub,
     client_id: &str,
     clean: bool,
@@ -279,7 +279,9 @@ fn restore_session(
         return Ok(stored);
     }
     if stored.is_some() {
-        hub.transact(|tx| Ok(tx.delete_session(client_id)?))
+        let client_id = client_id.to_owned();
+        hub.write(move |tx| Ok(tx.delete_session(&client_id)?))
+            .await
             .map_err(error)?;
     }
     Ok(None)
@@ -333,7 +335,7 @@ struct InFlight {
 /// How a pipelined reported patch ends.
 enum Outcome {
     /// Waiting for the group commit.
-    Committing(Committing),
+    Committing(Committing<i64>),
     /// Already decided (throttled by an injected fault, or the writer is gone).
     Decided(Option<Result<i64, ApiError>>),
 }
@@ -397,8 +399,7 @@ impl Session {
         } else {
             match self
                 .hub
-                .reported
-                .submit(self.key.clone(), publish.payload)
+                .submit_reported(self.key.clone(), publish.payload)
                 .await
             {
                 Ok(committing) => Outcome::Committing(committing),
@@ -446,7 +447,7 @@ impl Session {
     }
 
     /// Any packet but PUBLISH (see [`Self::on_publish`]) and DISCONNECT.
-    fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
+    async fn handle(&mut self, packet: Packet) -> Result<Vec<Packet>, ConnectionEnd> {
         match packet {
             Packet::Subscribe(subscribe) => {
                 let before = self.filters.clone();
@@ -456,14 +457,14 @@ impl Session {
                     .map(|f| self.subscribe(&f.path, f.qos))
                     .collect();
                 if self.filters != before {
-                    self.save_filters()?;
+                    self.save_filters().await?;
                 }
                 Ok(vec![Packet::SubAck(SubAck::new(subscribe.pkid, codes))])
             }
             Packet::Unsubscribe(unsubscribe) => {
                 self.filters
                     .retain(|f| !unsubscribe.topics.contains(&f.filter));
-                self.save_filters()?;
+                self.save_filters().await?;
                 Ok(vec![Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))])
             }
             Packet::PingReq => Ok(vec![Packet::PingResp]),
@@ -510,7 +511,7 @@ impl Session {
         topic::feature_of_outgoing(topic).and_then(|f| self.grants.get(&f)) == Some(&1)
     }
 
-    fn save_filters(&mut self) -> Result<(), ConnectionEnd> {
+    async fn save_filters(&mut self) -> Result<(), ConnectionEnd> {
         self.grants = grants_of(&self.filters, &self.key);
         self.hub.live.set_features(
             &self.client_id,
@@ -518,8 +519,10 @@ impl Session {
             self.grants.keys().copied().collect(),
         );
         if self.persistent {
+            let (client_id, filters) = (self.client_id.clone(), self.filters.clone());
             self.hub
-                .transact(|tx| Ok(tx.put_session(&self.client_id, &self.filters)?))
+                .write(move |tx| Ok(tx.put_session(&client_id, &filters)?))
+                .await
                 .map_err(|e| ConnectionEnd::Violation(format!("session store: {e}")))?;
         }
         Ok(())
@@ -730,7 +733,7 @@ mod tests {
 
     /// A hub in a fresh directory named after `tag` (returned, for the caller to remove), with
     /// device `d1` whose keys are [`KEY`], and a CONNECT for it.
-    fn hub_with_device(tag: &str) -> (Arc<Hub>, Connect, std::path::PathBuf) {
+    async fn hub_with_device(tag: &str) -> (Arc<Hub>, Connect, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("edgetwin-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -738,7 +741,9 @@ mod tests {
         let hub =
             Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload, true).unwrap());
         let key = Secret::new(KEY);
-        hub.transact(|tx| {
+        let device_key = key.clone();
+        hub.write(move |tx| {
+            let key = device_key;
             crate::registry::create_device(
                 tx,
                 "d1",
@@ -755,6 +760,7 @@ mod tests {
                 },
             )
         })
+        .await
         .unwrap();
         let token = edgetwin_wire::sas::generate_token(
             &key,
@@ -770,7 +776,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_twin_get_is_answered_only_once_the_client_subscribed_to_twin_responses() {
-        let (hub, connect, dir) = hub_with_device("twin-res");
+        let (hub, connect, dir) = hub_with_device("twin-res").await;
         let get = |rid: &str| {
             Packet::Publish(Publish::new(
                 topic::twin_get_topic(rid),
@@ -809,7 +815,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_holds_a_bounded_number_of_subscription_filters() {
-        let (hub, connect, dir) = hub_with_device("filters");
+        let (hub, connect, dir) = hub_with_device("filters").await;
         let filters: Vec<_> = (0..MAX_FILTERS + 4)
             .map(|i| {
                 rumqttc::mqttbytes::v4::SubscribeFilter::new(
@@ -841,7 +847,7 @@ mod tests {
     #[tokio::test]
     async fn pipelined_reported_patches_are_answered_in_order_at_the_granted_qos_and_a_later_get_sees_them_all(
     ) {
-        let (hub, connect, dir) = hub_with_device("pipeline");
+        let (hub, connect, dir) = hub_with_device("pipeline").await;
         let (client, server) = tokio::io::duplex(1 << 20);
         let serving = tokio::spawn(serve(hub.clone(), server, || {}));
 

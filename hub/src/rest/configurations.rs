@@ -13,7 +13,11 @@ use crate::hub::Hub;
 use crate::ids;
 
 /// Routes configuration requests.
-pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+pub async fn route(
+    hub: &Arc<Hub>,
+    request: &Request,
+    segments: &[&str],
+) -> Result<Reply, ApiError> {
     match (segments, &request.method) {
         (["configurations"], &Method::GET) => {
             request.require(Permission::RegistryRead)?;
@@ -29,18 +33,22 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
         (["configurations", id], &Method::PUT) => {
             request.require(Permission::RegistryWrite)?;
             let input: Configuration = request.json()?;
-            let configuration = hub.transact_and_notify(|tx| {
-                let configuration = put(tx, id, input, request.if_match.as_deref())?;
-                Ok((configuration, deployments::evaluate_all(tx)?))
-            })?;
+            let (id, if_match) = (id.to_string(), request.if_match.clone());
+            let configuration = hub
+                .write_and_notify(move |tx| {
+                    let configuration = put(tx, &id, input, if_match.as_deref())?;
+                    Ok((configuration, deployments::evaluate_all(tx)?))
+                })
+                .await?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }
         (["configurations", id], &Method::DELETE) => {
             request.require(Permission::RegistryWrite)?;
-            hub.transact_and_notify(|tx| {
-                let existing = tx.configuration(id)?.ok_or_else(|| not_found_error(id))?;
-                if let Some(value) = request.if_match.as_deref() {
+            let (id, if_match) = (id.to_string(), request.if_match.clone());
+            hub.write_and_notify(move |tx| {
+                let existing = tx.configuration(&id)?.ok_or_else(|| not_found_error(&id))?;
+                if let Some(value) = if_match.as_deref() {
                     if !ids::if_match_accepts(value, existing.etag.as_deref().unwrap_or_default()) {
                         return Err(ApiError::new(
                             ErrorCode::PreconditionFailed,
@@ -48,9 +56,10 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
                         ));
                     }
                 }
-                tx.delete_configuration(id)?;
+                tx.delete_configuration(&id)?;
                 Ok(((), deployments::evaluate_all(tx)?))
-            })?;
+            })
+            .await?;
             Reply::no_content()
         }
         _ => Err(not_found(request)),

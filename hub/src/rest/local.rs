@@ -16,13 +16,17 @@ use crate::messages::MessageFilter;
 use crate::registry;
 
 /// Routes `/edgetwin/...`.
-pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+pub async fn route(
+    hub: &Arc<Hub>,
+    request: &Request,
+    segments: &[&str],
+) -> Result<Reply, ApiError> {
     match segments {
         ["edgetwin", "devices", device_id, "modules", module_id, "edgeEnvironment"]
             if request.method == Method::GET =>
         {
             request.require(Permission::RegistryRead)?;
-            let environment = edge_environment(hub, device_id, module_id)?;
+            let environment = edge_environment(hub, device_id, module_id).await?;
             let vars: serde_json::Map<String, serde_json::Value> = environment
                 .to_vars()
                 .into_iter()
@@ -117,24 +121,32 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
     }
 }
 
-/// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub.
-pub fn edge_environment(
+/// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub;
+/// from now on the device's workload socket is served, across restarts, until it is deleted.
+pub async fn edge_environment(
     hub: &Hub,
     device_id: &str,
     module_id: &str,
 ) -> Result<EdgeEnvironment, ApiError> {
-    let module = hub.read(|tx| {
-        let device = tx
-            .device(device_id)?
-            .ok_or_else(|| registry::device_not_found(device_id))?;
-        if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
-            return Err(ApiError::invalid(format!(
-                "device '{device_id}' is not an IoT Edge device"
-            )));
-        }
-        tx.module(device_id, module_id)?
-            .ok_or_else(|| registry::module_not_found(device_id, module_id))
-    })?;
+    let (device, module) = (device_id.to_owned(), module_id.to_owned());
+    let module = hub
+        .write(move |tx| {
+            let (device_id, module_id) = (device.as_str(), module.as_str());
+            let device = tx
+                .device(device_id)?
+                .ok_or_else(|| registry::device_not_found(device_id))?;
+            if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
+                return Err(ApiError::invalid(format!(
+                    "device '{device_id}' is not an IoT Edge device"
+                )));
+            }
+            let module = tx
+                .module(device_id, module_id)?
+                .ok_or_else(|| registry::module_not_found(device_id, module_id))?;
+            tx.want_workload_socket(device_id)?;
+            Ok(module)
+        })
+        .await?;
     let socket = hub.workload.ensure(device_id).map_err(|error| {
         tracing::error!(device_id, %error, "no workload socket");
         ApiError::new(ErrorCode::ServerError, error.to_string())

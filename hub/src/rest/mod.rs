@@ -458,10 +458,10 @@ async fn dispatch(hub: &Arc<Hub>, request: Request) -> Result<Reply, ApiError> {
         Some("devices") if segments == ["devices", "query"] && request.method == Method::POST => {
             query::route(hub, &request)
         }
-        Some("devices") | Some("statistics") => registry::route(hub, &request, &segments),
+        Some("devices") | Some("statistics") => registry::route(hub, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,
-        Some("configurations") => configurations::route(hub, &request, &segments),
-        Some("edgetwin") => local::route(hub, &request, &segments),
+        Some("configurations") => configurations::route(hub, &request, &segments).await,
+        Some("edgetwin") => local::route(hub, &request, &segments).await,
         _ => Err(not_found(&request)),
     }
 }

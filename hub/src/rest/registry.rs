@@ -23,7 +23,11 @@ use crate::twins::{self, UpdateMode};
 pub const MAX_BULK_ITEMS: usize = 100;
 
 /// Routes identity requests.
-pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+pub async fn route(
+    hub: &Arc<Hub>,
+    request: &Request,
+    segments: &[&str],
+) -> Result<Reply, ApiError> {
     let method = &request.method;
     match segments {
         ["statistics", "devices"] if method == Method::GET => {
@@ -57,8 +61,8 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
             }
             Reply::ok(devices)
         }
-        ["devices"] if method == Method::POST => bulk(hub, request),
-        ["devices", id] => device(hub, request, id),
+        ["devices"] if method == Method::POST => bulk(hub, request).await,
+        ["devices", id] => device(hub, request, id).await,
         ["devices", id, "modules"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
             let modules = hub.read(|tx| {
@@ -73,11 +77,15 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
                     .collect::<Vec<_>>(),
             )
         }
-        ["devices", id, "modules", module_id] => module(hub, request, id, module_id),
+        ["devices", id, "modules", module_id] => module(hub, request, id, module_id).await,
         ["devices", id, "applyConfigurationContent"] if method == Method::POST => {
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
-            hub.transact_and_notify(|tx| Ok(((), deployments::apply_content(tx, id, &content)?)))?;
+            let id = id.to_string();
+            hub.write_and_notify(move |tx| {
+                Ok(((), deployments::apply_content(tx, &id, &content)?))
+            })
+            .await?;
             Reply::no_content()
         }
         _ => Err(not_found(request)),
@@ -86,18 +94,6 @@ pub fn route(hub: &Arc<Hub>, request: &Request, segments: &[&str]) -> Result<Rep
 
 fn is_edge(device: &Device) -> bool {
     device.capabilities.as_ref().is_some_and(|c| c.iot_edge)
-}
-
-/// A module identity was added to `device_id`: an edge device's workload socket is now wanted.
-fn module_added(hub: &Arc<Hub>, device_id: &str) {
-    let edge = hub
-        .read(|tx| Ok(tx.device(device_id)?))
-        .ok()
-        .flatten()
-        .is_some_and(|device| is_edge(&device));
-    if edge {
-        hub.workload.ensure_or_log(device_id);
-    }
 }
 
 fn set_connection_state(hub: &Hub, state: &mut Option<String>, client_id: &str) {
@@ -118,8 +114,8 @@ fn with_live_state(hub: &Hub, mut module: Module) -> Module {
     module
 }
 
-fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError> {
-    let if_match = request.if_match.as_deref();
+async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError> {
+    let if_match = request.if_match.clone();
     let device = match request.method {
         Method::GET => {
             request.require(Permission::RegistryRead)?;
@@ -131,13 +127,17 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
         Method::PUT => {
             request.require(Permission::RegistryWrite)?;
             let input: Device = request.json()?;
-            let device = hub.transact_and_notify(|tx| {
-                let device = match if_match {
-                    None => registry::create_device(tx, id, input)?,
-                    Some(_) => registry::update_device(tx, id, input, if_match)?,
-                };
-                Ok((device, deployments::evaluate_devices(tx, [id])?))
-            })?;
+            let device_id = id.to_owned();
+            let device = hub
+                .write_and_notify(move |tx| {
+                    let id = device_id.as_str();
+                    let device = match if_match {
+                        None => registry::create_device(tx, id, input)?,
+                        Some(_) => registry::update_device(tx, id, input, if_match.as_deref())?,
+                    };
+                    Ok((device, deployments::evaluate_devices(tx, [id])?))
+                })
+                .await?;
             if device.status.as_deref() == Some("disabled") {
                 hub.live.kick_device(id);
             }
@@ -145,7 +145,9 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
         }
         Method::DELETE => {
             request.require(Permission::RegistryWrite)?;
-            hub.transact(|tx| registry::delete_device(tx, id, if_match))?;
+            let device_id = id.to_owned();
+            hub.write(move |tx| registry::delete_device(tx, &device_id, if_match.as_deref()))
+                .await?;
             hub.live.kick_device(id);
             hub.workload.remove(id);
             return Reply::no_content();
@@ -156,17 +158,18 @@ fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError
     Ok(Reply::ok(device)?.with_etag(etag))
 }
 
-fn module(
+async fn module(
     hub: &Arc<Hub>,
     request: &Request,
     device_id: &str,
     module_id: &str,
 ) -> Result<Reply, ApiError> {
-    let if_match = request.if_match.as_deref();
+    let if_match = request.if_match.clone();
+    let ids = (device_id.to_owned(), module_id.to_owned());
     let module = match request.method {
         Method::GET => {
             request.require(Permission::RegistryRead)?;
-            hub.transact(|tx| {
+            hub.read(|tx| {
                 tx.device(device_id)?
                     .ok_or_else(|| registry::device_not_found(device_id))?;
                 tx.module(device_id, module_id)?
@@ -176,18 +179,31 @@ fn module(
         Method::PUT => {
             request.require(Permission::RegistryWrite)?;
             let input: Module = request.json()?;
-            let module = hub.transact(|tx| match if_match {
-                None => registry::create_module(tx, device_id, module_id, input),
-                Some(_) => registry::update_module(tx, device_id, module_id, input, if_match),
-            })?;
-            if if_match.is_none() {
-                module_added(hub, device_id);
+            let added = if_match.is_none();
+            let (module, edge) = hub
+                .write(move |tx| {
+                    let (device_id, module_id) = (ids.0.as_str(), ids.1.as_str());
+                    let module = match if_match.as_deref() {
+                        None => registry::create_module(tx, device_id, module_id, input)?,
+                        etag => registry::update_module(tx, device_id, module_id, input, etag)?,
+                    };
+                    // a module identity added to an edge device: its workload socket is wanted
+                    let edge = added && tx.device(device_id)?.is_some_and(|d| is_edge(&d));
+                    if edge {
+                        tx.want_workload_socket(device_id)?;
+                    }
+                    Ok((module, edge))
+                })
+                .await?;
+            if edge {
+                hub.workload.ensure_or_log(device_id);
             }
             module
         }
         Method::DELETE => {
             request.require(Permission::RegistryWrite)?;
-            hub.transact(|tx| registry::delete_module(tx, device_id, module_id, if_match))?;
+            hub.write(move |tx| registry::delete_module(tx, &ids.0, &ids.1, if_match.as_deref()))
+                .await?;
             hub.live
                 .kick(&IdentityKey::module(device_id, module_id).client_id());
             return Reply::no_content();
@@ -200,7 +216,7 @@ fn module(
 
 /// Bulk `POST /devices`: up to 100 items, each applied on its own; 400 with the per-item errors if
 /// any failed (the others still land), as IoT Hub does.
-fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
+async fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     request.require(Permission::RegistryWrite)?;
     let items: Vec<ExportImportDevice> = request.json_any()?;
     if items.len() > MAX_BULK_ITEMS {
@@ -244,8 +260,21 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
         })
         .collect();
     let devices: std::collections::BTreeSet<String> = items.iter().map(|i| i.id.clone()).collect();
-    let results =
-        hub.transact_each_and_notify(items, |tx, item| bulk_item(tx, item, &registered_before))?;
+    // The items (a savepoint each: a failing one is rolled back alone), then the deployments
+    // evaluated once for the request's devices, in one transaction.
+    let results = hub
+        .write_and_notify(move |tx| {
+            let mut changes = Vec::new();
+            let results: Vec<Result<(), ApiError>> = tx
+                .each(items, |tx, item| bulk_item(tx, item, &registered_before))?
+                .into_iter()
+                .map(|result| result.map(|((), item_changes)| changes.extend(item_changes)))
+                .collect();
+            let devices = devices.iter().map(String::as_str);
+            changes.extend(deployments::evaluate_devices(tx, devices)?);
+            Ok((results, changes))
+        })
+        .await?;
     for ((device_id, module_id, mode), result) in labels.into_iter().zip(results) {
         match result {
             Err(error) => errors.push(DeviceRegistryOperationError {
@@ -256,8 +285,8 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
                 operation: Some(mode.name().to_owned()),
             }),
             // Modules imported in bulk open no workload socket (a fleet imported in bulk would
-            // hold one file descriptor per edge device); theirs opens when a module's Edge
-            // environment is asked for, or at the hub's next start.
+            // hold one file descriptor per edge device), now or at a restart; theirs opens when
+            // a module's Edge environment is asked for.
             Ok(()) => {
                 if module_id.is_none()
                     && matches!(mode, ImportMode::Delete | ImportMode::DeleteIfMatchETag)
@@ -268,10 +297,7 @@ fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
             }
         }
     }
-    hub.transact_and_notify(|tx| {
-        let devices = devices.iter().map(String::as_str);
-        Ok(((), deployments::evaluate_devices(tx, devices)?))
-    })?;
+
     let result = BulkRegistryOperationResult {
         is_successful: errors.is_empty(),
         errors,

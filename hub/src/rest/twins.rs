@@ -21,9 +21,9 @@ pub async fn route(
     segments: &[&str],
 ) -> Result<Reply, ApiError> {
     match segments {
-        ["twins", id] => twin(hub, request, IdentityKey::device(id)),
+        ["twins", id] => twin(hub, request, IdentityKey::device(id)).await,
         ["twins", id, "modules", module_id] => {
-            twin(hub, request, IdentityKey::module(id, module_id))
+            twin(hub, request, IdentityKey::module(id, module_id)).await
         }
         ["twins", id, "methods"] if request.method == Method::POST => {
             method(hub, request, IdentityKey::device(id)).await
@@ -35,7 +35,7 @@ pub async fn route(
     }
 }
 
-fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, ApiError> {
+async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, ApiError> {
     request.require(Permission::ServiceConnect)?;
     let mode = match request.method {
         Method::GET => None,
@@ -48,15 +48,17 @@ fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, Ap
         None => hub.read(|tx| twins::service_view(tx, &key, connected))?,
         Some(mode) => {
             let input: Twin = request.json()?;
-            hub.transact_and_notify(|tx| {
+            let if_match = request.if_match.clone();
+            hub.write_and_notify(move |tx| {
                 let change =
-                    twins::update_from_service(tx, &key, input, mode, request.if_match.as_deref())?;
+                    twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
                 let mut changes: Vec<_> = change.into_iter().collect();
                 if key.module_id.is_none() {
                     changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
                 }
                 Ok((twins::service_view(tx, &key, connected)?, changes))
-            })?
+            })
+            .await?
         }
     };
     let etag = view.etag.clone();
@@ -66,7 +68,7 @@ fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, Ap
 async fn method(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, ApiError> {
     request.require(Permission::ServiceConnect)?;
     let call: CloudToDeviceMethod = request.json()?;
-    hub.transact(|tx| match &key.module_id {
+    hub.read(|tx| match &key.module_id {
         None => tx
             .device(&key.device_id)?
             .map(drop)
