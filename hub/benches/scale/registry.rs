@@ -7,10 +7,13 @@
 //! device creates (`PUT /devices/{id}`) are timed one after another, first without a deployment,
 //! then with one at-scale deployment targeting the whole fleet (created, and deleted again
 //! afterwards, each timed: those evaluate every device once). At the largest size the hub's
-//! memory is read, and CONNECT → CONNACK of a plain device is timed alone, while two service
-//! connections PATCH twins as fast as the hub answers, and while they GET twins as fast instead
-//! (the same CPU and TLS work without a write: what sharing two cores costs CONNECT by itself).
+//! memory is read; twin PATCHes from 32 service connections at once are timed; and CONNECT →
+//! CONNACK of a plain device is timed (from a thread and runtime of the benchmark's own) alone,
+//! while those 32 connections PATCH twins at 1,000 per second in all, while they PATCH twins as
+//! fast as the hub answers, and while they GET twins as fast instead (the same TLS and HTTP work without a write: what sharing two cores with the
+//! load costs CONNECT by itself).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +21,12 @@ use std::time::{Duration, Instant};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
 use serde_json::{json, Value};
 
-use super::{auth, bulk_create, percentile, Identity, Mqtt, Options, Rest, Result, Row, Target};
+use super::{
+    auth, bulk_create, percentile, Identity, Mqtt, Options, Rest, Result, Row, Target, TlsConnector,
+};
 
 /// Plain devices that CONNECT is timed with.
 const PROBES: usize = 100;
-/// Service connections that keep writing while CONNECT is timed under load.
-const WRITERS: usize = 2;
 const DEPLOYMENT: &str = "registry-deployment";
 
 fn device_id(n: usize) -> String {
@@ -115,14 +118,73 @@ pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
         format!("VmRSS {rss:.0} MiB, VmHWM {hwm:.0} MiB"),
         format!("{} fds", target.hub.fds()),
     ));
+    concurrent_patches(&target, options.samples, fleet, rows).await?;
     connect_latency(&target, &probes, options.samples, fleet, rows).await
 }
+
+/// Service connections that PATCH twins at the same time in the concurrent-writes measure, and
+/// that keep up the load while CONNECT is timed.
+const CONCURRENT: usize = 32;
+
+/// Twin tag PATCHes from [`CONCURRENT`] service connections at once, each sending `samples`
+/// one after another: every write's latency and how many the hub answers per second (writes
+/// arriving together share a commit).
+async fn concurrent_patches(
+    target: &Target,
+    samples: usize,
+    fleet: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let mut connections = Vec::with_capacity(CONCURRENT);
+    for _ in 0..CONCURRENT {
+        connections.push(target.rest().await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut rest) in connections.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::with_capacity(samples);
+            for i in 0..samples {
+                let id = device_id((c * samples + i) * 7919 % fleet.max(1));
+                let body = json!({ "tags": { "fleet": "registry", "concurrent": i } });
+                times.push(timed(&mut rest, "PATCH", &format!("/twins/{id}"), &body).await?);
+            }
+            Ok::<_, super::Error>(times)
+        }));
+    }
+    let mut times = Vec::with_capacity(CONCURRENT * samples);
+    for task in tasks {
+        times.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    times.sort();
+    rows.push((
+        format!("twin tag PATCH at {fleet} edge devices, {CONCURRENT} service connections at once"),
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99))
+        ),
+        format!(
+            "{} writes in {:.2} s: {:.0} per second",
+            times.len(),
+            elapsed.as_secs_f64(),
+            times.len() as f64 / elapsed.as_secs_f64()
+        ),
+    ));
+    Ok(())
+}
+
+/// Twin PATCHes per second in the paced write load.
+const PACED_WRITES: u32 = 1000;
 
 /// What the service connections keep doing while CONNECTs are timed.
 #[derive(Clone, Copy, PartialEq)]
 enum Load {
     /// Nothing: CONNECT alone.
     None,
+    /// Twin tag PATCHes at [`PACED_WRITES`] per second in all: a busy fleet back end's writes.
+    PacedWrites,
     /// Twin tag PATCHes, as fast as the hub answers: writes, each fsynced.
     Writes,
     /// Twin GETs, as fast as the hub answers: the same requests' CPU and TLS without a write,
@@ -139,17 +201,21 @@ async fn connect_latency(
     fleet: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    for load in [Load::None, Load::Writes, Load::Reads] {
+    for load in [Load::None, Load::PacedWrites, Load::Writes, Load::Reads] {
         let (times, rate) = connects_under(target, probes, samples, fleet, load).await?;
         let (when, detail) = match load {
             Load::None => ("alone", format!("{samples} connects one after another")),
+            Load::PacedWrites => (
+                "while twin PATCHes run at a steady rate",
+                format!("{samples} connects; {CONCURRENT} service connections wrote {rate:.0} PATCHes/s meanwhile"),
+            ),
             Load::Writes => (
-                "while twin PATCHes run",
-                format!("{samples} connects; {WRITERS} service connections wrote {rate:.0} PATCHes/s meanwhile"),
+                "while twin PATCHes run flat out",
+                format!("{samples} connects; {CONCURRENT} service connections wrote {rate:.0} PATCHes/s meanwhile"),
             ),
             Load::Reads => (
-                "while twin GETs run",
-                format!("{samples} connects; {WRITERS} service connections read {rate:.0} twins/s meanwhile"),
+                "while twin GETs run flat out",
+                format!("{samples} connects; {CONCURRENT} service connections read {rate:.0} twins/s meanwhile"),
             ),
         };
         rows.push((
@@ -165,7 +231,7 @@ async fn connect_latency(
     Ok(())
 }
 
-/// `samples` CONNECT → CONNACK times (sorted) while `WRITERS` service connections keep up
+/// `samples` CONNECT → CONNACK times (sorted) while `CONCURRENT` service connections keep up
 /// `load`, and the load's requests per second.
 async fn connects_under(
     target: &Target,
@@ -177,7 +243,7 @@ async fn connects_under(
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut services = Vec::new();
-    for w in 0..WRITERS {
+    for w in 0..CONCURRENT {
         if load == Load::None {
             break;
         }
@@ -185,17 +251,23 @@ async fn connects_under(
         let (stop, done) = (stop.clone(), done.clone());
         services.push(tokio::spawn(async move {
             let mut i = w;
+            let period = Duration::from_secs_f64(CONCURRENT as f64 / PACED_WRITES as f64);
+            let mut pace = tokio::time::interval(period);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
+                if load == Load::PacedWrites {
+                    pace.tick().await;
+                }
                 let path = format!("/twins/{}", device_id(i % fleet.max(1)));
                 match load {
-                    Load::Writes => {
+                    Load::PacedWrites | Load::Writes => {
                         let body = json!({ "tags": { "fleet": "registry", "load": i } });
                         call_ok(&mut rest, "PATCH", &path, &body).await?
                     }
                     _ => call_ok(&mut rest, "GET", &path, &Value::Null).await?,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
-                i += WRITERS * 101;
+                i += CONCURRENT * 101;
             }
             Ok::<_, super::Error>(())
         }));
@@ -214,11 +286,32 @@ async fn connects_under(
 }
 
 /// Times `count` CONNECT → CONNACK exchanges (after TLS), cycling through `probes`; sorted.
+/// The probe runs on a thread and runtime of its own, so that its times are the hub's and not
+/// those of the benchmark's own tasks making the load.
 async fn connects(target: &Target, probes: &[Identity], count: usize) -> Result<Vec<Duration>> {
+    let (tls, addr, probes) = (target.tls.clone(), target.mqtt_addr, probes.to_vec());
+    let probe = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime
+            .block_on(timed_connects(&tls, addr, &probes, count))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    let times = probe.join().map_err(|_| "the CONNECT probe panicked")??;
+    Ok(times)
+}
+
+async fn timed_connects(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    probes: &[Identity],
+    count: usize,
+) -> Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(count);
     for i in 0..count {
         let identity = &probes[i % probes.len()];
-        let mut mqtt = Mqtt::new(super::tls_connect(&target.tls, target.mqtt_addr).await?);
+        let mut mqtt = Mqtt::new(super::tls_connect(tls, addr).await?);
         let connect = identity.connect_packet()?;
         let t = Instant::now();
         mqtt.send(connect).await?;
