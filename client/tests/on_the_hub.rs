@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use edgetwin_client::{ConnectionChange, Event, Message, ModuleClient, SendError, SessionConfig};
+use edgetwin_client::{
+    ConnectionChange, Event, Message, ModuleClient, Overflow, SendError, SessionConfig,
+};
 use edgetwin_hub::TestHub;
 use serde_json::{json, Value};
 
@@ -242,5 +244,56 @@ async fn desired_changes_arrive_in_order_a_report_receipt_tells_the_new_version_
     let (invoked, ()) = tokio::join!(hub.invoke(DEVICE, "twin", "ping", json!({"x": 1})), answer);
     assert_eq!(invoked.unwrap(), (200, json!({"pong": true})));
     client.shutdown(Duration::from_secs(2)).await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_hands_the_output_back_whole_and_takes_it_once_the_hub_acknowledged_room() {
+    let hub = TestHub::start().await.unwrap();
+    let env = hub.create_edge_module(DEVICE, "bounded").await.unwrap();
+    hub.fault("refuseConnects", json!({"seconds": 2}))
+        .await
+        .unwrap();
+    let bounded = SessionConfig {
+        outbox_capacity: 2,
+        overflow: Overflow::Reject,
+        ..config(&hub)
+    };
+    let client = ModuleClient::from_lookup(|name| env.get(name).cloned(), bounded).unwrap();
+    let handle = client.handle();
+    for n in 0..2 {
+        handle
+            .send_output("out", Message::new(n.to_string()))
+            .unwrap();
+    }
+    let third = Message::new("2").with_property("kept", "yes");
+    let back = match handle.send_output("out", third) {
+        Err(SendError::Full(back)) => back,
+        other => panic!("a third output into an outbox of 2 was not refused: {other:?}"),
+    };
+    assert_eq!(back.body(), b"2");
+    assert_eq!(handle.outputs_dropped(), 0, "Reject drops nothing");
+
+    // once connected and acknowledged, there is room again
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut message = *back;
+    loop {
+        match handle.send_output("out", message) {
+            Ok(()) => break,
+            Err(SendError::Full(again)) if Instant::now() < deadline => {
+                message = *again;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("no room came: {other:?}"),
+        }
+    }
+    let mut arrived = Vec::new();
+    while arrived.len() < 3 && Instant::now() < deadline {
+        arrived = hub.outputs(DEVICE, "bounded", "out").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(numbers(&arrived), [0, 1, 2]);
+    assert_eq!(arrived[2]["properties"]["kept"], "yes", "{arrived:?}");
+    drop(client);
     hub.stop().await;
 }

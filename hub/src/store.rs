@@ -395,6 +395,19 @@ impl Transaction<'_> {
         )
     }
 
+    /// How many devices are registered, and how many of them are enabled (counted in the
+    /// database: the registry's statistics cost no document decoding).
+    pub fn device_counts(&self) -> Result<(usize, usize), StoreError> {
+        let (total, enabled): (i64, i64) = self.tx.query_row(
+            "SELECT count(*), coalesce(sum(CASE WHEN json_valid(record)
+                 THEN json_extract(record, '$.status') = 'enabled' END), 0)
+             FROM identities WHERE module_id = ''",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok((total as usize, enabled as usize))
+    }
+
     /// Up to `top` device identities, ordered by id.
     pub fn devices(&self, top: usize) -> Result<Vec<Device>, StoreError> {
         self.list_docs(
@@ -887,6 +900,31 @@ mod tests {
             ["configured", "leaf"],
             "recorded once, forgotten with the device"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn device_counts_count_devices_not_modules_and_only_enabled_ones_as_enabled() {
+        let (mut store, dir) = temp_store("counts");
+        let device = |id: &str, status: Option<&str>| Device {
+            device_id: id.into(),
+            status: status.map(str::to_owned),
+            ..Device::default()
+        };
+        let counts = store
+            .transaction(|tx| {
+                tx.put_device(&device("a", Some("enabled")))?;
+                tx.put_device(&device("b", Some("disabled")))?;
+                tx.put_device(&device("c", None))?;
+                tx.put_module(&Module {
+                    device_id: "a".into(),
+                    module_id: "m".into(),
+                    ..Module::default()
+                })?;
+                tx.device_counts()
+            })
+            .unwrap();
+        assert_eq!(counts, (3, 1));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -151,17 +151,17 @@ impl TestHub {
         module: &str,
     ) -> Result<BTreeMap<String, String>, TestHubError> {
         let (status, _) = self
-            .call("GET", &format!("/devices/{device}"), None)
+            .call("GET", &format!("/devices/{}", pct(device)), None)
             .await?;
         if status == 404 {
             let body = json!({"deviceId": device, "capabilities": {"iotEdge": true}});
-            self.ok("PUT", &format!("/devices/{device}"), Some(body))
+            self.ok("PUT", &format!("/devices/{}", pct(device)), Some(body))
                 .await?;
         }
         let body = json!({"moduleId": module, "deviceId": device});
         self.ok(
             "PUT",
-            &format!("/devices/{device}/modules/{module}"),
+            &format!("/devices/{}/modules/{}", pct(device), pct(module)),
             Some(body),
         )
         .await?;
@@ -174,7 +174,11 @@ impl TestHub {
         device: &str,
         module: &str,
     ) -> Result<BTreeMap<String, String>, TestHubError> {
-        let path = format!("/edgetwin/devices/{device}/modules/{module}/edgeEnvironment");
+        let path = format!(
+            "/edgetwin/devices/{}/modules/{}/edgeEnvironment",
+            pct(device),
+            pct(module)
+        );
         let body = self.ok("GET", &path, None).await?;
         Ok(body
             .as_object()
@@ -195,7 +199,7 @@ impl TestHub {
         let twin = self
             .ok(
                 "PATCH",
-                &format!("/twins/{device}/modules/{module}"),
+                &format!("/twins/{}/modules/{}", pct(device), pct(module)),
                 Some(body),
             )
             .await?;
@@ -207,7 +211,11 @@ impl TestHub {
     /// The module twin's reported properties (with `$version` and `$metadata`).
     pub async fn reported(&self, device: &str, module: &str) -> Result<Value, TestHubError> {
         let twin = self
-            .ok("GET", &format!("/twins/{device}/modules/{module}"), None)
+            .ok(
+                "GET",
+                &format!("/twins/{}/modules/{}", pct(device), pct(module)),
+                None,
+            )
             .await?;
         Ok(twin["properties"]["reported"].clone())
     }
@@ -224,7 +232,10 @@ impl TestHub {
         let mut after = 0;
         loop {
             let path = format!(
-                "/edgetwin/messages?deviceId={device}&moduleId={module}&output={output}&after={after}"
+                "/edgetwin/messages?deviceId={}&moduleId={}&output={}&after={after}",
+                pct(device),
+                pct(module),
+                pct(output)
             );
             let page = self.ok("GET", &path, None).await?;
             let page = page.as_array().cloned().unwrap_or_default();
@@ -250,7 +261,7 @@ impl TestHub {
         let answer = self
             .ok(
                 "POST",
-                &format!("/twins/{device}/modules/{module}/methods"),
+                &format!("/twins/{}/modules/{}/methods", pct(device), pct(module)),
                 Some(body),
             )
             .await?;
@@ -268,7 +279,7 @@ impl TestHub {
         modules_content: Value,
     ) -> Result<(), TestHubError> {
         let body = json!({"modulesContent": modules_content});
-        let path = format!("/devices/{device}/applyConfigurationContent");
+        let path = format!("/devices/{}/applyConfigurationContent", pct(device));
         self.ok("POST", &path, Some(body)).await.map(drop)
     }
 
@@ -298,8 +309,12 @@ impl TestHub {
     /// Injects any fault of `/edgetwin/faults/{kind}` (`refuseConnects`, `tokenLifetime`,
     /// `throttle`, `delay`, ...) with its JSON body.
     pub async fn fault(&self, kind: &str, body: Value) -> Result<Value, TestHubError> {
-        self.ok("POST", &format!("/edgetwin/faults/{kind}"), Some(body))
-            .await
+        self.ok(
+            "POST",
+            &format!("/edgetwin/faults/{}", pct(kind)),
+            Some(body),
+        )
+        .await
     }
 
     /// Stops the hub and removes its directory.
@@ -416,4 +431,36 @@ fn client_config_trusting(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// `text` percent-encoded for a path segment or a query value: IoT Hub ids may hold `#`, `?`, `%`
+/// and `+`, which would otherwise end the path or change the id.
+fn pct(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ids_with_characters_that_mean_something_in_a_url_reach_the_hub_whole() {
+        let hub = TestHub::start().await.unwrap();
+        let (device, module) = ("gw#1?a=%41", "m+$1");
+        let env = hub.create_edge_module(device, module).await.unwrap();
+        assert_eq!(env["IOTEDGE_DEVICEID"], device);
+        assert_eq!(env["IOTEDGE_MODULEID"], module);
+        let version = hub
+            .patch_desired(device, module, json!({"telemetryInterval": 122}))
+            .await
+            .unwrap();
+        assert_eq!(version, 2);
+        assert!(hub.reported(device, module).await.unwrap()["$version"].is_i64());
+        assert!(hub
+            .outputs(device, module, "out#1")
+            .await
+            .unwrap()
+            .is_empty());
+        hub.stop().await;
+    }
 }

@@ -18,8 +18,8 @@ pub struct NewArgs {
     /// The solution directory to create; omit it to add `--module` to the solution in the current
     /// directory.
     pub solution: Option<PathBuf>,
-    /// The module's name: lowercase letters, digits, `-` and `_`, starting with a letter
-    /// [default: filtermodule for a new solution].
+    /// The module's name: lowercase letters and digits, starting with a letter, with `_`, `__`
+    /// or dashes between them [default: filtermodule for a new solution].
     #[arg(long)]
     pub module: Option<String>,
     /// The edgetwin checkout the module's `path =` dependencies point at [default: the one this
@@ -32,7 +32,7 @@ pub struct NewArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// The module name is unusable.
-    #[error("module name `{0}`: use lowercase letters, digits, `-` and `_`, starting with a letter (at most 64)")]
+    #[error("module name `{0}`: use lowercase letters and digits, starting with a letter (at most 64), with `_`, `__` or dashes only between them, as a docker repository name allows")]
     ModuleName(String),
     /// The solution directory exists and is not empty.
     #[error("{0} already exists and is not empty")]
@@ -127,13 +127,18 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
         })
 }
 
-/// Checks a module name: it becomes a crate, a binary, a docker repository and a module id.
+/// Checks a module name: it becomes a crate, a binary, a docker repository and a module id. A
+/// docker repository path component is lowercase letters and digits with separators only
+/// between them: `_`, `__`, or one or more `-` (the distribution reference grammar).
 pub fn check_module_name(name: &str) -> Result<(), ScaffoldError> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok =
-        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if first_ok && rest_ok && name.len() <= 64 {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let separators_ok = name
+        .split(alphanumeric)
+        .filter(|separator| !separator.is_empty())
+        .all(|separator| matches!(separator, "_" | "__") || separator.chars().all(|c| c == '-'));
+    let starts_ok = name.starts_with(|c: char| c.is_ascii_lowercase());
+    let ends_ok = name.ends_with(alphanumeric);
+    if starts_ok && ends_ok && separators_ok && name.len() <= 64 {
         Ok(())
     } else {
         Err(ScaffoldError::ModuleName(name.to_owned()))
@@ -308,11 +313,15 @@ mod tests {
 
     #[test]
     fn module_names_that_cannot_be_a_crate_and_an_image_are_refused_by_name() {
-        for bad in ["", "Upper", "1st", "a b", "a/b", &"x".repeat(65)] {
+        let too_long = "x".repeat(65);
+        let bad = [
+            "", "Upper", "1st", "a b", "a/b", "mod-", "m_", "a___b", "a-_b", "a.b",
+        ];
+        for bad in bad.into_iter().chain([too_long.as_str()]) {
             let error = check_module_name(bad).unwrap_err().to_string();
             assert!(error.contains(&format!("`{bad}`")), "{error}");
         }
-        for good in ["filtermodule", "my-module", "m_2"] {
+        for good in ["filtermodule", "my-module", "m_2", "a__b", "a--b", "m"] {
             check_module_name(good).unwrap();
         }
     }

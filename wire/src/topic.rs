@@ -635,6 +635,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_topic_the_hub_publishes_maps_to_the_subscription_that_delivers_it() {
+        let bag = PropertyBag::default();
+        // ids chosen to look like other topics' words
+        let (device, module) = ("inputs", "messages");
+        let cases = [
+            (twin_response_topic(200, "1", None), "$iothub/twin/res/#"),
+            (twin_response_topic(204, "2", Some(7)), "$iothub/twin/res/#"),
+            (
+                desired_patch_topic(3),
+                "$iothub/twin/PATCH/properties/desired/#",
+            ),
+            (method_request_topic("ping", "4"), "$iothub/methods/POST/#"),
+            (
+                input_topic(device, module, "devicebound", &bag),
+                "devices/inputs/modules/messages/inputs/#",
+            ),
+        ];
+        for (topic, filter) in &cases {
+            let subscribed = classify_filter(filter, device, Some(module));
+            assert!(subscribed.is_some(), "{filter} is a filter the hub knows");
+            assert_eq!(feature_of_outgoing(topic), subscribed, "{topic}");
+        }
+        assert_eq!(
+            feature_of_outgoing(&c2d_topic(device, &bag)),
+            classify_filter("devices/inputs/messages/devicebound/#", device, None)
+        );
+        assert_eq!(feature_of_outgoing("devices/d/messages/events/"), None);
+    }
+
+    #[test]
     fn client_ids_join_device_and_module_with_a_slash() {
         assert_eq!(client_id("d1", None), "d1");
         assert_eq!(client_id("d1", Some("m1")), "d1/m1");

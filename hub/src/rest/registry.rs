@@ -32,15 +32,11 @@ pub async fn route(
     match segments {
         ["statistics", "devices"] if method == Method::GET => {
             request.require(Permission::RegistryRead)?;
-            let devices = hub.read(|tx| Ok(tx.devices(usize::MAX >> 1)?))?;
-            let enabled = devices
-                .iter()
-                .filter(|d| d.status.as_deref() == Some("enabled"))
-                .count();
+            let (total, enabled) = hub.read(|tx| Ok(tx.device_counts()?))?;
             Reply::ok(json!({
-                "totalDeviceCount": devices.len(),
+                "totalDeviceCount": total,
                 "enabledDeviceCount": enabled,
-                "disabledDeviceCount": devices.len() - enabled,
+                "disabledDeviceCount": total - enabled,
             }))
         }
         ["statistics", "service"] if method == Method::GET => {
