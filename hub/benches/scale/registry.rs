@@ -9,9 +9,10 @@
 //! afterwards, each timed: those evaluate every device once). At the largest size the hub's
 //! memory is read; twin PATCHes from 32 service connections at once are timed; and CONNECT →
 //! CONNACK of a plain device is timed (from a thread and runtime of the benchmark's own) alone,
-//! while those 32 connections PATCH twins at 1,000 per second in all, while they PATCH twins as
-//! fast as the hub answers, and while they GET twins as fast instead (the same TLS and HTTP work without a write: what sharing two cores with the
-//! load costs CONNECT by itself).
+//! while those 32 connections PATCH twins at 1,000 per second in all, while they GET twins at that
+//! rate instead, and while they PATCH, then GET, as fast as the hub answers. GETs are the same
+//! TLS and HTTP work without a write: they tell what the writes themselves cost CONNECT from what
+//! sharing two cores with the load does.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -175,25 +176,29 @@ async fn concurrent_patches(
     Ok(())
 }
 
-/// Twin PATCHes per second in the paced write load.
-const PACED_WRITES: u32 = 1000;
+/// Requests per second in all of a paced load.
+const PACED: u32 = 1000;
 
-/// What the service connections keep doing while CONNECTs are timed.
+/// What the service connections keep sending while CONNECTs are timed.
 #[derive(Clone, Copy, PartialEq)]
 enum Load {
-    /// Nothing: CONNECT alone.
-    None,
-    /// Twin tag PATCHes at [`PACED_WRITES`] per second in all: a busy fleet back end's writes.
-    PacedWrites,
-    /// Twin tag PATCHes, as fast as the hub answers: writes, each fsynced.
+    /// Twin tag PATCHes: writes, each fsynced.
     Writes,
-    /// Twin GETs, as fast as the hub answers: the same requests' CPU and TLS without a write,
-    /// to tell what the writes themselves cost CONNECT from what sharing two cores costs.
+    /// Twin GETs: the same TLS and HTTP work without a write, to tell what the writes themselves
+    /// cost CONNECT from what sharing two cores with the load costs.
     Reads,
 }
 
-/// CONNECT → CONNACK times of the probe devices alone, while twin PATCHes run and while twin
-/// GETs run.
+/// How fast the load is sent.
+#[derive(Clone, Copy, PartialEq)]
+enum Rate {
+    /// [`PACED`] requests per second in all: a busy fleet back end.
+    Paced,
+    /// As fast as the hub answers.
+    FlatOut,
+}
+
+/// CONNECT → CONNACK times of the probe devices alone, then under each load at each rate.
 async fn connect_latency(
     target: &Target,
     probes: &[Identity],
@@ -201,22 +206,34 @@ async fn connect_latency(
     fleet: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    for load in [Load::None, Load::PacedWrites, Load::Writes, Load::Reads] {
+    let loads = [
+        None,
+        Some((Load::Writes, Rate::Paced)),
+        Some((Load::Reads, Rate::Paced)),
+        Some((Load::Writes, Rate::FlatOut)),
+        Some((Load::Reads, Rate::FlatOut)),
+    ];
+    for load in loads {
         let (times, rate) = connects_under(target, probes, samples, fleet, load).await?;
         let (when, detail) = match load {
-            Load::None => ("alone", format!("{samples} connects one after another")),
-            Load::PacedWrites => (
-                "while twin PATCHes run at a steady rate",
-                format!("{samples} connects; {CONCURRENT} service connections wrote {rate:.0} PATCHes/s meanwhile"),
+            None => (
+                "alone".to_owned(),
+                format!("{samples} connects one after another"),
             ),
-            Load::Writes => (
-                "while twin PATCHes run flat out",
-                format!("{samples} connects; {CONCURRENT} service connections wrote {rate:.0} PATCHes/s meanwhile"),
-            ),
-            Load::Reads => (
-                "while twin GETs run flat out",
-                format!("{samples} connects; {CONCURRENT} service connections read {rate:.0} twins/s meanwhile"),
-            ),
+            Some((what, pace)) => {
+                let (verb, noun) = match what {
+                    Load::Writes => ("PATCHes", "wrote"),
+                    Load::Reads => ("GETs", "read"),
+                };
+                let how = match pace {
+                    Rate::Paced => "at a steady rate",
+                    Rate::FlatOut => "flat out",
+                };
+                (
+                    format!("while twin {verb} run {how}"),
+                    format!("{samples} connects; {CONCURRENT} service connections {noun} {rate:.0} twins/s meanwhile"),
+                )
+            }
         };
         rows.push((
             format!("CONNECT → CONNACK at {fleet} edge devices, {when}"),
@@ -231,40 +248,38 @@ async fn connect_latency(
     Ok(())
 }
 
-/// `samples` CONNECT → CONNACK times (sorted) while `CONCURRENT` service connections keep up
-/// `load`, and the load's requests per second.
+/// `samples` CONNECT → CONNACK times (sorted) while [`CONCURRENT`] service connections keep up
+/// `load` (if any), and the load's requests per second.
 async fn connects_under(
     target: &Target,
     probes: &[Identity],
     samples: usize,
     fleet: usize,
-    load: Load,
+    load: Option<(Load, Rate)>,
 ) -> Result<(Vec<Duration>, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut services = Vec::new();
-    for w in 0..CONCURRENT {
-        if load == Load::None {
-            break;
-        }
+    for w in 0..load.map_or(0, |_| CONCURRENT) {
+        let Some((what, pace)) = load else { break };
         let mut rest = target.rest().await?;
         let (stop, done) = (stop.clone(), done.clone());
         services.push(tokio::spawn(async move {
             let mut i = w;
-            let period = Duration::from_secs_f64(CONCURRENT as f64 / PACED_WRITES as f64);
-            let mut pace = tokio::time::interval(period);
-            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let period = Duration::from_secs_f64(CONCURRENT as f64 / PACED as f64);
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
-                if load == Load::PacedWrites {
-                    pace.tick().await;
+                if pace == Rate::Paced {
+                    ticks.tick().await;
                 }
                 let path = format!("/twins/{}", device_id(i % fleet.max(1)));
-                match load {
-                    Load::PacedWrites | Load::Writes => {
+                match what {
+                    Load::Writes => {
                         let body = json!({ "tags": { "fleet": "registry", "load": i } });
                         call_ok(&mut rest, "PATCH", &path, &body).await?
                     }
-                    _ => call_ok(&mut rest, "GET", &path, &Value::Null).await?,
+                    Load::Reads => call_ok(&mut rest, "GET", &path, &Value::Null).await?,
                 }
                 done.fetch_add(1, Ordering::Relaxed);
                 i += CONCURRENT * 101;
@@ -272,7 +287,7 @@ async fn connects_under(
             Ok::<_, super::Error>(())
         }));
     }
-    if load != Load::None {
+    if load.is_some() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (d0, t0) = (done.load(Ordering::Relaxed), Instant::now());
