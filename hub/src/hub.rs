@@ -100,8 +100,8 @@ impl Hub {
         let live = Arc::new(LiveConnections::default());
         let workload = Arc::new(workload);
         let hook = {
-            let (live, workload) = (live.clone(), workload.clone());
-            move |change: &DesiredChange| notify_desired(&live, &workload, change)
+            let live = live.clone();
+            move |change: &DesiredChange| notify_desired(&live, change)
         };
         Ok(Self {
             readers: Readers::open(&path, READERS)?,
@@ -142,15 +142,7 @@ impl Hub {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Written<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.writer
-            .write(move |tx| {
-                let (value, changes) = f(tx)?;
-                for change in changes.iter().filter(|c| wants_workload_socket(c)) {
-                    tx.want_workload_socket(&change.key.device_id)?;
-                }
-                Ok((value, changes))
-            })
-            .await
+        self.writer.write(f).await
     }
 
     /// Queues a reported-properties patch from `key`'s device or module for the next group
@@ -285,19 +277,8 @@ impl Hub {
     }
 }
 
-/// Whether a desired change tells an `$edgeAgent` to run modules (a deployment,
-/// applyConfigurationContent): those modules will want the device's workload socket.
-fn wants_workload_socket(change: &DesiredChange) -> bool {
-    change.key.module_id.as_deref() == Some("$edgeAgent")
-        && change.patch.get("modules").is_some_and(|m| !m.is_null())
-}
-
-/// Tells the client whose twin changed about a committed desired change (run by the writer),
-/// and serves the workload socket the change made wanted.
-fn notify_desired(live: &LiveConnections, workload: &WorkloadSockets, change: &DesiredChange) {
-    if wants_workload_socket(change) {
-        workload.ensure_or_log(&change.key.device_id);
-    }
+/// Tells the client whose twin changed about a committed desired change (run by the writer).
+fn notify_desired(live: &LiveConnections, change: &DesiredChange) {
     let body = twin::desired_notification(&change.patch, change.version);
     let message = Outgoing {
         topic: topic::desired_patch_topic(change.version),

@@ -3,9 +3,12 @@
 //! `IOTEDGE_WORKLOADURI` pointing at the socket gets its SAS tokens signed with its key, which it
 //! never holds.
 //!
-//! Sockets exist on demand: one is created when a module's Edge environment is asked for or a
-//! module identity is added to the edge device, and it stops listening and is removed with the
-//! device, so a registry of 100,000 edge devices does not hold 100,000 file descriptors. The file
+//! Sockets exist on demand: one is created when a module's Edge environment is asked for, a
+//! module identity is added to the edge device on its own, or `applyConfigurationContent` tells
+//! its `$edgeAgent` to run modules (never for a bulk import or an at-scale deployment's targets);
+//! the store records it, so the hub serves it again after a restart, and it stops listening and
+//! is removed with the device: a registry of 100,000 edge devices does not hold 100,000 file
+//! descriptors. The file
 //! name is derived from a hash of the device id ([`socket_file_name`]): an id never becomes a path,
 //! and the name has the same short length for every id (a unix socket path is at most
 //! [`MAX_SOCKET_PATH`] bytes).

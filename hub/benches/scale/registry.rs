@@ -5,7 +5,7 @@
 //! `fleet=registry` are added with bulk `POST /devices` of 100 until the fleet has that size;
 //! then `--samples` twin tag PATCHes (on devices spread over the fleet) and as many single edge
 //! device creates (`PUT /devices/{id}`) are timed one after another, first without a deployment,
-//! then with one at-scale deployment targeting the whole fleet (created, and deleted again
+//! then with one at-scale deployment of a module to the whole fleet (created, and deleted again
 //! afterwards, each timed: those evaluate every device once). At the largest size the hub's
 //! memory is read; twin PATCHes from 32 service connections at once are timed; and CONNECT →
 //! CONNACK of a plain device is timed (from a thread and runtime of the benchmark's own) alone,
@@ -74,7 +74,11 @@ pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
             if deployed {
                 let path = format!("/configurations/{DEPLOYMENT}");
                 let took = timed(&mut rest, "PUT", &path, &deployment()).await?;
-                evaluation = format!("; deployment created in {:.2} s", took.as_secs_f64());
+                evaluation = format!(
+                    "; deployment created in {:.2} s (hub then holds {} fds)",
+                    took.as_secs_f64(),
+                    target.hub.fds()
+                );
             }
             let mut patches = Vec::with_capacity(options.samples);
             let mut creates = Vec::with_capacity(options.samples);
@@ -346,7 +350,13 @@ fn deployment() -> Value {
         "targetCondition": "tags.fleet='registry'",
         "priority": 1,
         "content": { "modulesContent": {
-            "$edgeAgent": { "properties.desired": { "schemaVersion": "1.1" } },
+            "$edgeAgent": { "properties.desired": {
+                "schemaVersion": "1.1",
+                "modules": { "filter": {
+                    "type": "docker", "status": "running", "restartPolicy": "always",
+                    "settings": { "image": "edgetwin/filter:0.1.0-arm32v7" },
+                } },
+            } },
         } },
     })
 }

@@ -77,11 +77,27 @@ pub async fn route(
         ["devices", id, "applyConfigurationContent"] if method == Method::POST => {
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
-            let id = id.to_string();
+            // An edge device told to run modules on its own (not by an at-scale deployment,
+            // which would open a socket per targeted device): its modules will want the
+            // device's workload socket.
+            let runs_modules = content
+                .modules_content
+                .as_ref()
+                .and_then(|modules| modules.get("$edgeAgent")?.get("properties.desired"))
+                .and_then(|desired| desired.get("modules"))
+                .is_some_and(|modules| !modules.is_null());
+            let device_id = id.to_string();
             hub.write_and_notify(move |tx| {
-                Ok(((), deployments::apply_content(tx, &id, &content)?))
+                let changes = deployments::apply_content(tx, &device_id, &content)?;
+                if runs_modules {
+                    tx.want_workload_socket(&device_id)?;
+                }
+                Ok(((), changes))
             })
             .await?;
+            if runs_modules {
+                hub.workload.ensure_or_log(id);
+            }
             Reply::no_content()
         }
         _ => Err(not_found(request)),
