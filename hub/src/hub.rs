@@ -10,7 +10,6 @@ use bytes::Bytes;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::SasToken;
 use edgetwin_wire::topic::{self, Feature};
-use edgetwin_wire::twin;
 
 use crate::console::Console;
 use crate::error::ApiError;
@@ -279,10 +278,9 @@ impl Hub {
 
 /// Tells the client whose twin changed about a committed desired change (run by the writer).
 fn notify_desired(live: &LiveConnections, change: &DesiredChange) {
-    let body = twin::desired_notification(&change.patch, change.version);
     let message = Outgoing {
         topic: topic::desired_patch_topic(change.version),
-        payload: Bytes::from(body.to_string()),
+        payload: change.notification.clone(),
         at_least_once: true,
     };
     let client_id = change.key.client_id();

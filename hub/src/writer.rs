@@ -350,11 +350,8 @@ mod tests {
         let writer = Writer::start(store, move |change| {
             log.lock().unwrap().push(change.version);
         });
-        let change = |version| DesiredChange {
-            key: IdentityKey::device("d1"),
-            patch: Default::default(),
-            version,
-        };
+        let change =
+            |version| DesiredChange::new(IdentityKey::device("d1"), &Default::default(), version);
         let mut pending = Vec::new();
         for version in 1..=20 {
             let changes = vec![change(version)];
