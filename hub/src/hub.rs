@@ -52,7 +52,7 @@ pub struct Hub {
     /// The CA certificate (PEM), served as the workload trust bundle.
     pub ca_pem: String,
     /// The workload sockets being served.
-    pub workload: Arc<WorkloadSockets>,
+    pub workload: WorkloadSockets,
     /// Faults injected through `/edgetwin/faults`.
     pub faults: Faults,
     /// The web console's sessions and event streams.
@@ -97,14 +97,16 @@ impl Hub {
             }
         }
         let live = Arc::new(LiveConnections::default());
-        let workload = Arc::new(workload);
         let hook = {
             let live = live.clone();
             move |change: &DesiredChange| notify_desired(&live, change)
         };
         Ok(Self {
             readers: Readers::open(&path, READERS)?,
-            writer: Writer::start(store, hook),
+            writer: Writer::start(store, hook).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?,
             host_name,
             live,
             methods: PendingMethods::default(),

@@ -86,24 +86,23 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread, which owns `store` from now on. `hook` is called on that thread
-    /// after each commit, once per desired change, in commit order, inside the current tokio
-    /// runtime (it may spawn tasks).
-    pub fn start(store: Store, hook: impl Fn(&DesiredChange) + Send + 'static) -> Self {
+    /// after each commit, once per desired change, in commit order; it must not wait for a write.
+    pub fn start(
+        store: Store,
+        hook: impl Fn(&DesiredChange) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let (ended_tx, ended) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("edgetwin-writer".into())
             .spawn(move || {
-                let _runtime = runtime.enter();
                 write_batches(store, jobs, &hook);
                 drop(ended_tx);
-            })
-            .expect("the writer thread starts");
-        Self {
+            })?;
+        Ok(Self {
             queue: Mutex::new(Some(queue)),
             ended: Mutex::new(Some(ended)),
-        }
+        })
     }
 
     /// Queues `work` (waiting only for room in the queue) and returns the handle to its answer,
@@ -246,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn drain_commits_and_answers_everything_queued_then_refuses_more() {
         let (store, dir) = temp_store("drain");
-        let writer = Writer::start(store, |_| {});
+        let writer = Writer::start(store, |_| {}).unwrap();
         let mut waiting = Vec::new();
         for n in 0..50 {
             let key = IdentityKey::device("d1");
@@ -279,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_or_panicking_job_is_rolled_back_alone_and_the_writer_goes_on() {
         let (store, dir) = temp_store("failing");
-        let writer = Writer::start(store, |_| {});
+        let writer = Writer::start(store, |_| {}).unwrap();
         let failing = writer
             .submit(|tx| {
                 tx.put_twin(&IdentityKey::device("failed"), &TwinRecord::default())?;
@@ -312,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn items_of_a_job_roll_back_alone_inside_the_jobs_own_savepoint() {
         let (store, dir) = temp_store("nested");
-        let writer = Writer::start(store, |_| {});
+        let writer = Writer::start(store, |_| {}).unwrap();
         let bulk = writer
             .submit(|tx| {
                 let results = tx.each(["a", "bad", "c"], |tx, id| {
@@ -349,7 +348,8 @@ mod tests {
         let log = seen.clone();
         let writer = Writer::start(store, move |change| {
             log.lock().unwrap().push(change.version);
-        });
+        })
+        .unwrap();
         let change =
             |version| DesiredChange::new(IdentityKey::device("d1"), &Default::default(), version);
         let mut pending = Vec::new();
