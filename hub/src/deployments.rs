@@ -210,14 +210,48 @@ pub fn evaluate_devices<'a>(
     Ok(changes)
 }
 
-/// Re-evaluates every at-scale deployment against every device, after a configuration changed,
-/// and gives each deployment its `targetedCount` and `appliedCount` (kept current from then on by
-/// the targeting rows, see [`Transaction::configuration`]).
+/// Devices evaluated in one writer job after a configuration change: other writes get their turn
+/// between two pages instead of waiting for the whole fleet.
+pub const EVALUATION_PAGE: usize = 1000;
+
+/// The counter of configuration changes whose evaluation of every device has not finished: a hub
+/// that finds it above zero at start (it stopped meanwhile) evaluates every device again.
+pub const EVALUATIONS_PENDING: &str = "evaluationsPending";
+
+/// Re-evaluates every at-scale deployment against every device in one transaction (a configuration
+/// change found unfinished at start, or a database from before the targeting rows), and clears
+/// [`EVALUATIONS_PENDING`].
 pub fn evaluate_all(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
-    let deployments = Deployments::load(tx)?;
     let mut changes = Vec::new();
-    for device_id in tx.device_ids()? {
-        changes.extend(deployments.evaluate_device(tx, &device_id)?);
+    let mut after = None;
+    loop {
+        let (page, next) = evaluate_page(tx, after.as_deref(), EVALUATION_PAGE)?;
+        changes.extend(page);
+        match next {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    tx.add_to_counter(EVALUATIONS_PENDING, -tx.counter(EVALUATIONS_PENDING)?)?;
+    Ok(changes)
+}
+
+/// Re-evaluates every at-scale deployment against up to `limit` devices after `after` (in id
+/// order), after a configuration changed, and gives each deployment its `targetedCount` and
+/// `appliedCount` (kept current from then on by the targeting rows, see
+/// [`Transaction::configuration`]). Returns the changes and, if there may be more devices, the
+/// last one evaluated: the next page starts after it.
+pub fn evaluate_page(
+    tx: &Transaction<'_>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<DesiredChange>, Option<String>), ApiError> {
+    let deployments = Deployments::load(tx)?;
+    let after = after.map(IdentityKey::device);
+    let devices = tx.identity_keys(false, after.as_ref(), limit)?;
+    let mut changes = Vec::new();
+    for device in &devices {
+        changes.extend(deployments.evaluate_device(tx, &device.device_id)?);
     }
     for (configuration, _, _) in &deployments.configurations {
         let mut metrics = configuration.system_metrics.clone().unwrap_or_default();
@@ -232,7 +266,10 @@ pub fn evaluate_all(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError
             tx.put_configuration(&configuration)?;
         }
     }
-    Ok(changes)
+    let next = (devices.len() == limit)
+        .then(|| devices.last().map(|d| d.device_id.clone()))
+        .flatten();
+    Ok((changes, next))
 }
 
 #[cfg(test)]
@@ -259,6 +296,98 @@ mod tests {
         ))
     }
 
+    /// Edge devices `d1`..`d{count}` on ring `a`, and the deployment `ring-a` targeting the ring,
+    /// not evaluated yet.
+    fn ring_a(tx: &Transaction<'_>, count: usize) -> Result<(), ApiError> {
+        for n in 1..=count {
+            let id = format!("d{n}");
+            tx.put_device(&Device {
+                device_id: id.clone(),
+                capabilities: Some(DeviceCapabilities { iot_edge: true }),
+                ..Device::default()
+            })?;
+            tx.put_twin(&IdentityKey::device(&id), &TwinRecord::default())?;
+            on_ring(tx, &id, "a")?;
+        }
+        let modules = json!({ "$edgeAgent": { "properties.desired": { "v": 1 } } });
+        tx.put_configuration(&Configuration {
+            id: "ring-a".into(),
+            target_condition: Some("tags.ring = 'a'".into()),
+            content: Some(ConfigurationContent {
+                modules_content: modules.as_object().cloned(),
+                ..ConfigurationContent::default()
+            }),
+            ..Configuration::default()
+        })?;
+        Ok(())
+    }
+
+    #[test]
+    fn pages_of_devices_evaluate_each_device_once_and_the_last_page_says_there_is_no_more() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-pages-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&dir.join("hub.db")).unwrap();
+        store
+            .transaction(|tx| {
+                ring_a(tx, 5)?;
+                let mut pages = Vec::new();
+                let mut after = None;
+                loop {
+                    let (_, next) = evaluate_page(tx, after.as_deref(), 2)?;
+                    pages.push((next.clone(), counts(tx)?.0));
+                    match next {
+                        Some(last) => after = Some(last),
+                        None => break,
+                    }
+                }
+                let expected = [
+                    (Some("d2".to_owned()), json!(2)),
+                    (Some("d4".to_owned()), json!(4)),
+                    (None, json!(5)),
+                ];
+                assert_eq!(pages, expected);
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_evaluation_the_last_run_did_not_finish_is_finished_at_the_next_start_and_only_then() {
+        for pending in [0, 1] {
+            let dir = std::env::temp_dir().join(format!(
+                "edgetwin-unfinished-{pending}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut store = Store::open(&dir.join("hub.db")).unwrap();
+            store
+                .transaction(|tx| {
+                    ring_a(tx, 3)?;
+                    Ok::<_, ApiError>(tx.add_to_counter(EVALUATIONS_PENDING, pending)?)
+                })
+                .unwrap();
+            drop(store);
+            let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
+            let hub =
+                crate::hub::Hub::open(&dir, "localhost".into(), String::new(), workload, true)
+                    .unwrap();
+            let (evaluated, left) = hub
+                .read(|tx| {
+                    let evaluated = tx.configuration("ring-a")?.unwrap().system_metrics;
+                    Ok((evaluated.is_some(), tx.counter(EVALUATIONS_PENDING)?))
+                })
+                .unwrap();
+            assert_eq!((evaluated, left), (pending == 1, 0), "pending {pending}");
+            if pending == 1 {
+                assert_eq!(hub.read(counts).unwrap(), (json!(3), json!(3)));
+            }
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
     #[test]
     fn a_device_write_moves_only_that_devices_counts_and_a_deleted_device_leaves_them() {
         let dir = std::env::temp_dir().join(format!("edgetwin-deploy-{}", std::process::id()));
@@ -269,25 +398,7 @@ mod tests {
             store.transaction(|tx| f(tx)).unwrap();
         };
         step(&mut store, &|tx| {
-            for id in ["d1", "d2", "d3"] {
-                tx.put_device(&Device {
-                    device_id: id.into(),
-                    capabilities: Some(DeviceCapabilities { iot_edge: true }),
-                    ..Device::default()
-                })?;
-                tx.put_twin(&IdentityKey::device(id), &TwinRecord::default())?;
-                on_ring(tx, id, "a")?;
-            }
-            let modules = json!({ "$edgeAgent": { "properties.desired": { "v": 1 } } });
-            tx.put_configuration(&Configuration {
-                id: "ring-a".into(),
-                target_condition: Some("tags.ring = 'a'".into()),
-                content: Some(ConfigurationContent {
-                    modules_content: modules.as_object().cloned(),
-                    ..ConfigurationContent::default()
-                }),
-                ..Configuration::default()
-            })?;
+            ring_a(tx, 3)?;
             evaluate_all(tx)?;
             assert_eq!(counts(tx)?, (json!(3), json!(3)));
             Ok(())

@@ -616,15 +616,6 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Every device id, ordered.
-    pub fn device_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT device_id FROM identities WHERE module_id = '' ORDER BY device_id",
-        )?;
-        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Stores a configuration.
     pub fn put_configuration(&self, configuration: &Configuration) -> Result<(), StoreError> {
         self.tx.execute(
@@ -696,10 +687,28 @@ impl Transaction<'_> {
 
     /// Increments and returns the named counter (generation ids, etags).
     pub fn next_counter(&self, name: &str) -> Result<i64, StoreError> {
+        self.add_to_counter(name, 1)
+    }
+
+    /// The named counter's value (0 if it was never set).
+    pub fn counter(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT value FROM counters WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Adds `delta` to the named counter (created at 0) and returns its new value.
+    pub fn add_to_counter(&self, name: &str, delta: i64) -> Result<i64, StoreError> {
         self.tx.execute(
-            "INSERT INTO counters (name, value) VALUES (?1, 1)
-             ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            params![name],
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+            params![name, delta],
         )?;
         Ok(self.tx.query_row(
             "SELECT value FROM counters WHERE name = ?1",

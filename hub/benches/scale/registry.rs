@@ -6,7 +6,8 @@
 //! then `--samples` twin tag PATCHes (on devices spread over the fleet) and as many single edge
 //! device creates (`PUT /devices/{id}`) are timed one after another, first without a deployment,
 //! then with one at-scale deployment of a module to the whole fleet (created, and deleted again
-//! afterwards, each timed: those evaluate every device once). At the largest size the hub's
+//! afterwards, each timed: those evaluate every device once, a page at a time; while it is
+//! created, another connection PATCHes twins and the slowest of those is reported). At the largest size the hub's
 //! memory is read; twin PATCHes from 32 service connections at once are timed; and CONNECT →
 //! CONNACK of a plain device is timed (from a thread and runtime of the benchmark's own) alone,
 //! while those 32 connections PATCH twins at 1,000 per second in all, while they GET twins at that
@@ -72,12 +73,14 @@ pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
         for deployed in [false, true] {
             let mut evaluation = String::new();
             if deployed {
-                let path = format!("/configurations/{DEPLOYMENT}");
-                let took = timed(&mut rest, "PUT", &path, &deployment()).await?;
+                let (took, meanwhile) = create_deployment_while_patching(&target, fleet).await?;
                 evaluation = format!(
-                    "; deployment created in {:.2} s (hub then holds {} fds)",
+                    "; deployment created in {:.2} s (hub then holds {} fds; {} PATCHes sent meanwhile: p50 {:.1} ms, slowest {:.1} ms)",
                     took.as_secs_f64(),
-                    target.hub.fds()
+                    target.hub.fds(),
+                    meanwhile.len(),
+                    ms(percentile(&meanwhile, 0.5)),
+                    ms(meanwhile.last().copied().unwrap_or_default())
                 );
             }
             let mut patches = Vec::with_capacity(options.samples);
@@ -125,6 +128,36 @@ pub async fn phase(options: &Options, rows: &mut Vec<Row>) -> Result<()> {
     ));
     concurrent_patches(&target, options.samples, fleet, rows).await?;
     connect_latency(&target, &probes, options.samples, fleet, rows).await
+}
+
+/// Creates the deployment (timed) while another service connection PATCHes twins one after
+/// another: the PUT's time and the PATCHes' times, sorted. The evaluation of every device goes a
+/// page at a time, so the PATCHes get in between.
+async fn create_deployment_while_patching(
+    target: &Target,
+    fleet: usize,
+) -> Result<(Duration, Vec<Duration>)> {
+    let mut deployer = target.rest().await?;
+    let mut patcher = target.rest().await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    let creating = tokio::spawn(async move {
+        let path = format!("/configurations/{DEPLOYMENT}");
+        let took = timed(&mut deployer, "PUT", &path, &deployment()).await;
+        finished.store(true, Ordering::Relaxed);
+        took
+    });
+    let mut meanwhile = Vec::new();
+    let mut i = 0;
+    while !done.load(Ordering::Relaxed) {
+        let id = device_id(i * 7919 % fleet.max(1));
+        let body = json!({ "tags": { "fleet": "registry", "during": i } });
+        meanwhile.push(timed(&mut patcher, "PATCH", &format!("/twins/{id}"), &body).await?);
+        i += 1;
+    }
+    let took = creating.await??;
+    meanwhile.sort();
+    Ok((took, meanwhile))
 }
 
 /// Service connections that PATCH twins at the same time in the concurrent-writes measure, and

@@ -11,6 +11,7 @@ use crate::deployments;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::ids;
+use crate::store::Transaction;
 
 /// Routes configuration requests.
 pub async fn route(
@@ -34,19 +35,20 @@ pub async fn route(
             request.require(Permission::RegistryWrite)?;
             let input: Configuration = request.json()?;
             let (id, if_match) = (id.to_string(), request.if_match.clone());
-            let configuration = hub
-                .write_and_notify(move |tx| {
-                    let configuration = put(tx, &id, input, if_match.as_deref())?;
-                    Ok((configuration, deployments::evaluate_all(tx)?))
-                })
-                .await?;
+            let stored = id.clone();
+            change_and_evaluate(hub, move |tx| put(tx, &id, input, if_match.as_deref())).await?;
+            // with the counts of the finished evaluation
+            let configuration = hub.read(|tx| {
+                tx.configuration(&stored)?
+                    .ok_or_else(|| not_found_error(&stored))
+            })?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }
         (["configurations", id], &Method::DELETE) => {
             request.require(Permission::RegistryWrite)?;
             let (id, if_match) = (id.to_string(), request.if_match.clone());
-            hub.write_and_notify(move |tx| {
+            change_and_evaluate(hub, move |tx| {
                 let existing = tx.configuration(&id)?.ok_or_else(|| not_found_error(&id))?;
                 if let Some(value) = if_match.as_deref() {
                     if !ids::if_match_accepts(value, existing.etag.as_deref().unwrap_or_default()) {
@@ -56,14 +58,51 @@ pub async fn route(
                         ));
                     }
                 }
-                tx.delete_configuration(&id)?;
-                Ok(((), deployments::evaluate_all(tx)?))
+                Ok(tx.delete_configuration(&id)?)
             })
             .await?;
             Reply::no_content()
         }
         _ => Err(not_found(request)),
     }
+}
+
+/// Applies a configuration `change`, then re-evaluates the deployments against every device, a
+/// page of [`deployments::EVALUATION_PAGE`] devices per writer job so that other writes get in
+/// between (a fleet of 100,000 would otherwise hold every write for seconds). Returns once every
+/// device was evaluated; the evaluation goes on if the caller goes away, and a hub stopped
+/// meanwhile finishes it at its next start ([`deployments::EVALUATIONS_PENDING`]).
+async fn change_and_evaluate<T: Send + 'static>(
+    hub: &Arc<Hub>,
+    change: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let page = |tx: &Transaction<'_>, after: Option<&str>| {
+        let (changes, next) = deployments::evaluate_page(tx, after, deployments::EVALUATION_PAGE)?;
+        if next.is_none() {
+            tx.add_to_counter(deployments::EVALUATIONS_PENDING, -1)?;
+        }
+        Ok::<_, ApiError>((next, changes))
+    };
+    let (value, mut next) = hub
+        .write_and_notify(move |tx| {
+            let value = change(tx)?;
+            tx.add_to_counter(deployments::EVALUATIONS_PENDING, 1)?;
+            let (next, changes) = page(tx, None)?;
+            Ok(((value, next), changes))
+        })
+        .await?;
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        while let Some(after) = next {
+            next = hub
+                .write_and_notify(move |tx| page(tx, Some(&after)))
+                .await?;
+        }
+        Ok::<_, ApiError>(())
+    })
+    .await
+    .map_err(|_| ApiError::new(ErrorCode::ServerError, "deployment evaluation failed"))??;
+    Ok(value)
 }
 
 fn not_found_error(id: &str) -> ApiError {
