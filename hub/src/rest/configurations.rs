@@ -36,12 +36,12 @@ pub async fn route(
             let input: Configuration = request.json()?;
             let (id, if_match) = (id.to_string(), request.if_match.clone());
             let stored = id.clone();
-            change_and_evaluate(hub, move |tx| put(tx, &id, input, if_match.as_deref())).await?;
-            // with the counts of the finished evaluation
-            let configuration = hub.read(|tx| {
-                tx.configuration(&stored)?
-                    .ok_or_else(|| not_found_error(&stored))
-            })?;
+            let put = change_and_evaluate(hub, move |tx| put(tx, &id, input, if_match.as_deref()))
+                .await?;
+            // with the counts of the finished evaluation (unless it was deleted meanwhile)
+            let configuration = hub
+                .read(|tx| Ok(tx.configuration(&stored)?))?
+                .unwrap_or(put);
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }
