@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::layers;
 use crate::registry;
-use crate::store::{IdentityKey, Transaction, APPLIED_COUNT, TARGETED_COUNT};
+use crate::store::{IdentityKey, Transaction, APPLIED_COUNT, EVALUATIONS_PENDING, TARGETED_COUNT};
 use crate::twins::{self, DesiredChange};
 
 /// Replaces the desired properties of every module named in `content.modulesContent` on
@@ -214,26 +214,15 @@ pub fn evaluate_devices<'a>(
 /// between two pages instead of waiting for the whole fleet.
 pub const EVALUATION_PAGE: usize = 1000;
 
-/// The counter of configuration changes whose evaluation of every device has not finished: a hub
-/// that finds it above zero at start (it stopped meanwhile) evaluates every device again.
-pub const EVALUATIONS_PENDING: &str = "evaluationsPending";
-
-/// Re-evaluates every at-scale deployment against every device in one transaction (a configuration
-/// change found unfinished at start, or a database from before the targeting rows), and clears
-/// [`EVALUATIONS_PENDING`].
-pub fn evaluate_all(tx: &Transaction<'_>) -> Result<Vec<DesiredChange>, ApiError> {
-    let mut changes = Vec::new();
+/// Re-evaluates every at-scale deployment against every device in one transaction, at start
+/// (a configuration change found unfinished, or a database from before the targeting rows), and
+/// clears [`EVALUATIONS_PENDING`]. Nobody is connected yet, so the desired changes are not kept.
+pub fn evaluate_all(tx: &Transaction<'_>) -> Result<(), ApiError> {
     let mut after = None;
-    loop {
-        let (page, next) = evaluate_page(tx, after.as_deref(), EVALUATION_PAGE)?;
-        changes.extend(page);
-        match next {
-            Some(last) => after = Some(last),
-            None => break,
-        }
+    while let (_, Some(last)) = evaluate_page(tx, after.as_deref(), EVALUATION_PAGE)? {
+        after = Some(last);
     }
-    tx.add_to_counter(EVALUATIONS_PENDING, -tx.counter(EVALUATIONS_PENDING)?)?;
-    Ok(changes)
+    Ok(tx.clear_counter(EVALUATIONS_PENDING)?)
 }
 
 /// Re-evaluates every at-scale deployment against up to `limit` devices after `after` (in id
@@ -366,6 +355,8 @@ mod tests {
             store
                 .transaction(|tx| {
                     ring_a(tx, 3)?;
+                    // as a database that was evaluated, then saw `pending` unfinished changes
+                    tx.clear_counter(EVALUATIONS_PENDING)?;
                     Ok::<_, ApiError>(tx.add_to_counter(EVALUATIONS_PENDING, pending)?)
                 })
                 .unwrap();

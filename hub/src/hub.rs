@@ -90,11 +90,9 @@ impl Hub {
             }
             Ok::<_, StoreError>(policies)
         })?;
-        let unfinished =
-            store.transaction(|tx| tx.counter(crate::deployments::EVALUATIONS_PENDING))? > 0;
-        if store.targeting_created() || unfinished {
-            // a database from before incremental evaluation (fill the targeting rows once), or
-            // a configuration change whose evaluation the last run did not finish
+        if store.transaction(|tx| tx.counter(crate::store::EVALUATIONS_PENDING))? > 0 {
+            // a configuration change whose evaluation the last run did not finish, or a
+            // database whose targeting rows are new
             if let Err(error) = store.transaction(crate::deployments::evaluate_all) {
                 tracing::error!(%error, "evaluating deployments at start failed");
             }

@@ -181,8 +181,8 @@ pub struct RunningHub {
 
 /// The runtime of the device side (MQTT over TCP/TLS), separate from the one that serves the
 /// service side (REST, console, workload API), so that a CONNECT or a reported patch never waits
-/// in a run queue behind service requests: under a flood of REST requests, devices still connect
-/// in about a millisecond. Shut down without blocking when dropped, in async code too.
+/// in a run queue behind service requests (the scale bench times CONNECT under REST loads). Shut
+/// down without blocking when dropped, in async code too.
 struct DeviceRuntime {
     /// Where the device side's tasks are spawned.
     handle: tokio::runtime::Handle,

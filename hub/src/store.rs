@@ -126,10 +126,8 @@ pub struct PolicyRecord {
 
 /// The database.
 pub struct Store {
-    /// The one connection; the hub serialises access through a mutex.
+    /// The write connection, owned by the hub's one writer (`crate::writer`).
     conn: Connection,
-    /// Whether this open created the targeting table, which a full evaluation must then fill.
-    targeting_created: bool,
 }
 
 /// Whether `name` is a table of the database.
@@ -174,6 +172,11 @@ WHERE module_id = '$edgeAgent'
   AND CASE WHEN json_valid(record) THEN json_extract(record, '$.desired.modules') END IS NOT NULL;
 ";
 
+/// The counter of configuration changes whose evaluation of every device has not finished: a hub
+/// that finds it above zero at start (it stopped meanwhile, or the database is from before the
+/// targeting rows) evaluates every device again.
+pub const EVALUATIONS_PENDING: &str = "evaluationsPending";
+
 /// The system metric counting the edge devices a deployment's target condition matches.
 pub const TARGETED_COUNT: &str = "targetedCount";
 /// The system metric counting the edge devices a deployment is applied to.
@@ -201,20 +204,20 @@ impl Store {
         let targeting_created = !has_table(&conn, "targeting")?;
         let workload_sockets_created = !has_table(&conn, "workload_sockets")?;
         conn.execute_batch(SCHEMA)?;
+        if targeting_created {
+            // a fresh database, or one from before incremental evaluation: its targeting rows
+            // are filled by one full evaluation
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?1, 1)
+                 ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                params![EVALUATIONS_PENDING],
+            )?;
+        }
         if workload_sockets_created {
             // a database from before the sockets were recorded: the devices that had one then
             conn.execute_batch(WORKLOAD_SOCKETS_BEFORE)?;
         }
-        Ok(Self {
-            conn,
-            targeting_created,
-        })
-    }
-
-    /// Whether the targeting table is new in this database (a fresh one, or one written before
-    /// deployments were evaluated incrementally), so that deployments must be evaluated in full.
-    pub fn targeting_created(&self) -> bool {
-        self.targeting_created
+        Ok(Self { conn })
     }
 
     /// Runs `f` inside one transaction: all of its writes land, or none.
@@ -703,6 +706,13 @@ impl Transaction<'_> {
             .unwrap_or(0))
     }
 
+    /// Sets the named counter back to 0.
+    pub fn clear_counter(&self, name: &str) -> Result<(), StoreError> {
+        self.tx
+            .execute("DELETE FROM counters WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
     /// Adds `delta` to the named counter (created at 0) and returns its new value.
     pub fn add_to_counter(&self, name: &str, delta: i64) -> Result<i64, StoreError> {
         self.tx.execute(
@@ -764,10 +774,11 @@ fn escape_like(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
+    /// A fresh store in a scratch directory named after `name` (returned, for the test to remove).
+    pub(crate) fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
         let dir =
             std::env::temp_dir().join(format!("edgetwin-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -835,18 +846,23 @@ mod tests {
 
     #[test]
     fn only_a_database_without_targeting_rows_asks_for_a_full_evaluation() {
-        let (store, dir) = temp_store("targeting");
-        assert!(store.targeting_created(), "a fresh database");
+        let (mut store, dir) = temp_store("targeting");
+        let pending = |store: &mut Store| {
+            store
+                .transaction(|tx| tx.counter(EVALUATIONS_PENDING))
+                .unwrap()
+        };
+        assert_eq!(pending(&mut store), 1, "a fresh database");
+        store
+            .transaction(|tx| tx.clear_counter(EVALUATIONS_PENDING))
+            .unwrap();
         drop(store);
-        let reopened = Store::open(&dir.join("hub.db")).unwrap();
-        assert!(!reopened.targeting_created());
+        let mut reopened = Store::open(&dir.join("hub.db")).unwrap();
+        assert_eq!(pending(&mut reopened), 0);
         reopened.conn.execute_batch("DROP TABLE targeting").unwrap();
         drop(reopened);
-        let older = Store::open(&dir.join("hub.db")).unwrap();
-        assert!(
-            older.targeting_created(),
-            "a database from before the table"
-        );
+        let mut older = Store::open(&dir.join("hub.db")).unwrap();
+        assert_eq!(pending(&mut older), 1, "a database from before the table");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -216,16 +216,9 @@ fn storage_error() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::temp_store;
     use crate::store::{IdentityKey, TwinRecord};
     use std::sync::Arc;
-
-    fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("edgetwin-writer-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        (Store::open(&dir.join("hub.db")).unwrap(), dir)
-    }
 
     fn put(id: &'static str) -> impl FnOnce(&Transaction<'_>) -> Written<()> + Send {
         move |tx| {

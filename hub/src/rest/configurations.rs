@@ -35,13 +35,10 @@ pub async fn route(
             request.require(Permission::RegistryWrite)?;
             let input: Configuration = request.json()?;
             let (id, if_match) = (id.to_string(), request.if_match.clone());
-            let stored = id.clone();
-            let put = change_and_evaluate(hub, move |tx| put(tx, &id, input, if_match.as_deref()))
-                .await?;
-            // with the counts of the finished evaluation (unless it was deleted meanwhile)
-            let configuration = hub
-                .read(|tx| Ok(tx.configuration(&stored)?))?
-                .unwrap_or(put);
+            // answered with the configuration as stored, before its evaluation's counts
+            let configuration =
+                change_and_evaluate(hub, move |tx| put(tx, &id, input, if_match.as_deref()))
+                    .await?;
             let etag = configuration.etag.clone();
             Ok(Reply::ok(configuration)?.with_etag(etag))
         }
@@ -71,7 +68,7 @@ pub async fn route(
 /// page of [`deployments::EVALUATION_PAGE`] devices per writer job so that other writes get in
 /// between (a fleet of 100,000 would otherwise hold every write for seconds). Returns once every
 /// device was evaluated; the evaluation goes on if the caller goes away, and a hub stopped
-/// meanwhile finishes it at its next start ([`deployments::EVALUATIONS_PENDING`]).
+/// meanwhile finishes it at its next start ([`crate::store::EVALUATIONS_PENDING`]).
 async fn change_and_evaluate<T: Send + 'static>(
     hub: &Arc<Hub>,
     change: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError> + Send + 'static,
@@ -79,14 +76,14 @@ async fn change_and_evaluate<T: Send + 'static>(
     let page = |tx: &Transaction<'_>, after: Option<&str>| {
         let (changes, next) = deployments::evaluate_page(tx, after, deployments::EVALUATION_PAGE)?;
         if next.is_none() {
-            tx.add_to_counter(deployments::EVALUATIONS_PENDING, -1)?;
+            tx.add_to_counter(crate::store::EVALUATIONS_PENDING, -1)?;
         }
         Ok::<_, ApiError>((next, changes))
     };
     let (value, mut next) = hub
         .write_and_notify(move |tx| {
             let value = change(tx)?;
-            tx.add_to_counter(deployments::EVALUATIONS_PENDING, 1)?;
+            tx.add_to_counter(crate::store::EVALUATIONS_PENDING, 1)?;
             let (next, changes) = page(tx, None)?;
             Ok(((value, next), changes))
         })
