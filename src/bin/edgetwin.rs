@@ -41,6 +41,10 @@ enum Command {
     /// Create an IoT Edge solution (iotedgedev's layout) with a Rust module on edgetwin-client,
     /// or add a module (`--module NAME`) to the solution in the current directory.
     New(edgetwin::scaffold::NewArgs),
+    /// The IoT Edge runtime for one device (what aziot-edged and edgeAgent are): read
+    /// config.toml, deploy $edgeAgent's desired modules as containers and report them.
+    #[command(subcommand)]
+    Edge(edgetwin_edge::EdgeArgs),
 }
 
 /// Options of `edgetwin hub`.
@@ -71,9 +75,13 @@ struct HubArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The edge runtime sets up its own logging and runtime (one thread, as on a Pi).
+    let command = match Cli::parse().command {
+        Command::Edge(args) => return edgetwin_edge::run::main(args),
+        command => command,
+    };
     // The quickstart's own progress lines are its output; the hub inside it only logs problems.
-    let default_level = match cli.command {
+    let default_level = match command {
         Command::Quickstart(_) => "warn",
         _ => "info",
     };
@@ -94,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Quickstart(args) => runtime
             .block_on(edgetwin::quickstart::run(args))
             .map_err(|e| e.to_string()),
@@ -106,6 +114,7 @@ fn main() -> ExitCode {
         Command::Manifest(args) => edgetwin::manifest::cli::run(args),
         Command::Solution(args) => edgetwin::solution::cli::run(args),
         Command::New(args) => edgetwin::scaffold::run(args),
+        Command::Edge(_) => unreachable!("handled before logging is set up"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

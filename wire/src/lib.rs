@@ -19,6 +19,7 @@ pub mod sas;
 pub mod secret;
 pub mod topic;
 pub mod twin;
+pub mod workload;
 
 pub use secret::Secret;
 
