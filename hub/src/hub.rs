@@ -149,14 +149,21 @@ impl Hub {
 
     /// Queues a reported-properties patch from `key`'s device or module for the next group
     /// commit (waiting only for room in the queue) and returns the handle to its new
-    /// `reported.$version`, so that a connection can keep reading meanwhile.
+    /// `reported.$version`, so that a connection can keep reading meanwhile. A patch from
+    /// `$edgeAgent` also records what it reports of its deployment (the reported counts).
     pub async fn submit_reported(
         &self,
         key: IdentityKey,
         body: Bytes,
     ) -> Result<Committing<i64>, ApiError> {
         self.writer
-            .submit(move |tx| Ok((twins::patch_reported(tx, &key, &body)?, Vec::new())))
+            .submit(move |tx| {
+                let version = twins::patch_reported(tx, &key, &body)?;
+                if key.module_id.as_deref() == Some(crate::registry::EDGE_AGENT) {
+                    crate::deployments::record_agent_report(tx, &key.device_id)?;
+                }
+                Ok((version, Vec::new()))
+            })
             .await
     }
 

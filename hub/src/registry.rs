@@ -14,7 +14,10 @@ use crate::ids::{self, NEVER};
 use crate::store::{IdentityKey, Transaction, TwinRecord};
 
 /// The system modules IoT Hub creates for every edge device.
-pub const SYSTEM_MODULES: [&str; 2] = ["$edgeAgent", "$edgeHub"];
+pub const SYSTEM_MODULES: [&str; 2] = [EDGE_AGENT, "$edgeHub"];
+
+/// The IoT Edge agent's module id, whose twin carries the deployment and its status.
+pub const EDGE_AGENT: &str = "$edgeAgent";
 
 /// Checks an id against IoT Hub's rules: 1-128 ASCII letters, digits and `-:.+%_#*?!(),=@;$'`.
 pub fn validate_id(kind: &str, id: &str) -> Result<(), ApiError> {
