@@ -60,7 +60,7 @@ pub async fn route(
         ["devices"] if method == Method::POST => bulk(hub, request).await,
         ["devices", id] => device(hub, request, id).await,
         ["devices", id, "modules"] if method == Method::GET => {
-            request.require(Permission::RegistryRead)?;
+            request.require_for_modules_of(id, Permission::RegistryRead)?;
             let modules = hub.read(|tx| {
                 tx.device(id)?
                     .ok_or_else(|| registry::device_not_found(id))?;
@@ -180,7 +180,7 @@ async fn module(
     let ids = (device_id.to_owned(), module_id.to_owned());
     let module = match request.method {
         Method::GET => {
-            request.require(Permission::RegistryRead)?;
+            request.require_for_modules_of(device_id, Permission::RegistryRead)?;
             hub.read(|tx| {
                 tx.device(device_id)?
                     .ok_or_else(|| registry::device_not_found(device_id))?;
@@ -189,7 +189,7 @@ async fn module(
             })?
         }
         Method::PUT => {
-            request.require(Permission::RegistryWrite)?;
+            request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
             let input: Module = request.json()?;
             let added = if_match.is_none();
             let (module, edge) = hub
@@ -213,7 +213,7 @@ async fn module(
             module
         }
         Method::DELETE => {
-            request.require(Permission::RegistryWrite)?;
+            request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
             hub.write(move |tx| registry::delete_module(tx, &ids.0, &ids.1, if_match.as_deref()))
                 .await?;
             hub.live
