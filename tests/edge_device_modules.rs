@@ -169,6 +169,35 @@ fn an_edge_device_creates_reads_lists_updates_and_deletes_its_own_modules_with_i
 }
 
 #[test]
+fn only_the_edge_device_itself_gives_edge_agent_its_keys_as_aziot_identityd_does() {
+    let setup = Setup::start("agent", &[]);
+    let key = setup.device("gw", true);
+    let path = "/devices/gw/modules/$edgeAgent";
+    let body = aziot_module("gw", "$edgeAgent");
+    let (status, refused) = setup.runtime.block_on(setup.hub.rest.call_as(
+        "PUT",
+        &format!("{path}?api-version=2021-04-12"),
+        Some(body.clone()),
+        owner_token(&setup).expose(),
+        &[("If-Match", "*")],
+    ));
+    assert_eq!(status, 401, "{refused}");
+    assert!(refused["Message"]
+        .as_str()
+        .is_some_and(|m| m.contains("SystemModuleModifyUnauthorizedAccess")));
+    assert!(!setup.connects("gw", "$edgeAgent", MODULE_KEYS[0]));
+
+    let token = setup.token("devices/gw", &key);
+    let (status, existing) = setup.call(&token, "GET", path, None, false);
+    assert_eq!(status, 200, "{existing}");
+    let (status, updated) = setup.call(&token, "PUT", path, Some(body), true);
+    assert_eq!(status, 200, "{updated}");
+    assert!(setup.connects("gw", "$edgeAgent", MODULE_KEYS[0]));
+    let (status, _) = setup.call(&token, "DELETE", path, None, true);
+    assert_ne!(status, 204, "system modules are not deleted");
+}
+
+#[test]
 fn a_device_token_is_refused_for_other_devices_registry_wide_routes_twins_non_edge_devices_and_modules(
 ) {
     let setup = Setup::start("refused", &[]);

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{not_found, Reply, Request};
 use crate::deployments;
 use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::hub::{Caller, Hub};
 use crate::registry;
 use crate::store::IdentityKey;
 use crate::twins::{self, UpdateMode};
@@ -190,6 +190,7 @@ async fn module(
         }
         Method::PUT => {
             request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
+            let by_own_device = matches!(request.caller, Caller::EdgeDevice(_));
             let input: Module = request.json()?;
             let added = if_match.is_none();
             let (module, edge) = hub
@@ -197,7 +198,14 @@ async fn module(
                     let (device_id, module_id) = (ids.0.as_str(), ids.1.as_str());
                     let module = match if_match.as_deref() {
                         None => registry::create_module(tx, device_id, module_id, input)?,
-                        etag => registry::update_module(tx, device_id, module_id, input, etag)?,
+                        etag => registry::update_module(
+                            tx,
+                            device_id,
+                            module_id,
+                            input,
+                            etag,
+                            by_own_device,
+                        )?,
                     };
                     // a module identity added to an edge device: its workload socket is wanted
                     let edge = added && tx.device(device_id)?.is_some_and(|d| is_edge(&d));
@@ -479,10 +487,15 @@ impl BulkIdentity {
             BulkIdentity::Device(d) => {
                 registry::update_device(tx, &d.device_id, d.clone(), Some(if_match)).map(drop)
             }
-            BulkIdentity::Module(m) => {
-                registry::update_module(tx, &m.device_id, &m.module_id, m.clone(), Some(if_match))
-                    .map(drop)
-            }
+            BulkIdentity::Module(m) => registry::update_module(
+                tx,
+                &m.device_id,
+                &m.module_id,
+                m.clone(),
+                Some(if_match),
+                false,
+            )
+            .map(drop),
         }
     }
 
