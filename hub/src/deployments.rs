@@ -1,16 +1,31 @@
 //! Deployments: `applyConfigurationContent` on one edge device, at-scale deployments chosen by
 //! target condition and priority, and the rules that turn `modulesContent` into module twins'
 //! desired properties.
+//!
+//! As on IoT Hub, a deployment's status on a device (`Applied`, or `Targeted` when a
+//! higher-priority deployment won) is written on the device's `$edgeAgent` module twin as
+//! `configurations.<id>.status`, not on the device twin (Azure/iotedge
+//! `doc/reported_states_during_deployment.md`, "Configuration section"), which is where IoT Hub's
+//! own `appliedCount` query looks ([`edgetwin_wire::rest::edge_deployment_queries`]). What
+//! `$edgeAgent` reports of it (`lastDesiredVersion`, `lastDesiredStatus.code`) is kept on the
+//! device's targeting rows, so that `reportedSuccessfulCount` and `reportedFailedCount` are
+//! counted, not queried, and a reported patch updates one device's rows.
+
+use std::sync::LazyLock;
 
 use edgetwin_wire::condition::Condition;
-use edgetwin_wire::rest::{Configuration, ConfigurationContent};
+use edgetwin_wire::rest::{
+    Configuration, ConfigurationContent, AGENT_AT_DESIRED_VERSION, AGENT_REPORTS_FAILURE,
+    AGENT_REPORTS_SUCCESS, TARGETED_COUNT,
+};
 use edgetwin_wire::twin::Properties;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::layers;
 use crate::registry;
-use crate::store::{IdentityKey, Transaction, APPLIED_COUNT, EVALUATIONS_PENDING, TARGETED_COUNT};
+use crate::registry::EDGE_AGENT;
+use crate::store::{IdentityKey, Transaction, TwinRecord, EVALUATIONS_PENDING};
 use crate::twins::{self, DesiredChange};
 
 /// Replaces the desired properties of every module named in `content.modulesContent` on
@@ -52,7 +67,54 @@ pub fn apply_content(
             desired,
         )?);
     }
+    if modules.contains_key(EDGE_AGENT) {
+        // a new desired `$version`: what `$edgeAgent` reported was about the one before
+        record_agent_report(tx, device_id)?;
+    }
     Ok(changes)
+}
+
+/// The `$edgeAgent` conditions of IoT Hub's `reportedSuccessfulCount` and `reportedFailedCount`
+/// queries, parsed once.
+static AGENT_OUTCOMES: LazyLock<(Condition, Condition)> = LazyLock::new(|| {
+    let parse = |outcome: &str| {
+        Condition::parse(&format!("{AGENT_AT_DESIRED_VERSION} AND {outcome}"))
+            .expect("IoT Hub's own conditions parse")
+    };
+    (parse(AGENT_REPORTS_SUCCESS), parse(AGENT_REPORTS_FAILURE))
+});
+
+/// What `$edgeAgent` reports of the desired properties it was last given, judged by the very
+/// conditions of IoT Hub's queries, so that the counts and the queries agree: `Some(true)` when
+/// it reports `lastDesiredStatus.code` 200 at the desired `$version`, `Some(false)` another code
+/// at that version, `None` nothing yet at that version.
+pub fn agent_outcome(agent: &TwinRecord) -> Option<bool> {
+    let reported = |name: &str| agent.reported.get(name).cloned().unwrap_or(Value::Null);
+    // only what the conditions read, not the whole (up to 32 KiB) desired section
+    let document = json!({ "properties": {
+        "desired": { "$version": agent.desired_version },
+        "reported": {
+            "lastDesiredVersion": reported("lastDesiredVersion"),
+            "lastDesiredStatus": reported("lastDesiredStatus"),
+        },
+    }});
+    let (success, failure) = &*AGENT_OUTCOMES;
+    if success.matches(&document) {
+        Some(true)
+    } else if failure.matches(&document) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Records on `device_id`'s targeting rows what its `$edgeAgent` reports now (after a reported
+/// patch from it, or a new desired `$version`): one device's rows, never a fleet scan.
+pub fn record_agent_report(tx: &Transaction<'_>, device_id: &str) -> Result<(), ApiError> {
+    let outcome = tx
+        .twin(&IdentityKey::module(device_id, EDGE_AGENT))?
+        .and_then(|agent| agent_outcome(&agent));
+    Ok(tx.set_reported(device_id, outcome)?)
 }
 
 /// Whether a configuration is a layered deployment (`properties.desired.<path>` entries).
@@ -109,8 +171,9 @@ impl Deployments {
     /// Re-evaluates the deployments against one device: the matching base deployment with the
     /// highest priority (ties: the newest) is applied with the matching layered deployments of a
     /// higher priority merged over it ([`crate::layers`]); the other matches are marked
-    /// `Targeted`. A device that matches no base deployment keeps its modules. The device's
-    /// targeting rows, from which `targetedCount` and `appliedCount` are counted, are replaced.
+    /// `Targeted`. A device that matches no base deployment keeps its modules. The statuses are
+    /// written on the device's `$edgeAgent` twin; the device's targeting rows, from which the
+    /// system metrics are counted, are replaced.
     pub fn evaluate_device(
         &self,
         tx: &Transaction<'_>,
@@ -120,9 +183,13 @@ impl Deployments {
         let device = tx
             .device(device_id)?
             .filter(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge));
-        let (Some(device), Some(mut twin)) = (device, tx.twin(&IdentityKey::device(device_id))?)
-        else {
-            tx.set_targeting(device_id, &[])?;
+        let agent_key = IdentityKey::module(device_id, EDGE_AGENT);
+        let (Some(device), Some(twin), Some(mut agent)) = (
+            device,
+            tx.twin(&IdentityKey::device(device_id))?,
+            tx.twin(&agent_key)?,
+        ) else {
+            tx.set_targeting(device_id, &[], None)?;
             return Ok(Vec::new());
         };
         let document = json!({
@@ -165,22 +232,38 @@ impl Deployments {
             statuses.insert(configurations[i].0.id.clone(), json!({ "status": status }));
             targeting.push((configurations[i].0.id.as_str(), is_applied));
         }
-        tx.set_targeting(device_id, &targeting)?;
-        if base.is_none() || statuses == twin.configurations {
-            return Ok(Vec::new());
+        let mut changes = Vec::new();
+        if statuses != agent.configurations {
+            changes = self.apply(tx, device_id, &agent.configurations, &applied, &layers)?;
+            // applying replaced `$edgeAgent`'s desired properties (a new `$version`)
+            agent = tx.twin(&agent_key)?.unwrap_or(agent);
+            agent.configurations = statuses;
+            tx.put_twin(&agent_key, &agent)?;
         }
+        tx.set_targeting(device_id, &targeting, agent_outcome(&agent))?;
+        Ok(changes)
+    }
+
+    /// Applies the deployments `applied` (the base first, then `layers` merged over it) to
+    /// `device_id`'s modules, unless exactly they were applied already by the statuses
+    /// `before`; without a base deployment the modules are kept.
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+        before: &Properties,
+        applied: &[usize],
+        layers: &[usize],
+    ) -> Result<Vec<DesiredChange>, ApiError> {
+        let configurations = &self.configurations;
         let applied_before = applied.iter().all(|&i| {
-            twin.configurations
+            before
                 .get(&configurations[i].0.id)
                 .is_some_and(|s| s["status"] == "Applied")
-        }) && twin
-            .configurations
-            .values()
-            .filter(|s| s["status"] == "Applied")
-            .count()
+        }) && before.values().filter(|s| s["status"] == "Applied").count()
             == applied.len();
         let mut changes = Vec::new();
-        if !applied_before {
+        if !applied.is_empty() && !applied_before {
             let content_of = |i: usize| configurations[i].0.content.clone().unwrap_or_default();
             let layer_contents: Vec<ConfigurationContent> =
                 layers.iter().map(|&i| content_of(i)).collect();
@@ -190,8 +273,6 @@ impl Deployments {
             );
             changes = apply_content(tx, device_id, &content)?;
         }
-        twin.configurations = statuses;
-        tx.put_twin(&IdentityKey::device(device_id), &twin)?;
         Ok(changes)
     }
 }
@@ -226,9 +307,8 @@ pub fn evaluate_all(tx: &Transaction<'_>) -> Result<(), ApiError> {
 }
 
 /// Re-evaluates every at-scale deployment against up to `limit` devices after `after` (in id
-/// order), after a configuration changed, and gives each deployment its `targetedCount` and
-/// `appliedCount` (kept current from then on by the targeting rows, see
-/// [`Transaction::configuration`]). Returns the changes and, if there may be more devices, the
+/// order), after a configuration changed, and gives each deployment its system metrics (kept
+/// current from then on by the targeting rows, see [`Transaction::configuration`]). Returns the changes and, if there may be more devices, the
 /// last one evaluated: the next page starts after it.
 pub fn evaluate_page(
     tx: &Transaction<'_>,
@@ -243,15 +323,13 @@ pub fn evaluate_page(
         changes.extend(deployments.evaluate_device(tx, &device.device_id)?);
     }
     for (configuration, _, _) in &deployments.configurations {
-        let mut metrics = configuration.system_metrics.clone().unwrap_or_default();
-        if !metrics.results.contains_key(TARGETED_COUNT) {
-            let (targeted, applied) = tx.targeting_counts(&configuration.id)?;
-            metrics
-                .results
-                .insert(TARGETED_COUNT.into(), targeted.into());
-            metrics.results.insert(APPLIED_COUNT.into(), applied.into());
+        let evaluated = configuration
+            .system_metrics
+            .as_ref()
+            .is_some_and(|m| m.results.contains_key(TARGETED_COUNT));
+        if !evaluated {
             let mut configuration = configuration.clone();
-            configuration.system_metrics = Some(metrics);
+            configuration.system_metrics = Some(tx.system_metrics(&configuration)?);
             tx.put_configuration(&configuration)?;
         }
     }
@@ -266,7 +344,7 @@ mod tests {
     use edgetwin_wire::rest::{Device, DeviceCapabilities};
 
     use super::*;
-    use crate::store::{Store, TwinRecord};
+    use crate::store::Store;
 
     fn on_ring(tx: &Transaction<'_>, device_id: &str, ring: &str) -> Result<(), ApiError> {
         let mut twin = tx
@@ -280,8 +358,8 @@ mod tests {
         let configuration = tx.configuration("ring-a")?.expect("stored");
         let results = configuration.system_metrics.expect("evaluated").results;
         Ok((
-            results[crate::store::TARGETED_COUNT].clone(),
-            results[crate::store::APPLIED_COUNT].clone(),
+            results[TARGETED_COUNT].clone(),
+            results[edgetwin_wire::rest::APPLIED_COUNT].clone(),
         ))
     }
 
@@ -296,6 +374,15 @@ mod tests {
                 ..Device::default()
             })?;
             tx.put_twin(&IdentityKey::device(&id), &TwinRecord::default())?;
+            tx.put_module(&edgetwin_wire::rest::Module {
+                device_id: id.clone(),
+                module_id: EDGE_AGENT.into(),
+                ..edgetwin_wire::rest::Module::default()
+            })?;
+            tx.put_twin(
+                &IdentityKey::module(&id, EDGE_AGENT),
+                &TwinRecord::default(),
+            )?;
             on_ring(tx, &id, "a")?;
         }
         let modules = json!({ "$edgeAgent": { "properties.desired": { "v": 1 } } });
@@ -404,6 +491,68 @@ mod tests {
             assert_eq!(counts(tx)?, (json!(1), json!(1)));
             Ok(())
         });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// `$edgeAgent` of `device_id` reports `code` at the desired `$version` (or, with `behind`,
+    /// at the one before).
+    fn agent_reports(
+        tx: &Transaction<'_>,
+        device_id: &str,
+        code: u16,
+        behind: bool,
+    ) -> Result<(), ApiError> {
+        let key = IdentityKey::module(device_id, EDGE_AGENT);
+        let mut agent = tx.twin(&key)?.expect("an edge device has $edgeAgent");
+        let version = agent.desired_version - i64::from(behind);
+        agent
+            .reported
+            .insert("lastDesiredVersion".into(), json!(version));
+        agent
+            .reported
+            .insert("lastDesiredStatus".into(), json!({ "code": code }));
+        tx.put_twin(&key, &agent)?;
+        record_agent_report(tx, device_id)
+    }
+
+    #[test]
+    fn status_lives_on_edge_agent_and_its_reports_move_the_reported_counts_of_that_device_only() {
+        let (mut store, dir) = crate::store::tests::temp_store("reported");
+        store
+            .transaction(|tx| {
+                ring_a(tx, 3)?;
+                evaluate_all(tx)?;
+                let agent = tx.twin(&IdentityKey::module("d1", EDGE_AGENT))?.unwrap();
+                assert_eq!(
+                    agent.configurations["ring-a"],
+                    json!({ "status": "Applied" })
+                );
+                let device = tx.twin(&IdentityKey::device("d1"))?.unwrap();
+                assert!(device.configurations.is_empty(), "not on the device twin");
+                let reported = |tx: &Transaction<'_>| {
+                    let counts = tx.targeting_counts("ring-a")?;
+                    Ok::<_, ApiError>((counts.succeeded, counts.failed))
+                };
+                assert_eq!(reported(tx)?, (0, 0));
+                agent_reports(tx, "d1", 200, false)?;
+                agent_reports(tx, "d2", 400, false)?;
+                agent_reports(tx, "d3", 200, true)?;
+                assert_eq!(reported(tx)?, (1, 1), "d3 reported an older version");
+                let results = tx.configuration("ring-a")?.unwrap().system_metrics.unwrap();
+                assert_eq!(
+                    results.results[edgetwin_wire::rest::REPORTED_SUCCESSFUL_COUNT],
+                    json!(1)
+                );
+                // a new desired version: what d1 reported is about the one before
+                let content = tx.configuration("ring-a")?.unwrap().content.unwrap();
+                apply_content(tx, "d1", &content)?;
+                assert_eq!(reported(tx)?, (0, 1));
+                // a device evaluated again keeps what its agent reports
+                evaluate_devices(tx, ["d2"])?;
+                assert_eq!(reported(tx)?, (0, 1));
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

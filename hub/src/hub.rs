@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
-use edgetwin_wire::sas::SasToken;
+use edgetwin_wire::sas::{SasScope, SasToken};
 use edgetwin_wire::topic::{self, Feature};
 
 use crate::console::Console;
@@ -149,14 +149,21 @@ impl Hub {
 
     /// Queues a reported-properties patch from `key`'s device or module for the next group
     /// commit (waiting only for room in the queue) and returns the handle to its new
-    /// `reported.$version`, so that a connection can keep reading meanwhile.
+    /// `reported.$version`, so that a connection can keep reading meanwhile. A patch from
+    /// `$edgeAgent` also records what it reports of its deployment (the reported counts).
     pub async fn submit_reported(
         &self,
         key: IdentityKey,
         body: Bytes,
     ) -> Result<Committing<i64>, ApiError> {
         self.writer
-            .submit(move |tx| Ok((twins::patch_reported(tx, &key, &body)?, Vec::new())))
+            .submit(move |tx| {
+                let version = twins::patch_reported(tx, &key, &body)?;
+                if key.module_id.as_deref() == Some(crate::registry::EDGE_AGENT) {
+                    crate::deployments::record_agent_report(tx, &key.device_id)?;
+                }
+                Ok((version, Vec::new()))
+            })
             .await
     }
 
@@ -165,17 +172,14 @@ impl Hub {
         self.writer.drain().await;
     }
 
-    /// The policy a service token authenticates, if its signature, expiry and host are right and
-    /// its `sr` (a URI prefix) covers the request's path `segments`.
+    /// Who a service token authenticates, if its signature, expiry and host are right and its
+    /// `sr` (a URI prefix) covers the request's path `segments`: a shared access policy (`skn`),
+    /// or, without `skn`, an IoT Edge device signing with its own key ([`Caller::EdgeDevice`]).
     pub fn authenticate_service(
         &self,
         authorization: Option<&str>,
         segments: &[String],
-    ) -> Result<&PolicyRecord, ApiError> {
-        let unauthorized = |why: &str| {
-            tracing::info!(reason = why, "service request refused");
-            ApiError::new(ErrorCode::IotHubUnauthorizedAccess, "Unauthorized")
-        };
+    ) -> Result<Caller, ApiError> {
         let token =
             SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
                 .map_err(|_| unauthorized("malformed SharedAccessSignature"))?;
@@ -189,10 +193,9 @@ impl Hub {
         if token.is_expired(ids::now_unix(), 0) {
             return Err(unauthorized("token expired"));
         }
-        let name = token
-            .key_name
-            .as_deref()
-            .ok_or_else(|| unauthorized("no skn"))?;
+        let Some(name) = token.key_name.as_deref() else {
+            return self.authenticate_edge_device(&token, &scope, segments);
+        };
         let policy = self
             .policies
             .iter()
@@ -201,7 +204,46 @@ impl Hub {
         if !(token.verify(&policy.primary_key) || token.verify(&policy.secondary_key)) {
             return Err(unauthorized("bad signature"));
         }
-        Ok(policy)
+        Ok(Caller::Policy(policy.clone()))
+    }
+
+    /// A token without `skn` whose `sr` is `{host}/devices/{id}`, signed with the key of that
+    /// enabled IoT Edge device, as aziot-identityd signs its module requests
+    /// (Azure/iot-identity-service `aziot-cloud-client-async` `connector.rs`: audience
+    /// `{hub}/devices/{device}` lower-cased, no `skn`). The device is the one the path names (its
+    /// `sr` covers the path, ignoring case); a module's token is refused.
+    fn authenticate_edge_device(
+        &self,
+        token: &SasToken,
+        scope: &SasScope,
+        segments: &[String],
+    ) -> Result<Caller, ApiError> {
+        if !matches!(scope, SasScope::Device { .. }) {
+            return Err(unauthorized(
+                "a token without skn must be a device's (sr {host}/devices/{id})",
+            ));
+        }
+        let device_id = segments
+            .get(1)
+            .ok_or_else(|| unauthorized("a device token names no device of the path"))?;
+        let keys = self.read(|tx| {
+            let edge = tx
+                .device(device_id)?
+                .is_some_and(|d| d.capabilities.is_some_and(|c| c.iot_edge));
+            if !edge {
+                return Ok(None);
+            }
+            crate::registry::connect_keys(tx, &IdentityKey::device(device_id))
+        })?;
+        let keys = keys.ok_or_else(|| {
+            unauthorized(
+                "a device token is accepted from an enabled IoT Edge device with SAS keys only",
+            )
+        })?;
+        if !keys.iter().any(|key| token.verify(key)) {
+            return Err(unauthorized("bad signature"));
+        }
+        Ok(Caller::EdgeDevice(device_id.clone()))
     }
 
     /// Calls a direct method on a connected, subscribed client and waits for its answer.
@@ -277,6 +319,24 @@ impl Hub {
             }
         }
     }
+}
+
+/// Who a service request comes from.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A shared access policy (the token's `skn`), with its permissions.
+    Policy(PolicyRecord),
+    /// An IoT Edge device with its own token, as aziot-identityd manages the device's module
+    /// identities (`PUT`, `GET`, `DELETE /devices/{id}/modules[/{m}]`, api-version
+    /// 2017-11-08-preview, Azure/iot-identity-service `aziot-cloud-client-async` `hub/mod.rs`):
+    /// it may manage its own modules and nothing else.
+    EdgeDevice(String),
+}
+
+/// IoT Hub's refusal of a token (the reason goes to the log only).
+pub fn unauthorized(why: &str) -> ApiError {
+    tracing::info!(reason = why, "service request refused");
+    ApiError::new(ErrorCode::IotHubUnauthorizedAccess, "Unauthorized")
 }
 
 /// Tells the client whose twin changed about a committed desired change (run by the writer).

@@ -74,6 +74,9 @@ pub struct HubConfig {
     /// Start a new hub (new keys) even though `hub.json` says one ran here and its database is
     /// missing or empty.
     pub reset: bool,
+    /// Serve the IoT Edge workload API (a socket per edge device in use, as aziot-edged serves
+    /// modules); `false` makes the hub a plain IoT Hub, for modules run by an IoT Edge runtime.
+    pub workload_api: bool,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -92,6 +95,7 @@ impl HubConfig {
             max_connections: None,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             reset: false,
+            workload_api: true,
         }
     }
 }
@@ -128,8 +132,9 @@ pub struct HubInfo {
     /// runs; a secret).
     pub console_url: Secret,
     /// Directory of the workload sockets (one per edge device in use; a module's
-    /// `edgeEnvironment` names its socket).
-    pub workload_dir: PathBuf,
+    /// `edgeEnvironment` names its socket); none when the workload API is switched off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_dir: Option<PathBuf>,
 }
 
 /// Why the hub could not start.
@@ -282,8 +287,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     names.extend(config.extra_names.iter().cloned());
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let workload_dir = data_dir.join("workload");
-    let workload = workload::WorkloadSockets::new(workload_dir.clone());
+    let workload_dir = config.workload_api.then(|| data_dir.join("workload"));
+    let workload = match &workload_dir {
+        Some(dir) => workload::WorkloadSockets::new(dir.clone()),
+        None => workload::WorkloadSockets::off(),
+    };
     let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
     let hub = Arc::new(hub::Hub::open(
         &data_dir,
@@ -295,7 +303,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     hub.workload.attach(&hub);
 
     let edge_devices = hub
-        .read(|tx| Ok(tx.workload_socket_devices()?))
+        .read(|tx| match hub.workload.is_on() {
+            true => Ok(tx.workload_socket_devices()?),
+            false => Ok(Vec::new()),
+        })
         .map_err(|e| HubError::Io {
             what: "list the workload sockets to serve".into(),
             source: std::io::Error::other(e.message),

@@ -14,7 +14,10 @@ use crate::ids::{self, NEVER};
 use crate::store::{IdentityKey, Transaction, TwinRecord};
 
 /// The system modules IoT Hub creates for every edge device.
-pub const SYSTEM_MODULES: [&str; 2] = ["$edgeAgent", "$edgeHub"];
+pub const SYSTEM_MODULES: [&str; 2] = [EDGE_AGENT, "$edgeHub"];
+
+/// The IoT Edge agent's module id, whose twin carries the deployment and its status.
+pub const EDGE_AGENT: &str = "$edgeAgent";
 
 /// Checks an id against IoT Hub's rules: 1-128 ASCII letters, digits and `-:.+%_#*?!(),=@;$'`.
 pub fn validate_id(kind: &str, id: &str) -> Result<(), ApiError> {
@@ -323,15 +326,22 @@ pub fn create_module(
     Ok(module)
 }
 
-/// Updates a module identity (`PUT` with If-Match): keys and `managedBy` may change.
+/// Updates a module identity (`PUT` with If-Match): keys and `managedBy` may change. Only the
+/// edge device itself (`by_own_device`) may update `$edgeAgent` and `$edgeHub`: their keys are set
+/// by the device's IoT Edge runtime, which aziot-identityd does with `update_module` (`GET` the
+/// module, then `PUT` derived SAS keys with `If-Match: *`: Azure/iot-identity-service
+/// `aziot-identityd` `identity.rs` `update_module_identity`).
 pub fn update_module(
     tx: &Transaction<'_>,
     device_id: &str,
     module_id: &str,
     input: Module,
     if_match: Option<&str>,
+    by_own_device: bool,
 ) -> Result<Module, ApiError> {
-    reject_system_module(module_id)?;
+    if !by_own_device {
+        reject_system_module(module_id)?;
+    }
     let mut module = tx
         .module(device_id, module_id)?
         .ok_or_else(|| module_not_found(device_id, module_id))?;

@@ -7,7 +7,10 @@
 
 use std::path::Path;
 
-use edgetwin_wire::rest::{Configuration, Device, Module};
+use edgetwin_wire::rest::{
+    Configuration, ConfigurationMetrics, Device, Module, APPLIED_COUNT, REPORTED_FAILED_COUNT,
+    REPORTED_SUCCESSFUL_COUNT, TARGETED_COUNT,
+};
 use edgetwin_wire::twin::Properties;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -107,7 +110,8 @@ pub struct TwinRecord {
     pub reported_updated: String,
     /// When tags last changed (ISO 8601).
     pub tags_updated: String,
-    /// Deployments targeting this twin: configuration id -> `{"status": "Applied"|"Targeted"}`.
+    /// Deployments targeting the device, on its `$edgeAgent` module twin as IoT Hub keeps them:
+    /// configuration id -> `{"status": "Applied"|"Targeted"}`.
     pub configurations: Properties,
 }
 
@@ -139,6 +143,15 @@ fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     )? > 0)
 }
 
+/// Whether `table` has a column `name`.
+fn has_column(conn: &Connection, table: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, name],
+        |row| row.get::<_, i64>(0),
+    )? > 0)
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
     device_id TEXT NOT NULL, module_id TEXT NOT NULL, record TEXT NOT NULL,
@@ -152,6 +165,7 @@ CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NO
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS targeting (
     configuration_id TEXT NOT NULL, device_id TEXT NOT NULL, applied INTEGER NOT NULL,
+    reported INTEGER,
     PRIMARY KEY (configuration_id, device_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targeting_by_device ON targeting (device_id);
 CREATE TABLE IF NOT EXISTS workload_sockets (device_id TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -172,15 +186,35 @@ WHERE module_id = '$edgeAgent'
   AND CASE WHEN json_valid(record) THEN json_extract(record, '$.desired.modules') END IS NOT NULL;
 ";
 
+/// Brings a database from before deployment status moved to `$edgeAgent` up to date: the
+/// targeting rows get the `reported` column (what `$edgeAgent` reports, counted as
+/// `reportedSuccessfulCount` / `reportedFailedCount`), and the statuses those hubs wrote on device
+/// twins are removed (a full evaluation writes them on `$edgeAgent`).
+const REPORTED_BEFORE: &str = "
+ALTER TABLE targeting ADD COLUMN reported INTEGER;
+UPDATE twins SET record = json_set(record, '$.configurations', json('{}'))
+WHERE module_id = '' AND json_valid(record)
+  AND json_extract(record, '$.configurations') <> '{}';
+";
+
 /// The counter of configuration changes whose evaluation of every device has not finished: a hub
 /// that finds it above zero at start (it stopped meanwhile, or the database is from before the
 /// targeting rows) evaluates every device again.
 pub const EVALUATIONS_PENDING: &str = "evaluationsPending";
 
-/// The system metric counting the edge devices a deployment's target condition matches.
-pub const TARGETED_COUNT: &str = "targetedCount";
-/// The system metric counting the edge devices a deployment is applied to.
-pub const APPLIED_COUNT: &str = "appliedCount";
+/// How many devices a deployment targets, is applied to, and whose `$edgeAgent` reports it done or
+/// failed at the desired version (its targeting rows counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TargetingCounts {
+    /// `targetedCount`.
+    pub targeted: i64,
+    /// `appliedCount`.
+    pub applied: i64,
+    /// `reportedSuccessfulCount`.
+    pub succeeded: i64,
+    /// `reportedFailedCount`.
+    pub failed: i64,
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -203,10 +237,14 @@ impl Store {
         }
         let targeting_created = !has_table(&conn, "targeting")?;
         let workload_sockets_created = !has_table(&conn, "workload_sockets")?;
+        let reported_missing = !targeting_created && !has_column(&conn, "targeting", "reported")?;
         conn.execute_batch(SCHEMA)?;
-        if targeting_created {
-            // a fresh database, or one from before incremental evaluation: its targeting rows
-            // are filled by one full evaluation
+        if reported_missing {
+            conn.execute_batch(REPORTED_BEFORE)?;
+        }
+        if targeting_created || reported_missing {
+            // a fresh database, or one from before incremental evaluation or before the
+            // reported outcomes: its targeting rows are filled by one full evaluation
             conn.execute(
                 "INSERT INTO counters (name, value) VALUES (?1, 1)
                  ON CONFLICT(name) DO UPDATE SET value = value + 1",
@@ -548,8 +586,8 @@ impl Transaction<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A configuration by id.
-    /// A deployment's `targetedCount` and `appliedCount` are the live counts of its targeting rows.
+    /// A configuration by id. A deployment's system metrics are the live counts of its targeting
+    /// rows ([`Self::system_metrics`]).
     pub fn configuration(&self, id: &str) -> Result<Option<Configuration>, StoreError> {
         self.get_doc(
             "SELECT record FROM configurations WHERE id = ?1",
@@ -578,44 +616,92 @@ impl Transaction<'_> {
         )
     }
 
-    /// `configuration` with its targeting counts, if it is a deployment that has them.
+    /// `configuration` with its live system metrics, if it is a deployment that was evaluated.
     fn with_counts(&self, mut configuration: Configuration) -> Result<Configuration, StoreError> {
-        if let Some(metrics) = configuration.system_metrics.as_mut() {
-            if metrics.results.contains_key(TARGETED_COUNT) {
-                let (targeted, applied) = self.targeting_counts(&configuration.id)?;
-                metrics
-                    .results
-                    .insert(TARGETED_COUNT.into(), targeted.into());
-                metrics.results.insert(APPLIED_COUNT.into(), applied.into());
-            }
+        let evaluated = configuration
+            .system_metrics
+            .as_ref()
+            .is_some_and(|m| m.results.contains_key(TARGETED_COUNT));
+        if evaluated {
+            configuration.system_metrics = Some(self.system_metrics(&configuration)?);
         }
         Ok(configuration)
     }
 
-    /// How many devices a deployment targets and how many of them it is applied to.
-    pub fn targeting_counts(&self, configuration_id: &str) -> Result<(i64, i64), StoreError> {
+    /// An IoT Edge deployment's `systemMetrics` as IoT Hub returns them: the counts of its
+    /// targeting rows, and IoT Hub's queries that select the same devices
+    /// ([`edgetwin_wire::rest::edge_deployment_queries`]).
+    pub fn system_metrics(
+        &self,
+        configuration: &Configuration,
+    ) -> Result<ConfigurationMetrics, StoreError> {
+        let counts = self.targeting_counts(&configuration.id)?;
+        let results = [
+            (TARGETED_COUNT, counts.targeted),
+            (APPLIED_COUNT, counts.applied),
+            (REPORTED_SUCCESSFUL_COUNT, counts.succeeded),
+            (REPORTED_FAILED_COUNT, counts.failed),
+        ]
+        .into_iter()
+        .map(|(name, count)| (name.to_owned(), count.into()))
+        .collect();
+        let queries = edgetwin_wire::rest::edge_deployment_queries(
+            &configuration.id,
+            configuration
+                .target_condition
+                .as_deref()
+                .unwrap_or_default(),
+        );
+        Ok(ConfigurationMetrics { results, queries })
+    }
+
+    /// How many devices a deployment targets, is applied to, and is reported done or failed on.
+    pub fn targeting_counts(&self, configuration_id: &str) -> Result<TargetingCounts, StoreError> {
         Ok(self.tx.query_row(
-            "SELECT count(*), coalesce(sum(applied), 0) FROM targeting WHERE configuration_id = ?1",
+            "SELECT count(*), coalesce(sum(applied), 0),
+                 coalesce(sum(applied AND reported = 1), 0),
+                 coalesce(sum(applied AND reported = 0), 0)
+             FROM targeting WHERE configuration_id = ?1",
             params![configuration_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| {
+                Ok(TargetingCounts {
+                    targeted: row.get(0)?,
+                    applied: row.get(1)?,
+                    succeeded: row.get(2)?,
+                    failed: row.get(3)?,
+                })
+            },
         )?)
     }
 
-    /// Replaces the deployments a device is targeted by: (configuration id, applied) pairs.
+    /// Replaces the deployments a device is targeted by: (configuration id, applied) pairs, with
+    /// what its `$edgeAgent` reports of the deployment it was given (`Some(true)` done,
+    /// `Some(false)` failed, `None` not reported at the desired version).
     pub fn set_targeting(
         &self,
         device_id: &str,
         targets: &[(&str, bool)],
+        reported: Option<bool>,
     ) -> Result<(), StoreError> {
         self.tx
             .prepare_cached("DELETE FROM targeting WHERE device_id = ?1")?
             .execute(params![device_id])?;
         let mut insert = self.tx.prepare_cached(
-            "INSERT INTO targeting (configuration_id, device_id, applied) VALUES (?1, ?2, ?3)",
+            "INSERT INTO targeting (configuration_id, device_id, applied, reported)
+             VALUES (?1, ?2, ?3, ?4)",
         )?;
         for (configuration_id, applied) in targets {
-            insert.execute(params![configuration_id, device_id, applied])?;
+            insert.execute(params![configuration_id, device_id, applied, reported])?;
         }
+        Ok(())
+    }
+
+    /// Records what a device's `$edgeAgent` now reports (see [`Self::set_targeting`]) on the
+    /// device's targeting rows: a reported patch costs one indexed update, not a fleet scan.
+    pub fn set_reported(&self, device_id: &str, reported: Option<bool>) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE targeting SET reported = ?2 WHERE device_id = ?1")?
+            .execute(params![device_id, reported])?;
         Ok(())
     }
 
@@ -863,6 +949,42 @@ pub(crate) mod tests {
         drop(reopened);
         let mut older = Store::open(&dir.join("hub.db")).unwrap();
         assert_eq!(pending(&mut older), 1, "a database from before the table");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_from_before_reported_outcomes_drops_device_twin_statuses_and_is_evaluated_again()
+    {
+        let (mut store, dir) = temp_store("reported-outcomes");
+        let mut twin = TwinRecord::default();
+        twin.configurations
+            .insert("ring-a".into(), serde_json::json!({ "status": "Applied" }));
+        store
+            .transaction(|tx| {
+                tx.clear_counter(EVALUATIONS_PENDING)?;
+                tx.put_twin(&IdentityKey::device("d1"), &twin)?;
+                tx.put_twin(&IdentityKey::module("d1", "$edgeAgent"), &twin)
+            })
+            .unwrap();
+        store
+            .conn
+            .execute_batch("ALTER TABLE targeting DROP COLUMN reported")
+            .unwrap();
+        drop(store);
+        let mut older = Store::open(&dir.join("hub.db")).unwrap();
+        let (pending, device, agent) = older
+            .transaction(|tx| {
+                Ok::<_, StoreError>((
+                    tx.counter(EVALUATIONS_PENDING)?,
+                    tx.twin(&IdentityKey::device("d1"))?.unwrap(),
+                    tx.twin(&IdentityKey::module("d1", "$edgeAgent"))?.unwrap(),
+                ))
+            })
+            .unwrap();
+        assert_eq!(pending, 1, "evaluated again at start");
+        assert!(device.configurations.is_empty());
+        assert_eq!(agent, twin, "module twins are left as they are");
+        assert!(has_column(&older.conn, "targeting", "reported").unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -13,6 +13,10 @@
 //! and the name has the same short length for every id (a unix socket path is at most
 //! [`MAX_SOCKET_PATH`] bytes).
 //!
+//! With `edgetwin hub --no-workload-api` ([`WorkloadSockets::off`]) the hub is a plain IoT Hub:
+//! no socket is created or served, and a module's Edge environment is refused; modules then run
+//! under an IoT Edge runtime that serves its own workload API.
+//!
 //! Unlike aziot-edged, the hub cannot tell containers apart by PID: any process that can open the
 //! socket may sign for any module of that device. The socket is created mode 0600.
 
@@ -54,6 +58,9 @@ pub fn socket_file_name(device_id: &str) -> String {
 /// Why a workload socket could not be made to listen.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
+    /// The hub's workload API is switched off (`--no-workload-api`).
+    #[error("this hub's IoT Edge workload API is switched off (--no-workload-api): it is a plain IoT Hub; run the module under an IoT Edge runtime (`edgetwin edge run` or aziot-edged), which serves its own workload API")]
+    Off,
     /// The device id is not one IoT Hub allows (no socket is named after it).
     #[error("device id '{device_id}' {source}")]
     InvalidId {
@@ -90,8 +97,8 @@ struct Served {
 
 /// The workload sockets being served, one per edge device that has asked for one.
 pub struct WorkloadSockets {
-    /// Where sockets are created.
-    dir: PathBuf,
+    /// Where sockets are created; `None` when the workload API is switched off.
+    dir: Option<PathBuf>,
     /// Devices whose socket is listening.
     serving: Mutex<HashMap<String, Served>>,
     /// The hub the sockets serve, set once it exists ([`WorkloadSockets::attach`]).
@@ -101,11 +108,26 @@ pub struct WorkloadSockets {
 impl WorkloadSockets {
     /// Sockets under `dir`.
     pub fn new(dir: PathBuf) -> Self {
+        Self::serving_in(Some(dir))
+    }
+
+    /// No sockets at all: the workload API is switched off and every request for a socket is
+    /// answered [`SocketError::Off`].
+    pub fn off() -> Self {
+        Self::serving_in(None)
+    }
+
+    fn serving_in(dir: Option<PathBuf>) -> Self {
         Self {
             dir,
             serving: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the workload API is served at all.
+    pub fn is_on(&self) -> bool {
+        self.dir.is_some()
     }
 
     /// Tells the sockets which hub they serve (the hub owns them, so this comes after it is made).
@@ -115,13 +137,14 @@ impl WorkloadSockets {
 
     /// The socket path of `device_id`, once the id is known to be one IoT Hub allows.
     pub fn path_of(&self, device_id: &str) -> Result<PathBuf, SocketError> {
+        let dir = self.dir.as_ref().ok_or(SocketError::Off)?;
         edgetwin_wire::ids::check_identity_id(device_id).map_err(|source| {
             SocketError::InvalidId {
                 device_id: device_id.to_owned(),
                 source,
             }
         })?;
-        let path = self.dir.join(socket_file_name(device_id));
+        let path = dir.join(socket_file_name(device_id));
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(SocketError::PathTooLong { path });
         }
@@ -135,7 +158,8 @@ impl WorkloadSockets {
         if serving.contains_key(device_id) {
             return Ok(path);
         }
-        let listener = bind(&self.dir, &path).map_err(|source| SocketError::Bind {
+        let dir = path.parent().unwrap_or(&path);
+        let listener = bind(dir, &path).map_err(|source| SocketError::Bind {
             path: path.clone(),
             source,
         })?;
@@ -152,9 +176,13 @@ impl WorkloadSockets {
         Ok(path)
     }
 
-    /// Starts serving the socket of `device_id`, logging (not returning) a failure: for callers
-    /// whose own operation succeeded whether or not a socket could be made.
+    /// Starts serving the socket of `device_id` (unless the workload API is off), logging (not
+    /// returning) a failure: for callers whose own operation succeeded whether or not a socket
+    /// could be made.
     pub fn ensure_or_log(&self, device_id: &str) {
+        if !self.is_on() {
+            return;
+        }
         if let Err(error) = self.ensure(device_id) {
             tracing::error!(device_id, %error, "no workload socket");
         }

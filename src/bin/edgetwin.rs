@@ -72,6 +72,10 @@ struct HubArgs {
     /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
     #[arg(long)]
     reset: bool,
+    /// Serve no IoT Edge workload API: a plain IoT Hub, for modules run by an IoT Edge runtime
+    /// (`edgetwin edge run`, aziot-edged) that serves its own.
+    #[arg(long)]
+    no_workload_api: bool,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +149,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         max_connections: None,
         write_timeout: edgetwin_hub::DEFAULT_WRITE_TIMEOUT,
         reset: args.reset,
+        workload_api: !args.no_workload_api,
     };
     let hub = edgetwin_hub::start(config)
         .await
@@ -168,10 +173,13 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         info.https_port
     );
     out!("  CA certificate:      {}", info.ca_certificate.display());
-    out!(
-        "  workload sockets:    {} (one per edge device in use; see edge-env)",
-        info.workload_dir.display()
-    );
+    match &info.workload_dir {
+        Some(dir) => out!(
+            "  workload sockets:    {} (one per edge device in use; see edge-env)",
+            dir.display()
+        ),
+        None => out!("  workload API:        off (--no-workload-api): a plain IoT Hub"),
+    }
     out!("  service connection string (iothubowner):");
     out!("    {}", info.service_connection_string.expose());
     out!("Point clients at it:");

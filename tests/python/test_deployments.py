@@ -56,6 +56,15 @@ def _create(configurations, prefix, condition, priority, modules_content):
     return config_id
 
 
+def _raw_twin(hub, device_id, module_id=None):
+    """The twin document as the REST API answers it (the SDK's Twin model drops fields)."""
+    path = f"/twins/{device_id}" + (f"/modules/{module_id}" if module_id else "")
+    raw = requests.get(hub.rest_url + path, params={"api-version": "2021-04-12"},
+                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
+    raw.raise_for_status()
+    return raw.json()
+
+
 def _desired(registry_manager, device_id, module_id):
     return registry_manager.get_module_twin(device_id, module_id).properties.desired
 
@@ -106,12 +115,12 @@ def test_an_at_scale_deployment_reaches_matching_devices_only_and_priority_decid
     assert _desired(registry_manager, regular.device_id, "edgetwin")["telemetryInterval"] == 60
     assert "telemetryInterval" not in _desired(registry_manager, outsider.device_id, "edgetwin")
 
-    # the SDK's Twin model drops `configurations`, so read the raw twin
-    raw = requests.get(f"{hub.rest_url}/twins/{canary.device_id}", params={"api-version": "2021-04-12"},
-                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
-    statuses = raw.json()["configurations"]
+    # IoT Hub keeps the statuses on the `$edgeAgent` module twin; the SDK's Twin model drops
+    # `configurations`, so read the raw twins
+    statuses = _raw_twin(hub, canary.device_id, "$edgeAgent")["configurations"]
     assert statuses[canary_id]["status"] == "Applied"
     assert statuses[base_id]["status"] == "Targeted"
+    assert "configurations" not in _raw_twin(hub, canary.device_id)
 
     config = manager.get_configuration(base_id)
     assert config.system_metrics.results["targetedCount"] == 2

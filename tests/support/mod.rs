@@ -268,6 +268,8 @@ pub struct HubOptions<'a> {
     pub keep_alive: bool,
     /// Where the hub's stderr goes (its log).
     pub output: LogOutput,
+    /// More `edgetwin hub` arguments (`--no-workload-api`).
+    pub args: &'a [&'a str],
 }
 
 /// Where a process under test writes its log (stderr; stdout too for the unlucky cases).
@@ -301,6 +303,7 @@ impl Default for HubOptions<'_> {
             timeout: Duration::from_secs(10),
             keep_alive: false,
             output: LogOutput::File,
+            args: &[],
         }
     }
 }
@@ -335,7 +338,8 @@ impl Hub {
             .args(["hub", "--data-dir"])
             .arg(&data)
             .args(["--mqtt-port", &options.mqtt_port.to_string()])
-            .args(["--https-port", &options.https_port.to_string()]);
+            .args(["--https-port", &options.https_port.to_string()])
+            .args(options.args);
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
         }
@@ -407,6 +411,49 @@ pub async fn tls_connect(
         .await
 }
 
+/// A raw MQTT connection of device `device` or its module `module` (SAS `key`) to `hub`, and
+/// the CONNACK's return code.
+pub async fn mqtt_connect(
+    hub: &Hub,
+    device: &str,
+    module: Option<&str>,
+    key: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    rumqttc::mqttbytes::v4::ConnectReturnCode,
+) {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    use tokio::io::AsyncWriteExt;
+    let host = hub.host_name().to_owned();
+    let (client_id, resource) = match module {
+        Some(module) => (
+            format!("{device}/{module}"),
+            format!("{host}/devices/{device}/modules/{module}"),
+        ),
+        None => (device.to_owned(), format!("{host}/devices/{device}")),
+    };
+    let token =
+        generate_token(&Secret::new(key), &resource, unix_now() as u64 + 3600, None).unwrap();
+    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host.clone())
+        .await
+        .expect("TLS to the MQTT port");
+    let mut connect = Connect::new(client_id.clone());
+    connect.set_login(
+        format!("{host}/{client_id}/?api-version=2021-04-12"),
+        token.expose(),
+    );
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    match read_packet(&mut stream, &mut buffer).await {
+        Packet::ConnAck(ack) => (stream, ack.code),
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+}
+
 /// A raw MQTT connection of device `id` (SAS `key`) to `hub`, after a successful CONNACK, with
 /// `subscriptions` subscribed (their SUBACK read); and how long CONNECT → CONNACK took.
 pub async fn mqtt_device(
@@ -418,36 +465,13 @@ pub async fn mqtt_device(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     Duration,
 ) {
-    use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Subscribe};
+    use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Subscribe};
     use tokio::io::AsyncWriteExt;
-    let host = hub.host_name().to_owned();
-    let token = generate_token(
-        &Secret::new(key),
-        &format!("{host}/devices/{id}"),
-        unix_now() as u64 + 3600,
-        None,
-    )
-    .unwrap();
     let started = Instant::now();
-    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host.clone())
-        .await
-        .expect("TLS to the MQTT port");
-    let mut connect = Connect::new(id);
-    connect.set_login(
-        format!("{host}/{id}/?api-version=2021-04-12"),
-        token.expose(),
-    );
-    let mut out = bytes::BytesMut::new();
-    Packet::Connect(connect)
-        .write(&mut out, usize::MAX)
-        .unwrap();
-    stream.write_all(&out).await.unwrap();
-    let mut buffer = bytes::BytesMut::new();
-    match read_packet(&mut stream, &mut buffer).await {
-        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
-        other => panic!("not a CONNACK: {other:?}"),
-    }
+    let (mut stream, code) = mqtt_connect(hub, id, None, key).await;
+    assert_eq!(code, ConnectReturnCode::Success);
     let took = started.elapsed();
+    let mut buffer = bytes::BytesMut::new();
     for filter in subscriptions {
         let mut out = bytes::BytesMut::new();
         let subscribe = Subscribe::new(*filter, rumqttc::mqttbytes::QoS::AtLeastOnce);
@@ -565,6 +589,22 @@ impl Rest {
         let sr = self.sr.as_deref().unwrap_or(&resource);
         let token = generate_token(&self.key, sr, expiry, Some("iothubowner")).unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{sep}api-version=2021-04-12");
+        self.call_as(method, &path, body, token.expose(), &[]).await
+    }
+
+    /// One call of `path` as it is (its own `api-version`), with `authorization` and `headers`
+    /// of the caller's making; returns the status and the JSON body (`null` when empty or not
+    /// JSON).
+    pub async fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        authorization: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let resource = format!("{}:{}", self.host, self.port);
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut failure = String::new();
         for _ in 0..if self.keep_alive { 2 } else { 1 } {
@@ -583,14 +623,16 @@ impl Rest {
                 failure = e.to_string();
                 continue;
             }
-            let request = hyper::Request::builder()
+            let mut request = hyper::Request::builder()
                 .method(method)
-                .uri(format!("{path}{sep}api-version=2021-04-12"))
+                .uri(path)
                 .header("Host", &resource)
-                .header("Authorization", token.expose())
-                .header("Content-Type", "application/json")
-                .body(Full::new(Bytes::from(body.clone())))
-                .unwrap();
+                .header("Authorization", authorization)
+                .header("Content-Type", "application/json");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Full::new(Bytes::from(body.clone()))).unwrap();
             let response = match sender.send_request(request).await {
                 Ok(response) => response,
                 Err(e) => {

@@ -278,6 +278,66 @@ pub struct ConfigurationMetrics {
     pub queries: Map<String, Value>,
 }
 
+/// The system metric counting the edge devices an IoT Edge deployment's target condition matches.
+pub const TARGETED_COUNT: &str = "targetedCount";
+/// The system metric counting the edge devices an IoT Edge deployment is applied to.
+pub const APPLIED_COUNT: &str = "appliedCount";
+/// The system metric counting the edge devices whose `$edgeAgent` reports the applied deployment
+/// done (`lastDesiredStatus.code` 200 at the desired `$version`).
+pub const REPORTED_SUCCESSFUL_COUNT: &str = "reportedSuccessfulCount";
+/// The system metric counting the edge devices whose `$edgeAgent` reports the applied deployment
+/// failed (another `lastDesiredStatus.code` at the desired `$version`).
+pub const REPORTED_FAILED_COUNT: &str = "reportedFailedCount";
+
+/// The condition of IoT Hub's reported-count queries that `$edgeAgent` has acted on the desired
+/// properties it was last given.
+pub const AGENT_AT_DESIRED_VERSION: &str =
+    "properties.desired.$version = properties.reported.lastDesiredVersion";
+/// The condition of `reportedSuccessfulCount` on top of [`AGENT_AT_DESIRED_VERSION`].
+pub const AGENT_REPORTS_SUCCESS: &str = "properties.reported.lastDesiredStatus.code = 200";
+/// The condition of `reportedFailedCount` on top of [`AGENT_AT_DESIRED_VERSION`].
+pub const AGENT_REPORTS_FAILURE: &str = "properties.reported.lastDesiredStatus.code != 200";
+
+/// IoT Hub's `systemMetrics.queries` of an IoT Edge deployment, keyed by the metric names of
+/// `systemMetrics.results`, which `az iot edge deployment show-metric --mt system -m appliedCount`
+/// looks up and runs through the query API (azure-iot-cli-extension
+/// `azext_iot/operations/hub.py`, `iot_hub_configuration_metric_show`; Azure PowerShell's
+/// `Invoke-AzIotHubDeploymentMetricsQuery` maps "applied" to `appliedCount` the same way).
+/// The texts are IoT Hub's own, as a deployment read back from IoT Hub shows them and as
+/// Azure/iotedge's end-to-end tests and Azure IoT Remote Monitoring's `EdgeDeviceStatus.cs` run
+/// them: the deployment's status on the `$edgeAgent` module twin, and `$edgeAgent`'s
+/// `lastDesiredVersion` / `lastDesiredStatus` (Azure/iotedge
+/// `doc/reported_states_during_deployment.md`). The target condition is appended as IoT Hub
+/// appends it, without parentheses.
+pub fn edge_deployment_queries(id: &str, target_condition: &str) -> Map<String, Value> {
+    let applied = format!(
+        "select deviceId from devices.modules where moduleId = '$edgeAgent' and \
+         configurations.[[{id}]].status = 'Applied'"
+    );
+    let reported = format!("{applied} and {AGENT_AT_DESIRED_VERSION}");
+    [
+        (
+            TARGETED_COUNT,
+            format!(
+                "select deviceId from devices where capabilities.iotEdge = true and \
+                 {target_condition}"
+            ),
+        ),
+        (
+            REPORTED_SUCCESSFUL_COUNT,
+            format!("{reported} and {AGENT_REPORTS_SUCCESS}"),
+        ),
+        (
+            REPORTED_FAILED_COUNT,
+            format!("{reported} and {AGENT_REPORTS_FAILURE}"),
+        ),
+        (APPLIED_COUNT, applied),
+    ]
+    .into_iter()
+    .map(|(name, query)| (name.to_owned(), Value::String(query)))
+    .collect()
+}
+
 /// One item of a bulk registry operation (`POST /devices`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

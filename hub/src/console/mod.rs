@@ -22,7 +22,7 @@ use hyper::{Method, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::hub::{grants, Hub};
+use crate::hub::{grants, Caller, Hub};
 use crate::ids;
 use crate::messages::MessageFilter;
 use crate::rest::{error_response, query_pairs, read_body, serve_request};
@@ -275,7 +275,7 @@ async fn proxy(
     *request.uri_mut() = path_and_query
         .parse()
         .map_err(|_| ApiError::invalid("the REST path after /console/api is not a valid URI"))?;
-    let response = serve_request(hub, request, move |_, _| Ok(policy)).await;
+    let response = serve_request(hub, request, move |_, _| Ok(Caller::Policy(policy))).await;
     Ok(response.map(BodyExt::boxed))
 }
 

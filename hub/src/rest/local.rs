@@ -128,6 +128,11 @@ pub async fn edge_environment(
     device_id: &str,
     module_id: &str,
 ) -> Result<EdgeEnvironment, ApiError> {
+    if !hub.workload.is_on() {
+        return Err(ApiError::invalid(
+            crate::workload::SocketError::Off.to_string(),
+        ));
+    }
     let (device, module) = (device_id.to_owned(), module_id.to_owned());
     let module = hub
         .write(move |tx| {

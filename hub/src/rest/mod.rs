@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::ApiError;
-use crate::hub::{grants, Hub};
+use crate::hub::{grants, Caller, Hub};
 use crate::ids;
 use crate::listener::{self, Admission, Limits};
 use crate::store::PolicyRecord;
@@ -49,17 +49,32 @@ pub struct Request {
     pub headers: hyper::HeaderMap,
     /// The body.
     pub body: Bytes,
-    /// The authenticated policy.
-    pub policy: PolicyRecord,
+    /// Who authenticated.
+    pub caller: Caller,
 }
 
 impl Request {
-    /// Refuses the request unless the caller's policy grants `permission`.
+    /// Refuses the request unless the caller's policy grants `permission` (a device's own token
+    /// grants none).
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
-        if grants(&self.policy, permission) {
-            return Ok(());
+        match &self.caller {
+            Caller::Policy(policy) if grants(policy, permission) => Ok(()),
+            Caller::Policy(policy) => Err(permission_missing(policy, permission)),
+            Caller::EdgeDevice(device_id) => Err(device_token_refused(device_id)),
         }
-        Err(permission_missing(&self.policy, permission))
+    }
+
+    /// Refuses a request on the module identities of `device_id` unless the caller is that IoT
+    /// Edge device with its own token, or its policy grants `permission`.
+    pub fn require_for_modules_of(
+        &self,
+        device_id: &str,
+        permission: Permission,
+    ) -> Result<(), ApiError> {
+        match &self.caller {
+            Caller::EdgeDevice(caller) if caller == device_id => Ok(()),
+            _ => self.require(permission),
+        }
     }
 
     /// The body, a JSON object, decoded as `T`; a bad body names what is wrong. (serde would
@@ -105,6 +120,18 @@ pub fn permission_missing(policy: &PolicyRecord, permission: Permission) -> ApiE
             policy.name,
             permission.name()
         ),
+    )
+}
+
+/// IoT Hub's refusal of a device's own token outside its module identities (logged).
+fn device_token_refused(device_id: &str) -> ApiError {
+    tracing::info!(
+        device_id,
+        "a device token may manage that device's module identities only"
+    );
+    ApiError::new(
+        ErrorCode::IotHubUnauthorizedAccess,
+        "Unauthorized: a device's own token may manage that IoT Edge device's module identities only",
     )
 }
 
@@ -299,7 +326,7 @@ pub(crate) async fn handle(
 ) -> hyper::Response<Full<Bytes>> {
     let authenticate = |headers: &hyper::HeaderMap, segments: &[String]| {
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-        hub.authenticate_service(authorization, segments).cloned()
+        hub.authenticate_service(authorization, segments)
     };
     serve_request(&hub, request, authenticate).await
 }
@@ -308,13 +335,13 @@ pub(crate) async fn handle(
 #[derive(Clone, Copy, Debug)]
 struct Authenticated;
 
-/// Answers one REST request as the policy `authenticate` finds for its headers and path (the
+/// Answers one REST request as the caller `authenticate` finds for its headers and path (the
 /// service token for REST clients; the console passes its session's policy). The response
 /// carries [`Authenticated`] if the caller authenticated.
 pub async fn serve_request(
     hub: &Arc<Hub>,
     request: hyper::Request<Incoming>,
-    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
+    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<Caller, ApiError>,
 ) -> hyper::Response<Full<Bytes>> {
     let mut authenticated = false;
     let mut response = respond(hub, request, authenticate, &mut authenticated).await;
@@ -327,7 +354,7 @@ pub async fn serve_request(
 async fn respond(
     hub: &Arc<Hub>,
     request: hyper::Request<Incoming>,
-    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
+    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<Caller, ApiError>,
     authenticated: &mut bool,
 ) -> hyper::Response<Full<Bytes>> {
     let method = request.method().clone();
@@ -410,7 +437,7 @@ pub fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
 
 async fn parse(
     request: hyper::Request<Incoming>,
-    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<PolicyRecord, ApiError>,
+    authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<Caller, ApiError>,
 ) -> Result<Request, ApiError> {
     let header = |name: &str| {
         request
@@ -426,7 +453,7 @@ async fn parse(
         ));
     }
     let segments = path_segments(request.uri().path());
-    let policy = authenticate(request.headers(), &segments)?;
+    let caller = authenticate(request.headers(), &segments)?;
     let if_match = header("if-match");
     let headers = request.headers().clone();
     let method = request.method().clone();
@@ -448,7 +475,7 @@ async fn parse(
         if_match,
         headers,
         body,
-        policy,
+        caller,
     })
 }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{not_found, Reply, Request};
 use crate::deployments;
 use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::hub::{Caller, Hub};
 use crate::registry;
 use crate::store::IdentityKey;
 use crate::twins::{self, UpdateMode};
@@ -60,7 +60,7 @@ pub async fn route(
         ["devices"] if method == Method::POST => bulk(hub, request).await,
         ["devices", id] => device(hub, request, id).await,
         ["devices", id, "modules"] if method == Method::GET => {
-            request.require(Permission::RegistryRead)?;
+            request.require_for_modules_of(id, Permission::RegistryRead)?;
             let modules = hub.read(|tx| {
                 tx.device(id)?
                     .ok_or_else(|| registry::device_not_found(id))?;
@@ -180,7 +180,7 @@ async fn module(
     let ids = (device_id.to_owned(), module_id.to_owned());
     let module = match request.method {
         Method::GET => {
-            request.require(Permission::RegistryRead)?;
+            request.require_for_modules_of(device_id, Permission::RegistryRead)?;
             hub.read(|tx| {
                 tx.device(device_id)?
                     .ok_or_else(|| registry::device_not_found(device_id))?;
@@ -189,7 +189,8 @@ async fn module(
             })?
         }
         Method::PUT => {
-            request.require(Permission::RegistryWrite)?;
+            request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
+            let by_own_device = matches!(request.caller, Caller::EdgeDevice(_));
             let input: Module = request.json()?;
             let added = if_match.is_none();
             let (module, edge) = hub
@@ -197,7 +198,14 @@ async fn module(
                     let (device_id, module_id) = (ids.0.as_str(), ids.1.as_str());
                     let module = match if_match.as_deref() {
                         None => registry::create_module(tx, device_id, module_id, input)?,
-                        etag => registry::update_module(tx, device_id, module_id, input, etag)?,
+                        etag => registry::update_module(
+                            tx,
+                            device_id,
+                            module_id,
+                            input,
+                            etag,
+                            by_own_device,
+                        )?,
                     };
                     // a module identity added to an edge device: its workload socket is wanted
                     let edge = added && tx.device(device_id)?.is_some_and(|d| is_edge(&d));
@@ -213,7 +221,7 @@ async fn module(
             module
         }
         Method::DELETE => {
-            request.require(Permission::RegistryWrite)?;
+            request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
             hub.write(move |tx| registry::delete_module(tx, &ids.0, &ids.1, if_match.as_deref()))
                 .await?;
             hub.live
@@ -479,10 +487,15 @@ impl BulkIdentity {
             BulkIdentity::Device(d) => {
                 registry::update_device(tx, &d.device_id, d.clone(), Some(if_match)).map(drop)
             }
-            BulkIdentity::Module(m) => {
-                registry::update_module(tx, &m.device_id, &m.module_id, m.clone(), Some(if_match))
-                    .map(drop)
-            }
+            BulkIdentity::Module(m) => registry::update_module(
+                tx,
+                &m.device_id,
+                &m.module_id,
+                m.clone(),
+                Some(if_match),
+                false,
+            )
+            .map(drop),
         }
     }
 

@@ -282,4 +282,45 @@ mod tests {
                            "configurations": { "my-deploy.v1": { "status": "Applied" } } });
         assert_eq!(query.run(&[twin]), [json!({ "deviceId": "e1" })]);
     }
+
+    #[test]
+    fn iot_hubs_own_system_metric_queries_of_an_edge_deployment_count_what_edge_agent_reported() {
+        // `$edgeAgent` twins: done at the desired version, failed at it, still applying an older
+        // one, and only targeted (a higher-priority deployment won); one module that is not
+        // `$edgeAgent` claims success too.
+        let agent = |device: &str, module: &str, status: &str, version: i64, code: Value| {
+            json!({ "deviceId": device, "moduleId": module,
+                    "configurations": { "ring-a": { "status": status } },
+                    "properties": {
+                        "desired": { "$version": 4 },
+                        "reported": { "lastDesiredVersion": version,
+                                      "lastDesiredStatus": { "code": code } } } })
+        };
+        let modules = [
+            agent("done", "$edgeAgent", "Applied", 4, json!(200)),
+            agent("failed", "$edgeAgent", "Applied", 4, json!(400)),
+            agent("applying", "$edgeAgent", "Applied", 3, json!(200)),
+            agent("outranked", "$edgeAgent", "Targeted", 4, json!(200)),
+            agent("done", "edgetwin", "Applied", 4, json!(200)),
+        ];
+        let queries = crate::rest::edge_deployment_queries("ring-a", "tags.ring = 'a'");
+        let rows = |metric: &str| {
+            let query = parse_query(queries[metric].as_str().unwrap()).unwrap();
+            ids(&query.run(&modules), "deviceId")
+        };
+        assert_eq!(
+            rows(crate::rest::APPLIED_COUNT),
+            ["done", "failed", "applying"]
+        );
+        assert_eq!(rows(crate::rest::REPORTED_SUCCESSFUL_COUNT), ["done"]);
+        assert_eq!(rows(crate::rest::REPORTED_FAILED_COUNT), ["failed"]);
+        let targeted = parse_query(queries[crate::rest::TARGETED_COUNT].as_str().unwrap()).unwrap();
+        let device = |id: &str, edge: bool, ring: &str| json!({ "deviceId": id, "capabilities": { "iotEdge": edge }, "tags": { "ring": ring } });
+        let devices = [
+            device("edge-a", true, "a"),
+            device("leaf-a", false, "a"),
+            device("edge-b", true, "b"),
+        ];
+        assert_eq!(ids(&targeted.run(&devices), "deviceId"), ["edge-a"]);
+    }
 }
