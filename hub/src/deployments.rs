@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use edgetwin_wire::condition::Condition;
 use edgetwin_wire::rest::{
     Configuration, ConfigurationContent, AGENT_AT_DESIRED_VERSION, AGENT_REPORTS_FAILURE,
-    AGENT_REPORTS_SUCCESS, TARGETED_COUNT,
+    AGENT_REPORTS_SUCCESS,
 };
 use edgetwin_wire::twin::Properties;
 use serde_json::{json, Value};
@@ -323,11 +323,7 @@ pub fn evaluate_page(
         changes.extend(deployments.evaluate_device(tx, &device.device_id)?);
     }
     for (configuration, _, _) in &deployments.configurations {
-        let evaluated = configuration
-            .system_metrics
-            .as_ref()
-            .is_some_and(|m| m.results.contains_key(TARGETED_COUNT));
-        if !evaluated {
+        if !crate::store::is_evaluated(configuration) {
             let mut configuration = configuration.clone();
             configuration.system_metrics = Some(tx.system_metrics(&configuration)?);
             tx.put_configuration(&configuration)?;
@@ -358,7 +354,7 @@ mod tests {
         let configuration = tx.configuration("ring-a")?.expect("stored");
         let results = configuration.system_metrics.expect("evaluated").results;
         Ok((
-            results[TARGETED_COUNT].clone(),
+            results[edgetwin_wire::rest::TARGETED_COUNT].clone(),
             results[edgetwin_wire::rest::APPLIED_COUNT].clone(),
         ))
     }

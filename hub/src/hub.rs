@@ -334,7 +334,7 @@ pub enum Caller {
 }
 
 /// IoT Hub's refusal of a token (the reason goes to the log only).
-pub fn unauthorized(why: &str) -> ApiError {
+fn unauthorized(why: &str) -> ApiError {
     tracing::info!(reason = why, "service request refused");
     ApiError::new(ErrorCode::IotHubUnauthorizedAccess, "Unauthorized")
 }

@@ -367,6 +367,14 @@ fn make_private(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether a deployment was evaluated once (its system metrics are counted from then on).
+pub fn is_evaluated(configuration: &Configuration) -> bool {
+    configuration
+        .system_metrics
+        .as_ref()
+        .is_some_and(|m| m.results.contains_key(TARGETED_COUNT))
+}
+
 /// Reads and writes inside one transaction.
 pub struct Transaction<'a> {
     /// The open SQLite transaction.
@@ -618,11 +626,7 @@ impl Transaction<'_> {
 
     /// `configuration` with its live system metrics, if it is a deployment that was evaluated.
     fn with_counts(&self, mut configuration: Configuration) -> Result<Configuration, StoreError> {
-        let evaluated = configuration
-            .system_metrics
-            .as_ref()
-            .is_some_and(|m| m.results.contains_key(TARGETED_COUNT));
-        if evaluated {
+        if is_evaluated(&configuration) {
             configuration.system_metrics = Some(self.system_metrics(&configuration)?);
         }
         Ok(configuration)

@@ -1,13 +1,18 @@
 """Deployments, judged by azure-iot-hub 2.7 (IoTHubConfigurationManager): a manifest applied to one
-edge device, and at-scale deployments chosen by target condition and priority."""
+edge device, at-scale deployments chosen by target condition and priority, and their status as
+IoT Hub keeps it (on the `$edgeAgent` module twin, with `systemMetrics` queries and counts moved by
+what `$edgeAgent`, an azure-iot-device IoTHubModuleClient here, reports)."""
+
+import base64
+import os
 
 import pytest
 import requests
 from azure.iot.hub import IoTHubConfigurationManager
-from azure.iot.hub.models import Configuration, ConfigurationContent, Twin
+from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpecification, Twin
 from msrest.exceptions import HttpOperationError
 
-from conftest import http_status, unique_id
+from conftest import Identity, http_status, unique_id
 
 
 def _manifest(interval, image="localhost:5000/edgetwin:0.1.0-amd64"):
@@ -215,15 +220,16 @@ def test_layered_deployments_merge_over_the_base_by_priority_and_need_a_base(
     assert edge_hub["routes"] == {"low": "FROM /messages/* INTO $upstream"}
     assert edge_hub["storeAndForwardConfiguration"] == {"timeToLiveSecs": 7200}  # from the base
 
-    raw = requests.get(f"{hub.rest_url}/twins/{device.device_id}", params={"api-version": "2021-04-12"},
-                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
-    statuses = raw.json()["configurations"]
+    statuses = _raw_twin(hub, device.device_id, "$edgeAgent")["configurations"]
     assert {k: statuses[k]["status"] for k in (base_id, low_id, high_id)} == {
         base_id: "Applied", low_id: "Applied", high_id: "Applied"}
     # without a base deployment a layer is only targeted
     assert "telemetryInterval" not in _desired(registry_manager, lonely.device_id, "edgetwin")
+    assert _raw_twin(hub, lonely.device_id, "$edgeAgent")["configurations"] == {
+        low_id: {"status": "Targeted"}}
     assert manager.get_configuration(low_id).system_metrics.results == {
-        "targetedCount": 2, "appliedCount": 1}
+        "targetedCount": 2, "appliedCount": 1, "reportedSuccessfulCount": 0,
+        "reportedFailedCount": 0}
 
 
 def test_a_configuration_without_schema_version_gets_1_0_as_the_sdks_send_it(configurations):
@@ -243,3 +249,58 @@ def test_a_deployment_that_mixes_base_and_layered_entries_is_refused(configurati
                 "edgetwin": {"properties.desired.telemetryInterval": 1}})))
     created.append(config_id)
     assert http_status(err.value) == 400
+
+
+def _give_edge_agent_keys(hub, device):
+    """Sets `$edgeAgent`'s SAS keys as the device's IoT Edge runtime does: aziot-identityd's
+    update_module_identity, `PUT` with `If-Match: *` at api-version 2017-11-08-preview, signed
+    with the device's own key (no `skn`); returns `$edgeAgent`'s identity."""
+    keys = [base64.b64encode(os.urandom(32)).decode("ascii") for _ in range(2)]
+    url = f"{hub.rest_url}/devices/{device.device_id}/modules/$edgeAgent"
+    body = {"moduleId": "$edgeAgent", "deviceId": device.device_id, "authentication": {
+        "type": "sas", "symmetricKey": {"primaryKey": keys[0], "secondaryKey": keys[1]}}}
+    answer = requests.put(url, params={"api-version": "2017-11-08-preview"}, json=body,
+                          headers={"Authorization": device.sas(), "If-Match": "*"},
+                          verify=hub.ca_path, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return Identity(hub, device.device_id, "$edgeAgent", keys[0], keys[1])
+
+
+def test_edge_agent_reports_move_the_reported_counts_and_iot_hubs_own_metric_queries_agree(
+        hub, registry_manager, configurations, make_device, clients):
+    manager, _ = configurations
+    ring, config_id = _deployment_on_a_ring(configurations, "status", 21)
+    device = _edge_device_with_module(registry_manager, make_device, {"ring": ring})
+    agent = clients.module(_give_edge_agent_keys(hub, device))
+    agent.connect()
+
+    def metrics():
+        system = manager.get_configuration(config_id).system_metrics
+        return system.results, system.queries
+
+    def agent_reports(code):
+        version = agent.get_twin()["desired"]["$version"]
+        agent.patch_twin_reported_properties(
+            {"lastDesiredVersion": version, "lastDesiredStatus": {"code": code}})
+        results, queries = metrics()
+        # `az iot edge deployment show-metric --mt system` runs these through the query API
+        for name, query in queries.items():
+            rows = registry_manager.query_iot_hub(QuerySpecification(query=query)).items
+            assert len(rows) == results[name], f"{name}: {query} -> {rows}"
+        return results
+
+    statuses = _raw_twin(hub, device.device_id, "$edgeAgent")["configurations"]
+    assert statuses == {config_id: {"status": "Applied"}}
+    results, queries = metrics()
+    assert set(queries) == {"targetedCount", "appliedCount", "reportedSuccessfulCount",
+                            "reportedFailedCount"}
+    assert queries["appliedCount"] == (
+        "select deviceId from devices.modules where moduleId = '$edgeAgent' and "
+        f"configurations.[[{config_id}]].status = 'Applied'")
+    assert (results["appliedCount"], results["reportedSuccessfulCount"]) == (1, 0)
+
+    results = agent_reports(200)
+    assert (results["appliedCount"], results["reportedSuccessfulCount"],
+            results["reportedFailedCount"]) == (1, 1, 0)
+    results = agent_reports(400)
+    assert (results["reportedSuccessfulCount"], results["reportedFailedCount"]) == (0, 1)

@@ -97,6 +97,14 @@ test('configurations target edge devices by tags and applyConfigurationContentOn
   const { responseBody: cfg } = await registry.getConfiguration(id);
   assert.equal(cfg.id, id);
   assert.equal(cfg.priority, 5);
+  // IoT Hub's system metrics of an edge deployment: the counts, and the queries behind them
+  // (the status is on $edgeAgent's twin; nothing has reported yet)
+  assert.deepEqual(cfg.systemMetrics.results,
+    { targetedCount: 1, appliedCount: 1, reportedSuccessfulCount: 0, reportedFailedCount: 0 });
+  assert.equal(cfg.systemMetrics.queries.appliedCount, "select deviceId from devices.modules where "
+    + `moduleId = '$edgeAgent' and configurations.[[${id}]].status = 'Applied'`);
+  const { responseBody: agentTwin } = await registry.getModuleTwin(device.deviceId, '$edgeAgent');
+  assert.equal(agentTwin.configurations[id].status, 'Applied');
   const { responseBody: all } = await registry.getConfigurations();
   assert.ok(all.some((c) => c.id === id));
   const { responseBody: edgeHubTwin } = await registry.getModuleTwin(device.deviceId, '$edgeHub');
