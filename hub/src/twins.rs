@@ -21,8 +21,8 @@ pub struct DesiredChange {
     pub key: IdentityKey,
     /// The new `desired.$version`.
     pub version: i64,
-    /// The desired-patch notification: the patch as applied (or the whole desired section after
-    /// a replace) with `$version`.
+    /// The desired-patch notification: the patch as applied (or, after a replace, the whole new
+    /// section with the members it removed set to `null`) with `$version`.
     pub notification: bytes::Bytes,
 }
 
@@ -202,8 +202,9 @@ pub fn update_from_service(
                     patch
                 }
                 UpdateMode::Replace => {
+                    let notified = twin::replace_notification(&record.desired, &patch);
                     record.desired = patch;
-                    record.desired.clone()
+                    notified
                 }
             };
             twin::check_section_size(Section::Desired, &record.desired).map_err(invalid_twin)?;
@@ -232,6 +233,7 @@ pub fn replace_desired(
     twin::strip_system_keys(&mut desired);
     twin::validate_patch(Section::Desired, &desired).map_err(invalid_twin)?;
     twin::check_section_size(Section::Desired, &desired).map_err(invalid_twin)?;
+    let notified = twin::replace_notification(&record.desired, &desired);
     record.desired = desired;
     record.desired_version += 1;
     record.desired_updated = ids::now_iso();
@@ -239,7 +241,7 @@ pub fn replace_desired(
     tx.put_twin(key, &record)?;
     Ok(DesiredChange::new(
         key.clone(),
-        &record.desired,
+        &notified,
         record.desired_version,
     ))
 }

@@ -108,8 +108,9 @@ def run_with_timeout(fn, timeout=10.0):
 
 
 class Hub:
-    def __init__(self, binary, data_dir, log_path):
+    def __init__(self, binary, data_dir, log_path, extra_args=()):
         self.binary = str(binary)
+        self.extra_args = list(extra_args)
         self.data_dir = pathlib.Path(data_dir)
         self.log_path = pathlib.Path(log_path)
         self.proc = None
@@ -128,7 +129,7 @@ class Hub:
             # as IoT Hub: REST and MQTT over WebSockets on 443, which the SDKs dial and which
             # connection strings leave implicit (needs root or CAP_NET_BIND_SERVICE)
             "--https-port", str(HTTPS_PORT),
-        ]
+        ] + self.extra_args
         log = open(self.log_path, "ab")
         log.write(f"\n===== starting: {' '.join(cmd)} at {time.ctime()} =====\n".encode())
         log.flush()

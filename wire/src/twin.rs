@@ -271,6 +271,27 @@ pub fn desired_notification(patch: &Properties, version: i64) -> Value {
     with_version(patch, version)
 }
 
+/// What a device is told when its desired section is replaced: the whole new section, with
+/// every member the old one had and the new one lacks set to `null` (at any depth). A device
+/// merges patches with nulls as deletes (edgeAgent's `EdgeAgentConnection.ApplyPatchAsync`,
+/// `JsonEx.Merge(desired, patch, treatNullAsDelete: true)`), so without the nulls a module
+/// removed by a new deployment would stay in its view of the twin.
+pub fn replace_notification(old: &Properties, new: &Properties) -> Properties {
+    let mut notification = new.clone();
+    for (key, before) in old {
+        match (before, notification.get_mut(key)) {
+            (_, None) => {
+                notification.insert(key.clone(), Value::Null);
+            }
+            (Value::Object(before), Some(Value::Object(after))) => {
+                *after = replace_notification(before, after);
+            }
+            _ => {}
+        }
+    }
+    notification
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +302,23 @@ mod tests {
             Value::Object(m) => m,
             _ => panic!("not an object"),
         }
+    }
+
+    #[test]
+    fn a_replace_is_told_as_the_new_section_with_removed_members_null_at_any_depth() {
+        let old =
+            obj(json!({"modules": {"a": {"x": 1}, "gone": {"y": 2}}, "top": 1, "kept": {"z": 1}}));
+        let new = obj(json!({"modules": {"a": {"x": 2}}, "kept": 5}));
+        assert_eq!(
+            Value::Object(replace_notification(&old, &new)),
+            json!({"modules": {"a": {"x": 2}, "gone": null}, "kept": 5, "top": null})
+        );
+        let mut merged = old.clone();
+        merge_patch(&mut merged, &replace_notification(&old, &new));
+        assert_eq!(
+            merged, new,
+            "merging the notification gives the new section"
+        );
     }
 
     #[test]
