@@ -243,6 +243,40 @@ fn secrets_go_to_a_private_file_and_not_to_stdout() {
 }
 
 #[test]
+fn the_edge_config_written_for_a_device_is_one_the_edge_runtime_reads_and_is_private() {
+    let hub = Hub::start("edgeconfig");
+    let file = hub.path("config.toml");
+    let stdout = hub.run_ok(&provision_module(
+        "gw-edge",
+        &["--edge-config", file.to_str().unwrap()],
+    ));
+    assert!(
+        !stdout.contains(&std::fs::read_to_string(&file).unwrap()),
+        "{stdout}"
+    );
+    let config = edgetwin_edge::config::EdgeConfig::load(&file).unwrap();
+    assert_eq!(config.device.device_id, "gw-edge");
+    assert_eq!(config.hostname, "localhost");
+    assert_eq!(config.device.iothub_hostname, "localhost");
+    assert!(config.trust_bundle_cert.unwrap().ends_with("ca.pem"));
+    let device = runtime()
+        .block_on(hub.client().get_device("gw-edge"))
+        .unwrap()
+        .unwrap();
+    let key = device
+        .authentication
+        .unwrap()
+        .symmetric_key
+        .unwrap()
+        .primary_key
+        .unwrap();
+    assert_eq!(config.device.key.expose(), key.expose());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
 fn twin_update_changes_the_module_twin_desired_properties() {
     let hub = Hub::start("twin");
     hub.run_ok(&["provision", "--device", "gw-4", "--module", "edgetwin"]);

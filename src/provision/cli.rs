@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{ClientOptions, ServiceClient};
 use super::deploy::{self, AtScale};
+use super::edge_config;
 use super::error::ProvisionError;
 use super::fleet::{self, FleetOptions};
 use super::identities::{self, Identity};
@@ -97,6 +98,10 @@ pub struct ProvisionArgs {
     /// lines for one device, JSON lines for a fleet.
     #[arg(long, value_name = "PATH")]
     pub secrets_file: Option<PathBuf>,
+    /// Write the device's IoT Edge config.toml here (mode 0600): its connection string, the hub
+    /// as gateway and the CA as trust bundle, for `edgetwin edge run` (one edge device only).
+    #[arg(long, value_name = "PATH", requires = "device")]
+    pub edge_config: Option<PathBuf>,
     /// Tags to merge into the device twin, a JSON object: of one device, or of every device of a
     /// fleet (a devices file's own tags win over these).
     #[arg(long, value_name = "JSON")]
@@ -396,6 +401,26 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
                 ));
             }
             fleet::write_private(path, &text)?;
+        }
+        if let Some(path) = &args.edge_config {
+            let device = &identities[0];
+            let host = device
+                .connection_string
+                .expose()
+                .split(';')
+                .find_map(|p| p.strip_prefix("HostName="));
+            let ca_file = settings::resolve_ca_file(args.hub.ca_file.clone(), &env_var);
+            let text = edge_config::render(
+                host.unwrap_or_default(),
+                device.connection_string.expose(),
+                ca_file.as_deref(),
+            );
+            fleet::write_private(path, &text)?;
+            eprintln!(
+                "IoT Edge config.toml for {} written to {}",
+                device.device_id,
+                path.display()
+            );
         }
         for identity in &identities {
             if let Some(note) = &identity.note {

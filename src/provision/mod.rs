@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod deploy;
+pub mod edge_config;
 pub mod error;
 pub mod fleet;
 pub mod identities;

@@ -75,32 +75,23 @@ def remove_all_containers():
 
 
 class Runtime:
-    """`edgetwin edge run` as a process, with its config.toml and data directory."""
+    """`edgetwin edge run` as a process, on the config.toml `edgetwin provision --edge-config`
+    wrote, with the engine's socket and the host network given as flags."""
 
-    def __init__(self, binary, workdir, hub, connection_string):
+    def __init__(self, binary, workdir, config):
         self.binary = binary
         self.workdir = pathlib.Path(workdir)
-        self.config = self.workdir / "config.toml"
+        self.config = pathlib.Path(config)
         self.data_dir = self.workdir / "edge-data"
         self.log_path = self.workdir / "edge.log"
         self.proc = None
-        self.config.write_text(
-            'hostname = "localhost"\n'
-            f'trust_bundle_cert = "file://{hub.ca_path}"\n'
-            "[provisioning]\n"
-            'source = "manual"\n'
-            f'connection_string = "{connection_string}"\n'
-            "[agent.config]\n"
-            'image = "mcr.microsoft.com/azureiotedge-agent:1.5"\n'
-            "[moby_runtime]\n"
-            f'uri = "unix://{os.environ["EDGETWIN_ENGINE_SOCKET"]}"\n'
-            'network = "host"\n')
 
     def start(self):
         log = open(self.log_path, "ab")
         env = dict(os.environ, RUST_LOG="info,edgetwin_edge=debug")
         self.proc = subprocess.Popen(
             [self.binary, "edge", "run", "--config", str(self.config), "--data-dir", str(self.data_dir),
+             "--moby-uri", f"unix://{os.environ['EDGETWIN_ENGINE_SOCKET']}", "--network", "host",
              "--reconcile-secs", "1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         log.close()
@@ -124,6 +115,15 @@ class Runtime:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "(no runtime log)"
+
+
+def provision_edge_device(binary, hub, device_id, workdir, extra=()):
+    """`edgetwin provision --device … --edge-config …`: the device and its config.toml."""
+    config = os.path.join(workdir, "config.toml")
+    subprocess.run(
+        [binary, "provision", "--connection-string", hub.service_connection_string, "--ca-file", hub.ca_path,
+         "--device", device_id, "--edge-config", config, *extra], check=True, capture_output=True)
+    return config
 
 
 _STATE = {}

@@ -15,7 +15,7 @@ import requests
 from azure.iot.hub import IoTHubConfigurationManager
 from azure.iot.hub.models import CloudToDeviceMethod, Configuration, ConfigurationContent
 
-from conftest import Runtime, _STATE, containers, suite
+from conftest import Runtime, _STATE, containers, provision_edge_device, suite
 
 DEVICE = "e2e-pi"
 DEPLOYMENT_ID = "e2e-mission"
@@ -37,12 +37,8 @@ def edge(edge_env):
                     "--fail-on-validation-error"], check=True, capture_output=True)
     with open(os.path.join(solution, "config", "deployment.amd64.json")) as f:
         manifest = json.load(f)["modulesContent"]
-    provisioned = subprocess.run(
-        [edge_env["binary"], "provision", "--connection-string", hub.service_connection_string,
-         "--ca-file", hub.ca_path, "--device", DEVICE, "--tags", '{"e2e": "edge"}', "--output", "json"],
-        check=True, capture_output=True, text=True)
-    connection_string = json.loads(provisioned.stdout)["device"]["connectionString"]
-    runtime = Runtime(edge_env["binary"], tmp, hub, connection_string)
+    config = provision_edge_device(edge_env["binary"], hub, DEVICE, tmp, extra=["--tags", '{"e2e": "edge"}'])
+    runtime = Runtime(edge_env["binary"], tmp, config)
     _STATE["runtime"] = runtime
     runtime.start()
     state = {"hub": hub, "rm": registry_manager, "runtime": runtime, "manifest": manifest,
@@ -119,6 +115,13 @@ def test_the_generated_manifest_deployed_at_scale_runs_the_module_which_acks_122
     rest = requests.get(f"{edge['hub'].rest_url}/configurations/{DEPLOYMENT_ID}", params={"api-version": "2021-04-12"},
                         headers={"Authorization": edge["hub"].service_token()}, verify=edge["hub"].ca_path, timeout=10)
     assert rest.json()["systemMetrics"]["results"]["reportedSuccessfulCount"] == 1
+    node = subprocess.run(
+        ["node", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configuration_metrics.js"), DEPLOYMENT_ID],
+        env=dict(os.environ, IOTHUB_CONNECTION_STRING=edge["hub"].service_connection_string,
+                 NODE_EXTRA_CA_CERTS=edge["hub"].ca_path),
+        capture_output=True, text=True, timeout=60)
+    assert node.returncode == 0, node.stderr
+    assert json.loads(node.stdout)["reportedSuccessfulCount"] == 1, node.stdout
     edge["configurations"].delete_configuration(DEPLOYMENT_ID)
 
 
