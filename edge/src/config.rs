@@ -56,7 +56,8 @@ pub struct DeviceCredentials {
 /// What `edgetwin edge run` needs from config.toml.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EdgeConfig {
-    /// The name modules reach their gateway (edgeHub) by: `IOTEDGE_GATEWAYHOSTNAME`.
+    /// The name modules reach their gateway (edgeHub) by: `IOTEDGE_GATEWAYHOSTNAME` (the
+    /// machine's host name when the file has none, as `iotedge config apply` does).
     pub hostname: String,
     /// The device identity.
     pub device: DeviceCredentials,
@@ -200,11 +201,13 @@ impl<'a> Table<'a> {
 }
 
 impl EdgeConfig {
-    /// Parses the text of config.toml; `file` names it in errors and `read_key` reads a
+    /// Parses the text of config.toml; `file` names it in errors, `machine_hostname` is the
+    /// `hostname` when the file has none, and `read_key` reads a
     /// `device_id_pk = { uri = "file:///…" }` (the file system in production).
     pub fn parse(
         file: &str,
         text: &str,
+        machine_hostname: &str,
         read_key: impl Fn(&Path) -> std::io::Result<String>,
     ) -> Result<Self, ConfigError> {
         let root: toml::Table = text
@@ -248,7 +251,7 @@ impl EdgeConfig {
         top.skip(&["image_garbage_collection"], &mut unused);
         top.finish()?;
         Ok(EdgeConfig {
-            hostname: hostname.unwrap_or_else(|| device.iothub_hostname.clone()),
+            hostname: hostname.unwrap_or_else(|| machine_hostname.to_owned()),
             device,
             trust_bundle_cert,
             agent_image,
@@ -266,7 +269,12 @@ impl EdgeConfig {
             key: "(file)".into(),
             reason: format!("cannot be read: {e}"),
         })?;
-        Self::parse(&name, &text, |p| std::fs::read_to_string(p))
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        Self::parse(&name, &text, &machine, |p| std::fs::read_to_string(p))
     }
 }
 
@@ -403,7 +411,7 @@ mod tests {
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
     fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
-        EdgeConfig::parse("config.toml", text, |p| {
+        EdgeConfig::parse("config.toml", text, "pi-host", |p| {
             if p == Path::new("/var/secrets/device-id") {
                 Ok(format!("{KEY}\n"))
             } else {
@@ -421,7 +429,7 @@ mod tests {
         assert_eq!(config.device.iothub_hostname, "hub.example");
         assert_eq!(config.device.device_id, "pi-1");
         assert_eq!(config.device.key.expose(), KEY);
-        assert_eq!(config.hostname, "hub.example");
+        assert_eq!(config.hostname, "pi-host", "the machine's name when the file has none");
         assert_eq!(config.moby_uri, DEFAULT_MOBY_URI);
         assert_eq!(config.network, DEFAULT_NETWORK);
         assert!(config.unused.is_empty());

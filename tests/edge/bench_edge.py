@@ -53,6 +53,9 @@ def main():
         subprocess.run([binary, "manifest", "gen", "-C", solution, "-P", "amd64"], check=True, capture_output=True)
         with open(os.path.join(solution, "config", "deployment.amd64.json")) as f:
             manifest = json.load(f)["modulesContent"]
+        manifest["$edgeAgent"]["properties.desired"]["runtime"]["settings"]["registryCredentials"] = {
+            "local": {"address": "localhost:5000", "username": os.environ["EDGETWIN_REGISTRY_USERNAME"],
+                      "password": os.environ["EDGETWIN_REGISTRY_PASSWORD"]}}
         config = conftest.provision_edge_device(binary, hub, DEVICE, tmp)
         runtime = conftest.Runtime(binary, tmp, config).start()
         registry = suite.make_registry_manager(hub.service_connection_string)

@@ -37,6 +37,10 @@ def edge(edge_env):
                     "--fail-on-validation-error"], check=True, capture_output=True)
     with open(os.path.join(solution, "config", "deployment.amd64.json")) as f:
         manifest = json.load(f)["modulesContent"]
+    # The registry scripts/edge-check runs asks for these: the runtime pulls with them.
+    manifest["$edgeAgent"]["properties.desired"]["runtime"]["settings"]["registryCredentials"] = {
+        "local": {"address": "localhost:5000", "username": os.environ["EDGETWIN_REGISTRY_USERNAME"],
+                  "password": os.environ["EDGETWIN_REGISTRY_PASSWORD"]}}
     config = provision_edge_device(edge_env["binary"], hub, DEVICE, tmp, extra=["--tags", '{"e2e": "edge"}'])
     runtime = Runtime(edge_env["binary"], tmp, config)
     _STATE["runtime"] = runtime
@@ -125,18 +129,28 @@ def test_the_generated_manifest_deployed_at_scale_runs_the_module_which_acks_122
     edge["configurations"].delete_configuration(DEPLOYMENT_ID)
 
 
-def test_a_changed_env_recreates_the_container_and_it_runs_again(edge):
+def test_a_new_image_tag_and_then_a_changed_env_recreate_the_container_and_it_runs_again(edge):
     before = containers()["edgetwin"]["Id"]
+    desired = agent_desired(edge)
+    updated = desired["modules"]["edgetwin"]["settings"]["image"] + "-update"
+    desired["modules"]["edgetwin"]["settings"]["image"] = updated
+    apply(edge, with_agent(edge, desired))
+    wait_until(lambda: (r := settled(edge)) and module_status(r, "edgetwin", "running")
+               and r["modules"]["edgetwin"]["settings"]["image"] == updated,
+               message="the new image tag reported running")
+    after = containers()["edgetwin"]
+    assert after["Id"] != before and after["Config"]["Image"] == updated
     desired = agent_desired(edge)
     desired["modules"]["edgetwin"]["env"]["EDGETWIN_E2E"] = {"value": "2"}
     apply(edge, with_agent(edge, desired))
     reported = wait_until(lambda: (r := settled(edge)) and module_status(r, "edgetwin", "running")
                           and "EDGETWIN_E2E" in r["modules"]["edgetwin"]["env"] and r,
                           message="the new env reported running")
-    after = containers()["edgetwin"]
-    assert after["Id"] != before
-    assert "EDGETWIN_E2E=2" in after["Config"]["Env"]
+    final = containers()["edgetwin"]
+    assert final["Id"] != after["Id"]
+    assert "EDGETWIN_E2E=2" in final["Config"]["Env"]
     assert reported["modules"]["edgetwin"]["env"]["EDGETWIN_E2E"] == {"value": "2"}
+    assert "password" not in json.dumps(reported["runtime"]), "registry passwords are never reported"
 
 
 def test_a_malformed_deployment_is_refused_with_400_naming_the_field_and_nothing_changes(edge):
