@@ -29,8 +29,10 @@ use crate::store::{IdentityKey, Transaction, TwinRecord, EVALUATIONS_PENDING};
 use crate::twins::{self, DesiredChange};
 
 /// Replaces the desired properties of every module named in `content.modulesContent` on
-/// `device_id`. Module twins not named are untouched; modules without an identity are skipped,
-/// as IoT Hub leaves their creation to the edge runtime.
+/// `device_id`. Module twins not named are untouched. A module without an identity yet is left
+/// to the edge runtime to create, as on IoT Hub (edgeAgent has aziot-identityd create the
+/// identities of the modules its deployment names only after it received it); it gets its
+/// desired properties from the deployment when it is created ([`give_new_module_its_content`]).
 pub fn apply_content(
     tx: &Transaction<'_>,
     device_id: &str,
@@ -57,7 +59,7 @@ pub fn apply_content(
             tracing::info!(
                 device_id,
                 module_id,
-                "deployment names a module without an identity: skipped"
+                "deployment names a module without an identity yet: applied when it is created"
             );
             continue;
         }
@@ -72,6 +74,65 @@ pub fn apply_content(
         record_agent_report(tx, device_id)?;
     }
     Ok(changes)
+}
+
+/// `applyConfigurationContent` on one edge device (`az iot edge set-modules`): applies `content`
+/// ([`apply_content`]) and keeps its `modulesContent` as the device's, replacing what an earlier
+/// call kept, so that module identities created later get their desired properties from it.
+pub fn apply_configuration_content(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    content: &ConfigurationContent,
+) -> Result<Vec<DesiredChange>, ApiError> {
+    let changes = apply_content(tx, device_id, content)?;
+    if let Some(modules) = &content.modules_content {
+        tx.put_applied_content(device_id, modules)?;
+    }
+    Ok(changes)
+}
+
+/// Gives the module identity `module_id`, just created on `device_id` (by a service policy, by
+/// the edge device itself as aziot-identityd does, or in bulk), the desired properties the
+/// device's deployment has for it, in the transaction that created it: those of the at-scale
+/// deployments in force on the device if a base deployment applies to it, otherwise those of the
+/// `modulesContent` last given to it by `applyConfigurationContent`. A module the deployment does
+/// not name, or a device that is not an edge device, keeps the empty desired properties of a new
+/// twin.
+///
+/// IoT Hub documents that a deployment manifest carries "the desired properties of any extra
+/// module twins" (learn.microsoft.com/azure/iot-edge/module-composition) and that edgeAgent
+/// creates the modules a deployment names, which it can only do after receiving it; it does not
+/// document when a module twin created after the deployment gets them. Production shows that it
+/// does: every deployment with module twin settings (the C# module tutorial's
+/// `TemperatureThreshold`, the quickstart's `telemetryInterval`) reaches modules whose identities
+/// edgeAgent created afterwards, and IoT Hub keeps re-applying a deployment's module twin content
+/// (manual edits are reverted: Azure/iotedge#5139, Azure/iotedge#6913). Per-device and automatic
+/// deployments are not combined on IoT Hub ("once you start targeting IoT Edge devices with
+/// automatic deployments, per-device deployments are no longer supported":
+/// learn.microsoft.com/azure/iot-edge/module-deployment-monitoring), hence the at-scale content
+/// first.
+pub fn give_new_module_its_content(
+    tx: &Transaction<'_>,
+    deployments: &Deployments,
+    device_id: &str,
+    module_id: &str,
+) -> Result<Vec<DesiredChange>, ApiError> {
+    if !tx
+        .device(device_id)?
+        .is_some_and(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge))
+    {
+        return Ok(Vec::new());
+    }
+    let modules = match deployments.content_in_force(tx, device_id)? {
+        Some(content) => content.modules_content.unwrap_or_default(),
+        None => tx.applied_content(device_id)?.unwrap_or_default(),
+    };
+    let Some(section) = modules.get(module_id) else {
+        return Ok(Vec::new());
+    };
+    let desired = desired_of(module_id, section)?;
+    let key = IdentityKey::module(device_id, module_id);
+    Ok(vec![twins::replace_desired(tx, &key, desired)?])
 }
 
 /// The `$edgeAgent` conditions of IoT Hub's `reportedSuccessfulCount` and `reportedFailedCount`
@@ -168,6 +229,70 @@ impl Deployments {
         Ok(Self { configurations })
     }
 
+    /// The deployments that match the device `document` (as target conditions see it), and of
+    /// them the applied ones: the matching base deployment with the highest priority (ties: the
+    /// newest), then the matching layered deployments of a higher priority, lowest first, so
+    /// that the highest priority is merged last and wins.
+    fn select(&self, document: &Value) -> Selection {
+        let configurations = &self.configurations;
+        let matching: Vec<usize> = (0..configurations.len())
+            .filter(|&i| configurations[i].1.matches(document))
+            .collect();
+        let rank = |i: usize| {
+            (
+                configurations[i].0.priority.unwrap_or(0),
+                configurations[i].0.created_time_utc.clone(),
+            )
+        };
+        let base = matching
+            .iter()
+            .copied()
+            .filter(|&i| !configurations[i].2)
+            .max_by_key(|&i| rank(i));
+        let mut layers: Vec<usize> = match base {
+            Some(b) => matching
+                .iter()
+                .copied()
+                .filter(|&i| configurations[i].2 && rank(i).0 > rank(b).0)
+                .collect(),
+            None => Vec::new(),
+        };
+        layers.sort_by_key(|&i| rank(i));
+        let applied = base.into_iter().chain(layers.iter().copied()).collect();
+        Selection {
+            matching,
+            applied,
+            layers,
+        }
+    }
+
+    /// The content of the applied deployments `selection` names: the base with its layers merged
+    /// over it; `None` without a base deployment.
+    fn content_of(&self, selection: &Selection) -> Option<ConfigurationContent> {
+        let content_of = |i: usize| self.configurations[i].0.content.clone().unwrap_or_default();
+        let base = content_of(*selection.applied.first()?);
+        let layers: Vec<ConfigurationContent> =
+            selection.layers.iter().map(|&i| content_of(i)).collect();
+        Some(layers::compose(&base, &layers.iter().collect::<Vec<_>>()))
+    }
+
+    /// The content the at-scale deployments in force give the edge device `device_id`'s modules
+    /// (see [`Self::evaluate_device`]), or `None` when no base deployment applies to it.
+    pub fn content_in_force(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+    ) -> Result<Option<ConfigurationContent>, ApiError> {
+        let Some(device) = tx.device(device_id)? else {
+            return Ok(None);
+        };
+        let Some(twin) = tx.twin(&IdentityKey::device(device_id))? else {
+            return Ok(None);
+        };
+        let selection = self.select(&target_document(&device, &twin));
+        Ok(self.content_of(&selection))
+    }
+
     /// Re-evaluates the deployments against one device: the matching base deployment with the
     /// highest priority (ties: the newest) is applied with the matching layered deployments of a
     /// higher priority merged over it ([`crate::layers`]); the other matches are marked
@@ -192,49 +317,18 @@ impl Deployments {
             tx.set_targeting(device_id, &[], None)?;
             return Ok(Vec::new());
         };
-        let document = json!({
-            "deviceId": device_id,
-            "status": device.status,
-            "capabilities": device.capabilities,
-            "tags": twin.tags,
-            "properties": { "desired": twin.desired, "reported": twin.reported },
-        });
-        let matching: Vec<usize> = (0..configurations.len())
-            .filter(|&i| configurations[i].1.matches(&document))
-            .collect();
-        let rank = |i: usize| {
-            (
-                configurations[i].0.priority.unwrap_or(0),
-                configurations[i].0.created_time_utc.clone(),
-            )
-        };
-        let base = matching
-            .iter()
-            .copied()
-            .filter(|&i| !configurations[i].2)
-            .max_by_key(|&i| rank(i));
-        // layers above the base, lowest first, so the highest priority is merged last and wins
-        let mut layers: Vec<usize> = match base {
-            Some(b) => matching
-                .iter()
-                .copied()
-                .filter(|&i| configurations[i].2 && rank(i).0 > rank(b).0)
-                .collect(),
-            None => Vec::new(),
-        };
-        layers.sort_by_key(|&i| rank(i));
-        let applied: Vec<usize> = base.into_iter().chain(layers.iter().copied()).collect();
+        let selection = self.select(&target_document(&device, &twin));
         let mut statuses = Properties::new();
         let mut targeting = Vec::new();
-        for &i in &matching {
-            let is_applied = applied.contains(&i);
+        for &i in &selection.matching {
+            let is_applied = selection.applied.contains(&i);
             let status = if is_applied { "Applied" } else { "Targeted" };
             statuses.insert(configurations[i].0.id.clone(), json!({ "status": status }));
             targeting.push((configurations[i].0.id.as_str(), is_applied));
         }
         let mut changes = Vec::new();
         if statuses != agent.configurations {
-            changes = self.apply(tx, device_id, &agent.configurations, &applied, &layers)?;
+            changes = self.apply(tx, device_id, &agent.configurations, &selection)?;
             // applying replaced `$edgeAgent`'s desired properties (a new `$version`)
             agent = tx.twin(&agent_key)?.unwrap_or(agent);
             agent.configurations = statuses;
@@ -244,37 +338,50 @@ impl Deployments {
         Ok(changes)
     }
 
-    /// Applies the deployments `applied` (the base first, then `layers` merged over it) to
-    /// `device_id`'s modules, unless exactly they were applied already by the statuses
+    /// Applies the deployments `selection` applies (the base first, then its layers merged over
+    /// it) to `device_id`'s modules, unless exactly they were applied already by the statuses
     /// `before`; without a base deployment the modules are kept.
     fn apply(
         &self,
         tx: &Transaction<'_>,
         device_id: &str,
         before: &Properties,
-        applied: &[usize],
-        layers: &[usize],
+        selection: &Selection,
     ) -> Result<Vec<DesiredChange>, ApiError> {
         let configurations = &self.configurations;
+        let applied = &selection.applied;
         let applied_before = applied.iter().all(|&i| {
             before
                 .get(&configurations[i].0.id)
                 .is_some_and(|s| s["status"] == "Applied")
         }) && before.values().filter(|s| s["status"] == "Applied").count()
             == applied.len();
-        let mut changes = Vec::new();
-        if !applied.is_empty() && !applied_before {
-            let content_of = |i: usize| configurations[i].0.content.clone().unwrap_or_default();
-            let layer_contents: Vec<ConfigurationContent> =
-                layers.iter().map(|&i| content_of(i)).collect();
-            let content = layers::compose(
-                &content_of(applied[0]),
-                &layer_contents.iter().collect::<Vec<_>>(),
-            );
-            changes = apply_content(tx, device_id, &content)?;
+        match self.content_of(selection) {
+            Some(content) if !applied_before => apply_content(tx, device_id, &content),
+            _ => Ok(Vec::new()),
         }
-        Ok(changes)
     }
+}
+
+/// Which deployments match a device, and which of them apply to it.
+struct Selection {
+    /// The deployments whose target condition the device matches.
+    matching: Vec<usize>,
+    /// Those applied: the base deployment first, then its layers.
+    applied: Vec<usize>,
+    /// The applied layered deployments, lowest priority first.
+    layers: Vec<usize>,
+}
+
+/// A device as target conditions see it.
+fn target_document(device: &edgetwin_wire::rest::Device, twin: &TwinRecord) -> Value {
+    json!({
+        "deviceId": device.device_id,
+        "status": device.status,
+        "capabilities": device.capabilities,
+        "tags": twin.tags,
+        "properties": { "desired": twin.desired, "reported": twin.reported },
+    })
 }
 
 /// Re-evaluates the deployments against the devices `device_ids` only, after writes to them
@@ -487,6 +594,62 @@ mod tests {
             assert_eq!(counts(tx)?, (json!(1), json!(1)));
             Ok(())
         });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_module_gets_the_at_scale_content_in_force_on_its_device_before_the_content_applied_to_it(
+    ) {
+        let (mut store, dir) = crate::store::tests::temp_store("new-module");
+        let content = |value: &str| ConfigurationContent {
+            modules_content: json!({ "m": { "properties.desired": { "v": value } } })
+                .as_object()
+                .cloned(),
+            ..ConfigurationContent::default()
+        };
+        store
+            .transaction(|tx| {
+                ring_a(tx, 3)?;
+                tx.put_configuration(&Configuration {
+                    id: "d1-only".into(),
+                    target_condition: Some("deviceId = 'd1'".into()),
+                    priority: Some(10),
+                    content: Some(content("at scale")),
+                    ..Configuration::default()
+                })?;
+                // d2 leaves the ring: no at-scale deployment applies to it
+                on_ring(tx, "d2", "b")?;
+                evaluate_all(tx)?;
+                for device in ["d1", "d2", "d3"] {
+                    apply_configuration_content(tx, device, &content("per device"))?;
+                }
+                let deployments = Deployments::load(tx)?;
+                let mut seen = Vec::new();
+                for device in ["d1", "d2", "d3"] {
+                    crate::registry::create_module(
+                        tx,
+                        device,
+                        "m",
+                        edgetwin_wire::rest::Module::default(),
+                    )?;
+                    let changes = give_new_module_its_content(tx, &deployments, device, "m")?;
+                    let twin = tx.twin(&IdentityKey::module(device, "m"))?.unwrap();
+                    let versions = changes.iter().map(|c| c.version).collect::<Vec<_>>();
+                    seen.push((twin.desired.get("v").cloned(), versions, twin.version));
+                }
+                assert_eq!(
+                    seen,
+                    [
+                        (Some(json!("at scale")), vec![2], 2),
+                        (Some(json!("per device")), vec![2], 2),
+                        (None, vec![], 1),
+                    ],
+                    "d1: its at-scale deployment; d2: the content applied to it; d3: ring-a, \
+                     in force, does not name m"
+                );
+                Ok::<_, ApiError>(())
+            })
+            .unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 

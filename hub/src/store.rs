@@ -169,6 +169,8 @@ CREATE TABLE IF NOT EXISTS targeting (
     PRIMARY KEY (configuration_id, device_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targeting_by_device ON targeting (device_id);
 CREATE TABLE IF NOT EXISTS workload_sockets (device_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS applied_content (
+    device_id TEXT PRIMARY KEY, modules_content TEXT NOT NULL) WITHOUT ROWID;
 ";
 
 /// Fills `workload_sockets` in a database written before it existed, with the edge devices that
@@ -475,9 +477,15 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Deletes a device with its modules, twins and session.
+    /// Deletes a device with its modules, twins, session and the content last applied to it.
     pub fn delete_device(&self, device_id: &str) -> Result<(), StoreError> {
-        for table in ["identities", "twins", "targeting", "workload_sockets"] {
+        for table in [
+            "identities",
+            "twins",
+            "targeting",
+            "workload_sockets",
+            "applied_content",
+        ] {
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE device_id = ?1"),
                 params![device_id],
@@ -525,6 +533,31 @@ impl Transaction<'_> {
         self.tx
             .prepare_cached("INSERT OR IGNORE INTO workload_sockets (device_id) VALUES (?1)")?
             .execute(params![device_id])?;
+        Ok(())
+    }
+
+    /// The `modulesContent` last applied to `device_id` by `applyConfigurationContent`, kept so
+    /// that a module identity created later gets its desired properties from it.
+    pub fn applied_content(&self, device_id: &str) -> Result<Option<Properties>, StoreError> {
+        self.get_doc(
+            "SELECT modules_content FROM applied_content WHERE device_id = ?1",
+            params![device_id],
+            || format!("applied content of {device_id}"),
+        )
+    }
+
+    /// Replaces the `modulesContent` last applied to `device_id` by `applyConfigurationContent`
+    /// (one row per device, deleted with it).
+    pub fn put_applied_content(
+        &self,
+        device_id: &str,
+        modules_content: &Properties,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO applied_content (device_id, modules_content) VALUES (?1, ?2)",
+            )?
+            .execute(params![device_id, encode(modules_content)])?;
         Ok(())
     }
 
@@ -1051,6 +1084,36 @@ pub(crate) mod tests {
             ["configured", "leaf"],
             "recorded once, forgotten with the device"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_from_before_applied_content_gets_the_table_and_a_device_keeps_one_row_until_deleted(
+    ) {
+        let (store, dir) = temp_store("applied-content");
+        store
+            .conn
+            .execute_batch("DROP TABLE applied_content")
+            .unwrap();
+        drop(store);
+        let mut older = Store::open(&dir.join("hub.db")).unwrap();
+        let content = |v: i64| {
+            serde_json::json!({ "m": { "properties.desired": { "v": v } } })
+                .as_object()
+                .cloned()
+                .unwrap()
+        };
+        let (replaced, deleted) = older
+            .transaction(|tx| {
+                tx.put_applied_content("gw", &content(1))?;
+                tx.put_applied_content("gw", &content(2))?;
+                let replaced = tx.applied_content("gw")?;
+                tx.delete_device("gw")?;
+                Ok::<_, StoreError>((replaced, tx.applied_content("gw")?))
+            })
+            .unwrap();
+        assert_eq!(replaced, Some(content(2)), "replaced on each apply");
+        assert_eq!(deleted, None, "deleted with the device");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

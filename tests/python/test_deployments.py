@@ -89,6 +89,23 @@ def test_a_manifest_applied_to_one_device_replaces_the_desired_properties_of_its
     assert agent["modules"]["edgetwin"]["settings"]["image"].endswith("0.1.0-amd64")
 
 
+def test_a_module_created_after_the_manifest_was_applied_gets_its_desired_properties_from_it(
+        registry_manager, configurations, make_device):
+    # On IoT Hub the edge runtime creates module identities only after it received the
+    # deployment, and the modules still start with the desired properties the manifest gives them.
+    manager, _ = configurations
+    device = make_device(edge=True, prefix="gw")
+    manager.apply_configuration_on_edge_device(
+        device.device_id, ConfigurationContent(modules_content=_manifest(122)))
+    registry_manager.create_module_with_sas(device.device_id, "edgetwin", None, None, None)
+    registry_manager.create_module_with_sas(device.device_id, "unnamed", None, None, None)
+    twin = registry_manager.get_module_twin(device.device_id, "edgetwin")
+    assert twin.properties.desired["telemetryInterval"] == 122
+    assert twin.properties.desired["$version"] == 2
+    unnamed = _desired(registry_manager, device.device_id, "unnamed")
+    assert {k for k in unnamed if not k.startswith("$")} == set(), unnamed
+
+
 def test_applying_to_a_device_that_is_not_an_edge_device_is_refused(
         registry_manager, configurations, make_device):
     manager, _ = configurations

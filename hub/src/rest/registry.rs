@@ -88,7 +88,7 @@ pub async fn route(
                 .is_some_and(|modules| !modules.is_null());
             let device_id = id.to_string();
             hub.write_and_notify(move |tx| {
-                let changes = deployments::apply_content(tx, &device_id, &content)?;
+                let changes = deployments::apply_configuration_content(tx, &device_id, &content)?;
                 if runs_modules {
                     tx.want_workload_socket(&device_id)?;
                 }
@@ -194,10 +194,22 @@ async fn module(
             let input: Module = request.json()?;
             let added = if_match.is_none();
             let (module, edge) = hub
-                .write(move |tx| {
+                .write_and_notify(move |tx| {
                     let (device_id, module_id) = (ids.0.as_str(), ids.1.as_str());
+                    let mut changes = Vec::new();
                     let module = match if_match.as_deref() {
-                        None => registry::create_module(tx, device_id, module_id, input)?,
+                        None => {
+                            let module = registry::create_module(tx, device_id, module_id, input)?;
+                            // a new module twin gets what the device's deployment has for it
+                            let deployments = deployments::Deployments::load(tx)?;
+                            changes = deployments::give_new_module_its_content(
+                                tx,
+                                &deployments,
+                                device_id,
+                                module_id,
+                            )?;
+                            module
+                        }
                         etag => registry::update_module(
                             tx,
                             device_id,
@@ -212,7 +224,7 @@ async fn module(
                     if edge {
                         tx.want_workload_socket(device_id)?;
                     }
-                    Ok((module, edge))
+                    Ok(((module, edge), changes))
                 })
                 .await?;
             if edge {
@@ -285,8 +297,11 @@ async fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     let results = hub
         .write_and_notify(move |tx| {
             let mut changes = Vec::new();
+            let deployments = deployments::Deployments::load(tx)?;
             let results: Vec<Result<(), ApiError>> = tx
-                .each(items, |tx, item| bulk_item(tx, item, &registered_before))?
+                .each(items, |tx, item| {
+                    bulk_item(tx, item, &registered_before, &deployments)
+                })?
                 .into_iter()
                 .map(|result| result.map(|((), item_changes)| changes.extend(item_changes)))
                 .collect();
@@ -351,6 +366,7 @@ fn bulk_item(
     tx: &crate::store::Transaction<'_>,
     item: ExportImportDevice,
     registered_before: &HashSet<String>,
+    deployments: &deployments::Deployments,
 ) -> Result<((), Vec<twins::DesiredChange>), ApiError> {
     let mode = item.import_mode.unwrap_or(ImportMode::CreateOrUpdate);
     let id = item.id.clone();
@@ -371,13 +387,14 @@ fn bulk_item(
     // the etag applies only to an identity that exists: createOrUpdateIfMatchETag creates a
     // missing one without it
     let if_match = || item_if_match(mode.checks_etag(), &item.e_tag, "eTag");
+    let mut changes = Vec::new();
     match mode {
-        ImportMode::Create => identity.create(tx)?,
+        ImportMode::Create => changes = identity.create(tx, deployments)?,
         ImportMode::CreateOrUpdate | ImportMode::CreateOrUpdateIfMatchETag => {
             if identity.exists(tx)? {
                 identity.update(tx, &if_match()?)?;
             } else {
-                identity.create(tx)?;
+                changes = identity.create(tx, deployments)?;
             }
         }
         ImportMode::Update | ImportMode::UpdateIfMatchETag => identity.update(tx, &if_match()?)?,
@@ -393,7 +410,7 @@ fn bulk_item(
     }
     let desired = item.properties.and_then(|p| p.desired);
     if item.tags.is_none() && desired.is_none() {
-        return Ok(((), Vec::new()));
+        return Ok(((), changes));
     }
     let twin = edgetwin_wire::rest::Twin {
         tags: item.tags,
@@ -415,7 +432,8 @@ fn bulk_item(
         UpdateMode::Merge,
         twin_mode.then_some(twin_if_match.as_str()),
     )?;
-    Ok(((), change.into_iter().collect()))
+    changes.extend(change);
+    Ok(((), changes))
 }
 
 /// The identity a bulk item names: a device or one of its modules, with what the item sets.
@@ -471,13 +489,26 @@ impl BulkIdentity {
         })
     }
 
-    fn create(&self, tx: &crate::store::Transaction<'_>) -> Result<(), ApiError> {
+    /// Creates the identity; a module gets what its device's deployment has for it (the
+    /// desired changes returned).
+    fn create(
+        &self,
+        tx: &crate::store::Transaction<'_>,
+        deployments: &deployments::Deployments,
+    ) -> Result<Vec<twins::DesiredChange>, ApiError> {
         match self {
             BulkIdentity::Device(d) => {
-                registry::create_device(tx, &d.device_id, d.clone()).map(drop)
+                registry::create_device(tx, &d.device_id, d.clone())?;
+                Ok(Vec::new())
             }
             BulkIdentity::Module(m) => {
-                registry::create_module(tx, &m.device_id, &m.module_id, m.clone()).map(drop)
+                registry::create_module(tx, &m.device_id, &m.module_id, m.clone())?;
+                deployments::give_new_module_its_content(
+                    tx,
+                    deployments,
+                    &m.device_id,
+                    &m.module_id,
+                )
             }
         }
     }
