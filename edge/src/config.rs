@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(config.device.iothub_hostname, "hub.example");
         assert_eq!(config.device.device_id, "pi-1");
         assert_eq!(config.device.key.expose(), KEY);
-        assert_eq!(config.hostname, "pi-host", "the machine's name when the file has none");
+        assert_eq!(
+            config.hostname, "pi-host",
+            "the machine's name when the file has none"
+        );
         assert_eq!(config.moby_uri, DEFAULT_MOBY_URI);
         assert_eq!(config.network, DEFAULT_NETWORK);
         assert!(config.unused.is_empty());
