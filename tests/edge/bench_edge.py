@@ -1,5 +1,6 @@
 """The edge runtime's figures (run by `EDGETWIN_EDGE_BENCH=1 scripts/edge-check`, not in CI's
-timed tests): steady resident memory of `edgetwin edge run` and of the module it runs, and the
+timed tests; EDGETWIN_EDGE_RUNTIME names the runtime binary to measure, e.g. the `module`
+profile's target/module/edgetwin-edge): steady resident memory of `edgetwin edge run` and of the module it runs, and the
 time from a deployment applied to the module acknowledging its desired property, with the image
 already on the device. Prints one JSON document.
 
@@ -57,7 +58,8 @@ def main():
             "local": {"address": "localhost:5000", "username": os.environ["EDGETWIN_REGISTRY_USERNAME"],
                       "password": os.environ["EDGETWIN_REGISTRY_PASSWORD"]}}
         config = conftest.provision_edge_device(binary, hub, DEVICE, tmp)
-        runtime = conftest.Runtime(binary, tmp, config).start()
+        # The runtime as shipped (EDGETWIN_EDGE_RUNTIME: the stripped edgetwin-edge), else the CLI.
+        runtime = conftest.Runtime(os.environ.get("EDGETWIN_EDGE_RUNTIME", binary), tmp, config).start()
         registry = suite.make_registry_manager(hub.service_connection_string)
         configurations = IoTHubConfigurationManager.from_connection_string(hub.service_connection_string)
 

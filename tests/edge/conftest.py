@@ -90,7 +90,8 @@ class Runtime:
         log = open(self.log_path, "ab")
         env = dict(os.environ, RUST_LOG="info,edgetwin_edge=debug")
         self.proc = subprocess.Popen(
-            [self.binary, "edge", "run", "--config", str(self.config), "--data-dir", str(self.data_dir),
+            [self.binary, *(["run"] if os.path.basename(self.binary) == "edgetwin-edge" else ["edge", "run"]),
+             "--config", str(self.config), "--data-dir", str(self.data_dir),
              "--moby-uri", f"unix://{os.environ['EDGETWIN_ENGINE_SOCKET']}", "--network", "host",
              "--reconcile-secs", "1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
