@@ -25,15 +25,11 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use bytes::Bytes;
-use edgetwin_wire::edge::{
-    SignRequest, SignResponse, TrustBundleResponse, WorkloadErrorBody, WORKLOAD_API_VERSIONS,
-};
 use edgetwin_wire::ids::IdError;
+use edgetwin_wire::workload::{self, KeyId, WorkloadAnswer, WorkloadRequest};
 use http_body_util::Full;
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::UnixListener;
@@ -269,118 +265,65 @@ async fn serve(
 
 type Response = hyper::Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
-    let text = serde_json::to_string(body).unwrap_or_default();
+fn respond(answer: WorkloadAnswer) -> Response {
     hyper::Response::builder()
-        .status(status)
+        .status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(text)))
+        .body(Full::new(Bytes::from(answer.body)))
         .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json_response(
-        status,
-        &WorkloadErrorBody {
-            message: message.into(),
-        },
-    )
-}
-
+/// Answers one request on `device_id`'s socket; requests are read by
+/// [`edgetwin_wire::workload::parse_request`], as `edgetwin edge` reads them.
 pub(crate) async fn handle(
     hub: Weak<Hub>,
     device_id: &str,
     request: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
     let Some(hub) = hub.upgrade() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down");
+        return respond(WorkloadAnswer::error(503, "the hub is shutting down"));
     };
-    let query = crate::rest::query_pairs(request.uri().query().unwrap_or(""));
-    match query.get("api-version") {
-        None => return error(StatusCode::BAD_REQUEST, "api-version not specified"),
-        Some(v) if !WORKLOAD_API_VERSIONS.contains(&v.as_str()) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid api-version \"{v}\""),
-            )
-        }
-        Some(_) => {}
-    }
-    let segments = crate::rest::path_segments(request.uri().path());
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let method = request.method().clone();
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
     let json_body = request
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.starts_with("application/json"));
-    match (method, segments.as_slice()) {
-        (Method::GET, ["trust-bundle"] | ["manifest-trust-bundle"]) => json_response(
-            StatusCode::OK,
-            &TrustBundleResponse {
-                certificate: hub.ca_pem.clone(),
-            },
-        ),
-        (Method::POST, ["modules", module_id, "genid", generation_id, "sign"]) => {
-            let (module_id, generation_id) = ((*module_id).to_owned(), (*generation_id).to_owned());
-            let Some(body) = crate::rest::read_body(request.into_body(), 64 * 1024).await else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid parameter: body too large or unreadable",
-                );
-            };
-            if !json_body {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "missing request body (Content-Type is not JSON)",
-                );
-            }
-            sign(&hub, device_id, &module_id, &generation_id, &body)
-        }
-        _ => error(StatusCode::NOT_FOUND, "not found"),
-    }
+    let Some(body) = crate::rest::read_body(request.into_body(), workload::MAX_BODY).await else {
+        return respond(WorkloadAnswer::error(
+            400,
+            "invalid parameter: body too large or unreadable",
+        ));
+    };
+    respond(
+        match workload::parse_request(&method, &path, &query, json_body, &body) {
+            Err(answer) => answer,
+            Ok(WorkloadRequest::TrustBundle) => WorkloadAnswer::trust_bundle(&hub.ca_pem),
+            Ok(WorkloadRequest::Sign {
+                module_id,
+                generation_id,
+                key,
+                data,
+            }) => sign(&hub, device_id, &module_id, &generation_id, key, &data),
+        },
+    )
 }
 
-/// Signs `data` with the key `keyId` names, for the module incarnation `generation_id` names.
-/// aziot-edged signs with the primary key whatever the body says; the hub refuses what it would
-/// not do as asked (a `keyId` other than `primary`/`secondary`, an `algo` other than
-/// `HMACSHA256`) and a generation id that is not the module's current one.
-fn sign(hub: &Hub, device_id: &str, module_id: &str, generation_id: &str, body: &[u8]) -> Response {
-    let request: SignRequest = match serde_json::from_slice(body) {
-        Ok(request) => request,
-        Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid request body: {e}"),
-            )
-        }
+fn sign(
+    hub: &Hub,
+    device_id: &str,
+    module_id: &str,
+    generation_id: &str,
+    key: KeyId,
+    data: &[u8],
+) -> WorkloadAnswer {
+    let key_index = match key {
+        KeyId::Primary => 0,
+        KeyId::Secondary => 1,
     };
-    let key_index = match request.key_id.as_str() {
-        "primary" => 0,
-        "secondary" => 1,
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid parameter: keyId '{other}' is neither 'primary' nor 'secondary'"),
-            )
-        }
-    };
-    if request.algo != "HMACSHA256" {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "invalid parameter: algo '{}' is not HMACSHA256",
-                request.algo
-            ),
-        );
-    }
-    let Ok(data) = BASE64.decode(request.data.as_bytes()) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid parameter: data is not base64",
-        );
-    };
-    let key = IdentityKey::module(device_id, module_id);
+    let identity = IdentityKey::module(device_id, module_id);
     let keys = hub.read(|tx| {
         let current = tx
             .module(device_id, module_id)?
@@ -389,28 +332,24 @@ fn sign(hub: &Hub, device_id: &str, module_id: &str, generation_id: &str, body: 
         if !current {
             return Ok(None);
         }
-        crate::registry::connect_keys(tx, &key)
+        crate::registry::connect_keys(tx, &identity)
     });
     let Some(secret) = keys
         .ok()
         .flatten()
         .and_then(|k| k.into_iter().nth(key_index))
     else {
-        return error(
-            StatusCode::NOT_FOUND,
+        return WorkloadAnswer::error(
+            404,
             format!(
                 "module {module_id} with generation id {generation_id} not found on device {device_id}"
             ),
         );
     };
-    let Ok(key_bytes) = edgetwin_wire::sas::decode_key(secret.expose()) else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the module's key is not valid base64",
-        );
-    };
-    let digest = edgetwin_wire::sas::sign_bytes(&key_bytes, &data);
-    json_response(StatusCode::OK, &SignResponse { digest })
+    match edgetwin_wire::sas::decode_key(secret.expose()) {
+        Ok(key_bytes) => WorkloadAnswer::signed(&key_bytes, data),
+        Err(_) => WorkloadAnswer::error(500, "the module's key is not valid base64"),
+    }
 }
 
 #[cfg(test)]
