@@ -3,7 +3,7 @@
 //! when `.env` has credentials for that registry (`CONTAINER_REGISTRY_SERVER`,
 //! `CONTAINER_REGISTRY_USERNAME`, `CONTAINER_REGISTRY_PASSWORD`, as iotedgedev reads them).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -26,7 +26,8 @@ pub struct SolutionArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum SolutionCommand {
     /// Build the image of every modules/*/module.json for the platform, tagged as
-    /// `iotedgedev solution build` tags it, with docker buildx, podman or buildah (the first found).
+    /// `iotedgedev solution build` tags it, with docker buildx, podman or buildah (`--builder`, or
+    /// the first found).
     Build {
         /// Which solution and platform.
         #[command(flatten)]
@@ -60,6 +61,10 @@ pub struct SolutionOptions {
     /// (`--build-option=-v --build-option=/a:/a:ro`).
     #[arg(long = "build-option", value_name = "ARG", allow_hyphen_values = true)]
     pub build_options: Vec<String>,
+    /// The image builder: docker (with buildx), podman or buildah
+    /// [default: the first of them on PATH, in that order].
+    #[arg(long, env = "EDGETWIN_BUILDER", value_name = "docker|podman|buildah")]
+    pub builder: Option<String>,
 }
 
 /// Runs `edgetwin solution ...`; `Err` carries the message for `error: ...` (exit 1).
@@ -80,6 +85,12 @@ pub fn run(args: SolutionArgs) -> Result<(), String> {
 }
 
 fn run_steps(options: &SolutionOptions, build: bool, push: bool) -> Result<(), SolutionError> {
+    let wanted = options
+        .builder
+        .as_deref()
+        .filter(|name| !name.trim().is_empty())
+        .map(Builder::from_name)
+        .transpose()?;
     let dir = options.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let env = solution_env(&dir, Env::from_process())?;
     let platform = options
@@ -87,15 +98,14 @@ fn run_steps(options: &SolutionOptions, build: bool, push: bool) -> Result<(), S
         .clone()
         .unwrap_or_else(|| env.get_stripped("DEFAULT_PLATFORM").to_owned());
     let images = plan(&dir, &platform, &env)?;
-    let builder = Builder::find(on_path, || {
+    let builder = Builder::choose(wanted, on_path, || {
         Command::new("docker")
             .args(["buildx", "version"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
-    })
-    .ok_or(SolutionError::NoBuilder)?;
+    })?;
     if push {
         login(builder, &env, &images)?;
     }
@@ -109,15 +119,26 @@ fn run_steps(options: &SolutionOptions, build: bool, push: bool) -> Result<(), S
                 builder.program()
             );
             let args = builder.build(image, build_platform(), &options.build_options, push);
-            execute(builder, &args, &format!("building {}", image.tag), None)?;
-            for args in builder.after_build(image, std::process::id()) {
-                let what = format!("setting the platform of {}", image.tag);
-                execute(builder, &args, &what, None)?;
+            let what = format!("building {}", image.tag);
+            execute(builder, builder.program(), &args, &what, None)?;
+            let steps = builder.after_build(image, std::process::id());
+            if !steps.is_empty() && !on_path("buildah") {
+                eprintln!(
+                    "warning: {} lacks the variant of {}: {builder} drops it and cannot set it \
+                     again, and buildah, which can, is not on PATH",
+                    image.tag, image.platform
+                );
+            } else {
+                for args in steps {
+                    let what = format!("setting the platform of {}", image.tag);
+                    execute(builder, "buildah", &args, &what, None)?;
+                }
             }
         }
         if let Some(args) = builder.push(&image.tag, build).filter(|_| push) {
             println!("pushing {}", image.tag);
-            execute(builder, &args, &format!("pushing {}", image.tag), None)?;
+            let what = format!("pushing {}", image.tag);
+            execute(builder, builder.program(), &args, &what, None)?;
         }
     }
     let done = if push { "built and pushed" } else { "built" };
@@ -151,24 +172,28 @@ fn login(builder: Builder, env: &Env, images: &[ImageBuild]) -> Result<(), Solut
     let args = builder.login(server, user);
     execute(
         builder,
+        builder.program(),
         &args,
         &format!("logging in to {server}"),
         Some(&password),
     )
 }
 
-/// Runs the builder with `args` (output to the terminal), `stdin` on its standard input.
+/// Runs `program` (the builder's, or buildah after a podman build) with `args` (output to the
+/// terminal), `stdin` on its standard input. The error output of podman and buildah also goes
+/// through this process, which keeps its end for [`Builder::short_name_hint`].
 fn execute(
     builder: Builder,
+    program: &str,
     args: &[String],
     what: &str,
     stdin: Option<&Secret>,
 ) -> Result<(), SolutionError> {
-    let program = builder.program();
     let spawn_error = |source| SolutionError::Spawn {
         program: program.to_owned(),
         source,
     };
+    let keep_stderr = builder.resolves_short_names_by_config();
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -176,13 +201,25 @@ fn execute(
         } else {
             Stdio::null()
         })
+        .stderr(if keep_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .map_err(spawn_error)?;
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| std::thread::spawn(move || pass_on(pipe)));
     if let (Some(secret), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(secret.expose().as_bytes())
             .map_err(spawn_error)?;
     }
     let status = child.wait().map_err(spawn_error)?;
+    let stderr = stderr
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or_default();
     if status.success() {
         Ok(())
     } else {
@@ -190,8 +227,32 @@ fn execute(
             what: what.to_owned(),
             status,
             command: format!("{program} {}", args.join(" ")),
+            hint: builder.short_name_hint(&stderr),
         })
     }
+}
+
+/// Copies a builder's error output to this process's as it comes, and returns its last 64 KiB.
+fn pass_on(mut pipe: impl Read) -> String {
+    const KEEP: usize = 64 * 1024;
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let mut out = std::io::stderr();
+    loop {
+        match pipe.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                let _ = out.write_all(&buffer[..n]);
+                kept.extend_from_slice(&buffer[..n]);
+                if kept.len() > 2 * KEEP {
+                    kept.drain(..kept.len() - KEEP);
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// Whether an executable `program` is in one of PATH's directories.

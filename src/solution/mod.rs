@@ -36,6 +36,19 @@ pub enum SolutionError {
     /// Neither docker buildx, podman nor buildah is on PATH.
     #[error("no image builder found: install Docker with the buildx plugin, podman or buildah (on Debian: apt-get install buildah)")]
     NoBuilder,
+    /// `--builder` (or `EDGETWIN_BUILDER`) names no builder.
+    #[error("unknown builder {0:?} (--builder or EDGETWIN_BUILDER): the choices are docker, podman and buildah")]
+    UnknownBuilder(String),
+    /// The builder `--builder` (or `EDGETWIN_BUILDER`) chose is not on this machine.
+    #[error("{}", builder_missing(*wanted, *docker_without_buildx, present))]
+    BuilderMissing {
+        /// The builder asked for.
+        wanted: Builder,
+        /// It is docker, which is on PATH but `docker buildx version` fails.
+        docker_without_buildx: bool,
+        /// The builders that are on this machine.
+        present: Vec<Builder>,
+    },
     /// The builder could not be started.
     #[error("cannot run {program}")]
     Spawn {
@@ -46,7 +59,7 @@ pub enum SolutionError {
         source: std::io::Error,
     },
     /// The builder failed.
-    #[error("{what} failed ({status}): {command}")]
+    #[error("{what} failed ({status}): {command}{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     Failed {
         /// What was being done (`build localhost:5000/edgetwin:0.1.0-amd64`).
         what: String,
@@ -54,5 +67,24 @@ pub enum SolutionError {
         status: std::process::ExitStatus,
         /// The command line (it never carries a password).
         command: String,
+        /// What to do about it, when the builder's output says ([`Builder::short_name_hint`]).
+        hint: Option<String>,
     },
+}
+
+/// The message of [`SolutionError::BuilderMissing`].
+fn builder_missing(wanted: Builder, docker_without_buildx: bool, present: &[Builder]) -> String {
+    let why = if docker_without_buildx {
+        "docker is on PATH but `docker buildx version` fails (install the buildx plugin)".to_owned()
+    } else {
+        format!("{wanted} is not on PATH")
+    };
+    let here = match present {
+        [] => "this machine has none of them (install Docker with the buildx plugin, podman or buildah; on Debian: apt-get install buildah)".to_owned(),
+        present => format!(
+            "this machine has {}",
+            present.iter().map(|b| b.program()).collect::<Vec<_>>().join(" and ")
+        ),
+    };
+    format!("--builder {wanted} (or EDGETWIN_BUILDER): {why}; the choices are docker, podman and buildah, and {here}")
 }
