@@ -8,9 +8,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE as BASE64_URL;
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 use tokio::net::UnixStream;
@@ -125,11 +123,6 @@ impl Engine {
                     source,
                 }
             })?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| transport(e.to_string()))?;
-            tokio::spawn(connection);
             let mut request = Request::builder()
                 .method(method)
                 .uri(format!("{API}{path}"))
@@ -137,25 +130,9 @@ impl Engine {
             for (name, value) in headers {
                 request = request.header(*name, value);
             }
-            let request = match body {
-                Some(body) => request
-                    .header("Content-Type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string()))),
-                None => request.body(Full::new(Bytes::new())),
-            }
-            .map_err(|e| transport(e.to_string()))?;
-            let response = sender
-                .send_request(request)
+            crate::http::exchange(stream, request, body)
                 .await
-                .map_err(|e| transport(e.to_string()))?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| transport(e.to_string()))?
-                .to_bytes();
-            Ok((status, bytes))
+                .map_err(transport)
         };
         let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await

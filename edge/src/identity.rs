@@ -19,9 +19,7 @@ use bytes::Bytes;
 use edgetwin_wire::rest::{AuthenticationMechanism, Module, SymmetricKey};
 use edgetwin_wire::workload::KeyId;
 use edgetwin_wire::Secret;
-use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use rand::RngCore;
 use serde_json::Value;
@@ -239,10 +237,6 @@ impl Identities {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| unreachable(format!("TLS: {e}")))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(connection);
             let mut request = Request::builder()
                 .method(method.clone())
                 .uri(path.as_str())
@@ -257,25 +251,9 @@ impl Identities {
             {
                 request = request.header("If-Match", "*");
             }
-            let request = match body {
-                Some(body) => request
-                    .header("Content-Type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string()))),
-                None => request.body(Full::new(Bytes::new())),
-            }
-            .map_err(|e| unreachable(e.to_string()))?;
-            let response = sender
-                .send_request(request)
+            crate::http::exchange(tls, request, body)
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
-                .to_bytes();
-            Ok((status, bytes))
+                .map_err(unreachable)
         };
         let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await

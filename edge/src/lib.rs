@@ -8,7 +8,7 @@
 //! [`docker`]), reporting as edgeAgent reports ([`report`]).
 //!
 //! Pure and unit-tested with explicit time: [`config`], [`deployment`], [`plan`], [`container`],
-//! [`report`]. I/O: [`docker`], [`identity`], [`workload`], [`agent`], [`run`]. May depend on
+//! [`report`]. I/O: [`docker`] and [`identity`] over [`http`], [`workload`], [`agent`], [`run`]. May depend on
 //! `edgetwin-wire` and `edgetwin-client`; never on the hub.
 
 #![warn(missing_docs)]
@@ -18,6 +18,7 @@ pub mod config;
 pub mod container;
 pub mod deployment;
 pub mod docker;
+pub mod http;
 pub mod identity;
 pub mod plan;
 pub mod report;
