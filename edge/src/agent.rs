@@ -235,7 +235,7 @@ impl Agent {
         }
         // Adopted containers (after a restart of the runtime) need their identity and socket.
         for name in observed.keys().filter(|n| modules.contains_key(*n)) {
-            if self.identities.is_known(name) {
+            if self.identities.is_known(&deployment::identity_of(name)) {
                 continue;
             }
             if let Err(error) = self.prepare(name).await {
@@ -249,16 +249,18 @@ impl Agent {
         Ok(())
     }
 
-    /// Makes the module's identity and workload socket; the socket's directory.
+    /// Makes the module's identity and workload socket (both named by its identity,
+    /// [`deployment::identity_of`]); the generation id and the socket's directory.
     async fn prepare(&self, module: &str) -> Result<(String, std::path::PathBuf), String> {
+        let identity_id = deployment::identity_of(module);
         let identity = self
             .identities
-            .ensure(module)
+            .ensure(&identity_id)
             .await
             .map_err(|e| format!("cannot make its module identity: {e}"))?;
         let dir = self
             .sockets
-            .ensure(module)
+            .ensure(&identity_id)
             .map_err(|e| format!("cannot make its workload socket: {e}"))?;
         Ok((identity.generation_id, dir))
     }
@@ -348,7 +350,7 @@ impl Agent {
                     .await
                     .map_err(|e| format!("cannot remove: {e}"));
                 if result.is_ok() {
-                    self.sockets.remove(&module);
+                    self.sockets.remove(&deployment::identity_of(&module));
                     self.records.remove(&module);
                 }
                 (module, result)
@@ -402,7 +404,7 @@ impl Agent {
         if let Some(old) = replace {
             self.engine.remove(old).await.map_err(|e| e.to_string())?;
         }
-        let env = self.module_env(&spec.name, &generation_id);
+        let env = self.module_env(&deployment::identity_of(&spec.name), &generation_id);
         let dir = dir.display().to_string();
         let body = container::create_body(
             spec,

@@ -210,6 +210,15 @@ fn format_error(field: impl Into<String>, reason: impl Into<String>) -> Deployme
     }
 }
 
+/// The module identity of a container: the system modules' identities are `$edgeAgent` and
+/// `$edgeHub`; every other module's identity is its name.
+pub fn identity_of(module: &str) -> String {
+    match module {
+        "edgeAgent" | "edgeHub" => format!("${module}"),
+        other => other.to_owned(),
+    }
+}
+
 /// Reads `$edgeAgent`'s desired properties (without `$version`).
 pub fn parse(desired: &Properties) -> Result<Deployment, DeploymentError> {
     if desired.keys().all(|k| k.starts_with('$')) {
@@ -256,6 +265,12 @@ pub fn parse(desired: &Properties) -> Result<Deployment, DeploymentError> {
         for (name, spec) in object(Some(list), "modules")? {
             let path = format!("modules.{name}");
             check_module_name(name, &path)?;
+            if identity_of(name) != *name {
+                return Err(format_error(
+                    path,
+                    "is a system module's name (edgeAgent and edgeHub are under systemModules)",
+                ));
+            }
             modules.insert(name.clone(), module(name, spec, &path)?);
         }
     }
@@ -680,6 +695,22 @@ mod tests {
                 "{error} should name {field}"
             );
         }
+    }
+
+    #[test]
+    fn system_module_names_are_their_identities_and_not_module_names() {
+        assert_eq!(identity_of("edgeHub"), "$edgeHub");
+        assert_eq!(identity_of("edgetwin"), "edgetwin");
+        let mut value = minimal();
+        value["modules"]["edgeHub"] = value["modules"]["edgetwin"].clone();
+        let error = parse(&desired(value)).unwrap_err();
+        assert_eq!(error.code(), 400);
+        assert!(
+            error
+                .to_string()
+                .starts_with("modules.edgeHub is a system module's name"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -233,6 +233,17 @@ def test_a_runtime_killed_with_sigkill_adopts_its_containers_without_restarting_
     assert settled(edge) and module_status(agent_reported(edge), "edgetwin", "running")
 
 
+def test_a_runtime_stopped_with_sigterm_reports_406_and_leaves_its_modules_running(edge):
+    before = containers()["edgetwin"]
+    edge["runtime"].stop()
+    assert edge["runtime"].proc.returncode == 0
+    assert agent_reported(edge)["lastDesiredStatus"]["code"] == 406
+    after = containers()["edgetwin"]
+    assert after["State"]["Running"] and after["State"]["StartedAt"] == before["State"]["StartedAt"]
+    edge["runtime"].start()
+    wait_until(lambda: settled(edge), message="the restarted runtime to report 200 again")
+
+
 def test_stopped_stops_the_module_and_a_deployment_without_it_removes_container_and_identity(edge):
     desired = agent_desired(edge)
     desired["modules"]["edgetwin"]["status"] = "stopped"
