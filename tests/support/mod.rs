@@ -270,6 +270,9 @@ pub struct HubOptions<'a> {
     pub output: LogOutput,
     /// More `edgetwin hub` arguments (`--no-workload-api`).
     pub args: &'a [&'a str],
+    /// The hub's open-file limit (`RLIMIT_NOFILE`, soft and hard, so it cannot raise it);
+    /// `None` inherits ours.
+    pub open_files: Option<u64>,
 }
 
 /// Where a process under test writes its log (stderr; stdout too for the unlucky cases).
@@ -304,6 +307,7 @@ impl Default for HubOptions<'_> {
             keep_alive: false,
             output: LogOutput::File,
             args: &[],
+            open_files: None,
         }
     }
 }
@@ -342,6 +346,20 @@ impl Hub {
             .args(options.args);
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
+        }
+        if let Some(files) = options.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads the struct it is given.
+            unsafe {
+                command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
         }
         let mut proc = options.output.spawn(&mut command, log.clone());
         let log = &log;
@@ -530,6 +548,8 @@ pub fn module_connection_string(host: &str, device: &str, module: &str, key: &st
 pub struct Rest {
     host: String,
     port: u16,
+    /// The shared access policy the tokens are signed for, and its key.
+    policy: String,
     key: Secret,
     tls: Arc<rustls::ClientConfig>,
     keep_alive: bool,
@@ -541,10 +561,16 @@ pub struct Rest {
 impl Rest {
     /// For the hub that wrote `info` (its `hub.json`).
     pub fn new(info: &Value, keep_alive: bool) -> Rest {
+        Rest::with_policy(info, "iothubowner", keep_alive)
+    }
+
+    /// The same API signed with shared access policy `policy` (`registryRead`, ...).
+    pub fn with_policy(info: &Value, policy: &str, keep_alive: bool) -> Rest {
         Rest {
             host: info["hostName"].as_str().unwrap().to_owned(),
             port: info["httpsPort"].as_u64().unwrap() as u16,
-            key: Secret::new(info["policies"]["iothubowner"].as_str().unwrap()),
+            policy: policy.to_owned(),
+            key: Secret::new(info["policies"][policy].as_str().unwrap()),
             tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
             keep_alive,
             sender: Mutex::new(None),
@@ -587,7 +613,7 @@ impl Rest {
         let expiry = unix_now() as u64 + 3600;
         let resource = format!("{}:{}", self.host, self.port);
         let sr = self.sr.as_deref().unwrap_or(&resource);
-        let token = generate_token(&self.key, sr, expiry, Some("iothubowner")).unwrap();
+        let token = generate_token(&self.key, sr, expiry, Some(&self.policy)).unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
         let path = format!("{path}{sep}api-version=2021-04-12");
         self.call_as(method, &path, body, token.expose(), &[]).await

@@ -737,7 +737,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edgetwin-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
+        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), 16);
         let hub =
             Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload, true).unwrap());
         let key = Secret::new(KEY);
