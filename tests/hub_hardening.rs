@@ -1056,3 +1056,39 @@ async fn websocket_clients_streaming_an_unfinished_message_are_cut_off_and_forty
     let (status, _) = hub.rest.call("GET", "/devices", None).await;
     assert_eq!(status, 200, "the hub still serves others");
 }
+
+#[tokio::test]
+async fn a_connect_with_its_reserved_flag_set_is_refused_by_closing_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("connect-reserved");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    create_device(&hub, "d").await;
+    let (_, device) = hub.rest.call("GET", "/devices/d", None).await;
+    let key = device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let mut connect = support::connect_packet(&hub, "d", None, key);
+    let level = connect
+        .windows(5)
+        .position(|w| w == b"MQTT\x04")
+        .expect("protocol name and level");
+    assert_eq!(
+        connect[level + 5],
+        0xC2,
+        "username, password, clean session"
+    );
+    connect[level + 5] |= 0x01;
+    let tls = support::tls_trusting(&hub.ca());
+    let mut stream = support::tls_connect(hub.mqtt_port(), tls, hub.host_name().to_owned())
+        .await
+        .unwrap();
+    stream.write_all(&connect).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "answered {answer:02x?} ({read:?}) instead of closing the connection"
+    );
+    let (_connection, code) = support::mqtt_connect(&hub, "d", None, key).await;
+    assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+}

@@ -429,6 +429,31 @@ pub async fn tls_connect(
         .await
 }
 
+/// The CONNECT packet of device `device` or its module `module` (SAS `key`) of `hub`, as bytes.
+pub fn connect_packet(hub: &Hub, device: &str, module: Option<&str>, key: &str) -> bytes::BytesMut {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    let host = hub.host_name().to_owned();
+    let (client_id, resource) = match module {
+        Some(module) => (
+            format!("{device}/{module}"),
+            format!("{host}/devices/{device}/modules/{module}"),
+        ),
+        None => (device.to_owned(), format!("{host}/devices/{device}")),
+    };
+    let token =
+        generate_token(&Secret::new(key), &resource, unix_now() as u64 + 3600, None).unwrap();
+    let mut connect = Connect::new(client_id.clone());
+    connect.set_login(
+        format!("{host}/{client_id}/?api-version=2021-04-12"),
+        token.expose(),
+    );
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    out
+}
+
 /// A raw MQTT connection of device `device` or its module `module` (SAS `key`) to `hub`, and
 /// the CONNACK's return code.
 pub async fn mqtt_connect(
@@ -440,30 +465,13 @@ pub async fn mqtt_connect(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     rumqttc::mqttbytes::v4::ConnectReturnCode,
 ) {
-    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    use rumqttc::mqttbytes::v4::Packet;
     use tokio::io::AsyncWriteExt;
     let host = hub.host_name().to_owned();
-    let (client_id, resource) = match module {
-        Some(module) => (
-            format!("{device}/{module}"),
-            format!("{host}/devices/{device}/modules/{module}"),
-        ),
-        None => (device.to_owned(), format!("{host}/devices/{device}")),
-    };
-    let token =
-        generate_token(&Secret::new(key), &resource, unix_now() as u64 + 3600, None).unwrap();
-    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host.clone())
+    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host)
         .await
         .expect("TLS to the MQTT port");
-    let mut connect = Connect::new(client_id.clone());
-    connect.set_login(
-        format!("{host}/{client_id}/?api-version=2021-04-12"),
-        token.expose(),
-    );
-    let mut out = bytes::BytesMut::new();
-    Packet::Connect(connect)
-        .write(&mut out, usize::MAX)
-        .unwrap();
+    let out = connect_packet(hub, device, module, key);
     stream.write_all(&out).await.unwrap();
     let mut buffer = bytes::BytesMut::new();
     match read_packet(&mut stream, &mut buffer).await {

@@ -71,6 +71,10 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         loop {
             if let Some(&first) = self.buffer.first() {
                 super::frame::check_fixed_header(first).map_err(ConnectionEnd::Violation)?;
+                if first >> 4 == 1 {
+                    super::frame::check_connect_flags(&self.buffer)
+                        .map_err(ConnectionEnd::Violation)?;
+                }
             }
             match Packet::read(&mut self.buffer, MAX_PACKET_SIZE) {
                 Ok(packet) => return Ok(Some(packet)),
