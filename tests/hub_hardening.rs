@@ -855,3 +855,240 @@ async fn a_device_that_stops_reading_is_disconnected_and_its_queue_freed() {
     assert_eq!(device["connectionState"], "Disconnected");
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// How many file descriptors the process `pid` holds.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Bulk-imports the edge devices `ids`, each with module `m`, 100 to a request as IoT Hub takes.
+async fn import_edge_fleet(hub: &Hub, ids: &[String]) {
+    for chunk in ids.chunks(100) {
+        let devices: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"id": id, "importMode": "create", "capabilities": {"iotEdge": true}}))
+            .collect();
+        let modules: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"id": id, "moduleId": "m", "importMode": "create"}))
+            .collect();
+        for items in [devices, modules] {
+            let (status, body) = hub.rest.call("POST", "/devices", Some(json!(items))).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+}
+
+/// The workload sockets under `dir` that something listens on.
+fn listening_sockets(dir: &Path) -> usize {
+    entries(dir)
+        .iter()
+        .filter(|name| UnixStream::connect(dir.join(name)).is_ok())
+        .count()
+}
+
+#[tokio::test]
+async fn a_registry_read_key_opens_no_workload_socket_the_sockets_are_capped_and_a_restart_with_fewer_files_still_binds(
+) {
+    let dir = TempDir::new("socket-fds");
+    let options = |files| HubOptions {
+        keep_alive: true,
+        open_files: Some(files),
+        ..HubOptions::default()
+    };
+    // 1,024 files: at most 1024 / 8 = 128 workload sockets.
+    let hub = Hub::start(dir.path(), options(1024));
+    let workload_dir = PathBuf::from(hub.info["workloadDir"].as_str().unwrap());
+    let pid = hub.proc.child.id();
+    let fleet: Vec<String> = (0..150).map(|n| format!("edge-{n}")).collect();
+    import_edge_fleet(&hub, &fleet).await;
+    let environment = |id: &str| format!("/edgetwin/devices/{id}/modules/m/edgeEnvironment");
+
+    let reader = support::Rest::with_policy(&hub.info, "registryRead", true);
+    let files_before = open_files(pid);
+    for id in &fleet {
+        let (status, body) = reader.call("GET", &environment(id), None).await;
+        assert_eq!(status, 401, "a read opened {id}'s socket: {body}");
+        assert!(
+            body["Message"]
+                .as_str()
+                .is_some_and(|m| m.contains("RegistryWrite")),
+            "{body}"
+        );
+    }
+    assert!(
+        entries(&workload_dir).is_empty(),
+        "{:?}",
+        entries(&workload_dir)
+    );
+    let files_after = open_files(pid);
+    assert!(
+        files_after <= files_before + 2,
+        "registryRead GETs took {files_before} → {files_after} file descriptors"
+    );
+
+    let (mut opened, mut refused) = (0, 0);
+    for id in &fleet {
+        let (status, body) = hub.rest.call("GET", &environment(id), None).await;
+        match status {
+            200 => opened += 1,
+            403 => {
+                let message = body["Message"].as_str().unwrap_or_default();
+                assert!(message.contains("--max-workload-sockets"), "{body}");
+                refused += 1;
+            }
+            _ => panic!("{id}: {status} {body}"),
+        }
+    }
+    assert_eq!((opened, refused), (128, 22));
+    assert_eq!(listening_sockets(&workload_dir), 128);
+    assert!(open_files(pid) < 1024 - 512, "{} files", open_files(pid));
+    let (status, body) = reader.call("GET", &environment("edge-0"), None).await;
+    assert_eq!(
+        status, 200,
+        "a read of an open socket's environment: {body}"
+    );
+
+    // 100 files: no room for the 128 recorded sockets, but the listeners bind first, and the
+    // hub serves what its cap (100 / 8 = 12) allows.
+    drop(hub);
+    let hub = Hub::start(dir.path(), options(100));
+    assert_eq!(listening_sockets(&workload_dir), 12);
+    create_device(&hub, "plain").await;
+    let (_, device) = hub.rest.call("GET", "/devices/plain", None).await;
+    let key = device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let (_connection, code) = support::mqtt_connect(&hub, "plain", None, key).await;
+    assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+}
+
+/// Upgrades a TLS connection to the hub's HTTPS port to MQTT over WebSockets.
+async fn websocket(hub: &Hub) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = rest_tls(hub).await;
+    tls.write_all(
+        b"GET /$iothub/websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "closed: {answer:?}");
+        answer.push(byte[0]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 101"), "{answer:?}");
+    tls
+}
+
+/// A client frame (masked, with a zero mask) of `len` zero bytes: `opcode` 2 starts a binary
+/// message, 0 continues it; `fin` false leaves the message unfinished.
+fn ws_frame(opcode: u8, fin: bool, len: u16) -> Vec<u8> {
+    let mut frame = vec![u8::from(fin) << 7 | opcode, 0x80 | 126];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(frame.len() + usize::from(len), 0);
+    frame
+}
+
+/// Streams one never-finished binary message until the hub closes the connection or `limit`
+/// bytes are out; the bytes sent, whether the hub closed the connection within 10 s (well
+/// inside the 30 s CONNECT timeout), and the connection.
+async fn stream_unfinished_message<S>(mut stream: S, limit: usize) -> (usize, bool, S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (first, rest) = (ws_frame(2, false, 60_000), ws_frame(0, false, 60_000));
+    let mut sent = 0;
+    while sent < limit {
+        let frame = if sent == 0 { &first } else { &rest };
+        match tokio::time::timeout(Duration::from_secs(10), stream.write_all(frame)).await {
+            Ok(Ok(())) => sent += frame.len(),
+            Ok(Err(_)) => return (sent, true, stream),
+            Err(_) => return (sent, false, stream),
+        }
+    }
+    let mut buf = [0u8; 64];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) => break false,
+        }
+    };
+    (sent, closed, stream)
+}
+
+#[tokio::test]
+async fn websocket_clients_streaming_an_unfinished_message_are_cut_off_and_forty_cost_the_hub_under_64_mib(
+) {
+    let dir = TempDir::new("ws-unfinished");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (sent, closed, _) = stream_unfinished_message(websocket(&hub).await, 16 << 20).await;
+    assert!(closed, "still open after {sent} bytes of one message");
+    assert!(sent <= 4 << 20, "{sent} bytes were taken before the cut");
+
+    let (rss_before, _) = hub.proc.memory_kib();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let ws = websocket(&hub).await;
+        clients.push(tokio::spawn(stream_unfinished_message(ws, 3 << 20)));
+    }
+    let mut streams = Vec::new();
+    for client in clients {
+        streams.push(client.await.unwrap());
+    }
+    let (_, peak) = hub.proc.memory_kib();
+    let cost_mib = peak.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "40 WebSocket clients: hub RSS {rss_before} KiB before, peak {peak} KiB, +{cost_mib} MiB"
+    );
+    let held = streams.iter().filter(|(_, closed, _)| !closed).count();
+    assert_eq!(held, 0, "{held} of 40 clients were held");
+    assert!(cost_mib <= 64, "40 clients cost the hub {cost_mib} MiB");
+    drop(streams);
+    let (status, _) = hub.rest.call("GET", "/devices", None).await;
+    assert_eq!(status, 200, "the hub still serves others");
+}
+
+#[tokio::test]
+async fn a_connect_with_its_reserved_flag_set_is_refused_by_closing_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("connect-reserved");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    create_device(&hub, "d").await;
+    let (_, device) = hub.rest.call("GET", "/devices/d", None).await;
+    let key = device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let mut connect = support::connect_packet(&hub, "d", None, key);
+    let level = connect
+        .windows(5)
+        .position(|w| w == b"MQTT\x04")
+        .expect("protocol name and level");
+    assert_eq!(
+        connect[level + 5],
+        0xC2,
+        "username, password, clean session"
+    );
+    connect[level + 5] |= 0x01;
+    let tls = support::tls_trusting(&hub.ca());
+    let mut stream = support::tls_connect(hub.mqtt_port(), tls, hub.host_name().to_owned())
+        .await
+        .unwrap();
+    stream.write_all(&connect).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "answered {answer:02x?} ({read:?}) instead of closing the connection"
+    );
+    let (_connection, code) = support::mqtt_connect(&hub, "d", None, key).await;
+    assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+}

@@ -551,7 +551,7 @@ mod tests {
                 })
                 .unwrap();
             drop(store);
-            let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
+            let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), 16);
             let hub =
                 crate::hub::Hub::open(&dir, "localhost".into(), String::new(), workload, true)
                     .unwrap();

@@ -35,7 +35,7 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .expect("runtime");
-        let workload = WorkloadSockets::new(dir.join("workload"));
+        let workload = WorkloadSockets::new(dir.join("workload"), 16);
         let hub = runtime.block_on(async {
             let hub =
                 Hub::open(&dir, "localhost".into(), "CA".into(), workload, true).expect("hub");

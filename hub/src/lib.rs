@@ -77,6 +77,9 @@ pub struct HubConfig {
     /// Serve the IoT Edge workload API (a socket per edge device in use, as aziot-edged serves
     /// modules); `false` makes the hub a plain IoT Hub, for modules run by an IoT Edge runtime.
     pub workload_api: bool,
+    /// Most workload sockets served at once (each holds a file descriptor); `None` derives it
+    /// from the open-file limit ([`default_workload_sockets`]).
+    pub max_workload_sockets: Option<usize>,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -96,6 +99,7 @@ impl HubConfig {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             reset: false,
             workload_api: true,
+            max_workload_sockets: None,
         }
     }
 }
@@ -245,12 +249,10 @@ impl RunningHub {
     }
 }
 
-/// Raises the open-file limit to its hard limit (logging what it got), then the connection limits
-/// of each TCP listener: the configured cap, or the open-file limit less what the hub keeps for
-/// itself. Listeners that together run out of descriptors back off their accepts, and idle peers
-/// are timed out, so one full listener never starves the process.
-fn tcp_limits(config: &HubConfig) -> listener::Limits {
-    let files = match listener::raise_open_file_limit() {
+/// Raises the open-file limit to its hard limit, logging what it got (1024 assumed when it
+/// cannot be read).
+fn open_file_limit() -> u64 {
+    match listener::raise_open_file_limit() {
         Ok(files) => {
             tracing::info!(open_files = files, "open-file limit");
             files
@@ -259,7 +261,19 @@ fn tcp_limits(config: &HubConfig) -> listener::Limits {
             tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
             1024
         }
-    };
+    }
+}
+
+/// The workload sockets a hub serves at once unless configured: an eighth of the open-file limit
+/// (out of the descriptors [`RESERVED_FILES`] keeps from connections), between 8 and 1,024.
+pub fn default_workload_sockets(open_files: u64) -> usize {
+    usize::try_from((open_files / 8).clamp(8, 1024)).unwrap_or(1024)
+}
+
+/// The connection limits of each TCP listener: the configured cap, or the open-file limit `files`
+/// less what the hub keeps for itself. Listeners that together run out of descriptors back off
+/// their accepts, and idle peers are timed out, so one full listener never starves the process.
+fn tcp_limits(config: &HubConfig, files: u64) -> listener::Limits {
     let from_files =
         usize::try_from(files.saturating_sub(RESERVED_FILES).max(64)).unwrap_or(usize::MAX);
     listener::Limits {
@@ -287,9 +301,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     names.extend(config.extra_names.iter().cloned());
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let files = open_file_limit();
     let workload_dir = config.workload_api.then(|| data_dir.join("workload"));
     let workload = match &workload_dir {
-        Some(dir) => workload::WorkloadSockets::new(dir.clone()),
+        Some(dir) => workload::WorkloadSockets::new(
+            dir.clone(),
+            config
+                .max_workload_sockets
+                .unwrap_or_else(|| default_workload_sockets(files)),
+        ),
         None => workload::WorkloadSockets::off(),
     };
     let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
@@ -302,6 +322,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     )?);
     hub.workload.attach(&hub);
 
+    let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
+    let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;
+    let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
+    let (mqtt_port, https_port) = (local_port(&mqtt_listener), local_port(&https_listener));
+    let acceptor = TlsAcceptor::from(tls.server_config.clone());
+    let limits = tcp_limits(&config, files);
+
+    // Only now, with the listeners bound, the recorded workload sockets (at most the cap): however
+    // many there are, they can never take the descriptors the listeners need.
     let edge_devices = hub
         .read(|tx| match hub.workload.is_on() {
             true => Ok(tx.workload_socket_devices()?),
@@ -311,16 +340,17 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             what: "list the workload sockets to serve".into(),
             source: std::io::Error::other(e.message),
         })?;
-    for device_id in &edge_devices {
-        hub.workload.ensure_or_log(device_id);
+    for (served, device_id) in edge_devices.iter().enumerate() {
+        match hub.workload.ensure(device_id) {
+            Ok(_) => {}
+            Err(error @ workload::SocketError::Full { .. }) => {
+                let left = edge_devices.len() - served;
+                tracing::error!(%error, left, "workload sockets left closed");
+                break;
+            }
+            Err(error) => tracing::error!(device_id, %error, "no workload socket"),
+        }
     }
-
-    let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
-    let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;
-    let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
-    let (mqtt_port, https_port) = (local_port(&mqtt_listener), local_port(&https_listener));
-    let acceptor = TlsAcceptor::from(tls.server_config.clone());
-    let limits = tcp_limits(&config);
 
     let owner = hub
         .policies

@@ -8,7 +8,11 @@
 //! its `$edgeAgent` to run modules (never for a bulk import or an at-scale deployment's targets);
 //! the store records it, so the hub serves it again after a restart, and it stops listening and
 //! is removed with the device: a registry of 100,000 edge devices does not hold 100,000 file
-//! descriptors. The file
+//! descriptors. Asking for an environment opens a socket only for a caller whose policy may
+//! write the registry: a `registryRead` key reads, it never creates. And the sockets one hub
+//! holds are capped ([`WorkloadSockets::new`]'s `max`, `edgetwin hub --max-workload-sockets`):
+//! past the cap, a new socket is refused with an error that names the cap, and the listeners,
+//! bound before any recorded socket is reopened, keep their descriptors. The file
 //! name is derived from a hash of the device id ([`socket_file_name`]): an id never becomes a path,
 //! and the name has the same short length for every id (a unix socket path is at most
 //! [`MAX_SOCKET_PATH`] bytes).
@@ -65,6 +69,12 @@ pub enum SocketError {
         /// What is wrong with it.
         source: IdError,
     },
+    /// The hub already serves as many sockets as it may.
+    #[error("this hub already serves {max} workload sockets, as many as it may hold open (edgetwin hub --max-workload-sockets); delete the edge devices no longer used, or raise the cap")]
+    Full {
+        /// The cap.
+        max: usize,
+    },
     /// The data directory is so deep that the socket path does not fit a unix socket address.
     #[error("workload socket path {} is {} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; use a shorter --data-dir", .path.display(), .path.as_os_str().len())]
     PathTooLong {
@@ -95,6 +105,8 @@ struct Served {
 pub struct WorkloadSockets {
     /// Where sockets are created; `None` when the workload API is switched off.
     dir: Option<PathBuf>,
+    /// Most sockets served at once: each holds a file descriptor, and the process has a limit.
+    max: usize,
     /// Devices whose socket is listening.
     serving: Mutex<HashMap<String, Served>>,
     /// The hub the sockets serve, set once it exists ([`WorkloadSockets::attach`]).
@@ -102,20 +114,21 @@ pub struct WorkloadSockets {
 }
 
 impl WorkloadSockets {
-    /// Sockets under `dir`.
-    pub fn new(dir: PathBuf) -> Self {
-        Self::serving_in(Some(dir))
+    /// At most `max` sockets under `dir`.
+    pub fn new(dir: PathBuf, max: usize) -> Self {
+        Self::serving_in(Some(dir), max)
     }
 
     /// No sockets at all: the workload API is switched off and every request for a socket is
     /// answered [`SocketError::Off`].
     pub fn off() -> Self {
-        Self::serving_in(None)
+        Self::serving_in(None, 0)
     }
 
-    fn serving_in(dir: Option<PathBuf>) -> Self {
+    fn serving_in(dir: Option<PathBuf>, max: usize) -> Self {
         Self {
             dir,
+            max,
             serving: Mutex::new(HashMap::new()),
             hub: std::sync::OnceLock::new(),
         }
@@ -124,6 +137,26 @@ impl WorkloadSockets {
     /// Whether the workload API is served at all.
     pub fn is_on(&self) -> bool {
         self.dir.is_some()
+    }
+
+    /// Whether the socket of `device_id` is being served.
+    pub fn is_serving(&self, device_id: &str) -> bool {
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(device_id)
+    }
+
+    /// Whether [`WorkloadSockets::ensure`] would serve the socket of `device_id`: it already is,
+    /// or the cap leaves room for it.
+    pub fn has_room_for(&self, device_id: &str) -> Result<(), SocketError> {
+        self.path_of(device_id)?;
+        let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if serving.contains_key(device_id) || serving.len() < self.max {
+            Ok(())
+        } else {
+            Err(SocketError::Full { max: self.max })
+        }
     }
 
     /// Tells the sockets which hub they serve (the hub owns them, so this comes after it is made).
@@ -153,6 +186,9 @@ impl WorkloadSockets {
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         if serving.contains_key(device_id) {
             return Ok(path);
+        }
+        if serving.len() >= self.max {
+            return Err(SocketError::Full { max: self.max });
         }
         let dir = path.parent().unwrap_or(&path);
         let listener = bind(dir, &path).map_err(|source| SocketError::Bind {
@@ -357,7 +393,7 @@ mod tests {
     use super::*;
 
     fn sockets(dir: &str) -> WorkloadSockets {
-        WorkloadSockets::new(PathBuf::from(dir))
+        WorkloadSockets::new(PathBuf::from(dir), 8)
     }
 
     #[test]

@@ -76,6 +76,10 @@ struct HubArgs {
     /// (`edgetwin edge run`, aziot-edged) that serves its own.
     #[arg(long)]
     no_workload_api: bool,
+    /// Most workload sockets served at once (one per edge device in use, each a file
+    /// descriptor); default: an eighth of the open-file limit, between 8 and 1024.
+    #[arg(long, value_name = "N")]
+    max_workload_sockets: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +154,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         write_timeout: edgetwin_hub::DEFAULT_WRITE_TIMEOUT,
         reset: args.reset,
         workload_api: !args.no_workload_api,
+        max_workload_sockets: args.max_workload_sockets,
     };
     let hub = edgetwin_hub::start(config)
         .await

@@ -270,6 +270,9 @@ pub struct HubOptions<'a> {
     pub output: LogOutput,
     /// More `edgetwin hub` arguments (`--no-workload-api`).
     pub args: &'a [&'a str],
+    /// The hub's open-file limit (`RLIMIT_NOFILE`, soft and hard, so it cannot raise it);
+    /// `None` inherits ours.
+    pub open_files: Option<u64>,
 }
 
 /// Where a process under test writes its log (stderr; stdout too for the unlucky cases).
@@ -304,6 +307,7 @@ impl Default for HubOptions<'_> {
             keep_alive: false,
             output: LogOutput::File,
             args: &[],
+            open_files: None,
         }
     }
 }
@@ -342,6 +346,20 @@ impl Hub {
             .args(options.args);
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
+        }
+        if let Some(files) = options.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads the struct it is given.
+            unsafe {
+                command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
         }
         let mut proc = options.output.spawn(&mut command, log.clone());
         let log = &log;
@@ -411,6 +429,31 @@ pub async fn tls_connect(
         .await
 }
 
+/// The CONNECT packet of device `device` or its module `module` (SAS `key`) of `hub`, as bytes.
+pub fn connect_packet(hub: &Hub, device: &str, module: Option<&str>, key: &str) -> bytes::BytesMut {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    let host = hub.host_name().to_owned();
+    let (client_id, resource) = match module {
+        Some(module) => (
+            format!("{device}/{module}"),
+            format!("{host}/devices/{device}/modules/{module}"),
+        ),
+        None => (device.to_owned(), format!("{host}/devices/{device}")),
+    };
+    let token =
+        generate_token(&Secret::new(key), &resource, unix_now() as u64 + 3600, None).unwrap();
+    let mut connect = Connect::new(client_id.clone());
+    connect.set_login(
+        format!("{host}/{client_id}/?api-version=2021-04-12"),
+        token.expose(),
+    );
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .unwrap();
+    out
+}
+
 /// A raw MQTT connection of device `device` or its module `module` (SAS `key`) to `hub`, and
 /// the CONNACK's return code.
 pub async fn mqtt_connect(
@@ -422,30 +465,13 @@ pub async fn mqtt_connect(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     rumqttc::mqttbytes::v4::ConnectReturnCode,
 ) {
-    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    use rumqttc::mqttbytes::v4::Packet;
     use tokio::io::AsyncWriteExt;
     let host = hub.host_name().to_owned();
-    let (client_id, resource) = match module {
-        Some(module) => (
-            format!("{device}/{module}"),
-            format!("{host}/devices/{device}/modules/{module}"),
-        ),
-        None => (device.to_owned(), format!("{host}/devices/{device}")),
-    };
-    let token =
-        generate_token(&Secret::new(key), &resource, unix_now() as u64 + 3600, None).unwrap();
-    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host.clone())
+    let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host)
         .await
         .expect("TLS to the MQTT port");
-    let mut connect = Connect::new(client_id.clone());
-    connect.set_login(
-        format!("{host}/{client_id}/?api-version=2021-04-12"),
-        token.expose(),
-    );
-    let mut out = bytes::BytesMut::new();
-    Packet::Connect(connect)
-        .write(&mut out, usize::MAX)
-        .unwrap();
+    let out = connect_packet(hub, device, module, key);
     stream.write_all(&out).await.unwrap();
     let mut buffer = bytes::BytesMut::new();
     match read_packet(&mut stream, &mut buffer).await {
@@ -530,6 +556,8 @@ pub fn module_connection_string(host: &str, device: &str, module: &str, key: &st
 pub struct Rest {
     host: String,
     port: u16,
+    /// The shared access policy the tokens are signed for, and its key.
+    policy: String,
     key: Secret,
     tls: Arc<rustls::ClientConfig>,
     keep_alive: bool,
@@ -541,10 +569,16 @@ pub struct Rest {
 impl Rest {
     /// For the hub that wrote `info` (its `hub.json`).
     pub fn new(info: &Value, keep_alive: bool) -> Rest {
+        Rest::with_policy(info, "iothubowner", keep_alive)
+    }
+
+    /// The same API signed with shared access policy `policy` (`registryRead`, ...).
+    pub fn with_policy(info: &Value, policy: &str, keep_alive: bool) -> Rest {
         Rest {
             host: info["hostName"].as_str().unwrap().to_owned(),
             port: info["httpsPort"].as_u64().unwrap() as u16,
-            key: Secret::new(info["policies"]["iothubowner"].as_str().unwrap()),
+            policy: policy.to_owned(),
+            key: Secret::new(info["policies"][policy].as_str().unwrap()),
             tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
             keep_alive,
             sender: Mutex::new(None),
@@ -587,7 +621,7 @@ impl Rest {
         let expiry = unix_now() as u64 + 3600;
         let resource = format!("{}:{}", self.host, self.port);
         let sr = self.sr.as_deref().unwrap_or(&resource);
-        let token = generate_token(&self.key, sr, expiry, Some("iothubowner")).unwrap();
+        let token = generate_token(&self.key, sr, expiry, Some(&self.policy)).unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
         let path = format!("{path}{sep}api-version=2021-04-12");
         self.call_as(method, &path, body, token.expose(), &[]).await

@@ -71,6 +71,10 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         loop {
             if let Some(&first) = self.buffer.first() {
                 super::frame::check_fixed_header(first).map_err(ConnectionEnd::Violation)?;
+                if first >> 4 == 1 {
+                    super::frame::check_connect_flags(&self.buffer)
+                        .map_err(ConnectionEnd::Violation)?;
+                }
             }
             match Packet::read(&mut self.buffer, MAX_PACKET_SIZE) {
                 Ok(packet) => return Ok(Some(packet)),
@@ -737,7 +741,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edgetwin-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"));
+        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), 16);
         let hub =
             Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload, true).unwrap());
         let key = Secret::new(KEY);

@@ -1,5 +1,5 @@
 //! MQTT 3.1.1 rules the packet parser (rumqttc's) does not enforce and a server must: the fixed
-//! header's reserved flag bits (§2.2.2) and no `#` wildcard in a PUBLISH topic (§3.3.2.1; `+` is
+//! header's reserved flag bits (§2.2.2), CONNECT's reserved flag (§3.1.2.3) and no `#` wildcard in a PUBLISH topic (§3.3.2.1; `+` is
 //! left alone: SDKs may send it form-encoded in property bags). A client that breaks them is
 //! disconnected, as the specification requires.
 
@@ -26,6 +26,28 @@ pub fn check_fixed_header(first: u8) -> Result<(), String> {
         Err(format!(
             "packet type {kind} with flags {flags:#06b} (must be {required:#06b})"
         ))
+    }
+}
+
+/// Checks the CONNECT flags of `packet` (bytes that start with a CONNECT's fixed header): the
+/// reserved bit must be 0, and a server must disconnect a client that sets it (MQTT-3.1.2-3).
+/// Bytes that do not reach the flags yet pass (the parser reads the rest).
+pub fn check_connect_flags(packet: &[u8]) -> Result<(), String> {
+    // The remaining length: 1 to 4 bytes, each with a continuation bit.
+    let Some(length_bytes) = packet.iter().skip(1).take(4).position(|b| b & 0x80 == 0) else {
+        return Ok(());
+    };
+    let variable_header = 1 + length_bytes + 1;
+    let name_length = match packet.get(variable_header..variable_header + 2) {
+        Some(&[high, low]) => usize::from(u16::from_be_bytes([high, low])),
+        _ => return Ok(()),
+    };
+    // The protocol name, then the protocol level, then the flags.
+    match packet.get(variable_header + 2 + name_length + 1) {
+        Some(flags) if flags & 0x01 != 0 => {
+            Err("CONNECT with its reserved flag set (MQTT-3.1.2-3)".into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -66,6 +88,25 @@ mod tests {
         assert!(check_fixed_header(0x3B).is_ok(), "PUBLISH DUP QoS 1 RETAIN");
         assert!(check_fixed_header(0x36).is_err(), "PUBLISH QoS 3");
         assert!(check_fixed_header(0x00).is_err() && check_fixed_header(0xF0).is_err());
+    }
+
+    #[test]
+    fn a_connect_with_its_reserved_flag_set_is_refused() {
+        let connect = |flags: u8| {
+            [
+                0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60, 0, 0,
+            ]
+        };
+        assert!(check_connect_flags(&connect(0xC2)).is_ok());
+        assert!(check_connect_flags(&connect(0xC3)).is_err());
+        assert!(
+            check_connect_flags(&connect(0xC3)[..9]).is_ok(),
+            "not there yet"
+        );
+        let mut long = vec![0x10, 0x80 | 12, 1, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03];
+        assert!(check_connect_flags(&long).is_err(), "two length bytes");
+        long[10] = 0x02;
+        assert!(check_connect_flags(&long).is_ok());
     }
 
     #[test]

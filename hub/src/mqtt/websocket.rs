@@ -2,12 +2,19 @@
 //! IoT Hub's 443, a `GET /$iothub/websocket` with `Upgrade: websocket` and subprotocol `mqtt` is
 //! upgraded and MQTT frames then travel inside binary messages. Every other request on that port
 //! is the service REST API.
+//!
+//! A WebSocket message carries MQTT packets, so none may be longer than the longest packet the
+//! hub accepts ([`MAX_PACKET_SIZE`]), and a frame no longer than its message: a client that
+//! streams a message without ending it is disconnected once past that, instead of being held
+//! (tungstenite's defaults, 64 MiB messages and 16 MiB frames, let each unauthenticated client
+//! make the hub hold ~60 MiB until the CONNECT timeout). With a small read buffer, what one
+//! connection costs before its CONNECT is a few hundred KiB at most.
 
 use std::sync::Arc;
 
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,7 +25,22 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use ws_stream_tungstenite::WsStream;
 
+use super::connection::MAX_PACKET_SIZE;
 use crate::hub::Hub;
+
+/// Longest WebSocket message (and frame) accepted: one MQTT packet of the longest size the hub
+/// accepts, its fixed header (at most 5 bytes) included.
+pub const MAX_MESSAGE_SIZE: usize = MAX_PACKET_SIZE + 5;
+/// Bytes read from the socket at once: small, as most connections are idle most of the time.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+
+/// The WebSocket limits of MQTT over WebSockets (see the module's documentation).
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .max_message_size(Some(MAX_MESSAGE_SIZE))
+        .max_frame_size(Some(MAX_MESSAGE_SIZE))
+}
 
 /// The only path IoT Hub serves MQTT over WebSockets on.
 pub const WEBSOCKET_PATH: &str = "/$iothub/websocket";
@@ -92,7 +114,7 @@ pub fn upgrade(
         let socket = WebSocketStream::from_raw_socket(
             TokioAdapter::new(TokioIo::new(upgraded)),
             Role::Server,
-            None,
+            Some(config()),
         )
         .await;
         if let Err(error) =

@@ -26,7 +26,11 @@ pub async fn route(
             if request.method == Method::GET =>
         {
             request.require(Permission::RegistryRead)?;
-            let environment = edge_environment(hub, device_id, module_id).await?;
+            let open = match request.may(Permission::RegistryWrite) {
+                true => Open::IfClosed,
+                false => Open::Never,
+            };
+            let environment = edge_environment(hub, device_id, module_id, open).await?;
             let vars: serde_json::Map<String, serde_json::Value> = environment
                 .to_vars()
                 .into_iter()
@@ -121,41 +125,83 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
     }
 }
 
-/// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub;
-/// from now on the device's workload socket is served, across restarts, until it is deleted.
+/// Whether asking for an environment may open the device's workload socket.
+pub enum Open {
+    /// The caller may write the registry: the socket is recorded and served (within the cap).
+    IfClosed,
+    /// The caller may only read: nothing is created, and a socket not served already is
+    /// refused as a missing RegistryWrite, saying so.
+    Never,
+}
+
+/// The `IOTEDGE_*` environment a module of an edge device gets when it runs against this hub.
+/// With [`Open::IfClosed`], from now on the device's workload socket is served, across
+/// restarts, until it is deleted; with [`Open::Never`] this is a read that creates nothing.
 pub async fn edge_environment(
     hub: &Hub,
     device_id: &str,
     module_id: &str,
+    open: Open,
 ) -> Result<EdgeEnvironment, ApiError> {
     if !hub.workload.is_on() {
         return Err(ApiError::invalid(
             crate::workload::SocketError::Off.to_string(),
         ));
     }
+    let socket_error = |error: crate::workload::SocketError| match error {
+        crate::workload::SocketError::Full { .. } => {
+            ApiError::new(ErrorCode::IotHubQuotaExceeded, error.to_string())
+        }
+        crate::workload::SocketError::InvalidId { .. } => ApiError::invalid(error.to_string()),
+        _ => {
+            tracing::error!(device_id, %error, "no workload socket");
+            ApiError::new(ErrorCode::ServerError, error.to_string())
+        }
+    };
+    let record = matches!(open, Open::IfClosed);
+    if record {
+        hub.workload.has_room_for(device_id).map_err(socket_error)?;
+    }
     let (device, module) = (device_id.to_owned(), module_id.to_owned());
-    let module = hub
-        .write(move |tx| {
-            let (device_id, module_id) = (device.as_str(), module.as_str());
-            let device = tx
-                .device(device_id)?
-                .ok_or_else(|| registry::device_not_found(device_id))?;
-            if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
-                return Err(ApiError::invalid(format!(
-                    "device '{device_id}' is not an IoT Edge device"
-                )));
-            }
-            let module = tx
-                .module(device_id, module_id)?
-                .ok_or_else(|| registry::module_not_found(device_id, module_id))?;
+    let check = move |tx: &crate::store::Transaction<'_>| {
+        let (device_id, module_id) = (device.as_str(), module.as_str());
+        let device = tx
+            .device(device_id)?
+            .ok_or_else(|| registry::device_not_found(device_id))?;
+        if !device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
+            return Err(ApiError::invalid(format!(
+                "device '{device_id}' is not an IoT Edge device"
+            )));
+        }
+        let module = tx
+            .module(device_id, module_id)?
+            .ok_or_else(|| registry::module_not_found(device_id, module_id))?;
+        if record {
             tx.want_workload_socket(device_id)?;
-            Ok(module)
-        })
-        .await?;
-    let socket = hub.workload.ensure(device_id).map_err(|error| {
-        tracing::error!(device_id, %error, "no workload socket");
-        ApiError::new(ErrorCode::ServerError, error.to_string())
-    })?;
+        }
+        Ok(module)
+    };
+    let module = match open {
+        Open::IfClosed => hub.write(check).await?,
+        Open::Never => hub.read(check)?,
+    };
+    let socket = match open {
+        Open::IfClosed => hub.workload.ensure(device_id).map_err(socket_error)?,
+        Open::Never if hub.workload.is_serving(device_id) => {
+            hub.workload.path_of(device_id).map_err(socket_error)?
+        }
+        Open::Never => {
+            return Err(ApiError::new(
+                ErrorCode::IotHubUnauthorizedAccess,
+                format!(
+                    "Unauthorized: the workload socket of edge device '{device_id}' is not open, \
+                     and opening it needs RegistryWrite, which this shared access policy does \
+                     not grant (a read creates nothing); ask once with iothubowner or \
+                     registryReadWrite"
+                ),
+            ))
+        }
+    };
     Ok(EdgeEnvironment {
         iothub_host_name: hub.host_name.clone(),
         device_id: device_id.to_owned(),

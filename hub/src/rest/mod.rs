@@ -54,6 +54,12 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether the caller's policy grants `permission` (a device's own token grants none); for
+    /// an operation whose side effect needs more than the operation itself.
+    pub fn may(&self, permission: Permission) -> bool {
+        matches!(&self.caller, Caller::Policy(policy) if grants(policy, permission))
+    }
+
     /// Refuses the request unless the caller's policy grants `permission` (a device's own token
     /// grants none).
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
