@@ -26,7 +26,7 @@ desired telemetryInterval, metrics and thresholds win):
   EDGETWIN_TELEMETRY_INTERVAL, EDGETWIN_METRICS, EDGETWIN_THRESHOLDS__*, EDGETWIN_DISK_PATH,
   EDGETWIN_METRICS_PORT, EDGETWIN_MQTT_PORT, EDGETWIN_SAS_TTL_SECS, EDGETWIN_BACKOFF_BASE_MS,
   EDGETWIN_BACKOFF_MAX_SECS, EDGETWIN_SHUTDOWN_GRACE_SECS, EDGETWIN_OUTBOX_CAPACITY
-Logging: RuntimeLogLevel or RUST_LOG.
+Logging: RUST_LOG (a tracing filter), else RuntimeLogLevel (edgeAgent's level names).
 A missing or unusable variable is one error line naming it, and exit code 1. SIGTERM flushes
 pending reported properties and exits 0.
 ";
