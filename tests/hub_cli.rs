@@ -138,3 +138,59 @@ fn written(dir: &std::path::Path) -> Vec<(PathBuf, std::time::SystemTime)> {
         })
         .collect()
 }
+
+#[test]
+fn a_data_dir_that_is_a_file_or_another_users_directory_is_one_line_saying_so() {
+    let dir = TempDir::new("hub-cli-data-dir");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    // Another user's directory: as root, ours (root's) for a hub run as nobody; otherwise
+    // root's own /.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let others = match is_root {
+        true => {
+            let others = dir.join("roots");
+            std::fs::create_dir(&others).unwrap();
+            others
+        }
+        false => PathBuf::from("/"),
+    };
+    let hub = || {
+        let mut command = match is_root {
+            true => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+                c.arg(support::EDGETWIN);
+                c
+            }
+            false => Command::new(support::EDGETWIN),
+        };
+        command.args(["hub", "--mqtt-port", "0", "--https-port", "0", "--data-dir"]);
+        command
+    };
+    // The file must be reachable by the hub's user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (data_dir, expected) in [
+        (&file, "is a file, not a directory"),
+        (&others, "belongs to another user"),
+    ] {
+        let output = hub().arg(data_dir).output().expect("run edgetwin hub");
+        let stderr = support::stderr_of_failure("edgetwin hub on a bad data dir", &output);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "one error line:\n{stderr}");
+        for expected in [expected, &data_dir.display().to_string(), "--data-dir"] {
+            assert!(
+                errors[0].contains(expected),
+                "{expected:?} in {:?}",
+                errors[0]
+            );
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+    if is_root {
+        assert!(
+            std::fs::read_dir(&others).unwrap().next().is_none(),
+            "the hub wrote into another user's directory"
+        );
+    }
+}

@@ -5,6 +5,8 @@
 //!
 //! The lock is the kernel's, so it goes with the process however it ends (a crash, `kill -9`):
 //! no stale lock is ever left to clean up. The pid in the file is only for the message.
+//!
+//! Before the lock, [`create`] makes sure the directory is one: a directory, and this user's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,6 +33,40 @@ pub enum LockError {
         /// The holder's pid, as it wrote it in the lock file (`None` if unreadable).
         holder: Option<u32>,
     },
+    /// The path is a file (or something else that is not a directory).
+    #[error(
+        "the data directory {} is a file, not a directory: remove it or choose another \
+         --data-dir",
+        dir.display()
+    )]
+    NotADirectory {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The directory belongs to another user: the hub could not make it private, and would leave
+    /// files of its own in someone else's directory.
+    #[error(
+        "the data directory {} belongs to another user (uid {owner}; this hub runs as uid {me}): \
+         the hub keeps its keys there and makes it private to its own user; choose a directory \
+         of your own with --data-dir, or run as that user",
+        dir.display()
+    )]
+    NotOurs {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        me: u32,
+    },
+    /// The directory could not be created or examined.
+    #[error("cannot create the data directory {}: {source}", dir.display())]
+    Create {
+        /// The data directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The lock file could not be opened, locked or written.
     #[error("cannot lock the data directory {}: {source}", dir.display())]
     Io {
@@ -39,6 +75,44 @@ pub enum LockError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// Creates `dir` (and its parents) unless it exists, and checks that it is a directory of this
+/// user (any, for root): a file, or another user's directory, is one clear line instead of "File exists" or
+/// "Operation not permitted" later.
+pub fn create(dir: &Path) -> Result<(), LockError> {
+    use std::os::unix::fs::MetadataExt;
+    let not_a_directory = || LockError::NotADirectory {
+        dir: dir.to_owned(),
+    };
+    if let Err(source) = std::fs::create_dir_all(dir) {
+        return Err(match dir.exists() && !dir.is_dir() {
+            true => not_a_directory(),
+            false => LockError::Create {
+                dir: dir.to_owned(),
+                source,
+            },
+        });
+    }
+    let metadata = std::fs::metadata(dir).map_err(|source| LockError::Create {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    if !metadata.is_dir() {
+        return Err(not_a_directory());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    // Root may make any directory private (`sudo edgetwin hub` for port 443 on a directory an
+    // earlier unprivileged run made), as it always could.
+    if metadata.uid() != me && me != 0 {
+        return Err(LockError::NotOurs {
+            dir: dir.to_owned(),
+            owner: metadata.uid(),
+            me,
+        });
+    }
+    Ok(())
 }
 
 /// The held lock; dropping it (closing the file) releases it.

@@ -278,8 +278,7 @@ fn tcp_limits(config: &HubConfig) -> listener::Limits {
 /// Opens the data directory and starts the MQTT, REST and workload listeners.
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let io = |what: String| move |source| HubError::Io { what, source };
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(io(format!("create {}", config.data_dir.display())))?;
+    data_lock::create(&config.data_dir)?;
     let data_dir = config
         .data_dir
         .canonicalize()
