@@ -242,3 +242,54 @@ fn a_template_without_a_user_module_image_names_the_path() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_platform_that_module_json_does_not_have_is_refused_naming_the_module_and_its_platforms() {
+    let dir = solution(
+        "riscv",
+        &[
+            ("deployment.template.json", TEMPLATE),
+            ("modules/m1/module.json", MODULE_JSON),
+            (".env", DOTENV),
+        ],
+    );
+    let error = genconfig(&options(&dir, "riscv"), Env::default()).unwrap_err();
+    assert!(
+        matches!(error, ManifestError::NoSuchPlatform { .. }),
+        "{error}"
+    );
+    let text = error.to_string();
+    for expected in ["module.json", "m1", "\"riscv\"", "amd64, arm64v8", "-P"] {
+        assert!(text.contains(expected), "{expected:?} in {text}");
+    }
+    assert!(!text.contains('\n'), "one line: {text}");
+    assert!(!dir.join("config").exists(), "a manifest was written");
+
+    // As an operator runs it: exit 1, one line, nothing written.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgetwin"))
+        .args(["manifest", "gen", "-P", "riscv", "-C"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("riscv"),
+        "{stderr}"
+    );
+    assert!(!dir.join("config").exists(), "a manifest was written");
+
+    // A debug image the module lacks on a platform it has stays as iotedgedev leaves it; a
+    // platform it lacks altogether is refused for debug images too.
+    let debug = TEMPLATE.replace("${MODULES.m1}", "${MODULES.m1.debug}");
+    std::fs::write(dir.join("deployment.template.json"), debug).unwrap();
+    let generated = genconfig(&options(&dir, "arm64v8"), Env::default()).unwrap();
+    assert!(generated.text.contains("${MODULES.m1.debug}"));
+    let error = genconfig(&options(&dir, "riscv"), Env::default()).unwrap_err();
+    assert!(
+        matches!(error, ManifestError::NoSuchPlatform { .. }),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

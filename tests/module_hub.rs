@@ -763,3 +763,132 @@ fn a_missing_edge_variable_is_one_clear_error_naming_it() {
     assert!(text.contains("IOTEDGE_GATEWAYHOSTNAME"), "{text}");
     assert!(text.starts_with("<3> "), "{text}");
 }
+
+/// Runs `edgetwin-module` with only `vars` (and port 0 for its metrics) and `args`; its exit code
+/// within 5 s (`None` if it still ran, then killed), stdout and stderr.
+fn run_module_briefly(
+    dir: &TempDir,
+    tag: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let (out, err) = (
+        dir.join(format!("{tag}.out")),
+        dir.join(format!("{tag}.err")),
+    );
+    let mut module = Proc::spawn_with_stdout(
+        Command::new(EDGETWIN_MODULE)
+            .args(args)
+            .env_clear()
+            .env("EDGETWIN_METRICS_PORT", "0")
+            .envs(vars.iter().copied()),
+        Stdio::from(std::fs::File::create(&out).unwrap()),
+        err.clone(),
+    );
+    let code = module.wait_exit(Duration::from_secs(5));
+    drop(module);
+    (code, support::read_log(&out), support::read_log(&err))
+}
+
+/// A case of a bad environment: a tag, the variables, the variable named, what is said.
+type BadVariableCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+
+#[test]
+fn a_key_that_is_not_base64_a_missing_ca_file_or_a_device_connection_string_is_one_error_line_naming_the_variable_and_exit_1(
+) {
+    let dir = TempDir::new("module-bad-vars");
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let ca = ca.to_str().unwrap();
+    let module_cs = "HostName=localhost;DeviceId=gw;ModuleId=m;SharedAccessKey=a2V5";
+    // (tag, environment, the variable the line must name, what it must say)
+    let cases: [BadVariableCase; 4] = [
+        (
+            "not-base64",
+            &[
+                (
+                    "EDGETWIN_CONNECTION_STRING",
+                    "HostName=localhost;DeviceId=gw;ModuleId=m;SharedAccessKey=not-base64!",
+                ),
+                ("EDGETWIN_CA_FILE", ca),
+            ],
+            "EDGETWIN_CONNECTION_STRING",
+            "not valid base64",
+        ),
+        (
+            "missing-ca",
+            &[
+                ("EdgeHubConnectionString", module_cs),
+                ("EdgeModuleCACertificateFile", "/nonexistent/edge-ca.pem"),
+            ],
+            "EdgeModuleCACertificateFile",
+            "/nonexistent/edge-ca.pem",
+        ),
+        (
+            "device-string",
+            &[
+                (
+                    "EDGETWIN_CONNECTION_STRING",
+                    "HostName=localhost;DeviceId=gw;SharedAccessKey=a2V5",
+                ),
+                ("EDGETWIN_CA_FILE", ca),
+            ],
+            "EDGETWIN_CONNECTION_STRING",
+            "ModuleId",
+        ),
+        (
+            "device-string-simulator",
+            &[
+                (
+                    "EdgeHubConnectionString",
+                    "HostName=localhost;DeviceId=gw;SharedAccessKey=a2V5",
+                ),
+                ("EdgeModuleCACertificateFile", ca),
+            ],
+            "EdgeHubConnectionString",
+            "ModuleId",
+        ),
+    ];
+    for (tag, vars, variable, what) in cases {
+        let (code, _, stderr) = run_module_briefly(&dir, tag, &[], vars);
+        assert_eq!(code, Some(1), "{tag}: exit code\n{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{tag}: one line\n{stderr}");
+        assert!(lines[0].starts_with("<3> "), "{tag}: an error\n{stderr}");
+        assert!(lines[0].contains(variable), "{tag}: {variable:?}\n{stderr}");
+        assert!(lines[0].contains(what), "{tag}: {what:?}\n{stderr}");
+        assert!(
+            !lines[0].contains("not-base64!"),
+            "{tag}: key shown\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_print_and_exit_0_without_starting() {
+    let dir = TempDir::new("module-help");
+    for (arg, expected) in [
+        ("--help", "EdgeModuleCACertificateFile"),
+        ("-h", "EDGETWIN_CONNECTION_STRING"),
+        (
+            "--version",
+            concat!("edgetwin-module ", env!("CARGO_PKG_VERSION")),
+        ),
+        ("-V", concat!("edgetwin-module ", env!("CARGO_PKG_VERSION"))),
+    ] {
+        let (code, stdout, stderr) = run_module_briefly(&dir, arg, &[arg], &[]);
+        assert_eq!(code, Some(0), "{arg}\n{stdout}\n{stderr}");
+        assert!(stdout.contains(expected), "{arg}: {expected:?}\n{stdout}");
+        assert_eq!(stderr, "", "{arg}: logged as if starting");
+    }
+    let (code, _, stderr) = run_module_briefly(&dir, "bogus", &["--bogus"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--bogus") && stderr.contains("--help"),
+        "{stderr}"
+    );
+}

@@ -1,5 +1,6 @@
-//! The service client's retry loop against a scripted HTTPS server: 429 with `Retry-After`, 5xx
-//! and dropped connections are retried until the job finishes; the attempts are bounded.
+//! The service client's retry loop against a scripted HTTPS server: 429 with `Retry-After`, 5xx,
+//! dropped connections and timeouts are retried until the job finishes, the attempts bounded;
+//! an untrusted certificate and a port nothing listens on are errors at once.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -31,6 +32,12 @@ struct Server {
 
 /// Serves `script[i]` to the i-th request (the last answer repeats).
 async fn serve(script: Vec<Answer>) -> Server {
+    serve_dropping(0, script).await
+}
+
+/// As [`serve`], but the first `drop_first` connections are closed as soon as they are accepted
+/// (a reset the client sees in the TLS handshake).
+async fn serve_dropping(drop_first: usize, script: Vec<Answer>) -> Server {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -64,10 +71,16 @@ async fn serve(script: Vec<Answer>) -> Server {
     let script = Arc::new(script);
     let counter = hits.clone();
     tokio::spawn(async move {
+        let mut accepted = 0;
         loop {
             let Ok((socket, _)) = listener.accept().await else {
                 return;
             };
+            accepted += 1;
+            if accepted <= drop_first {
+                drop(socket);
+                continue;
+            }
             let (acceptor, script, counter) = (acceptor.clone(), script.clone(), counter.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(socket).await else {
@@ -216,7 +229,49 @@ async fn client_errors_are_not_retried() {
 }
 
 #[tokio::test]
-async fn an_unreachable_hub_is_a_network_error_after_the_retries() {
+async fn connections_dropped_before_an_answer_are_retried_and_the_call_finishes() {
+    let server = serve_dropping(2, vec![(200, vec![], DEVICE)]).await;
+    let device = client(&server, fast())
+        .get_device("d1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(device.device_id, "d1");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_hub_whose_certificate_is_not_signed_by_the_trusted_ca_is_an_error_at_once() {
+    let server = serve(vec![(200, vec![], DEVICE)]).await;
+    let other = serve(vec![]).await;
+    let untrusting = Server {
+        port: server.port,
+        ca_file: other.ca_file.clone(),
+        hits: server.hits.clone(),
+    };
+    let started = Instant::now();
+    let err = client(&untrusting, slow())
+        .get_device("d1")
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "retried: {err}");
+    assert!(matches!(err, ProvisionError::Network { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("not trusted") && text.contains("--ca-file"),
+        "{text}"
+    );
+    assert!(!text.contains("attempts"), "{text}");
+}
+
+/// The default policy's pace (8 attempts, 0.5 s doubling): a test that retried would take
+/// tens of seconds.
+fn slow() -> RetryPolicy {
+    RetryPolicy::default()
+}
+
+#[tokio::test]
+async fn a_port_nothing_listens_on_is_an_error_at_once_naming_it() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
@@ -225,7 +280,43 @@ async fn an_unreachable_hub_is_a_network_error_after_the_retries() {
         ca_file: serve(vec![(200, vec![], DEVICE)]).await.ca_file,
         hits: Arc::new(AtomicUsize::new(0)),
     };
-    let err = client(&server, fast()).get_device("d1").await.unwrap_err();
+    let started = Instant::now();
+    let err = client(&server, slow()).get_device("d1").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "retried: {err}");
+    assert!(matches!(err, ProvisionError::Network { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("refused") && text.contains(&format!("port {port}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_hub_that_accepts_but_never_answers_is_a_network_error_after_the_retries() {
+    // Accepts (the kernel's backlog does) but never speaks TLS: every attempt times out.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = Server {
+        port: listener.local_addr().unwrap().port(),
+        ca_file: serve(vec![(200, vec![], DEVICE)]).await.ca_file,
+        hits: Arc::new(AtomicUsize::new(0)),
+    };
+    let cs: ConnectionString = format!(
+        "HostName=localhost:{};SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0a2V5c2VjcmV0a2V5c2VjcmV0a2V5MTIzNA==",
+        server.port
+    )
+    .parse()
+    .unwrap();
+    let client = ServiceClient::new(
+        &cs,
+        ClientOptions {
+            ca_file: Some(server.ca_file.clone()),
+            retry: fast(),
+            attempt_timeout: Duration::from_millis(200),
+        },
+    )
+    .unwrap();
+    let err = client.get_device("d1").await.unwrap_err();
+    drop(listener);
     assert!(matches!(err, ProvisionError::Network { .. }), "{err:?}");
     assert!(err.to_string().contains("after 4 attempts"), "{err}");
 }

@@ -35,6 +35,30 @@ pub enum IdentityError {
     /// A variable required by another is not set.
     #[error("environment variable `{0}` is not set")]
     Missing(&'static str),
+    /// The CA file a variable names cannot be read or holds no PEM certificate.
+    #[error("environment variable `{variable}` names {}, which {reason}", path.display())]
+    CaFile {
+        /// The variable.
+        variable: &'static str,
+        /// The file it names.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No CA file variable is set and the system CA bundle cannot be used.
+    #[error(
+        "environment variable `{variable}` is not set and the system CA bundle {}, used instead, \
+         {reason}",
+        path.display()
+    )]
+    SystemCaFile {
+        /// The variable that would name a CA file.
+        variable: &'static str,
+        /// The system bundle.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Nothing to identify with.
     #[error(
         "no identity: set the IOTEDGE_* variables (IoT Edge), EdgeHubConnectionString and \

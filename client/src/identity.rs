@@ -88,20 +88,47 @@ impl Identity {
         }
         if let Some(text) = edge_hub {
             let connection = parse_module_string(EDGE_HUB_CONNECTION_STRING, &text)?;
-            let ca_file =
-                present(EDGE_MODULE_CA_FILE).ok_or(IdentityError::Missing(EDGE_MODULE_CA_FILE))?;
+            require_module_id(EDGE_HUB_CONNECTION_STRING, &connection)?;
+            let ca_file = PathBuf::from(
+                present(EDGE_MODULE_CA_FILE).ok_or(IdentityError::Missing(EDGE_MODULE_CA_FILE))?,
+            );
+            check_ca_file(&ca_file).map_err(|reason| IdentityError::CaFile {
+                variable: EDGE_MODULE_CA_FILE,
+                path: ca_file.clone(),
+                reason,
+            })?;
             return Ok(Identity::ConnectionString {
                 connection,
-                ca_file: PathBuf::from(ca_file),
+                ca_file,
                 source: IdentitySource::EdgeHubConnectionString,
             });
         }
         if let Some(text) = present(CONNECTION_STRING) {
             let connection = parse_module_string(CONNECTION_STRING, &text)?;
-            let ca_file = present(CA_FILE).unwrap_or_else(|| SYSTEM_CA_FILE.to_owned());
+            require_module_id(CONNECTION_STRING, &connection)?;
+            let ca_file = match present(CA_FILE) {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    check_ca_file(&path).map_err(|reason| IdentityError::CaFile {
+                        variable: CA_FILE,
+                        path: path.clone(),
+                        reason,
+                    })?;
+                    path
+                }
+                None => {
+                    let path = PathBuf::from(SYSTEM_CA_FILE);
+                    check_ca_file(&path).map_err(|reason| IdentityError::SystemCaFile {
+                        variable: CA_FILE,
+                        path: path.clone(),
+                        reason,
+                    })?;
+                    path
+                }
+            };
             return Ok(Identity::ConnectionString {
                 connection,
-                ca_file: PathBuf::from(ca_file),
+                ca_file,
                 source: IdentitySource::ConnectionString,
             });
         }
@@ -210,6 +237,35 @@ impl Identity {
                 Ok(Credentials { token, tls })
             }
         }
+    }
+}
+
+/// A module's connection string must name the module: a device's would run as module "".
+fn require_module_id(
+    variable: &'static str,
+    connection: &ConnectionString,
+) -> Result<(), IdentityError> {
+    match connection.kind() {
+        ConnectionStringKind::Module => Ok(()),
+        _ => Err(IdentityError::Unusable {
+            variable,
+            reason:
+                "it has no ModuleId: a device connection string; a module needs its module \
+                     connection string (HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...)",
+        }),
+    }
+}
+
+/// Whether `path` can be read and holds at least one PEM certificate (whether the certificate
+/// is one TLS accepts is found out at connect); what is wrong if not.
+fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut reader = pem.as_slice();
+    let first = rustls_pemfile::certs(&mut reader).next();
+    match first {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(format!("is not a PEM certificate file: {e}")),
+        None => Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned()),
     }
 }
 
@@ -327,14 +383,82 @@ mod tests {
             "HostName=h.net;DeviceId=gw;ModuleId=m;SharedAccessKey=a2V5;GatewayHostName=localhost";
         let err = Identity::from_lookup(env(&[(EDGE_HUB_CONNECTION_STRING, cs)])).unwrap_err();
         assert!(err.to_string().contains(EDGE_MODULE_CA_FILE), "{err}");
+        let ca = test_ca_file("simulator");
         let id = Identity::from_lookup(env(&[
             (EDGE_HUB_CONNECTION_STRING, cs),
-            (EDGE_MODULE_CA_FILE, "/ca.pem"),
+            (EDGE_MODULE_CA_FILE, ca.to_str().unwrap()),
         ]))
         .unwrap();
         assert_eq!(id.source(), IdentitySource::EdgeHubConnectionString);
         assert_eq!(id.connect_host(), "localhost");
         assert_eq!(id.hub_host(), "h.net");
+    }
+
+    /// A scratch file holding one (made-up) PEM certificate block.
+    fn test_ca_file(tag: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "edgetwin-identity-{tag}-{}.pem",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_named_by_its_variable() {
+        let cs = "HostName=h.net;DeviceId=gw;ModuleId=m;SharedAccessKey=a2V5";
+        let err = Identity::from_lookup(env(&[
+            (EDGE_HUB_CONNECTION_STRING, cs),
+            (EDGE_MODULE_CA_FILE, "/nonexistent/ca.pem"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(EDGE_MODULE_CA_FILE), "{err}");
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(err.contains("cannot be read"), "{err}");
+        let not_pem = test_ca_file("not-pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let err = Identity::from_lookup(env(&[
+            (CONNECTION_STRING, cs),
+            (CA_FILE, not_pem.to_str().unwrap()),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(CA_FILE), "{err}");
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_device_connection_string_for_a_module_is_refused_naming_the_variable() {
+        let ca = test_ca_file("device-string");
+        for variable in [CONNECTION_STRING, EDGE_HUB_CONNECTION_STRING] {
+            let err = Identity::from_lookup(env(&[
+                (variable, "HostName=h.net;DeviceId=gw;SharedAccessKey=a2V5"),
+                (CA_FILE, ca.to_str().unwrap()),
+                (EDGE_MODULE_CA_FILE, ca.to_str().unwrap()),
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(variable), "{err}");
+            assert!(err.contains("no ModuleId"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_is_not_base64_is_named_by_its_variable_without_showing_it() {
+        let err = Identity::from_lookup(env(&[(
+            CONNECTION_STRING,
+            "HostName=h.net;DeviceId=gw;ModuleId=m;SharedAccessKey=not-base64!",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(CONNECTION_STRING), "{err}");
+        assert!(err.contains("not valid base64"), "{err}");
+        assert!(!err.contains("not-base64!"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod certs;
 mod console;
+mod data_lock;
 mod deployments;
 mod error;
 mod faults;
@@ -42,6 +43,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 pub use certs::CertError;
+pub use data_lock::LockError;
 pub use store::StoreError;
 pub use test_hub::{TestHub, TestHubError};
 
@@ -150,6 +152,9 @@ pub enum HubError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another hub runs on the data directory (or it could not be locked).
+    #[error(transparent)]
+    DataDir(#[from] LockError),
     /// A port below 1024 could not be bound without the privilege to.
     #[error(
         "cannot bind {what} on {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE; run as \
@@ -186,6 +191,8 @@ pub struct RunningHub {
     hub: Arc<hub::Hub>,
     /// Runs the MQTT listener and its connections.
     _device_side: DeviceRuntime,
+    /// The data directory's lock, released last (after the writer drained).
+    _data_lock: data_lock::DataDirLock,
 }
 
 /// The runtime of the device side (MQTT over TCP/TLS), separate from the one that serves the
@@ -285,12 +292,14 @@ fn tcp_limits(config: &HubConfig, files: u64) -> listener::Limits {
 /// Opens the data directory and starts the MQTT, REST and workload listeners.
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let io = |what: String| move |source| HubError::Io { what, source };
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(io(format!("create {}", config.data_dir.display())))?;
+    data_lock::create(&config.data_dir)?;
     let data_dir = config
         .data_dir
         .canonicalize()
         .map_err(io(format!("resolve {}", config.data_dir.display())))?;
+    // Before anything in the directory is touched: a second hub must not take the first one's
+    // workload sockets, database or certificates.
+    let data_lock = data_lock::DataDirLock::acquire(&data_dir)?;
     {
         use std::os::unix::fs::PermissionsExt;
         // The database and hub.json hold every key: only the hub's user may enter.
@@ -405,6 +414,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         tasks,
         hub,
         _device_side: device_side,
+        _data_lock: data_lock,
     })
 }
 

@@ -70,6 +70,23 @@ pub enum ManifestError {
         /// Chunks needed.
         chunks: usize,
     },
+    /// A module's image placeholder needs a platform its module.json does not have.
+    #[error(
+        "{}: module {module} has no platform \"{platform}\" (image.tag.platforms has {}); choose \
+         one of those with -P, or add \"{platform}\" and its Dockerfile to image.tag.platforms",
+        file.display(),
+        platforms.join(", ")
+    )]
+    NoSuchPlatform {
+        /// The module.json.
+        file: PathBuf,
+        /// The module, as the template names it.
+        module: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms module.json has.
+        platforms: Vec<String>,
+    },
     /// A validation rule failed for the generated (or given) manifest.
     #[error("{}: {path}: {message}", file.display())]
     Invalid {

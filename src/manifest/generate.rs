@@ -101,6 +101,27 @@ fn concat(a: &[String], b: &[String]) -> KeyPath {
     a.iter().chain(b).cloned().collect()
 }
 
+/// The module folder of an image placeholder that resolves only for the selected platform
+/// (`${MODULES.<folder>}`, `${MODULEDIR<dir>}`, each also with `.debug`), and whether it is the
+/// debug one; `template_dir` gives the directory `MODULEDIR` paths are relative to.
+fn platform_placeholder(
+    image: &str,
+    modules_dir: &Path,
+    template_dir: impl Fn() -> PathBuf,
+) -> Option<(PathBuf, bool)> {
+    let inner = image.strip_prefix("${")?.strip_suffix('}')?;
+    let (inner, debug) = match inner.strip_suffix(".debug") {
+        Some(base) => (base, true),
+        None => (inner, false),
+    };
+    if let Some(folder) = inner.strip_prefix("MODULES.") {
+        return (!folder.is_empty() && !folder.contains(['.', '/']))
+            .then(|| (modules_dir.join(folder), debug));
+    }
+    let path = inner.strip_prefix("MODULEDIR<")?.strip_suffix('>')?;
+    (moduledir_path(image).as_deref() == Some(path)).then(|| (template_dir().join(path), debug))
+}
+
 /// Runs genconfig with `env` as the process environment: writes the manifest and validates it.
 pub fn genconfig(options: &GenOptions, env: Env) -> Result<Generated, ManifestError> {
     let dir = &options.dir;
@@ -157,9 +178,11 @@ pub fn genconfig(options: &GenOptions, env: Env) -> Result<Generated, ManifestEr
     let container_tag = env.get_stripped("CONTAINER_TAG").to_string();
     let template_dir = template.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut placeholders = PlaceholderMap::new();
+    let modules_dir = dir
+        .join(&template_dir)
+        .join(env.get_stripped("MODULES_PATH"));
     scan_modules_dir(
-        &dir.join(&template_dir)
-            .join(env.get_stripped("MODULES_PATH")),
+        &modules_dir,
         &env,
         &platform,
         &container_tag,
@@ -203,6 +226,37 @@ pub fn genconfig(options: &GenOptions, env: Env) -> Result<Generated, ManifestEr
             )?;
         }
         user_images.push((name.clone(), image));
+    }
+
+    // A placeholder that needs the platform, of a module without it, would be left in the
+    // manifest unresolved: say so instead of writing it.
+    for (name, image) in &user_images {
+        if placeholders.contains_key(image) {
+            continue;
+        }
+        let Some((project_dir, debug)) =
+            platform_placeholder(image, &modules_dir, || dir.join(&template_dir))
+        else {
+            continue;
+        };
+        if !project_dir.join("module.json").is_file() {
+            continue;
+        }
+        let module = ModuleProject::load(&project_dir, &env)?;
+        // A `.debug` placeholder of a platform the module has, but without its debug image, is
+        // left as iotedgedev leaves it (debug images are optional); a platform the module does
+        // not have at all is refused.
+        let platforms = module.platforms()?;
+        let debug_platform = format!("{platform}.debug");
+        let has = |p: &String| *p == platform || (debug && *p == debug_platform);
+        if !platforms.iter().any(has) {
+            return Err(ManifestError::NoSuchPlatform {
+                file: module.file,
+                module: name.clone(),
+                platform: platform.clone(),
+                platforms,
+            });
+        }
     }
 
     // All modules by name, user modules first; a system module of the same name replaces the

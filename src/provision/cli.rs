@@ -232,8 +232,17 @@ pub fn connect(args: &HubArgs) -> Result<ServiceClient, ProvisionError> {
         &env_var,
         dotenv.as_deref(),
     )?;
+    let ca_file = settings::resolve_ca_file_and_origin(args.ca_file.clone(), &env_var);
+    if let Some((path, origin)) = &ca_file {
+        std::fs::File::open(path).map_err(|e| {
+            ProvisionError::Input(format!(
+                "{origin} {}: cannot read the CA certificate file: {e}",
+                path.display()
+            ))
+        })?;
+    }
     let options = ClientOptions {
-        ca_file: settings::resolve_ca_file(args.ca_file.clone(), &env_var),
+        ca_file: ca_file.map(|(path, _)| path),
         ..ClientOptions::default()
     };
     ServiceClient::new(&connection_string, options)

@@ -4,7 +4,7 @@
 
 use std::io::BufReader;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -172,6 +172,9 @@ pub struct ServiceClient {
     options: ClientOptions,
     /// Attempts sent (for summaries and tests).
     attempts: AtomicU64,
+    /// Whether a TLS connection to the hub was ever made: refused before that means nothing
+    /// listens there, after it a hub restarting.
+    reached: AtomicBool,
 }
 
 impl std::fmt::Debug for ServiceClient {
@@ -246,8 +249,42 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, ProvisionError>
 
 /// What one attempt produced.
 enum Attempt {
+    /// The hub answered (whatever the status), maybe with a `Retry-After`.
     Answer(RawResponse, Option<Duration>),
-    Failed(String),
+    /// No answer; whether another attempt could change that.
+    Failed(String, Lasting),
+}
+
+/// Whether a failure to get an answer can go away by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lasting {
+    /// A reset, a timeout, a busy resolver: worth another attempt.
+    Transient,
+    /// An untrusted certificate; an unknown host or nothing listening before the hub was ever
+    /// reached: the same on every attempt, so said at once.
+    Permanent,
+}
+
+/// Why a TLS handshake failed, and whether it will fail again: a certificate the client does not
+/// trust (or any other refusal by TLS itself) will; a connection dropped mid-handshake may not.
+fn classify_tls(error: &std::io::Error) -> (String, Lasting) {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(why)) => (
+            format!(
+                "TLS: the hub's certificate is not trusted ({why:?}): pass the CA that signs it with \
+                 --ca-file or EDGETWIN_CA_FILE (`edgetwin hub` prints its CA certificate's path)"
+            ),
+            Lasting::Permanent,
+        ),
+        Some(other) => (format!("TLS: {other}"), Lasting::Permanent),
+        None => (
+            format!("TLS: {error} (is the hub's CA trusted? see --ca-file)"),
+            Lasting::Transient,
+        ),
+    }
 }
 
 impl ServiceClient {
@@ -285,6 +322,7 @@ impl ServiceClient {
             connection: tokio::sync::Mutex::new(None),
             options,
             attempts: AtomicU64::new(0),
+            reached: AtomicBool::new(false),
         })
     }
 
@@ -319,20 +357,45 @@ impl ServiceClient {
         Ok(token)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, (String, Lasting)> {
         let name = split_host(&self.host).0;
-        let tcp = TcpStream::connect((name, self.port))
+        let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name, self.port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| {
+                // A name never resolved is a typo or a missing hosts entry, said at once; one
+                // that resolved earlier in the run is a resolver having a bad moment.
+                let lasting = match self.reached.load(Ordering::Relaxed) {
+                    true => Lasting::Transient,
+                    false => Lasting::Permanent,
+                };
+                (format!("cannot resolve host name '{name}': {e}"), lasting)
+            })?
+            .collect();
+        let tcp = TcpStream::connect(&addresses[..]).await.map_err(|e| {
+            // Refused before the hub was ever reached: nothing listens there (a hub that
+            // restarts in the middle of a run is waited for).
+            if e.kind() == std::io::ErrorKind::ConnectionRefused
+                && !self.reached.load(Ordering::Relaxed)
+            {
+                let detail = format!(
+                    "connect: {e}: nothing listens on {name} port {} (is the hub running?)",
+                    self.port
+                );
+                (detail, Lasting::Permanent)
+            } else {
+                (format!("connect: {e}"), Lasting::Transient)
+            }
+        })?;
         let _ = tcp.set_nodelay(true);
         let tls = self
             .tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS: {e} (is the hub's CA trusted? see --ca-file)"))?;
+            .map_err(|e| classify_tls(&e))?;
+        self.reached.store(true, Ordering::Relaxed);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| format!("HTTP: {e}"))?;
+            .map_err(|e| (format!("HTTP: {e}"), Lasting::Transient))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -374,13 +437,13 @@ impl ServiceClient {
             Some(sender) => sender,
             None => match self.connect().await {
                 Ok(sender) => sender,
-                Err(e) => return Ok(Attempt::Failed(e)),
+                Err((detail, lasting)) => return Ok(Attempt::Failed(detail, lasting)),
             },
         };
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let response = match sender.send_request(request).await {
             Ok(response) => response,
-            Err(e) => return Ok(Attempt::Failed(format!("HTTP: {e}"))),
+            Err(e) => return Ok(Attempt::Failed(format!("HTTP: {e}"), Lasting::Transient)),
         };
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -398,7 +461,12 @@ impl ServiceClient {
             .await
         {
             Ok(body) => body.to_bytes(),
-            Err(e) => return Ok(Attempt::Failed(format!("reading the answer: {e}"))),
+            Err(e) => {
+                return Ok(Attempt::Failed(
+                    format!("reading the answer: {e}"),
+                    Lasting::Transient,
+                ))
+            }
         };
         *slot = Some(sender);
         Ok(Attempt::Answer(
@@ -421,35 +489,46 @@ impl ServiceClient {
                 tokio::time::timeout(self.options.attempt_timeout, self.attempt(call, &token))
                     .await
                     .unwrap_or_else(|_| {
-                        Ok(Attempt::Failed(format!(
-                            "no answer within {:?}",
-                            self.options.attempt_timeout
-                        )))
+                        Ok(Attempt::Failed(
+                            format!("no answer within {:?}", self.options.attempt_timeout),
+                            Lasting::Transient,
+                        ))
                     })?;
             let (outcome, retry_after) = match &result {
                 Attempt::Answer(raw, retry_after) => (Outcome::Status(raw.status), *retry_after),
-                Attempt::Failed(_) => (Outcome::Network, None),
+                Attempt::Failed(..) => (Outcome::Network, None),
             };
             let jitter = rand::random::<f64>();
-            match self
-                .options
-                .retry
-                .decide(attempt, outcome, retry_after, jitter)
-            {
+            let decision = match &result {
+                Attempt::Failed(_, Lasting::Permanent) => None,
+                _ => self
+                    .options
+                    .retry
+                    .decide(attempt, outcome, retry_after, jitter),
+            };
+            match decision {
                 Some(wait) => {
-                    if let Attempt::Failed(detail) = &result {
-                        *self.connection.lock().await = None;
-                        tracing::debug!(operation = %call.operation, %detail, ?wait, "retrying");
-                    } else {
-                        tracing::debug!(operation = %call.operation, ?outcome, ?wait, "retrying");
-                    }
+                    // Progress, so that a wait is never silent.
+                    let why = match &result {
+                        Attempt::Failed(detail, _) => {
+                            *self.connection.lock().await = None;
+                            detail.clone()
+                        }
+                        Attempt::Answer(raw, _) => format!("IoT Hub answered {}", raw.status),
+                    };
+                    tracing::warn!(
+                        "{}: {why}; retrying in {wait:.1?} (attempt {} of {})",
+                        call.operation,
+                        attempt + 1,
+                        self.options.retry.max_attempts
+                    );
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
                 None => {
                     return match result {
                         Attempt::Answer(raw, _) => Ok(raw),
-                        Attempt::Failed(detail) => Err(ProvisionError::Network {
+                        Attempt::Failed(detail, _) => Err(ProvisionError::Network {
                             operation: call.operation.clone(),
                             host: self.host.clone(),
                             detail: if attempt > 1 {

@@ -54,7 +54,10 @@ pub enum ProvisionError {
     )]
     NoConnectionString,
     /// The connection string does not parse.
-    #[error("the connection string from {origin} is not valid")]
+    #[error(
+        "the connection string from {origin} is not valid: {source} (a service connection string \
+         is HostName=<hub>;SharedAccessKeyName=<policy>;SharedAccessKey=<key>)"
+    )]
     ConnectionString {
         /// Where it came from.
         origin: &'static str,

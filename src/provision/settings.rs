@@ -109,11 +109,21 @@ pub fn resolve_ca_file(
     flag: Option<PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<PathBuf> {
-    flag.filter(|p| !p.as_os_str().is_empty()).or_else(|| {
-        [CA_FILE_VAR, REQUESTS_CA_BUNDLE_VAR]
+    resolve_ca_file_and_origin(flag, env).map(|(path, _)| path)
+}
+
+/// As [`resolve_ca_file`], with where the file was named (`--ca-file` or the variable), for
+/// messages about it.
+pub fn resolve_ca_file_and_origin(
+    flag: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<(PathBuf, &'static str)> {
+    match flag.filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Some((path, "--ca-file")),
+        None => [CA_FILE_VAR, REQUESTS_CA_BUNDLE_VAR]
             .into_iter()
-            .find_map(|var| env(var).filter(|v| !v.is_empty()).map(PathBuf::from))
-    })
+            .find_map(|var| Some((PathBuf::from(env(var).filter(|v| !v.is_empty())?), var))),
+    }
 }
 
 /// The host name devices and modules put in their connection strings: the service host without

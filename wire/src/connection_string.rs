@@ -71,6 +71,9 @@ pub enum ConnectionStringError {
     /// `SharedAccessKey` together with `x509=true`.
     #[error("connection string must not contain both `SharedAccessKey` and `x509=true`")]
     KeyWithX509,
+    /// `SharedAccessKey` is not (non-empty, standard) base64, so no token can be signed with it.
+    #[error("connection string key `SharedAccessKey` is not valid base64 (IoT Hub's keys are)")]
+    KeyNotBase64,
 }
 
 const KEYS: [&str; 8] = [
@@ -212,6 +215,9 @@ impl std::str::FromStr for ConnectionString {
         if key.is_some() && x509 {
             return Err(ConnectionStringError::KeyWithX509);
         }
+        if key.is_some_and(|key| crate::sas::decode_key(key).is_err()) {
+            return Err(ConnectionStringError::KeyNotBase64);
+        }
         if device.is_some() {
             if key.is_none() && sig.is_none() && !x509 {
                 return Err(ConnectionStringError::Missing("SharedAccessKey"));
@@ -261,6 +267,16 @@ mod tests {
         assert_eq!(cs.shared_access_key.as_ref().unwrap().expose(), KEY);
         assert_eq!(cs.kind(), ConnectionStringKind::Device);
         assert_eq!(cs.resource(), "h.azure-devices.net/devices/d1");
+    }
+
+    #[test]
+    fn a_key_that_is_not_base64_is_refused_without_showing_it() {
+        for key in ["not-base64!", "a2V5=x", "%%%%"] {
+            let error =
+                parse(&format!("HostName=h.net;DeviceId=d1;SharedAccessKey={key}")).unwrap_err();
+            assert_eq!(error, ConnectionStringError::KeyNotBase64);
+            assert!(!error.to_string().contains(key), "{error}");
+        }
     }
 
     #[test]
