@@ -5,40 +5,14 @@
 #[allow(dead_code)]
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use support::{poll, Hub, HubOptions, LogOutput, TempDir};
-
-/// One HTTP/1.1 request over a unix socket; returns the status and the JSON body (`null` if none).
-fn workload_call(socket: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut stream =
-        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-    let json = answer
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
-}
+use support::{poll, workload_call, Hub, HubOptions, LogOutput, TempDir};
 
 /// Asserts that `socket` answers `GET /trust-bundle` with a certificate.
 fn serves_trust_bundle(socket: &Path) {

@@ -169,12 +169,11 @@ impl Agent {
             return;
         };
         let modules = self.deployed_modules(&deployment);
-        let engine_error = self.apply(&modules).await.err();
-        let observed = match self.observe().await {
-            Ok(observed) => observed,
+        let (observed, engine_error) = match self.apply(&modules).await {
+            Ok(observed) => (observed, None),
             Err(error) => {
                 tracing::error!(%error, "cannot read the containers");
-                BTreeMap::new()
+                (BTreeMap::new(), Some(error))
             }
         };
         let failure = engine_error
@@ -225,9 +224,13 @@ impl Agent {
         Ok(observed)
     }
 
-    /// One round: observe, plan, act. Failures of one module are recorded on it; an engine
-    /// that cannot be read is the error.
-    async fn apply(&mut self, modules: &BTreeMap<String, ModuleSpec>) -> Result<(), EngineError> {
+    /// One round: observe, plan, act; what the engine shows afterwards (looked at again only if
+    /// something was done). Failures of one module are recorded on it; an engine that cannot be
+    /// read is the error.
+    async fn apply(
+        &mut self,
+        modules: &BTreeMap<String, ModuleSpec>,
+    ) -> Result<BTreeMap<String, Observed>, EngineError> {
         let now = OffsetDateTime::now_utc();
         let observed = self.observe().await?;
         for (name, record) in &mut self.records {
@@ -242,11 +245,17 @@ impl Agent {
                 tracing::warn!(module = %name, %error, "cannot serve the workload API for an adopted module");
             }
         }
-        for action in plan::plan(modules, &observed, &self.records, now) {
+        let actions = plan::plan(modules, &observed, &self.records, now);
+        let acted = !actions.is_empty();
+        for action in actions {
             self.act(action, modules, now).await;
         }
         self.reconcile_identities(modules).await;
-        Ok(())
+        if acted {
+            self.observe().await
+        } else {
+            Ok(observed)
+        }
     }
 
     /// Makes the module's identity and workload socket (both named by its identity,
