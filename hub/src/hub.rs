@@ -18,6 +18,7 @@ use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
 use crate::methods::{MethodResponse, PendingMethods};
+use crate::rest::query::Queries;
 use crate::store::{IdentityKey, PolicyRecord, Readers, Store, StoreError, Transaction};
 use crate::twins::{self, DesiredChange};
 use crate::workload::WorkloadSockets;
@@ -29,7 +30,8 @@ pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
 /// Longest direct-method timeout IoT Hub accepts, in seconds.
 pub const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
 
-/// Read-only connections: reads from concurrent connections rarely wait for one another.
+/// Read-only connections for CONNECT authentication and the other short reads (queries have
+/// their own, [`Queries`]): reads from concurrent connections rarely wait for one another.
 const READERS: usize = 4;
 
 /// Everything the listeners share.
@@ -41,6 +43,8 @@ pub struct Hub {
     writer: Writer,
     /// Read-only connections for reads, which never wait behind a write and its fsync.
     readers: Readers,
+    /// Queries' own read connections, queue and continuation key.
+    pub queries: Queries,
     /// Live MQTT connections.
     pub live: Arc<LiveConnections>,
     /// Direct methods waiting for a response.
@@ -104,6 +108,7 @@ impl Hub {
         };
         Ok(Self {
             readers: Readers::open(&path, READERS)?,
+            queries: Queries::open(&path)?,
             writer: Writer::start(store, hook).map_err(|source| StoreError::Io {
                 path: path.clone(),
                 source,
@@ -357,7 +362,7 @@ fn notify_desired(live: &LiveConnections, change: &DesiredChange) {
 
 /// Runs blocking store reads so that, on a multi-threaded runtime, the worker's other tasks
 /// move to another thread meanwhile instead of waiting behind it.
-fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
+pub(crate) fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)

@@ -5,7 +5,7 @@
 
 mod configurations;
 mod local;
-mod query;
+pub(crate) mod query;
 mod registry;
 mod twins;
 
@@ -489,7 +489,7 @@ async fn dispatch(hub: &Arc<Hub>, request: Request) -> Result<Reply, ApiError> {
     let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
     match segments.first().copied() {
         Some("devices") if segments == ["devices", "query"] && request.method == Method::POST => {
-            query::route(hub, &request)
+            query::route(hub, &request).await
         }
         Some("devices") | Some("statistics") => registry::route(hub, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,
