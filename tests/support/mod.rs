@@ -618,13 +618,56 @@ impl Rest {
     /// One call (`api-version` added to `path`); returns the status and the JSON body (`null`
     /// when empty or not JSON).
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, _, body) = self.call_with_headers(method, path, body, &[]).await;
+        (status, body)
+    }
+
+    /// One call (`api-version` added to `path`) with `headers`; returns the status, the
+    /// response's headers and the JSON body (`null` when empty or not JSON).
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Value) {
         let expiry = unix_now() as u64 + 3600;
         let resource = format!("{}:{}", self.host, self.port);
         let sr = self.sr.as_deref().unwrap_or(&resource);
         let token = generate_token(&self.key, sr, expiry, Some(&self.policy)).unwrap();
         let sep = if path.contains('?') { '&' } else { '?' };
         let path = format!("{path}{sep}api-version=2021-04-12");
-        self.call_as(method, &path, body, token.expose(), &[]).await
+        self.exchange(method, &path, body, token.expose(), headers)
+            .await
+    }
+
+    /// One page of `query` (`POST /devices/query`) from `continuation`, `max_item_count` as
+    /// the header sends it: the status, the rows (or the error) and the next continuation.
+    pub async fn query_page(
+        &self,
+        query: &str,
+        continuation: Option<&str>,
+        max_item_count: Option<&str>,
+    ) -> (u16, Value, Option<String>) {
+        let headers: Vec<(&str, &str)> = [
+            continuation.map(|token| ("x-ms-continuation", token)),
+            max_item_count.map(|size| ("x-ms-max-item-count", size)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let (status, headers, body) = self
+            .call_with_headers(
+                "POST",
+                "/devices/query",
+                Some(json!({ "query": query })),
+                &headers,
+            )
+            .await;
+        let next = headers
+            .get("x-ms-continuation")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, body, next)
     }
 
     /// One call of `path` as it is (its own `api-version`), with `authorization` and `headers`
@@ -638,6 +681,21 @@ impl Rest {
         authorization: &str,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
+        let (status, _, body) = self
+            .exchange(method, path, body, authorization, headers)
+            .await;
+        (status, body)
+    }
+
+    /// [`Rest::call_as`] with the response's headers.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        authorization: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Value) {
         let resource = format!("{}:{}", self.host, self.port);
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut failure = String::new();
@@ -675,12 +733,13 @@ impl Rest {
                 }
             };
             let status = response.status().as_u16();
+            let response_headers = response.headers().clone();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             if self.keep_alive {
                 *self.sender.lock().unwrap() = Some(sender);
             }
             let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return (status, value);
+            return (status, response_headers, value);
         }
         panic!("{method} {path} failed: {failure}");
     }
