@@ -137,8 +137,9 @@ impl Cursor {
 
 /// The page size for an `x-ms-max-item-count` header value: [`DEFAULT_PAGE_SIZE`] without
 /// one, at most [`MAX_PAGE_SIZE`]. Zero, a negative number or not a number is refused: IoT
-/// Hub's SDKs send the header only with a page size they were given (azure-iot-sdk-node's
-/// registry tests assert it is absent otherwise) and the Azure CLI's IoT extension refuses a
+/// Hub's SDKs send the header only with a page size they were given (azure-iot-sdk-node
+/// `registry.ts`: `if (pageSize) headers['x-ms-max-item-count'] = pageSize`, and its tests
+/// assert the header is absent otherwise) and the Azure CLI's IoT extension refuses a
 /// `--top` of 0 or -1 before sending (azure-iot-cli-extension `test_device_list_invalid_args`),
 /// so no SDK depends on a lenient answer and the hub is not more lenient than IoT Hub is known
 /// to be.
