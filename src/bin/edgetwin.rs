@@ -171,7 +171,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
     );
     out!("  service REST API:    {}", info.rest_url);
     out!(
-        "  web console:         {} (signs in as iothubowner; valid while this hub runs)",
+        "  web console:         {} (signs in once, as iothubowner; after that, sign in with the connection string below)",
         info.console_url.expose()
     );
     out!(

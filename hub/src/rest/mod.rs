@@ -228,7 +228,7 @@ pub async fn serve(
                                 return Ok::<_, Infallible>(response.map(BodyExt::boxed));
                             }
                             if crate::console::serves(path) {
-                                return Ok(crate::console::handle(hub, request).await);
+                                return Ok(crate::console::handle(hub, request, peer.ip()).await);
                             }
                             let response = handle(hub, request).await;
                             // A client that authenticated is kept when the listener is full.
