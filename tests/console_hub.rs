@@ -333,9 +333,11 @@ async fn a_flood_of_wrong_keys_is_slowed_and_logged_as_counts_while_the_owners_k
         answered += a;
         throttled += t;
     }
-    // Unthrottled, this hub answered some 1,100 wrong keys a second, each an INFO line.
+    // Unthrottled, this hub answered some 1,100 wrong keys a second (release build; 120 in
+    // these 1.5 s as a debug build under test), each an INFO line.
+    eprintln!("{answered} wrong keys answered in {flood_for:?}, {throttled} of them 429");
     assert!(
-        answered <= 100,
+        answered <= 40,
         "{answered} wrong keys answered in {flood_for:?}"
     );
     assert!(throttled > 0, "no 429 among {answered} answers");
