@@ -482,6 +482,46 @@ async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
     assert_eq!(status, 200, "d2 was deleted through a token for d1");
 }
 
+/// The primary key of device `id` on `hub`.
+async fn device_key(hub: &Hub, id: &str) -> String {
+    let (status, device) = hub.rest.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(status, 200, "{device}");
+    device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_connecting_identity_is_the_usernames_exactly_while_the_sr_may_be_lower_case_as_documented(
+) {
+    use rumqttc::mqttbytes::v4::ConnectReturnCode::{NotAuthorized, Success};
+    let dir = TempDir::new("id-case");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for id in ["abc", "ABC"] {
+        create_device(&hub, id).await;
+    }
+    let (lower_key, upper_key) = (device_key(&hub, "abc").await, device_key(&hub, "ABC").await);
+    let host = hub.host_name().to_owned();
+    for (sr, key, expected, why) in [
+        (
+            "abc",
+            &upper_key,
+            Success,
+            "the lower-case sr IoT Hub's guide specifies",
+        ),
+        ("ABC", &upper_key, Success, "the sr as given"),
+        ("abc", &lower_key, NotAuthorized, "abc's own token"),
+        ("ABC", &lower_key, NotAuthorized, "abc's key, sr naming ABC"),
+        ("abd", &upper_key, NotAuthorized, "another device's sr"),
+    ] {
+        let connect =
+            support::connect_packet_scoped(&hub, "ABC", &format!("{host}/devices/{sr}"), key);
+        let (_, code) = support::mqtt_connect_with(&hub, &connect).await;
+        assert_eq!(code, expected, "connecting as ABC with {why}");
+    }
+}
+
 #[tokio::test]
 async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
     use std::os::unix::fs::PermissionsExt;
