@@ -536,6 +536,57 @@ async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
     }
 }
 
+/// Starts a hub whose data directory holds only `database` as its `hub.db` (as a restore from
+/// a copy does), and asserts device `id` is in it.
+async fn restored_hub_has_device(database: &Path, id: &str) {
+    let dir = TempDir::new("restored");
+    std::fs::create_dir_all(dir.join("hub")).unwrap();
+    std::fs::copy(database, dir.join("hub").join("hub.db")).unwrap();
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, device) = hub.rest.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(status, 200, "device {id} is not in the copy: {device}");
+}
+
+#[tokio::test]
+async fn after_a_clean_stop_hub_db_alone_holds_every_write() {
+    let dir = TempDir::new("clean-stop-copy");
+    let mut hub = Hub::start(dir.path(), HubOptions::default());
+    create_device(&hub, "kept").await;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        hub.proc.signal(signal);
+        assert_eq!(hub.proc.wait_exit(Duration::from_secs(10)), Some(0));
+        let copy = dir.join("copy.db");
+        std::fs::copy(dir.join("hub").join("hub.db"), &copy).unwrap();
+        restored_hub_has_device(&copy, "kept").await;
+        std::fs::remove_file(copy).unwrap();
+        hub = Hub::start(dir.path(), HubOptions::default());
+    }
+}
+
+#[tokio::test]
+async fn hub_backup_copies_a_running_hub_to_one_private_file_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("backup");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    create_device(&hub, "backed-up").await;
+    let backup = dir.join("hub-backup.db");
+    let run = || {
+        hub.edgetwin()
+            .args(["hub", "backup", "--data-dir"])
+            .arg(dir.join("hub"))
+            .arg("--to")
+            .arg(&backup)
+            .output()
+            .unwrap()
+    };
+    support::stdout_of_success("edgetwin hub backup", &run());
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup holds every key");
+    let again = support::stderr_of_failure("a backup onto an existing file", &run());
+    assert!(again.contains("exists already"), "{again}");
+    restored_hub_has_device(&backup, "backed-up").await;
+}
+
 /// `edgetwin hub` on `dir/hub` with `args`, expected to refuse to start: its exit code and log.
 fn hub_refusing(dir: &Path, args: &[&str]) -> (i32, String) {
     let log = dir.join("refused.log");

@@ -179,6 +179,13 @@ pub enum HubError {
     },
 }
 
+/// Writes a consistent copy of the database of the hub in `data_dir` to the new file `to`
+/// (mode 0600), safe while that hub runs: restoring is putting it back as `hub.db` in a data
+/// directory (with the `hub.json` and certificates, or without them for new ones).
+pub fn backup(data_dir: &std::path::Path, to: &std::path::Path) -> Result<(), HubError> {
+    Ok(store::backup(&data_dir.join("hub.db"), to)?)
+}
+
 /// A hub serving in the background.
 pub struct RunningHub {
     /// Where it listens.
