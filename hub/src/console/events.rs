@@ -261,8 +261,8 @@ mod tests {
         drop(reader.pop());
         assert!(quota.take("reader-x", "registryRead").is_ok());
         drop(owner);
-        assert!(quota.lock().by_policy.get("iothubowner").is_none());
-        assert!(quota.lock().by_session.get("owner-1").is_none());
+        assert!(!quota.lock().by_policy.contains_key("iothubowner"));
+        assert!(!quota.lock().by_session.contains_key("owner-1"));
     }
 
     #[test]
