@@ -851,7 +851,7 @@ fn a_key_that_is_not_base64_a_missing_ca_file_or_a_device_connection_string_is_o
     let ca = ca.to_str().unwrap();
     let module_cs = "HostName=localhost;DeviceId=gw;ModuleId=m;SharedAccessKey=a2V5";
     // (tag, environment, the variable the line must name, what it must say)
-    let cases: [BadVariableCase; 4] = [
+    let cases: [BadVariableCase<'_>; 4] = [
         (
             "not-base64",
             &[

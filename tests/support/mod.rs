@@ -326,7 +326,7 @@ impl Hub {
     /// `dir/hub.log` (`hub-1.log`, ... for later starts), and waits for its `hub.json` (a stale
     /// one is removed first) to name the MQTT port, the requested one if any. Panics if the hub
     /// exits or does not get there within `options.timeout`.
-    pub fn start(dir: &Path, options: HubOptions) -> Hub {
+    pub fn start(dir: &Path, options: HubOptions<'_>) -> Hub {
         let data = dir.join("hub");
         let info_path = data.join("hub.json");
         let _ = std::fs::remove_file(&info_path);
