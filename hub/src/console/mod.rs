@@ -15,7 +15,7 @@ mod throttle;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgetwin_wire::rest::{ErrorCode, Permission};
@@ -392,7 +392,7 @@ fn stream(
         },
         slot,
         session_end,
-        std::time::Duration::from_secs(session.seconds_left(ids::now_unix())),
+        Duration::from_secs(session.seconds_left(ids::now_unix())),
     );
     Ok(hyper::Response::builder()
         .header("content-type", "text/event-stream")
