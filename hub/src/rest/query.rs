@@ -73,9 +73,11 @@ impl Queries {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let _slot = self.slots.acquire().await.map_err(|_| {
-            ApiError::new(ErrorCode::ServerError, "the hub is stopping its queries")
-        })?;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the query slots are never closed");
         crate::hub::off_the_async_worker(|| self.readers.read(f))
     }
 
@@ -205,11 +207,11 @@ fn documents<'t>(
 
 /// Rows of grouped and aggregate queries kept for their next pages (each row's JSON), by an id
 /// their continuation tokens carry: at most [`GROUPED_BYTES`] (the rows' text and their
-/// `String`s) and [`GROUPED_RESULTS`] in all,
-/// each for [`GROUPED_FOR`] after its last page was served; the least recently used go first.
+/// `String`s) and [`GROUPED_RESULTS`] in all, each for [`GROUPED_FOR`] after its last page was
+/// served; the least recently used go first.
 /// A page whose rows are gone is computed again (the same rows while the twins did not change).
 #[derive(Default)]
-pub struct GroupedRows {
+struct GroupedRows {
     /// The results kept, each with its id, size in bytes and when it was last used.
     entries: Vec<(u64, Arc<[String]>, usize, Instant)>,
     /// Their bytes in all.
