@@ -1,11 +1,12 @@
-//! `edgetwin new demo` in a scratch directory: the generated solution's own `cargo test` and
-//! `cargo build` pass, `edgetwin manifest gen` works in it, `edgetwin new --module` adds a second
-//! module, and the built module, unchanged, acknowledges a desired property and answers `ping`
-//! against a real `edgetwin hub` process, logging each step at info; with a workload socket that
-//! is not there it says so at once, with when it tries again.
+//! `edgetwin new demo`: the generated solution's own `cargo test` and `cargo build` pass,
+//! `edgetwin manifest gen` works in it, `edgetwin new --module` adds a second module, and the
+//! built module, unchanged, acknowledges a desired property and answers `ping` against a real
+//! `edgetwin hub` process, logging each step at info; with a workload socket that is not there it
+//! says so at once, with when it tries again. (Its images are built by `scripts/image-check`.)
 //!
 //! The nested cargo shares a target directory of its own under this workspace's (`target/new-
-//! solution`), kept across runs, so only the first run compiles the dependencies.
+//! solution`), kept across runs, and the solution is written there too (`demo`, made anew each
+//! run): its copy of the edgetwin crates keeps its path, so only the first run compiles them.
 
 #[allow(dead_code)]
 mod support;
@@ -44,8 +45,10 @@ fn edgetwin(dir: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_the_hub() {
     let scratch = TempDir::new("new-solution");
-    edgetwin(scratch.path(), &["new", "demo", "--module", "echo"]);
-    let demo = scratch.path().join("demo");
+    let demo = target_dir().join("demo");
+    let _ = std::fs::remove_dir_all(&demo);
+    std::fs::create_dir_all(target_dir()).unwrap();
+    edgetwin(&target_dir(), &["new", "demo", "--module", "echo"]);
     for file in [
         "deployment.template.json",
         ".env",
@@ -53,10 +56,22 @@ async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_
         "modules/echo/Dockerfile.amd64",
         "modules/echo/Dockerfile.arm64v8",
         "modules/echo/Dockerfile.arm32v7",
+        "edgetwin/client/Cargo.toml",
+        ".dockerignore",
     ] {
         assert!(demo.join(file).is_file(), "{file} missing");
     }
     edgetwin(&demo, &["new", "--module", "second"]);
+    let out = Command::new(EDGETWIN)
+        .args(["new", "--module", "third", "--edgetwin-path", "/elsewhere"])
+        .current_dir(&demo)
+        .output()
+        .unwrap();
+    let stderr = support::stderr_of_failure("edgetwin new --module --edgetwin-path", &out);
+    assert!(
+        stderr.contains("--edgetwin-path is for a new solution"),
+        "{stderr}"
+    );
 
     let tested = cargo(&demo, &["test", "--offline"]);
     assert!(
