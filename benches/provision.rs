@@ -2,11 +2,12 @@
 //! against a fresh local hub (`edgetwin hub`, ports 0) per measurement, done three ways:
 //!
 //! - `edgetwin provision --count N --prefix bench- --module edgetwin --rate 0` (bulk
-//!   `POST /devices`, a device and its module in the same request, pacing off);
+//!   `POST /devices`, 100 devices in one request and their modules in the next, pacing off);
 //! - Microsoft's Python service SDK (azure-iot-hub, `IoTHubRegistryManager`) the straightforward
 //!   way: `create_device_with_sas` + `create_module_with_sas` per device;
 //! - the same SDK with `bulk_create_or_update_devices`, 100 items per request (its
-//!   `ExportImportDevice` has `module_id`, so modules go in bulk too).
+//!   `ExportImportDevice` has `module_id`, so modules go in bulk too: devices first, then their
+//!   modules, since IoT Hub adds a module in bulk only to a device registered before the request).
 //!
 //! The Python side is `tests/python/bench_provision.py`, run with `.venv/bin/python` (override
 //! with `EDGETWIN_BENCH_PYTHON`); `REQUESTS_CA_BUNDLE` points at the hub's CA. Everything runs as
@@ -136,7 +137,7 @@ fn edgetwin_method(count: usize) -> Method {
     .collect();
     Method {
         tool: "edgetwin provision (Rust)",
-        how: "bulk POST /devices, device + module per request (100 items)",
+        how: "bulk POST /devices, 100 devices, then their 100 modules",
         command: format!("edgetwin {}", args.join(" ")),
         run: Box::new(move |hub: &Hub| {
             let (wall, stdout) = run_timed(hub.edgetwin().args(&args));
@@ -157,7 +158,7 @@ fn python_method(python: &Path, mode: &'static str, count: usize) -> Method {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/bench_provision.py");
     let how = match mode {
         "straightforward" => "IoTHubRegistryManager: create_device_with_sas + create_module_with_sas per device",
-        _ => "IoTHubRegistryManager: bulk_create_or_update_devices, device + module per request (100 items)",
+        _ => "IoTHubRegistryManager: bulk_create_or_update_devices, 100 devices, then their 100 modules",
     };
     let python = python.to_path_buf();
     Method {

@@ -16,7 +16,7 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
         ),
         format!("  service REST API:    {}", info.rest_url),
         format!(
-            "  web console:         {} (signs in as iothubowner; valid while this hub runs)",
+            "  web console:         {} (signs in once, as iothubowner; after that, sign in with the connection string below)",
             info.console_url.expose()
         ),
         format!(

@@ -17,6 +17,7 @@ fn a_hub_that_may_not_bind_443_says_so_in_one_line_and_names_the_ways_out() {
     let dir = support::TempDir::new("hub-cli-443");
     // the unprivileged user must be able to create the data directory's contents
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut command = if is_root {
         let mut c = Command::new("setpriv");
@@ -158,6 +159,7 @@ fn a_data_dir_that_is_a_file_or_another_users_directory_is_one_line_saying_so() 
     std::fs::write(&file, "not a directory").unwrap();
     // Another user's directory: as root, ours (root's) for a hub run as nobody; otherwise
     // root's own /.
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     let others = match is_root {
         true => {

@@ -482,6 +482,46 @@ async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
     assert_eq!(status, 200, "d2 was deleted through a token for d1");
 }
 
+/// The primary key of device `id` on `hub`.
+async fn device_key(hub: &Hub, id: &str) -> String {
+    let (status, device) = hub.rest.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(status, 200, "{device}");
+    device["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_connecting_identity_is_the_usernames_exactly_while_the_sr_may_be_lower_case_as_documented(
+) {
+    use rumqttc::mqttbytes::v4::ConnectReturnCode::{NotAuthorized, Success};
+    let dir = TempDir::new("id-case");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    for id in ["abc", "ABC"] {
+        create_device(&hub, id).await;
+    }
+    let (lower_key, upper_key) = (device_key(&hub, "abc").await, device_key(&hub, "ABC").await);
+    let host = hub.host_name().to_owned();
+    for (sr, key, expected, why) in [
+        (
+            "abc",
+            &upper_key,
+            Success,
+            "the lower-case sr IoT Hub's guide specifies",
+        ),
+        ("ABC", &upper_key, Success, "the sr as given"),
+        ("abc", &lower_key, NotAuthorized, "abc's own token"),
+        ("ABC", &lower_key, NotAuthorized, "abc's key, sr naming ABC"),
+        ("abd", &upper_key, NotAuthorized, "another device's sr"),
+    ] {
+        let connect =
+            support::connect_packet_scoped(&hub, "ABC", &format!("{host}/devices/{sr}"), key);
+        let (_, code) = support::mqtt_connect_with(&hub, &connect).await;
+        assert_eq!(code, expected, "connecting as ABC with {why}");
+    }
+}
+
 #[tokio::test]
 async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
     use std::os::unix::fs::PermissionsExt;
@@ -494,6 +534,57 @@ async fn the_database_and_its_journal_are_private_to_the_hubs_user() {
     for name in ["hub.db", "hub.db-wal", "hub.db-shm", "hub.json"] {
         assert_eq!(mode(&data.join(name)), 0o600, "{name}");
     }
+}
+
+/// Starts a hub whose data directory holds only `database` as its `hub.db` (as a restore from
+/// a copy does), and asserts device `id` is in it.
+async fn restored_hub_has_device(database: &Path, id: &str) {
+    let dir = TempDir::new("restored");
+    std::fs::create_dir_all(dir.join("hub")).unwrap();
+    std::fs::copy(database, dir.join("hub").join("hub.db")).unwrap();
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (status, device) = hub.rest.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(status, 200, "device {id} is not in the copy: {device}");
+}
+
+#[tokio::test]
+async fn after_a_clean_stop_hub_db_alone_holds_every_write() {
+    let dir = TempDir::new("clean-stop-copy");
+    let mut hub = Hub::start(dir.path(), HubOptions::default());
+    create_device(&hub, "kept").await;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        hub.proc.signal(signal);
+        assert_eq!(hub.proc.wait_exit(Duration::from_secs(10)), Some(0));
+        let copy = dir.join("copy.db");
+        std::fs::copy(dir.join("hub").join("hub.db"), &copy).unwrap();
+        restored_hub_has_device(&copy, "kept").await;
+        std::fs::remove_file(copy).unwrap();
+        hub = Hub::start(dir.path(), HubOptions::default());
+    }
+}
+
+#[tokio::test]
+async fn hub_backup_copies_a_running_hub_to_one_private_file_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("backup");
+    let hub = Hub::start(dir.path(), HubOptions::default());
+    create_device(&hub, "backed-up").await;
+    let backup = dir.join("hub-backup.db");
+    let run = || {
+        hub.edgetwin()
+            .args(["hub", "backup", "--data-dir"])
+            .arg(dir.join("hub"))
+            .arg("--to")
+            .arg(&backup)
+            .output()
+            .unwrap()
+    };
+    support::stdout_of_success("edgetwin hub backup", &run());
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup holds every key");
+    let again = support::stderr_of_failure("a backup onto an existing file", &run());
+    assert!(again.contains("exists already"), "{again}");
+    restored_hub_has_device(&backup, "backed-up").await;
 }
 
 /// `edgetwin hub` on `dir/hub` with `args`, expected to refuse to start: its exit code and log.

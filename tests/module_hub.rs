@@ -625,24 +625,21 @@ async fn twenty_seconds_of_telemetry_every_second_move_the_reported_version_only
     module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_throttled_reported_patch_is_retried_and_lands() {
-    let (dir, hub, env) = provisioned_hub("module-throttle").await;
+/// Injects fault `kind` (`body`) on the module's next two reported patches: the acknowledgement
+/// of a desired change must still land, after exactly two retries, and the fault be used up.
+async fn a_reported_patch_failed_twice_by_is_retried_and_lands(tag: &str, kind: &str, body: Value) {
+    let (dir, hub, env) = provisioned_hub(tag).await;
     // No telemetry during the test: the only reported patch is the acknowledgement.
     let v1 = hub.patch_desired(json!({"telemetryInterval": 3600})).await;
     let mut module = start_module(dir.path(), &env, hub.mqtt_port());
     hub.wait_ack("first ack", &module, "telemetryInterval", v1)
         .await;
-    hub.fault(
-        "throttle",
-        json!({"operation": "MQTT twin/PATCH", "count": 2, "retryAfterSeconds": 1}),
-    )
-    .await;
+    hub.fault(kind, body).await;
     let v2 = hub
         .patch_desired(json!({"thresholds": {"diskPercent": 97}}))
         .await;
     let reported = hub
-        .wait_ack("the throttled ack", &module, "thresholds", v2)
+        .wait_ack("the failed ack", &module, "thresholds", v2)
         .await;
     assert_eq!(reported["thresholds"]["value"]["diskPercent"], json!(97.0));
     let log = module.log();
@@ -652,8 +649,56 @@ async fn a_throttled_reported_patch_is_retried_and_lands() {
         2,
         "{log}"
     );
-    assert_eq!(hub.faults().await["throttles"], json!([]));
+    let faults = hub.faults().await;
+    assert_eq!(faults["throttles"], json!([]));
+    assert_eq!(faults["serverErrors"], json!([]));
     assert!(module.running(), "{log}");
+    module.assert_sigterm_exits_0(EXIT_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_reported_patch_is_retried_and_lands() {
+    a_reported_patch_failed_twice_by_is_retried_and_lands(
+        "module-throttle",
+        "throttle",
+        json!({"operation": "MQTT twin/PATCH", "count": 2, "retryAfterSeconds": 1}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_patch_answered_503_is_retried_and_lands() {
+    a_reported_patch_failed_twice_by_is_retried_and_lands(
+        "module-503",
+        "serverError",
+        json!({"operation": "MQTT twin/PATCH", "count": 2, "status": 503}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_get_answered_500_at_start_is_retried_and_the_desired_state_applied() {
+    let (dir, hub, env) = provisioned_hub("module-500").await;
+    let v1 = hub.patch_desired(json!({"telemetryInterval": 3600})).await;
+    let faults = hub
+        .fault(
+            "serverError",
+            json!({"operation": "MQTT twin/GET", "count": 2, "status": 500}),
+        )
+        .await;
+    assert_eq!(faults["serverErrors"][0]["status"], 500);
+    let mut module = start_module(dir.path(), &env, hub.mqtt_port());
+    hub.wait_ack(
+        "ack after two failed GETs",
+        &module,
+        "telemetryInterval",
+        v1,
+    )
+    .await;
+    let log = module.log();
+    assert_eq!(log.matches("twin GET failed; retrying").count(), 2, "{log}");
+    assert!(log.contains("status=500"), "{log}");
+    assert_eq!(hub.faults().await["serverErrors"], json!([]));
     module.assert_sigterm_exits_0(EXIT_TIMEOUT);
 }
 
@@ -806,7 +851,7 @@ fn a_key_that_is_not_base64_a_missing_ca_file_or_a_device_connection_string_is_o
     let ca = ca.to_str().unwrap();
     let module_cs = "HostName=localhost;DeviceId=gw;ModuleId=m;SharedAccessKey=a2V5";
     // (tag, environment, the variable the line must name, what it must say)
-    let cases: [BadVariableCase; 4] = [
+    let cases: [BadVariableCase<'_>; 4] = [
         (
             "not-base64",
             &[

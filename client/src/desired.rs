@@ -1,4 +1,4 @@
-//! Desired-property reconciliation (spec §4.9, §5.4, §6), without I/O.
+//! Desired-property reconciliation (docs/spec/iothub-device-protocol.md §4.9, §5.4, §6), without I/O.
 //!
 //! Desired notifications are never queued for a disconnected client, so after every CONNACK the
 //! session GETs the full twin and compares `desired.$version` with the last applied one. Patches

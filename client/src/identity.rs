@@ -1,4 +1,4 @@
-//! Who the module is and how it proves it (spec §1.2, §8.1, §8.3): the IoT Edge environment
+//! Who the module is and how it proves it (docs/spec/iothub-device-protocol.md §1.2, §8.1, §8.3): the IoT Edge environment
 //! (workload-signed SAS, trust bundle), the Edge simulator's `EdgeHubConnectionString`, or a
 //! module connection string straight to IoT Hub.
 

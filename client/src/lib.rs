@@ -37,8 +37,6 @@
 //! and their transitions) over [`backoff`], [`rid`], [`desired`] and [`reported`]; [`session`]
 //! is the only place that touches the network.
 
-#![warn(missing_docs)]
-
 pub mod backoff;
 mod client;
 pub mod desired;

@@ -1,5 +1,5 @@
 //! Messages: what a module sends to an output and receives on an input, with the system
-//! properties IoT Hub carries in the topic's property bag (spec §4.7).
+//! properties IoT Hub carries in the topic's property bag (docs/spec/iothub-device-protocol.md §4.7).
 
 use edgetwin_wire::topic::PropertyBag;
 

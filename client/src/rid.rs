@@ -1,4 +1,4 @@
-//! `$rid` correlation of twin requests and their responses (spec §4.11), without I/O.
+//! `$rid` correlation of twin requests and their responses (docs/spec/iothub-device-protocol.md §4.11), without I/O.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

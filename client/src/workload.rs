@@ -1,4 +1,4 @@
-//! The IoT Edge workload API client (spec §8.2, §8.3): HTTP/1.1 over the Unix socket (or TCP)
+//! The IoT Edge workload API client (docs/spec/iothub-device-protocol.md §8.2, §8.3): HTTP/1.1 over the Unix socket (or TCP)
 //! of `IOTEDGE_WORKLOADURI`, for the trust bundle and SAS signatures.
 
 use std::time::Duration;

@@ -11,8 +11,6 @@
 //! [`report`]. I/O: [`docker`] and [`identity`] over [`http`], [`workload`], [`agent`], [`run`]. May depend on
 //! `edgetwin-wire` and `edgetwin-client`; never on the hub.
 
-#![warn(missing_docs)]
-
 pub mod agent;
 pub mod config;
 pub mod container;

@@ -2,21 +2,47 @@
 //! socket per module (`<data dir>/mnt/<module>/workload.sock`, its directory bound into the
 //! module's container at `/var/run/iotedge`), so a module can sign only as itself — the socket says who
 //! is asking. Keys come from [`Identities`]; requests are read by `edgetwin_wire::workload`.
+//!
+//! A module is not trusted with the runtime's resources: each socket serves at most
+//! [`LIMITS`]`.max_connections` connections at once (more are closed at once), each for at most
+//! [`LIMITS`]`.deadline`, and a failed accept (out of file descriptors) pauses instead of spinning.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use edgetwin_wire::workload::{self, WorkloadAnswer, WorkloadRequest};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::identity::Identities;
+
+/// How much of the runtime one module's socket may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long one connection may stay open (a request and its answer take milliseconds).
+    pub deadline: Duration,
+    /// The pause after a failed accept (e.g. out of file descriptors).
+    pub accept_backoff: Duration,
+}
+
+/// The limits of every module's socket: a module signs a token now and then, so eight
+/// connections at once is already a module misbehaving.
+pub const LIMITS: Limits = Limits {
+    max_connections: 8,
+    deadline: Duration::from_secs(30),
+    accept_backoff: Duration::from_millis(100),
+};
 
 /// What every module's socket needs.
 struct Shared {
@@ -120,12 +146,10 @@ fn bind(root: &Path, module_dir: &Path, path: &Path) -> std::io::Result<UnixList
 }
 
 async fn serve(listener: UnixListener, shared: Arc<Shared>, module_id: String) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    let module = module_id.clone();
+    accept_within(listener, LIMITS, &module, move |stream| {
         let (shared, module_id) = (shared.clone(), module_id.clone());
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |request| {
                 let (shared, module_id) = (shared.clone(), module_id.clone());
                 async move { Ok::<_, Infallible>(handle(&shared, &module_id, request).await) }
@@ -133,6 +157,48 @@ async fn serve(listener: UnixListener, shared: Arc<Shared>, module_id: String) {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+        }
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` forever and runs `serve_one` on each, within `limits`.
+async fn accept_within<F, Fut>(
+    listener: UnixListener,
+    limits: Limits,
+    module_id: &str,
+    serve_one: F,
+) where
+    F: Fn(UnixStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refusing = false;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(module_id, %error, "workload socket: accept failed; pausing");
+                tokio::time::sleep(limits.accept_backoff).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refusing {
+                tracing::warn!(
+                    module_id,
+                    max = limits.max_connections,
+                    "workload socket: the module holds the most connections allowed; closing new ones until it lets some go"
+                );
+                refusing = true;
+            }
+            continue;
+        };
+        refusing = false;
+        let connection = serve_one(stream);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limits.deadline, connection).await;
+            drop(slot);
         });
     }
 }
@@ -199,4 +265,62 @@ fn respond(answer: WorkloadAnswer) -> hyper::Response<Full<Bytes>> {
         .header("Content-Type", "application/json")
         .body(Full::new(Bytes::from(answer.body)))
         .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// True when the server closed `stream` within `wait` (the read sees end of file).
+    async fn closed_within(stream: &mut UnixStream, wait: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(wait, stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_socket_serves_a_bounded_number_of_connections_each_for_a_bounded_time() {
+        let dir =
+            std::env::temp_dir().join(format!("edgetwin-edge-workload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let listener = bind(&dir, &dir.join("m"), &dir.join("m/workload.sock")).unwrap();
+        let limits = Limits {
+            max_connections: 2,
+            deadline: Duration::from_millis(600),
+            accept_backoff: Duration::from_millis(10),
+        };
+        // A module that opens connections and never sends a request.
+        let server = tokio::spawn(async move {
+            accept_within(listener, limits, "m", |stream| async move {
+                let _held = stream;
+                std::future::pending::<()>().await;
+            })
+            .await;
+        });
+        let path = dir.join("m/workload.sock");
+        let mut first = UnixStream::connect(&path).await.unwrap();
+        let mut second = UnixStream::connect(&path).await.unwrap();
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        assert!(
+            closed_within(&mut third, Duration::from_secs(2)).await,
+            "a connection past the limit is closed at once"
+        );
+        assert!(!closed_within(&mut first, Duration::from_millis(100)).await);
+        assert!(!closed_within(&mut second, Duration::from_millis(100)).await);
+        assert!(
+            closed_within(&mut first, Duration::from_secs(2)).await
+                && closed_within(&mut second, Duration::from_secs(2)).await,
+            "a connection is closed at its deadline"
+        );
+        let mut later = UnixStream::connect(&path).await.unwrap();
+        assert!(
+            !closed_within(&mut later, Duration::from_millis(100)).await,
+            "the slots are free again"
+        );
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -6,7 +6,7 @@ use edgetwin_wire::rest::ErrorCode;
 use crate::store::StoreError;
 
 /// An operation the hub refused or failed, as IoT Hub would report it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ApiError {
     /// IoT Hub's error code (gives the HTTP status and the numeric code).

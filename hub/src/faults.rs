@@ -1,11 +1,15 @@
 //! Faults on demand, for testing clients against the failures real networks and IoT Hub produce:
 //! dropped connections, refused connects, tokens that expire early, throttling (429 with
-//! `Retry-After`) and slow responses. Set through `/edgetwin/faults/*`; all off by default.
+//! `Retry-After`), server errors (500, 503) and slow responses. Set through `/edgetwin/faults/*`;
+//! all off by default.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use edgetwin_wire::rest::ErrorCode;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
 
 /// Answer chosen operations with 429 a number of times.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -18,6 +22,62 @@ pub struct Throttle {
     /// The `Retry-After` to send, in seconds.
     #[serde(default = "one")]
     pub retry_after_seconds: u32,
+}
+
+/// Answer chosen operations with a server error a number of times: what IoT Hub answers when it
+/// fails on its side (500 `ServerError`) or is briefly unavailable (503 `ServiceUnavailable`),
+/// which device SDKs retry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerError {
+    /// Operation prefix, as for [`Throttle`].
+    pub operation: String,
+    /// How many matching requests to fail.
+    pub count: u32,
+    /// 500 or 503.
+    #[serde(default = "five_hundred")]
+    pub status: u16,
+}
+
+impl ServerError {
+    /// The error answered, or why `status` cannot be injected.
+    pub fn error(&self) -> Result<ApiError, ApiError> {
+        let code = match self.status {
+            500 => ErrorCode::ServerError,
+            503 => ErrorCode::ServiceUnavailable,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "status {other}: a server error fault is 500 (ServerError) or 503 \
+                     (ServiceUnavailable)"
+                )))
+            }
+        };
+        Ok(ApiError::new(code, "server error (injected fault)"))
+    }
+}
+
+/// What an operation is answered instead, by an injected fault.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// 429, with `Retry-After` in seconds.
+    Throttled {
+        /// The `Retry-After` seconds.
+        retry_after: u32,
+    },
+    /// A server error.
+    Failed(ApiError),
+}
+
+impl Injected {
+    /// The error to answer.
+    pub fn error(&self) -> ApiError {
+        match self {
+            Injected::Throttled { .. } => {
+                ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)")
+            }
+            Injected::Failed(error) => error.clone(),
+        }
+    }
 }
 
 /// Delay chosen operations.
@@ -36,6 +96,48 @@ fn one() -> u32 {
     1
 }
 
+fn five_hundred() -> u16 {
+    500
+}
+
+/// A fault that answers a number of matching operations.
+trait Counted {
+    fn operation(&self) -> &str;
+    fn count(&mut self) -> &mut u32;
+}
+
+impl Counted for Throttle {
+    fn operation(&self) -> &str {
+        &self.operation
+    }
+    fn count(&mut self) -> &mut u32 {
+        &mut self.count
+    }
+}
+
+impl Counted for ServerError {
+    fn operation(&self) -> &str {
+        &self.operation
+    }
+    fn count(&mut self) -> &mut u32 {
+        &mut self.count
+    }
+}
+
+/// The first fault of `faults` matching `operation`, one use consumed (removed at its last).
+fn take<T: Counted + Clone>(faults: &mut Vec<T>, operation: &str) -> Option<T> {
+    let index = faults
+        .iter()
+        .position(|f| operation.starts_with(f.operation()))?;
+    let fault = faults[index].clone();
+    let count = faults[index].count();
+    *count = count.saturating_sub(1);
+    if *count == 0 {
+        faults.remove(index);
+    }
+    Some(fault)
+}
+
 /// The faults in force, as `GET /edgetwin/faults` shows them.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,6 +148,8 @@ pub struct FaultReport {
     pub token_lifetime_seconds: Option<u64>,
     /// Pending throttles.
     pub throttles: Vec<Throttle>,
+    /// Pending server errors.
+    pub server_errors: Vec<ServerError>,
     /// Delays.
     pub delays: Vec<Delay>,
 }
@@ -66,6 +170,8 @@ struct State {
     token_lifetime: Option<Duration>,
     /// Pending throttles.
     throttles: Vec<Throttle>,
+    /// Pending server errors.
+    server_errors: Vec<ServerError>,
     /// Delays.
     delays: Vec<Delay>,
 }
@@ -104,25 +210,29 @@ impl Faults {
         self.lock().throttles.push(throttle);
     }
 
+    /// Adds a server error fault, or says why its status cannot be injected.
+    pub fn add_server_error(&self, fault: ServerError) -> Result<(), ApiError> {
+        fault.error()?;
+        self.lock().server_errors.push(fault);
+        Ok(())
+    }
+
     /// Adds a delay.
     pub fn add_delay(&self, delay: Delay) {
         self.lock().delays.push(delay);
     }
 
-    /// If `operation` is throttled now, consumes one use and returns the `Retry-After` seconds.
-    pub fn take_throttle(&self, operation: &str) -> Option<u32> {
+    /// If a fault answers `operation` now (a throttle first, then a server error), consumes one
+    /// use of it and returns what to answer.
+    pub fn take(&self, operation: &str) -> Option<Injected> {
         let mut state = self.lock();
-        let index = state
-            .throttles
-            .iter()
-            .position(|t| operation.starts_with(&t.operation))?;
-        let throttle = &mut state.throttles[index];
-        let retry_after = throttle.retry_after_seconds;
-        throttle.count = throttle.count.saturating_sub(1);
-        if throttle.count == 0 {
-            state.throttles.remove(index);
+        if let Some(throttle) = take(&mut state.throttles, operation) {
+            return Some(Injected::Throttled {
+                retry_after: throttle.retry_after_seconds,
+            });
         }
-        Some(retry_after)
+        let fault = take(&mut state.server_errors, operation)?;
+        fault.error().ok().map(Injected::Failed)
     }
 
     /// The delay to apply to `operation`, if any.
@@ -148,6 +258,7 @@ impl Faults {
             }),
             token_lifetime_seconds: state.token_lifetime.map(|d| d.as_secs()),
             throttles: state.throttles.clone(),
+            server_errors: state.server_errors.clone(),
             delays: state.delays.clone(),
         }
     }
@@ -165,10 +276,38 @@ mod tests {
             count: 2,
             retry_after_seconds: 3,
         });
-        assert_eq!(faults.take_throttle("GET /devices/d1"), None);
-        assert_eq!(faults.take_throttle("PUT /devices/d1"), Some(3));
-        assert_eq!(faults.take_throttle("PUT /devices/d2"), Some(3));
-        assert_eq!(faults.take_throttle("PUT /devices/d3"), None);
+        let throttled = Some(Injected::Throttled { retry_after: 3 });
+        assert_eq!(faults.take("GET /devices/d1"), None);
+        assert_eq!(faults.take("PUT /devices/d1"), throttled);
+        assert_eq!(faults.take("PUT /devices/d2"), throttled);
+        assert_eq!(faults.take("PUT /devices/d3"), None);
+    }
+
+    #[test]
+    fn a_server_error_answers_its_count_after_any_throttle_and_only_500_or_503_is_taken() {
+        let faults = Faults::default();
+        let fault = |status| ServerError {
+            operation: "MQTT twin/GET".into(),
+            count: 1,
+            status,
+        };
+        let refused = faults.add_server_error(fault(502)).unwrap_err();
+        assert!(refused.message.contains("502"), "{}", refused.message);
+        faults.add_server_error(fault(503)).unwrap();
+        faults.add_throttle(Throttle {
+            operation: "MQTT twin/".into(),
+            count: 1,
+            retry_after_seconds: 1,
+        });
+        assert_eq!(
+            faults.take("MQTT twin/GET"),
+            Some(Injected::Throttled { retry_after: 1 })
+        );
+        let failed = faults.take("MQTT twin/GET").unwrap().error();
+        assert_eq!(failed.code, ErrorCode::ServiceUnavailable);
+        assert_eq!(failed.code.http_status(), 503);
+        assert_eq!(faults.take("MQTT twin/GET"), None);
+        assert!(faults.report().server_errors.is_empty());
     }
 
     #[test]

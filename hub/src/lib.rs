@@ -134,8 +134,8 @@ pub struct HubInfo {
     pub https_port: u16,
     /// REST base URL.
     pub rest_url: String,
-    /// The link that opens the web console signed in as `iothubowner` (valid while this hub
-    /// runs; a secret).
+    /// The link that opens the web console signed in as `iothubowner`, once (then sign in with
+    /// a service connection string; a secret).
     pub console_url: Secret,
     /// Directory of the workload sockets (one per edge device in use; a module's
     /// `edgeEnvironment` names its socket); none when the workload API is switched off.
@@ -177,6 +177,13 @@ pub enum HubError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// Writes a consistent copy of the database of the hub in `data_dir` to the new file `to`
+/// (mode 0600), safe while that hub runs: restoring is putting it back as `hub.db` in a data
+/// directory (with the `hub.json` and certificates, or without them for new ones).
+pub fn backup(data_dir: &std::path::Path, to: &std::path::Path) -> Result<(), HubError> {
+    Ok(store::backup(&data_dir.join("hub.db"), to)?)
 }
 
 /// A hub serving in the background.
@@ -383,7 +390,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         rest_url: format!("https://{service_host}"),
         console_url: Secret::new(format!(
             "https://{service_host}{}",
-            hub.console.sign_in_path().expose()
+            hub.console
+                .sign_in_path()
+                .map(|path| path.expose().to_owned())
+                .unwrap_or_default()
         )),
         workload_dir,
     };

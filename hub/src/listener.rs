@@ -490,8 +490,8 @@ mod tests {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        // SAFETY: reads into the struct.
         assert_eq!(
+            // SAFETY: getrlimit writes only into `limit`, which we own.
             unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
             0
         );

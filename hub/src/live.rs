@@ -191,15 +191,20 @@ impl LiveConnections {
             );
             connection.kick.notify_one();
             map.remove(client_id);
+            drop(map);
+            self.changes.send_modify(|n| *n += 1);
             return Err(Undelivered::Overloaded);
         }
         Ok(())
     }
 
-    /// Disconnects `client_id` if connected.
+    /// Disconnects `client_id` if connected. Removing it here leaves the connection's own
+    /// `unregister` nothing to remove, so subscribers are told here.
     pub fn kick(&self, client_id: &str) {
-        if let Some(connection) = self.lock().remove(client_id) {
+        let removed = self.lock().remove(client_id);
+        if let Some(connection) = removed {
             connection.kick.notify_one();
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -207,6 +212,7 @@ impl LiveConnections {
     pub fn kick_device(&self, device_id: &str) {
         let prefix = format!("{device_id}/");
         let mut map = self.lock();
+        let before = map.len();
         map.retain(|client_id, connection| {
             let belongs = client_id == device_id || client_id.starts_with(&prefix);
             if belongs {
@@ -214,6 +220,11 @@ impl LiveConnections {
             }
             !belongs
         });
+        let kicked = map.len() < before;
+        drop(map);
+        if kicked {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveConnection>> {
@@ -260,6 +271,26 @@ mod tests {
         assert!(!changes.has_changed().unwrap());
         live.unregister("d1", second.id);
         assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn subscribers_are_told_when_the_hub_kicks_a_client_or_a_device() {
+        let live = LiveConnections::default();
+        let mut changes = live.subscribe();
+        let module = live.register("d1/m1", HashSet::new());
+        live.register("d2", HashSet::new());
+        changes.mark_unchanged();
+        live.kick("d1/m1");
+        assert!(changes.has_changed().unwrap(), "kick");
+        changes.mark_unchanged();
+        // The kicked connection's own unregister then finds nothing to remove.
+        live.unregister("d1/m1", module.id);
+        live.kick("d1/m1");
+        live.kick_device("d1");
+        assert!(!changes.has_changed().unwrap(), "nothing was connected");
+        live.kick_device("d2");
+        assert!(changes.has_changed().unwrap(), "kick_device");
+        assert!(live.client_ids().is_empty());
     }
 
     #[test]

@@ -281,6 +281,64 @@ impl Store {
         tx.commit()?;
         Ok(results)
     }
+
+    /// Moves every committed write from the write-ahead log into the database file and empties
+    /// the log (`wal_checkpoint(TRUNCATE)`), so that `hub.db` alone holds everything: done at a
+    /// clean stop, once the writer has committed its last batch. `Ok(false)` if a reader kept
+    /// part of the log from being moved (it stays in `hub.db-wal`, still safe).
+    pub fn checkpoint(&self) -> Result<bool, StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        Ok(busy == 0)
+    }
+}
+
+/// Writes a consistent copy of the database at `database` to the new file `to` (mode 0600: it
+/// holds every key) with SQLite's `VACUUM INTO`: one self-contained file, taken in one read
+/// transaction, so it is safe while the hub runs and writes. `to` must not exist.
+pub fn backup(database: &Path, to: &Path) -> Result<(), StoreError> {
+    use rusqlite::OpenFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { path, source }
+    };
+    if !database.is_file() {
+        return Err(io(database)(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no hub database here: --data-dir must be the directory `edgetwin hub` keeps its state in",
+        )));
+    }
+    let Some(target) = to.to_str() else {
+        return Err(io(to)(std::io::Error::other(
+            "the backup's path is not UTF-8",
+        )));
+    };
+    // Opened read-write (never created) so that the log and its index can be read as the hub
+    // writes them; nothing is written to the database.
+    let conn = Connection::open_with_flags(
+        database,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => io(to)(std::io::Error::new(
+                source.kind(),
+                "exists already: a backup is written to a new file",
+            )),
+            _ => io(to)(source),
+        })?;
+    if let Err(error) = conn.execute("VACUUM INTO ?1", [target]) {
+        let _ = std::fs::remove_file(to);
+        return Err(error.into());
+    }
+    Ok(())
 }
 
 fn in_transaction<T, E: From<StoreError>>(

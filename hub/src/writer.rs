@@ -183,6 +183,17 @@ fn write_batches(
             job.finish(commit.is_ok(), hook);
         }
     }
+    // The queue closed: a clean stop. Leave everything in hub.db itself, so that a copy of that
+    // one file is the whole hub.
+    match store.checkpoint() {
+        Ok(true) => tracing::debug!("database checkpointed"),
+        Ok(false) => tracing::warn!(
+            "database checkpoint incomplete: a reader held the log; the rest stays in hub.db-wal"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "database checkpoint at stop failed; the log stays in hub.db-wal")
+        }
+    }
 }
 
 /// A submitted job waiting for its commit.

@@ -49,7 +49,11 @@ enum Command {
 
 /// Options of `edgetwin hub`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct HubArgs {
+    /// Something else than running the hub.
+    #[command(subcommand)]
+    action: Option<HubAction>,
     /// Directory for the database, certificates and workload sockets.
     #[arg(long, env = "EDGETWIN_HUB_DATA_DIR", default_value = ".edgetwin/hub")]
     data_dir: PathBuf,
@@ -80,6 +84,35 @@ struct HubArgs {
     /// descriptor); default: an eighth of the open-file limit, between 8 and 1024.
     #[arg(long, value_name = "N")]
     max_workload_sockets: Option<usize>,
+}
+
+/// What `edgetwin hub` does instead of running.
+#[derive(Subcommand)]
+enum HubAction {
+    /// Copy the hub's database to a new file, consistent and self-contained, safe while the hub
+    /// runs (SQLite's VACUUM INTO). Restore: stop the hub, delete hub.db-wal and hub.db-shm, put
+    /// the file back as hub.db.
+    Backup(BackupArgs),
+}
+
+/// Options of `edgetwin hub backup`.
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The hub's data directory.
+    #[arg(long, env = "EDGETWIN_HUB_DATA_DIR", default_value = ".edgetwin/hub")]
+    data_dir: PathBuf,
+    /// The new file to write (it must not exist; it holds every key, and is made 0600).
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
+}
+
+/// `println!` that ignores a closed or full stdout instead of panicking: the hub keeps serving
+/// whoever reads its banner.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 fn main() -> ExitCode {
@@ -116,6 +149,12 @@ fn main() -> ExitCode {
         Command::Quickstart(args) => runtime
             .block_on(edgetwin::quickstart::run(args))
             .map_err(|e| e.to_string()),
+        Command::Hub(HubArgs {
+            action: Some(HubAction::Backup(args)),
+            ..
+        }) => edgetwin_hub::backup(&args.data_dir, &args.to)
+            .map(|()| out!("backed up to {}", args.to.display()))
+            .map_err(|e| format!("backup: {e}")),
         Command::Hub(args) => runtime.block_on(run_hub(args)),
         Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
         Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
@@ -133,15 +172,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `println!` that ignores a closed or full stdout instead of panicking: the hub keeps serving
-/// whoever reads its banner.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
 }
 
 async fn run_hub(args: HubArgs) -> Result<(), String> {

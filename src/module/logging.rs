@@ -1,4 +1,4 @@
-//! Logs an IoT Edge operator can filter (spec §9): every line starts with the syslog severity
+//! Logs an IoT Edge operator can filter (docs/spec/iothub-device-protocol.md §9): every line starts with the syslog severity
 //! (`<6>` info), then `yyyy-MM-dd HH:mm:ss.fff +00:00 [INF]`. The level comes from `RUST_LOG`
 //! (a tracing filter) or else `RuntimeLogLevel` (edgeAgent's Serilog names).
 

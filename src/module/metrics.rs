@@ -91,7 +91,9 @@ impl DiskUsage {
 pub fn disk_usage(path: &str) -> Option<DiskUsage> {
     let c_path = std::ffi::CString::new(path).ok()?;
     // SAFETY: `statvfs` only writes into the zeroed struct we own and reads the C string.
+    // SAFETY: an all-zero `statvfs` is a valid value of this plain C struct.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `statvfs` reads the NUL-terminated path and writes only into `stat`, which we own.
     let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
     if rc != 0 {
         return None;

@@ -1,5 +1,5 @@
 //! Writable properties: desired values validated into the settings in force, each answered
-//! with an IoT Plug and Play acknowledgement `{value, ac, av, ad}` (spec §7). Pure.
+//! with an IoT Plug and Play acknowledgement `{value, ac, av, ad}` (docs/spec/iothub-device-protocol.md §7). Pure.
 
 use edgetwin_wire::twin::Properties;
 use serde_json::{json, Map, Value};

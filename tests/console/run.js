@@ -26,6 +26,8 @@ const shots = process.env.CONSOLE_SCREENSHOTS || path.join(root, 'target/console
 const WIDTHS = [1280, 360];
 const DEVICE = 'console-gw';
 const MODULE = 'watcher';
+// A device whose id is as long as real ones get: its column may break it, but not a letter a line.
+const LONG_DEVICE = 'line-7-packaging-station-temperature-and-humidity-sensor-0042';
 const WAIT = 20000;
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'edgetwin-console-'));
@@ -92,6 +94,57 @@ async function checkLabels(page, name) {
   assert.deepEqual(unnamed, [], `${name}: controls without a label or name`);
 }
 
+// What is wrong with the page's layout as the browser laid it out at the current width: every
+// table's rows sit directly in its row groups, each row has as many cells (counting colspan) as
+// the header, and each cell's left and right edges are those of its column's header cell (±1 px);
+// and no word of 4 characters or more is broken into lines of fewer than 8 characters on average
+// (a column squeezed to a letter or two a line). Returns one line per problem.
+function layoutProblems(page) {
+  return page.evaluate(() => {
+    const problems = [];
+    const near = (a, b) => Math.abs(a - b) <= 1;
+    for (const [t, table] of [...document.querySelectorAll('table')].entries()) {
+      const what = 'table ' + (table.caption ? JSON.stringify(table.caption.textContent) : t);
+      const heads = [...table.querySelectorAll('thead > tr > th')].map((th) => th.getBoundingClientRect());
+      for (const row of table.querySelectorAll('tr')) {
+        if (row.parentElement.parentElement !== table) {
+          problems.push(`${what}: a row inside <${row.parentElement.parentElement.localName}> in <${row.parentElement.localName}>`);
+          continue;
+        }
+        const cells = [...row.cells];
+        const columns = cells.reduce((sum, cell) => sum + cell.colSpan, 0);
+        if (columns !== heads.length) {
+          problems.push(`${what}: a row of ${columns} columns under ${heads.length} headers: ${row.textContent}`);
+          continue;
+        }
+        let column = 0;
+        for (const cell of cells) {
+          const box = cell.getBoundingClientRect();
+          const [first, last] = [heads[column], heads[column + cell.colSpan - 1]];
+          if (!near(box.left, first.left) || !near(box.right, last.right)) {
+            problems.push(`${what}: "${cell.textContent}" spans ${box.left.toFixed(1)}–${box.right.toFixed(1)} px, `
+              + `its header ${first.left.toFixed(1)}–${last.right.toFixed(1)} px`);
+          }
+          column += cell.colSpan;
+        }
+      }
+    }
+    const texts = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = texts.nextNode(); node; node = texts.nextNode()) {
+      for (const word of node.data.matchAll(/\S{4,}/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top))).size;
+        if (lines > 1 && word[0].length / lines < 8) {
+          problems.push(`"${word[0]}" in <${node.parentElement.localName}> is broken over ${lines} lines`);
+        }
+      }
+    }
+    return problems;
+  });
+}
+
 async function shoot(page, name) {
   await checkLabels(page, name);
   fs.mkdirSync(shots, { recursive: true });
@@ -100,6 +153,7 @@ async function shoot(page, name) {
     await page.waitForTimeout(150);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `${name} at ${width} px is ${overflow} px wider than the window`);
+    assert.deepEqual(await layoutProblems(page), [], `${name} at ${width} px: columns line up and words are whole`);
     await page.screenshot({ path: path.join(shots, `${name}-${width}.png`), fullPage: true });
   }
   await page.setViewportSize({ width: 1280, height: 800 });
@@ -194,10 +248,11 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     await page.locator('#who').filter({ hasText: 'iothubowner' }).waitFor();
     await call('PUT', `/devices/${DEVICE}`, { deviceId: DEVICE, capabilities: { iotEdge: true } });
     await call('PUT', `/devices/${DEVICE}/modules/${MODULE}`, { deviceId: DEVICE, moduleId: MODULE });
+    await call('PUT', `/devices/${LONG_DEVICE}`, { deviceId: LONG_DEVICE });
     await page.getByRole('link', { name: DEVICE }).waitFor({ timeout: WAIT });
+    await page.getByRole('link', { name: LONG_DEVICE }).waitFor({ timeout: WAIT });
     const row = page.getByRole('row', { name: new RegExp(DEVICE) });
     assert.match(await row.textContent(), /yes/, 'shown as an IoT Edge device');
-    await shoot(page, 'devices');
   });
 
   await t.test('edgetwin-module connects and the device page shows it connected', async () => {
@@ -210,12 +265,26 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     const state = page.locator(`[data-client-id="${DEVICE}/${MODULE}"]`);
     await until('the module to show as connected: ' + tail('module.log'),
       async () => (await state.textContent()) === 'Connected');
+    // The edge device's own identity never connects; its modules do ($edgeAgent, $edgeHub and
+    // watcher are its module identities), and the device reads as connected through them.
+    const device = page.locator(`[data-device-id="${DEVICE}"]`);
+    const throughModule = 'device: disconnected\u00a0· 1 of 3 modules connected';
+    await until('the device to read ' + throughModule, async () => (await device.textContent()) === throughModule, 5000);
+    assert.equal(await device.getAttribute('class'), 'state-Connected');
     const drop = page.getByRole('button', { name: `Drop the connection of ${DEVICE} / ${MODULE}` });
     await drop.focus();
     await page.waitForTimeout(3500);
     assert.ok(await drop.evaluate((button) => button === document.activeElement),
       'the keyboard focus survives the page\'s polling');
     await shoot(page, 'device');
+    await page.getByRole('link', { name: 'Devices' }).click();
+    const listed = page.locator(`[data-device-id="${DEVICE}"]`);
+    await until('the devices page to read ' + throughModule, async () => (await listed.textContent()) === throughModule, 5000);
+    assert.equal(await listed.getAttribute('class'), 'state-Connected');
+    const alone = page.locator(`[data-device-id="${LONG_DEVICE}"]`);
+    assert.equal(await alone.textContent(), 'Disconnected', 'a device without modules says only its own state');
+    assert.equal(await alone.getAttribute('class'), 'state-Disconnected');
+    await shoot(page, 'devices');
   });
 
   await t.test('a desired telemetryInterval edited in the console is acknowledged in reported properties', async () => {
@@ -248,6 +317,28 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     await until('two telemetry messages', async () => (await entries.count()) >= 2, 15000);
     assert.match(await entries.first().textContent(), /telemetry/, 'the output name is shown');
     assert.ok((await page.locator('svg.chart polyline').count()) >= 1, 'numeric fields are charted');
+    // One axis per unit (or per field): the module's memory in KiB (millions) is not drawn
+    // against its load averages (units), and every chart's axis fits its own series.
+    const charts = await page.locator('figure.chart-box').evaluateAll((figures) => figures.map((figure) => ({
+      axis: [Number(figure.querySelector('svg').dataset.axisMin), Number(figure.querySelector('svg').dataset.axisMax)],
+      label: figure.querySelector('text.axis-max').textContent,
+      series: [...figure.querySelectorAll('li[data-field]')].map((li) => ({
+        field: li.dataset.field, min: Number(li.dataset.min), max: Number(li.dataset.max) })),
+    })));
+    const chartOf = (field) => charts.find((c) => c.series.some((s) => s.field === field));
+    const [memory, load] = [chartOf('memory.totalKiB'), chartOf('load.1m')];
+    assert.ok(memory && load && memory !== load, 'memory and load on separate axes: ' + JSON.stringify(charts));
+    assert.match(memory.label, / KiB$/, 'the memory axis names its unit');
+    for (const { axis: [low, high], label, series } of charts) {
+      const what = label + ': ' + JSON.stringify(series);
+      const sizes = series.map((s) => Math.max(Math.abs(s.min), Math.abs(s.max)));
+      assert.ok(series.every((s) => s.min >= low && s.max <= high), 'the axis holds every series: ' + what);
+      const largest = Math.max(...sizes);
+      assert.ok(largest === 0 || high - low <= 5 * largest, 'the axis is not far larger than its series: ' + what);
+      const nonzero = sizes.filter((size) => size > 0);
+      assert.ok(!nonzero.length || Math.max(...nonzero) / Math.min(...nonzero) <= 100,
+        'no series is flattened by another 100 times its size on one axis: ' + what);
+    }
     const pause = page.getByRole('button', { name: 'Pause' });
     await pause.click();
     assert.equal(await page.getByRole('button', { name: 'Resume' }).getAttribute('aria-pressed'), 'true');
@@ -278,7 +369,14 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     const state = page.locator(`[data-client-id="${DEVICE}/${MODULE}"]`);
     await state.filter({ hasText: 'Connected' }).waitFor();
     await page.getByRole('button', { name: `Drop the connection of ${DEVICE} / ${MODULE}` }).click();
-    await until('the state to read Disconnected', async () => (await state.textContent()) === 'Disconnected', 5000);
+    // The module's cell and the device's, read at one instant (the module reconnects at once).
+    const [, deviceText, deviceClass] = await until('the state to read Disconnected', async () => {
+      const cells = await page.evaluate((ids) => ids.map((id) => document.querySelector(id))
+        .flatMap((cell) => [cell.textContent, cell.className]), [`[data-client-id="${DEVICE}/${MODULE}"]`, `[data-device-id="${DEVICE}"]`]);
+      return cells[0] === 'Disconnected' && cells.slice(1);
+    }, 5000);
+    assert.equal(deviceText, 'device: disconnected\u00a0· 0 of 3 modules connected');
+    assert.equal(deviceClass, 'state-Disconnected');
     await until('the module to reconnect: ' + tail('module.log'), async () => (await state.textContent()) === 'Connected');
   });
 

@@ -12,8 +12,9 @@ Modes:
   straightforward  create_device_with_sas(iot_edge=True) then create_module_with_sas, one device
                    after the other (2 requests per device), as the SDK samples do.
   bulk             bulk_create_or_update_devices with ExportImportDevice items, 100 per request:
-                   ExportImportDevice has module_id, so each device and its module go in the same
-                   request (50 devices per request), as edgetwin does.
+                   100 devices in one request, then their 100 modules in the next (as edgetwin
+                   does: IoT Hub adds a module in bulk only to a device registered before the
+                   request; a device and its module in one request fail with DeviceNotFound).
 
 Keys are generated client-side (32 random bytes, base64) in both modes, as edgetwin does, so the
 connection strings are known without reading identities back. Prints one JSON line:
@@ -61,27 +62,34 @@ def straightforward(manager, ids, module_id):
 
 
 def bulk(manager, ids, module_id):
-    per_device = 2 if module_id else 1
-    per_request = MAX_BULK_ITEMS // per_device
     requests = 0
-    for start in range(0, len(ids), per_request):
-        items = []
-        for device_id in ids[start:start + per_request]:
-            items.append(ExportImportDevice(
-                id=device_id,
-                import_mode="create",
-                status="enabled",
-                authentication=sas(),
-                capabilities=DeviceCapabilities(iot_edge=True),
-            ))
-            if module_id:
-                items.append(ExportImportDevice(
-                    id=device_id, module_id=module_id, import_mode="create", authentication=sas()))
+
+    def send(items):
+        nonlocal requests
         result = manager.bulk_create_or_update_devices(items)
         requests += 1
         if not result.is_successful:
             errors = [(e.device_id, e.module_id, e.error_code) for e in result.errors[:5]]
             raise SystemExit(f"bulk request {requests} failed: {errors}")
+
+    for start in range(0, len(ids), MAX_BULK_ITEMS):
+        chunk = ids[start:start + MAX_BULK_ITEMS]
+        send([
+            ExportImportDevice(
+                id=device_id,
+                import_mode="create",
+                status="enabled",
+                authentication=sas(),
+                capabilities=DeviceCapabilities(iot_edge=True),
+            )
+            for device_id in chunk
+        ])
+        if module_id:
+            send([
+                ExportImportDevice(
+                    id=device_id, module_id=module_id, import_mode="create", authentication=sas())
+                for device_id in chunk
+            ])
     return requests
 
 

@@ -326,7 +326,7 @@ impl Hub {
     /// `dir/hub.log` (`hub-1.log`, ... for later starts), and waits for its `hub.json` (a stale
     /// one is removed first) to name the MQTT port, the requested one if any. Panics if the hub
     /// exits or does not get there within `options.timeout`.
-    pub fn start(dir: &Path, options: HubOptions) -> Hub {
+    pub fn start(dir: &Path, options: HubOptions<'_>) -> Hub {
         let data = dir.join("hub");
         let info_path = data.join("hub.json");
         let _ = std::fs::remove_file(&info_path);
@@ -431,7 +431,6 @@ pub async fn tls_connect(
 
 /// The CONNECT packet of device `device` or its module `module` (SAS `key`) of `hub`, as bytes.
 pub fn connect_packet(hub: &Hub, device: &str, module: Option<&str>, key: &str) -> bytes::BytesMut {
-    use rumqttc::mqttbytes::v4::{Connect, Packet};
     let host = hub.host_name().to_owned();
     let (client_id, resource) = match module {
         Some(module) => (
@@ -440,9 +439,22 @@ pub fn connect_packet(hub: &Hub, device: &str, module: Option<&str>, key: &str) 
         ),
         None => (device.to_owned(), format!("{host}/devices/{device}")),
     };
+    connect_packet_scoped(hub, &client_id, &resource, key)
+}
+
+/// The CONNECT packet of client id `client_id` of `hub` with a token for `resource` (its `sr`)
+/// signed with `key`, as bytes.
+pub fn connect_packet_scoped(
+    hub: &Hub,
+    client_id: &str,
+    resource: &str,
+    key: &str,
+) -> bytes::BytesMut {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    let host = hub.host_name().to_owned();
     let token =
-        generate_token(&Secret::new(key), &resource, unix_now() as u64 + 3600, None).unwrap();
-    let mut connect = Connect::new(client_id.clone());
+        generate_token(&Secret::new(key), resource, unix_now() as u64 + 3600, None).unwrap();
+    let mut connect = Connect::new(client_id);
     connect.set_login(
         format!("{host}/{client_id}/?api-version=2021-04-12"),
         token.expose(),
@@ -465,14 +477,25 @@ pub async fn mqtt_connect(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     rumqttc::mqttbytes::v4::ConnectReturnCode,
 ) {
+    mqtt_connect_with(hub, &connect_packet(hub, device, module, key)).await
+}
+
+/// A raw MQTT connection to `hub` that sent `connect` (a CONNECT packet's bytes), and the
+/// CONNACK's return code.
+pub async fn mqtt_connect_with(
+    hub: &Hub,
+    connect: &[u8],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    rumqttc::mqttbytes::v4::ConnectReturnCode,
+) {
     use rumqttc::mqttbytes::v4::Packet;
     use tokio::io::AsyncWriteExt;
     let host = hub.host_name().to_owned();
     let mut stream = tls_connect(hub.mqtt_port(), tls_trusting(&hub.ca()), host)
         .await
         .expect("TLS to the MQTT port");
-    let out = connect_packet(hub, device, module, key);
-    stream.write_all(&out).await.unwrap();
+    stream.write_all(connect).await.unwrap();
     let mut buffer = bytes::BytesMut::new();
     match read_packet(&mut stream, &mut buffer).await {
         Packet::ConnAck(ack) => (stream, ack.code),

@@ -1,5 +1,5 @@
 //! Target conditions of configurations and deployments: the WHERE clause of IoT Hub's query
-//! language (service spec A4) without the keyword, e.g. `tags.environment='prod' AND deviceId IN
+//! language (docs/spec/iothub-service-and-manifest.md A4) without the keyword, e.g. `tags.environment='prod' AND deviceId IN
 //! ['a','b']`. The grammar and its evaluation are [`crate::query`]'s; this is the name the
 //! deployment code and edgeHub routes use for "a condition over one twin".
 //!

@@ -1,4 +1,4 @@
-//! IoT Hub connection strings (device spec §1.2).
+//! IoT Hub connection strings (docs/spec/iothub-device-protocol.md §1.2).
 //!
 //! `key=value` pairs joined by `;`, each pair split on the **first** `=` (base64 keys end
 //! with `=`). Keys are case-sensitive and limited to the set the Python SDK accepts. Parse

@@ -1,4 +1,4 @@
-//! The IoT Edge module environment and workload API contract (device spec §8).
+//! The IoT Edge module environment and workload API contract (docs/spec/iothub-device-protocol.md §8).
 //!
 //! A module learns its identity from `IOTEDGE_*` variables and obtains SAS signatures and the
 //! trust bundle from the workload API (HTTP over a Unix socket). Reading goes through a lookup

@@ -6,8 +6,6 @@
 //! the service REST models and error envelopes, and the IoT Edge module environment.
 //! Nothing here opens sockets, reads files, reads the clock or reads the process environment.
 
-#![deny(missing_docs)]
-
 pub mod condition;
 pub mod connection_string;
 pub mod edge;

@@ -1,4 +1,4 @@
-//! Service (data-plane) REST models, error envelopes and access policies (service spec A1,
+//! Service (data-plane) REST models, error envelopes and access policies (docs/spec/iothub-service-and-manifest.md A1,
 //! A2.1, A2.11, A5).
 //!
 //! Models use camelCase JSON names. Optional fields are omitted when `None` so that inputs
@@ -594,7 +594,7 @@ pub struct ConfigurationQueriesTestResponse {
     pub custom_metric_query_errors: BTreeMap<String, String>,
 }
 
-/// IoT Hub service error codes used by the emulator (spec A2.11).
+/// IoT Hub service error codes used by the emulator (docs/spec/iothub-service-and-manifest.md A2.11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// 400004.
@@ -782,7 +782,7 @@ pub fn error_body(code: ErrorCode, text: &str, tracking_id: &str, timestamp: &st
     Value::Object(m)
 }
 
-/// The 401 body of spec A1: `ErrorCode:IotHubUnauthorizedAccess;Unauthorized`.
+/// The 401 body of docs/spec/iothub-service-and-manifest.md A1: `ErrorCode:IotHubUnauthorizedAccess;Unauthorized`.
 pub fn unauthorized_body(tracking_id: &str, timestamp: &str) -> Value {
     error_body(
         ErrorCode::IotHubUnauthorizedAccess,
@@ -914,7 +914,7 @@ const OWNER: &[Permission] = &[
     Permission::DeviceConnect,
 ];
 
-/// The default shared access policies of a hub and their permissions (spec A1):
+/// The default shared access policies of a hub and their permissions (docs/spec/iothub-service-and-manifest.md A1):
 /// `iothubowner`, `service`, `device`, `registryRead`, `registryReadWrite`.
 pub fn default_policies() -> Vec<(&'static str, &'static [Permission])> {
     vec![

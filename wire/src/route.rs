@@ -1,4 +1,4 @@
-//! edgeHub routes: `FROM <source> [WHERE <condition>] INTO <sink>` (service spec B1), parsed once
+//! edgeHub routes: `FROM <source> [WHERE <condition>] INTO <sink>` (docs/spec/iothub-service-and-manifest.md B1), parsed once
 //! and shared by the manifest validator and the local hub's router.
 //!
 //! Sources: `/*`, `/messages/*`, `/messages/modules/*`, `/messages/modules/{m}/*`,

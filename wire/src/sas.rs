@@ -1,4 +1,4 @@
-//! Shared access signature tokens (device spec §2, service spec A1).
+//! Shared access signature tokens (docs/spec/iothub-device-protocol.md §2, docs/spec/iothub-service-and-manifest.md A1).
 //!
 //! ```text
 //! SharedAccessSignature sr={enc(resource)}&sig={enc(base64 HMAC)}&se={expiry}[&skn={policy}]

@@ -1,4 +1,4 @@
-//! MQTT client ids, usernames and topic names (device spec §3.2 and §4).
+//! MQTT client ids, usernames and topic names (docs/spec/iothub-device-protocol.md §3.2 and §4).
 //!
 //! Ids are never percent-encoded inside client ids, usernames or topics; property bags are.
 //! Subscription filters are classified as literal strings — `#` and `+` are legal id
@@ -621,7 +621,7 @@ pub fn parse_outbound(topic: &str) -> Result<Outbound, TopicError> {
 }
 
 /// Method names: non-empty printable US-ASCII, excluding
-/// `$ ( ) < > @ , ; : \ " / [ ] ? = { }`, SP and HT (spec §4.10).
+/// `$ ( ) < > @ , ; : \ " / [ ] ? = { }`, SP and HT (docs/spec/iothub-device-protocol.md §4.10).
 pub fn is_valid_method_name(name: &str) -> bool {
     const FORBIDDEN: &[u8] = b"$()<>@,;:\\\"/[]?={}";
     !name.is_empty()

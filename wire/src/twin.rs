@@ -1,4 +1,4 @@
-//! Twin documents: merge patches, validation and size limits (device spec §5, service A2.4).
+//! Twin documents: merge patches, validation and size limits (docs/spec/iothub-device-protocol.md §5, docs/spec/iothub-service-and-manifest.md A2.4).
 //!
 //! Patches are JSON merge patches (RFC 7386). Validation errors name the JSON path of the
 //! offending property, rooted at the section (`reported.a.b`, `desired.x[2]`, `tags.t`).

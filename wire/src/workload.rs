@@ -183,7 +183,7 @@ mod tests {
         let sign = "/modules/m/genid/g/sign";
         // method, path, query, JSON body, body, status
         type Case<'a> = (&'a str, &'a str, &'a str, bool, &'a [u8], u16);
-        let cases: [Case; 7] = [
+        let cases: [Case<'_>; 7] = [
             ("GET", "/trust-bundle", "", true, b"", 400),
             (
                 "GET",

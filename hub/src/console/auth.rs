@@ -1,12 +1,15 @@
-//! Who is signed in to the console: the link token `edgetwin hub` prints (Jupyter style, valid for
-//! the hub's run, signs in as `iothubowner`), sign-in with a service connection string (the
-//! session then holds that policy and the REST routes enforce its permissions), and the sessions
-//! themselves: a random id in an `HttpOnly; Secure; SameSite=Strict` cookie and, per session, a
-//! CSRF token that mutating requests must repeat in a header. Pure and time-explicit; the
-//! handlers in `mod.rs` do the I/O.
+//! Who is signed in to the console: the link token `edgetwin hub` prints (Jupyter style, signs in
+//! once, as `iothubowner`), sign-in with a service connection string (the session then holds that
+//! policy and the REST routes enforce its permissions), and the sessions themselves: a random id
+//! in an `HttpOnly; Secure; SameSite=Strict` cookie and, per session, a CSRF token that mutating
+//! requests must repeat in a header. Sessions are capped per policy, so signing in again and
+//! again with one key ends only that key's own oldest sessions, never another policy's. Pure and
+//! time-explicit; the handlers in `mod.rs` do the I/O.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use tokio::sync::watch;
 
 use edgetwin_wire::connection_string::{ConnectionString, ConnectionStringKind};
 use edgetwin_wire::Secret;
@@ -20,8 +23,9 @@ pub const COOKIE: &str = "edgetwin_console";
 pub const CSRF_HEADER: &str = "x-console-csrf";
 /// How long a session lasts, in seconds (a working day).
 pub const SESSION_SECONDS: u64 = 12 * 60 * 60;
-/// Most sessions held at once; signing in beyond it ends the one closest to expiring.
-pub const MAX_SESSIONS: usize = 64;
+/// Most sessions one shared access policy holds at once; signing in beyond it ends that policy's
+/// oldest session (another policy's sessions are never touched).
+pub const SESSIONS_PER_POLICY: usize = 16;
 /// The policy the printed link signs in as (the one of the printed connection string).
 pub const LINK_POLICY: &str = "iothubowner";
 
@@ -47,8 +51,8 @@ pub struct Started {
 /// Why a sign-in was refused; the text is safe to show (it never holds key material).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignInError {
-    /// The link's token is not this run's.
-    #[error("this sign-in link is not valid (it changes each time `edgetwin hub` starts): use the link the hub printed last, or a connection string")]
+    /// The link's token is not this run's, or the link was used already.
+    #[error("this sign-in link is not valid: it signs in once, and each start of `edgetwin hub` prints a new one; sign in with a service connection string instead (`edgetwin hub` prints iothubowner's, and hub.json holds it)")]
     BadLink,
     /// The connection string does not parse.
     #[error("connectionString: {0}")]
@@ -69,33 +73,52 @@ pub enum SignInError {
     Unauthorized,
 }
 
+/// A session as held: the session and the sender whose drop ends its event streams.
+struct Held {
+    session: Session,
+    /// Order of sign-in (sessions of one second share an expiry; this tells the oldest).
+    started: u64,
+    /// Dropped with the session (sign-out, eviction, expiry): every receiver sees it at once.
+    alive: watch::Sender<()>,
+}
+
 /// The link token and the sessions.
 pub struct Sessions {
-    /// The token of the printed link.
-    link_token: Secret,
+    /// The token of the printed link until it is used.
+    link_token: Mutex<Option<Secret>>,
     /// Session id -> session.
-    by_id: Mutex<HashMap<String, Session>>,
+    by_id: Mutex<HashMap<String, Held>>,
+    /// Sessions started so far.
+    started: std::sync::atomic::AtomicU64,
 }
 
 impl Sessions {
-    /// Sessions signed in by `link_token`'s link or by a connection string.
+    /// Sessions signed in by `link_token`'s link (once) or by a connection string.
     pub fn new(link_token: Secret) -> Self {
         Self {
-            link_token,
+            link_token: Mutex::new(Some(link_token)),
             by_id: Mutex::default(),
+            started: Default::default(),
         }
     }
 
-    /// The token of the printed link.
-    pub fn link_token(&self) -> &Secret {
-        &self.link_token
+    /// The token of the printed link, `None` once it signed in.
+    pub fn link_token(&self) -> Option<Secret> {
+        self.link_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Starts an `iothubowner` session if `token` is the link's.
+    /// Starts an `iothubowner` session if `token` is the link's and the link was not used yet
+    /// (a link in a terminal's scrollback or a shell history signs nobody in later).
     pub fn sign_in_with_link(&self, token: &str, now: u64) -> Result<Started, SignInError> {
-        if !same(token, self.link_token.expose()) {
+        let mut link = self.link_token.lock().unwrap_or_else(|e| e.into_inner());
+        if !link.as_ref().is_some_and(|t| same(token, t.expose())) {
             return Err(SignInError::BadLink);
         }
+        *link = None;
+        drop(link);
         Ok(self.start(LINK_POLICY, now))
     }
 
@@ -139,11 +162,17 @@ impl Sessions {
     /// The live session of cookie value `id`.
     pub fn get(&self, id: &str, now: u64) -> Option<Session> {
         let mut by_id = self.lock();
-        by_id.retain(|_, s| s.expires_at > now);
-        by_id.get(id).cloned()
+        by_id.retain(|_, held| held.session.expires_at > now);
+        by_id.get(id).map(|held| held.session.clone())
     }
 
-    /// Ends the session of cookie value `id`.
+    /// A receiver whose `changed()` fails once the session of cookie value `id` ends (signed
+    /// out, evicted or expired); `None` if it is not live.
+    pub fn watch_end(&self, id: &str) -> Option<watch::Receiver<()>> {
+        self.lock().get(id).map(|held| held.alive.subscribe())
+    }
+
+    /// Ends the session of cookie value `id` (its event streams end with it).
     pub fn end(&self, id: &str) {
         self.lock().remove(id);
     }
@@ -156,23 +185,40 @@ impl Sessions {
             expires_at: now + SESSION_SECONDS,
         };
         let mut by_id = self.lock();
-        by_id.retain(|_, s| s.expires_at > now);
-        while by_id.len() >= MAX_SESSIONS {
-            let Some(oldest) = by_id
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at)
+        by_id.retain(|_, held| held.session.expires_at > now);
+        loop {
+            let of_policy = by_id.iter().filter(|(_, h)| h.session.policy == policy);
+            if of_policy.clone().count() < SESSIONS_PER_POLICY {
+                break;
+            }
+            let Some(oldest) = of_policy
+                .min_by_key(|(_, h)| h.started)
                 .map(|(id, _)| id.clone())
             else {
                 break;
             };
             by_id.remove(&oldest);
         }
-        by_id.insert(id.expose().to_owned(), session.clone());
+        let held = Held {
+            session: session.clone(),
+            started: self
+                .started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            alive: watch::channel(()).0,
+        };
+        by_id.insert(id.expose().to_owned(), held);
         Started { id, session }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Session {
+    /// Seconds left until the session expires at `now`.
+    pub fn seconds_left(&self, now: u64) -> u64 {
+        self.expires_at.saturating_sub(now)
     }
 }
 
@@ -237,15 +283,20 @@ mod tests {
     }
 
     #[test]
-    fn the_printed_link_signs_in_as_iothubowner_and_any_other_token_is_refused() {
+    fn the_printed_link_signs_in_once_as_iothubowner_and_any_other_token_is_refused() {
         let sessions = sessions();
-        let started = sessions.sign_in_with_link("link-token", 100).unwrap();
-        assert_eq!(started.session.policy, LINK_POLICY);
-        assert!(sessions.get(started.id.expose(), 101).is_some());
         assert_eq!(
             sessions.sign_in_with_link("link-tokem", 100).err(),
             Some(SignInError::BadLink)
         );
+        let started = sessions.sign_in_with_link("link-token", 100).unwrap();
+        assert_eq!(started.session.policy, LINK_POLICY);
+        assert!(sessions.get(started.id.expose(), 101).is_some());
+        assert_eq!(
+            sessions.sign_in_with_link("link-token", 102).err(),
+            Some(SignInError::BadLink)
+        );
+        assert!(sessions.link_token().is_none());
     }
 
     #[test]
@@ -292,26 +343,52 @@ mod tests {
         assert!(matches!(refuse("nonsense"), SignInError::Malformed(_)));
     }
 
+    fn sign_in_as_registry_read(sessions: &Sessions, now: u64) -> Started {
+        let cs = "HostName=localhost;SharedAccessKeyName=registryRead;SharedAccessKey=cHJpbWFyeQ==";
+        sessions
+            .sign_in_with_connection_string(cs, "localhost", &policies(), now)
+            .unwrap()
+    }
+
     #[test]
-    fn sessions_expire_and_end_and_their_number_is_capped() {
+    fn sessions_expire_and_end_and_their_end_is_seen_by_their_watchers() {
         let sessions = sessions();
-        let first = sessions.sign_in_with_link("link-token", 0).unwrap();
+        let first = sign_in_as_registry_read(&sessions, 0);
+        assert_eq!(first.session.seconds_left(1), SESSION_SECONDS - 1);
+        let expired = sessions.watch_end(first.id.expose()).unwrap();
         assert!(sessions.get(first.id.expose(), SESSION_SECONDS).is_none());
-        let ended = sessions.sign_in_with_link("link-token", 0).unwrap();
+        assert!(expired.has_changed().is_err());
+        let ended = sign_in_as_registry_read(&sessions, 0);
+        let watcher = sessions.watch_end(ended.id.expose()).unwrap();
+        assert!(matches!(watcher.has_changed(), Ok(false)));
         sessions.end(ended.id.expose());
+        assert!(watcher.has_changed().is_err());
         assert!(sessions.get(ended.id.expose(), 1).is_none());
-        let ids: Vec<Started> = (0..MAX_SESSIONS as u64 + 1)
-            .map(|i| sessions.sign_in_with_link("link-token", i).unwrap())
+        assert!(sessions.watch_end(ended.id.expose()).is_none());
+    }
+
+    #[test]
+    fn signing_in_past_a_policys_cap_ends_only_that_policys_oldest_session() {
+        let sessions = sessions();
+        let owner = sessions.sign_in_with_link("link-token", 0).unwrap();
+        let ids: Vec<Started> = (0..SESSIONS_PER_POLICY * 4)
+            .map(|_| sign_in_as_registry_read(&sessions, 1))
             .collect();
-        assert!(sessions.get(ids[0].id.expose(), 100).is_none());
-        assert!(sessions.get(ids[MAX_SESSIONS].id.expose(), 100).is_some());
-        assert_eq!(sessions.lock().len(), MAX_SESSIONS);
+        assert!(sessions.get(owner.id.expose(), 100).is_some());
+        let (evicted, kept) = ids.split_at(ids.len() - SESSIONS_PER_POLICY);
+        for started in evicted {
+            assert!(sessions.get(started.id.expose(), 100).is_none());
+        }
+        for started in kept {
+            assert!(sessions.get(started.id.expose(), 100).is_some());
+        }
+        assert_eq!(sessions.lock().len(), SESSIONS_PER_POLICY + 1);
     }
 
     #[test]
     fn the_csrf_header_must_be_the_sessions_token_and_cookies_are_found_by_name() {
         let sessions = sessions();
-        let started = sessions.sign_in_with_link("link-token", 0).unwrap();
+        let started = sign_in_as_registry_read(&sessions, 0);
         assert!(csrf_matches(
             &started.session,
             Some(started.session.csrf.expose())

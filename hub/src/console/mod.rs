@@ -3,14 +3,19 @@
 //! `/console/api/...` answered as the session's shared access policy (so IoT Hub's validation and
 //! permissions apply unchanged), and a server-sent event stream of messages and connection state.
 //! Mutating requests need the `SameSite=Strict` session cookie and the session's CSRF token in
-//! the [`auth::CSRF_HEADER`] header.
+//! the [`auth::CSRF_HEADER`] header. Failed sign-ins are throttled per client address and
+//! hub-wide ([`throttle`]); sessions and event streams are capped per policy, so a lesser key
+//! cannot push the owner out.
 
 mod assets;
 mod auth;
 mod events;
+mod throttle;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgetwin_wire::rest::{ErrorCode, Permission};
@@ -19,7 +24,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
-use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::hub::{grants, Caller, Hub};
@@ -28,7 +32,8 @@ use crate::messages::MessageFilter;
 use crate::rest::{error_response, query_pairs, read_body, serve_request};
 use crate::store::PolicyRecord;
 use assets::Asset;
-use auth::{Session, Sessions, Started};
+use auth::{Session, Sessions, SignInError, Started};
+use throttle::SignInThrottle;
 
 /// Where the console is served.
 pub const PREFIX: &str = "/console";
@@ -38,30 +43,33 @@ const MAX_SIGN_IN_BODY: usize = 8 * 1024;
 /// A console response body: a whole body, or an event stream.
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// The console's state in the hub: who is signed in and the event streams open.
+/// The console's state in the hub: who is signed in, the event streams open and the failed
+/// sign-ins.
 pub struct Console {
     /// The link token and the sessions.
     sessions: Sessions,
-    /// One permit per open event stream.
-    streams: Arc<Semaphore>,
+    /// The event streams open, per session and per policy.
+    streams: Arc<events::Quota>,
+    /// Failed sign-ins, per client address and hub-wide.
+    throttle: Arc<SignInThrottle>,
 }
 
 impl Default for Console {
     fn default() -> Self {
         Self {
             sessions: Sessions::new(auth::random_token()),
-            streams: Arc::new(Semaphore::new(events::MAX_STREAMS)),
+            streams: Arc::default(),
+            throttle: Arc::new(SignInThrottle::new(Instant::now())),
         }
     }
 }
 
 impl Console {
-    /// The path and query of the link that signs a browser in (a secret: it holds the token).
-    pub fn sign_in_path(&self) -> Secret {
-        Secret::new(format!(
-            "{PREFIX}/?token={}",
-            self.sessions.link_token().expose()
-        ))
+    /// The path and query of the link that signs a browser in once (a secret: it holds the
+    /// token); `None` once it was used.
+    pub fn sign_in_path(&self) -> Option<Secret> {
+        let token = self.sessions.link_token()?;
+        Some(Secret::new(format!("{PREFIX}/?token={}", token.expose())))
     }
 }
 
@@ -70,8 +78,12 @@ pub fn serves(path: &str) -> bool {
     path == PREFIX || path.starts_with("/console/")
 }
 
-/// Answers a request under [`PREFIX`].
-pub async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::Response<Body> {
+/// Answers a request under [`PREFIX`] from client address `peer`.
+pub async fn handle(
+    hub: Arc<Hub>,
+    request: hyper::Request<Incoming>,
+    peer: IpAddr,
+) -> hyper::Response<Body> {
     let now = ids::now_unix();
     let name = request.uri().path()[PREFIX.len()..]
         .trim_start_matches('/')
@@ -79,8 +91,8 @@ pub async fn handle(hub: Arc<Hub>, request: hyper::Request<Incoming>) -> hyper::
     let session = session_of(&hub, request.headers(), now);
     let method = request.method().clone();
     let mut response = match (&method, name.as_str()) {
-        (&Method::GET, "") => page(&hub, &request, session, now),
-        (&Method::POST, "signin") => sign_in(&hub, request, now).await,
+        (&Method::GET, "") => page(&hub, &request, session, peer, now).await,
+        (&Method::POST, "signin") => sign_in(&hub, request, peer, now).await,
         (_, "api") => Err(ApiError::invalid("/console/api needs a REST path after it")),
         (_, api) if api.starts_with("api/") => proxy(&hub, request, session).await,
         (&Method::POST, "signout") => sign_out(&hub, &request, session),
@@ -135,30 +147,33 @@ fn session_of(hub: &Hub, headers: &hyper::HeaderMap, now: u64) -> Option<SignedI
 
 /// The session, or 401.
 fn signed_in(session: Option<SignedIn>) -> Result<SignedIn, ApiError> {
-    session.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::IotHubUnauthorizedAccess,
-            "not signed in to the console (or the session expired): sign in again",
-        )
-    })
+    session.ok_or_else(not_signed_in)
 }
 
-/// `GET /console/`: the link's token signs in and redirects to a clean URL; then the console for
-/// a signed-in browser, the sign-in page for any other.
-fn page(
+fn not_signed_in() -> ApiError {
+    ApiError::new(
+        ErrorCode::IotHubUnauthorizedAccess,
+        "not signed in to the console (or the session expired): sign in again",
+    )
+}
+
+/// `GET /console/`: the link's token signs in (once) and redirects to a clean URL; then the
+/// console for a signed-in browser, the sign-in page for any other.
+async fn page(
     hub: &Hub,
     request: &hyper::Request<Incoming>,
     session: Option<SignedIn>,
+    peer: IpAddr,
     now: u64,
 ) -> Result<hyper::Response<Body>, ApiError> {
     let query = query_pairs(request.uri().query().unwrap_or(""));
     if let Some(token) = query.get("token") {
         return Ok(match hub.console.sessions.sign_in_with_link(token, now) {
             Ok(started) => signed_in_redirect(&started),
-            Err(error) => {
-                tracing::info!("console sign-in link refused");
-                redirect(&format!("{PREFIX}/#{}", urlencode(&error.to_string())))
-            }
+            Err(error) => match refused(hub, peer, &error).await {
+                Some(throttled) => throttled,
+                None => redirect(&format!("{PREFIX}/#{}", urlencode(&error.to_string()))),
+            },
         });
     }
     Ok(asset(if session.is_some() {
@@ -173,6 +188,7 @@ fn page(
 async fn sign_in(
     hub: &Hub,
     request: hyper::Request<Incoming>,
+    peer: IpAddr,
     now: u64,
 ) -> Result<hyper::Response<Body>, ApiError> {
     let header = |name| {
@@ -201,30 +217,72 @@ async fn sign_in(
     let SignIn { connection_string } = serde_json::from_slice(&body).map_err(|_| {
         ApiError::invalid("the sign-in body must be {\"connectionString\": \"...\"}")
     })?;
-    let started = hub
-        .console
-        .sessions
-        .sign_in_with_connection_string(
-            connection_string.expose(),
-            &hub.host_name,
-            &hub.policies,
-            now,
-        )
-        .map_err(|error| {
-            tracing::info!(reason = %error, "console sign-in refused");
+    let started = match hub.console.sessions.sign_in_with_connection_string(
+        connection_string.expose(),
+        &hub.host_name,
+        &hub.policies,
+        now,
+    ) {
+        Ok(started) => started,
+        Err(error) => {
+            if let Some(throttled) = refused(hub, peer, &error).await {
+                return Ok(throttled);
+            }
             let code = match error {
-                auth::SignInError::Unauthorized => ErrorCode::IotHubUnauthorizedAccess,
+                SignInError::Unauthorized => ErrorCode::IotHubUnauthorizedAccess,
                 _ => ErrorCode::ArgumentInvalid,
             };
-            ApiError::new(code, error.to_string())
-        })?;
+            return Err(ApiError::new(code, error.to_string()));
+        }
+    };
     tracing::info!(policy = started.session.policy, "console signed in");
     let mut response = empty(StatusCode::NO_CONTENT);
     set_cookie(&mut response, &auth::set_cookie(&started.id));
     Ok(response)
 }
 
-/// `POST /console/signout`.
+/// Counts a failed sign-in from `peer`: logs it if it is the first in a while (and schedules the
+/// counted report of those after it), and past the address's or the hub's allowance holds the
+/// answer and returns the 429 to send instead of the refusal.
+async fn refused(hub: &Hub, peer: IpAddr, error: &SignInError) -> Option<hyper::Response<Body>> {
+    let failure = hub.console.throttle.fail(peer, Instant::now());
+    if failure.opens_report {
+        tracing::info!(%peer, reason = %error, "console sign-in refused");
+        let throttle = hub.console.throttle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(throttle::REPORT_INTERVAL).await;
+                let Some(refused) = throttle.take_report() else {
+                    break;
+                };
+                tracing::info!(
+                    refused,
+                    seconds = throttle::REPORT_INTERVAL.as_secs(),
+                    "console sign-ins refused meanwhile"
+                );
+            }
+        });
+    }
+    if failure.hold.is_zero() {
+        return None;
+    }
+    tokio::time::sleep(failure.hold).await;
+    let retry_after = failure.hold.as_secs().max(1);
+    let error = ApiError::new(
+        ErrorCode::ThrottlingException,
+        format!(
+            "too many failed console sign-ins from this address or on this hub: the right key \
+             still signs in at once, wrong ones are answered more slowly (retry in {retry_after} s)"
+        ),
+    );
+    let mut response = error_response(&error).map(BodyExt::boxed);
+    response
+        .headers_mut()
+        .insert(hyper::header::RETRY_AFTER, retry_after.into());
+    Some(response)
+}
+
+/// `POST /console/signout`: ends the session and, at once, its event streams.
 fn sign_out(
     hub: &Hub,
     request: &hyper::Request<Incoming>,
@@ -286,7 +344,11 @@ fn stream(
     request: &hyper::Request<Incoming>,
     session: Option<SignedIn>,
 ) -> Result<hyper::Response<Body>, ApiError> {
-    let SignedIn { policy, .. } = signed_in(session)?;
+    let SignedIn {
+        id,
+        session,
+        policy,
+    } = signed_in(session)?;
     let query = query_pairs(request.uri().query().unwrap_or(""));
     let resume = request
         .headers()
@@ -312,27 +374,25 @@ fn stream(
         ));
     }
     let connections = grants(&policy, Permission::RegistryRead);
-    let permit = hub
+    let slot = hub
         .console
         .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::ThrottlingException,
-                format!(
-                    "{} console event streams are open already; close a tab",
-                    events::MAX_STREAMS
-                ),
-            )
-        })?;
+        .take(id.expose(), &policy.name)
+        .map_err(|full| ApiError::new(ErrorCode::ThrottlingException, full.to_string()))?;
+    let session_end = hub
+        .console
+        .sessions
+        .watch_end(id.expose())
+        .ok_or_else(not_signed_in)?;
     let body = events::start(
         hub.clone(),
         events::StreamRequest {
             messages,
             connections,
         },
-        permit,
+        slot,
+        session_end,
+        Duration::from_secs(session.seconds_left(ids::now_unix())),
     );
     Ok(hyper::Response::builder()
         .header("content-type", "text/event-stream")

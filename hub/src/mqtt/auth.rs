@@ -52,6 +52,16 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     if !host_matches(scope.host(), &hub.host_name) {
         return Err(refuse("sr names another hub"));
     }
+    // Which identity connects is the username's (and client id's) device and module id, compared
+    // exactly, as IoT Hub's ids are case-sensitive ("DeviceId is case-sensitive", IoT Hub
+    // developer guide, "Control access to IoT Hub with SAS", protocol specifics), and the
+    // registry is looked up by it exactly; only that identity's keys (or a DeviceConnect
+    // policy's) can sign. The token's `sr` only has to name it ignoring case: the same guide
+    // specifies `{URL-encoded-resourceURI}` as the "lower case URL-encoding of the lower case
+    // resource URI", so IoT Hub accepts `sr=host/devices/mydevice` for device `MyDevice`, and
+    // edgeHub compares audience ids ignoring case for that reason (Azure/iotedge #3532, which
+    // cites that page; #3817 did the same for the host name). Comparing exactly here would refuse
+    // tokens made as Microsoft documents them, and would not be stricter than IoT Hub.
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let scope_fits = match (&scope, &key.module_id) {
         (SasScope::Device { device_id, .. }, _) => same(device_id, &key.device_id),

@@ -395,11 +395,11 @@ impl Session {
         rid: Option<String>,
     ) -> Result<InFlight, ConnectionEnd> {
         let puback = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
-        let outcome = if rid.is_some() && self.throttled(&inbound_operation(&publish.topic)) {
-            Outcome::Decided(Some(Err(ApiError::new(
-                ErrorCode::ThrottlingException,
-                "throttled (injected fault)",
-            ))))
+        let injected = rid
+            .as_ref()
+            .and_then(|_| self.injected(&inbound_operation(&publish.topic)));
+        let outcome = if let Some(error) = injected {
+            Outcome::Decided(Some(Err(error)))
         } else {
             match self
                 .hub
@@ -543,14 +543,11 @@ impl Session {
             Inbound::Telemetry { output, properties } => {
                 self.on_telemetry(output, properties, &publish.payload)
             }
-            Inbound::TwinGet { rid } if self.throttled(&inbound_operation(&publish.topic)) => {
-                replies.extend(self.twin_error(
-                    &rid,
-                    &ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)"),
-                ));
-            }
             Inbound::TwinGet { rid } => {
-                let result = self.hub.read(|tx| twins::device_view(tx, &self.key));
+                let result = match self.injected(&inbound_operation(&publish.topic)) {
+                    Some(error) => Err(error),
+                    None => self.hub.read(|tx| twins::device_view(tx, &self.key)),
+                };
                 replies.extend(match result {
                     Ok(view) => self.twin_response(200, &rid, None, Bytes::from(view.to_string())),
                     Err(error) => self.twin_error(&rid, &error),
@@ -577,8 +574,9 @@ impl Session {
         Ok(replies)
     }
 
-    fn throttled(&self, operation: &str) -> bool {
-        self.hub.faults.take_throttle(operation).is_some()
+    /// The error an injected fault (429, 500, 503) answers `operation` with, if any.
+    fn injected(&self, operation: &str) -> Option<ApiError> {
+        self.hub.faults.take(operation).map(|fault| fault.error())
     }
 
     fn on_telemetry(

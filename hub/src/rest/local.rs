@@ -10,7 +10,7 @@ use hyper::Method;
 
 use super::{not_found, Reply, Request};
 use crate::error::ApiError;
-use crate::faults::{Delay, Throttle};
+use crate::faults::{Delay, ServerError, Throttle};
 use crate::hub::Hub;
 use crate::messages::MessageFilter;
 use crate::registry;
@@ -115,6 +115,11 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
         }
         (&Method::POST, ["throttle"]) => {
             hub.faults.add_throttle(request.json::<Throttle>()?);
+            Reply::ok(hub.faults.report())
+        }
+        (&Method::POST, ["serverError"]) => {
+            hub.faults
+                .add_server_error(request.json::<ServerError>()?)?;
             Reply::ok(hub.faults.report())
         }
         (&Method::POST, ["delay"]) => {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::ApiError;
+use crate::faults::Injected;
 use crate::hub::{grants, Caller, Hub};
 use crate::ids;
 use crate::listener::{self, Admission, Limits};
@@ -228,7 +229,7 @@ pub async fn serve(
                                 return Ok::<_, Infallible>(response.map(BodyExt::boxed));
                             }
                             if crate::console::serves(path) {
-                                return Ok(crate::console::handle(hub, request).await);
+                                return Ok(crate::console::handle(hub, request, peer.ip()).await);
                             }
                             let response = handle(hub, request).await;
                             // A client that authenticated is kept when the listener is full.
@@ -373,8 +374,12 @@ async fn respond(
                 if let Some(delay) = hub.faults.delay_for(&operation) {
                     tokio::time::sleep(delay).await;
                 }
-                if let Some(retry_after) = hub.faults.take_throttle(&operation) {
-                    return throttled_response(retry_after);
+                match hub.faults.take(&operation) {
+                    Some(Injected::Throttled { retry_after }) => {
+                        return throttled_response(retry_after)
+                    }
+                    Some(Injected::Failed(error)) => return error_response(&error),
+                    None => {}
                 }
             }
             dispatch(hub, request).await
@@ -415,7 +420,7 @@ async fn respond(
 
 /// 429 ThrottlingException with `Retry-After`, for an injected throttle.
 fn throttled_response(retry_after: u32) -> hyper::Response<Full<Bytes>> {
-    let error = ApiError::new(ErrorCode::ThrottlingException, "throttled (injected fault)");
+    let error = Injected::Throttled { retry_after }.error();
     let mut response = error_response(&error);
     if let Ok(value) = hyper::header::HeaderValue::from_str(&retry_after.to_string()) {
         response

@@ -103,24 +103,63 @@ function listen(query, handlers) {
   return source;
 }
 
-// Live connection state: cells with data-client-id follow the `connections` events.
+// The connected client ids of the last `connections` event (null until one came): the page's
+// cells follow it rather than the slower polling.
+let live = null;
+
+// Live connection state: cells with data-client-id (one identity) and data-device-id (a device
+// and its modules) follow the `connections` events.
 function followConnections() {
   if (!can('RegistryRead')) return;
   listen('', {
     connections(ids) {
-      const connected = new Set(ids);
-      for (const cell of view.querySelectorAll('[data-client-id]')) {
-        setState(cell, connected.has(cell.dataset.clientId) ? 'Connected' : 'Disconnected');
-      }
+      live = new Set(ids);
+      applyLive();
     },
   });
 }
 
+// Brings every connection cell of the page to the last `connections` event, if one came.
+function applyLive() {
+  if (!live) return;
+  for (const cell of view.querySelectorAll('[data-client-id]')) {
+    setState(cell, live.has(cell.dataset.clientId) ? 'Connected' : 'Disconnected');
+  }
+  for (const cell of view.querySelectorAll('[data-device-id]')) {
+    const device = cell.dataset.deviceId;
+    const modules = [...live].filter((id) => id.startsWith(device + '/')).length;
+    setSummary(cell, connectionSummary(live.has(device), modules, Number(cell.dataset.modules)));
+  }
+}
+
 function setState(cell, state) {
-  if (cell.textContent === state) return;
-  cell.textContent = state;
-  cell.className = 'state-' + state;
+  setSummary(cell, { text: state, state });
+}
+
+function setSummary(cell, summary) {
+  if (cell.textContent === summary.text && cell.className === 'state-' + summary.state) return;
+  cell.textContent = summary.text;
+  cell.className = 'state-' + summary.state;
   cell.dataset.changed = new Date().toISOString();
+}
+
+// What a device's connection cell says. A device with module identities (an IoT Edge device
+// always has $edgeAgent and $edgeHub) talks to IoT Hub through them, and its own identity may
+// never connect: IoT Hub shows such a device "Disconnected" while its modules are connected
+// (Azure/iot-edge-v1#471, Azure/iotedge#809). So say both, and colour the cell by whether
+// anything of the device is connected.
+function connectionSummary(deviceConnected, modulesConnected, modules) {
+  const state = deviceConnected || modulesConnected > 0 ? 'Connected' : 'Disconnected';
+  if (!modules) return { text: deviceConnected ? 'Connected' : 'Disconnected', state };
+  return { text: 'device: ' + (deviceConnected ? 'connected' : 'disconnected') + '\u00a0· ' + modulesConnected
+    + ' of ' + modules + ' modules connected', state };
+}
+
+// The connection cell of a device with `modules` module identities, `modulesConnected` of them
+// connected as the last poll saw it.
+function summaryCell(device, deviceState, modulesConnected, modules) {
+  const summary = connectionSummary(deviceState === 'Connected', modulesConnected, modules);
+  return h('td', { 'data-device-id': device, 'data-modules': modules, class: 'state-' + summary.state }, summary.text);
 }
 
 function stateCell(device, module, state) {
@@ -132,12 +171,19 @@ function page(title, ...children) {
   view.replaceChildren(h('h1', {}, title), ...children);
 }
 
-function table(caption, headings, rows) {
+// A table of `headings` whose rows the caller puts in `body` (a <tbody>, filled now or later).
+function table(caption, headings, body) {
   return h('div', { class: 'table-wrap' },
     h('table', {},
       h('caption', { class: 'muted' }, caption),
       h('thead', {}, h('tr', {}, headings.map((t) => h('th', { scope: 'col' }, t)))),
-      h('tbody', {}, rows)));
+      body));
+}
+
+// The row header naming `id`: an id longer than a column should be may break anywhere (class
+// long-id), shorter ones keep whole.
+function idCell(id, content) {
+  return h('th', { scope: 'row', class: id.length > 16 ? 'long-id' : null }, content);
 }
 
 function alertBox(id) {
@@ -151,38 +197,49 @@ function showError(box, text) {
 
 // ---- pages ---------------------------------------------------------------------------------
 
+// Rows of a grouped query as a map from `deviceId` to the count `field`.
+function countsByDevice(reply, field) {
+  return new Map(reply.ok ? reply.body.map((row) => [row.deviceId, row[field]]) : []);
+}
+
 async function devicesPage() {
   const body = h('tbody', {});
   const error = alertBox('devices-error');
   const more = h('p', { class: 'muted', hidden: true }, 'Showing the first page of devices (100) only.');
   page('Devices', error, more,
-    h('div', { class: 'table-wrap' }, h('table', {},
-      h('caption', { class: 'muted' }, 'Every device of the hub; connection state is live.'),
-      h('thead', {}, h('tr', {}, ['Device', 'Connection', 'IoT Edge', 'Deployments', 'Status']
-        .map((t) => h('th', { scope: 'col' }, t)))),
-      body)));
+    table('Every device of the hub; connection state is live.',
+      ['Device', 'Connection', 'IoT Edge', 'Deployments', 'Status'], body));
   followConnections();
   every(3000, async () => {
-    const reply = await api('POST', '/devices/query', { query: 'SELECT * FROM devices' });
-    if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
+    const [reply, modules, connected] = await Promise.all([
+      api('POST', '/devices/query', { query: 'SELECT * FROM devices' }),
+      api('POST', '/devices/query', { query: 'SELECT deviceId, COUNT() AS n FROM devices.modules GROUP BY deviceId' }),
+      api('POST', '/devices/query', { query: "SELECT deviceId, COUNT() AS n FROM devices.modules WHERE connectionState = 'Connected' GROUP BY deviceId" }),
+    ]);
+    const refused = [reply, modules, connected].find((r) => !r.ok);
+    if (refused) return showError(error, errorText(refused.body, refused.status));
     showError(error, '');
     more.hidden = !reply.more;
+    const totals = countsByDevice(modules, 'n');
+    const up = countsByDevice(connected, 'n');
     const shown = reply.body.map((twin) => [twin.deviceId, twin.connectionState || 'Disconnected',
+      up.get(twin.deviceId) || 0, totals.get(twin.deviceId) || 0,
       Boolean(twin.capabilities && twin.capabilities.iotEdge),
       Object.entries(twin.configurations || {}).map(([id, s]) => id + ': ' + s.status).join(', '),
       twin.status || '']);
-    replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, state, edge, configurations, status]) => h('tr', {},
-      h('th', { scope: 'row' }, h('a', { href: '#/device/' + enc(id) }, id)),
-      stateCell(id, null, state),
+    replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, state, moduleUp, moduleCount, edge, configurations, status]) => h('tr', {},
+      idCell(id, h('a', { href: '#/device/' + enc(id) }, id)),
+      summaryCell(id, state, moduleUp, moduleCount),
       h('td', {}, edge ? 'yes' : 'no'),
       h('td', {}, configurations || '—'),
       h('td', {}, status))) : [h('tr', {}, h('td', { colspan: 5 }, 'No devices yet.'))]));
+    applyLive();
   });
 }
 
 function identityLinks(device, module) {
   const base = enc(device) + (module ? '/' + enc(module) : '');
-  return h('td', { class: 'actions' },
+  return h('td', { class: 'links' },
     h('a', { href: '#/twin/' + base }, 'Twin'), ' · ',
     h('a', { href: '#/telemetry/' + base }, 'Telemetry'), ' · ',
     h('a', { href: '#/methods/' + base }, 'Methods'));
@@ -206,9 +263,9 @@ async function devicePage(device) {
   const summary = h('tbody', {});
   const modules = h('tbody', {});
   page('Device ' + device, error, status,
-    table('The device', ['Device', 'Connection', 'IoT Edge', 'Open', 'Fault'], [summary]),
+    table('The device', ['Device', 'Connection', 'IoT Edge', 'Open', 'Fault'], summary),
     h('h2', {}, 'Modules'),
-    table('Its modules; connection state is live.', ['Module', 'Connection', 'Open', 'Fault'], [modules]));
+    table('Its modules; connection state is live.', ['Module', 'Connection', 'Open', 'Fault'], modules));
   followConnections();
   every(3000, async () => {
     const [d, m] = await Promise.all([
@@ -216,22 +273,24 @@ async function devicePage(device) {
       api('GET', '/devices/' + enc(device) + '/modules'),
     ]);
     if (!d.ok) return showError(error, errorText(d.body, d.status));
+    if (!m.ok) return showError(error, errorText(m.body, m.status));
     showError(error, '');
     const state = d.body.connectionState || 'Disconnected';
     const edge = Boolean(d.body.capabilities && d.body.capabilities.iotEdge);
-    replaceIfChanged(summary, [state, edge], () => [h('tr', {},
-      h('th', { scope: 'row' }, device),
-      stateCell(device, null, state),
+    const shown = m.body.map((module) => [module.moduleId, module.connectionState || 'Disconnected']);
+    const up = shown.filter(([, moduleState]) => moduleState === 'Connected').length;
+    replaceIfChanged(summary, [state, edge, up, shown.length], () => [h('tr', {},
+      idCell(device, device),
+      summaryCell(device, state, up, shown.length),
       h('td', {}, edge ? 'yes' : 'no'),
       identityLinks(device, null),
       h('td', {}, dropButton(device, null, status)))]);
-    if (!m.ok) return showError(error, errorText(m.body, m.status));
-    const shown = m.body.map((module) => [module.moduleId, module.connectionState || 'Disconnected']);
-    replaceIfChanged(modules, shown, () => shown.map(([id, moduleState]) => h('tr', {},
-      h('th', { scope: 'row' }, id),
+    replaceIfChanged(modules, shown, () => (shown.length ? shown.map(([id, moduleState]) => h('tr', {},
+      idCell(id, id),
       stateCell(device, id, moduleState),
       identityLinks(device, id),
-      h('td', {}, dropButton(device, id, status)))));
+      h('td', {}, dropButton(device, id, status)))) : [h('tr', {}, h('td', { colspan: 4 }, 'No modules.'))]));
+    applyLive();
   });
 }
 
@@ -387,32 +446,107 @@ function numbers(text) {
   return found;
 }
 
-function chart(series) {
-  const width = 600;
-  const height = 160;
-  const names = Object.keys(series).slice(0, 4);
+// The unit a field's name ends in (`memory.totalKiB`: KiB), or null.
+const UNITS = [[/KiB$/, 'KiB'], [/MiB$/, 'MiB'], [/GiB$/, 'GiB'], [/Bytes$/i, 'bytes'], [/Percent$/i, '%'],
+  [/(Secs|Seconds)$/i, 's'], [/Ms$/, 'ms']];
+
+function unitOf(name) {
+  const found = UNITS.find(([pattern]) => pattern.test(name));
+  return found ? found[1] : null;
+}
+
+// Largest absolute value of a series (its magnitude).
+function magnitude(points) {
+  return Math.max(...points.map(Math.abs));
+}
+
+// The fields grouped so that each group can share one axis: fields whose names end in the same
+// unit (`memory.usedPercent`, `disk.usedPercent`), else siblings of one object (`load.1m`,
+// `load.5m`) whose magnitudes are within 10× of each other, else one field alone. Each group is
+// {title, unit, names}.
+function axisGroups(series) {
+  const groups = new Map();
+  for (const name of Object.keys(series)) {
+    const unit = unitOf(name);
+    const parent = name.includes('.') ? name.slice(0, name.lastIndexOf('.')) : null;
+    const key = unit ? 'unit:' + unit : parent ? 'object:' + parent : 'field:' + name;
+    if (!groups.has(key)) groups.set(key, { title: unit ? 'in ' + unit : parent || name, unit, names: [] });
+    groups.get(key).names.push(name);
+  }
+  const out = [];
+  for (const group of groups.values()) {
+    const sizes = group.names.map((name) => magnitude(series[name])).filter((m) => m > 0);
+    const spread = sizes.length ? Math.max(...sizes) / Math.min(...sizes) : 1;
+    if (group.unit || spread <= 10) out.push(group);
+    else out.push(...group.names.map((name) => ({ title: name, unit: null, names: [name] })));
+  }
+  return out;
+}
+
+// The smallest of 1, 2, 2.5, 5 × 10^k at or above `x` (for x > 0).
+function niceCeil(x) {
+  const power = Math.pow(10, Math.floor(Math.log10(x)));
+  return [1, 2, 2.5, 5, 10].map((m) => m * power).find((v) => v >= x);
+}
+
+// An axis from `lo` to `hi` with round ends that always shows zero.
+function axisRange(lo, hi) {
+  const top = hi > 0 ? niceCeil(hi) : 0;
+  const bottom = lo < 0 ? -niceCeil(-lo) : 0;
+  return top === bottom ? [bottom, bottom + 1] : [bottom, top];
+}
+
+const compact = new Intl.NumberFormat('en', { notation: 'compact', maximumSignificantDigits: 3 });
+
+// An axis end as text: bytes in kB, MB, GB or TB (compact notation's "B" would read as bytes,
+// not billions), anything else in compact notation, with its unit.
+function axisLabel(value, unit) {
+  if (unit === 'bytes') {
+    const [scale, prefix] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']].find(([s]) => Math.abs(value) >= s) || [1, ''];
+    return compact.format(value / scale) + ' ' + prefix + 'B';
+  }
+  return compact.format(value) + (unit ? ' ' + unit : '');
+}
+
+// One small chart: the group's series on one axis labelled at both ends with the unit, and a
+// legend with each series' last, min and max.
+function chart(series, group) {
+  const [width, height, left, top, bottom] = [320, 130, 66, 10, 10];
+  const values = group.names.flatMap((name) => series[name]);
+  const [lo, hi] = axisRange(Math.min(...values), Math.max(...values));
+  const y = (v) => (height - bottom - ((v - lo) / (hi - lo)) * (height - top - bottom)).toFixed(1);
   const svg = h('svg', { class: 'chart', viewBox: '0 0 ' + width + ' ' + height, role: 'img',
-    'aria-label': 'Numeric fields over time: ' + (names.join(', ') || 'none yet') });
-  names.forEach((name, i) => {
+    'data-axis-min': lo, 'data-axis-max': hi,
+    'aria-label': group.names.join(', ') + ' over time, axis ' + axisLabel(lo, group.unit) + ' to ' + axisLabel(hi, group.unit) },
+  h('line', { class: 'axis', x1: left, y1: top, x2: left, y2: height - bottom }),
+  h('line', { class: 'axis', x1: left, y1: height - bottom, x2: width, y2: height - bottom }),
+  h('text', { class: 'axis-max', x: left - 4, y: top + 8, 'text-anchor': 'end' }, axisLabel(hi, group.unit)),
+  h('text', { class: 'axis-min', x: left - 4, y: height - bottom, 'text-anchor': 'end' }, axisLabel(lo, group.unit)));
+  group.names.forEach((name, i) => {
     const points = series[name];
-    const min = Math.min(...points);
-    const max = Math.max(...points);
-    const span = max - min || 1;
-    const step = points.length > 1 ? width / (points.length - 1) : 0;
-    const coords = points.map((v, j) => (j * step).toFixed(1) + ',' + (height - 8 - ((v - min) / span) * (height - 16)).toFixed(1));
-    svg.append(h('polyline', { class: 'series-' + i, points: coords.join(' ') }));
+    const step = points.length > 1 ? (width - left) / (points.length - 1) : 0;
+    const coords = points.map((v, j) => (left + j * step).toFixed(1) + ',' + y(v));
+    svg.append(h('polyline', { class: 'series-' + (i % 4), points: coords.join(' ') }));
   });
-  const legend = h('ul', { class: 'legend' }, names.map((name, i) => {
+  const legend = h('ul', { class: 'legend' }, group.names.map((name, i) => {
     const points = series[name];
-    return h('li', { class: 'series-' + i }, name + ': last ' + points[points.length - 1]
-      + ' (min ' + Math.min(...points) + ', max ' + Math.max(...points) + ')');
+    const [min, max, last] = [Math.min(...points), Math.max(...points), points[points.length - 1]];
+    return h('li', { class: 'series-' + (i % 4), 'data-field': name, 'data-min': min, 'data-max': max },
+      name + ': ' + last.toLocaleString('en') + ' (min ' + min.toLocaleString('en') + ', max ' + max.toLocaleString('en') + ')');
   }));
-  return [svg, legend];
+  return h('figure', { class: 'chart-box' }, h('figcaption', {}, group.title), svg, legend);
+}
+
+// A chart per axis group, or a line saying there is nothing numeric yet.
+function charts(series) {
+  const groups = axisGroups(series);
+  if (!groups.length) return [h('p', { class: 'muted' }, 'No numeric field yet.')];
+  return groups.map((group) => chart(series, group));
 }
 
 async function telemetryPage(device, module) {
   const list = h('ol', { class: 'log', id: 'telemetry-log', role: 'log', 'aria-label': 'Messages, newest first' });
-  const figure = h('figure', {});
+  const board = h('div', { class: 'charts' });
   const waiting = h('p', { role: 'status', class: 'muted' }, 'Waiting for messages…');
   const series = {};
   let paused = false;
@@ -430,9 +564,9 @@ async function telemetryPage(device, module) {
   page('Telemetry of ' + label(device, module),
     h('p', { class: 'muted' }, 'Device-to-cloud messages and module outputs as the hub receives them.'),
     h('div', { class: 'actions' }, pause), waiting,
-    h('h2', {}, 'Numeric fields'), figure,
+    h('h2', {}, 'Numeric fields'), board,
     h('h2', {}, 'Messages'), list);
-  figure.replaceChildren(...chart(series));
+  board.replaceChildren(...charts(series));
 
   function add(message) {
     const text = message.body !== undefined ? message.body : '(binary, base64) ' + message.bodyBase64;
@@ -440,7 +574,7 @@ async function telemetryPage(device, module) {
       (series[name] = series[name] || []).push(value);
       if (series[name].length > 60) series[name].shift();
     }
-    figure.replaceChildren(...chart(series));
+    board.replaceChildren(...charts(series));
     const properties = Object.entries(message.properties || {}).map(([k, v]) => k + '=' + v).join(', ');
     list.prepend(h('li', {},
       h('div', {}, h('strong', {}, message.enqueuedTimeUtc), ' · ',
@@ -509,7 +643,7 @@ async function deploymentsPage() {
   const body = h('tbody', {});
   page('Deployments', error,
     table('Configurations: how many devices each targets and has applied.',
-      ['Id', 'Priority', 'Target condition', 'Targeted', 'Applied', 'Kind'], [body]));
+      ['Id', 'Priority', 'Target condition', 'Targeted', 'Applied', 'Kind'], body));
   every(5000, async () => {
     const reply = await api('GET', '/configurations');
     if (!reply.ok) return showError(error, errorText(reply.body, reply.status));
@@ -517,7 +651,7 @@ async function deploymentsPage() {
     const shown = reply.body.map((c) => [c.id, c.priority, c.targetCondition || '', results(c).targetedCount ?? 0,
       results(c).appliedCount ?? 0, c.content && c.content.modulesContent ? 'modules' : 'other']);
     replaceIfChanged(body, shown, () => (shown.length ? shown.map(([id, priority, condition, targeted, applied, kind]) => h('tr', {},
-      h('th', { scope: 'row' }, id),
+      idCell(id, id),
       h('td', {}, priority),
       h('td', {}, h('code', {}, condition)),
       h('td', {}, targeted),
@@ -590,6 +724,7 @@ const routes = [
 function route() {
   cleanups.forEach((undo) => undo());
   cleanups = [];
+  live = null;
   const hash = location.hash || '#/devices';
   for (const [pattern, render] of routes) {
     const match = hash.match(pattern);
