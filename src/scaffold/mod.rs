@@ -202,8 +202,8 @@ fn check_checkout(edgetwin: &Path) -> Result<(), ScaffoldError> {
 }
 
 /// Copies [`VENDORED_CRATES`] of the checkout `edgetwin` into `to`, with a `Cargo.toml` that
-/// makes them a workspace of their own: the checkout's `[workspace.package]` and
-/// `[workspace.dependencies]` (which the crates inherit from), less the crates not copied.
+/// makes them a workspace of their own: the checkout's `[workspace.*]` tables (package,
+/// dependencies, lints: what the crates inherit), less the crates not copied.
 fn vendor(edgetwin: &Path, to: &Path) -> Result<(), ScaffoldError> {
     let manifest_path = edgetwin.join("Cargo.toml");
     let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| ScaffoldError::File {
@@ -217,9 +217,9 @@ fn vendor(edgetwin: &Path, to: &Path) -> Result<(), ScaffoldError> {
     Ok(())
 }
 
-/// The vendored workspace's manifest from the checkout's: its `[workspace.package]` and
-/// `[workspace.dependencies]` tables as they are, except dependencies on a path that is not
-/// one of [`VENDORED_CRATES`].
+/// The vendored workspace's manifest from the checkout's: its `[workspace.*]` tables as they are
+/// (`[workspace]` itself names the copied crates instead), except dependencies on a path that is
+/// not one of [`VENDORED_CRATES`].
 fn vendored_manifest(checkout: &str) -> String {
     let members: Vec<String> = VENDORED_CRATES.iter().map(|c| format!("{c:?}")).collect();
     let mut out = format!(
@@ -232,7 +232,7 @@ fn vendored_manifest(checkout: &str) -> String {
     for line in checkout.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
-            keep = matches!(trimmed, "[workspace.package]" | "[workspace.dependencies]");
+            keep = trimmed.starts_with("[workspace.");
         }
         let foreign_path = trimmed.contains("path = ")
             && !VENDORED_CRATES
@@ -507,9 +507,10 @@ mod tests {
     }
 
     #[test]
-    fn the_vendored_workspace_keeps_the_shared_tables_and_drops_crates_not_copied() {
+    fn the_vendored_workspace_keeps_the_inherited_tables_and_drops_crates_not_copied() {
         let checkout = "[workspace]\nmembers = [\".\", \"wire\", \"edge\"]\n\n\
             [workspace.package]\nversion = \"0.1.0\"\n\n\
+            [workspace.lints.rust]\nmissing_docs = \"warn\"\n\n\
             [workspace.dependencies]\nedgetwin-wire = { path = \"wire\" }\n\
             edgetwin-edge = { path = \"edge\" }\ntokio = { version = \"1\" }\n\n\
             [package]\nname = \"edgetwin\"\n\n[profile.release]\nlto = true\n";
@@ -519,6 +520,7 @@ mod tests {
              # checkout: a workspace of their own (the solution's excludes this directory).\n\
              [workspace]\nmembers = [\"wire\", \"client\", \"hub\"]\nresolver = \"2\"\n\n\
              [workspace.package]\nversion = \"0.1.0\"\n\n\
+             [workspace.lints.rust]\nmissing_docs = \"warn\"\n\n\
              [workspace.dependencies]\nedgetwin-wire = { path = \"wire\" }\ntokio = { version = \"1\" }\n"
         );
     }
