@@ -3,6 +3,8 @@
 //! This package holds the operator CLI (`edgetwin`). The wire contract lives in `edgetwin-wire`,
 //! the local IoT Hub in `edgetwin-hub` (behind the default `hub` feature).
 
+#[cfg(feature = "hub")]
+pub mod hub_banner;
 pub mod log_writer;
 pub mod manifest;
 pub mod module;

@@ -18,6 +18,15 @@ use crate::provision::client::Call;
 use crate::provision::identities::{ensure_device, ensure_module, Identity};
 use crate::provision::{ClientOptions, ServiceClient};
 
+/// `println!` that ignores a closed stdout instead of panicking: a reader that went away (`| head`,
+/// a test that read the banner) must not turn a clean stop into a crash.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The seed's identities.
 pub const DEVICE_ID: &str = "myFirstDevice";
 /// The seed's module.
@@ -93,7 +102,7 @@ impl Drop for ModuleProcess {
 }
 
 fn step(number: u32, text: &str) {
-    println!("\n[{number}/6] {text}");
+    say!("\n[{number}/6] {text}");
 }
 
 fn indent(value: &Value) -> String {
@@ -138,8 +147,8 @@ fn module_binary(args: &QuickstartArgs) -> Result<PathBuf, QuickstartError> {
 }
 
 fn print_identity(identity: &Identity, what: &str) {
-    println!("      {what}: {}", identity.presence.as_str());
-    println!(
+    say!("      {what}: {}", identity.presence.as_str());
+    say!(
         "        connection string: {}",
         identity.connection_string.expose()
     );
@@ -156,7 +165,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
             true,
         ),
     };
-    println!("edgetwin quickstart: module identity and module twin, on a local IoT Hub");
+    say!("edgetwin quickstart: module identity and module twin, on a local IoT Hub");
 
     let mut config = edgetwin_hub::HubConfig::new(data_dir.clone());
     config.mqtt_port = 0;
@@ -164,17 +173,23 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     let hub = edgetwin_hub::start(config).await?;
     let info = hub.info.clone();
     step(1, "Local IoT Hub started");
-    println!("      data directory: {}", data_dir.display());
-    println!(
+    say!("      data directory: {}", data_dir.display());
+    say!(
         "      MQTT (TLS) on port {}, service API at {}",
-        info.mqtt_port, info.rest_url
+        info.mqtt_port,
+        info.rest_url
     );
 
     let result = walkthrough(&info, &module_binary, &data_dir).await;
     if result.is_ok() && args.keep_running {
-        println!("\nThe hub and the module keep running. Service connection string:");
-        println!("  {}", info.service_connection_string.expose());
-        println!("Stop with Ctrl-C.");
+        say!(
+            "\nThe hub and the module keep running (the module's log: {}):",
+            data_dir.join("module.log").display()
+        );
+        for line in crate::hub_banner::lines(&info) {
+            say!("{line}");
+        }
+        say!("Stop with Ctrl-C.");
         let _ = tokio::signal::ctrl_c().await;
     }
     // The module goes first, as docker stop would stop it, while its hub is still there.
@@ -186,7 +201,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     if !clean? {
         return Err(QuickstartError::Module("did not exit 0 on SIGTERM".into()));
     }
-    println!(
+    say!(
         "\nDone in {:.1} s: the module exited 0 on SIGTERM and the hub stopped.",
         started.elapsed().as_secs_f64()
     );
@@ -221,7 +236,7 @@ async fn walkthrough(
     );
     let environment = client.edge_environment(DEVICE_ID, MODULE_ID).await?;
     for (name, value) in &environment {
-        println!("      {name}={value}");
+        say!("      {name}={value}");
     }
     let log_path = data_dir.join("module.log");
     let log = std::fs::File::create(&log_path)?;
@@ -252,7 +267,7 @@ async fn walkthrough(
     })
     .await?;
     let text = |key: &str| reported[key].as_str().unwrap_or("?").to_owned();
-    println!(
+    say!(
         "      connected: version {}, identity from {}, started {}; log in {}",
         text("version"),
         text("identitySource"),
@@ -265,7 +280,7 @@ async fn walkthrough(
         "Module twin before the update (the seed's UpdateModuleTwin)",
     );
     let before = client.get_twin(DEVICE_ID, Some(MODULE_ID)).await?;
-    println!("{}", indent(&before["properties"]));
+    say!("{}", indent(&before["properties"]));
 
     step(
         5,
@@ -281,15 +296,15 @@ async fn walkthrough(
     let desired_version = after["properties"]["desired"]["$version"]
         .as_i64()
         .unwrap_or_default();
-    println!("{}", indent(&after["properties"]["desired"]));
+    say!("{}", indent(&after["properties"]["desired"]));
     let ack = wait_for("the module to acknowledge telemetryInterval", || async {
         let twin = client.get_twin(DEVICE_ID, Some(MODULE_ID)).await?;
         let ack = twin["properties"]["reported"]["telemetryInterval"].clone();
         Ok((ack["av"].as_i64() == Some(desired_version)).then_some(ack))
     })
     .await?;
-    println!("      the module acknowledged in its reported properties:");
-    println!("{}", indent(&json!({ "telemetryInterval": ack })));
+    say!("      the module acknowledged in its reported properties:");
+    say!("{}", indent(&json!({ "telemetryInterval": ack })));
     if ack["ac"] != 200 {
         return Err(QuickstartError::Module(format!(
             "the module refused the value: {ack}"
@@ -301,9 +316,10 @@ async fn walkthrough(
         "Direct methods: ping, then sampleNow, which sends telemetry on output 'telemetry'",
     );
     let pong = invoke(&client, "ping").await?;
-    println!(
+    say!(
         "      ping answered status {}: {}",
-        pong["status"], pong["payload"]
+        pong["status"],
+        pong["payload"]
     );
     if pong["status"] != 200 || pong["payload"]["pong"] != true {
         return Err(QuickstartError::Module(format!(
@@ -311,7 +327,7 @@ async fn walkthrough(
         )));
     }
     let answer = invoke(&client, "sampleNow").await?;
-    println!("      sampleNow answered status {}", answer["status"]);
+    say!("      sampleNow answered status {}", answer["status"]);
     let messages = wait_for("the telemetry message", || async {
         let all: Vec<Value> = client
             .call_json(&Call::new(
@@ -335,11 +351,12 @@ async fn walkthrough(
     for message in messages.iter().take(2) {
         let body: Value =
             serde_json::from_str(message["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
-        println!(
+        say!(
             "      #{} at {}:",
-            message["sequence"], message["enqueuedTimeUtc"]
+            message["sequence"],
+            message["enqueuedTimeUtc"]
         );
-        println!("{}", indent(&body));
+        say!("{}", indent(&body));
     }
     Ok(process.into_inner())
 }

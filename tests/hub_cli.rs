@@ -56,7 +56,13 @@ fn a_hub_that_may_not_bind_443_says_so_in_one_line_and_names_the_ways_out() {
 async fn a_second_hub_on_the_same_data_directory_is_refused_at_once_naming_the_first_and_the_first_keeps_serving(
 ) {
     let dir = TempDir::new("hub-cli-twice");
-    let first = Hub::start(dir.path(), HubOptions::default());
+    let first = Hub::start(
+        dir.path(),
+        HubOptions {
+            rust_log: Some("info"),
+            ..HubOptions::default()
+        },
+    );
     first.rest.create_edge_device("gw").await;
     first.rest.create_module("gw", "m").await;
     let env = first.rest.edge_environment("gw", "m").await;
@@ -120,6 +126,12 @@ async fn a_second_hub_on_the_same_data_directory_is_refused_at_once_naming_the_f
     assert_eq!(status, 200, "{body}");
     let (status, again) = sign();
     assert_eq!((status, &again), (200, &signed));
+    // Its log, written to a file, is plain text: no colour codes.
+    let log = first.proc.log();
+    assert!(
+        log.contains(" INFO ") && !log.contains('\u{1b}'),
+        "the hub's log file:\n{log}"
+    );
 }
 
 /// When `hub.json` and each file under `certs/` of the data directory `dir` were last written.

@@ -1,10 +1,12 @@
-//! `edgetwin new demo` in a scratch directory: the generated solution's own `cargo test` and
-//! `cargo build` pass, `edgetwin manifest gen` works in it, `edgetwin new --module` adds a second
-//! module, and the built module, unchanged, acknowledges a desired property and answers `ping`
-//! against a real `edgetwin hub` process.
+//! `edgetwin new demo`: the generated solution's own `cargo test` and `cargo build` pass,
+//! `edgetwin manifest gen` works in it, `edgetwin new --module` adds a second module, and the
+//! built module, unchanged, acknowledges a desired property and answers `ping` against a real
+//! `edgetwin hub` process, logging each step at info; with a workload socket that is not there it
+//! says so at once, with when it tries again. (Its images are built by `scripts/image-check`.)
 //!
 //! The nested cargo shares a target directory of its own under this workspace's (`target/new-
-//! solution`), kept across runs, so only the first run compiles the dependencies.
+//! solution`), kept across runs, and the solution is written there too (`demo`, made anew each
+//! run): its copy of the edgetwin crates keeps its path, so only the first run compiles them.
 
 #[allow(dead_code)]
 mod support;
@@ -43,8 +45,10 @@ fn edgetwin(dir: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_the_hub() {
     let scratch = TempDir::new("new-solution");
-    edgetwin(scratch.path(), &["new", "demo", "--module", "echo"]);
-    let demo = scratch.path().join("demo");
+    let demo = target_dir().join("demo");
+    let _ = std::fs::remove_dir_all(&demo);
+    std::fs::create_dir_all(target_dir()).unwrap();
+    edgetwin(&target_dir(), &["new", "demo", "--module", "echo"]);
     for file in [
         "deployment.template.json",
         ".env",
@@ -52,10 +56,22 @@ async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_
         "modules/echo/Dockerfile.amd64",
         "modules/echo/Dockerfile.arm64v8",
         "modules/echo/Dockerfile.arm32v7",
+        "edgetwin/client/Cargo.toml",
+        ".dockerignore",
     ] {
         assert!(demo.join(file).is_file(), "{file} missing");
     }
     edgetwin(&demo, &["new", "--module", "second"]);
+    let out = Command::new(EDGETWIN)
+        .args(["new", "--module", "third", "--edgetwin-path", "/elsewhere"])
+        .current_dir(&demo)
+        .output()
+        .unwrap();
+    let stderr = support::stderr_of_failure("edgetwin new --module --edgetwin-path", &out);
+    assert!(
+        stderr.contains("--edgetwin-path is for a new solution"),
+        "{stderr}"
+    );
 
     let tested = cargo(&demo, &["test", "--offline"]);
     assert!(
@@ -95,24 +111,27 @@ async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_
         .envs(&env)
         .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string());
     let mut module = Proc::spawn(&mut command, scratch.join("echo.log"));
-    let desired = hub
-        .rest
-        .patch_desired("gw", "echo", json!({"level": 3}))
+    // The first patch may come with the full twin, the second comes as a patch.
+    for level in [3, 4] {
+        let desired = hub
+            .rest
+            .patch_desired("gw", "echo", json!({"level": level}))
+            .await;
+        let version = desired["$version"].clone();
+        poll(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async {
+                let reported = hub.rest.reported("gw", "echo").await;
+                if reported["level"]["av"] == version && reported["level"]["ac"] == 200 {
+                    return Ok(());
+                }
+                let log = module.log();
+                Err(move || format!("not acknowledged: {reported}\n{log}"))
+            },
+        )
         .await;
-    let version = desired["$version"].clone();
-    poll(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            let reported = hub.rest.reported("gw", "echo").await;
-            if reported["level"]["av"] == version && reported["level"]["ac"] == 200 {
-                return Ok(());
-            }
-            let log = module.log();
-            Err(move || format!("not acknowledged: {reported}\n{log}"))
-        },
-    )
-    .await;
+    }
     let (status, body) = hub
         .rest
         .call(
@@ -123,5 +142,55 @@ async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["payload"], json!({"pong": true, "echoed": 0}));
+    module.assert_sigterm_exits_0(Duration::from_secs(10));
+    // With no RUST_LOG: info, plain text in a file.
+    let log = module.log();
+    for step in [
+        "INFO",
+        "echo starting",
+        "identity device=\"gw\" module=\"echo\" source=\"edgeWorkload\"",
+        "connected",
+        "twin received",
+        "desired patch",
+        "patch={\"level\":4}",
+        "method ping",
+        "SIGTERM: stopping",
+    ] {
+        assert!(
+            log.contains(step),
+            "{step:?} not in the module's log:\n{log}"
+        );
+    }
+    assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log}");
+
+    // A workload socket that is not there: the failure is logged at once, with the next try.
+    let missing = scratch.join("no-such-workload.sock");
+    let mut command = Command::new(target_dir().join("debug/echo"));
+    command
+        .env_clear()
+        .envs(&env)
+        .env(
+            "IOTEDGE_WORKLOADURI",
+            format!("unix://{}", missing.display()),
+        )
+        .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string());
+    let mut module = Proc::spawn(&mut command, scratch.join("echo-bad-workload.log"));
+    poll(
+        Duration::from_secs(2),
+        Duration::from_millis(50),
+        || async {
+            let log = module.log();
+            let failure = log.lines().find(|line| {
+                line.contains("WARN")
+                    && line.contains("connection failed; next attempt in")
+                    && line.contains(&*missing.to_string_lossy())
+            });
+            match failure {
+                Some(_) => Ok(()),
+                None => Err(move || format!("no failure naming the socket within 2 s:\n{log}")),
+            }
+        },
+    )
+    .await;
     module.assert_sigterm_exits_0(Duration::from_secs(10));
 }

@@ -292,19 +292,37 @@ fn twin_update_changes_the_module_twin_desired_properties() {
     assert_eq!(twin["properties"]["desired"]["telemetryInterval"], 122);
     assert_eq!(twin["moduleId"], "edgetwin");
 
+    // Text: the change and the new versions, not the twin twice.
     let text = hub.run_ok(&[
         "twin",
         "update",
         "--device",
         "gw-4",
+        "--module",
+        "edgetwin",
+        "--desired",
+        r#"{"telemetryInterval":30}"#,
         "--tags",
         r#"{"ring":"canary"}"#,
     ]);
-    assert!(
-        text.contains("twin before:") && text.contains("twin after:"),
+    let lines: Vec<&str> = text.lines().collect();
+    let twin = hub.twin("gw-4", Some("edgetwin"));
+    let (version, desired_version) = (&twin["version"], &twin["properties"]["desired"]["$version"]);
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "gw-4/edgetwin: twin version {} -> {version}, desired $version {} -> {desired_version}",
+                version.as_i64().unwrap() - 1,
+                desired_version.as_i64().unwrap() - 1,
+            )
+            .as_str(),
+            r#"  tags.ring: (unset) -> "canary""#,
+            "  desired.telemetryInterval: 122 -> 30",
+        ],
         "{text}"
     );
-    assert_eq!(hub.twin("gw-4", None)["tags"]["ring"], "canary");
+    assert_eq!(twin["tags"]["ring"], "canary");
 }
 
 #[test]

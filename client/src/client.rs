@@ -19,6 +19,8 @@ pub const MQTT_PORT: &str = "EDGETWIN_MQTT_PORT";
 /// (both dereference to it).
 #[derive(Debug)]
 pub struct Connection {
+    /// Who the session connects as.
+    identity: Identity,
     /// Commands to the session.
     handle: ClientHandle,
     /// What the session tells the application.
@@ -29,12 +31,19 @@ pub struct Connection {
 
 impl Connection {
     fn new(identity: Identity, config: SessionConfig) -> Self {
-        let (handle, events, task) = spawn(identity, config);
+        let (handle, events, task) = spawn(identity.clone(), config);
         Connection {
+            identity,
             handle,
             events,
             task,
         }
+    }
+
+    /// Who the session connects as (device, module, where the identity came from), for the
+    /// application's logs.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The next event; `None` once the session has stopped.

@@ -508,8 +508,8 @@ impl Driver {
             link = match self.core.phase().clone() {
                 Phase::Stopped => break,
                 Phase::Connecting { .. } => self.connecting().await,
-                Phase::BackingOff { until } => {
-                    self.backing_off(until).await;
+                Phase::BackingOff { .. } => {
+                    self.backing_off().await;
                     None
                 }
                 _ => match link {
@@ -708,13 +708,9 @@ impl Driver {
         }
     }
 
-    /// Backing off until `until`, still taking commands.
-    async fn backing_off(&mut self, until: Instant) {
+    /// Backing off until the phase's deadline (the core's tick ends it), still taking commands.
+    async fn backing_off(&mut self) {
         let mut tick = ticker();
-        debug!(
-            delay_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
-            "backing off"
-        );
         loop {
             let actions = self.next_input(&mut tick).await;
             self.perform(actions, None).await;

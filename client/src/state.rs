@@ -466,16 +466,26 @@ impl Session {
         }
         let was_connected = self.phase.is_connected();
         self.requeue();
-        warn!(%reason, attempt = self.backoff.attempts() + 1, "connection failed");
+        let attempt = self.backoff.attempts() + 1;
+        let stopping = self.should_stop(now);
+        // One line per failure: what failed, and when the next attempt is.
+        let delay = (!stopping).then(|| self.backoff.next_delay(jitter));
+        match delay {
+            Some(delay) => warn!(
+                %reason,
+                attempt,
+                "connection failed; next attempt in {:.1} s",
+                delay.as_secs_f64()
+            ),
+            None => warn!(%reason, attempt, "connection failed; stopping"),
+        }
         let mut actions = Vec::new();
         if was_connected {
             actions.push(Action::Notify(disconnected(reason)));
         }
-        if self.should_stop(now) {
+        let Some(delay) = delay else {
             return self.stop(actions);
-        }
-        let delay = self.backoff.next_delay(jitter);
-        debug!(delay_ms = delay.as_millis() as u64, "backing off");
+        };
         self.phase = Phase::BackingOff { until: now + delay };
         actions
     }

@@ -191,47 +191,10 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
     let hub = edgetwin_hub::start(config)
         .await
         .map_err(|e| e.to_string())?;
-    let info = &hub.info;
     out!("edgetwin hub is running");
-    out!("  IoT Hub host name:   {}", info.host_name);
-    out!(
-        "  MQTT (TLS):          {}:{}",
-        info.host_name,
-        info.mqtt_port
-    );
-    out!("  service REST API:    {}", info.rest_url);
-    out!(
-        "  web console:         {} (signs in once, as iothubowner; after that, sign in with the connection string below)",
-        info.console_url.expose()
-    );
-    out!(
-        "  MQTT (WebSockets):   wss://{}:{}/$iothub/websocket",
-        info.host_name,
-        info.https_port
-    );
-    out!("  CA certificate:      {}", info.ca_certificate.display());
-    match &info.workload_dir {
-        Some(dir) => out!(
-            "  workload sockets:    {} (one per edge device in use; see edge-env)",
-            dir.display()
-        ),
-        None => out!("  workload API:        off (--no-workload-api): a plain IoT Hub"),
+    for line in edgetwin::hub_banner::lines(&hub.info) {
+        out!("{line}");
     }
-    out!("  service connection string (iothubowner):");
-    out!("    {}", info.service_connection_string.expose());
-    out!("Point clients at it:");
-    out!(
-        "  export IOTHUB_CONNECTION_STRING='{}'",
-        info.service_connection_string.expose()
-    );
-    out!(
-        "  export REQUESTS_CA_BUNDLE='{}'",
-        info.ca_certificate.display()
-    );
-    out!(
-        "  a module's IOTEDGE_* environment: eval \"$(edgetwin edge-env --device <d> --module <m> --ca-file {})\"",
-        info.ca_certificate.display()
-    );
     out!("Stop with Ctrl-C.");
     wait_for_signal().await;
     tracing::info!("stopping");

@@ -33,7 +33,10 @@ pub struct ModuleConfig {
     pub metrics: Vec<String>,
     /// Default thresholds.
     pub thresholds: Thresholds,
-    /// Filesystem whose usage is reported as `disk`.
+    /// A path on the filesystem whose usage is reported as `disk` (`EDGETWIN_DISK_PATH`, default
+    /// `/`). In a container `/` is the container's own root, an overlay whose numbers are those of
+    /// the filesystem holding the engine's storage (`/var/lib/docker` or
+    /// `/var/lib/containers`); to watch another, bind-mount it and name the mount point.
     pub disk_path: String,
     /// Port of the Prometheus `/metrics` endpoint (9600 as edgeHub and edgeAgent; 0 = off).
     pub metrics_port: u16,

@@ -12,8 +12,8 @@ pub struct Sample {
     pub load: Option<[f64; 3]>,
     /// Memory in KiB: total and available.
     pub memory: Option<(u64, u64)>,
-    /// Disk in bytes: total and available.
-    pub disk: Option<(u64, u64)>,
+    /// The filesystem of the disk path.
+    pub disk: Option<DiskUsage>,
     /// Seconds since boot.
     pub uptime: Option<f64>,
     /// CPU temperature, °C.
@@ -47,8 +47,48 @@ pub fn parse_temperature(text: &str) -> Option<f64> {
     text.trim().parse::<i64>().ok().map(|m| m as f64 / 1000.0)
 }
 
-/// `(total, available)` bytes of the filesystem holding `path`.
-pub fn disk_usage(path: &str) -> Option<(u64, u64)> {
+/// A filesystem's size in bytes, as `statvfs` gives it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Every block (`f_blocks`), including those reserved for root.
+    pub total: u64,
+    /// Free blocks (`f_bfree`), including those reserved for root.
+    pub free: u64,
+    /// Free blocks an unprivileged process may use (`f_bavail`).
+    pub available: u64,
+}
+
+impl DiskUsage {
+    /// From `statvfs` fields: block counts in units of `fragment_size` (`f_frsize`).
+    pub fn from_blocks(fragment_size: u64, blocks: u64, free: u64, available: u64) -> Self {
+        DiskUsage {
+            total: blocks.saturating_mul(fragment_size),
+            free: free.saturating_mul(fragment_size),
+            available: available.saturating_mul(fragment_size),
+        }
+    }
+
+    /// Bytes in use: total less free.
+    pub fn used(&self) -> u64 {
+        self.total.saturating_sub(self.free)
+    }
+
+    /// Use in percent as `df` computes it (coreutils, and POSIX `df -P`'s "capacity"): used over
+    /// what a user can reach, used + available, so the blocks reserved for root count neither as
+    /// used nor as room. (`1 - available / total` counted the reserve as used: on a disk with a
+    /// large reserve, 70 where `df` says 13.) Rounded up to 0.1, as `df` rounds up to 1.
+    pub fn used_percent(&self) -> f64 {
+        let used = self.used();
+        let reachable = used.saturating_add(self.available);
+        if reachable == 0 {
+            return 0.0;
+        }
+        (used as f64 * 1000.0 / reachable as f64).ceil() / 10.0
+    }
+}
+
+/// The usage of the filesystem holding `path` (`statvfs`), `None` if it cannot be read.
+pub fn disk_usage(path: &str) -> Option<DiskUsage> {
     let c_path = std::ffi::CString::new(path).ok()?;
     // SAFETY: `statvfs` only writes into the zeroed struct we own and reads the C string.
     // SAFETY: an all-zero `statvfs` is a valid value of this plain C struct.
@@ -58,8 +98,12 @@ pub fn disk_usage(path: &str) -> Option<(u64, u64)> {
     if rc != 0 {
         return None;
     }
-    let block = stat.f_frsize as u64;
-    Some((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
+    Some(DiskUsage::from_blocks(
+        stat.f_frsize as u64,
+        stat.f_blocks as u64,
+        stat.f_bfree as u64,
+        stat.f_bavail as u64,
+    ))
 }
 
 /// Reads everything now.
@@ -91,10 +135,9 @@ impl Sample {
             .map(|(total, avail)| percent(total.saturating_sub(avail), total))
     }
 
-    /// Disk use in percent.
+    /// Disk use in percent, as `df` says it.
     pub fn disk_percent(&self) -> Option<f64> {
-        self.disk
-            .map(|(total, avail)| percent(total.saturating_sub(avail), total))
+        self.disk.as_ref().map(DiskUsage::used_percent)
     }
 
     /// The telemetry body: the selected metrics that could be read, plus `timestamp`.
@@ -109,8 +152,13 @@ impl Sample {
                 Metric::Memory => self.memory.map(|(total, avail)| {
                     json!({"totalKiB": total, "availableKiB": avail, "usedPercent": self.memory_percent()})
                 }),
-                Metric::Disk => self.disk.map(|(total, avail)| {
-                    json!({"totalBytes": total, "availableBytes": avail, "usedPercent": self.disk_percent()})
+                Metric::Disk => self.disk.map(|disk| {
+                    json!({
+                        "totalBytes": disk.total,
+                        "usedBytes": disk.used(),
+                        "availableBytes": disk.available,
+                        "usedPercent": disk.used_percent(),
+                    })
                 }),
                 Metric::Uptime => self.uptime.map(|u| json!(u)),
                 Metric::Temperature => self.temperature.map(|t| json!(t)),
@@ -161,7 +209,7 @@ mod tests {
         let s = Sample {
             load: Some([1.0, 2.0, 3.0]),
             memory: Some((1000, 250)),
-            disk: Some((100, 50)),
+            disk: Some(DiskUsage::from_blocks(1, 100, 50, 50)),
             uptime: Some(5.0),
             temperature: None,
         };
@@ -176,7 +224,7 @@ mod tests {
     fn crossed_thresholds_are_listed() {
         let s = Sample {
             memory: Some((1000, 50)),
-            disk: Some((100, 50)),
+            disk: Some(DiskUsage::from_blocks(1, 100, 50, 50)),
             temperature: Some(85.0),
             ..Sample::default()
         };
@@ -190,8 +238,48 @@ mod tests {
     }
 
     #[test]
-    fn the_root_filesystem_has_a_size() {
-        let (total, avail) = disk_usage("/").unwrap();
-        assert!(total > 0 && avail <= total);
+    fn disk_use_is_used_over_used_plus_available_as_df_says_it() {
+        // 1000 blocks of 4 KiB, 870 free of which 300 are available to users (570 reserved):
+        // 130 used of 430 reachable is 30.3 %, not 1 - 300/1000 = 70 %.
+        let disk = DiskUsage::from_blocks(4096, 1000, 870, 300);
+        assert_eq!(disk.total, 4_096_000);
+        assert_eq!(disk.used(), 130 * 4096);
+        assert_eq!(disk.available, 300 * 4096);
+        assert_eq!(disk.used_percent(), 30.3);
+        // No reserve: used over total; rounded up as df rounds (1/3 is 33.4, df says 34 %).
+        assert_eq!(DiskUsage::from_blocks(1, 3, 2, 2).used_percent(), 33.4);
+        assert_eq!(DiskUsage::from_blocks(1, 10, 10, 10).used_percent(), 0.0);
+        // Full, with only the reserve left: 100 %, as df says.
+        assert_eq!(DiskUsage::from_blocks(1, 100, 5, 0).used_percent(), 100.0);
+        // An empty or pseudo filesystem (all zero): 0, not NaN.
+        assert_eq!(DiskUsage::default().used_percent(), 0.0);
+    }
+
+    #[test]
+    fn disk_use_of_a_directory_agrees_with_df() {
+        let dir = std::env::temp_dir();
+        let disk = disk_usage(dir.to_str().unwrap()).unwrap();
+        assert!(disk.total > 0 && disk.available <= disk.free && disk.free <= disk.total);
+        // POSIX `df -P -k`: "Capacity" is the rounded-up percentage of used over used + available.
+        let out = std::process::Command::new("df")
+            .args(["-P", "-k"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let capacity: f64 = text
+            .lines()
+            .nth(1)
+            .and_then(|row| row.split_whitespace().nth(4))
+            .and_then(|c| c.trim_end_matches('%').parse().ok())
+            .unwrap_or_else(|| panic!("no capacity in df's output: {text}"));
+        // Other writers may change the disk between the two reads: within a point.
+        let ours = disk.used_percent();
+        assert!(
+            (ours.ceil() - capacity).abs() <= 1.0,
+            "{} is {ours} % used; df -P says {capacity} %",
+            dir.display()
+        );
+        assert!(disk_usage("/nonexistent/edgetwin").is_none());
     }
 }

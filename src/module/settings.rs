@@ -14,7 +14,7 @@ pub enum Metric {
     Load,
     /// `/proc/meminfo`.
     Memory,
-    /// `statvfs` of the disk path.
+    /// `statvfs` of the disk path: used percent as `df` computes it.
     Disk,
     /// `/proc/uptime`.
     Uptime,

@@ -169,7 +169,8 @@ pub struct TwinArgs {
 pub enum TwinCommand {
     /// Print a device or module twin.
     Get(TwinTarget),
-    /// Merge desired properties and/or tags into a twin; print it before and after.
+    /// Merge desired properties and/or tags into a twin; print each changed key and the new
+    /// versions (`--output json`: the whole twin before and after).
     Update(TwinUpdateArgs),
 }
 
@@ -199,7 +200,7 @@ pub struct TwinUpdateArgs {
     /// Tags to merge, a JSON object.
     #[arg(long, value_name = "JSON")]
     pub tags: Option<String>,
-    /// Output format.
+    /// Output format: text prints what changed, json the whole twin before and after.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
@@ -634,10 +635,13 @@ async fn twin_command(args: TwinArgs) -> Result<(), ProvisionError> {
                     print_json(&json!({"before": change.before, "after": change.after}))
                 }
                 OutputFormat::Text => {
-                    println!("twin before:");
-                    print_json(&change.before);
-                    println!("twin after:");
-                    print_json(&change.after);
+                    let twin = match &target.module {
+                        Some(module) => format!("{}/{module}", target.device),
+                        None => target.device.clone(),
+                    };
+                    for line in change.summary(&twin) {
+                        println!("{line}");
+                    }
                 }
             }
         }

@@ -2,8 +2,11 @@
 //! `.env`, `modules/<name>/module.json` and a Dockerfile per platform) with a Rust module on
 //! `edgetwin-client`, or (`--module` inside a solution) one more module, as `iotedgedev add`.
 //!
-//! The templates are embedded (`template/`); the module depends on the edgetwin crates by path, so
-//! the solution builds and tests offline.
+//! The templates are embedded (`template/`). The edgetwin crates a module needs (`wire`, `client`,
+//! and `hub` for its tests) are copied from the checkout into the solution's `edgetwin/` (a
+//! workspace of their own, excluded from the solution's), and the modules depend on that copy by
+//! path: the solution builds and tests offline, and its image builds, whose context is the
+//! solution directory, need nothing outside it.
 
 use std::path::{Path, PathBuf};
 
@@ -22,8 +25,8 @@ pub struct NewArgs {
     /// or dashes between them [default: filtermodule for a new solution].
     #[arg(long)]
     pub module: Option<String>,
-    /// The edgetwin checkout the module's `path =` dependencies point at [default: the one this
-    /// binary was built from].
+    /// The edgetwin checkout whose crates a new solution gets a copy of in `edgetwin/`
+    /// [default: the one this binary was built from].
     #[arg(long)]
     pub edgetwin_path: Option<PathBuf>,
 }
@@ -51,6 +54,9 @@ pub enum ScaffoldError {
     /// The edgetwin checkout has no `client` crate.
     #[error("{0} is not an edgetwin checkout (no client/Cargo.toml); pass --edgetwin-path")]
     NoCheckout(PathBuf),
+    /// The solution has no copy of the edgetwin crates.
+    #[error("{0} holds no copy of the edgetwin crates (no client/Cargo.toml): a solution made by `edgetwin new` has one")]
+    NotVendored(PathBuf),
     /// `deployment.template.json` lacks the sections a module goes into.
     #[error("{path}: {what} is missing or not an object")]
     Template {
@@ -69,14 +75,22 @@ pub enum ScaffoldError {
     },
 }
 
+/// The checkout's crates copied into a solution's [`VENDOR_DIR`]: every crate a module and its
+/// tests depend on, and every crate those depend on.
+pub const VENDORED_CRATES: [&str; 3] = ["wire", "client", "hub"];
+
+/// Where a solution keeps its copy of the edgetwin crates.
+pub const VENDOR_DIR: &str = "edgetwin";
+
 /// The solution's files: (path, template).
-const SOLUTION_FILES: [(&str, &str); 5] = [
+const SOLUTION_FILES: [(&str, &str); 6] = [
     (
         "deployment.template.json",
         include_str!("template/deployment.template.json"),
     ),
     (".env", include_str!("template/env")),
     (".gitignore", include_str!("template/gitignore")),
+    (".dockerignore", include_str!("template/dockerignore")),
     ("Cargo.toml", include_str!("template/Cargo.toml")),
     ("README.md", include_str!("template/README.md")),
 ];
@@ -175,7 +189,8 @@ pub fn new_solution(dir: &Path, module: &str, edgetwin: &Path) -> Result<(), Sca
     if let Ok(lock) = std::fs::read_to_string(edgetwin.join("Cargo.lock")) {
         write(&dir.join("Cargo.lock"), &lock)?;
     }
-    add_module(dir, module, edgetwin)
+    vendor(edgetwin, &dir.join(VENDOR_DIR))?;
+    add_module(dir, module)
 }
 
 fn check_checkout(edgetwin: &Path) -> Result<(), ScaffoldError> {
@@ -186,14 +201,88 @@ fn check_checkout(edgetwin: &Path) -> Result<(), ScaffoldError> {
     }
 }
 
+/// Copies [`VENDORED_CRATES`] of the checkout `edgetwin` into `to`, with a `Cargo.toml` that
+/// makes them a workspace of their own: the checkout's `[workspace.*]` tables (package,
+/// dependencies, lints: what the crates inherit), less the crates not copied.
+fn vendor(edgetwin: &Path, to: &Path) -> Result<(), ScaffoldError> {
+    let manifest_path = edgetwin.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| ScaffoldError::File {
+        path: manifest_path.clone(),
+        reason: e.to_string(),
+    })?;
+    write(&to.join("Cargo.toml"), &vendored_manifest(&manifest))?;
+    for name in VENDORED_CRATES {
+        copy_tree(&edgetwin.join(name), &to.join(name))?;
+    }
+    Ok(())
+}
+
+/// The vendored workspace's manifest from the checkout's: its `[workspace.*]` tables as they are
+/// (`[workspace]` itself names the copied crates instead), except dependencies on a path that is
+/// not one of [`VENDORED_CRATES`].
+fn vendored_manifest(checkout: &str) -> String {
+    let members: Vec<String> = VENDORED_CRATES.iter().map(|c| format!("{c:?}")).collect();
+    let mut out = format!(
+        "# The edgetwin crates the modules depend on, copied by `edgetwin new` from an edgetwin\n\
+         # checkout: a workspace of their own (the solution's excludes this directory).\n\
+         [workspace]\nmembers = [{}]\nresolver = \"2\"\n\n",
+        members.join(", ")
+    );
+    let mut keep = false;
+    for line in checkout.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            keep = trimmed.starts_with("[workspace.");
+        }
+        let foreign_path = trimmed.contains("path = ")
+            && !VENDORED_CRATES
+                .iter()
+                .any(|c| trimmed.contains(&format!("path = \"{c}\"")));
+        if keep && !foreign_path {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    format!("{}\n", out.trim_end())
+}
+
+/// Copies the directory `from` to `to`, leaving out build output (`target/`).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ScaffoldError> {
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |e: std::io::Error| ScaffoldError::File {
+            path,
+            reason: e.to_string(),
+        }
+    };
+    std::fs::create_dir_all(to).map_err(failed(to))?;
+    for entry in std::fs::read_dir(from).map_err(failed(from))? {
+        let entry = entry.map_err(failed(from))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(failed(&source))?;
+        if kind.is_dir() {
+            if entry.file_name() != "target" {
+                copy_tree(&source, &target)?;
+            }
+        } else if kind.is_file() {
+            std::fs::copy(&source, &target).map_err(failed(&source))?;
+        }
+    }
+    Ok(())
+}
+
 /// Adds module `module` to the solution `dir`: its files under `modules/`, its entry in
-/// `deployment.template.json` and a route of its outputs upstream.
-pub fn add_module(dir: &Path, module: &str, edgetwin: &Path) -> Result<(), ScaffoldError> {
+/// `deployment.template.json` and a route of its outputs upstream. It depends on the solution's
+/// copy of the edgetwin crates.
+pub fn add_module(dir: &Path, module: &str) -> Result<(), ScaffoldError> {
     check_module_name(module)?;
-    check_checkout(edgetwin)?;
     let template_path = dir.join("deployment.template.json");
     if !template_path.is_file() {
         return Err(ScaffoldError::NotASolution(dir.to_owned()));
+    }
+    let vendored = dir.join(VENDOR_DIR);
+    if !vendored.join("client/Cargo.toml").is_file() {
+        return Err(ScaffoldError::NotVendored(vendored));
     }
     let module_dir = dir.join("modules").join(module);
     if module_dir.exists() {
@@ -204,11 +293,11 @@ pub fn add_module(dir: &Path, module: &str, edgetwin: &Path) -> Result<(), Scaff
     }
     let template = add_to_template(&template_path, module)?;
     let crate_name = module.replace('-', "_");
-    let edgetwin = edgetwin.to_string_lossy();
+    let edgetwin = format!("../../{VENDOR_DIR}");
     let values = [
         ("module", module),
         ("crate", crate_name.as_str()),
-        ("edgetwin", edgetwin.as_ref()),
+        ("edgetwin", edgetwin.as_str()),
     ];
     for (path, text) in MODULE_FILES {
         write(&module_dir.join(path), &fill(text, &values))?;
@@ -283,12 +372,12 @@ fn add_to_template(path: &Path, module: &str) -> Result<String, ScaffoldError> {
 
 /// Runs `edgetwin new`; `Err` carries the message for `error: ...` (exit 1).
 pub fn run(args: NewArgs) -> Result<(), String> {
-    let edgetwin = args
-        .edgetwin_path
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let edgetwin = edgetwin.canonicalize().unwrap_or(edgetwin);
     match args.solution {
         Some(dir) => {
+            let edgetwin = args
+                .edgetwin_path
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+            let edgetwin = edgetwin.canonicalize().unwrap_or(edgetwin);
             let module = args.module.as_deref().unwrap_or(DEFAULT_MODULE);
             new_solution(&dir, module, &edgetwin).map_err(|e| e.to_string())?;
             println!(
@@ -300,7 +389,13 @@ pub fn run(args: NewArgs) -> Result<(), String> {
             let module = args
                 .module
                 .ok_or("give a solution to create, or --module to add one to this solution")?;
-            add_module(Path::new("."), &module, &edgetwin).map_err(|e| e.to_string())?;
+            if args.edgetwin_path.is_some() {
+                return Err(format!(
+                    "--edgetwin-path is for a new solution: a module added to this one uses its \
+                     {VENDOR_DIR}/ copy of the edgetwin crates"
+                ));
+            }
+            add_module(Path::new("."), &module).map_err(|e| e.to_string())?;
             println!("added module {module} under modules/{module}");
         }
     }
@@ -345,6 +440,24 @@ mod tests {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.contains(&format!("--target {target}")), "{text}");
             assert!(!text.contains("{{"), "{text}");
+            // podman and buildah resolve no short name without registries.conf help.
+            for from in text.lines().filter(|l| l.starts_with("FROM ")) {
+                let mut words = from.split_whitespace().skip(1);
+                let image = words.find(|w| !w.starts_with("--")).unwrap();
+                assert!(
+                    image == "scratch" || image.starts_with("docker.io/library/"),
+                    "{from}"
+                );
+            }
+        }
+        // The module depends on the solution's own copy of the crates, which is complete.
+        let module = std::fs::read_to_string(dir.join("modules/echo-mod/Cargo.toml")).unwrap();
+        assert!(
+            module.contains(r#"path = "../../edgetwin/client""#),
+            "{module}"
+        );
+        for name in VENDORED_CRATES {
+            assert!(dir.join(VENDOR_DIR).join(name).join("src/lib.rs").is_file());
         }
         let template: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join("deployment.template.json")).unwrap(),
@@ -359,10 +472,56 @@ mod tests {
             content["$edgeHub"]["properties.desired"]["routes"]["echo_modToIoTHub"],
             "FROM /messages/modules/echo-mod/outputs/* INTO $upstream"
         );
-        let error = add_module(&dir, "echo-mod", &checkout).unwrap_err();
+        let error = add_module(&dir, "echo-mod").unwrap_err();
+        assert!(error.to_string().contains("already exists"), "{error}");
+        let bare = dir.join("bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::copy(
+            dir.join("deployment.template.json"),
+            bare.join("deployment.template.json"),
+        )
+        .unwrap();
+        let error = add_module(&bare, "other").unwrap_err();
+        assert!(matches!(error, ScaffoldError::NotVendored(_)), "{error}");
+        let error = add_module(&dir, "echo-mod").unwrap_err();
         assert!(error.to_string().contains("already exists"), "{error}");
         let error = new_solution(&dir, "other", &checkout).unwrap_err();
         assert!(matches!(error, ScaffoldError::Exists(_)), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_vendored_crates_depend_only_on_each_other_and_the_registry() {
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for name in VENDORED_CRATES {
+            let manifest = std::fs::read_to_string(checkout.join(name).join("Cargo.toml")).unwrap();
+            for line in manifest.lines().filter(|l| l.starts_with("edgetwin-")) {
+                let dependency = line.split(['.', ' ', '=']).next().unwrap();
+                let dependency = dependency.trim_start_matches("edgetwin-");
+                assert!(
+                    VENDORED_CRATES.contains(&dependency),
+                    "{name} depends on {line:?}, which is not copied"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_vendored_workspace_keeps_the_inherited_tables_and_drops_crates_not_copied() {
+        let checkout = "[workspace]\nmembers = [\".\", \"wire\", \"edge\"]\n\n\
+            [workspace.package]\nversion = \"0.1.0\"\n\n\
+            [workspace.lints.rust]\nmissing_docs = \"warn\"\n\n\
+            [workspace.dependencies]\nedgetwin-wire = { path = \"wire\" }\n\
+            edgetwin-edge = { path = \"edge\" }\ntokio = { version = \"1\" }\n\n\
+            [package]\nname = \"edgetwin\"\n\n[profile.release]\nlto = true\n";
+        assert_eq!(
+            vendored_manifest(checkout),
+            "# The edgetwin crates the modules depend on, copied by `edgetwin new` from an edgetwin\n\
+             # checkout: a workspace of their own (the solution's excludes this directory).\n\
+             [workspace]\nmembers = [\"wire\", \"client\", \"hub\"]\nresolver = \"2\"\n\n\
+             [workspace.package]\nversion = \"0.1.0\"\n\n\
+             [workspace.lints.rust]\nmissing_docs = \"warn\"\n\n\
+             [workspace.dependencies]\nedgetwin-wire = { path = \"wire\" }\ntokio = { version = \"1\" }\n"
+        );
     }
 }

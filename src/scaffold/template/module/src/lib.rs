@@ -2,13 +2,15 @@
 //! output `output1`, and answers the `ping` direct method with how many messages it echoed.
 //!
 //! [`run`] is the whole module, so that the tests drive it against an in-process hub exactly as
-//! `main` runs it against edgeHub.
+//! `main` runs it against edgeHub. It logs each step at info (`tracing`); the client logs the
+//! connection coming and going, and each failed attempt with when the next one is.
 
 use std::future::Future;
 use std::time::Duration;
 
 use edgetwin_client::{DesiredUpdate, Event, ModuleClient};
 use serde_json::{json, Map, Value};
+use tracing::{info, warn};
 
 /// The input echoed.
 pub const INPUT: &str = "input1";
@@ -48,6 +50,16 @@ pub async fn run(mut client: ModuleClient, stop: impl Future<Output = ()>) {
         };
         match event {
             Event::Desired(update) => {
+                match &update.patch {
+                    None => {
+                        let properties: Vec<&String> = update.desired.keys().collect();
+                        info!(version = update.version, ?properties, "twin received");
+                    }
+                    Some(patch) => {
+                        let patch = Value::Object(patch.clone());
+                        info!(version = update.version, %patch, "desired patch");
+                    }
+                }
                 let acks = acknowledgements(&update);
                 if !acks.is_empty() {
                     client.report(acks).await;
@@ -55,17 +67,22 @@ pub async fn run(mut client: ModuleClient, stop: impl Future<Output = ()>) {
             }
             Event::Input { input, message } if input == INPUT => {
                 match client.send_output(OUTPUT, message) {
-                    Ok(()) => echoed += 1,
-                    Err(error) => eprintln!("{OUTPUT}: {error}"),
+                    Ok(()) => {
+                        echoed += 1;
+                        info!(echoed, "{INPUT} sent on {OUTPUT}");
+                    }
+                    Err(error) => warn!("{OUTPUT}: {error}"),
                 }
             }
             Event::Method(call) => match call.name() {
                 "ping" => {
+                    info!("method ping");
                     call.respond(200, &json!({"pong": true, "echoed": echoed}))
                         .await
                 }
                 name => {
                     let message = format!("unknown method `{name}`");
+                    warn!("{message}");
                     call.respond(404, &json!({"message": message})).await;
                 }
             },

@@ -1,0 +1,46 @@
+//! What `edgetwin hub` prints once it listens, and `edgetwin quickstart --keep-running` once its
+//! walkthrough is done: where the hub is, the CA to trust, the console link and the exports that
+//! point clients at it.
+
+use edgetwin_hub::HubInfo;
+
+/// The banner's lines, each indented for a block under a heading.
+pub fn lines(info: &HubInfo) -> Vec<String> {
+    let connection_string = info.service_connection_string.expose();
+    let ca = info.ca_certificate.display();
+    let mut lines = vec![
+        format!("  IoT Hub host name:   {}", info.host_name),
+        format!(
+            "  MQTT (TLS):          {}:{}",
+            info.host_name, info.mqtt_port
+        ),
+        format!("  service REST API:    {}", info.rest_url),
+        format!(
+            "  web console:         {} (signs in once, as iothubowner; after that, sign in with the connection string below)",
+            info.console_url.expose()
+        ),
+        format!(
+            "  MQTT (WebSockets):   wss://{}:{}/$iothub/websocket",
+            info.host_name, info.https_port
+        ),
+        format!("  CA certificate:      {ca}"),
+    ];
+    lines.push(match &info.workload_dir {
+        Some(dir) => format!(
+            "  workload sockets:    {} (one per edge device in use; see edge-env)",
+            dir.display()
+        ),
+        None => "  workload API:        off (--no-workload-api): a plain IoT Hub".to_owned(),
+    });
+    lines.extend([
+        "  service connection string (iothubowner):".to_owned(),
+        format!("    {connection_string}"),
+        "Point clients at it:".to_owned(),
+        format!("  export IOTHUB_CONNECTION_STRING='{connection_string}'"),
+        format!("  export REQUESTS_CA_BUNDLE='{ca}'"),
+        format!(
+            "  a module's IOTEDGE_* environment: eval \"$(edgetwin edge-env --device <d> --module <m> --ca-file {ca})\""
+        ),
+    ]);
+    lines
+}
