@@ -19,7 +19,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{load_average, stdout_of_success, Hub, HubOptions, TempDir};
+use support::{load_average, number_args, stdout_of_success, Hub, HubOptions, TempDir};
 
 const QUERIES: [&str; 5] = [
     "SELECT COUNT() AS n FROM devices",
@@ -30,20 +30,7 @@ const QUERIES: [&str; 5] = [
 ];
 
 fn main() {
-    let (mut count, mut runs) = (10_000usize, 5usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut number = || -> usize {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{arg} needs a number"))
-        };
-        match arg.as_str() {
-            "--count" => count = number(),
-            "--runs" => runs = number(),
-            _ => {} // cargo bench passes --bench
-        }
-    }
+    let [count, runs] = number_args([("--count", 10_000), ("--runs", 5)]);
     println!("load average before: {}", load_average());
     let dir = TempDir::new("bench-query");
     let options = HubOptions {

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{load_average, stdout_of_success, Hub, HubOptions, Rest, TempDir};
+use serde_json::Value;
+use support::{load_average, number_args, stdout_of_success, Hub, HubOptions, Rest, TempDir};
 
 const SCAN: &str = "SELECT * FROM devices WHERE deviceId = 'nobody'";
 const GROUP_BY: &str = "SELECT status AS s, COUNT() AS n FROM devices GROUP BY status";
@@ -32,20 +32,7 @@ const COUNT: &str = "SELECT COUNT() AS n FROM devices";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let (mut count, mut connects) = (20_000usize, 200usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut number = || -> usize {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{arg} needs a number"))
-        };
-        match arg.as_str() {
-            "--count" => count = number(),
-            "--connects" => connects = number(),
-            _ => {} // cargo bench passes --bench
-        }
-    }
+    let [count, connects] = number_args([("--count", 20_000), ("--connects", 200)]);
     println!("load average before: {}", load_average());
     let dir = TempDir::new("bench-query-load");
     let options = HubOptions {
@@ -67,19 +54,7 @@ async fn main() {
         .output()
         .unwrap();
     stdout_of_success("edgetwin provision", &out);
-    let (status, device) = hub
-        .rest
-        .call(
-            "PUT",
-            "/devices/sensor",
-            Some(json!({"deviceId": "sensor"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{device}");
-    let key = device["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = hub.rest.create_device("sensor").await;
     let readers: Vec<Arc<Rest>> = (0..8)
         .map(|_| Arc::new(Rest::with_policy(&hub.info, "registryRead", true)))
         .collect();

@@ -39,19 +39,6 @@ async fn hub_with_module(
     (dir, hub, env)
 }
 
-/// Creates the (plain) device `id` on `hub`.
-async fn create_device(hub: &Hub, id: &str) {
-    let (status, body) = hub
-        .rest
-        .call(
-            "PUT",
-            &format!("/devices/{id}"),
-            Some(json!({"deviceId": id})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 /// The socket path in a module's `IOTEDGE_WORKLOADURI`.
 fn socket_of(hub: &Hub, env: &std::collections::BTreeMap<String, String>) -> PathBuf {
     let uri = &env["IOTEDGE_WORKLOADURI"];
@@ -461,7 +448,7 @@ async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
     let dir = TempDir::new("sr-prefix");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["d1", "d10", "d2"] {
-        create_device(&hub, id).await;
+        hub.rest.create_device(id).await;
     }
     let host = hub.host_name().to_owned();
     let scoped = support::Rest::scoped(&hub.info, &format!("{host}/devices/d1"));
@@ -482,16 +469,6 @@ async fn a_service_token_whose_sr_names_one_device_reaches_only_that_device() {
     assert_eq!(status, 200, "d2 was deleted through a token for d1");
 }
 
-/// The primary key of device `id` on `hub`.
-async fn device_key(hub: &Hub, id: &str) -> String {
-    let (status, device) = hub.rest.call("GET", &format!("/devices/{id}"), None).await;
-    assert_eq!(status, 200, "{device}");
-    device["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn the_connecting_identity_is_the_usernames_exactly_while_the_sr_may_be_lower_case_as_documented(
 ) {
@@ -499,9 +476,12 @@ async fn the_connecting_identity_is_the_usernames_exactly_while_the_sr_may_be_lo
     let dir = TempDir::new("id-case");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["abc", "ABC"] {
-        create_device(&hub, id).await;
+        hub.rest.create_device(id).await;
     }
-    let (lower_key, upper_key) = (device_key(&hub, "abc").await, device_key(&hub, "ABC").await);
+    let (lower_key, upper_key) = (
+        hub.rest.device_key("abc").await,
+        hub.rest.device_key("ABC").await,
+    );
     let host = hub.host_name().to_owned();
     for (sr, key, expected, why) in [
         (
@@ -551,7 +531,7 @@ async fn restored_hub_has_device(database: &Path, id: &str) {
 async fn after_a_clean_stop_hub_db_alone_holds_every_write() {
     let dir = TempDir::new("clean-stop-copy");
     let mut hub = Hub::start(dir.path(), HubOptions::default());
-    create_device(&hub, "kept").await;
+    hub.rest.create_device("kept").await;
     for signal in [libc::SIGTERM, libc::SIGINT] {
         hub.proc.signal(signal);
         assert_eq!(hub.proc.wait_exit(Duration::from_secs(10)), Some(0));
@@ -568,7 +548,7 @@ async fn hub_backup_copies_a_running_hub_to_one_private_file_and_never_overwrite
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("backup");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    create_device(&hub, "backed-up").await;
+    hub.rest.create_device("backed-up").await;
     let backup = dir.join("hub-backup.db");
     let run = || {
         hub.edgetwin()
@@ -662,7 +642,7 @@ async fn a_damaged_record_is_named_by_its_identity_and_other_writes_keep_working
     let dir = TempDir::new("damaged-row");
     let hub = Hub::start(dir.path(), HubOptions::default());
     for id in ["d1", "d2"] {
-        create_device(&hub, id).await;
+        hub.rest.create_device(id).await;
     }
     drop(hub);
     edit_database(
@@ -892,15 +872,7 @@ async fn an_edge_device_told_to_run_modules_gets_its_socket_and_keeps_it_across_
 async fn a_device_that_stops_reading_is_disconnected_and_its_queue_freed() {
     let dir = TempDir::new("not-reading");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    let (status, device) = hub
-        .rest
-        .call("PUT", "/devices/slow", Some(json!({"deviceId": "slow"})))
-        .await;
-    assert_eq!(status, 200, "{device}");
-    let key = device["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = hub.rest.create_device("slow").await;
     let pid = hub.proc.child.id();
     let sockets_before = open_sockets(pid);
     let filters = ["$iothub/twin/PATCH/properties/desired/#"];
@@ -1021,12 +993,8 @@ async fn a_registry_read_key_opens_no_workload_socket_the_sockets_are_capped_and
     drop(hub);
     let hub = Hub::start(dir.path(), options(100));
     assert_eq!(listening_sockets(&workload_dir), 12);
-    create_device(&hub, "plain").await;
-    let (_, device) = hub.rest.call("GET", "/devices/plain", None).await;
-    let key = device["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap();
-    let (_connection, code) = support::mqtt_connect(&hub, "plain", None, key).await;
+    let key = hub.rest.create_device("plain").await;
+    let (_connection, code) = support::mqtt_connect(&hub, "plain", None, &key).await;
     assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
 }
 
@@ -1127,12 +1095,8 @@ async fn a_connect_with_its_reserved_flag_set_is_refused_by_closing_the_connecti
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = TempDir::new("connect-reserved");
     let hub = Hub::start(dir.path(), HubOptions::default());
-    create_device(&hub, "d").await;
-    let (_, device) = hub.rest.call("GET", "/devices/d", None).await;
-    let key = device["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap();
-    let mut connect = support::connect_packet(&hub, "d", None, key);
+    let key = hub.rest.create_device("d").await;
+    let mut connect = support::connect_packet(&hub, "d", None, &key);
     let level = connect
         .windows(5)
         .position(|w| w == b"MQTT\x04")
@@ -1154,6 +1118,6 @@ async fn a_connect_with_its_reserved_flag_set_is_refused_by_closing_the_connecti
         matches!(read, Ok(Ok(0) | Err(_))),
         "answered {answer:02x?} ({read:?}) instead of closing the connection"
     );
-    let (_connection, code) = support::mqtt_connect(&hub, "d", None, key).await;
+    let (_connection, code) = support::mqtt_connect(&hub, "d", None, &key).await;
     assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
 }

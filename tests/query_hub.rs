@@ -29,14 +29,23 @@ const REGIONS: [(&str, &str, u32); 6] = [
 ];
 
 impl Fleet {
-    fn start(name: &str) -> Fleet {
+    /// A hub with no devices yet, logging warnings only.
+    fn empty(name: &str) -> Fleet {
         let dir = TempDir::new(&format!("query-{name}"));
         let options = HubOptions {
             rust_log: Some("warn"),
             timeout: Duration::from_secs(20),
             ..HubOptions::default()
         };
-        let hub = support::Hub::start(dir.path(), options);
+        Fleet {
+            hub: support::Hub::start(dir.path(), options),
+            _dir: dir,
+        }
+    }
+
+    fn start(name: &str) -> Fleet {
+        let fleet = Fleet::empty(name);
+        let hub = &fleet.hub;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -64,7 +73,7 @@ impl Fleet {
                 .patch_desired("edge1", "scanner", json!({"mode": "scanning"}))
                 .await;
         });
-        Fleet { hub, _dir: dir }
+        fleet
     }
 
     /// `edgetwin query QUERY ARGS`.
@@ -423,18 +432,13 @@ async fn big_fleet(
     count: usize,
     clients: usize,
 ) -> (Fleet, Vec<std::sync::Arc<support::Rest>>) {
-    let dir = TempDir::new(&format!("query-{name}"));
-    let options = HubOptions {
-        rust_log: Some("warn"),
-        timeout: Duration::from_secs(20),
-        ..HubOptions::default()
-    };
-    let hub = support::Hub::start(dir.path(), options);
-    import_big_twins(&hub, count).await;
+    let fleet = Fleet::empty(name);
+    let hub = &fleet.hub;
+    import_big_twins(hub, count).await;
     let readers = (0..clients)
         .map(|_| support::Rest::with_policy(&hub.info, "registryRead", true).into())
         .collect();
-    (Fleet { hub, _dir: dir }, readers)
+    (fleet, readers)
 }
 
 const AGGREGATES: [&str; 2] = [
@@ -507,19 +511,7 @@ async fn registry_read_clients_aggregating_big_twins_neither_grow_the_hub_nor_de
     );
 
     // Eight clients loop them while a device connects ten times.
-    let (status, device) = hub
-        .rest
-        .call(
-            "PUT",
-            "/devices/sensor",
-            Some(json!({"deviceId": "sensor"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{device}");
-    let key = device["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = hub.rest.create_device("sensor").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loops = loop_aggregates(&readers, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -589,7 +589,49 @@ pub struct Rest {
     sr: Option<String>,
 }
 
+/// The numbers of a benchmark's command line, `--name N` for each of `defaults` (name and
+/// default), in their order; other arguments (cargo bench adds `--bench`) are ignored.
+pub fn number_args<const N: usize>(defaults: [(&str, usize); N]) -> [usize; N] {
+    let mut values = defaults.map(|(_, value)| value);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if let Some(index) = defaults.iter().position(|(name, _)| *name == arg) {
+            values[index] = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{arg} needs a number"));
+        }
+    }
+    values
+}
+
+/// The primary key of a device or module identity as the service API shows it.
+pub fn primary_key(identity: &Value) -> String {
+    identity["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no primary key in {identity}"))
+        .to_owned()
+}
+
 impl Rest {
+    /// Registers device `id` (SAS, keys made by the hub) and returns its primary key.
+    pub async fn create_device(&self, id: &str) -> String {
+        let path = format!("/devices/{id}");
+        let (status, device) = self
+            .call("PUT", &path, Some(serde_json::json!({"deviceId": id})))
+            .await;
+        assert_eq!(status, 200, "PUT {path}: {device}");
+        primary_key(&device)
+    }
+
+    /// The primary key of device `id`.
+    pub async fn device_key(&self, id: &str) -> String {
+        let path = format!("/devices/{id}");
+        let (status, device) = self.call("GET", &path, None).await;
+        assert_eq!(status, 200, "GET {path}: {device}");
+        primary_key(&device)
+    }
+
     /// For the hub that wrote `info` (its `hub.json`).
     pub fn new(info: &Value, keep_alive: bool) -> Rest {
         Rest::with_policy(info, "iothubowner", keep_alive)
