@@ -109,7 +109,7 @@ def test_the_connection_is_dropped_when_its_token_expires(make_module, raw_mqtt)
     assert time.monotonic() - started >= 0.5
 
 
-def test_a_method_nobody_answers_times_out_with_504(hub, make_module, raw_mqtt):
+def test_a_method_nobody_answers_times_out_with_504_after_its_timeout_given_as_a_string(hub, make_module, raw_mqtt):
     module = make_module()
     client = raw_mqtt(module)
     assert client.connect() == 0
@@ -118,7 +118,10 @@ def test_a_method_nobody_answers_times_out_with_504(hub, make_module, raw_mqtt):
     r = requests.post(
         f"{hub.rest_url}/twins/{module.device_id}/modules/{module.module_id}/methods",
         params={"api-version": "2021-04-12"},
-        json={"methodName": "ping", "payload": {}, "responseTimeoutInSeconds": 5},
+        # The timeouts as strings, as `az iot hub invoke-module-method` sends them (IoT Hub
+        # accepts them): the 504 comes after these 5 s, not the default 30.
+        json={"methodName": "ping", "payload": {}, "responseTimeoutInSeconds": "5",
+              "connectTimeoutInSeconds": "5"},
         headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=20)
     assert r.status_code == 504, r.text
     assert r.headers["iothub-errorcode"] == "GatewayTimeout"

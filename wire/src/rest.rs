@@ -529,11 +529,33 @@ pub struct CloudToDeviceMethod {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     /// 5–300 s, default 30.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "seconds")]
     pub response_timeout_in_seconds: Option<u64>,
     /// 0–300 s, default 0.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "seconds")]
     pub connect_timeout_in_seconds: Option<u64>,
+}
+
+/// A number of seconds as IoT Hub reads it in a method invocation: a JSON number, or a string of
+/// digits — the Azure CLI's `az iot hub invoke-device-method` sends `"responseTimeoutInSeconds":
+/// "30"` and `"connectTimeoutInSeconds": "30"` (its `--timeout` default is the string `"30"`,
+/// azure-iot-cli-extension `iot_device_method`), which IoT Hub accepts.
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Seconds>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Seconds::Number(n)) => Ok(Some(n)),
+        Some(Seconds::Text(text)) => text.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid number of seconds {text:?}: expected a whole number"
+            ))
+        }),
+    }
 }
 
 /// Direct method result `{"status": int, "payload": any}`.
@@ -1077,6 +1099,28 @@ mod tests {
     }
 
     #[test]
+    fn method_timeouts_are_numbers_or_strings_of_digits_as_the_azure_cli_sends_them() {
+        let m: CloudToDeviceMethod = serde_json::from_str(
+            r#"{"methodName":"m","payload":null,"responseTimeoutInSeconds":"30","connectTimeoutInSeconds":"30"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.response_timeout_in_seconds, m.connect_timeout_in_seconds),
+            (Some(30), Some(30))
+        );
+        let m: CloudToDeviceMethod =
+            serde_json::from_str(r#"{"methodName":"m","responseTimeoutInSeconds":null}"#).unwrap();
+        assert_eq!(m.response_timeout_in_seconds, None);
+        for bad in [r#""thirty""#, r#""-5""#, "-5", "1.5", "true"] {
+            let body = format!(r#"{{"methodName":"m","responseTimeoutInSeconds":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<CloudToDeviceMethod>(&body).is_err(),
+                "{body} was accepted"
+            );
+        }
+    }
+
+    #[test]
     fn a_direct_method_body_deserializes() {
         let m: CloudToDeviceMethod = serde_json::from_str(
             r#"{"methodName":"reboot","payload":"","responseTimeoutInSeconds":30}"#,
@@ -1084,6 +1128,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.method_name, "reboot");
         assert_eq!(m.payload, Some(json!("")));
+        assert_eq!(m.response_timeout_in_seconds, Some(30));
         assert_eq!(m.connect_timeout_in_seconds, None);
         let r = CloudToDeviceMethodResult {
             status: 200,
