@@ -550,11 +550,18 @@ fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u
     match Option::<Seconds>::deserialize(deserializer)? {
         None => Ok(None),
         Some(Seconds::Number(n)) => Ok(Some(n)),
-        Some(Seconds::Text(text)) => text.trim().parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "invalid number of seconds {text:?}: expected a whole number"
-            ))
-        }),
+        // Digits only: no sign, no spaces, which nothing shows IoT Hub to take.
+        Some(Seconds::Text(text)) => text
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| text.parse().ok())
+            .flatten()
+            .map(Some)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid number of seconds {text:?}: expected a whole number"
+                ))
+            }),
     }
 }
 
@@ -1111,7 +1118,16 @@ mod tests {
         let m: CloudToDeviceMethod =
             serde_json::from_str(r#"{"methodName":"m","responseTimeoutInSeconds":null}"#).unwrap();
         assert_eq!(m.response_timeout_in_seconds, None);
-        for bad in [r#""thirty""#, r#""-5""#, "-5", "1.5", "true"] {
+        for bad in [
+            r#""thirty""#,
+            r#""-5""#,
+            r#""+5""#,
+            r#"" 5 ""#,
+            r#""""#,
+            "-5",
+            "1.5",
+            "true",
+        ] {
             let body = format!(r#"{{"methodName":"m","responseTimeoutInSeconds":{bad}}}"#);
             assert!(
                 serde_json::from_str::<CloudToDeviceMethod>(&body).is_err(),

@@ -27,6 +27,7 @@ use crate::twins;
 use crate::writer::Committing;
 
 use super::auth::{authenticate, Authenticated};
+use super::frame::ConnectionEnd;
 
 /// Largest packet accepted: IoT Hub's 256 KiB message limit plus topic and header room.
 pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 4096;
@@ -40,23 +41,6 @@ const MAX_FILTERS: usize = 16;
 /// Reported patches of one connection that may wait for their group commit at once; past this
 /// the connection stops reading until the oldest is answered.
 const MAX_PIPELINED: usize = 64;
-
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectionEnd {
-    /// The socket failed or closed.
-    #[error("socket: {0}")]
-    Io(#[from] std::io::Error),
-    /// The client sent bytes that are not MQTT 3.1.1.
-    #[error("malformed packet: {0}")]
-    Malformed(rumqttc::mqttbytes::Error),
-    /// The client broke a rule of IoT Hub's MQTT dialect.
-    #[error("protocol violation: {0}")]
-    Violation(String),
-    /// The client was too quiet for its keep-alive, or never sent CONNECT.
-    #[error("keep-alive or CONNECT timeout")]
-    Timeout,
-}
 
 /// Reads MQTT packets from a byte stream.
 struct PacketReader<R> {

@@ -3,7 +3,22 @@
 //! left alone: SDKs may send it form-encoded in property bags). A client that breaks them is
 //! disconnected, as the specification requires.
 
-use super::connection::ConnectionEnd;
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionEnd {
+    /// The socket failed or closed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent bytes that are not MQTT 3.1.1.
+    #[error("malformed packet: {0}")]
+    Malformed(rumqttc::mqttbytes::Error),
+    /// The client broke a rule of IoT Hub's MQTT dialect.
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    /// The client was too quiet for its keep-alive, or never sent CONNECT.
+    #[error("keep-alive or CONNECT timeout")]
+    Timeout,
+}
 
 /// Checks the first byte of a packet: a known type with the flags its type requires.
 pub fn check_fixed_header(first: u8) -> Result<(), String> {
