@@ -161,7 +161,7 @@ def test_an_edge_device_created_with_a_parent_has_it_in_its_parent_scopes(az, re
     assert ok(az("iot", "hub", "device-identity", "children", "list", "-d", parent)) == [child]
 
 
-def _write_manifest(tmp_path):
+def _write_manifest(tmp_path, modules=None):
     manifest = {
         "modulesContent": {
             "$edgeAgent": {"properties.desired": {
@@ -178,6 +178,11 @@ def _write_manifest(tmp_path):
                                                 "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}},
         }
     }
+    for module_id, desired in (modules or {}).items():
+        agent = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]
+        agent["modules"][module_id] = {"type": "docker", "status": "running", "restartPolicy": "always",
+                                       "settings": {"image": "localhost:5000/edgetwin:0.1.0-amd64"}}
+        manifest["modulesContent"][module_id] = {"properties.desired": desired}
     path = tmp_path / "deployment.json"
     path.write_text(json.dumps(manifest))
     return path
@@ -211,3 +216,19 @@ def test_a_method_invoked_with_a_null_payload_reaches_the_device_with_an_empty_b
     assert running.returncode == 0, err
     assert payload == b""
     assert json.loads(out)["status"] == 200
+
+
+def test_set_modules_before_the_module_exists_gives_the_module_its_desired_properties(az, registry_manager,
+                                                                                    tmp_path):
+    # The edge runtime creates module identities after it received the deployment, so IoT Hub
+    # keeps a module's twin content for it until then.
+    device_id, module_id = unique_id("azedge"), "edgetwin"
+    ok(az("iot", "hub", "device-identity", "create", "-d", device_id, "--ee"))
+    manifest = _write_manifest(tmp_path, {module_id: {"telemetryInterval": 122}})
+    applied = ok(az("iot", "edge", "set-modules", "-d", device_id, "-k", str(manifest)))
+    assert sorted(m["moduleId"] for m in applied) == ["$edgeAgent", "$edgeHub"]
+    ok(az("iot", "hub", "module-identity", "create", "-d", device_id, "-m", module_id))
+    twin = registry_manager.get_module_twin(device_id, module_id)
+    assert twin.properties.desired["telemetryInterval"] == 122
+    shown = ok(az("iot", "hub", "module-twin", "show", "-d", device_id, "-m", module_id))
+    assert shown["properties"]["desired"]["telemetryInterval"] == 122
