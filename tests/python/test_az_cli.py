@@ -95,9 +95,32 @@ def test_twin_updates_from_the_cli_reach_the_twins(az, registry_manager, make_mo
     module_twin = registry_manager.get_module_twin(module.device_id, module.module_id)
     assert module_twin.properties.desired["telemetryInterval"] == 7
 
+    # per-property metadata, as IoT Hub keeps it: $lastUpdatedVersion in desired properties only
+    ok(az("iot", "hub", "device-twin", "update", "-d", module.device_id, "--desired", '{"mode": "eco"}'))
+    desired = ok(az("iot", "hub", "device-twin", "show", "-d", module.device_id))["properties"]["desired"]
+    metadata = desired["$metadata"]
+    assert metadata["telemetryInterval"]["$lastUpdatedVersion"] == desired["$version"] - 1
+    assert metadata["mode"]["$lastUpdatedVersion"] == desired["$version"]
+    assert metadata["$lastUpdatedVersion"] == desired["$version"]
+    assert metadata["mode"]["$lastUpdated"] == metadata["$lastUpdated"]
+    assert metadata["telemetryInterval"]["$lastUpdated"] < metadata["mode"]["$lastUpdated"]
+
     found = ok(az("iot", "hub", "query", "-q",
                   f"SELECT deviceId FROM devices WHERE tags.site = 'az' AND deviceId = '{module.device_id}'"))
     assert found == [{"deviceId": module.device_id}]
+
+
+def test_reported_properties_carry_when_each_changed(az, make_device, raw_mqtt):
+    device = make_device()
+    client = raw_mqtt(device)
+    assert client.connect() == 0
+    client.subscribe("$iothub/twin/res/#")
+    client.publish("$iothub/twin/PATCH/properties/reported/?$rid=1", b'{"battery": {"level": 80}}')
+    client.wait_message(lambda t, p: t.startswith("$iothub/twin/res/204/?$rid=1"))
+    reported = ok(az("iot", "hub", "device-twin", "show", "-d", device.device_id))["properties"]["reported"]
+    level = reported["$metadata"]["battery"]["level"]
+    assert set(level) == {"$lastUpdated"}
+    assert reported["$metadata"]["battery"]["$lastUpdated"] == level["$lastUpdated"]
 
 
 def _answer_one_method(client, status, body):
