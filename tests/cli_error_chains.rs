@@ -53,7 +53,10 @@ fn provision_says_why_a_connection_string_does_not_parse_on_its_own_line_and_nev
                 "HostName=x;SharedAccessKeyName=iothubowner",
             ],
         ),
-        &[&top, "caused by: connection string is missing `SharedAccessKey`"],
+        &[
+            &top,
+            "caused by: connection string is missing `SharedAccessKey`",
+        ],
     );
     let key = "c2VjcmV0LWtleS1ub3QtdG8tc2hvdw==";
     let stderr = fails_with(
@@ -187,7 +190,13 @@ fn quickstart_says_its_hub_did_not_start_and_why() {
     std::fs::write(dir.join("a-file"), "not a directory").unwrap();
     let output = edgetwin(
         dir.path(),
-        &["quickstart", "--module-binary", EDGETWIN_MODULE, "--data-dir", "a-file"],
+        &[
+            "quickstart",
+            "--module-binary",
+            EDGETWIN_MODULE,
+            "--data-dir",
+            "a-file",
+        ],
     )
     .output()
     .expect("run edgetwin quickstart");

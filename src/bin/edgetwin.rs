@@ -202,12 +202,10 @@ fn run(command: CliCommand) -> Result<(), CliError> {
             action: Some(HubAction::Backup(args)),
             ..
         }) => {
-            edgetwin_hub::backup(&args.data_dir, &args.to).map_err(|source| {
-                CliError::Backup {
-                    data_dir: args.data_dir.clone(),
-                    to: args.to.clone(),
-                    source,
-                }
+            edgetwin_hub::backup(&args.data_dir, &args.to).map_err(|source| CliError::Backup {
+                data_dir: args.data_dir.clone(),
+                to: args.to.clone(),
+                source,
             })?;
             out!("backed up to {}", args.to.display());
         }

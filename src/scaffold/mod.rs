@@ -248,10 +248,11 @@ fn check_checkout(edgetwin: &Path) -> Result<(), ScaffoldError> {
 /// dependencies, lints: what the crates inherit), less the crates not copied.
 fn vendor(edgetwin: &Path, to: &Path) -> Result<(), ScaffoldError> {
     let manifest_path = edgetwin.join("Cargo.toml");
-    let manifest = std::fs::read_to_string(&manifest_path).map_err(|source| ScaffoldError::File {
-        path: manifest_path.clone(),
-        source,
-    })?;
+    let manifest =
+        std::fs::read_to_string(&manifest_path).map_err(|source| ScaffoldError::File {
+            path: manifest_path.clone(),
+            source,
+        })?;
     write(&to.join("Cargo.toml"), &vendored_manifest(&manifest))?;
     for name in VENDORED_CRATES {
         copy_tree(&edgetwin.join(name), &to.join(name))?;
@@ -421,11 +422,10 @@ pub fn run(args: NewArgs) -> Result<(), NewError> {
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
             let edgetwin = edgetwin.canonicalize().unwrap_or(edgetwin);
             let module = args.module.as_deref().unwrap_or(DEFAULT_MODULE);
-            new_solution(&dir, module, &edgetwin)
-                .map_err(|source| NewError::Solution {
-                    dir: dir.clone(),
-                    source,
-                })?;
+            new_solution(&dir, module, &edgetwin).map_err(|source| NewError::Solution {
+                dir: dir.clone(),
+                source,
+            })?;
             println!(
                 "created the IoT Edge solution {} with module {module}; next: cd {0} && cargo test",
                 dir.display()

@@ -51,10 +51,9 @@ mod tests {
 
     fn chain(texts: &[&'static str]) -> Layer {
         let (last, above) = texts.split_last().unwrap();
-        above
-            .iter()
-            .rev()
-            .fold(Layer(last, None), |cause, text| Layer(text, Some(Box::new(cause))))
+        above.iter().rev().fold(Layer(last, None), |cause, text| {
+            Layer(text, Some(Box::new(cause)))
+        })
     }
 
     #[test]
@@ -69,7 +68,12 @@ mod tests {
     #[test]
     fn a_cause_that_the_line_above_holds_is_not_said_twice() {
         assert_eq!(
-            error_chain(&chain(&["db: open f: busy", "open f: busy", "busy", "errno 16"])),
+            error_chain(&chain(&[
+                "db: open f: busy",
+                "open f: busy",
+                "busy",
+                "errno 16"
+            ])),
             "error: db: open f: busy\ncaused by: errno 16"
         );
         assert_eq!(
