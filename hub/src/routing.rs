@@ -126,7 +126,7 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
             at_least_once: true,
         };
         match hub
-            .live
+            .live()
             .send(&target, Some(Feature::ModuleInputs), outgoing)
         {
             Ok(()) => delivered += 1,

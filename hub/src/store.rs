@@ -351,6 +351,17 @@ fn in_transaction<T, E: From<StoreError>>(
     Ok(result)
 }
 
+/// Runs blocking store reads so that, on a multi-threaded runtime, the worker's other tasks
+/// move to another thread meanwhile instead of waiting behind it.
+pub fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// Read-only connections to the database, so that reads (CONNECT authentication, twin GETs,
 /// listings, queries) see the last commit without waiting for the writer and its fsync: in WAL
 /// mode readers and the one writer do not block each other.

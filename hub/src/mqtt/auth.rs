@@ -40,7 +40,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     if key.client_id() != connect.client_id {
         return Err(refuse("username and client id name different identities"));
     }
-    if !host_matches(&username.host, &hub.host_name) {
+    if !host_matches(&username.host, hub.host_name()) {
         return Err(refuse("username names another hub"));
     }
     let token =
@@ -49,7 +49,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
         return Err(refuse("SAS token expired"));
     }
     let scope = token.scope().map_err(|_| refuse("malformed sr"))?;
-    if !host_matches(scope.host(), &hub.host_name) {
+    if !host_matches(scope.host(), hub.host_name()) {
         return Err(refuse("sr names another hub"));
     }
     // Which identity connects is the username's (and client id's) device and module id, compared
@@ -81,7 +81,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     let keys = match &token.key_name {
         Some(policy_name) => {
             let policy = hub
-                .policies
+                .policies()
                 .iter()
                 .find(|p| &p.name == policy_name && grants(p, Permission::DeviceConnect))
                 .ok_or_else(|| refuse("policy unknown or without DeviceConnect"))?;

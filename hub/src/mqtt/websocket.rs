@@ -10,8 +10,6 @@
 //! make the hub hold ~60 MiB until the CONNECT timeout). With a small read buffer, what one
 //! connection costs before its CONNECT is a few hundred KiB at most.
 
-use std::sync::Arc;
-
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -26,7 +24,6 @@ use hyper_util::rt::TokioIo;
 use ws_stream_tungstenite::WsStream;
 
 use super::connection::MAX_PACKET_SIZE;
-use crate::hub::Hub;
 
 /// Longest WebSocket message (and frame) accepted: one MQTT packet of the longest size the hub
 /// accepts, its fixed header (at most 5 bytes) included.
@@ -90,7 +87,7 @@ fn lists_token<B>(
 /// and returns the MQTT session to run over the upgraded connection once the response is out.
 /// `authenticated` runs once its CONNECT is accepted.
 pub fn upgrade(
-    hub: Arc<Hub>,
+    state: super::State,
     mut request: hyper::Request<hyper::body::Incoming>,
     authenticated: impl FnOnce() + Send + 'static,
 ) -> Result<
@@ -118,7 +115,7 @@ pub fn upgrade(
         )
         .await;
         if let Err(error) =
-            super::connection::serve(hub, WsStream::new(socket), authenticated).await
+            super::connection::serve(state, WsStream::new(socket), authenticated).await
         {
             tracing::info!(%error, "MQTT over WebSockets connection closed");
         }

@@ -2,7 +2,6 @@
 //! `POST /devices/{id}/applyConfigurationContent` and `/statistics/*`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use edgetwin_wire::rest::{
     BulkRegistryOperationResult, ConfigurationContent, Device, DeviceCapabilities,
@@ -11,7 +10,7 @@ use edgetwin_wire::rest::{
 use hyper::Method;
 use serde_json::json;
 
-use super::{not_found, Reply, Request};
+use super::{not_found, Reply, Request, State};
 use crate::deployments;
 use crate::error::ApiError;
 use crate::hub::{Caller, Hub};
@@ -23,11 +22,8 @@ use crate::twins::{self, UpdateMode};
 pub const MAX_BULK_ITEMS: usize = 100;
 
 /// Routes identity requests.
-pub async fn route(
-    hub: &Arc<Hub>,
-    request: &Request,
-    segments: &[&str],
-) -> Result<Reply, ApiError> {
+pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let method = &request.method;
     match segments {
         ["statistics", "devices"] if method == Method::GET => {
@@ -42,7 +38,7 @@ pub async fn route(
         ["statistics", "service"] if method == Method::GET => {
             request.require(Permission::ServiceConnect)?;
             let devices = hub
-                .live
+                .live()
                 .client_ids()
                 .iter()
                 .filter(|c| !c.contains('/'))
@@ -57,8 +53,8 @@ pub async fn route(
             }
             Reply::ok(devices)
         }
-        ["devices"] if method == Method::POST => bulk(hub, request).await,
-        ["devices", id] => device(hub, request, id).await,
+        ["devices"] if method == Method::POST => bulk(state, request).await,
+        ["devices", id] => device(state, request, id).await,
         ["devices", id, "modules"] if method == Method::GET => {
             request.require_for_modules_of(id, Permission::RegistryRead)?;
             let modules = hub.read(|tx| {
@@ -73,7 +69,7 @@ pub async fn route(
                     .collect::<Vec<_>>(),
             )
         }
-        ["devices", id, "modules", module_id] => module(hub, request, id, module_id).await,
+        ["devices", id, "modules", module_id] => module(state, request, id, module_id).await,
         ["devices", id, "applyConfigurationContent"] if method == Method::POST => {
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
@@ -96,7 +92,7 @@ pub async fn route(
             })
             .await?;
             if runs_modules {
-                hub.workload.ensure_or_log(id);
+                state.workload.ensure_or_log(id);
             }
             Reply::no_content()
         }
@@ -109,7 +105,7 @@ fn is_edge(device: &Device) -> bool {
 }
 
 fn set_connection_state(hub: &Hub, state: &mut Option<String>, client_id: &str) {
-    let connected = hub.live.is_connected(client_id);
+    let connected = hub.live().is_connected(client_id);
     *state = Some(
         if connected {
             "Connected"
@@ -126,7 +122,8 @@ fn with_live_state(hub: &Hub, mut module: Module) -> Module {
     module
 }
 
-async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError> {
+async fn device(state: &State, request: &Request, id: &str) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let if_match = request.if_match.clone();
     let device = match request.method {
         Method::GET => {
@@ -151,7 +148,7 @@ async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, Ap
                 })
                 .await?;
             if device.status.as_deref() == Some("disabled") {
-                hub.live.kick_device(id);
+                hub.live().kick_device(id);
             }
             device
         }
@@ -160,8 +157,8 @@ async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, Ap
             let device_id = id.to_owned();
             hub.write(move |tx| registry::delete_device(tx, &device_id, if_match.as_deref()))
                 .await?;
-            hub.live.kick_device(id);
-            hub.workload.remove(id);
+            hub.live().kick_device(id);
+            state.workload.remove(id);
             return Reply::no_content();
         }
         _ => return Err(not_found(request)),
@@ -171,11 +168,12 @@ async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, Ap
 }
 
 async fn module(
-    hub: &Arc<Hub>,
+    state: &State,
     request: &Request,
     device_id: &str,
     module_id: &str,
 ) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let if_match = request.if_match.clone();
     let ids = (device_id.to_owned(), module_id.to_owned());
     let module = match request.method {
@@ -228,7 +226,7 @@ async fn module(
                 })
                 .await?;
             if edge {
-                hub.workload.ensure_or_log(device_id);
+                state.workload.ensure_or_log(device_id);
             }
             module
         }
@@ -236,7 +234,7 @@ async fn module(
             request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
             hub.write(move |tx| registry::delete_module(tx, &ids.0, &ids.1, if_match.as_deref()))
                 .await?;
-            hub.live
+            hub.live()
                 .kick(&IdentityKey::module(device_id, module_id).client_id());
             return Reply::no_content();
         }
@@ -248,7 +246,8 @@ async fn module(
 
 /// Bulk `POST /devices`: up to 100 items, each applied on its own; 400 with the per-item errors if
 /// any failed (the others still land), as IoT Hub does.
-async fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
+async fn bulk(state: &State, request: &Request) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     request.require(Permission::RegistryWrite)?;
     let items: Vec<ExportImportDevice> = request.json_any()?;
     if items.len() > MAX_BULK_ITEMS {
@@ -326,8 +325,8 @@ async fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
                 if module_id.is_none()
                     && matches!(mode, ImportMode::Delete | ImportMode::DeleteIfMatchETag)
                 {
-                    hub.live.kick_device(&device_id);
-                    hub.workload.remove(&device_id);
+                    hub.live().kick_device(&device_id);
+                    state.workload.remove(&device_id);
                 }
             }
         }

@@ -43,7 +43,7 @@ async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Rep
         Method::PUT => Some(UpdateMode::Replace),
         _ => return Err(not_found(request)),
     };
-    let connected = hub.live.is_connected(&key.client_id());
+    let connected = hub.live().is_connected(&key.client_id());
     let view = match mode {
         None => hub.read(|tx| twins::service_view(tx, &key, connected))?,
         Some(mode) => {
