@@ -42,9 +42,10 @@ fn fixture() -> &'static Fixture {
         let database = Database::open(&dir, true).expect("database");
         let api = || workload::Api::new(database.readers(), "CA".into());
         let workload = Arc::new(api());
-        let sockets = WorkloadSockets::new(dir.join("workload"), 16, api());
+        let sockets = Arc::new(WorkloadSockets::new(dir.join("workload"), 16, api()));
+        let beside = sockets.after_commit(runtime.handle().clone());
         let hub = runtime.block_on(async {
-            let hub = Hub::start(database, "localhost".into()).expect("hub");
+            let hub = Hub::start(database, "localhost".into(), beside).expect("hub");
             hub.write(|tx| {
                 let edge = Device {
                     capabilities: Some(DeviceCapabilities { iot_edge: true }),
@@ -60,7 +61,7 @@ fn fixture() -> &'static Fixture {
         let rest = rest::State {
             hub: Arc::new(hub),
             faults: Arc::new(Faults::default()),
-            workload: Arc::new(sockets),
+            workload: sockets,
         };
         Fixture {
             runtime,

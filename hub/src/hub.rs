@@ -26,7 +26,7 @@ use crate::store::{
     off_the_async_worker, IdentityKey, PolicyRecord, Readers, Store, StoreError, Transaction,
 };
 use crate::twins::{self, DesiredChange};
-use crate::writer::{Committing, Writer, Written};
+use crate::writer::{Committing, Effect, Writer, Written};
 
 /// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
 pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
@@ -102,7 +102,7 @@ impl Database {
 pub struct Hub {
     /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
     host_name: String,
-    /// The one writer of the store, which also tells clients about desired changes in commit
+    /// The one writer of the store, which also applies the effects of each write in commit
     /// order.
     writer: Writer,
     /// Read-only connections for reads, which never wait behind a write and its fsync.
@@ -120,8 +120,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Runs the hub named `host_name` on `database`: starts its writer.
-    pub fn start(database: Database, host_name: String) -> Result<Self, StoreError> {
+    /// Runs the hub named `host_name` on `database`: starts its writer. The effects of writes on
+    /// the hub's own state (desired patches, disconnects) it applies itself; the others (on
+    /// workload sockets, which are served beside the hub) go to `beside`, in the same order, on
+    /// the writer's thread.
+    pub fn start(
+        database: Database,
+        host_name: String,
+        beside: impl Fn(&Effect) + Send + 'static,
+    ) -> Result<Self, StoreError> {
         let Database {
             path,
             store,
@@ -131,7 +138,14 @@ impl Hub {
         let live = Arc::new(LiveConnections::default());
         let hook = {
             let live = live.clone();
-            move |change: &DesiredChange| notify_desired(&live, change)
+            move |effect: &Effect| match effect {
+                Effect::Desired(change) => notify_desired(&live, change),
+                Effect::Kick { client_id } => live.kick(client_id),
+                Effect::KickDevice { device_id } => live.kick_device(device_id),
+                Effect::OpenWorkloadSocket { .. } | Effect::CloseWorkloadSocket { .. } => {
+                    beside(effect)
+                }
+            }
         };
         Ok(Self {
             readers,
@@ -206,9 +220,10 @@ impl Hub {
     }
 
     /// Runs `f` in a transaction of the writer and waits for its commit, after which (in commit
-    /// order with every other change) subscribed clients are told about the desired-property
-    /// changes it made.
-    pub async fn write_and_notify<T: Send + 'static>(
+    /// order with every other change, before the answer) the [`Effect`]s it returns happen:
+    /// subscribed clients are told about desired-property changes, clients are disconnected,
+    /// workload sockets open or close.
+    pub async fn write_with_effects<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Written<T> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -510,7 +525,7 @@ mod tests {
                 .unwrap();
             drop(store);
             let database = Database::open(&dir, true).unwrap();
-            let hub = Hub::start(database, "localhost".into()).unwrap();
+            let hub = Hub::start(database, "localhost".into(), |_| {}).unwrap();
             let (evaluated, left) = hub
                 .read(|tx| {
                     let evaluated = tx.configuration("ring-a")?.unwrap().system_metrics;

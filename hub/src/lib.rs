@@ -336,7 +336,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         ),
         None => workload::WorkloadSockets::off(),
     });
-    let hub = Arc::new(hub::Hub::start(database, config.host_name.clone())?);
+    // The writer opens and closes workload sockets once the writes that ask for it commit.
+    let beside = workload.after_commit(tokio::runtime::Handle::current());
+    let hub = Arc::new(hub::Hub::start(database, config.host_name.clone(), beside)?);
 
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
     let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;

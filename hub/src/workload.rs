@@ -25,8 +25,9 @@
 //! socket may sign for any module of that device. The socket is created mode 0600.
 //!
 //! A door beside the hub, not inside it: it answers from the store's read-only connections and
-//! the CA certificate it is given ([`WorkloadSockets::new`]); depends on the store, registry,
-//! listener and http leaves, never on the hub or another door.
+//! the CA certificate it is given ([`WorkloadSockets::new`]), and opens or closes sockets as the
+//! writer's after-commit hook hands it the effects of writes ([`WorkloadSockets::apply`]); depends
+//! on the store, registry, writer, listener and http modules, never on the hub or another door.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,6 +48,7 @@ use tokio::task::JoinHandle;
 use crate::http::{http1_server, read_body};
 use crate::listener::{self, Limits};
 use crate::store::{off_the_async_worker, IdentityKey, Readers};
+use crate::writer::Effect;
 
 /// Longest unix socket path, in bytes, that binds everywhere (`sun_path` is 108 bytes on Linux and
 /// 104 on macOS, both with the terminating NUL).
@@ -214,12 +216,36 @@ impl WorkloadSockets {
     /// Starts serving the socket of `device_id` (unless the workload API is off), logging (not
     /// returning) a failure: for callers whose own operation succeeded whether or not a socket
     /// could be made.
-    pub fn ensure_or_log(&self, device_id: &str) {
+    fn ensure_or_log(&self, device_id: &str) {
         if !self.is_on() {
             return;
         }
         if let Err(error) = self.ensure(device_id) {
             tracing::error!(device_id, %error, "no workload socket");
+        }
+    }
+
+    /// The writer's after-commit hook for the sockets ([`crate::hub::Hub::start`]'s `beside`):
+    /// applies each effect in `runtime`, where the sockets' listeners run (the writer's thread
+    /// has none).
+    pub fn after_commit(
+        self: &Arc<Self>,
+        runtime: tokio::runtime::Handle,
+    ) -> impl Fn(&Effect) + Send + 'static {
+        let sockets = self.clone();
+        move |effect| {
+            let _runtime = runtime.enter();
+            sockets.apply(effect);
+        }
+    }
+
+    /// Applies a committed write's effect on the sockets: opens or closes one (logging a socket
+    /// that cannot be served); the other effects are not the sockets'.
+    fn apply(&self, effect: &Effect) {
+        match effect {
+            Effect::OpenWorkloadSocket { device_id } => self.ensure_or_log(device_id),
+            Effect::CloseWorkloadSocket { device_id } => self.remove(device_id),
+            _ => {}
         }
     }
 

@@ -729,7 +729,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let database = crate::hub::Database::open(&dir, true).unwrap();
-        let hub = Arc::new(Hub::start(database, "localhost".into()).unwrap());
+        let hub = Arc::new(Hub::start(database, "localhost".into(), |_| {}).unwrap());
         let key = Secret::new(KEY);
         let device_key = key.clone();
         hub.write(move |tx| {

@@ -14,6 +14,7 @@ use crate::hub::Hub;
 use crate::messages::MessageFilter;
 use crate::registry;
 use crate::workload::{SocketError, WorkloadSockets};
+use crate::writer::Effect;
 
 /// Routes `/edgetwin/...`.
 pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
@@ -177,16 +178,21 @@ pub async fn edge_environment(
         let module = tx
             .module(device_id, module_id)?
             .ok_or_else(|| registry::module_not_found(device_id, module_id))?;
+        let mut effects = Vec::new();
         if record {
             tx.want_workload_socket(device_id)?;
+            effects.push(Effect::OpenWorkloadSocket {
+                device_id: device_id.to_owned(),
+            });
         }
-        Ok(module)
+        Ok((module, effects))
     };
     let module = match open {
-        Open::IfClosed => hub.write(check).await?,
-        Open::Never => hub.read(check)?,
+        Open::IfClosed => hub.write_with_effects(check).await?,
+        Open::Never => hub.read(|tx| Ok(check(tx)?.0))?,
     };
     let socket = match open {
+        // served since the write committed: its path, or why it could not be served
         Open::IfClosed => workload.ensure(device_id).map_err(socket_error)?,
         Open::Never if workload.is_serving(device_id) => {
             workload.path_of(device_id).map_err(socket_error)?

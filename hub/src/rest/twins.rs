@@ -13,6 +13,7 @@ use crate::hub::Hub;
 use crate::registry;
 use crate::store::IdentityKey;
 use crate::twins::{self, UpdateMode};
+use crate::writer::Effect;
 
 /// Routes twin and method requests.
 pub async fn route(
@@ -49,14 +50,17 @@ async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Rep
         Some(mode) => {
             let input: Twin = request.json()?;
             let if_match = request.if_match.clone();
-            hub.write_and_notify(move |tx| {
+            hub.write_with_effects(move |tx| {
                 let change =
                     twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
                 let mut changes: Vec<_> = change.into_iter().collect();
                 if key.module_id.is_none() {
                     changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
                 }
-                Ok((twins::service_view(tx, &key, connected)?, changes))
+                Ok((
+                    twins::service_view(tx, &key, connected)?,
+                    Effect::desired(changes),
+                ))
             })
             .await?
         }
