@@ -10,6 +10,9 @@
 //! `$edgeAgent` reports of it (`lastDesiredVersion`, `lastDesiredStatus.code`) is kept on the
 //! device's targeting rows, so that `reportedSuccessfulCount` and `reportedFailedCount` are
 //! counted, not queried, and a reported patch updates one device's rows.
+//!
+//! Part of the core's domain: depends on the store, registry, twins and layers; never on the hub or
+//! a door.
 
 use std::sync::LazyLock;
 

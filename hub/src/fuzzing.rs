@@ -2,6 +2,8 @@
 //! through the hub's HTTP/1.1 server settings into its REST or workload handlers, over an
 //! in-memory stream, against one hub (in a scratch directory) that holds an edge device `gw` with
 //! a module `m`.
+//!
+//! Test entry points: may depend on anything below `lib.rs`.
 
 use std::convert::Infallible;
 use std::path::PathBuf;

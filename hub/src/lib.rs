@@ -3,6 +3,17 @@
 //! faithful enough that Microsoft's SDKs run against it unchanged.
 //!
 //! Start it with [`start`]; the returned [`RunningHub`] tells where everything listens.
+//!
+//! Inside, every import points down (`scripts/import-cycles` checks it, in `scripts/test`):
+//! - **doors** on top, each with its own handle: `mqtt` (`mqtt::State`: hub, faults), the HTTPS
+//!   front door `https` routing to `console`, MQTT over WebSockets and `rest` (`rest::State`:
+//!   hub, faults, workload sockets), and the `workload` sockets (`workload::Api`: the store's
+//!   readers and the CA), fed by the writer's after-commit hook;
+//! - the **core**, `hub::Hub` (no pub fields): the store's `writer` (whose result carries each
+//!   write's effects, applied in commit order), readers, `queries`, `live` connections,
+//!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`,
+//!   `layers`, `store`;
+//! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `data_lock`.
 
 mod certs;
 mod console;

@@ -4,6 +4,8 @@
 //!
 //! Records are stored as JSON documents of the wire models; the store knows nothing of REST or
 //! MQTT, only of keys and documents.
+//!
+//! The bottom of the core: depends on nothing else of the hub.
 
 use std::path::Path;
 

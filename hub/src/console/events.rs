@@ -8,6 +8,8 @@
 //! [`MAX_STREAM_LIFE`] (the browser reconnects) and ends at once when its session ends (sign-out,
 //! eviction, expiry) or its response body is dropped — which is what happens to every connection
 //! task when the hub stops.
+//!
+//! Depends on the hub (messages, live connections) only; never on a door.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;

@@ -1,6 +1,8 @@
 //! CONNECT authentication: the username names the identity, the password is a SAS token signed
 //! with that identity's key (or a policy with DeviceConnect). Any failure is CONNACK 5, as IoT Hub
 //! and edgeHub answer; the reason goes to the log, never the token.
+//!
+//! Part of the MQTT door: depends on the hub, registry, store and ids; never on another door.
 
 use edgetwin_wire::rest::Permission;
 use edgetwin_wire::sas::{SasScope, SasToken};

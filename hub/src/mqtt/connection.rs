@@ -1,6 +1,9 @@
 //! One device or module connection: CONNECT, then a loop over packets from the client, publishes
 //! from the hub, the keep-alive deadline and the token's expiry. Everything on `$iothub/` is
 //! scoped to the connection's identity.
+//!
+//! Part of the MQTT door: depends on the hub and the domain modules below it; never on another
+//! door.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

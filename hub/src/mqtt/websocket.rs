@@ -9,6 +9,9 @@
 //! (tungstenite's defaults, 64 MiB messages and 16 MiB frames, let each unauthenticated client
 //! make the hub hold ~60 MiB until the CONNECT timeout). With a small read buffer, what one
 //! connection costs before its CONNECT is a few hundred KiB at most.
+//!
+//! Part of the MQTT door: depends on its connections only; the front door ([`crate::https`]) calls
+//! it.
 
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;

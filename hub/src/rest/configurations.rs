@@ -1,4 +1,6 @@
 //! Configuration routes: `/configurations[/{id}]` (create, get, list, delete).
+//!
+//! Part of the REST door: depends on the hub and deployments; never on another door.
 
 use std::sync::Arc;
 

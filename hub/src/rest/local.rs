@@ -1,5 +1,8 @@
 //! edgetwin's own routes under `/edgetwin/` (not part of IoT Hub): the Edge environment of a module,
 //! the telemetry log, and fault injection. They use the same service authentication as the IoT Hub routes.
+//!
+//! Part of the REST door: depends on the hub and its handle (faults, workload sockets); never on
+//! another door.
 
 use std::time::Duration;
 

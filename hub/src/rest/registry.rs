@@ -1,5 +1,7 @@
 //! Identity routes: `/devices[/{id}[/modules[/{mid}]]]`, bulk `POST /devices`,
 //! `POST /devices/{id}/applyConfigurationContent` and `/statistics/*`.
+//!
+//! Part of the REST door: depends on the hub, registry and deployments; never on another door.
 
 use std::collections::HashSet;
 

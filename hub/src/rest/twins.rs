@@ -1,5 +1,7 @@
 //! Twin and direct-method routes: `/twins/{id}[/modules/{mid}]` (GET, PATCH, PUT) and
 //! `/twins/{id}[/modules/{mid}]/methods` (POST).
+//!
+//! Part of the REST door: depends on the hub, twins and deployments; never on another door.
 
 use std::sync::Arc;
 
