@@ -24,6 +24,7 @@ use edgetwin_wire::rest::{
 use edgetwin_wire::twin::Properties;
 use serde_json::{json, Value};
 
+use crate::adm;
 use crate::error::ApiError;
 use crate::layers;
 use crate::registry;
@@ -210,13 +211,26 @@ fn desired_of(module_id: &str, section: &Value) -> Result<Properties, ApiError> 
 pub struct Deployments {
     /// Each deployment with its parsed target condition and whether it is layered.
     configurations: Vec<(Configuration, Condition, bool)>,
+    /// The automatic device management device configurations ([`crate::adm`]).
+    device_configurations: Vec<adm::DeviceConfiguration>,
+    /// Those not evaluated yet, which get their system metrics once evaluated.
+    unevaluated: Vec<Configuration>,
 }
 
 impl Deployments {
     /// Loads the at-scale deployments stored in `tx`.
     pub fn load(tx: &Transaction<'_>) -> Result<Self, ApiError> {
-        let configurations = tx
-            .stored_configurations(usize::MAX >> 1)?
+        let stored = tx.stored_configurations(usize::MAX >> 1)?;
+        let device_configurations = stored
+            .iter()
+            .filter_map(adm::DeviceConfiguration::of)
+            .collect();
+        let unevaluated = stored
+            .iter()
+            .filter(|c| !crate::store::is_evaluated(c))
+            .cloned()
+            .collect();
+        let configurations = stored
             .into_iter()
             .filter(|c| {
                 c.content
@@ -229,7 +243,11 @@ impl Deployments {
                 Some((c, condition, layered))
             })
             .collect();
-        Ok(Self { configurations })
+        Ok(Self {
+            configurations,
+            device_configurations,
+            unevaluated,
+        })
     }
 
     /// The deployments that match the device `document` (as target conditions see it), and of
@@ -296,49 +314,80 @@ impl Deployments {
         Ok(self.content_of(&selection))
     }
 
-    /// Re-evaluates the deployments against one device: the matching base deployment with the
-    /// highest priority (ties: the newest) is applied with the matching layered deployments of a
-    /// higher priority merged over it ([`crate::layers`]); the other matches are marked
-    /// `Targeted`. A device that matches no base deployment keeps its modules. The statuses are
-    /// written on the device's `$edgeAgent` twin; the device's targeting rows, from which the
-    /// system metrics are counted, are replaced.
+    /// Re-evaluates the configurations against one device: its IoT Edge deployments
+    /// ([`Self::evaluate_edge`]) and its automatic device management device configurations
+    /// ([`adm::evaluate`]). The device's targeting rows, from which the system metrics are
+    /// counted, are replaced.
     pub fn evaluate_device(
         &self,
         tx: &Transaction<'_>,
         device_id: &str,
     ) -> Result<Vec<DesiredChange>, ApiError> {
-        let configurations = &self.configurations;
-        let device = tx
-            .device(device_id)?
-            .filter(|d| d.capabilities.as_ref().is_some_and(|c| c.iot_edge));
-        let agent_key = IdentityKey::module(device_id, EDGE_AGENT);
-        let (Some(device), Some(twin), Some(mut agent)) = (
-            device,
+        let (Some(device), Some(twin)) = (
+            tx.device(device_id)?,
             tx.twin(&IdentityKey::device(device_id))?,
-            tx.twin(&agent_key)?,
         ) else {
             tx.set_targeting(device_id, &[], None)?;
             return Ok(Vec::new());
         };
-        let selection = self.select(&target_document(&device, &twin));
-        let mut statuses = Properties::new();
+        let document = target_document(&device, &twin);
         let mut targeting = Vec::new();
+        let mut changes = Vec::new();
+        let mut reported = None;
+        if device.capabilities.as_ref().is_some_and(|c| c.iot_edge) {
+            reported =
+                self.evaluate_edge(tx, device_id, &document, &mut targeting, &mut changes)?;
+        }
+        changes.extend(adm::evaluate(
+            tx,
+            &self.device_configurations,
+            device_id,
+            &document,
+            &mut targeting,
+        )?);
+        let targeting: Vec<(&str, bool)> = targeting
+            .iter()
+            .map(|(id, applied)| (id.as_str(), *applied))
+            .collect();
+        tx.set_targeting(device_id, &targeting, reported)?;
+        Ok(changes)
+    }
+
+    /// Re-evaluates the deployments against one edge device (`document` as target conditions
+    /// see it): the matching base deployment with the highest priority (ties: the newest) is
+    /// applied with the matching layered deployments of a higher priority merged over it
+    /// ([`crate::layers`]); the other matches are marked `Targeted`. A device that matches no
+    /// base deployment keeps its modules. The statuses are written on the device's `$edgeAgent`
+    /// twin and pushed to `targeting`; returns what `$edgeAgent` reports.
+    fn evaluate_edge(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+        document: &Value,
+        targeting: &mut Vec<(String, bool)>,
+        changes: &mut Vec<DesiredChange>,
+    ) -> Result<Option<bool>, ApiError> {
+        let configurations = &self.configurations;
+        let agent_key = IdentityKey::module(device_id, EDGE_AGENT);
+        let Some(mut agent) = tx.twin(&agent_key)? else {
+            return Ok(None);
+        };
+        let selection = self.select(document);
+        let mut statuses = Properties::new();
         for &i in &selection.matching {
             let is_applied = selection.applied.contains(&i);
             let status = if is_applied { "Applied" } else { "Targeted" };
             statuses.insert(configurations[i].0.id.clone(), json!({ "status": status }));
-            targeting.push((configurations[i].0.id.as_str(), is_applied));
+            targeting.push((configurations[i].0.id.clone(), is_applied));
         }
-        let mut changes = Vec::new();
         if statuses != agent.configurations {
-            changes = self.apply(tx, device_id, &agent.configurations, &selection)?;
+            changes.extend(self.apply(tx, device_id, &agent.configurations, &selection)?);
             // applying replaced `$edgeAgent`'s desired properties (a new `$version`)
             agent = tx.twin(&agent_key)?.unwrap_or(agent);
             agent.configurations = statuses;
             tx.put_twin(&agent_key, &agent)?;
         }
-        tx.set_targeting(device_id, &targeting, agent_outcome(&agent))?;
-        Ok(changes)
+        Ok(agent_outcome(&agent))
     }
 
     /// Applies the deployments `selection` applies (the base first, then its layers merged over
@@ -432,8 +481,13 @@ pub fn evaluate_page(
     for device in &devices {
         changes.extend(deployments.evaluate_device(tx, &device.device_id)?);
     }
-    for (configuration, _, _) in &deployments.configurations {
-        if !crate::store::is_evaluated(configuration) {
+    for configuration in &deployments.unevaluated {
+        let evaluated = deployments
+            .configurations
+            .iter()
+            .any(|(c, _, _)| c.id == configuration.id)
+            || configuration.is_device_configuration();
+        if evaluated {
             let mut configuration = configuration.clone();
             configuration.system_metrics = Some(tx.system_metrics(&configuration)?);
             tx.put_configuration(&configuration)?;

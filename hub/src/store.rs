@@ -743,14 +743,33 @@ impl Transaction<'_> {
         Ok(configuration)
     }
 
-    /// An IoT Edge deployment's `systemMetrics` as IoT Hub returns them: the counts of its
-    /// targeting rows, and IoT Hub's queries that select the same devices
-    /// ([`edgetwin_wire::rest::edge_deployment_queries`]).
+    /// An IoT Edge deployment's or a device configuration's `systemMetrics` as IoT Hub returns
+    /// them: the counts of its targeting rows, and IoT Hub's queries that select the same devices
+    /// ([`edgetwin_wire::rest::edge_deployment_queries`],
+    /// [`edgetwin_wire::rest::device_configuration_queries`]).
     pub fn system_metrics(
         &self,
         configuration: &Configuration,
     ) -> Result<ConfigurationMetrics, StoreError> {
         let counts = self.targeting_counts(&configuration.id)?;
+        let target_condition = configuration
+            .target_condition
+            .as_deref()
+            .unwrap_or_default();
+        if configuration.is_device_configuration() {
+            let results = [
+                (TARGETED_COUNT, counts.targeted),
+                (APPLIED_COUNT, counts.applied),
+            ]
+            .into_iter()
+            .map(|(name, count)| (name.to_owned(), count.into()))
+            .collect();
+            let queries = edgetwin_wire::rest::device_configuration_queries(
+                &configuration.id,
+                target_condition,
+            );
+            return Ok(ConfigurationMetrics { results, queries });
+        }
         let results = [
             (TARGETED_COUNT, counts.targeted),
             (APPLIED_COUNT, counts.applied),
@@ -760,13 +779,8 @@ impl Transaction<'_> {
         .into_iter()
         .map(|(name, count)| (name.to_owned(), count.into()))
         .collect();
-        let queries = edgetwin_wire::rest::edge_deployment_queries(
-            &configuration.id,
-            configuration
-                .target_condition
-                .as_deref()
-                .unwrap_or_default(),
-        );
+        let queries =
+            edgetwin_wire::rest::edge_deployment_queries(&configuration.id, target_condition);
         Ok(ConfigurationMetrics { results, queries })
     }
 

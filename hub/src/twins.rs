@@ -253,6 +253,34 @@ pub fn update_from_service(
     Ok(change)
 }
 
+/// Merges a desired patch into a twin (automatic device management configurations): a JSON
+/// merge patch, as a service `PATCH` applies it, with a new `$version` and `$metadata`.
+pub fn merge_desired(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+    patch: Properties,
+) -> Result<DesiredChange, ApiError> {
+    let mut record = load(tx, key)?;
+    twin::validate_patch(Section::Desired, &patch).map_err(invalid_twin)?;
+    let now = ids::now_iso();
+    record.desired_version += 1;
+    twin::merge_patch(&mut record.desired, &patch);
+    twin::check_section_size(Section::Desired, &record.desired).map_err(invalid_twin)?;
+    twin::stamp_metadata(
+        &mut record.desired_metadata,
+        &patch,
+        desired_stamp(&now, record.desired_version),
+    );
+    record.desired_updated = now;
+    record.version += 1;
+    tx.put_twin(key, &record)?;
+    Ok(DesiredChange::new(
+        key.clone(),
+        &patch,
+        record.desired_version,
+    ))
+}
+
 /// Replaces the whole desired section (deployments and `applyConfigurationContent`).
 pub fn replace_desired(
     tx: &Transaction<'_>,

@@ -254,6 +254,16 @@ pub struct Configuration {
     pub etag: Option<String>,
 }
 
+impl Configuration {
+    /// Whether this is an automatic device management device configuration
+    /// (`content.deviceContent`, no `modulesContent`), applied to device twins.
+    pub fn is_device_configuration(&self) -> bool {
+        self.content
+            .as_ref()
+            .is_some_and(|c| c.device_content.is_some() && c.modules_content.is_none())
+    }
+}
+
 /// `content` of a configuration; also the body of `applyConfigurationContent`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -337,6 +347,29 @@ pub fn edge_deployment_queries(id: &str, target_condition: &str) -> Map<String, 
     .into_iter()
     .map(|(name, query)| (name.to_owned(), Value::String(query)))
     .collect()
+}
+
+/// IoT Hub's `systemMetrics.queries` of an automatic device management (ADM) device
+/// configuration (`content.deviceContent`): `targetedCount` selects the device twins the target
+/// condition matches (empty when the configuration has none: it targets nothing), `appliedCount`
+/// those whose own `configurations` say `Applied`. The texts are IoT Hub's, as a device
+/// configuration read back from IoT Hub shows them (MicrosoftDocs/azure-docs,
+/// `articles/iot-accelerators/iot-accelerators-remote-monitoring-bulk-configuration-update.md`:
+/// `"appliedCount": "select deviceId from devices where configurations.[[firmware-update]].status
+/// = 'Applied'"`, `"targetedCount": ""` for `"targetCondition": ""`); `az iot hub configuration
+/// show-metric --mt system` runs them through the query API.
+pub fn device_configuration_queries(id: &str, target_condition: &str) -> Map<String, Value> {
+    let targeted = if target_condition.trim().is_empty() {
+        String::new()
+    } else {
+        format!("select deviceId from devices where {target_condition}")
+    };
+    let applied =
+        format!("select deviceId from devices where configurations.[[{id}]].status = 'Applied'");
+    [(TARGETED_COUNT, targeted), (APPLIED_COUNT, applied)]
+        .into_iter()
+        .map(|(name, query)| (name.to_owned(), Value::String(query)))
+        .collect()
 }
 
 /// One item of a bulk registry operation (`POST /devices`).

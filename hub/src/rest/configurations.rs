@@ -159,6 +159,13 @@ fn put(
                     )
                 })?;
             }
+            if let Some(content) = input
+                .content
+                .as_ref()
+                .and_then(|c| c.device_content.as_ref())
+            {
+                crate::adm::validate(content)?;
+            }
             if input.priority.is_some_and(|p| p < 0) {
                 return Err(ApiError::invalid("priority must not be negative"));
             }

@@ -100,6 +100,24 @@ impl Query {
         Ok(Page { rows, next })
     }
 
+    /// How many rows the query returns over `documents` (all of the FROM collection), without
+    /// keeping them: what a configuration's custom metric counts ("the metric represents the
+    /// number of rows returned by the query", IoT Hub's automatic device management docs).
+    pub fn count_rows<E>(
+        &self,
+        documents: impl Iterator<Item = Result<Value, E>>,
+    ) -> Result<usize, E> {
+        if self.is_aggregate() {
+            return Ok(self.aggregate(documents)?.len());
+        }
+        let mut count = 0;
+        for document in documents.filter(|item| self.keeps(item.as_ref())) {
+            document?;
+            count += 1;
+        }
+        Ok(count.min(self.remaining(&Cursor::default())))
+    }
+
     /// Whether the query groups or aggregates: its rows are computed from every matching
     /// document ([`Query::aggregate`]), not one row a document.
     pub fn is_aggregate(&self) -> bool {
