@@ -19,7 +19,8 @@
 //!   configuration removed" (set to `null`) and takes the next configuration's;
 //! - "When you delete a configuration, any device twins take on their next highest priority
 //!   configuration. If device twins don't meet the target condition of any other configuration,
-//!   then no other settings are applied": a deleted configuration's settings stay.
+//!   then no other settings are applied": the next configuration's settings are written, and the
+//!   deleted configuration's stay where no other sets them.
 //!
 //! Settings are written when the set of configurations applied to a twin changes (it comes into
 //! scope, leaves it, or a configuration is created or deleted), not again on every evaluation.

@@ -202,6 +202,11 @@ impl Hub {
             .await
     }
 
+    /// How many rows `query` returns over its whole FROM collection (custom metrics).
+    pub async fn count_rows(&self, query: &Query) -> Result<usize, ApiError> {
+        self.queries.count_rows(&self.live, query).await
+    }
+
     /// Runs `f` in one read transaction on a read-only connection: it never waits for the
     /// writer, and sees every change committed before it started.
     pub fn read<T>(

@@ -96,6 +96,21 @@ impl Queries {
         ))
     }
 
+    /// How many rows `query` returns over the whole of its FROM collection, in one read
+    /// transaction on a query connection: a pass over every twin (a configuration's custom
+    /// metric).
+    pub async fn count_rows(
+        &self,
+        live: &LiveConnections,
+        query: &Query,
+    ) -> Result<usize, ApiError> {
+        self.read(|tx| {
+            let twins = documents(live, tx, query.from, None).map(|item| item.map(|(_, d)| d));
+            query.count_rows(twins)
+        })
+        .await
+    }
+
     /// Runs `f` in one read transaction on a query connection once a slot is free.
     async fn read<T>(
         &self,

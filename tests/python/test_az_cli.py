@@ -255,3 +255,36 @@ def test_set_modules_before_the_module_exists_gives_the_module_its_desired_prope
     assert twin.properties.desired["telemetryInterval"] == 122
     shown = ok(az("iot", "hub", "module-twin", "show", "-d", device_id, "-m", module_id))
     assert shown["properties"]["desired"]["telemetryInterval"] == 122
+
+
+def test_a_device_configuration_from_the_cli_reaches_the_targeted_twins_and_its_metrics_count_them(
+        az, registry_manager, make_device):
+    from azure.iot.hub.models import Twin
+    ring = unique_id("ring").lower()
+    inside, outside = make_device(prefix="adm"), make_device(prefix="adm")
+    registry_manager.update_twin(inside.device_id, Twin(tags={"ring": ring}), "*")
+    config_id = unique_id("adm").lower()
+    content = {"deviceContent": {"properties.desired.fw": {"version": "1.2"}}}
+    metrics = {"queries": {"current": f"SELECT deviceId FROM devices WHERE tags.ring = '{ring}'"}}
+    created = ok(az("iot", "hub", "configuration", "create", "-c", config_id,
+                    "--content", json.dumps(content), "--metrics", json.dumps(metrics),
+                    "--target-condition", f"tags.ring='{ring}'", "--priority", "1"))
+    try:
+        assert created["content"]["deviceContent"] == content["deviceContent"]
+        assert registry_manager.get_twin(inside.device_id).properties.desired["fw"] == {"version": "1.2"}
+        assert "fw" not in registry_manager.get_twin(outside.device_id).properties.desired
+        shown = ok(az("iot", "hub", "configuration", "show", "-c", config_id))
+        assert shown["systemMetrics"]["results"] == {"targetedCount": 1, "appliedCount": 1}
+        assert shown["metrics"]["results"] == {"current": 1}
+        for name in ("targetedCount", "appliedCount"):
+            metric = ok(az("iot", "hub", "configuration", "show-metric", "-c", config_id,
+                           "-m", name, "--mt", "system"))
+            assert [row["deviceId"] for row in metric["result"]] == [inside.device_id], metric
+        custom = ok(az("iot", "hub", "configuration", "show-metric", "-c", config_id, "-m", "current"))
+        assert [row["deviceId"] for row in custom["result"]] == [inside.device_id]
+        listed = ok(az("iot", "hub", "configuration", "list"))
+        assert config_id in [c["id"] for c in listed]
+    finally:
+        ok(az("iot", "hub", "configuration", "delete", "-c", config_id))
+    # a deleted configuration's settings stay
+    assert registry_manager.get_twin(inside.device_id).properties.desired["fw"] == {"version": "1.2"}

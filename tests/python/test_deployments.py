@@ -1,7 +1,9 @@
 """Deployments, judged by azure-iot-hub 2.7 (IoTHubConfigurationManager): a manifest applied to one
 edge device, at-scale deployments chosen by target condition and priority, and their status as
 IoT Hub keeps it (on the `$edgeAgent` module twin, with `systemMetrics` queries and counts moved by
-what `$edgeAgent`, an azure-iot-device IoTHubModuleClient here, reports)."""
+what `$edgeAgent`, an azure-iot-device IoTHubModuleClient here, reports); automatic device
+management configurations (`deviceContent`) applied to the device twins they target, with their
+status on the device twin; custom metrics counted."""
 
 import base64
 import os
@@ -9,7 +11,8 @@ import os
 import pytest
 import requests
 from azure.iot.hub import IoTHubConfigurationManager
-from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpecification, Twin
+from azure.iot.hub.models import (
+    Configuration, ConfigurationContent, QuerySpecification, Twin, TwinProperties)
 from msrest.exceptions import HttpOperationError
 
 from conftest import Identity, http_status, unique_id
@@ -321,3 +324,81 @@ def test_edge_agent_reports_move_the_reported_counts_and_iot_hubs_own_metric_que
             results["reportedFailedCount"]) == (1, 1, 0)
     results = agent_reports(400)
     assert (results["reportedSuccessfulCount"], results["reportedFailedCount"]) == (0, 1)
+
+
+def _device_configuration(configurations, condition, priority, device_content, metrics=None):
+    """Creates an automatic device management configuration (deleted after the test)."""
+    manager, created = configurations
+    config_id = unique_id("adm").lower()
+    manager.create_configuration(Configuration(
+        id=config_id, target_condition=condition, priority=priority, metrics=metrics,
+        content=ConfigurationContent(device_content=device_content)))
+    created.append(config_id)
+    return config_id
+
+
+def test_a_device_configuration_sets_the_desired_properties_of_the_device_twins_it_targets(
+        hub, registry_manager, configurations, make_device):
+    manager, created = configurations
+    ring = unique_id("ring").lower()
+    inside, outside = make_device(prefix="adm"), make_device(prefix="adm")
+    registry_manager.update_twin(inside.device_id, Twin(
+        tags={"ring": ring}, properties=TwinProperties(desired={"kept": 1})), "*")
+    low = _device_configuration(configurations, f"tags.ring='{ring}'", 1, {
+        "properties.desired.fw": {"version": "1.0", "url": "u"}, "properties.desired.interval": 5})
+    high = _device_configuration(configurations, f"tags.ring='{ring}'", 2, {
+        "properties.desired.fw.version": "2.0"})
+    # merged into the desired properties; the higher priority wins the path both set
+    assert registry_manager.get_twin(inside.device_id).properties.desired["fw"] == {"version": "2.0", "url": "u"}
+    desired = registry_manager.get_twin(inside.device_id).properties.desired
+    assert (desired["interval"], desired["kept"]) == (5, 1)
+    assert "fw" not in registry_manager.get_twin(outside.device_id).properties.desired
+    # the status is on the device twin itself
+    statuses = _raw_twin(hub, inside.device_id)["configurations"]
+    assert statuses == {low: {"status": "Applied"}, high: {"status": "Applied"}}
+    assert "configurations" not in _raw_twin(hub, outside.device_id)
+    # system metrics, and IoT Hub's own queries select the same devices
+    metrics = manager.get_configuration(high).system_metrics
+    assert (metrics.results["targetedCount"], metrics.results["appliedCount"]) == (1, 1)
+    for name in ("targetedCount", "appliedCount"):
+        rows = registry_manager.query_iot_hub(QuerySpecification(query=metrics.queries[name])).items
+        assert [row.device_id for row in rows] == [inside.device_id], name
+    # a device whose tags start matching gets it too
+    late = make_device(prefix="adm")
+    registry_manager.update_twin(late.device_id, Twin(tags={"ring": ring}), "*")
+    assert registry_manager.get_twin(late.device_id).properties.desired["fw"]["version"] == "2.0"
+    # deleted, the twins "take on their next highest priority configuration"; the last one's
+    # settings stay
+    manager.delete_configuration(high)
+    created.remove(high)
+    assert registry_manager.get_twin(inside.device_id).properties.desired["fw"] == {"version": "1.0", "url": "u"}
+    assert _raw_twin(hub, inside.device_id)["configurations"] == {low: {"status": "Applied"}}
+    manager.delete_configuration(low)
+    created.remove(low)
+    assert registry_manager.get_twin(inside.device_id).properties.desired["interval"] == 5
+    assert "configurations" not in _raw_twin(hub, inside.device_id)
+
+
+def test_custom_metrics_count_the_rows_of_their_queries(registry_manager, configurations, make_device):
+    manager, _ = configurations
+    ring = unique_id("ring").lower()
+    for _ in range(2):
+        device = make_device(prefix="adm")
+        registry_manager.update_twin(device.device_id, Twin(tags={"ring": ring}), "*")
+    config_id = _device_configuration(configurations, f"tags.ring='{ring}'", 1, {
+        "properties.desired.interval": 7}, metrics={"queries": {
+            "ringed": f"SELECT deviceId FROM devices WHERE tags.ring = '{ring}'",
+            "seven": f"SELECT deviceId FROM devices WHERE tags.ring = '{ring}' AND properties.desired.interval = 7",
+            "none": "SELECT deviceId FROM devices WHERE tags.ring = 'no such ring'"}})
+    got = manager.get_configuration(config_id).metrics
+    assert got.results == {"ringed": 2, "seven": 2, "none": 0}
+    # an IoT Edge deployment's too, over module twins
+    deployment = _create(configurations, "dep", f"tags.ring='{ring}'", 1, _manifest(9))
+    manager.update_configuration(Configuration(
+        id=deployment, target_condition=f"tags.ring='{ring}'", priority=1, metrics={"queries": {
+            "agents": "SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent'"}}), "*")
+    edge_count = len(registry_manager.query_iot_hub(QuerySpecification(
+        query="SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent'")).items)
+    assert manager.get_configuration(deployment).metrics.results == {"agents": edge_count}
+    listed = [c for c in manager.get_configurations(100) if c.id == config_id]
+    assert listed[0].metrics.results == {"ringed": 2, "seven": 2, "none": 0}

@@ -43,22 +43,6 @@ def test_jobs_and_queries_of_devices_jobs_are_not_served(hub, registry_manager):
     assert "devices.jobs is not served" in err.value.response.text
 
 
-def test_custom_deployment_metrics_are_kept_but_not_evaluated(hub):
-    manager = IoTHubConfigurationManager.from_connection_string(hub.service_connection_string)
-    config_id = unique_id("metrics").lower()
-    manager.create_configuration(Configuration(
-        id=config_id, target_condition="tags.none='none'", priority=1,
-        content=ConfigurationContent(modules_content={
-            "$edgeHub": {"properties.desired": {"schemaVersion": "1.2", "routes": {}}}}),
-        metrics={"queries": {"reporting": "SELECT deviceId FROM devices.modules WHERE moduleId='m'"}}))
-    try:
-        got = manager.get_configuration(config_id)
-        assert got.metrics.queries == {"reporting": "SELECT deviceId FROM devices.modules WHERE moduleId='m'"}
-        assert "reporting" not in (got.metrics.results or {})
-    finally:
-        manager.delete_configuration(config_id)
-
-
 def test_a_query_sees_a_change_at_once(registry_manager, make_device):
     from azure.iot.hub.models import Twin
     device = make_device()

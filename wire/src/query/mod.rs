@@ -285,6 +285,37 @@ mod tests {
     }
 
     #[test]
+    fn iot_hubs_own_queries_of_a_device_configuration_and_row_counts_of_custom_metrics() {
+        let twin = |device: &str, ring: &str, status: Option<&str>| {
+            let mut twin = json!({ "deviceId": device, "tags": { "ring": ring } });
+            if let Some(status) = status {
+                twin["configurations"] = json!({ "fw": { "status": status } });
+            }
+            twin
+        };
+        let twins = [
+            twin("d1", "a", Some("Applied")),
+            twin("d2", "a", Some("Targeted")),
+            twin("d3", "b", None),
+        ];
+        let queries = crate::rest::device_configuration_queries("fw", "tags.ring = 'a'");
+        let count = |text: &str| {
+            let query = parse_query(text).unwrap();
+            let documents = twins.iter().cloned().map(Ok::<_, ()>);
+            query.count_rows(documents).unwrap()
+        };
+        assert_eq!(count(queries["targetedCount"].as_str().unwrap()), 2);
+        assert_eq!(count(queries["appliedCount"].as_str().unwrap()), 1);
+        assert_eq!(count("SELECT TOP 1 deviceId FROM devices"), 1);
+        assert_eq!(count("SELECT COUNT() AS n FROM devices"), 1, "one row");
+        let empty = crate::rest::device_configuration_queries("fw", " ");
+        assert_eq!(
+            empty["targetedCount"], "",
+            "IoT Hub's text without a target condition"
+        );
+    }
+
+    #[test]
     fn iot_hubs_own_system_metric_queries_of_an_edge_deployment_count_what_edge_agent_reported() {
         // `$edgeAgent` twins: done at the desired version, failed at it, still applying an older
         // one, and only targeted (a higher-priority deployment won); one module that is not
