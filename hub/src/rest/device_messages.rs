@@ -96,6 +96,9 @@ fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Reply, Ap
 /// (azure-iot-device-http's `sendEventBatch`, SRS_NODE_DEVICE_HTTP_05_003).
 const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.json";
 
+/// A message's properties (as the message log keeps them) and its body.
+type Received = (BTreeMap<String, Option<String>>, Vec<u8>);
+
 /// One message of a batch.
 #[derive(serde::Deserialize)]
 struct BatchedMessage {
@@ -106,7 +109,7 @@ struct BatchedMessage {
 
 /// The messages of a batch, each with its properties and decoded body; an entry that is not a
 /// message, or a body that is not base64, refuses the whole batch, naming the entry.
-fn batch(body: &[u8]) -> Result<Vec<(BTreeMap<String, Option<String>>, Vec<u8>)>, ApiError> {
+fn batch(body: &[u8]) -> Result<Vec<Received>, ApiError> {
     use base64::Engine as _;
     let entries: Vec<BatchedMessage> = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!(
