@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use edgetwin_service::{ClientOptions, MessageFilter, Request, ServiceClient};
 use edgetwin_wire::connection_string::ConnectionString;
-use edgetwin_wire::rest::{CloudToDeviceMethod, Device, DeviceCapabilities, Module, Permission};
+use edgetwin_wire::rest::{
+    CloudToDeviceMethod, ConfigurationContent, Device, DeviceCapabilities, Module, Permission,
+};
 use edgetwin_wire::Secret;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -240,14 +242,15 @@ impl TestHub {
         device: &str,
         modules_content: Value,
     ) -> Result<(), TestHubError> {
-        let request = Request::new(
-            Method::POST,
-            &["devices", device, "applyConfigurationContent"],
-            Permission::ServiceConnect,
-            format!("apply the deployment to device '{device}'"),
-        )
-        .json(&json!({"modulesContent": modules_content}));
-        Ok(self.service.call_empty(&request).await?)
+        // A value that is not a JSON object sends no `modulesContent` at all.
+        let content = ConfigurationContent {
+            modules_content: modules_content.as_object().cloned(),
+            ..ConfigurationContent::default()
+        };
+        Ok(self
+            .service
+            .apply_configuration_content(device, &content)
+            .await?)
     }
 
     /// Sets the edge device's `$edgeHub` routes (`{"name": "FROM ... INTO ..."}`), which the
