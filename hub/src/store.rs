@@ -4,6 +4,8 @@
 //!
 //! Records are stored as JSON documents of the wire models; the store knows nothing of REST or
 //! MQTT, only of keys and documents.
+//!
+//! The bottom of the core: depends on nothing else of the hub.
 
 use std::path::Path;
 
@@ -110,6 +112,13 @@ pub struct TwinRecord {
     pub reported_updated: String,
     /// When tags last changed (ISO 8601).
     pub tags_updated: String,
+    /// Desired properties' per-property `$metadata` (`$lastUpdated`, `$lastUpdatedVersion`);
+    /// empty in a twin stored before it was kept, which then shows the section's alone.
+    #[serde(default)]
+    pub desired_metadata: Properties,
+    /// Reported properties' per-property `$metadata` (`$lastUpdated`).
+    #[serde(default)]
+    pub reported_metadata: Properties,
     /// Deployments targeting the device, on its `$edgeAgent` module twin as IoT Hub keeps them:
     /// configuration id -> `{"status": "Applied"|"Targeted"}`.
     pub configurations: Properties,
@@ -349,6 +358,17 @@ fn in_transaction<T, E: From<StoreError>>(
     let result = f(&Transaction { tx: &tx })?;
     tx.commit().map_err(StoreError::from)?;
     Ok(result)
+}
+
+/// Runs blocking store reads so that, on a multi-threaded runtime, the worker's other tasks
+/// move to another thread meanwhile instead of waiting behind it.
+pub fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 /// Read-only connections to the database, so that reads (CONNECT authentication, twin GETs,
