@@ -109,7 +109,7 @@ pub enum Error {
     #[error("TLS setup: no trusted CA certificates: the system has none and no CA file was given")]
     NoTrustedCa,
     /// A CA file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read the CA certificate file {path}")]
     Io {
         /// The file.
         path: String,
