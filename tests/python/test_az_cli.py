@@ -255,3 +255,14 @@ def test_set_modules_before_the_module_exists_gives_the_module_its_desired_prope
     assert twin.properties.desired["telemetryInterval"] == 122
     shown = ok(az("iot", "hub", "module-twin", "show", "-d", device_id, "-m", module_id))
     assert shown["properties"]["desired"]["telemetryInterval"] == 122
+
+
+def test_device_to_cloud_messages_from_the_cli_reach_the_hub(az, hub, make_device):
+    # The CLI's device side runs Microsoft's Python device SDK over MQTT, trusting SSL_CERT_FILE.
+    device = make_device()
+    ok(az("iot", "device", "send-d2c-message", "-d", device.device_id, "--data", "hello from az",
+          "--props", "level=info;origin=cli"))
+    messages = wait_until(lambda: hub.messages(device.device_id), message="the CLI's message in the log")
+    assert messages[0]["body"] == "hello from az"
+    assert messages[0]["properties"]["level"] == "info"
+    assert messages[0]["properties"]["origin"] == "cli"
