@@ -11,8 +11,8 @@
 //!   readers and the CA), fed by the writer's after-commit hook;
 //! - the **core**, `hub::Hub` (no pub fields): the store's `writer` (whose result carries each
 //!   write's effects, applied in commit order), readers, `queries`, `live` connections,
-//!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`, `adm`,
-//!   `layers`, `store`;
+//!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`,
+//!   `adm`, `layers`, `store`;
 //! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `data_lock`.
 
 mod adm;
