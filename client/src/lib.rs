@@ -5,6 +5,9 @@
 //! with a controlled reconnect, paces reconnects with jittered backoff, answers direct methods,
 //! delivers routed input messages and keeps outputs until the hub acknowledges them.
 //!
+//! It depends on `edgetwin-wire` only (the hub only for its own tests): what a module links
+//! stays small.
+//!
 //! ```no_run
 //! use edgetwin_client::{Event, Message, ModuleClient};
 //! use serde_json::json;

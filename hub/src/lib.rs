@@ -14,6 +14,9 @@
 //!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`,
 //!   `adm`, `layers`, `store`;
 //! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `data_lock`.
+//!
+//! As a crate it depends on `edgetwin-wire`, and on `edgetwin-service` for [`TestHub`]'s calls;
+//! never on the module SDK, the runtime or the CLI.
 
 mod adm;
 mod certs;

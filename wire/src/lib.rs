@@ -6,6 +6,8 @@
 //! the service REST models and error envelopes, the IoT Edge module environment, and how an
 //! edgetwin program words an error and its causes ([`report`]).
 //! Nothing here opens sockets, reads files, reads the clock or reads the process environment.
+//! It depends on no other edgetwin crate; every other crate depends on it (its optional `tls`
+//! feature builds a rustls client configuration, still without I/O).
 
 pub mod condition;
 pub mod connection_string;
