@@ -222,24 +222,7 @@ pub fn update_from_service(
     }
     let change = match desired {
         Some(patch) => {
-            record.desired_version += 1;
-            let stamp = desired_stamp(&now, record.desired_version);
-            let notified = match mode {
-                UpdateMode::Merge => {
-                    twin::merge_patch(&mut record.desired, &patch);
-                    twin::stamp_metadata(&mut record.desired_metadata, &patch, stamp);
-                    patch
-                }
-                UpdateMode::Replace => {
-                    let notified = twin::replace_notification(&record.desired, &patch);
-                    record.desired_metadata = Properties::new();
-                    twin::stamp_metadata(&mut record.desired_metadata, &patch, stamp);
-                    record.desired = patch;
-                    notified
-                }
-            };
-            twin::check_section_size(Section::Desired, &record.desired).map_err(invalid_twin)?;
-            record.desired_updated = now;
+            let notified = change_desired(&mut record, patch, mode, &now)?;
             Some(DesiredChange::new(
                 key.clone(),
                 &notified,
@@ -253,6 +236,15 @@ pub fn update_from_service(
     Ok(change)
 }
 
+/// Replaces the whole desired section (deployments and `applyConfigurationContent`).
+pub fn replace_desired(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+    desired: Properties,
+) -> Result<DesiredChange, ApiError> {
+    write_desired(tx, key, desired, UpdateMode::Replace)
+}
+
 /// Merges a desired patch into a twin (automatic device management configurations): a JSON
 /// merge patch, as a service `PATCH` applies it, with a new `$version` and `$metadata`.
 pub fn merge_desired(
@@ -260,48 +252,19 @@ pub fn merge_desired(
     key: &IdentityKey,
     patch: Properties,
 ) -> Result<DesiredChange, ApiError> {
-    let mut record = load(tx, key)?;
-    twin::validate_patch(Section::Desired, &patch).map_err(invalid_twin)?;
-    let now = ids::now_iso();
-    record.desired_version += 1;
-    twin::merge_patch(&mut record.desired, &patch);
-    twin::check_section_size(Section::Desired, &record.desired).map_err(invalid_twin)?;
-    twin::stamp_metadata(
-        &mut record.desired_metadata,
-        &patch,
-        desired_stamp(&now, record.desired_version),
-    );
-    record.desired_updated = now;
-    record.version += 1;
-    tx.put_twin(key, &record)?;
-    Ok(DesiredChange::new(
-        key.clone(),
-        &patch,
-        record.desired_version,
-    ))
+    write_desired(tx, key, patch, UpdateMode::Merge)
 }
 
-/// Replaces the whole desired section (deployments and `applyConfigurationContent`).
-pub fn replace_desired(
+fn write_desired(
     tx: &Transaction<'_>,
     key: &IdentityKey,
     mut desired: Properties,
+    mode: UpdateMode,
 ) -> Result<DesiredChange, ApiError> {
     let mut record = load(tx, key)?;
     twin::strip_system_keys(&mut desired);
     twin::validate_patch(Section::Desired, &desired).map_err(invalid_twin)?;
-    twin::check_section_size(Section::Desired, &desired).map_err(invalid_twin)?;
-    let notified = twin::replace_notification(&record.desired, &desired);
-    let now = ids::now_iso();
-    record.desired_version += 1;
-    record.desired_metadata = Properties::new();
-    twin::stamp_metadata(
-        &mut record.desired_metadata,
-        &desired,
-        desired_stamp(&now, record.desired_version),
-    );
-    record.desired = desired;
-    record.desired_updated = now;
+    let notified = change_desired(&mut record, desired, mode, &ids::now_iso())?;
     record.version += 1;
     tx.put_twin(key, &record)?;
     Ok(DesiredChange::new(
@@ -309,6 +272,36 @@ pub fn replace_desired(
         &notified,
         record.desired_version,
     ))
+}
+
+/// Changes a twin's desired properties by a validated `patch` (merged, or replacing the
+/// section), with a new `$version` and per-property `$metadata` stamped `now`; returns what the
+/// device's desired-patch notification carries.
+fn change_desired(
+    record: &mut TwinRecord,
+    patch: Properties,
+    mode: UpdateMode,
+    now: &str,
+) -> Result<Properties, ApiError> {
+    record.desired_version += 1;
+    let stamp = desired_stamp(now, record.desired_version);
+    let notified = match mode {
+        UpdateMode::Merge => {
+            twin::merge_patch(&mut record.desired, &patch);
+            twin::stamp_metadata(&mut record.desired_metadata, &patch, stamp);
+            patch
+        }
+        UpdateMode::Replace => {
+            let notified = twin::replace_notification(&record.desired, &patch);
+            record.desired_metadata = Properties::new();
+            twin::stamp_metadata(&mut record.desired_metadata, &patch, stamp);
+            record.desired = patch;
+            notified
+        }
+    };
+    twin::check_section_size(Section::Desired, &record.desired).map_err(invalid_twin)?;
+    record.desired_updated = now.to_owned();
+    Ok(notified)
 }
 
 /// Applies a reported-properties patch from the device; returns the new `reported.$version`.
