@@ -18,13 +18,6 @@ from test_routes import _apply_routes, _module
 API = {"api-version": "2021-04-12"}
 
 
-def test_x509_identities_are_refused_naming_the_authentication_type(registry_manager):
-    with pytest.raises(HttpOperationError) as err:
-        registry_manager.create_device_with_x509(unique_id("x509"), "A" * 40, "B" * 40, "enabled")
-    assert http_status(err.value) == 400
-    assert "selfSigned" in err.value.response.text and "only sas" in err.value.response.text
-
-
 def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):
     # the service SDKs send cloud-to-device messages over AMQP (5671), which the running hub
     # does not serve
