@@ -90,17 +90,7 @@ impl DeviceCas {
 /// this reads (UTF8String, PrintableString, IA5String, TeletexString).
 pub fn common_name(der: &[u8]) -> Option<String> {
     const CN: &[u8] = &[0x55, 0x04, 0x03];
-    let (_, certificate, _) = tlv(der)?;
-    let (_, mut tbs, _) = tlv(certificate)?;
-    let (tag, _, rest) = tlv(tbs)?;
-    if tag == 0xA0 {
-        tbs = rest; // the explicit version
-    }
-    // serial, signature algorithm, issuer, validity, then the subject
-    for _ in 0..4 {
-        tbs = tlv(tbs)?.2;
-    }
-    let (_, mut names, _) = tlv(tbs)?;
+    let mut names = tbs_fields(der)?.subject;
     while !names.is_empty() {
         let (_, set, rest) = tlv(names)?;
         names = rest;
@@ -114,6 +104,67 @@ pub fn common_name(der: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether a DER certificate is within its validity period at `now` (Unix seconds); `false` when
+/// the period cannot be read. IoT Hub checks this, and the thumbprint, for `selfSigned`
+/// identities ("For Thumbprint Auth, IoTHub validates only if the cert is not expired and if the
+/// thumbprints match", Azure/iotedge #621).
+pub fn valid_at(der: &[u8], now: i64) -> bool {
+    let period = || {
+        let validity = tbs_fields(der)?.validity;
+        let (not_before_tag, not_before, rest) = tlv(validity)?;
+        let (not_after_tag, not_after, _) = tlv(rest)?;
+        Some((
+            asn1_time(not_before_tag, not_before)?,
+            asn1_time(not_after_tag, not_after)?,
+        ))
+    };
+    period().is_some_and(|(from, until)| from <= now && now <= until)
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, 0x18) as Unix
+/// seconds.
+fn asn1_time(tag: u8, value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 if text.len() == 12 => {
+            let yy: i32 = text[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        0x18 if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    if !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let field = |i: usize| rest[i..i + 2].parse::<u8>().ok();
+    let month = time::Month::try_from(field(0)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, field(2)?).ok()?;
+    let at = date.with_hms(field(4)?, field(6)?, field(8)?).ok()?;
+    Some(at.assume_utc().unix_timestamp())
+}
+
+/// The fields of a certificate's `TBSCertificate` this module reads.
+struct TbsFields<'a> {
+    validity: &'a [u8],
+    subject: &'a [u8],
+}
+
+fn tbs_fields(der: &[u8]) -> Option<TbsFields<'_>> {
+    let (_, certificate, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(certificate)?;
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == 0xA0 {
+        tbs = rest; // the explicit version
+    }
+    // serial, signature algorithm, issuer, then the validity and the subject
+    for _ in 0..3 {
+        tbs = tlv(tbs)?.2;
+    }
+    let (_, validity, rest) = tlv(tbs)?;
+    let (_, subject, _) = tlv(rest)?;
+    Some(TbsFields { validity, subject })
 }
 
 /// One DER tag-length-value with a one-byte tag: `(tag, value, what follows)`.
@@ -228,6 +279,24 @@ mod tests {
         assert_eq!(common_name(ca.der()).as_deref(), Some("the CA"));
         assert_eq!(common_name(&leaf.der()[..20]), None);
         assert_eq!(common_name(b""), None);
+    }
+
+    #[test]
+    fn a_certificate_is_valid_only_within_its_period() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2051, 6, 30); // GeneralizedTime from 2050
+        let cert = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let from = 1_893_542_400; // 2030-01-02T00:00:00Z
+        let until = 2_571_696_000; // 2051-06-30T00:00:00Z
+        assert!(!valid_at(cert.der(), from - 1));
+        assert!(valid_at(cert.der(), from));
+        assert!(valid_at(cert.der(), until));
+        assert!(!valid_at(cert.der(), until + 1));
+        assert!(!valid_at(b"", from));
+        assert_eq!(asn1_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(asn1_time(0x17, b"500101000000Z"), Some(-631_152_000));
+        assert_eq!(asn1_time(0x18, b"2030010200000Z"), None);
     }
 
     #[test]

@@ -29,11 +29,11 @@ from test_az_cli import az, ok  # noqa: F401  (the `az` fixture)
 class DeviceCert:
     """A device certificate and its key, written as PEM files for the SDK."""
 
-    def __init__(self, tmp_path, cn, issuer=None):
+    def __init__(self, tmp_path, cn, issuer=None, expired=False):
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         signer_name, signer_key = (name, self.key) if issuer is None else issuer
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2 if expired else 0)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -197,6 +197,9 @@ def test_a_wrong_certificate_is_refused(hub, clients, x509_device, make_device, 
     registered = DeviceCert(tmp_path, "d")
     self_signed = x509_device("selfSigned", registered.sha256, None)
     refused(self_signed, DeviceCert(tmp_path, self_signed))
+    # self-signed: the registered thumbprint, but expired (IoT Hub checks that too)
+    expired = DeviceCert(tmp_path, "d", expired=True)
+    refused(x509_device("selfSigned", expired.sha1, None), expired)
     # CA: the right CN from a CA the hub does not trust, and the hub CA's signature on another CN
     ca_device = x509_device("certificateAuthority")
     refused(ca_device, DeviceCert(tmp_path, ca_device))

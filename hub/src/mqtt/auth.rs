@@ -39,7 +39,9 @@ const NO_EXPIRY: u64 = u64::MAX;
 /// one; `certificateAuthority`, the chain verifies to a trusted CA and the leaf's CN is the
 /// device id (`ValidateCommonName(cert, serviceIdentity.DeviceId)`, for a module too; IoT Hub's
 /// "Authenticate identities with X.509 certificates" asks for the device id as the subject's
-/// CN). A SAS identity needs its token whatever certificate it presents.
+/// CN). A `selfSigned` leaf must also be within its validity period, the one other check IoT Hub
+/// makes for thumbprints (Azure/iotedge #621). A SAS identity needs its token whatever
+/// certificate it presents.
 pub fn authenticate(
     hub: &Hub,
     device_cas: &DeviceCas,
@@ -79,6 +81,10 @@ pub fn authenticate(
                 return Err(certificate(
                     "the certificate's thumbprint is neither the primary nor the secondary",
                 ));
+            }
+            let now = i64::try_from(ids::now_unix()).unwrap_or(i64::MAX);
+            if !x509::valid_at(leaf, now) {
+                return Err(certificate("the certificate is expired or not yet valid"));
             }
         }
         Some(Credentials::CertificateAuthority) => {
