@@ -54,11 +54,17 @@ pub async fn serve(
         move |socket, peer, admission| {
             let (tls, doors) = (tls.clone(), doors.clone());
             async move {
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
-                else {
-                    tracing::info!(%peer, "HTTPS TLS handshake failed");
-                    return;
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "HTTPS TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "HTTPS TLS handshake timed out");
+                        return;
+                    }
                 };
                 // A client certificate is for MQTT over WebSockets (X.509 identities).
                 let chain = ClientChain::of(stream.get_ref().1);
