@@ -17,9 +17,7 @@
 //! cargo bench --bench idle_flood -- --connections 5000
 //! ```
 
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use edgetwin_test_support as support;
 
 use std::io::BufRead;
 use std::path::Path;

@@ -24,9 +24,7 @@
 //! chooses the interpreter (default `.venv/bin/python`); `EDGETWIN_BENCH_RUST_LOG` sets the
 //! module's `RUST_LOG` (default `info`); `EDGETWIN_BENCH_KEEP=1` keeps the logs.
 
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use edgetwin_test_support as support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

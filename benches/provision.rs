@@ -21,9 +21,7 @@
 //!
 //! It prints a markdown table, the commands, and the load average before and after.
 
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use edgetwin_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -12,9 +12,7 @@
 //!
 //! It prints a markdown table and the load average before and after.
 
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use edgetwin_test_support as support;
 
 use std::time::{Duration, Instant};
 

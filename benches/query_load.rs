@@ -15,9 +15,7 @@
 //! cargo bench --bench query_load -- --count 5000 --connects 100
 //! ```
 
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use edgetwin_test_support as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -9,14 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edgetwin_service::MessageFilter;
 use edgetwin_wire::connection_string::ConnectionString;
-use edgetwin_wire::rest::{CloudToDeviceMethod, Permission};
-use hyper::Method;
+use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult};
 use serde_json::{json, Value};
 
-use crate::provision::client::Call;
 use crate::provision::identities::{ensure_device, ensure_module, Identity};
-use crate::provision::{ClientOptions, ServiceClient};
+use crate::provision::{ClientOptions, ProvisionError, ServiceClient};
 
 /// `println!` that ignores a closed stdout instead of panicking: a reader that went away (`| head`,
 /// a test that read the banner) must not turn a clean stop into a crash.
@@ -68,6 +67,12 @@ pub enum QuickstartError {
     /// A file could not be written.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<edgetwin_service::Error> for QuickstartError {
+    fn from(error: edgetwin_service::Error) -> Self {
+        QuickstartError::Service(ProvisionError::from(error))
+    }
 }
 
 /// A child process stopped with SIGTERM when dropped.
@@ -318,33 +323,26 @@ async fn walkthrough(
     let pong = invoke(&client, "ping").await?;
     say!(
         "      ping answered status {}: {}",
-        pong["status"],
-        pong["payload"]
+        pong.status,
+        pong.payload
     );
-    if pong["status"] != 200 || pong["payload"]["pong"] != true {
+    if pong.status != 200 || pong.payload["pong"] != true {
+        let pong = json!({"status": pong.status, "payload": pong.payload});
         return Err(QuickstartError::Module(format!(
             "ping was not answered: {pong}"
         )));
     }
     let answer = invoke(&client, "sampleNow").await?;
-    say!("      sampleNow answered status {}", answer["status"]);
+    say!("      sampleNow answered status {}", answer.status);
     let messages = wait_for("the telemetry message", || async {
-        let all: Vec<Value> = client
-            .call_json(&Call::new(
-                Method::GET,
-                &["edgetwin", "messages"],
-                Permission::ServiceConnect,
-                "read the message log".into(),
-            ))
-            .await?;
-        let telemetry: Vec<Value> = all
-            .into_iter()
-            .filter(|m| {
-                m["deviceId"] == DEVICE_ID
-                    && m["moduleId"] == MODULE_ID
-                    && m["output"] == "telemetry"
+        let telemetry = client
+            .messages(&MessageFilter {
+                device_id: Some(DEVICE_ID),
+                module_id: Some(MODULE_ID),
+                output: Some("telemetry"),
+                after: None,
             })
-            .collect();
+            .await?;
         Ok((!telemetry.is_empty()).then_some(telemetry))
     })
     .await?;
@@ -362,18 +360,17 @@ async fn walkthrough(
 }
 
 /// Invokes the direct method `name` on the quickstart's module, with an empty payload.
-async fn invoke(client: &ServiceClient, name: &str) -> Result<Value, QuickstartError> {
-    let call = Call::new(
-        Method::POST,
-        &["twins", DEVICE_ID, "modules", MODULE_ID, "methods"],
-        Permission::ServiceConnect,
-        format!("invoke {name}"),
-    )
-    .json(&CloudToDeviceMethod {
+async fn invoke(
+    client: &ServiceClient,
+    name: &str,
+) -> Result<CloudToDeviceMethodResult, QuickstartError> {
+    let method = CloudToDeviceMethod {
         method_name: name.into(),
         payload: Some(json!({})),
         response_timeout_in_seconds: Some(10),
         ..CloudToDeviceMethod::default()
-    });
-    Ok(client.call_json(&call).await?)
+    };
+    Ok(client
+        .invoke_module_method(DEVICE_ID, MODULE_ID, &method)
+        .await?)
 }

@@ -2,18 +2,17 @@
 //! `caused by: <why>` line per cause, each said once, and exit status 1. One real bad input per
 //! subcommand family, with its whole error output; none needs a hub.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::{TempDir, EDGETWIN, EDGETWIN_MODULE};
+use support::TempDir;
 
 /// `edgetwin args…` run in `dir`, with no connection string, CA file or log filter from the
 /// environment that runs the tests.
 fn edgetwin(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(EDGETWIN);
+    let mut command = Command::new(support::edgetwin());
     command
         .current_dir(dir)
         .args(args)
@@ -187,13 +186,14 @@ fn hub_backup_says_what_it_was_backing_up_and_that_there_is_no_database() {
 #[test]
 fn quickstart_says_its_hub_did_not_start_and_why() {
     let dir = TempDir::new("chain-quickstart");
+    let module = support::edgetwin_module();
     std::fs::write(dir.join("a-file"), "not a directory").unwrap();
     let output = edgetwin(
         dir.path(),
         &[
             "quickstart",
             "--module-binary",
-            EDGETWIN_MODULE,
+            module.to_str().unwrap(),
             "--data-dir",
             "a-file",
         ],

@@ -1,14 +1,13 @@
 //! The CLI against a hub, as a new user meets it (issue 20): errors that will not go away are
 //! said at once and name what to fix; what is transient is retried with progress on stderr.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Hub, HubOptions, TempDir, EDGETWIN};
+use support::{edgetwin, Hub, HubOptions, TempDir};
 
 /// How long an error that will not go away may take to be said.
 const AT_ONCE: Duration = Duration::from_secs(2);
@@ -76,7 +75,7 @@ fn provision_with_no_hub_on_the_port_fails_at_once_saying_nothing_listens_there(
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let (output, took) = timed(Command::new(EDGETWIN).args([
+    let (output, took) = timed(Command::new(edgetwin()).args([
         "provision",
         "--device",
         "d1",
@@ -126,7 +125,7 @@ async fn a_throttled_call_is_retried_with_progress_on_stderr_and_the_command_suc
 
 #[test]
 fn a_connection_string_that_does_not_parse_is_said_with_what_is_wrong() {
-    let (output, took) = timed(Command::new(EDGETWIN).args([
+    let (output, took) = timed(Command::new(edgetwin()).args([
         "provision",
         "--device",
         "d1",
@@ -151,7 +150,7 @@ fn a_connection_string_that_does_not_parse_is_said_with_what_is_wrong() {
 
 #[test]
 fn a_ca_file_that_does_not_exist_is_named_with_its_option() {
-    let (output, took) = timed(Command::new(EDGETWIN).args([
+    let (output, took) = timed(Command::new(edgetwin()).args([
         "provision",
         "--device",
         "d1",

@@ -3,8 +3,7 @@
 //! page sends it, and neither the link's token nor a key reaches the hub's log. (The pages
 //! themselves are tested in Chromium by `scripts/console-check`.)
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::time::Duration;
 

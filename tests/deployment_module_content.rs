@@ -7,8 +7,7 @@
 //! gives them: so the hub keeps the device's deployment content and applies a module's section
 //! when that module identity is created.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::time::Duration;
 

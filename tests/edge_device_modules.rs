@@ -6,8 +6,7 @@
 //! TLS (ports 0): what it may do, and everything else it is refused with IoT Hub's 401
 //! `IotHubUnauthorizedAccess`. And the hub with its workload API switched off.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::time::Duration;
 

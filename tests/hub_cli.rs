@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{workload_call, Hub, HubOptions, TempDir};
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 #[test]
 fn a_hub_that_may_not_bind_443_says_so_in_one_line_and_names_the_ways_out() {
@@ -88,7 +87,7 @@ async fn a_second_hub_on_the_same_data_directory_is_refused_at_once_naming_the_f
     // Other ports, so that only the data directory is shared.
     let started = Instant::now();
     let mut second = support::Proc::spawn_with_stdout(
-        Command::new(support::EDGETWIN)
+        Command::new(support::edgetwin())
             .args(["hub", "--data-dir"])
             .arg(&data_dir)
             .args(["--mqtt-port", "0", "--https-port", "0"]),
@@ -174,10 +173,10 @@ fn a_data_dir_that_is_a_file_or_another_users_directory_is_one_line_saying_so() 
             true => {
                 let mut c = Command::new("setpriv");
                 c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-                c.arg(support::EDGETWIN);
+                c.arg(support::edgetwin());
                 c
             }
-            false => Command::new(support::EDGETWIN),
+            false => Command::new(support::edgetwin()),
         };
         command.args(["hub", "--mqtt-port", "0", "--https-port", "0", "--data-dir"]);
         command

@@ -2,8 +2,7 @@
 //! look like paths never reach the file system, workload sockets exist only while an edge device
 //! can use them, and the workload API signs only what it is asked for.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -356,7 +355,7 @@ async fn module_of(hub: &Hub, dir: &Path, output: LogOutput) -> support::Proc {
     hub.rest.create_edge_device("gw").await;
     hub.rest.create_module("gw", "m").await;
     let env = hub.rest.edge_environment("gw", "m").await;
-    let mut command = std::process::Command::new(support::EDGETWIN_MODULE);
+    let mut command = std::process::Command::new(support::edgetwin_module());
     command
         .env_clear()
         .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string())
@@ -570,7 +569,7 @@ async fn hub_backup_copies_a_running_hub_to_one_private_file_and_never_overwrite
 /// `edgetwin hub` on `dir/hub` with `args`, expected to refuse to start: its exit code and log.
 fn hub_refusing(dir: &Path, args: &[&str]) -> (i32, String) {
     let log = dir.join("refused.log");
-    let mut command = std::process::Command::new(support::EDGETWIN);
+    let mut command = std::process::Command::new(support::edgetwin());
     command
         .args(["hub", "--data-dir"])
         .arg(dir.join("hub"))
@@ -611,7 +610,7 @@ async fn a_hub_that_lost_its_database_refuses_to_start_fresh_unless_told_to_rese
         "an empty database left by the refusal is refused too"
     );
 
-    let mut command = std::process::Command::new(support::EDGETWIN);
+    let mut command = std::process::Command::new(support::edgetwin());
     command
         .args([
             "hub",
@@ -708,7 +707,7 @@ fn provision_refuses_an_id_that_would_make_a_connection_string_name_another_iden
         ],
         &["edge-env", "--device", "gw=1", "--module", "m"],
     ] {
-        let out = std::process::Command::new(support::EDGETWIN)
+        let out = std::process::Command::new(support::edgetwin())
             .args(args)
             .env(
                 "IOTHUB_CONNECTION_STRING",

@@ -2,17 +2,17 @@
 //! identity through the hub's workload API, desired settings acknowledged, invalid values
 //! refused, telemetry delivered, recovery after a hub restart, and SIGTERM exiting 0.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edgetwin_wire::rest::CloudToDeviceMethod;
 use serde_json::{json, Value};
 use support::{
-    module_connection_string, poll, Hub, HubOptions, Proc, TempDir, EDGETWIN_MODULE, FAST_BACKOFF,
+    edgetwin_module, module_connection_string, poll, Hub, HubOptions, Proc, TempDir, FAST_BACKOFF,
 };
 
 const DEVICE: &str = "gw";
@@ -43,9 +43,43 @@ async fn provisioned_hub(tag: &str) -> (TempDir, Hub, BTreeMap<String, String>) 
 }
 
 /// The calls these tests make on DEVICE/MODULE, through the hub's REST API.
-impl Hub {
+trait ModuleHub {
     /// Creates the edge device and the module; returns the module's IOTEDGE_* environment
     /// (and its key, as `__MODULE_KEY`).
+    async fn provision(&self) -> BTreeMap<String, String>;
+
+    /// Calls a direct method on the module; returns the method's status and payload.
+    async fn invoke(&self, method: &str) -> (i64, Value);
+
+    /// Patches desired properties; returns the new desired `$version`.
+    async fn patch_desired(&self, desired: Value) -> i64;
+
+    /// Sets a fault through `/edgetwin/faults/{kind}`.
+    async fn fault(&self, kind: &str, body: Value) -> Value;
+
+    /// The faults in force.
+    async fn faults(&self) -> Value;
+
+    /// The module twin's reported properties.
+    async fn reported(&self) -> Value;
+
+    /// The module's telemetry messages, oldest first.
+    async fn telemetry(&self) -> Vec<Value>;
+
+    /// Polls the reported twin until `check` holds (10 s).
+    async fn wait_reported(
+        &self,
+        what: &str,
+        module: &Proc,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value;
+
+    /// Polls the reported twin until the module acknowledges `name` at desired `version` with
+    /// 200 (10 s).
+    async fn wait_ack(&self, what: &str, module: &Proc, name: &str, version: i64) -> Value;
+}
+
+impl ModuleHub for Hub {
     async fn provision(&self) -> BTreeMap<String, String> {
         self.rest.create_edge_device(DEVICE).await;
         let key = self.rest.create_module(DEVICE, MODULE).await;
@@ -54,30 +88,27 @@ impl Hub {
         env
     }
 
-    /// Calls a direct method on the module; returns the method's status and payload.
     async fn invoke(&self, method: &str) -> (i64, Value) {
-        let (status, body) = self
+        let call = CloudToDeviceMethod {
+            method_name: method.to_owned(),
+            payload: Some(Value::Null),
+            response_timeout_in_seconds: Some(5),
+            ..CloudToDeviceMethod::default()
+        };
+        let answer = self
             .rest
-            .call(
-                "POST",
-                &format!("/twins/{DEVICE}/modules/{MODULE}/methods"),
-                Some(json!({"methodName": method, "payload": null, "responseTimeoutInSeconds": 5})),
-            )
+            .client()
+            .invoke_module_method(DEVICE, MODULE, &call)
             .await;
-        assert_eq!(status, 200, "invoke {method}: {body}");
-        (
-            body["status"].as_i64().unwrap_or(-1),
-            body["payload"].clone(),
-        )
+        let answer = answer.unwrap_or_else(|e| panic!("invoke {method}: {e}"));
+        (i64::from(answer.status), answer.payload)
     }
 
-    /// Patches desired properties; returns the new desired `$version`.
     async fn patch_desired(&self, desired: Value) -> i64 {
         let desired = self.rest.patch_desired(DEVICE, MODULE, desired).await;
         desired["$version"].as_i64().unwrap()
     }
 
-    /// Sets a fault through `/edgetwin/faults/{kind}`.
     async fn fault(&self, kind: &str, body: Value) -> Value {
         let (status, answer) = self
             .rest
@@ -101,7 +132,6 @@ impl Hub {
         self.rest.telemetry(DEVICE, MODULE).await
     }
 
-    /// Polls the reported twin until `check` holds (10 s).
     async fn wait_reported(
         &self,
         what: &str,
@@ -127,8 +157,6 @@ impl Hub {
         .await
     }
 
-    /// Polls the reported twin until the module acknowledges `name` at desired `version` with
-    /// 200 (10 s).
     async fn wait_ack(&self, what: &str, module: &Proc, name: &str, version: i64) -> Value {
         self.wait_reported(what, module, |r| ack_of(r, name) == (200, version))
             .await
@@ -155,7 +183,7 @@ fn start_module_with(
     vars.extend(FAST_BACKOFF);
     vars.push(("RUST_LOG", "debug,rumqttc=info"));
     vars.extend_from_slice(extra);
-    let bin = Path::new(EDGETWIN_MODULE);
+    let bin = &edgetwin_module();
     support::start_module(bin, dir.join("module.log"), mqtt_port, &vars)
 }
 
@@ -794,7 +822,7 @@ async fn a_module_connection_string_and_ca_file_work_without_the_workload_api() 
 fn a_missing_edge_variable_is_one_clear_error_naming_it() {
     let dir = TempDir::new("module-env");
     let log = dir.join("module.log");
-    let status = Command::new(EDGETWIN_MODULE)
+    let status = Command::new(edgetwin_module())
         .env_clear()
         .env("IOTEDGE_IOTHUBHOSTNAME", "localhost")
         .env("IOTEDGE_DEVICEID", DEVICE)
@@ -822,7 +850,7 @@ fn run_module_briefly(
         dir.join(format!("{tag}.err")),
     );
     let mut module = Proc::spawn_with_stdout(
-        Command::new(EDGETWIN_MODULE)
+        Command::new(edgetwin_module())
             .args(args)
             .env_clear()
             .env("EDGETWIN_METRICS_PORT", "0")

@@ -8,15 +8,14 @@
 //! solution`), kept across runs, and the solution is written there too (`demo`, made anew each
 //! run): its copy of the edgetwin crates keeps its path, so only the first run compiles them.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{poll, stdout_of_success, Hub, HubOptions, Proc, TempDir, EDGETWIN};
+use support::{poll, stdout_of_success, Hub, HubOptions, Proc, TempDir};
 
 /// Where the nested cargo builds.
 fn target_dir() -> PathBuf {
@@ -34,7 +33,7 @@ fn cargo(dir: &Path, args: &[&str]) -> String {
 }
 
 fn edgetwin(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(EDGETWIN)
+    let out = Command::new(support::edgetwin())
         .args(args)
         .current_dir(dir)
         .output()
@@ -62,7 +61,7 @@ async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_
         assert!(demo.join(file).is_file(), "{file} missing");
     }
     edgetwin(&demo, &["new", "--module", "second"]);
-    let out = Command::new(EDGETWIN)
+    let out = Command::new(support::edgetwin())
         .args(["new", "--module", "third", "--edgetwin-path", "/elsewhere"])
         .current_dir(&demo)
         .output()

@@ -1,8 +1,7 @@
 //! `edgetwin provision` and `edgetwin twin` run as processes against a real `edgetwin hub`
 //! started in a temporary directory with ports 0.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,7 +10,7 @@ use std::time::Duration;
 use edgetwin::provision::{ClientOptions, ServiceClient};
 use edgetwin_wire::connection_string::ConnectionString;
 use serde_json::Value;
-use support::{poll_blocking, HubOptions, Proc, TempDir, EDGETWIN, EDGETWIN_MODULE, FAST_BACKOFF};
+use support::{edgetwin, edgetwin_module, poll_blocking, HubOptions, Proc, TempDir, FAST_BACKOFF};
 
 /// A hub process and its scratch directory, stopped and removed on drop.
 struct Hub {
@@ -345,7 +344,7 @@ fn a_read_only_policy_gets_a_message_naming_the_missing_permission() {
 
 #[test]
 fn a_missing_connection_string_is_explained() {
-    let out = Command::new(EDGETWIN)
+    let out = Command::new(edgetwin())
         .args(["provision", "--device", "x"])
         .current_dir(std::env::temp_dir())
         .env_remove("IOTHUB_CONNECTION_STRING")
@@ -512,7 +511,7 @@ fn the_connection_string_and_ca_are_read_from_dotenv_and_requests_ca_bundle() {
             hub.service_string()
         ),
     );
-    let out = Command::new(EDGETWIN)
+    let out = Command::new(edgetwin())
         .args(["provision", "--device", "gw-7"])
         .current_dir(hub.dir.path())
         .env_remove("IOTHUB_CONNECTION_STRING")
@@ -719,7 +718,7 @@ fn the_printed_module_connection_string_connects_the_module_and_twin_update_reac
     ];
     vars.extend(FAST_BACKOFF);
     vars.push(("RUST_LOG", "info"));
-    let bin = Path::new(EDGETWIN_MODULE);
+    let bin = &edgetwin_module();
     let mut module = support::start_module(bin, hub.path("module.log"), hub.hub.mqtt_port(), &vars);
 
     let twin = wait_for_twin(

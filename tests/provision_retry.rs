@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgetwin::provision::backoff::RetryPolicy;
-use edgetwin::provision::{ClientOptions, ProvisionError, ServiceClient};
+use edgetwin::provision::ProvisionError;
+use edgetwin_service::{ClientOptions, RetryPolicy, ServiceClient};
 use edgetwin_wire::connection_string::ConnectionString;
 use edgetwin_wire::rest::ExportImportDevice;
 use http_body_util::Full;
@@ -132,6 +132,7 @@ fn client(server: &Server, retry: RetryPolicy) -> ServiceClient {
             ca_file: Some(server.ca_file.clone()),
             retry,
             attempt_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
         },
     )
     .unwrap()
@@ -199,7 +200,11 @@ async fn a_bulk_post_is_retried_through_server_errors() {
 #[tokio::test]
 async fn retries_stop_at_the_limit_with_a_clear_message() {
     let server = serve(vec![(429, vec![("retry-after", "0")], THROTTLED)]).await;
-    let err = client(&server, fast()).get_device("d1").await.unwrap_err();
+    let err = client(&server, fast())
+        .get_device("d1")
+        .await
+        .map_err(ProvisionError::from)
+        .unwrap_err();
     assert_eq!(server.hits.load(Ordering::SeqCst), 4);
     let service = err.service().expect("a service error");
     assert_eq!(service.status, 429);
@@ -222,6 +227,7 @@ async fn client_errors_are_not_retried() {
     let err = client(&server, fast())
         .create_device(&device)
         .await
+        .map_err(ProvisionError::from)
         .unwrap_err();
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
     assert!(err.service().unwrap().is("DeviceAlreadyExists"));
@@ -253,6 +259,7 @@ async fn a_hub_whose_certificate_is_not_signed_by_the_trusted_ca_is_an_error_at_
     let err = client(&untrusting, slow())
         .get_device("d1")
         .await
+        .map_err(ProvisionError::from)
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "retried: {err}");
     assert!(matches!(err, ProvisionError::Network { .. }), "{err:?}");
@@ -281,7 +288,11 @@ async fn a_port_nothing_listens_on_is_an_error_at_once_naming_it() {
         hits: Arc::new(AtomicUsize::new(0)),
     };
     let started = Instant::now();
-    let err = client(&server, slow()).get_device("d1").await.unwrap_err();
+    let err = client(&server, slow())
+        .get_device("d1")
+        .await
+        .map_err(ProvisionError::from)
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "retried: {err}");
     assert!(matches!(err, ProvisionError::Network { .. }), "{err:?}");
     let text = err.to_string();
@@ -312,10 +323,15 @@ async fn a_hub_that_accepts_but_never_answers_is_a_network_error_after_the_retri
             ca_file: Some(server.ca_file.clone()),
             retry: fast(),
             attempt_timeout: Duration::from_millis(200),
+            ..ClientOptions::default()
         },
     )
     .unwrap();
-    let err = client.get_device("d1").await.unwrap_err();
+    let err = client
+        .get_device("d1")
+        .await
+        .map_err(ProvisionError::from)
+        .unwrap_err();
     drop(listener);
     assert!(matches!(err, ProvisionError::Network { .. }), "{err:?}");
     assert!(err.to_string().contains("after 4 attempts"), "{err}");

@@ -2,8 +2,7 @@
 //! queries over tags, desired properties and system properties, paging through continuation
 //! tokens, module twins, and the errors IoT Hub gives.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::process::Output;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! `edgetwin quickstart` as a user runs it: one process, the seed's flow end to end, exit 0, and
 //! nothing left running; with `--keep-running`, what `edgetwin hub` prints, and its exports work.
 
-#[allow(dead_code)]
-mod support;
+use edgetwin_test_support as support;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -296,24 +296,9 @@ fn parse_module_string(
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting only the PEM
 /// certificates given.
 pub fn tls_config(pem: &str) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        let cert = cert.map_err(|e| ClientError::TrustBundle(e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| ClientError::TrustBundle(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(ClientError::TrustBundle("no PEM certificate found".into()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ClientError::TrustBundle(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    let roots = edgetwin_wire::tls::roots_from_pem(pem.as_bytes())
+        .map_err(|e| ClientError::TrustBundle(e.to_string()))?;
+    edgetwin_wire::tls::client_config(roots).map_err(|e| ClientError::TrustBundle(e.to_string()))
 }
 
 #[cfg(test)]

@@ -309,11 +309,12 @@ impl Hub {
         let device_id = segments
             .get(1)
             .ok_or_else(|| unauthorized("a device token names no device of the path"))?;
+        let device_facing = is_device_facing(segments);
         let keys = self.read(|tx| {
             let edge = tx
                 .device(device_id)?
                 .is_some_and(|d| d.capabilities.is_some_and(|c| c.iot_edge));
-            if !edge {
+            if !edge && !device_facing {
                 return Ok(None);
             }
             crate::registry::connect_keys(tx, &IdentityKey::device(device_id))
@@ -326,7 +327,11 @@ impl Hub {
         if !keys.iter().any(|key| token.verify(key)) {
             return Err(unauthorized("bad signature"));
         }
-        Ok(Caller::EdgeDevice(device_id.clone()))
+        Ok(if device_facing {
+            Caller::Device(device_id.clone())
+        } else {
+            Caller::EdgeDevice(device_id.clone())
+        })
     }
 
     /// Calls a direct method on a connected, subscribed client and waits for its answer.
@@ -414,6 +419,18 @@ pub enum Caller {
     /// 2017-11-08-preview, Azure/iot-identity-service `aziot-cloud-client-async` `hub/mod.rs`):
     /// it may manage its own modules and nothing else.
     EdgeDevice(String),
+    /// A device with its own token on its device-facing HTTPS endpoints
+    /// (`/devices/{id}/messages/events`, `…/deviceBound`), any enabled device with SAS keys.
+    Device(String),
+}
+
+/// Whether a path is a device-facing HTTPS endpoint a device's own token may call:
+/// `/devices/{id}/messages/events` (device-to-cloud messages) and
+/// `/devices/{id}/messages/deviceBound` (cloud-to-device messages).
+pub fn is_device_facing(segments: &[String]) -> bool {
+    matches!(segments, [devices, _, messages, queue]
+        if devices == "devices" && messages == "messages"
+            && (queue == "events" || queue == "deviceBound"))
 }
 
 /// IoT Hub's refusal of a token (the reason goes to the log only).

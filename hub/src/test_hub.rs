@@ -21,20 +21,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use edgetwin_wire::sas::generate_token;
+use edgetwin_service::{ClientOptions, MessageFilter, Request, ServiceClient};
+use edgetwin_wire::connection_string::ConnectionString;
+use edgetwin_wire::rest::{
+    CloudToDeviceMethod, ConfigurationContent, Device, DeviceCapabilities, Module, Permission,
+};
 use edgetwin_wire::Secret;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde_json::{json, Value};
 
 use crate::{start, HubConfig, HubError, RunningHub};
-
-/// The service API version the test hub's calls use.
-const API_VERSION: &str = "2021-04-12";
 
 /// Why a test hub call failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,24 +47,10 @@ pub enum TestHubError {
         /// Why.
         source: std::io::Error,
     },
-    /// The REST call did not complete.
-    #[error("{call}: {reason}")]
-    Call {
-        /// Method and path.
-        call: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The hub answered with an error status.
-    #[error("{call} answered {status}: {body}")]
-    Status {
-        /// Method and path.
-        call: String,
-        /// HTTP status.
-        status: u16,
-        /// The error body.
-        body: Value,
-    },
+    /// A service REST call did not complete, or the hub answered it with an error (its
+    /// status, IoT Hub error code and message are in the [`edgetwin_service::ServiceError`]).
+    #[error(transparent)]
+    Service(#[from] edgetwin_service::Error),
 }
 
 /// A hub running inside the test process, removed with its directory on [`TestHub::stop`] (or
@@ -77,10 +60,8 @@ pub struct TestHub {
     running: Option<RunningHub>,
     /// The temporary data directory.
     dir: PathBuf,
-    /// TLS trusting the hub's CA.
-    tls: Arc<rustls::ClientConfig>,
-    /// The `iothubowner` key.
-    owner: Secret,
+    /// The service REST API as `iothubowner`, trusting the hub's CA only.
+    service: ServiceClient,
 }
 
 /// Distinguishes the directories of test hubs started by one process.
@@ -101,23 +82,25 @@ impl TestHub {
         config.mqtt_port = 0;
         config.https_port = 0;
         let running = start(config).await?;
-        let tls = client_config_trusting(&running.info.ca_certificate).map_err(|reason| {
-            TestHubError::Call {
-                call: "read the hub's CA certificate".into(),
-                reason,
-            }
-        })?;
-        let owner = running
+        let owner: ConnectionString = running
             .info
-            .policies
-            .get("iothubowner")
-            .cloned()
-            .unwrap_or_else(|| Secret::new(""));
+            .service_connection_string
+            .expose()
+            .parse()
+            .map_err(|e| {
+                edgetwin_service::Error::ConnectionString(format!(
+                    "the hub's owner connection string: {e}"
+                ))
+            })?;
+        let options = ClientOptions {
+            keep_alive: false,
+            ..ClientOptions::trusting_only(&running.info.ca_certificate)
+        };
+        let service = ServiceClient::new(&owner, options)?;
         Ok(TestHub {
             running: Some(running),
             dir,
-            tls,
-            owner,
+            service,
         })
     }
 
@@ -145,6 +128,12 @@ impl TestHub {
         &self.info().service_connection_string
     }
 
+    /// The hub's service REST API as `iothubowner` (trusting the hub's CA), for calls the
+    /// methods here do not make.
+    pub fn service(&self) -> &ServiceClient {
+        &self.service
+    }
+
     /// Creates the IoT Edge device `device` (if missing) and its module `module`; returns the
     /// module's `IOTEDGE_*` environment, as IoT Edge would set it (workload API included).
     pub async fn create_edge_module(
@@ -152,21 +141,20 @@ impl TestHub {
         device: &str,
         module: &str,
     ) -> Result<BTreeMap<String, String>, TestHubError> {
-        let (status, _) = self
-            .call("GET", &format!("/devices/{}", pct(device)), None)
-            .await?;
-        if status == 404 {
-            let body = json!({"deviceId": device, "capabilities": {"iotEdge": true}});
-            self.ok("PUT", &format!("/devices/{}", pct(device)), Some(body))
-                .await?;
+        if self.service.get_device(device).await?.is_none() {
+            let edge = Device {
+                device_id: device.to_owned(),
+                capabilities: Some(DeviceCapabilities { iot_edge: true }),
+                ..Device::default()
+            };
+            self.service.create_device(&edge).await?;
         }
-        let body = json!({"moduleId": module, "deviceId": device});
-        self.ok(
-            "PUT",
-            &format!("/devices/{}/modules/{}", pct(device), pct(module)),
-            Some(body),
-        )
-        .await?;
+        let identity = Module {
+            module_id: module.to_owned(),
+            device_id: device.to_owned(),
+            ..Module::default()
+        };
+        self.service.create_module(&identity).await?;
         self.edge_environment(device, module).await
     }
 
@@ -176,18 +164,7 @@ impl TestHub {
         device: &str,
         module: &str,
     ) -> Result<BTreeMap<String, String>, TestHubError> {
-        let path = format!(
-            "/edgetwin/devices/{}/modules/{}/edgeEnvironment",
-            pct(device),
-            pct(module)
-        );
-        let body = self.ok("GET", &path, None).await?;
-        Ok(body
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect())
+        Ok(self.service.edge_environment(device, module).await?)
     }
 
     /// Patches the module twin's desired properties; returns the new desired `$version`.
@@ -197,13 +174,10 @@ impl TestHub {
         module: &str,
         desired: Value,
     ) -> Result<i64, TestHubError> {
-        let body = json!({"properties": {"desired": desired}});
+        let patch = json!({"properties": {"desired": desired}});
         let twin = self
-            .ok(
-                "PATCH",
-                &format!("/twins/{}/modules/{}", pct(device), pct(module)),
-                Some(body),
-            )
+            .service
+            .patch_twin(device, Some(module), &patch)
             .await?;
         Ok(twin["properties"]["desired"]["$version"]
             .as_i64()
@@ -212,13 +186,7 @@ impl TestHub {
 
     /// The module twin's reported properties (with `$version` and `$metadata`).
     pub async fn reported(&self, device: &str, module: &str) -> Result<Value, TestHubError> {
-        let twin = self
-            .ok(
-                "GET",
-                &format!("/twins/{}/modules/{}", pct(device), pct(module)),
-                None,
-            )
-            .await?;
+        let twin = self.service.get_twin(device, Some(module)).await?;
         Ok(twin["properties"]["reported"].clone())
     }
 
@@ -231,21 +199,19 @@ impl TestHub {
         output: &str,
     ) -> Result<Vec<Value>, TestHubError> {
         let mut all = Vec::new();
-        let mut after = 0;
+        let mut filter = MessageFilter {
+            device_id: Some(device),
+            module_id: Some(module),
+            output: Some(output),
+            after: Some(0),
+        };
         loop {
-            let path = format!(
-                "/edgetwin/messages?deviceId={}&moduleId={}&output={}&after={after}",
-                pct(device),
-                pct(module),
-                pct(output)
-            );
-            let page = self.ok("GET", &path, None).await?;
-            let page = page.as_array().cloned().unwrap_or_default();
+            let page = self.service.messages(&filter).await?;
             // a page is cut by count or by bytes, so only an empty one says there is no more
             let Some(last) = page.last().and_then(|m| m["sequence"].as_u64()) else {
                 return Ok(all);
             };
-            after = last;
+            filter.after = Some(last);
             all.extend(page);
         }
     }
@@ -258,19 +224,17 @@ impl TestHub {
         method: &str,
         payload: Value,
     ) -> Result<(i64, Value), TestHubError> {
-        let body =
-            json!({"methodName": method, "payload": payload, "responseTimeoutInSeconds": 10});
+        let method = CloudToDeviceMethod {
+            method_name: method.to_owned(),
+            payload: Some(payload),
+            response_timeout_in_seconds: Some(10),
+            ..CloudToDeviceMethod::default()
+        };
         let answer = self
-            .ok(
-                "POST",
-                &format!("/twins/{}/modules/{}/methods", pct(device), pct(module)),
-                Some(body),
-            )
+            .service
+            .invoke_module_method(device, module, &method)
             .await?;
-        Ok((
-            answer["status"].as_i64().unwrap_or_default(),
-            answer["payload"].clone(),
-        ))
+        Ok((i64::from(answer.status), answer.payload))
     }
 
     /// Applies a deployment's `modulesContent` to the edge device, as
@@ -280,9 +244,15 @@ impl TestHub {
         device: &str,
         modules_content: Value,
     ) -> Result<(), TestHubError> {
-        let body = json!({"modulesContent": modules_content});
-        let path = format!("/devices/{}/applyConfigurationContent", pct(device));
-        self.ok("POST", &path, Some(body)).await.map(drop)
+        // A value that is not a JSON object sends no `modulesContent` at all.
+        let content = ConfigurationContent {
+            modules_content: modules_content.as_object().cloned(),
+            ..ConfigurationContent::default()
+        };
+        Ok(self
+            .service
+            .apply_configuration_content(device, &content)
+            .await?)
     }
 
     /// Sets the edge device's `$edgeHub` routes (`{"name": "FROM ... INTO ..."}`), which the
@@ -303,20 +273,20 @@ impl TestHub {
     /// Closes the module's MQTT connection now, as a network failure would.
     pub async fn drop_connection(&self, device: &str, module: &str) -> Result<(), TestHubError> {
         let body = json!({"clientId": format!("{device}/{module}")});
-        self.ok("POST", "/edgetwin/faults/disconnect", Some(body))
-            .await
-            .map(drop)
+        self.fault("disconnect", body).await.map(drop)
     }
 
     /// Injects any fault of `/edgetwin/faults/{kind}` (`refuseConnects`, `tokenLifetime`,
     /// `throttle`, `delay`, ...) with its JSON body.
     pub async fn fault(&self, kind: &str, body: Value) -> Result<Value, TestHubError> {
-        self.ok(
-            "POST",
-            &format!("/edgetwin/faults/{}", pct(kind)),
-            Some(body),
+        let request = Request::new(
+            Method::POST,
+            &["edgetwin", "faults", kind],
+            Permission::ServiceConnect,
+            format!("inject fault '{kind}'"),
         )
-        .await
+        .json(&body);
+        Ok(self.service.call_json(&request).await?)
     }
 
     /// Stops the hub and removes its directory.
@@ -327,82 +297,27 @@ impl TestHub {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    /// A call that must answer 2xx; returns the JSON body.
-    async fn ok(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, TestHubError> {
-        match self.call(method, path, body).await? {
-            (status, body) if status < 300 => Ok(body),
-            (status, body) => Err(TestHubError::Status {
-                call: format!("{method} {path}"),
-                status,
-                body,
-            }),
-        }
-    }
-
-    /// One service REST call as `iothubowner`, on a new connection; the status and the JSON
-    /// body (`null` when empty).
+    /// One service REST call as `iothubowner` (`path` percent-encoded, `api-version` added);
+    /// the status and the JSON body (`null` when empty), whatever the status.
     pub async fn call(
         &self,
         method: &str,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), TestHubError> {
-        let failed = |reason: String| TestHubError::Call {
-            call: format!("{method} {path}"),
-            reason,
-        };
-        let info = self.info();
-        let resource = crate::service_host(&info.host_name, info.https_port);
-        let expiry = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-            + 3600;
-        let token = generate_token(&self.owner, &resource, expiry, Some("iothubowner"))
-            .map_err(|e| failed(e.to_string()))?;
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", info.https_port))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let name = rustls::pki_types::ServerName::try_from(info.host_name.clone())
-            .map_err(|e| failed(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(connection);
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{path}{sep}api-version={API_VERSION}"))
-            .header("Host", &resource)
-            .header("Authorization", token.expose())
-            .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| failed(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .to_bytes();
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+        let operation = format!("{method} {path}");
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| {
+            edgetwin_service::Error::Request {
+                operation: operation.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let mut request = Request::raw(method, path, Permission::ServiceConnect, operation);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = self.service.send(&request).await?;
+        Ok((response.status, response.json_or_null()))
     }
 }
 
@@ -413,32 +328,6 @@ impl Drop for TestHub {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// A rustls client configuration trusting only the CA certificates in the PEM file `ca`.
-fn client_config_trusting(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// `text` percent-encoded for a path segment or a query value: IoT Hub ids may hold `#`, `?`, `%`
-/// and `+`, which would otherwise end the path or change the id.
-fn pct(text: &str) -> percent_encoding::PercentEncode<'_> {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
 }
 
 #[cfg(test)]

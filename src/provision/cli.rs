@@ -245,7 +245,7 @@ pub fn connect(args: &HubArgs) -> Result<ServiceClient, ProvisionError> {
         ca_file: ca_file.map(|(path, _)| path),
         ..ClientOptions::default()
     };
-    ServiceClient::new(&connection_string, options)
+    Ok(ServiceClient::new(&connection_string, options)?)
 }
 
 fn print_json(value: &Value) {

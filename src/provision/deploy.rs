@@ -95,7 +95,9 @@ pub async fn apply_to_device(
     device_id: &str,
     content: &ConfigurationContent,
 ) -> Result<(), ProvisionError> {
-    client.apply_configuration_content(device_id, content).await
+    Ok(client
+        .apply_configuration_content(device_id, content)
+        .await?)
 }
 
 /// The at-scale deployment to create.
@@ -131,11 +133,13 @@ pub async fn deploy_at_scale(
         Some(existing) => existing,
         None => match client.put_configuration(&wanted, None).await {
             Ok(_) => return Ok(DeploymentOutcome::Created),
-            Err(ProvisionError::Service(e)) if e.is("ConfigurationAlreadyExists") => client
-                .get_configuration(&spec.id)
-                .await?
-                .ok_or(ProvisionError::Service(e))?,
-            Err(e) => return Err(e),
+            Err(edgetwin_service::Error::Service(e)) if e.is("ConfigurationAlreadyExists") => {
+                client
+                    .get_configuration(&spec.id)
+                    .await?
+                    .ok_or(ProvisionError::Service(e))?
+            }
+            Err(e) => return Err(e.into()),
         },
     };
     let same_content = modules_of(existing.content.as_ref()) == modules_of(Some(content));

@@ -4,45 +4,7 @@
 use edgetwin_wire::connection_string::ConnectionStringError;
 use thiserror::Error;
 
-/// An error answer from IoT Hub, decoded from its error envelope and `iothub-errorcode` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceError {
-    /// What the job was doing, e.g. `create device 'gw-1'`.
-    pub operation: String,
-    /// HTTP status.
-    pub status: u16,
-    /// IoT Hub error code name (`DeviceNotFound`...), from the body or the header.
-    pub code: Option<String>,
-    /// The hub's message text.
-    pub message: String,
-    /// What to do about it, when the job knows (e.g. the permission an operation needs).
-    pub hint: Option<String>,
-}
-
-impl ServiceError {
-    /// True when the hub answered with this error code name.
-    pub fn is(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
-    }
-}
-
-impl std::fmt::Display for ServiceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: IoT Hub answered {}", self.operation, self.status)?;
-        if let Some(code) = &self.code {
-            write!(f, " {code}")?;
-        }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        if let Some(hint) = &self.hint {
-            write!(f, " ({hint})")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ServiceError {}
+pub use edgetwin_service::ServiceError;
 
 /// Everything the provisioning job can fail with.
 #[derive(Debug, Error)]

@@ -474,13 +474,13 @@ pub async fn run(
             let patch = twin_patch(None, Some(tags));
             match client.patch_twin(&device_id, None, &patch).await {
                 Ok(_) => summary.tags_updated += 1,
-                Err(ProvisionError::Service(e)) => summary.failures.push(Failure {
+                Err(edgetwin_service::Error::Service(e)) => summary.failures.push(Failure {
                     device_id,
                     module_id: None,
                     code: e.code.clone().unwrap_or_else(|| e.status.to_string()),
                     message: format!("updating the twin tags: {}", e.message),
                 }),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         done += chunk.devices.len();

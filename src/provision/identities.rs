@@ -108,14 +108,14 @@ pub async fn ensure_device(
             match client.create_device(&request).await {
                 Ok(device) => (device, Presence::Created),
                 // Someone created it between our GET and PUT: read it back.
-                Err(ProvisionError::Service(e)) if e.is("DeviceAlreadyExists") => {
+                Err(edgetwin_service::Error::Service(e)) if e.is("DeviceAlreadyExists") => {
                     let device = client
                         .get_device(id)
                         .await?
                         .ok_or(ProvisionError::Service(e))?;
                     (device, Presence::Existing)
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -154,14 +154,14 @@ pub async fn ensure_module(
             };
             match client.create_module(&request).await {
                 Ok(module) => (module, Presence::Created),
-                Err(ProvisionError::Service(e)) if e.is("ModuleAlreadyExistsOnDevice") => {
+                Err(edgetwin_service::Error::Service(e)) if e.is("ModuleAlreadyExistsOnDevice") => {
                     let module = client
                         .get_module(device_id, module_id)
                         .await?
                         .ok_or(ProvisionError::Service(e))?;
                     (module, Presence::Existing)
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     };

@@ -1,8 +1,9 @@
 //! The provisioning job: the IoT Hub service REST client and what `edgetwin provision` and
 //! `edgetwin twin` do with it.
 //!
-//! - [`client`]: HTTPS, service SAS tokens, retries, IoT Hub error envelopes (the only I/O).
-//! - [`backoff`], [`pacing`], [`settings`]: pure policy (retry waits, request pacing, where the
+//! - [`client`]: the service client of [`edgetwin_service`] (HTTPS, service SAS tokens,
+//!   retries, IoT Hub error envelopes: the only I/O), its errors with the CLI's hints.
+//! - [`pacing`], [`settings`]: pure policy (request pacing, where the
 //!   connection string and CA come from), unit-tested.
 //! - [`identities`]: idempotent device and module creation, connection strings.
 //! - [`deploy`]: a deployment manifest applied to one device or as an at-scale configuration.
@@ -12,7 +13,6 @@
 //! - [`query`]: `edgetwin query`, every page of an IoT Hub query.
 //! - [`cli`]: the clap arguments and the command runners used by the `edgetwin` binary.
 
-pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod deploy;

@@ -119,7 +119,7 @@ pub enum NewError {
 
 /// The checkout's crates copied into a solution's [`VENDOR_DIR`]: every crate a module and its
 /// tests depend on, and every crate those depend on.
-pub const VENDORED_CRATES: [&str; 3] = ["wire", "client", "hub"];
+pub const VENDORED_CRATES: [&str; 4] = ["wire", "client", "service", "hub"];
 
 /// Where a solution keeps its copy of the edgetwin crates.
 pub const VENDOR_DIR: &str = "edgetwin";
@@ -562,7 +562,7 @@ mod tests {
             vendored_manifest(checkout),
             "# The edgetwin crates the modules depend on, copied by `edgetwin new` from an edgetwin\n\
              # checkout: a workspace of their own (the solution's excludes this directory).\n\
-             [workspace]\nmembers = [\"wire\", \"client\", \"hub\"]\nresolver = \"2\"\n\n\
+             [workspace]\nmembers = [\"wire\", \"client\", \"service\", \"hub\"]\nresolver = \"2\"\n\n\
              [workspace.package]\nversion = \"0.1.0\"\n\n\
              [workspace.lints.rust]\nmissing_docs = \"warn\"\n\n\
              [workspace.dependencies]\nedgetwin-wire = { path = \"wire\" }\ntokio = { version = \"1\" }\n"

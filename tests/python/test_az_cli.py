@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import pytest
+import requests
 
 from conftest import REPO_ROOT, unique_id, wait_until
 
@@ -255,3 +256,47 @@ def test_set_modules_before_the_module_exists_gives_the_module_its_desired_prope
     assert twin.properties.desired["telemetryInterval"] == 122
     shown = ok(az("iot", "hub", "module-twin", "show", "-d", device_id, "-m", module_id))
     assert shown["properties"]["desired"]["telemetryInterval"] == 122
+
+
+def test_device_to_cloud_messages_from_the_cli_reach_the_hub(az, hub, make_device):
+    # The CLI's device side runs Microsoft's Python device SDK over MQTT, trusting SSL_CERT_FILE.
+    device = make_device()
+    ok(az("iot", "device", "send-d2c-message", "-d", device.device_id, "--data", "hello from az",
+          "--props", "level=info;origin=cli"))
+    messages = wait_until(lambda: hub.messages(device.device_id), message="the CLI's message in the log")
+    assert messages[0]["body"] == "hello from az"
+    assert messages[0]["properties"]["level"] == "info"
+    assert messages[0]["properties"]["origin"] == "cli"
+
+
+def test_device_to_cloud_messages_over_https_from_the_cli_and_from_the_device_reach_the_hub(
+        az, hub, make_device):
+    # `az iot device simulate --protocol http` posts to /devices/{id}/messages/events with the
+    # policy it logged in with (DeviceConnect); a device posts there with its own token.
+    device = make_device()
+    ok(az("iot", "device", "simulate", "-d", device.device_id, "--protocol", "http", "--mc", "2",
+          "--mi", "1", "--data", "over https", "--properties", "unit=C"))
+    messages = wait_until(lambda: len(hub.messages(device.device_id)) >= 2 and hub.messages(device.device_id),
+                          message="the CLI's two messages in the log")
+    assert sorted(json.loads(m["body"])["data"] for m in messages) == ["over https #1", "over https #2"]
+    # The CLI sends its properties over HTTPS as bare headers (`unit: C`); IoT Hub takes
+    # application properties only as `iothub-app-{name}` (the Java SDK's HttpsMessage
+    # HTTPS_APP_PROPERTY_PREFIX, the C# SDK's kHttpAppPropertyPrefix), so they are not kept.
+    assert all("unit" not in m["properties"] for m in messages)
+
+    url = f"{hub.rest_url}/devices/{device.device_id}/messages/events"
+    own = requests.post(url, params={"api-version": "2021-04-12"}, data=b"from the device",
+                        headers={"Authorization": device.sas(), "iothub-app-kind": "own",
+                                 "iothub-messageid": "m-7"},
+                        verify=hub.ca_path, timeout=10)
+    assert own.status_code == 204, own.text
+    last = hub.messages(device.device_id)[-1]
+    assert last["body"] == "from the device"
+    assert last["properties"] == {"kind": "own", "$.mid": "m-7"}
+
+    other = make_device()
+    refused = requests.post(f"{hub.rest_url}/devices/{other.device_id}/messages/events",
+                            params={"api-version": "2021-04-12"}, data=b"x",
+                            headers={"Authorization": device.sas()}, verify=hub.ca_path, timeout=10)
+    assert refused.status_code == 401, refused.text
+    assert not hub.messages(other.device_id)

@@ -1,5 +1,5 @@
-//! Scaffolding shared by the end-to-end tests (`#[allow(dead_code)] mod support;`) and the
-//! benches (`#[allow(dead_code)] #[path = "../tests/support/mod.rs"] mod support;`): scratch
+//! `edgetwin-test-support`: scaffolding shared by the end-to-end tests and the benches (a
+//! dev-dependency, `use edgetwin_test_support as support;`): scratch
 //! directories, child processes, `edgetwin hub` started on a scratch directory and its
 //! `hub.json`, the service REST API signed with a SAS token, `edgetwin-module` started with its
 //! environment, and polling with a deadline.
@@ -9,22 +9,36 @@ use std::future::Future;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use edgetwin_service::{ClientOptions, MessageFilter, Request, ServiceClient};
+use edgetwin_wire::connection_string::ConnectionString;
+use edgetwin_wire::rest::{Device, DeviceCapabilities, Module, Permission};
 use edgetwin_wire::sas::generate_token;
 use edgetwin_wire::Secret;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+/// The directory of this build's binaries: cargo builds a package's binaries before its tests
+/// and benches, into the directory whose `deps/` holds the test or bench executable.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let deps = exe.parent().expect("the test executable's directory");
+    deps.parent().unwrap_or(deps).to_path_buf()
+}
+
 /// The `edgetwin` binary of this build (hub, provision, twin, quickstart).
-pub const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
+pub fn edgetwin() -> PathBuf {
+    bin_dir().join("edgetwin")
+}
 
 /// The `edgetwin-module` binary of this build.
-pub const EDGETWIN_MODULE: &str = env!("CARGO_BIN_EXE_edgetwin-module");
+pub fn edgetwin_module() -> PathBuf {
+    bin_dir().join("edgetwin-module")
+}
 
 /// Reconnect backoff short enough for tests (100 ms base, 1 s cap), as `edgetwin-module`
 /// environment variables.
@@ -98,6 +112,7 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -122,6 +137,7 @@ impl Drop for TempDir {
 
 /// A child process whose stderr goes to a log file; killed on drop if it still runs.
 pub struct Proc {
+    /// The process.
     pub child: Child,
     log: PathBuf,
 }
@@ -172,6 +188,7 @@ impl Proc {
         }
     }
 
+    /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -314,6 +331,7 @@ impl Default for HubOptions<'_> {
 
 /// A running `edgetwin hub` (killed on drop), what its `hub.json` says, and its REST API.
 pub struct Hub {
+    /// The `edgetwin hub` process.
     pub proc: Proc,
     /// `hub.json`: ports, host name, CA certificate path, policies and their keys.
     pub info: Value,
@@ -337,7 +355,7 @@ impl Hub {
             })
             .find(|log| !log.exists())
             .unwrap();
-        let mut command = Command::new(EDGETWIN);
+        let mut command = Command::new(edgetwin());
         command
             .args(["hub", "--data-dir"])
             .arg(&data)
@@ -382,10 +400,12 @@ impl Hub {
         Hub { proc, info, rest }
     }
 
+    /// The MQTT (TLS) port.
     pub fn mqtt_port(&self) -> u16 {
         self.info["mqttPort"].as_u64().unwrap() as u16
     }
 
+    /// The HTTPS port (service REST API, MQTT over WebSockets, console).
     pub fn https_port(&self) -> u16 {
         self.info["httpsPort"].as_u64().unwrap() as u16
     }
@@ -408,7 +428,7 @@ impl Hub {
     /// `edgetwin` with the owner connection string and the CA in its environment, as an
     /// operator runs it after `export IOTHUB_CONNECTION_STRING=...`.
     pub fn edgetwin(&self) -> Command {
-        let mut command = Command::new(EDGETWIN);
+        let mut command = Command::new(edgetwin());
         command
             .env("IOTHUB_CONNECTION_STRING", self.service_connection_string())
             .env("EDGETWIN_CA_FILE", self.ca());
@@ -553,19 +573,9 @@ async fn read_packet(
 
 /// A TLS client configuration trusting only the CA certificate in `ca_file`.
 pub fn tls_trusting(ca_file: &Path) -> Arc<rustls::ClientConfig> {
-    let ca = std::fs::read(ca_file).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(tls)
+    let ca = std::fs::read(ca_file).unwrap_or_else(|e| panic!("{}: {e}", ca_file.display()));
+    let roots = edgetwin_wire::tls::roots_from_pem(&ca).unwrap();
+    edgetwin_wire::tls::client_config(roots).unwrap()
 }
 
 /// `HostName=...;DeviceId=...;ModuleId=...;SharedAccessKey=...`.
@@ -573,18 +583,14 @@ pub fn module_connection_string(host: &str, device: &str, module: &str, key: &st
     format!("HostName={host};DeviceId={device};ModuleId={module};SharedAccessKey={key}")
 }
 
-/// The hub's service REST API as the `iothubowner` policy: every call signed with a fresh SAS
-/// token, over TLS trusting the hub's CA; either a new connection per call or one kept alive
-/// (and re-opened once when it broke).
+/// The hub's service REST API as the `iothubowner` policy (or another), through
+/// [`edgetwin_service::ServiceClient`] trusting the hub's CA, without retries: every answer as it
+/// came; either a new connection per call or one kept alive (and re-opened once when it broke).
 pub struct Rest {
-    host: String,
-    port: u16,
-    /// The shared access policy the tokens are signed for, and its key.
+    client: ServiceClient,
+    /// The shared access policy and its key, for tokens of another `sr` ([`Rest::scoped`]).
     policy: String,
     key: Secret,
-    tls: Arc<rustls::ClientConfig>,
-    keep_alive: bool,
-    sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
     /// The tokens' `sr`; `None` for the whole hub (`host:port`).
     sr: Option<String>,
 }
@@ -639,14 +645,21 @@ impl Rest {
 
     /// The same API signed with shared access policy `policy` (`registryRead`, ...).
     pub fn with_policy(info: &Value, policy: &str, keep_alive: bool) -> Rest {
-        Rest {
-            host: info["hostName"].as_str().unwrap().to_owned(),
-            port: info["httpsPort"].as_u64().unwrap() as u16,
-            policy: policy.to_owned(),
-            key: Secret::new(info["policies"][policy].as_str().unwrap()),
-            tls: tls_trusting(Path::new(info["caCertificate"].as_str().unwrap())),
+        let host = format!(
+            "{}:{}",
+            info["hostName"].as_str().unwrap(),
+            info["httpsPort"].as_u64().unwrap()
+        );
+        let key = Secret::new(info["policies"][policy].as_str().unwrap());
+        let options = ClientOptions {
             keep_alive,
-            sender: Mutex::new(None),
+            ..ClientOptions::trusting_only(info["caCertificate"].as_str().unwrap())
+        };
+        let connection_string = ConnectionString::service(&host, policy, &key);
+        Rest {
+            client: ServiceClient::new(&connection_string, options).unwrap(),
+            policy: policy.to_owned(),
+            key,
             sr: None,
         }
     }
@@ -659,25 +672,14 @@ impl Rest {
         }
     }
 
+    /// The service client underneath (its typed calls).
+    pub fn client(&self) -> &ServiceClient {
+        &self.client
+    }
+
     /// A new HTTPS connection to the hub (for requests of the caller's own making).
     pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .map_err(|e| format!("connect to the REST API: {e}"))?;
-        tcp.set_nodelay(true).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).unwrap();
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        self.client.connect().await
     }
 
     /// One call (`api-version` added to `path`); returns the status and the JSON body (`null`
@@ -696,14 +698,13 @@ impl Rest {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (u16, hyper::HeaderMap, Value) {
-        let expiry = unix_now() as u64 + 3600;
-        let resource = format!("{}:{}", self.host, self.port);
-        let sr = self.sr.as_deref().unwrap_or(&resource);
-        let token = generate_token(&self.key, sr, expiry, Some(&self.policy)).unwrap();
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let path = format!("{path}{sep}api-version=2021-04-12");
-        self.exchange(method, &path, body, token.expose(), headers)
-            .await
+        let mut request = request(method, path, body, headers);
+        if let Some(sr) = &self.sr {
+            let expiry = unix_now() as u64 + 3600;
+            request.authorization =
+                Some(generate_token(&self.key, sr, expiry, Some(&self.policy)).unwrap());
+        }
+        self.exchange(&request).await
     }
 
     /// One page of `query` (`POST /devices/query`) from `continuation`, `max_item_count` as
@@ -746,149 +747,103 @@ impl Rest {
         authorization: &str,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
-        let (status, _, body) = self
-            .exchange(method, path, body, authorization, headers)
-            .await;
+        let mut request = request(method, path, body, headers);
+        request.api_version = false;
+        request.authorization = Some(Secret::new(authorization));
+        let (status, _, body) = self.exchange(&request).await;
         (status, body)
     }
 
-    /// [`Rest::call_as`] with the response's headers.
-    async fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-        authorization: &str,
-        headers: &[(&str, &str)],
-    ) -> (u16, hyper::HeaderMap, Value) {
-        let resource = format!("{}:{}", self.host, self.port);
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut failure = String::new();
-        for _ in 0..if self.keep_alive { 2 } else { 1 } {
-            let kept = self.sender.lock().unwrap().take();
-            let mut sender = match kept {
-                Some(sender) if !sender.is_closed() => sender,
-                _ => match self.connect().await {
-                    Ok(sender) => sender,
-                    Err(e) => {
-                        failure = e;
-                        continue;
-                    }
-                },
-            };
-            if let Err(e) = sender.ready().await {
-                failure = e.to_string();
-                continue;
+    /// Sends `request`; panics if no answer came.
+    async fn exchange(&self, request: &Request) -> (u16, hyper::HeaderMap, Value) {
+        match self.client.send(request).await {
+            Ok(response) => {
+                let body = response.json_or_null();
+                (response.status, response.headers, body)
             }
-            let mut request = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("Host", &resource)
-                .header("Authorization", authorization)
-                .header("Content-Type", "application/json");
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            let request = request.body(Full::new(Bytes::from(body.clone()))).unwrap();
-            let response = match sender.send_request(request).await {
-                Ok(response) => response,
-                Err(e) => {
-                    failure = e.to_string();
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            let response_headers = response.headers().clone();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            if self.keep_alive {
-                *self.sender.lock().unwrap() = Some(sender);
-            }
-            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return (status, response_headers, value);
+            Err(e) => panic!("{} failed: {e}", request.operation),
         }
-        panic!("{method} {path} failed: {failure}");
     }
 
     /// Creates the IoT Edge device `device`.
     pub async fn create_edge_device(&self, device: &str) {
-        let (status, body) = self
-            .call(
-                "PUT",
-                &format!("/devices/{device}"),
-                Some(json!({"deviceId": device, "capabilities": {"iotEdge": true}})),
-            )
-            .await;
-        assert!(status < 300, "create device: {status} {body}");
+        let edge = Device {
+            device_id: device.to_owned(),
+            capabilities: Some(DeviceCapabilities { iot_edge: true }),
+            ..Device::default()
+        };
+        let result = self.client.create_device(&edge).await;
+        result.unwrap_or_else(|e| panic!("create device: {e}"));
     }
 
     /// Creates the module identity `device/module`; returns its primary key.
     pub async fn create_module(&self, device: &str, module: &str) -> String {
-        let (status, body) = self
-            .call(
-                "PUT",
-                &format!("/devices/{device}/modules/{module}"),
-                Some(json!({"moduleId": module, "deviceId": device})),
-            )
-            .await;
-        assert!(status < 300, "create module: {status} {body}");
-        body["authentication"]["symmetricKey"]["primaryKey"]
-            .as_str()
+        let identity = Module {
+            module_id: module.to_owned(),
+            device_id: device.to_owned(),
+            ..Module::default()
+        };
+        let created = self.client.create_module(&identity).await;
+        let created = created.unwrap_or_else(|e| panic!("create module: {e}"));
+        created
+            .authentication
+            .and_then(|a| a.symmetric_key)
+            .and_then(|k| k.primary_key)
             .expect("module key")
+            .expose()
             .to_owned()
     }
 
     /// The `IOTEDGE_*` environment the hub gives the module, as IoT Edge would.
     pub async fn edge_environment(&self, device: &str, module: &str) -> BTreeMap<String, String> {
-        let (status, body) = self
-            .call(
-                "GET",
-                &format!("/edgetwin/devices/{device}/modules/{module}/edgeEnvironment"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "edge environment: {body}");
-        body.as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect()
+        let env = self.client.edge_environment(device, module).await;
+        env.unwrap_or_else(|e| panic!("edge environment: {e}"))
     }
 
     /// Patches the module twin's desired properties; returns the new desired section (with
     /// `$version` and `$metadata`).
     pub async fn patch_desired(&self, device: &str, module: &str, desired: Value) -> Value {
-        let (status, body) = self
-            .call(
-                "PATCH",
-                &format!("/twins/{device}/modules/{module}"),
-                Some(json!({"properties": {"desired": desired}})),
-            )
-            .await;
-        assert_eq!(status, 200, "patch twin: {body}");
-        body["properties"]["desired"].clone()
+        let patch = json!({"properties": {"desired": desired}});
+        let twin = self.client.patch_twin(device, Some(module), &patch).await;
+        twin.unwrap_or_else(|e| panic!("patch twin: {e}"))["properties"]["desired"].clone()
     }
 
     /// The module twin's reported properties.
     pub async fn reported(&self, device: &str, module: &str) -> Value {
-        let (status, body) = self
-            .call("GET", &format!("/twins/{device}/modules/{module}"), None)
-            .await;
-        assert_eq!(status, 200, "get twin: {body}");
-        body["properties"]["reported"].clone()
+        let twin = self.client.get_twin(device, Some(module)).await;
+        twin.unwrap_or_else(|e| panic!("get twin: {e}"))["properties"]["reported"].clone()
     }
 
     /// The messages the module sent on its `telemetry` output, oldest first.
     pub async fn telemetry(&self, device: &str, module: &str) -> Vec<Value> {
-        let (status, body) = self
-            .call(
-                "GET",
-                &format!("/edgetwin/messages?deviceId={device}&moduleId={module}&output=telemetry"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "messages: {body}");
-        body.as_array().cloned().unwrap_or_default()
+        let filter = MessageFilter {
+            device_id: Some(device),
+            module_id: Some(module),
+            output: Some("telemetry"),
+            after: None,
+        };
+        let messages = self.client.messages(&filter).await;
+        messages.unwrap_or_else(|e| panic!("messages: {e}"))
     }
+}
+
+/// A request of `method` on `path` (as it is) with a JSON `body` and `headers`, named
+/// `METHOD path` in messages.
+fn request(method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Request {
+    let method_name = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = Request::raw(
+        method_name,
+        path,
+        Permission::ServiceConnect,
+        format!("{method} {path}"),
+    );
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
 }
 
 /// Starts `bin` (an `edgetwin-module`) with an empty environment but for `EDGETWIN_MQTT_PORT`,

@@ -17,6 +17,8 @@ pub mod rest;
 pub mod route;
 pub mod sas;
 pub mod secret;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topic;
 pub mod twin;
 pub mod workload;

@@ -4,6 +4,7 @@
 //! leaves below (http, error, ids); never on the console, MQTT or the front door.
 
 mod configurations;
+mod device_messages;
 mod local;
 mod query;
 mod registry;
@@ -23,7 +24,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::faults::{Faults, Injected};
 use crate::http::{error_response, path_segments, query_pairs, read_body, BODY_TIMEOUT};
-use crate::hub::{grants, Caller, Hub};
+use crate::hub::{grants, is_device_facing, Caller, Hub};
 use crate::ids;
 use crate::store::PolicyRecord;
 use crate::workload::WorkloadSockets;
@@ -74,7 +75,9 @@ impl Request {
         match &self.caller {
             Caller::Policy(policy) if grants(policy, permission) => Ok(()),
             Caller::Policy(policy) => Err(permission_missing(policy, permission)),
-            Caller::EdgeDevice(device_id) => Err(device_token_refused(device_id)),
+            Caller::EdgeDevice(device_id) | Caller::Device(device_id) => {
+                Err(device_token_refused(device_id))
+            }
         }
     }
 
@@ -353,6 +356,9 @@ async fn dispatch(state: &State, request: Request) -> Result<Reply, ApiError> {
     match segments.first().copied() {
         Some("devices") if segments == ["devices", "query"] && request.method == Method::POST => {
             query::route(hub, &request).await
+        }
+        Some("devices") if is_device_facing(&request.segments) => {
+            device_messages::route(hub, &request, &segments)
         }
         Some("devices") | Some("statistics") => registry::route(state, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,

@@ -1,0 +1,194 @@
+//! The device-facing HTTPS endpoints, from the device's own token or a policy with
+//! `DeviceConnect`: `POST /devices/{id}/messages/events`, device-to-cloud messages as IoT Hub's
+//! "Send Device Event" takes them (204 No Content), and `GET /devices/{id}/messages/deviceBound`,
+//! the device's cloud-to-device queue, which is always empty: cloud-to-device messages are sent
+//! over AMQP, which the hub does not serve yet, so 204 (no message) is IoT Hub's answer too. Application properties come as `iothub-app-{name}`
+//! headers and system properties as `iothub-messageid`, `iothub-correlationid`, `iothub-userid`,
+//! `iothub-contenttype`, `iothub-contentencoding`; they are kept as MQTT's property bag names them
+//! (`$.mid`, `$.cid`, `$.uid`, `$.ct`, `$.ce`), so the log reads the same whichever protocol sent.
+//! A batch (`Content-Type: application/vnd.microsoft.iothub.json`) holds several messages.
+
+use std::collections::BTreeMap;
+
+use edgetwin_wire::rest::{ErrorCode, Permission};
+use hyper::Method;
+
+use super::{not_found, Reply, Request};
+use crate::error::ApiError;
+use crate::hub::{Caller, Hub};
+use crate::ids;
+use crate::messages::Message;
+
+/// Largest device-to-cloud message IoT Hub accepts (256 KB).
+const MAX_MESSAGE: usize = 256 * 1024;
+
+/// The HTTPS header of each system property, with its name in an MQTT property bag.
+const SYSTEM_PROPERTIES: [(&str, &str); 5] = [
+    ("iothub-messageid", "$.mid"),
+    ("iothub-correlationid", "$.cid"),
+    ("iothub-userid", "$.uid"),
+    ("iothub-contenttype", "$.ct"),
+    ("iothub-contentencoding", "$.ce"),
+];
+
+/// The prefix of an application property's header.
+const APP_PREFIX: &str = "iothub-app-";
+
+/// Routes `POST /devices/{id}/messages/events` and `GET /devices/{id}/messages/deviceBound`.
+pub fn route(hub: &Hub, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+    let [_, device_id, _, queue] = segments else {
+        return Err(not_found(request));
+    };
+    match &request.caller {
+        Caller::Device(caller) if caller == device_id => {}
+        _ => request.require(Permission::DeviceConnect)?,
+    }
+    if hub.read(|tx| Ok(tx.device(device_id)?.is_none()))? {
+        return Err(crate::registry::device_not_found(device_id));
+    }
+    match (*queue, &request.method) {
+        ("events", &Method::POST) => send_event(hub, request, device_id),
+        ("deviceBound", &Method::GET) => Reply::no_content(),
+        _ => Err(not_found(request)),
+    }
+}
+
+fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Reply, ApiError> {
+    if request.body.len() > MAX_MESSAGE {
+        return Err(ApiError::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "the message is {} bytes; IoT Hub takes at most {MAX_MESSAGE}",
+                request.body.len()
+            ),
+        ));
+    }
+    let is_batch = request
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(BATCH_CONTENT_TYPE.as_bytes()));
+    let messages = if is_batch {
+        batch(&request.body)?
+    } else {
+        let headers = request
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+        vec![(properties_of(headers), request.body.to_vec())]
+    };
+    for (properties, payload) in messages {
+        let (body, body_base64) = Message::body_of(&payload);
+        hub.messages().push(Message {
+            sequence: 0,
+            device_id: device_id.to_owned(),
+            module_id: None,
+            output: None,
+            properties,
+            body,
+            body_base64,
+            enqueued_time_utc: ids::now_iso(),
+        });
+    }
+    Reply::no_content()
+}
+
+/// The content type of a batch: a JSON array of `{"body": base64, "properties": {header: value}}`
+/// (azure-iot-device-http's `sendEventBatch`, SRS_NODE_DEVICE_HTTP_05_003).
+const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.json";
+
+/// A message's properties (as the message log keeps them) and its body.
+type Received = (BTreeMap<String, Option<String>>, Vec<u8>);
+
+/// One message of a batch.
+#[derive(serde::Deserialize)]
+struct BatchedMessage {
+    body: String,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+/// The messages of a batch, each with its properties and decoded body; an entry that is not a
+/// message, or a body that is not base64, refuses the whole batch, naming the entry.
+fn batch(body: &[u8]) -> Result<Vec<Received>, ApiError> {
+    use base64::Engine as _;
+    let entries: Vec<BatchedMessage> = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!(
+            "a {BATCH_CONTENT_TYPE} body must be a JSON array of {{\"body\": base64, \"properties\": {{…}}}}: {e}"
+        ))
+    })?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(entry.body.as_bytes())
+                .map_err(|e| ApiError::invalid(format!("[{i}].body is not base64: {e}")))?;
+            let properties = entry
+                .properties
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()));
+            Ok((properties_of(properties), payload))
+        })
+        .collect()
+}
+
+/// A message's system and application properties from its headers (or a batch entry's
+/// `properties`), named as headers are: lower case.
+fn properties_of<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> BTreeMap<String, Option<String>> {
+    let mut properties = BTreeMap::new();
+    for (name, value) in headers {
+        let name = name.to_ascii_lowercase();
+        let key = match SYSTEM_PROPERTIES.iter().find(|(header, _)| *header == name) {
+            Some((_, bag_name)) => (*bag_name).to_owned(),
+            None => match name.strip_prefix(APP_PREFIX) {
+                Some(app) if !app.is_empty() => app.to_owned(),
+                _ => continue,
+            },
+        };
+        properties.insert(key, Some(value.to_owned()));
+    }
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_become_the_properties_mqtt_would_carry_and_others_are_left_out() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("iothub-app-level", "info".parse().unwrap());
+        headers.insert("iothub-messageid", "m-1".parse().unwrap());
+        headers.insert("iothub-contenttype", "application/json".parse().unwrap());
+        headers.insert("iothub-app-", "nameless".parse().unwrap());
+        headers.insert("authorization", "SharedAccessSignature x".parse().unwrap());
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        let expected: BTreeMap<String, Option<String>> = [
+            ("$.ct", "application/json"),
+            ("$.mid", "m-1"),
+            ("level", "info"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
+        .collect();
+        let pairs = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()));
+        assert_eq!(properties_of(pairs), expected);
+    }
+
+    #[test]
+    fn a_batch_is_its_messages_or_an_error_naming_the_entry() {
+        let messages =
+            batch(br#"[{"body": "YQ==", "properties": {"iothub-app-k": "v"}}, {"body": "Yg=="}]"#)
+                .unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].1, b"a");
+        assert_eq!(messages[0].0["k"], Some("v".to_owned()));
+        assert_eq!(messages[1].1, b"b");
+        let error = batch(br#"[{"body": "YQ=="}, {"body": "not base64!"}]"#).unwrap_err();
+        assert!(error.to_string().contains("[1].body"), "{error}");
+    }
+}
