@@ -5,7 +5,7 @@
 //! trust bundle, `REQUESTS_CA_BUNDLE`), so it is kept forever; the server certificate is reissued
 //! only when the set of names it must cover changes.
 //!
-//! A leaf: depends on nothing else of the hub.
+//! A leaf: depends on nothing else of the hub but the `x509` leaf (client certificates).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::x509::AnyClientCertificate;
 
 /// Errors while creating or loading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -152,23 +154,33 @@ fn issue_server_certificate(
     Ok(())
 }
 
+/// The certificates of a PEM file, in order; `Err` names the file.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(path)?.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|source| io_error(path, source))?;
+    if certs.is_empty() {
+        return Err(CertError::EmptyPem {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
 fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let cert_path = dir.join(SERVER_CERT);
     let key_path = dir.join(SERVER_KEY);
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut read(&cert_path)?.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|source| io_error(&cert_path, source))?;
-    if certs.is_empty() {
-        return Err(CertError::EmptyPem { path: cert_path });
-    }
+    let certs = read_certificates(&cert_path)?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut read(&key_path)?.as_bytes())
         .map_err(|source| io_error(&key_path, source))?
         .ok_or(CertError::EmptyPem { path: key_path })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Clients may present a certificate (X.509 identities do, on MQTT and MQTT over WebSockets);
+    // which identity it proves is decided at CONNECT.
+    let client_certificates = Arc::new(AnyClientCertificate::new(&provider));
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_certificates)
         .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
 }

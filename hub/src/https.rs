@@ -19,6 +19,7 @@ use crate::console::{self, Console};
 use crate::error::ApiError;
 use crate::http::{error_response, http1_server};
 use crate::listener::{self, Admission, Limits};
+use crate::x509::ClientChain;
 use crate::{mqtt, rest};
 
 /// How long a client has to finish the TLS handshake.
@@ -53,22 +54,35 @@ pub async fn serve(
         move |socket, peer, admission| {
             let (tls, doors) = (tls.clone(), doors.clone());
             async move {
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
-                else {
-                    tracing::info!(%peer, "HTTPS TLS handshake failed");
-                    return;
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "HTTPS TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "HTTPS TLS handshake timed out");
+                        return;
+                    }
                 };
+                // A client certificate is for MQTT over WebSockets (X.509 identities).
+                let chain = ClientChain::of(stream.get_ref().1);
                 let upgraded: UpgradedSlot = Arc::default();
                 let slot = upgraded.clone();
                 let service =
                     hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                        let (doors, slot, admission) =
-                            (doors.clone(), slot.clone(), admission.clone());
+                        let (doors, slot, admission, chain) = (
+                            doors.clone(),
+                            slot.clone(),
+                            admission.clone(),
+                            chain.clone(),
+                        );
                         async move {
                             let path = request.uri().path();
                             if path == mqtt::WEBSOCKET_PATH {
-                                let response = websocket(doors.mqtt, request, admission, &slot);
+                                let response =
+                                    websocket(doors.mqtt, request, chain, admission, &slot);
                                 return Ok::<_, Infallible>(response.map(BodyExt::boxed));
                             }
                             if console::serves(path) {
@@ -115,10 +129,11 @@ type UpgradedSlot =
 fn websocket(
     mqtt: mqtt::State,
     request: hyper::Request<Incoming>,
+    chain: ClientChain,
     admission: Admission,
     slot: &UpgradedSlot,
 ) -> hyper::Response<Full<Bytes>> {
-    match mqtt::upgrade_websocket(mqtt, request, move || admission.established()) {
+    match mqtt::upgrade_websocket(mqtt, request, chain, move || admission.established()) {
         Ok((response, mqtt)) => {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(mqtt));
             response

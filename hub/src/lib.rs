@@ -13,7 +13,8 @@
 //!   write's effects, applied in commit order), readers, `queries`, `live` connections,
 //!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`,
 //!   `adm`, `layers`, `store`;
-//! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `data_lock`.
+//! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `x509` (client
+//!   certificates), `data_lock`.
 //!
 //! As a crate it depends on `edgetwin-wire`, and on `edgetwin-service` for [`TestHub`]'s calls;
 //! never on the module SDK, the runtime or the CLI.
@@ -46,6 +47,7 @@ mod test_hub;
 mod twins;
 mod workload;
 mod writer;
+mod x509;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -100,6 +102,9 @@ pub struct HubConfig {
     /// Most workload sockets served at once (each holds a file descriptor); `None` derives it
     /// from the open-file limit ([`default_workload_sockets`]).
     pub max_workload_sockets: Option<usize>,
+    /// PEM files of more CAs whose certificates `certificateAuthority` devices may chain to,
+    /// beside the hub's own CA.
+    pub device_cas: Vec<PathBuf>,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -120,6 +125,7 @@ impl HubConfig {
             reset: false,
             workload_api: true,
             max_workload_sockets: None,
+            device_cas: Vec::new(),
         }
     }
 }
@@ -336,6 +342,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let mut names = vec![config.host_name.clone()];
     names.extend(config.extra_names.iter().cloned());
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
+    let mut device_cas = certs::read_certificates(&tls.ca_path)?;
+    for path in &config.device_cas {
+        device_cas.extend(certs::read_certificates(path)?);
+    }
+    let device_cas = Arc::new(x509::DeviceCas::new(device_cas).map_err(CertError::from)?);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let files = open_file_limit();
     let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
@@ -423,6 +434,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let mqtt = mqtt::State {
         hub: hub.clone(),
         faults: Arc::new(faults::Faults::default()),
+        device_cas,
     };
     let rest = rest::State {
         hub: hub.clone(),

@@ -27,51 +27,98 @@ pub fn validate_id(kind: &str, id: &str) -> Result<(), ApiError> {
         .map_err(|why| ApiError::invalid(format!("{kind} '{id}' {why}")))
 }
 
-/// Completes the authentication of a new or updated identity: SAS keys are generated when none are
-/// given, given keys must be base64 of 16 to 64 bytes.
+/// Completes the authentication of a new or updated identity, as IoT Hub's `AuthenticationMechanism`
+/// has it: `sas` keys are generated when none are given, given keys must be base64 of 16 to 64
+/// bytes; `selfSigned` carries hex SHA-1 (40) or SHA-256 (64) thumbprints, at least one, and no
+/// keys; `certificateAuthority` and `none` carry neither (IoT Hub REST reference, Devices,
+/// `AuthenticationMechanism`, `X509Thumbprint`, `AuthenticationType`).
 fn complete_authentication(
     given: Option<AuthenticationMechanism>,
     field: &str,
 ) -> Result<AuthenticationMechanism, ApiError> {
     let mut auth = given.unwrap_or_default();
     let auth_type = auth.auth_type.clone().unwrap_or_else(|| "sas".to_owned());
-    if auth_type != "sas" && auth_type != "none" {
-        return Err(ApiError::invalid(format!(
-            "{field}.type '{auth_type}' is not supported by this hub (only sas)"
-        )));
-    }
-    let keys = auth.symmetric_key.take().unwrap_or_default();
-    let filled = |k: &Option<Secret>| k.as_ref().is_some_and(|s| !s.expose().is_empty());
-    let symmetric_key = if auth_type == "none" {
-        SymmetricKey::default()
-    } else if !filled(&keys.primary_key) && !filled(&keys.secondary_key) {
-        SymmetricKey {
-            primary_key: Some(ids::new_key()),
-            secondary_key: Some(ids::new_key()),
+    let empty_keys = SymmetricKey::default();
+    let (symmetric_key, x509_thumbprint) = match auth_type.as_str() {
+        "sas" => (
+            sas_keys(auth.symmetric_key.take().unwrap_or_default(), field)?,
+            X509Thumbprint::default(),
+        ),
+        "selfSigned" => (
+            empty_keys,
+            thumbprints(auth.x509_thumbprint.take().unwrap_or_default(), field)?,
+        ),
+        "certificateAuthority" | "none" => (empty_keys, X509Thumbprint::default()),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "{field}.type '{other}' is not an authentication type (sas, selfSigned, \
+                 certificateAuthority or none)"
+            )))
         }
-    } else {
-        for (name, key) in [
-            ("primaryKey", &keys.primary_key),
-            ("secondaryKey", &keys.secondary_key),
-        ] {
-            let valid = key.as_ref().is_some_and(|k| {
-                BASE64
-                    .decode(k.expose())
-                    .is_ok_and(|bytes| (16..=64).contains(&bytes.len()))
-            });
-            if !valid {
-                return Err(ApiError::invalid(format!(
-                    "{field}.symmetricKey.{name} must be base64 of 16 to 64 bytes"
-                )));
-            }
-        }
-        keys
     };
     Ok(AuthenticationMechanism {
         auth_type: Some(auth_type),
         symmetric_key: Some(symmetric_key),
-        x509_thumbprint: Some(X509Thumbprint::default()),
+        x509_thumbprint: Some(x509_thumbprint),
     })
+}
+
+/// SAS keys: generated when none are given, else both base64 of 16 to 64 bytes.
+fn sas_keys(keys: SymmetricKey, field: &str) -> Result<SymmetricKey, ApiError> {
+    let filled = |k: &Option<Secret>| k.as_ref().is_some_and(|s| !s.expose().is_empty());
+    if !filled(&keys.primary_key) && !filled(&keys.secondary_key) {
+        return Ok(SymmetricKey {
+            primary_key: Some(ids::new_key()),
+            secondary_key: Some(ids::new_key()),
+        });
+    }
+    for (name, key) in [
+        ("primaryKey", &keys.primary_key),
+        ("secondaryKey", &keys.secondary_key),
+    ] {
+        let valid = key.as_ref().is_some_and(|k| {
+            BASE64
+                .decode(k.expose())
+                .is_ok_and(|bytes| (16..=64).contains(&bytes.len()))
+        });
+        if !valid {
+            return Err(ApiError::invalid(format!(
+                "{field}.symmetricKey.{name} must be base64 of 16 to 64 bytes"
+            )));
+        }
+    }
+    Ok(keys)
+}
+
+/// `selfSigned` thumbprints: each given one hex of a SHA-1 (40 digits) or SHA-256 (64 digits), any
+/// case; empty ones count as absent; at least one is required.
+fn thumbprints(given: X509Thumbprint, field: &str) -> Result<X509Thumbprint, ApiError> {
+    let present = |t: Option<String>| t.filter(|t| !t.is_empty());
+    let checked = X509Thumbprint {
+        primary_thumbprint: present(given.primary_thumbprint),
+        secondary_thumbprint: present(given.secondary_thumbprint),
+    };
+    for (name, thumbprint) in [
+        ("primaryThumbprint", &checked.primary_thumbprint),
+        ("secondaryThumbprint", &checked.secondary_thumbprint),
+    ] {
+        if let Some(t) = thumbprint {
+            let hex = t.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex || (t.len() != 40 && t.len() != 64) {
+                return Err(ApiError::invalid(format!(
+                    "{field}.x509Thumbprint.{name} '{t}' must be the hex of a SHA-1 (40 digits) \
+                     or SHA-256 (64 digits) certificate thumbprint"
+                )));
+            }
+        }
+    }
+    if checked.primary_thumbprint.is_none() && checked.secondary_thumbprint.is_none() {
+        return Err(ApiError::invalid(format!(
+            "{field}.x509Thumbprint needs a primaryThumbprint or secondaryThumbprint for type \
+             selfSigned"
+        )));
+    }
+    Ok(checked)
 }
 
 fn check_if_match(if_match: Option<&str>, etag: Option<&str>) -> Result<(), ApiError> {
@@ -427,11 +474,22 @@ pub fn delete_module(
     Ok(())
 }
 
-/// The SAS keys of an identity, if it authenticates with SAS and is enabled.
-pub fn connect_keys(
+/// How an identity proves who it is when it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A SAS token signed with one of these keys.
+    Sas(Vec<Secret>),
+    /// A client certificate whose SHA-1 or SHA-256 thumbprint is one of these (hex, any case).
+    SelfSigned(Vec<String>),
+    /// A client certificate that chains to a CA the hub trusts for devices.
+    CertificateAuthority,
+}
+
+/// How an identity authenticates, if it exists, is enabled and has credentials.
+pub fn connect_credentials(
     tx: &Transaction<'_>,
     key: &IdentityKey,
-) -> Result<Option<Vec<Secret>>, ApiError> {
+) -> Result<Option<Credentials>, ApiError> {
     let device = match tx.device(&key.device_id)? {
         Some(device) if device.status.as_deref() != Some("disabled") => device,
         _ => return Ok(None),
@@ -443,11 +501,39 @@ pub fn connect_keys(
             None => return Ok(None),
         },
     };
-    let keys = authentication
-        .and_then(|a| a.symmetric_key)
-        .map(|k| k.primary_key.into_iter().chain(k.secondary_key).collect())
-        .filter(|keys: &Vec<Secret>| !keys.is_empty());
-    Ok(keys)
+    let Some(authentication) = authentication else {
+        return Ok(None);
+    };
+    let credentials = match authentication.auth_type.as_deref() {
+        Some("selfSigned") => {
+            let t = authentication.x509_thumbprint.unwrap_or_default();
+            let thumbprints: Vec<String> = t
+                .primary_thumbprint
+                .into_iter()
+                .chain(t.secondary_thumbprint)
+                .collect();
+            Some(Credentials::SelfSigned(thumbprints))
+        }
+        Some("certificateAuthority") => Some(Credentials::CertificateAuthority),
+        Some("none") => None,
+        _ => authentication
+            .symmetric_key
+            .map(|k| k.primary_key.into_iter().chain(k.secondary_key).collect())
+            .filter(|keys: &Vec<Secret>| !keys.is_empty())
+            .map(Credentials::Sas),
+    };
+    Ok(credentials)
+}
+
+/// The SAS keys of an identity, if it authenticates with SAS and is enabled.
+pub fn connect_keys(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+) -> Result<Option<Vec<Secret>>, ApiError> {
+    Ok(match connect_credentials(tx, key)? {
+        Some(Credentials::Sas(keys)) => Some(keys),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -495,5 +581,64 @@ mod tests {
             .message
             .contains("authentication.symmetricKey.primaryKey"));
         assert!(!error.message.contains("not base64!"));
+    }
+
+    #[test]
+    fn self_signed_takes_sha1_or_sha256_thumbprints_and_names_a_bad_one() {
+        let self_signed = |primary: &str, secondary: &str| {
+            complete_authentication(
+                Some(AuthenticationMechanism {
+                    auth_type: Some("selfSigned".into()),
+                    symmetric_key: None,
+                    x509_thumbprint: Some(X509Thumbprint {
+                        primary_thumbprint: Some(primary.into()),
+                        secondary_thumbprint: Some(secondary.into()),
+                    }),
+                }),
+                "authentication",
+            )
+        };
+        let sha1 = "a".repeat(40);
+        let sha256 = "0F".repeat(32);
+        let done = self_signed(&sha1, &sha256).unwrap();
+        let thumbprints = done.x509_thumbprint.unwrap();
+        assert_eq!(thumbprints.primary_thumbprint.as_deref(), Some(&*sha1));
+        assert_eq!(thumbprints.secondary_thumbprint.as_deref(), Some(&*sha256));
+        assert_eq!(done.symmetric_key, Some(SymmetricKey::default()));
+        let only_secondary = self_signed("", &sha1).unwrap().x509_thumbprint.unwrap();
+        assert_eq!(only_secondary.primary_thumbprint, None);
+        let error = self_signed(&sha1, &"a".repeat(41)).unwrap_err();
+        assert!(error
+            .message
+            .starts_with("authentication.x509Thumbprint.secondaryThumbprint 'aaaa"));
+        let error = self_signed(&"g".repeat(40), "").unwrap_err();
+        assert!(error
+            .message
+            .contains("authentication.x509Thumbprint.primaryThumbprint"));
+        let error = self_signed("", "").unwrap_err();
+        assert!(error.message.contains("needs a primaryThumbprint"));
+    }
+
+    #[test]
+    fn certificate_authority_carries_no_keys_and_unknown_types_are_named() {
+        let done = complete_authentication(
+            Some(AuthenticationMechanism {
+                auth_type: Some("certificateAuthority".into()),
+                ..AuthenticationMechanism::default()
+            }),
+            "authentication",
+        )
+        .unwrap();
+        assert_eq!(done.symmetric_key, Some(SymmetricKey::default()));
+        assert_eq!(done.x509_thumbprint, Some(X509Thumbprint::default()));
+        let error = complete_authentication(
+            Some(AuthenticationMechanism {
+                auth_type: Some("kerberos".into()),
+                ..AuthenticationMechanism::default()
+            }),
+            "authentication",
+        )
+        .unwrap_err();
+        assert!(error.message.starts_with("authentication.type 'kerberos'"));
     }
 }

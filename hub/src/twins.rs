@@ -6,7 +6,7 @@
 //! Part of the core's domain: depends on the store, registry, error and ids; never on the hub or a
 //! door.
 
-use edgetwin_wire::rest::{ErrorCode, Twin, TwinProperties, X509Thumbprint};
+use edgetwin_wire::rest::{ErrorCode, Twin, TwinProperties};
 use edgetwin_wire::twin::{self, Properties, Section, Stamp};
 use serde_json::{json, Value};
 
@@ -105,6 +105,7 @@ pub fn service_view(
         }
     };
     let is_device = key.module_id.is_none();
+    let auth = auth.unwrap_or_default();
     Ok(Twin {
         device_id: key.device_id.clone(),
         module_id: key.module_id.clone(),
@@ -124,8 +125,8 @@ pub fn service_view(
         ),
         last_activity_time: Some(format!("{}Z", ids::NEVER)),
         cloud_to_device_message_count: Some(0),
-        authentication_type: auth.and_then(|a| a.auth_type),
-        x509_thumbprint: Some(X509Thumbprint::default()),
+        authentication_type: auth.auth_type,
+        x509_thumbprint: Some(auth.x509_thumbprint.unwrap_or_default()),
         model_id: Some(String::new()),
         capabilities: device.capabilities.filter(|_| is_device),
         device_scope: device.device_scope.clone().filter(|_| is_device),

@@ -119,6 +119,10 @@ struct HubArgs {
     /// dial 443; any other port appears in the connection strings; 0: any free port).
     #[arg(long, alias = "rest-port", default_value_t = edgetwin_hub::IOT_HUB_HTTPS_PORT)]
     https_port: u16,
+    /// A PEM file of CA certificates that `certificateAuthority` (x509_ca) devices may chain to,
+    /// beside the hub's own CA; repeatable.
+    #[arg(long = "device-ca", value_name = "FILE")]
+    device_cas: Vec<PathBuf>,
     /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
     #[arg(long)]
     reset: bool,
@@ -238,6 +242,7 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         reset: args.reset,
         workload_api: !args.no_workload_api,
         max_workload_sockets: args.max_workload_sockets,
+        device_cas: args.device_cas,
     };
     let hub = edgetwin_hub::start(config).await?;
     out!("edgetwin hub is running");

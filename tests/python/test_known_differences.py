@@ -18,11 +18,36 @@ from test_routes import _apply_routes, _module
 API = {"api-version": "2021-04-12"}
 
 
-def test_x509_identities_are_refused_naming_the_authentication_type(registry_manager):
-    with pytest.raises(HttpOperationError) as err:
-        registry_manager.create_device_with_x509(unique_id("x509"), "A" * 40, "B" * 40, "enabled")
-    assert http_status(err.value) == 400
-    assert "selfSigned" in err.value.response.text and "only sas" in err.value.response.text
+def test_x509_v1_client_certificates_are_refused_in_the_tls_handshake(hub, registry_manager, tmp_path):
+    # webpki (rustls) reads X.509 v3 certificates only; `openssl x509 -req` without extensions makes
+    # a v1 one, which IoT Hub takes for a thumbprint device
+    import hashlib
+    import ssl
+    import subprocess
+    from azure.iot.device import IoTHubDeviceClient, X509
+    from azure.iot.device.exceptions import ClientError
+    from cryptography import x509
+
+    key, csr, cert = (str(tmp_path / n) for n in ("v1.key", "v1.csr", "v1.pem"))
+    device_id = unique_id("x509v1")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-subj", f"/CN={device_id}", "-out", csr],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-signkey", key, "-days", "1", "-out", cert],
+                   check=True, capture_output=True)
+    pem = open(cert, "rb").read()
+    assert x509.load_pem_x509_certificate(pem).version == x509.Version.v1
+    der = ssl.PEM_cert_to_DER_cert(pem.decode())
+    registry_manager.create_device_with_x509(device_id, hashlib.sha256(der).hexdigest(), None, "enabled")
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=X509(cert, key), hostname=hub.host, device_id=device_id,
+        server_verification_cert=hub.ca_pem, connection_retry=False)
+    try:
+        with pytest.raises(ClientError):
+            client.connect()
+    finally:
+        client.shutdown()
+        registry_manager.delete_device(device_id)
 
 
 def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):

@@ -1,18 +1,21 @@
-//! CONNECT authentication: the username names the identity, the password is a SAS token signed
-//! with that identity's key (or a policy with DeviceConnect). Any failure is CONNACK 5, as IoT Hub
-//! and edgeHub answer; the reason goes to the log, never the token.
+//! CONNECT authentication: the username names the identity; the password is a SAS token signed
+//! with that identity's key (or a policy with DeviceConnect), or, for an X.509 identity, the TLS
+//! client certificate proves it. Any failure is CONNACK 5, as IoT Hub and edgeHub answer; the
+//! reason goes to the log, never the token or a certificate.
 //!
-//! Part of the MQTT door: depends on the hub, registry, store and ids; never on another door.
+//! Part of the MQTT door: depends on the hub, registry, store, ids and x509; never on another door.
 
 use edgetwin_wire::rest::Permission;
 use edgetwin_wire::sas::{SasScope, SasToken};
 use edgetwin_wire::topic;
-use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode};
+use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login};
+use rustls::pki_types::UnixTime;
 
 use crate::hub::{grants, host_matches, Hub};
 use crate::ids;
-use crate::registry;
+use crate::registry::{self, Credentials};
 use crate::store::IdentityKey;
+use crate::x509::{self, ClientChain, DeviceCas};
 
 /// A client that may connect.
 #[derive(Debug)]
@@ -23,8 +26,28 @@ pub struct Authenticated {
     pub expiry: u64,
 }
 
-/// Checks a CONNECT; `Err` carries the CONNACK code to refuse with.
-pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, ConnectReturnCode> {
+/// How long an X.509 connection may live: its certificate was checked once, at CONNECT, and no
+/// token expires (tokio caps the far deadline).
+const NO_EXPIRY: u64 = u64::MAX;
+
+/// Checks a CONNECT from a client that presented `chain` in its TLS handshake; `Err` carries the
+/// CONNACK code to refuse with.
+///
+/// An X.509 identity sends its username and no password (the device SDKs send none) and is checked
+/// as edgeHub's `DeviceScopeCertificateAuthenticator` checks it offline (Azure/iotedge, edge-hub
+/// `CloudProxy/Authenticators`): `selfSigned`, the leaf's thumbprint is the primary or secondary
+/// one; `certificateAuthority`, the chain verifies to a trusted CA and the leaf's CN is the
+/// device id (`ValidateCommonName(cert, serviceIdentity.DeviceId)`, for a module too; IoT Hub's
+/// "Authenticate identities with X.509 certificates" asks for the device id as the subject's
+/// CN). A `selfSigned` leaf must also be within its validity period, the one other check IoT Hub
+/// makes for thumbprints (Azure/iotedge #621). A SAS identity needs its token whatever
+/// certificate it presents.
+pub fn authenticate(
+    hub: &Hub,
+    device_cas: &DeviceCas,
+    connect: &Connect,
+    chain: &ClientChain,
+) -> Result<Authenticated, ConnectReturnCode> {
     let refuse = |why: &str| {
         tracing::info!(client_id = %connect.client_id, reason = why, "CONNECT refused");
         ConnectReturnCode::NotAuthorized
@@ -32,7 +55,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     let login = connect
         .login
         .as_ref()
-        .ok_or_else(|| refuse("no username/password (X.509 is not supported)"))?;
+        .ok_or_else(|| refuse("no username"))?;
     let username =
         topic::parse_username(&login.username).map_err(|_| refuse("malformed username"))?;
     let key = IdentityKey {
@@ -45,6 +68,51 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     if !host_matches(&username.host, hub.host_name()) {
         return Err(refuse("username names another hub"));
     }
+    let credentials = hub
+        .read(|tx| registry::connect_credentials(tx, &key))
+        .map_err(|_| ConnectReturnCode::ServiceUnavailable)?;
+    let certificate = |why: &str| refuse(&format!("X.509 identity: {why}"));
+    match credentials {
+        Some(Credentials::SelfSigned(thumbprints)) => {
+            let leaf = chain
+                .leaf()
+                .ok_or_else(|| certificate("no client certificate"))?;
+            if !x509::thumbprint_matches(leaf, &thumbprints) {
+                return Err(certificate(
+                    "the certificate's thumbprint is neither the primary nor the secondary",
+                ));
+            }
+            let now = i64::try_from(ids::now_unix()).unwrap_or(i64::MAX);
+            if !x509::valid_at(leaf, now) {
+                return Err(certificate("the certificate is expired or not yet valid"));
+            }
+        }
+        Some(Credentials::CertificateAuthority) => {
+            device_cas
+                .verify(chain, UnixTime::now())
+                .map_err(|why| certificate(&format!("the chain does not verify: {why}")))?;
+            let cn = chain.leaf().and_then(|leaf| x509::common_name(leaf));
+            if cn.as_deref() != Some(key.device_id.as_str()) {
+                return Err(certificate("the certificate's CN is not the device id"));
+            }
+        }
+        sas => return authenticate_sas(hub, login, key, sas, &refuse),
+    }
+    Ok(Authenticated {
+        key,
+        expiry: NO_EXPIRY,
+    })
+}
+
+/// Checks the SAS token in the password of a CONNECT for `key`, whose own credentials are
+/// `credentials` (`None`: unknown or disabled).
+fn authenticate_sas(
+    hub: &Hub,
+    login: &Login,
+    key: IdentityKey,
+    credentials: Option<Credentials>,
+    refuse: &dyn Fn(&str) -> ConnectReturnCode,
+) -> Result<Authenticated, ConnectReturnCode> {
     let token =
         SasToken::parse(&login.password).map_err(|_| refuse("password is not a SAS token"))?;
     if token.is_expired(ids::now_unix(), 0) {
@@ -87,20 +155,15 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
                 .iter()
                 .find(|p| &p.name == policy_name && grants(p, Permission::DeviceConnect))
                 .ok_or_else(|| refuse("policy unknown or without DeviceConnect"))?;
-            if hub
-                .read(|tx| registry::connect_keys(tx, &key))
-                .ok()
-                .flatten()
-                .is_none()
-            {
+            if credentials.is_none() {
                 return Err(refuse("identity unknown or disabled"));
             }
             vec![policy.primary_key.clone(), policy.secondary_key.clone()]
         }
-        None => hub
-            .read(|tx| registry::connect_keys(tx, &key))
-            .map_err(|_| ConnectReturnCode::ServiceUnavailable)?
-            .ok_or_else(|| refuse("identity unknown, disabled or without SAS keys"))?,
+        None => match credentials {
+            Some(Credentials::Sas(keys)) => keys,
+            _ => return Err(refuse("identity unknown, disabled or without SAS keys")),
+        },
     };
     if !keys.iter().any(|k| token.verify(k)) {
         return Err(refuse("signature does not verify"));

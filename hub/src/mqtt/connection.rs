@@ -32,6 +32,7 @@ use crate::writer::Committing;
 
 use super::auth::{authenticate, Authenticated};
 use super::frame::ConnectionEnd;
+use crate::x509::ClientChain;
 
 /// Largest packet accepted: IoT Hub's 256 KiB message limit plus topic and header room.
 pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 4096;
@@ -99,17 +100,23 @@ async fn write_packets<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Serves one client until it disconnects, misbehaves, is replaced or its token expires;
-/// `authenticated` is called once its CONNECT is accepted.
+/// Serves one client, which presented `chain` in its TLS handshake, until it disconnects,
+/// misbehaves, is replaced or its token expires; `authenticated` is called once its CONNECT is
+/// accepted.
 pub async fn serve<S>(
     state: super::State,
     stream: S,
+    chain: ClientChain,
     authenticated: impl FnOnce(),
 ) -> Result<(), ConnectionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let super::State { hub, faults } = state;
+    let super::State {
+        hub,
+        faults,
+        device_cas,
+    } = state;
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = PacketReader {
         reader,
@@ -147,7 +154,7 @@ where
         .await?;
         return Ok(());
     }
-    let Authenticated { key, expiry } = match authenticate(&hub, &connect) {
+    let Authenticated { key, expiry } = match authenticate(&hub, &device_cas, &connect, &chain) {
         Ok(ok) => ok,
         Err(code) => {
             write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false))).await?;
@@ -726,7 +733,7 @@ mod tests {
     /// Serves a client that sends `packets` in one write.
     async fn scripted(hub: super::super::State, packets: Vec<Packet>) -> Scripted {
         let (client, server) = tokio::io::duplex(1 << 20);
-        tokio::spawn(serve(hub, server, || {}));
+        tokio::spawn(serve(hub, server, ClientChain::default(), || {}));
         let (read_half, mut write_half) = tokio::io::split(client);
         write_half.write_all(&encode(packets)).await.unwrap();
         let reader = PacketReader {
@@ -775,9 +782,13 @@ mod tests {
         .unwrap();
         let mut connect = Connect::new("d1");
         connect.set_login("localhost/d1/?api-version=2021-04-12", token.expose());
+        let ca = rcgen::CertificateParams::default()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
         let state = super::super::State {
             hub,
             faults: Arc::default(),
+            device_cas: Arc::new(crate::x509::DeviceCas::new(vec![ca.der().clone()]).unwrap()),
         };
         (state, connect, dir)
     }
@@ -857,7 +868,7 @@ mod tests {
     ) {
         let (hub, connect, dir) = hub_with_device("pipeline").await;
         let (client, server) = tokio::io::duplex(1 << 20);
-        let serving = tokio::spawn(serve(hub.clone(), server, || {}));
+        let serving = tokio::spawn(serve(hub.clone(), server, ClientChain::default(), || {}));
 
         // CONNECT, 40 reported patches (QoS 1, then QoS 0, all with $rid), then a twin GET:
         // all in one write, so the hub has them all before it answers any.

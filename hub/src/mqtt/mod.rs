@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::listener::{self, Admission, Deadlines, Limits};
+use crate::x509::{ClientChain, DeviceCas};
 
 /// What MQTT connections reach: the hub, and the faults injected through `/edgetwin/faults`
 /// (refused CONNECTs, short token lifetimes, failed operations).
@@ -29,6 +30,8 @@ pub struct State {
     pub hub: Arc<Hub>,
     /// Faults injected through the REST API.
     pub faults: Arc<Faults>,
+    /// The CAs `certificateAuthority` identities' certificates must chain to.
+    pub device_cas: Arc<DeviceCas>,
 }
 
 /// How long a client has to finish the TLS handshake.
@@ -72,7 +75,8 @@ async fn serve_socket(
             return;
         }
     };
-    let result = connection::serve(state, stream, || admission.established()).await;
+    let chain = ClientChain::of(stream.get_ref().1);
+    let result = connection::serve(state, stream, chain, || admission.established()).await;
     if let Err(error) = result {
         tracing::info!(%peer, %error, "MQTT connection closed");
     }

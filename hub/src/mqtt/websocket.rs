@@ -27,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use ws_stream_tungstenite::WsStream;
 
 use super::connection::MAX_PACKET_SIZE;
+use crate::x509::ClientChain;
 
 /// Longest WebSocket message (and frame) accepted: one MQTT packet of the longest size the hub
 /// accepts, its fixed header (at most 5 bytes) included.
@@ -88,10 +89,12 @@ fn lists_token<B>(
 
 /// Answers an upgrade request with `101 Switching Protocols` (subprotocol `mqtt` when offered),
 /// and returns the MQTT session to run over the upgraded connection once the response is out.
-/// `authenticated` runs once its CONNECT is accepted.
+/// `chain` is what the client presented in its TLS handshake; `authenticated` runs once its
+/// CONNECT is accepted.
 pub fn upgrade(
     state: super::State,
     mut request: hyper::Request<hyper::body::Incoming>,
+    chain: ClientChain,
     authenticated: impl FnOnce() + Send + 'static,
 ) -> Result<
     (
@@ -118,7 +121,7 @@ pub fn upgrade(
         )
         .await;
         if let Err(error) =
-            super::connection::serve(state, WsStream::new(socket), authenticated).await
+            super::connection::serve(state, WsStream::new(socket), chain, authenticated).await
         {
             tracing::info!(%error, "MQTT over WebSockets connection closed");
         }
