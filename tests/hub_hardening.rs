@@ -356,7 +356,7 @@ async fn module_of(hub: &Hub, dir: &Path, output: LogOutput) -> support::Proc {
     hub.rest.create_edge_device("gw").await;
     hub.rest.create_module("gw", "m").await;
     let env = hub.rest.edge_environment("gw", "m").await;
-    let mut command = std::process::Command::new(support::EDGETWIN_MODULE);
+    let mut command = std::process::Command::new(support::edgetwin_module());
     command
         .env_clear()
         .env("EDGETWIN_MQTT_PORT", hub.mqtt_port().to_string())

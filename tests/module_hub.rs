@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::{
-    module_connection_string, poll, Hub, HubOptions, Proc, TempDir, EDGETWIN_MODULE, FAST_BACKOFF,
+    edgetwin_module, module_connection_string, poll, Hub, HubOptions, Proc, TempDir, FAST_BACKOFF,
 };
 
 const DEVICE: &str = "gw";
@@ -155,7 +155,7 @@ fn start_module_with(
     vars.extend(FAST_BACKOFF);
     vars.push(("RUST_LOG", "debug,rumqttc=info"));
     vars.extend_from_slice(extra);
-    let bin = Path::new(EDGETWIN_MODULE);
+    let bin = edgetwin_module();
     support::start_module(bin, dir.join("module.log"), mqtt_port, &vars)
 }
 
@@ -794,7 +794,7 @@ async fn a_module_connection_string_and_ca_file_work_without_the_workload_api() 
 fn a_missing_edge_variable_is_one_clear_error_naming_it() {
     let dir = TempDir::new("module-env");
     let log = dir.join("module.log");
-    let status = Command::new(EDGETWIN_MODULE)
+    let status = Command::new(edgetwin_module())
         .env_clear()
         .env("IOTEDGE_IOTHUBHOSTNAME", "localhost")
         .env("IOTEDGE_DEVICEID", DEVICE)
@@ -822,7 +822,7 @@ fn run_module_briefly(
         dir.join(format!("{tag}.err")),
     );
     let mut module = Proc::spawn_with_stdout(
-        Command::new(EDGETWIN_MODULE)
+        Command::new(edgetwin_module())
             .args(args)
             .env_clear()
             .env("EDGETWIN_METRICS_PORT", "0")

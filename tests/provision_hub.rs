@@ -11,7 +11,7 @@ use std::time::Duration;
 use edgetwin::provision::{ClientOptions, ServiceClient};
 use edgetwin_wire::connection_string::ConnectionString;
 use serde_json::Value;
-use support::{poll_blocking, HubOptions, Proc, TempDir, EDGETWIN, EDGETWIN_MODULE, FAST_BACKOFF};
+use support::{edgetwin_module, poll_blocking, HubOptions, Proc, TempDir, EDGETWIN, FAST_BACKOFF};
 
 /// A hub process and its scratch directory, stopped and removed on drop.
 struct Hub {
@@ -719,7 +719,7 @@ fn the_printed_module_connection_string_connects_the_module_and_twin_update_reac
     ];
     vars.extend(FAST_BACKOFF);
     vars.push(("RUST_LOG", "info"));
-    let bin = Path::new(EDGETWIN_MODULE);
+    let bin = edgetwin_module();
     let mut module = support::start_module(bin, hub.path("module.log"), hub.hub.mqtt_port(), &vars);
 
     let twin = wait_for_twin(

@@ -42,6 +42,7 @@ mod client;
 pub mod desired;
 pub mod error;
 pub mod identity;
+pub mod log_writer;
 pub mod message;
 pub mod reported;
 pub mod rid;

@@ -23,8 +23,36 @@ use serde_json::{json, Value};
 /// The `edgetwin` binary of this build (hub, provision, twin, quickstart).
 pub const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
 
-/// The `edgetwin-module` binary of this build.
-pub const EDGETWIN_MODULE: &str = env!("CARGO_BIN_EXE_edgetwin-module");
+/// The `edgetwin-module` binary (package `edgetwin-module`, `modules/edgetwin/`) of this build's
+/// profile, next to [`EDGETWIN`]. Cargo names only a test's own package's binaries
+/// (`CARGO_BIN_EXE_*`), so the first call in a test process builds it with `cargo build` (a no-op
+/// when up to date): the tests never run a stale module. The CLI's package is selected too, so
+/// that dependencies get the features `cargo build` gives them and are not built a second time.
+pub fn edgetwin_module() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(EDGETWIN).parent().expect("edgetwin's directory");
+        let profile = match dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory above {EDGETWIN}"),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "edgetwin", "-p", "edgetwin-module"])
+            .args(["--bin", "edgetwin-module"])
+            .args(["--profile", profile, "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(dir.parent().expect("the target directory"))
+            .status()
+            .expect("run cargo to build edgetwin-module");
+        assert!(status.success(), "cargo build --bin edgetwin-module: {status}");
+        let bin = dir.join("edgetwin-module");
+        assert!(bin.is_file(), "cargo built no {}", bin.display());
+        bin
+    })
+}
 
 /// Reconnect backoff short enough for tests (100 ms base, 1 s cap), as `edgetwin-module`
 /// environment variables.
