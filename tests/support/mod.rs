@@ -23,6 +23,18 @@ use serde_json::{json, Value};
 /// The `edgetwin` binary of this build (hub, provision, twin, quickstart).
 pub const EDGETWIN: &str = env!("CARGO_BIN_EXE_edgetwin");
 
+/// The variables (and prefixes) cargo sets for a test process, left out of a `cargo build` run from
+/// a test: build scripts that watch them (ring's watches `CARGO_PKG_NAME`) would see them change
+/// and be rerun, with everything built above them.
+const CARGO_TEST_VARIABLES: [&str; 6] = [
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+];
+
 /// The `edgetwin-module` binary (package `edgetwin-module`, `modules/edgetwin/`) of this build's
 /// profile, next to [`EDGETWIN`]. Cargo names only a test's own package's binaries
 /// (`CARGO_BIN_EXE_*`), so the first call in a test process builds it with `cargo build` (a no-op
@@ -38,8 +50,22 @@ pub fn edgetwin_module() -> &'static Path {
             None => panic!("no profile directory above {EDGETWIN}"),
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "edgetwin", "-p", "edgetwin-module"])
+        let mut command = Command::new(cargo);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if CARGO_TEST_VARIABLES.iter().any(|v| name.starts_with(v)) {
+                command.env_remove(&*name);
+            }
+        }
+        let status = command
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "edgetwin",
+                "-p",
+                "edgetwin-module",
+            ])
             .args(["--bin", "edgetwin-module"])
             .args(["--profile", profile, "--manifest-path"])
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
@@ -47,7 +73,10 @@ pub fn edgetwin_module() -> &'static Path {
             .arg(dir.parent().expect("the target directory"))
             .status()
             .expect("run cargo to build edgetwin-module");
-        assert!(status.success(), "cargo build --bin edgetwin-module: {status}");
+        assert!(
+            status.success(),
+            "cargo build --bin edgetwin-module: {status}"
+        );
         let bin = dir.join("edgetwin-module");
         assert!(bin.is_file(), "cargo built no {}", bin.display());
         bin
