@@ -54,7 +54,7 @@ pub struct QuickstartArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum QuickstartError {
     /// The hub did not start.
-    #[error("local hub: {0}")]
+    #[error("the local hub did not start")]
     Hub(#[from] edgetwin_hub::HubError),
     /// A service call failed.
     #[error(transparent)]
@@ -66,7 +66,7 @@ pub enum QuickstartError {
     #[error("timed out after {seconds} s waiting for {what}", seconds = STEP_TIMEOUT.as_secs(), what = .0)]
     Timeout(&'static str),
     /// A file could not be written.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

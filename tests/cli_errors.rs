@@ -20,14 +20,22 @@ fn timed(command: &mut Command) -> (Output, Duration) {
     (output, started.elapsed())
 }
 
-/// The lines of stderr that start with `error:`, after asserting the run failed.
+/// The errors on stderr, after asserting the run failed: each `error:` line with the
+/// `caused by:` lines under it (the error's causes).
 fn error_lines(what: &str, output: &Output) -> Vec<String> {
     let stderr = support::stderr_of_failure(what, output);
-    stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .map(str::to_owned)
-        .collect()
+    let mut errors: Vec<String> = Vec::new();
+    for line in stderr.lines() {
+        match errors.last_mut() {
+            Some(error) if line.starts_with("caused by: ") => {
+                error.push('\n');
+                error.push_str(line);
+            }
+            _ if line.starts_with("error:") => errors.push(line.to_owned()),
+            _ => {}
+        }
+    }
+    errors
 }
 
 /// A CA certificate file (PEM) that signs nothing the hub serves.

@@ -73,9 +73,18 @@ pub struct EdgeConfig {
     pub unused: Vec<String>,
 }
 
-/// Why config.toml was refused: one line naming the key.
+/// Why config.toml was refused: one line naming the key (or the file, and why it cannot be read).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The file is not TOML.
     #[error("{path}: not valid TOML: {message}")]
     Syntax {
@@ -264,10 +273,9 @@ impl EdgeConfig {
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: name.clone(),
-            key: "(file)".into(),
-            reason: format!("cannot be read: {e}"),
+            source,
         })?;
         let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())

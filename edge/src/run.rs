@@ -72,7 +72,7 @@ pub enum RunError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// The data directory cannot be made.
-    #[error("data directory {}: {source}", .path.display())]
+    #[error("cannot make the data directory {}", .path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -80,7 +80,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// The trust bundle cannot be read.
-    #[error("trust bundle {}: {source}", .path.display())]
+    #[error("cannot read the trust bundle {}", .path.display())]
     TrustBundle {
         /// The file.
         path: PathBuf,
@@ -118,7 +118,7 @@ pub fn main(args: EdgeArgs) -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("{}", edgetwin_wire::report::error_chain(&error));
             ExitCode::FAILURE
         }
     }

@@ -270,14 +270,14 @@ impl Hub {
             )));
         }
         let client_id = key.client_id();
-        // IoT Hub hands the device the payload's JSON text: `null` when there is none (the Node
-        // device SDK answers 400 to an empty body, which is not JSON)
-        let payload = Bytes::from(
-            request
-                .payload
-                .unwrap_or(serde_json::Value::Null)
-                .to_string(),
-        );
+        // IoT Hub hands the device the payload's JSON text, and an empty body when the payload is
+        // null or missing: the C SDK special-cases that size 0 ("A NULL payload was sent from the
+        // service", Azure/azure-iot-sdk-c#2097 for #1924) and the Python device SDK failed on it
+        // with "Expecting value: line 1 column 1" (Azure/azure-iot-sdk-python#761, #1081).
+        let payload = match request.payload {
+            None | Some(serde_json::Value::Null) => Bytes::new(),
+            Some(json) => Bytes::from(json.to_string()),
+        };
         if payload.len() > MAX_METHOD_PAYLOAD {
             return Err(ApiError::invalid(format!(
                 "the payload of '{}' is {} bytes; IoT Hub allows {MAX_METHOD_PAYLOAD}",

@@ -114,6 +114,16 @@ pub fn create_device(tx: &Transaction<'_>, id: &str, input: Device) -> Result<De
     }
     let generation_id = ids::generation_id();
     let iot_edge = input.capabilities.as_ref().is_some_and(|c| c.iot_edge);
+    let device_scope = if iot_edge {
+        format!("ms-azure-iot-edge://{id}-{generation_id}")
+    } else {
+        leaf_scope(tx, input.device_scope.as_deref().unwrap_or_default())?
+    };
+    let parent_scopes = if iot_edge {
+        edge_parent_scopes(tx, id, input.parent_scopes.as_deref().unwrap_or_default())?
+    } else {
+        scopes_of_leaf(&device_scope)
+    };
     let device = Device {
         device_id: id.to_owned(),
         etag: Some(ids::counter_etag(tx.next_counter("etag")?)),
@@ -129,12 +139,8 @@ pub fn create_device(tx: &Transaction<'_>, id: &str, input: Device) -> Result<De
             "authentication",
         )?),
         capabilities: Some(DeviceCapabilities { iot_edge }),
-        device_scope: Some(if iot_edge {
-            format!("ms-azure-iot-edge://{id}-{generation_id}")
-        } else {
-            input.device_scope.unwrap_or_default()
-        }),
-        parent_scopes: Some(input.parent_scopes.unwrap_or_default()),
+        device_scope: Some(device_scope),
+        parent_scopes: Some(parent_scopes),
         generation_id: Some(generation_id),
     };
     tx.put_device(&device)?;
@@ -171,13 +177,17 @@ pub fn update_device(
     check_if_match(if_match, device.etag.as_deref())?;
     if let Some(scope) = input.device_scope.as_deref() {
         if let Some(scope) = changed_device_scope(tx, &device, scope)? {
-            device.parent_scopes = Some(if scope.is_empty() {
-                Vec::new()
-            } else {
-                vec![scope.clone()]
-            });
+            device.parent_scopes = Some(scopes_of_leaf(&scope));
             device.device_scope = Some(scope);
         }
+    }
+    let is_edge = device.capabilities.as_ref().is_some_and(|c| c.iot_edge);
+    match input.parent_scopes {
+        // unchanged scopes stay, even if the parent has gone since
+        Some(scopes) if is_edge && device.parent_scopes.as_ref() != Some(&scopes) => {
+            device.parent_scopes = Some(edge_parent_scopes(tx, id, &scopes)?);
+        }
+        _ => {}
     }
     let status = validate_status(input.status, "status")?;
     if device.status.as_deref() != Some(status.as_str()) {
@@ -214,12 +224,53 @@ fn changed_device_scope(
             device.device_id
         )));
     }
+    leaf_scope(tx, scope).map(Some)
+}
+
+/// A leaf device's `deviceScope`: empty, or the scope of its parent, an existing edge device.
+fn leaf_scope(tx: &Transaction<'_>, scope: &str) -> Result<String, ApiError> {
     if scope.is_empty() || parent_of_scope(tx, scope)?.is_some() {
-        return Ok(Some(scope.to_owned()));
+        return Ok(scope.to_owned());
     }
     Err(ApiError::invalid(format!(
         "deviceScope '{scope}' is not the scope of an IoT Edge device in this hub"
     )))
+}
+
+/// A leaf device's `parentScopes`, which IoT Hub derives from its `deviceScope` ("The scopes of
+/// the upper level edge devices if applicable", Device - Create Or Update, REST reference).
+fn scopes_of_leaf(device_scope: &str) -> Vec<String> {
+    if device_scope.is_empty() {
+        Vec::new()
+    } else {
+        vec![device_scope.to_owned()]
+    }
+}
+
+/// An edge device's `parentScopes` as given (nested IoT Edge: `az iot hub device-identity parent
+/// set` and `az iot edge devices create` write them this way): none, or the scope of one other
+/// existing edge device.
+fn edge_parent_scopes(
+    tx: &Transaction<'_>,
+    id: &str,
+    scopes: &[String],
+) -> Result<Vec<String>, ApiError> {
+    match scopes {
+        [] => Ok(Vec::new()),
+        [scope] => match parent_of_scope(tx, scope)? {
+            Some(parent) if parent.device_id != id => Ok(vec![scope.clone()]),
+            Some(_) => Err(ApiError::invalid(format!(
+                "parentScopes: IoT Edge device '{id}' cannot be its own parent"
+            ))),
+            None => Err(ApiError::invalid(format!(
+                "parentScopes: '{scope}' is not the scope of an IoT Edge device in this hub"
+            ))),
+        },
+        _ => Err(ApiError::invalid(format!(
+            "parentScopes of IoT Edge device '{id}' holds {} scopes; a device has one parent",
+            scopes.len()
+        ))),
+    }
 }
 
 /// The edge device whose scope is `scope` (`ms-azure-iot-edge://{deviceId}-{generationId}`).

@@ -110,6 +110,13 @@ pub struct TwinRecord {
     pub reported_updated: String,
     /// When tags last changed (ISO 8601).
     pub tags_updated: String,
+    /// Desired properties' per-property `$metadata` (`$lastUpdated`, `$lastUpdatedVersion`);
+    /// empty in a twin stored before it was kept, which then shows the section's alone.
+    #[serde(default)]
+    pub desired_metadata: Properties,
+    /// Reported properties' per-property `$metadata` (`$lastUpdated`).
+    #[serde(default)]
+    pub reported_metadata: Properties,
     /// Deployments targeting the device, on its `$edgeAgent` module twin as IoT Hub keeps them:
     /// configuration id -> `{"status": "Applied"|"Targeted"}`.
     pub configurations: Properties,

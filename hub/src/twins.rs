@@ -4,7 +4,7 @@
 //! limits follow IoT Hub; every change is validated before anything is stored.
 
 use edgetwin_wire::rest::{ErrorCode, Twin, TwinProperties, X509Thumbprint};
-use edgetwin_wire::twin::{self, Properties, Section};
+use edgetwin_wire::twin::{self, Properties, Section, Stamp};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -54,11 +54,32 @@ fn load(tx: &Transaction<'_>, key: &IdentityKey) -> Result<TwinRecord, ApiError>
     })
 }
 
-fn with_metadata(props: &Properties, version: i64, updated: &str) -> Properties {
+/// A section as the service sees it: its properties, `$metadata` per property as IoT Hub keeps
+/// it (only the section's `$lastUpdated` for a twin no property of which changed since it was
+/// created, or stored before the hub kept per-property metadata), and `$version`.
+fn with_metadata(
+    props: &Properties,
+    metadata: &Properties,
+    version: i64,
+    updated: &str,
+) -> Properties {
     let mut section = props.clone();
-    section.insert("$metadata".into(), json!({ "$lastUpdated": updated }));
+    let metadata = if metadata.is_empty() {
+        json!({ "$lastUpdated": updated })
+    } else {
+        Value::Object(metadata.clone())
+    };
+    section.insert("$metadata".into(), metadata);
     section.insert("$version".into(), json!(version));
     section
+}
+
+/// The stamp of a desired change that made `version`.
+fn desired_stamp(at: &str, version: i64) -> Stamp<'_> {
+    Stamp {
+        at,
+        version: Some(version),
+    }
 }
 
 /// The twin as the service API returns it.
@@ -110,11 +131,13 @@ pub fn service_view(
         properties: Some(TwinProperties {
             desired: Some(with_metadata(
                 &record.desired,
+                &record.desired_metadata,
                 record.desired_version,
                 &record.desired_updated,
             )),
             reported: Some(with_metadata(
                 &record.reported,
+                &record.reported_metadata,
                 record.reported_version,
                 &record.reported_updated,
             )),
@@ -196,19 +219,23 @@ pub fn update_from_service(
     }
     let change = match desired {
         Some(patch) => {
+            record.desired_version += 1;
+            let stamp = desired_stamp(&now, record.desired_version);
             let notified = match mode {
                 UpdateMode::Merge => {
                     twin::merge_patch(&mut record.desired, &patch);
+                    twin::stamp_metadata(&mut record.desired_metadata, &patch, stamp);
                     patch
                 }
                 UpdateMode::Replace => {
                     let notified = twin::replace_notification(&record.desired, &patch);
+                    record.desired_metadata = Properties::new();
+                    twin::stamp_metadata(&mut record.desired_metadata, &patch, stamp);
                     record.desired = patch;
                     notified
                 }
             };
             twin::check_section_size(Section::Desired, &record.desired).map_err(invalid_twin)?;
-            record.desired_version += 1;
             record.desired_updated = now;
             Some(DesiredChange::new(
                 key.clone(),
@@ -234,9 +261,16 @@ pub fn replace_desired(
     twin::validate_patch(Section::Desired, &desired).map_err(invalid_twin)?;
     twin::check_section_size(Section::Desired, &desired).map_err(invalid_twin)?;
     let notified = twin::replace_notification(&record.desired, &desired);
-    record.desired = desired;
+    let now = ids::now_iso();
     record.desired_version += 1;
-    record.desired_updated = ids::now_iso();
+    record.desired_metadata = Properties::new();
+    twin::stamp_metadata(
+        &mut record.desired_metadata,
+        &desired,
+        desired_stamp(&now, record.desired_version),
+    );
+    record.desired = desired;
+    record.desired_updated = now;
     record.version += 1;
     tx.put_twin(key, &record)?;
     Ok(DesiredChange::new(
@@ -266,8 +300,14 @@ pub fn patch_reported(
     let mut record = load(tx, key)?;
     twin::merge_patch(&mut record.reported, &patch);
     twin::check_section_size(Section::Reported, &record.reported).map_err(invalid_twin)?;
+    let now = ids::now_iso();
+    let stamp = Stamp {
+        at: &now,
+        version: None,
+    };
+    twin::stamp_metadata(&mut record.reported_metadata, &patch, stamp);
     record.reported_version += 1;
-    record.reported_updated = ids::now_iso();
+    record.reported_updated = now;
     record.version += 1;
     tx.put_twin(key, &record)?;
     Ok(record.reported_version)

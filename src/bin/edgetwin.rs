@@ -18,6 +18,18 @@ struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 enum Command {
+    /// Every subcommand but `edge`, run by [`run`].
+    #[command(flatten)]
+    Cli(CliCommand),
+    /// The IoT Edge runtime for one device (what aziot-edged and edgeAgent are): read
+    /// config.toml, deploy $edgeAgent's desired modules as containers and report them.
+    #[command(subcommand)]
+    Edge(edgetwin_edge::EdgeArgs),
+}
+
+/// The subcommands that share this binary's logging and runtime (`edge` sets up its own).
+#[derive(Subcommand)]
+enum CliCommand {
     /// The whole story on a local hub in one command: provision myFirstDevice/myFirstModule, run
     /// edgetwin-module, set the desired telemetryInterval to 122, watch it acknowledge and send.
     Quickstart(edgetwin::quickstart::QuickstartArgs),
@@ -41,10 +53,44 @@ enum Command {
     /// Create an IoT Edge solution (iotedgedev's layout) with a Rust module on edgetwin-client,
     /// or add a module (`--module NAME`) to the solution in the current directory.
     New(edgetwin::scaffold::NewArgs),
-    /// The IoT Edge runtime for one device (what aziot-edged and edgeAgent are): read
-    /// config.toml, deploy $edgeAgent's desired modules as containers and report them.
-    #[command(subcommand)]
-    Edge(edgetwin_edge::EdgeArgs),
+}
+
+/// Why a subcommand failed: each family's error, whose causes `main` prints one per line
+/// ([`edgetwin_wire::report::error_chain`]); exit status 1.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// The async runtime could not be made.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// `edgetwin quickstart`.
+    #[error(transparent)]
+    Quickstart(#[from] edgetwin::quickstart::QuickstartError),
+    /// `edgetwin hub`: the hub did not start.
+    #[error(transparent)]
+    Hub(#[from] edgetwin_hub::HubError),
+    /// `edgetwin hub backup`.
+    #[error("cannot back up the hub database in {} to {}", data_dir.display(), to.display())]
+    Backup {
+        /// The hub's data directory.
+        data_dir: PathBuf,
+        /// The backup file.
+        to: PathBuf,
+        /// Why.
+        #[source]
+        source: edgetwin_hub::HubError,
+    },
+    /// `edgetwin provision`, `edge-env`, `twin` and `query`.
+    #[error(transparent)]
+    Provision(#[from] edgetwin::provision::ProvisionError),
+    /// `edgetwin manifest`.
+    #[error(transparent)]
+    Manifest(#[from] edgetwin::manifest::cli::ManifestCommandError),
+    /// `edgetwin solution`.
+    #[error(transparent)]
+    Solution(#[from] edgetwin::solution::SolutionError),
+    /// `edgetwin new`.
+    #[error(transparent)]
+    New(#[from] edgetwin::scaffold::NewError),
 }
 
 /// Options of `edgetwin hub`.
@@ -116,14 +162,25 @@ macro_rules! out {
 }
 
 fn main() -> ExitCode {
-    // The edge runtime sets up its own logging and runtime (one thread, as on a Pi).
     let command = match Cli::parse().command {
+        // The edge runtime sets up its own logging and runtime (one thread, as on a Pi).
         Command::Edge(args) => return edgetwin_edge::run::main(args),
-        command => command,
+        Command::Cli(command) => command,
     };
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", edgetwin_wire::report::error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up logging and the runtime, and runs `command`.
+fn run(command: CliCommand) -> Result<(), CliError> {
     // The quickstart's own progress lines are its output; the hub inside it only logs problems.
     let default_level = match command {
-        Command::Quickstart(_) => "warn",
+        CliCommand::Quickstart(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -135,46 +192,40 @@ fn main() -> ExitCode {
         // Colour only for a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = match command {
-        Command::Quickstart(args) => runtime
-            .block_on(edgetwin::quickstart::run(args))
-            .map_err(|e| e.to_string()),
-        Command::Hub(HubArgs {
+        .map_err(CliError::Runtime)?;
+    match command {
+        CliCommand::Quickstart(args) => runtime.block_on(edgetwin::quickstart::run(args))?,
+        CliCommand::Hub(HubArgs {
             action: Some(HubAction::Backup(args)),
             ..
-        }) => edgetwin_hub::backup(&args.data_dir, &args.to)
-            .map(|()| out!("backed up to {}", args.to.display()))
-            .map_err(|e| format!("backup: {e}")),
-        Command::Hub(args) => runtime.block_on(run_hub(args)),
-        Command::Provision(args) => runtime.block_on(edgetwin::provision::cli::run_provision(args)),
-        Command::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args)),
-        Command::Query(args) => runtime.block_on(edgetwin::provision::cli::run_query(args)),
-        Command::EdgeEnv(args) => runtime.block_on(edgetwin::provision::cli::run_edge_env(args)),
-        Command::Manifest(args) => edgetwin::manifest::cli::run(args),
-        Command::Solution(args) => edgetwin::solution::cli::run(args),
-        Command::New(args) => edgetwin::scaffold::run(args),
-        Command::Edge(_) => unreachable!("handled before logging is set up"),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
+        }) => {
+            edgetwin_hub::backup(&args.data_dir, &args.to).map_err(|source| CliError::Backup {
+                data_dir: args.data_dir.clone(),
+                to: args.to.clone(),
+                source,
+            })?;
+            out!("backed up to {}", args.to.display());
         }
+        CliCommand::Hub(args) => runtime.block_on(run_hub(args))?,
+        CliCommand::Provision(args) => {
+            runtime.block_on(edgetwin::provision::cli::run_provision(args))?
+        }
+        CliCommand::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args))?,
+        CliCommand::Query(args) => runtime.block_on(edgetwin::provision::cli::run_query(args))?,
+        CliCommand::EdgeEnv(args) => {
+            runtime.block_on(edgetwin::provision::cli::run_edge_env(args))?
+        }
+        CliCommand::Manifest(args) => edgetwin::manifest::cli::run(args)?,
+        CliCommand::Solution(args) => edgetwin::solution::cli::run(args)?,
+        CliCommand::New(args) => edgetwin::scaffold::run(args)?,
     }
+    Ok(())
 }
 
-async fn run_hub(args: HubArgs) -> Result<(), String> {
+async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
     let config = edgetwin_hub::HubConfig {
         data_dir: args.data_dir,
         host_name: args.host_name,
@@ -188,9 +239,7 @@ async fn run_hub(args: HubArgs) -> Result<(), String> {
         workload_api: !args.no_workload_api,
         max_workload_sockets: args.max_workload_sockets,
     };
-    let hub = edgetwin_hub::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let hub = edgetwin_hub::start(config).await?;
     out!("edgetwin hub is running");
     for line in edgetwin::hub_banner::lines(&hub.info) {
         out!("{line}");

@@ -54,20 +54,37 @@ fn report(findings: &[ManifestError]) {
     }
 }
 
-/// Runs `edgetwin manifest ...`; `Err` carries the message for `error: ...` (exit 1).
-pub fn run(args: ManifestArgs) -> Result<(), String> {
+/// Why `edgetwin manifest ...` failed (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestCommandError {
+    /// No manifest could be generated, or the file could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The current directory (the default solution directory) is unusable.
+    #[error("cannot use the current directory as the solution directory (give one with -C)")]
+    CurrentDir(#[source] std::io::Error),
+    /// `gen --fail-on-validation-error`: the manifest was written but is not valid.
+    #[error("deployment manifest validation failed: {}", .0.display())]
+    GeneratedInvalid(PathBuf),
+    /// `validate`: the file is not a valid manifest (the problems are on the lines above).
+    #[error("{} is not a valid deployment manifest", .0.display())]
+    Invalid(PathBuf),
+}
+
+/// Runs `edgetwin manifest ...`.
+pub fn run(args: ManifestArgs) -> Result<(), ManifestCommandError> {
     match args.command {
         ManifestCommand::Gen(gen) => {
             let dir = match gen.dir {
                 Some(dir) => dir,
-                None => std::env::current_dir().map_err(|e| e.to_string())?,
+                None => std::env::current_dir().map_err(ManifestCommandError::CurrentDir)?,
             };
             let options = GenOptions {
                 dir,
                 template: gen.template,
                 platform: gen.platform,
             };
-            let generated = genconfig(&options, Env::from_process()).map_err(|e| e.to_string())?;
+            let generated = genconfig(&options, Env::from_process())?;
             println!("{}", generated.output.display());
             if generated.findings.is_empty() {
                 println!(
@@ -84,17 +101,14 @@ pub fn run(args: ManifestArgs) -> Result<(), String> {
                 );
                 report(&generated.findings);
                 if gen.fail_on_validation_error {
-                    Err(format!(
-                        "deployment manifest validation failed: {}",
-                        generated.output.display()
-                    ))
+                    Err(ManifestCommandError::GeneratedInvalid(generated.output))
                 } else {
                     Ok(())
                 }
             }
         }
         ManifestCommand::Validate(v) => {
-            let findings = validate_file(&v.file).map_err(|e| e.to_string())?;
+            let findings = validate_file(&v.file)?;
             if findings.is_empty() {
                 println!("validation passed: {}", v.file.display());
                 Ok(())
@@ -105,10 +119,7 @@ pub fn run(args: ManifestArgs) -> Result<(), String> {
                     v.file.display()
                 );
                 report(&findings);
-                Err(format!(
-                    "{} is not a valid deployment manifest",
-                    v.file.display()
-                ))
+                Err(ManifestCommandError::Invalid(v.file))
             }
         }
     }

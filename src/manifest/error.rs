@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// A file could not be read or written.
-    #[error("{}: {source}", file.display())]
+    #[error("file {}", file.display())]
     Io {
         /// The file.
         file: PathBuf,

@@ -235,11 +235,10 @@ pub fn connect(args: &HubArgs) -> Result<ServiceClient, ProvisionError> {
     )?;
     let ca_file = settings::resolve_ca_file_and_origin(args.ca_file.clone(), &env_var);
     if let Some((path, origin)) = &ca_file {
-        std::fs::File::open(path).map_err(|e| {
-            ProvisionError::Input(format!(
-                "{origin} {}: cannot read the CA certificate file: {e}",
-                path.display()
-            ))
+        std::fs::File::open(path).map_err(|source| ProvisionError::CaFile {
+            origin,
+            path: path.clone(),
+            source,
         })?;
     }
     let options = ClientOptions {
@@ -276,11 +275,7 @@ fn identity_json(identity: &Identity, with_secret: bool) -> Value {
 }
 
 /// Runs `edgetwin provision`.
-pub async fn run_provision(args: ProvisionArgs) -> Result<(), String> {
-    provision(args).await.map_err(|e| e.to_string())
-}
-
-async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
+pub async fn run_provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
     // The manifest is generated and validated before anything is sent to the hub.
     let request = ManifestRequest {
         dir: args.deploy.dir.clone(),
@@ -596,11 +591,7 @@ async fn provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
 }
 
 /// Runs `edgetwin twin`.
-pub async fn run_twin(args: TwinArgs) -> Result<(), String> {
-    twin_command(args).await.map_err(|e| e.to_string())
-}
-
-async fn twin_command(args: TwinArgs) -> Result<(), ProvisionError> {
+pub async fn run_twin(args: TwinArgs) -> Result<(), ProvisionError> {
     match args.command {
         TwinCommand::Get(target) => {
             let client = connect(&target.hub)?;
@@ -650,11 +641,9 @@ async fn twin_command(args: TwinArgs) -> Result<(), ProvisionError> {
 }
 
 /// `edgetwin query`: runs the query, follows every continuation, prints the rows.
-pub async fn run_query(args: QueryArgs) -> Result<(), String> {
-    let client = connect(&args.hub).map_err(|e| e.to_string())?;
-    let result = query::run(&client, &args.query, args.page_size)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn run_query(args: QueryArgs) -> Result<(), ProvisionError> {
+    let client = connect(&args.hub)?;
+    let result = query::run(&client, &args.query, args.page_size).await?;
     match args.output {
         OutputFormat::Json => print_json(&Value::Array(result.items)),
         OutputFormat::Text => {
@@ -674,12 +663,9 @@ pub async fn run_query(args: QueryArgs) -> Result<(), String> {
 
 /// `edgetwin edge-env`: prints the `IOTEDGE_*` variables a module of an edge device gets from a
 /// local `edgetwin hub`, as shell `export` lines (`eval "$(edgetwin edge-env ...)"`).
-pub async fn run_edge_env(args: EdgeEnvArgs) -> Result<(), String> {
-    let client = connect(&args.hub).map_err(|e| e.to_string())?;
-    let environment = client
-        .edge_environment(&args.device, &args.module)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn run_edge_env(args: EdgeEnvArgs) -> Result<(), ProvisionError> {
+    let client = connect(&args.hub)?;
+    let environment = client.edge_environment(&args.device, &args.module).await?;
     for (name, value) in environment {
         println!("export {name}={}", shell_quote(&value));
     }

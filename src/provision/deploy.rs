@@ -36,8 +36,10 @@ impl DeploymentOutcome {
 /// (`{"modulesContent": {...}}`, what `manifest gen` and iotedgedev write) or a configuration
 /// (`{"content": {"modulesContent": {...}}}`, what `az iot edge deployment` takes).
 pub fn parse_deployment(text: &str, origin: &str) -> Result<ConfigurationContent, ProvisionError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ProvisionError::Input(format!("{origin}: not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|source| ProvisionError::Json {
+        what: origin.to_owned(),
+        source,
+    })?;
     let (modules, path) = match value.get("content") {
         Some(content) => (content.get("modulesContent"), "$.content.modulesContent"),
         None => (value.get("modulesContent"), "$.modulesContent"),

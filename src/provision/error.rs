@@ -55,8 +55,8 @@ pub enum ProvisionError {
     NoConnectionString,
     /// The connection string does not parse.
     #[error(
-        "the connection string from {origin} is not valid: {source} (a service connection string \
-         is HostName=<hub>;SharedAccessKeyName=<policy>;SharedAccessKey=<key>)"
+        "the connection string from {origin} is not valid (a service connection string is \
+         HostName=<hub>;SharedAccessKeyName=<policy>;SharedAccessKey=<key>)"
     )]
     ConnectionString {
         /// Where it came from.
@@ -68,6 +68,35 @@ pub enum ProvisionError {
     /// Bad command-line input or input file.
     #[error("{0}")]
     Input(String),
+    /// A JSON argument (`--desired`, `--tags`) or file (`--deployment`) does not parse.
+    #[error("{what} is not valid JSON")]
+    Json {
+        /// The argument (`--desired`) or file.
+        what: String,
+        /// Where and why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The CA certificate file (`--ca-file`, `EDGETWIN_CA_FILE`...) cannot be read.
+    #[error("{origin} {}: cannot read the CA certificate file", path.display())]
+    CaFile {
+        /// Where it was named: the flag or the environment variable.
+        origin: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The deployment manifest cannot be generated from the solution's template.
+    #[error("cannot generate the deployment manifest (solution directory {})", dir.display())]
+    Manifest {
+        /// The solution directory.
+        dir: std::path::PathBuf,
+        /// What is wrong with the template, module.json or `.env`.
+        #[source]
+        source: crate::manifest::ManifestError,
+    },
     /// TLS configuration (CA file, roots).
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -93,7 +122,7 @@ pub enum ProvisionError {
         detail: String,
     },
     /// A local file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("file {path}")]
     Io {
         /// The file.
         path: String,

@@ -90,11 +90,11 @@ pub fn refuse(path: &Path, findings: &[String]) -> ProvisionError {
 /// Runs genconfig (which writes the manifest), refuses an invalid result, and reads its
 /// `modulesContent`.
 pub fn generate(options: &GenOptions) -> Result<GeneratedDeployment, ProvisionError> {
-    let generated = manifest::genconfig(options, Env::from_process()).map_err(|e| {
-        ProvisionError::Input(format!(
-            "cannot generate the deployment manifest (solution directory {}): {e}",
-            options.dir.display()
-        ))
+    let generated = manifest::genconfig(options, Env::from_process()).map_err(|source| {
+        ProvisionError::Manifest {
+            dir: options.dir.clone(),
+            source,
+        }
     })?;
     let path = options.dir.join(&generated.output);
     if !generated.findings.is_empty() {

@@ -14,9 +14,10 @@ pub fn parse_object(text: &str, flag: &str) -> Result<Map<String, Value>, Provis
         Ok(_) => Err(ProvisionError::Input(format!(
             "{flag} must be a JSON object, e.g. '{{\"telemetryInterval\":122}}'"
         ))),
-        Err(e) => Err(ProvisionError::Input(format!(
-            "{flag} is not valid JSON: {e}"
-        ))),
+        Err(source) => Err(ProvisionError::Json {
+            what: flag.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -65,14 +65,56 @@ pub enum ScaffoldError {
         /// The JSON path.
         what: &'static str,
     },
-    /// A file could not be read, parsed or written.
-    #[error("{path}: {reason}")]
+    /// A file could not be read, copied or written.
+    #[error("file {}", .path.display())]
     File {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
+    /// `deployment.template.json` is not JSON.
+    #[error("{} is not valid JSON", .path.display())]
+    Json {
+        /// The template.
+        path: PathBuf,
+        /// Where and why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Why `edgetwin new` failed: what it was doing, with the [`ScaffoldError`] as the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum NewError {
+    /// Creating a new solution failed.
+    #[error("cannot create the IoT Edge solution {}", .dir.display())]
+    Solution {
+        /// The solution directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: ScaffoldError,
+    },
+    /// Adding a module to the solution in the current directory failed.
+    #[error("cannot add module `{module}` to the solution in the current directory")]
+    AddModule {
+        /// The module.
+        module: String,
+        /// Why.
+        #[source]
+        source: ScaffoldError,
+    },
+    /// Neither a solution nor `--module` was given.
+    #[error("give a solution to create, or --module to add one to this solution")]
+    NothingToDo,
+    /// `--edgetwin-path` was given to add a module.
+    #[error(
+        "--edgetwin-path is for a new solution: a module added to this one uses its \
+         {VENDOR_DIR}/ copy of the edgetwin crates"
+    )]
+    EdgetwinPathForModule,
 }
 
 /// The checkout's crates copied into a solution's [`VENDOR_DIR`]: every crate a module and its
@@ -160,9 +202,9 @@ pub fn check_module_name(name: &str) -> Result<(), ScaffoldError> {
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ScaffoldError> {
-    let failed = |e: std::io::Error| ScaffoldError::File {
+    let failed = |source| ScaffoldError::File {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(failed)?;
@@ -206,10 +248,11 @@ fn check_checkout(edgetwin: &Path) -> Result<(), ScaffoldError> {
 /// dependencies, lints: what the crates inherit), less the crates not copied.
 fn vendor(edgetwin: &Path, to: &Path) -> Result<(), ScaffoldError> {
     let manifest_path = edgetwin.join("Cargo.toml");
-    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| ScaffoldError::File {
-        path: manifest_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let manifest =
+        std::fs::read_to_string(&manifest_path).map_err(|source| ScaffoldError::File {
+            path: manifest_path.clone(),
+            source,
+        })?;
     write(&to.join("Cargo.toml"), &vendored_manifest(&manifest))?;
     for name in VENDORED_CRATES {
         copy_tree(&edgetwin.join(name), &to.join(name))?;
@@ -250,10 +293,7 @@ fn vendored_manifest(checkout: &str) -> String {
 fn copy_tree(from: &Path, to: &Path) -> Result<(), ScaffoldError> {
     let failed = |path: &Path| {
         let path = path.to_owned();
-        move |e: std::io::Error| ScaffoldError::File {
-            path,
-            reason: e.to_string(),
-        }
+        move |source| ScaffoldError::File { path, source }
     };
     std::fs::create_dir_all(to).map_err(failed(to))?;
     for entry in std::fs::read_dir(from).map_err(failed(from))? {
@@ -323,12 +363,15 @@ pub fn add_module(dir: &Path, module: &str) -> Result<(), ScaffoldError> {
 /// `deployment.template.json` with `module` added to edgeAgent's modules and its outputs routed
 /// upstream.
 fn add_to_template(path: &Path, module: &str) -> Result<String, ScaffoldError> {
-    let failed = |reason: String| ScaffoldError::File {
+    let not_json = |source| ScaffoldError::Json {
         path: path.to_owned(),
-        reason,
+        source,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-    let mut template: Value = serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| ScaffoldError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut template: Value = serde_json::from_str(&text).map_err(not_json)?;
     let missing = |what| ScaffoldError::Template {
         path: path.to_owned(),
         what,
@@ -365,13 +408,13 @@ fn add_to_template(path: &Path, module: &str) -> Result<String, ScaffoldError> {
             "FROM /messages/modules/{module}/outputs/* INTO $upstream"
         )),
     );
-    let mut out = serde_json::to_string_pretty(&template).map_err(|e| failed(e.to_string()))?;
+    let mut out = serde_json::to_string_pretty(&template).map_err(not_json)?;
     out.push('\n');
     Ok(out)
 }
 
-/// Runs `edgetwin new`; `Err` carries the message for `error: ...` (exit 1).
-pub fn run(args: NewArgs) -> Result<(), String> {
+/// Runs `edgetwin new`.
+pub fn run(args: NewArgs) -> Result<(), NewError> {
     match args.solution {
         Some(dir) => {
             let edgetwin = args
@@ -379,23 +422,24 @@ pub fn run(args: NewArgs) -> Result<(), String> {
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
             let edgetwin = edgetwin.canonicalize().unwrap_or(edgetwin);
             let module = args.module.as_deref().unwrap_or(DEFAULT_MODULE);
-            new_solution(&dir, module, &edgetwin).map_err(|e| e.to_string())?;
+            new_solution(&dir, module, &edgetwin).map_err(|source| NewError::Solution {
+                dir: dir.clone(),
+                source,
+            })?;
             println!(
                 "created the IoT Edge solution {} with module {module}; next: cd {0} && cargo test",
                 dir.display()
             );
         }
         None => {
-            let module = args
-                .module
-                .ok_or("give a solution to create, or --module to add one to this solution")?;
+            let module = args.module.ok_or(NewError::NothingToDo)?;
             if args.edgetwin_path.is_some() {
-                return Err(format!(
-                    "--edgetwin-path is for a new solution: a module added to this one uses its \
-                     {VENDOR_DIR}/ copy of the edgetwin crates"
-                ));
+                return Err(NewError::EdgetwinPathForModule);
             }
-            add_module(Path::new("."), &module).map_err(|e| e.to_string())?;
+            add_module(Path::new("."), &module).map_err(|source| NewError::AddModule {
+                module: module.clone(),
+                source,
+            })?;
             println!("added module {module} under modules/{module}");
         }
     }

@@ -67,21 +67,13 @@ pub struct SolutionOptions {
     pub builder: Option<String>,
 }
 
-/// Runs `edgetwin solution ...`; `Err` carries the message for `error: ...` (exit 1).
-pub fn run(args: SolutionArgs) -> Result<(), String> {
+/// Runs `edgetwin solution ...`.
+pub fn run(args: SolutionArgs) -> Result<(), SolutionError> {
     let (options, build, push) = match args.command {
         SolutionCommand::Build { solution, push } => (solution, true, push),
         SolutionCommand::Push { solution, no_build } => (solution, !no_build, true),
     };
-    run_steps(&options, build, push).map_err(|error| {
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        message
-    })
+    run_steps(&options, build, push)
 }
 
 fn run_steps(options: &SolutionOptions, build: bool, push: bool) -> Result<(), SolutionError> {

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from conftest import read_until_closed, tls_socket
+from conftest import read_until_closed, tls_socket, wait_until
 
 DESIRED = "$iothub/twin/PATCH/properties/desired/#"
 
@@ -147,3 +147,20 @@ def test_keep_alive_counts_what_the_client_sends_not_what_the_hub_sends_it(hub, 
             closed = True
     assert closed, "desired patches sent by the hub kept a silent client alive"
     assert time.monotonic() - started < 3
+
+
+def test_telemetry_published_with_retain_carries_mqtt_retain_and_is_not_kept(hub, make_device, raw_mqtt):
+    # IoT Hub MQTT doc: a message with RETAIN=1 gets the `mqtt-retain` application property;
+    # IoT Hub passes it on and retains nothing.
+    device = make_device()
+    client = raw_mqtt(device)
+    assert client.connect() == 0
+    topic = f"devices/{device.device_id}/messages/events/kind=retained"
+    client.client.publish(topic, b"kept?", qos=1, retain=True).wait_for_publish(10)
+    client.client.publish(f"devices/{device.device_id}/messages/events/kind=plain", b"plain", qos=1) \
+        .wait_for_publish(10)
+    messages = wait_until(lambda: len(hub.messages(device.device_id)) == 2 and hub.messages(device.device_id),
+                          message="both messages in the hub's log")
+    by_kind = {m["properties"]["kind"]: m for m in messages}
+    assert by_kind["retained"]["properties"]["mqtt-retain"] == "true"
+    assert "mqtt-retain" not in by_kind["plain"]["properties"]

@@ -56,6 +56,16 @@ pub enum ConnectionStringError {
     /// A key outside the allowed set (keys are case-sensitive).
     #[error("connection string contains unknown key `{0}`")]
     UnknownKey(String),
+    /// A key outside the allowed set that is not named in the message: it is longer than any
+    /// key name, or not a word, so it may be a secret (a key pasted without `SharedAccessKey=`).
+    #[error(
+        "connection string segment #{index} has an unknown key (not shown: it may be a secret; \
+         is a `SharedAccessKey=` missing?)"
+    )]
+    UnknownKeyNotShown {
+        /// 0-based index of the offending non-empty segment.
+        index: usize,
+    },
     /// A key given more than once.
     #[error("connection string contains key `{0}` more than once")]
     DuplicateKey(String),
@@ -175,6 +185,18 @@ impl ConnectionString {
     }
 }
 
+/// The error for the unknown key `key` of segment `index`: named when it could be a key name
+/// (ASCII letters, no longer than `SharedAccessSignature`), not shown otherwise, since a base64
+/// key (even a 16-byte one: 22 characters before its `==`) may have been pasted as a segment.
+fn unknown_key(key: &str, index: usize) -> ConnectionStringError {
+    let longest = KEYS.iter().map(|k| k.len()).max().unwrap_or_default();
+    if key.len() <= longest && key.bytes().all(|b| b.is_ascii_alphabetic()) {
+        ConnectionStringError::UnknownKey(key.to_owned())
+    } else {
+        ConnectionStringError::UnknownKeyNotShown { index }
+    }
+}
+
 impl std::str::FromStr for ConnectionString {
     type Err = ConnectionStringError;
 
@@ -189,7 +211,7 @@ impl std::str::FromStr for ConnectionString {
             let slot = KEYS
                 .iter()
                 .position(|k| *k == key)
-                .ok_or_else(|| ConnectionStringError::UnknownKey(key.to_owned()))?;
+                .ok_or_else(|| unknown_key(key, index))?;
             if values[slot].is_some() {
                 return Err(ConnectionStringError::DuplicateKey(key.to_owned()));
             }
@@ -330,6 +352,16 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, ConnectionStringError::UnknownKey("ModelId".into()));
         assert!(err.to_string().contains("ModelId"));
+    }
+
+    #[test]
+    fn an_unknown_key_that_may_be_a_secret_is_not_shown() {
+        for pasted in [KEY, "c2VjcmV0LWtleS0xNg==", "a+b/c==", "ab12cd=x"] {
+            let err = parse(&format!("HostName=h.net;DeviceId=d1;{pasted}")).unwrap_err();
+            assert_eq!(err, ConnectionStringError::UnknownKeyNotShown { index: 2 });
+            let stem = pasted.split('=').next().unwrap();
+            assert!(!err.to_string().contains(stem), "{err}");
+        }
     }
 
     #[test]

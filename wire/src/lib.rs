@@ -3,7 +3,8 @@
 //!
 //! Everything in this crate is deterministic string/JSON manipulation: connection strings,
 //! SAS tokens, MQTT topic names and usernames, twin documents and their validation rules,
-//! the service REST models and error envelopes, and the IoT Edge module environment.
+//! the service REST models and error envelopes, the IoT Edge module environment, and how an
+//! edgetwin program words an error and its causes ([`report`]).
 //! Nothing here opens sockets, reads files, reads the clock or reads the process environment.
 
 pub mod condition;
@@ -11,6 +12,7 @@ pub mod connection_string;
 pub mod edge;
 pub mod ids;
 pub mod query;
+pub mod report;
 pub mod rest;
 pub mod route;
 pub mod sas;

@@ -221,8 +221,9 @@ pub struct Configuration {
     /// Schema version (az CLI sends `"2.0"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<String>,
-    /// Labels.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Labels; `null` when there are none, never left out: IoT Hub returns the key on every
+    /// configuration (the Azure CLI's own live test checks `labels` is `None` for a deployment
+    /// created without, and its `deployment update` reads `parameters["labels"]` unguarded).
     pub labels: Option<BTreeMap<String, String>>,
     /// Content (modules / module / device).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -239,6 +239,54 @@ pub fn check_section_size(section: Section, props: &Properties) -> Result<(), Tw
     Ok(())
 }
 
+/// When a twin property last changed: the leaf of IoT Hub's per-property `$metadata`,
+/// `{"$lastUpdated": at}`, with `"$lastUpdatedVersion"` (the section's `$version` then) in
+/// desired properties only ("Twin metadata", IoT Hub device twin guide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp<'a> {
+    /// ISO 8601 time of the change.
+    pub at: &'a str,
+    /// The desired `$version` the change made; `None` for reported properties.
+    pub version: Option<i64>,
+}
+
+impl Stamp<'_> {
+    fn write(&self, node: &mut Properties) {
+        node.insert("$lastUpdated".to_owned(), Value::from(self.at));
+        if let Some(version) = self.version {
+            node.insert("$lastUpdatedVersion".to_owned(), Value::from(version));
+        }
+    }
+}
+
+/// Updates a section's per-property `metadata` for a merge `patch` applied to it: every
+/// property the patch sets, and every object above it up to the section, is stamped; a property
+/// the patch removes loses its metadata; a value that replaces an object drops the object's.
+/// For a replaced section, start from an empty `metadata` with the whole new section as `patch`.
+pub fn stamp_metadata(metadata: &mut Properties, patch: &Properties, stamp: Stamp<'_>) {
+    for (key, value) in patch {
+        match value {
+            Value::Null => {
+                metadata.shift_remove(key);
+            }
+            Value::Object(inner_patch) => {
+                let slot = metadata
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(inner) = slot {
+                    stamp_metadata(inner, inner_patch, stamp);
+                }
+            }
+            _ => {
+                let mut leaf = Map::new();
+                stamp.write(&mut leaf);
+                metadata.insert(key.clone(), Value::Object(leaf));
+            }
+        }
+    }
+    stamp.write(metadata);
+}
+
 /// Removes `$version` and `$metadata` at the root (from input patches).
 pub fn strip_system_keys(props: &mut Properties) {
     props.shift_remove("$version");
@@ -359,6 +407,46 @@ mod tests {
     fn ten_nested_objects_with_a_leaf_are_accepted_as_iot_hub_documents() {
         // k1..k10 are objects, k11 is the leaf: `tags.one…ten.property` in IoT Hub's docs
         validate_patch(Section::Reported, &nested(11)).unwrap();
+    }
+
+    #[test]
+    fn metadata_stamps_what_a_patch_sets_and_the_objects_above_it_and_forgets_what_it_removes() {
+        let first = Stamp {
+            at: "t1",
+            version: Some(2),
+        };
+        let mut metadata = Properties::new();
+        stamp_metadata(
+            &mut metadata,
+            &obj(json!({"interval": 5, "config": {"mode": "a", "level": 1}})),
+            first,
+        );
+        let second = Stamp {
+            at: "t2",
+            version: Some(3),
+        };
+        stamp_metadata(
+            &mut metadata,
+            &obj(json!({"config": {"mode": "b", "level": null}})),
+            second,
+        );
+        assert_eq!(
+            Value::Object(metadata.clone()),
+            json!({
+                "interval": {"$lastUpdated": "t1", "$lastUpdatedVersion": 2},
+                "config": {
+                    "mode": {"$lastUpdated": "t2", "$lastUpdatedVersion": 3},
+                    "$lastUpdated": "t2", "$lastUpdatedVersion": 3
+                },
+                "$lastUpdated": "t2", "$lastUpdatedVersion": 3
+            })
+        );
+        let reported = Stamp {
+            at: "t3",
+            version: None,
+        };
+        stamp_metadata(&mut metadata, &obj(json!({"config": 7})), reported);
+        assert_eq!(metadata["config"], json!({"$lastUpdated": "t3"}));
     }
 
     #[test]

@@ -524,7 +524,18 @@ impl Session {
     ) -> Result<Vec<Packet>, ConnectionEnd> {
         let mut replies = Vec::new();
         match inbound {
-            Inbound::Telemetry { output, properties } => {
+            Inbound::Telemetry {
+                output,
+                mut properties,
+            } => {
+                if publish.retain {
+                    // "If a device sends a message with the RETAIN flag set to 1, IoT Hub adds
+                    // the mqtt-retain application property to the message" (IoT Hub MQTT doc,
+                    // "Sending device-to-cloud messages"); nothing is retained
+                    properties
+                        .0
+                        .push(("mqtt-retain".to_owned(), Some("true".to_owned())));
+                }
                 self.on_telemetry(output, properties, &publish.payload)
             }
             Inbound::TwinGet { rid } => {

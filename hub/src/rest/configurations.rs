@@ -166,6 +166,9 @@ fn put(
             input.created_time_utc = Some(now.clone());
             input.last_updated_time_utc = Some(now);
             input.priority = input.priority.or(Some(0));
+            // as IoT Hub answers a configuration created without one (the Azure CLI's live
+            // test of a layered deployment checks `targetCondition` is "")
+            input.target_condition = input.target_condition.or(Some(String::new()));
             input.etag = Some(ids::counter_etag(tx.next_counter("etag")?));
             input
         }

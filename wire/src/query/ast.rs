@@ -101,11 +101,15 @@ pub enum Function {
     StartsWith,
     /// `ENDSWITH(s, suffix)`
     EndsWith,
+    /// `ARRAY_CONTAINS(array, value)`: a primitive element of the array equals the value (the
+    /// Azure CLI's `az iot hub device-identity children list` sends
+    /// `array_contains(parentScopes, '…')`).
+    ArrayContains,
 }
 
 impl Function {
     /// Every function with its name in the language and its number of arguments.
-    pub const ALL: [(Function, &'static str, usize); 10] = [
+    pub const ALL: [(Function, &'static str, usize); 11] = [
         (Function::IsDefined, "IS_DEFINED", 1),
         (Function::IsArray, "IS_ARRAY", 1),
         (Function::IsBool, "IS_BOOL", 1),
@@ -116,6 +120,7 @@ impl Function {
         (Function::IsString, "IS_STRING", 1),
         (Function::StartsWith, "STARTSWITH", 2),
         (Function::EndsWith, "ENDSWITH", 2),
+        (Function::ArrayContains, "ARRAY_CONTAINS", 2),
     ];
 }
 

@@ -158,6 +158,15 @@ fn call<'a>(function: Function, args: &'a [Expr], document: &'a Value) -> Option
                 text.ends_with(other)
             })))
         }
+        Function::ArrayContains => {
+            let array = value?;
+            let wanted = evaluate(args.get(1)?, document)?;
+            let found = array
+                .as_array()?
+                .iter()
+                .any(|element| compare(element, &wanted).is_some_and(|o| o == Ordering::Equal));
+            Some(owned(Value::Bool(found)))
+        }
     }
 }
 
@@ -192,6 +201,18 @@ mod tests {
         assert!(check("TAGS.ring = 2"));
         assert!(!check("tags.RING = 2"));
         assert!(!check("properties.Desired.interval = 30"));
+    }
+
+    #[test]
+    fn array_contains_finds_an_equal_primitive_and_is_undefined_on_what_is_not_an_array() {
+        assert!(check(
+            "ARRAY_CONTAINS(tags.list, 2) AND array_contains(tags.list, 1.0)"
+        ));
+        assert!(!check("ARRAY_CONTAINS(tags.list, 3)"));
+        assert!(!check("ARRAY_CONTAINS(tags.list, '2')"));
+        assert!(!check("ARRAY_CONTAINS(tags.ring, 2)"));
+        assert!(!check("NOT ARRAY_CONTAINS(tags.ring, 2)"));
+        assert!(!check("ARRAY_CONTAINS(tags.missing, 2)"));
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //!
 //! What it follows: "IoT Hub query language for device and module twins, jobs, and message
 //! routing" and "Queries for IoT Hub device and module twins" (Microsoft Learn); functions of
-//! twin queries are `IS_DEFINED`, the `IS_<type>` family and `STARTSWITH`/`ENDSWITH` (IoT Hub
-//! refuses `STARTS_WITH` in twin queries, MicrosoftDocs/azure-docs#110329).
+//! twin queries are `IS_DEFINED`, the `IS_<type>` family, `STARTSWITH`/`ENDSWITH` (IoT Hub
+//! refuses `STARTS_WITH` in twin queries, MicrosoftDocs/azure-docs#110329) and `ARRAY_CONTAINS`
+//! (what the Azure CLI's `device-identity children list` queries with).
 
 pub mod ast;
 pub mod error;

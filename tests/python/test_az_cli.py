@@ -1,0 +1,257 @@
+"""The Azure CLI, unchanged, against the hub: `az iot hub` / `az iot edge` / `az iot device` as an
+operator types them, with `--login` set to the connection string the hub prints and the hub's CA
+trusted through `REQUESTS_CA_BUNDLE` (REST) and `SSL_CERT_FILE` (the CLI's MQTT device
+simulation): no other setting, no shim. Each command's exit code and output are checked and its
+effect is read back through another client (the Python service SDK, a raw MQTT device).
+
+The CLI comes from `scripts/az-install` (azure-cli 2.77.0 and the IoT extension 0.25.0 vendored in
+tests/tools); `EDGETWIN_AZ` names its `az`, default `target/az/venv/bin/az`.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, unique_id, wait_until
+
+AZ_DIR = REPO_ROOT / "target" / "az"
+
+
+@pytest.fixture(scope="session")
+def az(hub):
+    """Runs `az <args> --login <the hub's connection string>`; returns (exit code, stdout, stderr)."""
+    binary = pathlib.Path(os.environ.get("EDGETWIN_AZ", AZ_DIR / "venv" / "bin" / "az"))
+    if not binary.exists():
+        pytest.fail(f"the Azure CLI is not installed at {binary}: run scripts/az-install (or set EDGETWIN_AZ)")
+    install = binary.parents[2]
+    config = tempfile.mkdtemp(prefix="edgetwin-az-config-")
+    env = dict(
+        os.environ,
+        AZURE_EXTENSION_DIR=str(install / "extensions"),
+        AZURE_CONFIG_DIR=config,
+        AZURE_CORE_COLLECT_TELEMETRY="no",
+        AZURE_CORE_NO_COLOR="yes",
+        REQUESTS_CA_BUNDLE=hub.ca_path,
+        SSL_CERT_FILE=hub.ca_path,
+    )
+
+    def run(*args, login=None, timeout=120):
+        cmd = [str(binary), *args, "--login", login or hub.service_connection_string]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        return done.returncode, done.stdout, done.stderr
+
+    def start(*args, login=None):
+        cmd = [str(binary), *args, "--login", login or hub.service_connection_string]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    run.start = start
+    return run
+
+
+def ok(result):
+    """The JSON an `az` command printed, after checking it exited 0."""
+    code, out, err = result
+    assert code == 0, f"az exited {code}\nstdout: {out}\nstderr: {err}"
+    return json.loads(out) if out.strip() else None
+
+
+def test_device_identities_round_trip_through_the_cli(az, registry_manager):
+    device_id = unique_id("az")
+    created = ok(az("iot", "hub", "device-identity", "create", "-d", device_id))
+    assert created["deviceId"] == device_id
+    assert created["authentication"]["type"] == "sas"
+    key = created["authentication"]["symmetricKey"]["primaryKey"]
+    assert registry_manager.get_device(device_id).authentication.symmetric_key.primary_key == key
+
+    shown = ok(az("iot", "hub", "device-identity", "connection-string", "show", "-d", device_id))
+    assert shown["connectionString"].endswith(f";DeviceId={device_id};SharedAccessKey={key}")
+
+    ok(az("iot", "hub", "device-identity", "update", "-d", device_id, "--status", "disabled"))
+    assert registry_manager.get_device(device_id).status == "disabled"
+    listed = ok(az("iot", "hub", "device-identity", "list", "--query", "[].deviceId"))
+    assert device_id in listed
+
+    ok(az("iot", "hub", "device-identity", "delete", "-d", device_id))
+    code, _, err = az("iot", "hub", "device-identity", "show", "-d", device_id)
+    assert code != 0 and "DeviceNotFound" in err, err
+
+
+def test_twin_updates_from_the_cli_reach_the_twins(az, registry_manager, make_module):
+    module = make_module()
+    ok(az("iot", "hub", "device-twin", "update", "-d", module.device_id,
+          "--desired", '{"telemetryInterval": 122}', "--tags", '{"site": "az"}'))
+    twin = registry_manager.get_twin(module.device_id)
+    assert twin.properties.desired["telemetryInterval"] == 122
+    assert twin.tags == {"site": "az"}
+
+    shown = ok(az("iot", "hub", "module-twin", "update", "-d", module.device_id, "-m", module.module_id,
+                  "--desired", '{"telemetryInterval": 7}'))
+    assert shown["properties"]["desired"]["telemetryInterval"] == 7
+    module_twin = registry_manager.get_module_twin(module.device_id, module.module_id)
+    assert module_twin.properties.desired["telemetryInterval"] == 7
+
+    # per-property metadata, as IoT Hub keeps it: $lastUpdatedVersion in desired properties only
+    ok(az("iot", "hub", "device-twin", "update", "-d", module.device_id, "--desired", '{"mode": "eco"}'))
+    desired = ok(az("iot", "hub", "device-twin", "show", "-d", module.device_id))["properties"]["desired"]
+    metadata = desired["$metadata"]
+    assert metadata["telemetryInterval"]["$lastUpdatedVersion"] == desired["$version"] - 1
+    assert metadata["mode"]["$lastUpdatedVersion"] == desired["$version"]
+    assert metadata["$lastUpdatedVersion"] == desired["$version"]
+    assert metadata["mode"]["$lastUpdated"] == metadata["$lastUpdated"]
+    assert metadata["telemetryInterval"]["$lastUpdated"] < metadata["mode"]["$lastUpdated"]
+
+    found = ok(az("iot", "hub", "query", "-q",
+                  f"SELECT deviceId FROM devices WHERE tags.site = 'az' AND deviceId = '{module.device_id}'"))
+    assert found == [{"deviceId": module.device_id}]
+
+
+def test_reported_properties_carry_when_each_changed(az, make_device, raw_mqtt):
+    device = make_device()
+    client = raw_mqtt(device)
+    assert client.connect() == 0
+    client.subscribe("$iothub/twin/res/#")
+    client.publish("$iothub/twin/PATCH/properties/reported/?$rid=1", b'{"battery": {"level": 80}}')
+    client.wait_message(lambda t, p: t.startswith("$iothub/twin/res/204/?$rid=1"))
+    reported = ok(az("iot", "hub", "device-twin", "show", "-d", device.device_id))["properties"]["reported"]
+    level = reported["$metadata"]["battery"]["level"]
+    assert set(level) == {"$lastUpdated"}
+    assert reported["$metadata"]["battery"]["$lastUpdated"] == level["$lastUpdated"]
+
+
+def _answer_one_method(client, status, body):
+    """Waits for the method request on a raw MQTT client and answers it; returns the request."""
+    topic, payload = client.wait_message(lambda t, p: t.startswith("$iothub/methods/POST/"), timeout=30)
+    rid = topic.split("$rid=")[1]
+    client.publish(f"$iothub/methods/res/{status}/?$rid={rid}", body)
+    return topic, payload
+
+
+def test_methods_invoked_without_a_timeout_reach_the_device_and_answer(az, make_device, make_module,
+                                                                        raw_mqtt):
+    # Without --timeout the CLI sends "responseTimeoutInSeconds": "30", a string; IoT Hub takes it.
+    device = make_device()
+    client = raw_mqtt(device)
+    assert client.connect() == 0
+    client.subscribe("$iothub/methods/POST/#")
+    running = az.start("iot", "hub", "invoke-device-method", "-d", device.device_id,
+                       "--mn", "reboot", "--mp", '{"delay": 5}')
+    topic, payload = _answer_one_method(client, 200, b'{"rebooting": true}')
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert topic.startswith("$iothub/methods/POST/reboot/")
+    assert json.loads(payload) == {"delay": 5}
+    assert json.loads(out) == {"status": 200, "payload": {"rebooting": True}}
+
+    module = make_module()
+    module_client = raw_mqtt(module)
+    assert module_client.connect() == 0
+    module_client.subscribe("$iothub/methods/POST/#")
+    running = az.start("iot", "hub", "invoke-module-method", "-d", module.device_id, "-m", module.module_id,
+                       "--mn", "ping")
+    _answer_one_method(module_client, 201, b'"pong"')
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert json.loads(out) == {"status": 201, "payload": "pong"}
+
+
+def test_an_edge_device_created_with_a_parent_has_it_in_its_parent_scopes(az, registry_manager):
+    parent, child, leaf = unique_id("azp"), unique_id("azc"), unique_id("azl")
+    ok(az("iot", "edge", "devices", "create", "--device", f"id={parent}", "--device",
+          f"id={child}", f"parent={parent}"))
+    parent_scope = registry_manager.get_device(parent).device_scope
+    assert parent_scope.startswith(f"ms-azure-iot-edge://{parent}-")
+    child_device = registry_manager.get_device(child)
+    assert child_device.capabilities.iot_edge
+    assert child_device.parent_scopes == [parent_scope]
+
+    ok(az("iot", "hub", "device-identity", "create", "-d", leaf))
+    ok(az("iot", "hub", "device-identity", "parent", "set", "-d", leaf, "--pd", parent))
+    leaf_device = registry_manager.get_device(leaf)
+    assert leaf_device.device_scope == parent_scope
+    assert leaf_device.parent_scopes == [parent_scope]
+    assert ok(az("iot", "hub", "device-identity", "parent", "show", "-d", child))["deviceId"] == parent
+
+    children = ok(az("iot", "hub", "device-identity", "children", "list", "-d", parent))
+    assert sorted(children) == sorted([child, leaf])
+
+    ok(az("iot", "hub", "device-identity", "children", "remove", "-d", parent, "--child-list", leaf))
+    assert registry_manager.get_device(leaf).parent_scopes == []
+    assert ok(az("iot", "hub", "device-identity", "children", "list", "-d", parent)) == [child]
+
+
+def _write_manifest(tmp_path, modules=None):
+    manifest = {
+        "modulesContent": {
+            "$edgeAgent": {"properties.desired": {
+                "schemaVersion": "1.1",
+                "runtime": {"type": "docker", "settings": {}},
+                "systemModules": {
+                    "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"}},
+                    "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always",
+                                "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5"}},
+                },
+                "modules": {},
+            }},
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {},
+                                                "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}},
+        }
+    }
+    for module_id, desired in (modules or {}).items():
+        agent = manifest["modulesContent"]["$edgeAgent"]["properties.desired"]
+        agent["modules"][module_id] = {"type": "docker", "status": "running", "restartPolicy": "always",
+                                       "settings": {"image": "localhost:5000/edgetwin:0.1.0-amd64"}}
+        manifest["modulesContent"][module_id] = {"properties.desired": desired}
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def test_a_deployment_without_labels_can_be_updated(az, tmp_path):
+    # IoT Hub returns "labels" on every configuration; the CLI's update reads it unguarded.
+    deployment_id = unique_id("azdep")
+    created = ok(az("iot", "edge", "deployment", "create", "-d", deployment_id,
+                    "--content", str(_write_manifest(tmp_path)), "--target-condition", "tags.site='nowhere'",
+                    "--priority", "3"))
+    assert created["labels"] is None or created["labels"] == {}
+    updated = ok(az("iot", "edge", "deployment", "update", "-d", deployment_id, "--set", "priority=9"))
+    assert updated["priority"] == 9
+    assert ok(az("iot", "edge", "deployment", "show", "-d", deployment_id))["priority"] == 9
+    ok(az("iot", "edge", "deployment", "delete", "-d", deployment_id))
+
+
+def test_a_method_invoked_with_a_null_payload_reaches_the_device_with_an_empty_body(az, make_device,
+                                                                                   raw_mqtt):
+    # `--mp null` sends no payload; IoT Hub then sends the device an empty body, not `null`
+    # (Azure/azure-iot-sdk-c#2097, Azure/azure-iot-sdk-python#761).
+    device = make_device()
+    client = raw_mqtt(device)
+    assert client.connect() == 0
+    client.subscribe("$iothub/methods/POST/#")
+    running = az.start("iot", "hub", "invoke-device-method", "-d", device.device_id, "--mn", "stop",
+                       "--mp", "null")
+    _, payload = _answer_one_method(client, 200, b"")
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert payload == b""
+    assert json.loads(out)["status"] == 200
+
+
+def test_set_modules_before_the_module_exists_gives_the_module_its_desired_properties(az, registry_manager,
+                                                                                    tmp_path):
+    # The edge runtime creates module identities after it received the deployment, so IoT Hub
+    # keeps a module's twin content for it until then.
+    device_id, module_id = unique_id("azedge"), "edgetwin"
+    ok(az("iot", "hub", "device-identity", "create", "-d", device_id, "--ee"))
+    manifest = _write_manifest(tmp_path, {module_id: {"telemetryInterval": 122}})
+    applied = ok(az("iot", "edge", "set-modules", "-d", device_id, "-k", str(manifest)))
+    assert sorted(m["moduleId"] for m in applied) == ["$edgeAgent", "$edgeHub"]
+    ok(az("iot", "hub", "module-identity", "create", "-d", device_id, "-m", module_id))
+    twin = registry_manager.get_module_twin(device_id, module_id)
+    assert twin.properties.desired["telemetryInterval"] == 122
+    shown = ok(az("iot", "hub", "module-twin", "show", "-d", device_id, "-m", module_id))
+    assert shown["properties"]["desired"]["telemetryInterval"] == 122
