@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{TempDir, EDGETWIN, EDGETWIN_MODULE};
+use support::{edgetwin_module, TempDir, EDGETWIN};
 
 /// `edgetwin args…` run in `dir`, with no connection string, CA file or log filter from the
 /// environment that runs the tests.
@@ -193,7 +193,7 @@ fn quickstart_says_its_hub_did_not_start_and_why() {
         &[
             "quickstart",
             "--module-binary",
-            EDGETWIN_MODULE,
+            edgetwin_module().to_str().unwrap(),
             "--data-dir",
             "a-file",
         ],
