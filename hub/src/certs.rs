@@ -4,6 +4,8 @@
 //! certificate signed by it. The CA is what clients trust (`server_verification_cert`, the workload
 //! trust bundle, `REQUESTS_CA_BUNDLE`), so it is kept forever; the server certificate is reissued
 //! only when the set of names it must cover changes.
+//!
+//! A leaf: depends on nothing else of the hub.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 //! no stale lock is ever left to clean up. The pid in the file is only for the message.
 //!
 //! Before the lock, [`create`] makes sure the directory is one: a directory, and this user's.
+//!
+//! A leaf: depends on nothing else of the hub.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

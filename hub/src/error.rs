@@ -1,5 +1,7 @@
 //! The hub's one domain error: an IoT Hub error code with a message safe to show to the caller.
 //! REST turns it into IoT Hub's error envelope, MQTT into a twin response status.
+//!
+//! A leaf: depends on the store's error only.
 
 use edgetwin_wire::rest::ErrorCode;
 

@@ -2,6 +2,8 @@
 //! dropped connections, refused connects, tokens that expire early, throttling (429 with
 //! `Retry-After`), server errors (500, 503) and slow responses. Set through `/edgetwin/faults/*`;
 //! all off by default.
+//!
+//! Door state shared by REST and MQTT (never the hub's): depends on the error type only.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

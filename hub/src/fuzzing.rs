@@ -2,6 +2,8 @@
 //! through the hub's HTTP/1.1 server settings into its REST or workload handlers, over an
 //! in-memory stream, against one hub (in a scratch directory) that holds an edge device `gw` with
 //! a module `m`.
+//!
+//! Test entry points: may depend on anything below `lib.rs`.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -12,15 +14,19 @@ use edgetwin_wire::rest::{Device, DeviceCapabilities, Module};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::hub::Hub;
-use crate::workload::WorkloadSockets;
+use crate::faults::Faults;
+use crate::hub::{Database, Hub};
+use crate::rest;
+use crate::workload::{self, WorkloadSockets};
 
 /// The hub every input is served by, and the runtime it runs on.
 struct Fixture {
     /// Runs the connections.
     runtime: tokio::runtime::Runtime,
-    /// The hub.
-    hub: Arc<Hub>,
+    /// The REST door of the hub.
+    rest: rest::State,
+    /// What the workload sockets answer from.
+    workload: Arc<workload::Api>,
     /// Where its state lives.
     _dir: PathBuf,
 }
@@ -35,10 +41,13 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .expect("runtime");
-        let workload = WorkloadSockets::new(dir.join("workload"), 16);
+        let database = Database::open(&dir, true).expect("database");
+        let api = || workload::Api::new(database.readers(), "CA".into());
+        let workload = Arc::new(api());
+        let sockets = Arc::new(WorkloadSockets::new(dir.join("workload"), 16, api()));
+        let beside = sockets.after_commit(runtime.handle().clone());
         let hub = runtime.block_on(async {
-            let hub =
-                Hub::open(&dir, "localhost".into(), "CA".into(), workload, true).expect("hub");
+            let hub = Hub::start(database, "localhost".into(), beside).expect("hub");
             hub.write(|tx| {
                 let edge = Device {
                     capabilities: Some(DeviceCapabilities { iot_edge: true }),
@@ -51,11 +60,15 @@ fn fixture() -> &'static Fixture {
             .expect("fixture identities");
             hub
         });
-        let hub = Arc::new(hub);
-        hub.workload.attach(&hub);
+        let rest = rest::State {
+            hub: Arc::new(hub),
+            faults: Arc::new(Faults::default()),
+            workload: sockets,
+        };
         Fixture {
             runtime,
-            hub,
+            rest,
+            workload,
             _dir: dir,
         }
     })
@@ -74,7 +87,7 @@ where
     S::Future: Send + 'static,
 {
     let (mut client, server) = tokio::io::duplex(1 << 20);
-    let mut builder = crate::rest::http1_server();
+    let mut builder = crate::http::http1_server();
     // The client closes its side once it has written: answer what it sent anyway.
     builder.half_close(true);
     let connection = tokio::spawn(builder.serve_connection(TokioIo::new(server), service));
@@ -89,10 +102,10 @@ where
 /// `input` as raw bytes on a REST connection (mostly refused: it carries no valid token).
 pub fn rest_raw(input: &[u8]) -> Vec<u8> {
     let fixture = fixture();
-    let hub = fixture.hub.clone();
+    let rest = fixture.rest.clone();
     let service = hyper::service::service_fn(move |request| {
-        let hub = hub.clone();
-        async move { Ok::<_, Infallible>(crate::rest::handle(hub, request).await) }
+        let rest = rest.clone();
+        async move { Ok::<_, Infallible>(rest::handle(rest, request).await) }
     });
     fixture.runtime.block_on(exchange(input, service))
 }
@@ -109,8 +122,9 @@ pub fn rest_authenticated(input: &[u8]) -> Vec<u8> {
     }
     let fixture = fixture();
     let Some(owner) = fixture
+        .rest
         .hub
-        .policies
+        .policies()
         .iter()
         .find(|p| p.name == "iothubowner")
     else {
@@ -136,10 +150,10 @@ pub fn rest_authenticated(input: &[u8]) -> Vec<u8> {
 /// `input` as raw bytes on the workload socket of edge device `gw`.
 pub fn workload_raw(input: &[u8]) -> Vec<u8> {
     let fixture = fixture();
-    let hub = Arc::downgrade(&fixture.hub);
+    let api = fixture.workload.clone();
     let service = hyper::service::service_fn(move |request| {
-        let hub = hub.clone();
-        async move { Ok::<_, Infallible>(crate::workload::handle(hub, "gw", request).await) }
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(workload::handle(&api, "gw", request).await) }
     });
     fixture.runtime.block_on(exchange(input, service))
 }

@@ -1,28 +1,32 @@
-//! The hub's shared state, handed as `Arc<Hub>` to every listener: the store, live connections,
-//! methods in flight, the message log and the shared access policies. Operations that span
-//! storage and live connections (twin changes that notify devices, method calls) live here.
+//! The hub's core, handed as `Arc<Hub>` to every door: the store (its writer and readers),
+//! queries, live connections, methods in flight, the message log and the shared access policies.
+//! Operations that span storage and live connections (twin changes that notify devices, method
+//! calls, service authentication) live here. Depends on the domain modules below it (store,
+//! writer, twins, deployments, registry, live, …); never on a door (mqtt, https, rest, console,
+//! workload).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use edgetwin_wire::query::Query;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::{SasScope, SasToken};
 use edgetwin_wire::topic::{self, Feature};
+use serde_json::Value;
 
-use crate::console::Console;
 use crate::error::ApiError;
-use crate::faults::Faults;
 use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
 use crate::methods::{MethodResponse, PendingMethods};
-use crate::rest::query::Queries;
-use crate::store::{IdentityKey, PolicyRecord, Readers, Store, StoreError, Transaction};
+use crate::queries::Queries;
+use crate::store::{
+    off_the_async_worker, IdentityKey, PolicyRecord, Readers, Store, StoreError, Transaction,
+};
 use crate::twins::{self, DesiredChange};
-use crate::workload::WorkloadSockets;
-use crate::writer::{Committing, Writer, Written};
+use crate::writer::{Committing, Effect, Writer, Written};
 
 /// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
 pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
@@ -34,45 +38,24 @@ pub const MAX_METHOD_TIMEOUT_SECS: u64 = 300;
 /// their own, [`Queries`]): reads from concurrent connections rarely wait for one another.
 const READERS: usize = 4;
 
-/// Everything the listeners share.
-pub struct Hub {
-    /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
-    pub host_name: String,
-    /// The one writer of the store, which also tells clients about desired changes in commit
-    /// order.
-    writer: Writer,
+/// The hub's database, opened and checked, before the hub runs on it: its read-only connections
+/// can be handed to what serves beside the hub (the workload sockets) first.
+pub struct Database {
+    /// The database file.
+    path: PathBuf,
+    /// The write connection, which the writer takes.
+    store: Store,
     /// Read-only connections for reads, which never wait behind a write and its fsync.
-    readers: Readers,
-    /// Queries' own read connections, queue and continuation key.
-    pub queries: Queries,
-    /// Live MQTT connections.
-    pub live: Arc<LiveConnections>,
-    /// Direct methods waiting for a response.
-    pub methods: PendingMethods,
-    /// Telemetry and module outputs.
-    pub messages: MessageLog,
-    /// Shared access policies (loaded at start).
-    pub policies: Vec<PolicyRecord>,
-    /// The CA certificate (PEM), served as the workload trust bundle.
-    pub ca_pem: String,
-    /// The workload sockets being served.
-    pub workload: WorkloadSockets,
-    /// Faults injected through `/edgetwin/faults`.
-    pub faults: Faults,
-    /// The web console's sessions and event streams.
-    pub console: Console,
+    readers: Arc<Readers>,
+    /// Shared access policies.
+    policies: Vec<PolicyRecord>,
 }
 
-impl Hub {
+impl Database {
     /// Opens the store in `data_dir`, creating the default shared access policies on first start
-    /// if `fresh_allowed` (otherwise a database without policies is refused: it was lost).
-    pub fn open(
-        data_dir: &Path,
-        host_name: String,
-        ca_pem: String,
-        workload: WorkloadSockets,
-        fresh_allowed: bool,
-    ) -> Result<Self, StoreError> {
+    /// if `fresh_allowed` (otherwise a database without policies is refused: it was lost), and
+    /// finishes the deployment evaluations the last run left pending.
+    pub fn open(data_dir: &Path, fresh_allowed: bool) -> Result<Self, StoreError> {
         let path = data_dir.join("hub.db");
         let mut store = Store::open(&path)?;
         let policies = store.transaction(|tx| {
@@ -101,13 +84,71 @@ impl Hub {
                 tracing::error!(%error, "evaluating deployments at start failed");
             }
         }
+        Ok(Self {
+            readers: Arc::new(Readers::open(&path, READERS)?),
+            path,
+            store,
+            policies,
+        })
+    }
+
+    /// The read-only connections, shared with the hub that will run on this database.
+    pub fn readers(&self) -> Arc<Readers> {
+        self.readers.clone()
+    }
+}
+
+/// The hub's core state; its doors reach it through the methods below.
+pub struct Hub {
+    /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
+    host_name: String,
+    /// The one writer of the store, which also applies the effects of each write in commit
+    /// order.
+    writer: Writer,
+    /// Read-only connections for reads, which never wait behind a write and its fsync.
+    readers: Arc<Readers>,
+    /// Queries' own read connections, queue and continuation key.
+    queries: Queries,
+    /// Live MQTT connections.
+    live: Arc<LiveConnections>,
+    /// Direct methods waiting for a response.
+    methods: PendingMethods,
+    /// Telemetry and module outputs.
+    messages: MessageLog,
+    /// Shared access policies (loaded at start).
+    policies: Vec<PolicyRecord>,
+}
+
+impl Hub {
+    /// Runs the hub named `host_name` on `database`: starts its writer. The effects of writes on
+    /// the hub's own state (desired patches, disconnects) it applies itself; the others (on
+    /// workload sockets, which are served beside the hub) go to `beside`, in the same order, on
+    /// the writer's thread.
+    pub fn start(
+        database: Database,
+        host_name: String,
+        beside: impl Fn(&Effect) + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let Database {
+            path,
+            store,
+            readers,
+            policies,
+        } = database;
         let live = Arc::new(LiveConnections::default());
         let hook = {
             let live = live.clone();
-            move |change: &DesiredChange| notify_desired(&live, change)
+            move |effect: &Effect| match effect {
+                Effect::Desired(change) => notify_desired(&live, change),
+                Effect::Kick { client_id } => live.kick(client_id),
+                Effect::KickDevice { device_id } => live.kick_device(device_id),
+                Effect::OpenWorkloadSocket { .. } | Effect::CloseWorkloadSocket { .. } => {
+                    beside(effect)
+                }
+            }
         };
         Ok(Self {
-            readers: Readers::open(&path, READERS)?,
+            readers,
             queries: Queries::open(&path)?,
             writer: Writer::start(store, hook).map_err(|source| StoreError::Io {
                 path: path.clone(),
@@ -118,11 +159,47 @@ impl Hub {
             methods: PendingMethods::default(),
             messages: MessageLog::default(),
             policies,
-            ca_pem,
-            workload,
-            faults: Faults::default(),
-            console: Console::default(),
         })
+    }
+
+    /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// The shared access policies.
+    pub fn policies(&self) -> &[PolicyRecord] {
+        &self.policies
+    }
+
+    /// The live MQTT connections: who is connected, and sending to them.
+    pub fn live(&self) -> &LiveConnections {
+        &self.live
+    }
+
+    /// Direct methods waiting for a device's response.
+    pub fn methods(&self) -> &PendingMethods {
+        &self.methods
+    }
+
+    /// The log of telemetry and module outputs.
+    pub fn messages(&self) -> &MessageLog {
+        &self.messages
+    }
+
+    /// One page of `query` (whose text is `text`), at most `max_item_count` rows after the
+    /// `continuation` token, with the next page's token if more rows follow
+    /// ([`Queries::page`]).
+    pub async fn query(
+        &self,
+        text: &str,
+        query: &Query,
+        continuation: Option<&str>,
+        max_item_count: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        self.queries
+            .page(&self.live, text, query, continuation, max_item_count)
+            .await
     }
 
     /// Runs `f` in one read transaction on a read-only connection: it never waits for the
@@ -143,9 +220,10 @@ impl Hub {
     }
 
     /// Runs `f` in a transaction of the writer and waits for its commit, after which (in commit
-    /// order with every other change) subscribed clients are told about the desired-property
-    /// changes it made.
-    pub async fn write_and_notify<T: Send + 'static>(
+    /// order with every other change, before the answer) the [`Effect`]s it returns happen:
+    /// subscribed clients are told about desired-property changes, clients are disconnected,
+    /// workload sockets open or close.
+    pub async fn write_with_effects<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Written<T> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -360,17 +438,6 @@ fn notify_desired(live: &LiveConnections, change: &DesiredChange) {
     }
 }
 
-/// Runs blocking store reads so that, on a multi-threaded runtime, the worker's other tasks
-/// move to another thread meanwhile instead of waiting behind it.
-pub(crate) fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
-}
-
 /// Whether a permission list holds `permission`.
 pub fn grants(policy: &PolicyRecord, permission: Permission) -> bool {
     policy.permissions.iter().any(|p| p == permission.name())
@@ -411,6 +478,9 @@ pub fn host_matches(token_host: &str, hub_host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deployments::tests::{counts, ring_a};
+    use crate::store::EVALUATIONS_PENDING;
+    use serde_json::json;
 
     #[test]
     fn an_sr_path_limits_a_service_token_to_the_paths_under_it() {
@@ -433,5 +503,40 @@ mod tests {
         assert!(host_matches("LocalHost:8443", "localhost"));
         assert!(host_matches("localhost", "localhost"));
         assert!(!host_matches("other", "localhost"));
+    }
+
+    #[test]
+    fn an_evaluation_the_last_run_did_not_finish_is_finished_at_the_next_start_and_only_then() {
+        for pending in [0, 1] {
+            let dir = std::env::temp_dir().join(format!(
+                "edgetwin-unfinished-{pending}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut store = Store::open(&dir.join("hub.db")).unwrap();
+            store
+                .transaction(|tx| {
+                    ring_a(tx, 3)?;
+                    // as a database that was evaluated, then saw `pending` unfinished changes
+                    tx.clear_counter(EVALUATIONS_PENDING)?;
+                    Ok::<_, ApiError>(tx.add_to_counter(EVALUATIONS_PENDING, pending)?)
+                })
+                .unwrap();
+            drop(store);
+            let database = Database::open(&dir, true).unwrap();
+            let hub = Hub::start(database, "localhost".into(), |_| {}).unwrap();
+            let (evaluated, left) = hub
+                .read(|tx| {
+                    let evaluated = tx.configuration("ring-a")?.unwrap().system_metrics;
+                    Ok((evaluated.is_some(), tx.counter(EVALUATIONS_PENDING)?))
+                })
+                .unwrap();
+            assert_eq!((evaluated, left), (pending == 1, 0), "pending {pending}");
+            if pending == 1 {
+                assert_eq!(hub.read(counts).unwrap(), (json!(3), json!(3)));
+            }
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 }

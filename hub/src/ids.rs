@@ -1,4 +1,6 @@
 //! Generated values: symmetric keys, generation ids, etags, tracking ids and timestamps.
+//!
+//! A leaf: depends on nothing else of the hub.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;

@@ -4,6 +4,8 @@
 //! its base deployment are merged over the base in priority order (the higher priority wins a
 //! path both set), so their routes and modules add to the base's. A layered deployment on a
 //! device without a base deployment is targeted but not applied. Pure: no store, no I/O.
+//!
+//! A leaf: depends on nothing else of the hub.
 
 use edgetwin_wire::rest::ConfigurationContent;
 use serde_json::{Map, Value};

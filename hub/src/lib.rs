@@ -3,6 +3,17 @@
 //! faithful enough that Microsoft's SDKs run against it unchanged.
 //!
 //! Start it with [`start`]; the returned [`RunningHub`] tells where everything listens.
+//!
+//! Inside, every import points down (`scripts/import-cycles` checks it, in `scripts/test`):
+//! - **doors** on top, each with its own handle: `mqtt` (`mqtt::State`: hub, faults), the HTTPS
+//!   front door `https` routing to `console`, MQTT over WebSockets and `rest` (`rest::State`:
+//!   hub, faults, workload sockets), and the `workload` sockets (`workload::Api`: the store's
+//!   readers and the CA), fed by the writer's after-commit hook;
+//! - the **core**, `hub::Hub` (no pub fields): the store's `writer` (whose result carries each
+//!   write's effects, applied in commit order), readers, `queries`, `live` connections,
+//!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`,
+//!   `layers`, `store`;
+//! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `data_lock`.
 
 mod certs;
 mod console;
@@ -12,6 +23,8 @@ mod error;
 mod faults;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod http;
+mod https;
 mod hub;
 mod ids;
 mod layers;
@@ -20,6 +33,7 @@ mod live;
 mod messages;
 mod methods;
 mod mqtt;
+mod queries;
 mod registry;
 mod rest;
 mod routing;
@@ -194,8 +208,10 @@ pub struct RunningHub {
     shutdown: watch::Sender<bool>,
     /// The listener tasks; each ends once its connections have.
     tasks: Vec<JoinHandle<()>>,
-    /// The shared state, for the workload sockets to stop.
+    /// The hub's core, whose writer drains last.
     hub: Arc<hub::Hub>,
+    /// The workload sockets, stopped before the writer drains.
+    workload: Arc<workload::WorkloadSockets>,
     /// Runs the MQTT listener and its connections.
     _device_side: DeviceRuntime,
     /// The data directory's lock, released last (after the writer drained).
@@ -258,7 +274,7 @@ impl RunningHub {
         for task in self.tasks {
             let _ = task.await;
         }
-        self.hub.workload.stop_all().await;
+        self.workload.stop_all().await;
         self.hub.drain_writes().await;
     }
 }
@@ -318,25 +334,22 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let tls = certs::load_or_create(&data_dir.join("certs"), &names)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let files = open_file_limit();
+    let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
+    let database = hub::Database::open(&data_dir, fresh_allowed)?;
     let workload_dir = config.workload_api.then(|| data_dir.join("workload"));
-    let workload = match &workload_dir {
+    let workload = Arc::new(match &workload_dir {
         Some(dir) => workload::WorkloadSockets::new(
             dir.clone(),
             config
                 .max_workload_sockets
                 .unwrap_or_else(|| default_workload_sockets(files)),
+            workload::Api::new(database.readers(), tls.ca_pem.clone()),
         ),
         None => workload::WorkloadSockets::off(),
-    };
-    let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
-    let hub = Arc::new(hub::Hub::open(
-        &data_dir,
-        config.host_name.clone(),
-        tls.ca_pem.clone(),
-        workload,
-        fresh_allowed,
-    )?);
-    hub.workload.attach(&hub);
+    });
+    // The writer opens and closes workload sockets once the writes that ask for it commit.
+    let beside = workload.after_commit(tokio::runtime::Handle::current());
+    let hub = Arc::new(hub::Hub::start(database, config.host_name.clone(), beside)?);
 
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
     let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;
@@ -348,7 +361,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     // Only now, with the listeners bound, the recorded workload sockets (at most the cap): however
     // many there are, they can never take the descriptors the listeners need.
     let edge_devices = hub
-        .read(|tx| match hub.workload.is_on() {
+        .read(|tx| match workload.is_on() {
             true => Ok(tx.workload_socket_devices()?),
             false => Ok(Vec::new()),
         })
@@ -357,7 +370,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             source: std::io::Error::other(e.message),
         })?;
     for (served, device_id) in edge_devices.iter().enumerate() {
-        match hub.workload.ensure(device_id) {
+        match workload.ensure(device_id) {
             Ok(_) => {}
             Err(error @ workload::SocketError::Full { .. }) => {
                 let left = edge_devices.len() - served;
@@ -368,8 +381,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         }
     }
 
+    let console = Arc::new(console::Console::default());
     let owner = hub
-        .policies
+        .policies()
         .iter()
         .find(|p| p.name == "iothubowner")
         .map(|p| p.primary_key.clone())
@@ -380,7 +394,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         service_connection_string: ConnectionString::service(&service_host, "iothubowner", &owner)
             .to_secret_string(),
         policies: hub
-            .policies
+            .policies()
             .iter()
             .map(|p| (p.name.clone(), p.primary_key.clone()))
             .collect(),
@@ -390,7 +404,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         rest_url: format!("https://{service_host}"),
         console_url: Secret::new(format!(
             "https://{service_host}{}",
-            hub.console
+            console
                 .sign_in_path()
                 .map(|path| path.expose().to_owned())
                 .unwrap_or_default()
@@ -401,19 +415,34 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let info_json = serde_json::to_string_pretty(&info).unwrap_or_default();
     certs::write_private(&data_dir.join("hub.json"), &info_json)?;
 
+    // Each door gets its own handle: the core, and what the door alone needs beside it.
+    let mqtt = mqtt::State {
+        hub: hub.clone(),
+        faults: Arc::new(faults::Faults::default()),
+    };
+    let rest = rest::State {
+        hub: hub.clone(),
+        faults: mqtt.faults.clone(),
+        workload: workload.clone(),
+    };
+    let doors = https::Doors {
+        rest,
+        console,
+        mqtt: mqtt.clone(),
+    };
     let device_side = DeviceRuntime::start()?;
     let tasks = vec![
         device_side.spawn(mqtt::serve(
             mqtt_listener,
             acceptor.clone(),
-            hub.clone(),
+            mqtt,
             limits,
             shutdown.clone(),
         )),
-        tokio::spawn(rest::serve(
+        tokio::spawn(https::serve(
             https_listener,
             acceptor,
-            hub.clone(),
+            doors,
             limits,
             shutdown,
         )),
@@ -423,6 +452,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         shutdown: shutdown_tx,
         tasks,
         hub,
+        workload,
         _device_side: device_side,
         _data_lock: data_lock,
     })

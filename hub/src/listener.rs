@@ -7,6 +7,8 @@
 //! room, so thousands of idle or trickling peers cannot keep a well-behaved device out. Idle and
 //! slow peers are timed out by the protocol on top (TLS handshake, CONNECT and header timeouts);
 //! what this module adds is that nothing waits for a peer forever.
+//!
+//! A leaf: depends on nothing else of the hub.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! Live MQTT connections: who is connected, what each subscribed to, and the channel that carries
 //! server-to-client publishes to the task owning the socket. One live connection per client id; a
 //! new CONNECT kicks the previous one, as IoT Hub does.
+//!
+//! Part of the core: depends on nothing else of the hub.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -2,6 +2,8 @@
 //! capped by count and by bytes; a read returns at most [`MAX_READ_MESSAGES`] messages and about
 //! [`MAX_READ_BYTES`] of bodies (page on with `after`), so readers cannot make the hub copy the
 //! whole log at once.
+//!
+//! Part of the core: depends on nothing else of the hub.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;

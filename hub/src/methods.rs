@@ -1,5 +1,7 @@
 //! Direct methods in flight: a REST invocation waits here for the device's response on
 //! `$iothub/methods/res/{status}/?$rid={rid}`, or for its timeout.
+//!
+//! Part of the core: depends on nothing else of the hub.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,7 @@
 //! The identity registry: devices and modules, with IoT Hub's rules for ids, keys, etags and the
 //! system modules of edge devices. Every function runs inside one store transaction.
+//!
+//! Part of the core's domain: depends on the store, error and ids; never on the hub or a door.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;

@@ -3,6 +3,8 @@
 //! and delivered to the inputs they name. `$upstream` messages stay in the message log, which
 //! records everything that arrives. Delivery is to connected, subscribed modules only: the hub does
 //! not store messages for offline modules (edgeHub does).
+//!
+//! Used by the MQTT door: depends on the hub, live connections and the store; never on a door.
 
 use bytes::Bytes;
 use edgetwin_wire::condition::Condition;
@@ -126,7 +128,7 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
             at_least_once: true,
         };
         match hub
-            .live
+            .live()
             .send(&target, Some(Feature::ModuleInputs), outgoing)
         {
             Ok(()) => delivered += 1,

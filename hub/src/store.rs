@@ -4,6 +4,8 @@
 //!
 //! Records are stored as JSON documents of the wire models; the store knows nothing of REST or
 //! MQTT, only of keys and documents.
+//!
+//! The bottom of the core: depends on nothing else of the hub.
 
 use std::path::Path;
 
@@ -356,6 +358,17 @@ fn in_transaction<T, E: From<StoreError>>(
     let result = f(&Transaction { tx: &tx })?;
     tx.commit().map_err(StoreError::from)?;
     Ok(result)
+}
+
+/// Runs blocking store reads so that, on a multi-threaded runtime, the worker's other tasks
+/// move to another thread meanwhile instead of waiting behind it.
+pub fn off_the_async_worker<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 /// Read-only connections to the database, so that reads (CONNECT authentication, twin GETs,

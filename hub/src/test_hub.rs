@@ -15,6 +15,8 @@
 //! hub.stop().await;
 //! # Ok(()) }
 //! ```
+//!
+//! Above everything: depends on the crate's public API (`start`) only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

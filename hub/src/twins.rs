@@ -2,6 +2,9 @@
 //! the back end patches or replaces tags and desired properties, a deployment replaces desired
 //! properties wholesale, and the device patches reported properties. Versions, etags and size
 //! limits follow IoT Hub; every change is validated before anything is stored.
+//!
+//! Part of the core's domain: depends on the store, registry, error and ids; never on the hub or a
+//! door.
 
 use edgetwin_wire::rest::{ErrorCode, Twin, TwinProperties, X509Thumbprint};
 use edgetwin_wire::twin::{self, Properties, Section, Stamp};

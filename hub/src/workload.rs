@@ -23,11 +23,16 @@
 //!
 //! Unlike aziot-edged, the hub cannot tell containers apart by PID: any process that can open the
 //! socket may sign for any module of that device. The socket is created mode 0600.
+//!
+//! A door beside the hub, not inside it: it answers from the store's read-only connections and
+//! the CA certificate it is given ([`WorkloadSockets::new`]), and opens or closes sockets as the
+//! writer's after-commit hook hands it the effects of writes ([`WorkloadSockets::apply`]); depends
+//! on the store, registry, writer, listener and http modules, never on the hub or another door.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use edgetwin_wire::ids::IdError;
@@ -40,9 +45,10 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::hub::Hub;
+use crate::http::{http1_server, read_body};
 use crate::listener::{self, Limits};
-use crate::store::IdentityKey;
+use crate::store::{off_the_async_worker, IdentityKey, Readers};
+use crate::writer::Effect;
 
 /// Longest unix socket path, in bytes, that binds everywhere (`sun_path` is 108 bytes on Linux and
 /// 104 on macOS, both with the terminating NUL).
@@ -101,22 +107,37 @@ struct Served {
     task: JoinHandle<()>,
 }
 
+/// What every workload socket answers from: the store's read-only connections (the modules'
+/// keys and generation ids) and the CA certificate (PEM), served as the trust bundle.
+pub struct Api {
+    /// Read-only connections to the hub's store.
+    readers: Arc<Readers>,
+    /// The CA certificate (PEM).
+    ca_pem: String,
+}
+
+impl Api {
+    /// Answers from `readers` and the CA certificate `ca_pem`.
+    pub fn new(readers: Arc<Readers>, ca_pem: String) -> Self {
+        Self { readers, ca_pem }
+    }
+}
+
 /// The workload sockets being served, one per edge device that has asked for one.
 pub struct WorkloadSockets {
-    /// Where sockets are created; `None` when the workload API is switched off.
-    dir: Option<PathBuf>,
+    /// Where sockets are created, and what they answer from; `None` when the workload API is
+    /// switched off.
+    on: Option<(PathBuf, Arc<Api>)>,
     /// Most sockets served at once: each holds a file descriptor, and the process has a limit.
     max: usize,
     /// Devices whose socket is listening.
     serving: Mutex<HashMap<String, Served>>,
-    /// The hub the sockets serve, set once it exists ([`WorkloadSockets::attach`]).
-    hub: std::sync::OnceLock<Weak<Hub>>,
 }
 
 impl WorkloadSockets {
-    /// At most `max` sockets under `dir`.
-    pub fn new(dir: PathBuf, max: usize) -> Self {
-        Self::serving_in(Some(dir), max)
+    /// At most `max` sockets under `dir`, answering from `api`.
+    pub fn new(dir: PathBuf, max: usize, api: Api) -> Self {
+        Self::serving_in(Some((dir, Arc::new(api))), max)
     }
 
     /// No sockets at all: the workload API is switched off and every request for a socket is
@@ -125,18 +146,17 @@ impl WorkloadSockets {
         Self::serving_in(None, 0)
     }
 
-    fn serving_in(dir: Option<PathBuf>, max: usize) -> Self {
+    fn serving_in(on: Option<(PathBuf, Arc<Api>)>, max: usize) -> Self {
         Self {
-            dir,
+            on,
             max,
             serving: Mutex::new(HashMap::new()),
-            hub: std::sync::OnceLock::new(),
         }
     }
 
     /// Whether the workload API is served at all.
     pub fn is_on(&self) -> bool {
-        self.dir.is_some()
+        self.on.is_some()
     }
 
     /// Whether the socket of `device_id` is being served.
@@ -159,30 +179,16 @@ impl WorkloadSockets {
         }
     }
 
-    /// Tells the sockets which hub they serve (the hub owns them, so this comes after it is made).
-    pub fn attach(&self, hub: &Arc<Hub>) {
-        let _ = self.hub.set(Arc::downgrade(hub));
-    }
-
     /// The socket path of `device_id`, once the id is known to be one IoT Hub allows.
     pub fn path_of(&self, device_id: &str) -> Result<PathBuf, SocketError> {
-        let dir = self.dir.as_ref().ok_or(SocketError::Off)?;
-        edgetwin_wire::ids::check_identity_id(device_id).map_err(|source| {
-            SocketError::InvalidId {
-                device_id: device_id.to_owned(),
-                source,
-            }
-        })?;
-        let path = dir.join(socket_file_name(device_id));
-        if path.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(SocketError::PathTooLong { path });
-        }
-        Ok(path)
+        let (dir, _) = self.on.as_ref().ok_or(SocketError::Off)?;
+        path_in(dir, device_id)
     }
 
     /// Starts serving the socket of `device_id` unless it already is, and returns its path.
     pub fn ensure(&self, device_id: &str) -> Result<PathBuf, SocketError> {
-        let path = self.path_of(device_id)?;
+        let (dir, api) = self.on.as_ref().ok_or(SocketError::Off)?;
+        let path = path_in(dir, device_id)?;
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         if serving.contains_key(device_id) {
             return Ok(path);
@@ -196,8 +202,7 @@ impl WorkloadSockets {
             source,
         })?;
         let (stop, stopped) = watch::channel(false);
-        let hub = self.hub.get().cloned().unwrap_or_default();
-        let task = tokio::spawn(serve(listener, hub, device_id.to_owned(), stopped));
+        let task = tokio::spawn(serve(listener, api.clone(), device_id.to_owned(), stopped));
         let served = Served {
             path: path.clone(),
             stop,
@@ -211,12 +216,36 @@ impl WorkloadSockets {
     /// Starts serving the socket of `device_id` (unless the workload API is off), logging (not
     /// returning) a failure: for callers whose own operation succeeded whether or not a socket
     /// could be made.
-    pub fn ensure_or_log(&self, device_id: &str) {
+    fn ensure_or_log(&self, device_id: &str) {
         if !self.is_on() {
             return;
         }
         if let Err(error) = self.ensure(device_id) {
             tracing::error!(device_id, %error, "no workload socket");
+        }
+    }
+
+    /// The writer's after-commit hook for the sockets ([`crate::hub::Hub::start`]'s `beside`):
+    /// applies each effect in `runtime`, where the sockets' listeners run (the writer's thread
+    /// has none).
+    pub fn after_commit(
+        self: &Arc<Self>,
+        runtime: tokio::runtime::Handle,
+    ) -> impl Fn(&Effect) + Send + 'static {
+        let sockets = self.clone();
+        move |effect| {
+            let _runtime = runtime.enter();
+            sockets.apply(effect);
+        }
+    }
+
+    /// Applies a committed write's effect on the sockets: opens or closes one (logging a socket
+    /// that cannot be served); the other effects are not the sockets'.
+    fn apply(&self, effect: &Effect) {
+        match effect {
+            Effect::OpenWorkloadSocket { device_id } => self.ensure_or_log(device_id),
+            Effect::CloseWorkloadSocket { device_id } => self.remove(device_id),
+            _ => {}
         }
     }
 
@@ -247,6 +276,19 @@ impl WorkloadSockets {
             let _ = served.task.await;
         }
     }
+}
+
+/// The socket path of `device_id` in `dir`, once the id is known to be one IoT Hub allows.
+fn path_in(dir: &Path, device_id: &str) -> Result<PathBuf, SocketError> {
+    edgetwin_wire::ids::check_identity_id(device_id).map_err(|source| SocketError::InvalidId {
+        device_id: device_id.to_owned(),
+        source,
+    })?;
+    let path = dir.join(socket_file_name(device_id));
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SocketError::PathTooLong { path });
+    }
+    Ok(path)
 }
 
 /// Binds `path` (a name [`socket_file_name`] made, inside `dir`), replacing a stale socket file
@@ -280,18 +322,18 @@ const LIMITS: Limits = Limits {
 
 async fn serve(
     listener: UnixListener,
-    hub: Weak<Hub>,
+    api: Arc<Api>,
     device_id: String,
     stop: watch::Receiver<bool>,
 ) {
     listener::serve(listener, "workload", LIMITS, stop, move |stream, _, _| {
-        let (hub, device_id) = (hub.clone(), device_id.clone());
+        let (api, device_id) = (api.clone(), device_id.clone());
         async move {
             let service = hyper::service::service_fn(move |request| {
-                let (hub, device_id) = (hub.clone(), device_id.clone());
-                async move { Ok::<_, Infallible>(handle(hub, &device_id, request).await) }
+                let (api, device_id) = (api.clone(), device_id.clone());
+                async move { Ok::<_, Infallible>(handle(&api, &device_id, request).await) }
             });
-            let _ = crate::rest::http1_server()
+            let _ = http1_server()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         }
@@ -312,13 +354,10 @@ fn respond(answer: WorkloadAnswer) -> Response {
 /// Answers one request on `device_id`'s socket; requests are read by
 /// [`edgetwin_wire::workload::parse_request`], as `edgetwin edge` reads them.
 pub(crate) async fn handle(
-    hub: Weak<Hub>,
+    api: &Api,
     device_id: &str,
     request: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
-    let Some(hub) = hub.upgrade() else {
-        return respond(WorkloadAnswer::error(503, "the hub is shutting down"));
-    };
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
@@ -327,7 +366,7 @@ pub(crate) async fn handle(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.starts_with("application/json"));
-    let Some(body) = crate::rest::read_body(request.into_body(), workload::MAX_BODY).await else {
+    let Some(body) = read_body(request.into_body(), workload::MAX_BODY).await else {
         return respond(WorkloadAnswer::error(
             400,
             "invalid parameter: body too large or unreadable",
@@ -336,19 +375,19 @@ pub(crate) async fn handle(
     respond(
         match workload::parse_request(&method, &path, &query, json_body, &body) {
             Err(answer) => answer,
-            Ok(WorkloadRequest::TrustBundle) => WorkloadAnswer::trust_bundle(&hub.ca_pem),
+            Ok(WorkloadRequest::TrustBundle) => WorkloadAnswer::trust_bundle(&api.ca_pem),
             Ok(WorkloadRequest::Sign {
                 module_id,
                 generation_id,
                 key,
                 data,
-            }) => sign(&hub, device_id, &module_id, &generation_id, key, &data),
+            }) => sign(api, device_id, &module_id, &generation_id, key, &data),
         },
     )
 }
 
 fn sign(
-    hub: &Hub,
+    api: &Api,
     device_id: &str,
     module_id: &str,
     generation_id: &str,
@@ -360,15 +399,17 @@ fn sign(
         KeyId::Secondary => 1,
     };
     let identity = IdentityKey::module(device_id, module_id);
-    let keys = hub.read(|tx| {
-        let current = tx
-            .module(device_id, module_id)?
-            .and_then(|m| m.generation_id)
-            .is_some_and(|g| g == generation_id);
-        if !current {
-            return Ok(None);
-        }
-        crate::registry::connect_keys(tx, &identity)
+    let keys = off_the_async_worker(|| {
+        api.readers.read(|tx| {
+            let current = tx
+                .module(device_id, module_id)?
+                .and_then(|m| m.generation_id)
+                .is_some_and(|g| g == generation_id);
+            if !current {
+                return Ok(None);
+            }
+            crate::registry::connect_keys(tx, &identity)
+        })
     });
     let Some(secret) = keys
         .ok()
@@ -392,10 +433,6 @@ fn sign(
 mod tests {
     use super::*;
 
-    fn sockets(dir: &str) -> WorkloadSockets {
-        WorkloadSockets::new(PathBuf::from(dir), 8)
-    }
-
     #[test]
     fn socket_names_are_the_same_short_length_for_every_id_and_differ_between_ids() {
         let short = socket_file_name("a");
@@ -408,7 +445,7 @@ mod tests {
 
     #[test]
     fn an_id_that_is_not_an_iot_hub_id_never_becomes_a_path() {
-        let error = sockets("/data/workload").path_of("../x").unwrap_err();
+        let error = path_in(Path::new("/data/workload"), "../x").unwrap_err();
         assert!(matches!(error, SocketError::InvalidId { .. }), "{error}");
         assert_eq!(
             error.to_string(),
@@ -419,7 +456,7 @@ mod tests {
     #[test]
     fn a_data_directory_too_deep_for_a_socket_path_is_named_in_the_error() {
         let deep = format!("/{}", "d".repeat(80));
-        let error = sockets(&deep).path_of("gw").unwrap_err();
+        let error = path_in(Path::new(&deep), "gw").unwrap_err();
         assert!(error.to_string().contains(&deep), "{error}");
         assert!(error.to_string().contains("--data-dir"), "{error}");
     }

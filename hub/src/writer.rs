@@ -2,9 +2,12 @@
 //! reported patches, persistent sessions) queues here as a job; the thread takes what is queued
 //! (up to [`MAX_BATCH`] jobs), runs each under its own savepoint inside one transaction (a failing
 //! job is rolled back alone), commits once (one fsync for the whole batch: group commit), and only
-//! then, in commit order, hands each job's desired-property changes to the after-commit hook and
-//! answers it. Nothing is answered before it is on disk, no async worker ever waits for the disk or
-//! for another writer, and reads go to [`crate::store::Readers`] meanwhile.
+//! then, in commit order, hands each job's [`Effect`]s (desired patches to send, clients to
+//! disconnect, workload sockets to open or close) to the after-commit hook and answers it. Nothing
+//! is answered before it is on disk, nothing happens outside the store before the change that
+//! causes it is committed, no async worker ever waits for the disk or for another writer, and reads
+//! go to [`crate::store::Readers`] meanwhile. Part of the core: depends on the store and twins
+//! only.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
@@ -21,17 +24,52 @@ const MAX_BATCH: usize = 512;
 /// Jobs that may wait for the writer before submitters wait for room.
 const QUEUE: usize = 4096;
 
-/// What a job returns: its value and the desired-property changes to tell clients about.
-pub type Written<T> = Result<(T, Vec<DesiredChange>), ApiError>;
+/// What a job returns: its value and the effects of its changes outside the store.
+pub type Written<T> = Result<(T, Vec<Effect>), ApiError>;
+
+/// What a committed write makes happen outside the store, applied by the after-commit hook in
+/// commit order, before the write is answered.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Tell the client whose desired properties changed.
+    Desired(DesiredChange),
+    /// Disconnect one client (a deleted module identity).
+    Kick {
+        /// The client (`device` or `device/module`).
+        client_id: String,
+    },
+    /// Disconnect a device and every module of it (deleted or disabled).
+    KickDevice {
+        /// The device.
+        device_id: String,
+    },
+    /// Serve the workload socket of an edge device (its modules will want it).
+    OpenWorkloadSocket {
+        /// The edge device.
+        device_id: String,
+    },
+    /// Stop serving the workload socket of a deleted device, and remove it.
+    CloseWorkloadSocket {
+        /// The deleted device.
+        device_id: String,
+    },
+}
+
+impl Effect {
+    /// Desired-property changes as effects.
+    pub fn desired(changes: impl IntoIterator<Item = DesiredChange>) -> Vec<Effect> {
+        changes.into_iter().map(Effect::Desired).collect()
+    }
+}
 
 /// A queued unit of work, type-erased so that jobs of every result type share the queue.
 trait Job: Send {
     /// Runs the work inside the batch's transaction; `false` when it failed, so that its changes
     /// must be rolled back.
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
-    /// Once the batch's commit succeeded (`committed`) or failed: hands the changes to `hook`
+    /// Once the batch's commit succeeded (`committed`) or failed: hands the effects to `hook`
     /// (only if committed) and answers the submitter.
-    fn finish(self: Box<Self>, committed: bool, hook: &dyn Fn(&DesiredChange));
+    fn finish(self: Box<Self>, committed: bool, hook: &dyn Fn(&Effect));
 }
 
 /// A job with its work, its outcome once run, and where the answer goes.
@@ -61,11 +99,11 @@ where
         ok
     }
 
-    fn finish(self: Box<Self>, committed: bool, hook: &dyn Fn(&DesiredChange)) {
+    fn finish(self: Box<Self>, committed: bool, hook: &dyn Fn(&Effect)) {
         let answer = match self.outcome {
-            Some(Ok((value, changes))) if committed => {
-                for change in &changes {
-                    hook(change);
+            Some(Ok((value, effects))) if committed => {
+                for effect in &effects {
+                    hook(effect);
                 }
                 Ok(value)
             }
@@ -86,11 +124,8 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread, which owns `store` from now on. `hook` is called on that thread
-    /// after each commit, once per desired change, in commit order; it must not wait for a write.
-    pub fn start(
-        store: Store,
-        hook: impl Fn(&DesiredChange) + Send + 'static,
-    ) -> std::io::Result<Self> {
+    /// after each commit, once per effect, in commit order; it must not wait for a write.
+    pub fn start(store: Store, hook: impl Fn(&Effect) + Send + 'static) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let (ended_tx, ended) = oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -149,11 +184,7 @@ impl Writer {
 }
 
 /// The writer thread: one transaction per batch of queued jobs, until the queue closes.
-fn write_batches(
-    mut store: Store,
-    mut jobs: mpsc::Receiver<Box<dyn Job>>,
-    hook: &dyn Fn(&DesiredChange),
-) {
+fn write_batches(mut store: Store, mut jobs: mpsc::Receiver<Box<dyn Job>>, hook: &dyn Fn(&Effect)) {
     /// A job that failed inside the batch (its own answer says why).
     struct Failed;
     impl From<StoreError> for Failed {
@@ -350,15 +381,17 @@ mod tests {
         let (store, dir) = temp_store("hook");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let writer = Writer::start(store, move |change| {
-            log.lock().unwrap().push(change.version);
+        let writer = Writer::start(store, move |effect| {
+            if let Effect::Desired(change) = effect {
+                log.lock().unwrap().push(change.version);
+            }
         })
         .unwrap();
         let change =
             |version| DesiredChange::new(IdentityKey::device("d1"), &Default::default(), version);
         let mut pending = Vec::new();
         for version in 1..=20 {
-            let changes = vec![change(version)];
+            let changes = vec![Effect::Desired(change(version))];
             pending.push(writer.submit(move |_| Ok(((), changes))).await.unwrap());
         }
         pending.last_mut().unwrap().outcome().await.unwrap();

@@ -1,5 +1,7 @@
 //! The console's front end: plain HTML, CSS and JavaScript built into the binary (nothing is
 //! fetched from anywhere else), and the security headers every console response carries.
+//!
+//! A leaf of the console: depends on nothing else of the hub.
 
 /// One built-in file.
 pub struct Asset {

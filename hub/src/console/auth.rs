@@ -5,6 +5,8 @@
 //! requests must repeat in a header. Sessions are capped per policy, so signing in again and
 //! again with one key ends only that key's own oldest sessions, never another policy's. Pure and
 //! time-explicit; the handlers in `mod.rs` do the I/O.
+//!
+//! Depends on the store's records and the hub's host matching only; never on a door.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

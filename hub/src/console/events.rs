@@ -8,6 +8,8 @@
 //! [`MAX_STREAM_LIFE`] (the browser reconnects) and ends at once when its session ends (sign-out,
 //! eviction, expiry) or its response body is dropped — which is what happens to every connection
 //! task when the hub stops.
+//!
+//! Depends on the hub (messages, live connections) only; never on a door.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -166,8 +168,8 @@ pub fn start(
 
 /// Feeds `tx` until the body is dropped.
 async fn produce(hub: &Hub, mut request: StreamRequest, tx: &mpsc::Sender<Bytes>) {
-    let mut logged = hub.messages.subscribe();
-    let mut connects = hub.live.subscribe();
+    let mut logged = hub.messages().subscribe();
+    let mut connects = hub.live().subscribe();
     connects.mark_changed();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.reset();
@@ -192,7 +194,7 @@ async fn produce(hub: &Hub, mut request: StreamRequest, tx: &mpsc::Sender<Bytes>
                 if changed.is_err() {
                     return;
                 }
-                let now: BTreeSet<String> = hub.live.client_ids().into_iter().collect();
+                let now: BTreeSet<String> = hub.live().client_ids().into_iter().collect();
                 if connected.as_ref() == Some(&now) {
                     continue;
                 }
@@ -215,7 +217,7 @@ async fn produce(hub: &Hub, mut request: StreamRequest, tx: &mpsc::Sender<Bytes>
 /// The messages logged after `filter.after`, as events (advancing `filter.after`).
 fn messages(hub: &Hub, filter: &mut MessageFilter) -> String {
     let mut text = String::new();
-    for message in hub.messages.list(filter) {
+    for message in hub.messages().list(filter) {
         filter.after = message.sequence;
         let data = serde_json::to_string(&message).unwrap_or_default();
         text.push_str(&format!(

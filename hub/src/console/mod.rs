@@ -6,6 +6,9 @@
 //! the [`auth::CSRF_HEADER`] header. Failed sign-ins are throttled per client address and
 //! hub-wide ([`throttle`]); sessions and event streams are capped per policy, so a lesser key
 //! cannot push the owner out.
+//!
+//! A door on the HTTPS front door ([`crate::https`]): depends on the hub, the REST door (whose
+//! routes it answers as the session's policy) and the http leaf; never on the front door or MQTT.
 
 mod assets;
 mod auth;
@@ -26,10 +29,11 @@ use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 
 use crate::error::ApiError;
+use crate::http::{error_response, query_pairs, read_body};
 use crate::hub::{grants, Caller, Hub};
 use crate::ids;
 use crate::messages::MessageFilter;
-use crate::rest::{error_response, query_pairs, read_body, serve_request};
+use crate::rest::{self, serve_request};
 use crate::store::PolicyRecord;
 use assets::Asset;
 use auth::{Session, Sessions, SignInError, Started};
@@ -79,25 +83,28 @@ pub fn serves(path: &str) -> bool {
 }
 
 /// Answers a request under [`PREFIX`] from client address `peer`.
+/// `console` is the console's state, `rest` the REST door its API requests go to.
 pub async fn handle(
-    hub: Arc<Hub>,
+    console: &Console,
+    rest: &rest::State,
     request: hyper::Request<Incoming>,
     peer: IpAddr,
 ) -> hyper::Response<Body> {
+    let hub = &rest.hub;
     let now = ids::now_unix();
     let name = request.uri().path()[PREFIX.len()..]
         .trim_start_matches('/')
         .to_owned();
-    let session = session_of(&hub, request.headers(), now);
+    let session = session_of(console, hub, request.headers(), now);
     let method = request.method().clone();
     let mut response = match (&method, name.as_str()) {
-        (&Method::GET, "") => page(&hub, &request, session, peer, now).await,
-        (&Method::POST, "signin") => sign_in(&hub, request, peer, now).await,
+        (&Method::GET, "") => page(console, &request, session, peer, now).await,
+        (&Method::POST, "signin") => sign_in(console, hub, request, peer, now).await,
         (_, "api") => Err(ApiError::invalid("/console/api needs a REST path after it")),
-        (_, api) if api.starts_with("api/") => proxy(&hub, request, session).await,
-        (&Method::POST, "signout") => sign_out(&hub, &request, session),
-        (&Method::GET, "session") => describe(&hub, session),
-        (&Method::GET, "events") => stream(&hub, &request, session),
+        (_, api) if api.starts_with("api/") => proxy(rest, request, session).await,
+        (&Method::POST, "signout") => sign_out(console, &request, session),
+        (&Method::GET, "session") => describe(hub, session),
+        (&Method::GET, "events") => stream(console, hub, &request, session),
         (&Method::GET, file) => assets::file(file)
             .map(asset)
             .ok_or_else(|| not_found(&name)),
@@ -126,15 +133,20 @@ struct SignedIn {
 }
 
 /// The signed-in session of the request's cookie, with its policy.
-fn session_of(hub: &Hub, headers: &hyper::HeaderMap, now: u64) -> Option<SignedIn> {
+fn session_of(
+    console: &Console,
+    hub: &Hub,
+    headers: &hyper::HeaderMap,
+    now: u64,
+) -> Option<SignedIn> {
     let id = headers
         .get_all(hyper::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| auth::cookie(v, auth::COOKIE))?;
-    let session = hub.console.sessions.get(id, now)?;
+    let session = console.sessions.get(id, now)?;
     let policy = hub
-        .policies
+        .policies()
         .iter()
         .find(|p| p.name == session.policy)?
         .clone();
@@ -160,7 +172,7 @@ fn not_signed_in() -> ApiError {
 /// `GET /console/`: the link's token signs in (once) and redirects to a clean URL; then the
 /// console for a signed-in browser, the sign-in page for any other.
 async fn page(
-    hub: &Hub,
+    console: &Console,
     request: &hyper::Request<Incoming>,
     session: Option<SignedIn>,
     peer: IpAddr,
@@ -168,9 +180,9 @@ async fn page(
 ) -> Result<hyper::Response<Body>, ApiError> {
     let query = query_pairs(request.uri().query().unwrap_or(""));
     if let Some(token) = query.get("token") {
-        return Ok(match hub.console.sessions.sign_in_with_link(token, now) {
+        return Ok(match console.sessions.sign_in_with_link(token, now) {
             Ok(started) => signed_in_redirect(&started),
-            Err(error) => match refused(hub, peer, &error).await {
+            Err(error) => match refused(console, peer, &error).await {
                 Some(throttled) => throttled,
                 None => redirect(&format!("{PREFIX}/#{}", urlencode(&error.to_string()))),
             },
@@ -186,6 +198,7 @@ async fn page(
 /// `POST /console/signin` with `{"connectionString": ...}` (JSON, so that a cross-site form
 /// cannot send it): starts a session with that string's policy.
 async fn sign_in(
+    console: &Console,
     hub: &Hub,
     request: hyper::Request<Incoming>,
     peer: IpAddr,
@@ -217,15 +230,15 @@ async fn sign_in(
     let SignIn { connection_string } = serde_json::from_slice(&body).map_err(|_| {
         ApiError::invalid("the sign-in body must be {\"connectionString\": \"...\"}")
     })?;
-    let started = match hub.console.sessions.sign_in_with_connection_string(
+    let started = match console.sessions.sign_in_with_connection_string(
         connection_string.expose(),
-        &hub.host_name,
-        &hub.policies,
+        hub.host_name(),
+        hub.policies(),
         now,
     ) {
         Ok(started) => started,
         Err(error) => {
-            if let Some(throttled) = refused(hub, peer, &error).await {
+            if let Some(throttled) = refused(console, peer, &error).await {
                 return Ok(throttled);
             }
             let code = match error {
@@ -244,11 +257,15 @@ async fn sign_in(
 /// Counts a failed sign-in from `peer`: logs it if it is the first in a while (and schedules the
 /// counted report of those after it), and past the address's or the hub's allowance holds the
 /// answer and returns the 429 to send instead of the refusal.
-async fn refused(hub: &Hub, peer: IpAddr, error: &SignInError) -> Option<hyper::Response<Body>> {
-    let failure = hub.console.throttle.fail(peer, Instant::now());
+async fn refused(
+    console: &Console,
+    peer: IpAddr,
+    error: &SignInError,
+) -> Option<hyper::Response<Body>> {
+    let failure = console.throttle.fail(peer, Instant::now());
     if failure.opens_report {
         tracing::info!(%peer, reason = %error, "console sign-in refused");
-        let throttle = hub.console.throttle.clone();
+        let throttle = console.throttle.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(throttle::REPORT_INTERVAL).await;
@@ -284,13 +301,13 @@ async fn refused(hub: &Hub, peer: IpAddr, error: &SignInError) -> Option<hyper::
 
 /// `POST /console/signout`: ends the session and, at once, its event streams.
 fn sign_out(
-    hub: &Hub,
+    console: &Console,
     request: &hyper::Request<Incoming>,
     session: Option<SignedIn>,
 ) -> Result<hyper::Response<Body>, ApiError> {
     let SignedIn { id, session, .. } = signed_in(session)?;
     check_csrf(request, &session)?;
-    hub.console.sessions.end(id.expose());
+    console.sessions.end(id.expose());
     let mut response = empty(StatusCode::NO_CONTENT);
     set_cookie(&mut response, &auth::clear_cookie());
     Ok(response)
@@ -302,7 +319,7 @@ fn describe(hub: &Hub, session: Option<SignedIn>) -> Result<hyper::Response<Body
         session, policy, ..
     } = signed_in(session)?;
     let body = serde_json::json!({
-        "hostName": hub.host_name,
+        "hostName": hub.host_name(),
         "policy": policy.name,
         "permissions": policy.permissions,
         "csrfToken": session.csrf.expose(),
@@ -312,7 +329,7 @@ fn describe(hub: &Hub, session: Option<SignedIn>) -> Result<hyper::Response<Body
 
 /// `/console/api/{REST path}`: the hub's REST API as the session's policy.
 async fn proxy(
-    hub: &Arc<Hub>,
+    rest: &rest::State,
     mut request: hyper::Request<Incoming>,
     session: Option<SignedIn>,
 ) -> Result<hyper::Response<Body>, ApiError> {
@@ -333,13 +350,14 @@ async fn proxy(
     *request.uri_mut() = path_and_query
         .parse()
         .map_err(|_| ApiError::invalid("the REST path after /console/api is not a valid URI"))?;
-    let response = serve_request(hub, request, move |_, _| Ok(Caller::Policy(policy))).await;
+    let response = serve_request(rest, request, move |_, _| Ok(Caller::Policy(policy))).await;
     Ok(response.map(BodyExt::boxed))
 }
 
 /// `GET /console/events?deviceId=&moduleId=`: messages (with `ServiceConnect`) and connection
 /// state (with `RegistryRead`) as server-sent events.
 fn stream(
+    console: &Console,
     hub: &Arc<Hub>,
     request: &hyper::Request<Incoming>,
     session: Option<SignedIn>,
@@ -365,22 +383,20 @@ fn stream(
         device_id: Some(device_id.clone()),
         module_id: query.get("moduleId").cloned(),
         output: None,
-        after: resume.unwrap_or_else(|| hub.messages.latest()),
+        after: resume.unwrap_or_else(|| hub.messages().latest()),
     });
     if messages.is_some() && !grants(&policy, Permission::ServiceConnect) {
-        return Err(crate::rest::permission_missing(
+        return Err(rest::permission_missing(
             &policy,
             Permission::ServiceConnect,
         ));
     }
     let connections = grants(&policy, Permission::RegistryRead);
-    let slot = hub
-        .console
+    let slot = console
         .streams
         .take(id.expose(), &policy.name)
         .map_err(|full| ApiError::new(ErrorCode::ThrottlingException, full.to_string()))?;
-    let session_end = hub
-        .console
+    let session_end = console
         .sessions
         .watch_end(id.expose())
         .ok_or_else(not_signed_in)?;

@@ -7,6 +7,8 @@
 //! a flood, not the odds of a guess). The log gets the first failure of a quiet period, then one
 //! line per [`REPORT_INTERVAL`] with the count, never a line per failure. Pure and time-explicit;
 //! the handlers in `mod.rs` sleep and log.
+//!
+//! A leaf of the console: depends on nothing else of the hub.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,6 +1,8 @@
 //! CONNECT authentication: the username names the identity, the password is a SAS token signed
 //! with that identity's key (or a policy with DeviceConnect). Any failure is CONNACK 5, as IoT Hub
 //! and edgeHub answer; the reason goes to the log, never the token.
+//!
+//! Part of the MQTT door: depends on the hub, registry, store and ids; never on another door.
 
 use edgetwin_wire::rest::Permission;
 use edgetwin_wire::sas::{SasScope, SasToken};
@@ -40,7 +42,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     if key.client_id() != connect.client_id {
         return Err(refuse("username and client id name different identities"));
     }
-    if !host_matches(&username.host, &hub.host_name) {
+    if !host_matches(&username.host, hub.host_name()) {
         return Err(refuse("username names another hub"));
     }
     let token =
@@ -49,7 +51,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
         return Err(refuse("SAS token expired"));
     }
     let scope = token.scope().map_err(|_| refuse("malformed sr"))?;
-    if !host_matches(scope.host(), &hub.host_name) {
+    if !host_matches(scope.host(), hub.host_name()) {
         return Err(refuse("sr names another hub"));
     }
     // Which identity connects is the username's (and client id's) device and module id, compared
@@ -81,7 +83,7 @@ pub fn authenticate(hub: &Hub, connect: &Connect) -> Result<Authenticated, Conne
     let keys = match &token.key_name {
         Some(policy_name) => {
             let policy = hub
-                .policies
+                .policies()
                 .iter()
                 .find(|p| &p.name == policy_name && grants(p, Permission::DeviceConnect))
                 .ok_or_else(|| refuse("policy unknown or without DeviceConnect"))?;

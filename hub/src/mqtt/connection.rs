@@ -1,6 +1,9 @@
 //! One device or module connection: CONNECT, then a loop over packets from the client, publishes
 //! from the hub, the keep-alive deadline and the token's expiry. Everything on `$iothub/` is
 //! scoped to the connection's identity.
+//!
+//! Part of the MQTT door: depends on the hub and the domain modules below it; never on another
+//! door.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ApiError;
+use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::ids;
 use crate::live::Outgoing;
@@ -98,13 +102,14 @@ async fn write_packets<W: AsyncWrite + Unpin>(
 /// Serves one client until it disconnects, misbehaves, is replaced or its token expires;
 /// `authenticated` is called once its CONNECT is accepted.
 pub async fn serve<S>(
-    hub: Arc<Hub>,
+    state: super::State,
     stream: S,
     authenticated: impl FnOnce(),
 ) -> Result<(), ConnectionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let super::State { hub, faults } = state;
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = PacketReader {
         reader,
@@ -134,7 +139,7 @@ where
             "only MQTT 3.1.1 is supported".into(),
         ));
     }
-    if hub.faults.refuses_connects() {
+    if faults.refuses_connects() {
         write_packet(
             &mut writer,
             Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false)),
@@ -156,7 +161,7 @@ where
     let filters: Vec<SessionFilter> = stored.unwrap_or_default();
     let grants = grants_of(&filters, &key);
     let mut registration = hub
-        .live
+        .live()
         .register(&client_id, grants.keys().copied().collect());
     tracing::info!(
         client_id,
@@ -165,6 +170,7 @@ where
     );
     let mut session = Session {
         hub: hub.clone(),
+        faults,
         key,
         client_id: client_id.clone(),
         connection_id: registration.id,
@@ -179,7 +185,7 @@ where
             0 => None,
             secs => Some(Duration::from_millis(u64::from(secs) * 1500).min(MAX_KEEP_ALIVE)),
         };
-        let expires_in = hub
+        let expires_in = session
             .faults
             .connection_life(Duration::from_secs(expiry.saturating_sub(ids::now_unix())));
         let token_expiry = tokio::time::sleep(expires_in);
@@ -250,7 +256,7 @@ where
         }
     }
     .await;
-    hub.live.unregister(&client_id, registration.id);
+    hub.live().unregister(&client_id, registration.id);
     let _ = writer.shutdown().await;
     result
 }
@@ -293,6 +299,8 @@ fn grants_of(filters: &[SessionFilter], key: &IdentityKey) -> HashMap<Feature, u
 struct Session {
     /// Shared hub state.
     hub: Arc<Hub>,
+    /// Faults injected through the REST API.
+    faults: Arc<Faults>,
     /// Who is connected.
     key: IdentityKey,
     /// `key.client_id()`, kept for logs and lookups.
@@ -501,7 +509,7 @@ impl Session {
 
     async fn save_filters(&mut self) -> Result<(), ConnectionEnd> {
         self.grants = grants_of(&self.filters, &self.key);
-        self.hub.live.set_features(
+        self.hub.live().set_features(
             &self.client_id,
             self.connection_id,
             self.grants.keys().copied().collect(),
@@ -558,7 +566,7 @@ impl Session {
                     status,
                     payload: publish.payload.clone(),
                 };
-                if !self.hub.methods.complete(&self.client_id, &rid, response) {
+                if !self.hub.methods().complete(&self.client_id, &rid, response) {
                     tracing::info!(client_id = %self.client_id, rid, "method response for no waiting call (late or unknown $rid)");
                 }
             }
@@ -571,7 +579,7 @@ impl Session {
 
     /// The error an injected fault (429, 500, 503) answers `operation` with, if any.
     fn injected(&self, operation: &str) -> Option<ApiError> {
-        self.hub.faults.take(operation).map(|fault| fault.error())
+        self.faults.take(operation).map(|fault| fault.error())
     }
 
     fn on_telemetry(
@@ -594,7 +602,7 @@ impl Session {
         }
         let properties: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
         let (body, body_base64) = Message::body_of(payload);
-        self.hub.messages.push(Message {
+        self.hub.messages().push(Message {
             sequence: 0,
             device_id: self.key.device_id.clone(),
             module_id: self.key.module_id.clone(),
@@ -716,7 +724,7 @@ mod tests {
     );
 
     /// Serves a client that sends `packets` in one write.
-    async fn scripted(hub: Arc<Hub>, packets: Vec<Packet>) -> Scripted {
+    async fn scripted(hub: super::super::State, packets: Vec<Packet>) -> Scripted {
         let (client, server) = tokio::io::duplex(1 << 20);
         tokio::spawn(serve(hub, server, || {}));
         let (read_half, mut write_half) = tokio::io::split(client);
@@ -730,13 +738,12 @@ mod tests {
 
     /// A hub in a fresh directory named after `tag` (returned, for the caller to remove), with
     /// device `d1` whose keys are [`KEY`], and a CONNECT for it.
-    async fn hub_with_device(tag: &str) -> (Arc<Hub>, Connect, std::path::PathBuf) {
+    async fn hub_with_device(tag: &str) -> (super::super::State, Connect, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("edgetwin-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let workload = crate::workload::WorkloadSockets::new(dir.join("workload"), 16);
-        let hub =
-            Arc::new(Hub::open(&dir, "localhost".into(), String::new(), workload, true).unwrap());
+        let database = crate::hub::Database::open(&dir, true).unwrap();
+        let hub = Arc::new(Hub::start(database, "localhost".into(), |_| {}).unwrap());
         let key = Secret::new(KEY);
         let device_key = key.clone();
         hub.write(move |tx| {
@@ -768,7 +775,11 @@ mod tests {
         .unwrap();
         let mut connect = Connect::new("d1");
         connect.set_login("localhost/d1/?api-version=2021-04-12", token.expose());
-        (hub, connect, dir)
+        let state = super::super::State {
+            hub,
+            faults: Arc::default(),
+        };
+        (state, connect, dir)
     }
 
     #[tokio::test]

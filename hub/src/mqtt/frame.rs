@@ -2,6 +2,8 @@
 //! header's reserved flag bits (§2.2.2), CONNECT's reserved flag (§3.1.2.3) and no `#` wildcard in a PUBLISH topic (§3.3.2.1; `+` is
 //! left alone: SDKs may send it form-encoded in property bags). A client that breaks them is
 //! disconnected, as the specification requires.
+//!
+//! A leaf of the MQTT door: depends on nothing else of the hub.
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]

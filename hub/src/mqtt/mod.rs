@@ -1,5 +1,6 @@
 //! Device-side MQTT 3.1.1 over TLS, directly (port 8883, this listener) or inside WebSockets
-//! (`/$iothub/websocket` on the HTTPS port, upgraded by the REST server): the connections.
+//! (`/$iothub/websocket` on the HTTPS port, upgraded by the front door, [`crate::https`]): the
+//! connections. A door: depends on the hub and its own handle ([`State`]), never on another door.
 
 mod auth;
 mod connection;
@@ -16,8 +17,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::listener::{self, Admission, Deadlines, Limits};
+
+/// What MQTT connections reach: the hub, and the faults injected through `/edgetwin/faults`
+/// (refused CONNECTs, short token lifetimes, failed operations).
+#[derive(Clone)]
+pub struct State {
+    /// The hub's core.
+    pub hub: Arc<Hub>,
+    /// Faults injected through the REST API.
+    pub faults: Arc<Faults>,
+}
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -26,7 +38,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
-    hub: Arc<Hub>,
+    state: State,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -36,7 +48,7 @@ pub async fn serve(
         limits,
         shutdown,
         move |socket, peer, admission| {
-            serve_socket(socket, peer, tls.clone(), hub.clone(), admission)
+            serve_socket(socket, peer, tls.clone(), state.clone(), admission)
         },
     )
     .await;
@@ -46,7 +58,7 @@ async fn serve_socket(
     socket: Deadlines<TcpStream>,
     peer: SocketAddr,
     tls: TlsAcceptor,
-    hub: Arc<Hub>,
+    state: State,
     admission: Admission,
 ) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
@@ -60,7 +72,7 @@ async fn serve_socket(
             return;
         }
     };
-    let result = connection::serve(hub, stream, || admission.established()).await;
+    let result = connection::serve(state, stream, || admission.established()).await;
     if let Err(error) = result {
         tracing::info!(%peer, %error, "MQTT connection closed");
     }

@@ -9,8 +9,9 @@
 //! (tungstenite's defaults, 64 MiB messages and 16 MiB frames, let each unauthenticated client
 //! make the hub hold ~60 MiB until the CONNECT timeout). With a small read buffer, what one
 //! connection costs before its CONNECT is a few hundred KiB at most.
-
-use std::sync::Arc;
+//!
+//! Part of the MQTT door: depends on its connections only; the front door ([`crate::https`]) calls
+//! it.
 
 use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -26,7 +27,6 @@ use hyper_util::rt::TokioIo;
 use ws_stream_tungstenite::WsStream;
 
 use super::connection::MAX_PACKET_SIZE;
-use crate::hub::Hub;
 
 /// Longest WebSocket message (and frame) accepted: one MQTT packet of the longest size the hub
 /// accepts, its fixed header (at most 5 bytes) included.
@@ -90,7 +90,7 @@ fn lists_token<B>(
 /// and returns the MQTT session to run over the upgraded connection once the response is out.
 /// `authenticated` runs once its CONNECT is accepted.
 pub fn upgrade(
-    hub: Arc<Hub>,
+    state: super::State,
     mut request: hyper::Request<hyper::body::Incoming>,
     authenticated: impl FnOnce() + Send + 'static,
 ) -> Result<
@@ -118,7 +118,7 @@ pub fn upgrade(
         )
         .await;
         if let Err(error) =
-            super::connection::serve(hub, WsStream::new(socket), authenticated).await
+            super::connection::serve(state, WsStream::new(socket), authenticated).await
         {
             tracing::info!(%error, "MQTT over WebSockets connection closed");
         }

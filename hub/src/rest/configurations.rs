@@ -1,4 +1,6 @@
 //! Configuration routes: `/configurations[/{id}]` (create, get, list, delete).
+//!
+//! Part of the REST door: depends on the hub and deployments; never on another door.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::ids;
 use crate::store::Transaction;
+use crate::writer::Effect;
 
 /// Routes configuration requests.
 pub async fn route(
@@ -78,10 +81,10 @@ async fn change_and_evaluate<T: Send + 'static>(
         if next.is_none() {
             tx.add_to_counter(crate::store::EVALUATIONS_PENDING, -1)?;
         }
-        Ok::<_, ApiError>((next, changes))
+        Ok::<_, ApiError>((next, Effect::desired(changes)))
     };
     let (value, mut next) = hub
-        .write_and_notify(move |tx| {
+        .write_with_effects(move |tx| {
             let value = change(tx)?;
             tx.add_to_counter(crate::store::EVALUATIONS_PENDING, 1)?;
             let (next, changes) = page(tx, None)?;
@@ -92,7 +95,7 @@ async fn change_and_evaluate<T: Send + 'static>(
     tokio::spawn(async move {
         while let Some(after) = next {
             next = hub
-                .write_and_notify(move |tx| page(tx, Some(&after)))
+                .write_with_effects(move |tx| page(tx, Some(&after)))
                 .await?;
         }
         Ok::<_, ApiError>(())

@@ -1,26 +1,27 @@
 //! edgetwin's own routes under `/edgetwin/` (not part of IoT Hub): the Edge environment of a module,
 //! the telemetry log, and fault injection. They use the same service authentication as the IoT Hub routes.
+//!
+//! Part of the REST door: depends on the hub and its handle (faults, workload sockets); never on
+//! another door.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use edgetwin_wire::edge::{EdgeEnvironment, WorkloadUri, WORKLOAD_API_VERSION};
 use edgetwin_wire::rest::{ErrorCode, Permission};
 use hyper::Method;
 
-use super::{not_found, Reply, Request};
+use super::{not_found, Reply, Request, State};
 use crate::error::ApiError;
 use crate::faults::{Delay, ServerError, Throttle};
 use crate::hub::Hub;
 use crate::messages::MessageFilter;
 use crate::registry;
+use crate::workload::{SocketError, WorkloadSockets};
+use crate::writer::Effect;
 
 /// Routes `/edgetwin/...`.
-pub async fn route(
-    hub: &Arc<Hub>,
-    request: &Request,
-    segments: &[&str],
-) -> Result<Reply, ApiError> {
+pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     match segments {
         ["edgetwin", "devices", device_id, "modules", module_id, "edgeEnvironment"]
             if request.method == Method::GET =>
@@ -30,7 +31,8 @@ pub async fn route(
                 true => Open::IfClosed,
                 false => Open::Never,
             };
-            let environment = edge_environment(hub, device_id, module_id, open).await?;
+            let environment =
+                edge_environment(hub, &state.workload, device_id, module_id, open).await?;
             let vars: serde_json::Map<String, serde_json::Value> = environment
                 .to_vars()
                 .into_iter()
@@ -50,15 +52,16 @@ pub async fn route(
                     .and_then(|a| a.parse().ok())
                     .unwrap_or(0),
             };
-            Reply::ok(hub.messages.list(&filter))
+            Reply::ok(hub.messages().list(&filter))
         }
-        ["edgetwin", "faults", ..] => faults(hub, request, &segments[2..]),
+        ["edgetwin", "faults", ..] => faults(state, request, &segments[2..]),
         _ => Err(not_found(request)),
     }
 }
 
 /// `/edgetwin/faults[/kind]`: GET shows, DELETE lifts all, POST adds one (iothubowner only).
-fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, ApiError> {
+fn faults(state: &State, request: &Request, kind: &[&str]) -> Result<Reply, ApiError> {
+    let (hub, faults) = (&state.hub, &state.faults);
     request.require(Permission::RegistryWrite)?;
     request.require(Permission::ServiceConnect)?;
     #[derive(serde::Deserialize)]
@@ -83,9 +86,9 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
         client_id: Option<String>,
     }
     match (&request.method, kind) {
-        (&Method::GET, []) => Reply::ok(hub.faults.report()),
+        (&Method::GET, []) => Reply::ok(faults.report()),
         (&Method::DELETE, []) => {
-            hub.faults.clear();
+            faults.clear();
             Reply::no_content()
         }
         (&Method::POST, ["disconnect"]) => {
@@ -96,35 +99,33 @@ fn faults(hub: &Arc<Hub>, request: &Request, kind: &[&str]) -> Result<Reply, Api
             };
             let targets = match body.client_id {
                 Some(client_id) => vec![client_id],
-                None => hub.live.client_ids(),
+                None => hub.live().client_ids(),
             };
             for client_id in &targets {
-                hub.live.kick(client_id);
+                hub.live().kick(client_id);
             }
             Reply::ok(serde_json::json!({ "disconnected": targets }))
         }
         (&Method::POST, ["refuseConnects"]) => {
-            hub.faults.refuse_connects_for(seconds(request)?);
-            Reply::ok(hub.faults.report())
+            faults.refuse_connects_for(seconds(request)?);
+            Reply::ok(faults.report())
         }
         (&Method::POST, ["tokenLifetime"]) => {
             let lifetime = seconds(request)?;
-            hub.faults
-                .set_token_lifetime((!lifetime.is_zero()).then_some(lifetime));
-            Reply::ok(hub.faults.report())
+            faults.set_token_lifetime((!lifetime.is_zero()).then_some(lifetime));
+            Reply::ok(faults.report())
         }
         (&Method::POST, ["throttle"]) => {
-            hub.faults.add_throttle(request.json::<Throttle>()?);
-            Reply::ok(hub.faults.report())
+            faults.add_throttle(request.json::<Throttle>()?);
+            Reply::ok(faults.report())
         }
         (&Method::POST, ["serverError"]) => {
-            hub.faults
-                .add_server_error(request.json::<ServerError>()?)?;
-            Reply::ok(hub.faults.report())
+            faults.add_server_error(request.json::<ServerError>()?)?;
+            Reply::ok(faults.report())
         }
         (&Method::POST, ["delay"]) => {
-            hub.faults.add_delay(request.json::<Delay>()?);
-            Reply::ok(hub.faults.report())
+            faults.add_delay(request.json::<Delay>()?);
+            Reply::ok(faults.report())
         }
         _ => Err(not_found(request)),
     }
@@ -144,20 +145,19 @@ pub enum Open {
 /// restarts, until it is deleted; with [`Open::Never`] this is a read that creates nothing.
 pub async fn edge_environment(
     hub: &Hub,
+    workload: &WorkloadSockets,
     device_id: &str,
     module_id: &str,
     open: Open,
 ) -> Result<EdgeEnvironment, ApiError> {
-    if !hub.workload.is_on() {
-        return Err(ApiError::invalid(
-            crate::workload::SocketError::Off.to_string(),
-        ));
+    if !workload.is_on() {
+        return Err(ApiError::invalid(SocketError::Off.to_string()));
     }
-    let socket_error = |error: crate::workload::SocketError| match error {
-        crate::workload::SocketError::Full { .. } => {
+    let socket_error = |error: SocketError| match error {
+        SocketError::Full { .. } => {
             ApiError::new(ErrorCode::IotHubQuotaExceeded, error.to_string())
         }
-        crate::workload::SocketError::InvalidId { .. } => ApiError::invalid(error.to_string()),
+        SocketError::InvalidId { .. } => ApiError::invalid(error.to_string()),
         _ => {
             tracing::error!(device_id, %error, "no workload socket");
             ApiError::new(ErrorCode::ServerError, error.to_string())
@@ -165,7 +165,7 @@ pub async fn edge_environment(
     };
     let record = matches!(open, Open::IfClosed);
     if record {
-        hub.workload.has_room_for(device_id).map_err(socket_error)?;
+        workload.has_room_for(device_id).map_err(socket_error)?;
     }
     let (device, module) = (device_id.to_owned(), module_id.to_owned());
     let check = move |tx: &crate::store::Transaction<'_>| {
@@ -181,19 +181,24 @@ pub async fn edge_environment(
         let module = tx
             .module(device_id, module_id)?
             .ok_or_else(|| registry::module_not_found(device_id, module_id))?;
+        let mut effects = Vec::new();
         if record {
             tx.want_workload_socket(device_id)?;
+            effects.push(Effect::OpenWorkloadSocket {
+                device_id: device_id.to_owned(),
+            });
         }
-        Ok(module)
+        Ok((module, effects))
     };
     let module = match open {
-        Open::IfClosed => hub.write(check).await?,
-        Open::Never => hub.read(check)?,
+        Open::IfClosed => hub.write_with_effects(check).await?,
+        Open::Never => hub.read(|tx| Ok(check(tx)?.0))?,
     };
     let socket = match open {
-        Open::IfClosed => hub.workload.ensure(device_id).map_err(socket_error)?,
-        Open::Never if hub.workload.is_serving(device_id) => {
-            hub.workload.path_of(device_id).map_err(socket_error)?
+        // served since the write committed: its path, or why it could not be served
+        Open::IfClosed => workload.ensure(device_id).map_err(socket_error)?,
+        Open::Never if workload.is_serving(device_id) => {
+            workload.path_of(device_id).map_err(socket_error)?
         }
         Open::Never => {
             return Err(ApiError::new(
@@ -208,10 +213,10 @@ pub async fn edge_environment(
         }
     };
     Ok(EdgeEnvironment {
-        iothub_host_name: hub.host_name.clone(),
+        iothub_host_name: hub.host_name().to_owned(),
         device_id: device_id.to_owned(),
         module_id: module_id.to_owned(),
-        gateway_host_name: hub.host_name.clone(),
+        gateway_host_name: hub.host_name().to_owned(),
         generation_id: module.generation_id.unwrap_or_default(),
         workload_uri: WorkloadUri::Unix(socket),
         api_version: WORKLOAD_API_VERSION.to_owned(),

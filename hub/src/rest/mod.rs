@@ -1,37 +1,44 @@
-//! The service REST API over HTTPS (api-version 2021-04-12 and newer): one listener, a request
-//! type with the path split and percent-decoded per segment, and a dispatcher to the route files.
-//! As on IoT Hub's port 443, the same listener upgrades `GET /$iothub/websocket` to MQTT over
-//! WebSockets.
+//! The service REST API (api-version 2021-04-12 and newer), served by the HTTPS front door
+//! ([`crate::https`]): a request type with the path split and percent-decoded per segment, and a
+//! dispatcher to the route files. A door: depends on the hub, its own handle ([`State`]) and the
+//! leaves below (http, error, ids); never on the console, MQTT or the front door.
 
 mod configurations;
 mod local;
-pub(crate) mod query;
+mod query;
 mod registry;
 mod twins;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use edgetwin_wire::rest::{self as model, ErrorCode, Permission};
-use http_body_util::{BodyExt, Full, Limited};
+use edgetwin_wire::rest::{ErrorCode, Permission};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::error::ApiError;
-use crate::faults::Injected;
+use crate::faults::{Faults, Injected};
+use crate::http::{error_response, path_segments, query_pairs, read_body, BODY_TIMEOUT};
 use crate::hub::{grants, Caller, Hub};
 use crate::ids;
-use crate::listener::{self, Admission, Limits};
 use crate::store::PolicyRecord;
+use crate::workload::WorkloadSockets;
+
+/// What the REST routes reach beyond a request: the hub, the faults injected through
+/// `/edgetwin/faults`, and the workload sockets that Edge environments name.
+#[derive(Clone)]
+pub struct State {
+    /// The hub's core.
+    pub hub: Arc<Hub>,
+    /// Faults injected through `/edgetwin/faults` (MQTT shares them).
+    pub faults: Arc<Faults>,
+    /// The workload sockets being served.
+    pub workload: Arc<WorkloadSockets>,
+}
 
 /// Largest request body accepted (bulk requests of 100 devices with twins fit easily).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -185,173 +192,39 @@ impl Reply {
     }
 }
 
-/// How long a client may take to send a request's headers (and, once idle between requests, to
-/// start the next one).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client may take to send a request's body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Accepts HTTPS connections until `shutdown` turns true, within `limits`. A connection upgraded
-/// to MQTT over WebSockets goes on within the same connection task, so the listener's cap,
-/// eviction of unauthenticated peers and `stop()` cover it too.
-pub async fn serve(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    hub: Arc<Hub>,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
-) {
-    listener::serve(
-        listener,
-        "HTTPS",
-        limits,
-        shutdown,
-        move |socket, peer, admission| {
-            let (tls, hub) = (tls.clone(), hub.clone());
-            async move {
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
-                else {
-                    tracing::info!(%peer, "HTTPS TLS handshake failed");
-                    return;
-                };
-                let upgraded: UpgradedSlot = Arc::default();
-                let slot = upgraded.clone();
-                let service =
-                    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                        let (hub, slot, admission) = (hub.clone(), slot.clone(), admission.clone());
-                        async move {
-                            let path = request.uri().path();
-                            if path == crate::mqtt::WEBSOCKET_PATH {
-                                let response = websocket(hub, request, admission, &slot);
-                                return Ok::<_, Infallible>(response.map(BodyExt::boxed));
-                            }
-                            if crate::console::serves(path) {
-                                return Ok(crate::console::handle(hub, request, peer.ip()).await);
-                            }
-                            let response = handle(hub, request).await;
-                            // A client that authenticated is kept when the listener is full.
-                            if response.extensions().get::<Authenticated>().is_some() {
-                                admission.established();
-                            }
-                            Ok(response.map(BodyExt::boxed))
-                        }
-                    });
-                if let Err(error) = http1_server()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "HTTPS connection ended");
-                }
-                let mqtt = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(mqtt) = mqtt {
-                    mqtt.await;
-                }
-            }
-        },
-    )
-    .await;
-}
-
-/// Where an upgrade leaves the MQTT connection it starts, for the connection task to run.
-type UpgradedSlot =
-    Arc<std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>>;
-
-/// Upgrades to MQTT over WebSockets (the MQTT session is left in `slot`), or answers 400 naming
-/// what the upgrade request lacks.
-fn websocket(
-    hub: Arc<Hub>,
-    request: hyper::Request<Incoming>,
-    admission: Admission,
-    slot: &UpgradedSlot,
-) -> hyper::Response<Full<Bytes>> {
-    match crate::mqtt::upgrade_websocket(hub, request, move || admission.established()) {
-        Ok((response, mqtt)) => {
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(mqtt));
-            response
-        }
-        Err(refused) => {
-            tracing::info!(reason = refused.0, "WebSocket upgrade refused");
-            error_response(&ApiError::invalid(refused.0))
-        }
-    }
-}
-
-/// HTTP/1.1 server settings for REST and the workload API: headers must arrive within
-/// [`HEADER_TIMEOUT`].
-pub fn http1_server() -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    builder
-}
-
-/// The body of `request`, at most `limit` bytes, within [`BODY_TIMEOUT`]; `None` if too large,
-/// unreadable or too slow.
-pub async fn read_body(body: Incoming, limit: usize) -> Option<Bytes> {
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
-        Ok(Ok(collected)) => Some(collected.to_bytes()),
-        _ => None,
-    }
-}
-
-/// Splits a raw path on `/` and percent-decodes each segment.
-pub fn path_segments(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect()
-}
-
-/// Parses a query string into decoded pairs (first occurrence wins).
-pub fn query_pairs(query: &str) -> HashMap<String, String> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let mut pairs = HashMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        pairs.entry(decode(k)).or_insert_with(|| decode(v));
-    }
-    pairs
-}
-
-pub(crate) async fn handle(
-    hub: Arc<Hub>,
+/// Answers one REST request as the caller its service token authenticates; see
+/// [`authenticated`].
+pub async fn handle(
+    state: State,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
+    let hub = state.hub.clone();
     let authenticate = |headers: &hyper::HeaderMap, segments: &[String]| {
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
         hub.authenticate_service(authorization, segments)
     };
-    serve_request(&hub, request, authenticate).await
+    serve_request(&state, request, authenticate).await
 }
 
 /// Marks the response to a request that passed authentication (a response extension).
 #[derive(Clone, Copy, Debug)]
 struct Authenticated;
 
+/// Whether `response` answers a request that passed authentication.
+pub fn authenticated<B>(response: &hyper::Response<B>) -> bool {
+    response.extensions().get::<Authenticated>().is_some()
+}
+
 /// Answers one REST request as the caller `authenticate` finds for its headers and path (the
 /// service token for REST clients; the console passes its session's policy). The response
 /// carries [`Authenticated`] if the caller authenticated.
 pub async fn serve_request(
-    hub: &Arc<Hub>,
+    state: &State,
     request: hyper::Request<Incoming>,
     authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<Caller, ApiError>,
 ) -> hyper::Response<Full<Bytes>> {
     let mut authenticated = false;
-    let mut response = respond(hub, request, authenticate, &mut authenticated).await;
+    let mut response = respond(state, request, authenticate, &mut authenticated).await;
     if authenticated {
         response.extensions_mut().insert(Authenticated);
     }
@@ -359,7 +232,7 @@ pub async fn serve_request(
 }
 
 async fn respond(
-    hub: &Arc<Hub>,
+    state: &State,
     request: hyper::Request<Incoming>,
     authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<Caller, ApiError>,
     authenticated: &mut bool,
@@ -371,10 +244,10 @@ async fn respond(
             *authenticated = true;
             let operation = format!("{} /{}", request.method, request.segments.join("/"));
             if !operation.contains(" /edgetwin/faults") {
-                if let Some(delay) = hub.faults.delay_for(&operation) {
+                if let Some(delay) = state.faults.delay_for(&operation) {
                     tokio::time::sleep(delay).await;
                 }
-                match hub.faults.take(&operation) {
+                match state.faults.take(&operation) {
                     Some(Injected::Throttled { retry_after }) => {
                         return throttled_response(retry_after)
                     }
@@ -382,7 +255,7 @@ async fn respond(
                     None => {}
                 }
             }
-            dispatch(hub, request).await
+            dispatch(state, request).await
         }
         Err(error) => Err(error),
     };
@@ -430,22 +303,6 @@ fn throttled_response(retry_after: u32) -> hyper::Response<Full<Bytes>> {
     response
 }
 
-/// The IoT Hub error response for `error`.
-pub fn error_response(error: &ApiError) -> hyper::Response<Full<Bytes>> {
-    let body = model::error_body(
-        error.code,
-        &error.message,
-        &ids::tracking_id(),
-        &ids::now_error_timestamp(),
-    );
-    hyper::Response::builder()
-        .status(error.code.http_status())
-        .header("Content-Type", "application/json; charset=utf-8")
-        .header("iothub-errorcode", error.code.name())
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
-}
-
 async fn parse(
     request: hyper::Request<Incoming>,
     authenticate: impl FnOnce(&hyper::HeaderMap, &[String]) -> Result<Caller, ApiError>,
@@ -490,16 +347,17 @@ async fn parse(
     })
 }
 
-async fn dispatch(hub: &Arc<Hub>, request: Request) -> Result<Reply, ApiError> {
+async fn dispatch(state: &State, request: Request) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
     match segments.first().copied() {
         Some("devices") if segments == ["devices", "query"] && request.method == Method::POST => {
             query::route(hub, &request).await
         }
-        Some("devices") | Some("statistics") => registry::route(hub, &request, &segments).await,
+        Some("devices") | Some("statistics") => registry::route(state, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,
         Some("configurations") => configurations::route(hub, &request, &segments).await,
-        Some("edgetwin") => local::route(hub, &request, &segments).await,
+        Some("edgetwin") => local::route(state, &request, &segments).await,
         _ => Err(not_found(&request)),
     }
 }
@@ -514,24 +372,4 @@ pub fn not_found(request: &Request) -> ApiError {
             request.segments.join("/")
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_segments_are_decoded_after_splitting_so_an_encoded_slash_stays_in_the_id() {
-        assert_eq!(
-            path_segments("/twins/d%2F1/modules/%24edgeAgent"),
-            vec!["twins", "d/1", "modules", "$edgeAgent"]
-        );
-    }
-
-    #[test]
-    fn query_pairs_decode_and_keep_the_first_duplicate() {
-        let pairs = query_pairs("api-version=2021-04-12&top=5&top=6&x=a%20b");
-        assert_eq!(pairs["top"], "5");
-        assert_eq!(pairs["x"], "a b");
-    }
 }

@@ -1,8 +1,9 @@
 //! Identity routes: `/devices[/{id}[/modules[/{mid}]]]`, bulk `POST /devices`,
 //! `POST /devices/{id}/applyConfigurationContent` and `/statistics/*`.
+//!
+//! Part of the REST door: depends on the hub, registry and deployments; never on another door.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use edgetwin_wire::rest::{
     BulkRegistryOperationResult, ConfigurationContent, Device, DeviceCapabilities,
@@ -11,23 +12,21 @@ use edgetwin_wire::rest::{
 use hyper::Method;
 use serde_json::json;
 
-use super::{not_found, Reply, Request};
+use super::{not_found, Reply, Request, State};
 use crate::deployments;
 use crate::error::ApiError;
 use crate::hub::{Caller, Hub};
 use crate::registry;
 use crate::store::IdentityKey;
 use crate::twins::{self, UpdateMode};
+use crate::writer::Effect;
 
 /// Most items in one bulk request, as IoT Hub allows.
 pub const MAX_BULK_ITEMS: usize = 100;
 
 /// Routes identity requests.
-pub async fn route(
-    hub: &Arc<Hub>,
-    request: &Request,
-    segments: &[&str],
-) -> Result<Reply, ApiError> {
+pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let method = &request.method;
     match segments {
         ["statistics", "devices"] if method == Method::GET => {
@@ -42,7 +41,7 @@ pub async fn route(
         ["statistics", "service"] if method == Method::GET => {
             request.require(Permission::ServiceConnect)?;
             let devices = hub
-                .live
+                .live()
                 .client_ids()
                 .iter()
                 .filter(|c| !c.contains('/'))
@@ -57,8 +56,8 @@ pub async fn route(
             }
             Reply::ok(devices)
         }
-        ["devices"] if method == Method::POST => bulk(hub, request).await,
-        ["devices", id] => device(hub, request, id).await,
+        ["devices"] if method == Method::POST => bulk(state, request).await,
+        ["devices", id] => device(state, request, id).await,
         ["devices", id, "modules"] if method == Method::GET => {
             request.require_for_modules_of(id, Permission::RegistryRead)?;
             let modules = hub.read(|tx| {
@@ -73,7 +72,7 @@ pub async fn route(
                     .collect::<Vec<_>>(),
             )
         }
-        ["devices", id, "modules", module_id] => module(hub, request, id, module_id).await,
+        ["devices", id, "modules", module_id] => module(state, request, id, module_id).await,
         ["devices", id, "applyConfigurationContent"] if method == Method::POST => {
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
@@ -87,17 +86,16 @@ pub async fn route(
                 .and_then(|desired| desired.get("modules"))
                 .is_some_and(|modules| !modules.is_null());
             let device_id = id.to_string();
-            hub.write_and_notify(move |tx| {
+            hub.write_with_effects(move |tx| {
                 let changes = deployments::apply_configuration_content(tx, &device_id, &content)?;
+                let mut effects = Effect::desired(changes);
                 if runs_modules {
                     tx.want_workload_socket(&device_id)?;
+                    effects.push(Effect::OpenWorkloadSocket { device_id });
                 }
-                Ok(((), changes))
+                Ok(((), effects))
             })
             .await?;
-            if runs_modules {
-                hub.workload.ensure_or_log(id);
-            }
             Reply::no_content()
         }
         _ => Err(not_found(request)),
@@ -109,7 +107,7 @@ fn is_edge(device: &Device) -> bool {
 }
 
 fn set_connection_state(hub: &Hub, state: &mut Option<String>, client_id: &str) {
-    let connected = hub.live.is_connected(client_id);
+    let connected = hub.live().is_connected(client_id);
     *state = Some(
         if connected {
             "Connected"
@@ -126,7 +124,8 @@ fn with_live_state(hub: &Hub, mut module: Module) -> Module {
     module
 }
 
-async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, ApiError> {
+async fn device(state: &State, request: &Request, id: &str) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let if_match = request.if_match.clone();
     let device = match request.method {
         Method::GET => {
@@ -141,27 +140,31 @@ async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, Ap
             let input: Device = request.json()?;
             let device_id = id.to_owned();
             let device = hub
-                .write_and_notify(move |tx| {
+                .write_with_effects(move |tx| {
                     let id = device_id.as_str();
                     let device = match if_match {
                         None => registry::create_device(tx, id, input)?,
                         Some(_) => registry::update_device(tx, id, input, if_match.as_deref())?,
                     };
-                    Ok((device, deployments::evaluate_devices(tx, [id])?))
+                    let mut effects = Effect::desired(deployments::evaluate_devices(tx, [id])?);
+                    if device.status.as_deref() == Some("disabled") {
+                        effects.push(Effect::KickDevice {
+                            device_id: id.to_owned(),
+                        });
+                    }
+                    Ok((device, effects))
                 })
                 .await?;
-            if device.status.as_deref() == Some("disabled") {
-                hub.live.kick_device(id);
-            }
             device
         }
         Method::DELETE => {
             request.require(Permission::RegistryWrite)?;
             let device_id = id.to_owned();
-            hub.write(move |tx| registry::delete_device(tx, &device_id, if_match.as_deref()))
-                .await?;
-            hub.live.kick_device(id);
-            hub.workload.remove(id);
+            hub.write_with_effects(move |tx| {
+                registry::delete_device(tx, &device_id, if_match.as_deref())?;
+                Ok(((), device_deleted(device_id)))
+            })
+            .await?;
             return Reply::no_content();
         }
         _ => return Err(not_found(request)),
@@ -171,11 +174,12 @@ async fn device(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, Ap
 }
 
 async fn module(
-    hub: &Arc<Hub>,
+    state: &State,
     request: &Request,
     device_id: &str,
     module_id: &str,
 ) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     let if_match = request.if_match.clone();
     let ids = (device_id.to_owned(), module_id.to_owned());
     let module = match request.method {
@@ -193,21 +197,21 @@ async fn module(
             let by_own_device = matches!(request.caller, Caller::EdgeDevice(_));
             let input: Module = request.json()?;
             let added = if_match.is_none();
-            let (module, edge) = hub
-                .write_and_notify(move |tx| {
+            let module = hub
+                .write_with_effects(move |tx| {
                     let (device_id, module_id) = (ids.0.as_str(), ids.1.as_str());
-                    let mut changes = Vec::new();
+                    let mut effects = Vec::new();
                     let module = match if_match.as_deref() {
                         None => {
                             let module = registry::create_module(tx, device_id, module_id, input)?;
                             // a new module twin gets what the device's deployment has for it
                             let deployments = deployments::Deployments::load(tx)?;
-                            changes = deployments::give_new_module_its_content(
+                            effects = Effect::desired(deployments::give_new_module_its_content(
                                 tx,
                                 &deployments,
                                 device_id,
                                 module_id,
-                            )?;
+                            )?);
                             module
                         }
                         etag => registry::update_module(
@@ -220,24 +224,25 @@ async fn module(
                         )?,
                     };
                     // a module identity added to an edge device: its workload socket is wanted
-                    let edge = added && tx.device(device_id)?.is_some_and(|d| is_edge(&d));
-                    if edge {
+                    if added && tx.device(device_id)?.is_some_and(|d| is_edge(&d)) {
                         tx.want_workload_socket(device_id)?;
+                        effects.push(Effect::OpenWorkloadSocket {
+                            device_id: device_id.to_owned(),
+                        });
                     }
-                    Ok(((module, edge), changes))
+                    Ok((module, effects))
                 })
                 .await?;
-            if edge {
-                hub.workload.ensure_or_log(device_id);
-            }
             module
         }
         Method::DELETE => {
             request.require_for_modules_of(device_id, Permission::RegistryWrite)?;
-            hub.write(move |tx| registry::delete_module(tx, &ids.0, &ids.1, if_match.as_deref()))
-                .await?;
-            hub.live
-                .kick(&IdentityKey::module(device_id, module_id).client_id());
+            hub.write_with_effects(move |tx| {
+                registry::delete_module(tx, &ids.0, &ids.1, if_match.as_deref())?;
+                let client_id = IdentityKey::module(&ids.0, &ids.1).client_id();
+                Ok(((), vec![Effect::Kick { client_id }]))
+            })
+            .await?;
             return Reply::no_content();
         }
         _ => return Err(not_found(request)),
@@ -248,7 +253,8 @@ async fn module(
 
 /// Bulk `POST /devices`: up to 100 items, each applied on its own; 400 with the per-item errors if
 /// any failed (the others still land), as IoT Hub does.
-async fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
+async fn bulk(state: &State, request: &Request) -> Result<Reply, ApiError> {
+    let hub = &state.hub;
     request.require(Permission::RegistryWrite)?;
     let items: Vec<ExportImportDevice> = request.json_any()?;
     if items.len() > MAX_BULK_ITEMS {
@@ -295,41 +301,30 @@ async fn bulk(hub: &Arc<Hub>, request: &Request) -> Result<Reply, ApiError> {
     // The items (a savepoint each: a failing one is rolled back alone), then the deployments
     // evaluated once for the request's devices, in one transaction.
     let results = hub
-        .write_and_notify(move |tx| {
-            let mut changes = Vec::new();
+        .write_with_effects(move |tx| {
+            let mut effects = Vec::new();
             let deployments = deployments::Deployments::load(tx)?;
             let results: Vec<Result<(), ApiError>> = tx
                 .each(items, |tx, item| {
                     bulk_item(tx, item, &registered_before, &deployments)
                 })?
                 .into_iter()
-                .map(|result| result.map(|((), item_changes)| changes.extend(item_changes)))
+                .map(|result| result.map(|((), item_effects)| effects.extend(item_effects)))
                 .collect();
             let devices = devices.iter().map(String::as_str);
-            changes.extend(deployments::evaluate_devices(tx, devices)?);
-            Ok((results, changes))
+            effects.extend(Effect::desired(deployments::evaluate_devices(tx, devices)?));
+            Ok((results, effects))
         })
         .await?;
     for ((device_id, module_id, mode), result) in labels.into_iter().zip(results) {
-        match result {
-            Err(error) => errors.push(DeviceRegistryOperationError {
+        if let Err(error) = result {
+            errors.push(DeviceRegistryOperationError {
                 device_id,
                 error_code: error.code.name().to_owned(),
                 error_status: error.message,
                 module_id,
                 operation: Some(mode.name().to_owned()),
-            }),
-            // Modules imported in bulk open no workload socket (a fleet imported in bulk would
-            // hold one file descriptor per edge device), now or at a restart; theirs opens when
-            // a module's Edge environment is asked for.
-            Ok(()) => {
-                if module_id.is_none()
-                    && matches!(mode, ImportMode::Delete | ImportMode::DeleteIfMatchETag)
-                {
-                    hub.live.kick_device(&device_id);
-                    hub.workload.remove(&device_id);
-                }
-            }
+            });
         }
     }
 
@@ -367,7 +362,7 @@ fn bulk_item(
     item: ExportImportDevice,
     registered_before: &HashSet<String>,
     deployments: &deployments::Deployments,
-) -> Result<((), Vec<twins::DesiredChange>), ApiError> {
+) -> Result<((), Vec<Effect>), ApiError> {
     let mode = item.import_mode.unwrap_or(ImportMode::CreateOrUpdate);
     let id = item.id.clone();
     if item.module_id.is_some() && !registered_before.contains(&id) {
@@ -400,7 +395,10 @@ fn bulk_item(
         ImportMode::Update | ImportMode::UpdateIfMatchETag => identity.update(tx, &if_match()?)?,
         ImportMode::Delete | ImportMode::DeleteIfMatchETag => {
             identity.delete(tx, &if_match()?)?;
-            return Ok(((), Vec::new()));
+            // Modules imported in bulk open no workload socket (a fleet imported in bulk would
+            // hold one file descriptor per edge device), now or at a restart; theirs opens when
+            // a module's Edge environment is asked for. A deleted device's closes.
+            return Ok(((), identity.deleted()));
         }
         ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag => {
             if !identity.exists(tx)? {
@@ -410,7 +408,7 @@ fn bulk_item(
     }
     let desired = item.properties.and_then(|p| p.desired);
     if item.tags.is_none() && desired.is_none() {
-        return Ok(((), changes));
+        return Ok(((), Effect::desired(changes)));
     }
     let twin = edgetwin_wire::rest::Twin {
         tags: item.tags,
@@ -433,7 +431,18 @@ fn bulk_item(
         twin_mode.then_some(twin_if_match.as_str()),
     )?;
     changes.extend(change);
-    Ok(((), changes))
+    Ok(((), Effect::desired(changes)))
+}
+
+/// What follows the deletion of a device: its clients are disconnected and its workload socket
+/// closed.
+fn device_deleted(device_id: String) -> Vec<Effect> {
+    vec![
+        Effect::KickDevice {
+            device_id: device_id.clone(),
+        },
+        Effect::CloseWorkloadSocket { device_id },
+    ]
 }
 
 /// The identity a bulk item names: a device or one of its modules, with what the item sets.
@@ -527,6 +536,15 @@ impl BulkIdentity {
                 false,
             )
             .map(drop),
+        }
+    }
+
+    /// What follows the deletion of the identity in a bulk request: a device's
+    /// [`device_deleted`]; nothing for a module.
+    fn deleted(&self) -> Vec<Effect> {
+        match self {
+            BulkIdentity::Device(d) => device_deleted(d.device_id.clone()),
+            BulkIdentity::Module(_) => Vec::new(),
         }
     }
 

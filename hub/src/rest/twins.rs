@@ -1,5 +1,7 @@
 //! Twin and direct-method routes: `/twins/{id}[/modules/{mid}]` (GET, PATCH, PUT) and
 //! `/twins/{id}[/modules/{mid}]/methods` (POST).
+//!
+//! Part of the REST door: depends on the hub, twins and deployments; never on another door.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::hub::Hub;
 use crate::registry;
 use crate::store::IdentityKey;
 use crate::twins::{self, UpdateMode};
+use crate::writer::Effect;
 
 /// Routes twin and method requests.
 pub async fn route(
@@ -43,20 +46,23 @@ async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Rep
         Method::PUT => Some(UpdateMode::Replace),
         _ => return Err(not_found(request)),
     };
-    let connected = hub.live.is_connected(&key.client_id());
+    let connected = hub.live().is_connected(&key.client_id());
     let view = match mode {
         None => hub.read(|tx| twins::service_view(tx, &key, connected))?,
         Some(mode) => {
             let input: Twin = request.json()?;
             let if_match = request.if_match.clone();
-            hub.write_and_notify(move |tx| {
+            hub.write_with_effects(move |tx| {
                 let change =
                     twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
                 let mut changes: Vec<_> = change.into_iter().collect();
                 if key.module_id.is_none() {
                     changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
                 }
-                Ok((twins::service_view(tx, &key, connected)?, changes))
+                Ok((
+                    twins::service_view(tx, &key, connected)?,
+                    Effect::desired(changes),
+                ))
             })
             .await?
         }
