@@ -2,9 +2,10 @@
 //! (`azure-iot-device`, `tests/python/bench_module.py`) against one local hub. Numbers, not a
 //! pass/fail test:
 //!
-//! - stripped binary size with the image's `module` profile (`cargo build --profile module --bin
-//!   edgetwin-module --no-default-features`, built here into `target/bench-module`), and that it does not link
-//!   SQLite (the hub's store);
+//! - stripped binary size with the image's `module` profile (`cargo build --profile module -p
+//!   edgetwin-module`, the crate in `modules/edgetwin/`, as `scripts/build-module` builds it for
+//!   the images; built here into `target/bench-module`), and that it does not link SQLite (the
+//!   hub's store);
 //! - time from process start to the first acknowledged reported patch;
 //! - steady resident memory (VmRSS after ~10 s with telemetry every second);
 //! - desired patch → reported acknowledgement latency, p50 and p99 over N patches made one after
@@ -122,7 +123,10 @@ fn build_module() -> PathBuf {
         return PathBuf::from(bin);
     }
     let target = Path::new(ROOT).join("target").join("bench-module");
-    eprintln!("building: cargo build --profile module --bin edgetwin-module --no-default-features --target-dir {}", target.display());
+    eprintln!(
+        "building: cargo build --profile module -p edgetwin-module --target-dir {}",
+        target.display()
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(ROOT)
@@ -130,9 +134,8 @@ fn build_module() -> PathBuf {
             "build",
             "--profile",
             "module",
-            "--bin",
+            "-p",
             "edgetwin-module",
-            "--no-default-features",
             "--target-dir",
         ])
         .arg(&target)

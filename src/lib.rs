@@ -1,15 +1,13 @@
 //! edgetwin: build, test and ship Azure IoT Edge modules in Rust.
 //!
-//! This package holds the operator CLI (`edgetwin`). The wire contract lives in `edgetwin-wire`,
-//! the local IoT Hub in `edgetwin-hub` (behind the default `hub` feature).
+//! This package is the operator CLI (`edgetwin`) only. The wire contract lives in `edgetwin-wire`,
+//! the local IoT Hub in `edgetwin-hub`, the runtime in `edgetwin-edge`, and the module application
+//! in its own crate, `edgetwin-module` (`modules/edgetwin/`), which the CLI never links: the
+//! quickstart runs it as a separate process, as IoT Edge does.
 
-#[cfg(feature = "hub")]
 pub mod hub_banner;
-pub mod log_writer;
 pub mod manifest;
-pub mod module;
 pub mod provision;
-#[cfg(feature = "hub")]
 pub mod quickstart;
 pub mod scaffold;
 pub mod solution;

@@ -144,7 +144,8 @@ fn module_binary(args: &QuickstartArgs) -> Result<PathBuf, QuickstartError> {
     };
     if !path.is_file() {
         return Err(QuickstartError::Module(format!(
-            "{} not found; build both binaries first: cargo build --release",
+            "{} not found; install it beside edgetwin (cargo install --path modules/edgetwin) \
+             or build both binaries (cargo build --release)",
             path.display()
         )));
     }

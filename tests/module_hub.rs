@@ -183,7 +183,7 @@ fn start_module_with(
     vars.extend(FAST_BACKOFF);
     vars.push(("RUST_LOG", "debug,rumqttc=info"));
     vars.extend_from_slice(extra);
-    let bin = &edgetwin_module();
+    let bin = edgetwin_module();
     support::start_module(bin, dir.join("module.log"), mqtt_port, &vars)
 }
 

@@ -718,7 +718,7 @@ fn the_printed_module_connection_string_connects_the_module_and_twin_update_reac
     ];
     vars.extend(FAST_BACKOFF);
     vars.push(("RUST_LOG", "info"));
-    let bin = &edgetwin_module();
+    let bin = edgetwin_module();
     let mut module = support::start_module(bin, hub.path("module.log"), hub.hub.mqtt_port(), &vars);
 
     let twin = wait_for_twin(

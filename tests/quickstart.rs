@@ -15,7 +15,7 @@ fn quickstart(data_dir: &PathBuf) -> (bool, String) {
         .args(["quickstart", "--data-dir"])
         .arg(data_dir)
         .arg("--module-binary")
-        .arg(env!("CARGO_BIN_EXE_edgetwin-module"))
+        .arg(support::edgetwin_module())
         .output()
         .expect("run edgetwin quickstart");
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
@@ -78,7 +78,7 @@ fn keep_running_prints_what_edgetwin_hub_prints_and_its_exports_reach_the_hub() 
     let mut quickstart = Proc::spawn_with_stdout(
         Command::new(env!("CARGO_BIN_EXE_edgetwin"))
             .args(["quickstart", "--keep-running", "--module-binary"])
-            .arg(env!("CARGO_BIN_EXE_edgetwin-module"))
+            .arg(support::edgetwin_module())
             .arg("--data-dir")
             .arg(scratch.join("hub")),
         Stdio::piped(),

@@ -38,13 +38,16 @@
 //!
 //! Protocol state is pure and unit-tested with explicit time: [`state`] (the connection phases
 //! and their transitions) over [`backoff`], [`rid`], [`desired`] and [`reported`]; [`session`]
-//! is the only place that touches the network.
+//! is the only place that touches the network. [`log_writer`] is a log destination for
+//! `tracing-subscriber` that drops and counts lines it cannot write instead of taking the module
+//! down (the edgetwin module and CLI log through it).
 
 pub mod backoff;
 mod client;
 pub mod desired;
 pub mod error;
 pub mod identity;
+pub mod log_writer;
 pub mod message;
 pub mod reported;
 pub mod rid;

@@ -192,7 +192,7 @@ fn run(command: CliCommand) -> Result<(), CliError> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(edgetwin::log_writer::Lossy::stderr())
+        .with_writer(edgetwin_client::log_writer::Lossy::stderr())
         // Colour only for a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

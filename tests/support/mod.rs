@@ -35,9 +35,64 @@ pub fn edgetwin() -> PathBuf {
     bin_dir().join("edgetwin")
 }
 
-/// The `edgetwin-module` binary of this build.
-pub fn edgetwin_module() -> PathBuf {
-    bin_dir().join("edgetwin-module")
+/// The variables (and prefixes) cargo sets for a test process, left out of a `cargo build` run from
+/// a test: build scripts that watch them (ring's watches `CARGO_PKG_NAME`) would see them change
+/// and be rerun, with everything built above them.
+const CARGO_TEST_VARIABLES: [&str; 6] = [
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+];
+
+/// The `edgetwin-module` binary (package `edgetwin-module`, `modules/edgetwin/`) of this build's
+/// profile, next to [`edgetwin`]. Cargo names only a test's own package's binaries
+/// (`CARGO_BIN_EXE_*`), so the first call in a test process builds it with `cargo build` (a no-op
+/// when up to date): the tests never run a stale module. The CLI's package is selected too, so
+/// that dependencies get the features `cargo build` gives them and are not built a second time.
+pub fn edgetwin_module() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = bin_dir();
+        let profile = match dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory at {}", dir.display()),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut command = Command::new(cargo);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if CARGO_TEST_VARIABLES.iter().any(|v| name.starts_with(v)) {
+                command.env_remove(&*name);
+            }
+        }
+        let status = command
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "edgetwin",
+                "-p",
+                "edgetwin-module",
+            ])
+            .args(["--bin", "edgetwin-module"])
+            .args(["--profile", profile, "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+            .arg("--target-dir")
+            .arg(dir.parent().expect("the target directory"))
+            .status()
+            .expect("run cargo to build edgetwin-module");
+        assert!(
+            status.success(),
+            "cargo build --bin edgetwin-module: {status}"
+        );
+        let bin = dir.join("edgetwin-module");
+        assert!(bin.is_file(), "cargo built no {}", bin.display());
+        bin
+    })
 }
 
 /// Reconnect backoff short enough for tests (100 ms base, 1 s cap), as `edgetwin-module`

@@ -6,8 +6,8 @@
 
 use std::process::ExitCode;
 
-use edgetwin::module::{self, ModuleConfig};
 use edgetwin_client::Identity;
+use edgetwin_module::{self as module, ModuleConfig};
 
 /// What `--help` prints: the module is configured by its environment, as IoT Edge runs it.
 const HELP: &str = "\

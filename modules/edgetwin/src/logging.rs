@@ -87,7 +87,7 @@ pub fn init(lookup: impl Fn(&str) -> Option<String>) {
         .with_ansi(false)
         .event_format(SyslogFormat)
         .with_env_filter(filter)
-        .with_writer(crate::log_writer::Lossy::stderr())
+        .with_writer(edgetwin_client::log_writer::Lossy::stderr())
         .try_init();
 }
 
