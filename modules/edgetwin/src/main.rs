@@ -1,4 +1,5 @@
-//! `edgetwin-module`: the container entrypoint of the gateway-health IoT Edge module.
+//! `edgetwin-module`: the container entrypoint of the gateway-health IoT Edge module. It depends
+//! on `edgetwin-client` and `edgetwin-wire` only, never on the CLI or the hub.
 //!
 //! Configuration errors and an unusable identity exit 1 with one clear message; connection and
 //! authentication failures are retried inside the process and never end it. SIGTERM/SIGINT
