@@ -273,9 +273,13 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     assert.equal(await device.getAttribute('class'), 'state-Connected');
     const drop = page.getByRole('button', { name: `Drop the connection of ${DEVICE} / ${MODULE}` });
     await drop.focus();
-    await page.waitForTimeout(3500);
+    // a module added meanwhile changes the table the next poll redraws: the focus must come back
+    await call('PUT', `/devices/${DEVICE}/modules/focus-probe`, { deviceId: DEVICE, moduleId: 'focus-probe' });
+    await page.getByRole('rowheader', { name: 'focus-probe' }).waitFor({ timeout: WAIT });
     assert.ok(await drop.evaluate((button) => button === document.activeElement),
       'the keyboard focus survives the page\'s polling');
+    await call('DELETE', `/devices/${DEVICE}/modules/focus-probe`);
+    await page.getByRole('rowheader', { name: 'focus-probe' }).waitFor({ state: 'detached', timeout: WAIT });
     await shoot(page, 'device');
     await page.getByRole('link', { name: 'Devices' }).click();
     const listed = page.locator(`[data-device-id="${DEVICE}"]`);

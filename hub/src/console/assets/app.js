@@ -78,13 +78,23 @@ function label(device, module) {
   return module ? device + ' / ' + module : device;
 }
 
-// Replaces the children of `parent` only if what they show changed, so that polling does not
-// take the keyboard focus away from a link or button the user is on.
+// Replaces the children of `parent` only if what they show changed, and then gives the keyboard
+// focus back to the same link or button (same tag and accessible name) if the user was on one, so
+// that polling never takes the focus away.
 function replaceIfChanged(parent, shown, build) {
   const key = JSON.stringify(shown);
   if (parent.dataset.shown === key) return;
   parent.dataset.shown = key;
+  const focused = parent.contains(document.activeElement) ? focusKey(document.activeElement) : null;
   parent.replaceChildren(...build());
+  if (focused) {
+    const again = [...parent.querySelectorAll(focused.tag)].find((el) => focusKey(el).name === focused.name);
+    if (again) again.focus();
+  }
+}
+
+function focusKey(element) {
+  return { tag: element.tagName.toLowerCase(), name: element.getAttribute('aria-label') || element.textContent };
 }
 
 function every(ms, fn) {
