@@ -1064,7 +1064,10 @@ async fn websocket_clients_streaming_an_unfinished_message_are_cut_off_and_forty
     let hub = Hub::start(dir.path(), HubOptions::default());
     let (sent, closed, _) = stream_unfinished_message(websocket(&hub).await, 16 << 20).await;
     assert!(closed, "still open after {sent} bytes of one message");
-    assert!(sent <= 4 << 20, "{sent} bytes were taken before the cut");
+    // The hub stops at one MQTT packet (256 KiB); what `sent` counts beyond that sits in the
+    // kernel's socket buffers until the close (the client's send buffer alone grows to
+    // net.ipv4.tcp_wmem's 4 MiB): 4.38 MB was seen once in 2026-12 runs, 16 MiB means no cut.
+    assert!(sent <= 6 << 20, "{sent} bytes were taken before the cut");
 
     let (rss_before, _) = hub.proc.memory_kib();
     let mut clients = Vec::new();
