@@ -378,7 +378,12 @@ def make_device(hub, registry_manager):
         return Identity(hub, device_id, None, sk.primary_key, sk.secondary_key, dev.generation_id)
 
     yield _make
-    for device_id in created:
+    delete_devices(registry_manager, created)
+
+
+def delete_devices(registry_manager, device_ids):
+    """Deletes the devices a test made; one already gone is no error."""
+    for device_id in device_ids:
         try:
             registry_manager.delete_device(device_id)
         except Exception:

@@ -6,7 +6,7 @@ import pytest
 
 from azure.iot.hub.models import ExportImportDevice, TwinProperties
 
-from conftest import unique_id
+from conftest import delete_devices, unique_id
 
 
 @pytest.fixture
@@ -18,11 +18,7 @@ def bulk(registry_manager):
         return registry_manager.bulk_create_or_update_devices(items)
 
     yield _bulk
-    for device_id in set(created):
-        try:
-            registry_manager.delete_device(device_id)
-        except Exception:
-            pass
+    delete_devices(registry_manager, set(created))
 
 
 def _errors(result):

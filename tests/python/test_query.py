@@ -7,7 +7,7 @@ import pytest
 from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
-from conftest import http_status, unique_id, wait_until
+from conftest import delete_devices, http_status, unique_id, wait_until
 
 # (region, reported telemetryConfig status, sendFrequencyInSecs, connectivity) per device, as in
 # the page: three report Success, two Pending, one Error; four are in the US.
@@ -58,11 +58,7 @@ def fleet(hub, registry_manager):
         client.patch_twin_reported_properties({"status": status})
         client.shutdown()
     yield run, ids
-    for device_id in ids:
-        try:
-            registry_manager.delete_device(device_id)
-        except Exception:
-            pass
+    delete_devices(registry_manager, ids)
 
 
 def query(registry_manager, text, continuation_token=None, max_item_count=None):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from msrest.exceptions import HttpOperationError
 
-from conftest import http_status, unique_id, wait_until
+from conftest import delete_devices, http_status, unique_id, wait_until
 from test_az_cli import az, ok  # noqa: F401  (the `az` fixture)
 
 
@@ -83,11 +83,7 @@ def x509_device(registry_manager):
         return device_id
 
     yield _make
-    for device_id in created:
-        try:
-            registry_manager.delete_device(device_id)
-        except Exception:
-            pass
+    delete_devices(registry_manager, created)
 
 
 # ---------------------------------------------------------------------------
