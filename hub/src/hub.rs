@@ -14,9 +14,12 @@ use edgetwin_wire::query::Query;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::{SasScope, SasToken};
 use edgetwin_wire::topic::{self, Feature};
+use edgetwin_wire::Secret;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::events::{self, Event};
 use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
 use crate::messages::MessageLog;
@@ -117,6 +120,9 @@ pub struct Hub {
     messages: MessageLog,
     /// Shared access policies (loaded at start).
     policies: Vec<PolicyRecord>,
+    /// The last sequence number stored in each Event Hub-compatible partition (-1: none), for
+    /// its readers to wait on; set after each commit.
+    event_heads: Arc<Vec<watch::Sender<i64>>>,
 }
 
 impl Hub {
@@ -136,9 +142,27 @@ impl Hub {
             policies,
         } = database;
         let live = Arc::new(LiveConnections::default());
+        let event_heads = Arc::new(
+            (0..events::PARTITIONS)
+                .map(|partition| {
+                    let last = readers.read(|tx| tx.partition_info(partition))?;
+                    Ok(watch::Sender::new(last.last_sequence))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?,
+        );
         let hook = {
             let live = live.clone();
+            let heads = event_heads.clone();
             move |effect: &Effect| match effect {
+                Effect::Event {
+                    partition,
+                    sequence,
+                } => {
+                    if let Some(head) = usize::try_from(*partition).ok().and_then(|p| heads.get(p))
+                    {
+                        head.send_replace(*sequence);
+                    }
+                }
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
                 Effect::KickDevice { device_id } => live.kick_device(device_id),
@@ -159,6 +183,7 @@ impl Hub {
             methods: PendingMethods::default(),
             messages: MessageLog::default(),
             policies,
+            event_heads,
         })
     }
 
@@ -255,6 +280,29 @@ impl Hub {
             .await
     }
 
+    /// Queues a device-to-cloud message for its Event Hub-compatible partition (waiting only for
+    /// room in the queue) and returns the handle to its sequence number, known once committed;
+    /// the partition's readers are told after the commit.
+    pub async fn submit_event(&self, event: Event) -> Result<Committing<i64>, ApiError> {
+        self.writer
+            .submit(move |tx| {
+                let stored = tx.append_event(event, events::RETAINED_PER_PARTITION)?;
+                let effect = Effect::Event {
+                    partition: stored.partition,
+                    sequence: stored.sequence,
+                };
+                Ok((stored.sequence, vec![effect]))
+            })
+            .await
+    }
+
+    /// The last sequence number stored in `partition` (-1: none), changing after each commit of
+    /// an event there; `None` for a partition the endpoint does not have.
+    pub fn event_head(&self, partition: u32) -> Option<watch::Receiver<i64>> {
+        let head = self.event_heads.get(usize::try_from(partition).ok()?)?;
+        Some(head.subscribe())
+    }
+
     /// Stops taking writes and waits until every queued one is committed and answered.
     pub async fn drain_writes(&self) {
         self.writer.drain().await;
@@ -271,6 +319,19 @@ impl Hub {
         let token =
             SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
                 .map_err(|_| unauthorized("malformed SharedAccessSignature"))?;
+        self.authenticate_token(&token, segments, false)
+    }
+
+    /// Who a parsed service token authenticates for the path `segments` (see
+    /// [`Self::authenticate_service`]); the AMQP door's CBS hands its tokens here, with the
+    /// `sr` scheme (`sb://`, `amqps://`) taken off, and `event_hubs_signing` to take policy
+    /// signatures made as Event Hubs clients make them too ([`SasToken::verify_as_event_hubs`]).
+    pub fn authenticate_token(
+        &self,
+        token: &SasToken,
+        segments: &[String],
+        event_hubs_signing: bool,
+    ) -> Result<Caller, ApiError> {
         let scope = token.scope().map_err(|_| unauthorized("malformed sr"))?;
         if !host_matches(scope.host(), &self.host_name) {
             return Err(unauthorized("sr names another hub"));
@@ -282,14 +343,17 @@ impl Hub {
             return Err(unauthorized("token expired"));
         }
         let Some(name) = token.key_name.as_deref() else {
-            return self.authenticate_edge_device(&token, &scope, segments);
+            return self.authenticate_edge_device(token, &scope, segments);
         };
         let policy = self
             .policies
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| unauthorized("unknown policy"))?;
-        if !(token.verify(&policy.primary_key) || token.verify(&policy.secondary_key)) {
+        let signed_with = |key: &Secret| {
+            token.verify(key) || (event_hubs_signing && token.verify_as_event_hubs(key))
+        };
+        if !(signed_with(&policy.primary_key) || signed_with(&policy.secondary_key)) {
             return Err(unauthorized("bad signature"));
         }
         Ok(Caller::Policy(policy.clone()))

@@ -19,6 +19,7 @@ use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ApiError;
+use crate::events::{self, Event};
 use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::ids;
@@ -222,6 +223,9 @@ where
                     Some(Packet::Publish(publish)) => match session.parse_publish(&publish) {
                         Ok(Inbound::ReportedPatch { rid }) => {
                             pipelined.push_back(session.submit_reported(publish, rid).await?);
+                        }
+                        Ok(Inbound::Telemetry { output, properties }) => {
+                            pipelined.push_back(session.submit_telemetry(publish, output, properties).await);
                         }
                         inbound => {
                             session.answer_all(&mut pipelined, &mut writer).await?;
@@ -539,19 +543,10 @@ impl Session {
     ) -> Result<Vec<Packet>, ConnectionEnd> {
         let mut replies = Vec::new();
         match inbound {
-            Inbound::Telemetry {
-                output,
-                mut properties,
-            } => {
-                if publish.retain {
-                    // "If a device sends a message with the RETAIN flag set to 1, IoT Hub adds
-                    // the mqtt-retain application property to the message" (IoT Hub MQTT doc,
-                    // "Sending device-to-cloud messages"); nothing is retained
-                    properties
-                        .0
-                        .push(("mqtt-retain".to_owned(), Some("true".to_owned())));
-                }
-                self.on_telemetry(output, properties, &publish.payload)
+            Inbound::Telemetry { .. } => {
+                return Err(ConnectionEnd::Violation(
+                    "telemetry outside the group-commit pipeline".into(),
+                ));
             }
             Inbound::TwinGet { rid } => {
                 let result = match self.injected(&inbound_operation(&publish.topic)) {
@@ -589,12 +584,24 @@ impl Session {
         self.faults.take(operation).map(|fault| fault.error())
     }
 
-    fn on_telemetry(
-        &self,
+    /// Routes a telemetry message or module output, logs it, and hands it to the group commit
+    /// for its Event Hub-compatible partition without waiting: the PUBACK (QoS 1) goes out once
+    /// it is stored, in the order of the packets.
+    async fn submit_telemetry(
+        &mut self,
+        publish: Publish,
         output: Option<String>,
-        properties: topic::PropertyBag,
-        payload: &Bytes,
-    ) {
+        mut properties: topic::PropertyBag,
+    ) -> InFlight {
+        if publish.retain {
+            // "If a device sends a message with the RETAIN flag set to 1, IoT Hub adds
+            // the mqtt-retain application property to the message" (IoT Hub MQTT doc,
+            // "Sending device-to-cloud messages"); nothing is retained
+            properties
+                .0
+                .push(("mqtt-retain".to_owned(), Some("true".to_owned())));
+        }
+        let payload = &publish.payload;
         if self.key.module_id.is_some() {
             routing::route(
                 &self.hub,
@@ -607,18 +614,37 @@ impl Session {
                 },
             );
         }
-        let properties: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
+        let event = Event {
+            partition: events::partition_of(&self.key.device_id),
+            sequence: 0,
+            offset: 0,
+            enqueued_ms: ids::now_unix_ms(),
+            device_id: self.key.device_id.clone(),
+            module_id: self.key.module_id.clone(),
+            properties: properties.0.clone(),
+            body: payload.to_vec(),
+        };
+        let logged: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
         let (body, body_base64) = Message::body_of(payload);
         self.hub.messages().push(Message {
             sequence: 0,
             device_id: self.key.device_id.clone(),
             module_id: self.key.module_id.clone(),
             output,
-            properties,
+            properties: logged,
             body,
             body_base64,
             enqueued_time_utc: ids::now_iso(),
         });
+        let outcome = match self.hub.submit_event(event).await {
+            Ok(committing) => Outcome::Committing(committing),
+            Err(error) => Outcome::Decided(Some(Err(error))),
+        };
+        InFlight {
+            puback: (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid),
+            rid: None,
+            outcome,
+        }
     }
 
     /// The answer to a twin request, if the client can receive it: IoT Hub answers only a client
