@@ -385,3 +385,10 @@ def test_device_to_cloud_messages_over_https_from_the_cli_and_from_the_device_re
                             headers={"Authorization": device.sas()}, verify=hub.ca_path, timeout=10)
     assert refused.status_code == 401, refused.text
     assert not hub.messages(other.device_id)
+
+    # over HTTPS, IoT Hub takes application properties of token characters only
+    spaced = requests.post(url, params={"api-version": "2021-04-12"}, data=b"spaced",
+                           headers={"Authorization": device.sas(), "iothub-app-note": "two words"},
+                           verify=hub.ca_path, timeout=10)
+    assert spaced.status_code == 400 and "iothub-app-note" in spaced.text, spaced.text
+    assert hub.messages(device.device_id)[-1]["body"] == "from the device"  # nothing stored
