@@ -175,9 +175,13 @@ pub fn digital_twin(twin: &TwinSections<'_>) -> Value {
         .into_iter()
         .map(|name| (name, Part::default()))
         .collect();
-    let component = |parts: &[(String, Part)], name: &str| parts.iter().position(|(n, _)| n == name);
+    let component =
+        |parts: &[(String, Part)], name: &str| parts.iter().position(|(n, _)| n == name);
     let member_metadata = |section: &Properties, component: &str, property: &str| {
-        section.get(component).and_then(|c| c.get(property)).cloned()
+        section
+            .get(component)
+            .and_then(|c| c.get(property))
+            .cloned()
     };
     for (name, value) in twin.reported.iter().filter(|(n, _)| !is_system(n)) {
         match (component(&parts, name), value) {
@@ -299,13 +303,21 @@ pub fn desired_patch(
         };
         let segments = pointer_segments(&operation.path)
             .filter(|s| s.iter().all(|s| !s.is_empty()))
-            .ok_or_else(|| bad("the path must name a property, as /property or /component/property"))?;
-        if segments.iter().any(|s| s.starts_with('$') || s == COMPONENT_MARKER.0) {
-            return Err(bad("`$` members and the component marker cannot be written"));
+            .ok_or_else(|| {
+                bad("the path must name a property, as /property or /component/property")
+            })?;
+        if segments
+            .iter()
+            .any(|s| s.starts_with('$') || s == COMPONENT_MARKER.0)
+        {
+            return Err(bad(
+                "`$` members and the component marker cannot be written",
+            ));
         }
         let head = &segments[0];
         let is_property = |name: &str| {
-            !components.contains(name) && (desired.contains_key(name) || reported.contains_key(name))
+            !components.contains(name)
+                && (desired.contains_key(name) || reported.contains_key(name))
         };
         let component = segments.len() > 1 && !is_property(head);
         match operation.op.as_str() {
@@ -315,7 +327,9 @@ pub fn desired_patch(
                     .clone()
                     .ok_or_else(|| bad("add and replace need a value"))?;
                 let whole_component = segments.len() == 1
-                    && value.as_object().is_some_and(|v| v.contains_key("$metadata"));
+                    && value
+                        .as_object()
+                        .is_some_and(|v| v.contains_key("$metadata"));
                 if whole_component {
                     if let Value::Object(members) = &mut value {
                         members.shift_remove("$metadata");
@@ -343,7 +357,9 @@ pub fn desired_patch(
             "remove" => {
                 let mut node = Some(&mut after);
                 for key in &segments[..segments.len() - 1] {
-                    node = node.and_then(|n| n.get_mut(key)).and_then(Value::as_object_mut);
+                    node = node
+                        .and_then(|n| n.get_mut(key))
+                        .and_then(Value::as_object_mut);
                 }
                 if let Some(node) = node {
                     node.shift_remove(&segments[segments.len() - 1]);
@@ -457,7 +473,14 @@ mod tests {
         let order: Vec<_> = entry.as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             order,
-            ["desiredValue", "desiredVersion", "ackVersion", "ackCode", "ackDescription", "lastUpdateTime"]
+            [
+                "desiredValue",
+                "desiredVersion",
+                "ackVersion",
+                "ackCode",
+                "ackDescription",
+                "lastUpdateTime"
+            ]
         );
     }
 
@@ -479,7 +502,8 @@ mod tests {
     #[test]
     fn a_desired_only_property_shows_in_the_metadata_alone_at_its_own_version() {
         let desired = obj(json!({"fanSpeed": 2.0, "gone": null}));
-        let desired_metadata = obj(json!({"fanSpeed": {"$lastUpdated": "t", "$lastUpdatedVersion": 2}}));
+        let desired_metadata =
+            obj(json!({"fanSpeed": {"$lastUpdated": "t", "$lastUpdatedVersion": 2}}));
         let empty = Properties::new();
         let twin = digital_twin(&TwinSections {
             device_id: "d1",
@@ -499,7 +523,8 @@ mod tests {
 
     #[test]
     fn property_and_component_paths_become_desired_members_with_the_component_marker() {
-        let desired = obj(json!({"fanSpeed": 1, "thermostat1": {"__t": "c", "targetTemperature": 20}}));
+        let desired =
+            obj(json!({"fanSpeed": 1, "thermostat1": {"__t": "c", "targetTemperature": 20}}));
         let reported = obj(json!({"serialNumber": "s", "config": {"a": 1}}));
         let patch = desired_patch(
             &ops(json!([
@@ -529,7 +554,8 @@ mod tests {
 
     #[test]
     fn removes_become_nulls_and_removing_what_is_absent_changes_nothing() {
-        let desired = obj(json!({"fanSpeed": 1, "thermostat1": {"__t": "c", "targetTemperature": 20}}));
+        let desired =
+            obj(json!({"fanSpeed": 1, "thermostat1": {"__t": "c", "targetTemperature": 20}}));
         let patch = desired_patch(
             &ops(json!([
                 {"op": "remove", "path": "/fanSpeed"},
@@ -556,23 +582,40 @@ mod tests {
             &Properties::new(),
         )
         .unwrap();
-        assert_eq!(Value::Object(patch), json!({"range": {"low": 2, "high": null}}));
+        assert_eq!(
+            Value::Object(patch),
+            json!({"range": {"low": 2, "high": null}})
+        );
     }
 
     #[test]
     fn a_bad_operation_names_its_position_op_and_path() {
         let empty = Properties::new();
-        let err = |v: Value| desired_patch(&ops(v), &empty, &empty).unwrap_err().to_string();
-        let move_op = err(json!([{"op": "add", "path": "/a", "value": 1}, {"op": "move", "path": "/b"}]));
+        let err = |v: Value| {
+            desired_patch(&ops(v), &empty, &empty)
+                .unwrap_err()
+                .to_string()
+        };
+        let move_op =
+            err(json!([{"op": "add", "path": "/a", "value": 1}, {"op": "move", "path": "/b"}]));
         assert!(move_op.contains("operation 1 (move /b)"), "{move_op}");
         let root = err(json!([{"op": "add", "path": "", "value": 1}]));
-        assert!(root.contains("operation 0 (add )") && root.contains("must name a property"), "{root}");
+        assert!(
+            root.contains("operation 0 (add )") && root.contains("must name a property"),
+            "{root}"
+        );
         let system = err(json!([{"op": "add", "path": "/$metadata/x", "value": 1}]));
-        assert!(system.contains("/$metadata/x") && system.contains("cannot be written"), "{system}");
+        assert!(
+            system.contains("/$metadata/x") && system.contains("cannot be written"),
+            "{system}"
+        );
         let marker = err(json!([{"op": "add", "path": "/c/__t", "value": "x"}]));
         assert!(marker.contains("/c/__t"), "{marker}");
         let no_value = err(json!([{"op": "replace", "path": "/a"}]));
-        assert!(no_value.contains("(replace /a)") && no_value.contains("need a value"), "{no_value}");
+        assert!(
+            no_value.contains("(replace /a)") && no_value.contains("need a value"),
+            "{no_value}"
+        );
         let empty_segment = err(json!([{"op": "add", "path": "/a//b", "value": 1}]));
         assert!(empty_segment.contains("/a//b"), "{empty_segment}");
     }

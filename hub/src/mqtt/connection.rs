@@ -154,13 +154,32 @@ where
         .await?;
         return Ok(());
     }
-    let Authenticated { key, expiry } = match authenticate(&hub, &device_cas, &connect, &chain) {
+    let Authenticated {
+        key,
+        expiry,
+        model_id,
+    } = match authenticate(&hub, &device_cas, &connect, &chain) {
         Ok(ok) => ok,
         Err(code) => {
             write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false))).await?;
             return Ok(());
         }
     };
+    // An IoT Plug and Play device announces its model in the username; the twin's `modelId`
+    // and the digital twin's `$metadata.$model` show it ("IoT Plug and Play conventions",
+    // "Identify the model").
+    if let Some(model_id) = model_id {
+        let announced = key.clone();
+        if let Err(error) = hub
+            .write(move |tx| twins::announce_model(tx, &announced, &model_id))
+            .await
+        {
+            tracing::warn!(client_id = %connect.client_id, %error, "could not record the model id");
+            let refused = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+            write_packet(&mut writer, Packet::ConnAck(refused)).await?;
+            return Ok(());
+        }
+    }
     authenticated();
     let client_id = key.client_id();
     let stored = restore_session(&hub, &client_id, connect.clean_session).await?;
