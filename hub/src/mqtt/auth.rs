@@ -26,6 +26,8 @@ pub struct Authenticated {
     pub expiry: u64,
     /// The IoT Plug and Play model id its username announces (`model-id`), if any.
     pub model_id: Option<String>,
+    /// Whether its username names an `api-version` (reported properties need one).
+    pub versioned: bool,
 }
 
 /// How long an X.509 connection may live: its certificate was checked once, at CONNECT, and no
@@ -104,6 +106,7 @@ pub fn authenticate(
                 key,
                 expiry,
                 model_id: username.model_id,
+                versioned: username.api_version.is_some(),
             });
         }
     }
@@ -111,6 +114,7 @@ pub fn authenticate(
         key,
         expiry: NO_EXPIRY,
         model_id: username.model_id,
+        versioned: username.api_version.is_some(),
     })
 }
 
