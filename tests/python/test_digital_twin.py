@@ -59,6 +59,14 @@ def test_a_device_announcing_its_model_shows_it_in_its_twin_its_digital_twin_and
     assert rest(hub, "GET", f"twins/{pnp_device.device_id}").json()["modelId"] == MODEL
 
 
+def test_a_module_announcing_its_model_shows_it_in_its_module_twin(hub, make_module, clients):
+    module = make_module(edge=False)
+    clients.module(module, product_info=MODEL).connect()
+    twin = rest(hub, "GET", f"twins/{module.device_id}/modules/{module.module_id}").json()
+    assert twin["modelId"] == MODEL
+    assert rest(hub, "GET", f"twins/{module.device_id}").json()["modelId"] == ""
+
+
 def test_a_device_without_a_model_has_a_digital_twin_without_model(make_device, digital_twins, hub):
     device = make_device()
     assert rest(hub, "GET", f"twins/{device.device_id}").json()["modelId"] == ""
