@@ -77,6 +77,9 @@ pub(super) async fn update(
         let mut changes: Vec<_> = change.into_iter().collect();
         if key.module_id.is_none() {
             changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
+        } else {
+            let deployments = deployments::Deployments::load(tx)?;
+            changes.extend(deployments.evaluate_module_configurations(tx, &key.device_id)?);
         }
         Ok((
             twins::service_view(tx, &key, connected)?,
