@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::events::{self, Event};
 use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
-use crate::messages::MessageLog;
+use crate::messages::{Message, MessageLog};
 use crate::methods::{MethodResponse, PendingMethods};
 use crate::queries::Queries;
 use crate::store::{
@@ -282,6 +282,40 @@ impl Hub {
                 Ok((version, Vec::new()))
             })
             .await
+    }
+
+    /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: logs it for
+    /// the REST message log and the console, and queues it for its Event Hub-compatible
+    /// partition ([`Self::submit_event`]); the handle resolves once it is stored.
+    pub async fn accept_telemetry(
+        &self,
+        key: &IdentityKey,
+        output: Option<String>,
+        properties: Vec<(String, Option<String>)>,
+        payload: &[u8],
+    ) -> Result<Committing<i64>, ApiError> {
+        let event = Event {
+            partition: events::partition_of(&key.device_id),
+            sequence: 0,
+            offset: 0,
+            enqueued_ms: ids::now_unix_ms(),
+            device_id: key.device_id.clone(),
+            module_id: key.module_id.clone(),
+            properties: properties.clone(),
+            body: payload.to_vec(),
+        };
+        let (body, body_base64) = Message::body_of(payload);
+        self.messages.push(Message {
+            sequence: 0,
+            device_id: key.device_id.clone(),
+            module_id: key.module_id.clone(),
+            output,
+            properties: properties.into_iter().collect(),
+            body,
+            body_base64,
+            enqueued_time_utc: ids::now_iso(),
+        });
+        self.submit_event(event).await
     }
 
     /// Queues a device-to-cloud message for its Event Hub-compatible partition (waiting only for

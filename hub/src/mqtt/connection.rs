@@ -5,7 +5,7 @@
 //! Part of the MQTT door: depends on the hub and the domain modules below it; never on another
 //! door.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +19,10 @@ use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ApiError;
-use crate::events::{self, Event};
 use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::ids;
 use crate::live::Outgoing;
-use crate::messages::Message;
 use crate::methods::MethodResponse;
 use crate::routing::{self, RoutedMessage};
 use crate::store::{IdentityKey, SessionFilter};
@@ -644,29 +642,11 @@ impl Session {
                 },
             );
         }
-        let event = Event {
-            partition: events::partition_of(&self.key.device_id),
-            sequence: 0,
-            offset: 0,
-            enqueued_ms: ids::now_unix_ms(),
-            device_id: self.key.device_id.clone(),
-            module_id: self.key.module_id.clone(),
-            properties: properties.0.clone(),
-            body: payload.to_vec(),
-        };
-        let logged: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
-        let (body, body_base64) = Message::body_of(payload);
-        self.hub.messages().push(Message {
-            sequence: 0,
-            device_id: self.key.device_id.clone(),
-            module_id: self.key.module_id.clone(),
-            output,
-            properties: logged,
-            body,
-            body_base64,
-            enqueued_time_utc: ids::now_iso(),
-        });
-        let outcome = match self.hub.submit_event(event).await {
+        let accepted = self
+            .hub
+            .accept_telemetry(&self.key, output, properties.0, payload)
+            .await;
+        let outcome = match accepted {
             Ok(committing) => Outcome::Committing(committing),
             Err(error) => Outcome::Decided(Some(Err(error))),
         };

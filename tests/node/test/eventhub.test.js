@@ -9,13 +9,14 @@ const assert = require('node:assert/strict');
 const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
 const { Client } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
+const { Http } = require('azure-iot-device-http');
 const { Message } = require('azure-iot-common');
 const { info, waitFor, registryWithCleanup, identityConnectionString } = require('./hub');
 
 const fixture = registryWithCleanup();
 after(() => fixture.cleanup());
 
-test('EventHubConsumerClient reads a device\'s telemetry with IoT Hub\'s system properties', async () => {
+test('EventHubConsumerClient reads a device\'s telemetry (MQTT, then HTTPS) with IoT Hub\'s system properties', async () => {
   const device = await fixture.device('node-eh');
   const client = Client.fromConnectionString(identityConnectionString(device), Mqtt);
   await client.open();
@@ -27,6 +28,10 @@ test('EventHubConsumerClient reads a device\'s telemetry with IoT Hub\'s system 
   message.properties.add('level', 'high');
   await client.sendEvent(message);
   await client.close();
+  const overHttps = Client.fromConnectionString(identityConnectionString(device), Http);
+  await overHttps.open();
+  await overHttps.sendEvent(new Message('over https'));
+  await overHttps.close();
 
   const consumer = new EventHubConsumerClient('$Default', info.eventHubConnectionString);
   try {
@@ -39,10 +44,11 @@ test('EventHubConsumerClient reads a device\'s telemetry with IoT Hub\'s system 
       },
       processError: async (err) => { received.error = err; },
     }, { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1 });
-    await waitFor(() => received.length > 0 || received.error, 'the device\'s event', 20000);
+    await waitFor(() => received.length > 1 || received.error, 'the device\'s events', 20000);
     await subscription.close();
     assert.equal(received.error, undefined);
-    const [event] = received;
+    const [event, second] = received;
+    assert.equal(second.body.toString(), 'over https', 'HTTPS messages reach the endpoint too, in order');
     assert.deepEqual(event.body, { temperature: 22 });
     assert.equal(event.messageId, 'node-mid-1');
     assert.equal(event.correlationId, 'node-cid-1');
