@@ -57,7 +57,8 @@ pub struct Event {
 /// Where a reader of a partition starts: the receiver link's
 /// `apache.org:selector-filter:string`, as Event Hubs clients write it
 /// (`amqp.annotation.x-opt-offset > '1234'`, `… x-opt-sequence-number >= '5'`,
-/// `… x-opt-enqueued-time > '1700000000000'`, `… x-opt-offset > '@latest'`).
+/// `… x-opt-enqueued-time > '1700000000000'`, `… x-opt-offset > '@latest'`; the Azure CLI's
+/// `amqp.annotation.x-opt-enqueuedtimeutc > 1700000000000`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
     /// After (or at, when `inclusive`) an offset; `-1` is the start of the partition.
@@ -111,11 +112,12 @@ impl StartAt {
             Some(rest) => (true, rest),
             None => (false, rest.strip_prefix('>').ok_or_else(bad)?),
         };
-        let value = rest
-            .trim()
-            .strip_prefix('\'')
-            .and_then(|v| v.strip_suffix('\''))
-            .ok_or_else(bad)?;
+        // quoted as the Event Hubs SDKs write it, or bare as uamqp-era clients do
+        let value = rest.trim();
+        let value = match value.strip_prefix('\'') {
+            Some(quoted) => quoted.strip_suffix('\'').ok_or_else(bad)?,
+            None => value,
+        };
         let number = || {
             value
                 .parse::<i64>()
@@ -131,7 +133,8 @@ impl StartAt {
                 sequence: number()?,
                 inclusive,
             },
-            "enqueued-time" => StartAt::EnqueuedTime {
+            // `enqueuedtimeutc`: the name the Azure CLI's IoT extension (0.25) filters on
+            "enqueued-time" | "enqueuedtimeutc" => StartAt::EnqueuedTime {
                 ms: number()?,
                 inclusive,
             },
@@ -211,10 +214,17 @@ mod tests {
                 inclusive: false
             })
         );
+        assert_eq!(
+            StartAt::parse("amqp.annotation.x-opt-enqueuedtimeutc > 1700000000000"),
+            Ok(StartAt::EnqueuedTime {
+                ms: 1_700_000_000_000,
+                inclusive: false
+            })
+        );
         for bad in [
             "",
             "amqp.annotation.x-opt-offset = '1'",
-            "amqp.annotation.x-opt-offset > 1",
+            "amqp.annotation.x-opt-offset > '1",
             "amqp.annotation.x-opt-color > '1'",
             "amqp.annotation.x-opt-sequence-number > 'x'",
         ] {

@@ -55,10 +55,18 @@ pub async fn serve_sender(
     connection: &Connection,
     replies: &ReplyLinks,
 ) {
+    let segments = address_segments(&wanted.address);
+    if is_iot_hub_events(&segments) {
+        // before `$management`: IoT Hub redirects `messages/events/$management` too
+        let name = event_hub_name(connection.state.hub.host_name());
+        let error = redirect(connection, &name, &segments[2..]);
+        let _ = sender.close_with_error(error).await;
+        return;
+    }
     if let Some(node) = cbs::node_of(&wanted.address) {
         return replies.serve(node, sender).await;
     }
-    match partition_reader(wanted, connection) {
+    match partition_reader(&segments, wanted, connection) {
         Ok((partition, start)) => stream(sender, partition, start, connection).await,
         Err(error) => {
             tracing::info!(address = %wanted.address, %error, "AMQP receiver refused");
@@ -73,29 +81,30 @@ fn not_found(description: String) -> AmqpErrorFrame {
 }
 
 /// The partition and start position a receiver link asks for, or the error to detach it with.
+/// Whether a path is IoT Hub's own `messages/events[/…]`.
+fn is_iot_hub_events(segments: &[String]) -> bool {
+    matches!(segments, [messages, events, ..]
+        if messages.eq_ignore_ascii_case("messages") && events.eq_ignore_ascii_case("events"))
+}
+
 fn partition_reader(
+    segments: &[String],
     wanted: &Wanted,
     connection: &Connection,
 ) -> Result<(u32, StartAt), AmqpErrorFrame> {
     let hub = &connection.state.hub;
     let name = event_hub_name(hub.host_name());
-    let segments = address_segments(&wanted.address);
-    let is = |i: usize, word: &str| {
-        segments
-            .get(i)
-            .is_some_and(|s| s.eq_ignore_ascii_case(word))
-    };
-    if is(0, "messages") && is(1, "events") {
-        return Err(redirect(connection, &name, &segments[2..]));
-    }
-    if !is(0, &name) {
+    if !segments
+        .first()
+        .is_some_and(|s| s.eq_ignore_ascii_case(&name))
+    {
         return Err(not_found(format!(
             "The messaging entity '{}' could not be found; this hub's Event Hub-compatible name is '{name}'",
             segments.first().map_or("", String::as_str)
         )));
     }
-    connection.authorise(&segments, Permission::ServiceConnect)?;
-    let [_, groups, group, partitions, partition] = segments.as_slice() else {
+    connection.authorise(segments, Permission::ServiceConnect)?;
+    let [_, groups, group, partitions, partition] = segments else {
         return Err(not_found(format!(
             "'{}' is not {name}/ConsumerGroups/<group>/Partitions/<id>",
             segments.join("/")

@@ -257,7 +257,7 @@ impl Connection {
     }
 }
 
-/// IoT Hub's SASL: ANONYMOUS (the client then puts tokens on `$cbs`), or PLAIN with
+/// IoT Hub's SASL: ANONYMOUS or MSSBCBS (the client then puts tokens on `$cbs`), or PLAIN with
 /// `{policy}@sas.root.{hub}` and a SAS token as password, as the older service SDKs and the
 /// Azure CLI's uamqp connections authenticate.
 #[derive(Clone)]
@@ -267,12 +267,18 @@ struct Sasl {
 
 impl SaslAcceptor for Sasl {
     fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(vec![Symbol::from("ANONYMOUS"), Symbol::from("PLAIN")])
+        Array::from(vec![
+            Symbol::from("MSSBCBS"),
+            Symbol::from("ANONYMOUS"),
+            Symbol::from("PLAIN"),
+        ])
     }
 
     fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
         let code = match init.mechanism.as_str() {
-            "ANONYMOUS" => SaslCode::Ok,
+            // MSSBCBS: Service Bus's "the client authenticates with CBS", which uamqp's token
+            // authentication asks for (the Azure CLI's monitor-events); ANONYMOUS alike
+            "MSSBCBS" | "ANONYMOUS" => SaslCode::Ok,
             "PLAIN" => {
                 let response = init.initial_response.map(|b| b.into_vec());
                 let mut fields = response.as_deref().unwrap_or_default().split(|b| *b == 0);

@@ -4,7 +4,13 @@
 //! open, `frame[13]` of an attach, `frame[2]` of a detach, the payload at `frame[11]` of a
 //! transfer) and reads a `list0` body as a `list8`, because Azure's services always send them
 //! whole. So every frame the hub writes passes through [`Padded`], which appends the missing
-//! nulls (and turns `list0` into `list8`). Pure byte rewriting, tested below.
+//! nulls (and turns `list0` into `list8`).
+//!
+//! The other way, uamqp (the Azure CLI's monitor-events) sends its connection properties with
+//! string keys where AMQP's `fields` type has symbols, which `fe2o3-amqp` refuses to decode (the
+//! open fails); [`Padded`] turns those keys into symbols (same layout, another constructor) in
+//! the properties of every open, begin, attach and flow it reads. Pure byte rewriting, tested
+//! below.
 
 use std::io;
 use std::pin::Pin;
@@ -30,6 +36,25 @@ fn field_count(code: u8) -> Option<usize> {
         0x44 => 2,        // sasl-outcome
         _ => return None,
     })
+}
+
+/// Largest frame held back whole to be rewritten (the hub offers 256 KiB frames); a bigger or
+/// malformed size passes through as it came, for the AMQP layer to refuse.
+const MAX_HELD_FRAME: usize = 1024 * 1024;
+
+/// Whether `bytes` starts with a frame size no frame can have (below 8, above
+/// [`MAX_HELD_FRAME`]).
+fn malformed_size(bytes: &[u8]) -> bool {
+    if bytes.starts_with(b"AMQP") {
+        return false;
+    }
+    match bytes.get(..4) {
+        Some(size) => {
+            let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+            !(8..=MAX_HELD_FRAME as u32).contains(&size)
+        }
+        None => false,
+    }
 }
 
 /// The length of the protocol header or frame at the start of `bytes`, once it is all there.
@@ -97,7 +122,94 @@ fn padded(frame: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A stream whose written frames are [`pad`]ded; reads pass through.
+/// Which field of a performative is its `properties` (`fields`), by descriptor code.
+fn properties_field(code: u8) -> Option<usize> {
+    Some(match code {
+        0x10 => 9,  // open
+        0x11 => 7,  // begin
+        0x12 => 13, // attach
+        0x13 => 10, // flow
+        _ => return None,
+    })
+}
+
+/// The encoded length of the AMQP value at the start of `bytes` (constructor included).
+fn value_length(bytes: &[u8]) -> Option<usize> {
+    let width = |n: usize| -> Option<usize> {
+        Some(match n {
+            1 => usize::from(*bytes.get(1)?),
+            _ => usize::try_from(u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?)).ok()?,
+        })
+    };
+    Some(match *bytes.first()? {
+        0x00 => {
+            let descriptor = value_length(bytes.get(1..)?)?;
+            1 + descriptor + value_length(bytes.get(1 + descriptor..)?)?
+        }
+        0x40..=0x45 => 1,
+        0x50..=0x56 => 2,
+        0x60..=0x61 => 3,
+        0x70..=0x74 => 5,
+        0x80..=0x84 => 9,
+        0x94 | 0x98 => 17,
+        0xa0..=0xa3 | 0xc0 | 0xc1 | 0xe0 => 2 + width(1)?,
+        0xb0..=0xb3 | 0xd0 | 0xd1 | 0xf0 => 5 + width(4)?,
+        _ => return None,
+    })
+}
+
+/// Turns the string keys of a received performative's `properties` map into symbols, in place.
+pub fn symbolize_properties(frame: &mut [u8]) {
+    let _ = symbolized(frame);
+}
+
+fn symbolized(frame: &mut [u8]) -> Option<()> {
+    let body_start = usize::from(*frame.get(4)?) * 4;
+    let body = frame.get_mut(body_start..)?;
+    let [0x00, 0x53, code, constructor, ..] = *body else {
+        return None;
+    };
+    let field = properties_field(code)?;
+    let (count, mut at) = match constructor {
+        0xc0 => (usize::from(*body.get(5)?), 6),
+        0xd0 => (
+            usize::try_from(u32::from_be_bytes(body.get(8..12)?.try_into().ok()?)).ok()?,
+            12,
+        ),
+        _ => return None,
+    };
+    if count <= field {
+        return None;
+    }
+    for _ in 0..field {
+        at += value_length(body.get(at..)?)?;
+    }
+    let (pairs, mut key) = match *body.get(at)? {
+        0xc1 => (usize::from(*body.get(at + 2)?) / 2, at + 3),
+        0xd1 => (
+            usize::try_from(u32::from_be_bytes(
+                body.get(at + 5..at + 9)?.try_into().ok()?,
+            ))
+            .ok()?
+                / 2,
+            at + 9,
+        ),
+        _ => return None,
+    };
+    for _ in 0..pairs {
+        match body.get(key)? {
+            0xa1 => body[key] = 0xa3,
+            0xb1 => body[key] = 0xb3,
+            _ => {}
+        }
+        key += value_length(body.get(key..)?)?;
+        key += value_length(body.get(key..)?)?;
+    }
+    Some(())
+}
+
+/// A stream whose written frames are [`pad`]ded and whose read frames get symbol keys in their
+/// properties ([`symbolize_properties`]).
 #[derive(Debug)]
 pub struct Padded<S> {
     /// The connection.
@@ -106,6 +218,10 @@ pub struct Padded<S> {
     incoming: Vec<u8>,
     /// Padded frames not yet written to `inner`.
     outgoing: Vec<u8>,
+    /// Bytes read that do not make a whole frame yet.
+    read: Vec<u8>,
+    /// Whole frames read, rewritten, not yet handed to the reader.
+    ready: Vec<u8>,
 }
 
 impl<S> Padded<S> {
@@ -115,6 +231,8 @@ impl<S> Padded<S> {
             inner,
             incoming: Vec::new(),
             outgoing: Vec::new(),
+            read: Vec::new(),
+            ready: Vec::new(),
         }
     }
 }
@@ -142,7 +260,34 @@ impl<S: AsyncRead + Unpin> AsyncRead for Padded<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        while this.ready.is_empty() {
+            let mut chunk = [0u8; 16 * 1024];
+            let mut chunk = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut chunk) {
+                Poll::Ready(Ok(())) if chunk.filled().is_empty() => {
+                    // end of stream: what is left (a partial frame) goes to the reader as is
+                    this.ready.append(&mut this.read);
+                    break;
+                }
+                Poll::Ready(Ok(())) => this.read.extend_from_slice(chunk.filled()),
+                other => return other,
+            }
+            let mut start = 0;
+            while let Some(length) = unit_length(&this.read[start..]) {
+                let unit = &mut this.read[start..start + length];
+                symbolize_properties(unit);
+                start += length;
+            }
+            this.ready.extend(this.read.drain(..start));
+            if malformed_size(&this.read) {
+                this.ready.append(&mut this.read);
+            }
+        }
+        let n = this.ready.len().min(buf.remaining());
+        buf.put_slice(&this.ready[..n]);
+        this.ready.drain(..n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -254,6 +399,61 @@ mod tests {
             4 + 252 + 13
         );
         assert_eq!(padded.len(), 8 + 3 + 9 + 252 + 13);
+    }
+
+    #[test]
+    fn string_keys_of_an_opens_properties_become_symbols_and_nothing_else_changes() {
+        // open: container id "c", hostname "h", max-frame-size 512 (uint 0x70), channel-max 1
+        // (ushort), five nulls, properties {"k": "v"} (map8 with str8 key and value)
+        let mut body = vec![0x00, 0x53, 0x10, 0xc0, 0, 10];
+        body.extend([0xa1, 1, b'c', 0xa1, 1, b'h', 0x70, 0, 0, 2, 0, 0x60, 0, 1]);
+        body.extend([0x40; 5]);
+        body.extend([0xc1, 7, 2, 0xa1, 1, b'k', 0xa1, 1, b'v']);
+        body[4] = u8::try_from(body.len() - 5).unwrap();
+        let mut open = frame(&body);
+        symbolize_properties(&mut open);
+        let mut expected = body.clone();
+        let key = expected.len() - 6;
+        assert_eq!(expected[key], 0xa1);
+        expected[key] = 0xa3;
+        assert_eq!(open, frame(&expected));
+        // a transfer is left alone
+        let mut transfer = frame(&[0x00, 0x53, 0x14, 0xc0, 0x02, 0x01, 0x43, 0xa1]);
+        let before = transfer.clone();
+        symbolize_properties(&mut transfer);
+        assert_eq!(transfer, before);
+    }
+
+    #[tokio::test]
+    async fn frames_read_in_pieces_come_out_whole_with_symbol_keys() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut padded = Padded::new(near);
+        let mut body = vec![
+            0x00, 0x53, 0x11, 0xc0, 0, 8, 0x40, 0x43, 0x43, 0x43, 0x40, 0x40, 0x40,
+        ];
+        body.extend([0xc1, 7, 2, 0xa1, 1, b'k', 0xa1, 1, b'v']);
+        body[4] = u8::try_from(body.len() - 5).unwrap();
+        let mut sent = b"AMQP\x00\x01\x00\x00".to_vec();
+        sent.extend(frame(&body));
+        for piece in sent.chunks(5) {
+            far.write_all(piece).await.unwrap();
+        }
+        drop(far);
+        let mut got = Vec::new();
+        padded.read_to_end(&mut got).await.unwrap();
+        let key = got.len() - 6;
+        assert_eq!(got[key], 0xa3);
+        assert_eq!(got.len(), sent.len());
+    }
+
+    #[test]
+    fn sizes_no_frame_can_have_are_not_waited_for() {
+        assert!(malformed_size(&[0, 0, 0, 4]));
+        assert!(malformed_size(&[0xff, 0xff, 0xff, 0xff]));
+        assert!(!malformed_size(&[0, 0, 0, 8]));
+        assert!(!malformed_size(b"AMQP"));
+        assert!(!malformed_size(&[0, 0]));
     }
 
     #[tokio::test]
