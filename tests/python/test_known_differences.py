@@ -3,7 +3,6 @@ serve is refused or absent in a way a client can see, and where it behaves other
 it does so as the README says. A difference that goes away makes its test fail."""
 
 import queue
-import socket
 import time
 
 import pytest
