@@ -117,6 +117,8 @@ pub struct Hub {
     messages: MessageLog,
     /// Shared access policies (loaded at start).
     policies: Vec<PolicyRecord>,
+    /// Wakes the job runner when a job is created or cancelled.
+    jobs_changed: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -159,6 +161,7 @@ impl Hub {
             methods: PendingMethods::default(),
             messages: MessageLog::default(),
             policies,
+            jobs_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -185,6 +188,11 @@ impl Hub {
     /// The log of telemetry and module outputs.
     pub fn messages(&self) -> &MessageLog {
         &self.messages
+    }
+
+    /// Notified when a scheduled job is created or cancelled (the job runner waits on it).
+    pub fn jobs_changed(&self) -> &tokio::sync::Notify {
+        &self.jobs_changed
     }
 
     /// One page of `query` (whose text is `text`), at most `max_item_count` rows after the
@@ -412,6 +420,27 @@ impl Hub {
             }
         }
     }
+}
+
+/// A service `PATCH` (merge) or `PUT` (replace) of the twin `key` in `tx`, and of a device's the
+/// deployments it now targets: the desired changes to tell the devices about. The one write path
+/// of `/twins/{id}` and of twin jobs.
+pub fn update_twin(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+    input: edgetwin_wire::rest::Twin,
+    mode: twins::UpdateMode,
+    if_match: Option<&str>,
+) -> Result<Vec<DesiredChange>, ApiError> {
+    let change = twins::update_from_service(tx, key, input, mode, if_match)?;
+    let mut changes: Vec<_> = change.into_iter().collect();
+    if key.module_id.is_none() {
+        changes.extend(crate::deployments::evaluate_devices(
+            tx,
+            [key.device_id.as_str()],
+        )?);
+    }
+    Ok(changes)
 }
 
 /// Who a service request comes from.

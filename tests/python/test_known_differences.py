@@ -6,16 +6,12 @@ import queue
 import socket
 
 import pytest
-import requests
 from azure.iot.device import Message
 from azure.iot.hub import IoTHubConfigurationManager
 from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpecification
-from msrest.exceptions import HttpOperationError
 
-from conftest import http_status, unique_id
+from conftest import unique_id
 from test_routes import _apply_routes, _module
-
-API = {"api-version": "2021-04-12"}
 
 
 def test_x509_v1_client_certificates_are_refused_in_the_tls_handshake(hub, registry_manager, tmp_path):
@@ -56,16 +52,6 @@ def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):
     assert hub.proc.poll() is None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 5671), timeout=2).close()
-
-
-def test_jobs_and_queries_of_devices_jobs_are_not_served(hub, registry_manager):
-    r = requests.get(f"{hub.rest_url}/jobs/v2/query", params=API,
-                     headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
-    assert r.status_code in (400, 404), r.text
-    with pytest.raises(HttpOperationError) as err:
-        registry_manager.query_iot_hub(QuerySpecification(query="SELECT * FROM devices.jobs"))
-    assert http_status(err.value) == 400
-    assert "devices.jobs is not served" in err.value.response.text
 
 
 def test_a_query_sees_a_change_at_once(registry_manager, make_device):

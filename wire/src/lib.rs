@@ -13,6 +13,7 @@ pub mod condition;
 pub mod connection_string;
 pub mod edge;
 pub mod ids;
+pub mod job;
 pub mod query;
 pub mod report;
 pub mod rest;

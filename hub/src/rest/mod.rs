@@ -5,6 +5,7 @@
 
 mod configurations;
 mod device_messages;
+mod jobs;
 mod local;
 mod query;
 mod registry;
@@ -363,6 +364,7 @@ async fn dispatch(state: &State, request: Request) -> Result<Reply, ApiError> {
         Some("devices") | Some("statistics") => registry::route(state, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,
         Some("configurations") => configurations::route(hub, &request, &segments).await,
+        Some("jobs") => jobs::route(hub, &request, &segments).await,
         Some("edgetwin") => local::route(state, &request, &segments).await,
         _ => Err(not_found(&request)),
     }

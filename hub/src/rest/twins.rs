@@ -9,9 +9,8 @@ use edgetwin_wire::rest::{CloudToDeviceMethod, Permission, Twin};
 use hyper::Method;
 
 use super::{not_found, Reply, Request};
-use crate::deployments;
 use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::hub::{update_twin, Hub};
 use crate::registry;
 use crate::store::IdentityKey;
 use crate::twins::{self, UpdateMode};
@@ -53,12 +52,7 @@ async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Rep
             let input: Twin = request.json()?;
             let if_match = request.if_match.clone();
             hub.write_with_effects(move |tx| {
-                let change =
-                    twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
-                let mut changes: Vec<_> = change.into_iter().collect();
-                if key.module_id.is_none() {
-                    changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
-                }
+                let changes = update_twin(tx, &key, input, mode, if_match.as_deref())?;
                 Ok((
                     twins::service_view(tx, &key, connected)?,
                     Effect::desired(changes),
