@@ -117,7 +117,12 @@ async fn try_run_job(hub: &Arc<Hub>, job: JobResponse) -> Result<(), ApiError> {
     'devices: loop {
         let (id, from) = (job.job_id.clone(), after.clone());
         let batch = hub.read(move |tx| {
-            Ok(tx.job_devices_in(&id, DeviceJobStatus::Pending, from.as_deref(), DEVICES_PER_READ)?)
+            Ok(tx.job_devices_in(
+                &id,
+                DeviceJobStatus::Pending,
+                from.as_deref(),
+                DEVICES_PER_READ,
+            )?)
         })?;
         let Some(last) = batch.last() else { break };
         after = Some(last.clone());
@@ -239,7 +244,8 @@ async fn call_device(
         DeviceJobStatus::Running,
         OffsetDateTime::now_utc(),
     );
-    hub.write(move |tx| Ok(tx.put_device_job(&running)?)).await?;
+    hub.write(move |tx| Ok(tx.put_device_job(&running)?))
+        .await?;
     let method = job.cloud_to_device_method.clone().unwrap_or_default();
     let answer = hub.invoke_method(&key, method).await?;
     let mut done = jobs::device_record(

@@ -33,7 +33,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
-use crate::hub::{MAX_METHOD_TIMEOUT_SECS, MAX_METHOD_PAYLOAD};
+use crate::hub::{MAX_METHOD_PAYLOAD, MAX_METHOD_TIMEOUT_SECS};
 use crate::ids;
 
 /// `maxExecutionTimeInSeconds` when the request has none (the Node SDK's default).
@@ -47,7 +47,11 @@ const MAX_QUERY_CONDITION: usize = 8192;
 
 /// Checks a `PUT /jobs/v2/{job_id}` request and plans the job it asks for, created `now`: the
 /// errors name the field that is wrong.
-pub fn plan(job_id: &str, request: JobRequest, now: OffsetDateTime) -> Result<JobResponse, ApiError> {
+pub fn plan(
+    job_id: &str,
+    request: JobRequest,
+    now: OffsetDateTime,
+) -> Result<JobResponse, ApiError> {
     if job_id.is_empty() || job_id.len() > MAX_JOB_ID || job_id.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!(
             "jobId '{job_id}' must be 1 to {MAX_JOB_ID} printable characters"
@@ -80,11 +84,15 @@ pub fn plan(job_id: &str, request: JobRequest, now: OffsetDateTime) -> Result<Jo
         )));
     }
     parse_query(&selection_query(&query_condition)).map_err(|e| {
-        ApiError::invalid(format!("queryCondition '{query_condition}' is not valid: {e}"))
+        ApiError::invalid(format!(
+            "queryCondition '{query_condition}' is not valid: {e}"
+        ))
     })?;
     let (update_twin, cloud_to_device_method) = match job_type {
         JobType::ScheduleUpdateTwin => (Some(check_twin_patch(request.update_twin)?), None),
-        JobType::ScheduleDeviceMethod => (None, Some(check_method(request.cloud_to_device_method)?)),
+        JobType::ScheduleDeviceMethod => {
+            (None, Some(check_method(request.cloud_to_device_method)?))
+        }
     };
     let start = match request.start_time.as_deref() {
         None | Some("") => now,
@@ -145,7 +153,10 @@ fn check_twin_patch(
             "updateTwin changes nothing: give tags or properties.desired",
         ));
     }
-    for (section, value) in [(Section::Tags, &patch.tags), (Section::Desired, &properties.desired)] {
+    for (section, value) in [
+        (Section::Tags, &patch.tags),
+        (Section::Desired, &properties.desired),
+    ] {
         let Some(mut object) = value.clone() else {
             continue;
         };
@@ -223,10 +234,12 @@ pub enum Step {
 /// What the runner does with `job` at `now`.
 pub fn next_step(job: &JobResponse, now: OffsetDateTime) -> Step {
     match job.status {
-        JobStatus::Queued | JobStatus::Scheduled => match parse_time(&job.start_time, "startTime") {
-            Ok(start) if start > now => Step::WaitUntil(start),
-            _ => Step::Start,
-        },
+        JobStatus::Queued | JobStatus::Scheduled => {
+            match parse_time(&job.start_time, "startTime") {
+                Ok(start) if start > now => Step::WaitUntil(start),
+                _ => Step::Start,
+            }
+        }
         JobStatus::Running => Step::Resume,
         JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled => Step::Done,
     }
@@ -358,11 +371,16 @@ mod tests {
         let job = plan("j1", request(twin_job(json!({}))), NOW).unwrap();
         assert_eq!(job.status, JobStatus::Queued);
         assert_eq!(job.start_time, "2026-12-07T09:00:00.0000000Z");
-        assert_eq!(job.max_execution_time_in_seconds, DEFAULT_MAX_EXECUTION_SECS);
+        assert_eq!(
+            job.max_execution_time_in_seconds,
+            DEFAULT_MAX_EXECUTION_SECS
+        );
         assert_eq!(next_step(&job, NOW), Step::Start);
         let later = plan(
             "j1",
-            request(twin_job(json!({"startTime": "2026-12-07T10:00:00.123Z", "maxExecutionTimeInSeconds": 60}))),
+            request(twin_job(
+                json!({"startTime": "2026-12-07T10:00:00.123Z", "maxExecutionTimeInSeconds": 60}),
+            )),
             NOW,
         )
         .unwrap();
@@ -377,22 +395,60 @@ mod tests {
     fn a_bad_request_is_refused_naming_the_field() {
         for (body, field) in [
             (twin_job(json!({"type": null})), "type is missing"),
-            (twin_job(json!({"type": "scheduleDirectMethod"})), "type 'scheduleDirectMethod'"),
+            (
+                twin_job(json!({"type": "scheduleDirectMethod"})),
+                "type 'scheduleDirectMethod'",
+            ),
             (twin_job(json!({"type": "export"})), "import and export"),
-            (twin_job(json!({"queryCondition": " "})), "queryCondition is missing"),
-            (twin_job(json!({"queryCondition": "tags.x ="})), "queryCondition 'tags.x ='"),
-            (twin_job(json!({"updateTwin": null})), "updateTwin is missing"),
-            (twin_job(json!({"updateTwin": {"properties": {"desired": {"a": 1}}}})), "updateTwin.etag"),
-            (twin_job(json!({"updateTwin": {"etag": "*", "properties": {"reported": {"a": 1}}}})), "properties.reported"),
-            (twin_job(json!({"updateTwin": {"etag": "*"}})), "changes nothing"),
-            (twin_job(json!({"startTime": "tomorrow"})), "startTime 'tomorrow'"),
-            (twin_job(json!({"maxExecutionTimeInSeconds": 0})), "maxExecutionTimeInSeconds"),
+            (
+                twin_job(json!({"queryCondition": " "})),
+                "queryCondition is missing",
+            ),
+            (
+                twin_job(json!({"queryCondition": "tags.x ="})),
+                "queryCondition 'tags.x ='",
+            ),
+            (
+                twin_job(json!({"updateTwin": null})),
+                "updateTwin is missing",
+            ),
+            (
+                twin_job(json!({"updateTwin": {"properties": {"desired": {"a": 1}}}})),
+                "updateTwin.etag",
+            ),
+            (
+                twin_job(
+                    json!({"updateTwin": {"etag": "*", "properties": {"reported": {"a": 1}}}}),
+                ),
+                "properties.reported",
+            ),
+            (
+                twin_job(json!({"updateTwin": {"etag": "*"}})),
+                "changes nothing",
+            ),
+            (
+                twin_job(json!({"startTime": "tomorrow"})),
+                "startTime 'tomorrow'",
+            ),
+            (
+                twin_job(json!({"maxExecutionTimeInSeconds": 0})),
+                "maxExecutionTimeInSeconds",
+            ),
             (twin_job(json!({"jobId": "other"})), "jobId 'other'"),
-            (json!({"type": "scheduleDeviceMethod", "queryCondition": "*"}), "cloudToDeviceMethod is missing"),
-            (json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
-                    "cloudToDeviceMethod": {"methodName": "a/b"}}), "methodName 'a/b'"),
-            (json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
-                    "cloudToDeviceMethod": {"methodName": "m", "responseTimeoutInSeconds": 1}}), "responseTimeoutInSeconds 1"),
+            (
+                json!({"type": "scheduleDeviceMethod", "queryCondition": "*"}),
+                "cloudToDeviceMethod is missing",
+            ),
+            (
+                json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
+                    "cloudToDeviceMethod": {"methodName": "a/b"}}),
+                "methodName 'a/b'",
+            ),
+            (
+                json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
+                    "cloudToDeviceMethod": {"methodName": "m", "responseTimeoutInSeconds": 1}}),
+                "responseTimeoutInSeconds 1",
+            ),
         ] {
             let message = refused(body.clone());
             assert!(message.contains(field), "{body}: {message}");
@@ -409,8 +465,10 @@ mod tests {
         );
         let job = plan(
             "j",
-            request(json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
-                           "cloudToDeviceMethod": {"methodName": "reboot"}})),
+            request(
+                json!({"type": "scheduleDeviceMethod", "queryCondition": "*",
+                           "cloudToDeviceMethod": {"methodName": "reboot"}}),
+            ),
             NOW,
         )
         .unwrap();
@@ -456,7 +514,10 @@ mod tests {
             &ApiError::new(ErrorCode::DeviceNotFound, "gone"),
             later,
         );
-        assert_eq!(failed.end_time_utc.as_deref(), Some("2026-12-07T09:00:05.0000000Z"));
+        assert_eq!(
+            failed.end_time_utc.as_deref(),
+            Some("2026-12-07T09:00:05.0000000Z")
+        );
         assert_eq!(failed.error.unwrap().code, "DeviceNotFound");
     }
 }

@@ -9,11 +9,11 @@
 
 use std::path::Path;
 
+use edgetwin_wire::job::{DeviceJob, DeviceJobStatistics, DeviceJobStatus, JobResponse};
 use edgetwin_wire::rest::{
     Configuration, ConfigurationMetrics, Device, Module, APPLIED_COUNT, REPORTED_FAILED_COUNT,
     REPORTED_SUCCESSFUL_COUNT, TARGETED_COUNT,
 };
-use edgetwin_wire::job::{DeviceJob, DeviceJobStatistics, DeviceJobStatus, JobResponse};
 use edgetwin_wire::twin::Properties;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};

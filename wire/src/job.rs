@@ -140,7 +140,9 @@ impl DeviceJobStatistics {
         for &(status, count) in counts {
             stats.device_count += count;
             match status {
-                DeviceJobStatus::Pending | DeviceJobStatus::Cancelled => stats.pending_count += count,
+                DeviceJobStatus::Pending | DeviceJobStatus::Cancelled => {
+                    stats.pending_count += count
+                }
                 DeviceJobStatus::Running => stats.running_count += count,
                 DeviceJobStatus::Completed => stats.succeeded_count += count,
                 DeviceJobStatus::Failed => stats.failed_count += count,
@@ -283,7 +285,9 @@ mod tests {
         .unwrap();
         assert_eq!(node.job_type.as_deref(), Some("scheduleDeviceMethod"));
         assert_eq!(
-            node.cloud_to_device_method.unwrap().response_timeout_in_seconds,
+            node.cloud_to_device_method
+                .unwrap()
+                .response_timeout_in_seconds,
             Some(30)
         );
         let cli: JobRequest = serde_json::from_value(json!({
@@ -324,7 +328,10 @@ mod tests {
             assert_eq!(serde_json::to_value(t).unwrap(), json!(t.name()));
         }
         assert_eq!(JobType::from_name("export"), None);
-        assert_eq!(JobStatus::from_name("cancelled"), Some(JobStatus::Cancelled));
+        assert_eq!(
+            JobStatus::from_name("cancelled"),
+            Some(JobStatus::Cancelled)
+        );
         assert_eq!(
             serde_json::to_value(JobStatus::Scheduled).unwrap(),
             json!("scheduled")

@@ -126,7 +126,11 @@ fn query(hub: &Hub, request: &Request) -> Result<Reply, ApiError> {
                 .decode(token)
                 .ok()
                 .and_then(|id| String::from_utf8(id).ok())
-                .ok_or_else(|| ApiError::invalid(format!("{CONTINUATION_HEADER} is not a token this hub gave")))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "{CONTINUATION_HEADER} is not a token this hub gave"
+                    ))
+                })
         })
         .transpose()?;
     let mut jobs = hub.read(|tx| {
@@ -142,6 +146,8 @@ fn query(hub: &Hub, request: &Request) -> Result<Reply, ApiError> {
         TOKEN.encode(jobs[size - 1].job_id.as_bytes())
     });
     let mut reply = Reply::ok(jobs)?;
-    reply.headers.extend(next.map(|next| (CONTINUATION_HEADER, next)));
+    reply
+        .headers
+        .extend(next.map(|next| (CONTINUATION_HEADER, next)));
     Ok(reply)
 }

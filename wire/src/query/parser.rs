@@ -146,7 +146,10 @@ impl Parser {
             // "Queries for IoT Hub jobs": projections and aggregates are not supported
             // (only SELECT *).
             if select != Select::All {
-                return Err(QueryError::new(select_at, "FROM devices.jobs takes SELECT * only"));
+                return Err(QueryError::new(
+                    select_at,
+                    "FROM devices.jobs takes SELECT * only",
+                ));
             }
             self.jobs_paths = true;
         }
