@@ -187,3 +187,29 @@ def test_a_registry_read_policy_may_read_jobs_but_not_schedule_them(hub, make_de
     with pytest.raises(HttpOperationError) as missing:
         reader.get_scheduled_job(request.job_id)
     assert http_status(missing.value) == 404
+
+
+def test_jobs_survive_a_restart_a_scheduled_one_runs_after_it_and_a_method_in_flight_is_not_repeated(
+        job_manager, registry_manager, make_device, raw_mqtt, hub):
+    silent, later_device = make_device(), make_device()
+    client = raw_mqtt(silent)
+    assert client.connect() == 0
+    client.subscribe("$iothub/methods/POST/#")
+    in_flight = JobRequest(job_id=unique_id("inflight"), type="scheduleDeviceMethod",
+                           query_condition=f"deviceId = '{silent.device_id}'",
+                           cloud_to_device_method=CloudToDeviceMethod(
+                               method_name="slow", response_timeout_in_seconds=60))
+    job_manager.create_scheduled_job(in_flight.job_id, in_flight)
+    client.wait_message(lambda t, p: t.startswith("$iothub/methods/POST/slow/"), timeout=10)
+    soon = (datetime.datetime.utcnow() + datetime.timedelta(seconds=3)).isoformat()
+    scheduled = twin_job([later_device.device_id], {"after": "restart"}, start=soon)
+    job_manager.create_scheduled_job(scheduled.job_id, scheduled)
+
+    hub.restart(kill=True)
+
+    job = wait_for_end(job_manager, in_flight.job_id)
+    assert (job.status, job.device_job_statistics.failed_count) == ("completed", 1)
+    [record] = hub_query(hub, f"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '{in_flight.job_id}'")
+    assert "hub stopped" in record["error"]["description"]
+    assert wait_for_end(job_manager, scheduled.job_id).status == "completed"
+    assert registry_manager.get_twin(later_device.device_id).properties.desired["after"] == "restart"
