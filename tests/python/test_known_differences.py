@@ -6,6 +6,7 @@ import queue
 import socket
 
 import pytest
+import requests
 from azure.iot.device import Message
 from azure.iot.hub import IoTHubConfigurationManager
 from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpecification
@@ -52,6 +53,17 @@ def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):
     assert hub.proc.poll() is None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 5671), timeout=2).close()
+
+
+def test_import_and_export_jobs_are_not_served(hub):
+    auth = {"Authorization": hub.service_token()}
+    api = {"api-version": "2021-04-12"}
+    created = requests.post(f"{hub.rest_url}/jobs/create", params=api, headers=auth, verify=hub.ca_path,
+                            json={"type": "export", "outputBlobContainerUri": "https://x/y"}, timeout=10)
+    assert created.status_code == 400
+    assert "import and export jobs" in created.json()["Message"]
+    listed = requests.get(f"{hub.rest_url}/jobs", params=api, headers=auth, verify=hub.ca_path, timeout=10)
+    assert listed.status_code == 200 and listed.json() == []
 
 
 def test_a_query_sees_a_change_at_once(registry_manager, make_device):
