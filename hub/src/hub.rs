@@ -210,9 +210,13 @@ impl Hub {
             .await
     }
 
-    /// How many rows `query` returns over its whole FROM collection (custom metrics).
-    pub async fn count_rows(&self, query: &Query) -> Result<usize, ApiError> {
-        self.queries.count_rows(&self.live, query).await
+    /// How many rows `query` (whose text is `text`) returns over its whole FROM collection
+    /// (custom metrics): counted again only once the store changed, or after a minute.
+    pub async fn count_rows(&self, text: &str, query: &Query) -> Result<usize, ApiError> {
+        let commits = self.writer.commits();
+        self.queries
+            .count_rows(&self.live, text, query, commits)
+            .await
     }
 
     /// Runs `f` in one read transaction on a read-only connection: it never waits for the
@@ -422,8 +426,9 @@ impl Hub {
     }
 }
 
-/// A service `PATCH` (merge) or `PUT` (replace) of the twin `key` in `tx`, and of a device's the
-/// deployments it now targets: the desired changes to tell the devices about. The one write path
+/// A service `PATCH` (merge) or `PUT` (replace) of the twin `key` in `tx`, then the deployments
+/// and configurations that now target its device or module: the desired changes to tell the
+/// clients about. The one write path
 /// of `/twins/{id}` and of twin jobs.
 pub fn update_twin(
     tx: &Transaction<'_>,
@@ -439,6 +444,9 @@ pub fn update_twin(
             tx,
             [key.device_id.as_str()],
         )?);
+    } else {
+        let deployments = crate::deployments::Deployments::load(tx)?;
+        changes.extend(deployments.evaluate_module_configurations(tx, &key.device_id)?);
     }
     Ok(changes)
 }

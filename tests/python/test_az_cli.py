@@ -291,6 +291,58 @@ def test_a_device_configuration_from_the_cli_reaches_the_targeted_twins_and_its_
     assert registry_manager.get_twin(inside.device_id).properties.desired["fw"] == {"version": "1.2"}
 
 
+def test_a_module_configuration_from_the_cli_reaches_the_targeted_module_twins(
+        az, hub, registry_manager, make_device, make_module):
+    from azure.iot.hub.models import Twin
+    ring = unique_id("ring").lower()
+    device = make_device(prefix="admm")
+    inside = make_module(device=device, prefix="admm")
+    outside = make_module(device=device, prefix="admm")
+    registry_manager.update_module_twin(inside.device_id, inside.module_id, Twin(tags={"ring": ring}), "*")
+    config_id = unique_id("admm").lower()
+    content = {"moduleContent": {"properties.desired.sampling": {"rate": 5}}}
+    # IoT Hub's module conditions name their collection (the CLI refuses one that does not)
+    condition = f"from devices.modules where tags.ring='{ring}'"
+    ok(az("iot", "hub", "configuration", "create", "-c", config_id, "--content", json.dumps(content),
+          "--target-condition", condition, "--priority", "2"))
+    try:
+        twin = registry_manager.get_module_twin(inside.device_id, inside.module_id)
+        assert twin.properties.desired["sampling"] == {"rate": 5}
+        shown = ok(az("iot", "hub", "module-twin", "show", "-d", inside.device_id, "-m", inside.module_id))
+        assert shown["configurations"] == {config_id: {"status": "Applied"}}
+        assert "sampling" not in registry_manager.get_module_twin(
+            outside.device_id, outside.module_id).properties.desired
+        assert "sampling" not in registry_manager.get_twin(inside.device_id).properties.desired
+        shown = ok(az("iot", "hub", "configuration", "show", "-c", config_id))
+        assert shown["systemMetrics"]["results"] == {"targetedCount": 1, "appliedCount": 1}
+        for name in ("targetedCount", "appliedCount"):
+            metric = ok(az("iot", "hub", "configuration", "show-metric", "-c", config_id,
+                           "-m", name, "--mt", "system"))
+            assert [(r["deviceId"], r["moduleId"]) for r in metric["result"]] == [
+                (inside.device_id, inside.module_id)], metric
+
+        # a module that comes into scope gets the settings; one that leaves has them removed
+        registry_manager.update_module_twin(outside.device_id, outside.module_id, Twin(tags={"ring": ring}), "*")
+        assert registry_manager.get_module_twin(
+            outside.device_id, outside.module_id).properties.desired["sampling"] == {"rate": 5}
+        registry_manager.update_module_twin(inside.device_id, inside.module_id, Twin(tags={"ring": None}), "*")
+        left = ok(az("iot", "hub", "module-twin", "show", "-d", inside.device_id, "-m", inside.module_id))
+        assert "sampling" not in left["properties"]["desired"] and not left.get("configurations")
+        # the metrics follow: the other module is the one targeted now
+        shown = ok(az("iot", "hub", "configuration", "show", "-c", config_id))
+        assert shown["systemMetrics"]["results"] == {"targetedCount": 1, "appliedCount": 1}
+    finally:
+        ok(az("iot", "hub", "configuration", "delete", "-c", config_id))
+
+    # the hub refuses a module configuration whose condition does not name devices.modules
+    bad = requests.put(f"{hub.rest_url}/configurations/{config_id}-bad", params={"api-version": "2021-04-12"},
+                       json={"id": f"{config_id}-bad", "content": content, "targetCondition": f"tags.ring='{ring}'"},
+                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
+    assert bad.status_code == 400, bad.text
+    assert "FROM devices.modules WHERE" in bad.text
+    assert bad.headers["iothub-errorcode"] == "InvalidConfigurationTargetCondition", bad.text
+
+
 def test_device_to_cloud_messages_from_the_cli_reach_the_hub(az, hub, make_device):
     # The CLI's device side runs Microsoft's Python device SDK over MQTT, trusting SSL_CERT_FILE.
     device = make_device()
