@@ -127,12 +127,13 @@ async fn try_run_job(hub: &Arc<Hub>, job: JobResponse) -> Result<(), ApiError> {
         let Some(last) = batch.last() else { break };
         after = Some(last.clone());
         for device_id in batch {
+            while devices.len() >= DEVICES_AT_ONCE {
+                devices.join_next().await;
+            }
+            // looked at once a slot is free: a cancel or the deadline meanwhile stops the rest
             let status = hub.read(|tx| Ok(tx.job(&job.job_id)?.map(|j| j.status)))?;
             if status != Some(JobStatus::Running) || OffsetDateTime::now_utc() >= deadline {
                 break 'devices;
-            }
-            while devices.len() >= DEVICES_AT_ONCE {
-                devices.join_next().await;
             }
             devices.spawn(run_device(hub.clone(), job.clone(), device_id));
         }

@@ -213,3 +213,32 @@ def test_jobs_survive_a_restart_a_scheduled_one_runs_after_it_and_a_method_in_fl
     assert "hub stopped" in record["error"]["description"]
     assert wait_for_end(job_manager, scheduled.job_id).status == "completed"
     assert registry_manager.get_twin(later_device.device_id).properties.desired["after"] == "restart"
+
+
+def test_a_cancel_stops_a_running_job_before_the_devices_it_has_not_tried(job_manager, make_device,
+                                                                            raw_mqtt, hub):
+    # nine connected devices that never answer: the job calls eight at once, the ninth waits
+    devices = [make_device() for _ in range(9)]
+    for device in devices:
+        client = raw_mqtt(device)
+        assert client.connect() == 0
+        client.subscribe("$iothub/methods/POST/#")
+    request = JobRequest(job_id=unique_id("cancelrun"), type="scheduleDeviceMethod",
+                         query_condition="deviceId IN [{}]".format(", ".join(f"'{d.device_id}'" for d in devices)),
+                         cloud_to_device_method=CloudToDeviceMethod(method_name="hang", response_timeout_in_seconds=5))
+    job_manager.create_scheduled_job(request.job_id, request)
+    wait_until(lambda: job_manager.get_scheduled_job(request.job_id).device_job_statistics.running_count == 8,
+               message="eight devices called")
+    assert job_manager.cancel_scheduled_job(request.job_id).status == "cancelled"
+
+    def settled():
+        stats = job_manager.get_scheduled_job(request.job_id).device_job_statistics
+        return stats.running_count == 0 and stats.failed_count == 8
+
+    wait_until(settled, timeout=15, message="the calls in flight to time out")
+    job = job_manager.get_scheduled_job(request.job_id)
+    assert job.status == "cancelled"
+    assert job.device_job_statistics.pending_count == 1
+    records = hub_query(hub, f"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '{request.job_id}' "
+                             "AND devices.jobs.status = 'cancelled'")
+    assert len(records) == 1
