@@ -400,8 +400,7 @@ def test_a_twin_job_from_the_cli_runs_over_its_query_and_reports_its_status(az, 
     twin = registry_manager.get_twin(selected.device_id)
     assert (twin.tags["floor"], twin.properties.desired["mode"]) == (3, "eco")
     assert "mode" not in registry_manager.get_twin(other.device_id).properties.desired
-    shown = ok(az("iot", "hub", "job", "show", "--job-id", job_id))
-    assert shown["status"] == "completed" and shown["endTime"]
+    assert job["endTime"] >= job["startTime"] >= job["createdTime"][:19]
 
 
 def test_a_method_job_from_the_cli_is_answered_by_the_device(az, make_device, raw_mqtt):
