@@ -123,6 +123,10 @@ pub struct TwinRecord {
     /// Deployments targeting the device, on its `$edgeAgent` module twin as IoT Hub keeps them:
     /// configuration id -> `{"status": "Applied"|"Targeted"}`.
     pub configurations: Properties,
+    /// The IoT Plug and Play model id the device or module last announced in its MQTT
+    /// CONNECT username (`model-id`); `""` until it does: the twin's `modelId`.
+    #[serde(default)]
+    pub model_id: String,
 }
 
 /// A shared access policy of the hub.

@@ -386,6 +386,41 @@ def test_device_to_cloud_messages_over_https_from_the_cli_and_from_the_device_re
     assert refused.status_code == 401, refused.text
     assert not hub.messages(other.device_id)
 
+    # over HTTPS, IoT Hub takes application properties of token characters only
+    spaced = requests.post(url, params={"api-version": "2021-04-12"}, data=b"spaced",
+                           headers={"Authorization": device.sas(), "iothub-app-note": "two words"},
+                           verify=hub.ca_path, timeout=10)
+    assert spaced.status_code == 400 and "iothub-app-note" in spaced.text, spaced.text
+    assert hub.messages(device.device_id)[-1]["body"] == "from the device"  # nothing stored
+
+
+def test_digital_twins_from_the_cli_show_update_and_command_a_plug_and_play_device(az, hub, make_device,
+                                                                                  raw_mqtt):
+    device = make_device(prefix="azpnp")
+    model = "dtmi:com:example:Thermostat;1"
+    client = raw_mqtt(device, username=f"{hub.host}/{device.device_id}/?api-version=2021-04-12&model-id={model}")
+    assert client.connect() == 0
+    client.subscribe("$iothub/methods/POST/#")
+    client.subscribe("$iothub/twin/PATCH/properties/desired/#")
+    shown = ok(az("iot", "hub", "digital-twin", "show", "-d", device.device_id))
+    assert shown == {"$dtId": device.device_id, "$metadata": {"$model": model}}
+
+    patch = '[{"op": "add", "path": "/targetTemperature", "value": 25}]'
+    updated = ok(az("iot", "hub", "digital-twin", "update", "-d", device.device_id, "--json-patch", patch))
+    assert updated["$metadata"]["targetTemperature"]["desiredValue"] == 25
+    _, desired = client.wait_message(lambda t, p: t.startswith("$iothub/twin/PATCH/properties/desired/"))
+    assert json.loads(desired)["targetTemperature"] == 25
+
+    running = az.start("iot", "hub", "digital-twin", "invoke-command", "-d", device.device_id,
+                       "--cn", "getMaxMinReport", "--component-path", "thermostat1", "--payload", '{"since": 1}')
+    topic, payload = _answer_one_method(client, 200, b'{"max": 30}')
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert topic.startswith("$iothub/methods/POST/thermostat1*getMaxMinReport/")
+    assert json.loads(payload) == {"since": 1}
+    # The CLI prints the x-ms-command-statuscode header as it reads it: a string.
+    assert json.loads(out) == {"payload": {"max": 30}, "status": "200"}
+
 
 def test_a_twin_job_from_the_cli_runs_over_its_query_and_reports_its_status(az, registry_manager, make_device):
     selected, other = make_device(), make_device()
