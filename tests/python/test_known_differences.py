@@ -14,6 +14,8 @@ from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpeci
 from conftest import unique_id
 from test_routes import _apply_routes, _module
 
+API = {"api-version": "2021-04-12"}
+
 
 def test_x509_v1_client_certificates_are_refused_in_the_tls_handshake(hub, registry_manager, tmp_path):
     # webpki (rustls) reads X.509 v3 certificates only; `openssl x509 -req` without extensions makes
@@ -57,12 +59,11 @@ def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):
 
 def test_import_and_export_jobs_are_not_served(hub):
     auth = {"Authorization": hub.service_token()}
-    api = {"api-version": "2021-04-12"}
-    created = requests.post(f"{hub.rest_url}/jobs/create", params=api, headers=auth, verify=hub.ca_path,
+    created = requests.post(f"{hub.rest_url}/jobs/create", params=API, headers=auth, verify=hub.ca_path,
                             json={"type": "export", "outputBlobContainerUri": "https://x/y"}, timeout=10)
     assert created.status_code == 400
     assert "import and export jobs" in created.json()["Message"]
-    listed = requests.get(f"{hub.rest_url}/jobs", params=api, headers=auth, verify=hub.ca_path, timeout=10)
+    listed = requests.get(f"{hub.rest_url}/jobs", params=API, headers=auth, verify=hub.ca_path, timeout=10)
     assert listed.status_code == 200 and listed.json() == []
 
 
