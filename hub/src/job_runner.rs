@@ -99,11 +99,13 @@ pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
     tasks.shutdown().await;
 }
 
-/// Runs one job to its end, logging why it could not.
+/// Runs one job to its end, logging why it could not (then waiting [`RETRY`] before the runner
+/// picks it up again, so that a store that keeps failing is not retried in a tight loop).
 async fn run_job(hub: Arc<Hub>, job: JobResponse) {
     let job_id = job.job_id.clone();
     if let Err(error) = try_run_job(&hub, job).await {
-        tracing::error!(job_id, %error, "scheduled job stopped");
+        tracing::error!(job_id, %error, "scheduled job stopped; retrying");
+        tokio::time::sleep(RETRY).await;
     }
 }
 
