@@ -163,8 +163,25 @@ async fn begin(hub: &Arc<Hub>, job: JobResponse) -> Result<Option<JobResponse>, 
         .await?;
         return Ok(Some(job));
     }
-    let devices = select_devices(hub, &job.query_condition).await?;
     let job_id = job.job_id.clone();
+    let devices = match select_devices(hub, &job.query_condition).await {
+        Ok(devices) => devices,
+        Err(error) if error.code != ErrorCode::ServerError => {
+            // the query itself cannot be run: no retry will run it
+            let reason = format!("its queryCondition could not be run: {}", error.message);
+            hub.write(move |tx| {
+                if let Some(mut job) = tx.job(&job_id)? {
+                    if jobs::fail(&mut job, reason, now) {
+                        tx.put_job(&job)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            return Ok(None);
+        }
+        Err(error) => return Err(error),
+    };
     hub.write(move |tx| {
         let Some(mut job) = tx.job(&job_id)? else {
             return Ok(None);

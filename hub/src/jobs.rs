@@ -273,6 +273,18 @@ pub fn cancel(job: &mut JobResponse, now: OffsetDateTime) -> bool {
     true
 }
 
+/// Fails a job that is not over at `now`, saying why (its query could not be run); a job that is
+/// over stays as it is (`false`).
+pub fn fail(job: &mut JobResponse, reason: String, now: OffsetDateTime) -> bool {
+    if job.status.is_final() {
+        return false;
+    }
+    job.status = JobStatus::Failed;
+    job.failure_reason = Some(reason);
+    job.end_time = Some(ids::iso(now));
+    true
+}
+
 /// Ends a running job at `now`, once its devices were tried or its time is up: `completed` when
 /// none is left pending, `failed` past its deadline with devices left. A cancelled job stays
 /// cancelled (`false`: nothing changed).
@@ -484,6 +496,18 @@ mod tests {
         assert!(!finish(&mut job, 0, NOW), "nor completes");
         assert!(!cancel(&mut job, NOW));
         assert_eq!(next_step(&job, NOW), Step::Done);
+    }
+
+    #[test]
+    fn a_job_whose_query_cannot_run_fails_saying_why_unless_it_is_over() {
+        let mut job = plan("j1", request(twin_job(json!({}))), NOW).unwrap();
+        assert!(fail(&mut job, "no".into(), NOW));
+        assert_eq!(
+            (job.status, job.failure_reason.as_deref()),
+            (JobStatus::Failed, Some("no"))
+        );
+        assert!(!fail(&mut job, "again".into(), NOW));
+        assert!(!start(&mut job));
     }
 
     #[test]
