@@ -428,8 +428,7 @@ impl Hub {
 
 /// A service `PATCH` (merge) or `PUT` (replace) of the twin `key` in `tx`, then the deployments
 /// and configurations that now target its device or module: the desired changes to tell the
-/// clients about. The one write path
-/// of `/twins/{id}` and of twin jobs.
+/// clients about. The one write path of `/twins/{id}` and of twin jobs.
 pub fn update_twin(
     tx: &Transaction<'_>,
     key: &IdentityKey,
