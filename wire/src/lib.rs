@@ -14,6 +14,7 @@ pub mod connection_string;
 pub mod digital_twin;
 pub mod edge;
 pub mod ids;
+pub mod job;
 pub mod query;
 pub mod report;
 pub mod rest;
