@@ -266,7 +266,13 @@ where
                     let mut result = Some(result);
                     while let Some(result) = result.take().or_else(|| ready_outcome(&mut pipelined)) {
                         let Some(done) = pipelined.pop_front() else { break };
-                        replies.extend(session.answer_reported(done, result));
+                        match session.answer_reported(done, result) {
+                            Ok(more) => replies.extend(more),
+                            Err(end) => {
+                                write_packets(&mut writer, replies).await?;
+                                return Err(end);
+                            }
+                        }
                     }
                     write_packets(&mut writer, replies).await?;
                 }
@@ -448,9 +454,23 @@ impl Session {
         })
     }
 
-    /// The replies to a reported patch once it is decided: PUBACK (QoS 1), then the twin
-    /// response (if it had a `$rid`).
-    fn answer_reported(&mut self, done: InFlight, result: Result<i64, ApiError>) -> Vec<Packet> {
+    /// The replies to a reported patch or a telemetry message once it is decided: PUBACK (QoS 1),
+    /// then the twin response (if it had a `$rid`). A message the hub failed to store or was
+    /// throttled (a server error or 429, with no `$rid` to answer it on) gets no PUBACK: the
+    /// connection ends, and the client publishes it again after reconnecting instead of losing
+    /// it.
+    fn answer_reported(
+        &mut self,
+        done: InFlight,
+        result: Result<i64, ApiError>,
+    ) -> Result<Vec<Packet>, ConnectionEnd> {
+        if let (None, Err(error)) = (&done.rid, &result) {
+            let status = error.code.http_status();
+            if status >= 500 || status == 429 {
+                tracing::warn!(client_id = %self.client_id, %error, "a message was not stored: closing the connection unacknowledged");
+                return Err(ConnectionEnd::NotStored(error.message.clone()));
+            }
+        }
         let mut replies = Vec::new();
         if let Some(pkid) = done.puback {
             replies.push(Packet::PubAck(PubAck::new(pkid)));
@@ -461,7 +481,7 @@ impl Session {
                 Err(error) => self.twin_error(&rid, &error),
             });
         }
-        replies
+        Ok(replies)
     }
 
     /// Waits for every pipelined patch, oldest first, and writes its replies.
@@ -473,7 +493,7 @@ impl Session {
         while !pipelined.is_empty() {
             let result = next_outcome(pipelined).await;
             if let Some(done) = pipelined.pop_front() {
-                for reply in self.answer_reported(done, result) {
+                for reply in self.answer_reported(done, result)? {
                     write_packet(writer, reply).await?;
                 }
             }
@@ -621,6 +641,14 @@ impl Session {
         output: Option<String>,
         mut properties: topic::PropertyBag,
     ) -> InFlight {
+        let puback = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
+        if let Some(error) = self.injected(TELEMETRY_OPERATION) {
+            return InFlight {
+                puback,
+                rid: None,
+                outcome: Outcome::Decided(Some(Err(error))),
+            };
+        }
         if publish.retain {
             // "If a device sends a message with the RETAIN flag set to 1, IoT Hub adds
             // the mqtt-retain application property to the message" (IoT Hub MQTT doc,
@@ -651,7 +679,7 @@ impl Session {
             Err(error) => Outcome::Decided(Some(Err(error))),
         };
         InFlight {
-            puback: (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid),
+            puback,
             rid: None,
             outcome,
         }
@@ -713,6 +741,9 @@ impl Session {
 }
 
 /// The fault-injection name of a twin operation: `MQTT twin/GET` or `MQTT twin/PATCH`.
+/// The operation name of telemetry and module outputs, for injected faults.
+const TELEMETRY_OPERATION: &str = "MQTT messages/events";
+
 fn inbound_operation(topic: &str) -> String {
     let operation = topic
         .strip_prefix("$iothub/twin/")
