@@ -168,6 +168,7 @@ impl Hub {
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
                 Effect::KickDevice { device_id } => live.kick_device(device_id),
+                Effect::CloudToDevice { device_id } => live.notify_cloud_to_device(device_id),
                 Effect::OpenWorkloadSocket { .. } | Effect::CloseWorkloadSocket { .. } => {
                     beside(effect)
                 }

@@ -21,6 +21,7 @@
 
 mod adm;
 mod amqp;
+mod c2d;
 mod certs;
 mod console;
 mod data_lock;

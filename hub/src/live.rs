@@ -43,6 +43,8 @@ struct LiveConnection {
     features: HashSet<Feature>,
     /// Told when the connection must close (new connection, slow consumer, device deleted).
     kick: Arc<Notify>,
+    /// Told when a cloud-to-device message was queued for the client.
+    cloud_to_device: Arc<Notify>,
 }
 
 /// What a connection task gets when it registers.
@@ -53,6 +55,8 @@ pub struct Registration {
     pub outgoing: OutgoingQueue,
     /// Notified when it must close.
     pub kick: Arc<Notify>,
+    /// Notified when a cloud-to-device message was queued for it.
+    pub cloud_to_device: Arc<Notify>,
 }
 
 /// The receiving end of a connection's outgoing publishes, which keeps the byte count.
@@ -114,6 +118,7 @@ impl LiveConnections {
         let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let kick = Arc::new(Notify::new());
+        let cloud_to_device = Arc::new(Notify::new());
         let previous = self.lock().insert(
             client_id.to_owned(),
             LiveConnection {
@@ -122,6 +127,7 @@ impl LiveConnections {
                 queued_bytes: queued_bytes.clone(),
                 features,
                 kick: kick.clone(),
+                cloud_to_device: cloud_to_device.clone(),
             },
         );
         if let Some(previous) = previous {
@@ -133,6 +139,7 @@ impl LiveConnections {
             id,
             outgoing: OutgoingQueue { rx, queued_bytes },
             kick,
+            cloud_to_device,
         }
     }
 
@@ -198,6 +205,13 @@ impl LiveConnections {
             return Err(Undelivered::Overloaded);
         }
         Ok(())
+    }
+
+    /// Tells `client_id`'s connection, if any, that a cloud-to-device message was queued for it.
+    pub fn notify_cloud_to_device(&self, client_id: &str) {
+        if let Some(connection) = self.lock().get(client_id) {
+            connection.cloud_to_device.notify_one();
+        }
     }
 
     /// Disconnects `client_id` if connected. Removing it here leaves the connection's own

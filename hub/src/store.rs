@@ -198,6 +198,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, job_type TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS c2d (
+    device_id TEXT NOT NULL, sequence INTEGER NOT NULL, record TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (device_id, sequence)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_devices (
     job_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (job_id, device_id)) WITHOUT ROWID;
@@ -585,6 +588,7 @@ impl Transaction<'_> {
             "module_targeting",
             "workload_sockets",
             "applied_content",
+            "c2d",
         ] {
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE device_id = ?1"),
@@ -1092,6 +1096,58 @@ impl Transaction<'_> {
             params![client_id],
         )?;
         Ok(())
+    }
+
+    /// The cloud-to-device messages queued for `device_id`, oldest first.
+    pub fn c2d_queue(&self, device_id: &str) -> Result<Vec<crate::c2d::C2dMessage>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT sequence, record, body FROM c2d WHERE device_id = ?1 ORDER BY sequence",
+        )?;
+        let rows = stmt.query_map(params![device_id], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (sequence, record, body) = row?;
+            let mut message: crate::c2d::C2dMessage = decode(&record, || {
+                format!("cloud-to-device message {sequence} of {device_id}")
+            })?;
+            message.sequence = sequence;
+            message.body = body;
+            Ok(message)
+        })
+        .collect()
+    }
+
+    /// Stores (or replaces) a cloud-to-device message of `device_id`.
+    pub fn put_c2d(
+        &self,
+        device_id: &str,
+        message: &crate::c2d::C2dMessage,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO c2d (device_id, sequence, record, body)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                device_id,
+                message.sequence,
+                encode(message),
+                message.body
+            ])?;
+        Ok(())
+    }
+
+    /// Removes a cloud-to-device message of `device_id`; whether it was there.
+    pub fn delete_c2d(&self, device_id: &str, sequence: i64) -> Result<bool, StoreError> {
+        Ok(self.tx.execute(
+            "DELETE FROM c2d WHERE device_id = ?1 AND sequence = ?2",
+            params![device_id, sequence],
+        )? > 0)
     }
 
     /// Appends `event` to its partition with the next sequence number and offset (those of

@@ -54,6 +54,11 @@ pub enum Effect {
         /// The deleted device.
         device_id: String,
     },
+    /// Tell a device's connection that a cloud-to-device message was queued for it.
+    CloudToDevice {
+        /// The device.
+        device_id: String,
+    },
     /// Tell the readers of an Event Hub-compatible partition that an event was stored.
     Event {
         /// The partition.

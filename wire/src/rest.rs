@@ -712,6 +712,8 @@ pub enum ErrorCode {
     SystemModuleModifyUnauthorizedAccess,
     /// 403002.
     IotHubQuotaExceeded,
+    /// 403004: a device's cloud-to-device queue holds 50 messages already.
+    DeviceMaximumQueueDepthExceeded,
     /// 404001.
     DeviceNotFound,
     /// 404002 (number from the .NET SDK enum; unconfirmed on the wire).
@@ -749,7 +751,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::ArgumentInvalid,
         ErrorCode::ArgumentNull,
         ErrorCode::IotHubFormatError,
@@ -761,6 +763,7 @@ impl ErrorCode {
         ErrorCode::IotHubUnauthorizedAccess,
         ErrorCode::SystemModuleModifyUnauthorizedAccess,
         ErrorCode::IotHubQuotaExceeded,
+        ErrorCode::DeviceMaximumQueueDepthExceeded,
         ErrorCode::DeviceNotFound,
         ErrorCode::JobNotFound,
         ErrorCode::ModuleNotFound,
@@ -797,6 +800,7 @@ impl ErrorCode {
                 "SystemModuleModifyUnauthorizedAccess"
             }
             ErrorCode::IotHubQuotaExceeded => "IotHubQuotaExceeded",
+            ErrorCode::DeviceMaximumQueueDepthExceeded => "DeviceMaximumQueueDepthExceeded",
             ErrorCode::DeviceNotFound => "DeviceNotFound",
             ErrorCode::JobNotFound => "JobNotFound",
             ErrorCode::ModuleNotFound => "ModuleNotFound",
@@ -830,6 +834,7 @@ impl ErrorCode {
             ErrorCode::IotHubUnauthorizedAccess => 401002,
             ErrorCode::SystemModuleModifyUnauthorizedAccess => 401005,
             ErrorCode::IotHubQuotaExceeded => 403002,
+            ErrorCode::DeviceMaximumQueueDepthExceeded => 403004,
             ErrorCode::DeviceNotFound => 404001,
             ErrorCode::JobNotFound => 404002,
             ErrorCode::ModuleNotFound => 404010,

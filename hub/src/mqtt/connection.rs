@@ -18,6 +18,7 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::c2d;
 use crate::error::ApiError;
 use crate::faults::Faults;
 use crate::hub::Hub;
@@ -205,7 +206,11 @@ where
         grants,
         next_pkid: 0,
         versioned,
+        cloud_to_device: registration.cloud_to_device.clone(),
+        c2d_in_flight: HashMap::new(),
     };
+    // a client that kept its session gets what was queued for it (and not completed) meanwhile
+    registration.cloud_to_device.notify_one();
     let result = async {
         write_packet(&mut writer, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present))).await?;
         let keep_alive = match connect.keep_alive {
@@ -275,6 +280,11 @@ where
                         }
                     }
                     write_packets(&mut writer, replies).await?;
+                }
+                () = registration.cloud_to_device.notified() => {
+                    session.answer_all(&mut pipelined, &mut writer).await?;
+                    let packets = session.deliver_cloud_to_device().await?;
+                    write_packets(&mut writer, packets).await?;
                 }
                 Some(message) = registration.outgoing.recv() => {
                     let packet = session.outgoing_publish(message);
@@ -357,6 +367,12 @@ struct Session {
     /// properties return 400 bad requests", andriyadi/AzureIoTHubMQTTClient#5, which added it
     /// to that client's username for this reason).
     versioned: bool,
+    /// Notified when a cloud-to-device message was queued for the device (or it subscribed).
+    cloud_to_device: Arc<tokio::sync::Notify>,
+    /// Cloud-to-device messages published at QoS 1 and not yet acknowledged: packet id to the
+    /// message's sequence number. A PUBACK completes the message; one never acknowledged stays
+    /// queued and is delivered again on the next connection.
+    c2d_in_flight: HashMap<u16, i64>,
 }
 
 /// A reported patch read from the client and not yet answered.
@@ -513,6 +529,9 @@ impl Session {
                     .collect();
                 if self.filters != before {
                     self.save_filters().await?;
+                    if self.grants.contains_key(&Feature::CloudToDevice) {
+                        self.cloud_to_device.notify_one();
+                    }
                 }
                 Ok(vec![Packet::SubAck(SubAck::new(subscribe.pkid, codes))])
             }
@@ -523,7 +542,12 @@ impl Session {
                 Ok(vec![Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))])
             }
             Packet::PingReq => Ok(vec![Packet::PingResp]),
-            Packet::PubAck(_) => Ok(vec![]),
+            Packet::PubAck(ack) => {
+                if let Some(sequence) = self.c2d_in_flight.remove(&ack.pkid) {
+                    self.complete_cloud_to_device(vec![sequence]).await?;
+                }
+                Ok(vec![])
+            }
             Packet::Connect(_) => Err(ConnectionEnd::Violation("second CONNECT".into())),
             other => Err(ConnectionEnd::Violation(format!(
                 "unexpected packet {:?}",
@@ -625,6 +649,54 @@ impl Session {
             replies.insert(0, Packet::PubAck(PubAck::new(publish.pkid)));
         }
         Ok(replies)
+    }
+
+    /// Hands the device the cloud-to-device messages queued for it and not already in flight, if
+    /// it subscribed to `devices/{id}/messages/devicebound/#`: each counts as a delivery. At the
+    /// granted QoS 1 each waits for its PUBACK; at QoS 0 it is completed as it is sent.
+    async fn deliver_cloud_to_device(&mut self) -> Result<Vec<Packet>, ConnectionEnd> {
+        if !self.grants.contains_key(&Feature::CloudToDevice) {
+            return Ok(Vec::new());
+        }
+        let device_id = self.key.device_id.clone();
+        let in_flight: Vec<i64> = self.c2d_in_flight.values().copied().collect();
+        let messages = self
+            .hub
+            .write(move |tx| c2d::deliver(tx, &device_id, &in_flight, ids::now_unix_ms()))
+            .await
+            .map_err(|e| ConnectionEnd::Violation(format!("cloud-to-device queue: {e}")))?;
+        let mut packets = Vec::new();
+        let mut sent_at_most_once = Vec::new();
+        for message in messages {
+            let properties = c2d::topic_properties(&self.key.device_id, &message);
+            let topic = topic::c2d_topic(&self.key.device_id, &properties);
+            let packet = self.publish(topic, Bytes::from(message.body), true);
+            match &packet {
+                Packet::Publish(p) if p.qos == QoS::AtLeastOnce => {
+                    self.c2d_in_flight.insert(p.pkid, message.sequence);
+                }
+                _ => sent_at_most_once.push(message.sequence),
+            }
+            packets.push(packet);
+        }
+        if !sent_at_most_once.is_empty() {
+            self.complete_cloud_to_device(sent_at_most_once).await?;
+        }
+        Ok(packets)
+    }
+
+    /// Completes the device's cloud-to-device messages `sequences`.
+    async fn complete_cloud_to_device(&self, sequences: Vec<i64>) -> Result<(), ConnectionEnd> {
+        let device_id = self.key.device_id.clone();
+        self.hub
+            .write(move |tx| {
+                for sequence in sequences {
+                    c2d::complete(tx, &device_id, sequence)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| ConnectionEnd::Violation(format!("cloud-to-device queue: {e}")))
     }
 
     /// The error an injected fault (429, 500, 503) answers `operation` with, if any.
@@ -896,6 +968,75 @@ mod tests {
             "{}",
             answer.topic
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cloud_to_device_message_is_delivered_again_until_acknowledged_then_completed() {
+        let (hub, connect, dir) = hub_with_device("c2d").await;
+        let message = c2d::C2dMessage {
+            message_id: Some("m1".into()),
+            ack: Some("full".into()),
+            expiry_ms: ids::now_unix_ms() + 60_000,
+            properties: vec![("k".into(), "v w".into())],
+            body: b"hello".to_vec(),
+            ..c2d::C2dMessage::default()
+        };
+        hub.hub
+            .write_with_effects(move |tx| c2d::enqueue(tx, "d1", message, ids::now_unix_ms()))
+            .await
+            .unwrap();
+        let mut persistent = connect.clone();
+        persistent.clean_session = false;
+        let subscribe = rumqttc::mqttbytes::v4::Subscribe::new(
+            "devices/d1/messages/devicebound/#",
+            QoS::AtLeastOnce,
+        );
+        let expected = "devices/d1/messages/devicebound/%24.mid=m1\
+                        &%24.to=%2Fdevices%2Fd1%2Fmessages%2FdeviceBound&iothub-ack=full&k=v%20w";
+        // first connection: delivered, never acknowledged
+        let (mut reader, writer) = scripted(
+            hub.clone(),
+            vec![
+                Packet::Connect(persistent.clone()),
+                Packet::Subscribe(subscribe),
+            ],
+        )
+        .await;
+        assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
+        assert!(matches!(next(&mut reader).await, Packet::SubAck(_)));
+        let Packet::Publish(first) = next(&mut reader).await else {
+            panic!("no cloud-to-device message")
+        };
+        assert_eq!(
+            (first.topic.as_str(), first.qos),
+            (expected, QoS::AtLeastOnce)
+        );
+        assert_eq!(&first.payload[..], b"hello");
+        drop((reader, writer));
+        // the session kept its subscription: delivered again on reconnect, then acknowledged
+        let (mut reader, mut writer) =
+            scripted(hub.clone(), vec![Packet::Connect(persistent.clone())]).await;
+        assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
+        let Packet::Publish(again) = next(&mut reader).await else {
+            panic!("not delivered again")
+        };
+        assert_eq!(again.topic, expected);
+        writer
+            .write_all(&encode(vec![
+                Packet::PubAck(PubAck::new(again.pkid)),
+                Packet::PingReq,
+            ]))
+            .await
+            .unwrap();
+        assert!(matches!(next(&mut reader).await, Packet::PingResp));
+        let queue = hub.hub.read(|tx| Ok(tx.c2d_queue("d1")?)).unwrap();
+        assert!(queue.is_empty(), "completed on PUBACK: {queue:?}");
+        drop((reader, writer));
+        let (mut reader, _writer) =
+            scripted(hub, vec![Packet::Connect(persistent), Packet::PingReq]).await;
+        assert!(matches!(next(&mut reader).await, Packet::ConnAck(_)));
+        assert!(matches!(next(&mut reader).await, Packet::PingResp));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
