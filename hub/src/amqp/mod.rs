@@ -6,6 +6,7 @@
 //!
 //! A door: depends on the hub and its own handle ([`State`]), never on another door.
 
+mod c2d;
 mod cbs;
 mod eventhub;
 mod padding;
@@ -17,10 +18,12 @@ use std::time::Duration;
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SaslAcceptor,
-    SessionAcceptor, SupportedSenderSettleModes,
+    SessionAcceptor, SupportedReceiverSettleModes, SupportedSenderSettleModes,
 };
 use fe2o3_amqp::link::Receiver;
-use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorFrame, SenderSettleMode};
+use fe2o3_amqp::types::definitions::{
+    AmqpError, Error as AmqpErrorFrame, ReceiverSettleMode, SenderSettleMode,
+};
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
@@ -123,6 +126,13 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
         .supported_sender_settle_modes(SupportedSenderSettleModes::Settled)
         .fallback_sender_settle_mode(SenderSettleMode::Settled)
         .build();
+    // A service's cloud-to-device sender waits for each message's outcome (unsettled, as the
+    // SDKs send); the hub settles first (uamqp asks for `second`, and would wait forever for a
+    // settlement the hub waits for too).
+    let devicebound_acceptor = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .build();
     let nodes = Arc::new(cbs::ReplyLinks::default());
     let mut links = JoinSet::new();
     while let Some(attach) = session.next_incoming_attach().await {
@@ -131,7 +141,17 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
             address: link_address(&attach),
             selector: selector(&attach),
         };
-        let endpoint = match acceptor.accept_incoming_attach(attach, &mut session).await {
+        let segments = address_segments(&wanted.address);
+        let devicebound = c2d::is_devicebound(&segments);
+        tracing::debug!(address = %wanted.address, devicebound, "AMQP link attaching");
+        let accepted = if devicebound {
+            devicebound_acceptor
+                .accept_incoming_attach(attach, &mut session)
+                .await
+        } else {
+            acceptor.accept_incoming_attach(attach, &mut session).await
+        };
+        let endpoint = match accepted {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 tracing::info!(address = %wanted.address, %error, "AMQP link refused");
@@ -144,6 +164,9 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
             match endpoint {
                 LinkEndpoint::Sender(sender) => {
                     eventhub::serve_sender(sender, &wanted, &connection, &nodes).await
+                }
+                LinkEndpoint::Receiver(receiver) if devicebound => {
+                    c2d::serve_sender_link(receiver, &segments, &connection).await
                 }
                 LinkEndpoint::Receiver(receiver) => {
                     serve_requests(receiver, &wanted.address, &connection, &nodes).await
