@@ -35,6 +35,12 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
     lines.extend([
         "  service connection string (iothubowner):".to_owned(),
         format!("    {connection_string}"),
+        format!(
+            "  Device Provisioning Service: id scope {}, global endpoint {} (same ports; docs/dps.md)",
+            info.dps.id_scope, info.dps.global_endpoint
+        ),
+        "  DPS connection string (provisioningserviceowner):".to_owned(),
+        format!("    {}", info.dps.connection_string.expose()),
         "Point clients at it:".to_owned(),
         format!("  export IOTHUB_CONNECTION_STRING='{connection_string}'"),
         format!("  export REQUESTS_CA_BUNDLE='{ca}'"),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use edgetwin_wire::dps::{DpsError, RegistrationOperationStatus};
 use edgetwin_wire::query::Query;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::{SasScope, SasToken};
@@ -49,6 +50,8 @@ pub struct Database {
     readers: Arc<Readers>,
     /// Shared access policies.
     policies: Vec<PolicyRecord>,
+    /// The provisioning service's id scope and policy.
+    dps: crate::dps::Service,
 }
 
 impl Database {
@@ -60,6 +63,7 @@ impl Database {
         let mut store = Store::open(&path)?;
         let policies = store.transaction(|tx| {
             let mut policies = tx.policies()?;
+            policies.retain(|p| !crate::dps::is_dps_policy(p));
             if policies.is_empty() && !fresh_allowed {
                 return Err(StoreError::Lost { path: path.clone() });
             }
@@ -77,6 +81,7 @@ impl Database {
             }
             Ok::<_, StoreError>(policies)
         })?;
+        let dps = store.transaction(crate::dps::Service::open)?;
         if store.transaction(|tx| tx.counter(crate::store::EVALUATIONS_PENDING))? > 0 {
             // a configuration change whose evaluation the last run did not finish, or a
             // database whose targeting rows are new
@@ -89,6 +94,7 @@ impl Database {
             path,
             store,
             policies,
+            dps,
         })
     }
 
@@ -117,6 +123,8 @@ pub struct Hub {
     messages: MessageLog,
     /// Shared access policies (loaded at start).
     policies: Vec<PolicyRecord>,
+    /// The local Device Provisioning Service (id scope, policy, operations).
+    dps: crate::dps::Service,
 }
 
 impl Hub {
@@ -134,6 +142,7 @@ impl Hub {
             store,
             readers,
             policies,
+            dps,
         } = database;
         let live = Arc::new(LiveConnections::default());
         let hook = {
@@ -159,6 +168,7 @@ impl Hub {
             methods: PendingMethods::default(),
             messages: MessageLog::default(),
             policies,
+            dps,
         })
     }
 
@@ -170,6 +180,11 @@ impl Hub {
     /// The shared access policies.
     pub fn policies(&self) -> &[PolicyRecord] {
         &self.policies
+    }
+
+    /// The local Device Provisioning Service.
+    pub fn dps(&self) -> &crate::dps::Service {
+        &self.dps
     }
 
     /// The live MQTT connections: who is connected, and sending to them.
@@ -235,6 +250,71 @@ impl Hub {
         self.writer.write(f).await
     }
 
+    /// Runs `f`, a Device Provisioning Service change, in a transaction of the writer (under a
+    /// savepoint, so a refused change leaves nothing behind) and waits for its commit.
+    pub async fn write_dps<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DpsError> + Send + 'static,
+    ) -> Result<T, DpsError> {
+        let mut f = Some(f);
+        let results = self
+            .write(move |tx| {
+                Ok(tx.each([()], |tx, ()| match f.take() {
+                    Some(f) => f(tx),
+                    None => Err(DpsError::new(500001, "DPS change run twice")),
+                })?)
+            })
+            .await?;
+        results
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(DpsError::new(500001, "DPS change did not run")))
+    }
+
+    /// Checks a registering device's SAS token ([`crate::dps::attest`]).
+    pub fn dps_attest(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        token: &SasToken,
+    ) -> Result<crate::dps::Attested, DpsError> {
+        self.read(|tx| {
+            Ok(crate::dps::attest(
+                tx,
+                &self.dps,
+                id_scope,
+                registration_id,
+                token,
+            ))
+        })?
+    }
+
+    /// Registers an attested device ([`crate::dps::register`]) and remembers the finished
+    /// operation for polling; answers the operation as DPS first does, `assigning`, with its id.
+    pub async fn dps_register(
+        &self,
+        attested: crate::dps::Attested,
+        payload: Option<Value>,
+    ) -> Result<RegistrationOperationStatus, DpsError> {
+        let host = self.host_name.clone();
+        let registration_id = attested.registration_id.clone();
+        let state = self
+            .write_dps(move |tx| crate::dps::register(tx, &host, &attested, payload))
+            .await?;
+        let operation_id = crate::dps::operation_id();
+        let finished = RegistrationOperationStatus {
+            operation_id: operation_id.clone(),
+            status: state.status.clone(),
+            registration_state: Some(state),
+        };
+        self.dps.operations().record(&registration_id, finished);
+        Ok(RegistrationOperationStatus {
+            operation_id,
+            status: "assigning".into(),
+            registration_state: None,
+        })
+    }
+
     /// Queues a reported-properties patch from `key`'s device or module for the next group
     /// commit (waiting only for room in the queue) and returns the handle to its new
     /// `reported.$version`, so that a connection can keep reading meanwhile. A patch from
@@ -268,6 +348,41 @@ impl Hub {
         authorization: Option<&str>,
         segments: &[String],
     ) -> Result<Caller, ApiError> {
+        let (token, scope) = self.checked_service_token(authorization, segments)?;
+        let Some(name) = token.key_name.as_deref() else {
+            return self.authenticate_edge_device(&token, &scope, segments);
+        };
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| unauthorized("unknown policy"))?;
+        verified_policy(&token, policy)
+    }
+
+    /// Who a token authenticates on the Device Provisioning Service's service API: the
+    /// `provisioningserviceowner` policy of a DPS connection string, checked as
+    /// [`Hub::authenticate_service`] checks IoT Hub's policies.
+    pub fn authenticate_dps_service(
+        &self,
+        authorization: Option<&str>,
+        segments: &[String],
+    ) -> Result<Caller, ApiError> {
+        let (token, _) = self.checked_service_token(authorization, segments)?;
+        let policy = self.dps.policy();
+        if token.key_name.as_deref() != Some(policy.name.as_str()) {
+            return Err(unauthorized("not the provisioning service's policy"));
+        }
+        verified_policy(&token, policy)
+    }
+
+    /// A service token whose host is this hub's, whose `sr` covers the path `segments` and which
+    /// has not expired (its signature not checked yet), with its scope.
+    fn checked_service_token(
+        &self,
+        authorization: Option<&str>,
+        segments: &[String],
+    ) -> Result<(SasToken, SasScope), ApiError> {
         let token =
             SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
                 .map_err(|_| unauthorized("malformed SharedAccessSignature"))?;
@@ -281,18 +396,7 @@ impl Hub {
         if token.is_expired(ids::now_unix(), 0) {
             return Err(unauthorized("token expired"));
         }
-        let Some(name) = token.key_name.as_deref() else {
-            return self.authenticate_edge_device(&token, &scope, segments);
-        };
-        let policy = self
-            .policies
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| unauthorized("unknown policy"))?;
-        if !(token.verify(&policy.primary_key) || token.verify(&policy.secondary_key)) {
-            return Err(unauthorized("bad signature"));
-        }
-        Ok(Caller::Policy(policy.clone()))
+        Ok((token, scope))
     }
 
     /// A token without `skn` whose `sr` is `{host}/devices/{id}`, signed with the key of that
@@ -436,6 +540,14 @@ pub fn is_device_facing(segments: &[String]) -> bool {
     matches!(segments, [devices, _, messages, queue]
         if devices == "devices" && messages == "messages"
             && (queue == "events" || queue == "deviceBound"))
+}
+
+/// The policy `policy` as the caller, if one of its keys signed `token`.
+fn verified_policy(token: &SasToken, policy: &PolicyRecord) -> Result<Caller, ApiError> {
+    if !(token.verify(&policy.primary_key) || token.verify(&policy.secondary_key)) {
+        return Err(unauthorized("bad signature"));
+    }
+    Ok(Caller::Policy(policy.clone()))
 }
 
 /// IoT Hub's refusal of a token (the reason goes to the log only).

@@ -11,6 +11,7 @@
 
 pub mod condition;
 pub mod connection_string;
+pub mod dps;
 pub mod edge;
 pub mod ids;
 pub mod query;
