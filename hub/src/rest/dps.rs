@@ -120,7 +120,12 @@ async fn device(
                 }
             }
             let status = hub.dps_register(attested, registration.payload).await?;
-            reply(StatusCode::ACCEPTED, &status)
+            let mut reply = reply(StatusCode::ACCEPTED, &status)?;
+            // the device SDKs wait this long before polling (as the MQTT topic's `retry-after`)
+            reply
+                .headers
+                .push(("retry-after", dps::RETRY_AFTER_SECS.to_string()));
+            Ok(reply)
         }
         (Method::GET, DevicePath::Operation { operation_id, .. }) => {
             let status = hub
