@@ -352,27 +352,15 @@ pub struct BulkEnrollmentOperationResult {
     pub errors: Vec<BulkEnrollmentOperationError>,
 }
 
-/// A query (`POST …/query`): only `*` / `SELECT *` (every record) is served.
+/// A query (`POST …/query`). DPS's queries select every record (`*`); the text is not
+/// evaluated: the Azure CLI (IoT extension 0.25.0) sends the Python repr of its query object,
+/// `{'additional_properties': {}, 'query': 'SELECT *'}`, as the text, and lists enrollments on
+/// DPS with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuerySpecification {
     /// The query text.
     #[serde(default)]
     pub query: String,
-}
-
-impl QuerySpecification {
-    /// Whether the query selects every record (`*` or `SELECT *`, any case); others are refused.
-    pub fn selects_all(&self) -> bool {
-        let words: Vec<String> = self
-            .query
-            .split_whitespace()
-            .map(str::to_ascii_lowercase)
-            .collect();
-        matches!(
-            words.iter().map(String::as_str).collect::<Vec<_>>()[..],
-            ["*"] | ["select", "*"]
-        ) || words.is_empty()
-    }
 }
 
 /// Checks a registration id as DPS does ("Registration ID": up to 128 characters of letters,
@@ -528,9 +516,9 @@ pub fn if_match_accepts(if_match: &str, etag: &str) -> bool {
 }
 
 /// Checks the fields an enrollment's `common` part must have right and fills what the service
-/// generates: keys when absent (`new_key` makes one), `provisioningStatus` `enabled`, the etag
-/// (`etag`), the creation time (kept from `existing`) and `now` as the last update. `hub` is the
-/// only hub allocations may name.
+/// generates: keys when absent (the `existing` record's, or new ones `new_key` makes),
+/// `provisioningStatus` `enabled`, the etag (`etag`), the creation time (kept from `existing`)
+/// and `now` as the last update. `hub` is the only hub allocations may name.
 pub fn prepare(
     common: &mut EnrollmentCommon,
     existing: Option<&EnrollmentCommon>,
@@ -542,10 +530,16 @@ pub fn prepare(
     let attestation = &mut common.attestation;
     match attestation.kind.as_str() {
         "symmetricKey" => {
+            let kept = existing
+                .and_then(|e| e.attestation.symmetric_key.clone())
+                .unwrap_or_default();
             let keys = attestation
                 .symmetric_key
                 .get_or_insert_with(Default::default);
-            for key in [&mut keys.primary_key, &mut keys.secondary_key] {
+            for (key, kept) in [
+                (&mut keys.primary_key, kept.primary_key),
+                (&mut keys.secondary_key, kept.secondary_key),
+            ] {
                 match key {
                     Some(k) if sas::decode_key(k.expose()).is_err() => {
                         return Err(DpsError::invalid(
@@ -553,7 +547,8 @@ pub fn prepare(
                         ))
                     }
                     Some(_) => {}
-                    None => *key = Some(new_key()),
+                    // a record read back without its keys (GET hides them) keeps them
+                    None => *key = Some(kept.unwrap_or_else(&mut new_key)),
                 }
             }
         }
@@ -806,6 +801,21 @@ mod tests {
         assert_eq!(update.created_date_time_utc.as_deref(), Some("T1"));
         assert_eq!(update.last_updated_date_time_utc.as_deref(), Some("T2"));
         assert_eq!(update.attestation, first.attestation, "given keys are kept");
+        let mut read_back = enrollment.common.clone();
+        read_back.attestation.symmetric_key = Some(SymmetricKeyAttestation::default());
+        prepare(
+            &mut read_back,
+            Some(&first),
+            "hub.local",
+            "T3",
+            "e3".into(),
+            keys(),
+        )
+        .unwrap();
+        assert_eq!(
+            read_back.attestation, first.attestation,
+            "absent keys are kept"
+        );
     }
 
     #[test]
@@ -845,14 +855,7 @@ mod tests {
     }
 
     #[test]
-    fn only_select_all_queries_are_served_and_continuations_round_trip() {
-        for q in ["*", "SELECT *", "select  *", ""] {
-            assert!(QuerySpecification { query: q.into() }.selects_all(), "{q}");
-        }
-        assert!(!QuerySpecification {
-            query: "SELECT * WHERE x".into()
-        }
-        .selects_all());
+    fn continuations_round_trip_and_foreign_ones_are_refused() {
         assert_eq!(
             continuation_start(&continuation_after("dev-9")).as_deref(),
             Some("dev-9")

@@ -191,20 +191,15 @@ async fn record<R: Record + Serialize + Clone>(
     match rest {
         ["query"] if method == Method::POST => {
             require(request, "EnrollmentRead")?;
-            let specification: QuerySpecification = if request.body.is_empty() {
-                QuerySpecification::default()
-            } else {
-                json(request)?
-            };
-            if !specification.selects_all() {
-                return Err(DpsError::invalid(format!(
-                    "query '{}' is not served: only '*' (every record) is",
-                    specification.query
-                )));
+            // the body must be a query specification; its text selects every record (see
+            // `QuerySpecification`)
+            if !request.body.is_empty() {
+                json::<QuerySpecification>(request)?;
             }
             let (after, limit) = paging(request)?;
             let page: Vec<R> =
                 hub.read(|tx| Ok(tx.dps_records(R::TABLE, &after, limit, None)))??;
+            let page: Vec<R> = page.into_iter().map(without_keys).collect();
             let item_type = match R::TABLE {
                 DpsTable::Groups => "EnrollmentGroup",
                 _ => "Enrollment",
@@ -213,7 +208,7 @@ async fn record<R: Record + Serialize + Clone>(
         }
         [id] if method == Method::GET => {
             require(request, "EnrollmentRead")?;
-            let record: R = hub.read(|tx| Ok(crate::dps::get(tx, id)))??;
+            let record: R = without_keys(hub.read(|tx| Ok(crate::dps::get(tx, id)))??);
             let etag = record.common().etag.clone();
             Ok(reply(StatusCode::OK, &record)?.with_etag(etag))
         }
@@ -257,6 +252,16 @@ async fn record<R: Record + Serialize + Clone>(
         }
         _ => Err(not_found(request)),
     }
+}
+
+/// A record as `GET` and queries show it: without its symmetric keys, which only its creation
+/// and `…/attestationmechanism` reveal (hence the Azure CLI's `--show-keys`, which asks for the
+/// attestation mechanism after the `GET`).
+fn without_keys<R: Record>(mut record: R) -> R {
+    if let Some(keys) = record.common_mut().attestation.symmetric_key.as_mut() {
+        *keys = Default::default();
+    }
+    record
 }
 
 /// `POST /enrollments`: at most ten enrollments, each created, replaced or deleted on its own.
