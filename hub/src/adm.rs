@@ -1,7 +1,10 @@
-//! Automatic device management (ADM): device configurations (`content.deviceContent`), which set
-//! desired properties on the device twins their target condition matches, and say so in each
-//! twin's own `configurations` (`{"<id>": {"status": "Applied"|"Targeted"}}`; an IoT Edge
-//! deployment's status lives on `$edgeAgent` instead, see [`crate::deployments`]).
+//! Automatic device management (ADM): device configurations (`content.deviceContent`) and module
+//! configurations (`content.moduleContent`, a target condition `FROM devices.modules WHERE ...`),
+//! which set desired properties on the device (module) twins their target condition matches, and
+//! say so in each twin's own `configurations` (`{"<id>": {"status": "Applied"|"Targeted"}}`; an
+//! IoT Edge deployment's status lives on `$edgeAgent` instead, see [`crate::deployments`]).
+//! Module configurations leave the IoT Edge runtime's own modules (`$edgeAgent`, `$edgeHub`)
+//! alone: deployments set their twins.
 //!
 //! What IoT Hub documents and this follows (MicrosoftDocs/azure-docs,
 //! `includes/iot-hub-automatic-device-management-portal.md`, "Twin settings", "Target devices",
@@ -42,9 +45,9 @@ const DESIRED: &str = "properties.desired";
 /// One setting of a device configuration: the path below `properties.desired` and its value.
 type Setting = (Vec<String>, Value);
 
-/// The settings of a `deviceContent`: each key `properties.desired` (an object merged into the
-/// desired properties) or `properties.desired.<path>`.
-fn settings_of(content: &Map<String, Value>) -> Result<Vec<Setting>, String> {
+/// The settings of a `deviceContent` or `moduleContent` (`field`): each key `properties.desired`
+/// (an object merged into the desired properties) or `properties.desired.<path>`.
+fn settings_of(content: &Map<String, Value>, field: &str) -> Result<Vec<Setting>, String> {
     content
         .iter()
         .map(|(key, value)| {
@@ -55,16 +58,16 @@ fn settings_of(content: &Map<String, Value>) -> Result<Vec<Setting>, String> {
                 }
                 _ => {
                     return Err(format!(
-                        "deviceContent key '{key}' is not a twin path: it must be \
+                        "{field} key '{key}' is not a twin path: it must be \
                          '{DESIRED}' or start with '{DESIRED}.'"
                     ))
                 }
             };
             if path.iter().any(String::is_empty) {
-                return Err(format!("deviceContent key '{key}' has an empty segment"));
+                return Err(format!("{field} key '{key}' has an empty segment"));
             }
             if path.is_empty() && !value.is_object() {
-                return Err(format!("deviceContent '{DESIRED}' must be an object"));
+                return Err(format!("{field} '{DESIRED}' must be an object"));
             }
             Ok((path, value.clone()))
         })
@@ -91,9 +94,9 @@ fn set(patch: &mut Properties, path: &[String], value: Value) {
     }
 }
 
-/// Checks a device configuration's `deviceContent` when it is created: twin paths, and the
-/// desired patch they make valid as a twin's (depth, key names, sizes).
-pub fn validate(content: &Map<String, Value>) -> Result<(), ApiError> {
+/// Checks a configuration's `deviceContent` or `moduleContent` (`field`) when it is created:
+/// twin paths, and the desired patch they make valid as a twin's (depth, key names, sizes).
+pub fn validate(content: &Map<String, Value>, field: &str) -> Result<(), ApiError> {
     let invalid = |why: String| {
         ApiError::new(
             ErrorCode::InvalidConfigurationContent,
@@ -101,14 +104,14 @@ pub fn validate(content: &Map<String, Value>) -> Result<(), ApiError> {
         )
     };
     let mut patch = Properties::new();
-    for (path, value) in settings_of(content).map_err(invalid)? {
+    for (path, value) in settings_of(content, field).map_err(invalid)? {
         set(&mut patch, &path, value);
     }
     twin::validate_patch(Section::Desired, &patch).map_err(|e| invalid(e.to_string()))
 }
 
-/// A device configuration as evaluation needs it: parsed once per transaction.
-pub struct DeviceConfiguration {
+/// A device or module configuration as evaluation needs it: parsed once per transaction.
+pub struct AdmConfiguration {
     /// The configuration id.
     id: String,
     /// Priority, then creation time: the higher wins.
@@ -119,24 +122,47 @@ pub struct DeviceConfiguration {
     condition: Option<Condition>,
 }
 
-impl DeviceConfiguration {
+impl AdmConfiguration {
     /// `configuration` parsed, if it is a device configuration whose content is valid.
-    pub fn of(configuration: &Configuration) -> Option<Self> {
+    pub fn device(configuration: &Configuration) -> Option<Self> {
         if !configuration.is_device_configuration() {
             return None;
         }
         let content = configuration.content.as_ref()?.device_content.as_ref()?;
+        Self::parsed(configuration, content, "deviceContent", Condition::parse)
+    }
+
+    /// `configuration` parsed, if it is a module configuration whose content is valid.
+    pub fn module(configuration: &Configuration) -> Option<Self> {
+        if !configuration.is_module_configuration() {
+            return None;
+        }
+        let content = configuration.content.as_ref()?.module_content.as_ref()?;
+        Self::parsed(
+            configuration,
+            content,
+            "moduleContent",
+            Condition::parse_module,
+        )
+    }
+
+    fn parsed<E>(
+        configuration: &Configuration,
+        content: &Map<String, Value>,
+        field: &str,
+        parse: impl Fn(&str) -> Result<Condition, E>,
+    ) -> Option<Self> {
         Some(Self {
             id: configuration.id.clone(),
             rank: (
                 configuration.priority.unwrap_or(0),
                 configuration.created_time_utc.clone().unwrap_or_default(),
             ),
-            settings: settings_of(content).ok()?,
+            settings: settings_of(content, field).ok()?,
             condition: configuration
                 .target_condition
                 .as_deref()
-                .and_then(|c| Condition::parse(c).ok()),
+                .and_then(|c| parse(c).ok()),
         })
     }
 }
@@ -154,11 +180,11 @@ pub struct Outcome {
 /// `configurations` were `before`, and the desired patch that takes it there (see the module
 /// documentation for IoT Hub's rules).
 pub fn settle(
-    configurations: &[DeviceConfiguration],
+    configurations: &[AdmConfiguration],
     document: &Value,
     before: &Properties,
 ) -> Outcome {
-    let mut matching: Vec<&DeviceConfiguration> = configurations
+    let mut matching: Vec<&AdmConfiguration> = configurations
         .iter()
         .filter(|c| c.condition.as_ref().is_some_and(|t| t.matches(document)))
         .collect();
@@ -212,18 +238,17 @@ pub fn settle(
     }
 }
 
-/// Evaluates the device configurations on `device_id`'s twin (`document` as target conditions
-/// see it): applies the desired patch [`settle`] gives, writes the statuses on the twin, and
-/// adds (configuration id, applied) to `targeting` for each match.
+/// Evaluates the device (module) configurations on the twin of `key` (`document` as target
+/// conditions see it): applies the desired patch [`settle`] gives, writes the statuses on the
+/// twin, and adds (configuration id, applied) to `targeting` for each match.
 pub fn evaluate(
     tx: &Transaction<'_>,
-    configurations: &[DeviceConfiguration],
-    device_id: &str,
+    configurations: &[AdmConfiguration],
+    key: &IdentityKey,
     document: &Value,
     targeting: &mut Vec<(String, bool)>,
 ) -> Result<Option<DesiredChange>, ApiError> {
-    let key = IdentityKey::device(device_id);
-    let Some(twin) = tx.twin(&key)? else {
+    let Some(twin) = tx.twin(key)? else {
         return Ok(None);
     };
     if configurations.is_empty() && twin.configurations.is_empty() {
@@ -241,11 +266,11 @@ pub fn evaluate(
     }
     let change = outcome
         .patch
-        .map(|patch| twins::merge_desired(tx, &key, patch))
+        .map(|patch| twins::merge_desired(tx, key, patch))
         .transpose()?;
-    let mut twin = tx.twin(&key)?.unwrap_or(twin);
+    let mut twin = tx.twin(key)?.unwrap_or(twin);
     twin.configurations = outcome.statuses;
-    tx.put_twin(&key, &twin)?;
+    tx.put_twin(key, &twin)?;
     Ok(change)
 }
 
@@ -253,13 +278,8 @@ pub fn evaluate(
 mod tests {
     use super::*;
 
-    fn configuration(
-        id: &str,
-        priority: i32,
-        condition: &str,
-        content: Value,
-    ) -> DeviceConfiguration {
-        DeviceConfiguration::of(&Configuration {
+    fn configuration(id: &str, priority: i32, condition: &str, content: Value) -> AdmConfiguration {
+        AdmConfiguration::device(&Configuration {
             id: id.into(),
             priority: Some(priority),
             created_time_utc: Some(format!("2026-01-01T00:00:0{priority}Z")),
@@ -395,9 +415,10 @@ mod tests {
     #[test]
     fn device_content_keys_must_be_desired_twin_paths() {
         let content = |v: Value| v.as_object().cloned().unwrap();
-        assert!(validate(&content(
-            json!({ "properties.desired.a.b": 1, "properties.desired": { "c": 2 } })
-        ))
+        assert!(validate(
+            &content(json!({ "properties.desired.a.b": 1, "properties.desired": { "c": 2 } })),
+            "deviceContent"
+        )
         .is_ok());
         for bad in [
             json!({ "properties.reported.a": 1 }),
@@ -405,7 +426,10 @@ mod tests {
             json!({ "properties.desired..a": 1 }),
             json!({ "properties.desired": 1 }),
         ] {
-            assert!(validate(&content(bad.clone())).is_err(), "{bad}");
+            assert!(
+                validate(&content(bad.clone()), "moduleContent").is_err(),
+                "{bad}"
+            );
         }
     }
 }

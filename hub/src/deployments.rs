@@ -212,7 +212,9 @@ pub struct Deployments {
     /// Each deployment with its parsed target condition and whether it is layered.
     configurations: Vec<(Configuration, Condition, bool)>,
     /// The automatic device management device configurations ([`crate::adm`]).
-    device_configurations: Vec<adm::DeviceConfiguration>,
+    device_configurations: Vec<adm::AdmConfiguration>,
+    /// The automatic device management module configurations ([`crate::adm`]).
+    module_configurations: Vec<adm::AdmConfiguration>,
     /// Those not evaluated yet, which get their system metrics once evaluated.
     unevaluated: Vec<Configuration>,
 }
@@ -223,7 +225,11 @@ impl Deployments {
         let stored = tx.stored_configurations(usize::MAX >> 1)?;
         let device_configurations = stored
             .iter()
-            .filter_map(adm::DeviceConfiguration::of)
+            .filter_map(adm::AdmConfiguration::device)
+            .collect();
+        let module_configurations = stored
+            .iter()
+            .filter_map(adm::AdmConfiguration::module)
             .collect();
         let unevaluated = stored
             .iter()
@@ -246,6 +252,7 @@ impl Deployments {
         Ok(Self {
             configurations,
             device_configurations,
+            module_configurations,
             unevaluated,
         })
     }
@@ -315,9 +322,9 @@ impl Deployments {
     }
 
     /// Re-evaluates the configurations against one device: its IoT Edge deployments
-    /// ([`Self::evaluate_edge`]) and its automatic device management device configurations
-    /// ([`adm::evaluate`]). The device's targeting rows, from which the system metrics are
-    /// counted, are replaced.
+    /// ([`Self::evaluate_edge`]), its automatic device management device configurations and the
+    /// module configurations on its modules ([`adm::evaluate`]). The device's targeting rows,
+    /// from which the system metrics are counted, are replaced.
     pub fn evaluate_device(
         &self,
         tx: &Transaction<'_>,
@@ -328,6 +335,7 @@ impl Deployments {
             tx.twin(&IdentityKey::device(device_id))?,
         ) else {
             tx.set_targeting(device_id, &[], None)?;
+            tx.set_module_targeting(device_id, &[])?;
             return Ok(Vec::new());
         };
         let document = target_document(&device, &twin);
@@ -341,7 +349,7 @@ impl Deployments {
         changes.extend(adm::evaluate(
             tx,
             &self.device_configurations,
-            device_id,
+            &IdentityKey::device(device_id),
             &document,
             &mut targeting,
         )?);
@@ -350,6 +358,53 @@ impl Deployments {
             .map(|(id, applied)| (id.as_str(), *applied))
             .collect();
         tx.set_targeting(device_id, &targeting, reported)?;
+        changes.extend(self.evaluate_module_configurations(tx, device_id)?);
+        Ok(changes)
+    }
+
+    /// Re-evaluates the automatic device management module configurations against the modules
+    /// of `device_id` (not the IoT Edge runtime's own, whose twins deployments set), and replaces
+    /// the device's module targeting rows.
+    pub fn evaluate_module_configurations(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+    ) -> Result<Vec<DesiredChange>, ApiError> {
+        let mut changes = Vec::new();
+        let mut rows = Vec::new();
+        for module in tx.modules(device_id)? {
+            if module.module_id.starts_with('$') {
+                continue;
+            }
+            let key = IdentityKey::module(device_id, &module.module_id);
+            let Some(twin) = tx.twin(&key)? else {
+                continue;
+            };
+            let document = json!({
+                "deviceId": device_id,
+                "moduleId": module.module_id,
+                "tags": twin.tags,
+                "properties": { "desired": twin.desired, "reported": twin.reported },
+            });
+            let mut targeting = Vec::new();
+            changes.extend(adm::evaluate(
+                tx,
+                &self.module_configurations,
+                &key,
+                &document,
+                &mut targeting,
+            )?);
+            rows.extend(
+                targeting
+                    .into_iter()
+                    .map(|(id, applied)| (module.module_id.clone(), id, applied)),
+            );
+        }
+        let rows: Vec<(&str, &str, bool)> = rows
+            .iter()
+            .map(|(module_id, id, applied)| (module_id.as_str(), id.as_str(), *applied))
+            .collect();
+        tx.set_module_targeting(device_id, &rows)?;
         Ok(changes)
     }
 
@@ -486,7 +541,8 @@ pub fn evaluate_page(
             .configurations
             .iter()
             .any(|(c, _, _)| c.id == configuration.id)
-            || configuration.is_device_configuration();
+            || configuration.is_device_configuration()
+            || configuration.is_module_configuration();
         if evaluated {
             let mut configuration = configuration.clone();
             configuration.system_metrics = Some(tx.system_metrics(&configuration)?);

@@ -217,9 +217,13 @@ impl Hub {
             .await
     }
 
-    /// How many rows `query` returns over its whole FROM collection (custom metrics).
-    pub async fn count_rows(&self, query: &Query) -> Result<usize, ApiError> {
-        self.queries.count_rows(&self.live, query).await
+    /// How many rows `query` (whose text is `text`) returns over its whole FROM collection
+    /// (custom metrics): counted again only once the store changed, or after a minute.
+    pub async fn count_rows(&self, text: &str, query: &Query) -> Result<usize, ApiError> {
+        let commits = self.writer.commits();
+        self.queries
+            .count_rows(&self.live, text, query, commits)
+            .await
     }
 
     /// Runs `f` in one read transaction on a read-only connection: it never waits for the

@@ -38,6 +38,13 @@ const GROUPED_RESULTS: usize = 64;
 /// How long grouped rows are kept after their last page was served.
 const GROUPED_FOR: Duration = Duration::from_secs(300);
 
+/// Row counts kept at most ([`RowCounts`]).
+const COUNTS_KEPT: usize = 256;
+
+/// How long a row count is kept while the store does not change: twins also show their
+/// connection state, which changes without a write.
+const COUNTED_FOR: Duration = Duration::from_secs(60);
+
 /// What queries run on: their own read connections, the slots that queue them, the key that
 /// signs their continuation tokens and the grouped rows kept for next pages.
 pub struct Queries {
@@ -50,6 +57,8 @@ pub struct Queries {
     key: TokenKey,
     /// Rows of grouped and aggregate queries whose next pages are still to be asked for.
     grouped: Mutex<GroupedRows>,
+    /// Row counts of the queries counted lately.
+    counts: Mutex<RowCounts>,
 }
 
 impl Queries {
@@ -62,6 +71,7 @@ impl Queries {
             slots: tokio::sync::Semaphore::new(slots),
             key: TokenKey::new(rand::random()),
             grouped: Mutex::default(),
+            counts: Mutex::default(),
         })
     }
 
@@ -96,19 +106,33 @@ impl Queries {
         ))
     }
 
-    /// How many rows `query` returns over the whole of its FROM collection, in one read
-    /// transaction on a query connection: a pass over every twin (a configuration's custom
-    /// metric).
+    /// How many rows `query` (whose text is `text`) returns over the whole of its FROM
+    /// collection (a configuration's custom metric), with the store at `commits` transactions
+    /// committed: counted in one read transaction on a query connection, a pass over every twin,
+    /// unless the same text was counted with the store unchanged since, less than
+    /// [`COUNTED_FOR`] ago (a console polling the configurations of an idle hub scans nothing).
     pub async fn count_rows(
         &self,
         live: &LiveConnections,
+        text: &str,
         query: &Query,
+        commits: u64,
     ) -> Result<usize, ApiError> {
-        self.read(|tx| {
-            let twins = documents(live, tx, query.from, None).map(|item| item.map(|(_, d)| d));
-            query.count_rows(twins)
-        })
-        .await
+        if let Some(rows) = self.counts().get(text, commits, Instant::now()) {
+            return Ok(rows);
+        }
+        let rows = self
+            .read(|tx| {
+                let twins = documents(live, tx, query.from, None).map(|item| item.map(|(_, d)| d));
+                query.count_rows(twins)
+            })
+            .await?;
+        self.counts().keep(text, commits, Instant::now(), rows);
+        Ok(rows)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, RowCounts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` in one read transaction on a query connection once a slot is free.
@@ -196,6 +220,38 @@ fn documents<'t>(
         let key = key?;
         Ok((order_of(&key), view(live, tx, &key)?))
     })
+}
+
+/// Row counts by query text, each with the store's commit count it was taken at and when: at
+/// most [`COUNTS_KEPT`], each good for [`COUNTED_FOR`] while the commit count is the same.
+#[derive(Default)]
+struct RowCounts {
+    /// Query text -> (commits, counted at, rows).
+    entries: std::collections::HashMap<String, (u64, Instant, usize)>,
+}
+
+impl RowCounts {
+    /// The rows counted for `text` with the store at `commits`, if that is still good at `now`.
+    fn get(&self, text: &str, commits: u64, now: Instant) -> Option<usize> {
+        let &(at_commits, at, rows) = self.entries.get(text)?;
+        (at_commits == commits && now.saturating_duration_since(at) < COUNTED_FOR).then_some(rows)
+    }
+
+    /// Keeps `rows` for `text`, counted with the store at `commits`; the oldest count goes when
+    /// [`COUNTS_KEPT`] are kept.
+    fn keep(&mut self, text: &str, commits: u64, now: Instant, rows: usize) {
+        if self.entries.len() >= COUNTS_KEPT && !self.entries.contains_key(text) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, at, _))| *at)
+                .map(|(text, _)| text.clone());
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(text.to_owned(), (commits, now, rows));
+    }
 }
 
 /// Rows of grouped and aggregate queries kept for their next pages (each row's JSON), by an id
@@ -352,6 +408,34 @@ mod tests {
 
     fn rows(count: usize, each: usize) -> Arc<[String]> {
         (0..count).map(|_| "x".repeat(each)).collect()
+    }
+
+    #[test]
+    fn a_row_count_is_good_while_the_store_is_unchanged_for_a_while_and_the_oldest_goes_first() {
+        let start = Instant::now();
+        let mut counts = RowCounts::default();
+        counts.keep("q", 7, start, 3);
+        assert_eq!(counts.get("q", 7, start + Duration::from_secs(59)), Some(3));
+        assert_eq!(counts.get("q", 8, start), None, "a commit since");
+        assert_eq!(counts.get("q", 7, start + COUNTED_FOR), None, "too old");
+        assert_eq!(counts.get("other", 7, start), None);
+        for n in 1..COUNTS_KEPT {
+            counts.keep(
+                &format!("q{n}"),
+                7,
+                start + Duration::from_millis(n as u64),
+                n,
+            );
+        }
+        assert_eq!(counts.entries.len(), COUNTS_KEPT);
+        counts.keep("new", 7, start + Duration::from_secs(1), 0);
+        assert_eq!(counts.entries.len(), COUNTS_KEPT);
+        assert_eq!(
+            counts.get("q", 7, start + Duration::from_secs(1)),
+            None,
+            "the oldest went"
+        );
+        assert_eq!(counts.get("q1", 7, start + Duration::from_secs(1)), Some(1));
     }
 
     #[test]

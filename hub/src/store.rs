@@ -122,6 +122,10 @@ pub struct TwinRecord {
     /// Deployments targeting the device, on its `$edgeAgent` module twin as IoT Hub keeps them:
     /// configuration id -> `{"status": "Applied"|"Targeted"}`.
     pub configurations: Properties,
+    /// The IoT Plug and Play model id the device or module last announced in its MQTT
+    /// CONNECT username (`model-id`); `""` until it does: the twin's `modelId`.
+    #[serde(default)]
+    pub model_id: String,
 }
 
 /// A shared access policy of the hub.
@@ -177,6 +181,11 @@ CREATE TABLE IF NOT EXISTS targeting (
     reported INTEGER,
     PRIMARY KEY (configuration_id, device_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS targeting_by_device ON targeting (device_id);
+CREATE TABLE IF NOT EXISTS module_targeting (
+    configuration_id TEXT NOT NULL, device_id TEXT NOT NULL, module_id TEXT NOT NULL,
+    applied INTEGER NOT NULL,
+    PRIMARY KEY (configuration_id, device_id, module_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS module_targeting_by_device ON module_targeting (device_id);
 CREATE TABLE IF NOT EXISTS workload_sockets (device_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS applied_content (
     device_id TEXT PRIMARY KEY, modules_content TEXT NOT NULL) WITHOUT ROWID;
@@ -650,6 +659,7 @@ impl Transaction<'_> {
             "identities",
             "twins",
             "targeting",
+            "module_targeting",
             "workload_sockets",
             "applied_content",
         ] {
@@ -737,9 +747,9 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Deletes a module with its twin and session.
+    /// Deletes a module with its twin, targeting rows and session.
     pub fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), StoreError> {
-        for table in ["identities", "twins"] {
+        for table in ["identities", "twins", "module_targeting"] {
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE device_id = ?1 AND module_id = ?2"),
                 params![device_id, module_id],
@@ -845,7 +855,15 @@ impl Transaction<'_> {
             .target_condition
             .as_deref()
             .unwrap_or_default();
-        if configuration.is_device_configuration() {
+        type Queries = fn(&str, &str) -> serde_json::Map<String, serde_json::Value>;
+        let adm_queries: Option<Queries> = if configuration.is_device_configuration() {
+            Some(edgetwin_wire::rest::device_configuration_queries)
+        } else if configuration.is_module_configuration() {
+            Some(edgetwin_wire::rest::module_configuration_queries)
+        } else {
+            None
+        };
+        if let Some(queries) = adm_queries {
             let results = [
                 (TARGETED_COUNT, counts.targeted),
                 (APPLIED_COUNT, counts.applied),
@@ -853,10 +871,7 @@ impl Transaction<'_> {
             .into_iter()
             .map(|(name, count)| (name.to_owned(), count.into()))
             .collect();
-            let queries = edgetwin_wire::rest::device_configuration_queries(
-                &configuration.id,
-                target_condition,
-            );
+            let queries = queries(&configuration.id, target_condition);
             return Ok(ConfigurationMetrics { results, queries });
         }
         let results = [
@@ -879,7 +894,9 @@ impl Transaction<'_> {
             "SELECT count(*), coalesce(sum(applied), 0),
                  coalesce(sum(applied AND reported = 1), 0),
                  coalesce(sum(applied AND reported = 0), 0)
-             FROM targeting WHERE configuration_id = ?1",
+             FROM (SELECT applied, reported FROM targeting WHERE configuration_id = ?1
+                   UNION ALL
+                   SELECT applied, NULL FROM module_targeting WHERE configuration_id = ?1)",
             params![configuration_id],
             |row| {
                 Ok(TargetingCounts {
@@ -914,6 +931,26 @@ impl Transaction<'_> {
         Ok(())
     }
 
+    /// Replaces the module configurations the modules of a device are targeted by: (module id,
+    /// configuration id, applied) triples.
+    pub fn set_module_targeting(
+        &self,
+        device_id: &str,
+        targets: &[(&str, &str, bool)],
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM module_targeting WHERE device_id = ?1")?
+            .execute(params![device_id])?;
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO module_targeting (configuration_id, device_id, module_id, applied)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (module_id, configuration_id, applied) in targets {
+            insert.execute(params![configuration_id, device_id, module_id, applied])?;
+        }
+        Ok(())
+    }
+
     /// Records what a device's `$edgeAgent` now reports (see [`Self::set_targeting`]) on the
     /// device's targeting rows: a reported patch costs one indexed update, not a fleet scan.
     pub fn set_reported(&self, device_id: &str, reported: Option<bool>) -> Result<(), StoreError> {
@@ -936,10 +973,12 @@ impl Transaction<'_> {
     pub fn delete_configuration(&self, id: &str) -> Result<(), StoreError> {
         self.tx
             .execute("DELETE FROM configurations WHERE id = ?1", params![id])?;
-        self.tx.execute(
-            "DELETE FROM targeting WHERE configuration_id = ?1",
-            params![id],
-        )?;
+        for table in ["targeting", "module_targeting"] {
+            self.tx.execute(
+                &format!("DELETE FROM {table} WHERE configuration_id = ?1"),
+                params![id],
+            )?;
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! Part of the core's domain: depends on the store, registry, error and ids; never on the hub or a
 //! door.
 
+use edgetwin_wire::digital_twin::{self, TwinSections};
 use edgetwin_wire::rest::{ErrorCode, Twin, TwinProperties};
 use edgetwin_wire::twin::{self, Properties, Section, Stamp};
 use serde_json::{json, Value};
@@ -127,7 +128,7 @@ pub fn service_view(
         cloud_to_device_message_count: Some(0),
         authentication_type: auth.auth_type,
         x509_thumbprint: Some(auth.x509_thumbprint.unwrap_or_default()),
-        model_id: Some(String::new()),
+        model_id: Some(record.model_id.clone()),
         capabilities: device.capabilities.filter(|_| is_device),
         device_scope: device.device_scope.clone().filter(|_| is_device),
         parent_scopes: device.parent_scopes.clone().filter(|_| is_device),
@@ -148,6 +149,49 @@ pub fn service_view(
         }),
         configurations: Some(record.configurations.clone()).filter(|c| !c.is_empty()),
     })
+}
+
+/// A device's IoT Plug and Play digital twin (`GET /digitaltwins/{id}`) and the twin's etag.
+pub fn digital_twin_view(
+    tx: &Transaction<'_>,
+    device_id: &str,
+) -> Result<(Value, String), ApiError> {
+    let record = load(tx, &IdentityKey::device(device_id))?;
+    let view = digital_twin::digital_twin(&TwinSections {
+        device_id,
+        model_id: &record.model_id,
+        desired: &record.desired,
+        desired_metadata: &record.desired_metadata,
+        desired_version: record.desired_version,
+        reported: &record.reported,
+        reported_metadata: &record.reported_metadata,
+    });
+    Ok((view, ids::twin_etag(record.version)))
+}
+
+/// The desired and reported properties of `key`'s twin, as stored (a digital twin update reads
+/// them to map its JSON Patch onto desired properties).
+pub fn sections(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+) -> Result<(Properties, Properties), ApiError> {
+    let record = load(tx, key)?;
+    Ok((record.desired, record.reported))
+}
+
+/// Records the model id `key` announced when it connected; the twin's version does not change
+/// (`modelId` is no property). A connection without one leaves the last announced in place.
+pub fn announce_model(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+    model_id: &str,
+) -> Result<(), ApiError> {
+    let mut record = load(tx, key)?;
+    if record.model_id != model_id {
+        record.model_id = model_id.to_owned();
+        tx.put_twin(key, &record)?;
+    }
+    Ok(())
 }
 
 /// The twin as a device sees it over MQTT: `{"desired": {..., "$version"}, "reported": {...}}`.

@@ -10,7 +10,8 @@
 //! only.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use edgetwin_wire::rest::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
@@ -120,6 +121,8 @@ pub struct Writer {
     queue: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
     /// Resolves (with an error: its sender is dropped) when the thread has ended.
     ended: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Transactions committed since the start, counted before their jobs are answered.
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -128,16 +131,25 @@ impl Writer {
     pub fn start(store: Store, hook: impl Fn(&Effect) + Send + 'static) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let (ended_tx, ended) = oneshot::channel::<()>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = commits.clone();
         std::thread::Builder::new()
             .name("edgetwin-writer".into())
             .spawn(move || {
-                write_batches(store, jobs, &hook);
+                write_batches(store, jobs, &hook, &counted);
                 drop(ended_tx);
             })?;
         Ok(Self {
             queue: Mutex::new(Some(queue)),
             ended: Mutex::new(Some(ended)),
+            commits,
         })
+    }
+
+    /// How many transactions were committed since the start: unchanged between two reads, the
+    /// store did not change (a write's answer comes after its commit is counted).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
     }
 
     /// Queues `work` (waiting only for room in the queue) and returns the handle to its answer,
@@ -184,7 +196,12 @@ impl Writer {
 }
 
 /// The writer thread: one transaction per batch of queued jobs, until the queue closes.
-fn write_batches(mut store: Store, mut jobs: mpsc::Receiver<Box<dyn Job>>, hook: &dyn Fn(&Effect)) {
+fn write_batches(
+    mut store: Store,
+    mut jobs: mpsc::Receiver<Box<dyn Job>>,
+    hook: &dyn Fn(&Effect),
+    commits: &AtomicU64,
+) {
     /// A job that failed inside the batch (its own answer says why).
     struct Failed;
     impl From<StoreError> for Failed {
@@ -207,8 +224,13 @@ fn write_batches(mut store: Store, mut jobs: mpsc::Receiver<Box<dyn Job>>, hook:
                 Err(Failed)
             }
         });
-        if let Err(error) = &commit {
-            tracing::error!(%error, jobs = batch.len(), "a store commit failed; nothing of it was stored");
+        match &commit {
+            Ok(_) => {
+                commits.fetch_add(1, Ordering::Release);
+            }
+            Err(error) => {
+                tracing::error!(%error, jobs = batch.len(), "a store commit failed; nothing of it was stored");
+            }
         }
         for job in batch {
             job.finish(commit.is_ok(), hook);

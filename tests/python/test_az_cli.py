@@ -294,6 +294,58 @@ def test_a_device_configuration_from_the_cli_reaches_the_targeted_twins_and_its_
     assert registry_manager.get_twin(inside.device_id).properties.desired["fw"] == {"version": "1.2"}
 
 
+def test_a_module_configuration_from_the_cli_reaches_the_targeted_module_twins(
+        az, hub, registry_manager, make_device, make_module):
+    from azure.iot.hub.models import Twin
+    ring = unique_id("ring").lower()
+    device = make_device(prefix="admm")
+    inside = make_module(device=device, prefix="admm")
+    outside = make_module(device=device, prefix="admm")
+    registry_manager.update_module_twin(inside.device_id, inside.module_id, Twin(tags={"ring": ring}), "*")
+    config_id = unique_id("admm").lower()
+    content = {"moduleContent": {"properties.desired.sampling": {"rate": 5}}}
+    # IoT Hub's module conditions name their collection (the CLI refuses one that does not)
+    condition = f"from devices.modules where tags.ring='{ring}'"
+    ok(az("iot", "hub", "configuration", "create", "-c", config_id, "--content", json.dumps(content),
+          "--target-condition", condition, "--priority", "2"))
+    try:
+        twin = registry_manager.get_module_twin(inside.device_id, inside.module_id)
+        assert twin.properties.desired["sampling"] == {"rate": 5}
+        shown = ok(az("iot", "hub", "module-twin", "show", "-d", inside.device_id, "-m", inside.module_id))
+        assert shown["configurations"] == {config_id: {"status": "Applied"}}
+        assert "sampling" not in registry_manager.get_module_twin(
+            outside.device_id, outside.module_id).properties.desired
+        assert "sampling" not in registry_manager.get_twin(inside.device_id).properties.desired
+        shown = ok(az("iot", "hub", "configuration", "show", "-c", config_id))
+        assert shown["systemMetrics"]["results"] == {"targetedCount": 1, "appliedCount": 1}
+        for name in ("targetedCount", "appliedCount"):
+            metric = ok(az("iot", "hub", "configuration", "show-metric", "-c", config_id,
+                           "-m", name, "--mt", "system"))
+            assert [(r["deviceId"], r["moduleId"]) for r in metric["result"]] == [
+                (inside.device_id, inside.module_id)], metric
+
+        # a module that comes into scope gets the settings; one that leaves has them removed
+        registry_manager.update_module_twin(outside.device_id, outside.module_id, Twin(tags={"ring": ring}), "*")
+        assert registry_manager.get_module_twin(
+            outside.device_id, outside.module_id).properties.desired["sampling"] == {"rate": 5}
+        registry_manager.update_module_twin(inside.device_id, inside.module_id, Twin(tags={"ring": None}), "*")
+        left = ok(az("iot", "hub", "module-twin", "show", "-d", inside.device_id, "-m", inside.module_id))
+        assert "sampling" not in left["properties"]["desired"] and not left.get("configurations")
+        # the metrics follow: the other module is the one targeted now
+        shown = ok(az("iot", "hub", "configuration", "show", "-c", config_id))
+        assert shown["systemMetrics"]["results"] == {"targetedCount": 1, "appliedCount": 1}
+    finally:
+        ok(az("iot", "hub", "configuration", "delete", "-c", config_id))
+
+    # the hub refuses a module configuration whose condition does not name devices.modules
+    bad = requests.put(f"{hub.rest_url}/configurations/{config_id}-bad", params={"api-version": "2021-04-12"},
+                       json={"id": f"{config_id}-bad", "content": content, "targetCondition": f"tags.ring='{ring}'"},
+                       headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
+    assert bad.status_code == 400, bad.text
+    assert "FROM devices.modules WHERE" in bad.text
+    assert bad.headers["iothub-errorcode"] == "InvalidConfigurationTargetCondition", bad.text
+
+
 def test_device_to_cloud_messages_from_the_cli_reach_the_hub(az, hub, make_device):
     # The CLI's device side runs Microsoft's Python device SDK over MQTT, trusting SSL_CERT_FILE.
     device = make_device()
@@ -337,6 +389,40 @@ def test_device_to_cloud_messages_over_https_from_the_cli_and_from_the_device_re
     assert refused.status_code == 401, refused.text
     assert not hub.messages(other.device_id)
 
+    # over HTTPS, IoT Hub takes application properties of token characters only
+    spaced = requests.post(url, params={"api-version": "2021-04-12"}, data=b"spaced",
+                           headers={"Authorization": device.sas(), "iothub-app-note": "two words"},
+                           verify=hub.ca_path, timeout=10)
+    assert spaced.status_code == 400 and "iothub-app-note" in spaced.text, spaced.text
+    assert hub.messages(device.device_id)[-1]["body"] == "from the device"  # nothing stored
+
+
+def test_digital_twins_from_the_cli_show_update_and_command_a_plug_and_play_device(az, hub, make_device,
+                                                                                  raw_mqtt):
+    device = make_device(prefix="azpnp")
+    model = "dtmi:com:example:Thermostat;1"
+    client = raw_mqtt(device, username=f"{hub.host}/{device.device_id}/?api-version=2021-04-12&model-id={model}")
+    assert client.connect() == 0
+    client.subscribe("$iothub/methods/POST/#")
+    client.subscribe("$iothub/twin/PATCH/properties/desired/#")
+    shown = ok(az("iot", "hub", "digital-twin", "show", "-d", device.device_id))
+    assert shown == {"$dtId": device.device_id, "$metadata": {"$model": model}}
+
+    patch = '[{"op": "add", "path": "/targetTemperature", "value": 25}]'
+    updated = ok(az("iot", "hub", "digital-twin", "update", "-d", device.device_id, "--json-patch", patch))
+    assert updated["$metadata"]["targetTemperature"]["desiredValue"] == 25
+    _, desired = client.wait_message(lambda t, p: t.startswith("$iothub/twin/PATCH/properties/desired/"))
+    assert json.loads(desired)["targetTemperature"] == 25
+
+    running = az.start("iot", "hub", "digital-twin", "invoke-command", "-d", device.device_id,
+                       "--cn", "getMaxMinReport", "--component-path", "thermostat1", "--payload", '{"since": 1}')
+    topic, payload = _answer_one_method(client, 200, b'{"max": 30}')
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert topic.startswith("$iothub/methods/POST/thermostat1*getMaxMinReport/")
+    assert json.loads(payload) == {"since": 1}
+    # The CLI prints the x-ms-command-statuscode header as it reads it: a string.
+    assert json.loads(out) == {"payload": {"max": 30}, "status": "200"}
 
 def test_dps_enrollments_and_groups_round_trip_through_the_cli_with_the_dps_connection_string(az, hub):
     # `--login` with the DPS connection string `edgetwin hub` prints (docs/dps.md); GET hides the

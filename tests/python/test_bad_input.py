@@ -220,6 +220,25 @@ def test_raw_reported_patch_gets_204_with_new_version(registry_manager, raw_mqtt
     assert f"$version={v0 + 1}" in topic.split("?", 1)[1].split("&")
 
 
+def test_a_username_without_api_version_connects_and_sends_but_cannot_report(hub, raw_mqtt, make_device,
+                                                                             registry_manager):
+    # IoT Hub accepts it ("It's recommended to include api-version ... Otherwise it could cause
+    # unexpected behaviors", its MQTT doc; MicrosoftDocs/azure-docs#16306) and answers reported
+    # patches 400 (andriyadi/AzureIoTHubMQTTClient#5)
+    device = make_device()
+    for username in (f"{hub.host}/{device.device_id}/", f"{hub.host}/{device.device_id}"):
+        c = raw_mqtt(device, username=username)
+        assert c.connect() == 0, username
+        c.subscribe("$iothub/twin/res/#")
+        c.publish("$iothub/twin/PATCH/properties/reported/?$rid=nov", json.dumps({"x": 1}))
+        status, _, _ = _twin_res(c, "nov")
+        assert status == 400
+        c.publish(f"devices/{device.device_id}/messages/events/", b"hello").wait_for_publish(5)
+        c.close()
+    assert "x" not in registry_manager.get_twin(device.device_id).properties.reported
+    assert [m["body"] for m in hub.messages(device.device_id)] == ["hello", "hello"]
+
+
 def test_reported_patch_over_32kb_is_rejected_and_twin_unchanged(clients, registry_manager, make_module):
     mod = make_module()
     client = clients.module(mod)

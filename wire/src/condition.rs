@@ -39,6 +39,35 @@ impl Condition {
         Ok(Self(query::parse_condition(text)?))
     }
 
+    /// Parses the target condition of an automatic module configuration (`content.moduleContent`),
+    /// which names its collection: `FROM devices.modules WHERE tags.environment='test'` (the
+    /// keywords in any case). IoT Hub's documentation writes module conditions so ("For module
+    /// configurations, ... `from devices.modules where tags.environment='test'`": MicrosoftDocs
+    /// azure-docs, `articles/iot-hub/iot-hub-automatic-device-management-cli.md`), and the Azure
+    /// CLI refuses a module configuration whose condition does not start with it (azure-iot-cli-
+    /// extension 0.9.0, "the target condition starting with 'from devices.modules where' is
+    /// enforced").
+    pub fn parse_module(text: &str) -> Result<Self, ConditionError> {
+        let mut rest = text.trim_start();
+        for keyword in ["from", "devices.modules", "where"] {
+            let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            if !rest[..word_end].eq_ignore_ascii_case(keyword) {
+                return Err(ConditionError {
+                    offset: text.len() - rest.len(),
+                    reason: "a module configuration's target condition must start with \
+                             'FROM devices.modules WHERE'"
+                        .into(),
+                });
+            }
+            rest = rest[word_end..].trim_start();
+        }
+        let start = text.len() - rest.len();
+        Self::parse(rest).map_err(|e| ConditionError {
+            offset: e.offset + start,
+            reason: e.reason,
+        })
+    }
+
     /// Whether `twin` (a twin document: `deviceId`, `tags`, `properties`, ...) is selected.
     pub fn matches(&self, twin: &Value) -> bool {
         query::holds(&self.0, twin)
@@ -49,6 +78,24 @@ impl Condition {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn module_conditions_name_their_collection_in_any_case() {
+        let module = json!({ "deviceId": "d", "moduleId": "m", "tags": { "environment": "test" } });
+        let condition =
+            Condition::parse_module("from devices.modules where tags.environment='test'").unwrap();
+        assert!(condition.matches(&module));
+        let upper =
+            Condition::parse_module("  FROM  devices.modules\tWHERE moduleId = 'm'").unwrap();
+        assert!(upper.matches(&module));
+        let missing = Condition::parse_module("tags.environment='test'").unwrap_err();
+        assert_eq!(missing.offset, 0);
+        assert!(missing.reason.contains("FROM devices.modules WHERE"));
+        let devices = Condition::parse_module("FROM devices WHERE tags.a = 1").unwrap_err();
+        assert_eq!(devices.offset, 5);
+        let bad = Condition::parse_module("FROM devices.modules WHERE tags.a = ").unwrap_err();
+        assert!(bad.offset >= "FROM devices.modules WHERE ".len(), "{bad:?}");
+    }
 
     fn twin() -> Value {
         json!({

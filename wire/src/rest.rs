@@ -255,6 +255,15 @@ pub struct Configuration {
 }
 
 impl Configuration {
+    /// Whether this is an automatic device management module configuration
+    /// (`content.moduleContent`, neither `deviceContent` nor `modulesContent`), applied to module
+    /// twins.
+    pub fn is_module_configuration(&self) -> bool {
+        self.content.as_ref().is_some_and(|c| {
+            c.module_content.is_some() && c.device_content.is_none() && c.modules_content.is_none()
+        })
+    }
+
     /// Whether this is an automatic device management device configuration
     /// (`content.deviceContent`, no `modulesContent`), applied to device twins.
     pub fn is_device_configuration(&self) -> bool {
@@ -366,6 +375,27 @@ pub fn device_configuration_queries(id: &str, target_condition: &str) -> Map<Str
     };
     let applied =
         format!("select deviceId from devices where configurations.[[{id}]].status = 'Applied'");
+    [(TARGETED_COUNT, targeted), (APPLIED_COUNT, applied)]
+        .into_iter()
+        .map(|(name, query)| (name.to_owned(), Value::String(query)))
+        .collect()
+}
+
+/// The `systemMetrics.queries` of an ADM module configuration (`content.moduleContent`), as
+/// [`device_configuration_queries`] over module twins: `targetedCount` selects the module twins
+/// its target condition (`FROM devices.modules WHERE ...`) matches, `appliedCount` those whose
+/// `configurations` say `Applied`. Microsoft publishes no module configuration read back from IoT
+/// Hub: these texts follow the device configuration's and are not verified against IoT Hub's.
+pub fn module_configuration_queries(id: &str, target_condition: &str) -> Map<String, Value> {
+    let targeted = if target_condition.trim().is_empty() {
+        String::new()
+    } else {
+        format!("select deviceId, moduleId {}", target_condition.trim())
+    };
+    let applied = format!(
+        "select deviceId, moduleId from devices.modules where configurations.[[{id}]].status = \
+         'Applied'"
+    );
     [(TARGETED_COUNT, targeted), (APPLIED_COUNT, applied)]
         .into_iter()
         .map(|(name, query)| (name.to_owned(), Value::String(query)))

@@ -48,9 +48,6 @@ pub enum TopicError {
         /// What is wrong.
         reason: String,
     },
-    /// A CONNECT username without a non-empty `api-version`.
-    #[error("username `{0}` has no `api-version`")]
-    MissingApiVersion(String),
 }
 
 fn pct(s: &str) -> String {
@@ -102,8 +99,9 @@ pub struct Username {
     pub device_id: String,
     /// Module id, for module connections.
     pub module_id: Option<String>,
-    /// `api-version` (required, not validated).
-    pub api_version: String,
+    /// `api-version` (not validated); `None` when the username has none, which IoT Hub accepts
+    /// (see [`parse_username`]).
+    pub api_version: Option<String>,
     /// `DeviceClientType`, URL-decoded.
     pub client_type: Option<String>,
     /// `model-id` (PnP), URL-decoded.
@@ -112,7 +110,14 @@ pub struct Username {
 
 /// Parses a CONNECT username following edgeHub's `MqttUsernameParser`: `host/dev/?q`,
 /// `host/dev/mod/?q`, or the legacy forms without `?` (`host/dev[/mod]/api-version=...`).
-/// Query values are URL-decoded, the first of duplicates wins, `api-version` must be non-empty.
+/// Query values are URL-decoded and the first of duplicates wins.
+///
+/// Unlike edgeHub, which requires `api-version`, IoT Hub accepts a username without one — bare
+/// `host/dev[/mod][/]` included: its MQTT doc only recommends it ("It's recommended to include
+/// api-version in the field. Otherwise it could cause unexpected behaviors", "Communicate with an
+/// IoT hub using the MQTT protocol"), the doc's own Python sample once used `host/dev` and a
+/// Microsoft engineer "tested without using api-version and was able to connect and send\receive
+/// messages" (MicrosoftDocs/azure-docs#16306). An empty `api-version` counts as none.
 pub fn parse_username(username: &str) -> Result<Username, TopicError> {
     let bad = |reason: &str| TopicError::MalformedUsername {
         username: username.to_owned(),
@@ -129,12 +134,8 @@ pub fn parse_username(username: &str) -> Result<Username, TopicError> {
                 ))
             }
         }
-    } else {
+    } else if let Some(at) = segs.iter().position(|s| s.starts_with("api-version=")) {
         // Legacy: host/dev[/mod]/api-version=...[&|/]DeviceClientType=...
-        let at = segs
-            .iter()
-            .position(|s| s.starts_with("api-version="))
-            .ok_or_else(|| bad("expected host/device/?query or host/device/module/?query"))?;
         if !(2..=3).contains(&at) {
             return Err(bad("expected host/device[/module]/api-version=..."));
         }
@@ -143,6 +144,19 @@ pub fn parse_username(username: &str) -> Result<Username, TopicError> {
             .replace("/DeviceClientType=", "&DeviceClientType=")
             .replace("/model-id=", "&model-id=");
         (&segs[1..at], q)
+    } else {
+        // No query at all: host/dev[/mod], with or without a trailing `/`.
+        let end = if segs.len() > 2 && last.is_empty() {
+            segs.len() - 1
+        } else {
+            segs.len()
+        };
+        if !(2..=3).contains(&end) {
+            return Err(bad(
+                "expected host/device/?query or host/device/module/?query",
+            ));
+        }
+        (&segs[1..end], String::new())
     };
     let host = segs[0];
     if host.is_empty() {
@@ -173,14 +187,11 @@ pub fn parse_username(username: &str) -> Result<Username, TopicError> {
             *slot = Some(v);
         }
     }
-    let api_version = api_version
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| TopicError::MissingApiVersion(username.to_owned()))?;
     Ok(Username {
         host: host.to_owned(),
         device_id: device_id.to_owned(),
         module_id,
-        api_version,
+        api_version: api_version.filter(|v| !v.is_empty()),
         client_type,
         model_id: model_id.filter(|m| !m.is_empty()),
     })
@@ -682,7 +693,7 @@ mod tests {
         assert_eq!(p.host, "h.azure-devices.net");
         assert_eq!(p.device_id, "d1");
         assert_eq!(p.module_id.as_deref(), Some("m1"));
-        assert_eq!(p.api_version, "2019-10-01");
+        assert_eq!(p.api_version.as_deref(), Some("2019-10-01"));
         assert_eq!(p.client_type.as_deref(), Some(ua));
         assert_eq!(p.model_id, None);
     }
@@ -707,7 +718,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.device_id, "d1");
-        assert_eq!(p.api_version, "2017-06-30");
+        assert_eq!(p.api_version.as_deref(), Some("2017-06-30"));
         assert_eq!(
             p.client_type.as_deref(),
             Some("Microsoft.Azure.Devices.Client/1.5.1")
@@ -717,28 +728,40 @@ mod tests {
     }
 
     #[test]
-    fn a_username_without_api_version_is_rejected() {
-        assert_eq!(
-            parse_username("h.net/d1/?DeviceClientType=x").unwrap_err(),
-            TopicError::MissingApiVersion("h.net/d1/?DeviceClientType=x".into())
-        );
-        assert!(matches!(
-            parse_username("h.net/d1/?api-version=").unwrap_err(),
-            TopicError::MissingApiVersion(_)
-        ));
+    fn a_username_without_api_version_is_parsed_as_iot_hub_accepts_it() {
+        let ids = |u: &str| {
+            let p = parse_username(u).unwrap();
+            assert_eq!(p.api_version, None, "{u}");
+            (p.device_id, p.module_id)
+        };
+        assert_eq!(ids("h.net/d1/?DeviceClientType=x"), ("d1".into(), None));
+        assert_eq!(ids("h.net/d1/?api-version="), ("d1".into(), None));
+        assert_eq!(ids("h.net/d1/"), ("d1".into(), None));
+        assert_eq!(ids("h.net/d1"), ("d1".into(), None));
+        assert_eq!(ids("h.net/d1/m1/"), ("d1".into(), Some("m1".into())));
+        assert_eq!(ids("h.net/d1/m1"), ("d1".into(), Some("m1".into())));
     }
 
     #[test]
-    fn a_username_with_too_many_segments_is_rejected_naming_it() {
+    fn a_username_with_too_many_or_too_few_segments_is_rejected_naming_it() {
         let err = parse_username("h.net/a/b/c/?api-version=1").unwrap_err();
         assert!(err.to_string().contains("h.net/a/b/c/?api-version=1"));
-        assert!(parse_username("h.net/d1").is_err());
+        for bad in [
+            "h.net",
+            "h.net/",
+            "h.net//",
+            "h.net/a/b/c",
+            "h.net/a/b/c/",
+            "/d1/",
+        ] {
+            assert!(parse_username(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn duplicate_query_keys_keep_the_first_value() {
         let p = parse_username("h/d/?api-version=1&api-version=2").unwrap();
-        assert_eq!(p.api_version, "1");
+        assert_eq!(p.api_version.as_deref(), Some("1"));
     }
 
     #[test]

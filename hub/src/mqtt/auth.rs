@@ -24,6 +24,10 @@ pub struct Authenticated {
     pub key: IdentityKey,
     /// When its token expires (Unix seconds); the hub drops the connection then.
     pub expiry: u64,
+    /// The IoT Plug and Play model id its username announces (`model-id`), if any.
+    pub model_id: Option<String>,
+    /// Whether its username names an `api-version` (reported properties need one).
+    pub versioned: bool,
 }
 
 /// How long an X.509 connection may live: its certificate was checked once, at CONNECT, and no
@@ -96,23 +100,33 @@ pub fn authenticate(
                 return Err(certificate("the certificate's CN is not the device id"));
             }
         }
-        sas => return authenticate_sas(hub, login, key, sas, &refuse),
+        sas => {
+            let expiry = authenticate_sas(hub, login, &key, sas, &refuse)?;
+            return Ok(Authenticated {
+                key,
+                expiry,
+                model_id: username.model_id,
+                versioned: username.api_version.is_some(),
+            });
+        }
     }
     Ok(Authenticated {
         key,
         expiry: NO_EXPIRY,
+        model_id: username.model_id,
+        versioned: username.api_version.is_some(),
     })
 }
 
 /// Checks the SAS token in the password of a CONNECT for `key`, whose own credentials are
-/// `credentials` (`None`: unknown or disabled).
+/// `credentials` (`None`: unknown or disabled); returns when the token expires.
 fn authenticate_sas(
     hub: &Hub,
     login: &Login,
-    key: IdentityKey,
+    key: &IdentityKey,
     credentials: Option<Credentials>,
     refuse: &dyn Fn(&str) -> ConnectReturnCode,
-) -> Result<Authenticated, ConnectReturnCode> {
+) -> Result<u64, ConnectReturnCode> {
     let token =
         SasToken::parse(&login.password).map_err(|_| refuse("password is not a SAS token"))?;
     if token.is_expired(ids::now_unix(), 0) {
@@ -168,8 +182,5 @@ fn authenticate_sas(
     if !keys.iter().any(|k| token.verify(k)) {
         return Err(refuse("signature does not verify"));
     }
-    Ok(Authenticated {
-        key,
-        expiry: token.expiry,
-    })
+    Ok(token.expiry)
 }

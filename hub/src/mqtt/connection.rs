@@ -110,13 +110,33 @@ where
         )
         .await;
     }
-    let Authenticated { key, expiry } = match authenticate(&hub, &device_cas, &connect, &chain) {
+    let Authenticated {
+        key,
+        expiry,
+        model_id,
+        versioned,
+    } = match authenticate(&hub, &device_cas, &connect, &chain) {
         Ok(ok) => ok,
         Err(code) => {
             write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false))).await?;
             return Ok(());
         }
     };
+    // An IoT Plug and Play device announces its model in the username; the twin's `modelId`
+    // and the digital twin's `$metadata.$model` show it ("IoT Plug and Play conventions",
+    // "Identify the model").
+    if let Some(model_id) = model_id {
+        let announced = key.clone();
+        if let Err(error) = hub
+            .write(move |tx| twins::announce_model(tx, &announced, &model_id))
+            .await
+        {
+            tracing::warn!(client_id = %connect.client_id, %error, "could not record the model id");
+            let refused = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+            write_packet(&mut writer, Packet::ConnAck(refused)).await?;
+            return Ok(());
+        }
+    }
     authenticated();
     let client_id = key.client_id();
     let stored = restore_session(&hub, &client_id, connect.clean_session).await?;
@@ -141,6 +161,7 @@ where
         filters,
         grants,
         next_pkid: 0,
+        versioned,
     };
     let result = async {
         write_packet(&mut writer, Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present))).await?;
@@ -279,6 +300,11 @@ struct Session {
     grants: HashMap<Feature, u8>,
     /// Last packet id used for a QoS 1 publish to the client.
     next_pkid: u16,
+    /// Whether the CONNECT username named an `api-version`: without one IoT Hub answers
+    /// reported-property patches 400 ("If api-version isn't specified, twin 'reported'
+    /// properties return 400 bad requests", andriyadi/AzureIoTHubMQTTClient#5, which added it
+    /// to that client's username for this reason).
+    versioned: bool,
 }
 
 /// A reported patch read from the client and not yet answered.
@@ -355,6 +381,10 @@ impl Session {
             .and_then(|_| self.injected(&inbound_operation(&publish.topic)));
         let outcome = if let Some(error) = injected {
             Outcome::Decided(Some(Err(error)))
+        } else if !self.versioned {
+            Outcome::Decided(Some(Err(ApiError::invalid(
+                "reported properties need an api-version in the CONNECT username",
+            ))))
         } else {
             match self
                 .hub

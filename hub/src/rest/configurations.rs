@@ -115,8 +115,9 @@ async fn change_and_evaluate<T: Send + 'static>(
 /// the twins now, counted ("The metric represents the number of rows returned by the query":
 /// MicrosoftDocs/azure-docs, `includes/iot-hub-automatic-device-management-portal.md`,
 /// "Metrics"). IoT Hub recomputes them every five minutes; the hub counts when the configuration
-/// is read, a pass over the twins per query (IoT Hub allows five). A query that does not parse
-/// has no result (creating the configuration does not check it).
+/// is read, a pass over the twins per query (IoT Hub allows five), unless the store did not
+/// change since that query was last counted (see [`Hub::count_rows`]). A query that does not
+/// parse has no result (creating the configuration does not check it).
 async fn count_custom_metrics(
     hub: &Arc<Hub>,
     configuration: &mut Configuration,
@@ -125,13 +126,40 @@ async fn count_custom_metrics(
         return Ok(());
     };
     for (name, text) in &metrics.queries {
-        let Some(query) = text.as_str().and_then(|t| parse_query(t).ok()) else {
+        let Some(text) = text.as_str() else {
             continue;
         };
-        let count = hub.count_rows(&query).await?;
+        let Ok(query) = parse_query(text) else {
+            continue;
+        };
+        let count = hub.count_rows(text, &query).await?;
         metrics.results.insert(name.clone(), count.into());
     }
     Ok(())
+}
+
+/// Checks the target condition `input` brings for the configuration `kind` (a module
+/// configuration's names its collection, see [`Condition::parse_module`]); an empty one targets
+/// nothing.
+fn check_target_condition(kind: &Configuration, input: &Configuration) -> Result<(), ApiError> {
+    let Some(condition) = input
+        .target_condition
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    let parsed = if kind.is_module_configuration() {
+        Condition::parse_module(condition)
+    } else {
+        Condition::parse(condition)
+    };
+    parsed.map(drop).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidConfigurationTargetCondition,
+            format!("targetCondition: {e}"),
+        )
+    })
 }
 
 fn not_found_error(id: &str) -> ApiError {
@@ -164,18 +192,7 @@ fn put(
             ))
         }
         (None, _) => {
-            if let Some(condition) = input
-                .target_condition
-                .as_deref()
-                .filter(|c| !c.trim().is_empty())
-            {
-                Condition::parse(condition).map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::InvalidConfigurationTargetCondition,
-                        format!("targetCondition: {e}"),
-                    )
-                })?;
-            }
+            check_target_condition(&input, &input)?;
             if let Some(modules) = input
                 .content
                 .as_ref()
@@ -188,12 +205,15 @@ fn put(
                     )
                 })?;
             }
-            if let Some(content) = input
-                .content
-                .as_ref()
-                .and_then(|c| c.device_content.as_ref())
-            {
-                crate::adm::validate(content)?;
+            if let Some(content) = &input.content {
+                for (field, settings) in [
+                    ("deviceContent", &content.device_content),
+                    ("moduleContent", &content.module_content),
+                ] {
+                    if let Some(settings) = settings {
+                        crate::adm::validate(settings, field)?;
+                    }
+                }
             }
             if input.priority.is_some_and(|p| p < 0) {
                 return Err(ApiError::invalid("priority must not be negative"));
@@ -224,6 +244,7 @@ fn put(
                     "the content of a configuration cannot change; create a new configuration",
                 ));
             }
+            check_target_condition(&existing, &input)?;
             existing.target_condition = input.target_condition.or(existing.target_condition);
             existing.priority = input.priority.or(existing.priority);
             existing.labels = input.labels.or(existing.labels);

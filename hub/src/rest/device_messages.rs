@@ -73,8 +73,8 @@ fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Reply, Ap
         let headers = request
             .headers
             .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
-        vec![(properties_of(headers), request.body.to_vec())]
+            .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        vec![(properties_of(headers, "")?, request.body.to_vec())]
     };
     for (properties, payload) in messages {
         let (body, body_base64) = Message::body_of(&payload);
@@ -126,30 +126,57 @@ fn batch(body: &[u8]) -> Result<Vec<Received>, ApiError> {
             let properties = entry
                 .properties
                 .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()));
-            Ok((properties_of(properties), payload))
+                .map(|(name, value)| (name.as_str(), value.as_bytes()));
+            Ok((
+                properties_of(properties, &format!("[{i}].properties."))?,
+                payload,
+            ))
         })
         .collect()
 }
 
 /// A message's system and application properties from its headers (or a batch entry's
-/// `properties`), named as headers are: lower case.
+/// `properties`, `at` naming it in errors), named as headers are: lower case. Over HTTPS,
+/// "property names and values can only contain ASCII alphanumeric characters, plus
+/// {'!', '#', '$', '%', '&', ''', '*', '+', '-', '.', '^', '_', '`', '|', '~'}" (MicrosoftDocs
+/// azure-docs, `articles/iot-hub/iot-hub-devguide-messages-construct.md`): an application property
+/// with another character refuses the message, naming the property.
 fn properties_of<'a>(
-    headers: impl Iterator<Item = (&'a str, &'a str)>,
-) -> BTreeMap<String, Option<String>> {
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    at: &str,
+) -> Result<BTreeMap<String, Option<String>>, ApiError> {
     let mut properties = BTreeMap::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
         let key = match SYSTEM_PROPERTIES.iter().find(|(header, _)| *header == name) {
             Some((_, bag_name)) => (*bag_name).to_owned(),
             None => match name.strip_prefix(APP_PREFIX) {
-                Some(app) if !app.is_empty() => app.to_owned(),
+                Some(app) if !app.is_empty() => {
+                    if !app
+                        .bytes()
+                        .chain(value.iter().copied())
+                        .all(is_property_char)
+                    {
+                        return Err(ApiError::invalid(format!(
+                            "{at}{name}: application property names and values sent over HTTPS \
+                             can only contain ASCII letters, digits and !#$%&'*+-.^_`|~"
+                        )));
+                    }
+                    app.to_owned()
+                }
                 _ => continue,
             },
         };
+        let value = std::str::from_utf8(value)
+            .map_err(|_| ApiError::invalid(format!("{at}{name}: the value is not UTF-8")))?;
         properties.insert(key, Some(value.to_owned()));
     }
-    properties
+    Ok(properties)
+}
+
+/// Whether IoT Hub takes `byte` in an application property sent over HTTPS (HTTP's `tchar`).
+fn is_property_char(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]
@@ -175,8 +202,31 @@ mod tests {
         .collect();
         let pairs = headers
             .iter()
-            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()));
-        assert_eq!(properties_of(pairs), expected);
+            .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        assert_eq!(properties_of(pairs, "").unwrap(), expected);
+    }
+
+    #[test]
+    fn application_properties_outside_the_https_charset_are_refused_naming_them() {
+        let ok = [("iothub-app-a.b~c", &b"x-1_y|z`'*"[..])];
+        assert!(properties_of(ok.into_iter(), "").is_ok());
+        for bad in [
+            ("iothub-app-level", &b"two words"[..]),
+            ("iothub-app-path", b"a/b"),
+            ("iothub-app-k", "\u{e9}t\u{e9}".as_bytes()),
+            ("iothub-app-k:v", b"x"),
+        ] {
+            let error = properties_of([bad].into_iter(), "[3].properties.").unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("[3].properties.{}", bad.0)),
+                "{error}"
+            );
+        }
+        // system properties keep their own formats (a message id may hold ':')
+        let system = [("iothub-messageid", &b"urn:m:1"[..])];
+        assert!(properties_of(system.into_iter(), "").is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod configurations;
 mod device_messages;
+mod digital_twins;
 mod dps;
 mod local;
 mod query;
@@ -381,6 +382,7 @@ async fn dispatch(state: &State, request: Request) -> Result<Reply, ApiError> {
         }
         Some("devices") | Some("statistics") => registry::route(state, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,
+        Some("digitaltwins") => digital_twins::route(hub, &request, &segments).await,
         Some("configurations") => configurations::route(hub, &request, &segments).await,
         Some("edgetwin") => local::route(state, &request, &segments).await,
         _ => Err(not_found(&request)),

@@ -206,12 +206,16 @@ async fn module(
                             let module = registry::create_module(tx, device_id, module_id, input)?;
                             // a new module twin gets what the device's deployment has for it
                             let deployments = deployments::Deployments::load(tx)?;
-                            effects = Effect::desired(deployments::give_new_module_its_content(
+                            let mut changes = deployments::give_new_module_its_content(
                                 tx,
                                 &deployments,
                                 device_id,
                                 module_id,
-                            )?);
+                            )?;
+                            // and what the module configurations targeting it set
+                            changes
+                                .extend(deployments.evaluate_module_configurations(tx, device_id)?);
+                            effects = Effect::desired(changes);
                             module
                         }
                         etag => registry::update_module(

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use edgetwin_wire::rest::{CloudToDeviceMethod, Permission, Twin};
+use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, Permission, Twin};
 use hyper::Method;
 
 use super::{not_found, Reply, Request};
@@ -13,7 +13,7 @@ use crate::deployments;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::registry;
-use crate::store::IdentityKey;
+use crate::store::{IdentityKey, Transaction};
 use crate::twins::{self, UpdateMode};
 use crate::writer::Effect;
 
@@ -46,34 +46,61 @@ async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Rep
         Method::PUT => Some(UpdateMode::Replace),
         _ => return Err(not_found(request)),
     };
-    let connected = hub.live().is_connected(&key.client_id());
     let view = match mode {
-        None => hub.read(|tx| twins::service_view(tx, &key, connected))?,
+        None => {
+            let connected = hub.live().is_connected(&key.client_id());
+            hub.read(|tx| twins::service_view(tx, &key, connected))?
+        }
         Some(mode) => {
             let input: Twin = request.json()?;
-            let if_match = request.if_match.clone();
-            hub.write_with_effects(move |tx| {
-                let change =
-                    twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
-                let mut changes: Vec<_> = change.into_iter().collect();
-                if key.module_id.is_none() {
-                    changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
-                }
-                Ok((
-                    twins::service_view(tx, &key, connected)?,
-                    Effect::desired(changes),
-                ))
-            })
-            .await?
+            update(hub, key, mode, request.if_match.clone(), move |_| Ok(input)).await?
         }
     };
     let etag = view.etag.clone();
     Ok(Reply::ok(view)?.with_etag(etag))
 }
 
+/// Updates `key`'s tags and desired properties by the twin `input` makes from the stored one
+/// (in the same transaction), as a service `PATCH` or `PUT` does, and re-evaluates the
+/// deployments targeting a device; returns the twin as the service sees it.
+pub(super) async fn update(
+    hub: &Arc<Hub>,
+    key: IdentityKey,
+    mode: UpdateMode,
+    if_match: Option<String>,
+    input: impl FnOnce(&Transaction<'_>) -> Result<Twin, ApiError> + Send + 'static,
+) -> Result<Twin, ApiError> {
+    let connected = hub.live().is_connected(&key.client_id());
+    hub.write_with_effects(move |tx| {
+        let input = input(tx)?;
+        let change = twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
+        let mut changes: Vec<_> = change.into_iter().collect();
+        if key.module_id.is_none() {
+            changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
+        } else {
+            let deployments = deployments::Deployments::load(tx)?;
+            changes.extend(deployments.evaluate_module_configurations(tx, &key.device_id)?);
+        }
+        Ok((
+            twins::service_view(tx, &key, connected)?,
+            Effect::desired(changes),
+        ))
+    })
+    .await
+}
+
 async fn method(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Reply, ApiError> {
     request.require(Permission::ServiceConnect)?;
     let call: CloudToDeviceMethod = request.json()?;
+    Reply::ok(invoke(hub, &key, call).await?)
+}
+
+/// Invokes a direct method on `key` once it is known to exist.
+pub(super) async fn invoke(
+    hub: &Arc<Hub>,
+    key: &IdentityKey,
+    call: CloudToDeviceMethod,
+) -> Result<CloudToDeviceMethodResult, ApiError> {
     hub.read(|tx| match &key.module_id {
         None => tx
             .device(&key.device_id)?
@@ -84,5 +111,5 @@ async fn method(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<R
             .map(drop)
             .ok_or_else(|| registry::module_not_found(&key.device_id, m)),
     })?;
-    Reply::ok(hub.invoke_method(&key, call).await?)
+    hub.invoke_method(key, call).await
 }
