@@ -199,3 +199,34 @@ def test_reprovisioning_keeps_the_twin_or_resets_it_as_the_policy_says(hub, dps,
         _, again = register_over_https(hub, dps.id_scope, registration_id, key)
         assert again.json()["registrationState"]["substatus"] == substatus
         assert registry_manager.get_twin(registration_id).properties.desired["interval"] == interval
+
+
+def test_provision_dps_writes_one_private_aziot_config_per_device_whose_key_registers(hub, dps, tmp_path):
+    import os
+    import subprocess
+    import tomllib
+
+    group_id = unique_id("fleet")
+    prefix = unique_id("pi") + "-"
+    out = tmp_path / "fleet"
+    done = subprocess.run(
+        [hub.binary, "provision", "--dps", "--count", "3", "--prefix", prefix, "--out", str(out),
+         "--enrollment-group", group_id, "--id-scope", dps.id_scope,
+         "--global-endpoint", f"https://{hub.host}", "--ca-file", hub.ca_path],
+        env=dict(os.environ, DPS_CONNECTION_STRING=dps.info["connectionString"]),
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    files = sorted(out.glob("*/config.toml"))
+    assert [f.parent.name for f in files] == [f"{prefix}{n}" for n in (1, 2, 3)]
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    config = tomllib.loads(files[0].read_text())
+    assert config["provisioning"]["source"] == "dps"
+    assert config["provisioning"]["global_endpoint"] == f"https://{hub.host}"
+    assert config["provisioning"]["id_scope"] == dps.id_scope
+    attestation = config["provisioning"]["attestation"]
+    assert attestation["method"] == "symmetric_key"
+    group = dps.call("POST", f"enrollmentGroups/{group_id}/attestationmechanism").json()
+    key = attestation["symmetric_key"]["value"]
+    assert key == derive(group["symmetricKey"]["primaryKey"], attestation["registration_id"])
+    _, polled = register_over_https(hub, dps.id_scope, attestation["registration_id"], key)
+    assert polled.json()["status"] == "assigned", polled.text
