@@ -316,13 +316,14 @@ pub struct Attested {
 /// case), unexpired, its `skn` absent or `registration` (Microsoft documents `registration`; the
 /// Python device SDK sends none), and signed with the key of the registration id's individual
 /// enrollment if it has one, otherwise with a key derived from an enrollment group's. Every refusal is 401002
-/// `Unauthorized`, the reason logged.
+/// `Unauthorized`, the reason logged; the token expires by `now_unix`.
 pub fn attest(
     tx: &Transaction<'_>,
     service: &Service,
     id_scope: &str,
     registration_id: &str,
     token: &SasToken,
+    now_unix: u64,
 ) -> Result<Attested, DpsError> {
     let refuse = |why: &str| {
         tracing::info!(registration_id, reason = why, "DPS registration refused");
@@ -338,7 +339,7 @@ pub fn attest(
     {
         return Err(refuse("sr is not {idScope}/registrations/{registrationId}"));
     }
-    if token.is_expired(ids::now_unix(), 0) {
+    if token.is_expired(now_unix, 0) {
         return Err(refuse("token expired"));
     }
     let attested = |group: Option<String>| Attested {
@@ -595,4 +596,95 @@ fn uuid_like() -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+    use edgetwin_wire::sas::generate_token;
+    use edgetwin_wire::Secret;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn token(key: &Secret, scope: &str, id: &str, skn: Option<&str>, expiry: u64) -> SasToken {
+        let resource = dps::registration_resource(scope, id);
+        let text = generate_token(key, &resource, expiry, skn).unwrap();
+        SasToken::parse(text.expose()).unwrap()
+    }
+
+    #[test]
+    fn a_token_attests_by_its_individual_enrollment_first_then_by_a_groups_derived_key() {
+        let (mut store, dir) = temp_store("dps-attest");
+        store
+            .transaction(|tx| {
+                let service = Service::open(tx)?;
+                let scope = service.id_scope().to_owned();
+                let group: EnrollmentGroup = serde_json::from_value(serde_json::json!({
+                    "attestation": {"type": "symmetricKey"}
+                }))
+                .unwrap();
+                let group = put(tx, "fleet", group, None, Put::Create, "hub").unwrap();
+                let group_key = group.common.attestation.keys().unwrap().0.clone();
+                let individual: IndividualEnrollment = serde_json::from_value(serde_json::json!({
+                    "attestation": {"type": "symmetricKey"}
+                }))
+                .unwrap();
+                let individual = put(tx, "solo", individual, None, Put::Create, "hub").unwrap();
+                let solo_key = individual.common.attestation.keys().unwrap().1.clone();
+                let derived = dps::derive_device_key(&group_key, "pi-1").unwrap();
+                let check = |id: &str, token: &SasToken, now: u64| {
+                    attest(tx, &service, &scope, id, token, now).map(|a| a.group)
+                };
+                let ok = token(&derived, &scope, "pi-1", Some("registration"), NOW + 60);
+                assert_eq!(check("pi-1", &ok, NOW), Ok(Some("fleet".to_owned())));
+                let python = token(&derived, &scope, "pi-1", None, NOW + 60);
+                assert_eq!(check("pi-1", &python, NOW), Ok(Some("fleet".to_owned())));
+                let secondary = token(&solo_key, &scope, "solo", None, NOW + 60);
+                assert_eq!(check("solo", &secondary, NOW), Ok(None));
+                // the group's key is not the individual enrollment's: refused, not tried on groups
+                let solo_by_group = dps::derive_device_key(&group_key, "solo").unwrap();
+                let refused = token(&solo_by_group, &scope, "solo", None, NOW + 60);
+                assert_eq!(check("solo", &refused, NOW).unwrap_err().code, 401002);
+                let expired = token(&derived, &scope, "pi-1", None, NOW - 1);
+                assert_eq!(check("pi-1", &expired, NOW).unwrap_err().code, 401002);
+                let other_id = token(&derived, &scope, "pi-2", None, NOW + 60);
+                assert_eq!(check("pi-2", &other_id, NOW).unwrap_err().code, 401002);
+                let elsewhere = token(&derived, "0ne00000000", "pi-1", None, NOW + 60);
+                let unknown = attest(tx, &service, "0ne00000000", "pi-1", &elsewhere, NOW);
+                assert_eq!(unknown.unwrap_err().code, 401002);
+                let policy = token(&derived, &scope, "pi-1", Some("iothubowner"), NOW + 60);
+                assert_eq!(check("pi-1", &policy, NOW).unwrap_err().code, 401002);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_id_scope_and_policy_are_made_once_and_kept() {
+        let (mut store, dir) = temp_store("dps-scope");
+        let first = store.transaction(Service::open).unwrap();
+        let again = store.transaction(Service::open).unwrap();
+        assert_eq!(first.id_scope(), again.id_scope());
+        assert!(first.id_scope().starts_with("0ne") && first.id_scope().len() == 11);
+        assert_eq!(first.policy().primary_key, again.policy().primary_key);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_oldest_operations_are_forgotten_past_the_cap_and_each_is_its_registrations() {
+        let operations = Operations::default();
+        let status = |id: &str| RegistrationOperationStatus {
+            operation_id: id.to_owned(),
+            status: "assigned".into(),
+            registration_state: None,
+        };
+        for n in 0..=MAX_OPERATIONS {
+            operations.record("d", status(&n.to_string()));
+        }
+        assert!(operations.get("d", "0").is_none());
+        assert!(operations.get("d", "1").is_some());
+        assert!(operations.get("other", "1").is_none());
+    }
 }

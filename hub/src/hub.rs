@@ -289,6 +289,7 @@ impl Hub {
                 id_scope,
                 registration_id,
                 token,
+                ids::now_unix(),
             ))
         })?
     }
