@@ -182,7 +182,7 @@ async fn route(hub: &Hub, request: &Request) -> Result<Reply, DpsError> {
 
 /// The routes of one record kind: `PUT`/`GET`/`DELETE /{kind}/{id}`, `POST /{kind}/query`,
 /// `POST /{kind}/{id}/attestationmechanism`.
-async fn record<R: Record + Serialize + Clone>(
+async fn record<R: Record>(
     hub: &Hub,
     request: &Request,
     rest: &[&str],
@@ -329,6 +329,8 @@ async fn bulk(hub: &Hub, request: &Request) -> Result<Reply, DpsError> {
     )
 }
 
+/// A bulk item's error is its registration id and why; a savepoint the store could not take
+/// fails the whole request, for no item in particular.
 impl From<crate::store::StoreError> for (String, DpsError) {
     fn from(error: crate::store::StoreError) -> Self {
         (String::new(), error.into())
