@@ -125,6 +125,8 @@ pub struct Hub {
     policies: Vec<PolicyRecord>,
     /// The local Device Provisioning Service (id scope, policy, operations).
     dps: crate::dps::Service,
+    /// Wakes the job runner when a job is created or cancelled.
+    jobs_changed: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -169,6 +171,7 @@ impl Hub {
             messages: MessageLog::default(),
             policies,
             dps,
+            jobs_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -200,6 +203,11 @@ impl Hub {
     /// The log of telemetry and module outputs.
     pub fn messages(&self) -> &MessageLog {
         &self.messages
+    }
+
+    /// Notified when a scheduled job is created or cancelled (the job runner waits on it).
+    pub fn jobs_changed(&self) -> &tokio::sync::Notify {
+        &self.jobs_changed
     }
 
     /// One page of `query` (whose text is `text`), at most `max_item_count` rows after the
@@ -521,6 +529,30 @@ impl Hub {
             }
         }
     }
+}
+
+/// A service `PATCH` (merge) or `PUT` (replace) of the twin `key` in `tx`, then the deployments
+/// and configurations that now target its device or module: the desired changes to tell the
+/// clients about. The one write path of `/twins/{id}` and of twin jobs.
+pub fn update_twin(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+    input: edgetwin_wire::rest::Twin,
+    mode: twins::UpdateMode,
+    if_match: Option<&str>,
+) -> Result<Vec<DesiredChange>, ApiError> {
+    let change = twins::update_from_service(tx, key, input, mode, if_match)?;
+    let mut changes: Vec<_> = change.into_iter().collect();
+    if key.module_id.is_none() {
+        changes.extend(crate::deployments::evaluate_devices(
+            tx,
+            [key.device_id.as_str()],
+        )?);
+    } else {
+        let deployments = crate::deployments::Deployments::load(tx)?;
+        changes.extend(deployments.evaluate_module_configurations(tx, &key.device_id)?);
+    }
+    Ok(changes)
 }
 
 /// Who a service request comes from.

@@ -38,16 +38,21 @@ pub fn tracking_id() -> String {
 
 /// Now in ISO 8601 UTC with 7 fractional digits, as IoT Hub writes twin metadata.
 pub fn now_iso() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    iso(time::OffsetDateTime::now_utc())
+}
+
+/// `at` in ISO 8601 UTC with 7 fractional digits, as IoT Hub writes times.
+pub fn iso(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.nanosecond() / 100
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.nanosecond() / 100
     )
 }
 

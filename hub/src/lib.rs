@@ -11,8 +11,8 @@
 //!   readers and the CA), fed by the writer's after-commit hook;
 //! - the **core**, `hub::Hub` (no pub fields): the store's `writer` (whose result carries each
 //!   write's effects, applied in commit order), readers, `queries`, `live` connections,
-//!   `methods`, `messages`, policies; its domain below it: `registry`, `twins`, `deployments`,
-//!   `adm`, `layers`, `store`;
+//!   `methods`, `messages`, policies, and beside it the `job_runner` that runs scheduled jobs;
+//!   its domain below it: `registry`, `twins`, `deployments`, `adm`, `layers`, `jobs`, `store`;
 //! - **leaves** at the bottom: `http`, `listener`, `error`, `ids`, `certs`, `x509` (client
 //!   certificates), `data_lock`.
 //!
@@ -33,6 +33,8 @@ mod http;
 mod https;
 mod hub;
 mod ids;
+mod job_runner;
+mod jobs;
 mod layers;
 mod listener;
 mod live;
@@ -482,6 +484,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             limits,
             shutdown.clone(),
         )),
+        tokio::spawn(job_runner::run(hub.clone(), shutdown.clone())),
         tokio::spawn(https::serve(
             https_listener,
             acceptor,

@@ -1,5 +1,6 @@
 //! Queries in IoT Hub's query language ([`edgetwin_wire::query`]) over the device or module
-//! twins of the store, one page at a time (the REST route, `rest/query.rs`, reads the request and
+//! twins of the store, or devices' parts in scheduled jobs (`FROM devices.jobs`), one page at a
+//! time (the REST route, `rest/query.rs`, reads the request and
 //! writes the headers). Depends on the store, twins and live connections only; never on a door.
 //!
 //! Queries have read connections of their own ([`Queries`]), at most one query a slot: however
@@ -92,12 +93,8 @@ impl Queries {
             self.grouped_page(live, query, &cursor, size, Instant::now())
                 .await?
         } else {
-            let after = cursor
-                .after
-                .as_deref()
-                .map(|order| key_of(query.from, order))
-                .transpose()?;
-            self.read(|tx| query.page(documents(live, tx, query.from, after), &cursor, size))
+            let after = cursor.after.as_deref();
+            self.read(|tx| query.page(documents(live, tx, query.from, after)?, &cursor, size))
                 .await?
         };
         Ok((
@@ -123,7 +120,7 @@ impl Queries {
         }
         let rows = self
             .read(|tx| {
-                let twins = documents(live, tx, query.from, None).map(|item| item.map(|(_, d)| d));
+                let twins = documents(live, tx, query.from, None)?.map(|item| item.map(|(_, d)| d));
                 query.count_rows(twins)
             })
             .await?;
@@ -180,7 +177,7 @@ impl Queries {
                 let rows = queries
                     .read(|tx| {
                         let twins =
-                            documents(live, tx, query.from, None).map(|item| item.map(|(_, d)| d));
+                            documents(live, tx, query.from, None)?.map(|item| item.map(|(_, d)| d));
                         query.aggregate(twins)
                     })
                     .await?;
@@ -209,17 +206,81 @@ impl Queries {
     }
 }
 
-/// Each twin of `from` after `after`, with its key, read as they are consumed.
+/// A document of a collection with its place in the collection's order.
+type Keyed = Result<(Vec<String>, Value), ApiError>;
+
+/// Each document of `from` after the place `after` (a continuation token's), with its place,
+/// read as they are consumed: twins, or devices' parts in jobs.
 fn documents<'t>(
     live: &'t LiveConnections,
     tx: &'t Transaction<'t>,
     from: Collection,
-    after: Option<IdentityKey>,
-) -> impl Iterator<Item = Result<(Vec<String>, Value), ApiError>> + 't {
-    Keys::new(tx, from, after).map(move |key| {
+    after: Option<&[String]>,
+) -> Result<Box<dyn Iterator<Item = Keyed> + 't>, ApiError> {
+    if from == Collection::Jobs {
+        return Ok(Box::new(DeviceJobs::new(tx, after)?));
+    }
+    let after = after.map(|order| key_of(from, order)).transpose()?;
+    Ok(Box::new(Keys::new(tx, from, after).map(move |key| {
         let key = key?;
         Ok((order_of(&key), view(live, tx, &key)?))
-    })
+    })))
+}
+
+/// Devices' parts in jobs by job then device, read from the store a chunk at a time.
+struct DeviceJobs<'t> {
+    /// The open read transaction.
+    tx: &'t Transaction<'t>,
+    /// The last (job, device) handed out; the next read starts after it.
+    after: Option<(String, String)>,
+    /// Records read and not yet handed out.
+    buffer: std::vec::IntoIter<edgetwin_wire::job::DeviceJob>,
+    /// The store has no records left after `after`.
+    exhausted: bool,
+}
+
+impl<'t> DeviceJobs<'t> {
+    fn new(tx: &'t Transaction<'t>, after: Option<&[String]>) -> Result<Self, ApiError> {
+        let after = match after {
+            None => None,
+            Some([job, device]) => Some((job.clone(), device.clone())),
+            Some(_) => return Err(ApiError::invalid(BadContinuation.to_string())),
+        };
+        Ok(Self {
+            tx,
+            after,
+            buffer: Vec::new().into_iter(),
+            exhausted: false,
+        })
+    }
+}
+
+impl Iterator for DeviceJobs<'_> {
+    type Item = Keyed;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.len() == 0 && !self.exhausted {
+            let after = self.after.as_ref().map(|(j, d)| (j.as_str(), d.as_str()));
+            match self.tx.device_jobs(after, KEYS_PER_READ) {
+                Ok(records) => {
+                    self.exhausted = records.len() < KEYS_PER_READ;
+                    self.buffer = records.into_iter();
+                }
+                Err(e) => {
+                    self.exhausted = true;
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+        let record = self.buffer.next()?;
+        let order = vec![record.job_id.clone(), record.device_id.clone()];
+        self.after = Some((record.job_id.clone(), record.device_id.clone()));
+        Some(
+            serde_json::to_value(record)
+                .map(|doc| (order, doc))
+                .map_err(|e| ApiError::new(ErrorCode::ServerError, e.to_string())),
+        )
+    }
 }
 
 /// Row counts by query text, each with the store's commit count it was taken at and when: at

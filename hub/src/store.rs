@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use edgetwin_wire::job::{DeviceJob, DeviceJobStatistics, DeviceJobStatus, JobResponse};
 use edgetwin_wire::rest::{
     Configuration, ConfigurationMetrics, Device, Module, APPLIED_COUNT, REPORTED_FAILED_COUNT,
     REPORTED_SUCCESSFUL_COUNT, TARGETED_COUNT,
@@ -193,6 +194,12 @@ CREATE TABLE IF NOT EXISTS dps_enrollments (id TEXT PRIMARY KEY, record TEXT NOT
 CREATE TABLE IF NOT EXISTS dps_groups (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dps_registrations (
     id TEXT PRIMARY KEY, group_id TEXT, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, job_type TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_devices (
+    job_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (job_id, device_id)) WITHOUT ROWID;
 ";
 
 /// The Device Provisioning Service's records, each a JSON document keyed by its id.
@@ -980,6 +987,146 @@ impl Transaction<'_> {
             )?;
         }
         Ok(())
+    }
+
+    /// The scheduled job `job_id`, with its statistics counted from its devices' records.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobResponse>, StoreError> {
+        self.get_doc(
+            "SELECT record FROM jobs WHERE job_id = ?1",
+            params![job_id],
+            || format!("job {job_id}"),
+        )?
+        .map(|job| self.with_statistics(job))
+        .transpose()
+    }
+
+    /// Up to `limit` scheduled jobs after the id `after`, by id, of `job_type` and in `status`
+    /// if given, with their statistics.
+    pub fn jobs(
+        &self,
+        job_type: Option<&str>,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobResponse>, StoreError> {
+        let jobs: Vec<JobResponse> = self.list_docs(
+            "SELECT job_id, record FROM jobs
+             WHERE (?1 IS NULL OR job_type = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR job_id > ?3)
+             ORDER BY job_id LIMIT ?4",
+            params![job_type, status, after, limit as i64],
+            "job",
+        )?;
+        jobs.into_iter().map(|j| self.with_statistics(j)).collect()
+    }
+
+    /// Every job not over yet (queued, scheduled or running), as stored.
+    pub fn active_jobs(&self) -> Result<Vec<JobResponse>, StoreError> {
+        self.list_docs(
+            "SELECT job_id, record FROM jobs
+             WHERE status IN ('queued', 'scheduled', 'running') ORDER BY job_id",
+            [],
+            "job",
+        )
+    }
+
+    /// Stores a scheduled job (its statistics are counted when it is read).
+    pub fn put_job(&self, job: &JobResponse) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO jobs (job_id, job_type, status, record) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                job.job_id,
+                job.job_type.name(),
+                job.status.name(),
+                encode(job)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores one device's part in a job.
+    pub fn put_device_job(&self, record: &DeviceJob) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO job_devices (job_id, device_id, status, record)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                record.job_id,
+                record.device_id,
+                record.status.name(),
+                encode(record)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` devices of `job_id` in `status` after the device `after`, by id.
+    pub fn job_devices_in(
+        &self,
+        job_id: &str,
+        status: DeviceJobStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT device_id FROM job_devices
+             WHERE job_id = ?1 AND status = ?2 AND (?3 IS NULL OR device_id > ?3)
+             ORDER BY device_id LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![job_id, status.name(), after, limit as i64], |row| {
+            row.get(0)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves every device of `job_id` in status `from` to the record `to` makes of it.
+    pub fn move_job_devices(
+        &self,
+        job_id: &str,
+        from: DeviceJobStatus,
+        to: impl Fn(&str) -> DeviceJob,
+    ) -> Result<usize, StoreError> {
+        let devices = self.job_devices_in(job_id, from, None, i64::MAX as usize)?;
+        for device_id in &devices {
+            self.put_device_job(&to(device_id))?;
+        }
+        Ok(devices.len())
+    }
+
+    /// The records of up to `limit` devices' parts in jobs after the (job, device) `after`, by
+    /// job then device (`FROM devices.jobs`).
+    pub fn device_jobs(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<DeviceJob>, StoreError> {
+        let (job, device) = after.unzip();
+        self.list_docs(
+            "SELECT job_id || '/' || device_id, record FROM job_devices
+             WHERE ?1 IS NULL OR (job_id, device_id) > (?1, ?2)
+             ORDER BY job_id, device_id LIMIT ?3",
+            params![job, device, limit as i64],
+            "device job",
+        )
+    }
+
+    /// `job` with its statistics counted from its devices' records.
+    fn with_statistics(&self, mut job: JobResponse) -> Result<JobResponse, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT status, count(*) FROM job_devices WHERE job_id = ?1 GROUP BY status",
+        )?;
+        let rows = stmt.query_map(params![job.job_id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (status, count) = row?;
+            let status: DeviceJobStatus = decode(&format!("\"{status}\""), || {
+                format!("the device statuses of job {}", job.job_id)
+            })?;
+            counts.push((status, count));
+        }
+        job.device_job_statistics = DeviceJobStatistics::count(&counts);
+        Ok(job)
     }
 
     /// Every shared access policy.

@@ -424,6 +424,72 @@ def test_digital_twins_from_the_cli_show_update_and_command_a_plug_and_play_devi
     # The CLI prints the x-ms-command-statuscode header as it reads it: a string.
     assert json.loads(out) == {"payload": {"max": 30}, "status": "200"}
 
+
+def test_a_twin_job_from_the_cli_runs_over_its_query_and_reports_its_status(az, registry_manager, make_device):
+    selected, other = make_device(), make_device()
+    job_id = unique_id("azjob")
+    job = ok(az("iot", "hub", "job", "create", "--job-id", job_id, "--job-type", "scheduleUpdateTwin",
+                "-q", f"deviceId = '{selected.device_id}'",
+                "--twin-patch", '{"tags": {"floor": 3}, "properties": {"desired": {"mode": "eco"}}}',
+                "--ttl", "60", "--wait", "--poll-interval", "1"))
+    assert (job["jobId"], job["type"], job["status"]) == (job_id, "scheduleUpdateTwin", "completed")
+    assert job["deviceJobStatistics"]["succeededCount"] == 1
+    assert job["maxExecutionTimeInSeconds"] == 60
+    twin = registry_manager.get_twin(selected.device_id)
+    assert (twin.tags["floor"], twin.properties.desired["mode"]) == (3, "eco")
+    assert "mode" not in registry_manager.get_twin(other.device_id).properties.desired
+    assert job["endTime"] >= job["startTime"] >= job["createdTime"][:19]
+
+
+def test_a_method_job_from_the_cli_is_answered_by_the_device(az, make_device, raw_mqtt):
+    device = make_device()
+    client = raw_mqtt(device)
+    assert client.connect() == 0
+    client.subscribe("$iothub/methods/POST/#")
+    running = az.start("iot", "hub", "job", "create", "--job-id", unique_id("azmethod"),
+                       "--job-type", "scheduleDeviceMethod", "-q", f"deviceId = '{device.device_id}'",
+                       "--method-name", "reboot", "--method-payload", '{"delay": 5}',
+                       "--wait", "--poll-interval", "1")
+    topic, payload = _answer_one_method(client, 200, b'{"rebooting": true}')
+    out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert topic.startswith("$iothub/methods/POST/reboot/")
+    assert json.loads(payload) == {"delay": 5}
+    job = json.loads(out)
+    assert job["status"] == "completed"
+    assert job["cloudToDeviceMethod"]["methodName"] == "reboot"
+    assert job["deviceJobStatistics"]["succeededCount"] == 1
+
+
+def test_a_job_scheduled_from_the_cli_is_listed_and_can_be_cancelled(az, make_device):
+    device = make_device()
+    job_id = unique_id("azlater")
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    job = ok(az("iot", "hub", "job", "create", "--job-id", job_id, "--job-type", "scheduleUpdateTwin",
+                "-q", f"deviceId = '{device.device_id}'", "--twin-patch", '{"tags": {"late": true}}',
+                "--start", later))
+    assert job["status"] == "scheduled"
+    assert job["startTime"].startswith(later[:19])
+    scheduled = ok(az("iot", "hub", "job", "list", "--job-type", "scheduleUpdateTwin",
+                      "--job-status", "scheduled"))
+    assert job_id in [j["jobId"] for j in scheduled]
+    # without a type the CLI also lists the import and export jobs (GET /jobs): there are none
+    assert job_id in [j["jobId"] for j in ok(az("iot", "hub", "job", "list"))]
+    assert ok(az("iot", "hub", "job", "cancel", "--job-id", job_id))["status"] == "cancelled"
+    assert ok(az("iot", "hub", "job", "show", "--job-id", job_id))["status"] == "cancelled"
+
+
+def test_a_bad_job_from_the_cli_fails_naming_the_field(az):
+    code, _, err = az("iot", "hub", "job", "create", "--job-id", unique_id("azbad"),
+                      "--job-type", "scheduleUpdateTwin", "-q", "tags.floor =",
+                      "--twin-patch", '{"tags": {"a": 1}}')
+    assert code != 0
+    assert "queryCondition" in err
+    code, _, err = az("iot", "hub", "job", "show", "--job-id", unique_id("nojob"))
+    assert code != 0
+    assert "JobNotFound" in err
+
+
 def test_dps_enrollments_and_groups_round_trip_through_the_cli_with_the_dps_connection_string(az, hub):
     # `--login` with the DPS connection string `edgetwin hub` prints (docs/dps.md); GET hides the
     # keys, so `--show-keys` reads them from the attestation mechanism, as on DPS

@@ -10,9 +10,8 @@ import requests
 from azure.iot.device import Message
 from azure.iot.hub import IoTHubConfigurationManager
 from azure.iot.hub.models import Configuration, ConfigurationContent, QuerySpecification
-from msrest.exceptions import HttpOperationError
 
-from conftest import http_status, unique_id
+from conftest import unique_id
 from test_routes import _apply_routes, _module
 
 API = {"api-version": "2021-04-12"}
@@ -58,14 +57,14 @@ def test_amqp_and_so_cloud_to_device_messages_are_not_served(hub):
         socket.create_connection(("127.0.0.1", 5671), timeout=2).close()
 
 
-def test_jobs_and_queries_of_devices_jobs_are_not_served(hub, registry_manager):
-    r = requests.get(f"{hub.rest_url}/jobs/v2/query", params=API,
-                     headers={"Authorization": hub.service_token()}, verify=hub.ca_path, timeout=10)
-    assert r.status_code in (400, 404), r.text
-    with pytest.raises(HttpOperationError) as err:
-        registry_manager.query_iot_hub(QuerySpecification(query="SELECT * FROM devices.jobs"))
-    assert http_status(err.value) == 400
-    assert "devices.jobs is not served" in err.value.response.text
+def test_import_and_export_jobs_are_not_served(hub):
+    auth = {"Authorization": hub.service_token()}
+    created = requests.post(f"{hub.rest_url}/jobs/create", params=API, headers=auth, verify=hub.ca_path,
+                            json={"type": "export", "outputBlobContainerUri": "https://x/y"}, timeout=10)
+    assert created.status_code == 400
+    assert "import and export jobs" in created.json()["Message"]
+    listed = requests.get(f"{hub.rest_url}/jobs", params=API, headers=auth, verify=hub.ca_path, timeout=10)
+    assert listed.status_code == 200 and listed.json() == []
 
 
 def test_an_unknown_route_is_a_400_argument_invalid_in_iot_hubs_envelope(hub):

@@ -15,6 +15,7 @@ pub mod digital_twin;
 pub mod dps;
 pub mod edge;
 pub mod ids;
+pub mod job;
 pub mod query;
 pub mod report;
 pub mod rest;

@@ -714,6 +714,8 @@ pub enum ErrorCode {
     IotHubQuotaExceeded,
     /// 404001.
     DeviceNotFound,
+    /// 404002 (number from the .NET SDK enum; unconfirmed on the wire).
+    JobNotFound,
     /// 404010.
     ModuleNotFound,
     /// 404103.
@@ -726,6 +728,9 @@ pub enum ErrorCode {
     ModuleAlreadyExistsOnDevice,
     /// 409302 (number from the .NET SDK enum; unconfirmed on the wire).
     ConfigurationAlreadyExists,
+    /// 409 for a scheduled job's id already taken (name and number unconfirmed: no SDK lists
+    /// one; 409 as for every other id already taken).
+    JobAlreadyExists,
     /// 412001.
     PreconditionFailed,
     /// 413001.
@@ -744,7 +749,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::ArgumentInvalid,
         ErrorCode::ArgumentNull,
         ErrorCode::IotHubFormatError,
@@ -757,12 +762,14 @@ impl ErrorCode {
         ErrorCode::SystemModuleModifyUnauthorizedAccess,
         ErrorCode::IotHubQuotaExceeded,
         ErrorCode::DeviceNotFound,
+        ErrorCode::JobNotFound,
         ErrorCode::ModuleNotFound,
         ErrorCode::DeviceNotOnline,
         ErrorCode::ConfigurationNotFound,
         ErrorCode::DeviceAlreadyExists,
         ErrorCode::ModuleAlreadyExistsOnDevice,
         ErrorCode::ConfigurationAlreadyExists,
+        ErrorCode::JobAlreadyExists,
         ErrorCode::PreconditionFailed,
         ErrorCode::MessageTooLarge,
         ErrorCode::TooManyDevices,
@@ -791,12 +798,14 @@ impl ErrorCode {
             }
             ErrorCode::IotHubQuotaExceeded => "IotHubQuotaExceeded",
             ErrorCode::DeviceNotFound => "DeviceNotFound",
+            ErrorCode::JobNotFound => "JobNotFound",
             ErrorCode::ModuleNotFound => "ModuleNotFound",
             ErrorCode::DeviceNotOnline => "DeviceNotOnline",
             ErrorCode::ConfigurationNotFound => "ConfigurationNotFound",
             ErrorCode::DeviceAlreadyExists => "DeviceAlreadyExists",
             ErrorCode::ModuleAlreadyExistsOnDevice => "ModuleAlreadyExistsOnDevice",
             ErrorCode::ConfigurationAlreadyExists => "ConfigurationAlreadyExists",
+            ErrorCode::JobAlreadyExists => "JobAlreadyExists",
             ErrorCode::PreconditionFailed => "PreconditionFailed",
             ErrorCode::MessageTooLarge => "MessageTooLarge",
             ErrorCode::TooManyDevices => "TooManyDevices",
@@ -822,12 +831,14 @@ impl ErrorCode {
             ErrorCode::SystemModuleModifyUnauthorizedAccess => 401005,
             ErrorCode::IotHubQuotaExceeded => 403002,
             ErrorCode::DeviceNotFound => 404001,
+            ErrorCode::JobNotFound => 404002,
             ErrorCode::ModuleNotFound => 404010,
             ErrorCode::ConfigurationNotFound => 404012,
             ErrorCode::DeviceNotOnline => 404103,
             ErrorCode::DeviceAlreadyExists => 409001,
             ErrorCode::ModuleAlreadyExistsOnDevice => 409301,
             ErrorCode::ConfigurationAlreadyExists => 409302,
+            ErrorCode::JobAlreadyExists => 409303,
             ErrorCode::PreconditionFailed => 412001,
             ErrorCode::MessageTooLarge => 413001,
             ErrorCode::TooManyDevices => 413002,

@@ -182,11 +182,7 @@ async fn route(hub: &Hub, request: &Request) -> Result<Reply, DpsError> {
 
 /// The routes of one record kind: `PUT`/`GET`/`DELETE /{kind}/{id}`, `POST /{kind}/query`,
 /// `POST /{kind}/{id}/attestationmechanism`.
-async fn record<R: Record>(
-    hub: &Hub,
-    request: &Request,
-    rest: &[&str],
-) -> Result<Reply, DpsError> {
+async fn record<R: Record>(hub: &Hub, request: &Request, rest: &[&str]) -> Result<Reply, DpsError> {
     let method = &request.method;
     match rest {
         ["query"] if method == Method::POST => {

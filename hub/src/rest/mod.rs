@@ -7,6 +7,7 @@ mod configurations;
 mod device_messages;
 mod digital_twins;
 mod dps;
+mod jobs;
 mod local;
 mod query;
 mod registry;
@@ -384,6 +385,7 @@ async fn dispatch(state: &State, request: Request) -> Result<Reply, ApiError> {
         Some("twins") => twins::route(hub, &request, &segments).await,
         Some("digitaltwins") => digital_twins::route(hub, &request, &segments).await,
         Some("configurations") => configurations::route(hub, &request, &segments).await,
+        Some("jobs") => jobs::route(hub, &request, &segments).await,
         Some("edgetwin") => local::route(state, &request, &segments).await,
         _ => Err(not_found(&request)),
     }

@@ -9,9 +9,8 @@ use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, Permis
 use hyper::Method;
 
 use super::{not_found, Reply, Request};
-use crate::deployments;
 use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::hub::{update_twin, Hub};
 use crate::registry;
 use crate::store::{IdentityKey, Transaction};
 use crate::twins::{self, UpdateMode};
@@ -62,7 +61,8 @@ async fn twin(hub: &Arc<Hub>, request: &Request, key: IdentityKey) -> Result<Rep
 
 /// Updates `key`'s tags and desired properties by the twin `input` makes from the stored one
 /// (in the same transaction), as a service `PATCH` or `PUT` does, and re-evaluates the
-/// deployments targeting a device; returns the twin as the service sees it.
+/// deployments and configurations targeting it ([`update_twin`], the write path twin jobs
+/// share); returns the twin as the service sees it.
 pub(super) async fn update(
     hub: &Arc<Hub>,
     key: IdentityKey,
@@ -73,14 +73,7 @@ pub(super) async fn update(
     let connected = hub.live().is_connected(&key.client_id());
     hub.write_with_effects(move |tx| {
         let input = input(tx)?;
-        let change = twins::update_from_service(tx, &key, input, mode, if_match.as_deref())?;
-        let mut changes: Vec<_> = change.into_iter().collect();
-        if key.module_id.is_none() {
-            changes.extend(deployments::evaluate_devices(tx, [key.device_id.as_str()])?);
-        } else {
-            let deployments = deployments::Deployments::load(tx)?;
-            changes.extend(deployments.evaluate_module_configurations(tx, &key.device_id)?);
-        }
+        let changes = update_twin(tx, &key, input, mode, if_match.as_deref())?;
         Ok((
             twins::service_view(tx, &key, connected)?,
             Effect::desired(changes),

@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const { Client } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const { DigitalTwinClient, IoTHubTokenCredentials } = require('azure-iothub');
-const { serviceConnectionString, registryWithCleanup, identityConnectionString } = require('./hub');
+const { serviceConnectionString, waitFor, registryWithCleanup, identityConnectionString } = require('./hub');
 
 const fixture = registryWithCleanup();
 const { registry } = fixture;
@@ -47,8 +47,10 @@ test('a device announcing its model id has it in its twin and its digital twin, 
   client.onDeviceMethod('thermostat1*getMaxMinReport', (request, response) => {
     response.send(200, { since: request.payload.since, max: 30 }, () => {});
   });
-  const answer = await digitalTwins.invokeComponentCommand(device.deviceId, 'thermostat1', 'getMaxMinReport',
-    { since: 5 }, { responseTimeoutInSeconds: 10 });
+  // The SDK subscribes to methods in the background: until it has, the command is refused
+  // (404 DeviceNotOnline).
+  const answer = await waitFor(() => digitalTwins.invokeComponentCommand(device.deviceId, 'thermostat1',
+    'getMaxMinReport', { since: 5 }, { responseTimeoutInSeconds: 10 }), 'the command answer');
   // The device's payload is the body, its status the x-ms-command-statuscode header.
   assert.deepEqual(answer.body, { since: 5, max: 30 });
   assert.equal(answer.xMsCommandStatuscode, 200);

@@ -131,6 +131,9 @@ pub enum Collection {
     Devices,
     /// `FROM devices.modules`: module twins.
     Modules,
+    /// `FROM devices.jobs`: each device's part in each scheduled job (paths in the condition
+    /// are written `devices.jobs.<property>`).
+    Jobs,
 }
 
 /// An aggregate function of the SELECT list.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::ast::{Aggregate, Projected, Projection, Query, Select};
+use super::ast::{Aggregate, Collection, Projected, Projection, Query, Select};
 use super::eval::{holds, json_number, lookup};
 use super::page::{BadContinuation, Cursor};
 
@@ -30,6 +30,9 @@ pub enum ItemType {
     Twin,
     /// Projections and aggregates: plain JSON objects.
     Raw,
+    /// Devices' parts in jobs (`SELECT * FROM devices.jobs`; the .NET SDK's `QueryResultType`
+    /// names it `deviceJob`).
+    DeviceJob,
 }
 
 impl ItemType {
@@ -38,6 +41,7 @@ impl ItemType {
         match self {
             ItemType::Twin => "twin",
             ItemType::Raw => "raw",
+            ItemType::DeviceJob => "deviceJob",
         }
     }
 }
@@ -46,6 +50,7 @@ impl Query {
     /// The kind of rows this query returns.
     pub fn item_type(&self) -> ItemType {
         match self.select {
+            Select::All if self.from == Collection::Jobs => ItemType::DeviceJob,
             Select::All => ItemType::Twin,
             Select::Items(_) => ItemType::Raw,
         }

@@ -78,11 +78,37 @@ mod tests {
         ]
     }
 
+    /// Each device's part in two jobs, as `FROM devices.jobs` reads them.
+    fn device_jobs() -> Vec<Value> {
+        let record = |device: &str, job: &str, status: &str| {
+            json!({ "deviceId": device, "jobId": job, "jobType": "scheduleUpdateTwin",
+                    "status": status, "outcome": { "deviceMethodResponse": null } })
+        };
+        vec![
+            record("d1", "j1", "completed"),
+            record("d2", "j1", "failed"),
+            record("d1", "j2", "pending"),
+        ]
+    }
+
+    #[test]
+    fn devices_jobs_are_queried_with_their_devices_jobs_prefix_as_the_documentation_writes_them() {
+        let rows = run("SELECT * FROM devices.jobs WHERE devices.jobs.deviceId = 'd1'");
+        assert_eq!(ids(&rows, "jobId"), ["j1", "j2"]);
+        let rows = run("SELECT * FROM devices.jobs
+                        WHERE devices.jobs.jobId = 'j1' AND devices.jobs.status = 'completed'");
+        assert_eq!(ids(&rows, "deviceId"), ["d1"]);
+        assert_eq!(run("SELECT * FROM devices.jobs").len(), 3);
+        let query = parse_query("SELECT * FROM devices.jobs").unwrap();
+        assert_eq!(query.item_type(), ItemType::DeviceJob);
+    }
+
     fn run(text: &str) -> Vec<Value> {
         let query = parse_query(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         let documents = match query.from {
             Collection::Devices => devices(),
             Collection::Modules => modules(),
+            Collection::Jobs => device_jobs(),
         };
         query.run(&documents)
     }
@@ -233,7 +259,7 @@ mod tests {
             ("SELECT * FROM devices WHERE tags.a = ", 37),
             ("SELECT * FORM devices", 9),
             ("SELECT * FROM things", 14),
-            ("SELECT * FROM devices.jobs", 14),
+            ("SELECT deviceId FROM devices.jobs", 7),
             ("SELECT deviceId, COUNT() AS n FROM devices", 7),
             (
                 "SELECT tags.a AS a, COUNT() AS n FROM devices GROUP BY tags.b",

@@ -48,6 +48,9 @@ struct Parser {
     next: usize,
     /// Current nesting, bounded by [`MAX_DEPTH`].
     depth: usize,
+    /// Paths of the WHERE condition are written `devices.jobs.<property>` (`FROM devices.jobs`):
+    /// the prefix is dropped, the properties are the job record's.
+    jobs_paths: bool,
 }
 
 impl Parser {
@@ -63,6 +66,7 @@ impl Parser {
             tokens: tokenize(text)?,
             next: 0,
             depth: 0,
+            jobs_paths: false,
         })
     }
 
@@ -138,6 +142,17 @@ impl Parser {
         };
         self.expect("FROM")?;
         let from = self.collection()?;
+        if from == Collection::Jobs {
+            // "Queries for IoT Hub jobs": projections and aggregates are not supported
+            // (only SELECT *).
+            if select != Select::All {
+                return Err(QueryError::new(
+                    select_at,
+                    "FROM devices.jobs takes SELECT * only",
+                ));
+            }
+            self.jobs_paths = true;
+        }
         let filter = if self.eat("WHERE") {
             Some(self.or()?)
         } else {
@@ -178,10 +193,7 @@ impl Parser {
         {
             ["devices"] => Ok(Collection::Devices),
             ["devices", "modules"] => Ok(Collection::Modules),
-            ["devices", "jobs"] => Err(QueryError::new(
-                at,
-                "FROM devices.jobs is not served by this hub; query devices or devices.modules",
-            )),
+            ["devices", "jobs"] => Ok(Collection::Jobs),
             _ => Err(QueryError::new(
                 at,
                 "FROM takes devices, devices.modules or devices.jobs",
@@ -235,6 +247,12 @@ impl Parser {
                 Token::Ident(name) | Token::Segment(name) => segments.push(name),
                 _ => return Err(self.error_before("expected a property name after '.'")),
             }
+        }
+        let prefixed = segments.len() > 2
+            && segments[0].eq_ignore_ascii_case("devices")
+            && segments[1].eq_ignore_ascii_case("jobs");
+        if self.jobs_paths && prefixed {
+            segments.drain(..2);
         }
         Ok(Path(segments))
     }
