@@ -98,6 +98,17 @@ def test_a_group_derived_key_registers_and_the_device_then_reads_its_initial_twi
     shown = dps.call("GET", f"registrations/{registration_id}")
     assert shown.status_code == 200, shown.text
     assert shown.json()["status"] == "assigned" and shown.json()["assignedHub"] == hub.host
+    of_group = dps.call("POST", f"registrations/{group['enrollmentGroupId']}/query", {"query": "*"})
+    assert [r["registrationId"] for r in of_group.json()] == [registration_id], of_group.text
+    assert of_group.headers["x-ms-item-type"] == "DeviceRegistration"
+
+
+def test_a_bulk_operation_takes_at_most_ten_enrollments_and_nothing_of_a_refused_one_is_stored(dps):
+    enrollments = [{"registrationId": unique_id("bulk"), "attestation": {"type": "symmetricKey"}}
+                   for _ in range(11)]
+    r = dps.call("POST", "enrollments", {"mode": "create", "enrollments": enrollments})
+    assert (r.status_code, r.json()["errorCode"]) == (400, 400004), r.text
+    assert dps.call("GET", f"enrollments/{enrollments[0]['registrationId']}").status_code == 404
 
 
 def register_over_https(hub, id_scope, registration_id, key, skn=None):
