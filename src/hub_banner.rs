@@ -23,6 +23,10 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
             "  MQTT (WebSockets):   wss://{}:{}/$iothub/websocket",
             info.host_name, info.https_port
         ),
+        format!(
+            "  AMQP (TLS):          {}:{} (Event Hub-compatible endpoint '{}')",
+            info.host_name, info.amqp_port, info.event_hub_name
+        ),
         format!("  CA certificate:      {ca}"),
     ];
     lines.push(match &info.workload_dir {
@@ -41,6 +45,8 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
         ),
         "  DPS connection string (provisioningserviceowner):".to_owned(),
         format!("    {}", info.dps.connection_string.expose()),
+        "  Event Hub-compatible connection string (policy service):".to_owned(),
+        format!("    {}", info.event_hub_connection_string.expose()),
         "Point clients at it:".to_owned(),
         format!("  export IOTHUB_CONNECTION_STRING='{connection_string}'"),
         format!("  export REQUESTS_CA_BUNDLE='{ca}'"),

@@ -176,6 +176,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), QuickstartError> {
     let mut config = edgetwin_hub::HubConfig::new(data_dir.clone());
     config.mqtt_port = 0;
     config.https_port = 0;
+    config.amqp_port = 0;
     let hub = edgetwin_hub::start(config).await?;
     let info = hub.info.clone();
     step(1, "Local IoT Hub started");

@@ -90,7 +90,7 @@ async fn a_second_hub_on_the_same_data_directory_is_refused_at_once_naming_the_f
         Command::new(support::edgetwin())
             .args(["hub", "--data-dir"])
             .arg(&data_dir)
-            .args(["--mqtt-port", "0", "--https-port", "0"]),
+            .args(["--mqtt-port", "0", "--https-port", "0", "--amqp-port", "0"]),
         Stdio::null(),
         dir.join("second.log"),
     );
@@ -178,7 +178,16 @@ fn a_data_dir_that_is_a_file_or_another_users_directory_is_one_line_saying_so() 
             }
             false => Command::new(support::edgetwin()),
         };
-        command.args(["hub", "--mqtt-port", "0", "--https-port", "0", "--data-dir"]);
+        command.args([
+            "hub",
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+            "--amqp-port",
+            "0",
+            "--data-dir",
+        ]);
         command
     };
     // The file must be reachable by the hub's user.

@@ -17,7 +17,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Throttle {
-    /// Operation prefix, e.g. `PUT /devices`, `POST /devices`, `MQTT twin/GET`, `MQTT twin/PATCH`.
+    /// Operation prefix, e.g. `PUT /devices`, `POST /devices`, `MQTT twin/GET`, `MQTT twin/PATCH`,
+    /// `MQTT messages/events` (telemetry and module outputs).
     pub operation: String,
     /// How many matching requests to throttle.
     pub count: u32,

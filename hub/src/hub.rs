@@ -15,12 +15,15 @@ use edgetwin_wire::query::Query;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::{SasScope, SasToken};
 use edgetwin_wire::topic::{self, Feature};
+use edgetwin_wire::Secret;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::events::{self, Event};
 use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
-use crate::messages::MessageLog;
+use crate::messages::{Message, MessageLog};
 use crate::methods::{MethodResponse, PendingMethods};
 use crate::queries::Queries;
 use crate::store::{
@@ -125,6 +128,9 @@ pub struct Hub {
     policies: Vec<PolicyRecord>,
     /// The local Device Provisioning Service (id scope, policy, operations).
     dps: crate::dps::Service,
+    /// The last sequence number stored in each Event Hub-compatible partition (-1: none), for
+    /// its readers to wait on; set after each commit.
+    event_heads: Arc<Vec<watch::Sender<i64>>>,
     /// Wakes the job runner when a job is created or cancelled.
     jobs_changed: tokio::sync::Notify,
 }
@@ -147,9 +153,27 @@ impl Hub {
             dps,
         } = database;
         let live = Arc::new(LiveConnections::default());
+        let event_heads = Arc::new(
+            (0..events::PARTITIONS)
+                .map(|partition| {
+                    let last = readers.read(|tx| tx.partition_info(partition))?;
+                    Ok(watch::Sender::new(last.last_sequence))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?,
+        );
         let hook = {
             let live = live.clone();
+            let heads = event_heads.clone();
             move |effect: &Effect| match effect {
+                Effect::Event {
+                    partition,
+                    sequence,
+                } => {
+                    if let Some(head) = usize::try_from(*partition).ok().and_then(|p| heads.get(p))
+                    {
+                        head.send_replace(*sequence);
+                    }
+                }
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
                 Effect::KickDevice { device_id } => live.kick_device(device_id),
@@ -171,6 +195,7 @@ impl Hub {
             messages: MessageLog::default(),
             policies,
             dps,
+            event_heads,
             jobs_changed: tokio::sync::Notify::new(),
         })
     }
@@ -348,6 +373,63 @@ impl Hub {
             .await
     }
 
+    /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: logs it for
+    /// the REST message log and the console, and queues it for its Event Hub-compatible
+    /// partition ([`Self::submit_event`]); the handle resolves once it is stored.
+    pub async fn accept_telemetry(
+        &self,
+        key: &IdentityKey,
+        output: Option<String>,
+        properties: Vec<(String, Option<String>)>,
+        payload: &[u8],
+    ) -> Result<Committing<i64>, ApiError> {
+        let event = Event {
+            partition: events::partition_of(&key.device_id),
+            sequence: 0,
+            offset: 0,
+            enqueued_ms: ids::now_unix_ms(),
+            device_id: key.device_id.clone(),
+            module_id: key.module_id.clone(),
+            properties: properties.clone(),
+            body: payload.to_vec(),
+        };
+        let (body, body_base64) = Message::body_of(payload);
+        self.messages.push(Message {
+            sequence: 0,
+            device_id: key.device_id.clone(),
+            module_id: key.module_id.clone(),
+            output,
+            properties: properties.into_iter().collect(),
+            body,
+            body_base64,
+            enqueued_time_utc: ids::now_iso(),
+        });
+        self.submit_event(event).await
+    }
+
+    /// Queues a device-to-cloud message for its Event Hub-compatible partition (waiting only for
+    /// room in the queue) and returns the handle to its sequence number, known once committed;
+    /// the partition's readers are told after the commit.
+    pub async fn submit_event(&self, event: Event) -> Result<Committing<i64>, ApiError> {
+        self.writer
+            .submit(move |tx| {
+                let stored = tx.append_event(event, events::RETAINED_PER_PARTITION)?;
+                let effect = Effect::Event {
+                    partition: stored.partition,
+                    sequence: stored.sequence,
+                };
+                Ok((stored.sequence, vec![effect]))
+            })
+            .await
+    }
+
+    /// The last sequence number stored in `partition` (-1: none), changing after each commit of
+    /// an event there; `None` for a partition the endpoint does not have.
+    pub fn event_head(&self, partition: u32) -> Option<watch::Receiver<i64>> {
+        let head = self.event_heads.get(usize::try_from(partition).ok()?)?;
+        Some(head.subscribe())
+    }
+
     /// Stops taking writes and waits until every queued one is committed and answered.
     pub async fn drain_writes(&self) {
         self.writer.drain().await;
@@ -361,16 +443,29 @@ impl Hub {
         authorization: Option<&str>,
         segments: &[String],
     ) -> Result<Caller, ApiError> {
-        let (token, scope) = self.checked_service_token(authorization, segments)?;
+        self.authenticate_token(&parse_authorization(authorization)?, segments, false)
+    }
+
+    /// Who a parsed service token authenticates for the path `segments` (see
+    /// [`Self::authenticate_service`]); the AMQP door's CBS hands its tokens here, with the
+    /// `sr` scheme (`sb://`, `amqps://`) taken off, and `event_hubs_signing` to take policy
+    /// signatures made as Event Hubs clients make them too ([`SasToken::verify_as_event_hubs`]).
+    pub fn authenticate_token(
+        &self,
+        token: &SasToken,
+        segments: &[String],
+        event_hubs_signing: bool,
+    ) -> Result<Caller, ApiError> {
+        let scope = self.checked_scope(token, segments)?;
         let Some(name) = token.key_name.as_deref() else {
-            return self.authenticate_edge_device(&token, &scope, segments);
+            return self.authenticate_edge_device(token, &scope, segments);
         };
         let policy = self
             .policies
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| unauthorized("unknown policy"))?;
-        verified_policy(&token, policy)
+        verified_policy(token, policy, event_hubs_signing)
     }
 
     /// Who a token authenticates on the Device Provisioning Service's service API: the
@@ -381,24 +476,18 @@ impl Hub {
         authorization: Option<&str>,
         segments: &[String],
     ) -> Result<Caller, ApiError> {
-        let (token, _) = self.checked_service_token(authorization, segments)?;
+        let token = parse_authorization(authorization)?;
+        self.checked_scope(&token, segments)?;
         let policy = self.dps.policy();
         if token.key_name.as_deref() != Some(policy.name.as_str()) {
             return Err(unauthorized("not the provisioning service's policy"));
         }
-        verified_policy(&token, policy)
+        verified_policy(&token, policy, false)
     }
 
-    /// A service token whose host is this hub's, whose `sr` covers the path `segments` and which
-    /// has not expired (its signature not checked yet), with its scope.
-    fn checked_service_token(
-        &self,
-        authorization: Option<&str>,
-        segments: &[String],
-    ) -> Result<(SasToken, SasScope), ApiError> {
-        let token =
-            SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
-                .map_err(|_| unauthorized("malformed SharedAccessSignature"))?;
+    /// The scope of a service token whose host is this hub's, whose `sr` covers the path
+    /// `segments` and which has not expired (its signature not checked yet).
+    fn checked_scope(&self, token: &SasToken, segments: &[String]) -> Result<SasScope, ApiError> {
         let scope = token.scope().map_err(|_| unauthorized("malformed sr"))?;
         if !host_matches(scope.host(), &self.host_name) {
             return Err(unauthorized("sr names another hub"));
@@ -409,7 +498,7 @@ impl Hub {
         if token.is_expired(ids::now_unix(), 0) {
             return Err(unauthorized("token expired"));
         }
-        Ok((token, scope))
+        Ok(scope)
     }
 
     /// A token without `skn` whose `sr` is `{host}/devices/{id}`, signed with the key of that
@@ -579,9 +668,22 @@ pub fn is_device_facing(segments: &[String]) -> bool {
             && (queue == "events" || queue == "deviceBound"))
 }
 
-/// The policy `policy` as the caller, if one of its keys signed `token`.
-fn verified_policy(token: &SasToken, policy: &PolicyRecord) -> Result<Caller, ApiError> {
-    if !(token.verify(&policy.primary_key) || token.verify(&policy.secondary_key)) {
+/// The `Authorization` header's SAS token.
+fn parse_authorization(authorization: Option<&str>) -> Result<SasToken, ApiError> {
+    SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
+        .map_err(|_| unauthorized("malformed SharedAccessSignature"))
+}
+
+/// The policy `policy` as the caller, if one of its keys signed `token` (or, with
+/// `event_hubs_signing`, signed it as Event Hubs clients sign).
+fn verified_policy(
+    token: &SasToken,
+    policy: &PolicyRecord,
+    event_hubs_signing: bool,
+) -> Result<Caller, ApiError> {
+    let signed_with =
+        |key: &Secret| token.verify(key) || (event_hubs_signing && token.verify_as_event_hubs(key));
+    if !(signed_with(&policy.primary_key) || signed_with(&policy.secondary_key)) {
         return Err(unauthorized("bad signature"));
     }
     Ok(Caller::Policy(policy.clone()))

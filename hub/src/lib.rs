@@ -20,12 +20,14 @@
 //! never on the module SDK, the runtime or the CLI.
 
 mod adm;
+mod amqp;
 mod certs;
 mod console;
 mod data_lock;
 mod deployments;
 mod dps;
 mod error;
+mod events;
 mod faults;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -92,6 +94,9 @@ pub struct HubConfig {
     /// HTTPS port serving the service REST API and MQTT over WebSockets (IoT Hub: 443; 0 picks a
     /// free port). Connection strings carry it unless it is 443, as IoT Hub's never carry one.
     pub https_port: u16,
+    /// AMQP over TLS port: the Event Hub-compatible endpoint (IoT Hub: 5671, which the Event Hubs
+    /// SDKs dial; 0 picks a free port).
+    pub amqp_port: u16,
     /// Most connections each TCP listener holds; `None` derives it from the open-file limit.
     pub max_connections: Option<usize>,
     /// Longest a write may wait for a peer that does not read before it is disconnected.
@@ -112,6 +117,8 @@ pub struct HubConfig {
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
 pub const IOT_HUB_HTTPS_PORT: u16 = 443;
+/// IoT Hub's (and Event Hubs') AMQP over TLS port, which Event Hub connection strings cannot name.
+pub const IOT_HUB_AMQP_PORT: u16 = 5671;
 
 impl HubConfig {
     /// Defaults as IoT Hub has them: `localhost`, loopback, MQTT on 8883, HTTPS on 443.
@@ -123,6 +130,7 @@ impl HubConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mqtt_port: 8883,
             https_port: IOT_HUB_HTTPS_PORT,
+            amqp_port: IOT_HUB_AMQP_PORT,
             max_connections: None,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             reset: false,
@@ -143,6 +151,21 @@ pub fn service_host(host_name: &str, https_port: u16) -> String {
     }
 }
 
+/// The policy whose key the Event Hub-compatible connection string carries: IoT Hub's portal
+/// shows that endpoint's connection string with `service`, which grants `ServiceConnect`.
+const EVENT_HUB_POLICY: &str = "service";
+
+/// The Event Hub-compatible connection string, as IoT Hub's portal shows it (Built-in
+/// endpoints): `Endpoint=sb://{host}/;SharedAccessKeyName=…;SharedAccessKey=…;EntityPath=…`.
+/// Event Hubs clients dial port 5671 of that host; on another `--amqp-port` they need their
+/// custom endpoint option.
+pub fn event_hub_connection_string(host_name: &str, event_hub_name: &str, key: &Secret) -> Secret {
+    Secret::new(format!(
+        "Endpoint=sb://{host_name}/;SharedAccessKeyName={EVENT_HUB_POLICY};SharedAccessKey={};EntityPath={event_hub_name}",
+        key.expose()
+    ))
+}
+
 /// Where a running hub listens and how to reach it; written to `hub.json` in the data directory.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -161,6 +184,13 @@ pub struct HubInfo {
     pub mqtt_port: u16,
     /// HTTPS port: the REST API and MQTT over WebSockets (`/$iothub/websocket`).
     pub https_port: u16,
+    /// AMQP over TLS port: the Event Hub-compatible endpoint.
+    pub amqp_port: u16,
+    /// The Event Hub-compatible name (`EntityPath`).
+    pub event_hub_name: String,
+    /// The Event Hub-compatible connection string (policy `service`), for `azure-eventhub`,
+    /// `@azure/event-hubs` and other Event Hubs consumers (a secret).
+    pub event_hub_connection_string: Secret,
     /// REST base URL.
     pub rest_url: String,
     /// The link that opens the web console signed in as `iothubowner`, once (then sign in with
@@ -387,8 +417,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
 
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
     let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;
+    let amqp_listener = bind(config.bind, config.amqp_port, "AMQP", "--amqp-port").await?;
     let local_port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or_default();
     let (mqtt_port, https_port) = (local_port(&mqtt_listener), local_port(&https_listener));
+    let amqp_port = local_port(&amqp_listener);
     let acceptor = TlsAcceptor::from(tls.server_config.clone());
     let limits = tcp_limits(&config, files);
 
@@ -423,6 +455,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .map(|p| p.primary_key.clone())
         .unwrap_or_else(|| Secret::new(""));
     let service_host = service_host(&config.host_name, https_port);
+    let event_hub_name = amqp::event_hub_name(&config.host_name);
+    let event_hub_key = hub
+        .policies()
+        .iter()
+        .find(|p| p.name == EVENT_HUB_POLICY)
+        .map(|p| p.primary_key.clone())
+        .unwrap_or_else(|| Secret::new(""));
     let info = HubInfo {
         host_name: config.host_name.clone(),
         service_connection_string: ConnectionString::service(&service_host, "iothubowner", &owner)
@@ -445,6 +484,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         ca_certificate: tls.ca_path.clone(),
         mqtt_port,
         https_port,
+        amqp_port,
+        event_hub_connection_string: event_hub_connection_string(
+            &config.host_name,
+            &event_hub_name,
+            &event_hub_key,
+        ),
+        event_hub_name,
         rest_url: format!("https://{service_host}"),
         console_url: Secret::new(format!(
             "https://{service_host}{}",
@@ -470,6 +516,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         faults: mqtt.faults.clone(),
         workload: workload.clone(),
     };
+    let amqp = amqp::State {
+        hub: hub.clone(),
+        port: amqp_port,
+    };
     let doors = https::Doors {
         rest,
         console,
@@ -481,6 +531,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             mqtt_listener,
             acceptor.clone(),
             mqtt,
+            limits,
+            shutdown.clone(),
+        )),
+        tokio::spawn(amqp::serve(
+            amqp_listener,
+            acceptor.clone(),
+            amqp,
             limits,
             shutdown.clone(),
         )),
@@ -542,15 +599,17 @@ mod tests {
         let mut config = HubConfig::new(dir.clone());
         config.mqtt_port = 0;
         config.https_port = 0;
+        config.amqp_port = 0;
         let hub = start(config).await.unwrap();
         let connect = |port| tokio::net::TcpStream::connect(("127.0.0.1", port));
         let mut mqtt = connect(hub.info.mqtt_port).await.unwrap();
         let mut rest = connect(hub.info.https_port).await.unwrap();
+        let mut amqp = connect(hub.info.amqp_port).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         tokio::time::timeout(Duration::from_secs(10), hub.stop())
             .await
             .expect("stop() did not return");
-        for stream in [&mut mqtt, &mut rest] {
+        for stream in [&mut mqtt, &mut rest, &mut amqp] {
             let mut buf = [0u8; 8];
             let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
             assert!(matches!(read, Ok(Ok(0) | Err(_))), "still open: {read:?}");

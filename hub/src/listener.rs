@@ -218,6 +218,14 @@ pub struct Deadlines<S> {
     write_stalled: Option<Pin<Box<Sleep>>>,
 }
 
+impl<S> std::fmt::Debug for Deadlines<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadlines")
+            .field("write_timeout", &self.write_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> Deadlines<S> {
     /// `inner` with this write timeout.
     pub fn new(inner: S, write_timeout: Duration) -> Self {

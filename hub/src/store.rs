@@ -194,6 +194,11 @@ CREATE TABLE IF NOT EXISTS dps_enrollments (id TEXT PRIMARY KEY, record TEXT NOT
 CREATE TABLE IF NOT EXISTS dps_groups (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dps_registrations (
     id TEXT PRIMARY KEY, group_id TEXT, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    partition INTEGER NOT NULL, sequence INTEGER NOT NULL, offset INTEGER NOT NULL,
+    enqueued_ms INTEGER NOT NULL, device_id TEXT NOT NULL, module_id TEXT,
+    properties TEXT NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (partition, sequence)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, job_type TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL)
     WITHOUT ROWID;
@@ -1178,6 +1183,151 @@ impl Transaction<'_> {
         Ok(())
     }
 
+    /// Appends `event` to its partition with the next sequence number and offset (those of
+    /// `event` are ignored), drops the partition's events beyond the newest `retained` (checked
+    /// every 1,000 events), and returns the event as stored.
+    pub fn append_event(
+        &self,
+        mut event: crate::events::Event,
+        retained: i64,
+    ) -> Result<crate::events::Event, StoreError> {
+        let last: Option<(i64, i64, i64)> = self
+            .tx
+            .query_row(
+                "SELECT sequence, offset, length(body) + length(properties) FROM events
+                 WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
+                params![event.partition],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        (event.sequence, event.offset) = match last {
+            Some((sequence, offset, size)) => (sequence + 1, offset + size + 1),
+            None => (0, 0),
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO events (partition, sequence, offset, enqueued_ms, device_id,
+                 module_id, properties, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                event.partition,
+                event.sequence,
+                event.offset,
+                event.enqueued_ms,
+                event.device_id,
+                event.module_id,
+                encode(&event.properties),
+                event.body
+            ])?;
+        if event.sequence % 1000 == 0 && event.sequence >= retained {
+            self.tx.execute(
+                "DELETE FROM events WHERE partition = ?1 AND sequence <= ?2",
+                params![event.partition, event.sequence - retained],
+            )?;
+        }
+        Ok(event)
+    }
+
+    /// At most `limit` events of `partition` with a sequence number above `after`, oldest first.
+    pub fn events_after(
+        &self,
+        partition: u32,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::events::Event>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT sequence, offset, enqueued_ms, device_id, module_id, properties, body
+             FROM events WHERE partition = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![partition, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Vec<u8>>(6)?,
+                ))
+            },
+        )?;
+        rows.map(|row| {
+            let (sequence, offset, enqueued_ms, device_id, module_id, properties, body) = row?;
+            Ok(crate::events::Event {
+                partition,
+                properties: decode(&properties, || {
+                    format!("event {sequence} of partition {partition}")
+                })?,
+                sequence,
+                offset,
+                enqueued_ms,
+                device_id,
+                module_id,
+                body,
+            })
+        })
+        .collect()
+    }
+
+    /// The sequence number before the first event of `partition` that `admits` (a filter
+    /// column and bound: `offset > ?`, …), or the last sequence number if none does.
+    pub fn event_position(
+        &self,
+        partition: u32,
+        start: crate::events::StartAt,
+    ) -> Result<i64, StoreError> {
+        use crate::events::StartAt;
+        let (column, bound, inclusive) = match start {
+            StartAt::Offset { offset, inclusive } => ("offset", offset, inclusive),
+            StartAt::Sequence {
+                sequence,
+                inclusive,
+            } => ("sequence", sequence, inclusive),
+            StartAt::EnqueuedTime { ms, inclusive } => ("enqueued_ms", ms, inclusive),
+            StartAt::Latest => return Ok(self.partition_info(partition)?.last_sequence),
+        };
+        let operator = if inclusive { ">=" } else { ">" };
+        let first: Option<i64> = self.tx.query_row(
+            &format!(
+                "SELECT min(sequence) FROM events WHERE partition = ?1 AND {column} {operator} ?2"
+            ),
+            params![partition, bound],
+            |row| row.get(0),
+        )?;
+        match first {
+            Some(sequence) => Ok(sequence - 1),
+            None => Ok(self.partition_info(partition)?.last_sequence),
+        }
+    }
+
+    /// What `partition` holds.
+    pub fn partition_info(
+        &self,
+        partition: u32,
+    ) -> Result<crate::events::PartitionInfo, StoreError> {
+        let info = self
+            .tx
+            .query_row(
+                "SELECT (SELECT min(sequence) FROM events WHERE partition = ?1),
+                        sequence, offset, enqueued_ms
+                 FROM events WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
+                params![partition],
+                |row| {
+                    Ok(crate::events::PartitionInfo {
+                        begin_sequence: row.get(0)?,
+                        last_sequence: row.get(1)?,
+                        last_offset: row.get(2)?,
+                        last_enqueued_ms: row.get(3)?,
+                        is_empty: false,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(info.unwrap_or(crate::events::PartitionInfo::EMPTY))
+    }
+
     /// Increments and returns the named counter (generation ids, etags).
     pub fn next_counter(&self, name: &str) -> Result<i64, StoreError> {
         self.add_to_counter(name, 1)
@@ -1274,6 +1424,101 @@ pub(crate) mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         (Store::open(&dir.join("hub.db")).unwrap(), dir)
+    }
+
+    #[test]
+    fn events_get_consecutive_sequence_numbers_and_growing_offsets_per_partition_and_positions_resolve(
+    ) {
+        use crate::events::{Event, PartitionInfo, StartAt};
+        let (mut store, dir) = temp_store("events");
+        let event = |partition, ms, body: &str| Event {
+            partition,
+            sequence: 99,
+            offset: 99,
+            enqueued_ms: ms,
+            device_id: "d".into(),
+            module_id: Some("m".into()),
+            properties: vec![("$.mid".into(), Some("1".into())), ("flag".into(), None)],
+            body: body.as_bytes().to_vec(),
+        };
+        let stored = store
+            .transaction(|tx| {
+                assert_eq!(tx.partition_info(0)?, PartitionInfo::EMPTY);
+                let a = tx.append_event(event(0, 1000, "a"), 10)?;
+                let b = tx.append_event(event(0, 2000, "bb"), 10)?;
+                let other = tx.append_event(event(1, 1500, "x"), 10)?;
+                Ok::<_, StoreError>((a, b, other))
+            })
+            .unwrap();
+        let (a, b, other) = stored;
+        assert_eq!((a.sequence, a.offset), (0, 0));
+        assert_eq!(b.sequence, 1);
+        assert!(b.offset > a.offset);
+        assert_eq!((other.sequence, other.offset), (0, 0));
+        store
+            .transaction(|tx| {
+                assert_eq!(tx.events_after(0, -1, 10)?, vec![a.clone(), b.clone()]);
+                assert_eq!(tx.events_after(0, 0, 1)?, vec![b.clone()]);
+                let info = tx.partition_info(0)?;
+                assert_eq!(
+                    (info.begin_sequence, info.last_sequence, info.last_offset),
+                    (0, 1, b.offset)
+                );
+                assert_eq!((info.last_enqueued_ms, info.is_empty), (2000, false));
+                let at = |start| tx.event_position(0, start).unwrap();
+                assert_eq!(at(StartAt::BEGINNING), -1);
+                assert_eq!(at(StartAt::Latest), 1);
+                let offset = |offset, inclusive| StartAt::Offset { offset, inclusive };
+                assert_eq!(at(offset(a.offset, false)), 0);
+                assert_eq!(at(offset(a.offset, true)), -1);
+                let sequence = |sequence, inclusive| StartAt::Sequence {
+                    sequence,
+                    inclusive,
+                };
+                assert_eq!(at(sequence(0, false)), 0);
+                assert_eq!(at(sequence(1, true)), 0);
+                assert_eq!(
+                    at(sequence(7, true)),
+                    1,
+                    "past the end: from the next event on"
+                );
+                let time = |ms, inclusive| StartAt::EnqueuedTime { ms, inclusive };
+                assert_eq!(at(time(1000, false)), 0);
+                assert_eq!(at(time(1000, true)), -1);
+                assert_eq!(at(time(5000, false)), 1);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_partition_keeps_its_newest_events_and_goes_on_numbering_after_dropping_old_ones() {
+        use crate::events::Event;
+        let (mut store, dir) = temp_store("retention");
+        let event = Event {
+            partition: 2,
+            sequence: 0,
+            offset: 0,
+            enqueued_ms: 0,
+            device_id: "d".into(),
+            module_id: None,
+            properties: Vec::new(),
+            body: Vec::new(),
+        };
+        let last = store
+            .transaction(|tx| {
+                let mut last = None;
+                for _ in 0..=2000 {
+                    last = Some(tx.append_event(event.clone(), 500)?);
+                }
+                Ok::<_, StoreError>(last.unwrap())
+            })
+            .unwrap();
+        assert_eq!(last.sequence, 2000);
+        let info = store.transaction(|tx| tx.partition_info(2)).unwrap();
+        assert_eq!((info.begin_sequence, info.last_sequence), (1501, 2000));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl TestHub {
         let mut config = HubConfig::new(dir.join("data"));
         config.mqtt_port = 0;
         config.https_port = 0;
+        config.amqp_port = 0;
         let running = start(config).await?;
         let owner: ConnectionString = running
             .info

@@ -54,6 +54,13 @@ pub enum Effect {
         /// The deleted device.
         device_id: String,
     },
+    /// Tell the readers of an Event Hub-compatible partition that an event was stored.
+    Event {
+        /// The partition.
+        partition: u32,
+        /// The event's sequence number.
+        sequence: i64,
+    },
 }
 
 impl Effect {

@@ -119,6 +119,10 @@ struct HubArgs {
     /// dial 443; any other port appears in the connection strings; 0: any free port).
     #[arg(long, alias = "rest-port", default_value_t = edgetwin_hub::IOT_HUB_HTTPS_PORT)]
     https_port: u16,
+    /// AMQP over TLS port: the Event Hub-compatible endpoint, as IoT Hub's 5671 (the Event Hubs
+    /// SDKs dial 5671; 0: any free port).
+    #[arg(long, default_value_t = edgetwin_hub::IOT_HUB_AMQP_PORT)]
+    amqp_port: u16,
     /// A PEM file of CA certificates that `certificateAuthority` (x509_ca) devices may chain to,
     /// beside the hub's own CA; repeatable.
     #[arg(long = "device-ca", value_name = "FILE")]
@@ -237,6 +241,7 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         bind: args.bind,
         mqtt_port: args.mqtt_port,
         https_port: args.https_port,
+        amqp_port: args.amqp_port,
         max_connections: None,
         write_timeout: edgetwin_hub::DEFAULT_WRITE_TIMEOUT,
         reset: args.reset,

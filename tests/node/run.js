@@ -1,5 +1,5 @@
 // Runs the Node.js conformance suite: starts `edgetwin hub` (REST and MQTT over WebSockets on
-// 443, MQTT on 8883, as IoT Hub), then `node --test` on test/*.test.js with the hub's CA as
+// 443, MQTT on 8883, AMQP on 5671, as IoT Hub), then `node --test` on test/*.test.js with the hub's CA as
 // NODE_EXTRA_CA_CERTS, the only setting Microsoft's SDKs get; stops the hub afterwards.
 //
 //   EDGETWIN_BIN=target/debug/edgetwin node tests/node/run.js

@@ -34,6 +34,8 @@ API_VERSION = "2021-04-12"
 MQTT_PORT = 8883
 # IoT Hub's HTTPS port: the REST API and MQTT over WebSockets, implicit in connection strings
 HTTPS_PORT = 443
+# IoT Hub's AMQP port: the Event Hub-compatible endpoint, which the Event Hubs SDKs dial
+AMQP_PORT = 5671
 START_TIMEOUT = 30.0
 
 
@@ -155,8 +157,8 @@ class Hub:
                 raise RuntimeError("hub did not write hub.json in time\n" + self.log_tail())
             time.sleep(0.05)
         assert self.info["httpsPort"] == HTTPS_PORT
-        # hub.json means ready; still make sure both listeners accept TCP.
-        for port in (MQTT_PORT, HTTPS_PORT):
+        # hub.json means ready; still make sure the listeners accept TCP.
+        for port in (MQTT_PORT, HTTPS_PORT, AMQP_PORT):
             wait_until(lambda p=port: _tcp_open("127.0.0.1", p), timeout=10,
                        message=f"port {port} to accept connections")
         return self
@@ -183,8 +185,8 @@ class Hub:
             self.kill()
         else:
             self.stop()
-        # MQTT port must be free again before the new process binds it.
-        for port in (MQTT_PORT, HTTPS_PORT):
+        # the ports must be free again before the new process binds them.
+        for port in (MQTT_PORT, HTTPS_PORT, AMQP_PORT):
             wait_until(lambda p=port: not _tcp_open("127.0.0.1", p), timeout=10,
                        message=f"old hub's port {port} to close")
         self.start()

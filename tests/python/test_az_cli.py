@@ -16,6 +16,7 @@ import os
 import pathlib
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -49,9 +50,10 @@ def az(hub):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         return done.returncode, done.stdout, done.stderr
 
-    def start(*args, login=None):
+    def start(*args, login=None, more_env=None):
         cmd = [str(binary), *args, "--login", login or hub.service_connection_string]
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, env=dict(env, **(more_env or {})), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
     run.start = start
     return run
@@ -423,6 +425,58 @@ def test_digital_twins_from_the_cli_show_update_and_command_a_plug_and_play_devi
     assert json.loads(payload) == {"since": 1}
     # The CLI prints the x-ms-command-statuscode header as it reads it: a string.
     assert json.loads(out) == {"payload": {"max": 30}, "status": "200"}
+
+
+def uamqp_trusting(hub, az_binary, directory):
+    """A PYTHONPATH entry whose `certifi` names a bundle with the hub's CA: uamqp (the extension's
+    AMQP client) takes its CAs from certifi's bundle alone, with no environment variable; a user
+    adds a private CA to that bundle."""
+    installed = next(pathlib.Path(az_binary).parents[2].glob("extensions/azure-iot/certifi/cacert.pem"))
+    package = directory / "certifi"
+    package.mkdir()
+    bundle = package / "cacert.pem"
+    bundle.write_text(installed.read_text() + "\n" + hub.ca_pem)
+    (package / "__init__.py").write_text(
+        f"def where():\n    return {str(bundle)!r}\n\n\ndef contents():\n    return open(where()).read()\n")
+    return str(directory)
+
+
+def test_monitor_events_from_the_cli_shows_a_devices_telemetry_with_its_properties(
+        az, hub, make_device, clients, tmp_path):
+    # monitor-events follows the hub's amqp:link:redirect from messages/events to the Event
+    # Hub-compatible endpoint, reads its partitions through $management and receives on each
+    from azure.iot.device import Message
+
+    device = make_device()
+    binary = os.environ.get("EDGETWIN_AZ", AZ_DIR / "venv" / "bin" / "az")
+    monitor = az.start("iot", "hub", "monitor-events", "-n", hub.host, "-d", device.device_id,
+                       "--timeout", "60", "-y", "-p", "all",
+                       more_env={"PYTHONPATH": uamqp_trusting(hub, binary, tmp_path)})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(monitor.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("Starting event monitor" in line for line in lines), timeout=30,
+                   message="the monitor to start")
+        time.sleep(2)  # its receivers attach after it says so
+        client = clients.device(device)
+        client.connect()
+        message = Message('{"t": 5}', message_id="az-mid")
+        message.custom_properties["k"] = "v"
+        client.send_message(message)
+        wait_until(lambda: any(line.startswith("}") for line in lines), timeout=30,
+                   message="the monitor to print the event")
+    finally:
+        monitor.terminate()
+        monitor.wait(10)
+    text = "".join(lines)
+    event = json.loads(text[text.index("{"):text.rindex("}") + 1])["event"]
+    assert event["origin"] == device.device_id
+    assert event["payload"] == '{"t": 5}'
+    assert event["properties"]["system"]["message_id"] == "az-mid"
+    assert event["properties"]["application"] == {"k": "v"}
+    assert event["annotations"]["iothub-connection-device-id"] == device.device_id
+    assert event["annotations"]["iothub-message-source"] == "Telemetry"
 
 
 def test_a_twin_job_from_the_cli_runs_over_its_query_and_reports_its_status(az, registry_manager, make_device):

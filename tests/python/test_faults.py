@@ -90,3 +90,25 @@ def test_only_a_policy_with_write_and_service_rights_may_inject_faults(hub):
                       timeout=10)
     assert r.status_code == 401
     assert _fault(hub, "GET", "").json()["refuseConnectsSeconds"] == 0
+
+
+@pytest.mark.parametrize("fault", ["/serverError", "/throttle"])
+def test_telemetry_the_hub_fails_to_store_is_not_acknowledged_and_the_sdk_sends_it_again(
+        hub, make_device, clients, raw_mqtt, fault):
+    # A message the hub could not take (a server error or throttling) gets no PUBACK: the
+    # connection ends and the device SDK publishes it again, so it is stored once, not lost.
+    device = make_device()
+    raw = raw_mqtt(device)
+    assert raw.connect() == 0
+    _fault(hub, "POST", fault, {"operation": "MQTT messages/events", "count": 1})
+    raw.publish(f"devices/{device.device_id}/messages/events/", b"refused")
+    raw.wait_disconnect(timeout=5)
+    assert hub.messages(device.device_id) == []
+
+    _fault(hub, "POST", fault, {"operation": "MQTT messages/events", "count": 1})
+    client = clients.device(device)
+    client.connect()
+    from azure.iot.device import Message
+    client.send_message(Message("kept", message_id="once"))
+    bodies = [m["body"] for m in hub.messages(device.device_id)]
+    assert bodies == ["kept"]

@@ -332,6 +332,8 @@ pub struct HubOptions<'a> {
     pub mqtt_port: u16,
     /// 0 for any free port.
     pub https_port: u16,
+    /// 0 for any free port.
+    pub amqp_port: u16,
     /// The hub's `RUST_LOG`; `None` inherits ours.
     pub rust_log: Option<&'a str>,
     /// How long the hub may take to write `hub.json`.
@@ -374,6 +376,7 @@ impl Default for HubOptions<'_> {
         HubOptions {
             mqtt_port: 0,
             https_port: 0,
+            amqp_port: 0,
             rust_log: None,
             timeout: Duration::from_secs(10),
             keep_alive: false,
@@ -416,6 +419,7 @@ impl Hub {
             .arg(&data)
             .args(["--mqtt-port", &options.mqtt_port.to_string()])
             .args(["--https-port", &options.https_port.to_string()])
+            .args(["--amqp-port", &options.amqp_port.to_string()])
             .args(options.args);
         if let Some(filter) = options.rust_log {
             command.env("RUST_LOG", filter);
@@ -458,6 +462,11 @@ impl Hub {
     /// The MQTT (TLS) port.
     pub fn mqtt_port(&self) -> u16 {
         self.info["mqttPort"].as_u64().unwrap() as u16
+    }
+
+    /// The AMQP (TLS) port: the Event Hub-compatible endpoint.
+    pub fn amqp_port(&self) -> u16 {
+        self.info["amqpPort"].as_u64().unwrap() as u16
     }
 
     /// The HTTPS port (service REST API, MQTT over WebSockets, console).

@@ -240,6 +240,17 @@ impl SasToken {
         let Ok(key) = decode_key(key_b64.expose()) else {
             return false;
         };
+        self.verify_with(&key)
+    }
+
+    /// As [`Self::verify`], but with the key's text itself as the HMAC key, as Event Hubs and
+    /// Service Bus clients sign (azure-eventhub's `generate_sas_token` HMACs with
+    /// `key.encode("utf-8")`; IoT Hub's SDKs decode the base64 key first).
+    pub fn verify_as_event_hubs(&self, key: &Secret) -> bool {
+        self.verify_with(key.expose().as_bytes())
+    }
+
+    fn verify_with(&self, key: &[u8]) -> bool {
         let Ok(expected) = STANDARD.decode(self.signature.expose()) else {
             return false;
         };
@@ -256,7 +267,7 @@ impl SasToken {
         candidates.dedup();
         let mut ok = false;
         for candidate in candidates {
-            let mut mac = HmacSha256::new_from_slice(&key).expect("any key length");
+            let mut mac = HmacSha256::new_from_slice(key).expect("any key length");
             mac.update(candidate.as_bytes());
             mac.update(b"\n");
             mac.update(self.expiry_text.as_bytes());

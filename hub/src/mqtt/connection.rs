@@ -5,7 +5,7 @@
 //! Part of the MQTT door: depends on the hub and the domain modules below it; never on another
 //! door.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,6 @@ use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::ids;
 use crate::live::Outgoing;
-use crate::messages::Message;
 use crate::methods::MethodResponse;
 use crate::routing::{self, RoutedMessage};
 use crate::store::{IdentityKey, SessionFilter};
@@ -200,6 +199,9 @@ where
                         Ok(Inbound::ReportedPatch { rid }) => {
                             pipelined.push_back(session.submit_reported(publish, rid).await?);
                         }
+                        Ok(Inbound::Telemetry { output, properties }) => {
+                            pipelined.push_back(session.submit_telemetry(publish, output, properties).await);
+                        }
                         inbound => {
                             session.answer_all(&mut pipelined, &mut writer).await?;
                             for reply in session.on_publish(publish, inbound?)? {
@@ -220,7 +222,13 @@ where
                     let mut result = Some(result);
                     while let Some(result) = result.take().or_else(|| ready_outcome(&mut pipelined)) {
                         let Some(done) = pipelined.pop_front() else { break };
-                        replies.extend(session.answer_reported(done, result));
+                        match session.answer_reported(done, result) {
+                            Ok(more) => replies.extend(more),
+                            Err(end) => {
+                                write_packets(&mut writer, replies).await?;
+                                return Err(end);
+                            }
+                        }
                     }
                     write_packets(&mut writer, replies).await?;
                 }
@@ -402,9 +410,23 @@ impl Session {
         })
     }
 
-    /// The replies to a reported patch once it is decided: PUBACK (QoS 1), then the twin
-    /// response (if it had a `$rid`).
-    fn answer_reported(&mut self, done: InFlight, result: Result<i64, ApiError>) -> Vec<Packet> {
+    /// The replies to a reported patch or a telemetry message once it is decided: PUBACK (QoS 1),
+    /// then the twin response (if it had a `$rid`). A message the hub failed to store or was
+    /// throttled (a server error or 429, with no `$rid` to answer it on) gets no PUBACK: the
+    /// connection ends, and the client publishes it again after reconnecting instead of losing
+    /// it.
+    fn answer_reported(
+        &mut self,
+        done: InFlight,
+        result: Result<i64, ApiError>,
+    ) -> Result<Vec<Packet>, ConnectionEnd> {
+        if let (None, Err(error)) = (&done.rid, &result) {
+            let status = error.code.http_status();
+            if status >= 500 || status == 429 {
+                tracing::warn!(client_id = %self.client_id, %error, "a message was not stored: closing the connection unacknowledged");
+                return Err(ConnectionEnd::NotStored(error.message.clone()));
+            }
+        }
         let mut replies = Vec::new();
         if let Some(pkid) = done.puback {
             replies.push(Packet::PubAck(PubAck::new(pkid)));
@@ -415,7 +437,7 @@ impl Session {
                 Err(error) => self.twin_error(&rid, &error),
             });
         }
-        replies
+        Ok(replies)
     }
 
     /// Waits for every pipelined patch, oldest first, and writes its replies.
@@ -427,7 +449,7 @@ impl Session {
         while !pipelined.is_empty() {
             let result = next_outcome(pipelined).await;
             if let Some(done) = pipelined.pop_front() {
-                for reply in self.answer_reported(done, result) {
+                for reply in self.answer_reported(done, result)? {
                     write_packet(writer, reply).await?;
                 }
             }
@@ -525,19 +547,10 @@ impl Session {
     ) -> Result<Vec<Packet>, ConnectionEnd> {
         let mut replies = Vec::new();
         match inbound {
-            Inbound::Telemetry {
-                output,
-                mut properties,
-            } => {
-                if publish.retain {
-                    // "If a device sends a message with the RETAIN flag set to 1, IoT Hub adds
-                    // the mqtt-retain application property to the message" (IoT Hub MQTT doc,
-                    // "Sending device-to-cloud messages"); nothing is retained
-                    properties
-                        .0
-                        .push(("mqtt-retain".to_owned(), Some("true".to_owned())));
-                }
-                self.on_telemetry(output, properties, &publish.payload)
+            Inbound::Telemetry { .. } => {
+                return Err(ConnectionEnd::Violation(
+                    "telemetry outside the group-commit pipeline".into(),
+                ));
             }
             Inbound::TwinGet { rid } => {
                 let result = match self.injected(&inbound_operation(&publish.topic)) {
@@ -575,12 +588,32 @@ impl Session {
         self.faults.take(operation).map(|fault| fault.error())
     }
 
-    fn on_telemetry(
-        &self,
+    /// Routes a telemetry message or module output, logs it, and hands it to the group commit
+    /// for its Event Hub-compatible partition without waiting: the PUBACK (QoS 1) goes out once
+    /// it is stored, in the order of the packets.
+    async fn submit_telemetry(
+        &mut self,
+        publish: Publish,
         output: Option<String>,
-        properties: topic::PropertyBag,
-        payload: &Bytes,
-    ) {
+        mut properties: topic::PropertyBag,
+    ) -> InFlight {
+        let puback = (publish.qos == QoS::AtLeastOnce).then_some(publish.pkid);
+        if let Some(error) = self.injected(TELEMETRY_OPERATION) {
+            return InFlight {
+                puback,
+                rid: None,
+                outcome: Outcome::Decided(Some(Err(error))),
+            };
+        }
+        if publish.retain {
+            // "If a device sends a message with the RETAIN flag set to 1, IoT Hub adds
+            // the mqtt-retain application property to the message" (IoT Hub MQTT doc,
+            // "Sending device-to-cloud messages"); nothing is retained
+            properties
+                .0
+                .push(("mqtt-retain".to_owned(), Some("true".to_owned())));
+        }
+        let payload = &publish.payload;
         if self.key.module_id.is_some() {
             routing::route(
                 &self.hub,
@@ -593,18 +626,19 @@ impl Session {
                 },
             );
         }
-        let properties: BTreeMap<String, Option<String>> = properties.0.into_iter().collect();
-        let (body, body_base64) = Message::body_of(payload);
-        self.hub.messages().push(Message {
-            sequence: 0,
-            device_id: self.key.device_id.clone(),
-            module_id: self.key.module_id.clone(),
-            output,
-            properties,
-            body,
-            body_base64,
-            enqueued_time_utc: ids::now_iso(),
-        });
+        let accepted = self
+            .hub
+            .accept_telemetry(&self.key, output, properties.0, payload)
+            .await;
+        let outcome = match accepted {
+            Ok(committing) => Outcome::Committing(committing),
+            Err(error) => Outcome::Decided(Some(Err(error))),
+        };
+        InFlight {
+            puback,
+            rid: None,
+            outcome,
+        }
     }
 
     /// The answer to a twin request, if the client can receive it: IoT Hub answers only a client
@@ -663,6 +697,9 @@ impl Session {
 }
 
 /// The fault-injection name of a twin operation: `MQTT twin/GET` or `MQTT twin/PATCH`.
+/// The operation name of telemetry and module outputs, for injected faults.
+const TELEMETRY_OPERATION: &str = "MQTT messages/events";
+
 fn inbound_operation(topic: &str) -> String {
     let operation = topic
         .strip_prefix("$iothub/twin/")

@@ -27,6 +27,9 @@ pub enum ConnectionEnd {
     /// The client was too quiet for its keep-alive, or never sent CONNECT.
     #[error("keep-alive or CONNECT timeout")]
     Timeout,
+    /// A message the client sent could not be stored: it is left unacknowledged.
+    #[error("a message was not stored: {0}")]
+    NotStored(String),
 }
 
 /// Checks the first byte of a packet: a known type with the flags its type requires.

@@ -1,6 +1,7 @@
 //! The device-facing HTTPS endpoints, from the device's own token or a policy with
 //! `DeviceConnect`: `POST /devices/{id}/messages/events`, device-to-cloud messages as IoT Hub's
-//! "Send Device Event" takes them (204 No Content), and `GET /devices/{id}/messages/deviceBound`,
+//! "Send Device Event" takes them (204 No Content once stored, in the message log and the Event
+//! Hub-compatible endpoint, as MQTT telemetry), and `GET /devices/{id}/messages/deviceBound`,
 //! the device's cloud-to-device queue, which is always empty: cloud-to-device messages are sent
 //! over AMQP, which the hub does not serve yet, so 204 (no message) is IoT Hub's answer too. Application properties come as `iothub-app-{name}`
 //! headers and system properties as `iothub-messageid`, `iothub-correlationid`, `iothub-userid`,
@@ -16,8 +17,7 @@ use hyper::Method;
 use super::{not_found, Reply, Request};
 use crate::error::ApiError;
 use crate::hub::{Caller, Hub};
-use crate::ids;
-use crate::messages::Message;
+use crate::store::IdentityKey;
 
 /// Largest device-to-cloud message IoT Hub accepts (256 KB).
 const MAX_MESSAGE: usize = 256 * 1024;
@@ -35,7 +35,7 @@ const SYSTEM_PROPERTIES: [(&str, &str); 5] = [
 const APP_PREFIX: &str = "iothub-app-";
 
 /// Routes `POST /devices/{id}/messages/events` and `GET /devices/{id}/messages/deviceBound`.
-pub fn route(hub: &Hub, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
+pub async fn route(hub: &Hub, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
     let [_, device_id, _, queue] = segments else {
         return Err(not_found(request));
     };
@@ -47,13 +47,14 @@ pub fn route(hub: &Hub, request: &Request, segments: &[&str]) -> Result<Reply, A
         return Err(crate::registry::device_not_found(device_id));
     }
     match (*queue, &request.method) {
-        ("events", &Method::POST) => send_event(hub, request, device_id),
+        ("events", &Method::POST) => send_event(hub, request, device_id).await,
         ("deviceBound", &Method::GET) => Reply::no_content(),
         _ => Err(not_found(request)),
     }
 }
 
-fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Reply, ApiError> {
+/// Takes the message (or batch), answered once every message of it is stored.
+async fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Reply, ApiError> {
     if request.body.len() > MAX_MESSAGE {
         return Err(ApiError::new(
             ErrorCode::MessageTooLarge,
@@ -76,18 +77,17 @@ fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Reply, Ap
             .map(|(name, value)| (name.as_str(), value.as_bytes()));
         vec![(properties_of(headers, "")?, request.body.to_vec())]
     };
+    let key = IdentityKey::device(device_id);
+    let mut stored = Vec::with_capacity(messages.len());
     for (properties, payload) in messages {
-        let (body, body_base64) = Message::body_of(&payload);
-        hub.messages().push(Message {
-            sequence: 0,
-            device_id: device_id.to_owned(),
-            module_id: None,
-            output: None,
-            properties,
-            body,
-            body_base64,
-            enqueued_time_utc: ids::now_iso(),
-        });
+        let properties = properties.into_iter().collect();
+        stored.push(
+            hub.accept_telemetry(&key, None, properties, &payload)
+                .await?,
+        );
+    }
+    for mut committing in stored {
+        committing.outcome().await?;
     }
     Reply::no_content()
 }

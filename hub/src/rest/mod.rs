@@ -379,7 +379,7 @@ async fn dispatch(state: &State, request: Request) -> Result<Reply, ApiError> {
             query::route(hub, &request).await
         }
         Some("devices") if is_device_facing(&request.segments) => {
-            device_messages::route(hub, &request, &segments)
+            device_messages::route(hub, &request, &segments).await
         }
         Some("devices") | Some("statistics") => registry::route(state, &request, &segments).await,
         Some("twins") => twins::route(hub, &request, &segments).await,

@@ -1,0 +1,243 @@
+//! The Event Hub-compatible endpoint's model: telemetry kept in partitions, as IoT Hub's built-in
+//! `messages/events` endpoint keeps it for `azure-eventhub`, `@azure/event-hubs` and
+//! `az iot hub monitor-events`. Pure logic only (which partition a device's messages go to, where
+//! a reader starts, what one stored event is); the rows live in the store (`events` table,
+//! appended by the writer), and the AMQP door turns them into messages.
+//!
+//! Part of the core: depends on nothing else of the hub.
+
+/// Partitions of the endpoint: IoT Hub's default (a hub's partition count is fixed at creation;
+/// 4 unless chosen otherwise).
+pub const PARTITIONS: u32 = 4;
+
+/// The consumer group every Event Hub has.
+pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
+
+/// Most events kept per partition; older ones are dropped first (IoT Hub keeps them for a
+/// retention time of 1 to 7 days instead).
+pub const RETAINED_PER_PARTITION: i64 = 100_000;
+
+/// The partition of a device's messages: always the same one for a device (modules share their
+/// device's), as IoT Hub keeps a device's messages in order in one partition. IoT Hub's hash is
+/// not documented; here it is FNV-1a (32 bits) of the device id's UTF-8 bytes, modulo
+/// [`PARTITIONS`].
+pub fn partition_of(device_id: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in device_id.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % PARTITIONS
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its partition.
+    pub partition: u32,
+    /// Its sequence number in the partition, from 0.
+    pub sequence: i64,
+    /// Its offset in the partition: the stored bytes (body and properties) of the events
+    /// before it plus one per event (Event Hubs' offsets are byte positions too; clients treat
+    /// them as opaque).
+    pub offset: i64,
+    /// When the hub accepted it, in milliseconds since the Unix epoch.
+    pub enqueued_ms: i64,
+    /// The sending device.
+    pub device_id: String,
+    /// The sending module, if any.
+    pub module_id: Option<String>,
+    /// System (`$.mid`, `$.cid`, `$.ct`, … as MQTT's property bag names them) and application
+    /// properties, in the order they came.
+    pub properties: Vec<(String, Option<String>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Where a reader of a partition starts: the receiver link's
+/// `apache.org:selector-filter:string`, as Event Hubs clients write it
+/// (`amqp.annotation.x-opt-offset > '1234'`, `… x-opt-sequence-number >= '5'`,
+/// `… x-opt-enqueued-time > '1700000000000'`, `… x-opt-offset > '@latest'`; the Azure CLI's
+/// `amqp.annotation.x-opt-enqueuedtimeutc > 1700000000000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// After (or at, when `inclusive`) an offset; `-1` is the start of the partition.
+    Offset {
+        /// The offset.
+        offset: i64,
+        /// Whether the event at that offset is included.
+        inclusive: bool,
+    },
+    /// After (or at) a sequence number.
+    Sequence {
+        /// The sequence number.
+        sequence: i64,
+        /// Whether that event is included.
+        inclusive: bool,
+    },
+    /// Events enqueued after (or at) a time, in milliseconds since the Unix epoch.
+    EnqueuedTime {
+        /// The time.
+        ms: i64,
+        /// Whether an event enqueued at exactly that time is included.
+        inclusive: bool,
+    },
+    /// Only events that arrive from now on.
+    Latest,
+}
+
+impl StartAt {
+    /// The position a link without a filter starts from: the start of the partition, as Event
+    /// Hubs does.
+    pub const BEGINNING: StartAt = StartAt::Offset {
+        offset: -1,
+        inclusive: false,
+    };
+
+    /// Parses a selector filter; the error says what is wrong with it.
+    pub fn parse(selector: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "the selector filter \"{selector}\" is not of the form \
+                 amqp.annotation.x-opt-(offset|sequence-number|enqueued-time) (>|>=) '<value>'"
+            )
+        };
+        let rest = selector
+            .trim()
+            .strip_prefix("amqp.annotation.x-opt-")
+            .ok_or_else(bad)?;
+        let (field, rest) = rest.split_once(char::is_whitespace).ok_or_else(bad)?;
+        let rest = rest.trim_start();
+        let (inclusive, rest) = match rest.strip_prefix(">=") {
+            Some(rest) => (true, rest),
+            None => (false, rest.strip_prefix('>').ok_or_else(bad)?),
+        };
+        // quoted as the Event Hubs SDKs write it, or bare as uamqp-era clients do
+        let value = rest.trim();
+        let value = match value.strip_prefix('\'') {
+            Some(quoted) => quoted.strip_suffix('\'').ok_or_else(bad)?,
+            None => value,
+        };
+        let number = || {
+            value
+                .parse::<i64>()
+                .map_err(|_| format!("{selector}: '{value}' is not a number"))
+        };
+        Ok(match field {
+            "offset" if value == "@latest" => StartAt::Latest,
+            "offset" => StartAt::Offset {
+                offset: number()?,
+                inclusive,
+            },
+            "sequence-number" => StartAt::Sequence {
+                sequence: number()?,
+                inclusive,
+            },
+            // `enqueuedtimeutc`: the name the Azure CLI's IoT extension (0.25) filters on
+            "enqueued-time" | "enqueuedtimeutc" => StartAt::EnqueuedTime {
+                ms: number()?,
+                inclusive,
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// What a partition holds, for the management `READ` of `com.microsoft:partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionInfo {
+    /// The oldest sequence number kept (0 when empty).
+    pub begin_sequence: i64,
+    /// The last sequence number given (-1 when nothing was ever enqueued).
+    pub last_sequence: i64,
+    /// The last event's offset (-1 when none).
+    pub last_offset: i64,
+    /// When the last event was enqueued, in milliseconds since the Unix epoch (0 when none).
+    pub last_enqueued_ms: i64,
+    /// Whether the partition holds no event.
+    pub is_empty: bool,
+}
+
+impl PartitionInfo {
+    /// An empty partition that never held an event.
+    pub const EMPTY: PartitionInfo = PartitionInfo {
+        begin_sequence: 0,
+        last_sequence: -1,
+        last_offset: -1,
+        last_enqueued_ms: 0,
+        is_empty: true,
+    };
+}
+
+/// The partition id of a link address's last segment, if it names one of the endpoint's.
+pub fn partition_id(text: &str) -> Option<u32> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|p| *p < PARTITIONS && p.to_string() == text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_always_goes_to_the_same_partition_and_devices_spread_over_all() {
+        assert_eq!(partition_of("sensor-1"), partition_of("sensor-1"));
+        let used: std::collections::BTreeSet<u32> =
+            (0..64).map(|i| partition_of(&format!("d{i}"))).collect();
+        assert_eq!(used.len(), PARTITIONS as usize);
+        // FNV-1a of "" is the offset basis 0x811c9dc5 = 2166136261, which is 1 modulo 4
+        assert_eq!(partition_of(""), 1);
+    }
+
+    #[test]
+    fn selectors_parse_as_the_event_hubs_clients_write_them() {
+        assert_eq!(
+            StartAt::parse("amqp.annotation.x-opt-offset > '-1'"),
+            Ok(StartAt::BEGINNING)
+        );
+        assert_eq!(
+            StartAt::parse("amqp.annotation.x-opt-offset > '@latest'"),
+            Ok(StartAt::Latest)
+        );
+        assert_eq!(
+            StartAt::parse("amqp.annotation.x-opt-sequence-number >= '5'"),
+            Ok(StartAt::Sequence {
+                sequence: 5,
+                inclusive: true
+            })
+        );
+        assert_eq!(
+            StartAt::parse("amqp.annotation.x-opt-enqueued-time > '1700000000000'"),
+            Ok(StartAt::EnqueuedTime {
+                ms: 1_700_000_000_000,
+                inclusive: false
+            })
+        );
+        assert_eq!(
+            StartAt::parse("amqp.annotation.x-opt-enqueuedtimeutc > 1700000000000"),
+            Ok(StartAt::EnqueuedTime {
+                ms: 1_700_000_000_000,
+                inclusive: false
+            })
+        );
+        for bad in [
+            "",
+            "amqp.annotation.x-opt-offset = '1'",
+            "amqp.annotation.x-opt-offset > '1",
+            "amqp.annotation.x-opt-color > '1'",
+            "amqp.annotation.x-opt-sequence-number > 'x'",
+        ] {
+            assert!(StartAt::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partition_ids_are_the_endpoints_exactly() {
+        assert_eq!(partition_id("0"), Some(0));
+        assert_eq!(partition_id("3"), Some(3));
+        assert_eq!(partition_id("4"), None);
+        assert_eq!(partition_id("01"), None);
+        assert_eq!(partition_id("x"), None);
+    }
+}

@@ -1,0 +1,65 @@
+// The Event Hub-compatible endpoint judged by @azure/event-hubs, unchanged: an
+// EventHubConsumerClient built from the Event Hub-compatible connection string the hub prints
+// (hub.json `eventHubConnectionString`) reads a device's telemetry with IoT Hub's system
+// properties; the hub's CA comes from NODE_EXTRA_CA_CERTS, as for the IoT SDKs.
+'use strict';
+
+const { test, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { EventHubConsumerClient, earliestEventPosition } = require('@azure/event-hubs');
+const { Client } = require('azure-iot-device');
+const { Mqtt } = require('azure-iot-device-mqtt');
+const { Http } = require('azure-iot-device-http');
+const { Message } = require('azure-iot-common');
+const { info, waitFor, registryWithCleanup, identityConnectionString } = require('./hub');
+
+const fixture = registryWithCleanup();
+after(() => fixture.cleanup());
+
+test('EventHubConsumerClient reads a device\'s telemetry (MQTT, then HTTPS) with IoT Hub\'s system properties', async () => {
+  const device = await fixture.device('node-eh');
+  const client = Client.fromConnectionString(identityConnectionString(device), Mqtt);
+  await client.open();
+  const message = new Message('{"temperature": 22}');
+  message.messageId = 'node-mid-1';
+  message.correlationId = 'node-cid-1';
+  message.contentType = 'application/json';
+  message.contentEncoding = 'utf-8';
+  message.properties.add('level', 'high');
+  await client.sendEvent(message);
+  await client.close();
+  const overHttps = Client.fromConnectionString(identityConnectionString(device), Http);
+  await overHttps.open();
+  await overHttps.sendEvent(new Message('over https'));
+  await overHttps.close();
+
+  const consumer = new EventHubConsumerClient('$Default', info.eventHubConnectionString);
+  try {
+    const ids = await consumer.getPartitionIds();
+    assert.deepEqual(ids, ['0', '1', '2', '3']);
+    const received = [];
+    const subscription = consumer.subscribe({
+      processEvents: async (events) => {
+        received.push(...events.filter((e) => e.systemProperties['iothub-connection-device-id'] === device.deviceId));
+      },
+      processError: async (err) => { received.error = err; },
+    }, { startPosition: earliestEventPosition, maxWaitTimeInSeconds: 1 });
+    await waitFor(() => received.length > 1 || received.error, 'the device\'s events', 20000);
+    await subscription.close();
+    assert.equal(received.error, undefined);
+    const [event, second] = received;
+    assert.equal(second.body.toString(), 'over https', 'HTTPS messages reach the endpoint too, in order');
+    assert.deepEqual(event.body, { temperature: 22 });
+    assert.equal(event.messageId, 'node-mid-1');
+    assert.equal(event.correlationId, 'node-cid-1');
+    assert.equal(event.contentType, 'application/json');
+    assert.deepEqual(event.properties, { level: 'high' });
+    assert.equal(event.systemProperties['iothub-message-source'], 'Telemetry');
+    assert.equal(event.systemProperties['iothub-connection-device-id'], device.deviceId);
+    assert.equal(typeof event.sequenceNumber, 'number');
+    assert.ok(event.enqueuedTimeUtc instanceof Date);
+    assert.equal(new Date(event.systemProperties['iothub-enqueuedtime']).getTime(), event.enqueuedTimeUtc.getTime());
+  } finally {
+    await consumer.close();
+  }
+});

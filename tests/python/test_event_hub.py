@@ -1,0 +1,199 @@
+"""The Event Hub-compatible endpoint (AMQP on 5671), judged by Microsoft's `azure-eventhub`
+consumer with the connection string `edgetwin hub` prints (hub.json `eventHubConnectionString`):
+telemetry the device SDK sends arrives with the system properties and annotations IoT Hub sets,
+in order in one partition per device, durably across a restart, from a checkpointed offset; bad
+tokens, unknown consumer groups and partitions are refused as Event Hubs refuses them."""
+
+import base64
+import hashlib
+import hmac
+import threading
+import time
+import urllib.parse
+
+import pytest
+from azure.core.credentials import AzureSasCredential
+from azure.eventhub import EventHubConsumerClient
+from azure.eventhub.exceptions import AuthenticationError
+from azure.iot.device import Message
+
+from conftest import parse_connection_string, unique_id
+
+
+def consumer(hub, consumer_group="$Default", connection_string=None):
+    return EventHubConsumerClient.from_connection_string(
+        connection_string or hub.info["eventHubConnectionString"],
+        consumer_group=consumer_group,
+        connection_verify=hub.ca_path,
+        retry_total=0,
+    )
+
+
+def receive(client, enough, timeout=20, **kw):
+    """Receive on `client` (all partitions unless `partition_id`) until `enough(events)` or an
+    error; return (events as (partition id, EventData), errors)."""
+    events, errors = [], []
+    done = threading.Event()
+
+    def on_event(context, event):
+        if event is not None:
+            events.append((context.partition_id, event))
+            if enough(events):
+                done.set()
+
+    def on_error(context, error):
+        errors.append(error)
+        done.set()
+
+    kw.setdefault("starting_position", "-1")
+    worker = threading.Thread(
+        target=client.receive, kwargs=dict(on_event=on_event, on_error=on_error, **kw), daemon=True
+    )
+    worker.start()
+    done.wait(timeout)
+    client.close()
+    worker.join(10)
+    return events, errors
+
+
+def from_device(device_id):
+    return lambda e: e[1].system_properties.get(b"iothub-connection-device-id") == device_id.encode()
+
+
+def send(client, text, **properties):
+    message = Message(text, message_id=properties.pop("message_id", None),
+                      content_encoding="utf-8", content_type="application/json")
+    message.correlation_id = properties.pop("correlation_id", None)
+    message.custom_properties.update(properties)
+    client.send_message(message)
+
+
+def test_device_telemetry_arrives_with_the_properties_and_annotations_iot_hub_sets(hub, clients, make_device):
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    send(client, '{"temperature": 21}', message_id="mid-1", correlation_id="cid-1", level="high")
+    events, errors = receive(consumer(hub), lambda es: any(map(from_device(device.device_id), es)))
+    assert not errors, errors
+    [(_, event)] = [e for e in events if from_device(device.device_id)(e)]
+    assert event.body_as_str() == '{"temperature": 21}'
+    assert event.properties == {b"level": b"high"}
+    system = event.system_properties
+    assert system[b"message-id"] == b"mid-1"
+    assert system[b"correlation-id"] == b"cid-1"
+    assert system[b"content-type"] == b"application/json"
+    assert system[b"content-encoding"] == b"utf-8"
+    assert system[b"iothub-connection-device-id"] == device.device_id.encode()
+    assert system[b"iothub-message-source"] == b"Telemetry"
+    assert b'"scope":"device"' in system[b"iothub-connection-auth-method"]
+    assert system[b"iothub-enqueuedtime"] == system[b"x-opt-enqueued-time"]
+    assert abs(system[b"x-opt-enqueued-time"] / 1000 - time.time()) < 60
+    assert event.sequence_number == system[b"x-opt-sequence-number"]
+    assert event.offset == system[b"x-opt-offset"].decode()
+    assert event.enqueued_time is not None
+
+
+def test_module_telemetry_names_the_module(hub, clients, make_module):
+    module = make_module(edge=False)
+    client = clients.module(module)
+    client.connect()
+    client.send_message(Message("from a module"))
+    events, errors = receive(consumer(hub), lambda es: any(map(from_device(module.device_id), es)))
+    assert not errors, errors
+    [(_, event)] = [e for e in events if from_device(module.device_id)(e)]
+    assert event.system_properties[b"iothub-connection-module-id"] == module.module_id.encode()
+    assert b'"scope":"module"' in event.system_properties[b"iothub-connection-auth-method"]
+
+
+def test_a_devices_messages_keep_their_order_in_one_partition_across_a_restart_and_resume_from_an_offset(
+    hub, clients, make_device
+):
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    for n in range(3):
+        send(client, f"m{n}")
+    mine = from_device(device.device_id)
+    events, errors = receive(consumer(hub), lambda es: len([e for e in es if mine(e)]) == 3)
+    assert not errors, errors
+    events = [e for e in events if mine(e)]
+    assert [e.body_as_str() for _, e in events] == ["m0", "m1", "m2"]
+    partitions = {p for p, _ in events}
+    assert len(partitions) == 1, partitions
+    partition = partitions.pop()
+    sequences = [e.sequence_number for _, e in events]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    checkpoint = events[0][1].offset
+    client.shutdown()
+
+    hub.restart(kill=True)
+    client = clients.device(device)
+    client.connect()
+    send(client, "m3")
+    properties = consumer(hub).get_partition_properties(partition)
+    assert properties["last_enqueued_sequence_number"] == sequences[-1] + 1
+    events, errors = receive(
+        consumer(hub), lambda es: len(es) >= 3 and es[-1][1].body_as_str() == "m3",
+        partition_id=partition, starting_position=checkpoint,
+    )
+    assert not errors, errors
+    after = [e.body_as_str() for _, e in events if mine((partition, e))]
+    assert after == ["m1", "m2", "m3"], "nothing lost, nothing repeated, in order"
+    assert events[0][1].sequence_number == sequences[1]
+
+
+def test_the_hub_answers_the_event_hubs_metadata(hub):
+    client = consumer(hub)
+    properties = client.get_eventhub_properties()
+    client.close()
+    assert properties["eventhub_name"] == parse_connection_string(
+        hub.info["eventHubConnectionString"])["EntityPath"]
+    assert properties["partition_ids"] == ["0", "1", "2", "3"]
+
+
+def event_hub_token(hub, key, expiry):
+    """A SAS token for the Event Hub as Event Hubs clients make it (the key's text is the HMAC key)."""
+    name = parse_connection_string(hub.info["eventHubConnectionString"])["EntityPath"]
+    resource = urllib.parse.quote_plus(f"sb://{hub.host}/{name}")
+    signature = base64.b64encode(
+        hmac.new(key.encode(), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
+    ).decode()
+    return (f"SharedAccessSignature sr={resource}&sig={urllib.parse.quote_plus(signature)}"
+            f"&se={expiry}&skn=service")
+
+
+@pytest.mark.parametrize("case", ["wrong key", "expired"])
+def test_a_wrong_or_expired_token_is_refused_on_cbs(hub, case):
+    key = hub.info["policies"]["service"]
+    if case == "wrong key":
+        token = event_hub_token(hub, base64.b64encode(b"x" * 32).decode(), int(time.time()) + 3600)
+    else:
+        token = event_hub_token(hub, key, int(time.time()) - 60)
+    name = parse_connection_string(hub.info["eventHubConnectionString"])["EntityPath"]
+    client = EventHubConsumerClient(
+        fully_qualified_namespace=hub.host, eventhub_name=name, consumer_group="$Default",
+        credential=AzureSasCredential(token), connection_verify=hub.ca_path, retry_total=0,
+    )
+    with pytest.raises(AuthenticationError, match="401"):
+        client.get_partition_ids()
+    client.close()
+
+
+def test_a_policy_without_service_connect_may_not_read_events(hub):
+    key = hub.info["policies"]["registryRead"]
+    cs = parse_connection_string(hub.info["eventHubConnectionString"])
+    connection_string = (f"Endpoint={cs['Endpoint']};SharedAccessKeyName=registryRead;"
+                         f"SharedAccessKey={key};EntityPath={cs['EntityPath']}")
+    events, errors = receive(consumer(hub, connection_string=connection_string), lambda es: True,
+                             partition_id="0")
+    assert events == []
+    assert errors and isinstance(errors[0], AuthenticationError) and "401" in str(errors[0]), errors
+
+
+def test_an_unknown_consumer_group_is_refused_as_not_found(hub):
+    # (an unknown partition id never reaches the hub: the client checks it against the
+    # partition ids the $management node reads out)
+    events, errors = receive(consumer(hub, consumer_group=unique_id("group")), lambda es: True,
+                             partition_id="0")
+    assert events == []
+    assert errors and "amqp:not-found" in str(errors[0]), errors
