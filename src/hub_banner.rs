@@ -39,6 +39,12 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
     lines.extend([
         "  service connection string (iothubowner):".to_owned(),
         format!("    {connection_string}"),
+        format!(
+            "  Device Provisioning Service: id scope {}, global endpoint {} (same ports; docs/dps.md)",
+            info.dps.id_scope, info.dps.global_endpoint
+        ),
+        "  DPS connection string (provisioningserviceowner):".to_owned(),
+        format!("    {}", info.dps.connection_string.expose()),
         "  Event Hub-compatible connection string (policy service):".to_owned(),
         format!("    {}", info.event_hub_connection_string.expose()),
         "Point clients at it:".to_owned(),

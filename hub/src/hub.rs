@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use edgetwin_wire::dps::{DpsError, RegistrationOperationStatus};
 use edgetwin_wire::query::Query;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::{SasScope, SasToken};
@@ -52,6 +53,8 @@ pub struct Database {
     readers: Arc<Readers>,
     /// Shared access policies.
     policies: Vec<PolicyRecord>,
+    /// The provisioning service's id scope and policy.
+    dps: crate::dps::Service,
 }
 
 impl Database {
@@ -63,6 +66,7 @@ impl Database {
         let mut store = Store::open(&path)?;
         let policies = store.transaction(|tx| {
             let mut policies = tx.policies()?;
+            policies.retain(|p| !crate::dps::is_dps_policy(p));
             if policies.is_empty() && !fresh_allowed {
                 return Err(StoreError::Lost { path: path.clone() });
             }
@@ -80,6 +84,7 @@ impl Database {
             }
             Ok::<_, StoreError>(policies)
         })?;
+        let dps = store.transaction(crate::dps::Service::open)?;
         if store.transaction(|tx| tx.counter(crate::store::EVALUATIONS_PENDING))? > 0 {
             // a configuration change whose evaluation the last run did not finish, or a
             // database whose targeting rows are new
@@ -92,6 +97,7 @@ impl Database {
             path,
             store,
             policies,
+            dps,
         })
     }
 
@@ -120,6 +126,8 @@ pub struct Hub {
     messages: MessageLog,
     /// Shared access policies (loaded at start).
     policies: Vec<PolicyRecord>,
+    /// The local Device Provisioning Service (id scope, policy, operations).
+    dps: crate::dps::Service,
     /// The last sequence number stored in each Event Hub-compatible partition (-1: none), for
     /// its readers to wait on; set after each commit.
     event_heads: Arc<Vec<watch::Sender<i64>>>,
@@ -142,6 +150,7 @@ impl Hub {
             store,
             readers,
             policies,
+            dps,
         } = database;
         let live = Arc::new(LiveConnections::default());
         let event_heads = Arc::new(
@@ -186,6 +195,7 @@ impl Hub {
             methods: PendingMethods::default(),
             messages: MessageLog::default(),
             policies,
+            dps,
             event_heads,
             jobs_changed: tokio::sync::Notify::new(),
         })
@@ -199,6 +209,11 @@ impl Hub {
     /// The shared access policies.
     pub fn policies(&self) -> &[PolicyRecord] {
         &self.policies
+    }
+
+    /// The local Device Provisioning Service.
+    pub fn dps(&self) -> &crate::dps::Service {
+        &self.dps
     }
 
     /// The live MQTT connections: who is connected, and sending to them.
@@ -271,6 +286,72 @@ impl Hub {
         f: impl FnOnce(&Transaction<'_>) -> Written<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         self.writer.write(f).await
+    }
+
+    /// Runs `f`, a Device Provisioning Service change, in a transaction of the writer (under a
+    /// savepoint, so a refused change leaves nothing behind) and waits for its commit.
+    pub async fn write_dps<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DpsError> + Send + 'static,
+    ) -> Result<T, DpsError> {
+        let mut f = Some(f);
+        let results = self
+            .write(move |tx| {
+                Ok(tx.each([()], |tx, ()| match f.take() {
+                    Some(f) => f(tx),
+                    None => Err(DpsError::new(500001, "DPS change run twice")),
+                })?)
+            })
+            .await?;
+        results
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(DpsError::new(500001, "DPS change did not run")))
+    }
+
+    /// Checks a registering device's SAS token ([`crate::dps::attest`]).
+    pub fn dps_attest(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        token: &SasToken,
+    ) -> Result<crate::dps::Attested, DpsError> {
+        self.read(|tx| {
+            Ok(crate::dps::attest(
+                tx,
+                &self.dps,
+                id_scope,
+                registration_id,
+                token,
+                ids::now_unix(),
+            ))
+        })?
+    }
+
+    /// Registers an attested device ([`crate::dps::register`]) and remembers the finished
+    /// operation for polling; answers the operation as DPS first does, `assigning`, with its id.
+    pub async fn dps_register(
+        &self,
+        attested: crate::dps::Attested,
+        payload: Option<Value>,
+    ) -> Result<RegistrationOperationStatus, DpsError> {
+        let host = self.host_name.clone();
+        let registration_id = attested.registration_id.clone();
+        let state = self
+            .write_dps(move |tx| crate::dps::register(tx, &host, &attested, payload))
+            .await?;
+        let operation_id = crate::dps::operation_id();
+        let finished = RegistrationOperationStatus {
+            operation_id: operation_id.clone(),
+            status: state.status.clone(),
+            registration_state: Some(state),
+        };
+        self.dps.operations().record(&registration_id, finished);
+        Ok(RegistrationOperationStatus {
+            operation_id,
+            status: "assigning".into(),
+            registration_state: None,
+        })
     }
 
     /// Queues a reported-properties patch from `key`'s device or module for the next group
@@ -363,10 +444,7 @@ impl Hub {
         authorization: Option<&str>,
         segments: &[String],
     ) -> Result<Caller, ApiError> {
-        let token =
-            SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
-                .map_err(|_| unauthorized("malformed SharedAccessSignature"))?;
-        self.authenticate_token(&token, segments, false)
+        self.authenticate_token(&parse_authorization(authorization)?, segments, false)
     }
 
     /// Who a parsed service token authenticates for the path `segments` (see
@@ -379,6 +457,38 @@ impl Hub {
         segments: &[String],
         event_hubs_signing: bool,
     ) -> Result<Caller, ApiError> {
+        let scope = self.checked_scope(token, segments)?;
+        let Some(name) = token.key_name.as_deref() else {
+            return self.authenticate_edge_device(token, &scope, segments);
+        };
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| unauthorized("unknown policy"))?;
+        verified_policy(token, policy, event_hubs_signing)
+    }
+
+    /// Who a token authenticates on the Device Provisioning Service's service API: the
+    /// `provisioningserviceowner` policy of a DPS connection string, checked as
+    /// [`Hub::authenticate_service`] checks IoT Hub's policies.
+    pub fn authenticate_dps_service(
+        &self,
+        authorization: Option<&str>,
+        segments: &[String],
+    ) -> Result<Caller, ApiError> {
+        let token = parse_authorization(authorization)?;
+        self.checked_scope(&token, segments)?;
+        let policy = self.dps.policy();
+        if token.key_name.as_deref() != Some(policy.name.as_str()) {
+            return Err(unauthorized("not the provisioning service's policy"));
+        }
+        verified_policy(&token, policy, false)
+    }
+
+    /// The scope of a service token whose host is this hub's, whose `sr` covers the path
+    /// `segments` and which has not expired (its signature not checked yet).
+    fn checked_scope(&self, token: &SasToken, segments: &[String]) -> Result<SasScope, ApiError> {
         let scope = token.scope().map_err(|_| unauthorized("malformed sr"))?;
         if !host_matches(scope.host(), &self.host_name) {
             return Err(unauthorized("sr names another hub"));
@@ -389,21 +499,7 @@ impl Hub {
         if token.is_expired(ids::now_unix(), 0) {
             return Err(unauthorized("token expired"));
         }
-        let Some(name) = token.key_name.as_deref() else {
-            return self.authenticate_edge_device(token, &scope, segments);
-        };
-        let policy = self
-            .policies
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| unauthorized("unknown policy"))?;
-        let signed_with = |key: &Secret| {
-            token.verify(key) || (event_hubs_signing && token.verify_as_event_hubs(key))
-        };
-        if !(signed_with(&policy.primary_key) || signed_with(&policy.secondary_key)) {
-            return Err(unauthorized("bad signature"));
-        }
-        Ok(Caller::Policy(policy.clone()))
+        Ok(scope)
     }
 
     /// A token without `skn` whose `sr` is `{host}/devices/{id}`, signed with the key of that
@@ -571,6 +667,27 @@ pub fn is_device_facing(segments: &[String]) -> bool {
     matches!(segments, [devices, _, messages, queue]
         if devices == "devices" && messages == "messages"
             && (queue == "events" || queue == "deviceBound"))
+}
+
+/// The `Authorization` header's SAS token.
+fn parse_authorization(authorization: Option<&str>) -> Result<SasToken, ApiError> {
+    SasToken::parse(authorization.ok_or_else(|| unauthorized("no Authorization header"))?)
+        .map_err(|_| unauthorized("malformed SharedAccessSignature"))
+}
+
+/// The policy `policy` as the caller, if one of its keys signed `token` (or, with
+/// `event_hubs_signing`, signed it as Event Hubs clients sign).
+fn verified_policy(
+    token: &SasToken,
+    policy: &PolicyRecord,
+    event_hubs_signing: bool,
+) -> Result<Caller, ApiError> {
+    let signed_with =
+        |key: &Secret| token.verify(key) || (event_hubs_signing && token.verify_as_event_hubs(key));
+    if !(signed_with(&policy.primary_key) || signed_with(&policy.secondary_key)) {
+        return Err(unauthorized("bad signature"));
+    }
+    Ok(Caller::Policy(policy.clone()))
 }
 
 /// IoT Hub's refusal of a token (the reason goes to the log only).

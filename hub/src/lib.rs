@@ -26,6 +26,7 @@ mod certs;
 mod console;
 mod data_lock;
 mod deployments;
+mod dps;
 mod error;
 mod events;
 mod faults;
@@ -176,6 +177,8 @@ pub struct HubInfo {
     pub service_connection_string: Secret,
     /// Every shared access policy's primary key, by name.
     pub policies: std::collections::BTreeMap<String, Secret>,
+    /// The local Device Provisioning Service, on the same ports (docs/dps.md).
+    pub dps: DpsInfo,
     /// The CA certificate clients must trust.
     pub ca_certificate: PathBuf,
     /// MQTT port.
@@ -198,6 +201,20 @@ pub struct HubInfo {
     /// `edgeEnvironment` names its socket); none when the workload API is switched off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_dir: Option<PathBuf>,
+}
+
+/// How to reach the hub's Device Provisioning Service: devices register on the hub's own MQTT
+/// and HTTPS ports (the global endpoint is the hub's host name), and the service API takes a
+/// DPS connection string.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DpsInfo {
+    /// The id scope devices register under.
+    pub id_scope: String,
+    /// The host devices dial (`provisioning_host`, aziot's `global_endpoint` host).
+    pub global_endpoint: String,
+    /// `HostName=…;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=…`.
+    pub connection_string: Secret,
 }
 
 /// Why the hub could not start.
@@ -455,6 +472,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             .iter()
             .map(|p| (p.name.clone(), p.primary_key.clone()))
             .collect(),
+        dps: DpsInfo {
+            id_scope: hub.dps().id_scope().to_owned(),
+            global_endpoint: service_host.clone(),
+            connection_string: ConnectionString::service(
+                &service_host,
+                &hub.dps().policy().name,
+                &hub.dps().policy().primary_key,
+            )
+            .to_secret_string(),
+        },
         ca_certificate: tls.ca_path.clone(),
         mqtt_port,
         https_port,

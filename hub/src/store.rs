@@ -190,6 +190,10 @@ CREATE INDEX IF NOT EXISTS module_targeting_by_device ON module_targeting (devic
 CREATE TABLE IF NOT EXISTS workload_sockets (device_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS applied_content (
     device_id TEXT PRIMARY KEY, modules_content TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dps_enrollments (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dps_groups (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dps_registrations (
+    id TEXT PRIMARY KEY, group_id TEXT, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     partition INTEGER NOT NULL, sequence INTEGER NOT NULL, offset INTEGER NOT NULL,
     enqueued_ms INTEGER NOT NULL, device_id TEXT NOT NULL, module_id TEXT,
@@ -205,6 +209,27 @@ CREATE TABLE IF NOT EXISTS job_devices (
     job_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (job_id, device_id)) WITHOUT ROWID;
 ";
+
+/// The Device Provisioning Service's records, each a JSON document keyed by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpsTable {
+    /// Individual enrollments, by registration id.
+    Enrollments,
+    /// Enrollment groups, by group id.
+    Groups,
+    /// Registration states, by registration id (with the group that attested them).
+    Registrations,
+}
+
+impl DpsTable {
+    fn name(self) -> &'static str {
+        match self {
+            DpsTable::Enrollments => "dps_enrollments",
+            DpsTable::Groups => "dps_groups",
+            DpsTable::Registrations => "dps_registrations",
+        }
+    }
+}
 
 /// Fills `workload_sockets` in a database written before it existed, with the edge devices that
 /// hub gave a socket at its start: those with a module besides `$edgeAgent` and `$edgeHub`, or
@@ -537,6 +562,70 @@ impl Transaction<'_> {
             decode(&text, || format!("{kind} {key}"))
         })
         .collect()
+    }
+
+    /// The DPS record `id` of `table`.
+    pub fn dps_record<T: DeserializeOwned>(
+        &self,
+        table: DpsTable,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get_doc(
+            &format!("SELECT record FROM {} WHERE id = ?1", table.name()),
+            params![id],
+            || format!("{} {id}", table.name()),
+        )
+    }
+
+    /// Stores the DPS record `id` of `table` (insert or replace); `group` is the enrollment
+    /// group a registration came through.
+    pub fn put_dps_record<T: Serialize>(
+        &self,
+        table: DpsTable,
+        id: &str,
+        group: Option<&str>,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        match table {
+            DpsTable::Registrations => self.tx.execute(
+                "INSERT OR REPLACE INTO dps_registrations (id, group_id, record) VALUES (?1, ?2, ?3)",
+                params![id, group, encode(record)],
+            )?,
+            _ => self.tx.execute(
+                &format!("INSERT OR REPLACE INTO {} (id, record) VALUES (?1, ?2)", table.name()),
+                params![id, encode(record)],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Deletes the DPS record `id` of `table`; whether there was one.
+    pub fn delete_dps_record(&self, table: DpsTable, id: &str) -> Result<bool, StoreError> {
+        let sql = format!("DELETE FROM {} WHERE id = ?1", table.name());
+        Ok(self.tx.execute(&sql, params![id])? > 0)
+    }
+
+    /// Up to `limit` records of `table` whose id sorts after `after`, by id; for registrations,
+    /// only those of `group` when given.
+    pub fn dps_records<T: DeserializeOwned>(
+        &self,
+        table: DpsTable,
+        after: &str,
+        limit: usize,
+        group: Option<&str>,
+    ) -> Result<Vec<T>, StoreError> {
+        let filter = match group {
+            Some(_) => "AND group_id = ?3",
+            None => "AND ?3 IS NULL",
+        };
+        self.list_docs(
+            &format!(
+                "SELECT id, record FROM {} WHERE id > ?1 {filter} ORDER BY id LIMIT ?2",
+                table.name()
+            ),
+            params![after, limit as i64, group],
+            table.name(),
+        )
     }
 
     /// The device identity `device_id`.

@@ -1,10 +1,12 @@
 //! The typed calls of [`ServiceClient`], one per service operation its callers use: devices and
 //! modules (read, create, bulk), twins (read, patch), query pages, deployments (apply to a
 //! device, read and write configurations), direct methods, and the local hub's own
-//! `/edgetwin/...` reads (a module's `IOTEDGE_*` environment, the message log).
+//! `/edgetwin/...` reads (a module's `IOTEDGE_*` environment, the message log); and, with a DPS
+//! connection string, the Device Provisioning Service's enrollment groups.
 
 use std::collections::BTreeMap;
 
+use edgetwin_wire::dps::{AttestationMechanism, EnrollmentGroup};
 use edgetwin_wire::query::exec::ITEM_TYPE_HEADER;
 use edgetwin_wire::query::page;
 use edgetwin_wire::rest::{
@@ -327,4 +329,49 @@ impl ServiceClient {
         );
         self.call_json(&request).await
     }
+
+    /// `POST /enrollmentGroups/{id}/attestationmechanism` on DPS: the group's keys; `None` if
+    /// there is no such group.
+    pub async fn enrollment_group_attestation(
+        &self,
+        id: &str,
+    ) -> Result<Option<AttestationMechanism>, Error> {
+        let request = dps_request(
+            Method::POST,
+            &["enrollmentGroups", id, "attestationmechanism"],
+            format!("read enrollment group '{id}'"),
+        );
+        match self.call_json(&request).await {
+            Ok(attestation) => Ok(Some(attestation)),
+            Err(Error::Service(e)) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /enrollmentGroups/{id}` on DPS without `If-Match`: create or replace the group.
+    pub async fn put_enrollment_group(
+        &self,
+        group: &EnrollmentGroup,
+    ) -> Result<EnrollmentGroup, Error> {
+        let request = dps_request(
+            Method::PUT,
+            &["enrollmentGroups", &group.enrollment_group_id],
+            format!("create enrollment group '{}'", group.enrollment_group_id),
+        )
+        .json(group);
+        self.call_json(&request).await
+    }
+}
+
+/// The DPS service api-version its requests name (DPS does not take IoT Hub's).
+const DPS_API_VERSION: &str = "2021-10-01";
+
+/// A DPS service request of the path made of `segments`, with DPS's api-version.
+fn dps_request(method: Method, segments: &[&str], operation: String) -> Request {
+    let mut request = Request::new(method, segments, Permission::RegistryWrite, operation);
+    request
+        .path
+        .push_str(&format!("?api-version={DPS_API_VERSION}"));
+    request.api_version = false;
+    request
 }

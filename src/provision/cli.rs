@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{ClientOptions, ServiceClient};
 use super::deploy::{self, AtScale};
+use super::dps::{self, DpsFleet};
 use super::edge_config;
 use super::error::ProvisionError;
 use super::fleet::{self, FleetOptions};
@@ -119,10 +120,53 @@ pub struct ProvisionArgs {
     /// deviceId column and tag columns.
     #[arg(long, value_name = "FILE")]
     pub devices_from: Option<PathBuf>,
+    /// Provisioning through the Device Provisioning Service instead (boxed, as `deploy`).
+    #[command(flatten)]
+    pub dps: Box<DpsArgs>,
     /// Identity-registry requests per minute for fleets (default: IoT Hub S1, one unit); 0 = no
     /// pacing. Tag updates of existing devices are paced to S1's twin-update quota unless 0.
     #[arg(long, default_value_t = S1_REGISTRY_OPS_PER_MINUTE, value_name = "PER_MINUTE")]
     pub rate: f64,
+}
+
+/// The `--dps` flags of `edgetwin provision`: a fleet that registers itself through DPS.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DpsArgs {
+    /// Provision the fleet (--count, --prefix) through the Device Provisioning Service instead:
+    /// an enrollment group (kept if it exists), then per device its derived key in a ready aziot
+    /// config.toml (`source = "dps"`) at OUT/<registration id>/config.toml, mode 0600. Nothing
+    /// is created in the hub: the devices register themselves (docs/dps.md).
+    #[arg(
+        long,
+        requires_all = ["count", "out", "id_scope"],
+        conflicts_with_all = ["device", "devices_from", "secrets_file", "edge_config", "module"]
+    )]
+    pub dps: bool,
+    /// DPS connection string (`edgetwin hub` prints one; on Azure, a shared access policy of the
+    /// provisioning service).
+    #[arg(
+        long,
+        value_name = "STRING",
+        env = "DPS_CONNECTION_STRING",
+        hide_env_values = true
+    )]
+    pub dps_connection_string: Option<String>,
+    /// The id scope the devices register under (`edgetwin hub` prints it).
+    #[arg(long, value_name = "SCOPE")]
+    pub id_scope: Option<String>,
+    /// The DPS endpoint the devices dial: `https://<hub host>` for the local hub.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://global.azure-devices-provisioning.net"
+    )]
+    pub global_endpoint: String,
+    /// The enrollment group the --dps fleet registers through.
+    #[arg(long, value_name = "ID", default_value = "edgetwin-fleet")]
+    pub enrollment_group: String,
+    /// Directory of the --dps fleet's config files.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// The deployment flags of `edgetwin provision`: a manifest file or one generated from the
@@ -233,6 +277,15 @@ pub fn connect(args: &HubArgs) -> Result<ServiceClient, ProvisionError> {
         &env_var,
         dotenv.as_deref(),
     )?;
+    connect_to(&connection_string, args)
+}
+
+/// A client for `connection_string` trusting the CA of `args` (`--ca-file`, then the
+/// environment).
+fn connect_to(
+    connection_string: &edgetwin_wire::connection_string::ConnectionString,
+    args: &HubArgs,
+) -> Result<ServiceClient, ProvisionError> {
     let ca_file = settings::resolve_ca_file_and_origin(args.ca_file.clone(), &env_var);
     if let Some((path, origin)) = &ca_file {
         std::fs::File::open(path).map_err(|source| ProvisionError::CaFile {
@@ -245,7 +298,49 @@ pub fn connect(args: &HubArgs) -> Result<ServiceClient, ProvisionError> {
         ca_file: ca_file.map(|(path, _)| path),
         ..ClientOptions::default()
     };
-    Ok(ServiceClient::new(&connection_string, options)?)
+    Ok(ServiceClient::new(connection_string, options)?)
+}
+
+/// `provision --dps`: the enrollment group, then one config.toml per device.
+async fn run_dps(args: &ProvisionArgs) -> Result<(), ProvisionError> {
+    let text = args.dps.dps_connection_string.as_deref().ok_or_else(|| {
+        ProvisionError::Input(
+            "--dps needs a DPS connection string: --dps-connection-string or \
+             DPS_CONNECTION_STRING (`edgetwin hub` prints one)"
+                .into(),
+        )
+    })?;
+    let connection_string = text
+        .parse::<edgetwin_wire::connection_string::ConnectionString>()
+        .map_err(|e| ProvisionError::Input(format!("--dps-connection-string: {e}")))?;
+    let client = connect_to(&connection_string, &args.hub)?;
+    let fleet = DpsFleet {
+        group: args.dps.enrollment_group.clone(),
+        prefix: args.prefix.clone(),
+        count: args.count.unwrap_or_default(),
+        edge: args.edge,
+        out: args.dps.out.clone().unwrap_or_default(),
+        id_scope: args.dps.id_scope.clone().unwrap_or_default(),
+        global_endpoint: args.dps.global_endpoint.clone(),
+        ca_file: settings::resolve_ca_file(args.hub.ca_file.clone(), &env_var),
+    };
+    let started = std::time::Instant::now();
+    let written = dps::provision(&client, &fleet).await?;
+    eprintln!(
+        "{} config.toml files for enrollment group '{}' written under {} in {:.2} s",
+        written.len(),
+        fleet.group,
+        fleet.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if args.output == OutputFormat::Json {
+        print_json(&json!({
+            "enrollmentGroupId": fleet.group,
+            "idScope": fleet.id_scope,
+            "files": written,
+        }));
+    }
+    Ok(())
 }
 
 fn print_json(value: &Value) {
@@ -276,6 +371,9 @@ fn identity_json(identity: &Identity, with_secret: bool) -> Value {
 
 /// Runs `edgetwin provision`.
 pub async fn run_provision(args: ProvisionArgs) -> Result<(), ProvisionError> {
+    if args.dps.dps {
+        return run_dps(&args).await;
+    }
     // The manifest is generated and validated before anything is sent to the hub.
     let request = ManifestRequest {
         dir: args.deploy.dir.clone(),

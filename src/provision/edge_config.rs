@@ -24,10 +24,44 @@ fn toml_string(text: &str) -> String {
 /// The config.toml text for a device with `connection_string` on the hub `host_name`, trusting
 /// `ca_file` if given.
 pub fn render(host_name: &str, connection_string: &str, ca_file: Option<&Path>) -> String {
+    let provisioning = format!(
+        "[provisioning]\nsource = \"manual\"\nconnection_string = {}\n",
+        toml_string(connection_string)
+    );
+    config(Some(host_name), ca_file, &provisioning)
+}
+
+/// The config.toml text for a device that provisions itself through DPS, as aziot's template
+/// has it: `[provisioning] source = "dps"`, the `global_endpoint` URL and `id_scope`, and
+/// symmetric-key attestation with its `registration_id` and (derived) key inline.
+pub fn render_dps(
+    global_endpoint: &str,
+    id_scope: &str,
+    registration_id: &str,
+    symmetric_key: &str,
+    ca_file: Option<&Path>,
+) -> String {
+    let provisioning = format!(
+        "[provisioning]\nsource = \"dps\"\nglobal_endpoint = {}\nid_scope = {}\n\n\
+         [provisioning.attestation]\nmethod = \"symmetric_key\"\nregistration_id = {}\n\
+         symmetric_key = {{ value = {} }}\n",
+        toml_string(global_endpoint),
+        toml_string(id_scope),
+        toml_string(registration_id),
+        toml_string(symmetric_key)
+    );
+    config(None, ca_file, &provisioning)
+}
+
+/// The whole file: `hostname` if given, the trust bundle, the `provisioning` section, the
+/// Docker engine.
+fn config(host_name: Option<&str>, ca_file: Option<&Path>, provisioning: &str) -> String {
     let mut text = String::from(
         "# IoT Edge config.toml for edgetwin edge run (and aziot's iotedge config apply)\n",
     );
-    text.push_str(&format!("hostname = {}\n", toml_string(host_name)));
+    if let Some(host_name) = host_name {
+        text.push_str(&format!("hostname = {}\n", toml_string(host_name)));
+    }
     if let Some(ca) = ca_file {
         let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.to_owned());
         text.push_str(&format!(
@@ -35,11 +69,8 @@ pub fn render(host_name: &str, connection_string: &str, ca_file: Option<&Path>) 
             toml_string(&format!("file://{}", ca.display()))
         ));
     }
-    text.push_str("\n[provisioning]\nsource = \"manual\"\n");
-    text.push_str(&format!(
-        "connection_string = {}\n",
-        toml_string(connection_string)
-    ));
+    text.push('\n');
+    text.push_str(provisioning);
     text.push_str(
         "\n[moby_runtime]\nuri = \"unix:///var/run/docker.sock\"\nnetwork = \"azure-iot-edge\"\n",
     );
@@ -73,5 +104,30 @@ mod tests {
             "{text}"
         );
         assert_eq!(toml_string("a\\b\n"), "\"a\\\\b\\u000A\"");
+    }
+
+    #[test]
+    fn a_dps_config_has_aziots_provisioning_and_attestation_sections() {
+        let text = render_dps(
+            "https://hub.local",
+            "0ne0000ABCD",
+            "pi-1",
+            "a2V5",
+            Some(Path::new("/ca.pem")),
+        );
+        assert!(
+            text.contains(
+                "\n[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://hub.local\"\n\
+             id_scope = \"0ne0000ABCD\"\n\n[provisioning.attestation]\n\
+             method = \"symmetric_key\"\nregistration_id = \"pi-1\"\n\
+             symmetric_key = { value = \"a2V5\" }\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("trust_bundle_cert = \"file:///ca.pem\"\n"),
+            "{text}"
+        );
+        assert!(!text.contains("hostname"), "{text}");
     }
 }

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod client;
 pub mod deploy;
+pub mod dps;
 pub mod edge_config;
 pub mod error;
 pub mod fleet;

@@ -622,7 +622,7 @@ pub async fn mqtt_device(
 }
 
 /// The next MQTT packet from `stream`, reading into `buffer` as needed; panics if it closes.
-async fn read_packet(
+pub async fn read_packet(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     buffer: &mut bytes::BytesMut,
 ) -> rumqttc::mqttbytes::v4::Packet {

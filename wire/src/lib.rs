@@ -12,6 +12,7 @@
 pub mod condition;
 pub mod connection_string;
 pub mod digital_twin;
+pub mod dps;
 pub mod edge;
 pub mod ids;
 pub mod job;

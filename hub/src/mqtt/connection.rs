@@ -9,14 +9,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use edgetwin_wire::rest::ErrorCode;
 use edgetwin_wire::topic::{self, Feature, Inbound};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::QoS;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::c2d;
 use crate::error::ApiError;
@@ -31,74 +31,17 @@ use crate::twins;
 use crate::writer::Committing;
 
 use super::auth::{authenticate, Authenticated};
-use super::frame::ConnectionEnd;
+use super::frame::{write_packet, write_packets, ConnectionEnd, PacketReader, MAX_KEEP_ALIVE};
 use crate::x509::ClientChain;
 
-/// Largest packet accepted: IoT Hub's 256 KiB message limit plus topic and header room.
-pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 4096;
 /// How long a client has to send CONNECT after TLS is up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest keep-alive the hub honours (Azure's load-balancer idle limit).
-const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
 /// Most distinct subscription filters one session holds: IoT Hub serves five kinds of topic, and
 /// the SDKs subscribe to one filter each.
 const MAX_FILTERS: usize = 16;
 /// Reported patches of one connection that may wait for their group commit at once; past this
 /// the connection stops reading until the oldest is answered.
 const MAX_PIPELINED: usize = 64;
-
-/// Reads MQTT packets from a byte stream.
-struct PacketReader<R> {
-    /// The stream.
-    reader: R,
-    /// Bytes read but not yet parsed.
-    buffer: BytesMut,
-}
-
-impl<R: AsyncRead + Unpin> PacketReader<R> {
-    async fn next(&mut self) -> Result<Option<Packet>, ConnectionEnd> {
-        loop {
-            if let Some(&first) = self.buffer.first() {
-                super::frame::check_fixed_header(first).map_err(ConnectionEnd::Violation)?;
-                if first >> 4 == 1 {
-                    super::frame::check_connect_flags(&self.buffer)
-                        .map_err(ConnectionEnd::Violation)?;
-                }
-            }
-            match Packet::read(&mut self.buffer, MAX_PACKET_SIZE) {
-                Ok(packet) => return Ok(Some(packet)),
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => return Err(ConnectionEnd::Malformed(e)),
-            }
-            if self.reader.read_buf(&mut self.buffer).await? == 0 {
-                return Ok(None);
-            }
-        }
-    }
-}
-
-async fn write_packet<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    packet: Packet,
-) -> Result<(), ConnectionEnd> {
-    write_packets(writer, vec![packet]).await
-}
-
-/// Writes packets with one write and one flush.
-async fn write_packets<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    packets: Vec<Packet>,
-) -> Result<(), ConnectionEnd> {
-    let mut out = BytesMut::with_capacity(packets.iter().map(|p| p.size() + 8).sum());
-    for packet in packets {
-        packet
-            .write(&mut out, usize::MAX)
-            .map_err(|e| ConnectionEnd::Violation(format!("cannot encode packet: {e}")))?;
-    }
-    writer.write_all(&out).await?;
-    writer.flush().await?;
-    Ok(())
-}
 
 /// Serves one client, which presented `chain` in its TLS handshake, until it disconnects,
 /// misbehaves, is replaced or its token expires; `authenticated` is called once its CONNECT is
@@ -118,10 +61,7 @@ where
         device_cas,
     } = state;
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut reader = PacketReader {
-        reader,
-        buffer: BytesMut::with_capacity(4096),
-    };
+    let mut reader = PacketReader::new(reader);
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, reader.next()).await {
         Err(_) => return Err(ConnectionEnd::Timeout),
         Ok(Ok(Some(Packet::Connect(connect)))) => connect,
@@ -153,6 +93,22 @@ where
         )
         .await?;
         return Ok(());
+    }
+    // A device registering with the provisioning service, which shares the hub's ports.
+    if let Some(username) = connect
+        .login
+        .as_ref()
+        .and_then(|login| edgetwin_wire::dps::parse_username(&login.username))
+    {
+        return super::dps::serve(
+            &hub,
+            &connect,
+            username,
+            &mut reader,
+            &mut writer,
+            authenticated,
+        )
+        .await;
     }
     let Authenticated {
         key,
@@ -840,6 +796,7 @@ fn packet_name(packet: &Packet) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use edgetwin_wire::rest::{AuthenticationMechanism, Device, SymmetricKey};
     use edgetwin_wire::Secret;
     use rumqttc::mqttbytes::v4::Connect;
@@ -875,10 +832,7 @@ mod tests {
         tokio::spawn(serve(hub, server, ClientChain::default(), || {}));
         let (read_half, mut write_half) = tokio::io::split(client);
         write_half.write_all(&encode(packets)).await.unwrap();
-        let reader = PacketReader {
-            reader: read_half,
-            buffer: BytesMut::new(),
-        };
+        let reader = PacketReader::new(read_half);
         (reader, write_half)
     }
 
@@ -1105,10 +1059,7 @@ mod tests {
         )));
         let (read_half, mut write_half) = tokio::io::split(client);
         write_half.write_all(&encode(packets)).await.unwrap();
-        let mut reader = PacketReader {
-            reader: read_half,
-            buffer: BytesMut::new(),
-        };
+        let mut reader = PacketReader::new(read_half);
         assert!(
             matches!(next(&mut reader).await, Packet::ConnAck(a) if a.code == ConnectReturnCode::Success)
         );

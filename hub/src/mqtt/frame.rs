@@ -1,9 +1,16 @@
 //! MQTT 3.1.1 rules the packet parser (rumqttc's) does not enforce and a server must: the fixed
 //! header's reserved flag bits (§2.2.2), CONNECT's reserved flag (§3.1.2.3) and no `#` wildcard in a PUBLISH topic (§3.3.2.1; `+` is
 //! left alone: SDKs may send it form-encoded in property bags). A client that breaks them is
-//! disconnected, as the specification requires.
+//! disconnected, as the specification requires. Packets are read and written here, for IoT
+//! Hub sessions and provisioning sessions alike.
 //!
 //! A leaf of the MQTT door: depends on nothing else of the hub.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::Packet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +96,73 @@ pub fn check_publish_topic(
             "PUBLISH topic '{topic}' contains the wildcard #"
         )));
     }
+    Ok(())
+}
+
+/// Largest packet accepted: IoT Hub's 256 KiB message limit plus topic and header room.
+pub const MAX_PACKET_SIZE: usize = 256 * 1024 + 4096;
+/// The longest keep-alive the hub honours (Azure's load-balancer idle limit).
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
+
+/// Reads MQTT packets from a byte stream.
+pub struct PacketReader<R> {
+    /// The stream.
+    reader: R,
+    /// Bytes read but not yet parsed.
+    buffer: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> PacketReader<R> {
+    /// Reads packets from `reader`.
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buffer: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// The next packet; `None` once the peer closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Packet>, ConnectionEnd> {
+        loop {
+            if let Some(&first) = self.buffer.first() {
+                check_fixed_header(first).map_err(ConnectionEnd::Violation)?;
+                if first >> 4 == 1 {
+                    check_connect_flags(&self.buffer).map_err(ConnectionEnd::Violation)?;
+                }
+            }
+            match Packet::read(&mut self.buffer, MAX_PACKET_SIZE) {
+                Ok(packet) => return Ok(Some(packet)),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => return Err(ConnectionEnd::Malformed(e)),
+            }
+            if self.reader.read_buf(&mut self.buffer).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Writes one packet and flushes.
+pub async fn write_packet<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packet: Packet,
+) -> Result<(), ConnectionEnd> {
+    write_packets(writer, vec![packet]).await
+}
+
+/// Writes packets with one write and one flush.
+pub async fn write_packets<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packets: Vec<Packet>,
+) -> Result<(), ConnectionEnd> {
+    let mut out = BytesMut::with_capacity(packets.iter().map(|p| p.size() + 8).sum());
+    for packet in packets {
+        packet
+            .write(&mut out, usize::MAX)
+            .map_err(|e| ConnectionEnd::Violation(format!("cannot encode packet: {e}")))?;
+    }
+    writer.write_all(&out).await?;
+    writer.flush().await?;
     Ok(())
 }
 

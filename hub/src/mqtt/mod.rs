@@ -4,6 +4,7 @@
 
 mod auth;
 mod connection;
+mod dps;
 mod frame;
 mod websocket;
 

@@ -26,7 +26,7 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use ws_stream_tungstenite::WsStream;
 
-use super::connection::MAX_PACKET_SIZE;
+use super::frame::MAX_PACKET_SIZE;
 use crate::x509::ClientChain;
 
 /// Longest WebSocket message (and frame) accepted: one MQTT packet of the longest size the hub

@@ -6,6 +6,7 @@
 mod configurations;
 mod device_messages;
 mod digital_twins;
+mod dps;
 mod jobs;
 mod local;
 mod query;
@@ -203,6 +204,19 @@ pub async fn handle(
     state: State,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
+    let segments = path_segments(request.uri().path());
+    if dps::serves_device(&segments) || dps::serves(&segments) {
+        let mut authenticated = false;
+        let mut response = if dps::serves_device(&segments) {
+            dps::handle_device(&state.hub, request, &mut authenticated).await
+        } else {
+            dps::handle_service(&state.hub, request, &mut authenticated).await
+        };
+        if authenticated {
+            response.extensions_mut().insert(Authenticated);
+        }
+        return response;
+    }
     let hub = state.hub.clone();
     let authenticate = |headers: &hyper::HeaderMap, segments: &[String]| {
         let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
@@ -275,6 +289,11 @@ async fn respond(
             return error_response(&error);
         }
     };
+    reply_response(response)
+}
+
+/// The HTTP response of a route's reply: its status, `ETag`, headers and JSON body.
+fn reply_response(response: Reply) -> hyper::Response<Full<Bytes>> {
     let mut builder = hyper::Response::builder()
         .status(response.status)
         .header("x-ms-request-id", ids::tracking_id());

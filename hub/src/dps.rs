@@ -1,0 +1,690 @@
+//! The local Device Provisioning Service's domain: enrollments and enrollment groups (stored as
+//! the DPS REST models of `edgetwin_wire::dps`), attestation of a registering device by its SAS
+//! token, and registration, which creates (or updates) the device identity in this hub, applies
+//! the enrollment's `initialTwin` and records the registration state. The one linked hub is the
+//! hub itself: `hashed`, `geoLatency` and `static` allocation all assign to it.
+//!
+//! Below the hub's core, beside `registry` and `twins`: depends on them and on the store; never
+//! on a door.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use edgetwin_wire::dps::{
+    self, DeviceRegistrationState, DpsError, EnrollmentCommon, EnrollmentGroup,
+    IndividualEnrollment, RegistrationOperationStatus,
+};
+use edgetwin_wire::rest::{
+    AuthenticationMechanism, Device, DeviceCapabilities, SymmetricKey, Twin, TwinProperties,
+};
+use edgetwin_wire::sas::SasToken;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::ids;
+use crate::registry;
+use crate::store::{DpsTable, IdentityKey, PolicyRecord, StoreError, Transaction};
+use crate::twins::{self, UpdateMode};
+
+/// The counter that holds this hub's id scope (a random number, made once).
+const ID_SCOPE_COUNTER: &str = "dpsIdScope";
+
+/// Operations remembered for polling; the oldest are forgotten past this.
+const MAX_OPERATIONS: usize = 100_000;
+
+/// Permission names of the DPS policy (the portal's "Service configuration", "Enrollment read",
+/// "Enrollment write", "Registration status read", "Registration status write").
+pub const PERMISSIONS: [&str; 5] = [
+    "ServiceConfig",
+    "EnrollmentRead",
+    "EnrollmentWrite",
+    "RegistrationStatusRead",
+    "RegistrationStatusWrite",
+];
+
+/// The provisioning service of a hub: its id scope, its shared access policy and the
+/// registration operations devices poll.
+pub struct Service {
+    /// `0ne` and eight hex digits, made once per hub.
+    id_scope: String,
+    /// `provisioningserviceowner`.
+    policy: PolicyRecord,
+    /// Registration operations by id, for polling.
+    operations: Operations,
+}
+
+impl Service {
+    /// Loads the service of the database `tx` belongs to, creating its policy and id scope the
+    /// first time (a database from before DPS gets them too).
+    pub fn open(tx: &Transaction<'_>) -> Result<Self, StoreError> {
+        let policy = match tx
+            .policies()?
+            .into_iter()
+            .find(|p| p.name == dps::OWNER_POLICY)
+        {
+            Some(policy) => policy,
+            None => {
+                let policy = PolicyRecord {
+                    name: dps::OWNER_POLICY.to_owned(),
+                    primary_key: ids::new_key(),
+                    secondary_key: ids::new_key(),
+                    permissions: PERMISSIONS.iter().map(|p| (*p).to_owned()).collect(),
+                };
+                tx.put_policy(&policy)?;
+                policy
+            }
+        };
+        let mut scope = tx.counter(ID_SCOPE_COUNTER)?;
+        if scope == 0 {
+            scope =
+                tx.add_to_counter(ID_SCOPE_COUNTER, 1 + i64::from(rand::random::<u32>() >> 1))?;
+        }
+        Ok(Self {
+            id_scope: format!("0ne{scope:08X}"),
+            policy,
+            operations: Operations::default(),
+        })
+    }
+
+    /// The id scope devices name.
+    pub fn id_scope(&self) -> &str {
+        &self.id_scope
+    }
+
+    /// The `provisioningserviceowner` policy.
+    pub fn policy(&self) -> &PolicyRecord {
+        &self.policy
+    }
+
+    /// The operations devices poll.
+    pub fn operations(&self) -> &Operations {
+        &self.operations
+    }
+}
+
+/// Whether a policy is the DPS one (kept out of the IoT Hub's policies).
+pub fn is_dps_policy(policy: &PolicyRecord) -> bool {
+    policy.name == dps::OWNER_POLICY
+}
+
+/// Registration operations, by id, with the registration id that started each.
+#[derive(Default)]
+pub struct Operations {
+    /// The operations.
+    inner: Mutex<Remembered>,
+}
+
+/// The operations remembered, and their ids oldest first (to forget the oldest).
+#[derive(Default)]
+struct Remembered {
+    /// Operation id -> (registration id, finished status).
+    by_id: HashMap<String, (String, RegistrationOperationStatus)>,
+    /// Operation ids, oldest first.
+    order: VecDeque<String>,
+}
+
+impl Operations {
+    /// Remembers a finished operation of `registration_id`.
+    pub fn record(&self, registration_id: &str, status: RegistrationOperationStatus) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Remembered { by_id, order } = &mut *inner;
+        order.push_back(status.operation_id.clone());
+        by_id.insert(
+            status.operation_id.clone(),
+            (registration_id.to_owned(), status),
+        );
+        while order.len() > MAX_OPERATIONS {
+            if let Some(old) = order.pop_front() {
+                by_id.remove(&old);
+            }
+        }
+    }
+
+    /// The operation `operation_id` of `registration_id`.
+    pub fn get(
+        &self,
+        registration_id: &str,
+        operation_id: &str,
+    ) -> Option<RegistrationOperationStatus> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_id
+            .get(operation_id)
+            .filter(|(id, _)| id == registration_id)
+            .map(|(_, status)| status.clone())
+    }
+}
+
+impl From<StoreError> for DpsError {
+    fn from(error: StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<ApiError> for DpsError {
+    fn from(error: ApiError) -> Self {
+        DpsError::new(error.code.number(), error.message)
+    }
+}
+
+/// An enrollment record kind: individual enrollments and groups are stored and checked alike.
+pub trait Record: Serialize + for<'de> Deserialize<'de> + Send + 'static {
+    /// Where it is stored.
+    const TABLE: DpsTable;
+    /// The id field's name in the body.
+    const ID_FIELD: &'static str;
+    /// Its id in the body.
+    fn id(&self) -> &str;
+    /// Sets its id.
+    fn set_id(&mut self, id: &str);
+    /// The shared fields.
+    fn common(&self) -> &EnrollmentCommon;
+    /// The shared fields, to fill.
+    fn common_mut(&mut self) -> &mut EnrollmentCommon;
+}
+
+impl Record for IndividualEnrollment {
+    const TABLE: DpsTable = DpsTable::Enrollments;
+    const ID_FIELD: &'static str = "registrationId";
+    fn id(&self) -> &str {
+        &self.registration_id
+    }
+    fn set_id(&mut self, id: &str) {
+        id.clone_into(&mut self.registration_id);
+    }
+    fn common(&self) -> &EnrollmentCommon {
+        &self.common
+    }
+    fn common_mut(&mut self) -> &mut EnrollmentCommon {
+        &mut self.common
+    }
+}
+
+impl Record for EnrollmentGroup {
+    const TABLE: DpsTable = DpsTable::Groups;
+    const ID_FIELD: &'static str = "enrollmentGroupId";
+    fn id(&self) -> &str {
+        &self.enrollment_group_id
+    }
+    fn set_id(&mut self, id: &str) {
+        id.clone_into(&mut self.enrollment_group_id);
+    }
+    fn common(&self) -> &EnrollmentCommon {
+        &self.common
+    }
+    fn common_mut(&mut self) -> &mut EnrollmentCommon {
+        &mut self.common
+    }
+}
+
+/// What a `PUT` or bulk item may do to an existing record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// Create only; an existing record is a conflict.
+    Create,
+    /// Create, or replace if `If-Match` (when given) names the stored etag.
+    CreateOrReplace,
+}
+
+/// Creates or replaces the record `id` with `input` (whose id, when given, must be `id`); the
+/// hub named `hub` is the only one allocations may name.
+pub fn put<R: Record>(
+    tx: &Transaction<'_>,
+    id: &str,
+    mut input: R,
+    if_match: Option<&str>,
+    put: Put,
+    hub: &str,
+) -> Result<R, DpsError> {
+    if R::TABLE == DpsTable::Enrollments {
+        dps::check_registration_id(id)?;
+    } else if id.is_empty() || id.len() > 128 {
+        return Err(DpsError::invalid(
+            "enrollmentGroupId must be 1 to 128 characters",
+        ));
+    }
+    if !input.id().is_empty() && input.id() != id {
+        return Err(DpsError::invalid(format!(
+            "{} '{}' in the body does not match '{id}' in the path",
+            R::ID_FIELD,
+            input.id()
+        )));
+    }
+    input.set_id(id);
+    let existing: Option<R> = tx.dps_record(R::TABLE, id)?;
+    if let Some(existing) = &existing {
+        if put == Put::Create {
+            return Err(DpsError::conflict(id));
+        }
+        check_if_match(if_match, existing.common())?;
+    } else if if_match.is_some_and(|m| m.trim().trim_matches('"') != "*") {
+        // an etag names a version of a record that does not exist
+        return Err(DpsError::enrollment_not_found(id));
+    }
+    let etag = ids::counter_etag(tx.next_counter("etag")?);
+    dps::prepare(
+        input.common_mut(),
+        existing.as_ref().map(Record::common),
+        hub,
+        &ids::now_iso(),
+        etag,
+        ids::new_key,
+    )?;
+    tx.put_dps_record(R::TABLE, id, None, &input)?;
+    Ok(input)
+}
+
+/// The record `id`.
+pub fn get<R: Record>(tx: &Transaction<'_>, id: &str) -> Result<R, DpsError> {
+    tx.dps_record(R::TABLE, id)?
+        .ok_or_else(|| DpsError::enrollment_not_found(id))
+}
+
+/// Deletes the record `id` if `If-Match` (when given) names its etag.
+pub fn delete<R: Record>(
+    tx: &Transaction<'_>,
+    id: &str,
+    if_match: Option<&str>,
+) -> Result<(), DpsError> {
+    let existing: R = get(tx, id)?;
+    check_if_match(if_match, existing.common())?;
+    tx.delete_dps_record(R::TABLE, id)?;
+    Ok(())
+}
+
+fn check_if_match(if_match: Option<&str>, common: &EnrollmentCommon) -> Result<(), DpsError> {
+    match (if_match, common.etag.as_deref()) {
+        (Some(want), Some(etag)) if !dps::if_match_accepts(want, etag) => {
+            Err(DpsError::precondition_failed())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What a registering device proved with its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The registration id.
+    pub registration_id: String,
+    /// The enrollment group whose derived key signed the token; `None` for an individual
+    /// enrollment's own key.
+    pub group: Option<String>,
+}
+
+/// Checks a device's registration token for `registration_id` under `id_scope`: the scope must
+/// be this service's, the token's `sr` `{idScope}/registrations/{registrationId}` (ignoring
+/// case), unexpired, its `skn` absent or `registration` (Microsoft documents `registration`; the
+/// Python device SDK sends none), and signed with the key of the registration id's individual
+/// enrollment if it has one, otherwise with a key derived from an enrollment group's. Every refusal is 401002
+/// `Unauthorized`, the reason logged; the token expires by `now_unix`.
+pub fn attest(
+    tx: &Transaction<'_>,
+    service: &Service,
+    id_scope: &str,
+    registration_id: &str,
+    token: &SasToken,
+    now_unix: u64,
+) -> Result<Attested, DpsError> {
+    let refuse = |why: &str| {
+        tracing::info!(registration_id, reason = why, "DPS registration refused");
+        DpsError::unauthorized()
+    };
+    if id_scope != service.id_scope() {
+        return Err(refuse("unknown id scope"));
+    }
+    dps::check_registration_id(registration_id)?;
+    if !token
+        .resource
+        .eq_ignore_ascii_case(&dps::registration_resource(id_scope, registration_id))
+    {
+        return Err(refuse("sr is not {idScope}/registrations/{registrationId}"));
+    }
+    if token.is_expired(now_unix, 0) {
+        return Err(refuse("token expired"));
+    }
+    let attested = |group: Option<String>| Attested {
+        registration_id: registration_id.to_owned(),
+        group,
+    };
+    if !matches!(
+        token.key_name.as_deref(),
+        None | Some(dps::REGISTRATION_KEY_NAME)
+    ) {
+        return Err(refuse("skn is neither absent nor 'registration'"));
+    }
+    // An individual enrollment of the registration id comes first, as in DPS; then the groups.
+    let enrollment: Option<IndividualEnrollment> =
+        tx.dps_record(DpsTable::Enrollments, registration_id)?;
+    if let Some(enrollment) = enrollment {
+        let keys = enrollment
+            .common
+            .attestation
+            .keys()
+            .ok_or_else(|| refuse("the individual enrollment has no symmetric keys"))?;
+        if token.verify(keys.0) || token.verify(keys.1) {
+            return Ok(attested(None));
+        }
+        return Err(refuse("signature does not verify"));
+    }
+    let mut after = String::new();
+    loop {
+        let groups: Vec<EnrollmentGroup> = tx.dps_records(DpsTable::Groups, &after, 100, None)?;
+        for group in &groups {
+            if let Some((primary, secondary)) = group.common.attestation.keys() {
+                let derived =
+                    [primary, secondary].map(|key| dps::derive_device_key(key, registration_id));
+                if derived.iter().flatten().any(|key| token.verify(key)) {
+                    return Ok(attested(Some(group.enrollment_group_id.clone())));
+                }
+            }
+        }
+        match groups.last() {
+            Some(last) => last.enrollment_group_id.clone_into(&mut after),
+            None => return Err(refuse("no enrollment's key verifies")),
+        }
+    }
+}
+
+/// A registration state as stored, with the group it came through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRegistration {
+    /// The state the REST API shows.
+    state: DeviceRegistrationState,
+    /// The enrollment group, if any.
+    group: Option<String>,
+}
+
+/// Registers an attested device on the hub named `hub`: a disabled enrollment answers
+/// `disabled` and stores nothing; otherwise the device identity is created (with the
+/// enrollment's or the derived keys, `iotEdge` from its capabilities, its `initialTwin`) or, on
+/// a new registration, updated as its reprovisioning policy says, and the registration state is
+/// stored.
+pub fn register(
+    tx: &Transaction<'_>,
+    hub: &str,
+    attested: &Attested,
+    payload: Option<serde_json::Value>,
+) -> Result<DeviceRegistrationState, DpsError> {
+    let registration_id = attested.registration_id.as_str();
+    let (common, device_id, keys) = match &attested.group {
+        None => {
+            let enrollment: IndividualEnrollment = get(tx, registration_id)?;
+            let keys = enrollment
+                .common
+                .attestation
+                .keys()
+                .map(|(p, s)| (p.clone(), s.clone()));
+            let device_id = enrollment
+                .device_id
+                .clone()
+                .unwrap_or_else(|| registration_id.to_owned());
+            (enrollment.common, device_id, keys)
+        }
+        Some(group_id) => {
+            let group: EnrollmentGroup = get(tx, group_id)?;
+            let keys = match group.common.attestation.keys() {
+                Some((p, s)) => Some((
+                    dps::derive_device_key(p, registration_id)
+                        .map_err(|e| DpsError::invalid(e.to_string()))?,
+                    dps::derive_device_key(s, registration_id)
+                        .map_err(|e| DpsError::invalid(e.to_string()))?,
+                )),
+                None => None,
+            };
+            (group.common, registration_id.to_owned(), keys)
+        }
+    };
+    let now = ids::now_iso();
+    if common.provisioning_status.as_deref() == Some("disabled") {
+        return Ok(DeviceRegistrationState {
+            registration_id: registration_id.to_owned(),
+            status: "disabled".into(),
+            last_updated_date_time_utc: Some(now),
+            ..Default::default()
+        });
+    }
+    let (primary, secondary) = keys.ok_or_else(DpsError::unauthorized)?;
+    let authentication = AuthenticationMechanism {
+        auth_type: Some("sas".into()),
+        symmetric_key: Some(SymmetricKey {
+            primary_key: Some(primary),
+            secondary_key: Some(secondary),
+        }),
+        ..Default::default()
+    };
+    let previous: Option<StoredRegistration> =
+        tx.dps_record(DpsTable::Registrations, registration_id)?;
+    let key = IdentityKey::device(&device_id);
+    let policy = common.reprovision_policy.unwrap_or_default();
+    let substatus = match tx.device(&device_id)? {
+        None => {
+            let device = Device {
+                device_id: device_id.clone(),
+                status: Some("enabled".into()),
+                authentication: Some(authentication),
+                capabilities: Some(DeviceCapabilities {
+                    iot_edge: dps::is_edge(&common),
+                }),
+                ..Default::default()
+            };
+            registry::create_device(tx, &device_id, device)?;
+            apply_initial_twin(tx, &key, &common)?;
+            "initialAssignment"
+        }
+        Some(existing) => {
+            let update = Device {
+                device_id: device_id.clone(),
+                status: existing.status.clone(),
+                status_reason: existing.status_reason.clone(),
+                authentication: Some(authentication),
+                ..Default::default()
+            };
+            registry::update_device(tx, &device_id, update, None)?;
+            match previous {
+                Some(_) if !policy.migrate_device_data => {
+                    apply_initial_twin(tx, &key, &common)?;
+                    "deviceDataReset"
+                }
+                Some(_) => "deviceDataMigrated",
+                None => "initialAssignment",
+            }
+        }
+    };
+    let state = DeviceRegistrationState {
+        registration_id: registration_id.to_owned(),
+        created_date_time_utc: Some(
+            previous
+                .as_ref()
+                .and_then(|p| p.state.created_date_time_utc.clone())
+                .unwrap_or_else(|| now.clone()),
+        ),
+        assigned_hub: Some(hub.to_owned()),
+        device_id: Some(device_id),
+        status: "assigned".into(),
+        substatus: Some(substatus.into()),
+        last_updated_date_time_utc: Some(now),
+        etag: Some(ids::counter_etag(tx.next_counter("etag")?)),
+        payload,
+        ..Default::default()
+    };
+    let stored = StoredRegistration {
+        state: state.clone(),
+        group: attested.group.clone(),
+    };
+    tx.put_dps_record(
+        DpsTable::Registrations,
+        registration_id,
+        attested.group.as_deref(),
+        &stored,
+    )?;
+    Ok(state)
+}
+
+/// Replaces the device twin's tags and desired properties with the enrollment's `initialTwin`
+/// (empty sections when it has none).
+fn apply_initial_twin(
+    tx: &Transaction<'_>,
+    key: &IdentityKey,
+    common: &EnrollmentCommon,
+) -> Result<(), DpsError> {
+    let (tags, desired) = match &common.initial_twin {
+        Some(twin) => dps::initial_twin_sections(twin)?,
+        None => (None, None),
+    };
+    let twin = Twin {
+        tags: Some(tags.unwrap_or_default()),
+        properties: Some(TwinProperties {
+            desired: Some(desired.unwrap_or_default()),
+            reported: None,
+        }),
+        ..Default::default()
+    };
+    twins::update_from_service(tx, key, twin, UpdateMode::Replace, None)?;
+    Ok(())
+}
+
+/// The registration state `id`.
+pub fn registration(tx: &Transaction<'_>, id: &str) -> Result<DeviceRegistrationState, DpsError> {
+    let stored: StoredRegistration = tx
+        .dps_record(DpsTable::Registrations, id)?
+        .ok_or_else(|| DpsError::registration_not_found(id))?;
+    Ok(stored.state)
+}
+
+/// Deletes the registration state `id` (the device identity stays, as in DPS) if `If-Match`
+/// (when given) names its etag.
+pub fn delete_registration(
+    tx: &Transaction<'_>,
+    id: &str,
+    if_match: Option<&str>,
+) -> Result<(), DpsError> {
+    let state = registration(tx, id)?;
+    if let (Some(want), Some(etag)) = (if_match, state.etag.as_deref()) {
+        if !dps::if_match_accepts(want, etag) {
+            return Err(DpsError::precondition_failed());
+        }
+    }
+    tx.delete_dps_record(DpsTable::Registrations, id)?;
+    Ok(())
+}
+
+/// One page of registration states of `group`, after `after`.
+pub fn registrations_of_group(
+    tx: &Transaction<'_>,
+    group: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<DeviceRegistrationState>, DpsError> {
+    let stored: Vec<StoredRegistration> =
+        tx.dps_records(DpsTable::Registrations, after, limit, Some(group))?;
+    Ok(stored.into_iter().map(|s| s.state).collect())
+}
+
+/// A new operation id.
+pub fn operation_id() -> String {
+    format!("4.{:016x}.{}", rand::random::<u64>(), uuid_like())
+}
+
+fn uuid_like() -> String {
+    let n = rand::random::<u128>();
+    let hex = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+    use edgetwin_wire::sas::generate_token;
+    use edgetwin_wire::Secret;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn token(key: &Secret, scope: &str, id: &str, skn: Option<&str>, expiry: u64) -> SasToken {
+        let resource = dps::registration_resource(scope, id);
+        let text = generate_token(key, &resource, expiry, skn).unwrap();
+        SasToken::parse(text.expose()).unwrap()
+    }
+
+    #[test]
+    fn a_token_attests_by_its_individual_enrollment_first_then_by_a_groups_derived_key() {
+        let (mut store, dir) = temp_store("dps-attest");
+        store
+            .transaction(|tx| {
+                let service = Service::open(tx)?;
+                let scope = service.id_scope().to_owned();
+                let group: EnrollmentGroup = serde_json::from_value(serde_json::json!({
+                    "attestation": {"type": "symmetricKey"}
+                }))
+                .unwrap();
+                let group = put(tx, "fleet", group, None, Put::Create, "hub").unwrap();
+                let group_key = group.common.attestation.keys().unwrap().0.clone();
+                let individual: IndividualEnrollment = serde_json::from_value(serde_json::json!({
+                    "attestation": {"type": "symmetricKey"}
+                }))
+                .unwrap();
+                let individual = put(tx, "solo", individual, None, Put::Create, "hub").unwrap();
+                let solo_key = individual.common.attestation.keys().unwrap().1.clone();
+                let derived = dps::derive_device_key(&group_key, "pi-1").unwrap();
+                let check = |id: &str, token: &SasToken, now: u64| {
+                    attest(tx, &service, &scope, id, token, now).map(|a| a.group)
+                };
+                let ok = token(&derived, &scope, "pi-1", Some("registration"), NOW + 60);
+                assert_eq!(check("pi-1", &ok, NOW), Ok(Some("fleet".to_owned())));
+                let python = token(&derived, &scope, "pi-1", None, NOW + 60);
+                assert_eq!(check("pi-1", &python, NOW), Ok(Some("fleet".to_owned())));
+                let secondary = token(&solo_key, &scope, "solo", None, NOW + 60);
+                assert_eq!(check("solo", &secondary, NOW), Ok(None));
+                // the group's key is not the individual enrollment's: refused, not tried on groups
+                let solo_by_group = dps::derive_device_key(&group_key, "solo").unwrap();
+                let refused = token(&solo_by_group, &scope, "solo", None, NOW + 60);
+                assert_eq!(check("solo", &refused, NOW).unwrap_err().code, 401002);
+                let expired = token(&derived, &scope, "pi-1", None, NOW - 1);
+                assert_eq!(check("pi-1", &expired, NOW).unwrap_err().code, 401002);
+                let other_id = token(&derived, &scope, "pi-2", None, NOW + 60);
+                assert_eq!(check("pi-2", &other_id, NOW).unwrap_err().code, 401002);
+                let elsewhere = token(&derived, "0ne00000000", "pi-1", None, NOW + 60);
+                let unknown = attest(tx, &service, "0ne00000000", "pi-1", &elsewhere, NOW);
+                assert_eq!(unknown.unwrap_err().code, 401002);
+                let policy = token(&derived, &scope, "pi-1", Some("iothubowner"), NOW + 60);
+                assert_eq!(check("pi-1", &policy, NOW).unwrap_err().code, 401002);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_id_scope_and_policy_are_made_once_and_kept() {
+        let (mut store, dir) = temp_store("dps-scope");
+        let first = store.transaction(Service::open).unwrap();
+        let again = store.transaction(Service::open).unwrap();
+        assert_eq!(first.id_scope(), again.id_scope());
+        assert!(first.id_scope().starts_with("0ne") && first.id_scope().len() == 11);
+        assert_eq!(first.policy().primary_key, again.policy().primary_key);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_oldest_operations_are_forgotten_past_the_cap_and_each_is_its_registrations() {
+        let operations = Operations::default();
+        let status = |id: &str| RegistrationOperationStatus {
+            operation_id: id.to_owned(),
+            status: "assigned".into(),
+            registration_state: None,
+        };
+        for n in 0..=MAX_OPERATIONS {
+            operations.record("d", status(&n.to_string()));
+        }
+        assert!(operations.get("d", "0").is_none());
+        assert!(operations.get("d", "1").is_some());
+        assert!(operations.get("other", "1").is_none());
+    }
+}
