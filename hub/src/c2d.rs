@@ -2,18 +2,13 @@
 //! message follows from enqueued to completed or dead-lettered ("Understand cloud-to-device
 //! messaging": 50 messages per device queue, 64 KB per message, a default time to live of one
 //! hour, a maximum delivery count of 10). The rules are pure functions of the message and an
-//! explicit time; the operations below run in a transaction of the writer. The doors (MQTT
-//! delivery, the AMQP sender, HTTPS) are thin around them.
+//! explicit time; [`crate::c2d_queue`] applies them in a transaction of the writer, and the doors
+//! (MQTT delivery, the AMQP sender) are thin around that.
 //!
-//! Part of the core: depends on the store and the registry.
+//! A leaf of the core: depends on nothing else of the hub.
 
-use edgetwin_wire::rest::ErrorCode;
 use edgetwin_wire::topic::PropertyBag;
 use serde::{Deserialize, Serialize};
-
-use crate::error::ApiError;
-use crate::store::Transaction;
-use crate::writer::{Effect, Written};
 
 /// Most messages waiting in one device's queue: the 51st is refused with
 /// `DeviceMaximumQueueDepthExceeded` (403004).
@@ -24,8 +19,6 @@ pub const MAX_SIZE: usize = 64 * 1024;
 pub const DEFAULT_TTL_MS: i64 = 60 * 60 * 1000;
 /// Deliveries after which a message not completed is dead-lettered (IoT Hub's default: 10).
 pub const MAX_DELIVERY_COUNT: u32 = 10;
-/// The counter that numbers cloud-to-device messages (their sequence numbers).
-const SEQUENCE_COUNTER: &str = "c2dSequence";
 
 /// A cloud-to-device message in a device's queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -68,21 +61,25 @@ pub enum DeadLetter {
     DeliveryCountExceeded,
 }
 
+/// Why a message may not join a device's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its body is over [`MAX_SIZE`] bytes (IoT Hub: `MessageTooLarge`).
+    TooLarge {
+        /// The body's size.
+        size: usize,
+    },
+    /// The queue holds [`MAX_PENDING`] messages (IoT Hub: `DeviceMaximumQueueDepthExceeded`).
+    QueueFull,
+}
+
 /// Whether a message of `size` bytes may join a queue that holds `pending` messages.
-pub fn admit(pending: usize, size: usize) -> Result<(), ApiError> {
+pub fn admit(pending: usize, size: usize) -> Result<(), Refused> {
     if size > MAX_SIZE {
-        return Err(ApiError::new(
-            ErrorCode::MessageTooLarge,
-            format!("the cloud-to-device message is {size} bytes; the most is {MAX_SIZE}"),
-        ));
+        return Err(Refused::TooLarge { size });
     }
     if pending >= MAX_PENDING {
-        return Err(ApiError::new(
-            ErrorCode::DeviceMaximumQueueDepthExceeded,
-            format!(
-                "the device's cloud-to-device queue holds {pending} messages; the most is {MAX_PENDING}"
-            ),
-        ));
+        return Err(Refused::QueueFull);
     }
     Ok(())
 }
@@ -138,85 +135,6 @@ pub fn topic_properties(device_id: &str, message: &C2dMessage) -> PropertyBag {
     bag
 }
 
-/// Removes the messages of `device_id`'s queue that must leave it at `now_ms` and returns the
-/// others, oldest first.
-fn live_queue(
-    tx: &Transaction<'_>,
-    device_id: &str,
-    now_ms: i64,
-) -> Result<Vec<C2dMessage>, ApiError> {
-    let mut live = Vec::new();
-    for message in tx.c2d_queue(device_id)? {
-        match dead_letter(&message, now_ms) {
-            Some(reason) => {
-                tracing::info!(
-                    device_id,
-                    sequence = message.sequence,
-                    ?reason,
-                    "cloud-to-device message dead-lettered"
-                );
-                tx.delete_c2d(device_id, message.sequence)?;
-            }
-            None => live.push(message),
-        }
-    }
-    Ok(live)
-}
-
-/// Queues `message` for `device_id` at `now_ms` (its sequence number, enqueued time and
-/// delivery count are set here) if the device exists and its queue has room; the device's
-/// connection is told after the commit. Returns the sequence number.
-pub fn enqueue(
-    tx: &Transaction<'_>,
-    device_id: &str,
-    mut message: C2dMessage,
-    now_ms: i64,
-) -> Written<i64> {
-    if tx.device(device_id)?.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::DeviceNotFound,
-            format!("device {device_id} is not registered"),
-        ));
-    }
-    let pending = live_queue(tx, device_id, now_ms)?.len();
-    admit(pending, message.body.len())?;
-    message.sequence = tx.next_counter(SEQUENCE_COUNTER)?;
-    message.enqueued_ms = now_ms;
-    message.delivery_count = 0;
-    tx.put_c2d(device_id, &message)?;
-    let effect = Effect::CloudToDevice {
-        device_id: device_id.to_owned(),
-    };
-    Ok((message.sequence, vec![effect]))
-}
-
-/// The messages of `device_id` to hand to it at `now_ms`, oldest first, skipping those in
-/// `in_flight` (handed over and not yet answered): each one's delivery count goes up by one. A
-/// message that expired or was delivered too often is dead-lettered instead.
-pub fn deliver(
-    tx: &Transaction<'_>,
-    device_id: &str,
-    in_flight: &[i64],
-    now_ms: i64,
-) -> Result<Vec<C2dMessage>, ApiError> {
-    let mut delivered = Vec::new();
-    for mut message in live_queue(tx, device_id, now_ms)? {
-        if in_flight.contains(&message.sequence) {
-            continue;
-        }
-        message.delivery_count += 1;
-        tx.put_c2d(device_id, &message)?;
-        delivered.push(message);
-    }
-    Ok(delivered)
-}
-
-/// Completes message `sequence` of `device_id`: it leaves the queue. `false` if it was no longer
-/// there (completed already, or dead-lettered).
-pub fn complete(tx: &Transaction<'_>, device_id: &str, sequence: i64) -> Result<bool, ApiError> {
-    Ok(tx.delete_c2d(device_id, sequence)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,11 +152,11 @@ mod tests {
     #[test]
     fn the_fifty_first_message_and_a_body_over_64_kb_are_refused_as_iot_hub_refuses_them() {
         assert!(admit(MAX_PENDING - 1, MAX_SIZE).is_ok());
-        let full = admit(MAX_PENDING, 10).unwrap_err();
-        assert_eq!(full.code, ErrorCode::DeviceMaximumQueueDepthExceeded);
-        assert_eq!(full.code.number(), 403004);
-        let large = admit(0, MAX_SIZE + 1).unwrap_err();
-        assert_eq!(large.code, ErrorCode::MessageTooLarge);
+        assert_eq!(admit(MAX_PENDING, 10), Err(Refused::QueueFull));
+        assert_eq!(
+            admit(0, MAX_SIZE + 1),
+            Err(Refused::TooLarge { size: MAX_SIZE + 1 })
+        );
     }
 
     #[test]
@@ -269,53 +187,5 @@ mod tests {
             "%24.mid=m%201&%24.cid=c%2F1&%24.to=%2Fdevices%2Fd1%2Fmessages%2FdeviceBound\
              &iothub-ack=full&color=dark%20blue%261"
         );
-    }
-
-    #[test]
-    fn the_queue_counts_deliveries_drops_expired_messages_and_survives_a_reopen() {
-        let (mut store, dir) = crate::store::tests::temp_store("c2d");
-        let device = edgetwin_wire::rest::Device::default();
-        store
-            .transaction(|tx| -> Result<(), ApiError> {
-                crate::registry::create_device(tx, "d1", device)?;
-                for (n, expiry_ms) in [(1, NOW + 10), (2, NOW + 1_000)] {
-                    let body = vec![n];
-                    let queued = C2dMessage {
-                        expiry_ms,
-                        body,
-                        ..C2dMessage::default()
-                    };
-                    enqueue(tx, "d1", queued, NOW)?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        drop(store);
-        let mut store = crate::store::Store::open(&dir.join("hub.db")).unwrap();
-        store
-            .transaction(|tx| -> Result<(), ApiError> {
-                let first = deliver(tx, "d1", &[], NOW)?;
-                assert_eq!(first.len(), 2);
-                assert_eq!(first[0].body, vec![1]);
-                assert_eq!(first[0].delivery_count, 1);
-                // in flight: not handed over again
-                assert!(
-                    deliver(tx, "d1", &[first[0].sequence, first[1].sequence], NOW)?.is_empty()
-                );
-                // the first expired meanwhile: dead-lettered; the second is delivered again
-                let again = deliver(tx, "d1", &[], NOW + 10)?;
-                assert_eq!(again.len(), 1);
-                assert_eq!(
-                    (again[0].body.clone(), again[0].delivery_count),
-                    (vec![2], 2)
-                );
-                assert!(complete(tx, "d1", again[0].sequence)?);
-                assert!(!complete(tx, "d1", again[0].sequence)?);
-                assert!(tx.c2d_queue("d1")?.is_empty());
-                Ok(())
-            })
-            .unwrap();
-        drop(store);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

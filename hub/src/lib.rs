@@ -22,6 +22,7 @@
 mod adm;
 mod amqp;
 mod c2d;
+mod c2d_queue;
 mod certs;
 mod console;
 mod data_lock;

@@ -18,6 +18,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 
 use super::Connection;
 use crate::c2d::{self, C2dMessage};
+use crate::c2d_queue;
 use crate::error::ApiError;
 use crate::ids;
 
@@ -55,7 +56,7 @@ pub async fn serve_sender_link(
                     .state
                     .hub
                     .write_with_effects(move |tx| {
-                        c2d::enqueue(tx, &device_id, message, ids::now_unix_ms())
+                        c2d_queue::enqueue(tx, &device_id, message, ids::now_unix_ms())
                     })
                     .await
             }

@@ -18,7 +18,6 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::c2d;
 use crate::error::ApiError;
 use crate::faults::Faults;
 use crate::hub::Hub;
@@ -29,6 +28,7 @@ use crate::routing::{self, RoutedMessage};
 use crate::store::{IdentityKey, SessionFilter};
 use crate::twins;
 use crate::writer::Committing;
+use crate::{c2d, c2d_queue};
 
 use super::auth::{authenticate, Authenticated};
 use super::frame::{write_packet, write_packets, ConnectionEnd, PacketReader, MAX_KEEP_ALIVE};
@@ -618,7 +618,7 @@ impl Session {
         let in_flight: Vec<i64> = self.c2d_in_flight.values().copied().collect();
         let messages = self
             .hub
-            .write(move |tx| c2d::deliver(tx, &device_id, &in_flight, ids::now_unix_ms()))
+            .write(move |tx| c2d_queue::deliver(tx, &device_id, &in_flight, ids::now_unix_ms()))
             .await
             .map_err(|e| ConnectionEnd::Violation(format!("cloud-to-device queue: {e}")))?;
         let mut packets = Vec::new();
@@ -647,7 +647,7 @@ impl Session {
         self.hub
             .write(move |tx| {
                 for sequence in sequences {
-                    c2d::complete(tx, &device_id, sequence)?;
+                    c2d_queue::complete(tx, &device_id, sequence)?;
                 }
                 Ok(())
             })
@@ -937,7 +937,7 @@ mod tests {
             ..c2d::C2dMessage::default()
         };
         hub.hub
-            .write_with_effects(move |tx| c2d::enqueue(tx, "d1", message, ids::now_unix_ms()))
+            .write_with_effects(move |tx| c2d_queue::enqueue(tx, "d1", message, ids::now_unix_ms()))
             .await
             .unwrap();
         let mut persistent = connect.clone();
