@@ -1,7 +1,7 @@
 //! Claims-based security on `$cbs`, as IoT Hub and Event Hubs take it: a request whose
 //! application properties are `operation: put-token`, `type: servicebus.windows.net:sastoken` (or
 //! `azure-devices.net:sastoken`) and `name: <audience>`, with the SAS token as an AMQP string
-//! body, answered on the client's `$cbs` receiver with `status-code` 202 (`Accepted`) or 401 and
+//! body, answered on the client's `$cbs` receiver with `status-code` 200 (`OK`) or 401 and
 //! the request's message id as correlation id. A token is checked as the REST API checks one
 //! ([`crate::hub::Hub::authenticate_token`]) for the path of its audience, and then authorises
 //! the links whose address it covers, until it expires.
@@ -148,7 +148,9 @@ pub fn on_put_token(connection: &Connection, request: &NodeMessage) -> NodeMessa
         _ => return answer(400, "the token must be an AMQP value", Value::Null),
     };
     match put_token(connection, &token, property(request, "name")) {
-        Ok(()) => answer(202, "Accepted", Value::Null),
+        // 200: Node `azure-iothub` (`common-amqp/amqp_cbs.js`) takes no other answer as
+        // authenticated; the Event Hubs clients (`@azure/core-amqp`, pyamqp) take any 2xx
+        Ok(()) => answer(200, "OK", Value::Null),
         Err(why) => answer(401, &why, Value::Null),
     }
 }

@@ -28,6 +28,7 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -81,18 +82,31 @@ async fn serve_socket(
     admission: Admission,
 ) {
     let connection = Arc::new(Connection::new(state));
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id(connection.state.hub.host_name())
-        .sasl_acceptor(Sasl {
-            connection: connection.clone(),
-        })
-        .build();
     let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let stream = tls.accept(socket).await.map_err(|e| e.to_string())?;
-        acceptor
-            .accept(padding::Padded::new(stream))
+        let mut stream = tls.accept(socket).await.map_err(|e| e.to_string())?;
+        // The client's protocol header says whether SASL comes first: the Event Hubs SDKs and
+        // uamqp send SASL's; Node `azure-iothub` (rhea) opens AMQP at once and authenticates
+        // with CBS only, which IoT Hub takes too.
+        let mut header = [0u8; 8];
+        stream
+            .read_exact(&mut header)
             .await
-            .map_err(|e| format!("AMQP open failed: {e}"))
+            .map_err(|e| format!("no AMQP protocol header: {e}"))?;
+        let stream = padding::Padded::new(Replayed {
+            header,
+            replayed: 0,
+            inner: stream,
+        });
+        let builder = ConnectionAcceptor::builder().container_id(connection.state.hub.host_name());
+        if header[4] == SASL_PROTOCOL_ID {
+            let sasl = Sasl {
+                connection: connection.clone(),
+            };
+            builder.sasl_acceptor(sasl).build().accept(stream).await
+        } else {
+            builder.build().accept(stream).await
+        }
+        .map_err(|e| format!("AMQP open failed: {e}"))
     })
     .await;
     let mut amqp = match opened {
@@ -117,6 +131,61 @@ async fn serve_socket(
         sessions.spawn(serve_session(session, connection.clone()));
     }
     tracing::debug!(%peer, "AMQP connection ended");
+}
+
+/// The protocol id of SASL in an AMQP protocol header (`AMQP 3 1 0 0`).
+const SASL_PROTOCOL_ID: u8 = 3;
+
+/// A stream whose first bytes, already read to look at them, are read again.
+#[derive(Debug)]
+struct Replayed<S> {
+    /// The bytes read first.
+    header: [u8; 8],
+    /// How many of them were read again.
+    replayed: usize,
+    /// The stream.
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.replayed < self.header.len() {
+            let rest = &self.header[self.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replayed += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Accepts the links of a session, each served in its own task until the session ends.
