@@ -673,7 +673,12 @@ network = { name = "host" }
     #[test]
     fn a_dps_config_as_provision_dps_writes_it_is_read() {
         let value = format!("{{ value = \"{KEY}\" }}");
-        let config = parse(&dps_text("https://localhost:8443/", "symmetric_key", &value)).unwrap();
+        let config = parse(&dps_text(
+            "https://localhost:8443/",
+            "symmetric_key",
+            &value,
+        ))
+        .unwrap();
         let Provisioning::Dps(dps) = &config.provisioning else {
             panic!("not dps: {config:?}");
         };
@@ -688,9 +693,7 @@ network = { name = "host" }
             "{ uri = \"file:///var/secrets/device-id\" }",
         ))
         .unwrap();
-        assert!(
-            matches!(&from_file.provisioning, Provisioning::Dps(d) if d.key.expose() == KEY)
-        );
+        assert!(matches!(&from_file.provisioning, Provisioning::Dps(d) if d.key.expose() == KEY));
     }
 
     #[test]
@@ -710,7 +713,11 @@ network = { name = "host" }
                 "`provisioning.attestation.method` is \"x509\"",
             ),
             (
-                dps_text("https://localhost", "symmetric_key", "{ value = \"sec ret!\" }"),
+                dps_text(
+                    "https://localhost",
+                    "symmetric_key",
+                    "{ value = \"sec ret!\" }",
+                ),
                 "`provisioning.attestation.symmetric_key` is not a base64 symmetric key",
             ),
             (
@@ -726,7 +733,10 @@ network = { name = "host" }
         for (text, expected) in cases {
             let error = parse(&text).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
-            assert!(!error.contains("sec ret!") && !error.contains(KEY), "{error}");
+            assert!(
+                !error.contains("sec ret!") && !error.contains(KEY),
+                "{error}"
+            );
         }
     }
 }

@@ -206,15 +206,17 @@ pub fn interpret(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome
     };
     let state = answer.registration_state.as_ref();
     match answer.status.as_str() {
-        "assigned" => match state.and_then(|s| Some((s.assigned_hub.clone()?, s.device_id.clone()?))) {
-            Some((assigned_hub, device_id)) => Outcome::Assigned(Assignment {
-                assigned_hub,
-                device_id,
-            }),
-            None => Outcome::Refused(
-                "status assigned without registrationState.assignedHub and deviceId".to_owned(),
-            ),
-        },
+        "assigned" => {
+            match state.and_then(|s| Some((s.assigned_hub.clone()?, s.device_id.clone()?))) {
+                Some((assigned_hub, device_id)) => Outcome::Assigned(Assignment {
+                    assigned_hub,
+                    device_id,
+                }),
+                None => Outcome::Refused(
+                    "status assigned without registrationState.assignedHub and deviceId".to_owned(),
+                ),
+            }
+        }
         "assigning" | "unassigned" => Outcome::Assigning {
             operation_id: answer.operation_id,
             retry_after,
@@ -343,7 +345,9 @@ impl Planner {
 #[derive(Debug, thiserror::Error)]
 pub enum DpsError {
     /// DPS refused the registration, or it ended failed or disabled.
-    #[error("DPS {endpoint} refused registration {registration_id} (id scope {id_scope}): {message}")]
+    #[error(
+        "DPS {endpoint} refused registration {registration_id} (id scope {id_scope}): {message}"
+    )]
     Refused {
         /// `global_endpoint`.
         endpoint: String,
@@ -434,8 +438,8 @@ async fn exchange(dps: &DpsProvisioning, tls: &TlsConnector, call: &Call) -> Out
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| e.to_string())?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let stream = tls
             .connect(name, tcp)
             .await
@@ -456,9 +460,7 @@ async fn exchange(dps: &DpsProvisioning, tls: &TlsConnector, call: &Call) -> Out
         Ok(Err(reason)) => transient(reason),
         Ok(Ok((status, headers, bytes))) => interpret(
             status.as_u16(),
-            headers
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
+            headers.get("retry-after").and_then(|v| v.to_str().ok()),
             &bytes,
         ),
     }
@@ -473,7 +475,9 @@ pub fn host_port(global_endpoint: &str) -> (String, u16) {
         _ => (authority, 443),
     };
     (
-        host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
         port,
     )
 }
@@ -570,7 +574,8 @@ mod tests {
             interpret(200, None, disabled),
             Outcome::Refused("status disabled, errorCode 401005: enrollment disabled".into())
         );
-        let unauthorized = br#"{"errorCode":401002,"trackingId":"t","message":"Unauthorized","timestampUtc":"x"}"#;
+        let unauthorized =
+            br#"{"errorCode":401002,"trackingId":"t","message":"Unauthorized","timestampUtc":"x"}"#;
         assert_eq!(
             interpret(401, None, unauthorized),
             Outcome::Refused("401, errorCode 401002: Unauthorized".into())
@@ -594,8 +599,7 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_polls_as_asked_backs_off_on_transient_failures_and_reregisters_after_the_timeout()
-    {
+    fn the_plan_polls_as_asked_backs_off_on_transient_failures_and_reregisters_after_the_timeout() {
         let mut plan = Planner::default();
         assert_eq!(
             Planner::first(),
@@ -686,7 +690,10 @@ mod tests {
     #[test]
     fn the_endpoint_gives_host_and_port() {
         assert_eq!(host_port("https://localhost"), ("localhost".into(), 443));
-        assert_eq!(host_port("https://localhost:8443"), ("localhost".into(), 8443));
+        assert_eq!(
+            host_port("https://localhost:8443"),
+            ("localhost".into(), 8443)
+        );
         assert_eq!(host_port("https://[::1]:8443"), ("::1".into(), 8443));
         assert_eq!(host_port("https://[::1]"), ("::1".into(), 443));
     }
