@@ -8,9 +8,11 @@
 //! method = "sas"` and `device_id_pk = { value = "…" }` or `{ uri = "file:///…" }`;
 //! `[provisioning] source = "dps"` with `global_endpoint`, `id_scope` and
 //! `[provisioning.attestation] method = "symmetric_key"`, `registration_id` and
-//! `symmetric_key = { value = "…" }` or `{ uri = "file:///…" }` (aziot-identityd's
-//! `aziot-identityd-config` `ProvisioningType::Dps` / `DpsAttestationMethod::SymmetricKey`, as
-//! aziot's `config.toml.template` writes it);
+//! `symmetric_key = { value = "…" }` or `{ uri = "file:///…" }` (the super-config's
+//! `ProvisioningType::Dps { global_endpoint, id_scope, attestation }` with
+//! `DpsAttestationMethod::SymmetricKey { registration_id, symmetric_key: SymmetricKey::Inline
+//! { value } | Preloaded { uri } }`, which `iotedge config apply` turns into aziot-identityd's
+//! `scope_id`);
 //! `[agent.config] image`, `[moby_runtime] uri` and `network`. Other documented keys are accepted
 //! and listed as unused; an unknown key or a missing one is one error naming its path.
 //! Pure: parsing never touches the file system except for a `device_id_pk` given as a file URI.
