@@ -254,9 +254,12 @@ fn the_edge_config_written_for_a_device_is_one_the_edge_runtime_reads_and_is_pri
         "{stdout}"
     );
     let config = edgetwin_edge::config::EdgeConfig::load(&file).unwrap();
-    assert_eq!(config.device.device_id, "gw-edge");
+    let edgetwin_edge::config::Provisioning::Manual(manual) = &config.provisioning else {
+        panic!("not manual provisioning: {config:?}");
+    };
+    assert_eq!(manual.device_id, "gw-edge");
     assert_eq!(config.hostname, "localhost");
-    assert_eq!(config.device.iothub_hostname, "localhost");
+    assert_eq!(manual.iothub_hostname, "localhost");
     assert!(config.trust_bundle_cert.unwrap().ends_with("ca.pem"));
     let device = runtime()
         .block_on(hub.client().get_device("gw-edge"))
@@ -269,7 +272,7 @@ fn the_edge_config_written_for_a_device_is_one_the_edge_runtime_reads_and_is_pri
         .unwrap()
         .primary_key
         .unwrap();
-    assert_eq!(config.device.key.expose(), key.expose());
+    assert_eq!(manual.key.expose(), key.expose());
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

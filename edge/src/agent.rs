@@ -94,7 +94,7 @@ impl Agent {
     fn hub_is_gateway(&self) -> bool {
         self.config
             .hostname
-            .eq_ignore_ascii_case(&self.config.device.iothub_hostname)
+            .eq_ignore_ascii_case(&self.identities.device().iothub_hostname)
     }
 
     /// Runs until `shutdown` resolves or the session ends: reconciles every `every` and at
@@ -450,8 +450,8 @@ impl Agent {
     /// The `IOTEDGE_*` variables of a module, as aziot-edged sets them.
     fn module_env(&self, module: &str, generation_id: &str) -> Vec<(String, String)> {
         let env = EdgeEnvironment {
-            iothub_host_name: self.config.device.iothub_hostname.clone(),
-            device_id: self.config.device.device_id.clone(),
+            iothub_host_name: self.identities.device().iothub_hostname.clone(),
+            device_id: self.identities.device().device_id.clone(),
             module_id: module.to_owned(),
             gateway_host_name: self.config.hostname.clone(),
             generation_id: generation_id.to_owned(),
@@ -519,7 +519,7 @@ impl Agent {
             if self.hub_is_gateway() {
                 report::hub_as_edge_hub(
                     Some(hub),
-                    &self.config.device.iothub_hostname,
+                    &self.identities.device().iothub_hostname,
                     self.connected,
                     self.started,
                 )

@@ -5,7 +5,14 @@
 //!
 //! What `edgetwin edge` uses: `hostname`, `trust_bundle_cert`, `[provisioning] source = "manual"`
 //! with `connection_string` or `iothub_hostname` + `device_id` + `[provisioning.authentication]
-//! method = "sas"` and `device_id_pk = { value = "…" }` or `{ uri = "file:///…" }`,
+//! method = "sas"` and `device_id_pk = { value = "…" }` or `{ uri = "file:///…" }`;
+//! `[provisioning] source = "dps"` with `global_endpoint`, `id_scope` and
+//! `[provisioning.attestation] method = "symmetric_key"`, `registration_id` and
+//! `symmetric_key = { value = "…" }` or `{ uri = "file:///…" }` (the super-config's
+//! `ProvisioningType::Dps { global_endpoint, id_scope, attestation }` with
+//! `DpsAttestationMethod::SymmetricKey { registration_id, symmetric_key: SymmetricKey::Inline
+//! { value } | Preloaded { uri } }`, which `iotedge config apply` turns into aziot-identityd's
+//! `scope_id`);
 //! `[agent.config] image`, `[moby_runtime] uri` and `network`. Other documented keys are accepted
 //! and listed as unused; an unknown key or a missing one is one error naming its path.
 //! Pure: parsing never touches the file system except for a `device_id_pk` given as a file URI.
@@ -53,14 +60,37 @@ pub struct DeviceCredentials {
     pub key: Secret,
 }
 
+/// `[provisioning] source = "dps"` with symmetric-key attestation: where and as whom the device
+/// registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DpsProvisioning {
+    /// `global_endpoint`: the DPS URL (`https://host[:port]`), without its trailing `/`.
+    pub global_endpoint: String,
+    /// `id_scope`.
+    pub id_scope: String,
+    /// `attestation.registration_id`.
+    pub registration_id: String,
+    /// `attestation.symmetric_key`: the device's (derived) key, base64 (redacted in `Debug`).
+    pub key: Secret,
+}
+
+/// How the device gets its IoT Hub identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Provisioning {
+    /// `source = "manual"`: the identity is in the file.
+    Manual(DeviceCredentials),
+    /// `source = "dps"`: the device registers through DPS at start.
+    Dps(DpsProvisioning),
+}
+
 /// What `edgetwin edge run` needs from config.toml.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EdgeConfig {
     /// The name modules reach their gateway (edgeHub) by: `IOTEDGE_GATEWAYHOSTNAME` (the
     /// machine's host name when the file has none, as `iotedge config apply` does).
     pub hostname: String,
-    /// The device identity.
-    pub device: DeviceCredentials,
+    /// The device identity, or how to get it.
+    pub provisioning: Provisioning,
     /// PEM file of CA certificates trusted for IoT Hub and handed to modules as the trust bundle.
     pub trust_bundle_cert: Option<PathBuf>,
     /// `[agent.config] image`: the edgeAgent image (reported; the runtime is the agent here).
@@ -233,7 +263,8 @@ impl EdgeConfig {
             .string("trust_bundle_cert")?
             .map(|uri| file_uri(&top, "trust_bundle_cert", &uri))
             .transpose()?;
-        let device = provisioning(top.required_table("provisioning")?, &read_key, &mut unused)?;
+        let provisioning =
+            provisioning(top.required_table("provisioning")?, &read_key, &mut unused)?;
         let agent_image = match top.table("agent")? {
             Some(agent) => agent_section(agent, &mut unused)?,
             None => None,
@@ -261,7 +292,7 @@ impl EdgeConfig {
         top.finish()?;
         Ok(EdgeConfig {
             hostname: hostname.unwrap_or_else(|| machine_hostname.to_owned()),
-            device,
+            provisioning,
             trust_bundle_cert,
             agent_image,
             moby_uri: moby_uri.unwrap_or_else(|| DEFAULT_MOBY_URI.to_owned()),
@@ -295,20 +326,72 @@ fn file_uri(table: &Table<'_>, name: &str, uri: &str) -> Result<PathBuf, ConfigE
     Ok(PathBuf::from(path))
 }
 
-/// `[provisioning]`: manual provisioning with a connection string or explicit SAS credentials.
+/// `[provisioning]`: manual provisioning with a connection string or explicit SAS credentials,
+/// or DPS with a symmetric key.
 fn provisioning(
     mut table: Table<'_>,
     read_key: &impl Fn(&Path) -> std::io::Result<String>,
     unused: &mut Vec<String>,
-) -> Result<DeviceCredentials, ConfigError> {
+) -> Result<Provisioning, ConfigError> {
     let source = table.required_string("source")?;
-    if source != "manual" {
-        return Err(table.invalid(
+    table.skip(&["always_reprovision_on_startup"], unused);
+    match source.as_str() {
+        "manual" => manual(table, read_key).map(Provisioning::Manual),
+        "dps" => dps(table, read_key, unused).map(Provisioning::Dps),
+        _ => Err(table.invalid(
             "source",
-            format!("is \"{source}\"; edgetwin edge provisions with \"manual\" only (dps and none are not supported yet)"),
+            format!("is \"{source}\"; edgetwin edge provisions with \"manual\" or \"dps\" (none is not supported)"),
+        )),
+    }
+}
+
+/// `source = "dps"`: `global_endpoint`, `id_scope`, and `[provisioning.attestation]` with
+/// `method = "symmetric_key"`, `registration_id` and `symmetric_key`.
+fn dps(
+    mut table: Table<'_>,
+    read_key: &impl Fn(&Path) -> std::io::Result<String>,
+    unused: &mut Vec<String>,
+) -> Result<DpsProvisioning, ConfigError> {
+    let global_endpoint = table.required_string("global_endpoint")?;
+    let rest = global_endpoint
+        .strip_prefix("https://")
+        .ok_or_else(|| table.invalid("global_endpoint", "must be an https:// URL"))?;
+    if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+        return Err(table.invalid(
+            "global_endpoint",
+            "must be an https:// URL with a host and no path",
         ));
     }
-    table.skip(&["always_reprovision_on_startup"], unused);
+    let id_scope = table.required_string("id_scope")?;
+    let mut attestation = table.required_table("attestation")?;
+    let method = attestation.required_string("method")?;
+    if method != "symmetric_key" {
+        return Err(attestation.invalid(
+            "method",
+            format!("is \"{method}\"; edgetwin edge supports \"symmetric_key\" only (x509 and tpm are not supported yet)"),
+        ));
+    }
+    let registration_id = attestation.required_string("registration_id")?;
+    edgetwin_wire::dps::check_registration_id(&registration_id)
+        .map_err(|e| attestation.invalid("registration_id", e.message))?;
+    let key = key_of(&mut attestation, "symmetric_key", read_key)?;
+    attestation.finish()?;
+    table.skip(&["payload"], unused);
+    table.finish()?;
+    Ok(DpsProvisioning {
+        global_endpoint: global_endpoint.trim_end_matches('/').to_owned(),
+        id_scope,
+        registration_id,
+        key,
+    })
+}
+
+/// `source = "manual"`: a connection string, or `iothub_hostname`, `device_id` and SAS
+/// authentication.
+fn manual(
+    mut table: Table<'_>,
+    read_key: &impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<DeviceCredentials, ConfigError> {
     let device = if let Some(text) = table.string("connection_string")? {
         let connection = text
             .parse::<ConnectionString>()
@@ -347,7 +430,7 @@ fn provisioning(
                 format!("is \"{method}\"; edgetwin edge supports \"sas\" only (x509 is not supported yet)"),
             ));
         }
-        let key = device_key(&mut auth, read_key)?;
+        let key = key_of(&mut auth, "device_id_pk", read_key)?;
         auth.finish()?;
         DeviceCredentials {
             iothub_hostname,
@@ -359,12 +442,14 @@ fn provisioning(
     Ok(device)
 }
 
-/// `device_id_pk = { value = "<base64>" }` or `{ uri = "file:///…" }`, checked to be base64.
-fn device_key(
+/// `{name} = { value = "<base64>" }` or `{ uri = "file:///…" }` (`device_id_pk`,
+/// `symmetric_key`), checked to be base64.
+fn key_of(
     auth: &mut Table<'_>,
+    name: &str,
     read_key: &impl Fn(&Path) -> std::io::Result<String>,
 ) -> Result<Secret, ConfigError> {
-    let mut pk = auth.required_table("device_id_pk")?;
+    let mut pk = auth.required_table(name)?;
     let key = if let Some(value) = pk.string("value")? {
         value
     } else if let Some(uri) = pk.string("uri")? {
@@ -381,7 +466,7 @@ fn device_key(
     pk.finish()?;
     let key = Secret::new(key.trim().to_owned());
     edgetwin_wire::sas::decode_key(key.expose())
-        .map_err(|_| auth.invalid("device_id_pk", "is not a base64 symmetric key"))?;
+        .map_err(|_| auth.invalid(name, "is not a base64 symmetric key"))?;
     Ok(key)
 }
 
@@ -418,6 +503,13 @@ mod tests {
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+    fn manual(config: &EdgeConfig) -> &DeviceCredentials {
+        match &config.provisioning {
+            Provisioning::Manual(device) => device,
+            Provisioning::Dps(_) => panic!("not manual: {config:?}"),
+        }
+    }
+
     fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
         EdgeConfig::parse("config.toml", text, "pi-host", |p| {
             if p == Path::new("/var/secrets/device-id") {
@@ -434,9 +526,9 @@ mod tests {
             "[provisioning]\nsource = \"manual\"\nconnection_string = \"HostName=hub.example;DeviceId=pi-1;SharedAccessKey={KEY}\"\n"
         ))
         .unwrap();
-        assert_eq!(config.device.iothub_hostname, "hub.example");
-        assert_eq!(config.device.device_id, "pi-1");
-        assert_eq!(config.device.key.expose(), KEY);
+        assert_eq!(manual(&config).iothub_hostname, "hub.example");
+        assert_eq!(manual(&config).device_id, "pi-1");
+        assert_eq!(manual(&config).key.expose(), KEY);
         assert_eq!(
             config.hostname, "pi-host",
             "the machine's name when the file has none"
@@ -474,8 +566,8 @@ network = { name = "host" }
         )
         .unwrap();
         assert_eq!(config.hostname, "gateway.local");
-        assert_eq!(config.device.device_id, "pi-2");
-        assert_eq!(config.device.key.expose(), KEY);
+        assert_eq!(manual(&config).device_id, "pi-2");
+        assert_eq!(manual(&config).key.expose(), KEY);
         assert_eq!(
             config.trust_bundle_cert,
             Some(PathBuf::from("/etc/edgetwin/ca.pem"))
@@ -536,11 +628,11 @@ network = { name = "host" }
             "{error}"
         );
         assert!(!error.contains("not-base64!"), "{error}");
-        let error = parse("[provisioning]\nsource = \"dps\"\n")
+        let error = parse("[provisioning]\nsource = \"none\"\n")
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("`provisioning.source` is \"dps\""),
+            error.contains("`provisioning.source` is \"none\""),
             "{error}"
         );
         let error = parse(
@@ -569,5 +661,84 @@ network = { name = "host" }
             error.starts_with("config.toml: `provisioning.authentication.device_id_pk.uri` names /nope which cannot be read"),
             "{error}"
         );
+    }
+
+    /// The `[provisioning]` section `edgetwin provision --dps` writes (src/provision/edge_config.rs).
+    fn dps_text(endpoint: &str, method: &str, key: &str) -> String {
+        format!(
+            "[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"{endpoint}\"\nid_scope = \"0ne0000ABCD\"\n\n\
+             [provisioning.attestation]\nmethod = \"{method}\"\nregistration_id = \"pi-1\"\n\
+             symmetric_key = {key}\n"
+        )
+    }
+
+    #[test]
+    fn a_dps_config_as_provision_dps_writes_it_is_read() {
+        let value = format!("{{ value = \"{KEY}\" }}");
+        let config = parse(&dps_text(
+            "https://localhost:8443/",
+            "symmetric_key",
+            &value,
+        ))
+        .unwrap();
+        let Provisioning::Dps(dps) = &config.provisioning else {
+            panic!("not dps: {config:?}");
+        };
+        assert_eq!(dps.global_endpoint, "https://localhost:8443");
+        assert_eq!(dps.id_scope, "0ne0000ABCD");
+        assert_eq!(dps.registration_id, "pi-1");
+        assert_eq!(dps.key.expose(), KEY);
+        assert!(!format!("{config:?}").contains(KEY), "{config:?}");
+        let from_file = parse(&dps_text(
+            "https://localhost",
+            "symmetric_key",
+            "{ uri = \"file:///var/secrets/device-id\" }",
+        ))
+        .unwrap();
+        assert!(matches!(&from_file.provisioning, Provisioning::Dps(d) if d.key.expose() == KEY));
+    }
+
+    #[test]
+    fn a_bad_dps_section_is_refused_naming_the_key_never_the_secret() {
+        let value = format!("{{ value = \"{KEY}\" }}");
+        let cases = [
+            (
+                dps_text("http://localhost", "symmetric_key", &value),
+                "`provisioning.global_endpoint` must be an https:// URL",
+            ),
+            (
+                dps_text("https://localhost/x", "symmetric_key", &value),
+                "`provisioning.global_endpoint` must be an https:// URL with a host and no path",
+            ),
+            (
+                dps_text("https://localhost", "x509", &value),
+                "`provisioning.attestation.method` is \"x509\"",
+            ),
+            (
+                dps_text(
+                    "https://localhost",
+                    "symmetric_key",
+                    "{ value = \"sec ret!\" }",
+                ),
+                "`provisioning.attestation.symmetric_key` is not a base64 symmetric key",
+            ),
+            (
+                "[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://h\"\n".to_owned(),
+                "missing `provisioning.id_scope`",
+            ),
+            (
+                dps_text("https://localhost", "symmetric_key", &value)
+                    .replace("\"pi-1\"", "\"bad id!\""),
+                "`provisioning.attestation.registration_id`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(
+                !error.contains("sec ret!") && !error.contains(KEY),
+                "{error}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
+use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,6 +16,19 @@ pub async fn exchange<S>(
     request: hyper::http::request::Builder,
     body: Option<&Value>,
 ) -> Result<(StatusCode, Bytes), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (status, _, bytes) = exchange_with_headers(stream, request, body).await?;
+    Ok((status, bytes))
+}
+
+/// [`exchange`], with the answer's headers.
+pub async fn exchange_with_headers<S>(
+    stream: S,
+    request: hyper::http::request::Builder,
+    body: Option<&Value>,
+) -> Result<(StatusCode, HeaderMap, Bytes), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -35,11 +48,12 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = response
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok((status, bytes))
+    Ok((status, headers, bytes))
 }

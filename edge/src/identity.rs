@@ -169,6 +169,11 @@ impl Identities {
         }))
     }
 
+    /// The device and its key.
+    pub fn device(&self) -> &DeviceCredentials {
+        &self.device
+    }
+
     /// The device id.
     pub fn device_id(&self) -> &str {
         &self.device.device_id

@@ -1,7 +1,8 @@
-//! `edgetwin edge run`: from config.toml to a running agent — the engine checked, the data
-//! directory made, `$edgeAgent`'s identity taken with the device's key, and the agent started.
-//! Errors that will not go away (config, no engine, a refused key) end the process at once
-//! with one line; an unreachable hub is waited for.
+//! `edgetwin edge run`: from config.toml to a running agent — the data directory made, the
+//! device provisioned (from the file, or through DPS), the engine checked, `$edgeAgent`'s
+//! identity taken with the device's key, and the agent started. Errors that will not go away
+//! (config, a refused registration, no engine, a refused key) end the process at once with one
+//! line; an unreachable hub or DPS is waited for.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,8 +12,9 @@ use edgetwin_client::{Identity, ModuleClient, SessionConfig};
 use edgetwin_wire::connection_string::ConnectionString;
 
 use crate::agent::Agent;
-use crate::config::{ConfigError, EdgeConfig};
+use crate::config::{ConfigError, EdgeConfig, Provisioning};
 use crate::docker::{self, Engine, EngineError};
+use crate::dps::{self, DpsError};
 use crate::identity::{self, Identities, IdentityError};
 use crate::workload::WorkloadSockets;
 
@@ -41,7 +43,8 @@ pub struct RunArgs {
         default_value = "/etc/aziot/config.toml"
     )]
     pub config: PathBuf,
-    /// Directory for the master identity key and the modules' workload sockets.
+    /// Directory for the master identity key, the DPS assignment and the modules' workload
+    /// sockets.
     #[arg(
         long,
         env = "EDGETWIN_EDGE_DATA_DIR",
@@ -86,6 +89,17 @@ pub enum RunError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// DPS provisioning failed.
+    #[error(transparent)]
+    Dps(#[from] DpsError),
+    /// The trust bundle has no usable CA certificate.
+    #[error("the trust bundle {}: {reason}", .path.display())]
+    TrustBundleInvalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// `$edgeAgent`'s identity cannot be had.
     #[error("$edgeAgent: {0}")]
@@ -136,8 +150,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     for key in &config.unused {
         tracing::info!(key = %key, "config.toml: not used by edgetwin edge");
     }
-    let engine = Engine::new(&docker::socket_of(&config.moby_uri).map_err(RunError::EngineUri)?);
-    engine.ping().await?;
     let data_dir = &args.data_dir;
     make_private_dir(data_dir).map_err(|source| RunError::DataDir {
         path: data_dir.clone(),
@@ -151,12 +163,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         path: ca_file.clone(),
         source,
     })?;
+    let device = match &config.provisioning {
+        Provisioning::Manual(device) => device.clone(),
+        Provisioning::Dps(settings) => {
+            let tls = edgetwin_client::identity::tls_config(&trust_pem).map_err(|e| {
+                RunError::TrustBundleInvalid {
+                    path: ca_file.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            dps::provision(settings, tokio_rustls::TlsConnector::from(tls), data_dir).await?
+        }
+    };
+    let engine = Engine::new(&docker::socket_of(&config.moby_uri).map_err(RunError::EngineUri)?);
+    engine.ping().await?;
     let master = identity::master_key(&data_dir.join("master_identity.key"))?;
-    let identities = Identities::new(config.device.clone(), &trust_pem, master)?;
+    let identities = Identities::new(device.clone(), &trust_pem, master)?;
     let agent_identity = wait_for_hub(&identities).await?;
     let connection = ConnectionString::module(
-        &config.device.iothub_hostname,
-        &config.device.device_id,
+        &device.iothub_hostname,
+        &device.device_id,
         EDGE_AGENT,
         &agent_identity.primary,
     );
@@ -166,8 +192,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let client = ModuleClient::new(client_identity, SessionConfig::default());
     let sockets = WorkloadSockets::new(data_dir.join("mnt"), identities.clone(), trust_pem);
     tracing::info!(
-        device = %config.device.device_id,
-        hub = %config.device.iothub_hostname,
+        device = %device.device_id,
+        hub = %device.iothub_hostname,
         engine = %config.moby_uri,
         "edge runtime started"
     );
