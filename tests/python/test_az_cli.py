@@ -574,3 +574,20 @@ def test_dps_enrollments_and_groups_round_trip_through_the_cli_with_the_dps_conn
                     "az-device-1", "--dps-name", "local", login=login))
     expected = hmac.new(base64.b64decode(group_key), b"az-device-1", hashlib.sha256).digest()
     assert derived == base64.b64encode(expected).decode()
+
+
+def test_c2d_message_send_from_the_cli_reaches_the_device(az, hub, make_device, clients, tmp_path):
+    # the CLI sends over AMQP (uamqp) on /messages/devicebound, as IoT Hub's service SDKs do
+    device = make_device()
+    binary = os.environ.get("EDGETWIN_AZ", AZ_DIR / "venv" / "bin" / "az")
+    sender = az.start("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
+                      "--data", "from az", "--props", "k=v", "--mid", "az-c2d", "-y",
+                      more_env={"PYTHONPATH": uamqp_trusting(hub, binary, tmp_path)})
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, f"stdout: {out}\nstderr: {err}"
+    client = clients.device(device)
+    client.connect()
+    message = client.receive_message(timeout=10)
+    assert message is not None and message.data == b"from az"
+    assert message.message_id == "az-c2d"
+    assert message.custom_properties == {"k": "v"}
