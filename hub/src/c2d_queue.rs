@@ -112,6 +112,14 @@ pub fn complete(tx: &Transaction<'_>, device_id: &str, sequence: i64) -> Result<
     Ok(tx.delete_c2d(device_id, sequence)?)
 }
 
+/// Empties `device_id`'s queue (IoT Hub's "purge command queue"); how many messages it held.
+pub fn purge(tx: &Transaction<'_>, device_id: &str) -> Result<usize, ApiError> {
+    if tx.device(device_id)?.is_none() {
+        return Err(crate::registry::device_not_found(device_id));
+    }
+    Ok(tx.purge_c2d(device_id)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +167,12 @@ mod tests {
                 assert!(complete(tx, "d1", again[0].sequence)?);
                 assert!(!complete(tx, "d1", again[0].sequence)?);
                 assert!(tx.c2d_queue("d1")?.is_empty());
+                enqueue(tx, "d1", C2dMessage::default(), NOW)?;
+                assert_eq!(purge(tx, "d1")?, 1);
+                assert_eq!(
+                    purge(tx, "nobody").unwrap_err().code,
+                    ErrorCode::DeviceNotFound
+                );
                 Ok(())
             })
             .unwrap();

@@ -1231,6 +1231,13 @@ impl Transaction<'_> {
         Ok(())
     }
 
+    /// Removes every cloud-to-device message of `device_id`; how many there were.
+    pub fn purge_c2d(&self, device_id: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .tx
+            .execute("DELETE FROM c2d WHERE device_id = ?1", params![device_id])?)
+    }
+
     /// Removes a cloud-to-device message of `device_id`; whether it was there.
     pub fn delete_c2d(&self, device_id: &str, sequence: i64) -> Result<bool, StoreError> {
         Ok(self.tx.execute(

@@ -576,7 +576,7 @@ def test_dps_enrollments_and_groups_round_trip_through_the_cli_with_the_dps_conn
     assert derived == base64.b64encode(expected).decode()
 
 
-def test_c2d_message_send_from_the_cli_reaches_the_device(az, hub, make_device, clients, tmp_path):
+def test_c2d_message_send_from_the_cli_reaches_the_device_and_purge_empties_its_queue(az, hub, make_device, clients, tmp_path):
     # the CLI sends over AMQP (uamqp) on /messages/devicebound, as IoT Hub's service SDKs do
     device = make_device()
     binary = os.environ.get("EDGETWIN_AZ", AZ_DIR / "venv" / "bin" / "az")
@@ -591,3 +591,12 @@ def test_c2d_message_send_from_the_cli_reaches_the_device(az, hub, make_device, 
     assert message is not None and message.data == b"from az"
     assert message.message_id == "az-c2d"
     assert message.custom_properties == {"k": "v"}
+    client.disconnect()
+    # what the device has not taken yet, purge empties (DELETE /devices/{id}/commands)
+    again = az.start("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
+                     "--data", "never read", "-y",
+                     more_env={"PYTHONPATH": str(tmp_path)})
+    assert again.wait(120) == 0, again.stderr.read()
+    purged = ok(az("iot", "device", "c2d-message", "purge", "-d", device.device_id))
+    assert (purged["totalMessagesPurged"], purged["deviceId"]) == (1, device.device_id)
+    assert ok(az("iot", "device", "c2d-message", "purge", "-d", device.device_id))["totalMessagesPurged"] == 0

@@ -73,6 +73,15 @@ pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Resul
             )
         }
         ["devices", id, "modules", module_id] => module(state, request, id, module_id).await,
+        // IoT Hub's "purge command queue": `{"totalMessagesPurged": n, "deviceId": id}`
+        ["devices", id, "commands"] if method == Method::DELETE => {
+            request.require(Permission::ServiceConnect)?;
+            let device_id = (*id).to_owned();
+            let purged = hub
+                .write(move |tx| crate::c2d_queue::purge(tx, &device_id))
+                .await?;
+            Reply::ok(serde_json::json!({"totalMessagesPurged": purged, "deviceId": id}))
+        }
         ["devices", id, "applyConfigurationContent"] if method == Method::POST => {
             request.require(Permission::ServiceConnect)?;
             let content: ConfigurationContent = request.json()?;
