@@ -615,6 +615,11 @@ impl Session {
             return Ok(Vec::new());
         }
         let device_id = self.key.device_id.clone();
+        // read first, so that a device with nothing queued never waits for the writer
+        let queued = self.hub.read(|tx| Ok(tx.c2d_queue(&device_id)?.len()));
+        if queued.is_ok_and(|queued| queued <= self.c2d_in_flight.len()) {
+            return Ok(Vec::new());
+        }
         let in_flight: Vec<i64> = self.c2d_in_flight.values().copied().collect();
         let messages = self
             .hub
