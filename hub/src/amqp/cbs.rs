@@ -36,45 +36,86 @@ pub struct Grant {
 /// A request or answer on `$cbs` / `$management`.
 pub type NodeMessage = Message<Body<Value>>;
 
+/// Answers kept for a receiver the client has not attached yet, per node: a client may send its
+/// first request before the hub has taken the attach of the receiver it sent just before (uamqp
+/// does), and that answer must wait for it, not be lost.
+const WAITING_ANSWERS: usize = 16;
+
+/// Where a node's answers go: the client's attached receiver, or a wait for it.
+enum ReplyLink {
+    /// The receiver is attached: answers go to the task serving it.
+    Attached(mpsc::Sender<NodeMessage>),
+    /// Not attached yet: at most [`WAITING_ANSWERS`] answers wait for it.
+    Waiting(Vec<NodeMessage>),
+}
+
 /// The client's receivers of `$cbs` and `$management` answers in one session, by node.
 #[derive(Default)]
-pub struct ReplyLinks(Mutex<HashMap<String, mpsc::Sender<NodeMessage>>>);
+pub struct ReplyLinks(Mutex<HashMap<String, ReplyLink>>);
 
 impl ReplyLinks {
-    /// Serves the client's receiver of `node`'s answers until the client detaches it.
+    /// Serves the client's receiver of `node`'s answers until the client detaches it: first the
+    /// answers that waited for it, then each one as it comes.
     pub async fn serve(&self, node: &str, mut sender: Sender) {
         let (tx, mut rx) = mpsc::channel(16);
-        self.lock().insert(node.to_owned(), tx);
-        loop {
-            tokio::select! {
-                answer = rx.recv() => match answer {
-                    Some(answer) => {
-                        if let Err(error) = sender.send(answer).await {
-                            tracing::info!(node, %error, "AMQP answer not sent");
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                _ = sender.on_detach() => break,
+        let waiting = match self.lock().insert(node.to_owned(), ReplyLink::Attached(tx)) {
+            Some(ReplyLink::Waiting(waiting)) => waiting,
+            _ => Vec::new(),
+        };
+        let mut open = true;
+        for answer in waiting {
+            if open {
+                open = send_answer(&mut sender, node, answer).await;
             }
+        }
+        while open {
+            open = tokio::select! {
+                answer = rx.recv() => match answer {
+                    Some(answer) => send_answer(&mut sender, node, answer).await,
+                    None => false,
+                },
+                _ = sender.on_detach() => false,
+            };
         }
         self.lock().remove(node);
         let _ = sender.close().await;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<NodeMessage>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ReplyLink>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends an answer to the client's receiver of `node` (dropped if it has none).
+    /// Sends an answer to the client's receiver of `node`, or keeps it until the client attaches
+    /// one (dropped past [`WAITING_ANSWERS`]).
     pub async fn answer(&self, node: &str, answer: NodeMessage) {
-        let link = self.lock().get(node).cloned();
-        match link {
-            Some(link) => {
-                let _ = link.send(answer).await;
+        let link = {
+            let mut links = self.lock();
+            match links
+                .entry(node.to_owned())
+                .or_insert_with(|| ReplyLink::Waiting(Vec::new()))
+            {
+                ReplyLink::Attached(link) => link.clone(),
+                ReplyLink::Waiting(waiting) if waiting.len() < WAITING_ANSWERS => {
+                    waiting.push(answer);
+                    return;
+                }
+                ReplyLink::Waiting(_) => {
+                    tracing::info!(node, "AMQP answer dropped: no receiver attached");
+                    return;
+                }
             }
-            None => tracing::info!(node, "AMQP answer dropped: no receiver attached"),
+        };
+        let _ = link.send(answer).await;
+    }
+}
+
+/// Sends one answer on the client's receiver; whether the link is still usable.
+async fn send_answer(sender: &mut Sender, node: &str, answer: NodeMessage) -> bool {
+    match sender.send(answer).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::info!(node, %error, "AMQP answer not sent");
+            false
         }
     }
 }
@@ -239,6 +280,21 @@ mod tests {
         assert_eq!(node_of("amqps://h/eh/$management"), Some(MANAGEMENT));
         assert_eq!(node_of("messages/events/$management"), Some(MANAGEMENT));
         assert_eq!(node_of("/messages/devicebound"), None);
+    }
+
+    #[tokio::test]
+    async fn answers_wait_for_a_receiver_not_attached_yet_up_to_a_bound() {
+        let links = ReplyLinks::default();
+        for n in 0..=WAITING_ANSWERS {
+            links
+                .answer(CBS, answer(200, "OK", Value::String(n.to_string())))
+                .await;
+        }
+        let kept = match links.lock().get(CBS) {
+            Some(ReplyLink::Waiting(waiting)) => waiting.len(),
+            _ => 0,
+        };
+        assert_eq!(kept, WAITING_ANSWERS, "the answers kept for the receiver");
     }
 
     #[test]
