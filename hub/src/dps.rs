@@ -1,23 +1,28 @@
 //! The local Device Provisioning Service's domain: enrollments and enrollment groups (stored as
 //! the DPS REST models of `edgetwin_wire::dps`), attestation of a registering device by its SAS
-//! token, and registration, which creates (or updates) the device identity in this hub, applies
-//! the enrollment's `initialTwin` and records the registration state. The one linked hub is the
-//! hub itself: `hashed`, `geoLatency` and `static` allocation all assign to it.
+//! token, and the steps of registration (`crate::provisioning` runs them): what it starts from
+//! ([`Plan`]), the identity and twin written on the assigned hub (this one, or a linked hub
+//! through its service REST API), the custom allocation webhook's call, and the registration
+//! state stored. The hubs are the hub itself and those `--dps-linked-hub` links.
 //!
-//! Below the hub's core, beside `registry` and `twins`: depends on them and on the store; never
-//! on a door.
+//! Below the hub's core, beside `registry` and `twins`: depends on them, on the store, the
+//! service client and the `webhook` leaf; never on a door.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use edgetwin_service::{ClientOptions, RetryPolicy, ServiceClient};
+use edgetwin_wire::connection_string::ConnectionString;
 use edgetwin_wire::dps::{
-    self, DeviceRegistrationState, DpsError, EnrollmentCommon, EnrollmentGroup,
-    IndividualEnrollment, RegistrationOperationStatus,
+    self, AllocationRequest, AllocationResponse, DeviceRegistrationState, DeviceRuntimeContext,
+    DpsError, EnrollmentCommon, EnrollmentGroup, IndividualEnrollment, LinkedHub, LinkedHubSpec,
+    RegistrationOperationStatus,
 };
 use edgetwin_wire::rest::{
     AuthenticationMechanism, Device, DeviceCapabilities, SymmetricKey, Twin, TwinProperties,
 };
 use edgetwin_wire::sas::SasToken;
+use edgetwin_wire::twin::Properties;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -51,6 +56,27 @@ pub struct Service {
     policy: PolicyRecord,
     /// Registration operations by id, for polling.
     operations: Operations,
+    /// The hubs devices may be assigned to: this hub first, then the linked ones.
+    linked: Vec<LinkedHub>,
+    /// The service clients of the linked hubs (not this one), by lower-case host name.
+    clients: HashMap<String, Arc<ServiceClient>>,
+}
+
+/// Why a linked hub could not be linked.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The value is not a linked hub's connection string.
+    #[error("--dps-linked-hub: {0}")]
+    Invalid(String),
+    /// A service client could not be made for it (its CA file, its key).
+    #[error("--dps-linked-hub '{host}'")]
+    Client {
+        /// The hub.
+        host: String,
+        /// Why.
+        #[source]
+        source: edgetwin_service::Error,
+    },
 }
 
 impl Service {
@@ -83,7 +109,108 @@ impl Service {
             id_scope: format!("0ne{scope:08X}"),
             policy,
             operations: Operations::default(),
+            linked: Vec::new(),
+            clients: HashMap::new(),
         })
+    }
+
+    /// Links this hub, `own_host`, first (weight 1, allocation applied), and each of `specs` (a
+    /// hub named twice, or this hub again, is refused).
+    pub fn link(&mut self, own_host: &str, specs: Vec<LinkedHubSpec>) -> Result<(), LinkError> {
+        self.linked = vec![LinkedHub::new(own_host)];
+        for spec in specs {
+            let host = spec.hub.host_name.clone();
+            if dps::find_hub(&self.linked, &host).is_some() {
+                return Err(LinkError::Invalid(format!("IoT hub '{host}' is linked twice")));
+            }
+            let connection: ConnectionString = spec
+                .connection_string
+                .expose()
+                .parse()
+                .map_err(|e| LinkError::Invalid(format!("'{host}': {e}")))?;
+            let options = ClientOptions {
+                system_roots: spec.ca_file.is_none(),
+                ca_file: spec.ca_file.map(Into::into),
+                // a device waits for its registration: a few quick retries, then it fails
+                retry: RetryPolicy {
+                    max_attempts: 4,
+                    base: std::time::Duration::from_millis(200),
+                    cap: std::time::Duration::from_secs(2),
+                    max_retry_after: std::time::Duration::from_secs(5),
+                },
+                attempt_timeout: std::time::Duration::from_secs(10),
+                keep_alive: true,
+            };
+            let client = ServiceClient::new(&connection, options).map_err(|source| {
+                LinkError::Client {
+                    host: host.clone(),
+                    source,
+                }
+            })?;
+            self.clients
+                .insert(host.to_ascii_lowercase(), Arc::new(client));
+            self.linked.push(spec.hub);
+        }
+        Ok(())
+    }
+
+    /// Links this hub alone, `own_host`, unless [`link`](Self::link) linked hubs already.
+    pub fn link_own(&mut self, own_host: &str) {
+        if self.linked.is_empty() {
+            self.linked.push(LinkedHub::new(own_host));
+        }
+    }
+
+    /// The hubs devices may be assigned to, this one first.
+    pub fn linked_hubs(&self) -> &[LinkedHub] {
+        &self.linked
+    }
+
+    /// Whether `host` is this hub.
+    pub fn is_own(&self, host: &str) -> bool {
+        self.linked
+            .first()
+            .is_some_and(|own| own.host_name.eq_ignore_ascii_case(host))
+    }
+
+    /// The service client of the linked hub `host` (`None` for this hub, or one not linked).
+    pub fn client(&self, host: &str) -> Option<Arc<ServiceClient>> {
+        self.clients.get(&host.to_ascii_lowercase()).cloned()
+    }
+
+    /// Asks the enrollment's custom allocation webhook where the device of `plan` goes, among
+    /// `linked_hubs` (Microsoft Learn, "Understand custom allocation policies": the
+    /// AllocationRequest, and the AllocationResponse read by
+    /// [`dps::read_allocation_response`]); a call that fails is 400207.
+    pub async fn allocate_by_webhook(
+        &self,
+        plan: &Plan,
+        payload: Option<serde_json::Value>,
+        linked_hubs: Vec<String>,
+    ) -> Result<AllocationResponse, DpsError> {
+        let definition = dps::custom_webhook(&plan.common)?;
+        let (field, enrollment) = plan.enrollment.clone();
+        let current = plan.current();
+        let request = AllocationRequest {
+            individual_enrollment: (field == "individualEnrollment").then(|| enrollment.clone()),
+            enrollment_group: (field == "enrollmentGroup").then_some(enrollment),
+            device_runtime_context: DeviceRuntimeContext {
+                registration_id: plan.registration_id.clone(),
+                current_iot_hub_host_name: current.map(|(hub, _)| hub.to_owned()),
+                current_device_id: current.map(|(_, id)| id.to_owned()),
+                symmetric_key: serde_json::json!({}),
+                payload,
+            },
+            linked_hubs,
+        };
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let (status, answer) = crate::webhook::post_json(&definition.webhook_url, body)
+            .await
+            .map_err(|error| {
+                tracing::info!(%error, "custom allocation webhook failed");
+                dps::custom_allocation_failed(format!("with no answer: {error}"))
+            })?;
+        dps::read_allocation_response(status, &answer, &request.linked_hubs)
     }
 
     /// The id scope devices name.
@@ -226,15 +353,15 @@ pub enum Put {
     CreateOrReplace,
 }
 
-/// Creates or replaces the record `id` with `input` (whose id, when given, must be `id`); the
-/// hub named `hub` is the only one allocations may name.
+/// Creates or replaces the record `id` with `input` (whose id, when given, must be `id`);
+/// allocations may name only the `linked` hubs.
 pub fn put<R: Record>(
     tx: &Transaction<'_>,
     id: &str,
     mut input: R,
     if_match: Option<&str>,
     put: Put,
-    hub: &str,
+    linked: &[LinkedHub],
 ) -> Result<R, DpsError> {
     if R::TABLE == DpsTable::Enrollments {
         dps::check_registration_id(id)?;
@@ -265,7 +392,7 @@ pub fn put<R: Record>(
     dps::prepare(
         input.common_mut(),
         existing.as_ref().map(Record::common),
-        hub,
+        linked,
         &ids::now_iso(),
         etag,
         ids::new_key,
@@ -394,19 +521,86 @@ struct StoredRegistration {
     group: Option<String>,
 }
 
-/// Registers an attested device on the hub named `hub`: a disabled enrollment answers
-/// `disabled` and stores nothing; otherwise the device identity is created (with the
-/// enrollment's or the derived keys, `iotEdge` from its capabilities, its `initialTwin`) or, on
-/// a new registration, updated as its reprovisioning policy says, and the registration state is
-/// stored.
-pub fn register(
-    tx: &Transaction<'_>,
-    hub: &str,
-    attested: &Attested,
-    payload: Option<serde_json::Value>,
-) -> Result<DeviceRegistrationState, DpsError> {
+/// What a registration starts from, read in one transaction: the enrollment, the identity it
+/// gives the device, and the device's last registration.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The registration id.
+    pub registration_id: String,
+    /// The enrollment group the device registers through, if any.
+    pub group: Option<String>,
+    /// The enrollment's shared fields.
+    pub common: EnrollmentCommon,
+    /// The enrollment as a custom allocation webhook sees it (no keys), under the field that
+    /// names its kind (`individualEnrollment` or `enrollmentGroup`).
+    pub enrollment: (&'static str, serde_json::Value),
+    /// The identity to create or update on the assigned hub.
+    pub device: Device,
+    /// The device's last registration state, if any.
+    pub previous: Option<DeviceRegistrationState>,
+}
+
+impl Plan {
+    /// Whether the enrollment is disabled (nothing is then stored).
+    pub fn disabled(&self) -> bool {
+        self.common.provisioning_status.as_deref() == Some("disabled")
+    }
+
+    /// The hub and device id of the device's last assignment, if it was assigned.
+    pub fn current(&self) -> Option<(&str, &str)> {
+        let previous = self.previous.as_ref().filter(|p| p.status == "assigned")?;
+        Some((
+            previous.assigned_hub.as_deref()?,
+            previous.device_id.as_deref()?,
+        ))
+    }
+
+    /// `disabled`, for a disabled enrollment.
+    pub fn disabled_state(&self) -> DeviceRegistrationState {
+        DeviceRegistrationState {
+            registration_id: self.registration_id.clone(),
+            status: "disabled".into(),
+            last_updated_date_time_utc: Some(ids::now_iso()),
+            ..Default::default()
+        }
+    }
+
+    /// `assigned` to `hub` with `substatus`, the webhook's `payload` for the device.
+    pub fn assigned_state(
+        &self,
+        hub: &str,
+        substatus: &str,
+        payload: Option<serde_json::Value>,
+    ) -> DeviceRegistrationState {
+        DeviceRegistrationState {
+            registration_id: self.registration_id.clone(),
+            assigned_hub: Some(hub.to_owned()),
+            device_id: Some(self.device.device_id.clone()),
+            status: "assigned".into(),
+            substatus: Some(substatus.to_owned()),
+            payload,
+            ..Default::default()
+        }
+    }
+
+    /// `failed` with DPS's `errorCode` and `errorMessage`.
+    pub fn failed_state(&self, error: &DpsError) -> DeviceRegistrationState {
+        DeviceRegistrationState {
+            registration_id: self.registration_id.clone(),
+            status: "failed".into(),
+            error_code: Some(error.code),
+            error_message: Some(error.message.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Reads what registering an attested device starts from ([`Plan`]): its enrollment, the
+/// identity (the enrollment's keys, or for a group the keys derived for the registration id;
+/// `iotEdge` from its capabilities) and its last registration.
+pub fn plan(tx: &Transaction<'_>, attested: &Attested) -> Result<Plan, DpsError> {
     let registration_id = attested.registration_id.as_str();
-    let (common, device_id, keys) = match &attested.group {
+    let (common, device_id, keys, enrollment) = match &attested.group {
         None => {
             let enrollment: IndividualEnrollment = get(tx, registration_id)?;
             let keys = enrollment
@@ -418,7 +612,8 @@ pub fn register(
                 .device_id
                 .clone()
                 .unwrap_or_else(|| registration_id.to_owned());
-            (enrollment.common, device_id, keys)
+            let shown = without_keys(&enrollment, "individualEnrollment");
+            (enrollment.common, device_id, keys, shown)
         }
         Some(group_id) => {
             let group: EnrollmentGroup = get(tx, group_id)?;
@@ -431,116 +626,214 @@ pub fn register(
                 )),
                 None => None,
             };
-            (group.common, registration_id.to_owned(), keys)
+            let shown = without_keys(&group, "enrollmentGroup");
+            (group.common, registration_id.to_owned(), keys, shown)
         }
     };
-    let now = ids::now_iso();
-    if common.provisioning_status.as_deref() == Some("disabled") {
-        return Ok(DeviceRegistrationState {
-            registration_id: registration_id.to_owned(),
-            status: "disabled".into(),
-            last_updated_date_time_utc: Some(now),
-            ..Default::default()
-        });
-    }
     let (primary, secondary) = keys.ok_or_else(DpsError::unauthorized)?;
-    let authentication = AuthenticationMechanism {
-        auth_type: Some("sas".into()),
-        symmetric_key: Some(SymmetricKey {
-            primary_key: Some(primary),
-            secondary_key: Some(secondary),
+    let device = Device {
+        device_id,
+        status: Some("enabled".into()),
+        authentication: Some(AuthenticationMechanism {
+            auth_type: Some("sas".into()),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(primary),
+                secondary_key: Some(secondary),
+            }),
+            ..Default::default()
+        }),
+        capabilities: Some(DeviceCapabilities {
+            iot_edge: dps::is_edge(&common),
         }),
         ..Default::default()
     };
     let previous: Option<StoredRegistration> =
         tx.dps_record(DpsTable::Registrations, registration_id)?;
-    let key = IdentityKey::device(&device_id);
-    let policy = common.reprovision_policy.unwrap_or_default();
-    let substatus = match tx.device(&device_id)? {
-        None => {
-            let device = Device {
-                device_id: device_id.clone(),
-                status: Some("enabled".into()),
-                authentication: Some(authentication),
-                capabilities: Some(DeviceCapabilities {
-                    iot_edge: dps::is_edge(&common),
-                }),
-                ..Default::default()
-            };
-            registry::create_device(tx, &device_id, device)?;
-            apply_initial_twin(tx, &key, &common)?;
-            "initialAssignment"
-        }
-        Some(existing) => {
-            let update = Device {
-                device_id: device_id.clone(),
-                status: existing.status.clone(),
-                status_reason: existing.status_reason.clone(),
-                authentication: Some(authentication),
-                ..Default::default()
-            };
-            registry::update_device(tx, &device_id, update, None)?;
-            match previous {
-                Some(_) if !policy.migrate_device_data => {
-                    apply_initial_twin(tx, &key, &common)?;
-                    "deviceDataReset"
-                }
-                Some(_) => "deviceDataMigrated",
-                None => "initialAssignment",
-            }
-        }
-    };
-    let state = DeviceRegistrationState {
+    Ok(Plan {
         registration_id: registration_id.to_owned(),
-        created_date_time_utc: Some(
-            previous
-                .as_ref()
-                .and_then(|p| p.state.created_date_time_utc.clone())
-                .unwrap_or_else(|| now.clone()),
-        ),
-        assigned_hub: Some(hub.to_owned()),
-        device_id: Some(device_id),
-        status: "assigned".into(),
-        substatus: Some(substatus.into()),
-        last_updated_date_time_utc: Some(now),
-        etag: Some(ids::counter_etag(tx.next_counter("etag")?)),
-        payload,
-        ..Default::default()
-    };
-    let stored = StoredRegistration {
-        state: state.clone(),
         group: attested.group.clone(),
-    };
-    tx.put_dps_record(
-        DpsTable::Registrations,
-        registration_id,
-        attested.group.as_deref(),
-        &stored,
-    )?;
-    Ok(state)
+        common,
+        enrollment,
+        device,
+        previous: previous.map(|p| p.state),
+    })
 }
 
-/// Replaces the device twin's tags and desired properties with the enrollment's `initialTwin`
-/// (empty sections when it has none).
-fn apply_initial_twin(
-    tx: &Transaction<'_>,
-    key: &IdentityKey,
-    common: &EnrollmentCommon,
-) -> Result<(), DpsError> {
-    let (tags, desired) = match &common.initial_twin {
+/// A record as JSON without its symmetric keys, under `field`.
+fn without_keys<R: Record>(record: &R, field: &'static str) -> (&'static str, serde_json::Value) {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if let Some(attestation) = value.get_mut("attestation").and_then(|a| a.as_object_mut()) {
+        attestation.remove("symmetricKey");
+    }
+    (field, value)
+}
+
+/// The tags and desired properties DPS writes to a device's twin.
+pub type TwinSections = (Properties, Properties);
+
+/// The sections of an initial twin (empty ones when there is none).
+pub fn initial_sections(twin: Option<&serde_json::Value>) -> Result<TwinSections, DpsError> {
+    let (tags, desired) = match twin {
         Some(twin) => dps::initial_twin_sections(twin)?,
         None => (None, None),
     };
-    let twin = Twin {
-        tags: Some(tags.unwrap_or_default()),
-        properties: Some(TwinProperties {
-            desired: Some(desired.unwrap_or_default()),
-            reported: None,
-        }),
-        ..Default::default()
+    Ok((tags.unwrap_or_default(), desired.unwrap_or_default()))
+}
+
+/// The twin sections of a service-view twin (`$`-prefixed metadata left out).
+pub fn twin_sections(twin: &serde_json::Value) -> TwinSections {
+    let section = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(serde_json::Value::as_object)
+            .map(|map| {
+                map.iter()
+                    .filter(|(k, _)| !k.starts_with('$'))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    twins::update_from_service(tx, key, twin, UpdateMode::Replace, None)?;
+    (
+        section(twin.get("tags")),
+        section(twin.get("properties").and_then(|p| p.get("desired"))),
+    )
+}
+
+/// The twin of `device_id` on this hub, if the device exists.
+pub fn local_twin(tx: &Transaction<'_>, device_id: &str) -> Result<Option<TwinSections>, DpsError> {
+    Ok(tx
+        .twin(&IdentityKey::device(device_id))?
+        .map(|record| (record.tags, record.desired)))
+}
+
+/// Creates `device` on this hub, or gives an existing one its keys (status and capabilities
+/// kept); then writes `twin` to it, unless `only_if_created` and the device existed.
+pub fn assign_here(
+    tx: &Transaction<'_>,
+    device: Device,
+    twin: Option<&TwinSections>,
+    only_if_created: bool,
+) -> Result<(), DpsError> {
+    let id = device.device_id.clone();
+    let created = match tx.device(&id)? {
+        None => {
+            registry::create_device(tx, &id, device)?;
+            true
+        }
+        Some(existing) => {
+            let update = Device {
+                device_id: id.clone(),
+                status: existing.status.clone(),
+                status_reason: existing.status_reason.clone(),
+                authentication: device.authentication,
+                ..Default::default()
+            };
+            registry::update_device(tx, &id, update, None)?;
+            false
+        }
+    };
+    if let Some((tags, desired)) = twin.filter(|_| created || !only_if_created) {
+        let twin = Twin {
+            tags: Some(tags.clone()),
+            properties: Some(TwinProperties {
+                desired: Some(desired.clone()),
+                reported: None,
+            }),
+            ..Default::default()
+        };
+        twins::update_from_service(tx, &IdentityKey::device(&id), twin, UpdateMode::Replace, None)?;
+    }
     Ok(())
+}
+
+/// [`assign_here`] on a linked hub, through its service REST API (`client` retries what is
+/// transient); a hub that refuses is 500001 naming the hub and its answer.
+pub async fn assign_remote(
+    client: &ServiceClient,
+    device: Device,
+    twin: Option<&TwinSections>,
+    only_if_created: bool,
+) -> Result<(), DpsError> {
+    let refused = |error: edgetwin_service::Error| hub_failed(client, &error);
+    let id = device.device_id.clone();
+    let created = match client.get_device(&id).await.map_err(refused)? {
+        None => {
+            client.create_device(&device).await.map_err(refused)?;
+            true
+        }
+        Some(existing) => {
+            let update = Device {
+                device_id: id.clone(),
+                status: existing.status.clone(),
+                status_reason: existing.status_reason.clone(),
+                capabilities: existing.capabilities.clone(),
+                authentication: device.authentication,
+                ..Default::default()
+            };
+            client.replace_device(&update).await.map_err(refused)?;
+            false
+        }
+    };
+    if let Some((tags, desired)) = twin.filter(|_| created || !only_if_created) {
+        let twin = serde_json::json!({"tags": tags, "properties": {"desired": desired}});
+        client.replace_twin(&id, &twin).await.map_err(refused)?;
+    }
+    Ok(())
+}
+
+/// The twin of `device_id` on a linked hub, if the device exists there.
+pub async fn remote_twin(
+    client: &ServiceClient,
+    device_id: &str,
+) -> Result<Option<TwinSections>, DpsError> {
+    if client
+        .get_device(device_id)
+        .await
+        .map_err(|e| hub_failed(client, &e))?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let twin = client
+        .get_twin(device_id, None)
+        .await
+        .map_err(|e| hub_failed(client, &e))?;
+    Ok(Some(twin_sections(&twin)))
+}
+
+/// 500001: a linked hub refused or could not be reached (the code DPS gives is not documented;
+/// a guess).
+fn hub_failed(client: &ServiceClient, error: &edgetwin_service::Error) -> DpsError {
+    DpsError::new(
+        500001,
+        format!("the linked IoT hub '{}' failed: {error}", client.host()),
+    )
+}
+
+/// Stores a registration's `state` (its creation time kept from the last one, a new etag, the
+/// time) under its enrollment `group`; the state as stored.
+pub fn record(
+    tx: &Transaction<'_>,
+    mut state: DeviceRegistrationState,
+    group: Option<String>,
+) -> Result<DeviceRegistrationState, DpsError> {
+    let now = ids::now_iso();
+    let previous: Option<StoredRegistration> =
+        tx.dps_record(DpsTable::Registrations, &state.registration_id)?;
+    state.created_date_time_utc = Some(
+        previous
+            .and_then(|p| p.state.created_date_time_utc)
+            .unwrap_or_else(|| now.clone()),
+    );
+    state.last_updated_date_time_utc = Some(now);
+    state.etag = Some(ids::counter_etag(tx.next_counter("etag")?));
+    let id = state.registration_id.clone();
+    let stored = StoredRegistration {
+        state: state.clone(),
+        group: group.clone(),
+    };
+    tx.put_dps_record(DpsTable::Registrations, &id, group.as_deref(), &stored)?;
+    Ok(state)
 }
 
 /// The registration state `id`.
@@ -620,17 +913,18 @@ mod tests {
             .transaction(|tx| {
                 let service = Service::open(tx)?;
                 let scope = service.id_scope().to_owned();
+                let hub = [LinkedHub::new("hub")];
                 let group: EnrollmentGroup = serde_json::from_value(serde_json::json!({
                     "attestation": {"type": "symmetricKey"}
                 }))
                 .unwrap();
-                let group = put(tx, "fleet", group, None, Put::Create, "hub").unwrap();
+                let group = put(tx, "fleet", group, None, Put::Create, &hub).unwrap();
                 let group_key = group.common.attestation.keys().unwrap().0.clone();
                 let individual: IndividualEnrollment = serde_json::from_value(serde_json::json!({
                     "attestation": {"type": "symmetricKey"}
                 }))
                 .unwrap();
-                let individual = put(tx, "solo", individual, None, Put::Create, "hub").unwrap();
+                let individual = put(tx, "solo", individual, None, Put::Create, &hub).unwrap();
                 let solo_key = individual.common.attestation.keys().unwrap().1.clone();
                 let derived = dps::derive_device_key(&group_key, "pi-1").unwrap();
                 let check = |id: &str, token: &SasToken, now: u64| {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgetwin_wire::dps::{DpsError, RegistrationOperationStatus};
+use edgetwin_wire::dps::DpsError;
 use edgetwin_wire::query::Query;
 use edgetwin_wire::rest::{CloudToDeviceMethod, CloudToDeviceMethodResult, ErrorCode, Permission};
 use edgetwin_wire::sas::{SasScope, SasToken};
@@ -101,6 +101,16 @@ impl Database {
         })
     }
 
+    /// Links the hubs of `specs` to the provisioning service beside this one, `own_host`
+    /// (`edgetwin hub --dps-linked-hub`).
+    pub fn link_dps_hubs(
+        &mut self,
+        own_host: &str,
+        specs: Vec<edgetwin_wire::dps::LinkedHubSpec>,
+    ) -> Result<(), crate::dps::LinkError> {
+        self.dps.link(own_host, specs)
+    }
+
     /// The read-only connections, shared with the hub that will run on this database.
     pub fn readers(&self) -> Arc<Readers> {
         self.readers.clone()
@@ -150,8 +160,9 @@ impl Hub {
             store,
             readers,
             policies,
-            dps,
+            mut dps,
         } = database;
+        dps.link_own(&host_name);
         let live = Arc::new(LiveConnections::default());
         let event_heads = Arc::new(
             (0..events::PARTITIONS)
@@ -326,32 +337,6 @@ impl Hub {
                 ids::now_unix(),
             ))
         })?
-    }
-
-    /// Registers an attested device ([`crate::dps::register`]) and remembers the finished
-    /// operation for polling; answers the operation as DPS first does, `assigning`, with its id.
-    pub async fn dps_register(
-        &self,
-        attested: crate::dps::Attested,
-        payload: Option<Value>,
-    ) -> Result<RegistrationOperationStatus, DpsError> {
-        let host = self.host_name.clone();
-        let registration_id = attested.registration_id.clone();
-        let state = self
-            .write_dps(move |tx| crate::dps::register(tx, &host, &attested, payload))
-            .await?;
-        let operation_id = crate::dps::operation_id();
-        let finished = RegistrationOperationStatus {
-            operation_id: operation_id.clone(),
-            status: state.status.clone(),
-            registration_state: Some(state),
-        };
-        self.dps.operations().record(&registration_id, finished);
-        Ok(RegistrationOperationStatus {
-            operation_id,
-            status: "assigning".into(),
-            registration_state: None,
-        })
     }
 
     /// Queues a reported-properties patch from `key`'s device or module for the next group

@@ -45,6 +45,7 @@ mod live;
 mod messages;
 mod methods;
 mod mqtt;
+mod provisioning;
 mod queries;
 mod registry;
 mod rest;
@@ -52,6 +53,7 @@ mod routing;
 mod store;
 mod test_hub;
 mod twins;
+mod webhook;
 mod workload;
 mod writer;
 mod x509;
@@ -115,6 +117,9 @@ pub struct HubConfig {
     /// PEM files of more CAs whose certificates `certificateAuthority` devices may chain to,
     /// beside the hub's own CA.
     pub device_cas: Vec<PathBuf>,
+    /// More hubs the provisioning service may assign devices to, beside this one
+    /// (`--dps-linked-hub`; docs/dps.md).
+    pub dps_linked_hubs: Vec<edgetwin_wire::dps::LinkedHubSpec>,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -139,6 +144,7 @@ impl HubConfig {
             workload_api: true,
             max_workload_sockets: None,
             device_cas: Vec::new(),
+            dps_linked_hubs: Vec::new(),
         }
     }
 }
@@ -401,7 +407,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let files = open_file_limit();
     let fresh_allowed = config.reset || !data_dir.join("hub.json").exists();
-    let database = hub::Database::open(&data_dir, fresh_allowed)?;
+    let mut database = hub::Database::open(&data_dir, fresh_allowed)?;
+    database
+        .link_dps_hubs(&config.host_name, config.dps_linked_hubs.clone())
+        .map_err(|e| HubError::Io {
+            what: "link the provisioning service's hubs".into(),
+            source: std::io::Error::other(e),
+        })?;
     let workload_dir = config.workload_api.then(|| data_dir.join("workload"));
     let workload = Arc::new(match &workload_dir {
         Some(dir) => workload::WorkloadSockets::new(

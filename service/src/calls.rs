@@ -82,6 +82,34 @@ impl ServiceClient {
         self.call_json(&request).await
     }
 
+    /// `PUT /devices/{id}` with `If-Match: *`: replace the device whatever its etag.
+    pub async fn replace_device(&self, device: &Device) -> Result<Device, Error> {
+        let mut request = Request::new(
+            Method::PUT,
+            &["devices", &device.device_id],
+            Permission::RegistryWrite,
+            format!("update device '{}'", device.device_id),
+        )
+        .json(device);
+        request.if_match = Some("*".into());
+        self.call_json(&request).await
+    }
+
+    /// `DELETE /devices/{id}` with `If-Match: *`; a device that does not exist is no error.
+    pub async fn delete_device(&self, id: &str) -> Result<(), Error> {
+        let mut request = Request::new(
+            Method::DELETE,
+            &["devices", id],
+            Permission::RegistryWrite,
+            format!("delete device '{id}'"),
+        );
+        request.if_match = Some("*".into());
+        match self.call_empty(&request).await {
+            Err(Error::Service(e)) if e.status == 404 => Ok(()),
+            other => other,
+        }
+    }
+
     /// `GET /devices/{id}/modules/{mid}`; `None` if the module does not exist.
     pub async fn get_module(
         &self,
@@ -164,6 +192,20 @@ impl ServiceClient {
             format!("update {}", twin_name(device_id, module_id)),
         )
         .json(patch);
+        request.if_match = Some("*".into());
+        self.call_json(&request).await
+    }
+
+    /// `PUT /twins/{id}` with a twin's `tags` and `properties.desired`, whatever its etag
+    /// (`If-Match: *`): both replaced; the whole twin after.
+    pub async fn replace_twin(&self, device_id: &str, twin: &Value) -> Result<Value, Error> {
+        let mut request = Request::new(
+            Method::PUT,
+            &twin_segments(device_id, None),
+            Permission::ServiceConnect,
+            format!("replace {}", twin_name(device_id, None)),
+        )
+        .json(twin);
         request.if_match = Some("*".into());
         self.call_json(&request).await
     }

@@ -127,6 +127,12 @@ struct HubArgs {
     /// beside the hub's own CA; repeatable.
     #[arg(long = "device-ca", value_name = "FILE")]
     device_cas: Vec<PathBuf>,
+    /// Another IoT hub the Device Provisioning Service may assign devices to, beside this one:
+    /// its service connection string, with `;AllocationWeight=N` (default 1),
+    /// `;ApplyAllocationPolicy=false` and `;CaFile=<PEM>` if needed; repeatable (docs/dps.md).
+    #[arg(long = "dps-linked-hub", value_name = "CONNECTION_STRING",
+          value_parser = edgetwin_wire::dps::parse_linked_hub)]
+    dps_linked_hubs: Vec<edgetwin_wire::dps::LinkedHubSpec>,
     /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
     #[arg(long)]
     reset: bool,
@@ -248,6 +254,7 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         workload_api: !args.no_workload_api,
         max_workload_sockets: args.max_workload_sockets,
         device_cas: args.device_cas,
+        dps_linked_hubs: args.dps_linked_hubs,
     };
     let hub = edgetwin_hub::start(config).await?;
     out!("edgetwin hub is running");

@@ -518,11 +518,11 @@ pub fn if_match_accepts(if_match: &str, etag: &str) -> bool {
 /// Checks the fields an enrollment's `common` part must have right and fills what the service
 /// generates: keys when absent (the `existing` record's, or new ones `new_key` makes),
 /// `provisioningStatus` `enabled`, the etag (`etag`), the creation time (kept from `existing`)
-/// and `now` as the last update. `hub` is the only hub allocations may name.
+/// and `now` as the last update. Allocations may name only the `linked` hubs.
 pub fn prepare(
     common: &mut EnrollmentCommon,
     existing: Option<&EnrollmentCommon>,
-    hub: &str,
+    linked: &[LinkedHub],
     now: &str,
     etag: String,
     mut new_key: impl FnMut() -> Secret,
@@ -577,9 +577,7 @@ pub fn prepare(
     match common.allocation_policy.as_deref() {
         None | Some("hashed" | "static" | "geoLatency") => {}
         Some("custom") => {
-            return Err(DpsError::invalid(
-                "allocationPolicy 'custom' (webhooks) is not served by this local DPS yet",
-            ))
+            custom_webhook(common)?;
         }
         Some(other) => {
             return Err(DpsError::invalid(format!(
@@ -592,11 +590,20 @@ pub fn prepare(
         .iter()
         .chain(common.iot_hubs.iter().flatten());
     for name in named {
-        if !name.eq_ignore_ascii_case(hub) {
+        if find_hub(linked, name).is_none() {
+            let names: Vec<&str> = linked.iter().map(|h| h.host_name.as_str()).collect();
             return Err(DpsError::invalid(format!(
-                "IoT hub '{name}' is not linked to this provisioning service (only '{hub}' is)"
+                "IoT hub '{name}' is not linked to this provisioning service (linked: {})",
+                names.join(", ")
             )));
         }
+    }
+    if common.allocation_policy.as_deref() == Some("static")
+        && common.iot_hubs.as_ref().is_some_and(|hubs| hubs.len() > 1)
+    {
+        return Err(DpsError::invalid(
+            "allocationPolicy 'static' assigns to one IoT hub: iotHubs names more than one",
+        ));
     }
     if let Some(twin) = &common.initial_twin {
         initial_twin_sections(twin)?;
@@ -614,6 +621,335 @@ pub fn prepare(
     common.last_updated_date_time_utc = Some(now.to_owned());
     common.etag = Some(etag);
     Ok(())
+}
+
+/// A hub devices may be assigned to (DPS links hubs through Azure Resource Manager,
+/// `IotHubDefinitionDescription`: `connectionString`, `allocationWeight`,
+/// `applyAllocationPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedHub {
+    /// The host name devices connect to, and `assignedHub`.
+    pub host_name: String,
+    /// Its share of `hashed` allocations against the other hubs' (default 1; 0 takes none).
+    pub allocation_weight: u32,
+    /// Whether allocations over "every linked hub" (an enrollment that names none) include it.
+    pub apply_allocation_policy: bool,
+}
+
+impl LinkedHub {
+    /// A hub with the defaults Azure gives a newly linked one: weight 1, allocation applied.
+    pub fn new(host_name: impl Into<String>) -> Self {
+        Self {
+            host_name: host_name.into(),
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        }
+    }
+}
+
+/// The linked hub named `name` (host names ignore case).
+pub fn find_hub<'a>(linked: &'a [LinkedHub], name: &str) -> Option<&'a LinkedHub> {
+    linked
+        .iter()
+        .find(|hub| hub.host_name.eq_ignore_ascii_case(name))
+}
+
+/// A `--dps-linked-hub` value: a hub's service connection string with edgetwin's own
+/// `AllocationWeight=N`, `ApplyAllocationPolicy=true|false` and `CaFile=path` (the CA to trust
+/// for it; otherwise the system's) among its segments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedHubSpec {
+    /// The connection string without edgetwin's segments (a secret: it carries a key).
+    pub connection_string: Secret,
+    /// The hub's weight and whether allocation applies to it; its host name is the
+    /// connection string's `HostName`.
+    pub hub: LinkedHub,
+    /// A PEM file of CA certificates to trust for this hub.
+    pub ca_file: Option<String>,
+}
+
+/// Parses a `--dps-linked-hub` value (see [`LinkedHubSpec`]); the error names the segment that
+/// is wrong, never the key.
+pub fn parse_linked_hub(text: &str) -> Result<LinkedHubSpec, String> {
+    let mut rest = Vec::new();
+    let mut hub = LinkedHub::new("");
+    let mut ca_file = None;
+    for segment in text.split(';').filter(|s| !s.is_empty()) {
+        match segment.split_once('=') {
+            Some(("AllocationWeight", n)) => {
+                hub.allocation_weight = n.parse().map_err(|_| {
+                    format!("AllocationWeight '{n}' is not a whole number from 0 to 1000")
+                })?;
+                if hub.allocation_weight > 1000 {
+                    return Err(format!("AllocationWeight {n} is more than 1000"));
+                }
+            }
+            Some(("ApplyAllocationPolicy", v)) => {
+                hub.apply_allocation_policy = match v.to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("ApplyAllocationPolicy '{v}' is not true or false")),
+                }
+            }
+            Some(("CaFile", path)) => ca_file = Some(path.to_owned()),
+            Some(("HostName", host)) => {
+                hub.host_name = host.to_owned();
+                rest.push(segment);
+            }
+            _ => rest.push(segment),
+        }
+    }
+    if hub.host_name.is_empty() {
+        return Err("the linked hub's connection string has no HostName".into());
+    }
+    Ok(LinkedHubSpec {
+        connection_string: Secret::new(rest.join(";")),
+        hub,
+        ca_file,
+    })
+}
+
+/// Where an allocation sends a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// To this linked hub.
+    Hub(String),
+    /// To whichever of these hubs the enrollment's webhook answers (`custom`).
+    Custom {
+        /// The hubs the webhook may choose from (its request's `linkedHubs`).
+        linked_hubs: Vec<String>,
+    },
+}
+
+/// Allocates `registration_id` under the enrollment `common` over the `linked` hubs: over the
+/// enrollment's `iotHubs` (or legacy `iotHubHostName`), or, when it names none, over the linked
+/// hubs whose `applyAllocationPolicy` is true ("If no IoT hubs are selected in the enrollment
+/// entry, it will contain all the IoT hubs linked to the DPS instance", Microsoft Learn, custom
+/// allocation policies). `hashed` (the default) and `geoLatency` (one location here: hashed) pick
+/// by a weighted hash of the registration id, the same hub every time for the same hubs and
+/// weights; `static` takes the one hub named; `custom` leaves the choice to the webhook.
+/// `current` is the device's hub when it must stay there (`updateHubAssignment: false`).
+pub fn allocate(
+    common: &EnrollmentCommon,
+    linked: &[LinkedHub],
+    registration_id: &str,
+    current: Option<&str>,
+) -> Result<Allocation, DpsError> {
+    let named: Vec<&str> = match (&common.iot_hubs, &common.iot_hub_host_name) {
+        (Some(hubs), _) if !hubs.is_empty() => hubs.iter().map(String::as_str).collect(),
+        (_, Some(hub)) => vec![hub.as_str()],
+        _ => Vec::new(),
+    };
+    let mut candidates: Vec<&LinkedHub> = match named.is_empty() {
+        true => linked.iter().filter(|h| h.apply_allocation_policy).collect(),
+        false => named.iter().filter_map(|n| find_hub(linked, n)).collect(),
+    };
+    if let Some(current) = current {
+        candidates = find_hub(linked, current).into_iter().collect();
+        if candidates.is_empty() {
+            // the device stays where it is, linked or not
+            return Ok(Allocation::Hub(current.to_owned()));
+        }
+    }
+    let none = || {
+        DpsError::new(
+            400209,
+            "no linked IoT hub to allocate to: the enrollment's hubs are not linked, or have \
+             weight 0 or applyAllocationPolicy false",
+        )
+    };
+    match common.allocation_policy.as_deref() {
+        Some("custom") => Ok(Allocation::Custom {
+            linked_hubs: candidates.iter().map(|h| h.host_name.clone()).collect(),
+        }),
+        Some("static") => match candidates.as_slice() {
+            [one] => Ok(Allocation::Hub(one.host_name.clone())),
+            [] => Err(none()),
+            _ => Err(DpsError::invalid(
+                "allocationPolicy 'static' needs the enrollment to name its one IoT hub \
+                 (iotHubs), and more than one hub is linked",
+            )),
+        },
+        _ => {
+            candidates.sort_by_key(|h| h.host_name.to_ascii_lowercase());
+            let total: u64 = candidates.iter().map(|h| u64::from(h.allocation_weight)).sum();
+            if total == 0 {
+                return Err(none());
+            }
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(registration_id.as_bytes());
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            let mut point = u64::from_be_bytes(first) % total;
+            for hub in candidates {
+                let weight = u64::from(hub.allocation_weight);
+                if point < weight {
+                    return Ok(Allocation::Hub(hub.host_name.clone()));
+                }
+                point -= weight;
+            }
+            Err(none())
+        }
+    }
+}
+
+/// What registering again does with the device's twin on the hub it is assigned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwinFate {
+    /// A first registration: the initial twin.
+    Initial,
+    /// Left as it is (same hub, data kept; or the device never moves).
+    Kept,
+    /// Copied from the hub it leaves (`migrateDeviceData: true`).
+    Migrated,
+    /// The initial twin again (`migrateDeviceData: false`).
+    Reset,
+}
+
+/// What a registration does, given the hub the device was on (`previous`, from its last
+/// registration), the hub it is assigned to now, and the enrollment's policy (Microsoft Learn,
+/// "How to reprovision devices": "If the device is changing IoT hubs, the device registration
+/// with the initial IoT hub will be removed", its data migrated or reset to the initial
+/// config): the twin's fate, the `substatus`, and whether the old hub's identity is removed.
+pub fn reprovision(
+    previous: Option<&str>,
+    target: &str,
+    policy: ReprovisionPolicy,
+) -> (TwinFate, &'static str, bool) {
+    let Some(previous) = previous else {
+        return (TwinFate::Initial, "initialAssignment", false);
+    };
+    let moves = !previous.eq_ignore_ascii_case(target);
+    match (moves, policy.migrate_device_data) {
+        // never reprovisioned: still its initial assignment (the substatus DPS shows here is
+        // not documented; a guess)
+        _ if !policy.update_hub_assignment => (TwinFate::Kept, "initialAssignment", false),
+        (false, true) => (TwinFate::Kept, "deviceDataMigrated", false),
+        (true, true) => (TwinFate::Migrated, "deviceDataMigrated", true),
+        (moved, false) => (TwinFate::Reset, "deviceDataReset", moved),
+    }
+}
+
+/// `customAllocationDefinition`: the webhook DPS POSTs an allocation request to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomAllocationDefinition {
+    /// An `http` or `https` URL (an Azure Function's, with its `code`).
+    pub webhook_url: String,
+    /// The api-version of the request.
+    pub api_version: String,
+}
+
+/// The `customAllocationDefinition` of a `custom` enrollment, checked: an `http(s)` URL and an
+/// api-version.
+pub fn custom_webhook(common: &EnrollmentCommon) -> Result<CustomAllocationDefinition, DpsError> {
+    let definition: CustomAllocationDefinition = common
+        .custom_allocation_definition
+        .clone()
+        .ok_or_else(|| {
+            DpsError::invalid("allocationPolicy 'custom' needs customAllocationDefinition")
+        })
+        .and_then(|v| {
+            serde_json::from_value(v).map_err(|e| {
+                DpsError::invalid(format!("customAllocationDefinition is not valid: {e}"))
+            })
+        })?;
+    let url = definition.webhook_url.to_ascii_lowercase();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(DpsError::invalid(
+            "customAllocationDefinition.webhookUrl must be an http or https URL",
+        ));
+    }
+    Ok(definition)
+}
+
+/// `deviceRuntimeContext` of a custom allocation request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRuntimeContext {
+    /// The registration id.
+    pub registration_id: String,
+    /// The hub of the device's last assignment, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_iot_hub_host_name: Option<String>,
+    /// Its device id there, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_device_id: Option<String>,
+    /// `{}` for a symmetric-key attestation, as DPS sends it (no keys).
+    pub symmetric_key: Value,
+    /// What the device sent in its registration's `payload`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+}
+
+/// The body DPS POSTs to a custom allocation webhook (Microsoft Learn, "Understand custom
+/// allocation policies", AllocationRequest): the enrollment (keys left out), the device, and the
+/// hubs it may be assigned to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationRequest {
+    /// The individual enrollment the device registers through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub individual_enrollment: Option<Value>,
+    /// The enrollment group the device registers through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment_group: Option<Value>,
+    /// The device.
+    pub device_runtime_context: DeviceRuntimeContext,
+    /// The hubs `iotHubHostName` must be one of.
+    pub linked_hubs: Vec<String>,
+}
+
+/// A webhook's answer (AllocationResponse).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationResponse {
+    /// The hub to assign to; one of the request's `linkedHubs`.
+    pub iot_hub_host_name: String,
+    /// Tags and desired properties instead of the enrollment's, where an initial twin applies.
+    #[serde(default)]
+    pub initial_twin: Option<Value>,
+    /// Returned to the device in its registration state's `payload`.
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+/// 400207, how DPS reports a webhook that failed ("Custom allocation failed with status code:
+/// 400", the registration state Azure/azure-iot-middleware-freertos's provisioning tests take
+/// from DPS).
+pub fn custom_allocation_failed(why: impl std::fmt::Display) -> DpsError {
+    DpsError::new(400207, format!("Custom allocation failed {why}"))
+}
+
+/// Reads a webhook's answer of HTTP status `status`: a 2xx JSON AllocationResponse naming one
+/// of `linked_hubs` (its name as linked), with an `initialTwin` of the right shape.
+pub fn read_allocation_response(
+    status: u16,
+    body: &[u8],
+    linked_hubs: &[String],
+) -> Result<AllocationResponse, DpsError> {
+    if !(200..300).contains(&status) {
+        return Err(custom_allocation_failed(format!(
+            "with status code: {status}"
+        )));
+    }
+    let mut response: AllocationResponse = serde_json::from_slice(body).map_err(|e| {
+        custom_allocation_failed(format!("with a response that is not an AllocationResponse: {e}"))
+    })?;
+    let Some(hub) = linked_hubs
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(&response.iot_hub_host_name))
+    else {
+        return Err(custom_allocation_failed(format!(
+            "with iotHubHostName '{}', which is not one of the linked hubs ({})",
+            response.iot_hub_host_name,
+            linked_hubs.join(", ")
+        )));
+    };
+    response.iot_hub_host_name.clone_from(hub);
+    if let Some(twin) = &response.initial_twin {
+        initial_twin_sections(twin).map_err(|e| custom_allocation_failed(e.message))?;
+    }
+    Ok(response)
 }
 
 /// The tags and desired properties of an `initialTwin`, applied as sent.
@@ -767,7 +1103,7 @@ mod tests {
         prepare(
             &mut enrollment.common,
             None,
-            "hub.local",
+            &[LinkedHub::new("hub.local")],
             "T1",
             "e1".into(),
             keys(),
@@ -792,7 +1128,7 @@ mod tests {
         prepare(
             &mut update,
             Some(&first),
-            "hub.local",
+            &[LinkedHub::new("hub.local")],
             "T2",
             "e2".into(),
             keys(),
@@ -806,7 +1142,7 @@ mod tests {
         prepare(
             &mut read_back,
             Some(&first),
-            "hub.local",
+            &[LinkedHub::new("hub.local")],
             "T3",
             "e3".into(),
             keys(),
@@ -822,7 +1158,7 @@ mod tests {
     fn enrollments_this_service_cannot_honour_are_refused_naming_the_field() {
         let refused = |body: Value| {
             let mut e: IndividualEnrollment = serde_json::from_value(body).unwrap();
-            prepare(&mut e.common, None, "hub.local", "T", "e".into(), keys())
+            prepare(&mut e.common, None, &linked(), "T", "e".into(), keys())
                 .unwrap_err()
                 .message
         };
@@ -839,11 +1175,179 @@ mod tests {
         assert!(
             refused(json!({"attestation": sym, "allocationPolicy": "custom"})).contains("custom")
         );
+        let ftp = json!({"webhookUrl": "ftp://x/", "apiVersion": "2021-10-01"});
+        let custom = json!({"attestation": sym, "allocationPolicy": "custom",
+            "customAllocationDefinition": ftp});
+        assert!(refused(custom).contains("http or https"));
+        let two = json!({"attestation": sym, "allocationPolicy": "static",
+            "iotHubs": ["hub.local", "other.local"]});
+        assert!(refused(two).contains("one IoT hub"));
         assert!(refused(json!({"attestation": sym, "initialTwin": {"tags": 3}})).contains("tags"));
         assert!(refused(
             json!({"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "@@"}}})
         )
         .contains("base64"));
+    }
+
+    fn linked() -> Vec<LinkedHub> {
+        vec![LinkedHub::new("hub.local"), LinkedHub::new("other.local")]
+    }
+
+    fn enrollment(body: Value) -> EnrollmentCommon {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn a_linked_hub_option_is_a_connection_string_with_weight_policy_and_ca() {
+        let spec = parse_linked_hub(
+            "HostName=b.local;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5;\
+             AllocationWeight=3;ApplyAllocationPolicy=false;CaFile=/tmp/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.connection_string.expose(),
+            "HostName=b.local;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
+        );
+        assert_eq!(spec.hub.host_name, "b.local");
+        assert_eq!(
+            (spec.hub.allocation_weight, spec.hub.apply_allocation_policy),
+            (3, false)
+        );
+        assert_eq!(spec.ca_file.as_deref(), Some("/tmp/ca.pem"));
+        let plain = parse_linked_hub("HostName=b;SharedAccessKey=a2V5").unwrap();
+        assert_eq!(plain.hub, LinkedHub::new("b"));
+        let weight = parse_linked_hub("HostName=b;AllocationWeight=x;SharedAccessKey=c2VjcmV0");
+        assert!(weight.unwrap_err().contains("AllocationWeight 'x'"));
+        let no_host = parse_linked_hub("SharedAccessKey=c2VjcmV0").unwrap_err();
+        assert!(no_host.contains("HostName") && !no_host.contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn hashed_allocation_is_weighted_and_the_same_for_the_same_registration_id() {
+        let mut hubs = linked();
+        let hashed = enrollment(json!({}));
+        let count = |hubs: &[LinkedHub]| {
+            let mut on_other = 0;
+            for n in 0..1000 {
+                let id = format!("dev-{n}");
+                let first = allocate(&hashed, hubs, &id, None).unwrap();
+                assert_eq!(first, allocate(&hashed, hubs, &id, None).unwrap());
+                on_other += usize::from(first == Allocation::Hub("other.local".into()));
+            }
+            on_other
+        };
+        let even = count(&hubs);
+        assert!((400..600).contains(&even), "{even} of 1000 on the second of two equal hubs");
+        hubs[1].allocation_weight = 3;
+        let weighted = count(&hubs);
+        assert!((680..820).contains(&weighted), "{weighted} of 1000 at weight 3 against 1");
+        hubs[1].allocation_weight = 0;
+        assert_eq!(count(&hubs), 0, "weight 0 takes none");
+        let reversed: Vec<LinkedHub> = linked().into_iter().rev().collect();
+        let geo = enrollment(json!({"allocationPolicy": "geoLatency"}));
+        assert_eq!(
+            allocate(&geo, &reversed, "dev-7", None).unwrap(),
+            allocate(&hashed, &linked(), "dev-7", None).unwrap(),
+            "geoLatency is hashed, whatever the order of the linked hubs"
+        );
+    }
+
+    #[test]
+    fn allocation_is_over_the_named_hubs_or_the_linked_ones_that_apply_it() {
+        let mut hubs = linked();
+        let named = enrollment(json!({"iotHubs": ["OTHER.local"]}));
+        for n in 0..20 {
+            assert_eq!(
+                allocate(&named, &hubs, &format!("d{n}"), None).unwrap(),
+                Allocation::Hub("other.local".into())
+            );
+        }
+        hubs[0].apply_allocation_policy = false;
+        let any = enrollment(json!({}));
+        for n in 0..20 {
+            assert_eq!(
+                allocate(&any, &hubs, &format!("d{n}"), None).unwrap(),
+                Allocation::Hub("other.local".into())
+            );
+        }
+        let legacy = enrollment(json!({"iotHubHostName": "hub.local", "allocationPolicy": "static"}));
+        assert_eq!(
+            allocate(&legacy, &hubs, "d", None).unwrap(),
+            Allocation::Hub("hub.local".into())
+        );
+        let unnamed_static = enrollment(json!({"allocationPolicy": "static"}));
+        assert_eq!(allocate(&unnamed_static, &linked(), "d", None).unwrap_err().code, 400004);
+        let custom = enrollment(json!({"allocationPolicy": "custom"}));
+        assert_eq!(
+            allocate(&custom, &linked(), "d", None).unwrap(),
+            Allocation::Custom {
+                linked_hubs: vec!["hub.local".into(), "other.local".into()]
+            }
+        );
+        assert_eq!(
+            allocate(&custom, &linked(), "d", Some("other.local")).unwrap(),
+            Allocation::Custom {
+                linked_hubs: vec!["other.local".into()]
+            },
+            "a device that never moves: the webhook sees only its hub"
+        );
+        assert_eq!(
+            allocate(&named, &linked(), "d", Some("gone.local")).unwrap(),
+            Allocation::Hub("gone.local".into())
+        );
+    }
+
+    #[test]
+    fn reprovisioning_moves_keeps_or_resets_as_the_policy_says() {
+        let policy = |update, migrate| ReprovisionPolicy {
+            update_hub_assignment: update,
+            migrate_device_data: migrate,
+        };
+        assert_eq!(
+            reprovision(None, "a", policy(true, true)),
+            (TwinFate::Initial, "initialAssignment", false)
+        );
+        assert_eq!(
+            reprovision(Some("a"), "b", policy(true, true)),
+            (TwinFate::Migrated, "deviceDataMigrated", true)
+        );
+        assert_eq!(
+            reprovision(Some("a"), "A", policy(true, true)),
+            (TwinFate::Kept, "deviceDataMigrated", false)
+        );
+        assert_eq!(
+            reprovision(Some("a"), "b", policy(true, false)),
+            (TwinFate::Reset, "deviceDataReset", true)
+        );
+        assert_eq!(
+            reprovision(Some("a"), "a", policy(true, false)),
+            (TwinFate::Reset, "deviceDataReset", false)
+        );
+        assert_eq!(
+            reprovision(Some("a"), "a", policy(false, false)),
+            (TwinFate::Kept, "initialAssignment", false)
+        );
+    }
+
+    #[test]
+    fn a_webhook_answer_must_be_2xx_json_naming_a_linked_hub() {
+        let hubs = vec!["hub.local".to_owned(), "other.local".to_owned()];
+        let ok = br#"{"iotHubHostName": "OTHER.local", "payload": {"a": 1},
+            "initialTwin": {"tags": {"t": 1}}}"#;
+        let answer = read_allocation_response(200, ok, &hubs).unwrap();
+        assert_eq!(answer.iot_hub_host_name, "other.local");
+        assert_eq!(answer.payload, Some(json!({"a": 1})));
+        let failed = read_allocation_response(400, ok, &hubs).unwrap_err();
+        assert_eq!(
+            (failed.code, failed.message.as_str()),
+            (400207, "Custom allocation failed with status code: 400")
+        );
+        let elsewhere = br#"{"iotHubHostName": "far.away"}"#;
+        let refused = read_allocation_response(200, elsewhere, &hubs).unwrap_err();
+        assert!(refused.message.contains("far.away"), "{}", refused.message);
+        assert_eq!(read_allocation_response(200, b"<html>", &hubs).unwrap_err().code, 400207);
+        let bad_twin = br#"{"iotHubHostName": "hub.local", "initialTwin": {"tags": 1}}"#;
+        assert_eq!(read_allocation_response(200, bad_twin, &hubs).unwrap_err().code, 400207);
     }
 
     #[test]

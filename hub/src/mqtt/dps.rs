@@ -197,6 +197,5 @@ async fn register(
             )));
         }
     }
-    hub.dps_register(attested.clone(), registration.payload)
-        .await
+    crate::provisioning::register(hub, attested.clone(), registration.payload).await
 }

@@ -119,7 +119,8 @@ async fn device(
                     )));
                 }
             }
-            let status = hub.dps_register(attested, registration.payload).await?;
+            let status =
+                crate::provisioning::register(hub, attested, registration.payload).await?;
             let mut reply = reply(StatusCode::ACCEPTED, &status)?;
             // the device SDKs wait this long before polling (as the MQTT topic's `retry-after`)
             reply
@@ -211,10 +212,10 @@ async fn record<R: Record>(hub: &Hub, request: &Request, rest: &[&str]) -> Resul
         [id] if method == Method::PUT => {
             require(request, "EnrollmentWrite")?;
             let input: R = json(request)?;
-            let (id, if_match, host) = (
+            let (id, if_match, linked) = (
                 (*id).to_owned(),
                 request.if_match.clone(),
-                hub.host_name().to_owned(),
+                hub.dps().linked_hubs().to_vec(),
             );
             let stored = hub
                 .write_dps(move |tx| {
@@ -224,7 +225,7 @@ async fn record<R: Record>(hub: &Hub, request: &Request, rest: &[&str]) -> Resul
                         input,
                         if_match.as_deref(),
                         Put::CreateOrReplace,
-                        &host,
+                        &linked,
                     )
                 })
                 .await?;
@@ -271,7 +272,7 @@ async fn bulk(hub: &Hub, request: &Request) -> Result<Reply, DpsError> {
             operation.enrollments.len()
         )));
     }
-    let host = hub.host_name().to_owned();
+    let linked = hub.dps().linked_hubs().to_vec();
     let results = hub
         .write_dps(move |tx| {
             let mode = operation.mode;
@@ -279,10 +280,10 @@ async fn bulk(hub: &Hub, request: &Request) -> Result<Reply, DpsError> {
                 let id = enrollment.registration_id.clone();
                 let outcome = match mode {
                     BulkMode::Create => {
-                        crate::dps::put(tx, &id, enrollment, None, Put::Create, &host).map(drop)
+                        crate::dps::put(tx, &id, enrollment, None, Put::Create, &linked).map(drop)
                     }
                     BulkMode::Update => {
-                        crate::dps::put(tx, &id, enrollment, None, Put::CreateOrReplace, &host)
+                        crate::dps::put(tx, &id, enrollment, None, Put::CreateOrReplace, &linked)
                             .map(drop)
                     }
                     BulkMode::UpdateIfMatchETag => {
@@ -293,7 +294,7 @@ async fn bulk(hub: &Hub, request: &Request) -> Result<Reply, DpsError> {
                             enrollment,
                             Some(&format!("\"{etag}\"")),
                             Put::CreateOrReplace,
-                            &host,
+                            &linked,
                         )
                         .map(drop)
                     }
