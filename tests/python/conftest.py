@@ -110,9 +110,11 @@ def run_with_timeout(fn, timeout=10.0):
 
 
 class Hub:
-    def __init__(self, binary, data_dir, log_path, extra_args=()):
+    def __init__(self, binary, data_dir, log_path, extra_args=(), address="127.0.0.1"):
         self.binary = str(binary)
         self.extra_args = list(extra_args)
+        # another loopback address serves a second hub on the same ports, named by that address
+        self.address = address
         self.data_dir = pathlib.Path(data_dir)
         self.log_path = pathlib.Path(log_path)
         self.proc = None
@@ -126,7 +128,8 @@ class Hub:
         cmd = [
             self.binary, "hub",
             "--data-dir", str(self.data_dir),
-            "--host-name", "localhost",
+            "--host-name", "localhost" if self.address == "127.0.0.1" else self.address,
+            "--bind", self.address,
             "--mqtt-port", str(MQTT_PORT),
             # as IoT Hub: REST and MQTT over WebSockets on 443, which the SDKs dial and which
             # connection strings leave implicit (needs root or CAP_NET_BIND_SERVICE)
@@ -159,7 +162,7 @@ class Hub:
         assert self.info["httpsPort"] == HTTPS_PORT
         # hub.json means ready; still make sure the listeners accept TCP.
         for port in (MQTT_PORT, HTTPS_PORT, AMQP_PORT):
-            wait_until(lambda p=port: _tcp_open("127.0.0.1", p), timeout=10,
+            wait_until(lambda p=port: _tcp_open(self.address, p), timeout=10,
                        message=f"port {port} to accept connections")
         return self
 
@@ -187,7 +190,7 @@ class Hub:
             self.stop()
         # the ports must be free again before the new process binds them.
         for port in (MQTT_PORT, HTTPS_PORT, AMQP_PORT):
-            wait_until(lambda p=port: not _tcp_open("127.0.0.1", p), timeout=10,
+            wait_until(lambda p=port: not _tcp_open(self.address, p), timeout=10,
                        message=f"old hub's port {port} to close")
         self.start()
         assert self.info["serviceConnectionString"] == old["serviceConnectionString"], \

@@ -10,6 +10,11 @@ the DPS connection string the hub prints (`hub.json`'s `dps`); refusals are chec
 import base64
 import hashlib
 import hmac
+import http.server
+import json
+import pathlib
+import shutil
+import threading
 import time
 import types
 import urllib.parse
@@ -18,7 +23,8 @@ import pytest
 import requests
 from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient, exceptions
 
-from conftest import parse_connection_string, sas_token, unique_id
+from conftest import (Hub, http_status, make_registry_manager, parse_connection_string, sas_token,
+                      unique_id)
 
 DPS_API_VERSION = "2021-10-01"
 DEVICE_API_VERSION = "2019-03-31"
@@ -62,10 +68,12 @@ def dps(hub):
     return Dps(hub)
 
 
-def register(hub, dps, registration_id, key, websockets=False):
+def register(hub, dps, registration_id, key, websockets=False, payload=None):
     client = ProvisioningDeviceClient.create_from_symmetric_key(
         provisioning_host=hub.host, registration_id=registration_id, id_scope=dps.id_scope,
         symmetric_key=key, server_verification_cert=hub.ca_pem, websockets=websockets)
+    if payload is not None:
+        client.provisioning_payload = payload
     return client.register()
 
 
@@ -241,3 +249,177 @@ def test_provision_dps_writes_one_private_aziot_config_per_device_whose_key_regi
     assert key == derive(group["symmetricKey"]["primaryKey"], attestation["registration_id"])
     _, polled = register_over_https(hub, dps.id_scope, attestation["registration_id"], key)
     assert polled.json()["status"] == "assigned", polled.text
+
+
+# ---------------------------------------------------------------------------
+# linked hubs: a second hub on 127.0.0.2 whose DPS links the session hub (localhost)
+
+
+@pytest.fixture(scope="module")
+def dps_hub(hub, tmp_path_factory):
+    """A hub on 127.0.0.2 (named so, on the same ports) whose provisioning service links the
+    session hub with `--dps-linked-hub`; it shares the session hub's CA, so the SDKs (and
+    REQUESTS_CA_BUNDLE) trust both."""
+    tmp = tmp_path_factory.mktemp("dps-hub")
+    certs = tmp / "data" / "certs"
+    certs.mkdir(parents=True)
+    for name in ("ca.pem", "ca.key.pem"):
+        shutil.copy(pathlib.Path(hub.ca_path).parent / name, certs / name)
+    linked = f"{hub.service_connection_string};CaFile={hub.ca_path}"
+    second = Hub(hub.binary, tmp / "data", tmp / "hub.log", ["--dps-linked-hub", linked],
+                 address="127.0.0.2")
+    try:
+        second.start()
+    except RuntimeError as exc:
+        second.stop()
+        pytest.fail(str(exc))
+    yield second
+    second.stop()
+
+
+@pytest.fixture(scope="module")
+def linked(dps_hub):
+    return Dps(dps_hub)
+
+
+def read_twin(hub, state, key):
+    device = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id,
+        server_verification_cert=hub.ca_pem)
+    try:
+        device.connect()
+        return device.get_twin()
+    finally:
+        device.shutdown()
+
+
+@pytest.mark.parametrize("update, migrate", [(True, True), (True, False), (False, True)],
+                         ids=["migrate", "reset", "never"])
+def test_reprovisioning_to_another_linked_hub_moves_the_device_and_its_twin_as_the_policy_says(
+        hub, dps_hub, linked, registry_manager, update, migrate):
+    group = linked.group(iotHubs=[dps_hub.host], initialTwin={
+        "tags": {"site": "a"}, "properties": {"desired": {"interval": 1}}},
+        reprovisionPolicy={"updateHubAssignment": update, "migrateDeviceData": migrate})
+    registration_id = unique_id("move")
+    key = derive(group["attestation"]["symmetricKey"]["primaryKey"], registration_id)
+    first = register(dps_hub, linked, registration_id, key)
+    assert (first.status, first.registration_state.assigned_hub) == ("assigned", dps_hub.host)
+    old = make_registry_manager(dps_hub.service_connection_string)
+    twin = old.get_twin(registration_id)
+    old.update_twin(registration_id, type(twin)(tags={"site": "b"}, properties=type(twin.properties)(
+        desired={"interval": 99})), twin.etag)
+
+    group["iotHubs"] = [hub.host]
+    r = linked.call("PUT", f"enrollmentGroups/{group['enrollmentGroupId']}", group)
+    assert r.status_code == 200, r.text
+    again = register(dps_hub, linked, registration_id, key)
+    state = again.registration_state
+    if not update:
+        assert (state.assigned_hub, state.sub_status) == (dps_hub.host, "initialAssignment")
+        assert old.get_twin(registration_id).properties.desired["interval"] == 99
+        return
+    assert state.assigned_hub == hub.host
+    assert state.sub_status == ("deviceDataMigrated" if migrate else "deviceDataReset")
+    desired = read_twin(hub, state, key)["desired"]
+    assert desired["interval"] == (99 if migrate else 1)
+    assert registry_manager.get_twin(registration_id).tags == {"site": "b" if migrate else "a"}
+    with pytest.raises(Exception) as gone:
+        old.get_device(registration_id)
+    assert http_status(gone.value) == 404
+    registry_manager.delete_device(registration_id)
+
+
+def test_hashed_allocation_spreads_devices_over_the_linked_hubs_and_a_refusing_hub_fails_the_registration(
+        hub, dps_hub, linked, registry_manager):
+    group = linked.group()
+    key = group["attestation"]["symmetricKey"]["primaryKey"]
+    assigned = {}
+    for _ in range(16):
+        registration_id = unique_id("spread")
+        _, polled = register_over_https(dps_hub, linked.id_scope, registration_id, derive(key, registration_id))
+        assert polled.json()["status"] == "assigned", polled.text
+        assigned[registration_id] = polled.json()["registrationState"]["assignedHub"]
+    assert set(assigned.values()) == {hub.host, dps_hub.host}, assigned
+    on_session = [r for r, h in assigned.items() if h == hub.host]
+    assert registry_manager.get_device(on_session[0]).authentication.symmetric_key.primary_key == \
+        derive(key, on_session[0])
+    for registration_id in on_session:
+        registry_manager.delete_device(registration_id)
+
+    # an IoT Hub device id may not hold a space: the linked hub refuses it, the registration fails
+    registration_id = unique_id("refused")
+    r = linked.call("PUT", f"enrollments/{registration_id}", {
+        "registrationId": registration_id, "attestation": {"type": "symmetricKey"},
+        "deviceId": "bad id", "iotHubs": [hub.host]})
+    assert r.status_code == 200, r.text
+    _, polled = register_over_https(dps_hub, linked.id_scope, registration_id,
+                                    r.json()["attestation"]["symmetricKey"]["primaryKey"])
+    assert polled.json()["status"] == "failed", polled.text
+    state = polled.json()["registrationState"]
+    assert state["errorCode"] == 500001 and hub.host in state["errorMessage"], state
+    shown = linked.call("GET", f"registrations/{registration_id}").json()
+    assert (shown["status"], shown["errorCode"]) == ("failed", 500001), shown
+
+
+class Webhook:
+    """A custom allocation webhook (an Azure Function's stand-in): records each request and
+    answers `self.answer` with `self.status`."""
+
+    def __init__(self):
+        self.requests, self.status, self.answer = [], 200, {}
+        webhook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                webhook.requests.append((self.path, json.loads(body)))
+                out = json.dumps(webhook.answer).encode()
+                self.send_response(webhook.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/api/allocate?code=secret"
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()
+
+
+def test_custom_allocation_asks_the_webhook_and_returns_its_payload_to_the_device(
+        hub, dps_hub, linked, registry_manager, webhook):
+    group = linked.group(allocationPolicy="custom", customAllocationDefinition={
+        "webhookUrl": webhook.url, "apiVersion": "2021-10-01"})
+    registration_id = unique_id("custom")
+    key = derive(group["attestation"]["symmetricKey"]["primaryKey"], registration_id)
+    webhook.answer = {"iotHubHostName": hub.host, "initialTwin": {"tags": {"kind": "toaster"}},
+                      "payload": {"firmware": "2.0"}}
+    result = register(dps_hub, linked, registration_id, key, payload={"model": "t-1000"})
+    assert (result.status, result.registration_state.assigned_hub) == ("assigned", hub.host)
+    assert json.loads(result.registration_state.response_payload) == {"firmware": "2.0"}
+    path, request = webhook.requests[-1]
+    assert path == "/api/allocate?code=secret"
+    assert request["enrollmentGroup"]["enrollmentGroupId"] == group["enrollmentGroupId"]
+    assert "symmetricKey" not in request["enrollmentGroup"]["attestation"]
+    assert request["deviceRuntimeContext"] == {
+        "registrationId": registration_id, "symmetricKey": {}, "payload": {"model": "t-1000"}}
+    assert sorted(request["linkedHubs"]) == sorted([hub.host, dps_hub.host])
+    assert registry_manager.get_twin(registration_id).tags == {"kind": "toaster"}
+
+    webhook.status = 400
+    with pytest.raises(exceptions.ClientError):
+        register(dps_hub, linked, registration_id, key)
+    assert webhook.requests[-1][1]["deviceRuntimeContext"]["currentIotHubHostName"] == hub.host
+    shown = linked.call("GET", f"registrations/{registration_id}").json()
+    assert (shown["status"], shown["errorCode"]) == ("failed", 400207), shown
+    assert shown["errorMessage"] == "Custom allocation failed with status code: 400"
+    registry_manager.delete_device(registration_id)
