@@ -75,7 +75,7 @@ pub enum LinkError {
         host: String,
         /// Why.
         #[source]
-        source: edgetwin_service::Error,
+        source: Box<edgetwin_service::Error>,
     },
 }
 
@@ -121,7 +121,9 @@ impl Service {
         for spec in specs {
             let host = spec.hub.host_name.clone();
             if dps::find_hub(&self.linked, &host).is_some() {
-                return Err(LinkError::Invalid(format!("IoT hub '{host}' is linked twice")));
+                return Err(LinkError::Invalid(format!(
+                    "IoT hub '{host}' is linked twice"
+                )));
             }
             let connection: ConnectionString = spec
                 .connection_string
@@ -141,12 +143,11 @@ impl Service {
                 attempt_timeout: std::time::Duration::from_secs(10),
                 keep_alive: true,
             };
-            let client = ServiceClient::new(&connection, options).map_err(|source| {
-                LinkError::Client {
+            let client =
+                ServiceClient::new(&connection, options).map_err(|source| LinkError::Client {
                     host: host.clone(),
-                    source,
-                }
-            })?;
+                    source: Box::new(source),
+                })?;
             self.clients
                 .insert(host.to_ascii_lowercase(), Arc::new(client));
             self.linked.push(spec.hub);
@@ -741,7 +742,13 @@ pub fn assign_here(
             }),
             ..Default::default()
         };
-        twins::update_from_service(tx, &IdentityKey::device(&id), twin, UpdateMode::Replace, None)?;
+        twins::update_from_service(
+            tx,
+            &IdentityKey::device(&id),
+            twin,
+            UpdateMode::Replace,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -766,7 +773,7 @@ pub async fn assign_remote(
                 device_id: id.clone(),
                 status: existing.status.clone(),
                 status_reason: existing.status_reason.clone(),
-                capabilities: existing.capabilities.clone(),
+                capabilities: existing.capabilities,
                 authentication: device.authentication,
                 ..Default::default()
             };

@@ -85,7 +85,11 @@ async fn assign(
             let answer = service
                 .allocate_by_webhook(plan, payload, linked_hubs)
                 .await?;
-            (answer.iot_hub_host_name, answer.initial_twin, answer.payload)
+            (
+                answer.iot_hub_host_name,
+                answer.initial_twin,
+                answer.payload,
+            )
         }
     };
     let (fate, substatus, leaves) = dps::reprovision(current.map(|(h, _)| h), &target, policy);
@@ -117,7 +121,10 @@ async fn twin_on(hub: &Hub, host: &str, device_id: &str) -> Result<Option<TwinSe
     match hub.dps().client(host) {
         Some(client) => crate::dps::remote_twin(&client, device_id).await,
         None => {
-            tracing::warn!(host, "the device's old hub is no longer linked: its twin stays there");
+            tracing::warn!(
+                host,
+                "the device's old hub is no longer linked: its twin stays there"
+            );
             Ok(None)
         }
     }
@@ -140,9 +147,10 @@ async fn write_identity(
             })
             .await;
     }
-    let client = hub.dps().client(host).ok_or_else(|| {
-        DpsError::new(500001, format!("IoT hub '{host}' is not linked"))
-    })?;
+    let client = hub
+        .dps()
+        .client(host)
+        .ok_or_else(|| DpsError::new(500001, format!("IoT hub '{host}' is not linked")))?;
     crate::dps::assign_remote(&client, device, twin.as_ref(), only_if_created).await
 }
 
@@ -167,6 +175,9 @@ async fn remove(hub: &Hub, host: &str, device_id: &str) -> Result<(), DpsError> 
             .delete_device(device_id)
             .await
             .map_err(|e| DpsError::new(500001, format!("IoT hub '{host}': {e}"))),
-        None => Err(DpsError::new(500001, format!("IoT hub '{host}' is no longer linked"))),
+        None => Err(DpsError::new(
+            500001,
+            format!("IoT hub '{host}' is no longer linked"),
+        )),
     }
 }

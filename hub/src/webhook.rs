@@ -63,8 +63,14 @@ async fn call(uri: &Uri, body: Vec<u8>) -> Result<(u16, Bytes), String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let request = hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, uri.authority().map_or("", |a| a.as_str()))
-        .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(
+            hyper::header::HOST,
+            uri.authority().map_or("", |a| a.as_str()),
+        )
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
         .header(hyper::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;

@@ -741,7 +741,10 @@ pub fn allocate(
         _ => Vec::new(),
     };
     let mut candidates: Vec<&LinkedHub> = match named.is_empty() {
-        true => linked.iter().filter(|h| h.apply_allocation_policy).collect(),
+        true => linked
+            .iter()
+            .filter(|h| h.apply_allocation_policy)
+            .collect(),
         false => named.iter().filter_map(|n| find_hub(linked, n)).collect(),
     };
     if let Some(current) = current {
@@ -772,7 +775,10 @@ pub fn allocate(
         },
         _ => {
             candidates.sort_by_key(|h| h.host_name.to_ascii_lowercase());
-            let total: u64 = candidates.iter().map(|h| u64::from(h.allocation_weight)).sum();
+            let total: u64 = candidates
+                .iter()
+                .map(|h| u64::from(h.allocation_weight))
+                .sum();
             if total == 0 {
                 return Err(none());
             }
@@ -933,7 +939,9 @@ pub fn read_allocation_response(
         )));
     }
     let mut response: AllocationResponse = serde_json::from_slice(body).map_err(|e| {
-        custom_allocation_failed(format!("with a response that is not an AllocationResponse: {e}"))
+        custom_allocation_failed(format!(
+            "with a response that is not an AllocationResponse: {e}"
+        ))
     })?;
     let Some(hub) = linked_hubs
         .iter()
@@ -1237,10 +1245,16 @@ mod tests {
             on_other
         };
         let even = count(&hubs);
-        assert!((400..600).contains(&even), "{even} of 1000 on the second of two equal hubs");
+        assert!(
+            (400..600).contains(&even),
+            "{even} of 1000 on the second of two equal hubs"
+        );
         hubs[1].allocation_weight = 3;
         let weighted = count(&hubs);
-        assert!((680..820).contains(&weighted), "{weighted} of 1000 at weight 3 against 1");
+        assert!(
+            (680..820).contains(&weighted),
+            "{weighted} of 1000 at weight 3 against 1"
+        );
         hubs[1].allocation_weight = 0;
         assert_eq!(count(&hubs), 0, "weight 0 takes none");
         let reversed: Vec<LinkedHub> = linked().into_iter().rev().collect();
@@ -1270,13 +1284,19 @@ mod tests {
                 Allocation::Hub("other.local".into())
             );
         }
-        let legacy = enrollment(json!({"iotHubHostName": "hub.local", "allocationPolicy": "static"}));
+        let legacy =
+            enrollment(json!({"iotHubHostName": "hub.local", "allocationPolicy": "static"}));
         assert_eq!(
             allocate(&legacy, &hubs, "d", None).unwrap(),
             Allocation::Hub("hub.local".into())
         );
         let unnamed_static = enrollment(json!({"allocationPolicy": "static"}));
-        assert_eq!(allocate(&unnamed_static, &linked(), "d", None).unwrap_err().code, 400004);
+        assert_eq!(
+            allocate(&unnamed_static, &linked(), "d", None)
+                .unwrap_err()
+                .code,
+            400004
+        );
         let custom = enrollment(json!({"allocationPolicy": "custom"}));
         assert_eq!(
             allocate(&custom, &linked(), "d", None).unwrap(),
@@ -1345,9 +1365,19 @@ mod tests {
         let elsewhere = br#"{"iotHubHostName": "far.away"}"#;
         let refused = read_allocation_response(200, elsewhere, &hubs).unwrap_err();
         assert!(refused.message.contains("far.away"), "{}", refused.message);
-        assert_eq!(read_allocation_response(200, b"<html>", &hubs).unwrap_err().code, 400207);
+        assert_eq!(
+            read_allocation_response(200, b"<html>", &hubs)
+                .unwrap_err()
+                .code,
+            400207
+        );
         let bad_twin = br#"{"iotHubHostName": "hub.local", "initialTwin": {"tags": 1}}"#;
-        assert_eq!(read_allocation_response(200, bad_twin, &hubs).unwrap_err().code, 400207);
+        assert_eq!(
+            read_allocation_response(200, bad_twin, &hubs)
+                .unwrap_err()
+                .code,
+            400207
+        );
     }
 
     #[test]

@@ -119,8 +119,7 @@ async fn device(
                     )));
                 }
             }
-            let status =
-                crate::provisioning::register(hub, attested, registration.payload).await?;
+            let status = crate::provisioning::register(hub, attested, registration.payload).await?;
             let mut reply = reply(StatusCode::ACCEPTED, &status)?;
             // the device SDKs wait this long before polling (as the MQTT topic's `retry-after`)
             reply
