@@ -45,6 +45,14 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
         ),
         "  DPS connection string (provisioningserviceowner):".to_owned(),
         format!("    {}", info.dps.connection_string.expose()),
+    ]);
+    if info.dps.linked_hubs.len() > 1 {
+        let hubs: Vec<String> = (info.dps.linked_hubs.iter())
+            .map(|h| format!("{} (weight {})", h.name, h.allocation_weight))
+            .collect();
+        lines.push(format!("  DPS linked hubs:     {}", hubs.join(", ")));
+    }
+    lines.extend([
         "  Event Hub-compatible connection string (policy service):".to_owned(),
         format!("    {}", info.event_hub_connection_string.expose()),
         "Point clients at it:".to_owned(),

@@ -222,6 +222,20 @@ pub struct DpsInfo {
     pub global_endpoint: String,
     /// `HostName=…;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=…`.
     pub connection_string: Secret,
+    /// The hubs devices may be assigned to, this one first, with their allocation weights.
+    pub linked_hubs: Vec<LinkedHubInfo>,
+}
+
+/// A hub the provisioning service may assign devices to (`hub.json`'s `dps.linkedHubs`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedHubInfo {
+    /// Its host name, as enrollments name it in `iotHubs`.
+    pub name: String,
+    /// Its share of `hashed` allocations.
+    pub allocation_weight: u32,
+    /// Whether allocations over every linked hub include it.
+    pub apply_allocation_policy: bool,
 }
 
 /// Why the hub could not start.
@@ -494,6 +508,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 &hub.dps().policy().primary_key,
             )
             .to_secret_string(),
+            linked_hubs: hub
+                .dps()
+                .linked_hubs()
+                .iter()
+                .map(|linked| LinkedHubInfo {
+                    name: linked.host_name.clone(),
+                    allocation_weight: linked.allocation_weight,
+                    apply_allocation_policy: linked.apply_allocation_policy,
+                })
+                .collect(),
         },
         ca_certificate: tls.ca_path.clone(),
         mqtt_port,

@@ -332,6 +332,8 @@ def test_reprovisioning_to_another_linked_hub_moves_the_device_and_its_twin_as_t
 
 def test_hashed_allocation_spreads_devices_over_the_linked_hubs_and_a_refusing_hub_fails_the_registration(
         hub, dps_hub, linked, registry_manager):
+    assert [(h["name"], h["allocationWeight"]) for h in dps_hub.info["dps"]["linkedHubs"]] == \
+        [(dps_hub.host, 1), (hub.host, 1)]
     group = linked.group()
     key = group["attestation"]["symmetricKey"]["primaryKey"]
     assigned = {}

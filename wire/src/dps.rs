@@ -702,6 +702,15 @@ pub fn parse_linked_hub(text: &str) -> Result<LinkedHubSpec, String> {
     if hub.host_name.is_empty() {
         return Err("the linked hub's connection string has no HostName".into());
     }
+    for key in ["SharedAccessKeyName=", "SharedAccessKey="] {
+        if !rest.iter().any(|segment| segment.starts_with(key)) {
+            return Err(format!(
+                "the linked hub's connection string has no {}: give a service policy's, such \
+                 as iothubowner's",
+                key.trim_end_matches('=')
+            ));
+        }
+    }
     Ok(LinkedHubSpec {
         connection_string: Secret::new(rest.join(";")),
         hub,
@@ -1222,8 +1231,11 @@ mod tests {
             (3, false)
         );
         assert_eq!(spec.ca_file.as_deref(), Some("/tmp/ca.pem"));
-        let plain = parse_linked_hub("HostName=b;SharedAccessKey=a2V5").unwrap();
+        let plain =
+            parse_linked_hub("HostName=b;SharedAccessKeyName=p;SharedAccessKey=a2V5").unwrap();
         assert_eq!(plain.hub, LinkedHub::new("b"));
+        let device = parse_linked_hub("HostName=b;DeviceId=d;SharedAccessKey=a2V5").unwrap_err();
+        assert!(device.contains("SharedAccessKeyName"), "{device}");
         let weight = parse_linked_hub("HostName=b;AllocationWeight=x;SharedAccessKey=c2VjcmV0");
         assert!(weight.unwrap_err().contains("AllocationWeight 'x'"));
         let no_host = parse_linked_hub("SharedAccessKey=c2VjcmV0").unwrap_err();
