@@ -12,8 +12,12 @@
 //!    honour: this measures the hub, not the wait;
 //! 3. the hub's resident memory after.
 //!
+//! With `--linked 1`, a second hub is linked with `--dps-linked-hub`: the group names no hub, so
+//! `hashed` allocation sends about half the devices there, each created through that hub's
+//! service REST API during its registration.
+//!
 //! ```text
-//! cargo bench --bench dps -- --count 10000 --concurrency 256
+//! cargo bench --bench dps -- --count 10000 --concurrency 256 [--linked 1]
 //! ```
 //!
 //! It prints a markdown table and the load average before and after.
@@ -134,10 +138,34 @@ fn devices(out: &Path) -> Vec<(String, String)> {
 }
 
 fn main() {
-    let [count, concurrency] = support::number_args([("--count", 10_000), ("--concurrency", 256)]);
+    let [count, concurrency, linked] =
+        support::number_args([("--count", 10_000), ("--concurrency", 256), ("--linked", 0)]);
     let load_before = load_average();
     let dir = TempDir::new("bench-dps");
-    let hub = Hub::start(dir.path(), HubOptions::default());
+    let (hub_dir, other_dir) = (dir.join("hub"), dir.join("linked"));
+    for path in [&hub_dir, &other_dir] {
+        std::fs::create_dir_all(path).unwrap();
+    }
+    let other = (linked > 0).then(|| Hub::start(&other_dir, HubOptions::default()));
+    let link = other.as_ref().map(|other| {
+        let ca = other.ca();
+        format!(
+            "{};CaFile={}",
+            other.service_connection_string(),
+            ca.display()
+        )
+    });
+    let link_args: Vec<&str> = match &link {
+        Some(link) => vec!["--dps-linked-hub", link],
+        None => Vec::new(),
+    };
+    let hub = Hub::start(
+        &hub_dir,
+        HubOptions {
+            args: &link_args,
+            ..HubOptions::default()
+        },
+    );
     let id_scope = hub.info["dps"]["idScope"].as_str().unwrap().to_owned();
     let out = dir.join("fleet");
     let started = Instant::now();
@@ -197,10 +225,11 @@ fn main() {
     });
     let registered = started.elapsed();
     let (rss, peak) = hub.proc.memory_kib();
-    println!("| devices | concurrency | `provision --dps` (config files) | registrations over MQTT | per second | hub RSS after (peak) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| devices | concurrency | linked hubs | `provision --dps` (config files) | registrations over MQTT | per second | hub RSS after (peak) |");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| {count} | {concurrency} | {:.2} s | {:.1} s | {:.0} | {} MiB ({} MiB) |",
+        "| {count} | {concurrency} | {} | {:.2} s | {:.1} s | {:.0} | {} MiB ({} MiB) |",
+        1 + usize::from(other.is_some()),
         configured.as_secs_f64(),
         registered.as_secs_f64(),
         count as f64 / registered.as_secs_f64(),
