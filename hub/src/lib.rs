@@ -52,6 +52,7 @@ mod routing;
 mod store;
 mod test_hub;
 mod twins;
+mod websocket;
 mod workload;
 mod writer;
 mod x509;
@@ -526,6 +527,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         rest,
         console,
         mqtt: mqtt.clone(),
+        amqp: amqp.clone(),
     };
     let device_side = DeviceRuntime::start()?;
     let tasks = vec![

@@ -1,5 +1,6 @@
-"""The Event Hub-compatible endpoint (AMQP on 5671), judged by Microsoft's `azure-eventhub`
-consumer with the connection string `edgetwin hub` prints (hub.json `eventHubConnectionString`):
+"""The Event Hub-compatible endpoint (AMQP on 5671, and over WebSockets on 443), judged by
+Microsoft's `azure-eventhub` consumer with the connection string `edgetwin hub` prints (hub.json
+`eventHubConnectionString`):
 telemetry the device SDK sends arrives with the system properties and annotations IoT Hub sets,
 in order in one partition per device, durably across a restart, from a checkpointed offset; bad
 tokens, unknown consumer groups and partitions are refused as Event Hubs refuses them."""
@@ -13,19 +14,20 @@ import urllib.parse
 
 import pytest
 from azure.core.credentials import AzureSasCredential
-from azure.eventhub import EventHubConsumerClient
+from azure.eventhub import EventHubConsumerClient, TransportType
 from azure.eventhub.exceptions import AuthenticationError
 from azure.iot.device import Message
 
 from conftest import parse_connection_string, unique_id
 
 
-def consumer(hub, consumer_group="$Default", connection_string=None):
+def consumer(hub, consumer_group="$Default", connection_string=None, **kw):
     return EventHubConsumerClient.from_connection_string(
         connection_string or hub.info["eventHubConnectionString"],
         consumer_group=consumer_group,
         connection_verify=hub.ca_path,
         retry_total=0,
+        **kw,
     )
 
 
@@ -91,6 +93,22 @@ def test_device_telemetry_arrives_with_the_properties_and_annotations_iot_hub_se
     assert event.sequence_number == system[b"x-opt-sequence-number"]
     assert event.offset == system[b"x-opt-offset"].decode()
     assert event.enqueued_time is not None
+
+
+def test_a_consumer_over_websockets_on_443_reads_the_same_endpoint(hub, clients, make_device):
+    # pyamqp dials wss://{host}/$servicebus/websocket (port 443) with subprotocol AMQPWSB10
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    send(client, "over websockets", level="ws")
+    over_ws = consumer(hub, transport_type=TransportType.AmqpOverWebsocket)
+    assert over_ws.get_partition_ids() == ["0", "1", "2", "3"]
+    events, errors = receive(over_ws, lambda es: any(map(from_device(device.device_id), es)))
+    assert not errors, errors
+    [(_, event)] = [e for e in events if from_device(device.device_id)(e)]
+    assert event.body_as_str() == "over websockets"
+    assert event.properties == {b"level": b"ws"}
+    assert event.system_properties[b"iothub-message-source"] == b"Telemetry"
 
 
 def test_module_telemetry_names_the_module(hub, clients, make_module):
