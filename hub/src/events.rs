@@ -13,6 +13,36 @@ pub const PARTITIONS: u32 = 4;
 /// The consumer group every Event Hub has.
 pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
+/// Most consumer groups of the endpoint, `$Default` included: IoT Hub's quota ("Consumer groups
+/// per hub: 20" in "IoT Hub quotas and throttling"; whether `$Default` counts is not said, and
+/// here it does).
+pub const MAX_CONSUMER_GROUPS: usize = 20;
+
+/// Longest consumer group name (ARM's `Microsoft.Devices/IotHubs/eventHubEndpoints/ConsumerGroups`
+/// reference: "Character limit: 1-50").
+const MAX_CONSUMER_GROUP_NAME: usize = 50;
+
+/// Why `name` cannot name a new consumer group, if it cannot: IoT Hub's rules (1 to 50
+/// characters, "Alphanumerics, hyphens, periods, and underscores", the ARM template reference of
+/// `Microsoft.Devices/IotHubs/eventHubEndpoints/ConsumerGroups`). `$Default` exists already and
+/// is not created.
+pub fn check_consumer_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > MAX_CONSUMER_GROUP_NAME {
+        return Err(format!(
+            "consumer group name '{name}' must be 1 to {MAX_CONSUMER_GROUP_NAME} characters long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        return Err(format!(
+            "consumer group name '{name}' has '{bad}': IoT Hub takes letters, digits, '-', '.' and '_' only"
+        ));
+    }
+    Ok(())
+}
+
 /// Most events kept per partition; older ones are dropped first (IoT Hub keeps them for a
 /// retention time of 1 to 7 days instead).
 pub const RETAINED_PER_PARTITION: i64 = 100_000;
@@ -229,6 +259,20 @@ mod tests {
             "amqp.annotation.x-opt-sequence-number > 'x'",
         ] {
             assert!(StartAt::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn consumer_group_names_follow_iot_hubs_rules() {
+        for good in ["a", "monitor-1", "stream.analytics_2", &"x".repeat(50)] {
+            assert_eq!(check_consumer_group_name(good), Ok(()), "{good}");
+        }
+        let too_long = check_consumer_group_name(&"x".repeat(51)).unwrap_err();
+        assert!(too_long.contains("1 to 50 characters"), "{too_long}");
+        assert!(check_consumer_group_name("").is_err());
+        for bad in ["$Default", "with space", "slash/y", "é"] {
+            let why = check_consumer_group_name(bad).unwrap_err();
+            assert!(why.contains("letters, digits"), "{bad}: {why}");
         }
     }
 

@@ -116,6 +116,9 @@ pub struct HubConfig {
     /// PEM files of more CAs whose certificates `certificateAuthority` devices may chain to,
     /// beside the hub's own CA.
     pub device_cas: Vec<PathBuf>,
+    /// Consumer groups of the Event Hub-compatible endpoint to create at start unless they exist
+    /// (besides `$Default`; IoT Hub creates them through Azure Resource Manager).
+    pub consumer_groups: Vec<String>,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -140,6 +143,7 @@ impl HubConfig {
             workload_api: true,
             max_workload_sockets: None,
             device_cas: Vec::new(),
+            consumer_groups: Vec::new(),
         }
     }
 }
@@ -244,6 +248,14 @@ pub enum HubError {
         addr: SocketAddr,
         /// The flag that picks another port.
         flag: &'static str,
+    },
+    /// A consumer group asked for with `--consumer-group` could not be created.
+    #[error("--consumer-group {name}: {message}")]
+    ConsumerGroup {
+        /// The name asked for.
+        name: String,
+        /// Why it could not be created.
+        message: String,
     },
     /// A port could not be bound, or the data directory written.
     #[error("{what}: {source}")]
@@ -417,6 +429,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     // The writer opens and closes workload sockets once the writes that ask for it commit.
     let beside = workload.after_commit(tokio::runtime::Handle::current());
     let hub = Arc::new(hub::Hub::start(database, config.host_name.clone(), beside)?);
+
+    for name in &config.consumer_groups {
+        rest::create_consumer_group(&hub, name)
+            .await
+            .map_err(|error| HubError::ConsumerGroup {
+                name: name.clone(),
+                message: error.message,
+            })?;
+    }
 
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
     let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;

@@ -199,6 +199,7 @@ CREATE TABLE IF NOT EXISTS events (
     enqueued_ms INTEGER NOT NULL, device_id TEXT NOT NULL, module_id TEXT,
     properties TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (partition, sequence)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consumer_groups (name TEXT PRIMARY KEY COLLATE NOCASE) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, job_type TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL)
     WITHOUT ROWID;
@@ -209,6 +210,17 @@ CREATE TABLE IF NOT EXISTS job_devices (
     job_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (job_id, device_id)) WITHOUT ROWID;
 ";
+
+/// What [`Transaction::add_consumer_group`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAdded {
+    /// The group was created.
+    Added,
+    /// A group of that name (case-insensitively) existed already; nothing changed.
+    Existed,
+    /// The endpoint has as many groups as it may; nothing changed.
+    Full,
+}
 
 /// The Device Provisioning Service's records, each a JSON document keyed by its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1291,6 +1303,56 @@ impl Transaction<'_> {
         Ok(event)
     }
 
+    /// The consumer groups created besides `$Default`, by name.
+    pub fn consumer_groups(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT name FROM consumer_groups ORDER BY name")?;
+        let names = stmt.query_map([], |row| row.get(0))?;
+        Ok(names.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether consumer group `name` exists (`$Default` always does; names are
+    /// case-insensitive, as Event Hubs' entity paths).
+    pub fn consumer_group_exists(&self, name: &str) -> Result<bool, StoreError> {
+        if name.eq_ignore_ascii_case(crate::events::DEFAULT_CONSUMER_GROUP) {
+            return Ok(true);
+        }
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT 1 FROM consumer_groups WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Adds consumer group `name` unless it exists or the endpoint has `max` groups already
+    /// (`$Default` counted).
+    pub fn add_consumer_group(&self, name: &str, max: usize) -> Result<GroupAdded, StoreError> {
+        if self.consumer_group_exists(name)? {
+            return Ok(GroupAdded::Existed);
+        }
+        if self.consumer_groups()?.len() + 1 >= max {
+            return Ok(GroupAdded::Full);
+        }
+        self.tx.execute(
+            "INSERT INTO consumer_groups (name) VALUES (?1)",
+            params![name],
+        )?;
+        Ok(GroupAdded::Added)
+    }
+
+    /// Removes consumer group `name`; whether it was there.
+    pub fn delete_consumer_group(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .execute("DELETE FROM consumer_groups WHERE name = ?1", params![name])?
+            > 0)
+    }
+
     /// At most `limit` events of `partition` with a sequence number above `after`, oldest first.
     pub fn events_after(
         &self,
@@ -1581,6 +1643,33 @@ pub(crate) mod tests {
         assert_eq!(last.sequence, 2000);
         let info = store.transaction(|tx| tx.partition_info(2)).unwrap();
         assert_eq!((info.begin_sequence, info.last_sequence), (1501, 2000));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn consumer_groups_are_case_insensitive_default_always_exists_and_the_quota_holds() {
+        let (mut store, dir) = temp_store("consumer-groups");
+        store
+            .transaction(|tx| {
+                assert!(tx.consumer_group_exists("$default")?);
+                assert!(!tx.consumer_group_exists("monitor")?);
+                assert_eq!(tx.add_consumer_group("Monitor", 3)?, GroupAdded::Added);
+                assert_eq!(tx.add_consumer_group("monitor", 3)?, GroupAdded::Existed);
+                assert_eq!(tx.add_consumer_group("$Default", 3)?, GroupAdded::Existed);
+                assert!(tx.consumer_group_exists("MONITOR")?);
+                assert_eq!(tx.add_consumer_group("b", 3)?, GroupAdded::Added);
+                assert_eq!(tx.add_consumer_group("c", 3)?, GroupAdded::Full);
+                assert_eq!(
+                    tx.consumer_groups()?,
+                    ["b", "Monitor"],
+                    "ordered case-insensitively"
+                );
+                assert!(tx.delete_consumer_group("MONITOR")?);
+                assert!(!tx.delete_consumer_group("MONITOR")?);
+                assert_eq!(tx.consumer_groups()?, ["b"]);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 

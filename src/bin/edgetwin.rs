@@ -127,6 +127,12 @@ struct HubArgs {
     /// beside the hub's own CA; repeatable.
     #[arg(long = "device-ca", value_name = "FILE")]
     device_cas: Vec<PathBuf>,
+    /// A consumer group of the Event Hub-compatible endpoint, besides $Default, created at start
+    /// unless it exists (kept in the database, as groups created with PUT
+    /// /edgetwin/consumerGroups/NAME); repeatable. IoT Hub's rules: 1 to 50 letters, digits, '-',
+    /// '.', '_'; at most 20 groups.
+    #[arg(long = "consumer-group", value_name = "NAME")]
+    consumer_groups: Vec<String>,
     /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
     #[arg(long)]
     reset: bool,
@@ -248,6 +254,7 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         workload_api: !args.no_workload_api,
         max_workload_sockets: args.max_workload_sockets,
         device_cas: args.device_cas,
+        consumer_groups: args.consumer_groups,
     };
     let hub = edgetwin_hub::start(config).await?;
     out!("edgetwin hub is running");

@@ -8,17 +8,22 @@ tokens, unknown consumer groups and partitions are refused as Event Hubs refuses
 import base64
 import hashlib
 import hmac
+import json
+import os
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
 
 import pytest
+import requests
 from azure.core.credentials import AzureSasCredential
 from azure.eventhub import EventHubConsumerClient, TransportType
 from azure.eventhub.exceptions import AuthenticationError
 from azure.iot.device import Message
 
-from conftest import parse_connection_string, unique_id
+from conftest import API_VERSION, DEFAULT_BIN, parse_connection_string, sas_token, unique_id, wait_until
 
 
 def consumer(hub, consumer_group="$Default", connection_string=None, **kw):
@@ -211,7 +216,89 @@ def test_a_policy_without_service_connect_may_not_read_events(hub):
 def test_an_unknown_consumer_group_is_refused_as_not_found(hub):
     # (an unknown partition id never reaches the hub: the client checks it against the
     # partition ids the $management node reads out)
-    events, errors = receive(consumer(hub, consumer_group=unique_id("group")), lambda es: True,
+    group = unique_id("group")
+    events, errors = receive(consumer(hub, consumer_group=group), lambda es: True,
                              partition_id="0")
     assert events == []
     assert errors and "amqp:not-found" in str(errors[0]), errors
+    assert f"eventhub:localhost~32766|{group}' could not be found" in str(errors[0]), errors
+
+
+def consumer_groups(hub, method="GET", name=None, policy="iothubowner"):
+    """/edgetwin/consumerGroups[/name] of `hub` (a conftest Hub, or a hub.json's facts)."""
+    info = hub if isinstance(hub, dict) else hub.info
+    path = "consumerGroups" + (f"/{urllib.parse.quote(name, safe='')}" if name is not None else "")
+    host = parse_connection_string(info["serviceConnectionString"])["HostName"]
+    token = sas_token(urllib.parse.quote_plus(host), info["policies"][policy],
+                      int(time.time()) + 600, policy)
+    return requests.request(
+        method, f"{info['restUrl'].rstrip('/')}/edgetwin/{path}", params={"api-version": API_VERSION},
+        headers={"Authorization": token}, verify=info["caCertificate"], timeout=10,
+    )
+
+
+def test_created_consumer_groups_each_read_every_event_independently(hub, clients, make_device):
+    group = unique_id("monitor")
+    created = consumer_groups(hub, "PUT", group)
+    assert created.status_code == 200, created.text
+    assert consumer_groups(hub, "PUT", group.upper()).status_code == 200, "idempotent, as ARM's PUT"
+    assert {"name": group} in consumer_groups(hub).json()
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    for n in range(2):
+        send(client, f"g{n}")
+    mine = from_device(device.device_id)
+    # one group's reader does not take events from the other's: both read both events
+    partition = {}
+    for group_name in ("$Default", group):
+        events, errors = receive(consumer(hub, consumer_group=group_name),
+                                 lambda es: len([e for e in es if mine(e)]) == 2, **partition)
+        assert not errors, (group_name, errors)
+        assert [e.body_as_str() for p, e in events if mine((p, e))] == ["g0", "g1"], group_name
+        partition = {"partition_id": next(p for p, e in events if mine((p, e)))}
+    assert consumer_groups(hub, "DELETE", group).status_code == 204
+    events, errors = receive(consumer(hub, consumer_group=group), lambda es: True, partition_id="0")
+    assert errors and "amqp:not-found" in str(errors[0]), errors
+
+
+@pytest.mark.parametrize("name, why", [
+    ("x" * 51, "1 to 50 characters"),
+    ("with space", "letters, digits, '-', '.' and '_' only"),
+])
+def test_a_consumer_group_name_against_iot_hubs_rules_is_refused_saying_why(hub, name, why):
+    refused = consumer_groups(hub, "PUT", name)
+    assert refused.status_code == 400 and why in refused.json()["Message"], refused.text
+    assert consumer_groups(hub, "PUT", "read-only", policy="registryRead").status_code == 401
+
+
+def test_the_consumer_group_flag_creates_groups_at_start_and_refuses_a_bad_name():
+    with tempfile.TemporaryDirectory() as tmp:
+        bad = subprocess.run(
+            [str(os.environ.get("EDGETWIN_BIN", DEFAULT_BIN)), "hub", "--data-dir", f"{tmp}/bad",
+             "--consumer-group", "no/slash", "--mqtt-port", "0", "--https-port", "0",
+             "--amqp-port", "0"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert bad.returncode == 1
+        assert "--consumer-group no/slash: consumer group name 'no/slash' has '/'" in bad.stderr, bad.stderr
+        proc = subprocess.Popen(
+            [str(os.environ.get("EDGETWIN_BIN", DEFAULT_BIN)), "hub", "--data-dir", f"{tmp}/good",
+             "--consumer-group", "asa", "--consumer-group", "functions", "--mqtt-port", "0",
+             "--https-port", "0", "--amqp-port", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            hub_json = f"{tmp}/good/hub.json"
+
+            def written():
+                try:
+                    return json.load(open(hub_json))
+                except (OSError, ValueError):
+                    return None
+            wait_until(written, timeout=20, message="hub.json")
+            names = [g["name"] for g in consumer_groups(written()).json()]
+            assert names == ["$Default", "asa", "functions"]
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -13,6 +13,8 @@ mod query;
 mod registry;
 mod twins;
 
+pub use local::create_consumer_group;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
