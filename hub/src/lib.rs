@@ -48,6 +48,7 @@ mod mqtt;
 mod queries;
 mod registry;
 mod rest;
+mod retention;
 mod routing;
 mod store;
 mod test_hub;
@@ -72,6 +73,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use certs::CertError;
 pub use data_lock::LockError;
+pub use events::{parse_size, Retention};
 pub use store::StoreError;
 pub use test_hub::{TestHub, TestHubError};
 
@@ -119,6 +121,8 @@ pub struct HubConfig {
     /// Consumer groups of the Event Hub-compatible endpoint to create at start unless they exist
     /// (besides `$Default`; IoT Hub creates them through Azure Resource Manager).
     pub consumer_groups: Vec<String>,
+    /// How long and how much the Event Hub-compatible endpoint keeps (IoT Hub: 1 day).
+    pub retention: Retention,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -144,6 +148,7 @@ impl HubConfig {
             max_workload_sockets: None,
             device_cas: Vec::new(),
             consumer_groups: Vec::new(),
+            retention: Retention::new(Retention::DEFAULT_DAYS, Retention::DEFAULT_BYTES),
         }
     }
 }
@@ -567,6 +572,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             shutdown.clone(),
         )),
         tokio::spawn(job_runner::run(hub.clone(), shutdown.clone())),
+        tokio::spawn(retention::run(
+            hub.clone(),
+            config.retention,
+            shutdown.clone(),
+        )),
         tokio::spawn(https::serve(
             https_listener,
             acceptor,

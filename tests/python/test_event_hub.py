@@ -63,6 +63,14 @@ def receive(client, enough, timeout=20, **kw):
     return events, errors
 
 
+def partition_of(device_id):
+    """The hub's partition of a device: FNV-1a (32 bits) of its id, modulo 4 (docs/hub.md)."""
+    h = 0x811C9DC5
+    for byte in device_id.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return str(h % 4)
+
+
 def from_device(device_id):
     return lambda e: e[1].system_properties.get(b"iothub-connection-device-id") == device_id.encode()
 
@@ -108,7 +116,8 @@ def test_a_consumer_over_websockets_on_443_reads_the_same_endpoint(hub, clients,
     send(client, "over websockets", level="ws")
     over_ws = consumer(hub, transport_type=TransportType.AmqpOverWebsocket)
     assert over_ws.get_partition_ids() == ["0", "1", "2", "3"]
-    events, errors = receive(over_ws, lambda es: any(map(from_device(device.device_id), es)))
+    events, errors = receive(over_ws, lambda es: any(map(from_device(device.device_id), es)),
+                             partition_id=partition_of(device.device_id))
     assert not errors, errors
     [(_, event)] = [e for e in events if from_device(device.device_id)(e)]
     assert event.body_as_str() == "over websockets"
@@ -163,6 +172,43 @@ def test_a_devices_messages_keep_their_order_in_one_partition_across_a_restart_a
     after = [e.body_as_str() for _, e in events if mine((partition, e))]
     assert after == ["m1", "m2", "m3"], "nothing lost, nothing repeated, in order"
     assert events[0][1].sequence_number == sequences[1]
+
+
+def test_a_partition_keeps_its_newest_events_within_the_byte_bound_and_a_pruned_offset_reads_from_the_earliest_kept(
+    hub, clients, make_device
+):
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    for n in range(40):
+        send(client, f"r{n:02d}" + "x" * 200)
+    client.shutdown()
+    mine = from_device(device.device_id)
+    # one partition: azure-eventhub's receive over all partitions takes one event per partition
+    # per round, each round waiting on the empty ones (~0.6 s a round)
+    partition = partition_of(device.device_id)
+    events, errors = receive(consumer(hub), lambda es: len([e for e in es if mine(e)]) == 40,
+                             partition_id=partition)
+    assert not errors, errors
+    first = next(e for p, e in events if mine((p, e)))
+    original = list(hub.extra_args)
+    hub.extra_args += ["--retention-bytes", "16K"]  # 4 KiB for each of the 4 partitions
+    try:
+        hub.restart(kill=False)  # the hub prunes at start (and every 5 s)
+        begin = lambda: consumer(hub).get_partition_properties(partition)["beginning_sequence_number"]
+        wait_until(lambda: begin() > first.sequence_number, timeout=10, message="pruning")
+        events, errors = receive(
+            consumer(hub), lambda es: any(e.body_as_str().startswith("r39") for _, e in es),
+            partition_id=partition, starting_position=first.offset,
+        )
+        assert not errors, errors
+        kept = [e.body_as_str()[:3] for p, e in events if mine((p, e))]
+        assert 5 < len(kept) < 20, kept
+        assert kept == [f"r{n:02d}" for n in range(40 - len(kept), 40)], "the newest, in order"
+        assert events[0][1].sequence_number == begin(), "from the earliest event kept"
+    finally:
+        hub.extra_args = original
+        hub.restart(kill=False)
 
 
 def test_the_hub_answers_the_event_hubs_metadata(hub):
@@ -250,13 +296,12 @@ def test_created_consumer_groups_each_read_every_event_independently(hub, client
         send(client, f"g{n}")
     mine = from_device(device.device_id)
     # one group's reader does not take events from the other's: both read both events
-    partition = {}
     for group_name in ("$Default", group):
         events, errors = receive(consumer(hub, consumer_group=group_name),
-                                 lambda es: len([e for e in es if mine(e)]) == 2, **partition)
+                                 lambda es: len([e for e in es if mine(e)]) == 2,
+                                 partition_id=partition_of(device.device_id))
         assert not errors, (group_name, errors)
         assert [e.body_as_str() for p, e in events if mine((p, e))] == ["g0", "g1"], group_name
-        partition = {"partition_id": next(p for p, e in events if mine((p, e)))}
     assert consumer_groups(hub, "DELETE", group).status_code == 204
     events, errors = receive(consumer(hub, consumer_group=group), lambda es: True, partition_id="0")
     assert errors and "amqp:not-found" in str(errors[0]), errors
