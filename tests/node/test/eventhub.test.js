@@ -4,7 +4,7 @@
 // properties; the hub's CA comes from NODE_EXTRA_CA_CERTS, as for the IoT SDKs. AMQP over
 // WebSockets on 443 too: @azure/event-hubs with `webSocketOptions` (`/$servicebus/websocket`) and
 // azure-iothub's AmqpWs transport (`/$iothub/websocket`, subprotocol AMQPWSB10) sending
-// cloud-to-device.
+// cloud-to-device. An unknown partition or consumer group gets the SDK's errors for Event Hubs'.
 'use strict';
 
 const { test, after } = require('node:test');
@@ -109,4 +109,28 @@ test('over WebSockets on 443: EventHubConsumerClient reads telemetry, azure-ioth
   } finally {
     await consumer.close();
   }
+});
+
+test('an unknown partition or consumer group is refused as Event Hubs refuses it', async () => {
+  const refusal = async (group, partition) => {
+    const consumer = new EventHubConsumerClient(group, info.eventHubConnectionString);
+    const errors = [];
+    const subscription = consumer.subscribe(partition, {
+      processEvents: async () => {},
+      processError: async (err) => { errors.push(err); },
+    }, { maxWaitTimeInSeconds: 1 });
+    try {
+      await waitFor(() => errors.length > 0, `the refusal of ${group}/${partition}`, 10000);
+      return errors[0];
+    } finally {
+      await subscription.close();
+      await consumer.close();
+    }
+  };
+  const partition = await refusal('$Default', '7');
+  assert.equal(partition.code, 'ArgumentOutOfRangeError');
+  assert.match(partition.message, /It should be between 0 and 3/);
+  const group = await refusal('no-such-group', '0');
+  assert.equal(group.code, 'MessagingEntityNotFoundError');
+  assert.match(group.message, /eventhub:localhost~32766\|no-such-group' could not be found/);
 });
