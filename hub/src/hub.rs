@@ -375,15 +375,17 @@ impl Hub {
     }
 
     /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: logs it for
-    /// the REST message log and the console, and queues it for its Event Hub-compatible
-    /// partition ([`Self::submit_event`]); the handle resolves once it is stored.
+    /// the REST message log and the console and, if it goes `upstream` to IoT Hub, queues it for
+    /// its Event Hub-compatible partition ([`Self::submit_event`]); the handle resolves once it
+    /// is stored. `None`: not upstream, nothing to wait for.
     pub async fn accept_telemetry(
         &self,
         key: &IdentityKey,
         output: Option<String>,
         properties: Vec<(String, Option<String>)>,
         payload: &[u8],
-    ) -> Result<Committing<i64>, ApiError> {
+        upstream: bool,
+    ) -> Result<Option<Committing<i64>>, ApiError> {
         let event = Event {
             partition: events::partition_of(&key.device_id),
             sequence: 0,
@@ -405,7 +407,10 @@ impl Hub {
             body_base64,
             enqueued_time_utc: ids::now_iso(),
         });
-        self.submit_event(event).await
+        if !upstream {
+            return Ok(None);
+        }
+        self.submit_event(event).await.map(Some)
     }
 
     /// Queues a device-to-cloud message for its Event Hub-compatible partition (waiting only for

@@ -82,8 +82,8 @@ async fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Rep
     let mut stored = Vec::with_capacity(messages.len());
     for (properties, payload) in messages {
         let properties = properties.into_iter().collect();
-        stored.push(
-            hub.accept_telemetry(&key, None, properties, &payload)
+        stored.extend(
+            hub.accept_telemetry(&key, None, properties, &payload, true)
                 .await?,
         );
     }
