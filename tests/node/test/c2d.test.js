@@ -124,3 +124,23 @@ test('an HTTPS device abandons, rejects and completes; the feedback receiver rep
     await service.close();
   }
 });
+
+test('a message that expires unread is dead-lettered to feedback as Expired, its device never connecting', async () => {
+  const device = await fixture.device('node-c2d-expired');
+  const service = ServiceClient.fromConnectionString(serviceConnectionString);
+  await service.open();
+  try {
+    const feedback = await feedbackFor(service, device.deviceId);
+    const message = new Message('too late');
+    message.messageId = `${device.deviceId}-expired`;
+    message.ack = 'negative';
+    message.expiryTimeUtc = Date.now() + 1000;
+    await service.send(device.deviceId, message);
+    await waitFor(() => feedback.length > 0, 'the Expired feedback record', 10000);
+    assert.equal(feedback[0].originalMessageId, message.messageId);
+    assert.equal(feedback[0].statusCode, 'Expired');
+    assert.ok(Date.parse(feedback[0].enqueuedTimeUtc) >= message.expiryTimeUtc - 1000);
+  } finally {
+    await service.close();
+  }
+});
