@@ -34,7 +34,8 @@ pub fn is_feedback(segments: &[String]) -> bool {
             && feedback.eq_ignore_ascii_case("feedback"))
 }
 
-/// Sends feedback batches on a client's receiver link until it detaches.
+/// Sends feedback batches on a client's receiver link until it detaches: the next batch at once
+/// after one accepted, after a pause when there is none or the last was released.
 pub async fn serve_receiver_link(mut sender: Sender, segments: &[String], connection: &Connection) {
     if let Err(error) = connection.authorise(segments, Permission::ServiceConnect) {
         tracing::info!(?error, "feedback receiver link refused");
@@ -82,7 +83,9 @@ pub async fn serve_receiver_link(mut sender: Sender, segments: &[String], connec
                 if ended {
                     break;
                 }
-                continue;
+                if done {
+                    continue;
+                }
             }
         }
         tokio::select! {

@@ -48,8 +48,19 @@ pub async fn route(
     Reply::no_content()
 }
 
-/// Locks and answers the oldest message no receive holds, or 204.
+/// Locks and answers the oldest message no receive holds, or 204. A read first, so that a device
+/// polling an empty queue (Node's HTTP client does, every second) never waits for the writer.
 async fn receive(hub: &Hub, device_id: &str) -> Result<Reply, ApiError> {
+    let now_ms = ids::now_unix_ms();
+    let available = hub.read(|tx| {
+        Ok(tx
+            .c2d_queue(device_id)?
+            .iter()
+            .any(|m| c2d::is_available(m, now_ms)))
+    })?;
+    if !available {
+        return Reply::no_content();
+    }
     let owned = device_id.to_owned();
     let lock_token = lock_token();
     let token = lock_token.clone();
