@@ -577,6 +577,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             config.retention,
             shutdown.clone(),
         )),
+        tokio::spawn(c2d_queue::run_sweep(hub.clone(), shutdown.clone())),
         tokio::spawn(https::serve(
             https_listener,
             acceptor,
