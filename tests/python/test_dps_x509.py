@@ -16,6 +16,7 @@ from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient, X509,
 
 from certs import DeviceCert
 from conftest import unique_id
+from test_az_cli import az, ok  # noqa: F401  (the `az` fixture)
 from test_dps import DEVICE_API_VERSION, assert_nothing_stored, dps  # noqa: F401  (the `dps` fixture)
 
 
@@ -154,3 +155,21 @@ def test_ca_references_are_refused_naming_why(dps):
     assert (r.status_code, r.json()["errorCode"]) == (400, 400004), r.text
     assert "caReferences" in r.json()["message"]
     assert dps.call("GET", f"enrollmentGroups/{group_id}").status_code == 404
+
+
+def test_the_cli_creates_x509_enrollments_from_certificate_files(az, hub, dps, tmp_path):
+    login = hub.info["dps"]["connectionString"]
+    registration_id = unique_id("azx509")
+    cert = DeviceCert(tmp_path, registration_id)
+    created = ok(az("iot", "dps", "enrollment", "create", "--enrollment-id", registration_id,
+                    "--attestation-type", "x509", "--certificate-path", cert.cert_file, login=login))
+    info = created["attestation"]["x509"]["clientCertificates"]["primary"]["info"]
+    assert (info["sha1Thumbprint"], info["sha256Thumbprint"]) == (cert.sha1, cert.sha256)
+
+    root = DeviceCert(tmp_path, "az root", ca=True)
+    group_id = unique_id("azx509grp")
+    group = ok(az("iot", "dps", "enrollment-group", "create", "--enrollment-id", group_id,
+                  "--certificate-path", root.cert_file, login=login))
+    assert group["attestation"]["x509"]["signingCertificates"]["primary"]["info"]["subjectName"] == "CN=az root"
+    member = unique_id("azx509member")
+    assert register(hub, dps, member, DeviceCert(tmp_path, member, issuer=root)).status == "assigned"
