@@ -686,11 +686,23 @@ pub enum Caller {
 
 /// Whether a path is a device-facing HTTPS endpoint a device's own token may call:
 /// `/devices/{id}/messages/events` (device-to-cloud messages) and
-/// `/devices/{id}/messages/deviceBound` (cloud-to-device messages).
+/// `/devices/{id}/messages/deviceBound[/{lockToken}[/abandon]]` (cloud-to-device messages; any
+/// case, as Node `azure-iot-device-http` writes `devicebound`).
 pub fn is_device_facing(segments: &[String]) -> bool {
-    matches!(segments, [devices, _, messages, queue]
-        if devices == "devices" && messages == "messages"
-            && (queue == "events" || queue == "deviceBound"))
+    match segments {
+        [devices, _, messages, queue, rest @ ..]
+            if devices == "devices" && messages == "messages" =>
+        {
+            (queue == "events" && rest.is_empty())
+                || (queue.eq_ignore_ascii_case("deviceBound")
+                    && match rest {
+                        [] | [_] => true,
+                        [_, abandon] => abandon == "abandon",
+                        _ => false,
+                    })
+        }
+        _ => false,
+    }
 }
 
 /// The `Authorization` header's SAS token.
