@@ -328,6 +328,25 @@ impl Hub {
         })?
     }
 
+    /// Checks a registering device's client certificates ([`crate::dps_x509::attest`]).
+    pub fn dps_attest_x509(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        chain: &crate::x509::ClientChain,
+    ) -> Result<crate::dps::Attested, DpsError> {
+        self.read(|tx| {
+            Ok(crate::dps_x509::attest(
+                tx,
+                &self.dps,
+                id_scope,
+                registration_id,
+                chain,
+                i64::try_from(ids::now_unix()).unwrap_or(i64::MAX),
+            ))
+        })?
+    }
+
     /// Registers an attested device ([`crate::dps::register`]) and remembers the finished
     /// operation for polling; answers the operation as DPS first does, `assigning`, with its id.
     pub async fn dps_register(

@@ -28,6 +28,7 @@ mod console;
 mod data_lock;
 mod deployments;
 mod dps;
+mod dps_x509;
 mod error;
 mod events;
 mod faults;

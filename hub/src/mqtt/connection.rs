@@ -104,6 +104,7 @@ where
             &hub,
             &connect,
             username,
+            &chain,
             &mut reader,
             &mut writer,
             authenticated,
