@@ -199,7 +199,9 @@ impl Service {
                 registration_id: plan.registration_id.clone(),
                 current_iot_hub_host_name: current.map(|(hub, _)| hub.to_owned()),
                 current_device_id: current.map(|(_, id)| id.to_owned()),
-                symmetric_key: serde_json::json!({}),
+                // an X.509 device's certificate details are not sent (not served yet)
+                symmetric_key: (plan.common.attestation.kind == "symmetricKey")
+                    .then(|| serde_json::json!({})),
                 payload,
             },
             linked_hubs,
@@ -390,6 +392,11 @@ pub fn put<R: Record>(
         return Err(DpsError::enrollment_not_found(id));
     }
     let etag = ids::counter_etag(tx.next_counter("etag")?);
+    crate::dps_x509::prepare(
+        R::TABLE,
+        input.common_mut(),
+        existing.as_ref().map(Record::common),
+    )?;
     dps::prepare(
         input.common_mut(),
         existing.as_ref().map(Record::common),
@@ -429,14 +436,17 @@ fn check_if_match(if_match: Option<&str>, common: &EnrollmentCommon) -> Result<(
     }
 }
 
-/// What a registering device proved with its token.
+/// What a registering device proved with its token or its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attested {
     /// The registration id.
     pub registration_id: String,
-    /// The enrollment group whose derived key signed the token; `None` for an individual
-    /// enrollment's own key.
+    /// The enrollment group whose derived key signed the token (or whose signing certificate
+    /// the device's chain verified to); `None` for an individual enrollment.
     pub group: Option<String>,
+    /// The SHA-256 thumbprint of the certificate an X.509 device presented
+    /// ([`crate::dps_x509::attest`]); `None` for a token.
+    pub thumbprint: Option<String>,
 }
 
 /// Checks a device's registration token for `registration_id` under `id_scope`: the scope must
@@ -473,6 +483,7 @@ pub fn attest(
     let attested = |group: Option<String>| Attested {
         registration_id: registration_id.to_owned(),
         group,
+        thumbprint: None,
     };
     if !matches!(
         token.key_name.as_deref(),
@@ -631,18 +642,22 @@ pub fn plan(tx: &Transaction<'_>, attested: &Attested) -> Result<Plan, DpsError>
             (group.common, registration_id.to_owned(), keys, shown)
         }
     };
-    let (primary, secondary) = keys.ok_or_else(DpsError::unauthorized)?;
-    let device = Device {
-        device_id,
-        status: Some("enabled".into()),
-        authentication: Some(AuthenticationMechanism {
+    let authentication = match (&attested.thumbprint, keys) {
+        (Some(thumbprint), _) => crate::dps_x509::authentication(thumbprint),
+        (None, Some((primary, secondary))) => AuthenticationMechanism {
             auth_type: Some("sas".into()),
             symmetric_key: Some(SymmetricKey {
                 primary_key: Some(primary),
                 secondary_key: Some(secondary),
             }),
             ..Default::default()
-        }),
+        },
+        (None, None) => return Err(DpsError::unauthorized()),
+    };
+    let device = Device {
+        device_id,
+        status: Some("enabled".into()),
+        authentication: Some(authentication),
         capabilities: Some(DeviceCapabilities {
             iot_edge: dps::is_edge(&common),
         }),

@@ -339,6 +339,25 @@ impl Hub {
         })?
     }
 
+    /// Checks a registering device's client certificates ([`crate::dps_x509::attest`]).
+    pub fn dps_attest_x509(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        chain: &crate::x509::ClientChain,
+    ) -> Result<crate::dps::Attested, DpsError> {
+        self.read(|tx| {
+            Ok(crate::dps_x509::attest(
+                tx,
+                &self.dps,
+                id_scope,
+                registration_id,
+                chain,
+                i64::try_from(ids::now_unix()).unwrap_or(i64::MAX),
+            ))
+        })?
+    }
+
     /// Queues a reported-properties patch from `key`'s device or module for the next group
     /// commit (waiting only for room in the queue) and returns the handle to its new
     /// `reported.$version`, so that a connection can keep reading meanwhile. A patch from
@@ -404,7 +423,7 @@ impl Hub {
     pub async fn submit_event(&self, event: Event) -> Result<Committing<i64>, ApiError> {
         self.writer
             .submit(move |tx| {
-                let stored = tx.append_event(event, events::RETAINED_PER_PARTITION)?;
+                let stored = tx.append_event(event)?;
                 let effect = Effect::Event {
                     partition: stored.partition,
                     sequence: stored.sequence,
@@ -652,11 +671,23 @@ pub enum Caller {
 
 /// Whether a path is a device-facing HTTPS endpoint a device's own token may call:
 /// `/devices/{id}/messages/events` (device-to-cloud messages) and
-/// `/devices/{id}/messages/deviceBound` (cloud-to-device messages).
+/// `/devices/{id}/messages/deviceBound[/{lockToken}[/abandon]]` (cloud-to-device messages; any
+/// case, as Node `azure-iot-device-http` writes `devicebound`).
 pub fn is_device_facing(segments: &[String]) -> bool {
-    matches!(segments, [devices, _, messages, queue]
-        if devices == "devices" && messages == "messages"
-            && (queue == "events" || queue == "deviceBound"))
+    match segments {
+        [devices, _, messages, queue, rest @ ..]
+            if devices == "devices" && messages == "messages" =>
+        {
+            (queue == "events" && rest.is_empty())
+                || (queue.eq_ignore_ascii_case("deviceBound")
+                    && match rest {
+                        [] | [_] => true,
+                        [_, abandon] => abandon == "abandon",
+                        _ => false,
+                    })
+        }
+        _ => false,
+    }
 }
 
 /// The `Authorization` header's SAS token.

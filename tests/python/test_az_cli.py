@@ -583,3 +583,38 @@ def test_c2d_message_send_from_the_cli_reaches_the_device_and_purge_empties_its_
     purged = ok(az("iot", "device", "c2d-message", "purge", "-d", device.device_id))
     assert (purged["totalMessagesPurged"], purged["deviceId"]) == (1, device.device_id)
     assert ok(az("iot", "device", "c2d-message", "purge", "-d", device.device_id))["totalMessagesPurged"] == 0
+
+
+def test_c2d_message_receive_abandon_complete_and_reject_from_the_cli_and_send_waits_for_feedback(
+        az, hub, make_device):
+    # receive / abandon / complete / reject are the device's HTTPS API
+    # (GET, POST …/abandon, DELETE [?reject] /devices/{id}/messages/deviceBound[/{etag}]);
+    # `send --ack full --wait` waits on /messages/servicebound/feedback for its message's record
+    device = make_device()
+    sender = az.start("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
+                      "--data", "keep me", "--mid", "az-keep", "--props", "k=v", "--ack", "full",
+                      "--wait", "-y")
+
+    def receive(*settle):
+        return ok(az("iot", "device", "c2d-message", "receive", "-d", device.device_id, *settle))
+
+    first = wait_until(receive, timeout=60, interval=0.5, message="the message in the device's queue")
+    assert first["data"] == "keep me"
+    assert first["properties"]["app"] == {"k": "v"}
+    system = first["properties"]["system"]
+    assert (system["iothub-messageid"], system["iothub-ack"]) == ("az-keep", "full")
+    assert system["iothub-to"] == f"/devices/{device.device_id}/messages/deviceBound"
+    assert system["iothub-deliverycount"] == "0"
+    ok(az("iot", "device", "c2d-message", "abandon", "-d", device.device_id, "--etag", first["etag"]))
+    again = receive()
+    assert again["properties"]["system"]["iothub-deliverycount"] == "1"
+    assert again["etag"] != first["etag"]
+    ok(az("iot", "device", "c2d-message", "complete", "-d", device.device_id, "--etag", again["etag"]))
+    out, err = sender.communicate(timeout=60)
+    assert sender.returncode == 0, f"stdout: {out}\nstderr: {err}"
+    assert "originalMessageId: az-keep" in out and "statusCode: Success" in out, out
+
+    ok(az("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
+          "--data", "drop me", "-y"))
+    rejected = receive("--reject")
+    assert (rejected["data"], rejected["ack"]) == ("drop me", "reject")

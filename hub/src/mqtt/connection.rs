@@ -104,6 +104,7 @@ where
             &hub,
             &connect,
             username,
+            &chain,
             &mut reader,
             &mut writer,
             authenticated,
@@ -651,8 +652,9 @@ impl Session {
         let device_id = self.key.device_id.clone();
         self.hub
             .write(move |tx| {
+                let now_ms = ids::now_unix_ms();
                 for sequence in sequences {
-                    c2d_queue::complete(tx, &device_id, sequence)?;
+                    c2d_queue::complete(tx, &device_id, sequence, now_ms)?;
                 }
                 Ok(())
             })
