@@ -53,6 +53,17 @@ pub enum MessagingError {
         /// What went wrong.
         detail: String,
     },
+    /// The hub detached or refused a link with an error that will come again (an unknown
+    /// consumer group, a token that does not cover it...).
+    #[error("{what}: the hub refused it ({condition}): {description}")]
+    LinkRefused {
+        /// The link: what it reads or writes, and where.
+        what: String,
+        /// The AMQP error condition, e.g. `amqp:not-found`.
+        condition: String,
+        /// The hub's description.
+        description: String,
+    },
     /// The hub refused a cloud-to-device message.
     #[error("cloud-to-device message to '{device}' refused: {} ({}): {description}", code.name(), code.number())]
     Refused {

@@ -153,12 +153,12 @@ fn decode_text(bytes: &[u8], encoding: Option<&str>) -> Option<String> {
     match encoding.as_str() {
         "utf-8" | "utf8" => String::from_utf8(bytes.to_vec()).ok(),
         "utf-16" | "utf-16le" | "utf-16be" => {
-            if bytes.len() % 2 != 0 {
+            let pairs = bytes.chunks_exact(2);
+            if !pairs.remainder().is_empty() {
                 return None;
             }
             let big = encoding.ends_with("be");
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
+            let units: Vec<u16> = pairs
                 .map(|c| {
                     if big {
                         u16::from_be_bytes([c[0], c[1]])
@@ -346,7 +346,12 @@ impl Event {
                     other => format!("{k}={other}"),
                 })
                 .collect();
-            text.push_str(&format!("\n    {name}: {}", pairs.join(", ")));
+            let pairs = if pairs.is_empty() {
+                "(none)".to_owned()
+            } else {
+                pairs.join(", ")
+            };
+            text.push_str(&format!("\n    {name}: {pairs}"));
         }
         text
     }

@@ -307,6 +307,58 @@ fn link_error_of_state(error: &LinkStateError) -> Option<&AmqpErrorFrame> {
     }
 }
 
+/// Whether a link error may go away by itself (the hub or Event Hubs restarting, a link moved
+/// elsewhere, throttling), as the Event Hubs SDKs retry it; other conditions will come again.
+fn is_transient(condition: &ErrorCondition) -> bool {
+    use fe2o3_amqp::types::definitions::{AmqpError, ConnectionError};
+    match condition {
+        ErrorCondition::AmqpError(error) => {
+            matches!(
+                error,
+                AmqpError::InternalError | AmqpError::ResourceLimitExceeded
+            )
+        }
+        ErrorCondition::ConnectionError(ConnectionError::ConnectionForced) => true,
+        ErrorCondition::LinkError(error) => {
+            matches!(error, LinkError::DetachForced | LinkError::Stolen)
+        }
+        ErrorCondition::Custom(symbol) => matches!(
+            symbol.as_str(),
+            "com.microsoft:server-busy" | "com.microsoft:timeout"
+        ),
+        _ => false,
+    }
+}
+
+/// The error of the link `what` the hub detached with `error`: a network error (reconnect)
+/// when transient, else a refusal.
+fn link_failed(what: &str, address: &str, error: &AmqpErrorFrame) -> MessagingError {
+    let description = error.description.clone().unwrap_or_default();
+    if is_transient(&error.condition) {
+        return MessagingError::Network {
+            address: address.to_owned(),
+            detail: format!("{what}: {description}"),
+        };
+    }
+    MessagingError::LinkRefused {
+        what: format!("{what} at {address}"),
+        condition: condition_name(&error.condition),
+        description,
+    }
+}
+
+/// An error condition's symbol, e.g. `amqp:not-found`.
+fn condition_name(condition: &ErrorCondition) -> String {
+    let symbol = match condition {
+        ErrorCondition::AmqpError(e) => Symbol::from(e),
+        ErrorCondition::ConnectionError(e) => Symbol::from(e),
+        ErrorCondition::SessionError(e) => Symbol::from(e),
+        ErrorCondition::LinkError(e) => Symbol::from(e),
+        ErrorCondition::Custom(symbol) => symbol.clone(),
+    };
+    symbol.0
+}
+
 /// Asks IoT Hub where `messages/events` is served.
 async fn find_event_hub(amqp: &mut Amqp, default_port: u16) -> Result<Redirect, MessagingError> {
     let protocol = |detail: String| MessagingError::Protocol {
@@ -337,13 +389,8 @@ async fn find_event_hub(amqp: &mut Amqp, default_port: u16) -> Result<Redirect, 
             }
         }
     };
-    redirect_of(&error, default_port).ok_or_else(|| {
-        protocol(format!(
-            "refused with {:?}: {}",
-            error.condition,
-            error.description.unwrap_or_default()
-        ))
-    })
+    redirect_of(&error, default_port)
+        .ok_or_else(|| link_failed("messages/events", &amqp.address, &error))
 }
 
 /// The partition ids of the Event Hub `name` (its `$management` node's `READ`).
@@ -429,23 +476,18 @@ async fn connect(
             .sender_settle_mode(fe2o3_amqp::types::definitions::SenderSettleMode::Settled)
             .attach(&mut amqp.session)
             .await
-            .map_err(|e| {
-                let detail = match &e {
-                    ReceiverAttachError::RemoteClosedWithError(error) => format!(
-                        "{:?}: {}",
-                        error.condition,
-                        error.description.clone().unwrap_or_default()
-                    ),
-                    other => other.to_string(),
-                };
-                MessagingError::Protocol {
-                    operation: format!("reading {address} at {}", amqp.address),
-                    detail,
+            .map_err(|e| match &e {
+                ReceiverAttachError::RemoteClosedWithError(error) => {
+                    link_failed(&address, &amqp.address, error)
                 }
+                other => MessagingError::Protocol {
+                    operation: format!("reading {address} at {}", amqp.address),
+                    detail: other.to_string(),
+                },
             })?;
         tasks.spawn(read_partition(
             receiver,
-            id.clone(),
+            address,
             amqp.address.clone(),
             tx.clone(),
         ));
@@ -455,23 +497,31 @@ async fn connect(
     Ok((amqp, ids, rx))
 }
 
-/// Reports each event of a partition's receiver until its link ends.
+/// Reports each event of the receiver of `partition` (the link's address) until its link ends.
 async fn read_partition(
     mut receiver: Receiver,
     partition: String,
     address: String,
     reports: mpsc::Sender<Report>,
 ) {
+    let id = partition.rsplit('/').next().unwrap_or_default().to_owned();
     loop {
         let report = match receiver.recv::<Body<Value>>().await {
             Ok(delivery) => Ok(Event::from_message(delivery.message())),
+            Err(RecvError::LinkStateError(state)) => Err(match link_error_of_state(&state) {
+                Some(error) => link_failed(&partition, &address, error),
+                None => MessagingError::Network {
+                    address: address.clone(),
+                    detail: format!("{partition}: {state}"),
+                },
+            }),
             Err(error) => Err(MessagingError::Network {
                 address: address.clone(),
-                detail: format!("partition {partition}: {error}"),
+                detail: format!("{partition}: {error}"),
             }),
         };
         let end = report.is_err();
-        if reports.send((partition.clone(), report)).await.is_err() || end {
+        if reports.send((id.clone(), report)).await.is_err() || end {
             return;
         }
     }
@@ -502,5 +552,24 @@ mod tests {
         );
         let refused = AmqpErrorFrame::new(AmqpError::NotFound, None, None);
         assert_eq!(redirect_of(&refused, 5671), None);
+    }
+
+    #[test]
+    fn a_link_detached_by_a_restart_is_retried_and_a_refusal_is_not() {
+        let forced = AmqpErrorFrame::new(LinkError::DetachForced, None, None);
+        assert!(link_failed("p0", "h:5671", &forced).is_transient());
+        let busy = AmqpErrorFrame::new(
+            ErrorCondition::Custom(Symbol::from("com.microsoft:server-busy")),
+            None,
+            None,
+        );
+        assert!(link_failed("p0", "h:5671", &busy).is_transient());
+        let missing = AmqpErrorFrame::new(AmqpError::NotFound, Some("no group".into()), None);
+        let error = link_failed("eh/ConsumerGroups/x/Partitions/0", "h:5671", &missing);
+        assert!(!error.is_transient());
+        assert_eq!(
+            error.to_string(),
+            "eh/ConsumerGroups/x/Partitions/0 at h:5671: the hub refused it (amqp:not-found): no group"
+        );
     }
 }

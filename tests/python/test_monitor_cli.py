@@ -143,3 +143,20 @@ def test_bad_credentials_are_refused_at_once_naming_the_flag(hub, command):
     malformed = run_cli(hub, *command, connection_string="HostName=localhost;nonsense", timeout=20)
     assert malformed.returncode == 1
     assert "--connection-string" in malformed.stderr, malformed.stderr
+
+
+def test_monitor_reconnects_across_a_hub_restart_without_losing_or_repeating_events(
+        hub, clients, make_device):
+    device = make_device()
+    monitor = Monitor(hub, "--device", device.device_id, "--count", "2")
+    clients.device(device).send_message(Message("before"))
+    hub.restart()
+    clients.device(device).send_message(Message("after"))
+    assert [e["payload"] for e in monitor.events()] == ["before", "after"]
+    assert any("reconnected" in line for line in monitor.stderr), "".join(monitor.stderr)
+
+
+def test_monitor_names_an_unknown_consumer_group_and_stops(hub):
+    refused = run_cli(hub, "monitor", "--consumer-group", "nobody-reads-here", "--timeout", "20")
+    assert refused.returncode == 1
+    assert "amqp:not-found" in refused.stderr and "nobody-reads-here" in refused.stderr, refused.stderr
