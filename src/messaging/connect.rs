@@ -32,8 +32,8 @@ pub const IOT_HUB_AMQP_PORT: u16 = 5671;
 /// How long connecting, the TLS handshake, the AMQP open and one CBS answer may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Lifetime of the tokens put on `$cbs`: a connection older than this is refused new links and
-/// is opened again (monitor's reconnect).
+/// Lifetime of the tokens put on `$cbs` (a long-lived connection puts a new one every
+/// [`RENEW_EVERY`]).
 const TOKEN_TTL_SECS: u64 = 3600;
 
 /// What the AMQP commands need from the flags: the hub, its policy key and the TLS trust.
@@ -108,7 +108,7 @@ impl Hub {
     }
 
     /// A policy token for `resource` (an `sr`), valid [`TOKEN_TTL_SECS`].
-    pub fn token(&self, resource: &str) -> Result<Secret, MessagingError> {
+    fn token(&self, resource: &str) -> Result<Secret, MessagingError> {
         let expiry = super::now_ms().div_euclid(1000) as u64 + TOKEN_TTL_SECS;
         sas::generate_token(&self.key, resource, expiry, Some(&self.policy))
             .map_err(|e| MessagingError::Input(format!("cannot sign a token: {e}")))
@@ -121,12 +121,22 @@ impl Hub {
         port: u16,
         resource: &str,
     ) -> Result<Amqp, MessagingError> {
-        let mut amqp = Amqp::open(host, port, &self.tls).await?;
-        amqp.put_token(resource, &self.token(resource)?, self.origin)
-            .await?;
+        let mut amqp = Amqp::open(host, port, &self.tls, resource).await?;
+        self.renew(&mut amqp).await?;
         Ok(amqp)
     }
+
+    /// Puts a new token on `amqp`'s `$cbs` before the one it holds expires (IoT Hub and Event
+    /// Hubs close links whose token has expired; the SDKs renew theirs the same way).
+    pub async fn renew(&self, amqp: &mut Amqp) -> Result<(), MessagingError> {
+        let resource = amqp.resource.clone();
+        amqp.put_token(&resource, &self.token(&resource)?, self.origin)
+            .await
+    }
 }
+
+/// How often a long-lived connection puts a new token: at 80% of its lifetime.
+pub const RENEW_EVERY: Duration = Duration::from_secs(TOKEN_TTL_SECS * 4 / 5);
 
 /// An open connection and its one session.
 pub struct Amqp {
@@ -136,6 +146,8 @@ pub struct Amqp {
     connection: ConnectionHandle<()>,
     /// The session links attach to.
     pub session: SessionHandle<()>,
+    /// The `sr` of its tokens.
+    resource: String,
 }
 
 /// `future` within [`STEP_TIMEOUT`], else a network error saying what timed out.
@@ -156,7 +168,12 @@ async fn within<T>(
 
 impl Amqp {
     /// TCP, TLS (server name `host`), AMQP open with SASL ANONYMOUS, one session.
-    async fn open(host: &str, port: u16, tls: &TlsConnector) -> Result<Amqp, MessagingError> {
+    async fn open(
+        host: &str,
+        port: u16,
+        tls: &TlsConnector,
+        resource: &str,
+    ) -> Result<Amqp, MessagingError> {
         let address = format!("{host}:{port}");
         let network = |detail: String| MessagingError::Network {
             address: address.clone(),
@@ -178,10 +195,7 @@ impl Amqp {
         let stream = within(&address, "the TLS handshake", async {
             tls.connect(name, tcp)
                 .await
-                .map_err(|e| MessagingError::Tls {
-                    address: address.clone(),
-                    detail: tls_detail(&e),
-                })
+                .map_err(|e| tls_failed(&address, &e))
         })
         .await?;
         let container = format!("edgetwin-{:016x}", rand::random::<u64>());
@@ -206,6 +220,7 @@ impl Amqp {
             address,
             connection,
             session,
+            resource: resource.to_owned(),
         })
     }
 
@@ -320,17 +335,27 @@ impl Amqp {
     }
 }
 
-/// What a failed TLS handshake means for the user: an untrusted certificate names the flag.
-fn tls_detail(error: &std::io::Error) -> String {
+/// A failed TLS handshake: TLS refusing the hub (an untrusted certificate names the flag)
+/// will happen again; the connection dropping during the handshake (a hub restarting) may not.
+fn tls_failed(address: &str, error: &std::io::Error) -> MessagingError {
     let rustls_error = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
+    let detail = match rustls_error {
         Some(rustls::Error::InvalidCertificate(why)) => format!(
             "the hub's certificate is not trusted ({why:?}): pass the CA that signs it with \
              --ca-file or EDGETWIN_CA_FILE (`edgetwin hub` prints its CA certificate's path)"
         ),
         Some(other) => other.to_string(),
-        None => error.to_string(),
+        None => {
+            return MessagingError::Network {
+                address: address.to_owned(),
+                detail: format!("TLS handshake: {error}"),
+            }
+        }
+    };
+    MessagingError::Tls {
+        address: address.to_owned(),
+        detail,
     }
 }

@@ -20,7 +20,7 @@ use serde_amqp::descriptor::Descriptor;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::connect::{Amqp, Hub, IOT_HUB_AMQP_PORT};
+use super::connect::{Amqp, Hub, IOT_HUB_AMQP_PORT, RENEW_EVERY};
 use super::error::MessagingError;
 use super::event::{self, Event, PropertyKind, Shown};
 use super::start::{self, Start};
@@ -113,7 +113,7 @@ pub async fn run(args: MonitorArgs) -> Result<(), MessagingError> {
             _ = &mut stop => return Ok(()),
             _ = sleep_until(deadline) => return monitor.timed_out(),
         };
-        let (amqp, partitions, mut reports) = match connected {
+        let (mut amqp, partitions, mut reports) = match connected {
             Ok(connected) => connected,
             Err(error) if first_connect_ms.is_none() || !error.is_transient() => return Err(error),
             Err(error) => {
@@ -142,8 +142,13 @@ pub async fn run(args: MonitorArgs) -> Result<(), MessagingError> {
             eprintln!("reconnected to {}", amqp.address);
         }
         backoff = Duration::from_secs(1);
+        let mut renewal =
+            tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
         let lost = loop {
             tokio::select! {
+                _ = renewal.tick() => if let Err(error) = hub.renew(&mut amqp).await {
+                    break error;
+                },
                 report = reports.recv() => match report {
                     Some((partition, Ok(event))) => {
                         if let Some(sequence) = event.sequence {

@@ -57,7 +57,8 @@ class Monitor:
             self.stderr.append(line)
 
     def events(self, timeout=30):
-        out, _ = self.proc.communicate(timeout=timeout)
+        out = self.proc.stdout.read()  # until it exits: --count, or --timeout at worst
+        self.proc.wait(timeout)
         self._reader.join(5)
         assert self.proc.returncode == 0, "".join(self.stderr)
         return [json.loads(line)["event"] for line in out.splitlines()]
