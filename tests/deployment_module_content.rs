@@ -9,47 +9,30 @@
 
 use edgetwin_test_support as support;
 
-use std::time::Duration;
-
 use edgetwin_wire::sas::generate_token;
 use edgetwin_wire::Secret;
 use serde_json::{json, Value};
-use support::{unix_now, HubOptions, TempDir};
+use support::unix_now;
 
 /// The api-version aziot-identityd sends (`aziot-cloud-client-async` `hub/mod.rs`).
 const AZIOT_API_VERSION: &str = "2017-11-08-preview";
 
-struct Setup {
-    // Declared first: the hub stops before its directory goes.
-    hub: support::Hub,
-    _dir: TempDir,
-    runtime: tokio::runtime::Runtime,
+/// A hub, with the calls these tests make.
+struct Setup(support::HubSetup);
+
+impl std::ops::Deref for Setup {
+    type Target = support::HubSetup;
+    fn deref(&self) -> &support::HubSetup {
+        &self.0
+    }
 }
 
 impl Setup {
     fn start(name: &str) -> Setup {
-        let dir = TempDir::new(&format!("module-content-{name}"));
-        let options = HubOptions {
-            rust_log: Some("warn"),
-            timeout: Duration::from_secs(20),
-            ..HubOptions::default()
-        };
-        let hub = support::Hub::start(dir.path(), options);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        Setup {
-            hub,
-            _dir: dir,
-            runtime,
-        }
-    }
-
-    /// A call as `iothubowner`.
-    fn owner(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.runtime
-            .block_on(self.hub.rest.call(method, path, body))
+        Setup(support::HubSetup::start(
+            &format!("module-content-{name}"),
+            &[],
+        ))
     }
 
     /// Creates the IoT Edge device `id` (with the twin `tags`) as `iothubowner`; returns its

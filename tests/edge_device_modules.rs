@@ -8,13 +8,11 @@
 
 use edgetwin_test_support as support;
 
-use std::time::Duration;
-
 use edgetwin_wire::sas::generate_token;
 use edgetwin_wire::Secret;
 use rumqttc::mqttbytes::v4::ConnectReturnCode;
 use serde_json::{json, Value};
-use support::{mqtt_connect, unix_now, HubOptions, TempDir};
+use support::{mqtt_connect, unix_now};
 
 /// The api-version aziot-identityd sends (`aziot-cloud-client-async` `hub/mod.rs`).
 const AZIOT_API_VERSION: &str = "2017-11-08-preview";
@@ -25,28 +23,22 @@ const MODULE_KEYS: [&str; 2] = [
     "bW9kdWxlLWtleS1zZWNvbmRhcnktMDEyMzQ1Njc4OWE=",
 ];
 
-struct Setup {
-    // Declared first: the hub stops before its directory goes.
-    hub: support::Hub,
-    dir: TempDir,
-    runtime: tokio::runtime::Runtime,
+/// A hub, with the calls these tests make.
+struct Setup(support::HubSetup);
+
+impl std::ops::Deref for Setup {
+    type Target = support::HubSetup;
+    fn deref(&self) -> &support::HubSetup {
+        &self.0
+    }
 }
 
 impl Setup {
     fn start(name: &str, args: &'static [&'static str]) -> Setup {
-        let dir = TempDir::new(&format!("edge-modules-{name}"));
-        let options = HubOptions {
-            rust_log: Some("warn"),
-            timeout: Duration::from_secs(20),
+        Setup(support::HubSetup::start(
+            &format!("edge-modules-{name}"),
             args,
-            ..HubOptions::default()
-        };
-        let hub = support::Hub::start(dir.path(), options);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        Setup { hub, dir, runtime }
+        ))
     }
 
     /// Creates a device (an IoT Edge device if `edge`) as `iothubowner`; returns its primary key.
@@ -58,12 +50,6 @@ impl Setup {
             .as_str()
             .unwrap()
             .to_owned()
-    }
-
-    /// A call as `iothubowner`.
-    fn owner(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.runtime
-            .block_on(self.hub.rest.call(method, path, body))
     }
 
     /// A call with `token`, at aziot's api-version, with `If-Match: *` as aziot sends it on

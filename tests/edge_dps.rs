@@ -9,35 +9,27 @@ use edgetwin_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use serde_json::Value;
-use support::{HubOptions, TempDir};
 
 /// The registration id `provision --dps --count 1 --prefix pi-` writes.
 const REGISTRATION_ID: &str = "pi-1";
 
-struct Setup {
-    // Declared first: the hub stops before its directory goes.
-    hub: support::Hub,
-    dir: TempDir,
-    runtime: tokio::runtime::Runtime,
+/// A hub, with the calls these tests make.
+struct Setup(support::HubSetup);
+
+impl std::ops::Deref for Setup {
+    type Target = support::HubSetup;
+    fn deref(&self) -> &support::HubSetup {
+        &self.0
+    }
 }
 
 impl Setup {
     /// A hub, and the config.toml of one device of a `provision --dps` fleet.
     fn start(name: &str) -> (Setup, PathBuf) {
-        let dir = TempDir::new(&format!("edge-dps-{name}"));
-        let options = HubOptions {
-            rust_log: Some("warn"),
-            timeout: Duration::from_secs(20),
-            ..HubOptions::default()
-        };
-        let hub = support::Hub::start(dir.path(), options);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let setup = support::HubSetup::start(&format!("edge-dps-{name}"), &[]);
+        let (hub, dir) = (&setup.hub, &setup.dir);
         let dps = &hub.info["dps"];
         let out = dir.join("fleet");
         let output = hub
@@ -60,7 +52,7 @@ impl Setup {
             .unwrap();
         support::stdout_of_success("provision --dps", &output);
         let config = out.join(REGISTRATION_ID).join("config.toml");
-        (Setup { hub, dir, runtime }, config)
+        (Setup(setup), config)
     }
 
     /// `edgetwin edge run` with `config`, its data in `data`, and an engine socket that does not
@@ -88,11 +80,7 @@ impl Setup {
     }
 
     fn device(&self) -> (u16, Value) {
-        self.runtime.block_on(self.hub.rest.call(
-            "GET",
-            &format!("/devices/{REGISTRATION_ID}"),
-            None,
-        ))
+        self.owner("GET", &format!("/devices/{REGISTRATION_ID}"), None)
     }
 }
 

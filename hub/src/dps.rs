@@ -262,6 +262,11 @@ pub fn put<R: Record>(
         return Err(DpsError::enrollment_not_found(id));
     }
     let etag = ids::counter_etag(tx.next_counter("etag")?);
+    crate::dps_x509::prepare(
+        R::TABLE,
+        input.common_mut(),
+        existing.as_ref().map(Record::common),
+    )?;
     dps::prepare(
         input.common_mut(),
         existing.as_ref().map(Record::common),
@@ -301,14 +306,17 @@ fn check_if_match(if_match: Option<&str>, common: &EnrollmentCommon) -> Result<(
     }
 }
 
-/// What a registering device proved with its token.
+/// What a registering device proved with its token or its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attested {
     /// The registration id.
     pub registration_id: String,
-    /// The enrollment group whose derived key signed the token; `None` for an individual
-    /// enrollment's own key.
+    /// The enrollment group whose derived key signed the token (or whose signing certificate
+    /// the device's chain verified to); `None` for an individual enrollment.
     pub group: Option<String>,
+    /// The SHA-256 thumbprint of the certificate an X.509 device presented
+    /// ([`crate::dps_x509::attest`]); `None` for a token.
+    pub thumbprint: Option<String>,
 }
 
 /// Checks a device's registration token for `registration_id` under `id_scope`: the scope must
@@ -345,6 +353,7 @@ pub fn attest(
     let attested = |group: Option<String>| Attested {
         registration_id: registration_id.to_owned(),
         group,
+        thumbprint: None,
     };
     if !matches!(
         token.key_name.as_deref(),
@@ -443,14 +452,17 @@ pub fn register(
             ..Default::default()
         });
     }
-    let (primary, secondary) = keys.ok_or_else(DpsError::unauthorized)?;
-    let authentication = AuthenticationMechanism {
-        auth_type: Some("sas".into()),
-        symmetric_key: Some(SymmetricKey {
-            primary_key: Some(primary),
-            secondary_key: Some(secondary),
-        }),
-        ..Default::default()
+    let authentication = match (&attested.thumbprint, keys) {
+        (Some(thumbprint), _) => crate::dps_x509::authentication(thumbprint),
+        (None, Some((primary, secondary))) => AuthenticationMechanism {
+            auth_type: Some("sas".into()),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(primary),
+                secondary_key: Some(secondary),
+            }),
+            ..Default::default()
+        },
+        (None, None) => return Err(DpsError::unauthorized()),
     };
     let previous: Option<StoredRegistration> =
         tx.dps_record(DpsTable::Registrations, registration_id)?;

@@ -66,12 +66,13 @@ pub async fn serve(
                         return;
                     }
                 };
-                // A client certificate is for MQTT over WebSockets (X.509 identities).
+                // A client certificate is for MQTT over WebSockets (X.509 identities) and for
+                // DPS registrations with X.509 attestation (a request extension).
                 let chain = ClientChain::of(stream.get_ref().1);
                 let upgraded: UpgradedSlot = Arc::default();
                 let slot = upgraded.clone();
                 let service =
-                    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                         let (doors, slot, admission, chain) = (
                             doors.clone(),
                             slot.clone(),
@@ -95,6 +96,7 @@ pub async fn serve(
                                 .await;
                                 return Ok(response);
                             }
+                            request.extensions_mut().insert(chain);
                             let response = rest::handle(doors.rest, request).await;
                             // A client that authenticated is kept when the listener is full.
                             if rest::authenticated(&response) {

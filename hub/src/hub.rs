@@ -328,6 +328,25 @@ impl Hub {
         })?
     }
 
+    /// Checks a registering device's client certificates ([`crate::dps_x509::attest`]).
+    pub fn dps_attest_x509(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        chain: &crate::x509::ClientChain,
+    ) -> Result<crate::dps::Attested, DpsError> {
+        self.read(|tx| {
+            Ok(crate::dps_x509::attest(
+                tx,
+                &self.dps,
+                id_scope,
+                registration_id,
+                chain,
+                i64::try_from(ids::now_unix()).unwrap_or(i64::MAX),
+            ))
+        })?
+    }
+
     /// Registers an attested device ([`crate::dps::register`]) and remembers the finished
     /// operation for polling; answers the operation as DPS first does, `assigning`, with its id.
     pub async fn dps_register(
@@ -375,15 +394,17 @@ impl Hub {
     }
 
     /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: logs it for
-    /// the REST message log and the console, and queues it for its Event Hub-compatible
-    /// partition ([`Self::submit_event`]); the handle resolves once it is stored.
+    /// the REST message log and the console and, if it goes `upstream` to IoT Hub, queues it for
+    /// its Event Hub-compatible partition ([`Self::submit_event`]); the handle resolves once it
+    /// is stored. `None`: not upstream, nothing to wait for.
     pub async fn accept_telemetry(
         &self,
         key: &IdentityKey,
         output: Option<String>,
         properties: Vec<(String, Option<String>)>,
         payload: &[u8],
-    ) -> Result<Committing<i64>, ApiError> {
+        upstream: bool,
+    ) -> Result<Option<Committing<i64>>, ApiError> {
         let event = Event {
             partition: events::partition_of(&key.device_id),
             sequence: 0,
@@ -405,7 +426,10 @@ impl Hub {
             body_base64,
             enqueued_time_utc: ids::now_iso(),
         });
-        self.submit_event(event).await
+        if !upstream {
+            return Ok(None);
+        }
+        self.submit_event(event).await.map(Some)
     }
 
     /// Queues a device-to-cloud message for its Event Hub-compatible partition (waiting only for
@@ -662,11 +686,23 @@ pub enum Caller {
 
 /// Whether a path is a device-facing HTTPS endpoint a device's own token may call:
 /// `/devices/{id}/messages/events` (device-to-cloud messages) and
-/// `/devices/{id}/messages/deviceBound` (cloud-to-device messages).
+/// `/devices/{id}/messages/deviceBound[/{lockToken}[/abandon]]` (cloud-to-device messages; any
+/// case, as Node `azure-iot-device-http` writes `devicebound`).
 pub fn is_device_facing(segments: &[String]) -> bool {
-    matches!(segments, [devices, _, messages, queue]
-        if devices == "devices" && messages == "messages"
-            && (queue == "events" || queue == "deviceBound"))
+    match segments {
+        [devices, _, messages, queue, rest @ ..]
+            if devices == "devices" && messages == "messages" =>
+        {
+            (queue == "events" && rest.is_empty())
+                || (queue.eq_ignore_ascii_case("deviceBound")
+                    && match rest {
+                        [] | [_] => true,
+                        [_, abandon] => abandon == "abandon",
+                        _ => false,
+                    })
+        }
+        _ => false,
+    }
 }
 
 /// The `Authorization` header's SAS token.

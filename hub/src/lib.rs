@@ -28,6 +28,7 @@ mod console;
 mod data_lock;
 mod deployments;
 mod dps;
+mod dps_x509;
 mod error;
 mod events;
 mod faults;
@@ -544,6 +545,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             shutdown.clone(),
         )),
         tokio::spawn(job_runner::run(hub.clone(), shutdown.clone())),
+        tokio::spawn(c2d_queue::run_sweep(hub.clone(), shutdown.clone())),
         tokio::spawn(https::serve(
             https_listener,
             acceptor,

@@ -1,8 +1,12 @@
 //! Routes between modules, as edgeHub runs them: a module's output is matched against the routes
 //! in the device's `$edgeHub` desired properties (`routes.<name>`, a string or `{"route": ...}`)
-//! and delivered to the inputs they name. `$upstream` messages stay in the message log, which
-//! records everything that arrives. Delivery is to connected, subscribed modules only: the hub does
-//! not store messages for offline modules (edgeHub does).
+//! and delivered to the inputs they name. Only what a route sends to `$upstream` reaches IoT Hub
+//! (the Event Hub-compatible endpoint): on IoT Edge a module's message goes nowhere no route
+//! names ("Learn how to deploy modules and establish routes in IoT Edge": `$upstream` is "IoT
+//! Hub"). A device whose `$edgeHub` has no `routes` (no deployment: a module connected straight
+//! to the hub, as in the module twin quickstart) sends everything upstream. The message log
+//! records everything that arrives. Delivery is to connected, subscribed modules only: the hub
+//! does not store messages for offline modules (edgeHub does).
 //!
 //! Used by the MQTT door: depends on the hub, live connections and the store; never on a door.
 
@@ -34,30 +38,33 @@ pub struct RoutedMessage<'a> {
 /// A route ready to run: the parsed route and its compiled WHERE clause.
 type RunnableRoute = (Route, Option<Condition>);
 
-/// The routes of an edge device's `$edgeHub`. Routes that do not parse, or whose WHERE clause uses
-/// more of edgeHub's query language than the hub evaluates, are skipped with a warning.
-fn routes(tx: &Transaction<'_>, device_id: &str) -> Result<Vec<RunnableRoute>, ApiError> {
+/// The routes of an edge device's `$edgeHub`, or `None` if it has no `routes` (no deployment).
+/// Routes that do not parse, or whose WHERE clause uses more of edgeHub's query language than the
+/// hub evaluates, are skipped with a warning.
+fn routes(tx: &Transaction<'_>, device_id: &str) -> Result<Option<Vec<RunnableRoute>>, ApiError> {
     let Some(twin) = tx.twin(&IdentityKey::module(device_id, "$edgeHub"))? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let Some(Value::Object(routes)) = twin.desired.get("routes") else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    Ok(routes
-        .iter()
-        .filter_map(|(name, value)| {
-            let text = value.as_str().or_else(|| value.get("route")?.as_str())?;
-            let skip = |error: &dyn std::fmt::Display| {
-                tracing::warn!(device_id, route = name, %error, "skipping route");
-            };
-            let route = Route::parse(text).inspect_err(|e| skip(e)).ok()?;
-            let condition = match route.compiled_condition() {
-                None => None,
-                Some(compiled) => Some(compiled.inspect_err(|e| skip(e)).ok()?),
-            };
-            Some((route, condition))
-        })
-        .collect())
+    Ok(Some(
+        routes
+            .iter()
+            .filter_map(|(name, value)| {
+                let text = value.as_str().or_else(|| value.get("route")?.as_str())?;
+                let skip = |error: &dyn std::fmt::Display| {
+                    tracing::warn!(device_id, route = name, %error, "skipping route");
+                };
+                let route = Route::parse(text).inspect_err(|e| skip(e)).ok()?;
+                let condition = match route.compiled_condition() {
+                    None => None,
+                    Some(compiled) => Some(compiled.inspect_err(|e| skip(e)).ok()?),
+                };
+                Some((route, condition))
+            })
+            .collect(),
+    ))
 }
 
 /// The document a route's WHERE clause is evaluated against: application properties, plus
@@ -100,27 +107,50 @@ fn delivered_properties(message: &RoutedMessage<'_>) -> PropertyBag {
     properties
 }
 
-/// Delivers `message` to every module input its device's routes name; returns how many.
-pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
+/// Where a module's message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// How many module inputs it was delivered to.
+    pub delivered: usize,
+    /// Whether it goes to IoT Hub: a route to `$upstream` took it, or the device has no routes.
+    pub upstream: bool,
+}
+
+/// Delivers `message` to every module input its device's routes name, and says whether it goes
+/// upstream. A device whose routes cannot be read sends it upstream (nothing is lost).
+pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> Routed {
     let routes = match hub.read(|tx| routes(tx, message.device_id)) {
-        Ok(routes) => routes,
+        Ok(Some(routes)) => routes,
+        Ok(None) => {
+            return Routed {
+                delivered: 0,
+                upstream: true,
+            }
+        }
         Err(error) => {
             tracing::warn!(device_id = message.device_id, message = %error.message, "cannot read routes");
-            return 0;
+            return Routed {
+                delivered: 0,
+                upstream: true,
+            };
         }
     };
     let document = condition_document(message);
     let properties = delivered_properties(message);
-    let mut delivered = 0;
+    let mut routed = Routed {
+        delivered: 0,
+        upstream: false,
+    };
     for (route, condition) in routes {
-        let Sink::ModuleInput { module, input } = &route.sink else {
-            continue;
-        };
         if !route.takes(message.module_id, message.output)
             || condition.as_ref().is_some_and(|c| !c.matches(&document))
         {
             continue;
         }
+        let Sink::ModuleInput { module, input } = &route.sink else {
+            routed.upstream = true;
+            continue;
+        };
         let target = IdentityKey::module(message.device_id, module).client_id();
         let outgoing = Outgoing {
             topic: topic::input_topic(message.device_id, module, input, &properties),
@@ -131,7 +161,7 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
             .live()
             .send(&target, Some(Feature::ModuleInputs), outgoing)
         {
-            Ok(()) => delivered += 1,
+            Ok(()) => routed.delivered += 1,
             Err(why) => tracing::info!(
                 target,
                 input,
@@ -140,7 +170,7 @@ pub fn route(hub: &Hub, message: &RoutedMessage<'_>) -> usize {
             ),
         }
     }
-    delivered
+    routed
 }
 
 #[cfg(test)]

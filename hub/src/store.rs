@@ -205,6 +205,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS c2d (
     device_id TEXT NOT NULL, sequence INTEGER NOT NULL, record TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (device_id, sequence)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS c2d_feedback (
+    sequence INTEGER PRIMARY KEY, device_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    locked_until_ms INTEGER NOT NULL, delivery_count INTEGER NOT NULL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS job_devices (
     job_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (job_id, device_id)) WITHOUT ROWID;
@@ -678,6 +681,7 @@ impl Transaction<'_> {
             "workload_sockets",
             "applied_content",
             "c2d",
+            "c2d_feedback",
         ] {
             self.tx.execute(
                 &format!("DELETE FROM {table} WHERE device_id = ?1"),
@@ -1231,19 +1235,90 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Removes every cloud-to-device message of `device_id`; how many there were.
-    pub fn purge_c2d(&self, device_id: &str) -> Result<usize, StoreError> {
-        Ok(self
-            .tx
-            .execute("DELETE FROM c2d WHERE device_id = ?1", params![device_id])?)
-    }
-
     /// Removes a cloud-to-device message of `device_id`; whether it was there.
     pub fn delete_c2d(&self, device_id: &str, sequence: i64) -> Result<bool, StoreError> {
         Ok(self.tx.execute(
             "DELETE FROM c2d WHERE device_id = ?1 AND sequence = ?2",
             params![device_id, sequence],
         )? > 0)
+    }
+
+    /// Every queued cloud-to-device message's device and expiry (Unix milliseconds), for the
+    /// sweep that dead-letters expired ones.
+    pub fn c2d_expiries(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT device_id, CAST(json_extract(record, '$.expiryMs') AS INTEGER) FROM c2d",
+        )?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Appends a feedback record about a message of `device_id`, made at `now_ms`.
+    pub fn put_c2d_feedback(
+        &self,
+        device_id: &str,
+        record: &crate::c2d::FeedbackRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO c2d_feedback (device_id, created_ms, locked_until_ms, delivery_count,
+                 record) VALUES (?1, ?2, 0, 0, ?3)",
+            )?
+            .execute(params![device_id, now_ms, encode(record)])?;
+        Ok(())
+    }
+
+    /// The feedback records not settled yet, oldest first.
+    pub fn c2d_feedback(&self) -> Result<Vec<crate::c2d::PendingFeedback>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT sequence, created_ms, locked_until_ms, delivery_count, record
+             FROM c2d_feedback ORDER BY sequence",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, u32>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (sequence, created_ms, locked_until_ms, delivery_count, record) = row?;
+            Ok(crate::c2d::PendingFeedback {
+                sequence,
+                created_ms,
+                locked_until_ms,
+                delivery_count,
+                record: decode(&record, || format!("feedback record {sequence}"))?,
+            })
+        })
+        .collect()
+    }
+
+    /// Stores a feedback record's lock and delivery count.
+    pub fn lock_c2d_feedback(
+        &self,
+        sequence: i64,
+        locked_until_ms: i64,
+        delivery_count: u32,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE c2d_feedback SET locked_until_ms = ?2, delivery_count = ?3
+                 WHERE sequence = ?1",
+            )?
+            .execute(params![sequence, locked_until_ms, delivery_count])?;
+        Ok(())
+    }
+
+    /// Removes a feedback record.
+    pub fn delete_c2d_feedback(&self, sequence: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM c2d_feedback WHERE sequence = ?1")?
+            .execute(params![sequence])?;
+        Ok(())
     }
 
     /// Appends `event` to its partition with the next sequence number and offset (those of

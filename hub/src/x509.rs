@@ -43,11 +43,18 @@ impl ClientChain {
 /// case), as IoT Hub compares a `selfSigned` identity's `x509Thumbprint` (the Azure CLI made
 /// SHA-1 thumbprints before azure-iot 0.25.0, SHA-256 since).
 pub fn thumbprint_matches(leaf: &[u8], thumbprints: &[String]) -> bool {
-    let sha1 = hex(&sha1::Sha1::digest(leaf));
-    let sha256 = hex(&sha2::Sha256::digest(leaf));
+    let (sha1, sha256) = thumbprints_of(leaf);
     thumbprints
         .iter()
         .any(|t| t.eq_ignore_ascii_case(&sha1) || t.eq_ignore_ascii_case(&sha256))
+}
+
+/// The SHA-1 and SHA-256 thumbprints of a DER certificate, upper-case hex.
+pub fn thumbprints_of(der: &[u8]) -> (String, String) {
+    (
+        hex(&sha1::Sha1::digest(der)),
+        hex(&sha2::Sha256::digest(der)),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -145,8 +152,103 @@ fn asn1_time(tag: u8, value: &[u8]) -> Option<i64> {
     Some(at.assume_utc().unix_timestamp())
 }
 
+/// What a certificate says of itself, as a provisioning service shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// The X.509 version (1 to 3).
+    pub version: u8,
+    /// The serial number's bytes, big-endian, as encoded.
+    pub serial: Vec<u8>,
+    /// The issuer's name: its attributes in the order encoded, as (short name or dotted OID, value).
+    pub issuer: Vec<(String, String)>,
+    /// The subject's name, likewise.
+    pub subject: Vec<(String, String)>,
+    /// The start of the validity period (Unix seconds).
+    pub not_before: i64,
+    /// The end of the validity period (Unix seconds).
+    pub not_after: i64,
+}
+
+/// Reads a DER certificate's version, serial, names and validity; `None` if it is not one.
+pub fn describe(der: &[u8]) -> Option<Description> {
+    let fields = tbs_fields(der)?;
+    let (not_before_tag, not_before, rest) = tlv(fields.validity)?;
+    let (not_after_tag, not_after, _) = tlv(rest)?;
+    Some(Description {
+        version: fields.version,
+        serial: fields.serial.to_vec(),
+        issuer: name_attributes(fields.issuer)?,
+        subject: name_attributes(fields.subject)?,
+        not_before: asn1_time(not_before_tag, not_before)?,
+        not_after: asn1_time(not_after_tag, not_after)?,
+    })
+}
+
+/// The attributes of a `Name` (a sequence of sets of type-value pairs), strings only.
+fn name_attributes(mut names: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut attributes = Vec::new();
+    while !names.is_empty() {
+        let (_, mut set, rest) = tlv(names)?;
+        names = rest;
+        while !set.is_empty() {
+            let (_, attribute, rest) = tlv(set)?;
+            set = rest;
+            let (_, oid, value) = tlv(attribute)?;
+            let (_, text, _) = tlv(value)?;
+            attributes.push((
+                attribute_name(oid),
+                String::from_utf8_lossy(text).into_owned(),
+            ));
+        }
+    }
+    Some(attributes)
+}
+
+/// The short name of a name attribute's OID (RFC 4514's, and `E` as Windows writes the
+/// e-mail address), or the OID dotted.
+fn attribute_name(oid: &[u8]) -> String {
+    let short = match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x05] => "SERIALNUMBER",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "S",
+        [0x55, 0x04, 0x09] => "STREET",
+        [0x55, 0x04, 0x0A] => "O",
+        [0x55, 0x04, 0x0B] => "OU",
+        [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x01] => "E",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x19] => "DC",
+        _ => return dotted(oid),
+    };
+    short.to_owned()
+}
+
+fn dotted(oid: &[u8]) -> String {
+    let mut arcs: Vec<u64> = Vec::new();
+    let mut value = 0u64;
+    for &b in oid {
+        value = (value << 7) | u64::from(b & 0x7F);
+        if b & 0x80 == 0 {
+            if arcs.is_empty() {
+                let first = (value / 40).min(2);
+                arcs.extend([first, value - first * 40]);
+            } else {
+                arcs.push(value);
+            }
+            value = 0;
+        }
+    }
+    arcs.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// The fields of a certificate's `TBSCertificate` this module reads.
 struct TbsFields<'a> {
+    version: u8,
+    serial: &'a [u8],
+    issuer: &'a [u8],
     validity: &'a [u8],
     subject: &'a [u8],
 }
@@ -154,17 +256,26 @@ struct TbsFields<'a> {
 fn tbs_fields(der: &[u8]) -> Option<TbsFields<'_>> {
     let (_, certificate, _) = tlv(der)?;
     let (_, mut tbs, _) = tlv(certificate)?;
-    let (tag, _, rest) = tlv(tbs)?;
+    let (tag, explicit, rest) = tlv(tbs)?;
+    let mut version = 1;
     if tag == 0xA0 {
-        tbs = rest; // the explicit version
+        // the explicit version: INTEGER 0 (v1), 1 (v2) or 2 (v3)
+        let (_, number, _) = tlv(explicit)?;
+        version = number.last().map_or(1, |v| v.saturating_add(1));
+        tbs = rest;
     }
-    // serial, signature algorithm, issuer, then the validity and the subject
-    for _ in 0..3 {
-        tbs = tlv(tbs)?.2;
-    }
-    let (_, validity, rest) = tlv(tbs)?;
+    let (_, serial, rest) = tlv(tbs)?;
+    let (_, _signature, rest) = tlv(rest)?;
+    let (_, issuer, rest) = tlv(rest)?;
+    let (_, validity, rest) = tlv(rest)?;
     let (_, subject, _) = tlv(rest)?;
-    Some(TbsFields { validity, subject })
+    Some(TbsFields {
+        version,
+        serial,
+        issuer,
+        validity,
+        subject,
+    })
 }
 
 /// One DER tag-length-value with a one-byte tag: `(tag, value, what follows)`.
@@ -279,6 +390,48 @@ mod tests {
         assert_eq!(common_name(ca.der()).as_deref(), Some("the CA"));
         assert_eq!(common_name(&leaf.der()[..20]), None);
         assert_eq!(common_name(b""), None);
+    }
+
+    #[test]
+    fn a_description_reads_version_serial_names_and_period() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "root");
+        ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = Dn::new();
+        dn.push(DnType::CountryName, "DE");
+        dn.push(DnType::OrganizationName, "edgetwin tests");
+        dn.push(DnType::CommonName, "device-1");
+        params.distinguished_name = dn;
+        params.serial_number = Some(vec![0x01, 0xAB, 0xCD].into());
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let leaf = params
+            .signed_by(&KeyPair::generate().unwrap(), &ca, &ca_key)
+            .unwrap();
+        let d = describe(leaf.der()).unwrap();
+        assert_eq!(d.version, 3);
+        assert_eq!(d.serial, vec![0x01, 0xAB, 0xCD]);
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            d.subject,
+            vec![
+                pair("C", "DE"),
+                pair("O", "edgetwin tests"),
+                pair("CN", "device-1")
+            ]
+        );
+        assert_eq!(d.issuer, vec![pair("CN", "root")]);
+        assert_eq!((d.not_before, d.not_after), (1_893_542_400, 1_925_078_400));
+        assert_eq!(describe(&leaf.der()[..30]), None);
+        assert_eq!(
+            dotted(&[0x2B, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37]),
+            "1.3.6.1.4.1.311"
+        );
     }
 
     #[test]

@@ -450,7 +450,7 @@ def _quiet_shutdown(client):
 
 class RawMqtt:
     def __init__(self, hub, identity, password=None, client_id=None, username=None,
-                 clean_session=False):
+                 clean_session=False, client_cert=None):
         import paho.mqtt.client as mqtt
 
         self.hub = hub
@@ -462,6 +462,8 @@ class RawMqtt:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # like the SDK: TLS 1.2, verify CA + host
         ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_verify_locations(cafile=hub.ca_path)
+        if client_cert is not None:  # (certificate file, key file), for X.509
+            ctx.load_cert_chain(*client_cert)
         self.client.tls_set_context(ctx)
         if username is None:
             path = f"{identity.device_id}/{identity.module_id}" if identity.module_id else identity.device_id

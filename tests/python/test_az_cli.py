@@ -50,9 +50,9 @@ def az(hub):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         return done.returncode, done.stdout, done.stderr
 
-    def start(*args, login=None, more_env=None):
+    def start(*args, login=None):
         cmd = [str(binary), *args, "--login", login or hub.service_connection_string]
-        return subprocess.Popen(cmd, env=dict(env, **(more_env or {})), stdout=subprocess.PIPE,
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     run.start = start
@@ -427,37 +427,22 @@ def test_digital_twins_from_the_cli_show_update_and_command_a_plug_and_play_devi
     assert json.loads(out) == {"payload": {"max": 30}, "status": "200"}
 
 
-def uamqp_trusting(hub, az_binary, directory):
-    """A PYTHONPATH entry whose `certifi` names a bundle with the hub's CA: uamqp (the extension's
-    AMQP client) takes its CAs from certifi's bundle alone, with no environment variable; a user
-    adds a private CA to that bundle."""
-    installed = next(pathlib.Path(az_binary).parents[2].glob("extensions/azure-iot/certifi/cacert.pem"))
-    package = directory / "certifi"
-    package.mkdir()
-    bundle = package / "cacert.pem"
-    bundle.write_text(installed.read_text() + "\n" + hub.ca_pem)
-    (package / "__init__.py").write_text(
-        f"def where():\n    return {str(bundle)!r}\n\n\ndef contents():\n    return open(where()).read()\n")
-    return str(directory)
-
-
 def test_monitor_events_from_the_cli_shows_a_devices_telemetry_with_its_properties(
-        az, hub, make_device, clients, tmp_path):
+        az, hub, make_device, clients):
     # monitor-events follows the hub's amqp:link:redirect from messages/events to the Event
     # Hub-compatible endpoint, reads its partitions through $management and receives on each
     from azure.iot.device import Message
 
     device = make_device()
-    binary = os.environ.get("EDGETWIN_AZ", AZ_DIR / "venv" / "bin" / "az")
     monitor = az.start("iot", "hub", "monitor-events", "-n", hub.host, "-d", device.device_id,
-                       "--timeout", "60", "-y", "-p", "all",
-                       more_env={"PYTHONPATH": uamqp_trusting(hub, binary, tmp_path)})
+                       "--timeout", "60", "-y", "-p", "all")
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(monitor.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        wait_until(lambda: any("Starting event monitor" in line for line in lines), timeout=30,
-                   message="the monitor to start")
+        wait_until(lambda: any("Starting event monitor" in line for line in lines) or monitor.poll() is not None,
+                   timeout=30, message="the monitor to start")
+        assert monitor.poll() is None, f"az monitor-events exited: {monitor.stderr.read()}"
         time.sleep(2)  # its receivers attach after it says so
         client = clients.device(device)
         client.connect()
@@ -576,13 +561,12 @@ def test_dps_enrollments_and_groups_round_trip_through_the_cli_with_the_dps_conn
     assert derived == base64.b64encode(expected).decode()
 
 
-def test_c2d_message_send_from_the_cli_reaches_the_device_and_purge_empties_its_queue(az, hub, make_device, clients, tmp_path):
+def test_c2d_message_send_from_the_cli_reaches_the_device_and_purge_empties_its_queue(
+        az, hub, make_device, clients):
     # the CLI sends over AMQP (uamqp) on /messages/devicebound, as IoT Hub's service SDKs do
     device = make_device()
-    binary = os.environ.get("EDGETWIN_AZ", AZ_DIR / "venv" / "bin" / "az")
     sender = az.start("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
-                      "--data", "from az", "--props", "k=v", "--mid", "az-c2d", "-y",
-                      more_env={"PYTHONPATH": uamqp_trusting(hub, binary, tmp_path)})
+                      "--data", "from az", "--props", "k=v", "--mid", "az-c2d", "-y")
     out, err = sender.communicate(timeout=120)
     assert sender.returncode == 0, f"stdout: {out}\nstderr: {err}"
     client = clients.device(device)
@@ -594,9 +578,43 @@ def test_c2d_message_send_from_the_cli_reaches_the_device_and_purge_empties_its_
     client.disconnect()
     # what the device has not taken yet, purge empties (DELETE /devices/{id}/commands)
     again = az.start("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
-                     "--data", "never read", "-y",
-                     more_env={"PYTHONPATH": str(tmp_path)})
+                     "--data", "never read", "-y")
     assert again.wait(120) == 0, again.stderr.read()
     purged = ok(az("iot", "device", "c2d-message", "purge", "-d", device.device_id))
     assert (purged["totalMessagesPurged"], purged["deviceId"]) == (1, device.device_id)
     assert ok(az("iot", "device", "c2d-message", "purge", "-d", device.device_id))["totalMessagesPurged"] == 0
+
+
+def test_c2d_message_receive_abandon_complete_and_reject_from_the_cli_and_send_waits_for_feedback(
+        az, hub, make_device):
+    # receive / abandon / complete / reject are the device's HTTPS API
+    # (GET, POST …/abandon, DELETE [?reject] /devices/{id}/messages/deviceBound[/{etag}]);
+    # `send --ack full --wait` waits on /messages/servicebound/feedback for its message's record
+    device = make_device()
+    sender = az.start("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
+                      "--data", "keep me", "--mid", "az-keep", "--props", "k=v", "--ack", "full",
+                      "--wait", "-y")
+
+    def receive(*settle):
+        return ok(az("iot", "device", "c2d-message", "receive", "-d", device.device_id, *settle))
+
+    first = wait_until(receive, timeout=60, interval=0.5, message="the message in the device's queue")
+    assert first["data"] == "keep me"
+    assert first["properties"]["app"] == {"k": "v"}
+    system = first["properties"]["system"]
+    assert (system["iothub-messageid"], system["iothub-ack"]) == ("az-keep", "full")
+    assert system["iothub-to"] == f"/devices/{device.device_id}/messages/deviceBound"
+    assert system["iothub-deliverycount"] == "0"
+    ok(az("iot", "device", "c2d-message", "abandon", "-d", device.device_id, "--etag", first["etag"]))
+    again = receive()
+    assert again["properties"]["system"]["iothub-deliverycount"] == "1"
+    assert again["etag"] != first["etag"]
+    ok(az("iot", "device", "c2d-message", "complete", "-d", device.device_id, "--etag", again["etag"]))
+    out, err = sender.communicate(timeout=60)
+    assert sender.returncode == 0, f"stdout: {out}\nstderr: {err}"
+    assert "originalMessageId: az-keep" in out and "statusCode: Success" in out, out
+
+    ok(az("iot", "device", "c2d-message", "send", "-n", hub.host, "-d", device.device_id,
+          "--data", "drop me", "-y"))
+    rejected = receive("--reject")
+    assert (rejected["data"], rejected["ack"]) == ("drop me", "reject")

@@ -5,7 +5,6 @@ IoT Hub puts in the topic; a device's queue keeps its messages across a restart 
 takes them, and refuses the 51st (IoT Hub: 50 per device), an unknown device and a body over
 64 KB."""
 
-import certifi
 import pytest
 
 from conftest import make_registry_manager
@@ -16,9 +15,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:receive_message is deprecated")
 
 @pytest.fixture
 def sender(hub, monkeypatch):
-    """A registry manager whose AMQP client (uamqp, which takes its CAs from certifi's bundle
-    alone) trusts the hub."""
-    monkeypatch.setattr(certifi, "where", lambda: hub.ca_path)
+    """A registry manager whose AMQP client (uamqp, OpenSSL) trusts the hub through
+    `SSL_CERT_FILE`, as the Azure CLI's does."""
+    monkeypatch.setenv("SSL_CERT_FILE", hub.ca_path)
     return make_registry_manager(hub.service_connection_string)
 
 

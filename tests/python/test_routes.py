@@ -1,5 +1,7 @@
 """Routes between modules, judged by azure-iot-device: a module's output reaches another module's
-input through the $edgeHub routes of an applied manifest, as edgeHub delivers it."""
+input through the $edgeHub routes of an applied manifest, as edgeHub delivers it; only what a
+route sends to $upstream reaches IoT Hub's Event Hub-compatible endpoint (read by
+azure-eventhub)."""
 
 import queue
 
@@ -8,6 +10,7 @@ from azure.iot.hub import IoTHubConfigurationManager
 from azure.iot.hub.models import ConfigurationContent
 
 from conftest import Identity
+from test_event_hub import consumer, from_device, receive
 
 
 def _apply_routes(hub, device_id, routes):
@@ -67,3 +70,36 @@ def test_a_module_output_reaches_another_module_input_through_the_manifest_route
     assert unexpected is None, f"a message no route takes was delivered to {unexpected.input_name}"
     outputs = [m["output"] for m in hub.messages(device.device_id, "sensor")]
     assert outputs[-3:] == ["temperature", "humidity", "unrouted"]
+
+
+def test_only_what_a_route_sends_upstream_reaches_the_event_hub_endpoint(
+        hub, registry_manager, make_device, clients):
+    device = make_device(edge=True, prefix="gw")
+    sensor = _module(hub, registry_manager, device.device_id, "sensor")
+    filt = _module(hub, registry_manager, device.device_id, "filter")
+    _apply_routes(hub, device.device_id, {
+        "sensorToFilter": 'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
+        "upstream": "FROM /messages/modules/filter/outputs/* INTO $upstream",
+    })
+    received = queue.Queue()
+    receiver = clients.module(filt)
+    receiver.on_message_received = received.put
+    receiver.connect()
+    sender = clients.module(sensor)
+    sender.connect()
+    sender.send_message_to_output(Message("to the filter"), "temperature")
+    assert received.get(timeout=10).data == b"to the filter"
+    sender.send_message_to_output(Message("no route"), "unrouted")
+    receiver.send_message_to_output(Message("upstream"), "alerts")
+
+    # one device, one partition, in order: the first two would come before the third
+    events, errors = receive(consumer(hub), lambda es: any(
+        e.body_as_str() == "upstream" for _, e in filter(from_device(device.device_id), es)))
+    assert not errors, errors
+    bodies = [e.body_as_str() for _, e in filter(from_device(device.device_id), events)]
+    assert bodies == ["upstream"]
+    [(_, event)] = filter(from_device(device.device_id), events)
+    assert event.system_properties[b"iothub-connection-module-id"] == b"filter"
+    # the message log keeps everything that arrived
+    outputs = [m["output"] for m in hub.messages(device.device_id, "sensor")]
+    assert outputs[-2:] == ["temperature", "unrouted"]

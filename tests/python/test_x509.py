@@ -6,57 +6,16 @@ password. The certificates are made here with `cryptography`; CA-signed ones are
 hub's own CA (its key is in the hub's data directory, `certs/ca.key.pem`).
 """
 
-import datetime
-import hashlib
-
 import pytest
 from azure.iot.device import IoTHubDeviceClient, X509
 from azure.iot.device.exceptions import ClientError
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from msrest.exceptions import HttpOperationError
 
+from certs import DeviceCert
 from conftest import delete_devices, http_status, unique_id, wait_until
 from test_az_cli import az, ok  # noqa: F401  (the `az` fixture)
-
-
-# ---------------------------------------------------------------------------
-# certificates
-
-
-class DeviceCert:
-    """A device certificate and its key, written as PEM files for the SDK."""
-
-    def __init__(self, tmp_path, cn, issuer=None, expired=False):
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        signer_name, signer_key = (name, self.key) if issuer is None else issuer
-        now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2 if expired else 0)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(signer_name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(signer_key, hashes.SHA256())
-        )
-        der = self.cert.public_bytes(serialization.Encoding.DER)
-        self.sha1 = hashlib.sha1(der).hexdigest().upper()
-        self.sha256 = hashlib.sha256(der).hexdigest().upper()
-        stem = tmp_path / unique_id("cert")
-        self.cert_file = f"{stem}.pem"
-        self.key_file = f"{stem}.key.pem"
-        with open(self.cert_file, "wb") as f:
-            f.write(self.cert.public_bytes(serialization.Encoding.PEM))
-        with open(self.key_file, "wb") as f:
-            f.write(self.key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
 
 
 @pytest.fixture(scope="session")

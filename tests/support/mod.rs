@@ -387,6 +387,42 @@ impl Default for HubOptions<'_> {
     }
 }
 
+/// A hub with its data in its own temporary directory, and a runtime for blocking tests to
+/// call its REST API with.
+pub struct HubSetup {
+    /// Declared first: the hub stops before its directory goes.
+    pub hub: Hub,
+    /// The test's directory: the hub's data and log, and whatever else the test puts there.
+    pub dir: TempDir,
+    /// A current-thread runtime for [`HubSetup::owner`] and other async calls.
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl HubSetup {
+    /// Starts a hub (log level `warn`, more `args`) in a new directory tagged `tag`.
+    pub fn start(tag: &str, args: &[&str]) -> HubSetup {
+        let dir = TempDir::new(tag);
+        let options = HubOptions {
+            rust_log: Some("warn"),
+            timeout: Duration::from_secs(20),
+            args,
+            ..HubOptions::default()
+        };
+        let hub = Hub::start(dir.path(), options);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        HubSetup { hub, dir, runtime }
+    }
+
+    /// A service REST call as `iothubowner`: the status and the JSON body.
+    pub fn owner(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.runtime
+            .block_on(self.hub.rest.call(method, path, body))
+    }
+}
+
 /// A running `edgetwin hub` (killed on drop), what its `hub.json` says, and its REST API.
 pub struct Hub {
     /// The `edgetwin hub` process.

@@ -114,7 +114,97 @@ pub struct SymmetricKeyAttestation {
     pub secondary_key: Option<Secret>,
 }
 
-/// `attestation`: symmetric keys here; `x509` and `tpm` are refused (not served yet).
+/// `attestation.x509` (DPS REST reference, `X509Attestation`): an individual enrollment's
+/// `clientCertificates` (the device's own certificate), a group's `signingCertificates` (a root
+/// or intermediate CA its devices chain to), or `caReferences` (names of certificates uploaded
+/// to the service through Azure Resource Manager; refused here, see docs/dps.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Attestation {
+    /// An individual enrollment's device certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<X509Certificates>,
+    /// An enrollment group's signing (CA) certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_certificates: Option<X509Certificates>,
+    /// Certificates uploaded to the service, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_references: Option<Value>,
+}
+
+/// `X509Certificates`: a primary and an optional secondary certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Certificates {
+    /// The primary certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<X509CertificateWithInfo>,
+    /// The secondary certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<X509CertificateWithInfo>,
+}
+
+impl X509Certificates {
+    /// The slots, primary first.
+    pub fn slots(&self) -> impl Iterator<Item = &X509CertificateWithInfo> {
+        self.primary.iter().chain(self.secondary.iter())
+    }
+}
+
+/// `X509CertificateWithInfo`: the certificate as uploaded (PEM, or base64 DER) and what the
+/// service read from it. The service shows `info` only; `certificate` goes in, never out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509CertificateWithInfo {
+    /// The certificate as uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// What the service read from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<X509CertificateInfo>,
+}
+
+/// `X509CertificateInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509CertificateInfo {
+    /// The subject's distinguished name (`CN=…, O=…`).
+    pub subject_name: String,
+    /// SHA-1 of the DER, upper-case hex.
+    pub sha1_thumbprint: String,
+    /// SHA-256 of the DER, upper-case hex.
+    pub sha256_thumbprint: String,
+    /// The issuer's distinguished name.
+    pub issuer_name: String,
+    /// The start of the validity period (ISO 8601).
+    pub not_before_utc: String,
+    /// The end of the validity period (ISO 8601).
+    pub not_after_utc: String,
+    /// The serial number, upper-case hex.
+    pub serial_number: String,
+    /// The X.509 version (3 for today's certificates).
+    pub version: u8,
+}
+
+impl X509Attestation {
+    /// The attestation as the service shows it: every `certificate` left out, its `info` kept.
+    pub fn without_certificates(&mut self) {
+        let sections = [
+            &mut self.client_certificates,
+            &mut self.signing_certificates,
+        ];
+        for certificates in sections.into_iter().flatten() {
+            for slot in [&mut certificates.primary, &mut certificates.secondary]
+                .into_iter()
+                .flatten()
+            {
+                slot.certificate = None;
+            }
+        }
+    }
+}
+
+/// `attestation`: symmetric keys or X.509 certificates; `tpm` is refused (not served yet).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttestationMechanism {
@@ -124,9 +214,9 @@ pub struct AttestationMechanism {
     /// The keys of a `symmetricKey` attestation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyAttestation>,
-    /// An `x509` attestation (kept as sent; refused).
+    /// The certificates of an `x509` attestation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x509: Option<Value>,
+    pub x509: Option<X509Attestation>,
     /// A `tpm` attestation (kept as sent; refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<Value>,
@@ -552,11 +642,17 @@ pub fn prepare(
                 }
             }
         }
-        "x509" | "tpm" => {
-            return Err(DpsError::invalid(format!(
-                "attestation type '{}' is not served by this local DPS yet (symmetricKey is)",
-                attestation.kind
-            )))
+        // the certificates are read, and checked against the record's kind, by the service
+        "x509" if attestation.x509.is_none() => {
+            return Err(DpsError::invalid(
+                "attestation.x509 is missing for attestation type 'x509'",
+            ))
+        }
+        "x509" => {}
+        "tpm" => {
+            return Err(DpsError::invalid(
+                "attestation type 'tpm' is not served by this local DPS yet (symmetricKey and x509 are)",
+            ))
         }
         "" => return Err(DpsError::invalid("attestation.type is missing")),
         other => {
@@ -827,7 +923,8 @@ mod tests {
                 .message
         };
         let sym = json!({"type": "symmetricKey"});
-        assert!(refused(json!({"attestation": {"type": "x509"}})).contains("x509"));
+        assert!(refused(json!({"attestation": {"type": "x509"}})).contains("attestation.x509"));
+        assert!(refused(json!({"attestation": {"type": "tpm"}})).contains("tpm"));
         assert!(refused(json!({})).contains("attestation.type"));
         assert!(
             refused(json!({"attestation": sym, "provisioningStatus": "on"}))
@@ -844,6 +941,27 @@ mod tests {
             json!({"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "@@"}}})
         )
         .contains("base64"));
+    }
+
+    #[test]
+    fn an_x509_attestation_is_shown_with_its_info_and_without_its_certificates() {
+        let body = json!({"type": "x509", "x509": {
+            "clientCertificates": {"primary": {"certificate": "-----BEGIN CERTIFICATE-----"}},
+            "signingCertificates": {"secondary": {"certificate": "x", "info": {
+                "subjectName": "CN=root", "sha1Thumbprint": "AB", "sha256Thumbprint": "CD",
+                "issuerName": "CN=root", "notBeforeUtc": "2030-01-01T00:00:00Z",
+                "notAfterUtc": "2031-01-01T00:00:00Z", "serialNumber": "01", "version": 3}}}
+        }});
+        let mut attestation: AttestationMechanism = serde_json::from_value(body).unwrap();
+        let x509 = attestation.x509.as_mut().unwrap();
+        x509.without_certificates();
+        assert_eq!(
+            serde_json::to_value(&attestation).unwrap()["x509"],
+            json!({"clientCertificates": {"primary": {}}, "signingCertificates": {"secondary": {"info": {
+                "subjectName": "CN=root", "sha1Thumbprint": "AB", "sha256Thumbprint": "CD",
+                "issuerName": "CN=root", "notBeforeUtc": "2030-01-01T00:00:00Z",
+                "notAfterUtc": "2031-01-01T00:00:00Z", "serialNumber": "01", "version": 3}}}})
+        );
     }
 
     #[test]

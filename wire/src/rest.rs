@@ -735,6 +735,10 @@ pub enum ErrorCode {
     JobAlreadyExists,
     /// 412001.
     PreconditionFailed,
+    /// 412002: a cloud-to-device message completed, rejected or abandoned with a lock token
+    /// that is not (or no longer) its lock (.NET `DeviceMessageLockLostException`; the
+    /// troubleshooting page "412002 DeviceMessageLockLost").
+    DeviceMessageLockLost,
     /// 413001.
     MessageTooLarge,
     /// 413002.
@@ -751,7 +755,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::ArgumentInvalid,
         ErrorCode::ArgumentNull,
         ErrorCode::IotHubFormatError,
@@ -774,6 +778,7 @@ impl ErrorCode {
         ErrorCode::ConfigurationAlreadyExists,
         ErrorCode::JobAlreadyExists,
         ErrorCode::PreconditionFailed,
+        ErrorCode::DeviceMessageLockLost,
         ErrorCode::MessageTooLarge,
         ErrorCode::TooManyDevices,
         ErrorCode::ThrottlingException,
@@ -811,6 +816,7 @@ impl ErrorCode {
             ErrorCode::ConfigurationAlreadyExists => "ConfigurationAlreadyExists",
             ErrorCode::JobAlreadyExists => "JobAlreadyExists",
             ErrorCode::PreconditionFailed => "PreconditionFailed",
+            ErrorCode::DeviceMessageLockLost => "DeviceMessageLockLost",
             ErrorCode::MessageTooLarge => "MessageTooLarge",
             ErrorCode::TooManyDevices => "TooManyDevices",
             ErrorCode::ThrottlingException => "ThrottlingException",
@@ -845,6 +851,7 @@ impl ErrorCode {
             ErrorCode::ConfigurationAlreadyExists => 409302,
             ErrorCode::JobAlreadyExists => 409303,
             ErrorCode::PreconditionFailed => 412001,
+            ErrorCode::DeviceMessageLockLost => 412002,
             ErrorCode::MessageTooLarge => 413001,
             ErrorCode::TooManyDevices => 413002,
             ErrorCode::ThrottlingException => 429001,

@@ -109,6 +109,7 @@ fn to_queue(message: &Message<Body<Value>>, now_ms: i64) -> Result<(String, C2dM
             .map(|b| String::from_utf8_lossy(&b).into_owned()),
         content_type: properties.content_type.map(|s| s.0),
         content_encoding: properties.content_encoding.map(|s| s.0),
+        expiry_requested: properties.absolute_expiry_time.is_some(),
         expiry_ms: c2d::expiry(
             now_ms,
             properties.absolute_expiry_time.map(|t| t.milliseconds()),

@@ -9,6 +9,7 @@
 mod c2d;
 mod cbs;
 mod eventhub;
+mod feedback;
 mod padding;
 
 use std::net::SocketAddr;
@@ -202,6 +203,12 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .build();
+    // Feedback goes out unsettled, for the service to settle; the receiver settles first.
+    let feedback_acceptor = LinkAcceptor::builder()
+        .fallback_sender_settle_mode(SenderSettleMode::Unsettled)
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .build();
     let nodes = Arc::new(cbs::ReplyLinks::default());
     let mut links = JoinSet::new();
     while let Some(attach) = session.next_incoming_attach().await {
@@ -212,9 +219,14 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
         };
         let segments = address_segments(&wanted.address);
         let devicebound = c2d::is_devicebound(&segments);
+        let feedback = feedback::is_feedback(&segments);
         tracing::debug!(address = %wanted.address, devicebound, "AMQP link attaching");
         let accepted = if devicebound {
             devicebound_acceptor
+                .accept_incoming_attach(attach, &mut session)
+                .await
+        } else if feedback {
+            feedback_acceptor
                 .accept_incoming_attach(attach, &mut session)
                 .await
         } else {
@@ -231,6 +243,9 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
         let nodes = nodes.clone();
         links.spawn(async move {
             match endpoint {
+                LinkEndpoint::Sender(sender) if feedback => {
+                    feedback::serve_receiver_link(sender, &segments, &connection).await
+                }
                 LinkEndpoint::Sender(sender) => {
                     eventhub::serve_sender(sender, &wanted, &connection, &nodes).await
                 }

@@ -104,6 +104,7 @@ where
             &hub,
             &connect,
             username,
+            &chain,
             &mut reader,
             &mut writer,
             authenticated,
@@ -651,8 +652,9 @@ impl Session {
         let device_id = self.key.device_id.clone();
         self.hub
             .write(move |tx| {
+                let now_ms = ids::now_unix_ms();
                 for sequence in sequences {
-                    c2d_queue::complete(tx, &device_id, sequence)?;
+                    c2d_queue::complete(tx, &device_id, sequence, now_ms)?;
                 }
                 Ok(())
             })
@@ -665,9 +667,10 @@ impl Session {
         self.faults.take(operation).map(|fault| fault.error())
     }
 
-    /// Routes a telemetry message or module output, logs it, and hands it to the group commit
-    /// for its Event Hub-compatible partition without waiting: the PUBACK (QoS 1) goes out once
-    /// it is stored, in the order of the packets.
+    /// Routes a telemetry message or module output, logs it, and hands what goes upstream to the
+    /// group commit for its Event Hub-compatible partition without waiting: the PUBACK (QoS 1)
+    /// goes out once it is stored (at once for a module message no route sends upstream), in the
+    /// order of the packets.
     async fn submit_telemetry(
         &mut self,
         publish: Publish,
@@ -691,8 +694,8 @@ impl Session {
                 .push(("mqtt-retain".to_owned(), Some("true".to_owned())));
         }
         let payload = &publish.payload;
-        if self.key.module_id.is_some() {
-            routing::route(
+        let upstream = self.key.module_id.is_none()
+            || routing::route(
                 &self.hub,
                 &RoutedMessage {
                     device_id: &self.key.device_id,
@@ -701,14 +704,16 @@ impl Session {
                     properties: &properties,
                     payload,
                 },
-            );
-        }
+            )
+            .upstream;
         let accepted = self
             .hub
-            .accept_telemetry(&self.key, output, properties.0, payload)
+            .accept_telemetry(&self.key, output, properties.0, payload, upstream)
             .await;
         let outcome = match accepted {
-            Ok(committing) => Outcome::Committing(committing),
+            Ok(Some(committing)) => Outcome::Committing(committing),
+            // a module's message that stays on the edge: nothing to store, acknowledged at once
+            Ok(None) => Outcome::Decided(Some(Ok(0))),
             Err(error) => Outcome::Decided(Some(Err(error))),
         };
         InFlight {

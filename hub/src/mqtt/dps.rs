@@ -2,7 +2,8 @@
 //! CONNECT whose username is `{idScope}/registrations/{registrationId}/api-version=…` is a
 //! device registering, not an IoT Hub client (Microsoft Learn, "Communicate with DPS using the
 //! MQTT protocol"): client id = registration id, password a SAS token for
-//! `{idScope}/registrations/{registrationId}` (`skn=registration` for a group-derived key). The
+//! `{idScope}/registrations/{registrationId}` (`skn=registration` for a group-derived key), or no
+//! password and the TLS client certificate for X.509 attestation ([`crate::dps_x509`]). The
 //! device subscribes to `$dps/registrations/res/#`, publishes `iotdps-register`, then polls
 //! `iotdps-get-operationstatus`; each answer is published on
 //! `$dps/registrations/res/{status}/?$rid=…[&retry-after=…]`. DPS keeps no sessions.
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::frame::{write_packet, ConnectionEnd, PacketReader, MAX_KEEP_ALIVE};
 use crate::dps::Attested;
 use crate::hub::Hub;
+use crate::x509::ClientChain;
 
 /// Serves a registering device whose CONNECT named `username` until it disconnects; a CONNECT
 /// that does not attest is answered CONNACK 5 (not authorized), as DPS answers it.
@@ -31,6 +33,7 @@ pub(super) async fn serve<R, W>(
     hub: &Hub,
     connect: &Connect,
     username: Username,
+    chain: &ClientChain,
     reader: &mut PacketReader<R>,
     writer: &mut W,
     authenticated: impl FnOnce(),
@@ -39,7 +42,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let attested = match attest(hub, connect, &username) {
+    let attested = match attest(hub, connect, &username, chain) {
         Ok(attested) => attested,
         Err(code) => {
             write_packet(writer, Packet::ConnAck(ConnAck::new(code, false))).await?;
@@ -116,11 +119,13 @@ where
     }
 }
 
-/// The CONNECT's attestation, or the CONNACK code that refuses it.
+/// The CONNECT's attestation, or the CONNACK code that refuses it: a SAS token in the password,
+/// or, with no password (the SDKs send none for X.509), the client certificate `chain`.
 fn attest(
     hub: &Hub,
     connect: &Connect,
     username: &Username,
+    chain: &ClientChain,
 ) -> Result<Attested, ConnectReturnCode> {
     let refuse = |why: &str| {
         tracing::info!(client_id = %connect.client_id, reason = why, "DPS CONNECT refused");
@@ -134,12 +139,16 @@ fn attest(
         .as_ref()
         .map(|l| l.password.as_str())
         .unwrap_or("");
-    let token = SasToken::parse(password).map_err(|_| refuse("password is not a SAS token"))?;
-    hub.dps_attest(&username.id_scope, &username.registration_id, &token)
-        .map_err(|error| match error.http_status() {
-            500.. => ConnectReturnCode::ServiceUnavailable,
-            _ => ConnectReturnCode::NotAuthorized,
-        })
+    let attested = if password.is_empty() && chain.leaf().is_some() {
+        hub.dps_attest_x509(&username.id_scope, &username.registration_id, chain)
+    } else {
+        let token = SasToken::parse(password).map_err(|_| refuse("password is not a SAS token"))?;
+        hub.dps_attest(&username.id_scope, &username.registration_id, &token)
+    };
+    attested.map_err(|error| match error.http_status() {
+        500.. => ConnectReturnCode::ServiceUnavailable,
+        _ => ConnectReturnCode::NotAuthorized,
+    })
 }
 
 /// The response to one request: a registration's `assigning` status (202, with `retry-after`),

@@ -1,9 +1,8 @@
 //! The device-facing HTTPS endpoints, from the device's own token or a policy with
 //! `DeviceConnect`: `POST /devices/{id}/messages/events`, device-to-cloud messages as IoT Hub's
 //! "Send Device Event" takes them (204 No Content once stored, in the message log and the Event
-//! Hub-compatible endpoint, as MQTT telemetry), and `GET /devices/{id}/messages/deviceBound`,
-//! the device's cloud-to-device queue, which is always empty: cloud-to-device messages are sent
-//! over AMQP, which the hub does not serve yet, so 204 (no message) is IoT Hub's answer too. Application properties come as `iothub-app-{name}`
+//! Hub-compatible endpoint, as MQTT telemetry), and `/devices/{id}/messages/deviceBound`, the
+//! device's cloud-to-device queue ([`super::device_bound`]). Application properties come as `iothub-app-{name}`
 //! headers and system properties as `iothub-messageid`, `iothub-correlationid`, `iothub-userid`,
 //! `iothub-contenttype`, `iothub-contentencoding`; they are kept as MQTT's property bag names them
 //! (`$.mid`, `$.cid`, `$.uid`, `$.ct`, `$.ce`), so the log reads the same whichever protocol sent.
@@ -34,9 +33,9 @@ const SYSTEM_PROPERTIES: [(&str, &str); 5] = [
 /// The prefix of an application property's header.
 const APP_PREFIX: &str = "iothub-app-";
 
-/// Routes `POST /devices/{id}/messages/events` and `GET /devices/{id}/messages/deviceBound`.
+/// Routes `POST /devices/{id}/messages/events` and `/devices/{id}/messages/deviceBound…`.
 pub async fn route(hub: &Hub, request: &Request, segments: &[&str]) -> Result<Reply, ApiError> {
-    let [_, device_id, _, queue] = segments else {
+    let [_, device_id, _, queue, rest @ ..] = segments else {
         return Err(not_found(request));
     };
     match &request.caller {
@@ -46,9 +45,11 @@ pub async fn route(hub: &Hub, request: &Request, segments: &[&str]) -> Result<Re
     if hub.read(|tx| Ok(tx.device(device_id)?.is_none()))? {
         return Err(crate::registry::device_not_found(device_id));
     }
-    match (*queue, &request.method) {
-        ("events", &Method::POST) => send_event(hub, request, device_id).await,
-        ("deviceBound", &Method::GET) => Reply::no_content(),
+    if queue.eq_ignore_ascii_case("deviceBound") {
+        return super::device_bound::route(hub, request, device_id, rest).await;
+    }
+    match (*queue, rest, &request.method) {
+        ("events", [], &Method::POST) => send_event(hub, request, device_id).await,
         _ => Err(not_found(request)),
     }
 }
@@ -81,8 +82,8 @@ async fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Rep
     let mut stored = Vec::with_capacity(messages.len());
     for (properties, payload) in messages {
         let properties = properties.into_iter().collect();
-        stored.push(
-            hub.accept_telemetry(&key, None, properties, &payload)
+        stored.extend(
+            hub.accept_telemetry(&key, None, properties, &payload, true)
                 .await?,
         );
     }

@@ -84,6 +84,7 @@ async fn patch(hub: &Arc<Hub>, request: &Request, id: &str) -> Result<Reply, Api
         body: None,
         etag: twin.etag,
         headers: Vec::new(),
+        message: None,
     })
 }
 

@@ -24,6 +24,7 @@ use crate::dps::{Put, Record};
 use crate::hub::{Caller, Hub};
 use crate::ids;
 use crate::store::DpsTable;
+use crate::x509::ClientChain;
 
 /// Most records in one query page unless `x-ms-max-item-count` asks for fewer.
 const MAX_PAGE: usize = 1000;
@@ -92,13 +93,24 @@ async fn device(
             ..
         } => (id_scope.clone(), registration_id.clone()),
     };
-    let token = request
+    let authorization = request
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| SasToken::parse(v).ok())
-        .ok_or_else(DpsError::unauthorized)?;
-    let attested = hub.dps_attest(&id_scope, &registration_id, &token)?;
+        .and_then(|v| v.to_str().ok());
+    // no token and a client certificate from the TLS handshake: X.509 attestation
+    let chain = request
+        .extensions()
+        .get::<ClientChain>()
+        .filter(|chain| chain.leaf().is_some());
+    let attested = match (authorization, chain) {
+        (None, Some(chain)) => hub.dps_attest_x509(&id_scope, &registration_id, chain)?,
+        _ => {
+            let token = authorization
+                .and_then(|v| SasToken::parse(v).ok())
+                .ok_or_else(DpsError::unauthorized)?;
+            hub.dps_attest(&id_scope, &registration_id, &token)?
+        }
+    };
     *authenticated = true;
     let method = request.method().clone();
     let body = crate::http::read_body(request.into_body(), 64 * 1024)
@@ -229,7 +241,7 @@ async fn record<R: Record>(hub: &Hub, request: &Request, rest: &[&str]) -> Resul
                 })
                 .await?;
             let etag = stored.common().etag.clone();
-            Ok(reply(StatusCode::OK, &stored)?.with_etag(etag))
+            Ok(reply(StatusCode::OK, &without_certificates(stored))?.with_etag(etag))
         }
         [id] if method == Method::DELETE => {
             require(request, "EnrollmentWrite")?;
@@ -243,7 +255,7 @@ async fn record<R: Record>(hub: &Hub, request: &Request, rest: &[&str]) -> Resul
                 && attestation.eq_ignore_ascii_case("attestationmechanism") =>
         {
             require(request, "EnrollmentRead")?;
-            let record: R = hub.read(|tx| Ok(crate::dps::get(tx, id)))??;
+            let record: R = without_certificates(hub.read(|tx| Ok(crate::dps::get(tx, id)))??);
             reply(StatusCode::OK, &record.common().attestation)
         }
         _ => Err(not_found(request)),
@@ -252,10 +264,21 @@ async fn record<R: Record>(hub: &Hub, request: &Request, rest: &[&str]) -> Resul
 
 /// A record as `GET` and queries show it: without its symmetric keys, which only its creation
 /// and `…/attestationmechanism` reveal (hence the Azure CLI's `--show-keys`, which asks for the
-/// attestation mechanism after the `GET`).
-fn without_keys<R: Record>(mut record: R) -> R {
+/// attestation mechanism after the `GET`), and without the certificates of an X.509
+/// attestation, of which DPS shows only the `info` it read from them.
+fn without_keys<R: Record>(record: R) -> R {
+    let mut record = without_certificates(record);
     if let Some(keys) = record.common_mut().attestation.symmetric_key.as_mut() {
         *keys = Default::default();
+    }
+    record
+}
+
+/// A record as every answer shows it: an X.509 attestation's certificates go in, never out
+/// (see [`dps::X509CertificateWithInfo`]).
+fn without_certificates<R: Record>(mut record: R) -> R {
+    if let Some(x509) = record.common_mut().attestation.x509.as_mut() {
+        x509.without_certificates();
     }
     record
 }

@@ -4,6 +4,7 @@
 //! leaves below (http, error, ids); never on the console, MQTT or the front door.
 
 mod configurations;
+mod device_bound;
 mod device_messages;
 mod digital_twins;
 mod dps;
@@ -165,6 +166,9 @@ pub struct Reply {
     pub etag: Option<String>,
     /// Further response headers (`x-ms-item-type`, `x-ms-continuation` of queries).
     pub headers: Vec<(&'static str, String)>,
+    /// A message as the body instead of JSON: its bytes and its headers (a cloud-to-device
+    /// message received over HTTPS).
+    pub message: Option<(Vec<(String, String)>, Bytes)>,
 }
 
 impl Reply {
@@ -178,6 +182,7 @@ impl Reply {
             ),
             etag: None,
             headers: Vec::new(),
+            message: None,
         })
     }
 
@@ -188,6 +193,7 @@ impl Reply {
             body: None,
             etag: None,
             headers: Vec::new(),
+            message: None,
         })
     }
 
@@ -303,12 +309,25 @@ fn reply_response(response: Reply) -> hyper::Response<Full<Bytes>> {
     for (name, value) in response.headers {
         builder = builder.header(name, value);
     }
-    let body = match response.body {
-        Some(body) => {
+    let body = match (response.body, response.message) {
+        (_, Some((headers, body))) => {
+            for (name, value) in headers {
+                match (
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                    hyper::header::HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    (Ok(name), Ok(value)) => builder = builder.header(name, value),
+                    _ => tracing::info!(name, "a message property that is no HTTP header left out"),
+                }
+            }
+            builder = builder.header("Content-Type", "application/octet-stream");
+            body
+        }
+        (Some(body), None) => {
             builder = builder.header("Content-Type", "application/json; charset=utf-8");
             Bytes::from(body.to_string())
         }
-        None => Bytes::new(),
+        (None, None) => Bytes::new(),
     };
     builder
         .body(Full::new(body))

@@ -78,7 +78,7 @@ pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Resul
             request.require(Permission::ServiceConnect)?;
             let device_id = (*id).to_owned();
             let purged = hub
-                .write(move |tx| crate::c2d_queue::purge(tx, &device_id))
+                .write(move |tx| crate::c2d_queue::purge(tx, &device_id, crate::ids::now_unix_ms()))
                 .await?;
             Reply::ok(serde_json::json!({"totalMessagesPurged": purged, "deviceId": id}))
         }

@@ -1,52 +1,26 @@
 // X.509 devices judged by azure-iot-device with azure-iot-device-mqtt, unchanged: a connection
 // string with `x509=true` and `setOptions({ cert, key })`, over MQTT and MQTT over WebSockets.
-// The certificates are made with the openssl CLI; CA-signed ones are signed with the hub's own CA
-// (its key is beside ca.pem in the hub's data directory).
+// The certificates are made with the openssl CLI (certs.js); CA-signed ones are signed with the
+// hub's own CA.
 'use strict';
 
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
-const crypto = require('node:crypto');
-const { execFileSync } = require('node:child_process');
-const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
 const { Client } = require('azure-iot-device');
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Message, NoRetry } = require('azure-iot-common');
 const { info, uniqueId, registryWithCleanup } = require('./hub');
+const { certificate } = require('./certs');
 
 const fixture = registryWithCleanup();
 const { registry } = fixture;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'edgetwin-node-x509-'));
 const opened = [];
 after(async () => {
   for (const client of opened) {
     try { await client.close(); } catch (_) { /* closed or refused */ }
   }
   await fixture.cleanup();
-  fs.rmSync(dir, { recursive: true, force: true });
 });
-
-/** A P-256 certificate for `cn` and its key (PEM), self-signed or signed by the hub's CA. */
-function certificate(cn, signedByHubCa = false) {
-  const stem = path.join(dir, uniqueId('cert'));
-  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${stem}.key`];
-  if (signedByHubCa) {
-    const caDir = path.dirname(info.caCertificate);
-    execFileSync('openssl', ['req', '-new', ...key, '-subj', `/CN=${cn}`, '-out', `${stem}.csr`], { stdio: 'ignore' });
-    // an X.509 v3 certificate (with an extension): webpki, like most TLS stacks today, takes no v1
-    fs.writeFileSync(`${stem}.ext`, 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n');
-    execFileSync('openssl', ['x509', '-req', '-in', `${stem}.csr`, '-CA', info.caCertificate,
-      '-CAkey', path.join(caDir, 'ca.key.pem'), '-set_serial', '1', '-days', '1', '-extfile', `${stem}.ext`,
-      '-out', `${stem}.pem`], { stdio: 'ignore' });
-  } else {
-    execFileSync('openssl', ['req', '-x509', ...key, '-subj', `/CN=${cn}`, '-days', '1', '-out', `${stem}.pem`], { stdio: 'ignore' });
-  }
-  const cert = fs.readFileSync(`${stem}.pem`, 'utf8');
-  const thumbprint = new crypto.X509Certificate(cert).fingerprint256.replace(/:/g, '');
-  return { cert, key: fs.readFileSync(`${stem}.key`, 'utf8'), thumbprint };
-}
 
 async function x509Device(authentication) {
   const deviceId = uniqueId('node-x509');

@@ -1,0 +1,246 @@
+//! Telemetry throughput through the hub (not a timed test): MQTT in, the Event Hub-compatible
+//! endpoint out. Against a fresh `edgetwin hub` (ports 0):
+//!
+//! 1. D devices connect over MQTT/TLS and each publishes its share of N telemetry messages at
+//!    QoS 1, keeping W unacknowledged at a time (a PUBACK comes after the message's group commit
+//!    is fsynced: every acknowledged message is on disk);
+//! 2. meanwhile one AMQP/TLS connection (SASL PLAIN with a service token, as Event Hubs clients
+//!    may authenticate) receives on the 4 partitions of `$Default` from the start of the stream;
+//! 3. printed: messages/s in (first publish to last PUBACK), messages/s out (first publish to
+//!    last delivery), latency publish → delivery (p50, p99), the hub's RSS after, and the RSS
+//!    each idle receiver adds (C more receivers attached and waiting, measured after).
+//!
+//! ```text
+//! cargo bench --bench event_hub -- --messages 100000 --devices 16 --window 200 --consumers 400
+//! ```
+//!
+//! Release build of the hub (`cargo bench` builds it: see `support::edgetwin`).
+
+use edgetwin_test_support as support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use edgetwin_wire::sas::generate_token;
+use edgetwin_wire::Secret;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::{Body, Source};
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::{Connection, Receiver, Session};
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::QoS;
+use serde_amqp::described::Described;
+use serde_amqp::descriptor::Descriptor;
+use support::{load_average, read_packet, tls_connect, tls_trusting, Hub, HubOptions, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The Event Hubs filter that names where a receiver starts.
+const SELECTOR: &str = "apache.org:selector-filter:string";
+
+/// Microseconds since the Unix epoch: the publish time written into each message's body.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Publishes `count` messages as device `id` (key `key`), `window` unacknowledged at most;
+/// returns when the last PUBACK came.
+async fn publish(hub: Arc<Hub>, id: String, key: String, count: usize, window: usize) {
+    let (stream, code) = support::mqtt_connect(&hub, &id, None, &key).await;
+    assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let permits = Arc::new(tokio::sync::Semaphore::new(window));
+    let acks = {
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let mut buffer = BytesMut::new();
+            let mut acked = 0;
+            while acked < count {
+                if let Packet::PubAck(_) = read_packet(&mut reader, &mut buffer).await {
+                    acked += 1;
+                    permits.add_permits(1);
+                }
+            }
+            // keep the read half until the end: dropping it would not close the connection
+            let _ = reader.read(&mut [0u8; 0]).await;
+        })
+    };
+    let topic = format!("devices/{id}/messages/events/");
+    for n in 0..count {
+        permits.acquire().await.unwrap().forget();
+        let mut publish = Publish::new(&topic, QoS::AtLeastOnce, format!("{} {n}", now_micros()));
+        publish.pkid = (n % 65_000 + 1) as u16;
+        let mut out = BytesMut::new();
+        Packet::Publish(publish)
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        writer.write_all(&out).await.unwrap();
+    }
+    acks.await.unwrap();
+}
+
+/// An AMQP connection to the hub's Event Hub-compatible endpoint as `service` (SASL PLAIN with
+/// a token) and a session on it.
+async fn amqp_session(
+    hub: &Hub,
+) -> (
+    fe2o3_amqp::connection::ConnectionHandle<()>,
+    fe2o3_amqp::session::SessionHandle<()>,
+) {
+    let host = hub.host_name().to_owned();
+    let stream = tls_connect(hub.amqp_port(), tls_trusting(&hub.ca()), host.clone())
+        .await
+        .expect("TLS to the AMQP port");
+    let key = hub.info["policies"]["service"].as_str().unwrap();
+    let token = generate_token(
+        &Secret::new(key),
+        &host,
+        support::unix_now() as u64 + 3600,
+        Some("service"),
+    )
+    .unwrap();
+    let mut connection = Connection::builder()
+        .container_id("bench-event-hub")
+        .hostname(host.as_str())
+        .sasl_profile(SaslProfile::Plain {
+            username: format!("service@sas.root.{host}"),
+            password: token.expose().to_owned(),
+        })
+        .open_with_stream(stream)
+        .await
+        .expect("AMQP open");
+    let session = Session::begin(&mut connection).await.expect("AMQP begin");
+    (connection, session)
+}
+
+/// The address of partition `partition` of `$Default`.
+fn partition_address(hub: &Hub, partition: usize) -> String {
+    let name = hub.info["eventHubName"].as_str().unwrap();
+    format!("{name}/ConsumerGroups/$Default/Partitions/{partition}")
+}
+
+fn percentile(sorted: &[u64], fraction: f64) -> f64 {
+    sorted[((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn main() {
+    let [messages, devices, window, consumers] = support::number_args([
+        ("--messages", 100_000),
+        ("--devices", 16),
+        ("--window", 200),
+        ("--consumers", 400),
+    ]);
+    let load_before = load_average();
+    let dir = TempDir::new("bench-event-hub");
+    let hub = Arc::new(Hub::start(dir.path(), HubOptions::default()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let each = messages / devices;
+    let total = each * devices;
+    let (in_secs, out_secs, mut latencies) = runtime.block_on(async {
+        let mut keys = Vec::new();
+        for d in 0..devices {
+            let id = format!("bench-{d}");
+            keys.push((id.clone(), hub.rest.create_device(&id).await));
+        }
+        let (_connection, mut session) = amqp_session(&hub).await;
+        let (latency_tx, mut latency_rx) = tokio::sync::mpsc::unbounded_channel();
+        for partition in 0..4 {
+            let mut receiver = Receiver::attach(
+                &mut session,
+                format!("bench-{partition}"),
+                partition_address(&hub, partition),
+            )
+            .await
+            .expect("attach a partition receiver");
+            let latency_tx = latency_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
+                    let received = now_micros();
+                    let sent = match delivery.body() {
+                        Body::Data(data) => {
+                            let text = String::from_utf8_lossy(&data[0].0);
+                            text.split(' ').next().unwrap().parse::<u64>().unwrap()
+                        }
+                        other => panic!("not a data body: {other:?}"),
+                    };
+                    let _ = receiver.accept(&delivery).await;
+                    if latency_tx.send(received.saturating_sub(sent)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let started = Instant::now();
+        let publishers: Vec<_> = keys
+            .into_iter()
+            .map(|(id, key)| tokio::spawn(publish(hub.clone(), id, key, each, window)))
+            .collect();
+        for publisher in publishers {
+            publisher.await.unwrap();
+        }
+        let in_secs = started.elapsed().as_secs_f64();
+        let mut latencies = Vec::with_capacity(total);
+        while latencies.len() < total {
+            match tokio::time::timeout(Duration::from_secs(60), latency_rx.recv()).await {
+                Ok(Some(latency)) => latencies.push(latency),
+                _ => panic!("{} of {total} messages received", latencies.len()),
+            }
+        }
+        (in_secs, started.elapsed().as_secs_f64(), latencies)
+    });
+    let (rss_kib, peak_kib) = hub.proc.memory_kib();
+    // idle receivers: attached from the end of the stream, waiting
+    let idle_kib = runtime.block_on(async {
+        let (_connection, mut session) = amqp_session(&hub).await;
+        let mut idle = Vec::with_capacity(consumers);
+        for n in 0..consumers {
+            let receiver = Receiver::builder()
+                .name(format!("idle-{n}"))
+                .source(
+                    Source::builder()
+                        .address(partition_address(&hub, n % 4))
+                        .add_to_filter(
+                            SELECTOR,
+                            Described {
+                                descriptor: Descriptor::Name(SELECTOR.into()),
+                                value: Value::String(
+                                    "amqp.annotation.x-opt-offset > '@latest'".into(),
+                                ),
+                            },
+                        )
+                        .build(),
+                )
+                .attach(&mut session)
+                .await
+                .expect("attach an idle receiver");
+            idle.push(receiver);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (with_idle, _) = hub.proc.memory_kib();
+        drop(idle);
+        with_idle.saturating_sub(rss_kib)
+    });
+    latencies.sort_unstable();
+    println!("| messages | devices | window | in (msg/s) | out (msg/s) | p50 / p99 latency (ms) | hub RSS after (peak) | per idle receiver |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {total} | {devices} | {window} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} MiB ({:.1} MiB) | {:.1} KiB ({consumers} attached) |",
+        total as f64 / in_secs,
+        total as f64 / out_secs,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        rss_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0,
+        idle_kib as f64 / consumers as f64,
+    );
+    println!(
+        "load average before: {load_before}; after: {}",
+        load_average()
+    );
+}
