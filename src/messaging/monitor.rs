@@ -63,7 +63,7 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
     /// Stop after N events (those the filters keep).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after SECS without an event; with --count, fewer than N events is an error.
     #[arg(long, value_name = "SECS")]
