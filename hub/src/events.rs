@@ -13,9 +13,114 @@ pub const PARTITIONS: u32 = 4;
 /// The consumer group every Event Hub has.
 pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
-/// Most events kept per partition; older ones are dropped first (IoT Hub keeps them for a
-/// retention time of 1 to 7 days instead).
-pub const RETAINED_PER_PARTITION: i64 = 100_000;
+/// Most consumer groups of the endpoint, `$Default` included: IoT Hub's ("Each IoT hub can have
+/// up to 20 consumer groups", iot-hub-devguide-messages-read-builtin; whether `$Default` counts
+/// is not said, and here it does).
+pub const MAX_CONSUMER_GROUPS: usize = 20;
+
+/// Longest consumer group name (ARM's `Microsoft.Devices/IotHubs/eventHubEndpoints/ConsumerGroups`
+/// reference: "Character limit: 1-50").
+const MAX_CONSUMER_GROUP_NAME: usize = 50;
+
+/// Why `name` cannot name a new consumer group, if it cannot: IoT Hub's rules (1 to 50
+/// characters, "Alphanumerics, hyphens, periods, and underscores", the ARM template reference of
+/// `Microsoft.Devices/IotHubs/eventHubEndpoints/ConsumerGroups`). `$Default` exists already and
+/// is not created.
+pub fn check_consumer_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > MAX_CONSUMER_GROUP_NAME {
+        return Err(format!(
+            "consumer group name '{name}' must be 1 to {MAX_CONSUMER_GROUP_NAME} characters long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        return Err(format!(
+            "consumer group name '{name}' has '{bad}': IoT Hub takes letters, digits, '-', '.' and '_' only"
+        ));
+    }
+    Ok(())
+}
+
+/// How long and how much the endpoint keeps: events older than the retention time, and the
+/// oldest of a partition beyond its share of the byte bound, are pruned, oldest first (a
+/// partition always loses a prefix, so its sequence numbers stay contiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long an event is kept, in milliseconds (IoT Hub: 1 to 7 days, 1 by default).
+    pub max_age_ms: i64,
+    /// Most bytes the whole endpoint keeps (each partition a [`PARTITIONS`]th), counted as
+    /// offsets count them (body and properties, plus one per event).
+    pub max_bytes: i64,
+}
+
+/// What a partition keeps at one instant: events enqueued at or after `oldest_ms` whose offset
+/// is at least `lowest_offset`; an event below either bound is pruned, with every event before
+/// it in its partition (the store's `prune_events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// The oldest enqueued time kept, in milliseconds since the Unix epoch.
+    pub oldest_ms: i64,
+    /// The lowest offset kept.
+    pub lowest_offset: i64,
+}
+
+impl Retention {
+    /// IoT Hub's default retention time: 1 day ("The default is one day, but it can be
+    /// increased to seven days", iot-hub-devguide-messages-read-builtin).
+    pub const DEFAULT_DAYS: u32 = 1;
+    /// The byte bound by default: 1 GiB for the endpoint (IoT Hub has none besides its tier's
+    /// quotas; this one bounds the disk a busy local hub takes).
+    pub const DEFAULT_BYTES: i64 = 1 << 30;
+
+    /// A retention of `days` days and `max_bytes` bytes.
+    pub fn new(days: u32, max_bytes: i64) -> Self {
+        Retention {
+            max_age_ms: i64::from(days) * 24 * 3600 * 1000,
+            max_bytes,
+        }
+    }
+
+    /// What a partition whose next event would get offset `next_offset` keeps at `now_ms`: the
+    /// suffix of its events that is younger than the retention time and fits its share of the
+    /// byte bound.
+    pub fn kept(&self, now_ms: i64, next_offset: i64) -> Kept {
+        Kept {
+            oldest_ms: now_ms.saturating_sub(self.max_age_ms),
+            lowest_offset: next_offset.saturating_sub(self.max_bytes / i64::from(PARTITIONS)),
+        }
+    }
+}
+
+/// Parses a size as `--retention-bytes` takes it: bytes, or a number with `K`, `M`, `G` or `T`
+/// (powers of 1024; `KiB`, `MB`… alike); the error says what is wrong.
+pub fn parse_size(text: &str) -> Result<i64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (bytes, or a number with K, M, G or T)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches(['B', 'I'])
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("'{text}': unit '{unit}' is not one of K, M, G, T")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("'{text}' must be more than 0 and less than 8 EiB"))
+}
 
 /// The partition of a device's messages: always the same one for a device (modules share their
 /// device's), as IoT Hub keeps a device's messages in order in one partition. IoT Hub's hash is
@@ -229,6 +334,60 @@ mod tests {
             "amqp.annotation.x-opt-sequence-number > 'x'",
         ] {
             assert!(StartAt::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn consumer_group_names_follow_iot_hubs_rules() {
+        for good in ["a", "monitor-1", "stream.analytics_2", &"x".repeat(50)] {
+            assert_eq!(check_consumer_group_name(good), Ok(()), "{good}");
+        }
+        let too_long = check_consumer_group_name(&"x".repeat(51)).unwrap_err();
+        assert!(too_long.contains("1 to 50 characters"), "{too_long}");
+        assert!(check_consumer_group_name("").is_err());
+        for bad in ["$Default", "with space", "slash/y", "é"] {
+            let why = check_consumer_group_name(bad).unwrap_err();
+            assert!(why.contains("letters, digits"), "{bad}: {why}");
+        }
+    }
+
+    #[test]
+    fn retention_keeps_what_is_younger_than_the_time_and_within_the_partitions_share_of_bytes() {
+        let day = 24 * 3600 * 1000;
+        let now = 1_700_000_000_000;
+        let retention = Retention::new(1, 4000);
+        // a partition whose next offset is 10_000 keeps its last 1000 bytes (4000 / 4 partitions)
+        // and what was enqueued in the last day
+        assert_eq!(
+            retention.kept(now, 10_000),
+            Kept {
+                oldest_ms: now - day,
+                lowest_offset: 9000
+            }
+        );
+        // an hour later, what was enqueued in the first hour of that day goes too
+        assert_eq!(
+            retention.kept(now + 3600 * 1000, 10_000).oldest_ms,
+            now - day + 3600 * 1000
+        );
+        // a young partition keeps every byte
+        assert!(retention.kept(now, 10).lowest_offset < 0);
+        assert_eq!(Retention::new(7, 1).max_age_ms, 7 * day);
+        assert_eq!(
+            Retention::new(Retention::DEFAULT_DAYS, Retention::DEFAULT_BYTES).max_age_ms,
+            day
+        );
+    }
+
+    #[test]
+    fn sizes_parse_in_bytes_or_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2 TB"), Ok(2 << 40));
+        for bad in ["", "0", "K", "1.5G", "12Q", "-1", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 

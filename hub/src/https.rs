@@ -1,11 +1,11 @@
 //! The HTTPS front door (IoT Hub's port 443): one listener whose requests go to the web console
-//! (`/console`), to MQTT over WebSockets (`GET /$iothub/websocket`, upgraded within the same
-//! connection) or to the service REST API. The top of the HTTPS side: depends on the doors it
-//! routes to (rest, console, mqtt), which never depend on it.
+//! (`/console`), to MQTT or AMQP over WebSockets (`GET /$iothub/websocket`, and
+//! `/$servicebus/websocket` for AMQP, upgraded within the same connection) or to the service REST
+//! API. The top of the HTTPS side: depends on the doors it routes to (rest, console, mqtt, amqp),
+//! which never depend on it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,10 +20,7 @@ use crate::error::ApiError;
 use crate::http::{error_response, http1_server};
 use crate::listener::{self, Admission, Limits};
 use crate::x509::ClientChain;
-use crate::{mqtt, rest};
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::{amqp, mqtt, rest};
 
 /// What the front door hands requests to: each door's own handle.
 #[derive(Clone)]
@@ -34,10 +31,12 @@ pub struct Doors {
     pub console: Arc<Console>,
     /// MQTT over WebSockets.
     pub mqtt: mqtt::State,
+    /// AMQP over WebSockets.
+    pub amqp: amqp::State,
 }
 
 /// Accepts HTTPS connections until `shutdown` turns true, within `limits`. A connection upgraded
-/// to MQTT over WebSockets goes on within the same connection task, so the listener's cap,
+/// to MQTT or AMQP over WebSockets goes on within the same connection task, so the listener's cap,
 /// eviction of unauthenticated peers and `stop()` cover it too.
 pub async fn serve(
     listener: TcpListener,
@@ -46,26 +45,15 @@ pub async fn serve(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    listener::serve(
+    listener::serve_tls(
         listener,
         "HTTPS",
+        tls,
         limits,
         shutdown,
-        move |socket, peer, admission| {
-            let (tls, doors) = (tls.clone(), doors.clone());
+        move |stream, peer, admission| {
+            let doors = doors.clone();
             async move {
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::info!(%peer, %error, "HTTPS TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, "HTTPS TLS handshake timed out");
-                        return;
-                    }
-                };
                 // A client certificate is for MQTT over WebSockets (X.509 identities) and for
                 // DPS registrations with X.509 attestation (a request extension).
                 let chain = ClientChain::of(stream.get_ref().1);
@@ -81,9 +69,8 @@ pub async fn serve(
                         );
                         async move {
                             let path = request.uri().path();
-                            if path == mqtt::WEBSOCKET_PATH {
-                                let response =
-                                    websocket(doors.mqtt, request, chain, admission, &slot);
+                            if path == mqtt::WEBSOCKET_PATH || amqp::is_amqp_upgrade(&request) {
+                                let response = websocket(&doors, request, chain, admission, &slot);
                                 return Ok::<_, Infallible>(response.map(BodyExt::boxed));
                             }
                             if console::serves(path) {
@@ -112,9 +99,9 @@ pub async fn serve(
                 {
                     tracing::debug!(%peer, %error, "HTTPS connection ended");
                 }
-                let mqtt = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(mqtt) = mqtt {
-                    mqtt.await;
+                let session = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(session) = session {
+                    session.await;
                 }
             }
         },
@@ -122,22 +109,31 @@ pub async fn serve(
     .await;
 }
 
-/// Where an upgrade leaves the MQTT connection it starts, for the connection task to run.
+/// Where an upgrade leaves the MQTT or AMQP connection it starts, for the connection task to run.
 type UpgradedSlot =
     Arc<std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>>;
 
-/// Upgrades to MQTT over WebSockets (the MQTT session is left in `slot`), or answers 400 naming
-/// what the upgrade request lacks.
+/// Upgrades to AMQP over WebSockets (subprotocol `AMQPWSB10`, or `/$servicebus/websocket`) or else
+/// MQTT over WebSockets (the session is left in `slot`), or answers 400 naming what the upgrade
+/// request lacks.
 fn websocket(
-    mqtt: mqtt::State,
+    doors: &Doors,
     request: hyper::Request<Incoming>,
     chain: ClientChain,
     admission: Admission,
     slot: &UpgradedSlot,
 ) -> hyper::Response<Full<Bytes>> {
-    match mqtt::upgrade_websocket(mqtt, request, chain, move || admission.established()) {
-        Ok((response, mqtt)) => {
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(mqtt));
+    let established = move || admission.established();
+    let upgraded = if amqp::is_amqp_upgrade(&request) {
+        amqp::upgrade_websocket(doors.amqp.clone(), request, established)
+            .map(|(response, session)| (response, Box::pin(session) as _))
+    } else {
+        mqtt::upgrade_websocket(doors.mqtt.clone(), request, chain, established)
+            .map(|(response, session)| (response, Box::pin(session) as _))
+    };
+    match upgraded {
+        Ok((response, session)) => {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
             response
         }
         Err(refused) => {

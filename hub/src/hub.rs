@@ -438,7 +438,7 @@ impl Hub {
     pub async fn submit_event(&self, event: Event) -> Result<Committing<i64>, ApiError> {
         self.writer
             .submit(move |tx| {
-                let stored = tx.append_event(event, events::RETAINED_PER_PARTITION)?;
+                let stored = tx.append_event(event)?;
                 let effect = Effect::Event {
                     partition: stored.partition,
                     sequence: stored.sequence,

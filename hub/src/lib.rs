@@ -49,10 +49,12 @@ mod mqtt;
 mod queries;
 mod registry;
 mod rest;
+mod retention;
 mod routing;
 mod store;
 mod test_hub;
 mod twins;
+mod websocket;
 mod workload;
 mod writer;
 mod x509;
@@ -72,6 +74,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use certs::CertError;
 pub use data_lock::LockError;
+pub use events::{parse_size, Retention};
 pub use store::StoreError;
 pub use test_hub::{TestHub, TestHubError};
 
@@ -116,6 +119,11 @@ pub struct HubConfig {
     /// PEM files of more CAs whose certificates `certificateAuthority` devices may chain to,
     /// beside the hub's own CA.
     pub device_cas: Vec<PathBuf>,
+    /// Consumer groups of the Event Hub-compatible endpoint to create at start unless they exist
+    /// (besides `$Default`; IoT Hub creates them through Azure Resource Manager).
+    pub consumer_groups: Vec<String>,
+    /// How long and how much the Event Hub-compatible endpoint keeps (IoT Hub: 1 day).
+    pub retention: Retention,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -140,6 +148,8 @@ impl HubConfig {
             workload_api: true,
             max_workload_sockets: None,
             device_cas: Vec::new(),
+            consumer_groups: Vec::new(),
+            retention: Retention::new(Retention::DEFAULT_DAYS, Retention::DEFAULT_BYTES),
         }
     }
 }
@@ -244,6 +254,14 @@ pub enum HubError {
         addr: SocketAddr,
         /// The flag that picks another port.
         flag: &'static str,
+    },
+    /// A consumer group asked for with `--consumer-group` could not be created.
+    #[error("--consumer-group {name}: {message}")]
+    ConsumerGroup {
+        /// The name asked for.
+        name: String,
+        /// Why it could not be created.
+        message: String,
     },
     /// A port could not be bound, or the data directory written.
     #[error("{what}: {source}")]
@@ -418,6 +436,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let beside = workload.after_commit(tokio::runtime::Handle::current());
     let hub = Arc::new(hub::Hub::start(database, config.host_name.clone(), beside)?);
 
+    for name in &config.consumer_groups {
+        rest::create_consumer_group(&hub, name)
+            .await
+            .map_err(|error| HubError::ConsumerGroup {
+                name: name.clone(),
+                message: error.message,
+            })?;
+    }
+
     let mqtt_listener = bind(config.bind, config.mqtt_port, "MQTT", "--mqtt-port").await?;
     let https_listener = bind(config.bind, config.https_port, "HTTPS", "--https-port").await?;
     let amqp_listener = bind(config.bind, config.amqp_port, "AMQP", "--amqp-port").await?;
@@ -527,6 +554,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         rest,
         console,
         mqtt: mqtt.clone(),
+        amqp: amqp.clone(),
     };
     let device_side = DeviceRuntime::start()?;
     let tasks = vec![
@@ -545,6 +573,11 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             shutdown.clone(),
         )),
         tokio::spawn(job_runner::run(hub.clone(), shutdown.clone())),
+        tokio::spawn(retention::run(
+            hub.clone(),
+            config.retention,
+            shutdown.clone(),
+        )),
         tokio::spawn(c2d_queue::run_sweep(hub.clone(), shutdown.clone())),
         tokio::spawn(https::serve(
             https_listener,

@@ -1,7 +1,8 @@
-//! One connection lifecycle for every listener (MQTT, MQTT over WebSockets, REST, workload
-//! sockets), in the manner of mini-redis's `server.rs`: a cap on connections per listener, a write
-//! timeout (a peer that stops reading is dropped), accept errors backed off instead of spun on,
-//! every connection task tracked so that [`serve`] returns only once all of them ended.
+//! One connection lifecycle for every listener (MQTT, AMQP, HTTPS with the WebSockets it
+//! upgrades, workload sockets), in the manner of mini-redis's `server.rs`: a cap on connections
+//! per listener, a write timeout (a peer that stops reading is dropped), accept errors backed off
+//! instead of spun on, every connection task tracked so that [`serve`] returns only once all of
+//! them ended; [`serve_tls`] adds the TLS handshake the TCP listeners start with.
 //!
 //! When a listener is full, the oldest connection that has not authenticated yet is closed to make
 //! room, so thousands of idle or trickling peers cannot keep a well-behaved device out. Idle and
@@ -206,6 +207,48 @@ pub async fn serve<A, H, F>(
     drop(listener);
     let all = u32::try_from(cap).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
+}
+
+/// How long a client of a TLS listener has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection of a TLS listener, once its handshake is done.
+pub type TlsStream = tokio_rustls::server::TlsStream<Deadlines<TcpStream>>;
+
+/// [`serve`] for a TCP listener whose connections all start with a TLS handshake (MQTT on 8883,
+/// AMQP on 5671, HTTPS on 443): `handler` gets each connection once its handshake is done; a
+/// handshake that fails or takes longer than 15 s is logged and the connection closed.
+pub async fn serve_tls<H, F>(
+    listener: TcpListener,
+    name: &'static str,
+    tls: tokio_rustls::TlsAcceptor,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(TlsStream, std::net::SocketAddr, Admission) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    serve(
+        listener,
+        name,
+        limits,
+        shutdown,
+        move |socket, peer, admission| {
+            let (tls, handler) = (tls.clone(), handler.clone());
+            async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
+                    Ok(Ok(stream)) => handler(stream, peer, admission).await,
+                    Ok(Err(error)) => {
+                        tracing::info!(listener = name, %peer, %error, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::info!(listener = name, %peer, "TLS handshake timed out"),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// A stream whose writes fail with `TimedOut` once they have waited `write_timeout` for the peer.

@@ -199,6 +199,10 @@ CREATE TABLE IF NOT EXISTS events (
     enqueued_ms INTEGER NOT NULL, device_id TEXT NOT NULL, module_id TEXT,
     properties TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (partition, sequence)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consumer_groups (name TEXT PRIMARY KEY COLLATE NOCASE) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events_pruned (
+    partition INTEGER PRIMARY KEY, sequence INTEGER NOT NULL, offset INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL, enqueued_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, job_type TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL)
     WITHOUT ROWID;
@@ -212,6 +216,29 @@ CREATE TABLE IF NOT EXISTS job_devices (
     job_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (job_id, device_id)) WITHOUT ROWID;
 ";
+
+/// The last event enqueued in a partition, as the next one's numbers need it.
+struct LastEvent {
+    /// Its sequence number.
+    sequence: i64,
+    /// Its offset.
+    offset: i64,
+    /// The offset of the event after it.
+    next_offset: i64,
+    /// When it was enqueued.
+    enqueued_ms: i64,
+}
+
+/// What [`Transaction::add_consumer_group`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAdded {
+    /// The group was created.
+    Added,
+    /// A group of that name (case-insensitively) existed already; nothing changed.
+    Existed,
+    /// The endpoint has as many groups as it may; nothing changed.
+    Full,
+}
 
 /// The Device Provisioning Service's records, each a JSON document keyed by its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1322,24 +1349,15 @@ impl Transaction<'_> {
     }
 
     /// Appends `event` to its partition with the next sequence number and offset (those of
-    /// `event` are ignored), drops the partition's events beyond the newest `retained` (checked
-    /// every 1,000 events), and returns the event as stored.
+    /// `event` are ignored) and returns the event as stored. Nothing is pruned here
+    /// ([`Transaction::prune_events`] is).
     pub fn append_event(
         &self,
         mut event: crate::events::Event,
-        retained: i64,
     ) -> Result<crate::events::Event, StoreError> {
-        let last: Option<(i64, i64, i64)> = self
-            .tx
-            .query_row(
-                "SELECT sequence, offset, length(body) + length(properties) FROM events
-                 WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
-                params![event.partition],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()?;
+        let last = self.last_event(event.partition)?;
         (event.sequence, event.offset) = match last {
-            Some((sequence, offset, size)) => (sequence + 1, offset + size + 1),
+            Some(last) => (last.sequence + 1, last.next_offset),
             None => (0, 0),
         };
         self.tx
@@ -1357,13 +1375,143 @@ impl Transaction<'_> {
                 encode(&event.properties),
                 event.body
             ])?;
-        if event.sequence % 1000 == 0 && event.sequence >= retained {
+        Ok(event)
+    }
+
+    /// The last event ever enqueued in `partition`, kept or pruned (`None`: never one).
+    fn last_event(&self, partition: u32) -> Result<Option<LastEvent>, StoreError> {
+        let kept = self
+            .tx
+            .prepare_cached(
+                "SELECT sequence, offset + length(body) + length(properties) + 1, enqueued_ms,
+                 offset FROM events WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
+            )?
+            .query_row(params![partition], |row| {
+                Ok(LastEvent {
+                    sequence: row.get(0)?,
+                    next_offset: row.get(1)?,
+                    enqueued_ms: row.get(2)?,
+                    offset: row.get(3)?,
+                })
+            })
+            .optional()?;
+        if kept.is_some() {
+            return Ok(kept);
+        }
+        // every event pruned: the last one's numbers were kept
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT sequence, offset, next_offset, enqueued_ms FROM events_pruned
+                 WHERE partition = ?1",
+                params![partition],
+                |row| {
+                    Ok(LastEvent {
+                        sequence: row.get(0)?,
+                        offset: row.get(1)?,
+                        next_offset: row.get(2)?,
+                        enqueued_ms: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Prunes at most `limit` of the oldest events of `partition` that `retention` does not
+    /// keep at `now_ms` (oldest first, so the partition keeps a suffix); how many it pruned.
+    pub fn prune_events(
+        &self,
+        partition: u32,
+        retention: &crate::events::Retention,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let Some(last) = self.last_event(partition)? else {
+            return Ok(0);
+        };
+        let kept = retention.kept(now_ms, last.next_offset);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // the newest event that goes, within `limit` of the oldest: every event before it goes
+        // too (an event enqueued earlier than one before it, the clock having gone back, goes
+        // with the prefix)
+        let through: Option<i64> = self.tx.query_row(
+            "SELECT max(sequence) FROM (SELECT sequence, enqueued_ms, offset FROM events
+             WHERE partition = ?1 ORDER BY sequence LIMIT ?4)
+             WHERE enqueued_ms < ?2 OR offset < ?3",
+            params![partition, kept.oldest_ms, kept.lowest_offset, limit],
+            |row| row.get(0),
+        )?;
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        if through == last.sequence {
             self.tx.execute(
-                "DELETE FROM events WHERE partition = ?1 AND sequence <= ?2",
-                params![event.partition, event.sequence - retained],
+                "INSERT INTO events_pruned (partition, sequence, offset, next_offset, enqueued_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(partition) DO UPDATE
+                 SET sequence = ?2, offset = ?3, next_offset = ?4, enqueued_ms = ?5",
+                params![
+                    partition,
+                    last.sequence,
+                    last.offset,
+                    last.next_offset,
+                    last.enqueued_ms
+                ],
             )?;
         }
-        Ok(event)
+        Ok(self.tx.execute(
+            "DELETE FROM events WHERE partition = ?1 AND sequence <= ?2",
+            params![partition, through],
+        )?)
+    }
+
+    /// The consumer groups created besides `$Default`, by name.
+    pub fn consumer_groups(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT name FROM consumer_groups ORDER BY name")?;
+        let names = stmt.query_map([], |row| row.get(0))?;
+        Ok(names.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether consumer group `name` exists (`$Default` always does; names are
+    /// case-insensitive, as Event Hubs' entity paths).
+    pub fn consumer_group_exists(&self, name: &str) -> Result<bool, StoreError> {
+        if name.eq_ignore_ascii_case(crate::events::DEFAULT_CONSUMER_GROUP) {
+            return Ok(true);
+        }
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT 1 FROM consumer_groups WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Adds consumer group `name` unless it exists or the endpoint has `max` groups already
+    /// (`$Default` counted).
+    pub fn add_consumer_group(&self, name: &str, max: usize) -> Result<GroupAdded, StoreError> {
+        if self.consumer_group_exists(name)? {
+            return Ok(GroupAdded::Existed);
+        }
+        if self.consumer_groups()?.len() + 1 >= max {
+            return Ok(GroupAdded::Full);
+        }
+        self.tx.execute(
+            "INSERT INTO consumer_groups (name) VALUES (?1)",
+            params![name],
+        )?;
+        Ok(GroupAdded::Added)
+    }
+
+    /// Removes consumer group `name`; whether it was there.
+    pub fn delete_consumer_group(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .execute("DELETE FROM consumer_groups WHERE name = ?1", params![name])?
+            > 0)
     }
 
     /// At most `limit` events of `partition` with a sequence number above `after`, oldest first.
@@ -1445,25 +1593,22 @@ impl Transaction<'_> {
         &self,
         partition: u32,
     ) -> Result<crate::events::PartitionInfo, StoreError> {
-        let info = self
-            .tx
-            .query_row(
-                "SELECT (SELECT min(sequence) FROM events WHERE partition = ?1),
-                        sequence, offset, enqueued_ms
-                 FROM events WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
-                params![partition],
-                |row| {
-                    Ok(crate::events::PartitionInfo {
-                        begin_sequence: row.get(0)?,
-                        last_sequence: row.get(1)?,
-                        last_offset: row.get(2)?,
-                        last_enqueued_ms: row.get(3)?,
-                        is_empty: false,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(info.unwrap_or(crate::events::PartitionInfo::EMPTY))
+        let Some(last) = self.last_event(partition)? else {
+            return Ok(crate::events::PartitionInfo::EMPTY);
+        };
+        let begin: Option<i64> = self.tx.query_row(
+            "SELECT min(sequence) FROM events WHERE partition = ?1",
+            params![partition],
+            |row| row.get(0),
+        )?;
+        Ok(crate::events::PartitionInfo {
+            // all pruned: the next event's number, as Event Hubs reports an expired partition
+            begin_sequence: begin.unwrap_or(last.sequence + 1),
+            last_sequence: last.sequence,
+            last_offset: last.offset,
+            last_enqueued_ms: last.enqueued_ms,
+            is_empty: begin.is_none(),
+        })
     }
 
     /// Increments and returns the named counter (generation ids, etags).
@@ -1582,9 +1727,9 @@ pub(crate) mod tests {
         let stored = store
             .transaction(|tx| {
                 assert_eq!(tx.partition_info(0)?, PartitionInfo::EMPTY);
-                let a = tx.append_event(event(0, 1000, "a"), 10)?;
-                let b = tx.append_event(event(0, 2000, "bb"), 10)?;
-                let other = tx.append_event(event(1, 1500, "x"), 10)?;
+                let a = tx.append_event(event(0, 1000, "a"))?;
+                let b = tx.append_event(event(0, 2000, "bb"))?;
+                let other = tx.append_event(event(1, 1500, "x"))?;
                 Ok::<_, StoreError>((a, b, other))
             })
             .unwrap();
@@ -1631,31 +1776,90 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_partition_keeps_its_newest_events_and_goes_on_numbering_after_dropping_old_ones() {
-        use crate::events::Event;
+    fn pruning_drops_the_oldest_events_by_age_and_bytes_and_numbering_goes_on_even_when_all_went() {
+        use crate::events::{Event, Retention, StartAt};
         let (mut store, dir) = temp_store("retention");
-        let event = Event {
+        let day = 24 * 3600 * 1000;
+        let event = |ms| Event {
             partition: 2,
             sequence: 0,
             offset: 0,
-            enqueued_ms: 0,
+            enqueued_ms: ms,
             device_id: "d".into(),
             module_id: None,
             properties: Vec::new(),
-            body: Vec::new(),
+            body: vec![b'x'; 7], // 10 bytes of offset each, with `[]` and the one per event
         };
-        let last = store
+        // 10 events a day old, then 10 new ones; 4 partitions share 400 bytes: 100 each
+        let retention = Retention::new(1, 400);
+        let now = 10 * day;
+        store
             .transaction(|tx| {
-                let mut last = None;
-                for _ in 0..=2000 {
-                    last = Some(tx.append_event(event.clone(), 500)?);
+                for n in 0..20 {
+                    let ms = if n < 10 { now - day - 1 } else { now };
+                    tx.append_event(event(ms))?;
                 }
-                Ok::<_, StoreError>(last.unwrap())
+                // by age (the first 10), in batches of at most `limit`
+                assert_eq!(tx.prune_events(2, &retention, now, 4)?, 4);
+                assert_eq!(tx.prune_events(2, &retention, now, 100)?, 6);
+                assert_eq!(tx.partition_info(2)?.begin_sequence, 10);
+                // by bytes: 10 more events, 200 bytes held, the oldest 100 go
+                for _ in 0..10 {
+                    tx.append_event(event(now))?;
+                }
+                assert_eq!(tx.prune_events(2, &retention, now, 100)?, 10);
+                assert_eq!(tx.prune_events(2, &retention, now, 100)?, 0, "nothing more");
+                let info = tx.partition_info(2)?;
+                assert_eq!((info.begin_sequence, info.last_sequence), (20, 29));
+                // a reader asking for a pruned offset or sequence starts at the earliest kept
+                let pruned = StartAt::Offset {
+                    offset: 50,
+                    inclusive: true,
+                };
+                assert_eq!(tx.event_position(2, pruned)?, 19);
+                let sequence = StartAt::Sequence {
+                    sequence: 3,
+                    inclusive: false,
+                };
+                assert_eq!(tx.event_position(2, sequence)?, 19);
+                // a day later everything goes, and the next event is still number 30
+                assert_eq!(tx.prune_events(2, &retention, now + day + 1, 100)?, 10);
+                let info = tx.partition_info(2)?;
+                assert!(info.is_empty);
+                assert_eq!((info.begin_sequence, info.last_sequence), (30, 29));
+                assert_eq!(info.last_offset, 290);
+                let next = tx.append_event(event(now + day + 1))?;
+                assert_eq!((next.sequence, next.offset), (30, 300));
+                Ok::<_, StoreError>(())
             })
             .unwrap();
-        assert_eq!(last.sequence, 2000);
-        let info = store.transaction(|tx| tx.partition_info(2)).unwrap();
-        assert_eq!((info.begin_sequence, info.last_sequence), (1501, 2000));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn consumer_groups_are_case_insensitive_default_always_exists_and_the_quota_holds() {
+        let (mut store, dir) = temp_store("consumer-groups");
+        store
+            .transaction(|tx| {
+                assert!(tx.consumer_group_exists("$default")?);
+                assert!(!tx.consumer_group_exists("monitor")?);
+                assert_eq!(tx.add_consumer_group("Monitor", 3)?, GroupAdded::Added);
+                assert_eq!(tx.add_consumer_group("monitor", 3)?, GroupAdded::Existed);
+                assert_eq!(tx.add_consumer_group("$Default", 3)?, GroupAdded::Existed);
+                assert!(tx.consumer_group_exists("MONITOR")?);
+                assert_eq!(tx.add_consumer_group("b", 3)?, GroupAdded::Added);
+                assert_eq!(tx.add_consumer_group("c", 3)?, GroupAdded::Full);
+                assert_eq!(
+                    tx.consumer_groups()?,
+                    ["b", "Monitor"],
+                    "ordered case-insensitively"
+                );
+                assert!(tx.delete_consumer_group("MONITOR")?);
+                assert!(!tx.delete_consumer_group("MONITOR")?);
+                assert_eq!(tx.consumer_groups()?, ["b"]);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -135,6 +135,21 @@ struct HubArgs {
     /// beside the hub's own CA; repeatable.
     #[arg(long = "device-ca", value_name = "FILE")]
     device_cas: Vec<PathBuf>,
+    /// A consumer group of the Event Hub-compatible endpoint, besides $Default, created at start
+    /// unless it exists (kept in the database, as groups created with PUT
+    /// /edgetwin/consumerGroups/NAME); repeatable. IoT Hub's rules: 1 to 50 letters, digits, '-',
+    /// '.', '_'; at most 20 groups.
+    #[arg(long = "consumer-group", value_name = "NAME")]
+    consumer_groups: Vec<String>,
+    /// Days the Event Hub-compatible endpoint keeps telemetry, 1 to 7 as IoT Hub's retention
+    /// time (its default: 1).
+    #[arg(long, value_name = "DAYS", default_value_t = edgetwin_hub::Retention::DEFAULT_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=7))]
+    retention_days: u32,
+    /// Most bytes the Event Hub-compatible endpoint keeps, each of its 4 partitions a quarter,
+    /// oldest pruned first: bytes, or with K, M, G, T (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = edgetwin_hub::parse_size)]
+    retention_bytes: i64,
     /// Make a new hub (new keys) if hub.json exists but the database is missing or empty.
     #[arg(long)]
     reset: bool,
@@ -260,6 +275,8 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         workload_api: !args.no_workload_api,
         max_workload_sockets: args.max_workload_sockets,
         device_cas: args.device_cas,
+        consumer_groups: args.consumer_groups,
+        retention: edgetwin_hub::Retention::new(args.retention_days, args.retention_bytes),
     };
     let hub = edgetwin_hub::start(config).await?;
     out!("edgetwin hub is running");

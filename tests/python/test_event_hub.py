@@ -1,5 +1,6 @@
-"""The Event Hub-compatible endpoint (AMQP on 5671), judged by Microsoft's `azure-eventhub`
-consumer with the connection string `edgetwin hub` prints (hub.json `eventHubConnectionString`):
+"""The Event Hub-compatible endpoint (AMQP on 5671, and over WebSockets on 443), judged by
+Microsoft's `azure-eventhub` consumer with the connection string `edgetwin hub` prints (hub.json
+`eventHubConnectionString`):
 telemetry the device SDK sends arrives with the system properties and annotations IoT Hub sets,
 in order in one partition per device, durably across a restart, from a checkpointed offset; bad
 tokens, unknown consumer groups and partitions are refused as Event Hubs refuses them."""
@@ -7,25 +8,31 @@ tokens, unknown consumer groups and partitions are refused as Event Hubs refuses
 import base64
 import hashlib
 import hmac
+import json
+import os
+import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
 
 import pytest
+import requests
 from azure.core.credentials import AzureSasCredential
-from azure.eventhub import EventHubConsumerClient
+from azure.eventhub import EventHubConsumerClient, TransportType
 from azure.eventhub.exceptions import AuthenticationError
 from azure.iot.device import Message
 
-from conftest import parse_connection_string, unique_id
+from conftest import API_VERSION, DEFAULT_BIN, parse_connection_string, sas_token, unique_id, wait_until
 
 
-def consumer(hub, consumer_group="$Default", connection_string=None):
+def consumer(hub, consumer_group="$Default", connection_string=None, **kw):
     return EventHubConsumerClient.from_connection_string(
         connection_string or hub.info["eventHubConnectionString"],
         consumer_group=consumer_group,
         connection_verify=hub.ca_path,
         retry_total=0,
+        **kw,
     )
 
 
@@ -54,6 +61,14 @@ def receive(client, enough, timeout=20, **kw):
     client.close()
     worker.join(10)
     return events, errors
+
+
+def partition_of(device_id):
+    """The hub's partition of a device: FNV-1a (32 bits) of its id, modulo 4 (docs/hub.md)."""
+    h = 0x811C9DC5
+    for byte in device_id.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return str(h % 4)
 
 
 def from_device(device_id):
@@ -91,6 +106,23 @@ def test_device_telemetry_arrives_with_the_properties_and_annotations_iot_hub_se
     assert event.sequence_number == system[b"x-opt-sequence-number"]
     assert event.offset == system[b"x-opt-offset"].decode()
     assert event.enqueued_time is not None
+
+
+def test_a_consumer_over_websockets_on_443_reads_the_same_endpoint(hub, clients, make_device):
+    # pyamqp dials wss://{host}/$servicebus/websocket (port 443) with subprotocol AMQPWSB10
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    send(client, "over websockets", level="ws")
+    over_ws = consumer(hub, transport_type=TransportType.AmqpOverWebsocket)
+    assert over_ws.get_partition_ids() == ["0", "1", "2", "3"]
+    events, errors = receive(over_ws, lambda es: any(map(from_device(device.device_id), es)),
+                             partition_id=partition_of(device.device_id))
+    assert not errors, errors
+    [(_, event)] = [e for e in events if from_device(device.device_id)(e)]
+    assert event.body_as_str() == "over websockets"
+    assert event.properties == {b"level": b"ws"}
+    assert event.system_properties[b"iothub-message-source"] == b"Telemetry"
 
 
 def test_module_telemetry_names_the_module(hub, clients, make_module):
@@ -140,6 +172,43 @@ def test_a_devices_messages_keep_their_order_in_one_partition_across_a_restart_a
     after = [e.body_as_str() for _, e in events if mine((partition, e))]
     assert after == ["m1", "m2", "m3"], "nothing lost, nothing repeated, in order"
     assert events[0][1].sequence_number == sequences[1]
+
+
+def test_a_partition_keeps_its_newest_events_within_the_byte_bound_and_a_pruned_offset_reads_from_the_earliest_kept(
+    hub, clients, make_device
+):
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    for n in range(40):
+        send(client, f"r{n:02d}" + "x" * 200)
+    client.shutdown()
+    mine = from_device(device.device_id)
+    # one partition: azure-eventhub's receive over all partitions takes one event per partition
+    # per round, each round waiting on the empty ones (~0.6 s a round)
+    partition = partition_of(device.device_id)
+    events, errors = receive(consumer(hub), lambda es: len([e for e in es if mine(e)]) == 40,
+                             partition_id=partition)
+    assert not errors, errors
+    first = next(e for p, e in events if mine((p, e)))
+    original = list(hub.extra_args)
+    hub.extra_args += ["--retention-bytes", "16K"]  # 4 KiB for each of the 4 partitions
+    try:
+        hub.restart(kill=False)  # the hub prunes at start (and every 5 s)
+        begin = lambda: consumer(hub).get_partition_properties(partition)["beginning_sequence_number"]
+        wait_until(lambda: begin() > first.sequence_number, timeout=10, message="pruning")
+        events, errors = receive(
+            consumer(hub), lambda es: any(e.body_as_str().startswith("r39") for _, e in es),
+            partition_id=partition, starting_position=first.offset,
+        )
+        assert not errors, errors
+        kept = [e.body_as_str()[:3] for p, e in events if mine((p, e))]
+        assert 5 < len(kept) < 20, kept
+        assert kept == [f"r{n:02d}" for n in range(40 - len(kept), 40)], "the newest, in order"
+        assert events[0][1].sequence_number == begin(), "from the earliest event kept"
+    finally:
+        hub.extra_args = original
+        hub.restart(kill=False)
 
 
 def test_the_hub_answers_the_event_hubs_metadata(hub):
@@ -193,7 +262,88 @@ def test_a_policy_without_service_connect_may_not_read_events(hub):
 def test_an_unknown_consumer_group_is_refused_as_not_found(hub):
     # (an unknown partition id never reaches the hub: the client checks it against the
     # partition ids the $management node reads out)
-    events, errors = receive(consumer(hub, consumer_group=unique_id("group")), lambda es: True,
+    group = unique_id("group")
+    events, errors = receive(consumer(hub, consumer_group=group), lambda es: True,
                              partition_id="0")
     assert events == []
     assert errors and "amqp:not-found" in str(errors[0]), errors
+    assert f"eventhub:localhost~32766|{group}' could not be found" in str(errors[0]), errors
+
+
+def consumer_groups(hub, method="GET", name=None, policy="iothubowner"):
+    """/edgetwin/consumerGroups[/name] of `hub` (a conftest Hub, or a hub.json's facts)."""
+    info = hub if isinstance(hub, dict) else hub.info
+    path = "consumerGroups" + (f"/{urllib.parse.quote(name, safe='')}" if name is not None else "")
+    host = parse_connection_string(info["serviceConnectionString"])["HostName"]
+    token = sas_token(urllib.parse.quote_plus(host), info["policies"][policy],
+                      int(time.time()) + 600, policy)
+    return requests.request(
+        method, f"{info['restUrl'].rstrip('/')}/edgetwin/{path}", params={"api-version": API_VERSION},
+        headers={"Authorization": token}, verify=info["caCertificate"], timeout=10,
+    )
+
+
+def test_created_consumer_groups_each_read_every_event_independently(hub, clients, make_device):
+    group = unique_id("monitor")
+    created = consumer_groups(hub, "PUT", group)
+    assert created.status_code == 200, created.text
+    assert consumer_groups(hub, "PUT", group.upper()).status_code == 200, "idempotent, as ARM's PUT"
+    assert {"name": group} in consumer_groups(hub).json()
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    for n in range(2):
+        send(client, f"g{n}")
+    mine = from_device(device.device_id)
+    # one group's reader does not take events from the other's: both read both events
+    for group_name in ("$Default", group):
+        events, errors = receive(consumer(hub, consumer_group=group_name),
+                                 lambda es: len([e for e in es if mine(e)]) == 2,
+                                 partition_id=partition_of(device.device_id))
+        assert not errors, (group_name, errors)
+        assert [e.body_as_str() for p, e in events if mine((p, e))] == ["g0", "g1"], group_name
+    assert consumer_groups(hub, "DELETE", group).status_code == 204
+    events, errors = receive(consumer(hub, consumer_group=group), lambda es: True, partition_id="0")
+    assert errors and "amqp:not-found" in str(errors[0]), errors
+
+
+@pytest.mark.parametrize("name, why", [
+    ("x" * 51, "1 to 50 characters"),
+    ("with space", "letters, digits, '-', '.' and '_' only"),
+])
+def test_a_consumer_group_name_against_iot_hubs_rules_is_refused_saying_why(hub, name, why):
+    refused = consumer_groups(hub, "PUT", name)
+    assert refused.status_code == 400 and why in refused.json()["Message"], refused.text
+    assert consumer_groups(hub, "PUT", "read-only", policy="registryRead").status_code == 401
+
+
+def test_the_consumer_group_flag_creates_groups_at_start_and_refuses_a_bad_name():
+    with tempfile.TemporaryDirectory() as tmp:
+        bad = subprocess.run(
+            [str(os.environ.get("EDGETWIN_BIN", DEFAULT_BIN)), "hub", "--data-dir", f"{tmp}/bad",
+             "--consumer-group", "no/slash", "--mqtt-port", "0", "--https-port", "0",
+             "--amqp-port", "0"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert bad.returncode == 1
+        assert "--consumer-group no/slash: consumer group name 'no/slash' has '/'" in bad.stderr, bad.stderr
+        proc = subprocess.Popen(
+            [str(os.environ.get("EDGETWIN_BIN", DEFAULT_BIN)), "hub", "--data-dir", f"{tmp}/good",
+             "--consumer-group", "asa", "--consumer-group", "functions", "--mqtt-port", "0",
+             "--https-port", "0", "--amqp-port", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            hub_json = f"{tmp}/good/hub.json"
+
+            def written():
+                try:
+                    return json.load(open(hub_json))
+                except (OSError, ValueError):
+                    return None
+            wait_until(written, timeout=20, message="hub.json")
+            names = [g["name"] for g in consumer_groups(written()).json()]
+            assert names == ["$Default", "asa", "functions"]
+        finally:
+            proc.terminate()
+            proc.wait(10)

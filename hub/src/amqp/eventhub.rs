@@ -1,5 +1,7 @@
 //! The Event Hub-compatible endpoint over AMQP: receivers on
-//! `{eventHubName}/ConsumerGroups/$Default/Partitions/{0..3}` get the telemetry the hub stored
+//! `{eventHubName}/ConsumerGroups/{group}/Partitions/{0..3}` (`$Default`, or a group created
+//! with `--consumer-group` or `/edgetwin/consumerGroups`; each reader independent of the others)
+//! get the telemetry the hub stored
 //! (from the position their selector filter names), each event with the annotations and
 //! properties IoT Hub sets ("Understand and use IoT Hub messages", iot-hub-devguide-messages-
 //! construct: `iothub-connection-device-id`, `iothub-connection-module-id`,
@@ -118,10 +120,18 @@ fn partition_reader(
             segments.join("/")
         )));
     }
-    if !group.eq_ignore_ascii_case(events::DEFAULT_CONSUMER_GROUP) {
+    let exists = hub
+        .read(|tx| Ok(tx.consumer_group_exists(group)?))
+        .map_err(|error| AmqpErrorFrame::new(AmqpError::InternalError, error.message, None))?;
+    if !exists {
+        // Event Hubs' words for a consumer group it does not have: `amqp:not-found`, "The
+        // messaging entity '{namespace}:eventhub:{hub}~32766|{group}' could not be found"
+        // (logstash-plugins/logstash-input-azure_event_hubs#32, microsoft/AzureMonitorAddonForSplunk#8)
         return Err(not_found(format!(
-            "The messaging entity '{name}/ConsumerGroups/{group}' could not be found: the hub has consumer group {} only",
-            events::DEFAULT_CONSUMER_GROUP
+            "The messaging entity '{}:eventhub:{name}~32766|{group}' could not be found. \
+             (edgetwin: create consumer groups with `edgetwin hub --consumer-group NAME` or \
+             PUT /edgetwin/consumerGroups/NAME)",
+            hub.host_name()
         )));
     }
     let partition = events::partition_id(partition).ok_or_else(|| {

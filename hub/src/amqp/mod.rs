@@ -11,8 +11,8 @@ mod cbs;
 mod eventhub;
 mod feedback;
 mod padding;
+mod websocket;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,15 +30,16 @@ use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::hub::Hub;
-use crate::listener::{self, Admission, Deadlines, Limits};
+use crate::listener::{self, Limits};
 
 pub use eventhub::event_hub_name;
+pub use websocket::{is_amqp_upgrade, upgrade as upgrade_websocket};
 
 /// What AMQP connections reach: the hub, and where the Event Hub-compatible endpoint is.
 #[derive(Clone)]
@@ -52,8 +53,9 @@ pub struct State {
 /// Most links a session may attach at once.
 const MAX_LINKS: u32 = 1024;
 
-/// How long a client has to finish the TLS handshake and the AMQP open.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client has to finish the AMQP open, once its transport (TLS, or a WebSocket
+/// inside TLS) is up.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accepts AMQP connections until `shutdown` turns true, each in its own task, within `limits`.
 pub async fn serve(
@@ -63,28 +65,31 @@ pub async fn serve(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    listener::serve(
+    listener::serve_tls(
         listener,
         "AMQP",
+        tls,
         limits,
         shutdown,
-        move |socket, peer, admission| {
-            serve_socket(socket, peer, tls.clone(), state.clone(), admission)
+        move |stream, peer, admission| {
+            serve_stream(stream, peer.to_string(), state.clone(), move || {
+                admission.established()
+            })
         },
     )
     .await;
 }
 
-async fn serve_socket(
-    socket: Deadlines<TcpStream>,
-    peer: SocketAddr,
-    tls: TlsAcceptor,
-    state: State,
-    admission: Admission,
-) {
+/// Serves one AMQP connection over `stream` (TLS on 5671, or a WebSocket on the HTTPS port):
+/// its open (with SASL when the client's protocol header asks for it), then its sessions until
+/// it ends. `opened` runs once the connection is open.
+async fn serve_stream<S>(stream: S, peer: String, state: State, opened: impl FnOnce())
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
+{
     let connection = Arc::new(Connection::new(state));
-    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let mut stream = tls.accept(socket).await.map_err(|e| e.to_string())?;
+    let open = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let mut stream = stream;
         // The client's protocol header says whether SASL comes first: the Event Hubs SDKs and
         // uamqp send SASL's; Node `azure-iothub` (rhea) opens AMQP at once and authenticates
         // with CBS only, which IoT Hub takes too.
@@ -110,18 +115,18 @@ async fn serve_socket(
         .map_err(|e| format!("AMQP open failed: {e}"))
     })
     .await;
-    let mut amqp = match opened {
+    let mut amqp = match open {
         Ok(Ok(amqp)) => amqp,
         Ok(Err(error)) => {
             tracing::info!(%peer, %error, "AMQP connection refused");
             return;
         }
         Err(_) => {
-            tracing::info!(%peer, "AMQP handshake timed out");
+            tracing::info!(%peer, "AMQP open timed out");
             return;
         }
     };
-    admission.established();
+    opened();
     // Sessions (and their links) end with this task: dropping the set aborts them, dropping the
     // connection handle closes the connection.
     let mut sessions = JoinSet::new();

@@ -12,15 +12,14 @@ pub use websocket::{upgrade as upgrade_websocket, WEBSOCKET_PATH};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::faults::Faults;
 use crate::hub::Hub;
-use crate::listener::{self, Admission, Deadlines, Limits};
+use crate::listener::{self, Admission, Limits, TlsStream};
 use crate::x509::{ClientChain, DeviceCas};
 
 /// What MQTT connections reach: the hub, and the faults injected through `/edgetwin/faults`
@@ -35,9 +34,6 @@ pub struct State {
     pub device_cas: Arc<DeviceCas>,
 }
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Accepts MQTT connections until `shutdown` turns true, each in its own task, within `limits`.
 pub async fn serve(
     listener: TcpListener,
@@ -46,36 +42,18 @@ pub async fn serve(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    listener::serve(
+    listener::serve_tls(
         listener,
         "MQTT",
+        tls,
         limits,
         shutdown,
-        move |socket, peer, admission| {
-            serve_socket(socket, peer, tls.clone(), state.clone(), admission)
-        },
+        move |stream, peer, admission| serve_socket(stream, peer, state.clone(), admission),
     )
     .await;
 }
 
-async fn serve_socket(
-    socket: Deadlines<TcpStream>,
-    peer: SocketAddr,
-    tls: TlsAcceptor,
-    state: State,
-    admission: Admission,
-) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::info!(%peer, %error, "MQTT TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "MQTT TLS handshake timed out");
-            return;
-        }
-    };
+async fn serve_socket(stream: TlsStream, peer: SocketAddr, state: State, admission: Admission) {
     let chain = ClientChain::of(stream.get_ref().1);
     let result = connection::serve(state, stream, chain, || admission.established()).await;
     if let Err(error) = result {

@@ -1,5 +1,5 @@
 //! edgetwin's own routes under `/edgetwin/` (not part of IoT Hub): the Edge environment of a module,
-//! the telemetry log, and fault injection. They use the same service authentication as the IoT Hub routes.
+//! the telemetry log, the Event Hub-compatible endpoint's consumer groups, and fault injection. They use the same service authentication as the IoT Hub routes.
 //!
 //! Part of the REST door: depends on the hub and its handle (faults, workload sockets); never on
 //! another door.
@@ -12,10 +12,12 @@ use hyper::Method;
 
 use super::{not_found, Reply, Request, State};
 use crate::error::ApiError;
+use crate::events;
 use crate::faults::{Delay, ServerError, Throttle};
 use crate::hub::Hub;
 use crate::messages::MessageFilter;
 use crate::registry;
+use crate::store::GroupAdded;
 use crate::workload::{SocketError, WorkloadSockets};
 use crate::writer::Effect;
 
@@ -55,6 +57,7 @@ pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Resul
             Reply::ok(hub.messages().list(&filter))
         }
         ["edgetwin", "faults", ..] => faults(state, request, &segments[2..]),
+        ["edgetwin", "consumerGroups", rest @ ..] => consumer_groups(hub, request, rest).await,
         _ => Err(not_found(request)),
     }
 }
@@ -128,6 +131,69 @@ fn faults(state: &State, request: &Request, kind: &[&str]) -> Result<Reply, ApiE
             Reply::ok(faults.report())
         }
         _ => Err(not_found(request)),
+    }
+}
+
+/// `/edgetwin/consumerGroups[/{name}]`: the consumer groups of the Event Hub-compatible
+/// endpoint, which IoT Hub manages through Azure Resource Manager only (`az iot hub
+/// consumer-group create`): GET lists them (ServiceConnect, as reading events), PUT creates one
+/// (idempotent, as ARM's PUT), DELETE removes one (RegistryWrite and ServiceConnect, as
+/// iothubowner has). Kept in `hub.db`, across restarts.
+async fn consumer_groups(hub: &Hub, request: &Request, name: &[&str]) -> Result<Reply, ApiError> {
+    request.require(Permission::ServiceConnect)?;
+    let named = |name: &str| serde_json::json!({ "name": name });
+    match (&request.method, name) {
+        (&Method::GET, []) => {
+            let mut names = vec![events::DEFAULT_CONSUMER_GROUP.to_owned()];
+            names.extend(hub.read(|tx| Ok(tx.consumer_groups()?))?);
+            Reply::ok(names.iter().map(|n| named(n)).collect::<Vec<_>>())
+        }
+        (&Method::PUT, [name]) => {
+            request.require(Permission::RegistryWrite)?;
+            Reply::ok(named(&create_consumer_group(hub, name).await?))
+        }
+        (&Method::DELETE, [name]) => {
+            request.require(Permission::RegistryWrite)?;
+            if name.eq_ignore_ascii_case(events::DEFAULT_CONSUMER_GROUP) {
+                return Err(ApiError::invalid(
+                    "consumer group $Default cannot be deleted (IoT Hub's cannot either)",
+                ));
+            }
+            let name = (*name).to_owned();
+            let message = format!("consumer group '{name}' does not exist");
+            match hub
+                .write(move |tx| Ok(tx.delete_consumer_group(&name)?))
+                .await?
+            {
+                true => Reply::no_content(),
+                false => Err(ApiError::new(ErrorCode::ArgumentInvalid, message)),
+            }
+        }
+        _ => Err(not_found(request)),
+    }
+}
+
+/// Creates consumer group `name` unless it exists; its name as stored (the first spelling
+/// wins, names being case-insensitive), or why it cannot be created: a name against IoT Hub's
+/// rules, or the hub's [`events::MAX_CONSUMER_GROUPS`] reached.
+pub async fn create_consumer_group(hub: &Hub, name: &str) -> Result<String, ApiError> {
+    if !name.eq_ignore_ascii_case(events::DEFAULT_CONSUMER_GROUP) {
+        events::check_consumer_group_name(name).map_err(ApiError::invalid)?;
+    }
+    let wanted = name.to_owned();
+    let added = hub
+        .write(move |tx| Ok(tx.add_consumer_group(&wanted, events::MAX_CONSUMER_GROUPS)?))
+        .await?;
+    match added {
+        GroupAdded::Added | GroupAdded::Existed => Ok(name.to_owned()),
+        GroupAdded::Full => Err(ApiError::new(
+            ErrorCode::IotHubQuotaExceeded,
+            format!(
+                "consumer group '{name}' not created: the hub has {} consumer groups, IoT Hub's \
+                 most ($Default included)",
+                events::MAX_CONSUMER_GROUPS
+            ),
+        )),
     }
 }
 

@@ -14,6 +14,8 @@ mod query;
 mod registry;
 mod twins;
 
+pub use local::create_consumer_group;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
