@@ -14,6 +14,7 @@ import pytest
 from azure.iot.device import Message
 
 from conftest import DEFAULT_BIN, make_registry_manager, parse_connection_string, unique_id, wait_until
+from test_event_hub import consumer_groups
 
 BIN = os.environ.get("EDGETWIN_BIN", str(DEFAULT_BIN))
 
@@ -155,6 +156,17 @@ def test_monitor_reconnects_across_a_hub_restart_without_losing_or_repeating_eve
     clients.device(device).send_message(Message("after"))
     assert [e["payload"] for e in monitor.events()] == ["before", "after"]
     assert any("reconnected" in line for line in monitor.stderr), "".join(monitor.stderr)
+
+
+def test_monitor_reads_a_created_consumer_group_from_the_start(hub, clients, make_device):
+    group = unique_id("monitor")
+    assert consumer_groups(hub, "PUT", group).status_code == 200
+    device = make_device()
+    clients.device(device).send_message(Message("kept"))
+    read = run_cli(hub, "monitor", "--consumer-group", group, "--from-start", "--device",
+                   device.device_id, "--count", "1", "--timeout", "20", "--json")
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["event"]["payload"] == "kept"
 
 
 def test_monitor_names_an_unknown_consumer_group_and_stops(hub):
