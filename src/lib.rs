@@ -8,6 +8,7 @@
 
 pub mod hub_banner;
 pub mod manifest;
+pub mod messaging;
 pub mod provision;
 pub mod quickstart;
 pub mod scaffold;

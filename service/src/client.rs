@@ -130,8 +130,9 @@ fn split_host(host: &str) -> (&str, u16) {
     }
 }
 
-/// TLS trusting the CA certificates of `options.ca_file` and, if asked, the system's.
-fn tls_connector(options: &ClientOptions) -> Result<TlsConnector, Error> {
+/// TLS trusting the CA certificates of `options.ca_file` and, if asked, the system's (also
+/// what the CLI's AMQP commands dial with).
+pub fn tls_connector(options: &ClientOptions) -> Result<TlsConnector, Error> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(path) = &options.ca_file {
         let pem = std::fs::read(path).map_err(|source| Error::Io {

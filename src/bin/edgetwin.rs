@@ -46,6 +46,11 @@ enum CliCommand {
     Twin(edgetwin::provision::cli::TwinArgs),
     /// Run an IoT Hub query over device or module twins (every page) and print the rows.
     Query(edgetwin::provision::cli::QueryArgs),
+    /// Print device and module telemetry as it arrives (the Event Hub-compatible endpoint over
+    /// AMQP, as `az iot hub monitor-events`), filtered by --device/--module, as text or JSON.
+    Monitor(edgetwin::messaging::monitor::MonitorArgs),
+    /// Send a cloud-to-device message to a device (AMQP, as the service SDKs send it).
+    C2d(edgetwin::messaging::c2d::C2dArgs),
     /// Generate deployment manifests as `iotedgedev solution genconfig` does, and validate them.
     Manifest(edgetwin::manifest::cli::ManifestArgs),
     /// Build and push the solution's module images as `iotedgedev solution build`/`push` do.
@@ -82,6 +87,9 @@ enum CliError {
     /// `edgetwin provision`, `edge-env`, `twin` and `query`.
     #[error(transparent)]
     Provision(#[from] edgetwin::provision::ProvisionError),
+    /// `edgetwin monitor` and `edgetwin c2d`.
+    #[error(transparent)]
+    Messaging(#[from] edgetwin::messaging::MessagingError),
     /// `edgetwin manifest`.
     #[error(transparent)]
     Manifest(#[from] edgetwin::manifest::cli::ManifestCommandError),
@@ -207,9 +215,11 @@ fn main() -> ExitCode {
 
 /// Sets up logging and the runtime, and runs `command`.
 fn run(command: CliCommand) -> Result<(), CliError> {
-    // The quickstart's own progress lines are its output; the hub inside it only logs problems.
+    // The quickstart's own progress lines are its output (the hub inside it only logs
+    // problems), as monitor's events and c2d's one line are theirs.
     let default_level = match command {
-        CliCommand::Quickstart(_) => "warn",
+        // the quickstart's lines and monitor's events are the output
+        CliCommand::Quickstart(_) | CliCommand::Monitor(_) | CliCommand::C2d(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -244,6 +254,8 @@ fn run(command: CliCommand) -> Result<(), CliError> {
         }
         CliCommand::Twin(args) => runtime.block_on(edgetwin::provision::cli::run_twin(args))?,
         CliCommand::Query(args) => runtime.block_on(edgetwin::provision::cli::run_query(args))?,
+        CliCommand::Monitor(args) => runtime.block_on(edgetwin::messaging::monitor::run(args))?,
+        CliCommand::C2d(args) => runtime.block_on(edgetwin::messaging::c2d::run(args))?,
         CliCommand::EdgeEnv(args) => {
             runtime.block_on(edgetwin::provision::cli::run_edge_env(args))?
         }

@@ -54,7 +54,7 @@ fn identity_id(id: &str) -> Result<String, String> {
 }
 
 /// An id that only goes into a REST path: any IoT Hub id (`;` and `=` included).
-fn registry_id(id: &str) -> Result<String, String> {
+pub(crate) fn registry_id(id: &str) -> Result<String, String> {
     edgetwin_wire::ids::check_identity_id(id)
         .map(|()| id.to_owned())
         .map_err(|why| format!("'{id}' {why}"))
