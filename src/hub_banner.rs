@@ -27,6 +27,11 @@ pub fn lines(info: &HubInfo) -> Vec<String> {
             "  AMQP (TLS):          {}:{} (Event Hub-compatible endpoint '{}')",
             info.host_name, info.amqp_port, info.event_hub_name
         ),
+        format!(
+            "  AMQP (WebSockets):   wss://{host}:{port}/$iothub/websocket (AMQPWSB10), wss://{host}:{port}/$servicebus/websocket (Event Hubs clients)",
+            host = info.host_name,
+            port = info.https_port
+        ),
         format!("  CA certificate:      {ca}"),
     ];
     lines.push(match &info.workload_dir {
