@@ -858,6 +858,17 @@ pub fn record(
     Ok(state)
 }
 
+/// The first `limit` registration states by registration id, each with the enrollment group it
+/// came through (for the console).
+pub fn registrations(
+    tx: &Transaction<'_>,
+    limit: usize,
+) -> Result<Vec<(DeviceRegistrationState, Option<String>)>, StoreError> {
+    let stored: Vec<StoredRegistration> =
+        tx.dps_records(DpsTable::Registrations, "", limit, None)?;
+    Ok(stored.into_iter().map(|r| (r.state, r.group)).collect())
+}
+
 /// The registration state `id`.
 pub fn registration(tx: &Transaction<'_>, id: &str) -> Result<DeviceRegistrationState, DpsError> {
     let stored: StoredRegistration = tx

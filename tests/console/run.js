@@ -56,19 +56,20 @@ async function until(what, check, timeout = WAIT) {
 }
 
 // The hub's REST API as iothubowner, signed with a SAS token as the service SDKs sign it.
-function rest(info) {
-  const key = info.policies.iothubowner;
+// Calls the hub over HTTPS with a SAS token for `resource` signed by `key` (as `keyName`, if any)
+// at `apiVersion`; resolves to the JSON answer, rejects on a status of 300 or more.
+function signedCall(info, { key, keyName, resource, apiVersion }) {
   const ca = fs.readFileSync(info.caCertificate);
   const url = new URL(info.restUrl);
   return (method, pathname, body) => new Promise((resolve, reject) => {
     const expiry = Math.floor(Date.now() / 1000) + 3600;
-    const sr = encodeURIComponent(info.hostName);
+    const sr = encodeURIComponent(resource);
     const sig = crypto.createHmac('sha256', Buffer.from(key, 'base64')).update(sr + '\n' + expiry).digest('base64');
-    const token = `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${expiry}&skn=iothubowner`;
+    const token = `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${expiry}` + (keyName ? `&skn=${keyName}` : '');
     const data = body === undefined ? undefined : JSON.stringify(body);
     const request = https.request({
       host: url.hostname, port: url.port, method, ca,
-      path: pathname + (pathname.includes('?') ? '&' : '?') + 'api-version=2021-04-12',
+      path: pathname + (pathname.includes('?') ? '&' : '?') + 'api-version=' + apiVersion,
       headers: { authorization: token, 'content-type': 'application/json', ...(data ? { 'content-length': Buffer.byteLength(data) } : {}) },
     }, (response) => {
       let text = '';
@@ -81,6 +82,25 @@ function rest(info) {
     request.on('error', reject);
     request.end(data);
   });
+}
+
+// The service REST API as iothubowner.
+function rest(info) {
+  return signedCall(info, { key: info.policies.iothubowner, keyName: 'iothubowner', resource: info.hostName, apiVersion: '2021-04-12' });
+}
+
+// The DPS service API as provisioningserviceowner (the DPS connection string's key).
+function dpsService(info) {
+  const key = /SharedAccessKey=([^;]+)/.exec(info.dps.connectionString)[1];
+  return signedCall(info, { key, keyName: 'provisioningserviceowner', resource: info.hostName, apiVersion: '2021-10-01' });
+}
+
+// Registers `registrationId` through DPS over HTTPS with the key derived from `groupKey`.
+function dpsRegister(info, groupKey, registrationId) {
+  const key = crypto.createHmac('sha256', Buffer.from(groupKey, 'base64')).update(registrationId).digest('base64');
+  const resource = `${info.dps.idScope}/registrations/${registrationId}`;
+  const call = signedCall(info, { key, keyName: 'registration', resource, apiVersion: '2019-03-31' });
+  return call('PUT', `/${resource}/register`, { registrationId });
 }
 
 // Every form control has a label and every button and link a name, on the page as it is now.
@@ -400,6 +420,24 @@ test('the web console, in Chromium, against edgetwin hub and edgetwin-module', a
     const cells = await row.locator('td').allTextContents();
     assert.equal(cells[2], '1', 'targeted: ' + cells.join(' | '));
     await shoot(page, 'deployments');
+  });
+
+  await t.test('the provisioning page shows an enrollment group and where its device registered', async () => {
+    const groupKey = crypto.randomBytes(32).toString('base64');
+    await dpsService(info)('PUT', '/enrollmentGroups/console-fleet', {
+      enrollmentGroupId: 'console-fleet',
+      attestation: { type: 'symmetricKey', symmetricKey: { primaryKey: groupKey, secondaryKey: crypto.randomBytes(32).toString('base64') } },
+    });
+    await dpsRegister(info, groupKey, 'console-pi-1');
+    await page.goto(origin + '/console/#/provisioning');
+    const group = page.getByRole('row', { name: /console-fleet/ });
+    await group.waitFor({ timeout: WAIT });
+    assert.deepEqual(await group.locator('td').allTextContents(), ['symmetricKey', 'hashed', 'enabled']);
+    const registration = page.getByRole('row', { name: /console-pi-1 assigned/ });
+    await registration.waitFor({ timeout: WAIT });
+    assert.deepEqual((await registration.locator('td').allTextContents()).slice(1), [info.hostName]);
+    assert.ok(!(await page.content()).includes(groupKey), 'no key on the page');
+    await shoot(page, 'provisioning');
   });
 
   await t.test('nothing was fetched from anywhere but the hub and no script failed', async () => {

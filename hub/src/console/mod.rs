@@ -13,6 +13,7 @@
 mod assets;
 mod auth;
 mod events;
+mod provisioning;
 mod throttle;
 
 use std::convert::Infallible;
@@ -104,6 +105,7 @@ pub async fn handle(
         (_, api) if api.starts_with("api/") => proxy(rest, request, session).await,
         (&Method::POST, "signout") => sign_out(console, &request, session),
         (&Method::GET, "session") => describe(hub, session),
+        (&Method::GET, "provisioning") => provisioning_view(hub, session),
         (&Method::GET, "events") => stream(console, hub, &request, session),
         (&Method::GET, file) => assets::file(file)
             .map(asset)
@@ -325,6 +327,26 @@ fn describe(hub: &Hub, session: Option<SignedIn>) -> Result<hyper::Response<Body
         "csrfToken": session.csrf.expose(),
     });
     Ok(json(&body))
+}
+
+/// `GET /console/provisioning`: the Device Provisioning Service's enrollments and registrations
+/// ([`provisioning`]), to a session whose policy has `RegistryRead`.
+fn provisioning_view(
+    hub: &Hub,
+    session: Option<SignedIn>,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let SignedIn { policy, .. } = signed_in(session)?;
+    if !grants(&policy, Permission::RegistryRead) {
+        return Err(ApiError::new(
+            ErrorCode::IotHubUnauthorizedAccess,
+            format!(
+                "the policy '{}' lacks RegistryRead, which the provisioning page needs",
+                policy.name
+            ),
+        ));
+    }
+    let view = hub.read(|tx| Ok(provisioning::read(tx)?))?;
+    Ok(json(&view))
 }
 
 /// `/console/api/{REST path}`: the hub's REST API as the session's policy.

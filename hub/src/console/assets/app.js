@@ -670,6 +670,44 @@ async function deploymentsPage() {
   });
 }
 
+// Rows for one table of the provisioning page: `rows` mapped by `cells`, or one row saying `none`.
+function rowsOf(rows, columns, cells, none) {
+  return rows.length ? rows.map((row) => {
+    const [id, ...rest] = cells(row);
+    return h('tr', {}, idCell(id, id), rest.map((text) => h('td', {}, text)));
+  }) : [h('tr', {}, h('td', { colspan: columns }, none))];
+}
+
+async function provisioningPage() {
+  const error = alertBox('provisioning-error');
+  const more = h('p', { class: 'muted', hidden: true }, 'Showing the first 200 of each only.');
+  const groups = h('tbody', {});
+  const enrollments = h('tbody', {});
+  const registrations = h('tbody', {});
+  page('Provisioning', error, more,
+    h('p', { class: 'muted' }, 'The Device Provisioning Service on this hub\'s ports (its service API takes the DPS connection string that edgetwin hub prints).'),
+    table('Enrollment groups.', ['Group', 'Attestation', 'Allocation', 'Status'], groups),
+    table('Individual enrollments.', ['Registration id', 'Attestation', 'Status'], enrollments),
+    table('Registrations: where each device went.', ['Registration id', 'Status', 'Hub'], registrations));
+  every(5000, async () => {
+    const response = await fetch('/console/provisioning', { credentials: 'same-origin' });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) return showError(error, errorText(body, response.status));
+    showError(error, '');
+    more.hidden = !body.truncated;
+    const shown = [body.enrollmentGroups, body.enrollments, body.registrations];
+    replaceIfChanged(groups, shown[0], () => rowsOf(shown[0], 4,
+      (g) => [g.enrollmentGroupId, g.attestation, g.allocationPolicy, g.provisioningStatus], 'No enrollment groups.'));
+    replaceIfChanged(enrollments, shown[1], () => rowsOf(shown[1], 3,
+      (e) => [e.registrationId, e.attestation, e.provisioningStatus], 'No individual enrollments.'));
+    // the device id is said only where it is not the registration id (DPS's default)
+    const hubOf = (r) => (r.assignedHub || (r.errorCode ? 'error ' + r.errorCode : '—'))
+      + (r.deviceId && r.deviceId !== r.registrationId ? ' as device ' + r.deviceId : '');
+    replaceIfChanged(registrations, shown[2], () => rowsOf(shown[2], 3,
+      (r) => [r.registrationId, r.substatus ? r.status + ' (' + r.substatus + ')' : r.status, hubOf(r)], 'No registrations yet.'));
+  });
+}
+
 async function faultsPage() {
   const error = alertBox('faults-error');
   const report = h('pre', { id: 'faults-report', tabindex: 0, 'aria-label': 'Faults in force' });
@@ -728,6 +766,7 @@ const routes = [
   [/^#\/telemetry\/([^/]+)(?:\/([^/]+))?$/, telemetryPage],
   [/^#\/methods\/([^/]+)(?:\/([^/]+))?$/, methodsPage],
   [/^#\/deployments$/, deploymentsPage],
+  [/^#\/provisioning$/, provisioningPage],
   [/^#\/faults$/, faultsPage],
 ];
 
