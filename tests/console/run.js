@@ -181,7 +181,7 @@ async function shoot(page, name) {
 
 test('the web console, in Chromium, against edgetwin hub and edgetwin-module', async (t) => {
   const dataDir = path.join(scratch, 'hub');
-  const hub = start(bin, ['hub', '--data-dir', dataDir, '--mqtt-port', '0', '--https-port', '0'], { NO_COLOR: '1' }, 'hub.log');
+  const hub = start(bin, ['hub', '--data-dir', dataDir, '--mqtt-port', '0', '--https-port', '0', '--amqp-port', '0'], { NO_COLOR: '1' }, 'hub.log');
   const info = await until('hub.json', () => {
     if (hub.exitCode !== null) throw new Error('the hub exited: ' + tail('hub.log'));
     try { return JSON.parse(fs.readFileSync(path.join(dataDir, 'hub.json'), 'utf8')); } catch (_) { return null; }
