@@ -12,4 +12,5 @@ pub mod messaging;
 pub mod provision;
 pub mod quickstart;
 pub mod scaffold;
+pub mod signals;
 pub mod solution;

@@ -908,19 +908,10 @@ pub fn registrations_of_group(
 
 /// A new operation id.
 pub fn operation_id() -> String {
-    format!("4.{:016x}.{}", rand::random::<u64>(), uuid_like())
-}
-
-fn uuid_like() -> String {
-    let n = rand::random::<u128>();
-    let hex = format!("{n:032x}");
     format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
+        "4.{:016x}.{}",
+        rand::random::<u64>(),
+        edgetwin_wire::ids::uuid_v4(rand::random())
     )
 }
 

@@ -291,22 +291,8 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         out!("{line}");
     }
     out!("Stop with Ctrl-C.");
-    wait_for_signal().await;
+    edgetwin::signals::stopped().await;
     tracing::info!("stopping");
     hub.stop().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(stream) => { stream.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }

@@ -107,18 +107,7 @@ fn property(text: &str) -> Result<(String, String), String> {
 
 /// A random UUID (version 4), hyphenated.
 fn random_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    edgetwin_wire::ids::uuid_v4(rand::random())
 }
 
 /// The message `args` describe, with `message_id`, expiring `--expiry` seconds after `now_ms`.

@@ -100,7 +100,7 @@ fn value_json(value: &Value) -> Json {
         Value::Double(n) => json!(n.into_inner()),
         Value::Timestamp(t) => json!(t.milliseconds()),
         Value::Binary(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
-        Value::Uuid(u) => json!(uuid_text(u.as_inner())),
+        Value::Uuid(u) => json!(edgetwin_wire::ids::uuid_text(u.as_inner())),
         other => json!(format!("{other:?}")),
     }
 }
@@ -110,25 +110,12 @@ fn simple_json(value: &SimpleValue) -> Json {
     value_json(&Value::from(value.clone()))
 }
 
-/// A UUID hyphenated, as the SDKs show one.
-fn uuid_text(bytes: &[u8; 16]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
 /// A message or correlation id as JSON text.
 fn id_json(id: &MessageId) -> Json {
     match id {
         MessageId::String(s) => json!(s),
         MessageId::Ulong(n) => json!(n.to_string()),
-        MessageId::Uuid(u) => json!(uuid_text(u.as_inner())),
+        MessageId::Uuid(u) => json!(edgetwin_wire::ids::uuid_text(u.as_inner())),
         MessageId::Binary(b) => json!(String::from_utf8_lossy(b)),
     }
 }

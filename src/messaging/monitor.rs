@@ -95,7 +95,7 @@ pub async fn run(args: MonitorArgs) -> Result<(), MessagingError> {
         printed: 0,
         positions: HashMap::new(),
     };
-    let stop = stop_signal();
+    let stop = crate::signals::stopped();
     tokio::pin!(stop);
     let idle = args.timeout.filter(|s| *s > 0).map(Duration::from_secs);
     let idle_deadline = || idle.map(|d| tokio::time::Instant::now() + d);
@@ -243,21 +243,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(stream) => { stream.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
     }
 }
 

@@ -1,4 +1,5 @@
-//! IoT Hub's rules for ids: device and module ids, and configuration (deployment) ids.
+//! IoT Hub's rules for ids: device and module ids, and configuration (deployment) ids; and UUIDs
+//! as IoT Hub and the SDKs write them.
 
 /// Why an id is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -50,9 +51,37 @@ pub fn check_configuration_id(id: &str) -> Result<(), IdError> {
     })
 }
 
+/// 16 bytes as a UUID is written: 8-4-4-4-12 lower-case hex digits.
+pub fn uuid_text(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// A version-4 (random) UUID from 16 random bytes, hyphenated: message ids, lock tokens,
+/// operation ids.
+pub fn uuid_v4(mut random: [u8; 16]) -> String {
+    random[6] = (random[6] & 0x0f) | 0x40;
+    random[8] = (random[8] & 0x3f) | 0x80;
+    uuid_text(&random)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_are_written_8_4_4_4_12_and_v4_sets_its_version_and_variant() {
+        let bytes: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
+        assert_eq!(uuid_text(&bytes), "00112233-4455-6677-8899-aabbccddeeff");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    }
 
     #[test]
     fn identity_ids_follow_iot_hub_rules() {

@@ -159,18 +159,7 @@ fn id_text(id: MessageId) -> String {
     match id {
         MessageId::String(text) => text,
         MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(uuid) => {
-            let b = uuid.into_inner();
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            format!(
-                "{}-{}-{}-{}-{}",
-                &hex[..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..]
-            )
-        }
+        MessageId::Uuid(uuid) => edgetwin_wire::ids::uuid_text(&uuid.into_inner()),
         MessageId::Binary(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
     }
 }

@@ -82,14 +82,5 @@ async fn receive(hub: &Hub, device_id: &str) -> Result<Reply, ApiError> {
 
 /// A new lock token: a random UUID, as IoT Hub's are.
 fn lock_token() -> String {
-    let b: [u8; 16] = rand::random();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    edgetwin_wire::ids::uuid_v4(rand::random())
 }
