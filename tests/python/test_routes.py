@@ -29,23 +29,29 @@ def _module(hub, registry_manager, device_id, module_id):
     return Identity(hub, device_id, module_id, sk.primary_key, sk.secondary_key)
 
 
-def test_a_module_output_reaches_another_module_input_through_the_manifest_routes(
-        hub, registry_manager, make_device, clients):
+def _sensor_and_filter(hub, registry_manager, make_device, clients, routes):
+    """An edge device with modules `sensor` and `filter` under `routes`, both connected: (device,
+    the sensor's client, the filter's client, the queue of what reaches the filter's inputs)."""
     device = make_device(edge=True, prefix="gw")
     sensor = _module(hub, registry_manager, device.device_id, "sensor")
     filt = _module(hub, registry_manager, device.device_id, "filter")
-    _apply_routes(hub, device.device_id, {
-        "sensorToFilter": 'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
-        "hot": {"route": "FROM /messages/modules/sensor/outputs/* WHERE level = 'hot' INTO BrokeredEndpoint(\"/modules/filter/inputs/hot\")", "priority": 0},
-        "upstream": "FROM /messages/modules/filter/outputs/* INTO $upstream",
-    })
-
+    _apply_routes(hub, device.device_id, routes)
     received = queue.Queue()
     receiver = clients.module(filt)
     receiver.on_message_received = received.put
     receiver.connect()
     sender = clients.module(sensor)
     sender.connect()
+    return device, sender, receiver, received
+
+
+def test_a_module_output_reaches_another_module_input_through_the_manifest_routes(
+        hub, registry_manager, make_device, clients):
+    device, sender, _, received = _sensor_and_filter(hub, registry_manager, make_device, clients, {
+        "sensorToFilter": 'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
+        "hot": {"route": "FROM /messages/modules/sensor/outputs/* WHERE level = 'hot' INTO BrokeredEndpoint(\"/modules/filter/inputs/hot\")", "priority": 0},
+        "upstream": "FROM /messages/modules/filter/outputs/* INTO $upstream",
+    })
 
     message = Message('{"t": 21.5}', content_type="application/json", content_encoding="utf-8")
     message.custom_properties["level"] = "normal"
@@ -74,19 +80,10 @@ def test_a_module_output_reaches_another_module_input_through_the_manifest_route
 
 def test_only_what_a_route_sends_upstream_reaches_the_event_hub_endpoint(
         hub, registry_manager, make_device, clients):
-    device = make_device(edge=True, prefix="gw")
-    sensor = _module(hub, registry_manager, device.device_id, "sensor")
-    filt = _module(hub, registry_manager, device.device_id, "filter")
-    _apply_routes(hub, device.device_id, {
+    device, sender, receiver, received = _sensor_and_filter(hub, registry_manager, make_device, clients, {
         "sensorToFilter": 'FROM /messages/modules/sensor/outputs/temperature INTO BrokeredEndpoint("/modules/filter/inputs/input1")',
         "upstream": "FROM /messages/modules/filter/outputs/* INTO $upstream",
     })
-    received = queue.Queue()
-    receiver = clients.module(filt)
-    receiver.on_message_received = received.put
-    receiver.connect()
-    sender = clients.module(sensor)
-    sender.connect()
     sender.send_message_to_output(Message("to the filter"), "temperature")
     assert received.get(timeout=10).data == b"to the filter"
     sender.send_message_to_output(Message("no route"), "unrouted")
