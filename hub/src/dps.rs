@@ -722,6 +722,19 @@ pub fn local_twin(tx: &Transaction<'_>, device_id: &str) -> Result<Option<TwinSe
         .map(|record| (record.tags, record.desired)))
 }
 
+/// The update that gives the `existing` device the authentication of `device` (what DPS
+/// assigns), keeping its status and capabilities.
+fn rekeyed(existing: &Device, device: Device) -> Device {
+    Device {
+        device_id: device.device_id,
+        status: existing.status.clone(),
+        status_reason: existing.status_reason.clone(),
+        capabilities: existing.capabilities,
+        authentication: device.authentication,
+        ..Default::default()
+    }
+}
+
 /// Creates `device` on this hub, or gives an existing one its keys (status and capabilities
 /// kept); then writes `twin` to it, unless `only_if_created` and the device existed.
 pub fn assign_here(
@@ -737,14 +750,7 @@ pub fn assign_here(
             true
         }
         Some(existing) => {
-            let update = Device {
-                device_id: id.clone(),
-                status: existing.status.clone(),
-                status_reason: existing.status_reason.clone(),
-                authentication: device.authentication,
-                ..Default::default()
-            };
-            registry::update_device(tx, &id, update, None)?;
+            registry::update_device(tx, &id, rekeyed(&existing, device), None)?;
             false
         }
     };
@@ -784,15 +790,10 @@ pub async fn assign_remote(
             true
         }
         Some(existing) => {
-            let update = Device {
-                device_id: id.clone(),
-                status: existing.status.clone(),
-                status_reason: existing.status_reason.clone(),
-                capabilities: existing.capabilities,
-                authentication: device.authentication,
-                ..Default::default()
-            };
-            client.replace_device(&update).await.map_err(refused)?;
+            client
+                .replace_device(&rekeyed(&existing, device))
+                .await
+                .map_err(refused)?;
             false
         }
     };
