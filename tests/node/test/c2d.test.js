@@ -14,7 +14,7 @@ const { Client } = require('azure-iot-device');
 const { Mqtt, MqttWs } = require('azure-iot-device-mqtt');
 const { Http } = require('azure-iot-device-http');
 const { Message } = require('azure-iot-common');
-const { serviceConnectionString, waitFor, registryWithCleanup, identityConnectionString } = require('./hub');
+const { serviceConnectionString, waitFor, registryWithCleanup, identityConnectionString, completingClient } = require('./hub');
 
 const fixture = registryWithCleanup();
 after(() => fixture.cleanup());
@@ -31,12 +31,7 @@ for (const transport of [Mqtt, MqttWs]) {
     await service.send(device.deviceId, message);
     await service.close();
 
-    const client = Client.fromConnectionString(identityConnectionString(device), transport);
-    const received = [];
-    client.on('message', (msg) => {
-      received.push(msg);
-      client.complete(msg, () => {});
-    });
+    const { client, received } = completingClient(device, transport);
     await client.open();
     try {
       await waitFor(() => received.length > 0, 'the cloud-to-device message', 10000);

@@ -16,7 +16,7 @@ const { Http } = require('azure-iot-device-http');
 const { Message } = require('azure-iot-common');
 const { Client: ServiceClient, AmqpWs } = require('azure-iothub');
 const WebSocket = require('ws');
-const { info, serviceConnectionString, waitFor, registryWithCleanup, identityConnectionString } = require('./hub');
+const { info, serviceConnectionString, waitFor, registryWithCleanup, identityConnectionString, completingClient } = require('./hub');
 
 const fixture = registryWithCleanup();
 after(() => fixture.cleanup());
@@ -71,12 +71,7 @@ test('EventHubConsumerClient reads a device\'s telemetry (MQTT, then HTTPS) with
 
 test('over WebSockets on 443: EventHubConsumerClient reads telemetry, azure-iothub AmqpWs sends cloud-to-device', async () => {
   const device = await fixture.device('node-ws');
-  const client = Client.fromConnectionString(identityConnectionString(device), Mqtt);
-  const received = [];
-  client.on('message', (msg) => {
-    received.push(msg);
-    client.complete(msg, () => {});
-  });
+  const { client, received } = completingClient(device, Mqtt);
   await client.open();
   try {
     await client.sendEvent(new Message('over websockets'));

@@ -62,4 +62,17 @@ function identityConnectionString(identity) {
   return `HostName=${host};DeviceId=${identity.deviceId}${module};SharedAccessKey=${identity.authentication.symmetricKey.primaryKey}`;
 }
 
-module.exports = { info, serviceConnectionString, uniqueId, waitFor, registryWithCleanup, identityConnectionString };
+/** An azure-iot-device client of `device` over `transport` that completes every cloud-to-device
+ * message it gets; they collect in `received`. */
+function completingClient(device, transport) {
+  const { Client } = require('azure-iot-device');
+  const client = Client.fromConnectionString(identityConnectionString(device), transport);
+  const received = [];
+  client.on('message', (msg) => {
+    received.push(msg);
+    client.complete(msg, () => {});
+  });
+  return { client, received };
+}
+
+module.exports = { info, serviceConnectionString, uniqueId, waitFor, registryWithCleanup, identityConnectionString, completingClient };
