@@ -436,18 +436,7 @@ fn check_if_match(if_match: Option<&str>, common: &EnrollmentCommon) -> Result<(
     }
 }
 
-/// What a registering device proved with its token or its certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attested {
-    /// The registration id.
-    pub registration_id: String,
-    /// The enrollment group whose derived key signed the token (or whose signing certificate
-    /// the device's chain verified to); `None` for an individual enrollment.
-    pub group: Option<String>,
-    /// The SHA-256 thumbprint of the certificate an X.509 device presented
-    /// ([`crate::dps_x509::attest`]); `None` for a token.
-    pub thumbprint: Option<String>,
-}
+pub use crate::dps_x509::Attested;
 
 /// Checks a device's registration token for `registration_id` under `id_scope`: the scope must
 /// be this service's, the token's `sr` `{idScope}/registrations/{registrationId}` (ignoring

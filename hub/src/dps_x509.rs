@@ -30,7 +30,6 @@ use edgetwin_wire::dps::{
 use edgetwin_wire::rest::{AuthenticationMechanism, X509Thumbprint};
 use rustls::pki_types::{CertificateDer, UnixTime};
 
-use crate::dps::{Attested, Service};
 use crate::store::{DpsTable, Transaction};
 use crate::x509::{self, ClientChain, DeviceCas};
 
@@ -179,7 +178,21 @@ fn utc_seconds(unix: i64) -> Option<String> {
     ))
 }
 
-/// Checks a device registering for `registration_id` under `id_scope` with the certificates
+/// What a registering device proved with its token or its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The registration id.
+    pub registration_id: String,
+    /// The enrollment group whose derived key signed the token (or whose signing certificate
+    /// the device's chain verified to); `None` for an individual enrollment.
+    pub group: Option<String>,
+    /// The SHA-256 thumbprint of the certificate an X.509 device presented
+    /// ([`attest`]); `None` for a token.
+    pub thumbprint: Option<String>,
+}
+
+/// Checks a device registering for `registration_id` under `id_scope` (which must be this
+/// service's, `own_scope`) with the certificates
 /// `chain` it presented, at `now` (Unix seconds): the individual enrollment of the registration
 /// id if it has one (its certificate's thumbprint), otherwise the first enrollment group whose
 /// signing certificate the chain verifies to. Every refusal is 401002 `Unauthorized`, as DPS
@@ -187,7 +200,7 @@ fn utc_seconds(unix: i64) -> Option<String> {
 /// 401002, …}`), the reason logged; a registration id DPS would never accept is 400004.
 pub fn attest(
     tx: &Transaction<'_>,
-    service: &Service,
+    own_scope: &str,
     id_scope: &str,
     registration_id: &str,
     chain: &ClientChain,
@@ -201,7 +214,7 @@ pub fn attest(
         );
         DpsError::unauthorized()
     };
-    if id_scope != service.id_scope() {
+    if id_scope != own_scope {
         return Err(refuse("unknown id scope"));
     }
     dps::check_registration_id(registration_id)?;
@@ -424,8 +437,7 @@ mod tests {
         );
         store
             .transaction(|tx| {
-                let service = Service::open(tx)?;
-                let scope = service.id_scope().to_owned();
+                let scope = "0ne00TESTSC".to_owned();
                 let put = |table: DpsTable, id: &str, section: &str, pem: String| {
                     let mut common: EnrollmentCommon = serde_json::from_value(json!({
                         "attestation": {"type": "x509", "x509": {section: {"primary": {"certificate": pem}}}}
@@ -442,7 +454,7 @@ mod tests {
                 put(DpsTable::Groups, "fleet", "signingCertificates", root.cert.pem())?;
                 put(DpsTable::Enrollments, "solo", "clientCertificates", solo.cert.pem())?;
                 let check = |id: &str, chain: &ClientChain, now: i64| {
-                    attest(tx, &service, &scope, id, chain, now).map(|a| (a.group, a.thumbprint))
+                    attest(tx, &scope, &scope, id, chain, now).map(|a| (a.group, a.thumbprint))
                 };
                 let leaf_sha256 = |c: &Issued| Some(x509::thumbprints_of(c.cert.der()).1);
                 assert_eq!(
@@ -464,7 +476,7 @@ mod tests {
                 assert!(unauthorized("member-2", &chain(&[&member, &intermediate]), NOW));
                 assert!(unauthorized("member-1", &chain(&[&member, &intermediate]), 1_956_528_001));
                 assert!(unauthorized("solo", &ClientChain::default(), NOW));
-                let elsewhere = attest(tx, &service, "0ne00000000", "solo", &chain(&[&solo]), NOW);
+                let elsewhere = attest(tx, &scope, "0ne00000000", "solo", &chain(&[&solo]), NOW);
                 assert_eq!(elsewhere.unwrap_err().code, 401002);
                 Ok::<_, StoreError>(())
             })

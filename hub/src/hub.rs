@@ -349,7 +349,7 @@ impl Hub {
         self.read(|tx| {
             Ok(crate::dps_x509::attest(
                 tx,
-                &self.dps,
+                self.dps.id_scope(),
                 id_scope,
                 registration_id,
                 chain,
