@@ -381,7 +381,8 @@ impl Hub {
     /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: logs it for
     /// the REST message log and the console and, if it goes `upstream` to IoT Hub, queues it for
     /// its Event Hub-compatible partition ([`Self::submit_event`]); the handle resolves once it
-    /// is stored. `None`: not upstream, nothing to wait for.
+    /// is stored. `None`: not upstream, nothing to wait for. `auth`: how the sender
+    /// authenticated, kept with the event for its `iothub-connection-auth-method`.
     pub async fn accept_telemetry(
         &self,
         key: &IdentityKey,
@@ -389,6 +390,7 @@ impl Hub {
         properties: Vec<(String, Option<String>)>,
         payload: &[u8],
         upstream: bool,
+        auth: events::AuthMethod,
     ) -> Result<Option<Committing<i64>>, ApiError> {
         let event = Event {
             partition: events::partition_of(&key.device_id),
@@ -397,7 +399,7 @@ impl Hub {
             enqueued_ms: ids::now_unix_ms(),
             device_id: key.device_id.clone(),
             module_id: key.module_id.clone(),
-            properties: properties.clone(),
+            properties: events::stamped(properties.clone(), auth),
             body: payload.to_vec(),
         };
         let (body, body_base64) = Message::body_of(payload);

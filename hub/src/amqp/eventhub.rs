@@ -29,7 +29,7 @@ use fe2o3_amqp::types::primitives::{
 
 use super::cbs::{self, NodeMessage, ReplyLinks};
 use super::{address_segments, Connection};
-use crate::events::{self, Event, StartAt, PARTITIONS};
+use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
 
 /// Most events read from the store at once for one receiver.
@@ -297,16 +297,11 @@ pub fn event_message(event: &Event) -> Message<Data> {
             Value::String(module.clone()),
         );
     }
-    let auth_method = serde_json::json!({
-        "scope": if event.module_id.is_some() { "module" } else { "device" },
-        "type": "sas",
-        "issuer": "iothub",
-        "acceptingIpFilterRule": null,
-    });
+    let auth_method = AuthMethod::of(&event.properties).annotation(event.module_id.is_some());
     annotations = annotations
         .insert(
             Symbol::from("iothub-connection-auth-method"),
-            Value::String(auth_method.to_string()),
+            Value::String(auth_method),
         )
         .insert(Symbol::from("iothub-enqueuedtime"), enqueued)
         .insert(
