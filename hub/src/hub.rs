@@ -143,6 +143,8 @@ pub struct Hub {
     event_heads: Arc<Vec<watch::Sender<i64>>>,
     /// Wakes the job runner when a job is created or cancelled.
     jobs_changed: tokio::sync::Notify,
+    /// Most jobs active at once (`--max-active-jobs`; [`jobs::admit`](crate::jobs::admit)).
+    max_active_jobs: usize,
 }
 
 impl Hub {
@@ -209,7 +211,20 @@ impl Hub {
             dps,
             event_heads,
             jobs_changed: tokio::sync::Notify::new(),
+            max_active_jobs: crate::jobs::DEFAULT_MAX_ACTIVE_JOBS,
         })
+    }
+
+    /// The hub, holding at most `max_active_jobs` jobs active at once (IoT Hub S1's 1 unless
+    /// set).
+    pub fn with_max_active_jobs(mut self, max_active_jobs: usize) -> Self {
+        self.max_active_jobs = max_active_jobs;
+        self
+    }
+
+    /// Most jobs active (queued, scheduled or running) at once; one more is refused.
+    pub fn max_active_jobs(&self) -> usize {
+        self.max_active_jobs
     }
 
     /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.
