@@ -32,6 +32,13 @@ use crate::store::{
 use crate::twins::{self, DesiredChange};
 use crate::writer::{Committing, Effect, Writer, Written};
 
+/// Most jobs active at once unless configured: IoT Hub S1's (and Free's). IoT Hub's "quotas and
+/// throttling" page, Other limits, Jobs: "Maximum concurrent jobs is 1 (for Free and S1), 5 (for
+/// S2), and 10 (for S3). However, the max concurrent device import/export jobs is 1 for all
+/// tiers." (import and export jobs are not served here: `rest/jobs.rs`). The REST door refuses
+/// one more (`jobs::admit`).
+pub const DEFAULT_MAX_ACTIVE_JOBS: usize = 1;
+
 /// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
 pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
 
@@ -143,7 +150,7 @@ pub struct Hub {
     event_heads: Arc<Vec<watch::Sender<i64>>>,
     /// Wakes the job runner when a job is created or cancelled.
     jobs_changed: tokio::sync::Notify,
-    /// Most jobs active at once (`--max-active-jobs`; [`jobs::admit`](crate::jobs::admit)).
+    /// Most jobs active at once (`--max-active-jobs`).
     max_active_jobs: usize,
 }
 
@@ -211,7 +218,7 @@ impl Hub {
             dps,
             event_heads,
             jobs_changed: tokio::sync::Notify::new(),
-            max_active_jobs: crate::jobs::DEFAULT_MAX_ACTIVE_JOBS,
+            max_active_jobs: DEFAULT_MAX_ACTIVE_JOBS,
         })
     }
 

@@ -14,10 +14,10 @@
 //!   "scheduleUpdateTwin job type is a force update, which only accepts '*' as the Etag";
 //!   MicrosoftDocs/azure-docs#29484, where a job without it was refused);
 //! - a job whose `type` is not one of the two is refused with 400 (MicrosoftDocs/azure-docs#29484
-//!   found `scheduleDirectMethod` refused).
-//!
+//!   found `scheduleDirectMethod` refused);
 //! - the hub holds at most a few active jobs at once, and refuses one more with 429
-//!   `ThrottlingMaxActiveJobCountExceeded` ([`admit`], [`DEFAULT_MAX_ACTIVE_JOBS`]).
+//!   `ThrottlingMaxActiveJobCountExceeded` ([`admit`],
+//!   [`DEFAULT_MAX_ACTIVE_JOBS`](crate::hub::DEFAULT_MAX_ACTIVE_JOBS)).
 //!
 //! Chosen here, where no source says: `maxExecutionTimeInSeconds` counts from `startTime` and
 //! defaults to 3600 (the Node SDK's default); a job past it stops trying devices and ends
@@ -41,12 +41,6 @@ use crate::ids;
 
 /// `maxExecutionTimeInSeconds` when the request has none (the Node SDK's default).
 pub const DEFAULT_MAX_EXECUTION_SECS: u64 = 3600;
-
-/// Most jobs active at once unless configured: IoT Hub S1's (and Free's). IoT Hub's "quotas and
-/// throttling" page, Other limits, Jobs: "Maximum concurrent jobs is 1 (for Free and S1), 5 (for
-/// S2), and 10 (for S3). However, the max concurrent device import/export jobs is 1 for all
-/// tiers." (import and export jobs are not served here: `rest/jobs.rs`).
-pub const DEFAULT_MAX_ACTIVE_JOBS: usize = 1;
 
 /// Refuses a new job while the active ones among `jobs` already number `max_active`: 429
 /// `ThrottlingMaxActiveJobCountExceeded` (429004), as IoT Hub answers a job over its cap
@@ -528,22 +522,27 @@ mod tests {
     }
 
     #[test]
-    fn a_job_over_the_active_cap_is_refused_429_naming_the_active_ones_and_ended_ones_do_not_count(
-    ) {
+    fn a_job_over_the_active_cap_is_refused_429_naming_the_active_ones_and_ended_ones_do_not_count()
+    {
         let queued = plan("queued", request(twin_job(json!({"jobId": "queued"}))), NOW).unwrap();
         let later = json!({"jobId": "later", "startTime": "2026-12-07T10:00:00Z"});
         let scheduled = plan("later", request(twin_job(later)), NOW).unwrap();
-        let mut running = plan("running", request(twin_job(json!({"jobId": "running"}))), NOW)
-            .unwrap();
+        let mut running = plan(
+            "running",
+            request(twin_job(json!({"jobId": "running"}))),
+            NOW,
+        )
+        .unwrap();
         assert!(start(&mut running));
         let mut cancelled = plan("gone", request(twin_job(json!({"jobId": "gone"}))), NOW).unwrap();
         assert!(cancel(&mut cancelled, NOW));
         let mut completed = plan("done", request(twin_job(json!({"jobId": "done"}))), NOW).unwrap();
         assert!(start(&mut completed) && finish(&mut completed, 0, NOW));
-        let mut failed = plan("failed", request(twin_job(json!({"jobId": "failed"}))), NOW).unwrap();
+        let mut failed =
+            plan("failed", request(twin_job(json!({"jobId": "failed"}))), NOW).unwrap();
         assert!(fail(&mut failed, "no".into(), NOW));
 
-        assert!(admit(&[], DEFAULT_MAX_ACTIVE_JOBS).is_ok());
+        assert!(admit(&[], crate::hub::DEFAULT_MAX_ACTIVE_JOBS).is_ok());
         let over = [cancelled.clone(), completed.clone(), failed.clone()];
         assert!(admit(&over, 1).is_ok(), "ended jobs do not count");
         for active in [&queued, &scheduled, &running] {

@@ -77,7 +77,7 @@ use tokio_rustls::TlsAcceptor;
 pub use certs::CertError;
 pub use data_lock::LockError;
 pub use events::{parse_size, Retention};
-pub use jobs::DEFAULT_MAX_ACTIVE_JOBS;
+pub use hub::DEFAULT_MAX_ACTIVE_JOBS;
 pub use store::StoreError;
 pub use test_hub::{TestHub, TestHubError};
 
