@@ -157,6 +157,9 @@ pub struct Event {
     pub properties: Vec<(String, Option<String>)>,
     /// The body.
     pub body: Vec<u8>,
+    /// Its place in the hub's message log (`/edgetwin/messages`, the console): every event of
+    /// every partition in the order they were stored, from 1 (0 until it is stored).
+    pub logged: i64,
 }
 
 /// Where a reader of a partition starts: the receiver link's
