@@ -284,6 +284,83 @@ pub fn partition_id(text: &str) -> Option<u32> {
         .filter(|p| *p < PARTITIONS && p.to_string() == text)
 }
 
+/// How the identity that sent an event authenticated, for its `iothub-connection-auth-method`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A SAS token (of the identity's key, or of a policy with DeviceConnect).
+    #[default]
+    Sas,
+    /// An X.509 certificate whose thumbprint is registered with the identity (`selfSigned`).
+    SelfSigned,
+    /// An X.509 certificate chain to a CA the hub trusts (`certificateAuthority`).
+    CertificateAuthority,
+}
+
+/// The stored property that keeps an X.509 sender's [`AuthMethod`] with its event; one a device
+/// sends is dropped ([`stamped`]), so that a device cannot claim another method.
+pub const AUTH_PROPERTY: &str = "$.auth";
+
+impl AuthMethod {
+    /// Its name in [`AUTH_PROPERTY`]; a SAS event stores none.
+    fn stored(self) -> Option<&'static str> {
+        match self {
+            AuthMethod::Sas => None,
+            AuthMethod::SelfSigned => Some("selfSigned"),
+            AuthMethod::CertificateAuthority => Some("certificateAuthority"),
+        }
+    }
+
+    /// The method stored with an event's `properties`.
+    pub fn of(properties: &[(String, Option<String>)]) -> AuthMethod {
+        let stored = properties
+            .iter()
+            .find(|(name, _)| name == AUTH_PROPERTY)
+            .and_then(|(_, value)| value.as_deref());
+        [AuthMethod::SelfSigned, AuthMethod::CertificateAuthority]
+            .into_iter()
+            .find(|method| method.stored() == stored)
+            .unwrap_or_default()
+    }
+
+    /// The `iothub-connection-auth-method` IoT Hub sets on an event of a device (or, `module`,
+    /// a module) that authenticated this way: `{"scope":"device","type":"sas","issuer":"iothub",
+    /// "acceptingIpFilterRule":null}` for a SAS token (Microsoft's quickstarts print it, e.g.
+    /// iot-develop "Connect an IoT Plug and Play device"); for a CA-signed certificate
+    /// `"type":"x509Certificate","issuer":"external"` (telemetry of Azure Sphere devices, which
+    /// authenticate with their tenant CA: gloveboxes' azure_sphere_co2_monitor; IoT Hub's
+    /// connection logs alike: MicrosoftLearning AZ-220 lab 17 "asset-track" devices, DPS-enrolled
+    /// under a CA). For a thumbprint (self-signed) certificate no sample was found: the type is
+    /// the same and the issuer `iothub`, IoT Hub itself holding the thumbprint as it holds SAS
+    /// keys (the d2c guide lists only `"issuer": "iothub"`, MicrosoftDocs/azure-docs #8860).
+    pub fn annotation(self, module: bool) -> String {
+        let (kind, issuer) = match self {
+            AuthMethod::Sas => ("sas", "iothub"),
+            AuthMethod::SelfSigned => ("x509Certificate", "iothub"),
+            AuthMethod::CertificateAuthority => ("x509Certificate", "external"),
+        };
+        serde_json::json!({
+            "scope": if module { "module" } else { "device" },
+            "type": kind,
+            "issuer": issuer,
+            "acceptingIpFilterRule": null,
+        })
+        .to_string()
+    }
+}
+
+/// The properties a sender's message is stored with: its own, less any [`AUTH_PROPERTY`] it
+/// claimed, and the hub's record of how it authenticated.
+pub fn stamped(
+    mut properties: Vec<(String, Option<String>)>,
+    auth: AuthMethod,
+) -> Vec<(String, Option<String>)> {
+    properties.retain(|(name, _)| name != AUTH_PROPERTY);
+    if let Some(stored) = auth.stored() {
+        properties.push((AUTH_PROPERTY.to_owned(), Some(stored.to_owned())));
+    }
+    properties
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +478,34 @@ mod tests {
         assert_eq!(partition_id("4"), None);
         assert_eq!(partition_id("01"), None);
         assert_eq!(partition_id("x"), None);
+    }
+
+    #[test]
+    fn the_auth_method_is_the_hubs_record_never_what_the_device_claims() {
+        let claimed = vec![
+            ("$.auth".to_owned(), Some("certificateAuthority".to_owned())),
+            ("level".to_owned(), Some("high".to_owned())),
+        ];
+        let sas = stamped(claimed.clone(), AuthMethod::Sas);
+        assert_eq!(sas, [("level".to_owned(), Some("high".to_owned()))]);
+        assert_eq!(AuthMethod::of(&sas), AuthMethod::Sas);
+        let thumbprint = stamped(claimed, AuthMethod::SelfSigned);
+        assert_eq!(AuthMethod::of(&thumbprint), AuthMethod::SelfSigned);
+        assert_eq!(
+            AuthMethod::of(&stamped(Vec::new(), AuthMethod::CertificateAuthority)),
+            AuthMethod::CertificateAuthority
+        );
+    }
+
+    #[test]
+    fn the_auth_method_reads_as_iot_hub_writes_it() {
+        assert_eq!(
+            AuthMethod::Sas.annotation(false),
+            r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
+        );
+        assert_eq!(
+            AuthMethod::CertificateAuthority.annotation(true),
+            r#"{"scope":"module","type":"x509Certificate","issuer":"external","acceptingIpFilterRule":null}"#
+        );
     }
 }

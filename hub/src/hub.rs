@@ -393,13 +393,15 @@ impl Hub {
     /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: if it goes
     /// `upstream` to IoT Hub, queues it for its Event Hub-compatible partition
     /// ([`Self::submit_event`]), which the message log reads too; the handle resolves once it is
-    /// stored. `None`: not upstream, nothing to store or wait for.
+    /// stored. `None`: not upstream, nothing to store or wait for. `auth`: how the sender
+    /// authenticated, kept with the event for its `iothub-connection-auth-method`.
     pub async fn accept_telemetry(
         &self,
         key: &IdentityKey,
         properties: Vec<(String, Option<String>)>,
         payload: &[u8],
         upstream: bool,
+        auth: events::AuthMethod,
     ) -> Result<Option<Committing<i64>>, ApiError> {
         if !upstream {
             return Ok(None);
@@ -411,7 +413,7 @@ impl Hub {
             enqueued_ms: ids::now_unix_ms(),
             device_id: key.device_id.clone(),
             module_id: key.module_id.clone(),
-            properties,
+            properties: events::stamped(properties, auth),
             body: payload.to_vec(),
             logged: 0,
         };

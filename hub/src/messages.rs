@@ -70,7 +70,13 @@ impl Message {
             device_id: event.device_id.clone(),
             module_id: event.module_id.clone(),
             output: output_of(event).map(str::to_owned),
-            properties: event.properties.iter().cloned().collect(),
+            // the hub's own record of how the sender authenticated is not the sender's
+            properties: event
+                .properties
+                .iter()
+                .filter(|(key, _)| key != crate::events::AUTH_PROPERTY)
+                .cloned()
+                .collect(),
             body,
             body_base64,
             enqueued_time_utc: crate::ids::iso(enqueued),
@@ -169,7 +175,16 @@ mod tests {
                 tx.append_event(event("a", Some("m"), Some("out"), b"one".to_vec()))?;
                 tx.append_event(event("b", None, None, vec![0xff, 0x00]))?;
                 tx.append_event(event("a", Some("m"), Some("other"), b"two".to_vec()))?;
-                tx.append_event(event("a", None, None, b"three".to_vec()))?;
+                tx.append_event(Event {
+                    properties: vec![
+                        (
+                            crate::events::AUTH_PROPERTY.into(),
+                            Some("selfSigned".into()),
+                        ),
+                        ("k".into(), Some("v".into())),
+                    ],
+                    ..event("a", None, None, b"three".to_vec())
+                })?;
                 for _ in 0..20 {
                     tx.append_event(event("c", None, None, vec![b'x'; 250 * 1024]))?;
                 }
@@ -183,6 +198,12 @@ mod tests {
                 assert_eq!(all[1].body_base64.as_deref(), Some("/wA="));
                 assert_eq!(all[0].output.as_deref(), Some("out"));
                 assert_eq!(all[0].enqueued_time_utc, "2023-11-14T22:13:20.1230000Z");
+                let shown: Vec<&String> = all[3].properties.keys().collect();
+                assert_eq!(
+                    shown,
+                    ["k"],
+                    "the hub's record of the sender's authentication is its own"
+                );
                 let bytes: usize = all
                     .iter()
                     .filter_map(|m| m.body.as_ref())

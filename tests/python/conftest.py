@@ -331,6 +331,24 @@ def make_registry_manager(connection_string):
     return IoTHubRegistryManager.from_connection_string(connection_string)
 
 
+@pytest.fixture
+def c2d_sender(hub, monkeypatch):
+    """An `IoTHubRegistryManager` for `send_c2d_message`, whose AMQP client (uamqp, OpenSSL)
+    trusts the hub through `SSL_CERT_FILE`, as a user (and the Azure CLI) sets it."""
+    monkeypatch.setenv("SSL_CERT_FILE", hub.ca_path)
+    return make_registry_manager(hub.service_connection_string)
+
+
+# IoT Hub's limit of cloud-to-device messages pending per device.
+C2D_QUEUE_LIMIT = 50
+
+
+def fill_c2d_queue(sender, device_id):
+    """Sends `device_id` as many messages as IoT Hub keeps pending for one device: `m0`, `m1`, ..."""
+    for n in range(C2D_QUEUE_LIMIT):
+        sender.send_c2d_message(device_id, f"m{n}")
+
+
 @pytest.fixture(scope="session")
 def registry_manager(hub):
     return make_registry_manager(hub.service_connection_string)

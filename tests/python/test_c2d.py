@@ -7,24 +7,16 @@ takes them, and refuses the 51st (IoT Hub: 50 per device), an unknown device and
 
 import pytest
 
-from conftest import make_registry_manager
+from conftest import C2D_QUEUE_LIMIT, fill_c2d_queue
 
 # receive_message is what the issue names as the judge; the SDK marks it deprecated
 pytestmark = pytest.mark.filterwarnings("ignore:receive_message is deprecated")
 
 
-@pytest.fixture
-def sender(hub, monkeypatch):
-    """A registry manager whose AMQP client (uamqp, OpenSSL) trusts the hub through
-    `SSL_CERT_FILE`, as the Azure CLI's does."""
-    monkeypatch.setenv("SSL_CERT_FILE", hub.ca_path)
-    return make_registry_manager(hub.service_connection_string)
-
-
 def test_a_message_sent_by_the_service_sdk_reaches_the_device_sdk_with_its_properties(
-        sender, make_device, clients):
+        c2d_sender, make_device, clients):
     device = make_device()
-    sender.send_c2d_message(device.device_id, "hello device", {
+    c2d_sender.send_c2d_message(device.device_id, "hello device", {
         "messageId": "m-1", "correlationId": "c-1", "contentType": "application/json",
         "iothub-ack": "full", "color": "dark blue"})
     client = clients.device(device)
@@ -41,19 +33,18 @@ def test_a_message_sent_by_the_service_sdk_reaches_the_device_sdk_with_its_prope
 
 
 def test_the_queue_survives_a_restart_and_refuses_the_51st_message_an_unknown_device_and_64_kb(
-        hub, sender, make_device, clients):
+        hub, c2d_sender, make_device, clients):
     device = make_device()
-    for n in range(50):
-        sender.send_c2d_message(device.device_id, f"m{n}")
+    fill_c2d_queue(c2d_sender, device.device_id)
     with pytest.raises(Exception, match="send failure"):
-        sender.send_c2d_message(device.device_id, "one too many")
+        c2d_sender.send_c2d_message(device.device_id, "one too many")
     with pytest.raises(Exception, match="send failure"):
-        sender.send_c2d_message("nobody-" + device.device_id, "to no one")
+        c2d_sender.send_c2d_message("nobody-" + device.device_id, "to no one")
     other = make_device()
     with pytest.raises(Exception, match="send failure"):
-        sender.send_c2d_message(other.device_id, "x" * (64 * 1024 + 1))
+        c2d_sender.send_c2d_message(other.device_id, "x" * (64 * 1024 + 1))
     hub.restart()
     client = clients.device(device)
     client.connect()
-    bodies = [client.receive_message(timeout=10).data for _ in range(50)]
-    assert bodies == [f"m{n}".encode() for n in range(50)]
+    bodies = [client.receive_message(timeout=10).data for _ in range(C2D_QUEUE_LIMIT)]
+    assert bodies == [f"m{n}".encode() for n in range(C2D_QUEUE_LIMIT)]

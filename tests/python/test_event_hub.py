@@ -254,6 +254,46 @@ def test_a_wrong_or_expired_token_is_refused_on_cbs(hub, case):
     client.close()
 
 
+def test_a_consumer_renewing_its_token_keeps_receiving_past_the_first_tokens_expiry(hub, clients, make_device):
+    # The hub closes a link once its token expires unrenewed (tests/amqp_token.rs); the SDK puts
+    # a new token on $cbs when 10 % of its lifetime is left (pyamqp cbs.py `_refresh_window`),
+    # from the credential, which here gets a fresh token only once the first event has arrived,
+    # so that the link stays up on the renewal alone.
+    key = hub.info["policies"]["service"]
+    first_expiry = int(time.time()) + 10
+    credential = AzureSasCredential(event_hub_token(hub, key, first_expiry))
+    name = parse_connection_string(hub.info["eventHubConnectionString"])["EntityPath"]
+    client = EventHubConsumerClient(
+        fully_qualified_namespace=hub.host, eventhub_name=name, consumer_group="$Default",
+        credential=credential, connection_verify=hub.ca_path, retry_total=0,
+    )
+    device = make_device()
+    device_client = clients.device(device)
+    device_client.connect()
+    send(device_client, "before")
+
+    def texts(events):
+        return [e[1].body_as_str() for e in events if from_device(device.device_id)(e)]
+
+    renewed = threading.Event()
+
+    def enough(events):
+        if "before" in texts(events) and not renewed.is_set():
+            renewed.set()
+            credential.update(event_hub_token(hub, key, int(time.time()) + 3600))
+            threading.Thread(target=send_after_expiry, daemon=True).start()
+        return "after" in texts(events)
+
+    def send_after_expiry():
+        time.sleep(max(0.0, first_expiry + 1.5 - time.time()))
+        send(device_client, "after")
+
+    events, errors = receive(client, enough, timeout=30, partition_id=partition_of(device.device_id))
+    assert not errors, errors
+    assert texts(events) == ["before", "after"]
+    assert time.time() > first_expiry + 1
+
+
 def test_a_policy_without_service_connect_may_not_read_events(hub):
     key = hub.info["policies"]["registryRead"]
     cs = parse_connection_string(hub.info["eventHubConnectionString"])

@@ -9,11 +9,10 @@ import os
 import subprocess
 import threading
 
-import certifi
 import pytest
 from azure.iot.device import Message
 
-from conftest import DEFAULT_BIN, make_registry_manager, parse_connection_string, unique_id, wait_until
+from conftest import DEFAULT_BIN, fill_c2d_queue, parse_connection_string, unique_id, wait_until
 from test_event_hub import consumer_groups
 
 BIN = os.environ.get("EDGETWIN_BIN", str(DEFAULT_BIN))
@@ -117,16 +116,13 @@ def test_c2d_send_reaches_the_device_sdk_with_its_properties(hub, clients, make_
 
 
 def test_c2d_send_names_iot_hubs_error_for_an_unknown_device_and_a_full_queue(
-        hub, make_device, monkeypatch):
+        hub, make_device, c2d_sender):
     unknown = run_cli(hub, "c2d", "send", "--device", unique_id("nobody"), "--data", "x")
     assert unknown.returncode == 1
     assert "DeviceNotFound (404001)" in unknown.stderr, unknown.stderr
 
     device = make_device()
-    monkeypatch.setattr(certifi, "where", lambda: hub.ca_path)  # uamqp trusts certifi only
-    sender = make_registry_manager(hub.service_connection_string)
-    for n in range(50):
-        sender.send_c2d_message(device.device_id, f"m{n}")
+    fill_c2d_queue(c2d_sender, device.device_id)
     full = run_cli(hub, "c2d", "send", "--device", device.device_id, "--data", "one too many")
     assert full.returncode == 1
     assert "DeviceMaximumQueueDepthExceeded (403004)" in full.stderr, full.stderr

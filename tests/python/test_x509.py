@@ -6,6 +6,8 @@ password. The certificates are made here with `cryptography`; CA-signed ones are
 hub's own CA (its key is in the hub's data directory, `certs/ca.key.pem`).
 """
 
+import json
+
 import pytest
 from azure.iot.device import IoTHubDeviceClient, X509
 from azure.iot.device.exceptions import ClientError
@@ -165,3 +167,32 @@ def test_a_wrong_certificate_is_refused(hub, clients, x509_device, make_device, 
     # positive control: the registered certificate gets in
     _assert_sends_and_reads_its_twin(hub, _x509_client(hub, clients, self_signed, registered),
                                      self_signed)
+
+
+def test_telemetry_says_how_its_x509_device_authenticated(hub, clients, x509_device, hub_ca, tmp_path):
+    # IoT Hub's `iothub-connection-auth-method` (hub/src/events.rs `AuthMethod::annotation`):
+    # "x509Certificate", issued "external" for a CA-signed certificate, "iothub" for a thumbprint
+    from test_event_hub import consumer, from_device, receive
+
+    self_signed = unique_id("x509ss")
+    cert = DeviceCert(tmp_path, self_signed)
+    x509_device("selfSigned", "00" * 20, cert.sha256, device_id=self_signed)
+    signed = x509_device("certificateAuthority")
+    for device_id, cert in [(self_signed, cert),
+                            (signed, DeviceCert(tmp_path, signed, issuer=hub_ca))]:
+        client = _x509_client(hub, clients, device_id, cert)
+        client.connect()
+        client.send_message("how did I authenticate")
+    events, errors = receive(
+        consumer(hub),
+        lambda es: any(map(from_device(self_signed), es)) and any(map(from_device(signed), es)))
+    assert not errors, errors
+
+    def auth_method(device_id):
+        [(_, event)] = [e for e in events if from_device(device_id)(e)]
+        return json.loads(event.system_properties[b"iothub-connection-auth-method"])
+
+    assert auth_method(self_signed) == {"scope": "device", "type": "x509Certificate",
+                                        "issuer": "iothub", "acceptingIpFilterRule": None}
+    assert auth_method(signed) == {"scope": "device", "type": "x509Certificate",
+                                   "issuer": "external", "acceptingIpFilterRule": None}

@@ -34,13 +34,25 @@ pub async fn serve_sender_link(
     segments: &[String],
     connection: &Connection,
 ) {
-    if let Err(error) = connection.authorise(segments, Permission::ServiceConnect) {
-        tracing::info!(?error, "cloud-to-device sender link refused");
-        let _ = receiver.close_with_error(error).await;
-        return;
-    }
+    let mut lease = match connection.authorise(segments, Permission::ServiceConnect) {
+        Ok(lease) => lease,
+        Err(error) => {
+            tracing::info!(?error, "cloud-to-device sender link refused");
+            let _ = receiver.close_with_error(error).await;
+            return;
+        }
+    };
     loop {
-        let delivery = match receiver.recv::<Body<Value>>().await {
+        // between messages only: one taken is queued and settled whatever its token does
+        let received = tokio::select! {
+            received = receiver.recv::<Body<Value>>() => received,
+            () = lease.lapsed() => {
+                tracing::info!("cloud-to-device sender link closed: its token expired");
+                let _ = receiver.close_with_error(lease.token_invalid()).await;
+                return;
+            }
+        };
+        let delivery = match received {
             Ok(delivery) => {
                 tracing::debug!("cloud-to-device message received");
                 delivery

@@ -5,9 +5,24 @@
 //! the request's message id as correlation id. A token is checked as the REST API checks one
 //! ([`crate::hub::Hub::authenticate_token`]) for the path of its audience, and then authorises
 //! the links whose address it covers, until it expires.
+//!
+//! A link lives as long as a token covers it ([`Lease`]), not just at its attach: "The client is
+//! subsequently responsible for keeping track of token expiration. When a token expires, Service
+//! Bus promptly drops all links on the connection to the respective entity. To prevent problem
+//! occurring, the client can replace the token for the node with a new one at any time through the
+//! virtual $cbs management node with the same put-token gesture" ("AMQP 1.0 in Azure Service Bus
+//! and Event Hubs protocol guide", service-bus-amqp-protocol-guide.md, "Claims-based
+//! authorization"). So a put-token that the hub takes, for a path covering a link and with the
+//! permission it needs, extends that link (every link it covers, whichever token authorised it at
+//! attach); one refused (a wrong signature, an expired token) or for another path or a policy
+//! without the permission extends nothing. The link is closed once its second `se` is past (a token
+//! is valid through its `se`, as [`SasToken::is_expired`] reads it), with the error of the door
+//! that served it. IoT Hub itself is reported to cut late, 5 to 10 minutes after expiry
+//! (Azure/azure-iot-sdk-c#163, Azure/azure-iot-sdk-java#304); the hub cuts at once, never later
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use edgetwin_wire::rest::Permission;
 use edgetwin_wire::sas::SasToken;
@@ -233,40 +248,147 @@ pub fn put_token(
 
 impl Connection {
     /// Refuses a link to the path `segments` unless a token the connection holds covers it and
-    /// its policy grants `permission` (IoT Hub: `ServiceConnect` to read events).
+    /// its policy grants `permission` (IoT Hub: `ServiceConnect` to read events); else the
+    /// link's [`Lease`], which ends when no token authorises it any more.
     pub fn authorise(
         &self,
         segments: &[String],
         permission: Permission,
-    ) -> Result<(), AmqpErrorFrame> {
-        let now = ids::now_unix();
+    ) -> Result<Lease<'_>, AmqpErrorFrame> {
+        let until = self.authorised_until(segments, permission)?;
+        Ok(Lease {
+            connection: self,
+            segments: segments.to_vec(),
+            permission,
+            until,
+        })
+    }
+
+    /// [`authorised_until`] now, over the tokens the connection holds; the error is the one a
+    /// link is refused with.
+    fn authorised_until(
+        &self,
+        segments: &[String],
+        permission: Permission,
+    ) -> Result<u64, AmqpErrorFrame> {
         let held = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-        let covering = held
-            .iter()
-            .filter(|g| g.expiry >= now && resource_covers(&g.resource, segments));
-        let mut any = false;
-        for grant in covering {
-            any = true;
-            if matches!(&grant.caller, Caller::Policy(policy) if grants(policy, permission)) {
-                return Ok(());
+        authorised_until(&held, segments, permission, ids::now_unix()).map_err(|refusal| {
+            let description = match refusal {
+                Refusal::NotGranted => format!(
+                    "Unauthorized: the token's policy does not grant {}",
+                    permission.name()
+                ),
+                Refusal::NotCovered => format!(
+                    "Unauthorized: no valid token covers '{}'; put one on $cbs first",
+                    segments.join("/")
+                ),
+            };
+            AmqpErrorFrame::new(AmqpError::UnauthorizedAccess, Some(description), None)
+        })
+    }
+}
+
+/// Why no held token authorises a link.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// Tokens cover its path, but none of their policies grants the permission.
+    NotGranted,
+    /// No unexpired token covers its path.
+    NotCovered,
+}
+
+/// Until when (Unix seconds, inclusive: a token is valid through its `se`) the `held` grants authorise a
+/// link to the path `segments` that needs `permission`, at `now`: the latest expiry among the
+/// unexpired grants that cover the path and whose policy grants the permission.
+fn authorised_until(
+    held: &[Grant],
+    segments: &[String],
+    permission: Permission,
+    now: u64,
+) -> Result<u64, Refusal> {
+    let mut covering = held
+        .iter()
+        .filter(|g| g.expiry >= now && resource_covers(&g.resource, segments))
+        .peekable();
+    if covering.peek().is_none() {
+        return Err(Refusal::NotCovered);
+    }
+    covering
+        .filter(|g| matches!(&g.caller, Caller::Policy(policy) if grants(policy, permission)))
+        .map(|g| g.expiry)
+        .max()
+        .ok_or(Refusal::NotGranted)
+}
+
+/// How long from `now_ms` (Unix milliseconds) until a token valid through second `until` has
+/// expired.
+fn time_to_lapse(until: u64, now_ms: i64) -> Duration {
+    let lapse_ms = i64::try_from(until.saturating_add(1).saturating_mul(1000)).unwrap_or(i64::MAX);
+    Duration::from_millis(u64::try_from(lapse_ms.saturating_sub(now_ms)).unwrap_or(0))
+}
+
+/// A link's authorisation: the path it serves, the permission it needs, and until when a token
+/// the connection holds grants them; tokens put later for that path extend it.
+pub struct Lease<'a> {
+    /// The connection whose tokens authorise the link.
+    connection: &'a Connection,
+    /// The link's path.
+    segments: Vec<String>,
+    /// What the link needs.
+    permission: Permission,
+    /// Until when (Unix seconds, inclusive) the last check found it authorised.
+    until: u64,
+}
+
+impl Lease<'_> {
+    /// Whether a token still authorises the link now (looking again at the tokens held once the
+    /// one found last has expired).
+    pub fn holds(&mut self) -> bool {
+        if ids::now_unix() <= self.until {
+            return true;
+        }
+        match self
+            .connection
+            .authorised_until(&self.segments, self.permission)
+        {
+            Ok(until) => {
+                self.until = until;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Resolves once no token the connection holds authorises the link any more: when the
+    /// latest covering one expires with no renewal put for the path.
+    pub async fn lapsed(&mut self) {
+        loop {
+            tokio::time::sleep(time_to_lapse(self.until, ids::now_unix_ms())).await;
+            if !self.holds() {
+                return;
             }
         }
-        let description = if any {
-            format!(
-                "Unauthorized: the token's policy does not grant {}",
-                permission.name()
-            )
-        } else {
-            format!(
-                "Unauthorized: no valid token covers '{}'; put one on $cbs first",
-                segments.join("/")
-            )
-        };
-        Err(AmqpErrorFrame::new(
+    }
+
+    /// The link's path, for error descriptions.
+    pub fn path(&self) -> String {
+        self.segments.join("/")
+    }
+
+    /// What IoT Hub detaches one of its own links (not the Event Hub-compatible endpoint's)
+    /// with when its token expired: `amqp:unauthorized-access`, "Token Invalid." (a remote
+    /// detach the Java device SDK reports: Azure/azure-iot-sdk-java #180, and #365 where it
+    /// comes every hour, the lifetime of the SDK's tokens then).
+    pub fn token_invalid(&self) -> AmqpErrorFrame {
+        AmqpErrorFrame::new(
             AmqpError::UnauthorizedAccess,
-            Some(description),
+            Some(format!(
+                "Token Invalid. (edgetwin: the token put on $cbs for '/{}' expired and no \
+                 put-token renewed it)",
+                self.path()
+            )),
             None,
-        ))
+        )
     }
 }
 
@@ -301,5 +423,53 @@ mod tests {
     fn schemes_come_off_resources() {
         assert_eq!(without_scheme("sb://h/eh"), "h/eh");
         assert_eq!(without_scheme("h/eh"), "h/eh");
+    }
+
+    fn grant(resource: &str, permissions: &[&str], expiry: u64) -> Grant {
+        Grant {
+            resource: resource.to_owned(),
+            caller: Caller::Policy(crate::store::PolicyRecord {
+                name: "p".into(),
+                primary_key: edgetwin_wire::Secret::new(String::new()),
+                secondary_key: edgetwin_wire::Secret::new(String::new()),
+                permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+            expiry,
+        }
+    }
+
+    #[test]
+    fn a_link_is_authorised_until_the_latest_covering_token_that_grants_its_permission() {
+        let path = address_segments("eh/ConsumerGroups/$Default/Partitions/0");
+        let read = Permission::ServiceConnect;
+        let first = || grant("h/eh", &["ServiceConnect"], 100);
+        assert_eq!(authorised_until(&[first()], &path, read, 50), Ok(100));
+        // valid through its `se`, not a second more
+        assert_eq!(authorised_until(&[first()], &path, read, 100), Ok(100));
+        assert_eq!(
+            authorised_until(&[first()], &path, read, 101),
+            Err(Refusal::NotCovered)
+        );
+        let renewed = grant("h/eh", &["ServiceConnect"], 200);
+        assert_eq!(
+            authorised_until(&[first(), renewed], &path, read, 150),
+            Ok(200),
+            "a renewal for the path extends the link"
+        );
+        let other_path = grant("h/other", &["ServiceConnect"], 900);
+        let no_permission = grant("h/eh", &["RegistryRead"], 900);
+        assert_eq!(
+            authorised_until(&[first(), other_path, no_permission], &path, read, 150),
+            Err(Refusal::NotGranted),
+            "a token for another path, or whose policy lacks the permission, extends nothing"
+        );
+    }
+
+    #[test]
+    fn a_lease_lapses_once_the_second_of_its_expiry_is_past() {
+        assert_eq!(time_to_lapse(100, 99_000), Duration::from_secs(2));
+        assert_eq!(time_to_lapse(100, 100_999), Duration::from_millis(1));
+        assert_eq!(time_to_lapse(100, 101_000), Duration::ZERO);
+        assert_eq!(time_to_lapse(100, 500_000), Duration::ZERO);
     }
 }

@@ -29,7 +29,7 @@ use fe2o3_amqp::types::primitives::{
 
 use super::cbs::{self, NodeMessage, ReplyLinks};
 use super::{address_segments, Connection};
-use crate::events::{self, Event, StartAt, PARTITIONS};
+use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
 
 /// Most events read from the store at once for one receiver.
@@ -52,7 +52,7 @@ pub struct Wanted {
 /// Serves a link the hub sends on: answers of `$cbs` / `$management`, a partition's events, or
 /// the redirect from `messages/events`; anything else is refused as Event Hubs refuses it.
 pub async fn serve_sender(
-    sender: Sender,
+    mut sender: Sender,
     wanted: &Wanted,
     connection: &Connection,
     replies: &ReplyLinks,
@@ -68,13 +68,60 @@ pub async fn serve_sender(
     if let Some(node) = cbs::node_of(&wanted.address) {
         return replies.serve(node, sender).await;
     }
-    match partition_reader(&segments, wanted, connection) {
-        Ok((partition, start)) => stream(sender, partition, start, connection).await,
+    let (partition, start, mut lease) = match partition_reader(&segments, wanted, connection) {
+        Ok(reader) => reader,
         Err(error) => {
             tracing::info!(address = %wanted.address, %error, "AMQP receiver refused");
             let _ = sender.close_with_error(error).await;
+            return;
+        }
+    };
+    let ended = tokio::select! {
+        ended = stream(&mut sender, partition, start, connection) => ended,
+        () = lease.lapsed() => Ended::TokenExpired,
+    };
+    match ended {
+        Ended::Detached => {}
+        Ended::Closed => {
+            let _ = sender.close().await;
+        }
+        Ended::TokenExpired => {
+            tracing::info!(address = %wanted.address, "event receiver closed: its token expired");
+            let error = renew_token(sender.name(), connection.state.hub.host_name(), &lease);
+            let _ = sender.close_with_error(error).await;
         }
     }
+}
+
+/// Why a partition's stream of events ended.
+enum Ended {
+    /// The client detached the link.
+    Detached,
+    /// The hub stops serving it (the store failed, the hub stops).
+    Closed,
+    /// No token authorises the link any more.
+    TokenExpired,
+}
+
+/// What Event Hubs (and so IoT Hub's Event Hub-compatible endpoint) detaches a receiver with when
+/// the token that authorised it expired and none renewed it: `amqp:link:detach-forced`, "The link
+/// '…' is force detached. Code: RenewToken. Details: Unauthorized access. 'Listen' claim(s) are
+/// required to perform this operation. Resource: 'sb://…/consumergroups/$default/partitions/2'.."
+/// (an IoT Hub's built-in endpoint read with azure-messaging-eventhubs: Azure/azure-sdk-for-java
+/// #13871 and Azure/azure-iot-sdk-java #880; the same on Service Bus with `detach` `closed: true`,
+/// dapr/components-contrib #809, Azure/azure-sdk-for-js #22963).
+fn renew_token(link: &str, host: &str, lease: &cbs::Lease<'_>) -> AmqpErrorFrame {
+    AmqpErrorFrame::new(
+        LinkError::DetachForced,
+        Some(format!(
+            "The link '{link}' is force detached. Code: RenewToken. Details: Unauthorized \
+             access. 'Listen' claim(s) are required to perform this operation. Resource: \
+             'sb://{host}/{}'. (edgetwin: the token put on $cbs for it expired and no put-token \
+             renewed it)",
+            lease.path().to_lowercase()
+        )),
+        None,
+    )
 }
 
 /// An `amqp:not-found` error.
@@ -89,11 +136,11 @@ fn is_iot_hub_events(segments: &[String]) -> bool {
         if messages.eq_ignore_ascii_case("messages") && events.eq_ignore_ascii_case("events"))
 }
 
-fn partition_reader(
+fn partition_reader<'c>(
     segments: &[String],
     wanted: &Wanted,
-    connection: &Connection,
-) -> Result<(u32, StartAt), AmqpErrorFrame> {
+    connection: &'c Connection,
+) -> Result<(u32, StartAt, cbs::Lease<'c>), AmqpErrorFrame> {
     let hub = &connection.state.hub;
     let name = event_hub_name(hub.host_name());
     if !segments
@@ -105,7 +152,7 @@ fn partition_reader(
             segments.first().map_or("", String::as_str)
         )));
     }
-    connection.authorise(segments, Permission::ServiceConnect)?;
+    let lease = connection.authorise(segments, Permission::ServiceConnect)?;
     let [_, groups, group, partitions, partition] = segments else {
         return Err(not_found(format!(
             "'{}' is not {name}/ConsumerGroups/<group>/Partitions/<id>",
@@ -154,7 +201,7 @@ fn partition_reader(
         })?,
         None => StartAt::BEGINNING,
     };
-    Ok((partition, start))
+    Ok((partition, start, lease))
 }
 
 /// IoT Hub's answer to a receiver on `messages/events{rest}`: the same path on the Event Hub
@@ -184,17 +231,22 @@ fn redirect(connection: &Connection, name: &str, rest: &[String]) -> AmqpErrorFr
 }
 
 /// Sends a partition's events from `start` on, then each new one as it is stored, until the
-/// client detaches.
-async fn stream(mut sender: Sender, partition: u32, start: StartAt, connection: &Connection) {
+/// client detaches or the hub stops serving it.
+async fn stream(
+    sender: &mut Sender,
+    partition: u32,
+    start: StartAt,
+    connection: &Connection,
+) -> Ended {
     let hub = &connection.state.hub;
     let Some(mut head) = hub.event_head(partition) else {
-        return;
+        return Ended::Closed;
     };
     let mut position = match hub.read(|tx| Ok(tx.event_position(partition, start)?)) {
         Ok(position) => position,
         Err(error) => {
             tracing::warn!(partition, message = %error.message, "cannot read the partition");
-            return;
+            return Ended::Closed;
         }
     };
     loop {
@@ -202,13 +254,13 @@ async fn stream(mut sender: Sender, partition: u32, start: StartAt, connection: 
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(partition, message = %error.message, "cannot read the partition");
-                break;
+                return Ended::Closed;
             }
         };
         if batch.is_empty() {
             tokio::select! {
-                changed = head.changed() => if changed.is_err() { break },
-                _ = sender.on_detach() => return,
+                changed = head.changed() => if changed.is_err() { return Ended::Closed },
+                _ = sender.on_detach() => return Ended::Detached,
             }
             continue;
         }
@@ -216,11 +268,10 @@ async fn stream(mut sender: Sender, partition: u32, start: StartAt, connection: 
             position = event.sequence;
             if let Err(error) = sender.send(event_message(&event)).await {
                 tracing::debug!(partition, %error, "event receiver gone");
-                return;
+                return Ended::Detached;
             }
         }
     }
-    let _ = sender.close().await;
 }
 
 /// An event as IoT Hub's Event Hub-compatible endpoint delivers it.
@@ -246,16 +297,11 @@ pub fn event_message(event: &Event) -> Message<Data> {
             Value::String(module.clone()),
         );
     }
-    let auth_method = serde_json::json!({
-        "scope": if event.module_id.is_some() { "module" } else { "device" },
-        "type": "sas",
-        "issuer": "iothub",
-        "acceptingIpFilterRule": null,
-    });
+    let auth_method = AuthMethod::of(&event.properties).annotation(event.module_id.is_some());
     annotations = annotations
         .insert(
             Symbol::from("iothub-connection-auth-method"),
-            Value::String(auth_method.to_string()),
+            Value::String(auth_method),
         )
         .insert(Symbol::from("iothub-enqueuedtime"), enqueued)
         .insert(

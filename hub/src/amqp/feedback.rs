@@ -37,11 +37,14 @@ pub fn is_feedback(segments: &[String]) -> bool {
 /// Sends feedback batches on a client's receiver link until it detaches: the next batch at once
 /// after one accepted, after a pause when there is none or the last was released.
 pub async fn serve_receiver_link(mut sender: Sender, segments: &[String], connection: &Connection) {
-    if let Err(error) = connection.authorise(segments, Permission::ServiceConnect) {
-        tracing::info!(?error, "feedback receiver link refused");
-        let _ = sender.close_with_error(error).await;
-        return;
-    }
+    let mut lease = match connection.authorise(segments, Permission::ServiceConnect) {
+        Ok(lease) => lease,
+        Err(error) => {
+            tracing::info!(?error, "feedback receiver link refused");
+            let _ = sender.close_with_error(error).await;
+            return;
+        }
+    };
     let hub = connection.state.hub.clone();
     let user_id = hub
         .host_name()
@@ -50,6 +53,13 @@ pub async fn serve_receiver_link(mut sender: Sender, segments: &[String], connec
         .unwrap_or_default()
         .to_owned();
     loop {
+        // between batches only: one sent is settled and its settlement stored whatever its
+        // token does
+        if !lease.holds() {
+            tracing::info!("feedback receiver link closed: its token expired");
+            let _ = sender.close_with_error(lease.token_invalid()).await;
+            return;
+        }
         let now_ms = ids::now_unix_ms();
         // read first, so that an idle link never waits for the writer
         let waiting = hub.read(|tx| c2d_queue::feedback_waiting(tx, now_ms));
@@ -91,6 +101,7 @@ pub async fn serve_receiver_link(mut sender: Sender, segments: &[String], connec
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = sender.on_detach() => break,
+            () = lease.lapsed() => {}
         }
     }
     let _ = sender.close().await;

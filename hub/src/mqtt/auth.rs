@@ -11,6 +11,7 @@ use edgetwin_wire::topic;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login};
 use rustls::pki_types::UnixTime;
 
+use crate::events::AuthMethod;
 use crate::hub::{grants, host_matches, Hub};
 use crate::ids;
 use crate::registry::{self, Credentials};
@@ -28,6 +29,8 @@ pub struct Authenticated {
     pub model_id: Option<String>,
     /// Whether its username names an `api-version` (reported properties need one).
     pub versioned: bool,
+    /// How it authenticated.
+    pub auth: AuthMethod,
 }
 
 /// How long an X.509 connection may live: its certificate was checked once, at CONNECT, and no
@@ -76,7 +79,7 @@ pub fn authenticate(
         .read(|tx| registry::connect_credentials(tx, &key))
         .map_err(|_| ConnectReturnCode::ServiceUnavailable)?;
     let certificate = |why: &str| refuse(&format!("X.509 identity: {why}"));
-    match credentials {
+    let auth = match credentials {
         Some(Credentials::SelfSigned(thumbprints)) => {
             let leaf = chain
                 .leaf()
@@ -90,6 +93,7 @@ pub fn authenticate(
             if !x509::valid_at(leaf, now) {
                 return Err(certificate("the certificate is expired or not yet valid"));
             }
+            AuthMethod::SelfSigned
         }
         Some(Credentials::CertificateAuthority) => {
             device_cas
@@ -99,6 +103,7 @@ pub fn authenticate(
             if cn.as_deref() != Some(key.device_id.as_str()) {
                 return Err(certificate("the certificate's CN is not the device id"));
             }
+            AuthMethod::CertificateAuthority
         }
         sas => {
             let expiry = authenticate_sas(hub, login, &key, sas, &refuse)?;
@@ -107,14 +112,16 @@ pub fn authenticate(
                 expiry,
                 model_id: username.model_id,
                 versioned: username.api_version.is_some(),
+                auth: AuthMethod::Sas,
             });
         }
-    }
+    };
     Ok(Authenticated {
         key,
         expiry: NO_EXPIRY,
         model_id: username.model_id,
         versioned: username.api_version.is_some(),
+        auth,
     })
 }
 

@@ -19,6 +19,7 @@ use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ApiError;
+use crate::events::AuthMethod;
 use crate::faults::Faults;
 use crate::hub::Hub;
 use crate::ids;
@@ -116,6 +117,7 @@ where
         expiry,
         model_id,
         versioned,
+        auth,
     } = match authenticate(&hub, &device_cas, &connect, &chain) {
         Ok(ok) => ok,
         Err(code) => {
@@ -163,6 +165,7 @@ where
         grants,
         next_pkid: 0,
         versioned,
+        auth,
         cloud_to_device: registration.cloud_to_device.clone(),
         c2d_in_flight: HashMap::new(),
     };
@@ -324,6 +327,8 @@ struct Session {
     /// properties return 400 bad requests", andriyadi/AzureIoTHubMQTTClient#5, which added it
     /// to that client's username for this reason).
     versioned: bool,
+    /// How the client authenticated, kept with its telemetry.
+    auth: AuthMethod,
     /// Notified when a cloud-to-device message was queued for the device (or it subscribed).
     cloud_to_device: Arc<tokio::sync::Notify>,
     /// Cloud-to-device messages published at QoS 1 and not yet acknowledged: packet id to the
@@ -708,7 +713,7 @@ impl Session {
             .upstream;
         let accepted = self
             .hub
-            .accept_telemetry(&self.key, properties.0, payload, upstream)
+            .accept_telemetry(&self.key, properties.0, payload, upstream, self.auth)
             .await;
         let outcome = match accepted {
             Ok(Some(committing)) => Outcome::Committing(committing),

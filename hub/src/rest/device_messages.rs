@@ -15,6 +15,7 @@ use hyper::Method;
 
 use super::{not_found, Reply, Request};
 use crate::error::ApiError;
+use crate::events::AuthMethod;
 use crate::hub::{Caller, Hub};
 use crate::store::IdentityKey;
 
@@ -83,7 +84,7 @@ async fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Rep
     for (properties, payload) in messages {
         let properties = properties.into_iter().collect();
         stored.extend(
-            hub.accept_telemetry(&key, properties, &payload, true)
+            hub.accept_telemetry(&key, properties, &payload, true, AuthMethod::Sas)
                 .await?,
         );
     }
