@@ -32,6 +32,13 @@ use crate::store::{
 use crate::twins::{self, DesiredChange};
 use crate::writer::{Committing, Effect, Writer, Written};
 
+/// Most jobs active at once unless configured: IoT Hub S1's (and Free's). IoT Hub's "quotas and
+/// throttling" page, Other limits, Jobs: "Maximum concurrent jobs is 1 (for Free and S1), 5 (for
+/// S2), and 10 (for S3). However, the max concurrent device import/export jobs is 1 for all
+/// tiers." (import and export jobs are not served here: `rest/jobs.rs`). The REST door refuses
+/// one more (`jobs::admit`).
+pub const DEFAULT_MAX_ACTIVE_JOBS: usize = 1;
+
 /// Largest direct-method request payload IoT Hub accepts (128 KB of JSON).
 pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
 
@@ -144,6 +151,8 @@ pub struct Hub {
     logged_head: Arc<watch::Sender<i64>>,
     /// Wakes the job runner when a job is created or cancelled.
     jobs_changed: tokio::sync::Notify,
+    /// Most jobs active at once (`--max-active-jobs`).
+    max_active_jobs: usize,
 }
 
 impl Hub {
@@ -214,7 +223,20 @@ impl Hub {
             event_heads,
             logged_head,
             jobs_changed: tokio::sync::Notify::new(),
+            max_active_jobs: DEFAULT_MAX_ACTIVE_JOBS,
         })
+    }
+
+    /// The hub, holding at most `max_active_jobs` jobs active at once (IoT Hub S1's 1 unless
+    /// set).
+    pub fn with_max_active_jobs(mut self, max_active_jobs: usize) -> Self {
+        self.max_active_jobs = max_active_jobs;
+        self
+    }
+
+    /// Most jobs active (queued, scheduled or running) at once; one more is refused.
+    pub fn max_active_jobs(&self) -> usize {
+        self.max_active_jobs
     }
 
     /// IoT Hub host name: in connection strings, SAS resources and MQTT usernames.

@@ -14,7 +14,10 @@
 //!   "scheduleUpdateTwin job type is a force update, which only accepts '*' as the Etag";
 //!   MicrosoftDocs/azure-docs#29484, where a job without it was refused);
 //! - a job whose `type` is not one of the two is refused with 400 (MicrosoftDocs/azure-docs#29484
-//!   found `scheduleDirectMethod` refused).
+//!   found `scheduleDirectMethod` refused);
+//! - the hub holds at most a few active jobs at once, and refuses one more with 429
+//!   `ThrottlingMaxActiveJobCountExceeded` ([`admit`],
+//!   [`DEFAULT_MAX_ACTIVE_JOBS`](crate::hub::DEFAULT_MAX_ACTIVE_JOBS)).
 //!
 //! Chosen here, where no source says: `maxExecutionTimeInSeconds` counts from `startTime` and
 //! defaults to 3600 (the Node SDK's default); a job past it stops trying devices and ends
@@ -26,7 +29,7 @@ use edgetwin_wire::job::{
     JobResponse, JobStatus, JobType,
 };
 use edgetwin_wire::query::parse_query;
-use edgetwin_wire::rest::CloudToDeviceMethod;
+use edgetwin_wire::rest::{CloudToDeviceMethod, ErrorCode};
 use edgetwin_wire::topic;
 use edgetwin_wire::twin::{self, Section};
 use time::format_description::well_known::Rfc3339;
@@ -38,6 +41,38 @@ use crate::ids;
 
 /// `maxExecutionTimeInSeconds` when the request has none (the Node SDK's default).
 pub const DEFAULT_MAX_EXECUTION_SECS: u64 = 3600;
+
+/// Refuses a new job while the active ones among `jobs` already number `max_active`: 429
+/// `ThrottlingMaxActiveJobCountExceeded` (429004), as IoT Hub answers a job over its cap
+/// (Azure/azure-iot-sdk-csharp#361: `{"Message":"ErrorCode:ThrottlingMaxActiveJobCountExceeded;
+/// 429",...}` on `PUT /jobs/v2/{id}`; the C# SDK's e2e tests retry job creation on that
+/// ThrottlingException, "Concurrent jobs can be rejected", #1471).
+///
+/// Active means queued, scheduled for later or running; completed, failed and cancelled jobs
+/// are not. IoT Hub's pages say "concurrent" and "active" without defining either: that a job
+/// waiting for its start time counts is a guess, the strict reading, so that code which works
+/// here works on IoT Hub. (Azure/azure-iot-sdk-csharp#608 saw a running import job block the
+/// next until it completed.)
+///
+/// `jobs` may hold jobs over too (the store lists only those not over): they do not count.
+pub fn admit(jobs: &[JobResponse], max_active: usize) -> Result<(), ApiError> {
+    let active: Vec<&JobResponse> = jobs.iter().filter(|j| !j.status.is_final()).collect();
+    if active.len() < max_active {
+        return Ok(());
+    }
+    let names: Vec<String> = active
+        .iter()
+        .map(|job| format!("'{}' ({})", job.job_id, job.status.name()))
+        .collect();
+    Err(ApiError::new(
+        ErrorCode::ThrottlingMaxActiveJobCountExceeded,
+        format!(
+            "the hub runs at most {max_active} active job(s) (queued, scheduled or running) and              has {}: {}; cancel one or wait for it to end (--max-active-jobs; IoT Hub allows 1 on              Free and S1, 5 on S2, 10 on S3)",
+            active.len(),
+            names.join(", ")
+        ),
+    ))
+}
 
 /// Longest job id accepted, as for device ids.
 const MAX_JOB_ID: usize = 128;
@@ -351,7 +386,6 @@ pub fn device_failed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgetwin_wire::rest::ErrorCode;
     use serde_json::json;
     use time::macros::datetime;
 
@@ -485,6 +519,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(job.cloud_to_device_method.unwrap().method_name, "reboot");
+    }
+
+    #[test]
+    fn a_job_over_the_active_cap_is_refused_429_naming_the_active_ones_and_ended_ones_do_not_count()
+    {
+        let queued = plan("queued", request(twin_job(json!({"jobId": "queued"}))), NOW).unwrap();
+        let later = json!({"jobId": "later", "startTime": "2026-12-07T10:00:00Z"});
+        let scheduled = plan("later", request(twin_job(later)), NOW).unwrap();
+        let mut running = plan(
+            "running",
+            request(twin_job(json!({"jobId": "running"}))),
+            NOW,
+        )
+        .unwrap();
+        assert!(start(&mut running));
+        let mut cancelled = plan("gone", request(twin_job(json!({"jobId": "gone"}))), NOW).unwrap();
+        assert!(cancel(&mut cancelled, NOW));
+        let mut completed = plan("done", request(twin_job(json!({"jobId": "done"}))), NOW).unwrap();
+        assert!(start(&mut completed) && finish(&mut completed, 0, NOW));
+        let mut failed =
+            plan("failed", request(twin_job(json!({"jobId": "failed"}))), NOW).unwrap();
+        assert!(fail(&mut failed, "no".into(), NOW));
+
+        assert!(admit(&[], crate::hub::DEFAULT_MAX_ACTIVE_JOBS).is_ok());
+        let over = [cancelled.clone(), completed.clone(), failed.clone()];
+        assert!(admit(&over, 1).is_ok(), "ended jobs do not count");
+        for active in [&queued, &scheduled, &running] {
+            let error = admit(&[active.clone(), cancelled.clone()], 1).unwrap_err();
+            assert_eq!(error.code, ErrorCode::ThrottlingMaxActiveJobCountExceeded);
+            assert_eq!(error.code.http_status(), 429);
+            assert_eq!(error.code.number(), 429004);
+            let name = format!("'{}' ({})", active.job_id, active.status.name());
+            assert!(error.message.contains(&name), "{}", error.message);
+            assert!(!error.message.contains("'gone'"), "{}", error.message);
+        }
+        let three = [queued, scheduled, running];
+        assert!(admit(&three, 5).is_ok(), "S2's 5");
+        assert!(admit(&three, 3).is_err());
     }
 
     #[test]

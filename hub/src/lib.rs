@@ -77,6 +77,7 @@ use tokio_rustls::TlsAcceptor;
 pub use certs::CertError;
 pub use data_lock::LockError;
 pub use events::{parse_size, Retention};
+pub use hub::DEFAULT_MAX_ACTIVE_JOBS;
 pub use store::StoreError;
 pub use test_hub::{TestHub, TestHubError};
 
@@ -129,6 +130,10 @@ pub struct HubConfig {
     pub consumer_groups: Vec<String>,
     /// How long and how much the Event Hub-compatible endpoint keeps (IoT Hub: 1 day).
     pub retention: Retention,
+    /// Most scheduled jobs active (queued, scheduled or running) at once; one more is refused
+    /// with 429 ThrottlingMaxActiveJobCountExceeded. IoT Hub: 1 on Free and S1
+    /// ([`DEFAULT_MAX_ACTIVE_JOBS`]), 5 on S2, 10 on S3.
+    pub max_active_jobs: usize,
 }
 
 /// IoT Hub's HTTPS port, which connection strings leave implicit.
@@ -156,6 +161,7 @@ impl HubConfig {
             dps_linked_hubs: Vec::new(),
             consumer_groups: Vec::new(),
             retention: Retention::new(Retention::DEFAULT_DAYS, Retention::DEFAULT_BYTES),
+            max_active_jobs: DEFAULT_MAX_ACTIVE_JOBS,
         }
     }
 }
@@ -460,7 +466,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     });
     // The writer opens and closes workload sockets once the writes that ask for it commit.
     let beside = workload.after_commit(tokio::runtime::Handle::current());
-    let hub = Arc::new(hub::Hub::start(database, config.host_name.clone(), beside)?);
+    let hub = Arc::new(
+        hub::Hub::start(database, config.host_name.clone(), beside)?
+            .with_max_active_jobs(config.max_active_jobs),
+    );
 
     for name in &config.consumer_groups {
         rest::create_consumer_group(&hub, name)

@@ -167,6 +167,12 @@ struct HubArgs {
     /// descriptor); default: an eighth of the open-file limit, between 8 and 1024.
     #[arg(long, value_name = "N")]
     max_workload_sockets: Option<usize>,
+    /// Most scheduled jobs (/jobs/v2) queued, scheduled for later or running at once; one more is
+    /// refused with 429 ThrottlingMaxActiveJobCountExceeded, as IoT Hub does: 1 on Free and S1,
+    /// 5 on S2, 10 on S3.
+    #[arg(long, value_name = "N", default_value_t = edgetwin_hub::DEFAULT_MAX_ACTIVE_JOBS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_active_jobs: usize,
 }
 
 /// What `edgetwin hub` does instead of running.
@@ -284,6 +290,7 @@ async fn run_hub(args: HubArgs) -> Result<(), edgetwin_hub::HubError> {
         dps_linked_hubs: args.dps_linked_hubs,
         consumer_groups: args.consumer_groups,
         retention: edgetwin_hub::Retention::new(args.retention_days, args.retention_bytes),
+        max_active_jobs: args.max_active_jobs,
     };
     let hub = edgetwin_hub::start(config).await?;
     out!("edgetwin hub is running");

@@ -1,7 +1,9 @@
 """Scheduled jobs (`/jobs/v2`) through azure-iot-hub's IoTHubJobManager, unchanged: a twin job
 reaches a connected device's twin and its desired-patch handler, a method job is answered by an
-azure-iot-device client, a job scheduled for later can be cancelled before it runs, and bad
-requests are refused naming the field."""
+azure-iot-device client, a job scheduled for later can be cancelled before it runs, bad
+requests are refused naming the field, and one job more than the hub's active cap (IoT Hub S1's
+1, the hub's default) is refused with 429. Each test ends the jobs it creates, as IoT Hub's cap
+would make it."""
 
 import datetime
 import time
@@ -152,6 +154,7 @@ def test_bad_job_requests_are_refused_naming_the_field(job_manager, make_device)
     with pytest.raises(HttpOperationError) as duplicate:
         job_manager.create_scheduled_job(request.job_id, request)
     assert http_status(duplicate.value) == 409
+    wait_for_end(job_manager, request.job_id)
 
     cases = []
     no_query = twin_job([device.device_id], {"x": 1})
@@ -201,9 +204,6 @@ def test_jobs_survive_a_restart_a_scheduled_one_runs_after_it_and_a_method_in_fl
                                method_name="slow", response_timeout_in_seconds=60))
     job_manager.create_scheduled_job(in_flight.job_id, in_flight)
     client.wait_message(lambda t, p: t.startswith("$iothub/methods/POST/slow/"), timeout=10)
-    soon = (datetime.datetime.utcnow() + datetime.timedelta(seconds=3)).isoformat()
-    scheduled = twin_job([later_device.device_id], {"after": "restart"}, start=soon)
-    job_manager.create_scheduled_job(scheduled.job_id, scheduled)
 
     hub.restart(kill=True)
 
@@ -211,6 +211,13 @@ def test_jobs_survive_a_restart_a_scheduled_one_runs_after_it_and_a_method_in_fl
     assert (job.status, job.device_job_statistics.failed_count) == ("completed", 1)
     [record] = hub_query(hub, f"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '{in_flight.job_id}'")
     assert "hub stopped" in record["error"]["description"]
+    # one job active at a time (the hub's default cap, IoT Hub S1's): the next once that one ended
+    soon = (datetime.datetime.utcnow() + datetime.timedelta(seconds=2)).isoformat()
+    scheduled = twin_job([later_device.device_id], {"after": "restart"}, start=soon)
+    assert job_manager.create_scheduled_job(scheduled.job_id, scheduled).status == "scheduled"
+
+    hub.restart(kill=True)
+
     assert wait_for_end(job_manager, scheduled.job_id).status == "completed"
     assert registry_manager.get_twin(later_device.device_id).properties.desired["after"] == "restart"
 
@@ -242,3 +249,38 @@ def test_a_cancel_stops_a_running_job_before_the_devices_it_has_not_tried(job_ma
     records = hub_query(hub, f"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '{request.job_id}' "
                              "AND devices.jobs.status = 'cancelled'")
     assert len(records) == 1
+
+
+def test_a_job_over_the_active_cap_is_refused_429_and_not_stored(job_manager, registry_manager,
+                                                                  make_device, hub):
+    # the suite's hub runs with --max-active-jobs at its default, IoT Hub S1's 1; a job waiting
+    # for its start time counts (the strict reading: IoT Hub's pages do not say)
+    device = make_device()
+    later = (datetime.datetime.utcnow() + datetime.timedelta(minutes=10)).isoformat()
+    first = twin_job([device.device_id], {"first": True}, start=later)
+    assert job_manager.create_scheduled_job(first.job_id, first).status == "scheduled"
+    second = twin_job([device.device_id], {"second": True})
+    with pytest.raises(HttpOperationError) as refused:
+        job_manager.create_scheduled_job(second.job_id, second)
+    response = refused.value.response
+    assert http_status(refused.value) == 429
+    assert response.headers["iothub-errorcode"] == "ThrottlingMaxActiveJobCountExceeded"
+    body = response.json()
+    assert body["Message"].startswith("ErrorCode:ThrottlingMaxActiveJobCountExceeded;")
+    assert f"'{first.job_id}' (scheduled)" in body["Message"]
+    assert body["ExceptionMessage"].startswith("Tracking ID:")
+    # nothing was stored: the job is neither listed nor readable
+    listed = hub_get(hub, "/jobs/v2/query", jobType="scheduleUpdateTwin")
+    assert second.job_id not in [j["jobId"] for j in listed]
+    with pytest.raises(HttpOperationError) as missing:
+        job_manager.get_scheduled_job(second.job_id)
+    assert http_status(missing.value) == 404
+
+    assert job_manager.cancel_scheduled_job(first.job_id).status == "cancelled"
+    job_manager.create_scheduled_job(second.job_id, second)
+    assert wait_for_end(job_manager, second.job_id).status == "completed"
+    third = twin_job([device.device_id], {"third": True})
+    job_manager.create_scheduled_job(third.job_id, third)
+    assert wait_for_end(job_manager, third.job_id).status == "completed"
+    desired = registry_manager.get_twin(device.device_id).properties.desired
+    assert (desired.get("first"), desired["second"], desired["third"]) == (None, True, True)

@@ -745,6 +745,10 @@ pub enum ErrorCode {
     TooManyDevices,
     /// 429001.
     ThrottlingException,
+    /// 429004: a job created while the hub already has its most active jobs (IoT Hub's
+    /// "Troubleshoot Azure IoT Hub error codes", 429xxx table: "The maximum active job count has
+    /// been exceeded").
+    ThrottlingMaxActiveJobCountExceeded,
     /// 500001.
     ServerError,
     /// 503001.
@@ -755,7 +759,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::ArgumentInvalid,
         ErrorCode::ArgumentNull,
         ErrorCode::IotHubFormatError,
@@ -782,6 +786,7 @@ impl ErrorCode {
         ErrorCode::MessageTooLarge,
         ErrorCode::TooManyDevices,
         ErrorCode::ThrottlingException,
+        ErrorCode::ThrottlingMaxActiveJobCountExceeded,
         ErrorCode::ServerError,
         ErrorCode::ServiceUnavailable,
         ErrorCode::GatewayTimeout,
@@ -820,6 +825,7 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => "MessageTooLarge",
             ErrorCode::TooManyDevices => "TooManyDevices",
             ErrorCode::ThrottlingException => "ThrottlingException",
+            ErrorCode::ThrottlingMaxActiveJobCountExceeded => "ThrottlingMaxActiveJobCountExceeded",
             ErrorCode::ServerError => "ServerError",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
             ErrorCode::GatewayTimeout => "GatewayTimeout",
@@ -855,6 +861,7 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => 413001,
             ErrorCode::TooManyDevices => 413002,
             ErrorCode::ThrottlingException => 429001,
+            ErrorCode::ThrottlingMaxActiveJobCountExceeded => 429004,
             ErrorCode::ServerError => 500001,
             ErrorCode::ServiceUnavailable => 503001,
             ErrorCode::GatewayTimeout => 504101,

@@ -7,6 +7,11 @@
 //! this hub does not run) answers an empty list, so that `az iot hub job list` works; creating
 //! one (`POST /jobs/create`) is refused, naming what is not served.
 //!
+//! A job created while the hub already has `--max-active-jobs` jobs queued, scheduled or running
+//! is refused with 429 `ThrottlingMaxActiveJobCountExceeded` and not stored ([`jobs::admit`] says
+//! where IoT Hub's limit is written). Import and export jobs have their own cap on IoT Hub (1 on
+//! every tier) and are not served here, so they count against nothing.
+//!
 //! Permissions (chosen strict where IoT Hub's documentation is silent): scheduling and
 //! cancelling need `RegistryWrite` and `ServiceConnect` (a job writes twins and calls devices);
 //! reading needs `RegistryRead`.
@@ -64,6 +69,7 @@ async fn create(hub: &Hub, request: &Request, job_id: &str) -> Result<Reply, Api
     request.require(Permission::ServiceConnect)?;
     let body: JobRequest = request.json()?;
     let job = jobs::plan(job_id, body, OffsetDateTime::now_utc())?;
+    let max_active = hub.max_active_jobs();
     let job = hub
         .write(move |tx| {
             if tx.job(&job.job_id)?.is_some() {
@@ -72,6 +78,8 @@ async fn create(hub: &Hub, request: &Request, job_id: &str) -> Result<Reply, Api
                     format!("a job with id '{}' already exists", job.job_id),
                 ));
             }
+            // In the same transaction as the insert: two creations at once cannot both pass.
+            jobs::admit(&tx.active_jobs()?, max_active)?;
             tx.put_job(&job)?;
             Ok(job)
         })
