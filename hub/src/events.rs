@@ -157,6 +157,9 @@ pub struct Event {
     pub properties: Vec<(String, Option<String>)>,
     /// The body.
     pub body: Vec<u8>,
+    /// Its place in the hub's message log (`/edgetwin/messages`, the console): every event of
+    /// every partition in the order they were stored, from 1 (0 until it is stored).
+    pub logged: i64,
 }
 
 /// Where a reader of a partition starts: the receiver link's
@@ -295,7 +298,7 @@ pub enum AuthMethod {
 
 /// The stored property that keeps an X.509 sender's [`AuthMethod`] with its event; one a device
 /// sends is dropped ([`stamped`]), so that a device cannot claim another method.
-const AUTH_PROPERTY: &str = "$.auth";
+pub const AUTH_PROPERTY: &str = "$.auth";
 
 impl AuthMethod {
     /// Its name in [`AUTH_PROPERTY`]; a SAS event stores none.

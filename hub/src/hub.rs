@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::events::{self, Event};
 use crate::ids;
 use crate::live::{LiveConnections, Outgoing, Undelivered};
-use crate::messages::{Message, MessageLog};
+use crate::messages::{Message, MessageFilter};
 use crate::methods::{MethodResponse, PendingMethods};
 use crate::queries::Queries;
 use crate::store::{
@@ -139,8 +139,6 @@ pub struct Hub {
     live: Arc<LiveConnections>,
     /// Direct methods waiting for a response.
     methods: PendingMethods,
-    /// Telemetry and module outputs.
-    messages: MessageLog,
     /// Shared access policies (loaded at start).
     policies: Vec<PolicyRecord>,
     /// The local Device Provisioning Service (id scope, policy, operations).
@@ -148,6 +146,9 @@ pub struct Hub {
     /// The last sequence number stored in each Event Hub-compatible partition (-1: none), for
     /// its readers to wait on; set after each commit.
     event_heads: Arc<Vec<watch::Sender<i64>>>,
+    /// The last place given in the message log (0: none), for the console's streams to wait
+    /// on; set after each commit.
+    logged_head: Arc<watch::Sender<i64>>,
     /// Wakes the job runner when a job is created or cancelled.
     jobs_changed: tokio::sync::Notify,
     /// Most jobs active at once (`--max-active-jobs`).
@@ -181,18 +182,22 @@ impl Hub {
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?,
         );
+        let logged_head = Arc::new(watch::Sender::new(readers.read(|tx| tx.last_logged())?));
         let hook = {
             let live = live.clone();
             let heads = event_heads.clone();
+            let logged_head = logged_head.clone();
             move |effect: &Effect| match effect {
                 Effect::Event {
                     partition,
                     sequence,
+                    logged,
                 } => {
                     if let Some(head) = usize::try_from(*partition).ok().and_then(|p| heads.get(p))
                     {
                         head.send_replace(*sequence);
                     }
+                    logged_head.send_replace(*logged);
                 }
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
@@ -213,10 +218,10 @@ impl Hub {
             host_name,
             live,
             methods: PendingMethods::default(),
-            messages: MessageLog::default(),
             policies,
             dps,
             event_heads,
+            logged_head,
             jobs_changed: tokio::sync::Notify::new(),
             max_active_jobs: DEFAULT_MAX_ACTIVE_JOBS,
         })
@@ -259,9 +264,16 @@ impl Hub {
         &self.methods
     }
 
-    /// The log of telemetry and module outputs.
-    pub fn messages(&self) -> &MessageLog {
-        &self.messages
+    /// One page of the message log: the events the Event Hub-compatible endpoint keeps that
+    /// `filter` takes ([`crate::messages::page`]).
+    pub fn messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, ApiError> {
+        self.read(|tx| Ok(crate::messages::page(tx, filter)?))
+    }
+
+    /// The last place given in the message log (0: none), changing after each commit of an
+    /// event.
+    pub fn logged_head(&self) -> watch::Receiver<i64> {
+        self.logged_head.subscribe()
     }
 
     /// Notified when a scheduled job is created or cancelled (the job runner waits on it).
@@ -400,20 +412,22 @@ impl Hub {
             .await
     }
 
-    /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: logs it for
-    /// the REST message log and the console and, if it goes `upstream` to IoT Hub, queues it for
-    /// its Event Hub-compatible partition ([`Self::submit_event`]); the handle resolves once it
-    /// is stored. `None`: not upstream, nothing to wait for. `auth`: how the sender
+    /// Takes a device-to-cloud message (telemetry, or a module's output) from `key`: if it goes
+    /// `upstream` to IoT Hub, queues it for its Event Hub-compatible partition
+    /// ([`Self::submit_event`]), which the message log reads too; the handle resolves once it is
+    /// stored. `None`: not upstream, nothing to store or wait for. `auth`: how the sender
     /// authenticated, kept with the event for its `iothub-connection-auth-method`.
     pub async fn accept_telemetry(
         &self,
         key: &IdentityKey,
-        output: Option<String>,
         properties: Vec<(String, Option<String>)>,
         payload: &[u8],
         upstream: bool,
         auth: events::AuthMethod,
     ) -> Result<Option<Committing<i64>>, ApiError> {
+        if !upstream {
+            return Ok(None);
+        }
         let event = Event {
             partition: events::partition_of(&key.device_id),
             sequence: 0,
@@ -421,23 +435,10 @@ impl Hub {
             enqueued_ms: ids::now_unix_ms(),
             device_id: key.device_id.clone(),
             module_id: key.module_id.clone(),
-            properties: events::stamped(properties.clone(), auth),
+            properties: events::stamped(properties, auth),
             body: payload.to_vec(),
+            logged: 0,
         };
-        let (body, body_base64) = Message::body_of(payload);
-        self.messages.push(Message {
-            sequence: 0,
-            device_id: key.device_id.clone(),
-            module_id: key.module_id.clone(),
-            output,
-            properties: properties.into_iter().collect(),
-            body,
-            body_base64,
-            enqueued_time_utc: ids::now_iso(),
-        });
-        if !upstream {
-            return Ok(None);
-        }
         self.submit_event(event).await.map(Some)
     }
 
@@ -451,6 +452,7 @@ impl Hub {
                 let effect = Effect::Event {
                     partition: stored.partition,
                     sequence: stored.sequence,
+                    logged: stored.logged,
                 };
                 Ok((stored.sequence, vec![effect]))
             })

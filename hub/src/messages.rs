@@ -1,30 +1,31 @@
-//! The bounded, inspectable log of device-to-cloud messages (telemetry and module outputs),
-//! capped by count and by bytes; a read returns at most [`MAX_READ_MESSAGES`] messages and about
-//! [`MAX_READ_BYTES`] of bodies (page on with `after`), so readers cannot make the hub copy the
-//! whole log at once.
+//! The hub's message log (`GET /edgetwin/messages`, the console's telemetry page): the events
+//! the Event Hub-compatible endpoint keeps (the store's `events` table), every partition in the
+//! order they were stored, as JSON. It shows what reached IoT Hub, as `az iot hub
+//! monitor-events` would: it survives restarts, and loses what retention prunes; a module's
+//! message that its device's routes deliver only to other modules (and not to `$upstream`) never
+//! reaches IoT Hub, and is not in it. A read returns at most [`MAX_READ_MESSAGES`] messages and
+//! about [`MAX_READ_BYTES`] of bodies (page on with `after`), so readers cannot make the hub copy
+//! the whole log at once.
 //!
-//! Part of the core: depends on nothing else of the hub.
+//! Part of the core: depends on the events' model and the store only.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tokio::sync::watch;
 
-/// How many messages the log keeps; older ones are dropped first.
-pub const MESSAGE_LOG_CAPACITY: usize = 10_000;
-/// How many bytes of bodies and properties the log keeps; older messages are dropped first.
-pub const MESSAGE_LOG_BYTES: usize = 64 * 1024 * 1024;
+use crate::events::Event;
+use crate::store::{StoreError, Transaction};
+
 /// Most messages one read returns.
 pub const MAX_READ_MESSAGES: usize = 1000;
 /// Bytes of bodies and properties after which a read stops adding messages.
 pub const MAX_READ_BYTES: usize = 4 * 1024 * 1024;
 
-/// One message as it arrived.
+/// One message as the log shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
-    /// Position in the hub's message stream, increasing from 1.
+    /// Its place in the log, increasing from 1 across restarts.
     pub sequence: u64,
     /// The sending device.
     pub device_id: String,
@@ -57,12 +58,49 @@ impl Message {
         }
     }
 
-    /// What the message counts against the byte caps.
-    fn size(&self) -> usize {
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let properties: usize = self.properties.iter().map(|(k, v)| k.len() + text(v)).sum();
-        text(&self.body) + text(&self.body_base64) + properties + 128
+    /// A stored event as the log shows it.
+    pub fn of_event(event: &Event) -> Self {
+        let (body, body_base64) = Self::body_of(&event.body);
+        let enqueued = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(event.enqueued_ms) * 1_000_000,
+        )
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        Message {
+            sequence: u64::try_from(event.logged).unwrap_or(0),
+            device_id: event.device_id.clone(),
+            module_id: event.module_id.clone(),
+            output: output_of(event).map(str::to_owned),
+            // the hub's own record of how the sender authenticated is not the sender's
+            properties: event
+                .properties
+                .iter()
+                .filter(|(key, _)| key != crate::events::AUTH_PROPERTY)
+                .cloned()
+                .collect(),
+            body,
+            body_base64,
+            enqueued_time_utc: crate::ids::iso(enqueued),
+        }
     }
+}
+
+/// The module output an event was sent on (`$.on`), if any.
+fn output_of(event: &Event) -> Option<&str> {
+    event
+        .properties
+        .iter()
+        .find(|(key, _)| key == edgetwin_wire::topic::OUTPUT_NAME_PROPERTY)
+        .and_then(|(_, value)| value.as_deref())
+}
+
+/// What an event counts against [`MAX_READ_BYTES`].
+fn size(event: &Event) -> usize {
+    let properties: usize = event
+        .properties
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
+        .sum();
+    event.body.len() + properties + 128
 }
 
 /// Which messages a reader wants.
@@ -78,193 +116,132 @@ pub struct MessageFilter {
     pub after: u64,
 }
 
-/// The messages held and what they cost.
-#[derive(Default)]
-struct Held {
-    /// Messages, oldest first.
-    messages: VecDeque<Message>,
-    /// The last sequence number given.
-    sequence: u64,
-    /// Sum of [`Message::size`] over `messages`.
-    bytes: usize,
-}
-
-/// The log.
-pub struct MessageLog {
-    /// What is held.
-    inner: Mutex<Held>,
-    /// The last sequence number given, for live readers to wait on.
-    latest: watch::Sender<u64>,
-}
-
-impl Default for MessageLog {
-    fn default() -> Self {
-        Self {
-            inner: Mutex::default(),
-            latest: watch::Sender::new(0),
-        }
-    }
-}
-
-impl MessageLog {
-    /// The last sequence number given (0 before the first message).
-    pub fn latest(&self) -> u64 {
-        *self.latest.borrow()
-    }
-
-    /// A receiver that changes whenever a message is appended.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.latest.subscribe()
-    }
-
-    /// Appends a message, dropping the oldest beyond the count and byte caps; returns its
-    /// sequence number.
-    pub fn push(&self, mut message: Message) -> u64 {
-        let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        held.sequence += 1;
-        message.sequence = held.sequence;
-        held.bytes += message.size();
-        held.messages.push_back(message);
-        while held.messages.len() > MESSAGE_LOG_CAPACITY || held.bytes > MESSAGE_LOG_BYTES {
-            match held.messages.pop_front() {
-                Some(old) => held.bytes -= old.size(),
-                None => break,
-            }
-        }
-        let sequence = held.sequence;
-        drop(held);
-        self.latest.send_replace(sequence);
-        sequence
-    }
-
-    /// The oldest messages matching `filter`, at most [`MAX_READ_MESSAGES`] and about
-    /// [`MAX_READ_BYTES`] (always at least one if any match).
-    pub fn list(&self, filter: &MessageFilter) -> Vec<Message> {
-        let held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+impl MessageFilter {
+    /// Whether the filter takes `event` (its device is matched by the store's search).
+    fn takes(&self, event: &Event) -> bool {
         let matches = |wanted: &Option<String>, value: Option<&str>| {
             wanted.as_deref().is_none_or(|w| Some(w) == value)
         };
-        let mut bytes = 0;
-        held.messages
-            .iter()
-            .filter(|m| m.sequence > filter.after)
-            .filter(|m| matches(&filter.device_id, Some(&m.device_id)))
-            .filter(|m| matches(&filter.module_id, m.module_id.as_deref()))
-            .filter(|m| matches(&filter.output, m.output.as_deref()))
-            .take(MAX_READ_MESSAGES)
-            .take_while(|m| {
-                let size = m.size();
-                let fits = bytes == 0 || bytes + size <= MAX_READ_BYTES;
-                bytes += size;
-                fits
-            })
-            .cloned()
-            .collect()
+        matches(&self.module_id, event.module_id.as_deref())
+            && matches(&self.output, output_of(event))
     }
+}
+
+/// The oldest logged messages matching `filter`, at most [`MAX_READ_MESSAGES`] and about
+/// [`MAX_READ_BYTES`] (always at least one if any match).
+pub fn page(tx: &Transaction<'_>, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
+    let (mut count, mut bytes) = (0, 0);
+    let events = tx.logged_events(
+        i64::try_from(filter.after).unwrap_or(i64::MAX),
+        filter.device_id.as_deref(),
+        |event| filter.takes(event),
+        |next| {
+            let size = size(next);
+            let full = count >= MAX_READ_MESSAGES || (count > 0 && bytes + size > MAX_READ_BYTES);
+            count += 1;
+            bytes += size;
+            full
+        },
+    )?;
+    Ok(events.iter().map(Message::of_event).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::temp_store;
 
-    fn message(device: &str) -> Message {
-        Message {
+    fn event(device: &str, module: Option<&str>, output: Option<&str>, body: Vec<u8>) -> Event {
+        Event {
+            partition: crate::events::partition_of(device),
             sequence: 0,
+            offset: 0,
+            enqueued_ms: 1_700_000_000_123,
             device_id: device.into(),
-            module_id: None,
-            output: None,
-            properties: BTreeMap::new(),
-            body: Some(String::new()),
-            body_base64: None,
-            enqueued_time_utc: String::new(),
-        }
-    }
-
-    fn sized(kib: usize) -> Message {
-        let (body, body_base64) = Message::body_of(&vec![b'x'; kib * 1024]);
-        Message {
+            module_id: module.map(Into::into),
+            properties: output
+                .map(|o| vec![("$.on".to_owned(), Some(o.to_owned()))])
+                .unwrap_or_default(),
             body,
-            body_base64,
-            ..message("d")
+            logged: 0,
         }
     }
 
     #[test]
-    fn the_log_is_capped_by_bytes_as_well_as_by_count() {
-        let log = MessageLog::default();
-        let count = MESSAGE_LOG_BYTES / (250 * 1024) + 50;
-        for _ in 0..count {
-            log.push(sized(250));
-        }
-        let held = log.inner.lock().unwrap();
-        assert!(held.bytes <= MESSAGE_LOG_BYTES, "{} bytes held", held.bytes);
-        assert!(held.messages.len() < count);
-        assert_eq!(held.messages.back().unwrap().sequence, count as u64);
-    }
-
-    #[test]
-    fn a_read_returns_a_bounded_page_and_the_next_one_follows_with_after() {
-        let log = MessageLog::default();
-        for _ in 0..40 {
-            log.push(sized(250));
-        }
-        let first = log.list(&MessageFilter::default());
-        let bytes: usize = first.iter().map(Message::size).sum();
-        assert!(bytes <= MAX_READ_BYTES && !first.is_empty());
-        assert!(first.len() < 40);
-        let next = log.list(&MessageFilter {
-            after: first.last().unwrap().sequence,
-            ..MessageFilter::default()
-        });
-        assert_eq!(next[0].sequence, first.last().unwrap().sequence + 1);
-    }
-
-    #[test]
-    fn binary_bodies_come_back_in_base64_unchanged() {
-        let payload = [0xff, 0x00, 0xfe, b'a'];
-        let (body, body_base64) = Message::body_of(&payload);
-        assert_eq!(body, None);
-        assert_eq!(body_base64.as_deref(), Some("/wD+YQ=="));
-        assert_eq!(
-            Message::body_of(b"{\"t\":1}").0.as_deref(),
-            Some("{\"t\":1}")
-        );
-    }
-
-    #[test]
-    fn the_log_keeps_the_newest_messages_up_to_its_capacity() {
-        let log = MessageLog::default();
-        for _ in 0..MESSAGE_LOG_CAPACITY + 5 {
-            log.push(message("d"));
-        }
-        let held = log.inner.lock().unwrap();
-        assert_eq!(held.messages.len(), MESSAGE_LOG_CAPACITY);
-        assert_eq!(held.messages[0].sequence, 6);
-    }
-
-    #[test]
-    fn a_subscriber_is_told_of_each_appended_message() {
-        let log = MessageLog::default();
-        let mut subscriber = log.subscribe();
-        assert!(!subscriber.has_changed().unwrap());
-        let sequence = log.push(message("d"));
-        assert!(subscriber.has_changed().unwrap());
-        assert_eq!(*subscriber.borrow_and_update(), sequence);
-        assert_eq!(log.latest(), sequence);
-    }
-
-    #[test]
-    fn filters_select_by_device_and_sequence() {
-        let log = MessageLog::default();
-        log.push(message("a"));
-        log.push(message("b"));
-        log.push(message("a"));
-        let filter = MessageFilter {
-            device_id: Some("a".into()),
-            after: 1,
-            ..MessageFilter::default()
-        };
-        let found: Vec<u64> = log.list(&filter).iter().map(|m| m.sequence).collect();
-        assert_eq!(found, vec![3]);
+    fn the_log_lists_stored_events_in_order_filtered_and_in_bounded_pages() {
+        let (mut store, dir) = temp_store("message-log");
+        store
+            .transaction(|tx| -> Result<(), StoreError> {
+                tx.append_event(event("a", Some("m"), Some("out"), b"one".to_vec()))?;
+                tx.append_event(event("b", None, None, vec![0xff, 0x00]))?;
+                tx.append_event(event("a", Some("m"), Some("other"), b"two".to_vec()))?;
+                tx.append_event(Event {
+                    properties: vec![
+                        (
+                            crate::events::AUTH_PROPERTY.into(),
+                            Some("selfSigned".into()),
+                        ),
+                        ("k".into(), Some("v".into())),
+                    ],
+                    ..event("a", None, None, b"three".to_vec())
+                })?;
+                for _ in 0..20 {
+                    tx.append_event(event("c", None, None, vec![b'x'; 250 * 1024]))?;
+                }
+                let all = page(tx, &MessageFilter::default())?;
+                let sequences: Vec<u64> = all.iter().map(|m| m.sequence).collect();
+                assert_eq!(
+                    sequences[..4],
+                    [1, 2, 3, 4],
+                    "every partition, in stored order"
+                );
+                assert_eq!(all[1].body_base64.as_deref(), Some("/wA="));
+                assert_eq!(all[0].output.as_deref(), Some("out"));
+                assert_eq!(all[0].enqueued_time_utc, "2023-11-14T22:13:20.1230000Z");
+                let shown: Vec<&String> = all[3].properties.keys().collect();
+                assert_eq!(
+                    shown,
+                    ["k"],
+                    "the hub's record of the sender's authentication is its own"
+                );
+                let bytes: usize = all
+                    .iter()
+                    .filter_map(|m| m.body.as_ref())
+                    .map(String::len)
+                    .sum();
+                assert!(
+                    bytes <= MAX_READ_BYTES && all.len() < 24,
+                    "a page bounded by bytes"
+                );
+                let filter = |device: &str, module: Option<&str>, output: Option<&str>, after| {
+                    MessageFilter {
+                        device_id: Some(device.into()),
+                        module_id: module.map(Into::into),
+                        output: output.map(Into::into),
+                        after,
+                    }
+                };
+                let bodies = |filter: MessageFilter| -> Vec<String> {
+                    page(tx, &filter)
+                        .unwrap()
+                        .into_iter()
+                        .map(|m| m.body.unwrap_or_default())
+                        .collect()
+                };
+                assert_eq!(bodies(filter("a", None, None, 0)), ["one", "two", "three"]);
+                assert_eq!(bodies(filter("a", Some("m"), None, 1)), ["two"]);
+                assert_eq!(bodies(filter("a", None, Some("out"), 0)), ["one"]);
+                let next = page(
+                    tx,
+                    &MessageFilter {
+                        after: *sequences.last().unwrap(),
+                        ..MessageFilter::default()
+                    },
+                )?;
+                assert_eq!(next[0].sequence, *sequences.last().unwrap() + 1);
+                Ok(())
+            })
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

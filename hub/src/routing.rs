@@ -4,9 +4,9 @@
 //! (the Event Hub-compatible endpoint): on IoT Edge a module's message goes nowhere no route
 //! names ("Learn how to deploy modules and establish routes in IoT Edge": `$upstream` is "IoT
 //! Hub"). A device whose `$edgeHub` has no `routes` (no deployment: a module connected straight
-//! to the hub, as in the module twin quickstart) sends everything upstream. The message log
-//! records everything that arrives. Delivery is to connected, subscribed modules only: the hub
-//! does not store messages for offline modules (edgeHub does).
+//! to the hub, as in the module twin quickstart) sends everything upstream. The endpoint (and the
+//! message log, which reads it) keeps only what goes upstream. Delivery is to connected,
+//! subscribed modules only: the hub does not store messages for offline modules (edgeHub does).
 //!
 //! Used by the MQTT door: depends on the hub, live connections and the store; never on a door.
 

@@ -197,12 +197,12 @@ CREATE TABLE IF NOT EXISTS dps_registrations (
 CREATE TABLE IF NOT EXISTS events (
     partition INTEGER NOT NULL, sequence INTEGER NOT NULL, offset INTEGER NOT NULL,
     enqueued_ms INTEGER NOT NULL, device_id TEXT NOT NULL, module_id TEXT,
-    properties TEXT NOT NULL, body BLOB NOT NULL,
+    properties TEXT NOT NULL, body BLOB NOT NULL, logged INTEGER NOT NULL,
     PRIMARY KEY (partition, sequence)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consumer_groups (name TEXT PRIMARY KEY COLLATE NOCASE) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events_pruned (
     partition INTEGER PRIMARY KEY, sequence INTEGER NOT NULL, offset INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL, enqueued_ms INTEGER NOT NULL);
+    next_offset INTEGER NOT NULL, enqueued_ms INTEGER NOT NULL, logged INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, job_type TEXT NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL)
     WITHOUT ROWID;
@@ -227,6 +227,8 @@ struct LastEvent {
     next_offset: i64,
     /// When it was enqueued.
     enqueued_ms: i64,
+    /// Its place in the message log.
+    logged: i64,
 }
 
 /// What [`Transaction::add_consumer_group`] did.
@@ -287,6 +289,19 @@ WHERE module_id = '' AND json_valid(record)
   AND json_extract(record, '$.configurations') <> '{}';
 ";
 
+/// A database from before the message log read the events: each event gets its place in the
+/// log (`logged`) in the order the events were enqueued, and the log's index.
+const LOGGED_BEFORE: &str = "
+ALTER TABLE events ADD COLUMN logged INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events_pruned ADD COLUMN logged INTEGER NOT NULL DEFAULT 0;
+UPDATE events SET logged = (SELECT n FROM (SELECT partition AS p, sequence AS s,
+    row_number() OVER (ORDER BY enqueued_ms, partition, sequence) AS n FROM events)
+    WHERE p = events.partition AND s = events.sequence);
+";
+
+/// The message log's order: every event by its place in it.
+const LOGGED_INDEX: &str = "CREATE INDEX IF NOT EXISTS events_by_logged ON events (logged);";
+
 /// The counter of configuration changes whose evaluation of every device has not finished: a hub
 /// that finds it above zero at start (it stopped meanwhile, or the database is from before the
 /// targeting rows) evaluates every device again.
@@ -328,10 +343,15 @@ impl Store {
         let targeting_created = !has_table(&conn, "targeting")?;
         let workload_sockets_created = !has_table(&conn, "workload_sockets")?;
         let reported_missing = !targeting_created && !has_column(&conn, "targeting", "reported")?;
+        let logged_missing = has_table(&conn, "events")? && !has_column(&conn, "events", "logged")?;
         conn.execute_batch(SCHEMA)?;
         if reported_missing {
             conn.execute_batch(REPORTED_BEFORE)?;
         }
+        if logged_missing {
+            conn.execute_batch(LOGGED_BEFORE)?;
+        }
+        conn.execute_batch(LOGGED_INDEX)?;
         if targeting_created || reported_missing {
             // a fresh database, or one from before incremental evaluation or before the
             // reported outcomes: its targeting rows are filled by one full evaluation
@@ -551,12 +571,13 @@ impl Transaction<'_> {
     ) -> Result<Vec<Result<T, E>>, StoreError> {
         let mut results = Vec::new();
         for item in items {
-            self.tx.execute_batch("SAVEPOINT item")?;
+            // prepared once per connection: the group commit runs these around every job
+            self.tx.prepare_cached("SAVEPOINT item")?.execute([])?;
             let result = f(self, item);
             if result.is_err() {
-                self.tx.execute_batch("ROLLBACK TO item")?;
+                self.tx.prepare_cached("ROLLBACK TO item")?.execute([])?;
             }
-            self.tx.execute_batch("RELEASE item")?;
+            self.tx.prepare_cached("RELEASE item")?.execute([])?;
             results.push(result);
         }
         Ok(results)
@@ -1360,10 +1381,11 @@ impl Transaction<'_> {
             Some(last) => (last.sequence + 1, last.next_offset),
             None => (0, 0),
         };
+        event.logged = self.last_logged()? + 1;
         self.tx
             .prepare_cached(
                 "INSERT INTO events (partition, sequence, offset, enqueued_ms, device_id,
-                 module_id, properties, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 module_id, properties, body, logged) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 event.partition,
@@ -1373,9 +1395,22 @@ impl Transaction<'_> {
                 event.device_id,
                 event.module_id,
                 encode(&event.properties),
-                event.body
+                event.body,
+                event.logged
             ])?;
         Ok(event)
+    }
+
+    /// The last place given in the message log (0: none), kept or pruned (a partition pruned
+    /// whole keeps its last event's).
+    pub fn last_logged(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT max(coalesce((SELECT max(logged) FROM events), 0),
+                 coalesce((SELECT max(logged) FROM events_pruned), 0))",
+            )?
+            .query_row([], |row| row.get(0))?)
     }
 
     /// The last event ever enqueued in `partition`, kept or pruned (`None`: never one).
@@ -1384,7 +1419,7 @@ impl Transaction<'_> {
             .tx
             .prepare_cached(
                 "SELECT sequence, offset + length(body) + length(properties) + 1, enqueued_ms,
-                 offset FROM events WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
+                 offset, logged FROM events WHERE partition = ?1 ORDER BY sequence DESC LIMIT 1",
             )?
             .query_row(params![partition], |row| {
                 Ok(LastEvent {
@@ -1392,6 +1427,7 @@ impl Transaction<'_> {
                     next_offset: row.get(1)?,
                     enqueued_ms: row.get(2)?,
                     offset: row.get(3)?,
+                    logged: row.get(4)?,
                 })
             })
             .optional()?;
@@ -1402,7 +1438,7 @@ impl Transaction<'_> {
         Ok(self
             .tx
             .query_row(
-                "SELECT sequence, offset, next_offset, enqueued_ms FROM events_pruned
+                "SELECT sequence, offset, next_offset, enqueued_ms, logged FROM events_pruned
                  WHERE partition = ?1",
                 params![partition],
                 |row| {
@@ -1411,6 +1447,7 @@ impl Transaction<'_> {
                         offset: row.get(1)?,
                         next_offset: row.get(2)?,
                         enqueued_ms: row.get(3)?,
+                        logged: row.get(4)?,
                     })
                 },
             )
@@ -1446,15 +1483,16 @@ impl Transaction<'_> {
         };
         if through == last.sequence {
             self.tx.execute(
-                "INSERT INTO events_pruned (partition, sequence, offset, next_offset, enqueued_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(partition) DO UPDATE
-                 SET sequence = ?2, offset = ?3, next_offset = ?4, enqueued_ms = ?5",
+                "INSERT INTO events_pruned (partition, sequence, offset, next_offset, enqueued_ms,
+                 logged) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(partition) DO UPDATE
+                 SET sequence = ?2, offset = ?3, next_offset = ?4, enqueued_ms = ?5, logged = ?6",
                 params![
                     partition,
                     last.sequence,
                     last.offset,
                     last.next_offset,
-                    last.enqueued_ms
+                    last.enqueued_ms,
+                    last.logged
                 ],
             )?;
         }
@@ -1522,39 +1560,50 @@ impl Transaction<'_> {
         limit: usize,
     ) -> Result<Vec<crate::events::Event>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT sequence, offset, enqueued_ms, device_id, module_id, properties, body
-             FROM events WHERE partition = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+            "SELECT partition, sequence, offset, enqueued_ms, device_id, module_id, properties,
+             body, logged FROM events WHERE partition = ?1 AND sequence > ?2 ORDER BY sequence
+             LIMIT ?3",
         )?;
-        let rows = stmt.query_map(
-            params![partition, after, i64::try_from(limit).unwrap_or(i64::MAX)],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<String>>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, Vec<u8>>(6)?,
-                ))
-            },
+        let rows = stmt.query(params![
+            partition,
+            after,
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ])?;
+        rows.mapped(event_of_row)
+            .map(|event| event.map_err(StoreError::from).and_then(|event| event))
+            .collect()
+    }
+
+    /// The message log: the events of `device_id` (or of every device) in the order they
+    /// were stored, from the first after place `after`, that `keep` keeps, until `full` (asked
+    /// before each one is added) says the page is full.
+    pub fn logged_events(
+        &self,
+        after: i64,
+        device_id: Option<&str>,
+        mut keep: impl FnMut(&crate::events::Event) -> bool,
+        mut full: impl FnMut(&crate::events::Event) -> bool,
+    ) -> Result<Vec<crate::events::Event>, StoreError> {
+        let partition = device_id.map(crate::events::partition_of);
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT partition, sequence, offset, enqueued_ms, device_id, module_id, properties,
+             body, logged FROM events
+             WHERE logged > ?1 AND (?2 IS NULL OR (partition = ?2 AND device_id = ?3))
+             ORDER BY logged",
         )?;
-        rows.map(|row| {
-            let (sequence, offset, enqueued_ms, device_id, module_id, properties, body) = row?;
-            Ok(crate::events::Event {
-                partition,
-                properties: decode(&properties, || {
-                    format!("event {sequence} of partition {partition}")
-                })?,
-                sequence,
-                offset,
-                enqueued_ms,
-                device_id,
-                module_id,
-                body,
-            })
-        })
-        .collect()
+        let mut rows = stmt.query(params![after, partition, device_id])?;
+        let mut kept = Vec::new();
+        while let Some(row) = rows.next()? {
+            let event = event_of_row(row)??;
+            if !keep(&event) {
+                continue;
+            }
+            if full(&event) {
+                break;
+            }
+            kept.push(event);
+        }
+        Ok(kept)
     }
 
     /// The sequence number before the first event of `partition` that `admits` (a filter
@@ -1679,6 +1728,34 @@ impl From<StoredFilter> for SessionFilter {
     }
 }
 
+/// The event of a row of `partition, sequence, offset, enqueued_ms, device_id, module_id,
+/// properties, body, logged` (a stored document that does not decode is the inner error).
+fn event_of_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<crate::events::Event, StoreError>> {
+    let partition: u32 = row.get(0)?;
+    let sequence: i64 = row.get(1)?;
+    let properties: String = row.get(6)?;
+    let event = crate::events::Event {
+        partition,
+        sequence,
+        offset: row.get(2)?,
+        enqueued_ms: row.get(3)?,
+        device_id: row.get(4)?,
+        module_id: row.get(5)?,
+        properties: Vec::new(),
+        body: row.get(7)?,
+        logged: row.get(8)?,
+    };
+    Ok(decode(&properties, || {
+        format!("event {sequence} of partition {partition}")
+    })
+    .map(|properties| crate::events::Event {
+        properties,
+        ..event
+    }))
+}
+
 fn encode<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("wire models always serialise")
 }
@@ -1723,6 +1800,7 @@ pub(crate) mod tests {
             module_id: Some("m".into()),
             properties: vec![("$.mid".into(), Some("1".into())), ("flag".into(), None)],
             body: body.as_bytes().to_vec(),
+            logged: 0,
         };
         let stored = store
             .transaction(|tx| {
@@ -1789,6 +1867,7 @@ pub(crate) mod tests {
             module_id: None,
             properties: Vec::new(),
             body: vec![b'x'; 7], // 10 bytes of offset each, with `[]` and the one per event
+            logged: 0,
         };
         // 10 events a day old, then 10 new ones; 4 partitions share 400 bytes: 100 each
         let retention = Retention::new(1, 400);
@@ -1830,6 +1909,10 @@ pub(crate) mod tests {
                 assert_eq!(info.last_offset, 290);
                 let next = tx.append_event(event(now + day + 1))?;
                 assert_eq!((next.sequence, next.offset), (30, 300));
+                assert_eq!(
+                    next.logged, 31,
+                    "the message log goes on after its last place too"
+                );
                 Ok::<_, StoreError>(())
             })
             .unwrap();
@@ -1976,6 +2059,58 @@ pub(crate) mod tests {
         assert!(device.configurations.is_empty());
         assert_eq!(agent, twin, "module twins are left as they are");
         assert!(has_column(&older.conn, "targeting", "reported").unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_from_before_the_message_log_read_the_events_logs_them_in_enqueued_order() {
+        let (store, dir) = temp_store("logged-before");
+        store
+            .conn
+            .execute_batch(
+                "DROP TABLE events; DROP TABLE events_pruned;
+                 CREATE TABLE events (
+                    partition INTEGER NOT NULL, sequence INTEGER NOT NULL,
+                    offset INTEGER NOT NULL, enqueued_ms INTEGER NOT NULL,
+                    device_id TEXT NOT NULL, module_id TEXT, properties TEXT NOT NULL,
+                    body BLOB NOT NULL, PRIMARY KEY (partition, sequence)) WITHOUT ROWID;
+                 CREATE TABLE events_pruned (
+                    partition INTEGER PRIMARY KEY, sequence INTEGER NOT NULL,
+                    offset INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+                    enqueued_ms INTEGER NOT NULL);
+                 INSERT INTO events VALUES (2, 0, 0, 3000, 'late', NULL, '[]', x'33');
+                 INSERT INTO events VALUES (1, 0, 0, 1000, 'early', NULL, '[]', x'31');
+                 INSERT INTO events VALUES (1, 1, 4, 2000, 'early', NULL, '[]', x'32');",
+            )
+            .unwrap();
+        drop(store);
+        let mut reopened = Store::open(&dir.join("hub.db")).unwrap();
+        let (logged, next) = reopened
+            .transaction(|tx| {
+                let logged: Vec<(i64, Vec<u8>)> = tx
+                    .logged_events(0, None, |_| true, |_| false)?
+                    .into_iter()
+                    .map(|event| (event.logged, event.body))
+                    .collect();
+                let next = tx.append_event(crate::events::Event {
+                    partition: 0,
+                    sequence: 0,
+                    offset: 0,
+                    enqueued_ms: 4000,
+                    device_id: "new".into(),
+                    module_id: None,
+                    properties: Vec::new(),
+                    body: Vec::new(),
+                    logged: 0,
+                })?;
+                Ok::<_, StoreError>((logged, next.logged))
+            })
+            .unwrap();
+        assert_eq!(
+            logged,
+            [(1, b"1".to_vec()), (2, b"2".to_vec()), (3, b"3".to_vec())]
+        );
+        assert_eq!(next, 4);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -65,6 +65,8 @@ pub enum Effect {
         partition: u32,
         /// The event's sequence number.
         sequence: i64,
+        /// Its place in the message log.
+        logged: i64,
     },
 }
 

@@ -172,6 +172,10 @@ def test_a_devices_messages_keep_their_order_in_one_partition_across_a_restart_a
     after = [e.body_as_str() for _, e in events if mine((partition, e))]
     assert after == ["m1", "m2", "m3"], "nothing lost, nothing repeated, in order"
     assert events[0][1].sequence_number == sequences[1]
+    # the message log reads the same store: what was sent before the restart is still listed
+    logged = hub.messages(device.device_id)
+    assert [m["body"] for m in logged] == ["m0", "m1", "m2", "m3"]
+    assert [m["sequence"] for m in logged] == sorted({m["sequence"] for m in logged})
 
 
 def test_a_partition_keeps_its_newest_events_within_the_byte_bound_and_a_pruned_offset_reads_from_the_earliest_kept(
@@ -206,6 +210,8 @@ def test_a_partition_keeps_its_newest_events_within_the_byte_bound_and_a_pruned_
         assert 5 < len(kept) < 20, kept
         assert kept == [f"r{n:02d}" for n in range(40 - len(kept), 40)], "the newest, in order"
         assert events[0][1].sequence_number == begin(), "from the earliest event kept"
+        logged = [m["body"][:3] for m in hub.messages(device.device_id)]
+        assert logged == kept, "the message log lists what the endpoint keeps"
     finally:
         hub.extra_args = original
         hub.restart(kill=False)

@@ -118,14 +118,3 @@ def test_deployments_are_evaluated_at_once_not_every_five_minutes(hub, registry_
 def test_the_default_policies_carry_iot_hubs_names(hub):
     assert set(hub.info["policies"]) == {"iothubowner", "service", "device", "registryRead",
                                          "registryReadWrite"}
-
-
-def test_the_message_log_lives_in_memory_and_starts_empty_after_a_restart(hub, make_module, clients):
-    module = make_module()
-    client = clients.module(module)
-    client.connect()
-    client.send_message_to_output(Message("before the restart"), "out")
-    assert [m["output"] for m in hub.messages(module.device_id, module.module_id)] == ["out"]
-    client.shutdown()
-    hub.restart(kill=False)
-    assert hub.messages(module.device_id, module.module_id) == []

@@ -460,6 +460,7 @@ mod tests {
                 ("flag".into(), None),
             ],
             body: b"{\"t\":1}".to_vec(),
+            logged: 0,
         };
         let message = event_message(&event);
         let annotations = message.message_annotations.unwrap();

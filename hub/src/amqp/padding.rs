@@ -12,6 +12,7 @@
 //! the properties of every open, begin, attach and flow it reads. Pure byte rewriting, tested
 //! below.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -68,11 +69,36 @@ fn unit_length(bytes: &[u8]) -> Option<usize> {
 
 /// A frame with its performative's list padded to every field; anything else (a protocol
 /// header, an empty frame, an unknown body) unchanged.
-pub fn pad(unit: &[u8]) -> Vec<u8> {
-    padded(unit).unwrap_or_else(|| unit.to_vec())
+#[cfg(test)]
+fn pad(unit: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(unit.len() + 16);
+    pad_into(unit, &mut out);
+    out
 }
 
-fn padded(frame: &[u8]) -> Option<Vec<u8>> {
+/// Appends [`pad`]`(unit)` to `out`, without a copy of its own.
+fn pad_into(unit: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    if padded(unit, out).is_none() {
+        out.truncate(start);
+        out.extend_from_slice(unit);
+    }
+}
+
+/// Whether a frame (or protocol header) is a transfer.
+fn is_transfer(unit: &[u8]) -> bool {
+    let body_start = unit
+        .get(4)
+        .map_or(usize::MAX, |doff| usize::from(*doff) * 4);
+    matches!(
+        unit.get(body_start..body_start.saturating_add(3)),
+        Some([0x00, 0x53, 0x14])
+    )
+}
+
+/// Appends the padded `frame` to `out` (`None`: it needs no padding or is not a performative;
+/// `out` may then hold part of it).
+fn padded(frame: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let body_start = usize::from(*frame.get(4)?) * 4;
     let body = frame.get(body_start..)?;
     let [0x00, 0x53, code, constructor, ..] = *body else {
@@ -103,7 +129,8 @@ fn padded(frame: &[u8]) -> Option<Vec<u8>> {
     let missing = fields.saturating_sub(count);
     let count = count.max(fields);
     let items_len = items.len() + missing;
-    let mut out = Vec::with_capacity(frame.len() + missing + 8);
+    let start = out.len();
+    out.reserve(frame.len() + missing + 8);
     out.extend_from_slice(&frame[..body_start]);
     out.extend_from_slice(&[0x00, 0x53, code]);
     match (u8::try_from(items_len + 1), u8::try_from(count)) {
@@ -117,9 +144,9 @@ fn padded(frame: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(items);
     out.resize(out.len() + missing, 0x40);
     out.extend_from_slice(after);
-    let size = u32::try_from(out.len()).ok()?;
-    out[..4].copy_from_slice(&size.to_be_bytes());
-    Some(out)
+    let size = u32::try_from(out.len() - start).ok()?;
+    out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+    Some(())
 }
 
 /// Which field of a performative is its `properties` (`fields`), by descriptor code.
@@ -210,6 +237,13 @@ fn symbolized(frame: &mut [u8]) -> Option<()> {
 
 /// A stream whose written frames are [`pad`]ded and whose read frames get symbol keys in their
 /// properties ([`symbolize_properties`]).
+///
+/// Transfers are corked: `fe2o3-amqp` flushes after every frame, which made one TLS record, one
+/// system call and one TCP segment of each event sent. A flush of transfers alone is held for at
+/// most [`CORK`] (or until [`CORK_BYTES`] are held), so that the events a receiver is sent in a
+/// burst leave together; any other frame (open, attach, flow, disposition…) is written at once,
+/// with whatever is held before it. What is held goes out when the time is up: the connection's
+/// task always waits on its reads, and [`Padded`] writes there too.
 #[derive(Debug)]
 pub struct Padded<S> {
     /// The connection.
@@ -218,11 +252,20 @@ pub struct Padded<S> {
     incoming: Vec<u8>,
     /// Padded frames not yet written to `inner`.
     outgoing: Vec<u8>,
+    /// Whether `outgoing` holds a frame other than a transfer (flushed at once).
+    urgent: bool,
+    /// When held transfers are written at the latest: set by a flush that was held back.
+    corked: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes read that do not make a whole frame yet.
     read: Vec<u8>,
     /// Whole frames read, rewritten, not yet handed to the reader.
     ready: Vec<u8>,
 }
+
+/// Longest a flush of transfers is held back.
+const CORK: std::time::Duration = std::time::Duration::from_millis(1);
+/// Held bytes that are written without waiting for [`CORK`].
+const CORK_BYTES: usize = 32 * 1024;
 
 impl<S> Padded<S> {
     /// Pads what is written to `inner`.
@@ -231,6 +274,8 @@ impl<S> Padded<S> {
             inner,
             incoming: Vec::new(),
             outgoing: Vec::new(),
+            urgent: false,
+            corked: None,
             read: Vec::new(),
             ready: Vec::new(),
         }
@@ -240,27 +285,57 @@ impl<S> Padded<S> {
 impl<S: AsyncWrite + Unpin> Padded<S> {
     /// Writes held frames to `inner` until none is left or it would block.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.outgoing.is_empty() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.outgoing) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.outgoing.drain(..n);
-                }
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Pending,
+        let mut written = 0;
+        let result = loop {
+            if written == self.outgoing.len() {
+                break Poll::Ready(Ok(()));
             }
+            match Pin::new(&mut self.inner).poll_write(cx, &self.outgoing[written..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(error)) => break Poll::Ready(Err(error)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        self.outgoing.drain(..written);
+        if self.outgoing.is_empty() {
+            self.urgent = false;
         }
-        Poll::Ready(Ok(()))
+        result
+    }
+
+    /// Writes everything held and flushes `inner`; the cork is lifted once that is done.
+    fn flush_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            self.corked = None;
+        }
+        flushed
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Padded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Padded<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // held transfers whose time is up go out here: the connection's task always polls its
+        // reads (a write that would block is retried when the socket wakes the task)
+        if this
+            .corked
+            .as_mut()
+            .is_some_and(|due| due.as_mut().poll(cx).is_ready())
+        {
+            if let Poll::Ready(Err(error)) = this.flush_held(cx) {
+                return Poll::Ready(Err(error));
+            }
+        }
         while this.ready.is_empty() {
             let mut chunk = [0u8; 16 * 1024];
             let mut chunk = ReadBuf::new(&mut chunk);
@@ -309,22 +384,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Padded<S> {
         this.incoming.extend_from_slice(buf);
         let mut start = 0;
         while let Some(length) = unit_length(&this.incoming[start..]) {
-            let unit = pad(&this.incoming[start..start + length]);
-            this.outgoing.extend_from_slice(&unit);
+            let unit = &this.incoming[start..start + length];
+            this.urgent |= !is_transfer(unit);
+            pad_into(unit, &mut this.outgoing);
             start += length;
         }
         this.incoming.drain(..start);
-        if let Poll::Ready(Err(error)) = this.drain(cx) {
-            return Poll::Ready(Err(error));
+        if this.outgoing.len() >= CORK_BYTES {
+            if let Poll::Ready(Err(error)) = this.drain(cx) {
+                return Poll::Ready(Err(error));
+            }
         }
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
-            other => other,
+        let this = &mut *self;
+        if !this.urgent && !this.outgoing.is_empty() && this.outgoing.len() < CORK_BYTES {
+            let due = this
+                .corked
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CORK)));
+            if due.as_mut().poll(cx).is_pending() {
+                return Poll::Ready(Ok(()));
+            }
         }
+        this.flush_held(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

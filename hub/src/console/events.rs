@@ -168,7 +168,7 @@ pub fn start(
 
 /// Feeds `tx` until the body is dropped.
 async fn produce(hub: &Hub, mut request: StreamRequest, tx: &mpsc::Sender<Bytes>) {
-    let mut logged = hub.messages().subscribe();
+    let mut logged = hub.logged_head();
     let mut connects = hub.live().subscribe();
     connects.mark_changed();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -217,7 +217,11 @@ async fn produce(hub: &Hub, mut request: StreamRequest, tx: &mpsc::Sender<Bytes>
 /// The messages logged after `filter.after`, as events (advancing `filter.after`).
 fn messages(hub: &Hub, filter: &mut MessageFilter) -> String {
     let mut text = String::new();
-    for message in hub.messages().list(filter) {
+    let page = hub.messages(filter).unwrap_or_else(|error| {
+        tracing::warn!(message = %error.message, "cannot read the message log for the console");
+        Vec::new()
+    });
+    for message in page {
         filter.after = message.sequence;
         let data = serde_json::to_string(&message).unwrap_or_default();
         text.push_str(&format!(

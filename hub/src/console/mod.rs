@@ -405,7 +405,7 @@ fn stream(
         device_id: Some(device_id.clone()),
         module_id: query.get("moduleId").cloned(),
         output: None,
-        after: resume.unwrap_or_else(|| hub.messages().latest()),
+        after: resume.unwrap_or_else(|| u64::try_from(*hub.logged_head().borrow()).unwrap_or(0)),
     });
     if messages.is_some() && !grants(&policy, Permission::ServiceConnect) {
         return Err(rest::permission_missing(

@@ -672,7 +672,7 @@ impl Session {
         self.faults.take(operation).map(|fault| fault.error())
     }
 
-    /// Routes a telemetry message or module output, logs it, and hands what goes upstream to the
+    /// Routes a telemetry message or module output, and hands what goes upstream to the
     /// group commit for its Event Hub-compatible partition without waiting: the PUBACK (QoS 1)
     /// goes out once it is stored (at once for a module message no route sends upstream), in the
     /// order of the packets.
@@ -713,14 +713,7 @@ impl Session {
             .upstream;
         let accepted = self
             .hub
-            .accept_telemetry(
-                &self.key,
-                output,
-                properties.0,
-                payload,
-                upstream,
-                self.auth,
-            )
+            .accept_telemetry(&self.key, properties.0, payload, upstream, self.auth)
             .await;
         let outcome = match accepted {
             Ok(Some(committing)) => Outcome::Committing(committing),

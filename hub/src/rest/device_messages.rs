@@ -84,7 +84,7 @@ async fn send_event(hub: &Hub, request: &Request, device_id: &str) -> Result<Rep
     for (properties, payload) in messages {
         let properties = properties.into_iter().collect();
         stored.extend(
-            hub.accept_telemetry(&key, None, properties, &payload, true, AuthMethod::Sas)
+            hub.accept_telemetry(&key, properties, &payload, true, AuthMethod::Sas)
                 .await?,
         );
     }

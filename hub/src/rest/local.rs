@@ -54,7 +54,7 @@ pub async fn route(state: &State, request: &Request, segments: &[&str]) -> Resul
                     .and_then(|a| a.parse().ok())
                     .unwrap_or(0),
             };
-            Reply::ok(hub.messages().list(&filter))
+            Reply::ok(hub.messages(&filter)?)
         }
         ["edgetwin", "faults", ..] => faults(state, request, &segments[2..]),
         ["edgetwin", "consumerGroups", rest @ ..] => consumer_groups(hub, request, rest).await,

@@ -572,7 +572,7 @@ async function telemetryPage(device, module) {
     },
   }, 'Pause');
   page('Telemetry of ' + label(device, module),
-    h('p', { class: 'muted' }, 'Device-to-cloud messages and module outputs as the hub receives them.'),
+    h('p', { class: 'muted' }, 'Device-to-cloud messages and module outputs as they reach IoT Hub (the Event Hub-compatible endpoint); what routes deliver only to other modules is not shown.'),
     h('div', { class: 'actions' }, pause), waiting,
     h('h2', {}, 'Numeric fields'), board,
     h('h2', {}, 'Messages'), list);
