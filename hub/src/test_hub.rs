@@ -191,8 +191,10 @@ impl TestHub {
         Ok(twin["properties"]["reported"].clone())
     }
 
-    /// Every message the module sent on `output` that the hub's message log still holds,
-    /// oldest first: `sequence`, `properties`, `body` (text) or `bodyBase64`.
+    /// Every message the module sent on `output` that reached IoT Hub and the hub still keeps,
+    /// oldest first: `sequence`, `properties`, `body` (text) or `bodyBase64`. An output reaches IoT
+    /// Hub when a route sends it `INTO $upstream`, or any output while the device has no routes
+    /// (as on IoT Edge, a message no route names goes nowhere).
     pub async fn outputs(
         &self,
         device: &str,

@@ -53,14 +53,19 @@ async fn a_desired_property_is_acknowledged_an_input_is_echoed_and_ping_counts_i
     assert_eq!(ack["greeting"]["value"], "hello");
     assert_eq!(ack["greeting"]["ac"], 200);
 
-    // Another module's output reaches input1 through a route, as edgeHub would deliver it.
+    // Another module's output reaches input1 through a route, as edgeHub would deliver it; this
+    // module's outputs go upstream, as deployment.template.json routes them, where `outputs` reads.
     let sender = client(&hub, "sender").await;
     let route = format!(
         "FROM /messages/modules/sender/outputs/out INTO BrokeredEndpoint(\"/modules/{MODULE}/inputs/input1\")"
     );
-    hub.set_routes(DEVICE, json!({"senderTo{{crate}}": route}))
-        .await
-        .unwrap();
+    let upstream = format!("FROM /messages/modules/{MODULE}/outputs/* INTO $upstream");
+    hub.set_routes(
+        DEVICE,
+        json!({"senderTo{{crate}}": route, "{{crate}}ToIoTHub": upstream}),
+    )
+    .await
+    .unwrap();
     // The route and both subscriptions are in place before the message goes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sender
