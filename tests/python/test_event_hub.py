@@ -260,7 +260,8 @@ def test_a_consumer_renewing_its_token_keeps_receiving_past_the_first_tokens_exp
     # from the credential, which here gets a fresh token only once the first event has arrived,
     # so that the link stays up on the renewal alone.
     key = hub.info["policies"]["service"]
-    first_expiry = int(time.time()) + 10
+    # 20 s: the SDK's window to renew in is then 2 s (at 10 s, 1 s proved too short on a busy machine)
+    first_expiry = int(time.time()) + 20
     credential = AzureSasCredential(event_hub_token(hub, key, first_expiry))
     name = parse_connection_string(hub.info["eventHubConnectionString"])["EntityPath"]
     client = EventHubConsumerClient(
@@ -288,7 +289,7 @@ def test_a_consumer_renewing_its_token_keeps_receiving_past_the_first_tokens_exp
         time.sleep(max(0.0, first_expiry + 1.5 - time.time()))
         send(device_client, "after")
 
-    events, errors = receive(client, enough, timeout=30, partition_id=partition_of(device.device_id))
+    events, errors = receive(client, enough, timeout=40, partition_id=partition_of(device.device_id))
     assert not errors, errors
     assert texts(events) == ["before", "after"]
     assert time.time() > first_expiry + 1
