@@ -27,6 +27,9 @@ use edgetwin_test_support as support;
 /// How long a first token lives: the links must be closed soon after.
 const SHORT: u64 = 2;
 
+/// The client's receivers' target: the `reply-to` of its `$cbs` requests.
+const REPLY_TO: &str = "amqp-token-client";
+
 /// A connection to the hub's AMQP port and its session, as the service SDKs open one.
 struct Client {
     connection: ConnectionHandle<()>,
@@ -53,20 +56,14 @@ impl Client {
             .await
             .expect("AMQP open");
         let mut session = Session::begin(&mut connection).await.expect("a session");
-        let sender = Sender::attach(&mut session, "cbs-sender", "$cbs")
-            .await
-            .expect("the $cbs sender");
-        let receiver = Receiver::builder()
-            .name("cbs-receiver")
-            .source("$cbs")
-            .target("cbs-client")
-            .attach(&mut session)
-            .await
-            .expect("the $cbs receiver");
+        let cbs = (
+            sender(&mut session, "$cbs").await,
+            receiver(&mut session, "$cbs").await,
+        );
         Client {
             connection,
             session,
-            cbs: (sender, receiver),
+            cbs,
             host,
         }
     }
@@ -87,7 +84,7 @@ impl Client {
         let request = Message::builder()
             .properties(Properties {
                 message_id: Some(MessageId::String(format!("put-{expiry}-{policy}"))),
-                reply_to: Some("cbs-client".into()),
+                reply_to: Some(REPLY_TO.into()),
                 ..Properties::default()
             })
             .application_properties(properties)
@@ -115,41 +112,43 @@ impl Client {
 
     /// A receiver of partition 0 of the Event Hub-compatible endpoint, from its end.
     async fn events(&mut self) -> Receiver {
-        let name = self.host.split('.').next().unwrap().to_owned();
-        Receiver::builder()
-            .name("events-0")
-            .source(format!("{name}/ConsumerGroups/$Default/Partitions/0"))
-            .target("events-client")
-            .attach(&mut self.session)
-            .await
-            .expect("the partition receiver attached")
+        let name = self.host.split('.').next().unwrap();
+        let partition = format!("{name}/ConsumerGroups/$Default/Partitions/0");
+        receiver(&mut self.session, &partition).await
     }
 
     /// A cloud-to-device sender.
     async fn devicebound(&mut self) -> Sender {
-        Sender::builder()
-            .name("c2d-sender")
-            .target("/messages/devicebound")
-            .attach(&mut self.session)
-            .await
-            .expect("the cloud-to-device sender attached")
+        sender(&mut self.session, "/messages/devicebound").await
     }
 
     /// A feedback receiver.
     async fn feedback(&mut self) -> Receiver {
-        Receiver::builder()
-            .name("feedback-receiver")
-            .source("/messages/serviceBound/feedback")
-            .target("feedback-client")
-            .attach(&mut self.session)
-            .await
-            .expect("the feedback receiver attached")
+        receiver(&mut self.session, "/messages/serviceBound/feedback").await
     }
 
     async fn close(mut self) {
         let _ = self.session.end().await;
         let _ = self.connection.close().await;
     }
+}
+
+/// A sender attached to `address`.
+async fn sender(session: &mut SessionHandle<()>, address: &str) -> Sender {
+    Sender::attach(session, format!("{address}-sender"), address)
+        .await
+        .unwrap_or_else(|e| panic!("a sender to {address}: {e}"))
+}
+
+/// A receiver attached to `address`, its target [`REPLY_TO`] (where `$cbs` answers go).
+async fn receiver(session: &mut SessionHandle<()>, address: &str) -> Receiver {
+    Receiver::builder()
+        .name(format!("{address}-receiver"))
+        .source(address)
+        .target(REPLY_TO)
+        .attach(session)
+        .await
+        .unwrap_or_else(|e| panic!("a receiver from {address}: {e}"))
 }
 
 fn now() -> u64 {

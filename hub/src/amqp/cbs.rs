@@ -21,12 +21,13 @@
 //! (Azure/azure-iot-sdk-c#163, Azure/azure-iot-sdk-java#304); the hub cuts at once, never later
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use edgetwin_wire::rest::Permission;
 use edgetwin_wire::sas::SasToken;
-use fe2o3_amqp::link::Sender;
+use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorFrame};
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
@@ -264,6 +265,25 @@ impl Connection {
         })
     }
 
+    /// [`Connection::authorise`] for a link the client just attached (`what`, for the log): the
+    /// link and its lease, or, refused, `None` once the link is closed with the refusal.
+    pub async fn authorise_or_close<L: ServedLink>(
+        &self,
+        link: L,
+        segments: &[String],
+        permission: Permission,
+        what: &str,
+    ) -> Option<(L, Lease<'_>)> {
+        match self.authorise(segments, permission) {
+            Ok(lease) => Some((link, lease)),
+            Err(error) => {
+                tracing::info!(link = what, ?error, "AMQP link refused");
+                link.refuse(error).await;
+                None
+            }
+        }
+    }
+
     /// [`authorised_until`] now, over the tokens the connection holds; the error is the one a
     /// link is refused with.
     fn authorised_until(
@@ -285,6 +305,25 @@ impl Connection {
             };
             AmqpErrorFrame::new(AmqpError::UnauthorizedAccess, Some(description), None)
         })
+    }
+}
+
+/// The hub's end of a link a client attached: a [`Sender`] (the client receives) or a
+/// [`Receiver`] (the client sends).
+pub trait ServedLink {
+    /// Closes the link with `error` (a link already gone stays gone).
+    fn refuse(self, error: AmqpErrorFrame) -> impl Future<Output = ()> + Send;
+}
+
+impl ServedLink for Sender {
+    async fn refuse(self, error: AmqpErrorFrame) {
+        let _ = self.close_with_error(error).await;
+    }
+}
+
+impl ServedLink for Receiver {
+    async fn refuse(self, error: AmqpErrorFrame) {
+        let _ = self.close_with_error(error).await;
     }
 }
 
