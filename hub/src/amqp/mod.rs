@@ -356,7 +356,8 @@ pub fn address_segments(address: &str) -> Vec<String> {
 pub struct Connection {
     /// The door's handle.
     state: State,
-    /// Tokens put on `$cbs` (or given as SASL PLAIN password), newest last.
+    /// Tokens put on `$cbs` (or given as SASL PLAIN password, or as a `$management` request's
+    /// `security_token`), one per audience.
     grants: Mutex<Vec<cbs::Grant>>,
 }
 
