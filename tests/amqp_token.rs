@@ -5,11 +5,13 @@
 //! covers open, and one with a wrong signature or without the permission extends nothing. Judged
 //! with `fe2o3-amqp`'s client, as a service SDK talks: SASL ANONYMOUS, then put-token requests on
 //! `$cbs`. (The Python `azure-eventhub` consumer renewing on its own: tests/python/test_event_hub.py.)
+//! A connection that puts no valid token within 20 seconds of its open is closed, as Service Bus
+//! drops it.
 
 use std::time::{Duration, Instant};
 
 use edgetwin_wire::{sas, Secret};
-use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::connection::{ConnectionHandle, Error as ConnectionError};
 use fe2o3_amqp::link::{DetachError, LinkStateError, Receiver, RecvError, Sender};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
@@ -289,5 +291,57 @@ fn a_renewed_token_keeps_every_link_it_covers_open_past_the_first_ones_expiry() 
             .expect("sent after the first expiry");
         assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
         client.close().await;
+    });
+}
+
+#[test]
+fn a_connection_that_puts_no_valid_token_within_20_seconds_is_closed_and_one_that_did_stays() {
+    let setup = HubSetup::start("amqp-token-deadline", &[]);
+    setup.runtime.block_on(async {
+        let opened = Instant::now();
+        // SASL ANONYMOUS and the $cbs links, and then nothing but a wrongly signed token
+        let mut silent = Client::open(&setup).await;
+        let wrong_key = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
+        assert_eq!(
+            silent.put_token("service", wrong_key, now() + 3600).await,
+            401
+        );
+        let mut authenticated = Client::open(&setup).await;
+        let service = key(&setup, "service");
+        assert_eq!(
+            authenticated
+                .put_token("service", &service, now() + 3600)
+                .await,
+            200
+        );
+
+        let closed = tokio::time::timeout(Duration::from_secs(25), silent.connection.on_close())
+            .await
+            .expect("the connection without a valid token is still open 25 s after its open");
+        let elapsed = opened.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(20),
+            "closed {elapsed:?} after its open, before the 20 s Service Bus gives"
+        );
+        match closed {
+            Err(ConnectionError::RemoteClosedWithError(error)) => {
+                assert_eq!(
+                    error.condition,
+                    AmqpError::UnauthorizedAccess.into(),
+                    "{error:?}"
+                );
+                let description = error.description.unwrap_or_default();
+                assert!(description.contains("within 20 seconds"), "{description}");
+            }
+            other => panic!("the connection ended otherwise: {other:?}"),
+        }
+        assert_eq!(
+            authenticated
+                .put_token("service", &service, now() + 3600)
+                .await,
+            200,
+            "the connection that put a token in time is still served"
+        );
+        authenticated.close().await;
     });
 }

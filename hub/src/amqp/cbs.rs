@@ -211,7 +211,10 @@ pub fn on_put_token(connection: &Connection, request: &NodeMessage) -> NodeMessa
     match checked_and_held(connection, &token, property(request, "name")) {
         // 200: Node `azure-iothub` (`common-amqp/amqp_cbs.js`) takes no other answer as
         // authenticated; the Event Hubs clients (`@azure/core-amqp`, pyamqp) take any 2xx
-        Ok(()) => answer(200, "OK", Value::Null),
+        Ok(()) => {
+            connection.token_put();
+            answer(200, "OK", Value::Null)
+        }
         Err(PutTokenRefusal::Invalid(why)) => answer(401, &why, Value::Null),
         Err(PutTokenRefusal::TooManyAudiences) => answer(
             403,
