@@ -29,6 +29,9 @@ use edgetwin_test_support as support;
 /// How long a first token lives: the links must be closed soon after.
 const SHORT: u64 = 2;
 
+/// A key no policy has: its tokens are wrongly signed.
+const WRONG_KEY: &str = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
+
 /// The client's receivers' target: the `reply-to` of its `$cbs` requests.
 const REPLY_TO: &str = "amqp-token-client";
 
@@ -204,9 +207,8 @@ fn links_whose_token_expires_unrenewed_are_closed_as_iot_hub_closes_them() {
         let mut devicebound = client.devicebound().await;
         let mut feedback = client.feedback().await;
         // neither a wrong signature nor a policy without ServiceConnect renews anything
-        let wrong_key = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
         assert_eq!(
-            client.put_token("service", wrong_key, now() + 3600).await,
+            client.put_token("service", WRONG_KEY, now() + 3600).await,
             401
         );
         let registry_read = key(&setup, "registryRead");
@@ -301,9 +303,8 @@ fn a_connection_that_puts_no_valid_token_within_20_seconds_is_closed_and_one_tha
         let opened = Instant::now();
         // SASL ANONYMOUS and the $cbs links, and then nothing but a wrongly signed token
         let mut silent = Client::open(&setup).await;
-        let wrong_key = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
         assert_eq!(
-            silent.put_token("service", wrong_key, now() + 3600).await,
+            silent.put_token("service", WRONG_KEY, now() + 3600).await,
             401
         );
         let mut authenticated = Client::open(&setup).await;
