@@ -215,15 +215,12 @@ pub fn on_put_token(connection: &Connection, request: &NodeMessage) -> NodeMessa
             connection.token_put();
             answer(200, "OK", Value::Null)
         }
-        Err(PutTokenRefusal::Invalid(why)) => answer(401, &why, Value::Null),
-        Err(PutTokenRefusal::TooManyAudiences) => answer(
-            403,
-            &format!(
-                "the connection holds tokens for {MAX_AUDIENCES} audiences already; put the \
-                 next for one of them, or open another connection"
-            ),
-            Value::Null,
-        ),
+        Err(refusal @ PutTokenRefusal::Invalid(_)) => {
+            answer(401, &refusal.description(), Value::Null)
+        }
+        Err(refusal @ PutTokenRefusal::TooManyAudiences) => {
+            answer(403, &refusal.description(), Value::Null)
+        }
     }
 }
 
@@ -241,6 +238,19 @@ enum PutTokenRefusal {
     TooManyAudiences,
 }
 
+impl PutTokenRefusal {
+    /// The description to answer with.
+    fn description(self) -> String {
+        match self {
+            Self::Invalid(why) => why,
+            Self::TooManyAudiences => format!(
+                "the connection holds tokens for {MAX_AUDIENCES} audiences already; put the next \
+                 for one of them, or open another connection"
+            ),
+        }
+    }
+}
+
 /// The decoded `sr` (or audience) without its scheme: `sb://h/eh` is `h/eh`.
 fn without_scheme(resource: &str) -> &str {
     resource
@@ -255,12 +265,7 @@ pub fn put_token(
     token: &str,
     audience: Option<&str>,
 ) -> Result<(), String> {
-    checked_and_held(connection, token, audience).map_err(|refusal| match refusal {
-        PutTokenRefusal::Invalid(why) => why,
-        PutTokenRefusal::TooManyAudiences => {
-            format!("the connection holds tokens for {MAX_AUDIENCES} audiences already")
-        }
-    })
+    checked_and_held(connection, token, audience).map_err(PutTokenRefusal::description)
 }
 
 /// [`put_token`], with why it refused.
