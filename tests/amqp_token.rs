@@ -5,11 +5,13 @@
 //! covers open, and one with a wrong signature or without the permission extends nothing. Judged
 //! with `fe2o3-amqp`'s client, as a service SDK talks: SASL ANONYMOUS, then put-token requests on
 //! `$cbs`. (The Python `azure-eventhub` consumer renewing on its own: tests/python/test_event_hub.py.)
+//! A connection that puts no valid token within 20 seconds of its open is closed, as Service Bus
+//! drops it.
 
 use std::time::{Duration, Instant};
 
 use edgetwin_wire::{sas, Secret};
-use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::connection::{ConnectionHandle, Error as ConnectionError};
 use fe2o3_amqp::link::{DetachError, LinkStateError, Receiver, RecvError, Sender};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
@@ -26,6 +28,12 @@ use edgetwin_test_support as support;
 
 /// How long a first token lives: the links must be closed soon after.
 const SHORT: u64 = 2;
+
+/// A key no policy has: its tokens are wrongly signed.
+const WRONG_KEY: &str = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
+
+/// The client's receivers' target: the `reply-to` of its `$cbs` requests.
+const REPLY_TO: &str = "amqp-token-client";
 
 /// A connection to the hub's AMQP port and its session, as the service SDKs open one.
 struct Client {
@@ -53,20 +61,14 @@ impl Client {
             .await
             .expect("AMQP open");
         let mut session = Session::begin(&mut connection).await.expect("a session");
-        let sender = Sender::attach(&mut session, "cbs-sender", "$cbs")
-            .await
-            .expect("the $cbs sender");
-        let receiver = Receiver::builder()
-            .name("cbs-receiver")
-            .source("$cbs")
-            .target("cbs-client")
-            .attach(&mut session)
-            .await
-            .expect("the $cbs receiver");
+        let cbs = (
+            sender(&mut session, "$cbs").await,
+            receiver(&mut session, "$cbs").await,
+        );
         Client {
             connection,
             session,
-            cbs: (sender, receiver),
+            cbs,
             host,
         }
     }
@@ -87,7 +89,7 @@ impl Client {
         let request = Message::builder()
             .properties(Properties {
                 message_id: Some(MessageId::String(format!("put-{expiry}-{policy}"))),
-                reply_to: Some("cbs-client".into()),
+                reply_to: Some(REPLY_TO.into()),
                 ..Properties::default()
             })
             .application_properties(properties)
@@ -115,41 +117,43 @@ impl Client {
 
     /// A receiver of partition 0 of the Event Hub-compatible endpoint, from its end.
     async fn events(&mut self) -> Receiver {
-        let name = self.host.split('.').next().unwrap().to_owned();
-        Receiver::builder()
-            .name("events-0")
-            .source(format!("{name}/ConsumerGroups/$Default/Partitions/0"))
-            .target("events-client")
-            .attach(&mut self.session)
-            .await
-            .expect("the partition receiver attached")
+        let name = self.host.split('.').next().unwrap();
+        let partition = format!("{name}/ConsumerGroups/$Default/Partitions/0");
+        receiver(&mut self.session, &partition).await
     }
 
     /// A cloud-to-device sender.
     async fn devicebound(&mut self) -> Sender {
-        Sender::builder()
-            .name("c2d-sender")
-            .target("/messages/devicebound")
-            .attach(&mut self.session)
-            .await
-            .expect("the cloud-to-device sender attached")
+        sender(&mut self.session, "/messages/devicebound").await
     }
 
     /// A feedback receiver.
     async fn feedback(&mut self) -> Receiver {
-        Receiver::builder()
-            .name("feedback-receiver")
-            .source("/messages/serviceBound/feedback")
-            .target("feedback-client")
-            .attach(&mut self.session)
-            .await
-            .expect("the feedback receiver attached")
+        receiver(&mut self.session, "/messages/serviceBound/feedback").await
     }
 
     async fn close(mut self) {
         let _ = self.session.end().await;
         let _ = self.connection.close().await;
     }
+}
+
+/// A sender attached to `address`.
+async fn sender(session: &mut SessionHandle<()>, address: &str) -> Sender {
+    Sender::attach(session, format!("{address}-sender"), address)
+        .await
+        .unwrap_or_else(|e| panic!("a sender to {address}: {e}"))
+}
+
+/// A receiver attached to `address`, its target [`REPLY_TO`] (where `$cbs` answers go).
+async fn receiver(session: &mut SessionHandle<()>, address: &str) -> Receiver {
+    Receiver::builder()
+        .name(format!("{address}-receiver"))
+        .source(address)
+        .target(REPLY_TO)
+        .attach(session)
+        .await
+        .unwrap_or_else(|e| panic!("a receiver from {address}: {e}"))
 }
 
 fn now() -> u64 {
@@ -203,9 +207,8 @@ fn links_whose_token_expires_unrenewed_are_closed_as_iot_hub_closes_them() {
         let mut devicebound = client.devicebound().await;
         let mut feedback = client.feedback().await;
         // neither a wrong signature nor a policy without ServiceConnect renews anything
-        let wrong_key = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=";
         assert_eq!(
-            client.put_token("service", wrong_key, now() + 3600).await,
+            client.put_token("service", WRONG_KEY, now() + 3600).await,
             401
         );
         let registry_read = key(&setup, "registryRead");
@@ -290,5 +293,56 @@ fn a_renewed_token_keeps_every_link_it_covers_open_past_the_first_ones_expiry() 
             .expect("sent after the first expiry");
         assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
         client.close().await;
+    });
+}
+
+#[test]
+fn a_connection_that_puts_no_valid_token_within_20_seconds_is_closed_and_one_that_did_stays() {
+    let setup = HubSetup::start("amqp-token-deadline", &[]);
+    setup.runtime.block_on(async {
+        let opened = Instant::now();
+        // SASL ANONYMOUS and the $cbs links, and then nothing but a wrongly signed token
+        let mut silent = Client::open(&setup).await;
+        assert_eq!(
+            silent.put_token("service", WRONG_KEY, now() + 3600).await,
+            401
+        );
+        let mut authenticated = Client::open(&setup).await;
+        let service = key(&setup, "service");
+        assert_eq!(
+            authenticated
+                .put_token("service", &service, now() + 3600)
+                .await,
+            200
+        );
+
+        let closed = tokio::time::timeout(Duration::from_secs(25), silent.connection.on_close())
+            .await
+            .expect("the connection without a valid token is still open 25 s after its open");
+        let elapsed = opened.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(20),
+            "closed {elapsed:?} after its open, before the 20 s Service Bus gives"
+        );
+        match closed {
+            Err(ConnectionError::RemoteClosedWithError(error)) => {
+                assert_eq!(
+                    error.condition,
+                    AmqpError::UnauthorizedAccess.into(),
+                    "{error:?}"
+                );
+                let description = error.description.unwrap_or_default();
+                assert!(description.contains("within 20 seconds"), "{description}");
+            }
+            other => panic!("the connection ended otherwise: {other:?}"),
+        }
+        assert_eq!(
+            authenticated
+                .put_token("service", &service, now() + 3600)
+                .await,
+            200,
+            "the connection that put a token in time is still served"
+        );
+        authenticated.close().await;
     });
 }

@@ -29,18 +29,17 @@ pub fn is_devicebound(segments: &[String]) -> bool {
 }
 
 /// Takes the messages of a client's sender link to `/messages/devicebound` until it detaches.
-pub async fn serve_sender_link(
-    mut receiver: Receiver,
-    segments: &[String],
-    connection: &Connection,
-) {
-    let mut lease = match connection.authorise(segments, Permission::ServiceConnect) {
-        Ok(lease) => lease,
-        Err(error) => {
-            tracing::info!(?error, "cloud-to-device sender link refused");
-            let _ = receiver.close_with_error(error).await;
-            return;
-        }
+pub async fn serve_sender_link(receiver: Receiver, segments: &[String], connection: &Connection) {
+    let Some((mut receiver, mut lease)) = connection
+        .authorise_or_close(
+            receiver,
+            segments,
+            Permission::ServiceConnect,
+            "cloud-to-device sender",
+        )
+        .await
+    else {
+        return;
     };
     loop {
         // between messages only: one taken is queued and settled whatever its token does

@@ -4,7 +4,8 @@
 //! body, answered on the client's `$cbs` receiver with `status-code` 200 (`OK`) or 401 and
 //! the request's message id as correlation id. A token is checked as the REST API checks one
 //! ([`crate::hub::Hub::authenticate_token`]) for the path of its audience, and then authorises
-//! the links whose address it covers, until it expires.
+//! the links whose address it covers, until it expires. A connection holds one token per audience
+//! (a later put replaces it) for at most [`MAX_AUDIENCES`] audiences.
 //!
 //! A link lives as long as a token covers it ([`Lease`]), not just at its attach: "The client is
 //! subsequently responsible for keeping track of token expiration. When a token expires, Service
@@ -21,12 +22,13 @@
 //! (Azure/azure-iot-sdk-c#163, Azure/azure-iot-sdk-java#304); the hub cuts at once, never later
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use edgetwin_wire::rest::Permission;
 use edgetwin_wire::sas::SasToken;
-use fe2o3_amqp::link::Sender;
+use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorFrame};
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
@@ -40,6 +42,9 @@ use crate::ids;
 
 /// A token a connection holds.
 pub struct Grant {
+    /// The audience it was put for (the put-token's `name`, else its `sr`), without scheme: a
+    /// later token for the same audience replaces it.
+    audience: String,
     /// Its decoded `sr` without scheme: `host[/path]`.
     resource: String,
     /// Who it authenticates.
@@ -203,11 +208,46 @@ pub fn on_put_token(connection: &Connection, request: &NodeMessage) -> NodeMessa
         },
         _ => return answer(400, "the token must be an AMQP value", Value::Null),
     };
-    match put_token(connection, &token, property(request, "name")) {
+    match checked_and_held(connection, &token, property(request, "name")) {
         // 200: Node `azure-iothub` (`common-amqp/amqp_cbs.js`) takes no other answer as
         // authenticated; the Event Hubs clients (`@azure/core-amqp`, pyamqp) take any 2xx
-        Ok(()) => answer(200, "OK", Value::Null),
-        Err(why) => answer(401, &why, Value::Null),
+        Ok(()) => {
+            connection.token_put();
+            answer(200, "OK", Value::Null)
+        }
+        Err(refusal @ PutTokenRefusal::Invalid(_)) => {
+            answer(401, &refusal.description(), Value::Null)
+        }
+        Err(refusal @ PutTokenRefusal::TooManyAudiences) => {
+            answer(403, &refusal.description(), Value::Null)
+        }
+    }
+}
+
+/// Most audiences one connection holds tokens for: as many devices as the Java device SDK's
+/// `MultiplexingClient` puts on one AMQPS connection (`MAX_MULTIPLEX_DEVICE_COUNT_AMQPS`, 1000,
+/// each device a token of its own), so that no client grows the hub's memory without bound.
+const MAX_AUDIENCES: usize = 1000;
+
+/// Why a put-token is refused.
+#[derive(Debug, PartialEq)]
+enum PutTokenRefusal {
+    /// The token is malformed, expired, wrongly signed or not for this hub (the description).
+    Invalid(String),
+    /// The connection holds [`MAX_AUDIENCES`] other audiences' tokens already.
+    TooManyAudiences,
+}
+
+impl PutTokenRefusal {
+    /// The description to answer with.
+    fn description(self) -> String {
+        match self {
+            Self::Invalid(why) => why,
+            Self::TooManyAudiences => format!(
+                "the connection holds tokens for {MAX_AUDIENCES} audiences already; put the next \
+                 for one of them, or open another connection"
+            ),
+        }
     }
 }
 
@@ -225,7 +265,18 @@ pub fn put_token(
     token: &str,
     audience: Option<&str>,
 ) -> Result<(), String> {
-    let mut token = SasToken::parse(token).map_err(|e| format!("the token is malformed: {e}"))?;
+    checked_and_held(connection, token, audience).map_err(PutTokenRefusal::description)
+}
+
+/// [`put_token`], with why it refused.
+fn checked_and_held(
+    connection: &Connection,
+    token: &str,
+    audience: Option<&str>,
+) -> Result<(), PutTokenRefusal> {
+    let invalid = PutTokenRefusal::Invalid;
+    let mut token =
+        SasToken::parse(token).map_err(|e| invalid(format!("the token is malformed: {e}")))?;
     // the raw `sr` keeps its scheme: the signature is checked against what the client signed
     token.resource = without_scheme(&token.resource).to_owned();
     let audience = without_scheme(audience.unwrap_or(&token.resource)).to_owned();
@@ -234,15 +285,35 @@ pub fn put_token(
         .state
         .hub
         .authenticate_token(&token, &segments, true)
-        .map_err(|e| e.message)?;
+        .map_err(|e| invalid(e.message))?;
     let mut held = connection.grants.lock().unwrap_or_else(|e| e.into_inner());
-    let now = ids::now_unix();
-    held.retain(|grant| grant.expiry >= now);
-    held.push(Grant {
-        resource: token.resource.clone(),
-        caller,
-        expiry: token.expiry,
-    });
+    hold(
+        &mut held,
+        Grant {
+            audience,
+            resource: token.resource.clone(),
+            caller,
+            expiry: token.expiry,
+        },
+        ids::now_unix(),
+    )
+}
+
+/// Adds `grant` to the grants `held` at `now`, dropping the expired ones: it replaces the one
+/// held for its audience, as Service Bus takes a put-token ("the client can replace the token
+/// for the node with a new one at any time", the protocol guide's "Claims-based
+/// authorization"), so that repeated puts (a `$management` request's `security_token`, a renewal)
+/// never pile up; a new audience past [`MAX_AUDIENCES`] is refused.
+fn hold(held: &mut Vec<Grant>, grant: Grant, now: u64) -> Result<(), PutTokenRefusal> {
+    held.retain(|g| g.expiry >= now);
+    if let Some(same) = held.iter_mut().find(|g| g.audience == grant.audience) {
+        *same = grant;
+        return Ok(());
+    }
+    if held.len() >= MAX_AUDIENCES {
+        return Err(PutTokenRefusal::TooManyAudiences);
+    }
+    held.push(grant);
     Ok(())
 }
 
@@ -262,6 +333,25 @@ impl Connection {
             permission,
             until,
         })
+    }
+
+    /// [`Connection::authorise`] for a link the client just attached (`what`, for the log): the
+    /// link and its lease, or, refused, `None` once the link is closed with the refusal.
+    pub async fn authorise_or_close<L: ServedLink>(
+        &self,
+        link: L,
+        segments: &[String],
+        permission: Permission,
+        what: &str,
+    ) -> Option<(L, Lease<'_>)> {
+        match self.authorise(segments, permission) {
+            Ok(lease) => Some((link, lease)),
+            Err(error) => {
+                tracing::info!(link = what, ?error, "AMQP link refused");
+                link.refuse(error).await;
+                None
+            }
+        }
     }
 
     /// [`authorised_until`] now, over the tokens the connection holds; the error is the one a
@@ -285,6 +375,25 @@ impl Connection {
             };
             AmqpErrorFrame::new(AmqpError::UnauthorizedAccess, Some(description), None)
         })
+    }
+}
+
+/// The hub's end of a link a client attached: a [`Sender`] (the client receives) or a
+/// [`Receiver`] (the client sends).
+pub trait ServedLink {
+    /// Closes the link with `error` (a link already gone stays gone).
+    fn refuse(self, error: AmqpErrorFrame) -> impl Future<Output = ()> + Send;
+}
+
+impl ServedLink for Sender {
+    async fn refuse(self, error: AmqpErrorFrame) {
+        let _ = self.close_with_error(error).await;
+    }
+}
+
+impl ServedLink for Receiver {
+    async fn refuse(self, error: AmqpErrorFrame) {
+        let _ = self.close_with_error(error).await;
     }
 }
 
@@ -427,6 +536,7 @@ mod tests {
 
     fn grant(resource: &str, permissions: &[&str], expiry: u64) -> Grant {
         Grant {
+            audience: resource.to_owned(),
             resource: resource.to_owned(),
             caller: Caller::Policy(crate::store::PolicyRecord {
                 name: "p".into(),
@@ -463,6 +573,42 @@ mod tests {
             Err(Refusal::NotGranted),
             "a token for another path, or whose policy lacks the permission, extends nothing"
         );
+    }
+
+    #[test]
+    fn a_token_replaces_the_one_held_for_its_audience_and_audiences_are_bounded() {
+        let mut held = Vec::new();
+        let audience = |n: usize| format!("h/devices/d{n}");
+        for expiry in 100..200 {
+            hold(&mut held, grant("h/eh", &["ServiceConnect"], expiry), 50).unwrap();
+        }
+        assert_eq!(
+            held.len(),
+            1,
+            "a hundred puts for one audience hold one token"
+        );
+        assert_eq!(held[0].expiry, 199, "the latest put");
+
+        for n in 1..MAX_AUDIENCES {
+            hold(&mut held, grant(&audience(n), &[], 300), 50).unwrap();
+        }
+        assert_eq!(held.len(), MAX_AUDIENCES);
+        assert_eq!(
+            hold(&mut held, grant(&audience(MAX_AUDIENCES), &[], 300), 50),
+            Err(PutTokenRefusal::TooManyAudiences)
+        );
+        assert_eq!(held.len(), MAX_AUDIENCES, "the refused token is not held");
+        hold(&mut held, grant(&audience(1), &[], 400), 50).unwrap();
+        assert_eq!(
+            held.len(),
+            MAX_AUDIENCES,
+            "one held audience can still be renewed"
+        );
+
+        // past the first grant's expiry its place is free again
+        hold(&mut held, grant(&audience(MAX_AUDIENCES), &[], 300), 250).unwrap();
+        assert_eq!(held.len(), MAX_AUDIENCES);
+        assert!(held.iter().all(|g| g.audience != "h/eh"));
     }
 
     #[test]

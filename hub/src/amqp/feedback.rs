@@ -36,14 +36,17 @@ pub fn is_feedback(segments: &[String]) -> bool {
 
 /// Sends feedback batches on a client's receiver link until it detaches: the next batch at once
 /// after one accepted, after a pause when there is none or the last was released.
-pub async fn serve_receiver_link(mut sender: Sender, segments: &[String], connection: &Connection) {
-    let mut lease = match connection.authorise(segments, Permission::ServiceConnect) {
-        Ok(lease) => lease,
-        Err(error) => {
-            tracing::info!(?error, "feedback receiver link refused");
-            let _ = sender.close_with_error(error).await;
-            return;
-        }
+pub async fn serve_receiver_link(sender: Sender, segments: &[String], connection: &Connection) {
+    let Some((mut sender, mut lease)) = connection
+        .authorise_or_close(
+            sender,
+            segments,
+            Permission::ServiceConnect,
+            "feedback receiver",
+        )
+        .await
+    else {
+        return;
     };
     let hub = connection.state.hub.clone();
     let user_id = hub

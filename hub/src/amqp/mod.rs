@@ -2,7 +2,9 @@
 //! over AMQP. Today that is the Event Hub-compatible endpoint ([`eventhub`]): its partitions,
 //! consumer group `$Default`, the `$management` node, and the redirect IoT Hub answers on
 //! `messages/events`. Authentication is IoT Hub's: SASL ANONYMOUS then CBS `put-token` on `$cbs`
-//! ([`cbs`]), or SASL PLAIN with a SAS token as password (`{policy}@sas.root.{hub}`).
+//! ([`cbs`]), or SASL PLAIN with a SAS token as password (`{policy}@sas.root.{hub}`). A connection
+//! that puts no valid token within [`TOKEN_DEADLINE`] of its open is closed, as Service Bus closes
+//! it.
 //!
 //! A door: depends on the hub and its own handle ([`State`]), never on another door.
 
@@ -13,8 +15,8 @@ mod feedback;
 mod padding;
 mod websocket;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
 use fe2o3_amqp::acceptor::{
@@ -56,6 +58,42 @@ const MAX_LINKS: u32 = 1024;
 /// How long a client has to finish the AMQP open, once its transport (TLS, or a WebSocket
 /// inside TLS) is up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a connection has, from its open, to put a valid token on `$cbs` (unless SASL PLAIN
+/// authenticated it): Service Bus's, which IoT Hub's AMQP endpoint is built on, "A valid token
+/// must be set successfully using a *put-token* request for some entity node within 20 seconds
+/// after the connection has been established, otherwise the connection is unilaterally dropped by
+/// Service Bus" ("AMQP 1.0 in Azure Service Bus and Event Hubs protocol guide",
+/// service-bus-amqp-protocol-guide.md, "Claims-based authorization").
+const TOKEN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Where a connection stands against its token deadline.
+#[derive(Debug, PartialEq)]
+enum TokenDeadline {
+    /// A valid token came in time: the connection stays, whatever its tokens do later.
+    Met,
+    /// None yet: look again after this long.
+    Pending(Duration),
+    /// None came in time: the connection is closed.
+    Missed,
+}
+
+/// Where a connection opened at `opened` stands at `now`, a valid token first put at
+/// `first_token` (if ever), `limit` after the open the deadline (a token put later is too late,
+/// even if the hub looks late).
+fn token_deadline(
+    opened: Instant,
+    first_token: Option<Instant>,
+    now: Instant,
+    limit: Duration,
+) -> TokenDeadline {
+    let deadline = opened + limit;
+    match first_token {
+        Some(at) if at <= deadline => TokenDeadline::Met,
+        _ if now < deadline => TokenDeadline::Pending(deadline - now),
+        _ => TokenDeadline::Missed,
+    }
+}
 
 /// Accepts AMQP connections until `shutdown` turns true, each in its own task, within `limits`.
 pub async fn serve(
@@ -127,16 +165,42 @@ where
         }
     };
     opened();
+    let opened_at = Instant::now();
     // Sessions (and their links) end with this task: dropping the set aborts them, dropping the
     // connection handle closes the connection.
     let mut sessions = JoinSet::new();
     // handle-max below its default, so that it is written out: pyamqp compares against it
     let session_acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS).build();
-    while let Ok(session) = session_acceptor.accept(&mut amqp).await {
+    loop {
+        let session = tokio::select! {
+            session = session_acceptor.accept(&mut amqp) => match session {
+                Ok(session) => session,
+                Err(_) => break,
+            },
+            () = connection.token_missed(opened_at) => {
+                tracing::info!(%peer, "AMQP connection closed: no valid token put in time");
+                let _ = amqp.close_with_error(no_token_in_time()).await;
+                break;
+            }
+        };
         while sessions.try_join_next().is_some() {}
         sessions.spawn(serve_session(session, connection.clone()));
     }
     tracing::debug!(%peer, "AMQP connection ended");
+}
+
+/// What a connection that put no valid token within [`TOKEN_DEADLINE`] is closed with. Microsoft
+/// documents the drop, not its error: `amqp:unauthorized-access` is the hub's choice.
+fn no_token_in_time() -> AmqpErrorFrame {
+    AmqpErrorFrame::new(
+        AmqpError::UnauthorizedAccess,
+        Some(format!(
+            "no valid token was put on $cbs within {} seconds of the connection's open \
+             (edgetwin, as Service Bus drops such a connection)",
+            TOKEN_DEADLINE.as_secs()
+        )),
+        None,
+    )
 }
 
 /// The protocol id of SASL in an AMQP protocol header (`AMQP 3 1 0 0`).
@@ -356,8 +420,11 @@ pub fn address_segments(address: &str) -> Vec<String> {
 pub struct Connection {
     /// The door's handle.
     state: State,
-    /// Tokens put on `$cbs` (or given as SASL PLAIN password), newest last.
+    /// Tokens put on `$cbs` (or given as SASL PLAIN password, or as a `$management` request's
+    /// `security_token`), one per audience.
     grants: Mutex<Vec<cbs::Grant>>,
+    /// When the first valid token was put on `$cbs` (or given as SASL PLAIN password).
+    first_token: OnceLock<Instant>,
 }
 
 impl Connection {
@@ -365,6 +432,25 @@ impl Connection {
         Self {
             state,
             grants: Mutex::default(),
+            first_token: OnceLock::new(),
+        }
+    }
+
+    /// Notes that a valid token was put on `$cbs` (or given as SASL PLAIN password).
+    fn token_put(&self) {
+        let _ = self.first_token.set(Instant::now());
+    }
+
+    /// Resolves once the connection, opened at `opened`, has missed its [`TOKEN_DEADLINE`]; never
+    /// if it met it.
+    async fn token_missed(&self, opened: Instant) {
+        loop {
+            let now = Instant::now();
+            match token_deadline(opened, self.first_token.get().copied(), now, TOKEN_DEADLINE) {
+                TokenDeadline::Met => std::future::pending().await,
+                TokenDeadline::Pending(wait) => tokio::time::sleep(wait).await,
+                TokenDeadline::Missed => return,
+            }
         }
     }
 }
@@ -398,6 +484,7 @@ impl SaslAcceptor for Sasl {
                 let (_user, password) = (fields.next(), fields.next());
                 match password.map(String::from_utf8_lossy) {
                     Some(token) if cbs::put_token(&self.connection, &token, None).is_ok() => {
+                        self.connection.token_put();
                         SaslCode::Ok
                     }
                     _ => SaslCode::Auth,
@@ -422,6 +509,36 @@ impl SaslAcceptor for Sasl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_must_put_a_valid_token_within_the_deadline_of_its_open() {
+        let opened = Instant::now();
+        let limit = Duration::from_secs(20);
+        let at = |secs: u64| opened + Duration::from_secs(secs);
+        assert_eq!(
+            token_deadline(opened, None, at(5), limit),
+            TokenDeadline::Pending(Duration::from_secs(15))
+        );
+        assert_eq!(
+            token_deadline(opened, None, at(20), limit),
+            TokenDeadline::Missed
+        );
+        assert_eq!(
+            token_deadline(opened, Some(at(20)), at(60), limit),
+            TokenDeadline::Met,
+            "a token put at the deadline is in time, for good"
+        );
+        assert_eq!(
+            token_deadline(opened, Some(at(21)), at(21), limit),
+            TokenDeadline::Missed,
+            "a token put after the deadline is too late, even before the hub looks"
+        );
+        // SASL PLAIN's token comes before the open
+        assert_eq!(
+            token_deadline(at(1), Some(opened), at(1), limit),
+            TokenDeadline::Met
+        );
+    }
 
     #[test]
     fn addresses_lose_their_scheme_and_host() {
