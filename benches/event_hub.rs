@@ -8,7 +8,8 @@
 //!    may authenticate) receives on the 4 partitions of `$Default` from the start of the stream;
 //! 3. printed: messages/s in (first publish to last PUBACK), messages/s out (first publish to
 //!    last delivery), latency publish → delivery (p50, p99), the hub's RSS after, and the RSS
-//!    each idle receiver adds (C more receivers attached and waiting, measured after).
+//!    each idle receiver adds (C more receivers attached and waiting, measured after; five on
+//!    each partition of each consumer group, Event Hubs' most, so C ≤ 400 in 20 groups).
 //!
 //! ```text
 //! cargo bench --bench event_hub -- --messages 100000 --devices 16 --window 200 --consumers 400
@@ -37,6 +38,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The Event Hubs filter that names where a receiver starts.
 const SELECTOR: &str = "apache.org:selector-filter:string";
+
+/// Event Hubs' most receivers on one partition of one consumer group.
+const MAX_READERS: usize = 5;
 
 /// Microseconds since the Unix epoch: the publish time written into each message's body.
 fn now_micros() -> u64 {
@@ -116,10 +120,19 @@ async fn amqp_session(
     (connection, session)
 }
 
-/// The address of partition `partition` of `$Default`.
-fn partition_address(hub: &Hub, partition: usize) -> String {
+/// The address of partition `partition` of consumer group `group`.
+fn partition_address(hub: &Hub, group: &str, partition: usize) -> String {
     let name = hub.info["eventHubName"].as_str().unwrap();
-    format!("{name}/ConsumerGroups/$Default/Partitions/{partition}")
+    format!("{name}/ConsumerGroups/{group}/Partitions/{partition}")
+}
+
+/// The consumer group idle receiver `n` attaches to: `$Default`, then `idle-1`, `idle-2`, …,
+/// each taking five receivers on each of the 4 partitions.
+fn idle_group(n: usize) -> String {
+    match n / (4 * MAX_READERS) {
+        0 => "$Default".to_owned(),
+        group => format!("idle-{group}"),
+    }
 }
 
 fn percentile(sorted: &[u64], fraction: f64) -> f64 {
@@ -135,7 +148,21 @@ fn main() {
     ]);
     let load_before = load_average();
     let dir = TempDir::new("bench-event-hub");
-    let hub = Arc::new(Hub::start(dir.path(), HubOptions::default()));
+    let groups: Vec<String> = (0..consumers)
+        .map(idle_group)
+        .filter(|group| group != "$Default")
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .flat_map(|group| ["--consumer-group".to_owned(), group])
+        .collect();
+    let args: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let hub = Arc::new(Hub::start(
+        dir.path(),
+        HubOptions {
+            args: &args,
+            ..HubOptions::default()
+        },
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,7 +181,7 @@ fn main() {
             let mut receiver = Receiver::attach(
                 &mut session,
                 format!("bench-{partition}"),
-                partition_address(&hub, partition),
+                partition_address(&hub, "$Default", partition),
             )
             .await
             .expect("attach a partition receiver");
@@ -204,7 +231,7 @@ fn main() {
                 .name(format!("idle-{n}"))
                 .source(
                     Source::builder()
-                        .address(partition_address(&hub, n % 4))
+                        .address(partition_address(&hub, &idle_group(n), n % 4))
                         .add_to_filter(
                             SELECTOR,
                             Described {

@@ -591,10 +591,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         faults: mqtt.faults.clone(),
         workload: workload.clone(),
     };
-    let amqp = amqp::State {
-        hub: hub.clone(),
-        port: amqp_port,
-    };
+    let amqp = amqp::State::new(hub.clone(), amqp_port);
     let doors = https::Doors {
         rest,
         console,

@@ -354,6 +354,72 @@ def test_created_consumer_groups_each_read_every_event_independently(hub, client
     assert errors and "amqp:not-found" in str(errors[0]), errors
 
 
+def start_receiving(client, enough, **kw):
+    """Start receiving on `client` in a thread and leave it running; return an Event set once
+    `enough(events)` or an error, and the errors list."""
+    events, errors = [], []
+    done = threading.Event()
+
+    def on_event(context, event):
+        if event is not None:
+            events.append((context.partition_id, event))
+            if enough(events):
+                done.set()
+
+    def on_error(context, error):
+        errors.append(error)
+        done.set()
+
+    kw.setdefault("starting_position", "-1")
+    threading.Thread(target=client.receive, daemon=True,
+                     kwargs=dict(on_event=on_event, on_error=on_error, **kw)).start()
+    return done, errors
+
+
+def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event_hubs_refuses_it(
+        hub, clients, make_device):
+    # Event Hubs serves at most 5 receivers on one partition of one consumer group at once
+    group = unique_id("five")
+    assert consumer_groups(hub, "PUT", group).status_code == 200
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    send(client, "here")
+    partition = partition_of(device.device_id)
+    mine = from_device(device.device_id)
+    readers = []
+    try:
+        for _ in range(5):
+            reader = consumer(hub, consumer_group=group)
+            done, errors = start_receiving(reader, lambda es: any(mine(e) for e in es),
+                                           partition_id=partition)
+            readers.append(reader)
+            assert done.wait(20) and not errors, errors
+        events, errors = receive(consumer(hub, consumer_group=group), lambda es: True,
+                                 partition_id=partition)
+        assert events == []
+        assert errors and "amqp:resource-limit-exceeded" in str(errors[0]), errors
+        assert ("Exceeded the maximum number of allowed receivers per partition in a consumer "
+                "group which is 5. List of connected receivers - ") in str(errors[0]), errors
+        # the other partitions, and the same partition of $Default, are counted apart
+        other = str((int(partition) + 1) % 4)
+        for group_name, partition_id in ((group, other), ("$Default", partition)):
+            events, errors = receive(consumer(hub, consumer_group=group_name), lambda es: True,
+                                     partition_id=partition_id, starting_position="@latest",
+                                     timeout=2)
+            assert not errors, (group_name, partition_id, errors)
+        # one of the five goes: its place is free
+        readers.pop().close()
+        events, errors = receive(consumer(hub, consumer_group=group),
+                                 lambda es: any(mine(e) for e in es), partition_id=partition)
+        assert not errors, errors
+        assert [e.body_as_str() for p, e in events if mine((p, e))] == ["here"]
+    finally:
+        for reader in readers:
+            reader.close()
+        consumer_groups(hub, "DELETE", group)
+
+
 @pytest.mark.parametrize("name, why", [
     ("x" * 51, "1 to 50 characters"),
     ("with space", "letters, digits, '-', '.' and '_' only"),

@@ -28,6 +28,7 @@ use fe2o3_amqp::types::primitives::{
 };
 
 use super::cbs::{self, NodeMessage, ReplyLinks};
+use super::readers;
 use super::{address_segments, Connection};
 use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
@@ -47,6 +48,8 @@ pub struct Wanted {
     pub address: String,
     /// Its selector filter's text, if any.
     pub selector: Option<String>,
+    /// The name it gives itself (`com.microsoft:receiver-name`), if any.
+    pub receiver_name: Option<String>,
 }
 
 /// Serves a link the hub sends on: answers of `$cbs` / `$management`, a partition's events, or
@@ -68,14 +71,15 @@ pub async fn serve_sender(
     if let Some(node) = cbs::node_of(&wanted.address) {
         return replies.serve(node, sender).await;
     }
-    let (partition, start, mut lease) = match partition_reader(&segments, wanted, connection) {
-        Ok(reader) => reader,
-        Err(error) => {
-            tracing::info!(address = %wanted.address, %error, "AMQP receiver refused");
-            let _ = sender.close_with_error(error).await;
-            return;
-        }
-    };
+    let (partition, start, mut lease, _reading) =
+        match partition_reader(&segments, wanted, connection) {
+            Ok(reader) => reader,
+            Err(error) => {
+                tracing::info!(address = %wanted.address, %error, "AMQP receiver refused");
+                let _ = sender.close_with_error(error).await;
+                return;
+            }
+        };
     let ended = tokio::select! {
         ended = stream(&mut sender, partition, start, connection) => ended,
         () = lease.lapsed() => Ended::TokenExpired,
@@ -129,18 +133,19 @@ fn not_found(description: String) -> AmqpErrorFrame {
     AmqpErrorFrame::new(AmqpError::NotFound, Some(description), None)
 }
 
-/// The partition and start position a receiver link asks for, or the error to detach it with.
 /// Whether a path is IoT Hub's own `messages/events[/…]`.
 fn is_iot_hub_events(segments: &[String]) -> bool {
     matches!(segments, [messages, events, ..]
         if messages.eq_ignore_ascii_case("messages") && events.eq_ignore_ascii_case("events"))
 }
 
+/// The partition and start position a receiver link asks for, with its place among the
+/// partition's receivers, or the error to detach it with.
 fn partition_reader<'c>(
     segments: &[String],
     wanted: &Wanted,
     connection: &'c Connection,
-) -> Result<(u32, StartAt, cbs::Lease<'c>), AmqpErrorFrame> {
+) -> Result<(u32, StartAt, cbs::Lease<'c>, readers::Reading), AmqpErrorFrame> {
     let hub = &connection.state.hub;
     let name = event_hub_name(hub.host_name());
     if !segments
@@ -201,7 +206,12 @@ fn partition_reader<'c>(
         })?,
         None => StartAt::BEGINNING,
     };
-    Ok((partition, start, lease))
+    let reading = connection
+        .state
+        .readers
+        .join(group, partition, wanted.receiver_name.clone())
+        .map_err(|why| AmqpErrorFrame::new(AmqpError::ResourceLimitExceeded, Some(why), None))?;
+    Ok((partition, start, lease, reading))
 }
 
 /// IoT Hub's answer to a receiver on `messages/events{rest}`: the same path on the Event Hub

@@ -13,6 +13,7 @@ mod cbs;
 mod eventhub;
 mod feedback;
 mod padding;
+mod readers;
 mod websocket;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -50,6 +51,19 @@ pub struct State {
     pub hub: Arc<Hub>,
     /// The AMQP port clients reach (5671 on IoT Hub), named in redirects.
     pub port: u16,
+    /// The receivers on each partition of each consumer group, across connections.
+    readers: Arc<readers::PartitionReaders>,
+}
+
+impl State {
+    /// The door's state for `hub`, reached on AMQP port `port`, with no receiver yet.
+    pub fn new(hub: Arc<Hub>, port: u16) -> Self {
+        Self {
+            hub,
+            port,
+            readers: Arc::default(),
+        }
+    }
 }
 
 /// Most links a session may attach at once.
@@ -285,6 +299,7 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
         let wanted = eventhub::Wanted {
             address: link_address(&attach),
             selector: selector(&attach),
+            receiver_name: receiver_name(&attach),
         };
         let segments = address_segments(&wanted.address);
         let devicebound = c2d::is_devicebound(&segments);
@@ -401,6 +416,19 @@ fn selector(attach: &Attach) -> Option<String> {
         }
         .filter(|text| text.contains("amqp.annotation.x-opt-"))
     })
+}
+
+/// The name a receiver gives itself in its attach's `com.microsoft:receiver-name` property
+/// (Event Hubs clients set it; Event Hubs names receivers by it in errors).
+fn receiver_name(attach: &Attach) -> Option<String> {
+    match attach
+        .properties
+        .as_ref()?
+        .get(&Symbol::from("com.microsoft:receiver-name"))?
+    {
+        Value::String(name) => Some(name.clone()),
+        _ => None,
+    }
 }
 
 /// The path segments of a link address, without `amqps://host[:port]/`: `$cbs` is `["$cbs"]`,
