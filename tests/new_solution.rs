@@ -4,9 +4,11 @@
 //! `edgetwin hub` process, logging each step at info; with a workload socket that is not there it
 //! says so at once, with when it tries again. (Its images are built by `scripts/image-check`.)
 //!
-//! The nested cargo shares a target directory of its own under this workspace's (`target/new-
-//! solution`), kept across runs, and the solution is written there too (`demo`, made anew each
-//! run): its copy of the edgetwin crates keeps its path, so only the first run compiles them.
+//! The solution is written under this workspace's target directory (`target/new-solution/demo`,
+//! made anew each run) and the nested cargo builds into that target directory itself: the
+//! solution's dependencies resolve to the crates this workspace's tests just compiled (its copy of
+//! the edgetwin crates keeps its path across runs), so little is compiled again. (`cargo test`
+//! gives up its lock on the directory before it runs the tests.)
 
 use edgetwin_test_support as support;
 
@@ -17,9 +19,16 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{poll, stdout_of_success, Hub, HubOptions, Proc, TempDir};
 
-/// Where the nested cargo builds.
+/// Where the nested cargo builds: this test's own target directory (it runs from
+/// `<target>/debug/deps/`).
 fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/new-solution")
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_owned()
+}
+
+/// Where the solution is written.
+fn solution_parent() -> PathBuf {
+    target_dir().join("new-solution")
 }
 
 fn cargo(dir: &Path, args: &[&str]) -> String {
@@ -44,10 +53,10 @@ fn edgetwin(dir: &Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_solution_builds_passes_its_own_tests_and_its_module_runs_against_the_hub() {
     let scratch = TempDir::new("new-solution");
-    let demo = target_dir().join("demo");
+    let demo = solution_parent().join("demo");
     let _ = std::fs::remove_dir_all(&demo);
-    std::fs::create_dir_all(target_dir()).unwrap();
-    edgetwin(&target_dir(), &["new", "demo", "--module", "echo"]);
+    std::fs::create_dir_all(solution_parent()).unwrap();
+    edgetwin(&solution_parent(), &["new", "demo", "--module", "echo"]);
     for file in [
         "deployment.template.json",
         ".env",
