@@ -420,6 +420,46 @@ def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event
         consumer_groups(hub, "DELETE", group)
 
 
+def test_an_epoch_receiver_takes_the_partition_and_holds_it_as_event_hubs_gives_it(
+        hub, clients, make_device):
+    # owner_level is Event Hubs' epoch: the highest takes the partition of the group
+    group = unique_id("epoch")
+    assert consumer_groups(hub, "PUT", group).status_code == 200
+    device = make_device()
+    client = clients.device(device)
+    client.connect()
+    send(client, "here")
+    partition = partition_of(device.device_id)
+    mine = from_device(device.device_id)
+    first = consumer(hub, consumer_group=group)
+    second = consumer(hub, consumer_group=group)
+    try:
+        done, first_errors = start_receiving(first, lambda es: any(mine(e) for e in es),
+                                             partition_id=partition, owner_level=1)
+        assert done.wait(20) and not first_errors, first_errors
+        # no epoch, or a lower one: refused while it holds the partition
+        for owner_level, said in ((None, "created with epoch of '1', and so non-epoch receiver is "
+                                         "not allowed"),
+                                  (0, "with a higher epoch '1' already exists")):
+            kw = {} if owner_level is None else {"owner_level": owner_level}
+            events, errors = receive(consumer(hub, consumer_group=group), lambda es: True,
+                                     partition_id=partition, **kw)
+            assert events == []
+            assert errors and "amqp:link:stolen" in str(errors[0]), errors
+            assert said in str(errors[0]), errors
+        # a higher one takes it: the first receiver is disconnected, saying why
+        done, errors = start_receiving(second, lambda es: any(mine(e) for e in es),
+                                       partition_id=partition, owner_level=2)
+        assert done.wait(20) and not errors, errors
+        wait_until(lambda: first_errors, timeout=10, message="the first receiver disconnected")
+        assert "amqp:link:stolen" in str(first_errors[0]), first_errors
+        assert "with higher epoch of '2' is created hence current receiver" in str(first_errors[0])
+    finally:
+        first.close()
+        second.close()
+        consumer_groups(hub, "DELETE", group)
+
+
 @pytest.mark.parametrize("name, why", [
     ("x" * 51, "1 to 50 characters"),
     ("with space", "letters, digits, '-', '.' and '_' only"),

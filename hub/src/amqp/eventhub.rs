@@ -28,7 +28,7 @@ use fe2o3_amqp::types::primitives::{
 };
 
 use super::cbs::{self, NodeMessage, ReplyLinks};
-use super::readers;
+use super::readers::{self, Refusal};
 use super::{address_segments, Connection};
 use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
@@ -50,6 +50,8 @@ pub struct Wanted {
     pub selector: Option<String>,
     /// The name it gives itself (`com.microsoft:receiver-name`), if any.
     pub receiver_name: Option<String>,
+    /// The epoch (owner level) it claims (`com.microsoft:epoch`), if any.
+    pub epoch: Option<i64>,
 }
 
 /// Serves a link the hub sends on: answers of `$cbs` / `$management`, a partition's events, or
@@ -71,7 +73,7 @@ pub async fn serve_sender(
     if let Some(node) = cbs::node_of(&wanted.address) {
         return replies.serve(node, sender).await;
     }
-    let (partition, start, mut lease, _reading) =
+    let (partition, start, mut lease, mut reading) =
         match partition_reader(&segments, wanted, connection) {
             Ok(reader) => reader,
             Err(error) => {
@@ -83,6 +85,7 @@ pub async fn serve_sender(
     let ended = tokio::select! {
         ended = stream(&mut sender, partition, start, connection) => ended,
         () = lease.lapsed() => Ended::TokenExpired,
+        why = reading.displaced() => Ended::Displaced(why),
     };
     match ended {
         Ended::Detached => {}
@@ -92,6 +95,11 @@ pub async fn serve_sender(
         Ended::TokenExpired => {
             tracing::info!(address = %wanted.address, "event receiver closed: its token expired");
             let error = renew_token(sender.name(), connection.state.hub.host_name(), &lease);
+            let _ = sender.close_with_error(error).await;
+        }
+        Ended::Displaced(why) => {
+            tracing::info!(address = %wanted.address, "event receiver displaced by an epoch receiver");
+            let error = AmqpErrorFrame::new(LinkError::Stolen, Some(why), None);
             let _ = sender.close_with_error(error).await;
         }
     }
@@ -105,6 +113,8 @@ enum Ended {
     Closed,
     /// No token authorises the link any more.
     TokenExpired,
+    /// A receiver with an epoch at least its own took the partition: why, in Event Hubs' words.
+    Displaced(String),
 }
 
 /// What Event Hubs (and so IoT Hub's Event Hub-compatible endpoint) detaches a receiver with when
@@ -209,8 +219,13 @@ fn partition_reader<'c>(
     let reading = connection
         .state
         .readers
-        .join(group, partition, wanted.receiver_name.clone())
-        .map_err(|why| AmqpErrorFrame::new(AmqpError::ResourceLimitExceeded, Some(why), None))?;
+        .join(group, partition, wanted.receiver_name.clone(), wanted.epoch)
+        .map_err(|refusal| match refusal {
+            Refusal::Full(why) => {
+                AmqpErrorFrame::new(AmqpError::ResourceLimitExceeded, Some(why), None)
+            }
+            Refusal::Held(why) => AmqpErrorFrame::new(LinkError::Stolen, Some(why), None),
+        })?;
     Ok((partition, start, lease, reading))
 }
 

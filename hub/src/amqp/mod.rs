@@ -300,6 +300,7 @@ async fn serve_session(mut session: ListenerSessionHandle, connection: Arc<Conne
             address: link_address(&attach),
             selector: selector(&attach),
             receiver_name: receiver_name(&attach),
+            epoch: epoch(&attach),
         };
         let segments = address_segments(&wanted.address);
         let devicebound = c2d::is_devicebound(&segments);
@@ -427,6 +428,21 @@ fn receiver_name(attach: &Attach) -> Option<String> {
         .get(&Symbol::from("com.microsoft:receiver-name"))?
     {
         Value::String(name) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+/// The epoch (owner level) a receiver claims in its attach's `com.microsoft:epoch` property.
+fn epoch(attach: &Attach) -> Option<i64> {
+    match attach
+        .properties
+        .as_ref()?
+        .get(&Symbol::from("com.microsoft:epoch"))?
+    {
+        Value::Long(epoch) => Some(*epoch),
+        Value::Int(epoch) => Some(i64::from(*epoch)),
+        Value::Uint(epoch) => Some(i64::from(*epoch)),
+        Value::Ulong(epoch) => i64::try_from(*epoch).ok(),
         _ => None,
     }
 }
