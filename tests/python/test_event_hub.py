@@ -36,9 +36,10 @@ def consumer(hub, consumer_group="$Default", connection_string=None, **kw):
     )
 
 
-def receive(client, enough, timeout=20, **kw):
-    """Receive on `client` (all partitions unless `partition_id`) until `enough(events)` or an
-    error; return (events as (partition id, EventData), errors)."""
+def start_receiving(client, enough, **kw):
+    """Start receiving on `client` (all partitions unless `partition_id`) in a thread and leave
+    it running; return (an Event set once `enough(events)` or an error, the events as
+    (partition id, EventData), the errors, the thread)."""
     events, errors = [], []
     done = threading.Event()
 
@@ -57,6 +58,13 @@ def receive(client, enough, timeout=20, **kw):
         target=client.receive, kwargs=dict(on_event=on_event, on_error=on_error, **kw), daemon=True
     )
     worker.start()
+    return done, events, errors, worker
+
+
+def receive(client, enough, timeout=20, **kw):
+    """Receive on `client` (all partitions unless `partition_id`) until `enough(events)` or an
+    error; return (events as (partition id, EventData), errors)."""
+    done, events, errors, worker = start_receiving(client, enough, **kw)
     done.wait(timeout)
     client.close()
     worker.join(10)
@@ -354,28 +362,6 @@ def test_created_consumer_groups_each_read_every_event_independently(hub, client
     assert errors and "amqp:not-found" in str(errors[0]), errors
 
 
-def start_receiving(client, enough, **kw):
-    """Start receiving on `client` in a thread and leave it running; return an Event set once
-    `enough(events)` or an error, and the errors list."""
-    events, errors = [], []
-    done = threading.Event()
-
-    def on_event(context, event):
-        if event is not None:
-            events.append((context.partition_id, event))
-            if enough(events):
-                done.set()
-
-    def on_error(context, error):
-        errors.append(error)
-        done.set()
-
-    kw.setdefault("starting_position", "-1")
-    threading.Thread(target=client.receive, daemon=True,
-                     kwargs=dict(on_event=on_event, on_error=on_error, **kw)).start()
-    return done, errors
-
-
 def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event_hubs_refuses_it(
         hub, clients, make_device):
     # Event Hubs serves at most 5 receivers on one partition of one consumer group at once
@@ -391,7 +377,7 @@ def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event
     try:
         for _ in range(5):
             reader = consumer(hub, consumer_group=group)
-            done, errors = start_receiving(reader, lambda es: any(mine(e) for e in es),
+            done, _, errors, _ = start_receiving(reader, lambda es: any(mine(e) for e in es),
                                            partition_id=partition)
             readers.append(reader)
             assert done.wait(20) and not errors, errors
@@ -434,7 +420,7 @@ def test_an_epoch_receiver_takes_the_partition_and_holds_it_as_event_hubs_gives_
     first = consumer(hub, consumer_group=group)
     second = consumer(hub, consumer_group=group)
     try:
-        done, first_errors = start_receiving(first, lambda es: any(mine(e) for e in es),
+        done, _, first_errors, _ = start_receiving(first, lambda es: any(mine(e) for e in es),
                                              partition_id=partition, owner_level=1)
         assert done.wait(20) and not first_errors, first_errors
         # no epoch, or a lower one: refused while it holds the partition
@@ -448,7 +434,7 @@ def test_an_epoch_receiver_takes_the_partition_and_holds_it_as_event_hubs_gives_
             assert errors and "amqp:link:stolen" in str(errors[0]), errors
             assert said in str(errors[0]), errors
         # a higher one takes it: the first receiver is disconnected, saying why
-        done, errors = start_receiving(second, lambda es: any(mine(e) for e in es),
+        done, _, errors, _ = start_receiving(second, lambda es: any(mine(e) for e in es),
                                        partition_id=partition, owner_level=2)
         assert done.wait(20) and not errors, errors
         wait_until(lambda: first_errors, timeout=10, message="the first receiver disconnected")
