@@ -362,23 +362,30 @@ def test_created_consumer_groups_each_read_every_event_independently(hub, client
     assert errors and "amqp:not-found" in str(errors[0]), errors
 
 
-def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event_hubs_refuses_it(
-        hub, clients, make_device):
-    # Event Hubs serves at most 5 receivers on one partition of one consumer group at once
-    group = unique_id("five")
+@pytest.fixture
+def group_with_an_event(hub, clients, make_device):
+    """A consumer group of its own (deleted afterwards) and a device's event "here" in the
+    store: (group, the event's partition, a filter for the device's events)."""
+    group = unique_id("group")
     assert consumer_groups(hub, "PUT", group).status_code == 200
     device = make_device()
     client = clients.device(device)
     client.connect()
     send(client, "here")
-    partition = partition_of(device.device_id)
-    mine = from_device(device.device_id)
+    yield group, partition_of(device.device_id), from_device(device.device_id)
+    consumer_groups(hub, "DELETE", group)
+
+
+def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event_hubs_refuses_it(
+        hub, group_with_an_event):
+    # Event Hubs serves at most 5 receivers on one partition of one consumer group at once
+    group, partition, mine = group_with_an_event
     readers = []
     try:
         for _ in range(5):
             reader = consumer(hub, consumer_group=group)
             done, _, errors, _ = start_receiving(reader, lambda es: any(mine(e) for e in es),
-                                           partition_id=partition)
+                                                 partition_id=partition)
             readers.append(reader)
             assert done.wait(20) and not errors, errors
         events, errors = receive(consumer(hub, consumer_group=group), lambda es: True,
@@ -403,20 +410,12 @@ def test_a_sixth_receiver_on_a_partition_of_a_consumer_group_is_refused_as_event
     finally:
         for reader in readers:
             reader.close()
-        consumer_groups(hub, "DELETE", group)
 
 
 def test_an_epoch_receiver_takes_the_partition_and_holds_it_as_event_hubs_gives_it(
-        hub, clients, make_device):
+        hub, group_with_an_event):
     # owner_level is Event Hubs' epoch: the highest takes the partition of the group
-    group = unique_id("epoch")
-    assert consumer_groups(hub, "PUT", group).status_code == 200
-    device = make_device()
-    client = clients.device(device)
-    client.connect()
-    send(client, "here")
-    partition = partition_of(device.device_id)
-    mine = from_device(device.device_id)
+    group, partition, mine = group_with_an_event
     first = consumer(hub, consumer_group=group)
     second = consumer(hub, consumer_group=group)
     try:
@@ -443,7 +442,6 @@ def test_an_epoch_receiver_takes_the_partition_and_holds_it_as_event_hubs_gives_
     finally:
         first.close()
         second.close()
-        consumer_groups(hub, "DELETE", group)
 
 
 @pytest.mark.parametrize("name, why", [
