@@ -143,9 +143,9 @@ pub struct Hub {
     policies: Vec<PolicyRecord>,
     /// The local Device Provisioning Service (id scope, policy, operations).
     dps: crate::dps::Service,
-    /// The last sequence number stored in each Event Hub-compatible partition (-1: none), for
-    /// its readers to wait on; set after each commit.
-    event_heads: Arc<Vec<watch::Sender<i64>>>,
+    /// The last sequence number stored in each Event Hub-compatible partition and its newest
+    /// events, for its readers to wait on and take; set after each commit.
+    event_heads: Arc<Vec<watch::Sender<events::Recent>>>,
     /// The last place given in the message log (0: none), for the console's streams to wait
     /// on; set after each commit.
     logged_head: Arc<watch::Sender<i64>>,
@@ -178,7 +178,7 @@ impl Hub {
             (0..events::PARTITIONS)
                 .map(|partition| {
                     let last = readers.read(|tx| tx.partition_info(partition))?;
-                    Ok(watch::Sender::new(last.last_sequence))
+                    Ok(watch::Sender::new(events::Recent::new(last.last_sequence)))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?,
         );
@@ -188,16 +188,12 @@ impl Hub {
             let heads = event_heads.clone();
             let logged_head = logged_head.clone();
             move |effect: &Effect| match effect {
-                Effect::Event {
-                    partition,
-                    sequence,
-                    logged,
-                } => {
-                    if let Some(head) = usize::try_from(*partition).ok().and_then(|p| heads.get(p))
-                    {
-                        head.send_replace(*sequence);
+                Effect::Event(event) => {
+                    let partition = usize::try_from(event.partition).ok();
+                    if let Some(head) = partition.and_then(|p| heads.get(p)) {
+                        head.send_modify(|recent| recent.push(event.clone()));
                     }
-                    logged_head.send_replace(*logged);
+                    logged_head.send_replace(event.logged);
                 }
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
@@ -449,19 +445,15 @@ impl Hub {
         self.writer
             .submit(move |tx| {
                 let stored = tx.append_event(event)?;
-                let effect = Effect::Event {
-                    partition: stored.partition,
-                    sequence: stored.sequence,
-                    logged: stored.logged,
-                };
-                Ok((stored.sequence, vec![effect]))
+                Ok((stored.sequence, vec![Effect::Event(Arc::new(stored))]))
             })
             .await
     }
 
-    /// The last sequence number stored in `partition` (-1: none), changing after each commit of
-    /// an event there; `None` for a partition the endpoint does not have.
-    pub fn event_head(&self, partition: u32) -> Option<watch::Receiver<i64>> {
+    /// The last sequence number stored in `partition` (-1: none) and its newest events,
+    /// changing after each commit of an event there; `None` for a partition the endpoint does
+    /// not have.
+    pub fn event_head(&self, partition: u32) -> Option<watch::Receiver<events::Recent>> {
         let head = self.event_heads.get(usize::try_from(partition).ok()?)?;
         Some(head.subscribe())
     }

@@ -59,15 +59,9 @@ pub enum Effect {
         /// The device.
         device_id: String,
     },
-    /// Tell the readers of an Event Hub-compatible partition that an event was stored.
-    Event {
-        /// The partition.
-        partition: u32,
-        /// The event's sequence number.
-        sequence: i64,
-        /// Its place in the message log.
-        logged: i64,
-    },
+    /// Hand a stored event to the readers of its Event Hub-compatible partition (and tell the
+    /// message log's).
+    Event(Arc<crate::events::Event>),
 }
 
 impl Effect {

@@ -15,6 +15,8 @@
 //! The Event Hub is named after the hub ([`event_hub_name`]) and served on the hub's own host and
 //! AMQP port.
 
+use std::sync::Arc;
+
 use edgetwin_wire::rest::Permission;
 use fe2o3_amqp::link::Sender;
 use fe2o3_amqp::types::definitions::{
@@ -29,6 +31,7 @@ use fe2o3_amqp::types::primitives::{
 
 use super::cbs::{self, NodeMessage, ReplyLinks};
 use super::{address_segments, Connection};
+
 use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
 
@@ -231,7 +234,11 @@ fn redirect(connection: &Connection, name: &str, rest: &[String]) -> AmqpErrorFr
 }
 
 /// Sends a partition's events from `start` on, then each new one as it is stored, until the
-/// client detaches or the hub stops serving it.
+/// client detaches or the hub stops serving it. Events are read from the store until the reader
+/// has caught up with it; from then on it takes the new ones from the partition's
+/// [`Recent`](events::Recent) events, handed over by the writer after their commit, and goes back to the store only if it
+/// falls further behind than those reach. (Not before: the store alone knows what retention
+/// pruned.)
 async fn stream(
     sender: &mut Sender,
     partition: u32,
@@ -249,13 +256,22 @@ async fn stream(
             return Ended::Closed;
         }
     };
+    let mut caught_up = false;
     loop {
-        let batch = match hub.read(|tx| Ok(tx.events_after(partition, position, BATCH)?)) {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(partition, message = %error.message, "cannot read the partition");
-                return Ended::Closed;
-            }
+        // marked seen before reading: a commit after this wakes the wait below
+        let recent = head.borrow_and_update().after(position, BATCH);
+        let batch = match recent.filter(|_| caught_up) {
+            Some(batch) => batch,
+            None => match hub.read(|tx| Ok(tx.events_after(partition, position, BATCH)?)) {
+                Ok(batch) => {
+                    caught_up = batch.len() < BATCH;
+                    batch.into_iter().map(Arc::new).collect()
+                }
+                Err(error) => {
+                    tracing::warn!(partition, message = %error.message, "cannot read the partition");
+                    return Ended::Closed;
+                }
+            },
         };
         if batch.is_empty() {
             tokio::select! {
