@@ -364,9 +364,8 @@ pub fn stamped(
 /// The newest events of a partition, kept in memory as they are committed (the writer's
 /// after-commit hook pushes them), so that a reader that has caught up with the store is handed
 /// them without reading them back. Bounded by [`Recent::MAX_EVENTS`] and [`Recent::MAX_BYTES`]
-/// (body and properties): a reader further behind reads the store. Pure bookkeeping; which
-/// reader may use it is the reader's rule (one that has not yet caught up with the store must
-/// not: retention may have pruned what is kept here).
+/// (body and properties): a reader further behind reads the store, and so does one behind what
+/// retention pruned ([`Recent::forget_before`]). Pure bookkeeping.
 #[derive(Debug, Clone)]
 pub struct Recent {
     /// The last sequence number stored in the partition (-1: none).
@@ -408,6 +407,18 @@ impl Recent {
                 break;
             };
             self.bytes -= size_of_event(&oldest);
+        }
+    }
+
+    /// Forgets the kept events before sequence number `begin` (retention pruned them), so that
+    /// a reader that has not read them yet reads the store, as if they had never been kept.
+    pub fn forget_before(&mut self, begin: i64) {
+        while let Some(oldest) = self.events.front() {
+            if oldest.sequence >= begin {
+                break;
+            }
+            self.bytes -= size_of_event(oldest);
+            self.events.pop_front();
         }
     }
 
@@ -614,6 +625,13 @@ mod tests {
         assert_eq!(sequences(recent.after(6, 10)), Some(vec![7, 8]));
         assert_eq!(sequences(recent.after(4, 2)), Some(vec![5, 6]));
         assert_eq!(sequences(recent.after(3, 10)), None, "4 is not kept");
+        // retention pruned up to 6: a reader at 5 reads the store (which skips to 7)
+        recent.forget_before(7);
+        assert_eq!(sequences(recent.after(5, 10)), None);
+        assert_eq!(sequences(recent.after(6, 10)), Some(vec![7, 8]));
+        recent.forget_before(9);
+        assert_eq!(sequences(recent.after(8, 10)), Some(vec![]));
+        assert_eq!(sequences(recent.after(7, 10)), None);
         // a gap (never from the writer) restarts what is kept
         recent.push(numbered(20, 10));
         assert_eq!(sequences(recent.after(8, 10)), None);

@@ -195,6 +195,16 @@ impl Hub {
                     }
                     logged_head.send_replace(event.logged);
                 }
+                Effect::Pruned { partition, begin } => {
+                    let partition = usize::try_from(*partition).ok();
+                    if let Some(head) = partition.and_then(|p| heads.get(p)) {
+                        // nothing new to read: the readers are not woken
+                        head.send_if_modified(|recent| {
+                            recent.forget_before(*begin);
+                            false
+                        });
+                    }
+                }
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
                 Effect::KickDevice { device_id } => live.kick_device(device_id),
@@ -446,6 +456,27 @@ impl Hub {
             .submit(move |tx| {
                 let stored = tx.append_event(event)?;
                 Ok((stored.sequence, vec![Effect::Event(Arc::new(stored))]))
+            })
+            .await
+    }
+
+    /// Prunes at most `limit` of the oldest events of `partition` that `retention` does not
+    /// keep now (the store's `prune_events`), and has its readers forget them; how many went.
+    pub async fn prune_events(
+        &self,
+        partition: u32,
+        retention: events::Retention,
+        limit: usize,
+    ) -> Result<usize, ApiError> {
+        self.writer
+            .write(move |tx| {
+                let pruned = tx.prune_events(partition, &retention, ids::now_unix_ms(), limit)?;
+                let mut effects = Vec::new();
+                if pruned > 0 {
+                    let begin = tx.partition_info(partition)?.begin_sequence;
+                    effects.push(Effect::Pruned { partition, begin });
+                }
+                Ok((pruned, effects))
             })
             .await
     }
@@ -851,5 +882,62 @@ mod tests {
             }
             std::fs::remove_dir_all(dir).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn committed_events_are_handed_to_readers_and_forgotten_once_pruned() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-recent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hub = Hub::start(
+            Database::open(&dir, true).unwrap(),
+            "localhost".into(),
+            |_| {},
+        )
+        .unwrap();
+        let partition = events::partition_of("d1");
+        let head = hub.event_head(partition).unwrap();
+        for n in 0..10u8 {
+            let event = Event {
+                partition,
+                sequence: 0,
+                offset: 0,
+                enqueued_ms: ids::now_unix_ms(),
+                device_id: "d1".into(),
+                module_id: None,
+                properties: Vec::new(),
+                body: vec![n; 100],
+                logged: 0,
+            };
+            hub.submit_event(event)
+                .await
+                .unwrap()
+                .outcome()
+                .await
+                .unwrap();
+        }
+        let kept = |after| {
+            head.borrow().after(after, 100).map(|events| {
+                events
+                    .iter()
+                    .map(|e| (e.sequence, e.body[0]))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(kept(-1), Some((0..10).map(|n| (n, n as u8)).collect()));
+        // 4 * 450 bytes for the whole endpoint: 450 for this partition, the last 4 events
+        let retention = events::Retention::new(1, 4 * 450);
+        assert_eq!(
+            hub.prune_events(partition, retention, 100).await.unwrap(),
+            6
+        );
+        assert_eq!(
+            kept(-1),
+            None,
+            "the pruned events are read from the store, which skips them"
+        );
+        assert_eq!(kept(5), Some((6..10).map(|n| (n, n as u8)).collect()));
+        hub.drain_writes().await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

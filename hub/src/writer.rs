@@ -62,6 +62,14 @@ pub enum Effect {
     /// Hand a stored event to the readers of its Event Hub-compatible partition (and tell the
     /// message log's).
     Event(Arc<crate::events::Event>),
+    /// Tell the readers of an Event Hub-compatible partition that retention pruned its events
+    /// before sequence number `begin`.
+    Pruned {
+        /// The partition.
+        partition: u32,
+        /// Its first event kept.
+        begin: i64,
+    },
 }
 
 impl Effect {

@@ -234,11 +234,10 @@ fn redirect(connection: &Connection, name: &str, rest: &[String]) -> AmqpErrorFr
 }
 
 /// Sends a partition's events from `start` on, then each new one as it is stored, until the
-/// client detaches or the hub stops serving it. Events are read from the store until the reader
-/// has caught up with it; from then on it takes the new ones from the partition's
-/// [`Recent`](events::Recent) events, handed over by the writer after their commit, and goes back to the store only if it
-/// falls further behind than those reach. (Not before: the store alone knows what retention
-/// pruned.)
+/// client detaches or the hub stops serving it. Events after the reader's position are taken
+/// from the partition's [`Recent`](events::Recent) events (handed over by the writer after their
+/// commit) when those reach back to it, else read from the store: a reader that has caught up
+/// never reads the store again unless it falls behind.
 async fn stream(
     sender: &mut Sender,
     partition: u32,
@@ -256,17 +255,13 @@ async fn stream(
             return Ended::Closed;
         }
     };
-    let mut caught_up = false;
     loop {
         // marked seen before reading: a commit after this wakes the wait below
         let recent = head.borrow_and_update().after(position, BATCH);
-        let batch = match recent.filter(|_| caught_up) {
+        let batch = match recent {
             Some(batch) => batch,
             None => match hub.read(|tx| Ok(tx.events_after(partition, position, BATCH)?)) {
-                Ok(batch) => {
-                    caught_up = batch.len() < BATCH;
-                    batch.into_iter().map(Arc::new).collect()
-                }
+                Ok(batch) => batch.into_iter().map(Arc::new).collect(),
                 Err(error) => {
                     tracing::warn!(partition, message = %error.message, "cannot read the partition");
                     return Ended::Closed;
