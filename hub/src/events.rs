@@ -374,6 +374,8 @@ pub struct Recent {
     events: std::collections::VecDeque<std::sync::Arc<Event>>,
     /// Bytes of body and properties of `events`.
     bytes: usize,
+    /// Whether events came since [`Recent::take_news`] last looked.
+    news: bool,
 }
 
 impl Recent {
@@ -388,6 +390,7 @@ impl Recent {
             last,
             events: std::collections::VecDeque::new(),
             bytes: 0,
+            news: false,
         }
     }
 
@@ -400,6 +403,7 @@ impl Recent {
             self.bytes = 0;
         }
         self.last = event.sequence;
+        self.news = true;
         self.bytes += size_of_event(&event);
         self.events.push_back(event);
         while self.events.len() > Self::MAX_EVENTS || self.bytes > Self::MAX_BYTES {
@@ -408,6 +412,12 @@ impl Recent {
             };
             self.bytes -= size_of_event(&oldest);
         }
+    }
+
+    /// Whether events were pushed since the last call: the writer wakes the readers once for a
+    /// batch of them.
+    pub fn take_news(&mut self) -> bool {
+        std::mem::take(&mut self.news)
     }
 
     /// Forgets the kept events before sequence number `begin` (retention pruned them), so that
@@ -625,6 +635,8 @@ mod tests {
         assert_eq!(sequences(recent.after(6, 10)), Some(vec![7, 8]));
         assert_eq!(sequences(recent.after(4, 2)), Some(vec![5, 6]));
         assert_eq!(sequences(recent.after(3, 10)), None, "4 is not kept");
+        assert!(recent.take_news(), "events came");
+        assert!(!recent.take_news(), "none since");
         // retention pruned up to 6: a reader at 5 reads the store (which skips to 7)
         recent.forget_before(7);
         assert_eq!(sequences(recent.after(5, 10)), None);

@@ -191,7 +191,11 @@ impl Hub {
                 Effect::Event(event) => {
                     let partition = usize::try_from(event.partition).ok();
                     if let Some(head) = partition.and_then(|p| heads.get(p)) {
-                        head.send_modify(|recent| recent.push(event.clone()));
+                        // the readers are woken once the whole batch is there (`flush`)
+                        head.send_if_modified(|recent| {
+                            recent.push(event.clone());
+                            false
+                        });
                     }
                     logged_head.send_replace(event.logged);
                 }
@@ -214,10 +218,18 @@ impl Hub {
                 }
             }
         };
+        let flush = {
+            let heads = event_heads.clone();
+            move || {
+                for head in heads.iter() {
+                    head.send_if_modified(events::Recent::take_news);
+                }
+            }
+        };
         Ok(Self {
             readers,
             queries: Queries::open(&path)?,
-            writer: Writer::start(store, hook).map_err(|source| StoreError::Io {
+            writer: Writer::start(store, hook, flush).map_err(|source| StoreError::Io {
                 path: path.clone(),
                 source,
             })?,
