@@ -7,9 +7,10 @@
 //! 2. meanwhile one AMQP/TLS connection (SASL PLAIN with a service token, as Event Hubs clients
 //!    may authenticate) receives on the 4 partitions of `$Default` from the start of the stream;
 //! 3. printed: messages/s in (first publish to last PUBACK), messages/s out (first publish to
-//!    last delivery), latency publish → delivery (p50, p99), the hub's RSS after, and the RSS
-//!    each idle receiver adds (C more receivers attached and waiting, measured after; five on
-//!    each partition of each consumer group, Event Hubs' most, so C ≤ 400 in 20 groups).
+//!    last delivery), latency publish → delivery (p50, p99), the CPU time of the hub and of the
+//!    bench's clients over that time (per message), the hub's RSS after, and the RSS each idle
+//!    receiver adds (C more receivers attached and waiting, measured after; five on each
+//!    partition of each consumer group, Event Hubs' most, so C ≤ 400 in 20 groups).
 //!
 //! ```text
 //! cargo bench --bench event_hub -- --messages 100000 --devices 16 --window 200 --consumers 400
@@ -34,7 +35,7 @@ use rumqttc::mqttbytes::QoS;
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
 use support::{load_average, read_packet, tls_connect, tls_trusting, Hub, HubOptions, TempDir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// The Event Hubs filter that names where a receiver starts.
 const SELECTOR: &str = "apache.org:selector-filter:string";
@@ -68,8 +69,7 @@ async fn publish(hub: Arc<Hub>, id: String, key: String, count: usize, window: u
                     permits.add_permits(1);
                 }
             }
-            // keep the read half until the end: dropping it would not close the connection
-            let _ = reader.read(&mut [0u8; 0]).await;
+            reader
         })
     };
     let topic = format!("devices/{id}/messages/events/");
@@ -83,7 +83,14 @@ async fn publish(hub: Arc<Hub>, id: String, key: String, count: usize, window: u
             .unwrap();
         writer.write_all(&out).await.unwrap();
     }
-    acks.await.unwrap();
+    // done at the last PUBACK: disconnect (waiting for the read half to end instead waited for
+    // the hub's keep-alive timeout, 15 s, which the figures of `eb638af` to `005829e` include)
+    let reader = acks.await.unwrap();
+    let mut stream = reader.unsplit(writer);
+    let mut out = BytesMut::new();
+    Packet::Disconnect.write(&mut out, usize::MAX).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let _ = stream.shutdown().await;
 }
 
 /// An AMQP connection to the hub's Event Hub-compatible endpoint as `service` (SASL PLAIN with
@@ -169,7 +176,7 @@ fn main() {
         .unwrap();
     let each = messages / devices;
     let total = each * devices;
-    let (in_secs, out_secs, mut latencies) = runtime.block_on(async {
+    let (in_secs, out_secs, mut latencies, (hub_cpu, bench_cpu)) = runtime.block_on(async {
         let mut keys = Vec::new();
         for d in 0..devices {
             let id = format!("bench-{d}");
@@ -204,6 +211,7 @@ fn main() {
             });
         }
         let started = Instant::now();
+        let cpu_before = (hub.proc.cpu_time(), support::cpu_time(std::process::id()));
         let publishers: Vec<_> = keys
             .into_iter()
             .map(|(id, key)| tokio::spawn(publish(hub.clone(), id, key, each, window)))
@@ -219,7 +227,12 @@ fn main() {
                 _ => panic!("{} of {total} messages received", latencies.len()),
             }
         }
-        (in_secs, started.elapsed().as_secs_f64(), latencies)
+        let out_secs = started.elapsed().as_secs_f64();
+        let cpu = (
+            hub.proc.cpu_time() - cpu_before.0,
+            support::cpu_time(std::process::id()) - cpu_before.1,
+        );
+        (in_secs, out_secs, latencies, cpu)
     });
     let (rss_kib, peak_kib) = hub.proc.memory_kib();
     // idle receivers: attached from the end of the stream, waiting
@@ -265,6 +278,14 @@ fn main() {
         rss_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0,
         idle_kib as f64 / consumers as f64,
+    );
+    println!(
+        "CPU from the first publish to the last delivery: hub {:.2} s ({:.1} µs a message), \
+         bench clients {:.2} s ({:.1} µs a message), over {out_secs:.2} s",
+        hub_cpu.as_secs_f64(),
+        hub_cpu.as_secs_f64() * 1e6 / total as f64,
+        bench_cpu.as_secs_f64(),
+        bench_cpu.as_secs_f64() * 1e6 / total as f64,
     );
     println!(
         "load average before: {load_before}; after: {}",

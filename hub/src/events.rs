@@ -361,6 +361,100 @@ pub fn stamped(
     properties
 }
 
+/// The newest events of a partition, kept in memory as they are committed (the writer's
+/// after-commit hook pushes them), so that a reader that has caught up with the store is handed
+/// them without reading them back. Bounded by [`Recent::MAX_EVENTS`] and [`Recent::MAX_BYTES`]
+/// (body and properties): a reader further behind reads the store, and so does one behind what
+/// retention pruned ([`Recent::forget_before`]). Pure bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    /// The last sequence number stored in the partition (-1: none).
+    last: i64,
+    /// The kept events, contiguous, the last one's sequence number `last`.
+    events: std::collections::VecDeque<std::sync::Arc<Event>>,
+    /// Bytes of body and properties of `events`.
+    bytes: usize,
+    /// Whether events came since [`Recent::take_news`] last looked.
+    news: bool,
+}
+
+impl Recent {
+    /// Most events kept per partition.
+    pub const MAX_EVENTS: usize = 1024;
+    /// Most bytes (bodies and properties) kept per partition.
+    pub const MAX_BYTES: usize = 256 * 1024;
+
+    /// Nothing kept yet; the partition's last sequence number is `last` (-1: none).
+    pub fn new(last: i64) -> Self {
+        Recent {
+            last,
+            events: std::collections::VecDeque::new(),
+            bytes: 0,
+            news: false,
+        }
+    }
+
+    /// Keeps a just committed event (the next of its partition), dropping the oldest kept
+    /// beyond the bounds. An event that does not follow the last one (never, as the writer
+    /// commits in order) restarts what is kept from it.
+    pub fn push(&mut self, event: std::sync::Arc<Event>) {
+        if event.sequence != self.last + 1 {
+            self.events.clear();
+            self.bytes = 0;
+        }
+        self.last = event.sequence;
+        self.news = true;
+        self.bytes += size_of_event(&event);
+        self.events.push_back(event);
+        while self.events.len() > Self::MAX_EVENTS || self.bytes > Self::MAX_BYTES {
+            let Some(oldest) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= size_of_event(&oldest);
+        }
+    }
+
+    /// Whether events were pushed since the last call: the writer wakes the readers once for a
+    /// batch of them.
+    pub fn take_news(&mut self) -> bool {
+        std::mem::take(&mut self.news)
+    }
+
+    /// Forgets the kept events before sequence number `begin` (retention pruned them), so that
+    /// a reader that has not read them yet reads the store, as if they had never been kept.
+    pub fn forget_before(&mut self, begin: i64) {
+        while let Some(oldest) = self.events.front() {
+            if oldest.sequence >= begin {
+                break;
+            }
+            self.bytes -= size_of_event(oldest);
+            self.events.pop_front();
+        }
+    }
+
+    /// At most `limit` events after sequence number `position`, oldest first, if every event
+    /// after it is kept (none: `position` is the last); `None` when some are no longer kept
+    /// (the store has them).
+    pub fn after(&self, position: i64, limit: usize) -> Option<Vec<std::sync::Arc<Event>>> {
+        if position >= self.last {
+            return Some(Vec::new());
+        }
+        let first = self.events.front()?.sequence;
+        let skip = usize::try_from(position + 1 - first).ok()?;
+        Some(self.events.iter().skip(skip).take(limit).cloned().collect())
+    }
+}
+
+/// What an event counts for in [`Recent::MAX_BYTES`].
+fn size_of_event(event: &Event) -> usize {
+    event.body.len()
+        + event
+            .properties
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,5 +601,78 @@ mod tests {
             AuthMethod::CertificateAuthority.annotation(true),
             r#"{"scope":"module","type":"x509Certificate","issuer":"external","acceptingIpFilterRule":null}"#
         );
+    }
+
+    fn numbered(sequence: i64, body: usize) -> std::sync::Arc<Event> {
+        std::sync::Arc::new(Event {
+            partition: 0,
+            sequence,
+            offset: 0,
+            enqueued_ms: 0,
+            device_id: "d".into(),
+            module_id: None,
+            properties: vec![("k".into(), Some("v".into()))],
+            body: vec![0; body],
+            logged: 0,
+        })
+    }
+
+    fn sequences(events: Option<Vec<std::sync::Arc<Event>>>) -> Option<Vec<i64>> {
+        events.map(|events| events.iter().map(|e| e.sequence).collect())
+    }
+
+    #[test]
+    fn recent_events_are_handed_only_when_every_one_after_the_position_is_kept() {
+        let mut recent = Recent::new(4);
+        // nothing after the last: nothing to read, anywhere
+        assert_eq!(sequences(recent.after(4, 10)), Some(vec![]));
+        // before the last, nothing kept: the store has them
+        assert_eq!(sequences(recent.after(3, 10)), None);
+        for sequence in 5..=8 {
+            recent.push(numbered(sequence, 10));
+        }
+        assert_eq!(sequences(recent.after(4, 10)), Some(vec![5, 6, 7, 8]));
+        assert_eq!(sequences(recent.after(6, 10)), Some(vec![7, 8]));
+        assert_eq!(sequences(recent.after(4, 2)), Some(vec![5, 6]));
+        assert_eq!(sequences(recent.after(3, 10)), None, "4 is not kept");
+        assert!(recent.take_news(), "events came");
+        assert!(!recent.take_news(), "none since");
+        // retention pruned up to 6: a reader at 5 reads the store (which skips to 7)
+        recent.forget_before(7);
+        assert_eq!(sequences(recent.after(5, 10)), None);
+        assert_eq!(sequences(recent.after(6, 10)), Some(vec![7, 8]));
+        recent.forget_before(9);
+        assert_eq!(sequences(recent.after(8, 10)), Some(vec![]));
+        assert_eq!(sequences(recent.after(7, 10)), None);
+        // a gap (never from the writer) restarts what is kept
+        recent.push(numbered(20, 10));
+        assert_eq!(sequences(recent.after(8, 10)), None);
+        assert_eq!(sequences(recent.after(19, 10)), Some(vec![20]));
+    }
+
+    #[test]
+    fn recent_events_are_bounded_in_count_and_bytes() {
+        let mut recent = Recent::new(-1);
+        let count = i64::try_from(Recent::MAX_EVENTS).unwrap();
+        for sequence in 0..count + 10 {
+            recent.push(numbered(sequence, 1));
+        }
+        assert_eq!(sequences(recent.after(9, 1)), Some(vec![10]));
+        assert_eq!(recent.after(8, 1), None);
+        // 64 KiB bodies: four fit in 256 KiB with their properties, not five
+        let big = Recent::MAX_BYTES / 4 - 2;
+        for sequence in count + 10..count + 20 {
+            recent.push(numbered(sequence, big));
+        }
+        let last = count + 19;
+        assert_eq!(
+            sequences(recent.after(last - 4, 10)),
+            Some(vec![last - 3, last - 2, last - 1, last])
+        );
+        assert_eq!(recent.after(last - 5, 10), None);
+        // one event above the bound is not kept at all
+        recent.push(numbered(last + 1, Recent::MAX_BYTES));
+        assert_eq!(recent.after(last, 10), None);
+        assert_eq!(sequences(recent.after(last + 1, 10)), Some(vec![]));
     }
 }

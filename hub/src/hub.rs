@@ -143,9 +143,9 @@ pub struct Hub {
     policies: Vec<PolicyRecord>,
     /// The local Device Provisioning Service (id scope, policy, operations).
     dps: crate::dps::Service,
-    /// The last sequence number stored in each Event Hub-compatible partition (-1: none), for
-    /// its readers to wait on; set after each commit.
-    event_heads: Arc<Vec<watch::Sender<i64>>>,
+    /// The last sequence number stored in each Event Hub-compatible partition and its newest
+    /// events, for its readers to wait on and take; set after each commit.
+    event_heads: Arc<Vec<watch::Sender<events::Recent>>>,
     /// The last place given in the message log (0: none), for the console's streams to wait
     /// on; set after each commit.
     logged_head: Arc<watch::Sender<i64>>,
@@ -178,7 +178,7 @@ impl Hub {
             (0..events::PARTITIONS)
                 .map(|partition| {
                     let last = readers.read(|tx| tx.partition_info(partition))?;
-                    Ok(watch::Sender::new(last.last_sequence))
+                    Ok(watch::Sender::new(events::Recent::new(last.last_sequence)))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?,
         );
@@ -188,16 +188,26 @@ impl Hub {
             let heads = event_heads.clone();
             let logged_head = logged_head.clone();
             move |effect: &Effect| match effect {
-                Effect::Event {
-                    partition,
-                    sequence,
-                    logged,
-                } => {
-                    if let Some(head) = usize::try_from(*partition).ok().and_then(|p| heads.get(p))
-                    {
-                        head.send_replace(*sequence);
+                Effect::Event(event) => {
+                    let partition = usize::try_from(event.partition).ok();
+                    if let Some(head) = partition.and_then(|p| heads.get(p)) {
+                        // the readers are woken once the whole batch is there (`flush`)
+                        head.send_if_modified(|recent| {
+                            recent.push(event.clone());
+                            false
+                        });
                     }
-                    logged_head.send_replace(*logged);
+                    logged_head.send_replace(event.logged);
+                }
+                Effect::Pruned { partition, begin } => {
+                    let partition = usize::try_from(*partition).ok();
+                    if let Some(head) = partition.and_then(|p| heads.get(p)) {
+                        // nothing new to read: the readers are not woken
+                        head.send_if_modified(|recent| {
+                            recent.forget_before(*begin);
+                            false
+                        });
+                    }
                 }
                 Effect::Desired(change) => notify_desired(&live, change),
                 Effect::Kick { client_id } => live.kick(client_id),
@@ -208,10 +218,18 @@ impl Hub {
                 }
             }
         };
+        let flush = {
+            let heads = event_heads.clone();
+            move || {
+                for head in heads.iter() {
+                    head.send_if_modified(events::Recent::take_news);
+                }
+            }
+        };
         Ok(Self {
             readers,
             queries: Queries::open(&path)?,
-            writer: Writer::start(store, hook).map_err(|source| StoreError::Io {
+            writer: Writer::start(store, hook, flush).map_err(|source| StoreError::Io {
                 path: path.clone(),
                 source,
             })?,
@@ -449,19 +467,36 @@ impl Hub {
         self.writer
             .submit(move |tx| {
                 let stored = tx.append_event(event)?;
-                let effect = Effect::Event {
-                    partition: stored.partition,
-                    sequence: stored.sequence,
-                    logged: stored.logged,
-                };
-                Ok((stored.sequence, vec![effect]))
+                Ok((stored.sequence, vec![Effect::Event(Arc::new(stored))]))
             })
             .await
     }
 
-    /// The last sequence number stored in `partition` (-1: none), changing after each commit of
-    /// an event there; `None` for a partition the endpoint does not have.
-    pub fn event_head(&self, partition: u32) -> Option<watch::Receiver<i64>> {
+    /// Prunes at most `limit` of the oldest events of `partition` that `retention` does not
+    /// keep now (the store's `prune_events`), and has its readers forget them; how many went.
+    pub async fn prune_events(
+        &self,
+        partition: u32,
+        retention: events::Retention,
+        limit: usize,
+    ) -> Result<usize, ApiError> {
+        self.writer
+            .write(move |tx| {
+                let pruned = tx.prune_events(partition, &retention, ids::now_unix_ms(), limit)?;
+                let mut effects = Vec::new();
+                if pruned > 0 {
+                    let begin = tx.partition_info(partition)?.begin_sequence;
+                    effects.push(Effect::Pruned { partition, begin });
+                }
+                Ok((pruned, effects))
+            })
+            .await
+    }
+
+    /// The last sequence number stored in `partition` (-1: none) and its newest events,
+    /// changing after each commit of an event there; `None` for a partition the endpoint does
+    /// not have.
+    pub fn event_head(&self, partition: u32) -> Option<watch::Receiver<events::Recent>> {
         let head = self.event_heads.get(usize::try_from(partition).ok()?)?;
         Some(head.subscribe())
     }
@@ -859,5 +894,62 @@ mod tests {
             }
             std::fs::remove_dir_all(dir).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn committed_events_are_handed_to_readers_and_forgotten_once_pruned() {
+        let dir = std::env::temp_dir().join(format!("edgetwin-recent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hub = Hub::start(
+            Database::open(&dir, true).unwrap(),
+            "localhost".into(),
+            |_| {},
+        )
+        .unwrap();
+        let partition = events::partition_of("d1");
+        let head = hub.event_head(partition).unwrap();
+        for n in 0..10u8 {
+            let event = Event {
+                partition,
+                sequence: 0,
+                offset: 0,
+                enqueued_ms: ids::now_unix_ms(),
+                device_id: "d1".into(),
+                module_id: None,
+                properties: Vec::new(),
+                body: vec![n; 100],
+                logged: 0,
+            };
+            hub.submit_event(event)
+                .await
+                .unwrap()
+                .outcome()
+                .await
+                .unwrap();
+        }
+        let kept = |after| {
+            head.borrow().after(after, 100).map(|events| {
+                events
+                    .iter()
+                    .map(|e| (e.sequence, e.body[0]))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(kept(-1), Some((0..10).map(|n| (n, n as u8)).collect()));
+        // 4 * 450 bytes for the whole endpoint: 450 for this partition, the last 4 events
+        let retention = events::Retention::new(1, 4 * 450);
+        assert_eq!(
+            hub.prune_events(partition, retention, 100).await.unwrap(),
+            6
+        );
+        assert_eq!(
+            kept(-1),
+            None,
+            "the pruned events are read from the store, which skips them"
+        );
+        assert_eq!(kept(5), Some((6..10).map(|n| (n, n as u8)).collect()));
+        hub.drain_writes().await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,7 +15,6 @@ use tokio::sync::watch;
 
 use crate::events::{Retention, PARTITIONS};
 use crate::hub::Hub;
-use crate::ids;
 
 /// How often the partitions are pruned.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -28,12 +27,7 @@ pub async fn run(hub: Arc<Hub>, retention: Retention, mut shutdown: watch::Recei
     loop {
         for partition in 0..PARTITIONS {
             loop {
-                let pruned = hub
-                    .write(move |tx| {
-                        let now = ids::now_unix_ms();
-                        Ok(tx.prune_events(partition, &retention, now, BATCH)?)
-                    })
-                    .await;
+                let pruned = hub.prune_events(partition, retention, BATCH).await;
                 match pruned {
                     Ok(pruned) if pruned == BATCH => tokio::task::yield_now().await,
                     Ok(pruned) => {

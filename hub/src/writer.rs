@@ -59,14 +59,16 @@ pub enum Effect {
         /// The device.
         device_id: String,
     },
-    /// Tell the readers of an Event Hub-compatible partition that an event was stored.
-    Event {
+    /// Hand a stored event to the readers of its Event Hub-compatible partition (and tell the
+    /// message log's).
+    Event(Arc<crate::events::Event>),
+    /// Tell the readers of an Event Hub-compatible partition that retention pruned its events
+    /// before sequence number `begin`.
+    Pruned {
         /// The partition.
         partition: u32,
-        /// The event's sequence number.
-        sequence: i64,
-        /// Its place in the message log.
-        logged: i64,
+        /// Its first event kept.
+        begin: i64,
     },
 }
 
@@ -142,7 +144,13 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread, which owns `store` from now on. `hook` is called on that thread
     /// after each commit, once per effect, in commit order; it must not wait for a write.
-    pub fn start(store: Store, hook: impl Fn(&Effect) + Send + 'static) -> std::io::Result<Self> {
+    /// `flush` is called there after the effects of each batch were handed to `hook` (once a
+    /// batch rather than once an effect: to wake whoever waits for them once).
+    pub fn start(
+        store: Store,
+        hook: impl Fn(&Effect) + Send + 'static,
+        flush: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let (ended_tx, ended) = oneshot::channel::<()>();
         let commits = Arc::new(AtomicU64::new(0));
@@ -150,7 +158,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("edgetwin-writer".into())
             .spawn(move || {
-                write_batches(store, jobs, &hook, &counted);
+                write_batches(store, jobs, &hook, &flush, &counted);
                 drop(ended_tx);
             })?;
         Ok(Self {
@@ -214,6 +222,7 @@ fn write_batches(
     mut store: Store,
     mut jobs: mpsc::Receiver<Box<dyn Job>>,
     hook: &dyn Fn(&Effect),
+    flush: &dyn Fn(),
     commits: &AtomicU64,
 ) {
     /// A job that failed inside the batch (its own answer says why).
@@ -249,6 +258,7 @@ fn write_batches(
         for job in batch {
             job.finish(commit.is_ok(), hook);
         }
+        flush();
     }
     // The queue closed: a clean stop. Leave everything in hub.db itself, so that a copy of that
     // one file is the whole hub.
@@ -316,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn drain_commits_and_answers_everything_queued_then_refuses_more() {
         let (store, dir) = temp_store("drain");
-        let writer = Writer::start(store, |_| {}).unwrap();
+        let writer = Writer::start(store, |_| {}, || {}).unwrap();
         let mut waiting = Vec::new();
         for n in 0..50 {
             let key = IdentityKey::device("d1");
@@ -349,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_or_panicking_job_is_rolled_back_alone_and_the_writer_goes_on() {
         let (store, dir) = temp_store("failing");
-        let writer = Writer::start(store, |_| {}).unwrap();
+        let writer = Writer::start(store, |_| {}, || {}).unwrap();
         let failing = writer
             .submit(|tx| {
                 tx.put_twin(&IdentityKey::device("failed"), &TwinRecord::default())?;
@@ -382,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn items_of_a_job_roll_back_alone_inside_the_jobs_own_savepoint() {
         let (store, dir) = temp_store("nested");
-        let writer = Writer::start(store, |_| {}).unwrap();
+        let writer = Writer::start(store, |_| {}, || {}).unwrap();
         let bulk = writer
             .submit(|tx| {
                 let results = tx.each(["a", "bad", "c"], |tx, id| {
@@ -417,11 +427,15 @@ mod tests {
         let (store, dir) = temp_store("hook");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let writer = Writer::start(store, move |effect| {
-            if let Effect::Desired(change) = effect {
-                log.lock().unwrap().push(change.version);
-            }
-        })
+        let writer = Writer::start(
+            store,
+            move |effect| {
+                if let Effect::Desired(change) = effect {
+                    log.lock().unwrap().push(change.version);
+                }
+            },
+            || {},
+        )
         .unwrap();
         let change =
             |version| DesiredChange::new(IdentityKey::device("d1"), &Default::default(), version);

@@ -117,6 +117,26 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The CPU time process `pid` used so far, user and system (its threads' included), from
+/// `/proc/<pid>/stat`; zero when unknown.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // after the command's name, which may hold spaces: state is field 3, utime 14, stime 15
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    match u64::try_from(per_second) {
+        Ok(per_second) if per_second > 0 => Duration::from_micros(ticks * 1_000_000 / per_second),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Calls `attempt` every `every` until it gives `Ok`; once `timeout` has passed since the first
 /// call, panics with the message made by the last `Err` (a closure, so that an expensive message
 /// such as a process log is only read when it is needed).
@@ -271,6 +291,11 @@ impl Proc {
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         read_log(&self.log)
+    }
+
+    /// The CPU time the process used so far ([`cpu_time`]).
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.child.id())
     }
 
     /// `VmRSS` and `VmHWM` in KiB, from `/proc/<pid>/status` (0 when unknown).

@@ -15,6 +15,8 @@
 //! The Event Hub is named after the hub ([`event_hub_name`]) and served on the hub's own host and
 //! AMQP port.
 
+use std::sync::Arc;
+
 use edgetwin_wire::rest::Permission;
 use fe2o3_amqp::link::Sender;
 use fe2o3_amqp::types::definitions::{
@@ -30,6 +32,7 @@ use fe2o3_amqp::types::primitives::{
 use super::cbs::{self, NodeMessage, ReplyLinks};
 use super::readers::{self, Refusal};
 use super::{address_segments, Connection};
+
 use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
 
@@ -256,7 +259,10 @@ fn redirect(connection: &Connection, name: &str, rest: &[String]) -> AmqpErrorFr
 }
 
 /// Sends a partition's events from `start` on, then each new one as it is stored, until the
-/// client detaches or the hub stops serving it.
+/// client detaches or the hub stops serving it. Events after the reader's position are taken
+/// from the partition's [`Recent`](events::Recent) events (handed over by the writer after their
+/// commit) when those reach back to it, else read from the store: a reader that has caught up
+/// never reads the store again unless it falls behind.
 async fn stream(
     sender: &mut Sender,
     partition: u32,
@@ -275,12 +281,17 @@ async fn stream(
         }
     };
     loop {
-        let batch = match hub.read(|tx| Ok(tx.events_after(partition, position, BATCH)?)) {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(partition, message = %error.message, "cannot read the partition");
-                return Ended::Closed;
-            }
+        // marked seen before reading: a commit after this wakes the wait below
+        let recent = head.borrow_and_update().after(position, BATCH);
+        let batch = match recent {
+            Some(batch) => batch,
+            None => match hub.read(|tx| Ok(tx.events_after(partition, position, BATCH)?)) {
+                Ok(batch) => batch.into_iter().map(Arc::new).collect(),
+                Err(error) => {
+                    tracing::warn!(partition, message = %error.message, "cannot read the partition");
+                    return Ended::Closed;
+                }
+            },
         };
         if batch.is_empty() {
             tokio::select! {
