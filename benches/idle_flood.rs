@@ -90,21 +90,6 @@ fn sum_of(lines: &mut [impl Iterator<Item = std::io::Result<String>>], label: &s
         .sum()
 }
 
-/// User + system CPU seconds of process `pid` so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command: state is field 3, utime 14 and stime 15 (1-based, of the whole line).
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf only reads a configuration value.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 fn main() {
     if let Ok(spec) = std::env::var(CHILD_VARIABLE) {
         flood_child(&spec);
@@ -143,7 +128,7 @@ fn main() {
         .block_on(support::mqtt_device(&hub, "well-behaved", &key, &[]))
         .1;
     let pid = hub.proc.child.id();
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = support::cpu_time(pid).as_secs_f64();
     let started = Instant::now();
     let exe = std::env::current_exe().unwrap();
     let mut children = Vec::new();
@@ -177,7 +162,7 @@ fn main() {
         .1;
     std::thread::sleep(Duration::from_secs(5));
     let wall = started.elapsed().as_secs_f64();
-    let cores = (cpu_seconds(pid) - cpu_before) / wall;
+    let cores = (support::cpu_time(pid).as_secs_f64() - cpu_before) / wall;
     for child in &mut children {
         drop(child.stdin.take());
     }

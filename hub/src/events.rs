@@ -366,7 +366,7 @@ pub fn stamped(
 /// them without reading them back. Bounded by [`Recent::MAX_EVENTS`] and [`Recent::MAX_BYTES`]
 /// (body and properties): a reader further behind reads the store, and so does one behind what
 /// retention pruned ([`Recent::forget_before`]). Pure bookkeeping.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Recent {
     /// The last sequence number stored in the partition (-1: none).
     last: i64,

@@ -32,7 +32,6 @@ use fe2o3_amqp::types::primitives::{
 use super::cbs::{self, NodeMessage, ReplyLinks};
 use super::readers::{self, Refusal};
 use super::{address_segments, Connection};
-
 use crate::events::{self, AuthMethod, Event, StartAt, PARTITIONS};
 use crate::ids;
 

@@ -419,14 +419,15 @@ fn selector(attach: &Attach) -> Option<String> {
     })
 }
 
+/// Property `name` of an attach, if it has it.
+fn attach_property<'a>(attach: &'a Attach, name: &str) -> Option<&'a Value> {
+    attach.properties.as_ref()?.get(&Symbol::from(name))
+}
+
 /// The name a receiver gives itself in its attach's `com.microsoft:receiver-name` property
 /// (Event Hubs clients set it; Event Hubs names receivers by it in errors).
 fn receiver_name(attach: &Attach) -> Option<String> {
-    match attach
-        .properties
-        .as_ref()?
-        .get(&Symbol::from("com.microsoft:receiver-name"))?
-    {
+    match attach_property(attach, "com.microsoft:receiver-name")? {
         Value::String(name) => Some(name.clone()),
         _ => None,
     }
@@ -434,11 +435,7 @@ fn receiver_name(attach: &Attach) -> Option<String> {
 
 /// The epoch (owner level) a receiver claims in its attach's `com.microsoft:epoch` property.
 fn epoch(attach: &Attach) -> Option<i64> {
-    match attach
-        .properties
-        .as_ref()?
-        .get(&Symbol::from("com.microsoft:epoch"))?
-    {
+    match attach_property(attach, "com.microsoft:epoch")? {
         Value::Long(epoch) => Some(*epoch),
         Value::Int(epoch) => Some(i64::from(*epoch)),
         Value::Uint(epoch) => Some(i64::from(*epoch)),

@@ -163,15 +163,14 @@ impl Reading {
     /// Resolves when a receiver with an epoch at least this one's takes the partition, with
     /// the text to detach this receiver with; never resolves otherwise.
     pub async fn displaced(&mut self) -> String {
-        loop {
-            if let Some(why) = self.displaced.borrow_and_update().clone() {
-                return why;
-            }
-            if self.displaced.changed().await.is_err() {
-                // the partition forgot this receiver without displacing it: cannot happen
-                // while this place is held, so wait for good
-                std::future::pending::<()>().await;
-            }
+        // the partition sends before it forgets a receiver: a closed channel has its reason
+        let why = match self.displaced.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
         }
     }
 }
